@@ -1,0 +1,258 @@
+//! Parse stage: Ethernet, up to two VLAN tags (802.1ad/802.1Q), IPv4 with options, IPv6 with its
+//! extension-header chain, and the first bytes of TCP/UDP/ICMP/ICMPv6.
+//!
+//! Every read goes through [`ptr_at`], whose comparison against `data_end` is the bounds check the
+//! verifier needs before any packet byte is dereferenced. Offsets that depend on packet contents
+//! (IPv4 IHL, IPv6 extension lengths) are clamped first so the verifier sees them bounded.
+
+use core::mem::size_of;
+
+use aya_ebpf::programs::XdpContext;
+use dataplane_common::Reason;
+
+const ETH_HLEN: usize = 14;
+const VLAN_HLEN: usize = 4;
+const ETH_P_IPV4: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88a8;
+/// 802.1ad outer + 802.1Q inner: deeper stacks are not something this dataplane forwards.
+const MAX_VLAN_TAGS: usize = 2;
+const IPV6_HLEN: usize = 40;
+/// How many IPv6 extension headers we walk before giving up on finding the upper layer.
+const MAX_IPV6_EXT: usize = 6;
+/// Upper bound on the L4 offset; also keeps the offset provably bounded for the verifier.
+const MAX_L4_OFFSET: usize = 512;
+
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_ICMPV6: u8 = 58;
+const IPPROTO_HOPOPTS: u8 = 0;
+const IPPROTO_ROUTING: u8 = 43;
+const IPPROTO_FRAGMENT: u8 = 44;
+const IPPROTO_AH: u8 = 51;
+const IPPROTO_DSTOPTS: u8 = 60;
+
+/// Network layer of a parsed frame.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum L3 {
+    /// Not IP; the ethertype after any VLAN tags.
+    Other(#[allow(dead_code)] u16),
+    Ipv4,
+    Ipv6,
+}
+
+/// What the parser learnt about a frame. Offsets are from the start of the frame; the later
+/// stages (route, flow, policy) read addresses and ports at these offsets.
+#[derive(Clone, Copy)]
+#[allow(dead_code)] // the fields beyond `l3`/`fragment` are read by the forwarding stages
+pub struct Packet {
+    pub l3: L3,
+    pub vlan_tags: u8,
+    /// Outermost first; 0 where absent.
+    pub vlan_ids: [u16; MAX_VLAN_TAGS],
+    pub l3_off: usize,
+    /// Offset of the upper-layer header (after IPv4 options / IPv6 extension headers).
+    pub l4_off: usize,
+    pub ip_proto: u8,
+    /// A non-first fragment: no upper-layer header in this packet.
+    pub fragment: bool,
+    /// TCP/UDP ports, host order; ICMP type and code in `src_port` / `dst_port`.
+    pub src_port: u16,
+    pub dst_port: u16,
+    /// TCP flags byte; 0 for other protocols.
+    pub tcp_flags: u8,
+}
+
+impl Packet {
+    /// The reason counted when this packet is handed to the stack unchanged.
+    #[inline(always)]
+    pub fn pass_reason(&self) -> Reason {
+        match self.l3 {
+            L3::Other(_) => Reason::PassNonIp,
+            _ if self.fragment => Reason::PassFragment,
+            _ => Reason::PassIp,
+        }
+    }
+}
+
+/// Returns a pointer to a `T` at `off` bytes into the frame, or `None` if it does not fit.
+#[inline(always)]
+fn ptr_at<T>(ctx: &XdpContext, off: usize) -> Option<*const T> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    // Bounds check for the verifier: proves [start + off, start + off + size_of::<T>()) is inside
+    // the packet before the caller dereferences it.
+    if start + off + size_of::<T>() > end {
+        return None;
+    }
+    Some((start + off) as *const T)
+}
+
+#[inline(always)]
+fn read<T: Copy>(ctx: &XdpContext, off: usize) -> Option<T> {
+    // SAFETY: ptr_at checked the bounds; T is a byte array (alignment 1), so any address is fine.
+    ptr_at::<T>(ctx, off).map(|p| unsafe { *p })
+}
+
+#[inline(always)]
+fn be16(b: [u8; 2]) -> u16 {
+    u16::from_be_bytes(b)
+}
+
+/// Parses the frame in `ctx`, or says which header was malformed or cut off.
+#[inline(always)]
+pub fn parse(ctx: &XdpContext) -> Result<Packet, Reason> {
+    let frame_len = ctx.data_end() - ctx.data();
+    let eth: [u8; ETH_HLEN] = read(ctx, 0).ok_or(Reason::EthTruncated)?;
+    let mut ethertype = be16([eth[12], eth[13]]);
+    let mut pkt = Packet {
+        l3: L3::Other(0),
+        vlan_tags: 0,
+        vlan_ids: [0; MAX_VLAN_TAGS],
+        l3_off: ETH_HLEN,
+        l4_off: 0,
+        ip_proto: 0,
+        fragment: false,
+        src_port: 0,
+        dst_port: 0,
+        tcp_flags: 0,
+    };
+
+    // Unrolled: at most two tags, each a constant offset, which the verifier follows trivially.
+    let mut i = 0;
+    while i < MAX_VLAN_TAGS {
+        if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {
+            break;
+        }
+        let tag: [u8; VLAN_HLEN] = read(ctx, pkt.l3_off).ok_or(Reason::VlanTruncated)?;
+        pkt.vlan_ids[i] = be16([tag[0], tag[1]]) & 0x0fff;
+        ethertype = be16([tag[2], tag[3]]);
+        pkt.l3_off += VLAN_HLEN;
+        pkt.vlan_tags += 1;
+        i += 1;
+    }
+    if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
+        return Err(Reason::VlanTooDeep);
+    }
+
+    match ethertype {
+        ETH_P_IPV4 => parse_ipv4(ctx, &mut pkt, frame_len)?,
+        ETH_P_IPV6 => parse_ipv6(ctx, &mut pkt, frame_len)?,
+        other => {
+            pkt.l3 = L3::Other(other);
+            return Ok(pkt);
+        }
+    }
+    if !pkt.fragment {
+        parse_l4(ctx, &mut pkt)?;
+    }
+    Ok(pkt)
+}
+
+#[inline(always)]
+fn parse_ipv4(ctx: &XdpContext, pkt: &mut Packet, frame_len: usize) -> Result<(), Reason> {
+    let off = pkt.l3_off;
+    let h: [u8; 20] = read(ctx, off).ok_or(Reason::Ipv4Truncated)?;
+    if h[0] >> 4 != 4 {
+        return Err(Reason::Ipv4Malformed);
+    }
+    // IHL is 4 bits, so hlen <= 60: bounded for the verifier by construction.
+    let hlen = ((h[0] & 0x0f) as usize) * 4;
+    if hlen < 20 {
+        return Err(Reason::Ipv4Malformed);
+    }
+    // Options present: the whole header must be in the frame. Checked byte-wise at the last
+    // option byte so the verifier sees a bounds check at a bounded variable offset.
+    if hlen > 20 && read::<[u8; 1]>(ctx, off + hlen - 1).is_none() {
+        return Err(Reason::Ipv4Truncated);
+    }
+    let total = be16([h[2], h[3]]) as usize;
+    if total < hlen || off + total > frame_len {
+        return Err(Reason::Ipv4Malformed);
+    }
+    pkt.l3 = L3::Ipv4;
+    pkt.ip_proto = h[9];
+    pkt.fragment = be16([h[6], h[7]]) & 0x1fff != 0;
+    pkt.l4_off = off + hlen;
+    Ok(())
+}
+
+#[inline(always)]
+fn parse_ipv6(ctx: &XdpContext, pkt: &mut Packet, frame_len: usize) -> Result<(), Reason> {
+    let off = pkt.l3_off;
+    let h: [u8; IPV6_HLEN] = read(ctx, off).ok_or(Reason::Ipv6Truncated)?;
+    if h[0] >> 4 != 6 {
+        return Err(Reason::Ipv6Malformed);
+    }
+    let payload = be16([h[4], h[5]]) as usize;
+    if off + IPV6_HLEN + payload > frame_len {
+        return Err(Reason::Ipv6Malformed);
+    }
+    pkt.l3 = L3::Ipv6;
+    let mut next = h[6];
+    let mut l4 = off + IPV6_HLEN;
+    let mut n = 0;
+    while n < MAX_IPV6_EXT {
+        // Clamp so the verifier knows `l4` is bounded before it is used as a packet offset.
+        if l4 > MAX_L4_OFFSET {
+            return Err(Reason::Ipv6Malformed);
+        }
+        match next {
+            IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => {
+                let e: [u8; 2] = read(ctx, l4).ok_or(Reason::Ipv6Truncated)?;
+                next = e[0];
+                l4 += (e[1] as usize + 1) * 8;
+            }
+            IPPROTO_AH => {
+                let e: [u8; 2] = read(ctx, l4).ok_or(Reason::Ipv6Truncated)?;
+                next = e[0];
+                l4 += (e[1] as usize + 2) * 4;
+            }
+            IPPROTO_FRAGMENT => {
+                let e: [u8; 8] = read(ctx, l4).ok_or(Reason::Ipv6Truncated)?;
+                next = e[0];
+                pkt.fragment = be16([e[2], e[3]]) >> 3 != 0;
+                l4 += 8;
+            }
+            _ => break,
+        }
+        n += 1;
+    }
+    if n == MAX_IPV6_EXT || l4 > MAX_L4_OFFSET {
+        return Err(Reason::Ipv6Malformed);
+    }
+    pkt.ip_proto = next;
+    pkt.l4_off = l4;
+    Ok(())
+}
+
+#[inline(always)]
+fn parse_l4(ctx: &XdpContext, pkt: &mut Packet) -> Result<(), Reason> {
+    // Re-clamp: the verifier loses the bound across the match arms above.
+    let off = pkt.l4_off;
+    if off > MAX_L4_OFFSET {
+        return Err(Reason::Ipv6Malformed);
+    }
+    match (pkt.l3, pkt.ip_proto) {
+        (_, IPPROTO_TCP) => {
+            let t: [u8; 20] = read(ctx, off).ok_or(Reason::L4Truncated)?;
+            pkt.src_port = be16([t[0], t[1]]);
+            pkt.dst_port = be16([t[2], t[3]]);
+            pkt.tcp_flags = t[13];
+        }
+        (_, IPPROTO_UDP) => {
+            let u: [u8; 8] = read(ctx, off).ok_or(Reason::L4Truncated)?;
+            pkt.src_port = be16([u[0], u[1]]);
+            pkt.dst_port = be16([u[2], u[3]]);
+        }
+        (L3::Ipv4, IPPROTO_ICMP) | (L3::Ipv6, IPPROTO_ICMPV6) => {
+            let c: [u8; 4] = read(ctx, off).ok_or(Reason::L4Truncated)?;
+            pkt.src_port = c[0] as u16;
+            pkt.dst_port = c[1] as u16;
+        }
+        _ => {}
+    }
+    Ok(())
+}

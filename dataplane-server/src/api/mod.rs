@@ -1,0 +1,49 @@
+//! The gRPC surface: one file per service, each decoding requests into domain types (`TryFrom`),
+//! calling the domain and encoding the answer. Also health and reflection, always on.
+
+mod error;
+mod interfaces;
+mod system;
+
+use std::sync::Arc;
+
+use dataplane_proto::v1::{interfaces_server::InterfacesServer, system_server::SystemServer};
+use tonic::transport::server::Router;
+use tonic_health::server::HealthReporter;
+
+use crate::{dataplane::Dataplane, domain::Domain};
+
+pub use interfaces::InterfacesService;
+pub use system::SystemService;
+
+/// Builds the router with every dataplane service, gRPC health (each service SERVING) and
+/// server reflection (v1 and v1alpha, since grpcurl 1.8 speaks only v1alpha).
+pub async fn router<D: Dataplane>(
+    domain: Arc<Domain<D>>,
+    info: system::ServerInfo,
+) -> Result<(Router, HealthReporter), tonic_reflection::server::Error> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<InterfacesServer<InterfacesService<D>>>().await;
+    health.set_serving::<SystemServer<SystemService<D>>>().await;
+    // The empty service name stands for the server as a whole.
+    health.set_service_status("", tonic_health::ServingStatus::Serving).await;
+
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(dataplane_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(dataplane_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    let router = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(InterfacesServer::new(InterfacesService::new(domain.clone())))
+        .add_service(SystemServer::new(SystemService::new(domain, info)));
+    Ok((router, health))
+}
+
+pub use system::ServerInfo;

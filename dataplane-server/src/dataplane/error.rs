@@ -1,0 +1,67 @@
+//! Errors of the dataplane layer. The domain maps them to its own errors; nothing above the
+//! domain sees these.
+
+use std::path::PathBuf;
+
+/// A kernel operation that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    #[error("loading the eBPF object failed: {source}")]
+    Load {
+        #[source]
+        source: Box<aya::EbpfError>,
+    },
+    #[error("program {program}: {op} failed: {source}")]
+    Program {
+        program: &'static str,
+        op: &'static str,
+        #[source]
+        source: Box<aya::programs::ProgramError>,
+    },
+    #[error("map {map}: {op} failed: {source}")]
+    Map {
+        map: &'static str,
+        op: &'static str,
+        #[source]
+        source: Box<aya::maps::MapError>,
+    },
+    #[error("program {program}: link {op} failed: {source}")]
+    Link {
+        program: &'static str,
+        op: &'static str,
+        #[source]
+        source: Box<aya::programs::links::LinkError>,
+    },
+    #[error("the eBPF object has no {what} named {name}")]
+    Missing { what: &'static str, name: &'static str },
+    #[error("interface {interface}: XDP mode {mode} is not supported by its driver")]
+    XdpModeUnsupported { interface: String, mode: &'static str },
+    #[error("interface {interface}: another XDP program is already attached")]
+    XdpBusy { interface: String },
+    #[error("interface {interface} disappeared while being attached")]
+    InterfaceGone { interface: String },
+    #[error("{path}: {op} failed: {source}")]
+    Io {
+        path: PathBuf,
+        op: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is not on a bpf filesystem; mount one (mount -t bpf bpf /sys/fs/bpf), and start the server with `nsenter --net=...` rather than `ip netns exec`, which hides the host's bpffs")]
+    NotBpffs { path: PathBuf },
+    #[error("interface slot {slot} is out of range (max {max})")]
+    SlotOutOfRange { slot: u32, max: u32 },
+}
+
+impl DataplaneError {
+    pub(crate) fn program(
+        program: &'static str,
+        op: &'static str,
+    ) -> impl FnOnce(aya::programs::ProgramError) -> Self {
+        move |e| Self::Program { program, op, source: Box::new(e) }
+    }
+
+    pub(crate) fn map(map: &'static str, op: &'static str) -> impl FnOnce(aya::maps::MapError) -> Self {
+        move |e| Self::Map { map, op, source: Box::new(e) }
+    }
+}

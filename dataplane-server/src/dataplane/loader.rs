@@ -1,0 +1,394 @@
+//! Loads the embedded eBPF object, pins its maps under the bpffs root, and attaches/detaches the
+//! programs to interfaces as bpf links (XDP link, TCX link).
+
+use std::{
+    collections::HashMap as StdHashMap,
+    ffi::CString,
+    fs,
+    path::{Path, PathBuf},
+    sync::{Mutex, MutexGuard},
+};
+
+use aya::{
+    maps::{HashMap, Map, MapInfo, PerCpuArray},
+    programs::{links::FdLink, SchedClassifier, TcAttachType, Xdp, XdpMode as AyaXdpMode},
+    Ebpf, EbpfLoader,
+};
+use dataplane_common::{maps as names, programs, InterfaceStats};
+use tracing::{info, warn};
+
+use super::{
+    maps::{IfindexSlots, StatsArray},
+    Attachment, Dataplane, DataplaneError, MapStatus, ProgramStatus, XdpMode,
+};
+
+/// The eBPF object built by build.rs from `dataplane-ebpf`.
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/dataplane"));
+
+/// Version segment of the pin layout: changes only when a map's layout does.
+pub const PIN_VERSION: &str = "v1";
+
+const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+
+/// Where to pin.
+#[derive(Clone, Debug)]
+pub struct LoaderConfig {
+    /// bpffs directory owned by this server, e.g. `/sys/fs/bpf/dataplane`.
+    pub bpffs_root: PathBuf,
+}
+
+/// The links of one interface; dropping them detaches the programs (they are not pinned yet).
+#[expect(dead_code, reason = "held only for their Drop, which closes the link fds and detaches")]
+struct InterfaceLinks {
+    xdp: FdLink,
+    tc: FdLink,
+}
+
+struct Inner {
+    ebpf: Ebpf,
+    ifindex_slots: IfindexSlots,
+    iface_stats: StatsArray,
+    links: StdHashMap<u32, InterfaceLinks>,
+}
+
+/// The real dataplane: the programs loaded into the kernel, maps pinned under
+/// `<bpffs_root>/v1/maps/<MAP>`.
+pub struct KernelDataplane {
+    inner: Mutex<Inner>,
+    map_pin_dir: PathBuf,
+}
+
+impl KernelDataplane {
+    /// Loads and verifies both programs and pins every map. Pins left by a previous run of this
+    /// server (a crash) are replaced: adopting them is the resilience work's job.
+    pub fn load(config: &LoaderConfig) -> Result<Self, DataplaneError> {
+        let map_pin_dir = config.bpffs_root.join(PIN_VERSION).join("maps");
+        ensure_bpffs(&config.bpffs_root)?;
+        fs::create_dir_all(&map_pin_dir).map_err(|source| DataplaneError::Io {
+            path: map_pin_dir.clone(),
+            op: "create directory",
+            source,
+        })?;
+
+        let mut ebpf = EbpfLoader::new()
+            .load(EBPF_OBJECT)
+            .map_err(|e| DataplaneError::Load { source: Box::new(e) })?;
+
+        let xdp: &mut Xdp = program_mut(&mut ebpf, programs::XDP_INGRESS)?;
+        xdp.load().map_err(DataplaneError::program(programs::XDP_INGRESS, "load"))?;
+        let tc: &mut SchedClassifier = program_mut(&mut ebpf, programs::TC_EGRESS)?;
+        tc.load().map_err(DataplaneError::program(programs::TC_EGRESS, "load"))?;
+
+        for name in names::ALL {
+            let path = map_pin_dir.join(name);
+            if path.exists() {
+                warn!(path = %path.display(), "replacing a stale map pin from an earlier run");
+                remove_pin(&path)?;
+            }
+            let map = ebpf.map(name).ok_or(DataplaneError::Missing { what: "map", name })?;
+            map.pin(&path).map_err(|e| DataplaneError::Io {
+                path: path.clone(),
+                op: "pin",
+                source: std::io::Error::other(e.to_string()),
+            })?;
+        }
+
+        let ifindex_slots: HashMap<_, u32, u32> =
+            HashMap::try_from(take_map(&mut ebpf, names::IFINDEX_SLOTS)?)
+                .map_err(DataplaneError::map(names::IFINDEX_SLOTS, "open"))?;
+        let iface_stats: PerCpuArray<_, InterfaceStats> =
+            PerCpuArray::try_from(take_map(&mut ebpf, names::IFACE_STATS)?)
+                .map_err(DataplaneError::map(names::IFACE_STATS, "open"))?;
+
+        info!(pins = %map_pin_dir.display(), "eBPF programs loaded, maps pinned");
+        Ok(Self {
+            inner: Mutex::new(Inner {
+                ebpf,
+                ifindex_slots: IfindexSlots::new(ifindex_slots),
+                iface_stats: StatsArray::new(names::IFACE_STATS, iface_stats)?,
+                links: StdHashMap::new(),
+            }),
+            map_pin_dir,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock cannot leave the kernel half-updated in a way the data
+        // here does not reflect (every method rolls back before returning), so keep going.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Detaches every interface and removes the map pins. Called on shutdown: nothing of this
+    /// server stays in the kernel until restarts can adopt it.
+    pub fn shutdown(&self) {
+        let mut inner = self.lock();
+        let ifindexes: Vec<u32> = inner.links.keys().copied().collect();
+        for ifindex in ifindexes {
+            if let Err(e) = detach_locked(&mut inner, ifindex) {
+                warn!(ifindex, error = %e, "detach on shutdown failed");
+            }
+        }
+        for name in names::ALL {
+            let path = self.map_pin_dir.join(name);
+            if let Err(e) = remove_pin(&path) {
+                warn!(path = %path.display(), error = %e, "removing map pin failed");
+            }
+        }
+        // Remove the directories up to the root if they are now empty; a non-empty one (someone
+        // else's pins) stays.
+        let mut dir = Some(self.map_pin_dir.as_path());
+        for _ in 0..3 {
+            match dir {
+                Some(d) if fs::remove_dir(d).is_ok() => dir = d.parent(),
+                _ => break,
+            }
+        }
+    }
+}
+
+fn program_mut<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, DataplaneError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    let prog = ebpf.program_mut(name).ok_or(DataplaneError::Missing { what: "program", name })?;
+    prog.try_into().map_err(DataplaneError::program(name, "open"))
+}
+
+fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<Map, DataplaneError> {
+    ebpf.take_map(name).ok_or(DataplaneError::Missing { what: "map", name })
+}
+
+fn remove_pin(path: &Path) -> Result<(), DataplaneError> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(DataplaneError::Io { path: path.to_owned(), op: "remove pin", source }),
+    }
+}
+
+fn ensure_bpffs(root: &Path) -> Result<(), DataplaneError> {
+    // The root itself may not exist yet: check the closest existing ancestor.
+    let mut probe = root;
+    while !probe.exists() {
+        probe = probe.parent().unwrap_or(Path::new("/"));
+    }
+    let c = CString::new(probe.as_os_str().as_encoded_bytes()).map_err(|_| DataplaneError::NotBpffs {
+        path: root.to_owned(),
+    })?;
+    // SAFETY: statfs writes into the zeroed struct we pass; `c` is a valid NUL-terminated path.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(DataplaneError::Io {
+            path: probe.to_owned(),
+            op: "statfs",
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    if st.f_type as i64 != BPF_FS_MAGIC {
+        return Err(DataplaneError::NotBpffs { path: root.to_owned() });
+    }
+    Ok(())
+}
+
+fn link_id(link: &FdLink, program: &'static str) -> Result<u32, DataplaneError> {
+    link.info().map(|i| i.id()).map_err(|e| DataplaneError::Link { program, op: "info", source: Box::new(e) })
+}
+
+fn attach_xdp(
+    ebpf: &mut Ebpf,
+    name: &str,
+    ifindex: u32,
+    mode: XdpMode,
+) -> Result<(FdLink, XdpMode), DataplaneError> {
+    let xdp: &mut Xdp = program_mut(ebpf, programs::XDP_INGRESS)?;
+    let attempt = |xdp: &mut Xdp, m: AyaXdpMode| xdp.attach_to_if_index(ifindex, m);
+    let (id, got) = match mode {
+        XdpMode::Native => (attempt(xdp, AyaXdpMode::Driver), XdpMode::Native),
+        XdpMode::Generic => (attempt(xdp, AyaXdpMode::Skb), XdpMode::Generic),
+        // Ask for native explicitly so we know which mode we got; fall back only when the driver
+        // says it has no native XDP.
+        XdpMode::Auto => match attempt(xdp, AyaXdpMode::Driver) {
+            Err(e) if errno(&e) == Some(libc::EOPNOTSUPP) => {
+                (attempt(xdp, AyaXdpMode::Skb), XdpMode::Generic)
+            }
+            other => (other, XdpMode::Native),
+        },
+    };
+    let id = id.map_err(|e| match errno(&e) {
+        Some(libc::EOPNOTSUPP) => DataplaneError::XdpModeUnsupported {
+            interface: name.to_owned(),
+            mode: if got == XdpMode::Native { "native" } else { "generic" },
+        },
+        Some(libc::EBUSY) | Some(libc::EEXIST) => DataplaneError::XdpBusy { interface: name.to_owned() },
+        Some(libc::ENODEV) => DataplaneError::InterfaceGone { interface: name.to_owned() },
+        _ => DataplaneError::program(programs::XDP_INGRESS, "attach")(e),
+    })?;
+    let link = xdp.take_link(id).map_err(DataplaneError::program(programs::XDP_INGRESS, "take link"))?;
+    let link = FdLink::try_from(link).map_err(|e| DataplaneError::Link {
+        program: programs::XDP_INGRESS,
+        op: "convert to fd link",
+        source: Box::new(e),
+    })?;
+    Ok((link, got))
+}
+
+fn attach_tc(ebpf: &mut Ebpf, name: &str) -> Result<FdLink, DataplaneError> {
+    let tc: &mut SchedClassifier = program_mut(ebpf, programs::TC_EGRESS)?;
+    // On kernels >= 6.6 aya attaches through TCX: a bpf link, no clsact qdisc involved.
+    let id = tc.attach(name, TcAttachType::Egress).map_err(|e| match errno(&e) {
+        Some(libc::ENODEV) => DataplaneError::InterfaceGone { interface: name.to_owned() },
+        _ => DataplaneError::program(programs::TC_EGRESS, "attach")(e),
+    })?;
+    let link = tc.take_link(id).map_err(DataplaneError::program(programs::TC_EGRESS, "take link"))?;
+    FdLink::try_from(link).map_err(|e| DataplaneError::Link {
+        program: programs::TC_EGRESS,
+        op: "convert to fd link",
+        source: Box::new(e),
+    })
+}
+
+/// The errno behind an aya program error, where there is one.
+fn errno(e: &aya::programs::ProgramError) -> Option<i32> {
+    use aya::programs::ProgramError as P;
+    match e {
+        P::SyscallError(s) => s.io_error.raw_os_error(),
+        P::TcError(aya::programs::tc::TcError::IoError(io)) => io.raw_os_error(),
+        P::XdpError(aya::programs::xdp::XdpError::NetlinkError(n)) => {
+            std::error::Error::source(n)
+                .and_then(|s| s.downcast_ref::<std::io::Error>())
+                .and_then(|io| io.raw_os_error())
+        }
+        _ => None,
+    }
+}
+
+fn detach_locked(inner: &mut Inner, ifindex: u32) -> Result<(), DataplaneError> {
+    // Stop counting into the slot first, then drop the links: closing the last fd of an unpinned
+    // link detaches it.
+    inner.ifindex_slots.remove(ifindex)?;
+    inner.links.remove(&ifindex);
+    Ok(())
+}
+
+impl Dataplane for KernelDataplane {
+    fn ifindex(&self, name: &str) -> Result<Option<u32>, DataplaneError> {
+        let c = match CString::new(name) {
+            Ok(c) => c,
+            Err(_) => return Ok(None),
+        };
+        // SAFETY: `c` is a valid NUL-terminated string.
+        let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
+        Ok((idx != 0).then_some(idx))
+    }
+
+    fn attach(
+        &self,
+        slot: u32,
+        name: &str,
+        ifindex: u32,
+        mode: XdpMode,
+    ) -> Result<Attachment, DataplaneError> {
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        inner.iface_stats.reset(slot)?;
+        inner.ifindex_slots.insert(ifindex, slot)?;
+        let (xdp, xdp_mode) = match attach_xdp(&mut inner.ebpf, name, ifindex, mode) {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = inner.ifindex_slots.remove(ifindex);
+                return Err(e);
+            }
+        };
+        let tc = match attach_tc(&mut inner.ebpf, name) {
+            Ok(v) => v,
+            Err(e) => {
+                drop(xdp);
+                let _ = inner.ifindex_slots.remove(ifindex);
+                return Err(e);
+            }
+        };
+        let attachment = Attachment {
+            xdp_mode,
+            xdp_link_id: link_id(&xdp, programs::XDP_INGRESS)?,
+            tc_link_id: link_id(&tc, programs::TC_EGRESS)?,
+        };
+        inner.links.insert(ifindex, InterfaceLinks { xdp, tc });
+        info!(interface = name, ifindex, slot, mode = ?xdp_mode, "attached");
+        Ok(attachment)
+    }
+
+    fn detach(&self, ifindex: u32) -> Result<(), DataplaneError> {
+        let mut inner = self.lock();
+        detach_locked(&mut inner, ifindex)?;
+        info!(ifindex, "detached");
+        Ok(())
+    }
+
+    fn interface_stats(&self, slot: u32) -> Result<InterfaceStats, DataplaneError> {
+        self.lock().iface_stats.sum(slot)
+    }
+
+    fn programs(&self) -> Result<Vec<ProgramStatus>, DataplaneError> {
+        let inner = self.lock();
+        let mut out = Vec::new();
+        for (name, kind) in [(programs::XDP_INGRESS, "xdp"), (programs::TC_EGRESS, "sched_cls")] {
+            let prog = inner
+                .ebpf
+                .program(name)
+                .ok_or(DataplaneError::Missing { what: "program", name })?;
+            let info = prog.info().map_err(DataplaneError::program(name, "info"))?;
+            out.push(ProgramStatus { name: name.to_owned(), kind, kernel_id: info.id(), tag: info.tag() });
+        }
+        Ok(out)
+    }
+
+    fn maps(&self) -> Result<Vec<MapStatus>, DataplaneError> {
+        let inner = self.lock();
+        let mut out = Vec::new();
+        for name in names::ALL {
+            let path = self.map_pin_dir.join(name);
+            let info = MapInfo::from_pin(&path).map_err(DataplaneError::map(name, "info"))?;
+            let kind = info
+                .map_type()
+                .map(|t| map_type_name(t).to_owned())
+                .unwrap_or_else(|_| "unknown".to_owned());
+            let keys = (*name == names::IFINDEX_SLOTS).then(|| inner.ifindex_slots.len());
+            out.push(MapStatus {
+                name,
+                kind,
+                kernel_id: info.id(),
+                max_entries: info.max_entries(),
+                key_size: info.key_size(),
+                value_size: info.value_size(),
+                keys,
+                pin_path: path.display().to_string(),
+            });
+        }
+        Ok(out)
+    }
+
+    fn pin_root(&self) -> String {
+        self.map_pin_dir
+            .parent()
+            .and_then(Path::parent)
+            .unwrap_or(&self.map_pin_dir)
+            .display()
+            .to_string()
+    }
+}
+
+fn map_type_name(t: aya::maps::MapType) -> &'static str {
+    use aya::maps::MapType as T;
+    match t {
+        T::Hash => "hash",
+        T::Array => "array",
+        T::PerCpuArray => "percpu_array",
+        T::PerCpuHash => "percpu_hash",
+        T::LruHash => "lru_hash",
+        T::LpmTrie => "lpm_trie",
+        T::DevMap => "devmap",
+        T::DevMapHash => "devmap_hash",
+        T::RingBuf => "ringbuf",
+        _ => "other",
+    }
+}

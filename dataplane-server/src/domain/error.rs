@@ -1,0 +1,48 @@
+//! Errors of the domain layer: each says what kind of failure it is (the API maps the kind to a
+//! gRPC status in one place) and names the field or object involved.
+
+use crate::dataplane::DataplaneError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DomainError {
+    /// A request field is malformed.
+    #[error("{field}: {reason}")]
+    InvalidArgument { field: String, reason: String },
+    #[error("{kind} {name} not found{detail}")]
+    NotFound { kind: &'static str, name: String, detail: &'static str },
+    #[error("{kind} {name} already exists")]
+    AlreadyExists { kind: &'static str, name: String },
+    #[error("{what}: all {capacity} in use")]
+    Exhausted { what: &'static str, capacity: u32 },
+    /// The request is well-formed but the system is not in a state to carry it out.
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// A kernel operation failed unexpectedly; nothing was changed.
+    #[error("dataplane: {source}")]
+    Internal {
+        #[source]
+        source: DataplaneError,
+    },
+}
+
+impl DomainError {
+    pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self::InvalidArgument { field: field.into(), reason: reason.into() }
+    }
+}
+
+impl From<DataplaneError> for DomainError {
+    fn from(e: DataplaneError) -> Self {
+        match e {
+            DataplaneError::XdpModeUnsupported { .. } | DataplaneError::XdpBusy { .. } => {
+                Self::FailedPrecondition(e.to_string())
+            }
+            DataplaneError::InterfaceGone { interface } => Self::NotFound {
+                kind: "interface",
+                name: interface,
+                detail: " (it disappeared while being attached)",
+            },
+            other => Self::Internal { source: other },
+        }
+    }
+}

@@ -1,0 +1,249 @@
+//! Interfaces the dataplane owns: validation, slot allocation, attach/detach, counters.
+
+use std::fmt;
+
+use dataplane_common::InterfaceStats;
+use tracing::info;
+
+use super::{Domain, DomainError};
+use crate::dataplane::{Attachment, Dataplane, XdpMode};
+
+/// A kernel interface name: 1 to 15 bytes (IFNAMSIZ - 1), no '/', no whitespace, no NUL,
+/// not "." or "..", as the kernel's `dev_valid_name` demands.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct InterfaceName(String);
+
+impl InterfaceName {
+    pub const MAX_LEN: usize = 15;
+
+    /// Validates `name`; `field` names the request field in the error.
+    pub fn parse(field: &str, name: &str) -> Result<Self, DomainError> {
+        let reason = if name.is_empty() {
+            Some("must not be empty".to_owned())
+        } else if name.len() > Self::MAX_LEN {
+            Some(format!("{} bytes long, at most {} allowed", name.len(), Self::MAX_LEN))
+        } else if name == "." || name == ".." {
+            Some(format!("{name:?} is not a valid interface name"))
+        } else if name.chars().any(|c| c == '/' || c == ':' || c == '\0' || c.is_whitespace()) {
+            Some(format!("{name:?} contains '/', ':', NUL or whitespace"))
+        } else {
+            None
+        };
+        match reason {
+            Some(r) => Err(DomainError::invalid(field, r)),
+            None => Ok(Self(name.to_owned())),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for InterfaceName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A validated `AddInterface` request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AddInterface {
+    pub name: InterfaceName,
+    pub mode: XdpMode,
+}
+
+/// What the domain keeps per attached interface.
+#[derive(Clone, Debug)]
+pub(super) struct InterfaceEntry {
+    pub ifindex: u32,
+    pub slot: u32,
+    pub requested: XdpMode,
+    pub attachment: Attachment,
+}
+
+/// An interface with its counters, as reported to callers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InterfaceView {
+    pub name: InterfaceName,
+    pub ifindex: u32,
+    pub slot: u32,
+    pub requested: XdpMode,
+    pub attachment: Attachment,
+    pub stats: InterfaceStats,
+}
+
+impl<D: Dataplane> Domain<D> {
+    /// Attaches the dataplane to an interface. Returns it and the new generation.
+    pub fn add_interface(&self, req: AddInterface) -> Result<(InterfaceView, u64), DomainError> {
+        let mut state = self.lock();
+        if state.interfaces.contains_key(&req.name) {
+            return Err(DomainError::AlreadyExists { kind: "interface", name: req.name.0 });
+        }
+        let ifindex = self.dataplane.ifindex(req.name.as_str())?.ok_or_else(|| DomainError::NotFound {
+            kind: "interface",
+            name: req.name.0.clone(),
+            detail: " in the server's network namespace",
+        })?;
+        let capacity = state.slots.capacity();
+        let slot = state.slots.alloc().ok_or(DomainError::Exhausted { what: "interface slots", capacity })?;
+        let attachment = match self.dataplane.attach(slot, req.name.as_str(), ifindex, req.mode) {
+            Ok(a) => a,
+            Err(e) => {
+                state.slots.free(slot);
+                return Err(e.into());
+            }
+        };
+        let entry = InterfaceEntry { ifindex, slot, requested: req.mode, attachment };
+        state.generation += 1;
+        let generation = state.generation;
+        state.interfaces.insert(req.name.clone(), entry.clone());
+        info!(interface = %req.name, ifindex, slot, generation, "interface added");
+        let view = self.view(&req.name, &entry)?;
+        Ok((view, generation))
+    }
+
+    /// Detaches the dataplane from an interface and frees its slot. Returns the new generation.
+    pub fn delete_interface(&self, name: &InterfaceName) -> Result<u64, DomainError> {
+        let mut state = self.lock();
+        let entry = state.interfaces.get(name).ok_or_else(|| not_attached(name))?;
+        self.dataplane.detach(entry.ifindex)?;
+        let slot = entry.slot;
+        state.interfaces.remove(name);
+        state.slots.free(slot);
+        state.generation += 1;
+        info!(interface = %name, slot, generation = state.generation, "interface deleted");
+        Ok(state.generation)
+    }
+
+    /// Every attached interface, or only `name`, with counters read now.
+    pub fn list_interfaces(&self, name: Option<&InterfaceName>) -> Result<Vec<InterfaceView>, DomainError> {
+        let state = self.lock();
+        match name {
+            Some(n) => {
+                let e = state.interfaces.get(n).ok_or_else(|| not_attached(n))?;
+                Ok(vec![self.view(n, e)?])
+            }
+            None => state.interfaces.iter().map(|(n, e)| self.view(n, e)).collect(),
+        }
+    }
+
+    fn view(&self, name: &InterfaceName, e: &InterfaceEntry) -> Result<InterfaceView, DomainError> {
+        Ok(InterfaceView {
+            name: name.clone(),
+            ifindex: e.ifindex,
+            slot: e.slot,
+            requested: e.requested,
+            attachment: e.attachment,
+            stats: self.dataplane.interface_stats(e.slot)?,
+        })
+    }
+}
+
+fn not_attached(name: &InterfaceName) -> DomainError {
+    DomainError::NotFound { kind: "interface", name: name.0.clone(), detail: " among the dataplane's interfaces" }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::fake::FakeDataplane;
+
+    fn name(s: &str) -> InterfaceName {
+        InterfaceName::parse("name", s).unwrap()
+    }
+
+    fn add(d: &Domain<FakeDataplane>, n: &str) -> Result<(InterfaceView, u64), DomainError> {
+        d.add_interface(AddInterface { name: name(n), mode: XdpMode::Auto })
+    }
+
+    #[test]
+    fn interface_name_invalid_inputs_rejected_naming_field() {
+        for bad in ["", "a-name-that-is-too-long", "a/b", "a b", ".", "..", "x:y"] {
+            let e = InterfaceName::parse("interfaces[2].name", bad).unwrap_err();
+            assert!(matches!(&e, DomainError::InvalidArgument { field, .. } if field == "interfaces[2].name"), "{bad:?}: {e}");
+        }
+        assert!(InterfaceName::parse("name", "veth-rtr0.100").is_ok());
+    }
+
+    #[test]
+    fn add_interface_known_link_attaches_and_bumps_generation() {
+        let d = Domain::new(FakeDataplane::with_links(&[("eth0", 7)]));
+        let (v, generation) = add(&d, "eth0").unwrap();
+        assert_eq!((v.ifindex, v.slot, generation), (7, 0, 1));
+        assert_eq!(v.attachment.xdp_mode, XdpMode::Native);
+        assert_eq!(d.dataplane().attached(), vec![(7, 0)]);
+    }
+
+    #[test]
+    fn add_interface_twice_already_exists_and_changes_nothing() {
+        let d = Domain::new(FakeDataplane::with_links(&[("eth0", 7)]));
+        add(&d, "eth0").unwrap();
+        let e = add(&d, "eth0").unwrap_err();
+        assert!(matches!(e, DomainError::AlreadyExists { .. }), "{e}");
+        assert_eq!(d.status().unwrap().generation, 1);
+        assert_eq!(d.dataplane().attached(), vec![(7, 0)]);
+    }
+
+    #[test]
+    fn add_interface_unknown_link_not_found_and_no_slot_used() {
+        let d = Domain::new(FakeDataplane::with_links(&[("eth0", 7)]));
+        let e = add(&d, "nope0").unwrap_err();
+        assert!(matches!(e, DomainError::NotFound { .. }), "{e}");
+        assert_eq!(add(&d, "eth0").unwrap().0.slot, 0);
+    }
+
+    #[test]
+    fn add_interface_attach_fails_slot_returned_and_nothing_recorded() {
+        let d = Domain::new(FakeDataplane::with_links(&[("eth0", 7), ("eth1", 8)]));
+        d.dataplane().fail_next_attach_with_unsupported_mode();
+        let e = add(&d, "eth0").unwrap_err();
+        assert!(matches!(e, DomainError::FailedPrecondition(_)), "{e}");
+        assert!(d.list_interfaces(None).unwrap().is_empty());
+        assert_eq!(d.status().unwrap().generation, 0);
+        assert_eq!(add(&d, "eth1").unwrap().0.slot, 0);
+    }
+
+    #[test]
+    fn delete_interface_frees_slot_for_reuse() {
+        let d = Domain::new(FakeDataplane::with_links(&[("a", 1), ("b", 2), ("c", 3)]));
+        add(&d, "a").unwrap();
+        add(&d, "b").unwrap();
+        assert_eq!(d.delete_interface(&name("a")).unwrap(), 3);
+        assert_eq!(d.dataplane().attached(), vec![(2, 1)]);
+        assert_eq!(add(&d, "c").unwrap().0.slot, 0);
+    }
+
+    #[test]
+    fn delete_interface_not_attached_not_found() {
+        let d = Domain::new(FakeDataplane::with_links(&[("a", 1)]));
+        let e = d.delete_interface(&name("a")).unwrap_err();
+        assert!(matches!(e, DomainError::NotFound { .. }), "{e}");
+        assert_eq!(d.status().unwrap().generation, 0);
+    }
+
+    #[test]
+    fn list_interfaces_reports_counters_per_slot() {
+        let d = Domain::new(FakeDataplane::with_links(&[("a", 1), ("b", 2)]));
+        add(&d, "a").unwrap();
+        add(&d, "b").unwrap();
+        d.dataplane().set_rx_packets(1, 42);
+        let all = d.list_interfaces(None).unwrap();
+        assert_eq!(all.iter().map(|v| (v.name.as_str(), v.stats.rx_packets)).collect::<Vec<_>>(), vec![("a", 0), ("b", 42)]);
+        let one = d.list_interfaces(Some(&name("b"))).unwrap();
+        assert_eq!(one.len(), 1);
+        assert!(matches!(d.list_interfaces(Some(&name("zz"))), Err(DomainError::NotFound { .. })));
+    }
+
+    #[test]
+    fn add_interface_all_slots_used_exhausted() {
+        let links: Vec<(String, u32)> = (0..=dataplane_common::MAX_INTERFACES).map(|i| (format!("l{i}"), i + 1)).collect();
+        let refs: Vec<(&str, u32)> = links.iter().map(|(n, i)| (n.as_str(), *i)).collect();
+        let d = Domain::new(FakeDataplane::with_links(&refs));
+        for (n, _) in &refs[..refs.len() - 1] {
+            add(&d, n).unwrap();
+        }
+        let e = add(&d, refs.last().unwrap().0).unwrap_err();
+        assert!(matches!(e, DomainError::Exhausted { .. }), "{e}");
+    }
+}

