@@ -1,1 +1,127 @@
-pub fn x(){}
+//! Rust client for the dataplane.v1 API: connection handling (unix socket or TCP) and typed
+//! service clients. `dpctl` and any Rust controller build on this.
+
+use std::path::PathBuf;
+
+use dataplane_proto::v1::{interfaces_client::InterfacesClient, system_client::SystemClient};
+use hyper_util::rt::TokioIo;
+use tokio::net::UnixStream;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+pub use dataplane_proto::v1 as pb;
+
+/// Where dpctl and controllers look for the server when not told.
+pub const DEFAULT_SERVER: &str = "unix:/run/dataplane/dataplane.sock";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("server address {address:?}: expected unix:PATH or http://HOST:PORT")]
+    BadAddress { address: String },
+    #[error("connecting to {address}: {source}")]
+    Transport {
+        address: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
+}
+
+/// A parsed server address.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ServerAddress {
+    Unix(PathBuf),
+    Http(String),
+}
+
+impl std::str::FromStr for ServerAddress {
+    type Err = ConnectError;
+
+    fn from_str(s: &str) -> Result<Self, ConnectError> {
+        if let Some(p) = s.strip_prefix("unix://").or_else(|| s.strip_prefix("unix:")) {
+            if p.is_empty() {
+                return Err(ConnectError::BadAddress { address: s.to_owned() });
+            }
+            Ok(Self::Unix(PathBuf::from(p)))
+        } else if s.starts_with("http://") || s.starts_with("https://") {
+            Ok(Self::Http(s.to_owned()))
+        } else {
+            Err(ConnectError::BadAddress { address: s.to_owned() })
+        }
+    }
+}
+
+/// Opens a channel to the server.
+pub async fn connect(address: &ServerAddress) -> Result<Channel, ConnectError> {
+    match address {
+        ServerAddress::Unix(path) => {
+            let path = path.clone();
+            let shown = format!("unix:{}", path.display());
+            // The URI is only used for the :authority header; the connector ignores it.
+            Endpoint::from_static("http://localhost")
+                .connect_with_connector(tower::service_fn(move |_: Uri| {
+                    let path = path.clone();
+                    async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?)) }
+                }))
+                .await
+                .map_err(|source| ConnectError::Transport { address: shown, source })
+        }
+        ServerAddress::Http(url) => {
+            let endpoint = Endpoint::from_shared(url.clone())
+                .map_err(|_| ConnectError::BadAddress { address: url.clone() })?;
+            endpoint.connect().await.map_err(|source| ConnectError::Transport { address: url.clone(), source })
+        }
+    }
+}
+
+/// Every dataplane.v1 service client over one channel.
+#[derive(Clone, Debug)]
+pub struct Client {
+    pub interfaces: InterfacesClient<Channel>,
+    pub system: SystemClient<Channel>,
+}
+
+impl Client {
+    pub async fn connect(address: &ServerAddress) -> Result<Self, ConnectError> {
+        let ch = connect(address).await?;
+        Ok(Self { interfaces: InterfacesClient::new(ch.clone()), system: SystemClient::new(ch) })
+    }
+}
+
+/// The canonical upper-case name of a gRPC status code ("NOT_FOUND"), as grpcurl and the gRPC
+/// docs spell it.
+pub fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code as C;
+    match code {
+        C::Ok => "OK",
+        C::Cancelled => "CANCELLED",
+        C::Unknown => "UNKNOWN",
+        C::InvalidArgument => "INVALID_ARGUMENT",
+        C::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        C::NotFound => "NOT_FOUND",
+        C::AlreadyExists => "ALREADY_EXISTS",
+        C::PermissionDenied => "PERMISSION_DENIED",
+        C::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        C::FailedPrecondition => "FAILED_PRECONDITION",
+        C::Aborted => "ABORTED",
+        C::OutOfRange => "OUT_OF_RANGE",
+        C::Unimplemented => "UNIMPLEMENTED",
+        C::Internal => "INTERNAL",
+        C::Unavailable => "UNAVAILABLE",
+        C::DataLoss => "DATA_LOSS",
+        C::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_address_parse_accepts_unix_and_http_rejects_other() {
+        assert_eq!("unix:/run/x.sock".parse::<ServerAddress>().unwrap(), ServerAddress::Unix("/run/x.sock".into()));
+        assert_eq!("unix:///run/x.sock".parse::<ServerAddress>().unwrap(), ServerAddress::Unix("/run/x.sock".into()));
+        assert!(matches!("http://127.0.0.1:50051".parse::<ServerAddress>().unwrap(), ServerAddress::Http(_)));
+        for bad in ["", "unix:", "/run/x.sock", "tcp://1.2.3.4:5"] {
+            assert!(bad.parse::<ServerAddress>().is_err(), "{bad:?}");
+        }
+    }
+}
