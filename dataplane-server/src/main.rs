@@ -20,6 +20,9 @@ use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use tracing::{info, warn};
 use tracing_subscriber::EnvFilter;
 
+/// How long shutdown waits for open connections to finish before closing them.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
+
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum LogFormat {
     Text,
@@ -49,14 +52,20 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     init_tracing(args.log_format);
 
-    let dataplane = KernelDataplane::load(&LoaderConfig { bpffs_root: args.bpffs.clone() })
-        .context("loading the dataplane")?;
-    let domain = Arc::new(Domain::new(dataplane));
-    let info = ServerInfo { version: env!("CARGO_PKG_VERSION").to_owned(), kernel_version: kernel_release() };
-
-    let result = serve(&args, domain.clone(), info).await;
-    // Whatever happened to serving, leave nothing attached or pinned behind.
-    domain.dataplane().shutdown();
+    // Claim the socket first: a second server for the same socket must fail before it touches
+    // the kernel, and must never remove the socket of the one already running.
+    let unix = bind_unix(&args.grpc_socket)?;
+    let result = match KernelDataplane::load(&LoaderConfig { bpffs_root: args.bpffs.clone() }) {
+        Ok(dataplane) => {
+            let domain = Arc::new(Domain::new(dataplane));
+            let info = ServerInfo { version: env!("CARGO_PKG_VERSION").to_owned(), kernel_version: kernel_release() };
+            let result = serve(&args, unix, domain.clone(), info).await;
+            // Whatever happened to serving, leave nothing attached or pinned behind.
+            domain.dataplane().shutdown();
+            result
+        }
+        Err(e) => Err(anyhow::Error::new(e).context("loading the dataplane")),
+    };
     let _ = std::fs::remove_file(&args.grpc_socket);
     info!("stopped");
     result
@@ -64,11 +73,11 @@ async fn main() -> anyhow::Result<()> {
 
 async fn serve(
     args: &Args,
+    unix: UnixListener,
     domain: Arc<Domain<KernelDataplane>>,
     info: ServerInfo,
 ) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
-    let unix = bind_unix(&args.grpc_socket)?;
     info!(socket = %args.grpc_socket.display(), version = %info.version, "serving gRPC");
 
     let (router, _health) = api::router(domain.clone(), info.clone()).await?;
@@ -92,10 +101,17 @@ async fn serve(
         }
     }
     let _ = stop_tx.send(true);
-    while let Some(r) = tasks.join_next().await {
-        if let Err(e) = r.context("server task").and_then(|r| r.context("gRPC server")) {
-            warn!(error = %e, "server ended with an error");
+    // Graceful: in-flight RPCs finish, but a client that never closes its connection must not
+    // hold the shutdown (and the detach that follows it) hostage.
+    let drain = async {
+        while let Some(r) = tasks.join_next().await {
+            if let Err(e) = r.context("server task").and_then(|r| r.context("gRPC server")) {
+                warn!(error = %e, "server ended with an error");
+            }
         }
+    };
+    if tokio::time::timeout(SHUTDOWN_GRACE, drain).await.is_err() {
+        warn!(grace = ?SHUTDOWN_GRACE, "connections still open after the grace period; closing them");
     }
     Ok(())
 }

@@ -187,7 +187,8 @@ impl Server {
     fn wait_ready(&mut self) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
-            if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
+            // The socket is bound before the programs load; ready means answering RPCs.
+            if self.socket.exists() && self.dpctl(&["status"]).status.success() {
                 return Ok(());
             }
             if let Some(status) = self.child.as_mut().unwrap().try_wait()? {

@@ -35,7 +35,7 @@ async fn add(client: &mut controller_client::Client, name: &str) -> Result<pb::A
         .map(|r| r.into_inner())
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn add_interface_ping_across_counters_match_packets_sent() {
     let topo = Topology::new().unwrap();
     // Resolve ARP everywhere first so the counted pings are the only IP packets.
@@ -73,7 +73,7 @@ async fn add_interface_ping_across_counters_match_packets_sent() {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delete_interface_detaches_both_programs_and_frees_slot() {
     let topo = Topology::new().unwrap();
     let server = Server::start(&topo.rtr).unwrap();
@@ -110,7 +110,7 @@ async fn delete_interface_detaches_both_programs_and_frees_slot() {
     assert_eq!(again.counters.unwrap().rx_packets, 0);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn add_interface_errors_precise_status_and_change_nothing() {
     let topo = Topology::new().unwrap();
     let server = Server::start(&topo.rtr).unwrap();
@@ -156,7 +156,7 @@ async fn add_interface_errors_precise_status_and_change_nothing() {
     assert!(maps.contains(&("IFINDEX_SLOTS".to_owned(), 1)), "{maps:?}");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn add_interface_generic_mode_runs_generic_and_counts() {
     let topo = Topology::new().unwrap();
     topo.ping_h1_to_h2(1).unwrap();
