@@ -1,0 +1,36 @@
+//! The README's first command: scripts/demo.sh runs to completion (with the binaries this test
+//! run built) and leaves no namespace, pin, socket or process behind.
+
+use std::process::Command;
+
+fn netns_list() -> String {
+    integration::run("ip", &["netns", "list"]).unwrap()
+}
+
+#[test]
+fn demo_script_runs_to_completion_and_leaves_nothing_behind() {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/demo.sh");
+    let out = Command::new("bash")
+        .arg(script)
+        .env("DEMO_BIN_DIR", integration::bin_dir())
+        .output()
+        .expect("bash");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "demo failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("5 packets transmitted, 5 received"), "{stdout}");
+    let row = stdout.lines().find(|l| l.starts_with("r0 ")).unwrap_or_else(|| panic!("{stdout}"));
+    assert!(row.contains("native") && row.contains("pass_ip="), "{row}");
+    assert!(stdout.contains("demo: cleaned up"), "{stdout}");
+
+    // The script names everything after its pid; none of it may survive.
+    let pid_tag = stdout
+        .lines()
+        .find_map(|l| l.split("demo-rtr-").nth(1))
+        .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
+        .expect("demo prints its router namespace")
+        .to_owned();
+    assert!(!netns_list().contains(&format!("-{pid_tag}")), "namespaces left: {}", netns_list());
+    assert!(!std::path::Path::new(&format!("/sys/fs/bpf/dataplane-demo-{pid_tag}")).exists());
+    assert!(!std::path::Path::new(&format!("/run/dataplane-demo-{pid_tag}")).exists());
+}
