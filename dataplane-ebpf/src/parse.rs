@@ -55,6 +55,8 @@ pub struct Packet {
     pub l3_off: usize,
     /// Offset of the upper-layer header (after IPv4 options / IPv6 extension headers).
     pub l4_off: usize,
+    /// Offset just past the IP datagram (from its total/payload length); what follows is padding.
+    pub l3_end: usize,
     pub ip_proto: u8,
     /// A non-first fragment: no upper-layer header in this packet.
     pub fragment: bool,
@@ -96,6 +98,20 @@ fn read<T: Copy>(ctx: &XdpContext, off: usize) -> Option<T> {
     ptr_at::<T>(ctx, off).map(|p| unsafe { *p })
 }
 
+/// Like [`read`], but the `T` must also end at or before `limit` (an offset into the frame): the
+/// end of the IP datagram, so Ethernet padding after it is never taken for header bytes.
+#[inline(always)]
+fn read_within<T: Copy>(ctx: &XdpContext, off: usize, limit: usize) -> Option<T> {
+    // `limit` was checked against the frame length earlier; hidden from LLVM so it cannot chain
+    // `off + size <= limit <= frame length` into proof that the packet bounds check in `read` is
+    // redundant and delete it: the verifier cannot follow that chain and rejects the load.
+    let limit = core::hint::black_box(limit);
+    if off + size_of::<T>() > limit {
+        return None;
+    }
+    read(ctx, off)
+}
+
 #[inline(always)]
 fn be16(b: [u8; 2]) -> u16 {
     u16::from_be_bytes(b)
@@ -113,6 +129,7 @@ pub fn parse(ctx: &XdpContext) -> Result<Packet, Reason> {
         vlan_ids: [0; MAX_VLAN_TAGS],
         l3_off: ETH_HLEN,
         l4_off: 0,
+        l3_end: 0,
         ip_proto: 0,
         fragment: false,
         src_port: 0,
@@ -176,6 +193,7 @@ fn parse_ipv4(ctx: &XdpContext, pkt: &mut Packet, frame_len: usize) -> Result<()
     pkt.ip_proto = h[9];
     pkt.fragment = be16([h[6], h[7]]) & 0x1fff != 0;
     pkt.l4_off = off + hlen;
+    pkt.l3_end = off + total;
     Ok(())
 }
 
@@ -191,36 +209,40 @@ fn parse_ipv6(ctx: &XdpContext, pkt: &mut Packet, frame_len: usize) -> Result<()
         return Err(Reason::Ipv6Malformed);
     }
     pkt.l3 = L3::Ipv6;
+    let end = off + IPV6_HLEN + payload;
+    pkt.l3_end = end;
     let mut next = h[6];
     let mut l4 = off + IPV6_HLEN;
     let mut n = 0;
-    while n < MAX_IPV6_EXT {
+    // Walk at most MAX_IPV6_EXT extension headers; the loop ends early at the upper layer or at a
+    // non-first fragment, whose remaining bytes are fragment data, not headers.
+    while n < MAX_IPV6_EXT && is_ipv6_ext(next) && !pkt.fragment {
         // Clamp so the verifier knows `l4` is bounded before it is used as a packet offset.
         if l4 > MAX_L4_OFFSET {
             return Err(Reason::Ipv6Malformed);
         }
-        match next {
-            IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => {
-                let e: [u8; 2] = read(ctx, l4).ok_or(Reason::Ipv6Truncated)?;
-                next = e[0];
-                l4 += (e[1] as usize + 1) * 8;
-            }
-            IPPROTO_AH => {
-                let e: [u8; 2] = read(ctx, l4).ok_or(Reason::Ipv6Truncated)?;
-                next = e[0];
-                l4 += (e[1] as usize + 2) * 4;
-            }
-            IPPROTO_FRAGMENT => {
-                let e: [u8; 8] = read(ctx, l4).ok_or(Reason::Ipv6Truncated)?;
-                next = e[0];
-                pkt.fragment = be16([e[2], e[3]]) >> 3 != 0;
-                l4 += 8;
-            }
-            _ => break,
+        let e: [u8; 2] = read_within(ctx, l4, end).ok_or(Reason::Ipv6Truncated)?;
+        let len = match next {
+            IPPROTO_FRAGMENT => 8,
+            IPPROTO_AH => (e[1] as usize + 2) * 4,
+            _ => (e[1] as usize + 1) * 8,
+        };
+        // The whole extension header must be inside the datagram (whose end is inside the
+        // frame, checked above). A scalar comparison on purpose: a packet-pointer check of the
+        // last byte would let LLVM drop the 2-byte check above as implied by it, and hoist the
+        // read of `e` before any check the verifier can see.
+        if l4 + len > end {
+            return Err(Reason::Ipv6Truncated);
         }
+        if next == IPPROTO_FRAGMENT {
+            let f: [u8; 8] = read(ctx, l4).ok_or(Reason::Ipv6Truncated)?;
+            pkt.fragment = be16([f[2], f[3]]) >> 3 != 0;
+        }
+        next = e[0];
+        l4 += len;
         n += 1;
     }
-    if n == MAX_IPV6_EXT || l4 > MAX_L4_OFFSET {
+    if (is_ipv6_ext(next) && !pkt.fragment) || l4 > MAX_L4_OFFSET {
         return Err(Reason::Ipv6Malformed);
     }
     pkt.ip_proto = next;
@@ -229,26 +251,32 @@ fn parse_ipv6(ctx: &XdpContext, pkt: &mut Packet, frame_len: usize) -> Result<()
 }
 
 #[inline(always)]
+fn is_ipv6_ext(proto: u8) -> bool {
+    matches!(proto, IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_FRAGMENT | IPPROTO_AH | IPPROTO_DSTOPTS)
+}
+
+#[inline(always)]
 fn parse_l4(ctx: &XdpContext, pkt: &mut Packet) -> Result<(), Reason> {
-    // Re-clamp: the verifier loses the bound across the match arms above.
-    let off = pkt.l4_off;
+    let (off, end) = (pkt.l4_off, pkt.l3_end);
+    // Re-clamp: the verifier loses the bound on `l4_off` across the parsers above. Unreachable
+    // for IPv4 (at most 22 + 60) and rejected already for IPv6.
     if off > MAX_L4_OFFSET {
-        return Err(Reason::Ipv6Malformed);
+        return Err(Reason::L4Truncated);
     }
     match (pkt.l3, pkt.ip_proto) {
         (_, IPPROTO_TCP) => {
-            let t: [u8; 20] = read(ctx, off).ok_or(Reason::L4Truncated)?;
+            let t: [u8; 20] = read_within(ctx, off, end).ok_or(Reason::L4Truncated)?;
             pkt.src_port = be16([t[0], t[1]]);
             pkt.dst_port = be16([t[2], t[3]]);
             pkt.tcp_flags = t[13];
         }
         (_, IPPROTO_UDP) => {
-            let u: [u8; 8] = read(ctx, off).ok_or(Reason::L4Truncated)?;
+            let u: [u8; 8] = read_within(ctx, off, end).ok_or(Reason::L4Truncated)?;
             pkt.src_port = be16([u[0], u[1]]);
             pkt.dst_port = be16([u[2], u[3]]);
         }
         (L3::Ipv4, IPPROTO_ICMP) | (L3::Ipv6, IPPROTO_ICMPV6) => {
-            let c: [u8; 4] = read(ctx, off).ok_or(Reason::L4Truncated)?;
+            let c: [u8; 4] = read_within(ctx, off, end).ok_or(Reason::L4Truncated)?;
             pkt.src_port = c[0] as u16;
             pkt.dst_port = c[1] as u16;
         }
