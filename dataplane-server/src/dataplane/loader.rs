@@ -352,7 +352,7 @@ impl Dataplane for KernelDataplane {
                 .map_type()
                 .map(|t| map_type_name(t).to_owned())
                 .unwrap_or_else(|_| "unknown".to_owned());
-            let keys = (*name == names::IFINDEX_SLOTS).then(|| inner.ifindex_slots.len());
+            let keys = (*name == names::IFINDEX_SLOTS).then(|| inner.ifindex_slots.count());
             out.push(MapStatus {
                 name,
                 kind,

@@ -26,7 +26,8 @@ impl IfindexSlots {
         }
     }
 
-    pub fn len(&self) -> u64 {
+    /// Keys present (the kernel offers no count; this walks the keys).
+    pub fn count(&self) -> u64 {
         self.0.keys().filter(|k| k.is_ok()).count() as u64
     }
 }
