@@ -3,7 +3,9 @@
 
 use std::path::PathBuf;
 
-use dataplane_proto::v1::{interfaces_client::InterfacesClient, system_client::SystemClient};
+use dataplane_proto::v1::{
+    interfaces_client::InterfacesClient, routing_client::RoutingClient, system_client::SystemClient,
+};
 use hyper_util::rt::TokioIo;
 use tokio::net::UnixStream;
 use tonic::transport::{Channel, Endpoint, Uri};
@@ -76,13 +78,20 @@ pub async fn connect(address: &ServerAddress) -> Result<Channel, ConnectError> {
 #[derive(Clone, Debug)]
 pub struct Client {
     pub interfaces: InterfacesClient<Channel>,
+    pub routing: RoutingClient<Channel>,
     pub system: SystemClient<Channel>,
 }
 
 impl Client {
     pub async fn connect(address: &ServerAddress) -> Result<Self, ConnectError> {
         let ch = connect(address).await?;
-        Ok(Self { interfaces: InterfacesClient::new(ch.clone()), system: SystemClient::new(ch) })
+        // Large route batches: raise tonic's 4 MiB default message limits.
+        let max = 256 * 1024 * 1024;
+        Ok(Self {
+            interfaces: InterfacesClient::new(ch.clone()),
+            routing: RoutingClient::new(ch.clone()).max_encoding_message_size(max).max_decoding_message_size(max),
+            system: SystemClient::new(ch),
+        })
     }
 }
 

@@ -6,13 +6,21 @@
 
 pub mod maps;
 pub mod reason;
+pub mod route;
 pub mod stats;
 
 pub use reason::Reason;
+pub use route::{InterfaceConfig, NextHop, NextHopStats, RouteAddrV4, RouteAddrV6, RouteValue};
 pub use stats::InterfaceStats;
 
 /// Number of interface slots; slots are ids the server assigns (free list), indexing array maps.
 pub const MAX_INTERFACES: u32 = 1024;
+/// Number of next-hop slots.
+pub const MAX_NEXTHOPS: u32 = 65536;
+/// Capacity of each LPM trie (all VRFs together).
+pub const MAX_ROUTES: u32 = 2_000_000;
+/// VRF ids are below this.
+pub const MAX_VRFS: u32 = 65536;
 
 /// Program names as they appear in the object file (the `#[xdp]`/`#[classifier]` function names).
 pub mod programs {
@@ -24,6 +32,23 @@ pub mod programs {
 
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY: both types are repr(C), contain only integers and have no implicit padding.
+    // SAFETY: every type is repr(C), contains only integers and byte arrays, and has no implicit
+    // padding (explicit `_pad`/`_reserved` fields where alignment would add some).
     unsafe impl aya::Pod for super::InterfaceStats {}
+    unsafe impl aya::Pod for super::InterfaceConfig {}
+    unsafe impl aya::Pod for super::RouteAddrV4 {}
+    unsafe impl aya::Pod for super::RouteAddrV6 {}
+    unsafe impl aya::Pod for super::RouteValue {}
+    unsafe impl aya::Pod for super::NextHop {}
+    unsafe impl aya::Pod for super::NextHopStats {}
 }
+
+// The layouts above have no implicit padding; these sizes are what both sides agree on.
+const _: () = {
+    assert!(core::mem::size_of::<InterfaceConfig>() == 44);
+    assert!(core::mem::size_of::<NextHop>() == 96);
+    assert!(core::mem::size_of::<RouteAddrV4>() == 8);
+    assert!(core::mem::size_of::<RouteAddrV6>() == 20);
+    assert!(core::mem::size_of::<RouteValue>() == 8);
+    assert!(core::mem::size_of::<InterfaceStats>() == 32 + 8 * reason::REASON_SLOTS);
+};

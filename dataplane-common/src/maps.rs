@@ -1,14 +1,26 @@
 //! Map names. The eBPF crate declares each map under exactly this name and the server opens it by
 //! the same constant, so a rename cannot silently split the two sides.
 
-/// Hash: interface ifindex (u32) -> interface slot (u32). The only hash on the ingress path;
-/// everything per interface after it is an array indexed by the slot.
-pub const IFINDEX_SLOTS: &str = "IFINDEX_SLOTS";
+/// Hash: interface ifindex (u32) -> [`crate::InterfaceConfig`]. The only hash on the ingress
+/// path (ifindexes are kernel-assigned and sparse); everything after it is indexed by ids the
+/// server assigns.
+pub const INTERFACES: &str = "INTERFACES";
 /// Per-CPU array: interface slot -> [`crate::InterfaceStats`].
 pub const IFACE_STATS: &str = "IFACE_STATS";
 /// Per-CPU array with one entry: [`crate::InterfaceStats`] for packets seen on an ifindex that has
 /// no slot (a program still attached to an interface being removed, or test runs).
 pub const UNKNOWN_IFACE_STATS: &str = "UNKNOWN_IFACE_STATS";
+/// LPM trie: [`crate::RouteKeyV4`] -> [`crate::RouteValue`], every VRF in one trie.
+pub const ROUTES_V4: &str = "ROUTES_V4";
+/// LPM trie: [`crate::RouteKeyV6`] -> [`crate::RouteValue`], every VRF in one trie.
+pub const ROUTES_V6: &str = "ROUTES_V6";
+/// Array: next-hop slot -> [`crate::NextHop`].
+pub const NEXTHOPS: &str = "NEXTHOPS";
+/// Per-CPU array: next-hop slot -> [`crate::NextHopStats`].
+pub const NEXTHOP_STATS: &str = "NEXTHOP_STATS";
+/// Devmap: interface slot -> ifindex, the redirect targets.
+pub const TX_PORTS: &str = "TX_PORTS";
 
 /// Every map the programs declare, for status reporting and pin management.
-pub const ALL: &[&str] = &[IFINDEX_SLOTS, IFACE_STATS, UNKNOWN_IFACE_STATS];
+pub const ALL: &[&str] =
+    &[INTERFACES, IFACE_STATS, UNKNOWN_IFACE_STATS, ROUTES_V4, ROUTES_V6, NEXTHOPS, NEXTHOP_STATS, TX_PORTS];

@@ -2,7 +2,7 @@
 //! (Cilium's drop reasons that double as metrics): every packet bumps exactly one.
 
 /// Size of the per-interface reason counter array; reasons are `< REASON_SLOTS`.
-pub const REASON_SLOTS: usize = 16;
+pub const REASON_SLOTS: usize = 32;
 
 /// What a reason says about the packet's fate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,33 +47,54 @@ macro_rules! reasons {
 }
 
 reasons! {
-    /// A well-formed IPv4/IPv6 packet handed to the kernel stack (no forwarding stage yet).
-    PassIp = 0, "pass_ip", Pass;
+    /// Routed by the dataplane: rewritten and redirected out of the next hop's interface.
+    Forwarded = 0, "forwarded", Pass;
     /// A well-formed non-IP frame (ARP, LLDP, ...) handed to the kernel stack.
     PassNonIp = 1, "pass_non_ip", Pass;
-    /// An IP fragment other than the first: no L4 header to parse, handed on.
-    PassFragment = 2, "pass_fragment", Pass;
+    /// IP, but no route matched in the interface's VRF: handed to the kernel stack.
+    NoRoute = 2, "no_route", Pass;
+    /// Addressed to the router itself (an address of the ingress interface).
+    PassLocal = 3, "pass_local", Pass;
+    /// Multicast, broadcast or IPv6 link-local destination: the kernel's business (ND, ARP, ...).
+    PassMulticast = 4, "pass_multicast", Pass;
+    /// The route's next hop is RECEIVE: handed to the local kernel stack.
+    PassReceive = 5, "pass_receive", Pass;
+    /// TTL/hop limit would expire and no ICMP error could be built here (no interface address,
+    /// VLAN tag, IPv4 options): handed to the kernel stack.
+    PassTtlExceeded = 6, "pass_ttl_exceeded", Pass;
+    /// TTL/hop limit would expire: the dataplane answered with ICMP time exceeded itself.
+    IcmpTimeExceeded = 7, "icmp_time_exceeded", Pass;
+    /// Larger than the egress interface's MTU: handed to the kernel stack.
+    PassMtu = 8, "pass_mtu", Pass;
+    /// The route points at a next hop slot that is empty or an empty ECMP group.
+    PassNextHopInvalid = 9, "pass_nexthop_invalid", Pass;
+    /// The next hop's interface has no devmap entry (the server never lets this happen: a next
+    /// hop keeps its interface attached). The frame was already rewritten, so it is dropped.
+    DropNoTxPort = 10, "drop_no_tx_port", Drop;
+    /// VLAN-tagged IP: sub-interfaces are not routed yet, handed to the kernel stack.
+    PassVlan = 11, "pass_vlan", Pass;
+    /// The route's next hop is DISCARD.
+    DropDiscard = 12, "drop_discard", Drop;
     /// Frame shorter than an Ethernet header.
-    EthTruncated = 3, "eth_truncated", ParseError;
+    EthTruncated = 13, "eth_truncated", ParseError;
     /// A VLAN tag announced but cut off.
-    VlanTruncated = 4, "vlan_truncated", ParseError;
+    VlanTruncated = 14, "vlan_truncated", ParseError;
     /// More than two stacked VLAN tags (802.1ad + 802.1Q is the deepest we accept).
-    VlanTooDeep = 5, "vlan_too_deep", ParseError;
+    VlanTooDeep = 15, "vlan_too_deep", ParseError;
     /// IPv4 header cut off (including its options).
-    Ipv4Truncated = 6, "ipv4_truncated", ParseError;
+    Ipv4Truncated = 16, "ipv4_truncated", ParseError;
     /// IPv4 header inconsistent: version not 4, IHL < 5, or total length outside the frame.
-    Ipv4Malformed = 7, "ipv4_malformed", ParseError;
-    /// IPv6 header cut off.
-    Ipv6Truncated = 8, "ipv6_truncated", ParseError;
+    Ipv4Malformed = 17, "ipv4_malformed", ParseError;
+    /// IPv6 header cut off, or an extension header cut off within the payload length.
+    Ipv6Truncated = 18, "ipv6_truncated", ParseError;
     /// IPv6 header inconsistent: version not 6, payload length beyond the frame, or an extension
     /// header chain longer than we walk.
-    Ipv6Malformed = 9, "ipv6_malformed", ParseError;
-    /// TCP/UDP/ICMP/ICMPv6 header cut off.
-    L4Truncated = 10, "l4_truncated", ParseError;
+    Ipv6Malformed = 19, "ipv6_malformed", ParseError;
+    /// TCP/UDP/ICMP/ICMPv6 header cut off within the IP datagram.
+    L4Truncated = 20, "l4_truncated", ParseError;
     /// Seen on an ifindex that has no interface slot.
-    UnknownInterface = 11, "unknown_interface", Pass;
+    UnknownInterface = 21, "unknown_interface", Pass;
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;

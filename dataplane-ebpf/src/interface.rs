@@ -1,10 +1,13 @@
-//! Interface stage: ingress/egress ifindex -> the slot the server assigned to that interface.
+//! Interface stage: ingress/egress ifindex -> the configuration the server wrote for it.
 
-use crate::maps::IFINDEX_SLOTS;
+use dataplane_common::InterfaceConfig;
 
-/// The interface slot for `ifindex`, or `None` when the server has not registered it.
+use crate::maps::INTERFACES;
+
+/// The configuration of `ifindex`, or `None` when the server has not registered it.
 #[inline(always)]
-pub fn slot_of(ifindex: u32) -> Option<u32> {
-    // SAFETY: the value is a plain u32 copied out immediately; no reference outlives the lookup.
-    unsafe { IFINDEX_SLOTS.get(&ifindex) }.copied()
+pub fn config(ifindex: u32) -> Option<&'static InterfaceConfig> {
+    // SAFETY: hash map values stay valid for the whole program run (RCU); the server replaces an
+    // entry with one whole-value update, never field by field.
+    unsafe { INTERFACES.get(&ifindex) }.map(|v| unsafe { &*(v as *const InterfaceConfig) })
 }

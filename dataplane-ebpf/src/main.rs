@@ -5,46 +5,155 @@
 #![no_std]
 #![no_main]
 
+mod icmp;
 mod interface;
 mod maps;
+mod nexthop;
 mod parse;
+mod rewrite;
+mod route;
 mod stats;
 
 use aya_ebpf::{
-    bindings::{xdp_action, TC_ACT_OK},
+    bindings::{xdp_action, TC_ACT_OK, TC_ACT_SHOT},
+    helpers::bpf_redirect,
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
-use dataplane_common::Reason;
+use dataplane_common::{InterfaceConfig, Reason};
+use nexthop::Resolved;
+use parse::{Packet, L3};
+
+use crate::maps::TX_PORTS;
 
 /// XDP entry point attached to every interface the dataplane owns.
 #[xdp]
 pub fn dp_xdp_ingress(ctx: XdpContext) -> u32 {
     let len = (ctx.data_end() - ctx.data()) as u64;
-    let slot = interface::slot_of(ctx.ingress_ifindex() as u32);
-    let (verdict, reason) = ingress(&ctx);
-    stats::count_rx(slot, len, reason);
+    let Some(cfg) = interface::config(ctx.ingress_ifindex() as u32) else {
+        stats::count_rx(None, len, Reason::UnknownInterface);
+        return xdp_action::XDP_PASS;
+    };
+    let (verdict, reason) = ingress(&ctx, cfg);
+    stats::count_rx(Some(cfg.slot), len, reason);
     verdict
 }
 
-/// The ingress pipeline. For now every packet goes to the kernel stack; the reason says what the
-/// parser made of it.
+/// The ingress pipeline: parse -> (local?) -> route -> next hop -> TTL -> MTU -> rewrite ->
+/// redirect. Whatever the dataplane does not forward goes to the kernel stack.
 #[inline(always)]
-fn ingress(ctx: &XdpContext) -> (u32, Reason) {
-    match parse::parse(ctx) {
-        Ok(pkt) => (xdp_action::XDP_PASS, pkt.pass_reason()),
-        Err(reason) => (xdp_action::XDP_PASS, reason),
+fn ingress(ctx: &XdpContext, cfg: &InterfaceConfig) -> (u32, Reason) {
+    const PASS: u32 = xdp_action::XDP_PASS;
+    let pkt = match parse::parse(ctx) {
+        Ok(p) => p,
+        Err(reason) => return (PASS, reason),
+    };
+    if let Err(reason) = for_us(&pkt, cfg) {
+        return (PASS, reason);
+    }
+    let Some(nh_slot) = route::lookup(cfg.vrf, &pkt) else { return (PASS, Reason::NoRoute) };
+    let (slot, nh) = match nexthop::resolve(nh_slot, &pkt) {
+        Resolved::Encap(slot, nh) => (slot, nh),
+        Resolved::Stop(Reason::DropDiscard) => return (xdp_action::XDP_DROP, Reason::DropDiscard),
+        Resolved::Stop(reason) => return (PASS, reason),
+    };
+    if pkt.ttl <= 1 {
+        if icmp::time_exceeded(ctx, &pkt, cfg) {
+            return (xdp_action::XDP_TX, Reason::IcmpTimeExceeded);
+        }
+        return (PASS, Reason::PassTtlExceeded);
+    }
+    if (pkt.l3_end - pkt.l3_off) as u32 > nh.mtu {
+        return (PASS, Reason::PassMtu);
+    }
+    if !rewrite::decrement_ttl(ctx, &pkt) || !rewrite::macs(ctx, nh) {
+        return (PASS, Reason::Ipv4Truncated);
+    }
+    match TX_PORTS.redirect(nh.tx_slot, 0) {
+        Ok(action) => {
+            stats::count_nexthop(slot, (ctx.data_end() - ctx.data()) as u64);
+            (action, Reason::Forwarded)
+        }
+        Err(_) => (xdp_action::XDP_DROP, Reason::DropNoTxPort),
     }
 }
 
-/// TC egress entry point (TCX link) on every interface the dataplane owns: counts what the node
-/// transmits, including traffic the kernel itself originates.
+/// `Err(reason)` for packets the dataplane must not route: non-IP, VLAN-tagged, multicast,
+/// broadcast, link-local, or addressed to the ingress interface itself.
+#[inline(always)]
+fn for_us(pkt: &Packet, cfg: &InterfaceConfig) -> Result<(), Reason> {
+    use dataplane_common::route::{IFACE_HAS_IPV4, IFACE_HAS_IPV6};
+    match pkt.l3 {
+        L3::Other(_) => Err(Reason::PassNonIp),
+        _ if pkt.vlan_tags != 0 => Err(Reason::PassVlan),
+        L3::Ipv4 => {
+            let d = pkt.dst;
+            // 224/4 multicast, 240/4 reserved and 255.255.255.255, 169.254/16 link-local.
+            if d[0] >= 224 || (d[0] == 169 && d[1] == 254) {
+                Err(Reason::PassMulticast)
+            } else if cfg.flags & IFACE_HAS_IPV4 != 0 && d[..4] == cfg.ipv4 {
+                Err(Reason::PassLocal)
+            } else {
+                Ok(())
+            }
+        }
+        L3::Ipv6 => {
+            let d = pkt.dst;
+            // ff00::/8 multicast, fe80::/10 link-local.
+            if d[0] == 0xff || (d[0] == 0xfe && d[1] & 0xc0 == 0x80) {
+                Err(Reason::PassMulticast)
+            } else if cfg.flags & IFACE_HAS_IPV6 != 0 && d == cfg.ipv6 {
+                Err(Reason::PassLocal)
+            } else {
+                Ok(())
+            }
+        }
+    }
+}
+
+/// TC egress entry point (TCX link) on every interface the dataplane owns. Counts what the node
+/// transmits, and routes what the node itself originates: the same route and next-hop lookup as
+/// ingress, in the egress interface's VRF, with MAC rewrite (no TTL change: the node is the
+/// source). Traffic XDP redirected never comes through here (it bypasses the qdisc layer).
 #[classifier]
 pub fn dp_tc_egress(ctx: TcContext) -> i32 {
     // SAFETY: the kernel hands a valid __sk_buff to a classifier for the whole invocation.
     let (ifindex, len) = unsafe { ((*ctx.skb.skb).ifindex, (*ctx.skb.skb).len) };
-    stats::count_tx(interface::slot_of(ifindex), len as u64);
-    TC_ACT_OK
+    let Some(cfg) = interface::config(ifindex) else {
+        stats::count_tx(None, len as u64);
+        return TC_ACT_OK;
+    };
+    stats::count_tx(Some(cfg.slot), len as u64);
+    egress(&ctx, cfg, ifindex)
+}
+
+#[inline(always)]
+fn egress(ctx: &TcContext, cfg: &InterfaceConfig, ifindex: u32) -> i32 {
+    // Headers may sit in paged data: make the first bytes direct-access (no-op when linear).
+    // SAFETY: reading the skb length from the context.
+    let len = unsafe { (*ctx.skb.skb).len };
+    let _ = ctx.pull_data(if len < 128 { len } else { 128 });
+    let Ok(pkt) = parse::parse(ctx) else { return TC_ACT_OK };
+    if for_us(&pkt, cfg).is_err() {
+        return TC_ACT_OK;
+    }
+    let Some(nh_slot) = route::lookup(cfg.vrf, &pkt) else { return TC_ACT_OK };
+    match nexthop::resolve(nh_slot, &pkt) {
+        Resolved::Encap(slot, nh) => {
+            if !rewrite::macs(ctx, nh) {
+                return TC_ACT_OK;
+            }
+            stats::count_nexthop(slot, len as u64);
+            if nh.ifindex == ifindex {
+                TC_ACT_OK
+            } else {
+                // SAFETY: plain helper call; a bad ifindex makes the kernel drop the skb.
+                unsafe { bpf_redirect(nh.ifindex, 0) as i32 }
+            }
+        }
+        Resolved::Stop(Reason::DropDiscard) => TC_ACT_SHOT,
+        Resolved::Stop(_) => TC_ACT_OK,
+    }
 }
 
 #[cfg(not(test))]

@@ -3,19 +3,41 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, PerCpuArray},
+    maps::{Array, DevMap, HashMap, LpmTrie, PerCpuArray},
 };
-use dataplane_common::{InterfaceStats, MAX_INTERFACES};
+use dataplane_common::{
+    InterfaceConfig, InterfaceStats, NextHop, NextHopStats, RouteAddrV4, RouteAddrV6, RouteValue,
+    MAX_INTERFACES, MAX_NEXTHOPS, MAX_ROUTES,
+};
 
-/// ifindex -> interface slot (see `dataplane_common::maps::IFINDEX_SLOTS`).
-#[map(name = "IFINDEX_SLOTS")]
-pub static IFINDEX_SLOTS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_INTERFACES, 0);
+/// ifindex -> interface config (slot, VRF, MTU, MAC, addresses).
+#[map(name = "INTERFACES")]
+pub static INTERFACES: HashMap<u32, InterfaceConfig> = HashMap::with_max_entries(MAX_INTERFACES, 0);
 
 /// Interface slot -> per-CPU counters.
 #[map(name = "IFACE_STATS")]
-pub static IFACE_STATS: PerCpuArray<InterfaceStats> =
-    PerCpuArray::with_max_entries(MAX_INTERFACES, 0);
+pub static IFACE_STATS: PerCpuArray<InterfaceStats> = PerCpuArray::with_max_entries(MAX_INTERFACES, 0);
 
 /// Counters for packets whose ifindex has no slot.
 #[map(name = "UNKNOWN_IFACE_STATS")]
 pub static UNKNOWN_IFACE_STATS: PerCpuArray<InterfaceStats> = PerCpuArray::with_max_entries(1, 0);
+
+/// (VRF, IPv4 prefix) -> route.
+#[map(name = "ROUTES_V4")]
+pub static ROUTES_V4: LpmTrie<RouteAddrV4, RouteValue> = LpmTrie::with_max_entries(MAX_ROUTES, 0);
+
+/// (VRF, IPv6 prefix) -> route.
+#[map(name = "ROUTES_V6")]
+pub static ROUTES_V6: LpmTrie<RouteAddrV6, RouteValue> = LpmTrie::with_max_entries(MAX_ROUTES, 0);
+
+/// Next-hop slot -> next hop.
+#[map(name = "NEXTHOPS")]
+pub static NEXTHOPS: Array<NextHop> = Array::with_max_entries(MAX_NEXTHOPS, 0);
+
+/// Next-hop slot -> per-CPU counters of what left through it.
+#[map(name = "NEXTHOP_STATS")]
+pub static NEXTHOP_STATS: PerCpuArray<NextHopStats> = PerCpuArray::with_max_entries(MAX_NEXTHOPS, 0);
+
+/// Interface slot -> egress ifindex, for bpf_redirect_map.
+#[map(name = "TX_PORTS")]
+pub static TX_PORTS: DevMap = DevMap::with_max_entries(MAX_INTERFACES, 0);

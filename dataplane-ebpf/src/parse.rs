@@ -7,18 +7,47 @@
 
 use core::mem::size_of;
 
-use aya_ebpf::programs::XdpContext;
+use aya_ebpf::programs::{TcContext, XdpContext};
 use dataplane_common::Reason;
 
+/// A packet buffer with direct access: the XDP frame or the linear part of a TC skb.
+pub trait Frame {
+    fn data(&self) -> usize;
+    fn data_end(&self) -> usize;
+}
+
+impl Frame for XdpContext {
+    #[inline(always)]
+    fn data(&self) -> usize {
+        XdpContext::data(self)
+    }
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        XdpContext::data_end(self)
+    }
+}
+
+impl Frame for TcContext {
+    #[inline(always)]
+    fn data(&self) -> usize {
+        TcContext::data(self)
+    }
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        TcContext::data_end(self)
+    }
+}
+
 const ETH_HLEN: usize = 14;
+pub const ETH_ALEN: usize = 6;
 const VLAN_HLEN: usize = 4;
-const ETH_P_IPV4: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86dd;
+pub const ETH_P_IPV4: u16 = 0x0800;
+pub const ETH_P_IPV6: u16 = 0x86dd;
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88a8;
 /// 802.1ad outer + 802.1Q inner: deeper stacks are not something this dataplane forwards.
 const MAX_VLAN_TAGS: usize = 2;
-const IPV6_HLEN: usize = 40;
+pub const IPV6_HLEN: usize = 40;
 /// How many IPv6 extension headers we walk before giving up on finding the upper layer.
 const MAX_IPV6_EXT: usize = 6;
 /// Upper bound on the L4 offset; also keeps the offset provably bounded for the verifier.
@@ -46,7 +75,6 @@ pub enum L3 {
 /// What the parser learnt about a frame. Offsets are from the start of the frame; the later
 /// stages (route, flow, policy) read addresses and ports at these offsets.
 #[derive(Clone, Copy)]
-#[allow(dead_code)] // the fields beyond `l3`/`fragment` are read by the forwarding stages
 pub struct Packet {
     pub l3: L3,
     pub vlan_tags: u8,
@@ -60,6 +88,14 @@ pub struct Packet {
     pub ip_proto: u8,
     /// A non-first fragment: no upper-layer header in this packet.
     pub fragment: bool,
+    /// Any fragment, first included: flow hashing then uses addresses only, so every fragment of
+    /// a datagram takes the same path.
+    pub fragmented: bool,
+    /// TTL / hop limit as received.
+    pub ttl: u8,
+    /// Addresses; IPv4 in the first 4 bytes.
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
     /// TCP/UDP ports, host order; ICMP type and code in `src_port` / `dst_port`.
     pub src_port: u16,
     pub dst_port: u16,
@@ -67,21 +103,9 @@ pub struct Packet {
     pub tcp_flags: u8,
 }
 
-impl Packet {
-    /// The reason counted when this packet is handed to the stack unchanged.
-    #[inline(always)]
-    pub fn pass_reason(&self) -> Reason {
-        match self.l3 {
-            L3::Other(_) => Reason::PassNonIp,
-            _ if self.fragment => Reason::PassFragment,
-            _ => Reason::PassIp,
-        }
-    }
-}
-
 /// Returns a pointer to a `T` at `off` bytes into the frame, or `None` if it does not fit.
 #[inline(always)]
-fn ptr_at<T>(ctx: &XdpContext, off: usize) -> Option<*const T> {
+pub fn ptr_at<T, F: Frame>(ctx: &F, off: usize) -> Option<*const T> {
     let start = ctx.data();
     let end = ctx.data_end();
     // Bounds check for the verifier: proves [start + off, start + off + size_of::<T>()) is inside
@@ -93,15 +117,15 @@ fn ptr_at<T>(ctx: &XdpContext, off: usize) -> Option<*const T> {
 }
 
 #[inline(always)]
-fn read<T: Copy>(ctx: &XdpContext, off: usize) -> Option<T> {
+fn read<T: Copy, F: Frame>(ctx: &F, off: usize) -> Option<T> {
     // SAFETY: ptr_at checked the bounds; T is a byte array (alignment 1), so any address is fine.
-    ptr_at::<T>(ctx, off).map(|p| unsafe { *p })
+    ptr_at::<T, F>(ctx, off).map(|p| unsafe { *p })
 }
 
 /// Like [`read`], but the `T` must also end at or before `limit` (an offset into the frame): the
 /// end of the IP datagram, so Ethernet padding after it is never taken for header bytes.
 #[inline(always)]
-fn read_within<T: Copy>(ctx: &XdpContext, off: usize, limit: usize) -> Option<T> {
+fn read_within<T: Copy, F: Frame>(ctx: &F, off: usize, limit: usize) -> Option<T> {
     // `limit` was checked against the frame length earlier; hidden from LLVM so it cannot chain
     // `off + size <= limit <= frame length` into proof that the packet bounds check in `read` is
     // redundant and delete it: the verifier cannot follow that chain and rejects the load.
@@ -119,10 +143,7 @@ fn be16(b: [u8; 2]) -> u16 {
 
 /// Parses the frame in `ctx`, or says which header was malformed or cut off.
 #[inline(always)]
-pub fn parse(ctx: &XdpContext) -> Result<Packet, Reason> {
-    let frame_len = ctx.data_end() - ctx.data();
-    let eth: [u8; ETH_HLEN] = read(ctx, 0).ok_or(Reason::EthTruncated)?;
-    let mut ethertype = be16([eth[12], eth[13]]);
+pub fn parse<F: Frame>(ctx: &F) -> Result<Packet, Reason> {
     let mut pkt = Packet {
         l3: L3::Other(0),
         vlan_tags: 0,
@@ -132,10 +153,42 @@ pub fn parse(ctx: &XdpContext) -> Result<Packet, Reason> {
         l3_end: 0,
         ip_proto: 0,
         fragment: false,
+        fragmented: false,
+        ttl: 0,
+        src: [0; 16],
+        dst: [0; 16],
         src_port: 0,
         dst_port: 0,
         tcp_flags: 0,
     };
+    match Reason::from_u32(parse_into(ctx, &mut pkt)) {
+        Some(r) => Err(r),
+        None => Ok(pkt),
+    }
+}
+
+/// `parse` proper, returning a reason code or [`PARSED`].
+///
+/// Not inlined: as a BPF-to-BPF call its temporaries live in its own stack frame, released
+/// before the forwarding stages run; inlined, they crowd the 512-byte stack of the entry point.
+/// Plain integer and pointer types at the call boundary: the kernel rejects the BTF rustc emits
+/// for a `Result` returned by value.
+#[inline(never)]
+fn parse_into<F: Frame>(ctx: &F, pkt: &mut Packet) -> u32 {
+    match parse_frame(ctx, pkt) {
+        Ok(()) => PARSED,
+        Err(r) => r as u32,
+    }
+}
+
+/// Not a [`Reason`]: the frame parsed.
+const PARSED: u32 = u32::MAX;
+
+#[inline(always)]
+fn parse_frame<F: Frame>(ctx: &F, pkt: &mut Packet) -> Result<(), Reason> {
+    let frame_len = ctx.data_end() - ctx.data();
+    let eth: [u8; ETH_HLEN] = read(ctx, 0).ok_or(Reason::EthTruncated)?;
+    let mut ethertype = be16([eth[12], eth[13]]);
 
     // Unrolled: at most two tags, each a constant offset, which the verifier follows trivially.
     let mut i = 0;
@@ -155,21 +208,21 @@ pub fn parse(ctx: &XdpContext) -> Result<Packet, Reason> {
     }
 
     match ethertype {
-        ETH_P_IPV4 => parse_ipv4(ctx, &mut pkt, frame_len)?,
-        ETH_P_IPV6 => parse_ipv6(ctx, &mut pkt, frame_len)?,
+        ETH_P_IPV4 => parse_ipv4(ctx, pkt, frame_len)?,
+        ETH_P_IPV6 => parse_ipv6(ctx, pkt, frame_len)?,
         other => {
             pkt.l3 = L3::Other(other);
-            return Ok(pkt);
+            return Ok(());
         }
     }
     if !pkt.fragment {
-        parse_l4(ctx, &mut pkt)?;
+        parse_l4(ctx, pkt)?;
     }
-    Ok(pkt)
+    Ok(())
 }
 
 #[inline(always)]
-fn parse_ipv4(ctx: &XdpContext, pkt: &mut Packet, frame_len: usize) -> Result<(), Reason> {
+fn parse_ipv4<F: Frame>(ctx: &F, pkt: &mut Packet, frame_len: usize) -> Result<(), Reason> {
     let off = pkt.l3_off;
     let h: [u8; 20] = read(ctx, off).ok_or(Reason::Ipv4Truncated)?;
     if h[0] >> 4 != 4 {
@@ -182,7 +235,7 @@ fn parse_ipv4(ctx: &XdpContext, pkt: &mut Packet, frame_len: usize) -> Result<()
     }
     // Options present: the whole header must be in the frame. Checked byte-wise at the last
     // option byte so the verifier sees a bounds check at a bounded variable offset.
-    if hlen > 20 && read::<[u8; 1]>(ctx, off + hlen - 1).is_none() {
+    if hlen > 20 && read::<[u8; 1], F>(ctx, off + hlen - 1).is_none() {
         return Err(Reason::Ipv4Truncated);
     }
     let total = be16([h[2], h[3]]) as usize;
@@ -191,14 +244,20 @@ fn parse_ipv4(ctx: &XdpContext, pkt: &mut Packet, frame_len: usize) -> Result<()
     }
     pkt.l3 = L3::Ipv4;
     pkt.ip_proto = h[9];
-    pkt.fragment = be16([h[6], h[7]]) & 0x1fff != 0;
+    let frag = be16([h[6], h[7]]);
+    pkt.fragment = frag & 0x1fff != 0;
+    // MF set or a non-zero offset.
+    pkt.fragmented = frag & 0x3fff != 0;
+    pkt.ttl = h[8];
+    pkt.src[..4].copy_from_slice(&h[12..16]);
+    pkt.dst[..4].copy_from_slice(&h[16..20]);
     pkt.l4_off = off + hlen;
     pkt.l3_end = off + total;
     Ok(())
 }
 
 #[inline(always)]
-fn parse_ipv6(ctx: &XdpContext, pkt: &mut Packet, frame_len: usize) -> Result<(), Reason> {
+fn parse_ipv6<F: Frame>(ctx: &F, pkt: &mut Packet, frame_len: usize) -> Result<(), Reason> {
     let off = pkt.l3_off;
     let h: [u8; IPV6_HLEN] = read(ctx, off).ok_or(Reason::Ipv6Truncated)?;
     if h[0] >> 4 != 6 {
@@ -209,6 +268,9 @@ fn parse_ipv6(ctx: &XdpContext, pkt: &mut Packet, frame_len: usize) -> Result<()
         return Err(Reason::Ipv6Malformed);
     }
     pkt.l3 = L3::Ipv6;
+    pkt.ttl = h[7];
+    pkt.src.copy_from_slice(&h[8..24]);
+    pkt.dst.copy_from_slice(&h[24..40]);
     let end = off + IPV6_HLEN + payload;
     pkt.l3_end = end;
     let mut next = h[6];
@@ -237,6 +299,7 @@ fn parse_ipv6(ctx: &XdpContext, pkt: &mut Packet, frame_len: usize) -> Result<()
         if next == IPPROTO_FRAGMENT {
             let f: [u8; 8] = read(ctx, l4).ok_or(Reason::Ipv6Truncated)?;
             pkt.fragment = be16([f[2], f[3]]) >> 3 != 0;
+            pkt.fragmented = true;
         }
         next = e[0];
         l4 += len;
@@ -256,7 +319,7 @@ fn is_ipv6_ext(proto: u8) -> bool {
 }
 
 #[inline(always)]
-fn parse_l4(ctx: &XdpContext, pkt: &mut Packet) -> Result<(), Reason> {
+fn parse_l4<F: Frame>(ctx: &F, pkt: &mut Packet) -> Result<(), Reason> {
     let (off, end) = (pkt.l4_off, pkt.l3_end);
     // Re-clamp: the verifier loses the bound on `l4_off` across the parsers above. Unreachable
     // for IPv4 (at most 22 + 60) and rejected already for IPv6.

@@ -21,9 +21,10 @@ pub fn count_rx(slot: Option<u32>, len: u64, reason: Reason) {
         let s = unsafe { &mut *s };
         s.rx_packets += 1;
         s.rx_bytes += len;
-        let idx = reason as usize;
-        // Bounds check for the verifier: `idx` comes from an enum but the array index must be
-        // provably below the array length.
+        // Bounds check for the verifier: `idx` comes from an enum, which LLVM knows is in range
+        // and would drop the check for; the verifier does not know it (the reason may come back
+        // through memory from the parse subprogram), so hide the value from LLVM first.
+        let idx = core::hint::black_box(reason as usize);
         if idx < s.reasons.len() {
             s.reasons[idx] += 1;
         }
@@ -38,5 +39,16 @@ pub fn count_tx(slot: Option<u32>, len: u64) {
         let s = unsafe { &mut *s };
         s.tx_packets += 1;
         s.tx_bytes += len;
+    }
+}
+
+/// Counts one packet of `len` bytes sent through next-hop `slot`.
+#[inline(always)]
+pub fn count_nexthop(slot: u32, len: u64) {
+    if let Some(s) = crate::maps::NEXTHOP_STATS.get_ptr_mut(slot) {
+        // SAFETY: per-CPU value owned by this CPU for the duration of the program.
+        let s = unsafe { &mut *s };
+        s.packets += 1;
+        s.bytes += len;
     }
 }

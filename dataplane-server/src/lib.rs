@@ -11,3 +11,4 @@
 pub mod api;
 pub mod dataplane;
 pub mod domain;
+pub mod net;

@@ -20,7 +20,7 @@ fn demo_script_runs_to_completion_and_leaves_nothing_behind() {
     assert!(out.status.success(), "demo failed:\n{stdout}\n{stderr}");
     assert!(stdout.contains("5 packets transmitted, 5 received"), "{stdout}");
     let row = stdout.lines().find(|l| l.starts_with("r0 ")).unwrap_or_else(|| panic!("{stdout}"));
-    assert!(row.contains("native") && row.contains("pass_ip="), "{row}");
+    assert!(row.contains("native") && row.contains("no_route="), "{row}");
     assert!(stdout.contains("demo: cleaned up"), "{stdout}");
 
     // The script names everything after its pid; none of it may survive.

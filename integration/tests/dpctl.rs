@@ -30,7 +30,7 @@ fn dpctl_interface_add_list_del_round_trip() {
     let header = table.lines().next().unwrap();
     assert!(header.starts_with("NAME") && header.contains("RX_PKTS"), "{table}");
     let row = table.lines().find(|l| l.starts_with(&topo.r0)).unwrap_or_else(|| panic!("{table}"));
-    assert!(row.contains("pass_ip=4"), "{row}");
+    assert!(row.contains("no_route=4"), "{row}");
     // Columns are aligned: every line has RX_PKTS at the same offset.
     let col = header.find("RX_PKTS").unwrap();
     assert!(row[..col].ends_with("  "), "misaligned: {table}");
@@ -40,7 +40,7 @@ fn dpctl_interface_add_list_del_round_trip() {
     let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(v[0]["name"], topo.r0.as_str());
     assert_eq!(v[0]["xdp_mode"], "native");
-    assert_eq!(v[0]["reasons"]["pass_ip"], 4);
+    assert_eq!(v[0]["reasons"]["no_route"], 4);
 
     let o = server.dpctl(&["status", "-o", "json"]);
     assert!(o.status.success(), "{}", stderr(&o));

@@ -30,7 +30,7 @@ async fn counters(client: &mut controller_client::Client, name: &str) -> pb::Int
 async fn add(client: &mut controller_client::Client, name: &str) -> Result<pb::AddInterfaceResponse, tonic::Status> {
     client
         .interfaces
-        .add_interface(pb::AddInterfaceRequest { name: name.into(), xdp_mode: pb::XdpMode::Auto.into() })
+        .add_interface(pb::AddInterfaceRequest { name: name.into(), xdp_mode: pb::XdpMode::Auto.into(), vrf: 0 })
         .await
         .map(|r| r.into_inner())
 }
@@ -62,7 +62,7 @@ async fn add_interface_ping_across_counters_match_packets_sent() {
         let c = counters(&mut client, iface).await;
         let sum: u64 = c.reasons.iter().map(|r| r.packets).sum();
         assert_eq!(sum, c.rx_packets, "{iface}: every packet counts under exactly one reason: {c:?}");
-        assert_eq!(reason(&c, "pass_ip"), PINGS, "{iface}: {what}: {c:?}");
+        assert_eq!(reason(&c, "no_route"), PINGS, "{iface}: {what}: {c:?}");
         let arp = reason(&c, "pass_non_ip");
         assert_eq!(c.rx_packets, PINGS + arp, "{iface}: {c:?}");
         assert_eq!(c.rx_bytes, PINGS * PING_FRAME + arp * ARP_FRAME, "{iface}: {c:?}");
@@ -134,7 +134,7 @@ async fn add_interface_errors_precise_status_and_change_nothing() {
 
     let e = client
         .interfaces
-        .add_interface(pb::AddInterfaceRequest { name: topo.r1.clone(), xdp_mode: 42 })
+        .add_interface(pb::AddInterfaceRequest { name: topo.r1.clone(), xdp_mode: 42, vrf: 0 })
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
@@ -153,7 +153,7 @@ async fn add_interface_errors_precise_status_and_change_nothing() {
     let r1 = topo.rtr.exec("ip", &["-d", "link", "show", &topo.r1]).unwrap();
     assert!(!r1.contains("prog/xdp"), "a failed add left a program on {}: {r1}", topo.r1);
     let maps: Vec<(String, u64)> = after.maps.iter().map(|m| (m.name.clone(), m.occupancy)).collect();
-    assert!(maps.contains(&("IFINDEX_SLOTS".to_owned(), 1)), "{maps:?}");
+    assert!(maps.contains(&("INTERFACES".to_owned(), 1)), "{maps:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -164,7 +164,7 @@ async fn add_interface_generic_mode_runs_generic_and_counts() {
     let mut client = server.client().await.unwrap();
     let r = client
         .interfaces
-        .add_interface(pb::AddInterfaceRequest { name: topo.r0.clone(), xdp_mode: pb::XdpMode::Generic.into() })
+        .add_interface(pb::AddInterfaceRequest { name: topo.r0.clone(), xdp_mode: pb::XdpMode::Generic.into(), vrf: 0 })
         .await
         .unwrap()
         .into_inner();
@@ -173,5 +173,5 @@ async fn add_interface_generic_mode_runs_generic_and_counts() {
     assert!(out.contains("xdpgeneric"), "{out}");
     topo.ping_h1_to_h2(3).unwrap();
     let c = counters(&mut client, &topo.r0).await;
-    assert_eq!(reason(&c, "pass_ip"), 3, "{c:?}");
+    assert_eq!(reason(&c, "no_route"), 3, "{c:?}");
 }

@@ -11,7 +11,7 @@ fn server_sigterm_detaches_and_removes_pins_and_socket() {
     let mut server = Server::start(&topo.rtr).unwrap();
     let mode = std::fs::metadata(&server.socket).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "socket mode");
-    assert!(server.bpffs.join("v1/maps/IFINDEX_SLOTS").exists(), "maps pinned under --bpffs");
+    assert!(server.bpffs.join("v1/maps/INTERFACES").exists(), "maps pinned under --bpffs");
 
     let o = server.dpctl(&["interface", "add", &topo.r0]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));

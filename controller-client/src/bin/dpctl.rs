@@ -106,7 +106,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             };
             let r = client
                 .interfaces
-                .add_interface(pb::AddInterfaceRequest { name, xdp_mode: xdp_mode.into() })
+                .add_interface(pb::AddInterfaceRequest { name, xdp_mode: xdp_mode.into(), vrf: 0 })
                 .await
                 .map_err(Failure::Status)?
                 .into_inner();

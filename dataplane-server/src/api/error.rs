@@ -3,19 +3,19 @@
 use tonic::Status;
 use tracing::error;
 
-use crate::domain::DomainError;
+use crate::domain::{DomainError, ErrorKind};
 
 impl From<DomainError> for Status {
     fn from(e: DomainError) -> Self {
         let msg = e.to_string();
-        match e {
-            DomainError::InvalidArgument { .. } => Status::invalid_argument(msg),
-            DomainError::NotFound { .. } => Status::not_found(msg),
-            DomainError::AlreadyExists { .. } => Status::already_exists(msg),
-            DomainError::Exhausted { .. } => Status::resource_exhausted(msg),
-            DomainError::FailedPrecondition(_) => Status::failed_precondition(msg),
-            DomainError::Internal { source } => {
-                error!(error = %source, "internal dataplane error");
+        match e.kind() {
+            ErrorKind::InvalidArgument => Status::invalid_argument(msg),
+            ErrorKind::NotFound => Status::not_found(msg),
+            ErrorKind::AlreadyExists => Status::already_exists(msg),
+            ErrorKind::Exhausted => Status::resource_exhausted(msg),
+            ErrorKind::FailedPrecondition => Status::failed_precondition(msg),
+            ErrorKind::Internal => {
+                error!(error = %msg, "internal dataplane error");
                 Status::internal(msg)
             }
         }
@@ -42,5 +42,8 @@ mod tests {
         }
         let s = Status::from(DomainError::invalid("interfaces[3].name", "must not be empty"));
         assert_eq!(s.message(), "interfaces[3].name: must not be empty");
+        let nested = DomainError::NotFound { kind: "next hop", name: "9".into(), detail: "" }.at("routes[2].next_hop");
+        let s = Status::from(nested);
+        assert_eq!((s.code(), s.message()), (Code::NotFound, "routes[2].next_hop: next hop 9 not found"));
     }
 }

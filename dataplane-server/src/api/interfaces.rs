@@ -59,7 +59,11 @@ impl TryFrom<pb::AddInterfaceRequest> for AddInterface {
     type Error = DomainError;
 
     fn try_from(r: pb::AddInterfaceRequest) -> Result<Self, DomainError> {
-        Ok(AddInterface { name: InterfaceName::parse("name", &r.name)?, mode: decode_mode("xdp_mode", r.xdp_mode)? })
+        Ok(AddInterface {
+            name: InterfaceName::parse("name", &r.name)?,
+            mode: decode_mode("xdp_mode", r.xdp_mode)?,
+            vrf: r.vrf,
+        })
     }
 }
 
@@ -107,8 +111,11 @@ impl From<InterfaceView> for pb::Interface {
         }
         pb::Interface {
             name: v.name.to_string(),
-            ifindex: v.ifindex,
+            ifindex: v.link.ifindex,
             slot: v.slot,
+            vrf: v.vrf,
+            mtu: v.link.mtu,
+            mac: v.link.mac.to_string(),
             requested_xdp_mode: encode_mode(v.requested).into(),
             xdp_mode: encode_mode(v.attachment.xdp_mode).into(),
             counters: Some(counters),
@@ -122,13 +129,13 @@ mod tests {
 
     #[test]
     fn add_interface_request_unknown_mode_invalid_argument_names_field() {
-        let e = AddInterface::try_from(pb::AddInterfaceRequest { name: "eth0".into(), xdp_mode: 9 }).unwrap_err();
+        let e = AddInterface::try_from(pb::AddInterfaceRequest { name: "eth0".into(), xdp_mode: 9, vrf: 0 }).unwrap_err();
         assert_eq!(Status::from(e).message(), "xdp_mode: unknown XDP mode 9");
     }
 
     #[test]
     fn add_interface_request_unspecified_mode_means_auto() {
-        let r = AddInterface::try_from(pb::AddInterfaceRequest { name: "eth0".into(), xdp_mode: 0 }).unwrap();
+        let r = AddInterface::try_from(pb::AddInterfaceRequest { name: "eth0".into(), xdp_mode: 0, vrf: 0 }).unwrap();
         assert_eq!(r.mode, XdpMode::Auto);
     }
 }

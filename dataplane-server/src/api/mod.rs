@@ -3,18 +3,25 @@
 
 mod error;
 mod interfaces;
+mod routing;
 mod system;
 
 use std::sync::Arc;
 
-use dataplane_proto::v1::{interfaces_server::InterfacesServer, system_server::SystemServer};
+use dataplane_proto::v1::{
+    interfaces_server::InterfacesServer, routing_server::RoutingServer, system_server::SystemServer,
+};
 use tonic::transport::server::Router;
 use tonic_health::server::HealthReporter;
 
 use crate::{dataplane::Dataplane, domain::Domain};
 
 pub use interfaces::InterfacesService;
+pub use routing::RoutingService;
 pub use system::SystemService;
+
+/// Largest request or response the Routing service accepts.
+const MAX_MESSAGE: usize = 256 * 1024 * 1024;
 
 /// Builds the router with every dataplane service, gRPC health (each service SERVING) and
 /// server reflection (v1 and v1alpha, since grpcurl 1.8 speaks only v1alpha).
@@ -25,6 +32,7 @@ pub async fn router<D: Dataplane>(
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<InterfacesServer<InterfacesService<D>>>().await;
     health.set_serving::<SystemServer<SystemService<D>>>().await;
+    health.set_serving::<RoutingServer<RoutingService<D>>>().await;
     // The empty service name stands for the server as a whole.
     health.set_service_status("", tonic_health::ServingStatus::Serving).await;
 
@@ -42,6 +50,12 @@ pub async fn router<D: Dataplane>(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(InterfacesServer::new(InterfacesService::new(domain.clone())))
+        .add_service(
+            // Route batches of a million entries run to tens of MiB; tonic's default is 4 MiB.
+            RoutingServer::new(RoutingService::new(domain.clone()))
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE),
+        )
         .add_service(SystemServer::new(SystemService::new(domain, info)));
     Ok((router, health))
 }

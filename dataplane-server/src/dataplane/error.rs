@@ -32,6 +32,12 @@ pub enum DataplaneError {
         #[source]
         source: Box<aya::programs::links::LinkError>,
     },
+    #[error("map TX_PORTS: {op} failed: {source}")]
+    DevMap {
+        op: &'static str,
+        #[source]
+        source: Box<aya::maps::xdp::XdpMapError>,
+    },
     #[error("the eBPF object has no {what} named {name}")]
     Missing { what: &'static str, name: &'static str },
     #[error("interface {interface}: XDP mode {mode} is not supported by its driver")]
@@ -49,8 +55,8 @@ pub enum DataplaneError {
     },
     #[error("{path} is not on a bpf filesystem; mount one (mount -t bpf bpf /sys/fs/bpf), and start the server with `nsenter --net=...` rather than `ip netns exec`, which hides the host's bpffs")]
     NotBpffs { path: PathBuf },
-    #[error("interface slot {slot} is out of range (max {max})")]
-    SlotOutOfRange { slot: u32, max: u32 },
+    #[error("{map}: index {slot} is out of range (max {max})")]
+    SlotOutOfRange { map: &'static str, slot: u32, max: u32 },
 }
 
 impl DataplaneError {

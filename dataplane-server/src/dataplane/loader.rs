@@ -10,17 +10,23 @@ use std::{
 };
 
 use aya::{
-    maps::{HashMap, Map, MapInfo, PerCpuArray},
+    maps::{Array, DevMap, HashMap, LpmTrie, Map, MapInfo, PerCpuArray},
     programs::{links::FdLink, SchedClassifier, TcAttachType, Xdp, XdpMode as AyaXdpMode},
     Ebpf, EbpfLoader,
 };
-use dataplane_common::{maps as names, programs, InterfaceStats};
+use dataplane_common::{
+    maps as names, programs,
+    route::{nexthop_kind, IFACE_HAS_IPV4, IFACE_HAS_IPV6, ECMP_MAX},
+    InterfaceConfig, InterfaceStats, NextHop, NextHopStats,
+};
 use tracing::{info, warn};
 
 use super::{
-    maps::{IfindexSlots, StatsArray},
-    Attachment, Dataplane, DataplaneError, MapStatus, ProgramStatus, XdpMode,
+    maps::{CounterArray, Interfaces, NextHops, Routes, TxPorts},
+    netdev, Attachment, Dataplane, DataplaneError, InterfaceParams, LinkInfo, MapStatus, NextHopParams,
+    ProgramStatus, RouteMatch, XdpMode,
 };
+use crate::net::Prefix;
 
 /// The eBPF object built by build.rs from `dataplane-ebpf`.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/dataplane"));
@@ -46,8 +52,12 @@ struct InterfaceLinks {
 
 struct Inner {
     ebpf: Ebpf,
-    ifindex_slots: IfindexSlots,
-    iface_stats: StatsArray,
+    interfaces: Interfaces,
+    iface_stats: CounterArray<InterfaceStats>,
+    nexthops: NextHops,
+    nexthop_stats: CounterArray<NextHopStats>,
+    tx_ports: TxPorts,
+    routes: Routes,
     links: StdHashMap<u32, InterfaceLinks>,
 }
 
@@ -93,19 +103,30 @@ impl KernelDataplane {
             })?;
         }
 
-        let ifindex_slots: HashMap<_, u32, u32> =
-            HashMap::try_from(take_map(&mut ebpf, names::IFINDEX_SLOTS)?)
-                .map_err(DataplaneError::map(names::IFINDEX_SLOTS, "open"))?;
-        let iface_stats: PerCpuArray<_, InterfaceStats> =
-            PerCpuArray::try_from(take_map(&mut ebpf, names::IFACE_STATS)?)
-                .map_err(DataplaneError::map(names::IFACE_STATS, "open"))?;
+        fn open<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, DataplaneError>
+        where
+            T: TryFrom<Map, Error = aya::maps::MapError>,
+        {
+            T::try_from(take_map(ebpf, name)?).map_err(DataplaneError::map(name, "open"))
+        }
+        let interfaces: HashMap<_, u32, InterfaceConfig> = open(&mut ebpf, names::INTERFACES)?;
+        let iface_stats: PerCpuArray<_, InterfaceStats> = open(&mut ebpf, names::IFACE_STATS)?;
+        let nexthops: Array<_, NextHop> = open(&mut ebpf, names::NEXTHOPS)?;
+        let nexthop_stats: PerCpuArray<_, NextHopStats> = open(&mut ebpf, names::NEXTHOP_STATS)?;
+        let tx_ports: DevMap<_> = open(&mut ebpf, names::TX_PORTS)?;
+        let v4: LpmTrie<_, _, _> = open(&mut ebpf, names::ROUTES_V4)?;
+        let v6: LpmTrie<_, _, _> = open(&mut ebpf, names::ROUTES_V6)?;
 
         info!(pins = %map_pin_dir.display(), "eBPF programs loaded, maps pinned");
         Ok(Self {
             inner: Mutex::new(Inner {
                 ebpf,
-                ifindex_slots: IfindexSlots::new(ifindex_slots),
-                iface_stats: StatsArray::new(names::IFACE_STATS, iface_stats)?,
+                interfaces: Interfaces(interfaces),
+                iface_stats: CounterArray::new(names::IFACE_STATS, iface_stats)?,
+                nexthops: NextHops(nexthops),
+                nexthop_stats: CounterArray::new(names::NEXTHOP_STATS, nexthop_stats)?,
+                tx_ports: TxPorts(tx_ports),
+                routes: Routes { v4, v6 },
                 links: StdHashMap::new(),
             }),
             map_pin_dir,
@@ -124,7 +145,7 @@ impl KernelDataplane {
         let mut inner = self.lock();
         let ifindexes: Vec<u32> = inner.links.keys().copied().collect();
         for ifindex in ifindexes {
-            if let Err(e) = detach_locked(&mut inner, ifindex) {
+            if let Err(e) = detach_locked(&mut inner, ifindex, None) {
                 warn!(ifindex, error = %e, "detach on shutdown failed");
             }
         }
@@ -262,40 +283,84 @@ fn errno(e: &aya::programs::ProgramError) -> Option<i32> {
     }
 }
 
-fn detach_locked(inner: &mut Inner, ifindex: u32) -> Result<(), DataplaneError> {
-    // Stop counting into the slot first, then drop the links: closing the last fd of an unpinned
+fn detach_locked(inner: &mut Inner, ifindex: u32, slot: Option<u32>) -> Result<(), DataplaneError> {
+    // Stop matching the interface first, then drop the links: closing the last fd of an unpinned
     // link detaches it.
-    inner.ifindex_slots.remove(ifindex)?;
+    inner.interfaces.remove(ifindex)?;
+    if let Some(slot) = slot {
+        inner.tx_ports.clear(slot)?;
+    }
     inner.links.remove(&ifindex);
     Ok(())
 }
 
+fn interface_config(p: &InterfaceParams) -> InterfaceConfig {
+    let mut flags = 0;
+    if p.link.ipv4.is_some() {
+        flags |= IFACE_HAS_IPV4;
+    }
+    if p.link.ipv6.is_some() {
+        flags |= IFACE_HAS_IPV6;
+    }
+    InterfaceConfig {
+        slot: p.slot,
+        vrf: p.vrf,
+        mtu: p.link.mtu,
+        flags,
+        mac: p.link.mac.0,
+        _pad: [0; 2],
+        ipv4: p.link.ipv4.map(|a| a.octets()).unwrap_or_default(),
+        ipv6: p.link.ipv6.map(|a| a.octets()).unwrap_or_default(),
+    }
+}
+
+fn nexthop_value(nh: &NextHopParams) -> NextHop {
+    let mut v = NextHop::EMPTY;
+    match nh {
+        NextHopParams::Encap { tx_slot, ifindex, mtu, dst_mac, src_mac } => {
+            v.kind = nexthop_kind::ENCAP;
+            v.tx_slot = *tx_slot;
+            v.ifindex = *ifindex;
+            v.mtu = *mtu;
+            v.dst_mac = dst_mac.0;
+            v.src_mac = src_mac.0;
+        }
+        NextHopParams::Ecmp { members } => {
+            v.kind = nexthop_kind::ECMP;
+            v.member_count = members.len().min(ECMP_MAX) as u32;
+            for (d, s) in v.members.iter_mut().zip(members) {
+                *d = *s;
+            }
+        }
+        NextHopParams::Discard => v.kind = nexthop_kind::DISCARD,
+        NextHopParams::Receive => v.kind = nexthop_kind::RECEIVE,
+    }
+    v
+}
+
 impl Dataplane for KernelDataplane {
-    fn ifindex(&self, name: &str) -> Result<Option<u32>, DataplaneError> {
-        let c = match CString::new(name) {
-            Ok(c) => c,
-            Err(_) => return Ok(None),
-        };
-        // SAFETY: `c` is a valid NUL-terminated string.
-        let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
-        Ok((idx != 0).then_some(idx))
+    fn link(&self, name: &str) -> Result<Option<LinkInfo>, DataplaneError> {
+        netdev::link(name)
     }
 
-    fn attach(
-        &self,
-        slot: u32,
-        name: &str,
-        ifindex: u32,
-        mode: XdpMode,
-    ) -> Result<Attachment, DataplaneError> {
+    fn attach(&self, name: &str, p: &InterfaceParams, mode: XdpMode) -> Result<Attachment, DataplaneError> {
         let mut guard = self.lock();
         let inner = &mut *guard;
-        inner.iface_stats.reset(slot)?;
-        inner.ifindex_slots.insert(ifindex, slot)?;
+        let ifindex = p.link.ifindex;
+        inner.iface_stats.reset(p.slot)?;
+        inner.tx_ports.set(p.slot, ifindex)?;
+        let undo = |inner: &mut Inner| {
+            let _ = inner.interfaces.remove(ifindex);
+            let _ = inner.tx_ports.clear(p.slot);
+        };
+        if let Err(e) = inner.interfaces.insert(ifindex, &interface_config(p)) {
+            undo(inner);
+            return Err(e);
+        }
         let (xdp, xdp_mode) = match attach_xdp(&mut inner.ebpf, name, ifindex, mode) {
             Ok(v) => v,
             Err(e) => {
-                let _ = inner.ifindex_slots.remove(ifindex);
+                undo(inner);
                 return Err(e);
             }
         };
@@ -303,7 +368,7 @@ impl Dataplane for KernelDataplane {
             Ok(v) => v,
             Err(e) => {
                 drop(xdp);
-                let _ = inner.ifindex_slots.remove(ifindex);
+                undo(inner);
                 return Err(e);
             }
         };
@@ -313,19 +378,51 @@ impl Dataplane for KernelDataplane {
             tc_link_id: link_id(&tc, programs::TC_EGRESS)?,
         };
         inner.links.insert(ifindex, InterfaceLinks { xdp, tc });
-        info!(interface = name, ifindex, slot, mode = ?xdp_mode, "attached");
+        info!(interface = name, ifindex, slot = p.slot, vrf = p.vrf, mode = ?xdp_mode, "attached");
         Ok(attachment)
     }
 
-    fn detach(&self, ifindex: u32) -> Result<(), DataplaneError> {
+    fn detach(&self, ifindex: u32, slot: u32) -> Result<(), DataplaneError> {
         let mut inner = self.lock();
-        detach_locked(&mut inner, ifindex)?;
-        info!(ifindex, "detached");
+        detach_locked(&mut inner, ifindex, Some(slot))?;
+        info!(ifindex, slot, "detached");
         Ok(())
     }
 
     fn interface_stats(&self, slot: u32) -> Result<InterfaceStats, DataplaneError> {
         self.lock().iface_stats.sum(slot)
+    }
+
+    fn set_nexthop(&self, slot: u32, nh: &NextHopParams, fresh: bool) -> Result<(), DataplaneError> {
+        let mut inner = self.lock();
+        if fresh {
+            inner.nexthop_stats.reset(slot)?;
+        }
+        inner.nexthops.set(slot, &nexthop_value(nh))
+    }
+
+    fn clear_nexthop(&self, slot: u32) -> Result<(), DataplaneError> {
+        self.lock().nexthops.set(slot, &NextHop::EMPTY)
+    }
+
+    fn nexthop_stats(&self, slot: u32) -> Result<NextHopStats, DataplaneError> {
+        self.lock().nexthop_stats.sum(slot)
+    }
+
+    fn insert_route(&self, vrf: u32, prefix: &Prefix, nexthop_slot: u32) -> Result<(), DataplaneError> {
+        self.lock().routes.insert(vrf, prefix, nexthop_slot)
+    }
+
+    fn remove_route(&self, vrf: u32, prefix: &Prefix) -> Result<(), DataplaneError> {
+        self.lock().routes.remove(vrf, prefix)
+    }
+
+    fn lookup_route(&self, vrf: u32, addr: std::net::IpAddr) -> Result<Option<RouteMatch>, DataplaneError> {
+        Ok(self
+            .lock()
+            .routes
+            .lookup(vrf, addr)?
+            .map(|v| RouteMatch { prefix_len: v.prefix_len as u8, nexthop_slot: v.nexthop }))
     }
 
     fn programs(&self) -> Result<Vec<ProgramStatus>, DataplaneError> {
@@ -352,7 +449,7 @@ impl Dataplane for KernelDataplane {
                 .map_type()
                 .map(|t| map_type_name(t).to_owned())
                 .unwrap_or_else(|_| "unknown".to_owned());
-            let keys = (*name == names::IFINDEX_SLOTS).then(|| inner.ifindex_slots.count());
+            let keys = (*name == names::INTERFACES).then(|| inner.interfaces.count());
             out.push(MapStatus {
                 name,
                 kind,

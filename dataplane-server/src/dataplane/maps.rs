@@ -1,28 +1,32 @@
 //! Typed wrappers over the programs' maps: the rest of the server never sees key/value bytes.
 
-use aya::maps::{HashMap, MapData, PerCpuArray, PerCpuValues};
-use dataplane_common::{maps as names, InterfaceStats, MAX_INTERFACES};
+use std::net::IpAddr;
+
+use aya::maps::{lpm_trie::Key, Array, DevMap, HashMap, LpmTrie, MapData, MapError, PerCpuArray, PerCpuValues};
+use dataplane_common::{
+    maps as names, route::VRF_BITS, InterfaceConfig, NextHop, NextHopStats, RouteAddrV4, RouteAddrV6, RouteValue,
+};
 
 use super::DataplaneError;
+use crate::net::Prefix;
 
-/// `IFINDEX_SLOTS`: ifindex -> interface slot.
-pub struct IfindexSlots(HashMap<MapData, u32, u32>);
+fn cpus() -> Result<usize, DataplaneError> {
+    aya::util::nr_cpus().map_err(|(path, source)| DataplaneError::Io { path: path.into(), op: "read possible CPUs", source })
+}
 
-impl IfindexSlots {
-    pub fn new(map: HashMap<MapData, u32, u32>) -> Self {
-        Self(map)
-    }
+/// `INTERFACES`: ifindex -> interface config.
+pub struct Interfaces(pub HashMap<MapData, u32, InterfaceConfig>);
 
-    pub fn insert(&mut self, ifindex: u32, slot: u32) -> Result<(), DataplaneError> {
-        self.0.insert(ifindex, slot, 0).map_err(DataplaneError::map(names::IFINDEX_SLOTS, "insert"))
+impl Interfaces {
+    pub fn insert(&mut self, ifindex: u32, cfg: &InterfaceConfig) -> Result<(), DataplaneError> {
+        self.0.insert(ifindex, cfg, 0).map_err(DataplaneError::map(names::INTERFACES, "insert"))
     }
 
     pub fn remove(&mut self, ifindex: u32) -> Result<(), DataplaneError> {
         match self.0.remove(&ifindex) {
-            Ok(()) => Ok(()),
             // Already gone is what we wanted.
-            Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-            Err(e) => Err(DataplaneError::map(names::IFINDEX_SLOTS, "remove")(e)),
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(DataplaneError::map(names::INTERFACES, "remove")(e)),
         }
     }
 
@@ -32,50 +36,140 @@ impl IfindexSlots {
     }
 }
 
-/// A per-CPU array of [`InterfaceStats`] (`IFACE_STATS` by slot, `UNKNOWN_IFACE_STATS`).
-pub struct StatsArray {
+/// A per-CPU array of plain counters, summed on read and zeroed when an id is (re)used.
+pub struct CounterArray<T: aya::Pod> {
     name: &'static str,
-    map: PerCpuArray<MapData, InterfaceStats>,
+    map: PerCpuArray<MapData, T>,
     cpus: usize,
 }
 
-impl StatsArray {
-    pub fn new(name: &'static str, map: PerCpuArray<MapData, InterfaceStats>) -> Result<Self, DataplaneError> {
-        let cpus = aya::util::nr_cpus().map_err(|(path, source)| DataplaneError::Io {
-            path: path.into(),
-            op: "read possible CPUs",
-            source,
-        })?;
-        Ok(Self { name, map, cpus })
+/// Counters that can be added up across CPUs.
+pub trait Counters: aya::Pod + Copy {
+    fn zero() -> Self;
+    fn add(&mut self, other: &Self);
+}
+
+impl Counters for dataplane_common::InterfaceStats {
+    fn zero() -> Self {
+        Self::ZERO
+    }
+    fn add(&mut self, other: &Self) {
+        self.accumulate(other)
+    }
+}
+
+impl Counters for NextHopStats {
+    fn zero() -> Self {
+        Self::default()
+    }
+    fn add(&mut self, o: &Self) {
+        self.packets = self.packets.wrapping_add(o.packets);
+        self.bytes = self.bytes.wrapping_add(o.bytes);
+    }
+}
+
+impl<T: Counters> CounterArray<T> {
+    pub fn new(name: &'static str, map: PerCpuArray<MapData, T>) -> Result<Self, DataplaneError> {
+        Ok(Self { name, map, cpus: cpus()? })
     }
 
-    fn check(&self, slot: u32) -> Result<(), DataplaneError> {
-        if slot >= self.map.len() {
-            return Err(DataplaneError::SlotOutOfRange { slot, max: MAX_INTERFACES });
+    fn check(&self, id: u32) -> Result<(), DataplaneError> {
+        if id >= self.map.len() {
+            return Err(DataplaneError::SlotOutOfRange { map: self.name, slot: id, max: self.map.len() });
         }
         Ok(())
     }
 
-    /// The counters of `slot` summed over every CPU.
-    pub fn sum(&self, slot: u32) -> Result<InterfaceStats, DataplaneError> {
-        self.check(slot)?;
-        let per_cpu = self.map.get(&slot, 0).map_err(DataplaneError::map(self.name, "lookup"))?;
-        let mut total = InterfaceStats::ZERO;
+    /// The counters of `id` summed over every CPU.
+    pub fn sum(&self, id: u32) -> Result<T, DataplaneError> {
+        self.check(id)?;
+        let per_cpu = self.map.get(&id, 0).map_err(DataplaneError::map(self.name, "lookup"))?;
+        let mut total = T::zero();
         for s in per_cpu.iter() {
-            total.accumulate(s);
+            total.add(s);
         }
         Ok(total)
     }
 
-    /// Zeroes `slot` on every CPU, so a reused slot starts from nothing.
-    pub fn reset(&mut self, slot: u32) -> Result<(), DataplaneError> {
-        self.check(slot)?;
-        let zeros = PerCpuValues::try_from(vec![InterfaceStats::ZERO; self.cpus])
-            .map_err(|source| DataplaneError::Io {
-                path: self.name.into(),
-                op: "build per-CPU value",
-                source,
-            })?;
-        self.map.set(slot, zeros, 0).map_err(DataplaneError::map(self.name, "update"))
+    /// Zeroes `id` on every CPU, so a reused id starts from nothing.
+    pub fn reset(&mut self, id: u32) -> Result<(), DataplaneError> {
+        self.check(id)?;
+        let zeros = PerCpuValues::try_from(vec![T::zero(); self.cpus])
+            .map_err(|source| DataplaneError::Io { path: self.name.into(), op: "build per-CPU value", source })?;
+        self.map.set(id, zeros, 0).map_err(DataplaneError::map(self.name, "update"))
+    }
+}
+
+/// `NEXTHOPS`: next-hop slot -> next hop.
+pub struct NextHops(pub Array<MapData, NextHop>);
+
+impl NextHops {
+    pub fn set(&mut self, slot: u32, nh: &NextHop) -> Result<(), DataplaneError> {
+        self.0.set(slot, nh, 0).map_err(DataplaneError::map(names::NEXTHOPS, "update"))
+    }
+}
+
+/// `TX_PORTS`: interface slot -> egress ifindex.
+pub struct TxPorts(pub DevMap<MapData>);
+
+impl TxPorts {
+    pub fn set(&mut self, slot: u32, ifindex: u32) -> Result<(), DataplaneError> {
+        self.0
+            .set(slot, ifindex, None, 0)
+            .map_err(|source| DataplaneError::DevMap { op: "update", source: Box::new(source) })
+    }
+
+    /// Devmaps are arrays: there is no removing, so the entry gets ifindex 0, which the kernel
+    /// accepts as "no device" and a redirect to it fails (XDP then drops, counted).
+    pub fn clear(&mut self, slot: u32) -> Result<(), DataplaneError> {
+        self.set(slot, 0)
+    }
+}
+
+/// `ROUTES_V4` and `ROUTES_V6`: (VRF, prefix) -> route, longest-prefix match.
+pub struct Routes {
+    pub v4: LpmTrie<MapData, RouteAddrV4, RouteValue>,
+    pub v6: LpmTrie<MapData, RouteAddrV6, RouteValue>,
+}
+
+impl Routes {
+    pub fn insert(&mut self, vrf: u32, prefix: &Prefix, nexthop: u32) -> Result<(), DataplaneError> {
+        let value = RouteValue { nexthop, prefix_len: prefix.len().into() };
+        let plen = VRF_BITS + u32::from(prefix.len());
+        match prefix.addr() {
+            IpAddr::V4(a) => self
+                .v4
+                .insert(&Key::new(plen, RouteAddrV4 { vrf: vrf.to_be_bytes(), addr: a.octets() }), value, 0)
+                .map_err(DataplaneError::map(names::ROUTES_V4, "insert")),
+            IpAddr::V6(a) => self
+                .v6
+                .insert(&Key::new(plen, RouteAddrV6 { vrf: vrf.to_be_bytes(), addr: a.octets() }), value, 0)
+                .map_err(DataplaneError::map(names::ROUTES_V6, "insert")),
+        }
+    }
+
+    pub fn remove(&mut self, vrf: u32, prefix: &Prefix) -> Result<(), DataplaneError> {
+        let plen = VRF_BITS + u32::from(prefix.len());
+        let r = match prefix.addr() {
+            IpAddr::V4(a) => self.v4.remove(&Key::new(plen, RouteAddrV4 { vrf: vrf.to_be_bytes(), addr: a.octets() })),
+            IpAddr::V6(a) => self.v6.remove(&Key::new(plen, RouteAddrV6 { vrf: vrf.to_be_bytes(), addr: a.octets() })),
+        };
+        match r {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(DataplaneError::map(if prefix.is_ipv4() { names::ROUTES_V4 } else { names::ROUTES_V6 }, "remove")(e)),
+        }
+    }
+
+    /// Longest-prefix match, exactly as the XDP program looks it up.
+    pub fn lookup(&self, vrf: u32, addr: IpAddr) -> Result<Option<RouteValue>, DataplaneError> {
+        let r = match addr {
+            IpAddr::V4(a) => self.v4.get(&Key::new(VRF_BITS + 32, RouteAddrV4 { vrf: vrf.to_be_bytes(), addr: a.octets() }), 0),
+            IpAddr::V6(a) => self.v6.get(&Key::new(VRF_BITS + 128, RouteAddrV6 { vrf: vrf.to_be_bytes(), addr: a.octets() }), 0),
+        };
+        match r {
+            Ok(v) => Ok(Some(v)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(DataplaneError::map(if addr.is_ipv4() { names::ROUTES_V4 } else { names::ROUTES_V6 }, "lookup")(e)),
+        }
     }
 }

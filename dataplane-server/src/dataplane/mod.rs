@@ -6,8 +6,13 @@
 pub mod error;
 pub mod loader;
 pub mod maps;
+pub mod netdev;
 
-use dataplane_common::InterfaceStats;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use dataplane_common::{InterfaceStats, NextHopStats};
+
+use crate::net::{Mac, Prefix};
 
 pub use error::DataplaneError;
 pub use loader::{KernelDataplane, LoaderConfig};
@@ -64,27 +69,72 @@ pub struct MapStatus {
     pub pin_path: String,
 }
 
+/// A kernel network device, as found in the server's network namespace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinkInfo {
+    pub ifindex: u32,
+    pub mtu: u32,
+    pub mac: Mac,
+    /// An address of the device (the first IPv4, the first non-link-local IPv6): the source of
+    /// the ICMP errors the dataplane sends from it.
+    pub ipv4: Option<Ipv4Addr>,
+    pub ipv6: Option<Ipv6Addr>,
+}
+
+/// What the programs need to know about an interface.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InterfaceParams {
+    pub slot: u32,
+    pub vrf: u32,
+    pub link: LinkInfo,
+}
+
+/// A next hop as the kernel stores it (slots, not the API's ids).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NextHopParams {
+    Encap { tx_slot: u32, ifindex: u32, mtu: u32, dst_mac: Mac, src_mac: Mac },
+    Ecmp { members: Vec<u32> },
+    Discard,
+    Receive,
+}
+
+/// A route the kernel found: the matched prefix length and the next-hop slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RouteMatch {
+    pub prefix_len: u8,
+    pub nexthop_slot: u32,
+}
+
 /// The operations the domain needs from the kernel. Every method either fully succeeds or leaves
 /// the kernel as it was.
 pub trait Dataplane: Send + Sync + 'static {
-    /// The ifindex of `name` in the server's network namespace, `None` if there is no such link.
-    fn ifindex(&self, name: &str) -> Result<Option<u32>, DataplaneError>;
+    /// The link called `name` in the server's network namespace, `None` if there is none.
+    fn link(&self, name: &str) -> Result<Option<LinkInfo>, DataplaneError>;
 
-    /// Registers `ifindex` under `slot` (counters zeroed) and attaches the XDP ingress and TC
-    /// egress programs to it.
-    fn attach(
-        &self,
-        slot: u32,
-        name: &str,
-        ifindex: u32,
-        mode: XdpMode,
-    ) -> Result<Attachment, DataplaneError>;
+    /// Registers the interface (config, counters zeroed, devmap entry) and attaches the XDP
+    /// ingress and TC egress programs to it.
+    fn attach(&self, name: &str, params: &InterfaceParams, mode: XdpMode) -> Result<Attachment, DataplaneError>;
 
-    /// Unregisters `ifindex` and detaches both programs from it.
-    fn detach(&self, ifindex: u32) -> Result<(), DataplaneError>;
+    /// Unregisters the interface and detaches both programs from it.
+    fn detach(&self, ifindex: u32, slot: u32) -> Result<(), DataplaneError>;
 
-    /// Counters of `slot`, summed over CPUs.
+    /// Counters of interface `slot`, summed over CPUs.
     fn interface_stats(&self, slot: u32) -> Result<InterfaceStats, DataplaneError>;
+
+    /// Writes next hop `slot`; `fresh` zeroes its counters (a newly allocated slot).
+    fn set_nexthop(&self, slot: u32, nh: &NextHopParams, fresh: bool) -> Result<(), DataplaneError>;
+
+    /// Empties next hop `slot`.
+    fn clear_nexthop(&self, slot: u32) -> Result<(), DataplaneError>;
+
+    fn nexthop_stats(&self, slot: u32) -> Result<NextHopStats, DataplaneError>;
+
+    fn insert_route(&self, vrf: u32, prefix: &Prefix, nexthop_slot: u32) -> Result<(), DataplaneError>;
+
+    fn remove_route(&self, vrf: u32, prefix: &Prefix) -> Result<(), DataplaneError>;
+
+    /// Longest-prefix match in the kernel's map, as the XDP program does it.
+    fn lookup_route(&self, vrf: u32, addr: IpAddr) -> Result<Option<RouteMatch>, DataplaneError>;
 
     fn programs(&self) -> Result<Vec<ProgramStatus>, DataplaneError>;
 

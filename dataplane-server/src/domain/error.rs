@@ -17,6 +17,13 @@ pub enum DomainError {
     /// The request is well-formed but the system is not in a state to carry it out.
     #[error("{0}")]
     FailedPrecondition(String),
+    /// Another error about one item of a request: `field` names it (`routes[3].next_hop`).
+    #[error("{field}: {source}")]
+    At {
+        field: String,
+        #[source]
+        source: Box<DomainError>,
+    },
     /// A kernel operation failed unexpectedly; nothing was changed.
     #[error("dataplane: {source}")]
     Internal {
@@ -29,6 +36,35 @@ impl DomainError {
     pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
         Self::InvalidArgument { field: field.into(), reason: reason.into() }
     }
+
+    /// This error, about the request item `field`.
+    pub fn at(self, field: impl Into<String>) -> Self {
+        Self::At { field: field.into(), source: Box::new(self) }
+    }
+
+    /// What kind of failure this is (the innermost error decides).
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Self::InvalidArgument { .. } => ErrorKind::InvalidArgument,
+            Self::NotFound { .. } => ErrorKind::NotFound,
+            Self::AlreadyExists { .. } => ErrorKind::AlreadyExists,
+            Self::Exhausted { .. } => ErrorKind::Exhausted,
+            Self::FailedPrecondition(_) => ErrorKind::FailedPrecondition,
+            Self::Internal { .. } => ErrorKind::Internal,
+            Self::At { source, .. } => source.kind(),
+        }
+    }
+}
+
+/// The kinds of failure, one per gRPC status the API uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    InvalidArgument,
+    NotFound,
+    AlreadyExists,
+    Exhausted,
+    FailedPrecondition,
+    Internal,
 }
 
 impl From<DataplaneError> for DomainError {

@@ -1,28 +1,55 @@
-//! In-memory fake of the [`Dataplane`] trait for the domain's unit tests: links, slots and
-//! counters in plain collections, with switches to make the next call fail.
+//! In-memory fake of the [`Dataplane`] trait for the domain's unit tests: links, slots, next
+//! hops, routes and counters in plain collections, with switches to make calls fail.
 
 use std::{
     collections::BTreeMap,
+    net::IpAddr,
     sync::{
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicI64, Ordering},
         Mutex,
     },
 };
 
-use dataplane_common::{maps as names, InterfaceStats};
+use dataplane_common::{maps as names, InterfaceStats, NextHopStats};
 
-use crate::dataplane::{Attachment, Dataplane, DataplaneError, MapStatus, ProgramStatus, XdpMode};
+use crate::{
+    dataplane::{
+        Attachment, Dataplane, DataplaneError, InterfaceParams, LinkInfo, MapStatus, NextHopParams, ProgramStatus,
+        RouteMatch, XdpMode,
+    },
+    net::{Mac, Prefix},
+};
 
-#[derive(Default)]
 pub struct FakeDataplane {
     links: BTreeMap<String, u32>,
-    /// ifindex -> slot, as IFINDEX_SLOTS would hold it.
+    /// ifindex -> slot, as INTERFACES would hold it.
     attached: Mutex<BTreeMap<u32, u32>>,
     stats: Mutex<BTreeMap<u32, InterfaceStats>>,
+    nexthops: Mutex<BTreeMap<u32, NextHopParams>>,
+    routes: Mutex<BTreeMap<(u32, Prefix), u32>>,
     fail_attach: AtomicBool,
+    /// Route inserts left before one fails; negative: never.
+    route_inserts_left: AtomicI64,
+}
+
+impl Default for FakeDataplane {
+    fn default() -> Self {
+        Self {
+            links: BTreeMap::new(),
+            attached: Mutex::default(),
+            stats: Mutex::default(),
+            nexthops: Mutex::default(),
+            routes: Mutex::default(),
+            fail_attach: AtomicBool::new(false),
+            route_inserts_left: AtomicI64::new(-1),
+        }
+    }
 }
 
 impl FakeDataplane {
+    /// Every fake link has this MAC.
+    pub const MAC: Mac = Mac([2, 0, 0, 0, 0, 0xaa]);
+
     pub fn with_links(links: &[(&str, u32)]) -> Self {
         Self { links: links.iter().map(|(n, i)| (n.to_string(), *i)).collect(), ..Default::default() }
     }
@@ -36,33 +63,83 @@ impl FakeDataplane {
         self.fail_attach.store(true, Ordering::SeqCst);
     }
 
+    /// The next route insert after `n` successful ones fails.
+    pub fn fail_route_insert_after(&self, n: i64) {
+        self.route_inserts_left.store(n, Ordering::SeqCst);
+    }
+
     pub fn set_rx_packets(&self, slot: u32, n: u64) {
         self.stats.lock().unwrap().entry(slot).or_default().rx_packets = n;
+    }
+
+    pub fn nexthop(&self, slot: u32) -> Option<NextHopParams> {
+        self.nexthops.lock().unwrap().get(&slot).cloned()
+    }
+
+    pub fn routes(&self) -> Vec<(u32, Prefix, u32)> {
+        self.routes.lock().unwrap().iter().map(|((v, p), s)| (*v, *p, *s)).collect()
     }
 }
 
 impl Dataplane for FakeDataplane {
-    fn ifindex(&self, name: &str) -> Result<Option<u32>, DataplaneError> {
-        Ok(self.links.get(name).copied())
+    fn link(&self, name: &str) -> Result<Option<LinkInfo>, DataplaneError> {
+        Ok(self.links.get(name).map(|&ifindex| LinkInfo { ifindex, mtu: 1500, mac: Self::MAC, ipv4: None, ipv6: None }))
     }
 
-    fn attach(&self, slot: u32, name: &str, ifindex: u32, mode: XdpMode) -> Result<Attachment, DataplaneError> {
+    fn attach(&self, name: &str, p: &InterfaceParams, mode: XdpMode) -> Result<Attachment, DataplaneError> {
         if self.fail_attach.swap(false, Ordering::SeqCst) {
             return Err(DataplaneError::XdpModeUnsupported { interface: name.to_owned(), mode: "native" });
         }
-        self.attached.lock().unwrap().insert(ifindex, slot);
-        self.stats.lock().unwrap().insert(slot, InterfaceStats::ZERO);
+        self.attached.lock().unwrap().insert(p.link.ifindex, p.slot);
+        self.stats.lock().unwrap().insert(p.slot, InterfaceStats::ZERO);
         let xdp_mode = if mode == XdpMode::Generic { XdpMode::Generic } else { XdpMode::Native };
-        Ok(Attachment { xdp_mode, xdp_link_id: 100 + slot, tc_link_id: 200 + slot })
+        Ok(Attachment { xdp_mode, xdp_link_id: 100 + p.slot, tc_link_id: 200 + p.slot })
     }
 
-    fn detach(&self, ifindex: u32) -> Result<(), DataplaneError> {
+    fn detach(&self, ifindex: u32, _slot: u32) -> Result<(), DataplaneError> {
         self.attached.lock().unwrap().remove(&ifindex);
         Ok(())
     }
 
     fn interface_stats(&self, slot: u32) -> Result<InterfaceStats, DataplaneError> {
         Ok(self.stats.lock().unwrap().get(&slot).copied().unwrap_or_default())
+    }
+
+    fn set_nexthop(&self, slot: u32, nh: &NextHopParams, _fresh: bool) -> Result<(), DataplaneError> {
+        self.nexthops.lock().unwrap().insert(slot, nh.clone());
+        Ok(())
+    }
+
+    fn clear_nexthop(&self, slot: u32) -> Result<(), DataplaneError> {
+        self.nexthops.lock().unwrap().remove(&slot);
+        Ok(())
+    }
+
+    fn nexthop_stats(&self, _slot: u32) -> Result<NextHopStats, DataplaneError> {
+        Ok(NextHopStats::default())
+    }
+
+    fn insert_route(&self, vrf: u32, prefix: &Prefix, nexthop_slot: u32) -> Result<(), DataplaneError> {
+        if self.route_inserts_left.fetch_sub(1, Ordering::SeqCst) == 0 {
+            return Err(DataplaneError::SlotOutOfRange { map: "ROUTES_V4", slot: 0, max: 0 });
+        }
+        self.routes.lock().unwrap().insert((vrf, *prefix), nexthop_slot);
+        Ok(())
+    }
+
+    fn remove_route(&self, vrf: u32, prefix: &Prefix) -> Result<(), DataplaneError> {
+        self.routes.lock().unwrap().remove(&(vrf, *prefix));
+        Ok(())
+    }
+
+    fn lookup_route(&self, vrf: u32, addr: IpAddr) -> Result<Option<RouteMatch>, DataplaneError> {
+        let routes = self.routes.lock().unwrap();
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        Ok((0..=max).rev().find_map(|len| {
+            routes
+                .get(&(vrf, Prefix::containing(addr, len)))
+                .map(|&nexthop_slot| RouteMatch { prefix_len: len, nexthop_slot })
+        }))
     }
 
     fn programs(&self) -> Result<Vec<ProgramStatus>, DataplaneError> {
@@ -80,7 +157,7 @@ impl Dataplane for FakeDataplane {
                 max_entries: dataplane_common::MAX_INTERFACES,
                 key_size: 4,
                 value_size: 4,
-                keys: (*name == names::IFINDEX_SLOTS).then_some(keys),
+                keys: (*name == names::INTERFACES).then_some(keys),
                 pin_path: String::new(),
             })
             .collect())

@@ -5,8 +5,8 @@ use std::fmt;
 use dataplane_common::InterfaceStats;
 use tracing::info;
 
-use super::{Domain, DomainError};
-use crate::dataplane::{Attachment, Dataplane, XdpMode};
+use super::{vrfs, Domain, DomainError, NextHopSpec};
+use crate::dataplane::{Attachment, Dataplane, InterfaceParams, LinkInfo, XdpMode};
 
 /// A kernel interface name: 1 to 15 bytes (IFNAMSIZ - 1), no '/', no whitespace, no NUL,
 /// not "." or "..", as the kernel's `dev_valid_name` demands.
@@ -51,12 +51,14 @@ impl fmt::Display for InterfaceName {
 pub struct AddInterface {
     pub name: InterfaceName,
     pub mode: XdpMode,
+    pub vrf: u32,
 }
 
 /// What the domain keeps per attached interface.
 #[derive(Clone, Debug)]
 pub(super) struct InterfaceEntry {
-    pub ifindex: u32,
+    pub link: LinkInfo,
+    pub vrf: u32,
     pub slot: u32,
     pub requested: XdpMode,
     pub attachment: Attachment,
@@ -66,7 +68,8 @@ pub(super) struct InterfaceEntry {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct InterfaceView {
     pub name: InterfaceName,
-    pub ifindex: u32,
+    pub link: LinkInfo,
+    pub vrf: u32,
     pub slot: u32,
     pub requested: XdpMode,
     pub attachment: Attachment,
@@ -80,25 +83,29 @@ impl<D: Dataplane> Domain<D> {
         if state.interfaces.contains_key(&req.name) {
             return Err(DomainError::AlreadyExists { kind: "interface", name: req.name.0 });
         }
-        let ifindex = self.dataplane.ifindex(req.name.as_str())?.ok_or_else(|| DomainError::NotFound {
+        if !state.vrfs.contains(&req.vrf) {
+            return Err(vrfs::not_found(req.vrf).at("vrf"));
+        }
+        let link = self.dataplane.link(req.name.as_str())?.ok_or_else(|| DomainError::NotFound {
             kind: "interface",
             name: req.name.0.clone(),
             detail: " in the server's network namespace",
         })?;
         let capacity = state.slots.capacity();
         let slot = state.slots.alloc().ok_or(DomainError::Exhausted { what: "interface slots", capacity })?;
-        let attachment = match self.dataplane.attach(slot, req.name.as_str(), ifindex, req.mode) {
+        let params = InterfaceParams { slot, vrf: req.vrf, link: link.clone() };
+        let attachment = match self.dataplane.attach(req.name.as_str(), &params, req.mode) {
             Ok(a) => a,
             Err(e) => {
                 state.slots.free(slot);
                 return Err(e.into());
             }
         };
-        let entry = InterfaceEntry { ifindex, slot, requested: req.mode, attachment };
+        let entry = InterfaceEntry { link, vrf: req.vrf, slot, requested: req.mode, attachment };
         state.generation += 1;
         let generation = state.generation;
         state.interfaces.insert(req.name.clone(), entry.clone());
-        info!(interface = %req.name, ifindex, slot, generation, "interface added");
+        info!(interface = %req.name, ifindex = entry.link.ifindex, slot, vrf = req.vrf, generation, "interface added");
         let view = self.view(&req.name, &entry)?;
         Ok((view, generation))
     }
@@ -107,7 +114,16 @@ impl<D: Dataplane> Domain<D> {
     pub fn delete_interface(&self, name: &InterfaceName) -> Result<u64, DomainError> {
         let mut state = self.lock();
         let entry = state.interfaces.get(name).ok_or_else(|| not_attached(name))?;
-        self.dataplane.detach(entry.ifindex)?;
+        let users: Vec<u32> = state
+            .nexthops
+            .iter()
+            .filter(|(_, n)| matches!(&n.spec, NextHopSpec::Encap { interface, .. } if interface == name))
+            .map(|(id, _)| *id)
+            .collect();
+        if !users.is_empty() {
+            return Err(DomainError::FailedPrecondition(format!("interface {name} is used by next hop(s) {users:?}")));
+        }
+        self.dataplane.detach(entry.link.ifindex, entry.slot)?;
         let slot = entry.slot;
         state.interfaces.remove(name);
         state.slots.free(slot);
@@ -131,7 +147,8 @@ impl<D: Dataplane> Domain<D> {
     fn view(&self, name: &InterfaceName, e: &InterfaceEntry) -> Result<InterfaceView, DomainError> {
         Ok(InterfaceView {
             name: name.clone(),
-            ifindex: e.ifindex,
+            link: e.link.clone(),
+            vrf: e.vrf,
             slot: e.slot,
             requested: e.requested,
             attachment: e.attachment,
@@ -154,7 +171,7 @@ mod tests {
     }
 
     fn add(d: &Domain<FakeDataplane>, n: &str) -> Result<(InterfaceView, u64), DomainError> {
-        d.add_interface(AddInterface { name: name(n), mode: XdpMode::Auto })
+        d.add_interface(AddInterface { name: name(n), mode: XdpMode::Auto, vrf: 0 })
     }
 
     #[test]
@@ -170,7 +187,7 @@ mod tests {
     fn add_interface_known_link_attaches_and_bumps_generation() {
         let d = Domain::new(FakeDataplane::with_links(&[("eth0", 7)]));
         let (v, generation) = add(&d, "eth0").unwrap();
-        assert_eq!((v.ifindex, v.slot, generation), (7, 0, 1));
+        assert_eq!((v.link.ifindex, v.slot, generation), (7, 0, 1));
         assert_eq!(v.attachment.xdp_mode, XdpMode::Native);
         assert_eq!(d.dataplane().attached(), vec![(7, 0)]);
     }
@@ -212,6 +229,15 @@ mod tests {
         assert_eq!(d.delete_interface(&name("a")).unwrap(), 3);
         assert_eq!(d.dataplane().attached(), vec![(2, 1)]);
         assert_eq!(add(&d, "c").unwrap().0.slot, 0);
+    }
+
+    #[test]
+    fn add_interface_unknown_vrf_not_found() {
+        let d = Domain::new(FakeDataplane::with_links(&[("eth0", 7)]));
+        let e = d.add_interface(AddInterface { name: name("eth0"), mode: XdpMode::Auto, vrf: 4 }).unwrap_err();
+        assert_eq!(e.to_string(), "vrf: vrf 4 not found");
+        d.add_vrf(4).unwrap();
+        assert_eq!(d.add_interface(AddInterface { name: name("eth0"), mode: XdpMode::Auto, vrf: 4 }).unwrap().0.vrf, 4);
     }
 
     #[test]

@@ -6,21 +6,28 @@ mod error;
 #[cfg(test)]
 mod fake;
 mod interfaces;
+mod nexthops;
+mod routes;
 mod slots;
 mod status;
+mod vrfs;
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet, HashMap},
     sync::{Mutex, MutexGuard},
     time::Instant,
 };
 
-pub use error::DomainError;
+pub use error::{DomainError, ErrorKind};
 pub use interfaces::{AddInterface, InterfaceName, InterfaceView};
+pub use nexthops::{NewNextHop, NextHopSpec, NextHopView};
+pub use routes::{RouteSpec, RouteView};
 pub use status::{AttachmentView, MapView, StatusView};
+pub use vrfs::VrfView;
 
-use crate::dataplane::Dataplane;
+use crate::{dataplane::Dataplane, net::Prefix};
 use interfaces::InterfaceEntry;
+use nexthops::NextHopEntry;
 use slots::SlotAllocator;
 
 /// Mutable state, behind one lock: every mutation is serialised, so a batch or a multi-step
@@ -29,6 +36,13 @@ struct State {
     generation: u64,
     slots: SlotAllocator,
     interfaces: BTreeMap<InterfaceName, InterfaceEntry>,
+    vrfs: BTreeSet<u32>,
+    nh_slots: SlotAllocator,
+    nexthops: BTreeMap<u32, NextHopEntry>,
+    /// Next-hop slot -> id, to name what the kernel's maps point at.
+    nh_ids: HashMap<u32, u32>,
+    /// (VRF, prefix) -> next-hop id.
+    routes: BTreeMap<(u32, Prefix), u32>,
 }
 
 /// The dataplane's configuration and the operations on it.
@@ -46,6 +60,11 @@ impl<D: Dataplane> Domain<D> {
                 generation: 0,
                 slots: SlotAllocator::new(dataplane_common::MAX_INTERFACES),
                 interfaces: BTreeMap::new(),
+                vrfs: BTreeSet::from([0]),
+                nh_slots: SlotAllocator::new(dataplane_common::MAX_NEXTHOPS),
+                nexthops: BTreeMap::new(),
+                nh_ids: HashMap::new(),
+                routes: BTreeMap::new(),
             }),
             started: Instant::now(),
         }

@@ -49,7 +49,7 @@ impl<D: Dataplane> Domain<D> {
         for (name, e) in &state.interfaces {
             attachments.push(AttachmentView {
                 interface: name.clone(),
-                ifindex: e.ifindex,
+                ifindex: e.link.ifindex,
                 hook: Hook::XdpIngress,
                 program: dataplane_common::programs::XDP_INGRESS,
                 xdp_mode: Some(e.attachment.xdp_mode),
@@ -57,7 +57,7 @@ impl<D: Dataplane> Domain<D> {
             });
             attachments.push(AttachmentView {
                 interface: name.clone(),
-                ifindex: e.ifindex,
+                ifindex: e.link.ifindex,
                 hook: Hook::TcEgress,
                 program: dataplane_common::programs::TC_EGRESS,
                 xdp_mode: None,
@@ -65,6 +65,9 @@ impl<D: Dataplane> Domain<D> {
             });
         }
         let slots_in_use = u64::from(state.slots.in_use());
+        let nh_in_use = u64::from(state.nh_slots.in_use());
+        let routes_v4 = state.routes.keys().filter(|(_, p)| p.is_ipv4()).count() as u64;
+        let routes_v6 = state.routes.len() as u64 - routes_v4;
         let maps = self
             .dataplane
             .maps()?
@@ -73,7 +76,10 @@ impl<D: Dataplane> Domain<D> {
                 occupancy: match m.keys {
                     Some(k) => k,
                     // Arrays indexed by interface slot: the slots allocated.
-                    None if m.name == names::IFACE_STATS => slots_in_use,
+                    None if m.name == names::IFACE_STATS || m.name == names::TX_PORTS => slots_in_use,
+                    None if m.name == names::NEXTHOPS || m.name == names::NEXTHOP_STATS => nh_in_use,
+                    None if m.name == names::ROUTES_V4 => routes_v4,
+                    None if m.name == names::ROUTES_V6 => routes_v6,
                     // Fixed-size arrays whose every entry is meaningful.
                     None => u64::from(m.max_entries),
                 },
@@ -105,7 +111,7 @@ mod tests {
     #[test]
     fn status_after_add_lists_both_hooks_and_slot_occupancy() {
         let d = Domain::new(FakeDataplane::with_links(&[("eth0", 7)]));
-        d.add_interface(AddInterface { name: InterfaceName::parse("n", "eth0").unwrap(), mode: XdpMode::Generic })
+        d.add_interface(AddInterface { name: InterfaceName::parse("n", "eth0").unwrap(), mode: XdpMode::Generic, vrf: 0 })
             .unwrap();
         let s = d.status().unwrap();
         assert_eq!(s.generation, 1);
@@ -113,7 +119,7 @@ mod tests {
         assert_eq!(hooks, vec![(Hook::XdpIngress, Some(XdpMode::Generic)), (Hook::TcEgress, None)]);
         let stats = s.maps.iter().find(|m| m.name == names::IFACE_STATS).unwrap();
         assert_eq!(stats.occupancy, 1);
-        let slots = s.maps.iter().find(|m| m.name == names::IFINDEX_SLOTS).unwrap();
+        let slots = s.maps.iter().find(|m| m.name == names::INTERFACES).unwrap();
         assert_eq!(slots.occupancy, 1);
     }
 }

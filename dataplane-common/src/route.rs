@@ -1,0 +1,107 @@
+//! Routing map types: interface config, LPM keys, route values, next hops.
+
+/// Configuration of one interface the dataplane owns, keyed by ifindex in `INTERFACES`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InterfaceConfig {
+    /// Index into the per-interface arrays (`IFACE_STATS`, `TX_PORTS`).
+    pub slot: u32,
+    /// VRF whose routes forward this interface's ingress traffic.
+    pub vrf: u32,
+    pub mtu: u32,
+    /// `IFACE_HAS_IPV4` | `IFACE_HAS_IPV6`.
+    pub flags: u32,
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+    /// An address of the interface, the source of ICMP errors it sends; see `flags`.
+    pub ipv4: [u8; 4],
+    pub ipv6: [u8; 16],
+}
+
+pub const IFACE_HAS_IPV4: u32 = 1;
+pub const IFACE_HAS_IPV6: u32 = 2;
+
+/// Bits of the VRF in front of the address in an LPM key: a route of prefix length `n` is stored
+/// with `prefix_len = VRF_BITS + n`, so one trie per family serves every VRF.
+pub const VRF_BITS: u32 = 32;
+
+/// Data part of an IPv4 LPM key (`aya`'s `Key<RouteAddrV4>` adds the prefix length in front).
+/// The kernel compares bytes MSB first: VRF (big-endian) then address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RouteAddrV4 {
+    pub vrf: [u8; 4],
+    pub addr: [u8; 4],
+}
+
+/// Data part of an IPv6 LPM key, as [`RouteAddrV4`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RouteAddrV6 {
+    pub vrf: [u8; 4],
+    pub addr: [u8; 16],
+}
+
+/// What a route points at.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RouteValue {
+    /// Next-hop slot (index into `NEXTHOPS`).
+    pub nexthop: u32,
+    /// The route's own prefix length (without the VRF bits), so a lookup can name the prefix
+    /// that matched.
+    pub prefix_len: u32,
+}
+
+/// Next-hop kinds, as stored in [`NextHop::kind`]. 0 marks an empty slot.
+pub mod nexthop_kind {
+    pub const EMPTY: u32 = 0;
+    /// Rewrite MACs and send out of `tx_slot`.
+    pub const ENCAP: u32 = 1;
+    /// Pick one of `members` by a hash of the flow.
+    pub const ECMP: u32 = 2;
+    pub const DISCARD: u32 = 3;
+    /// Hand to the local kernel stack.
+    pub const RECEIVE: u32 = 4;
+}
+
+/// Most members an ECMP group may have (inline in the next hop: no second map lookup).
+pub const ECMP_MAX: usize = 16;
+
+/// A next hop, at the slot the server assigned in `NEXTHOPS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NextHop {
+    pub kind: u32,
+    /// ENCAP: interface slot of the egress interface (devmap key) and its ifindex and MTU.
+    pub tx_slot: u32,
+    pub ifindex: u32,
+    pub mtu: u32,
+    pub dst_mac: [u8; 6],
+    pub src_mac: [u8; 6],
+    /// ECMP: number of valid entries in `members`.
+    pub member_count: u32,
+    /// ECMP: next-hop slots of the members (each ENCAP, DISCARD or RECEIVE).
+    pub members: [u32; ECMP_MAX],
+}
+
+impl NextHop {
+    pub const EMPTY: Self = Self {
+        kind: nexthop_kind::EMPTY,
+        tx_slot: 0,
+        ifindex: 0,
+        mtu: 0,
+        dst_mac: [0; 6],
+        src_mac: [0; 6],
+        member_count: 0,
+        members: [0; ECMP_MAX],
+    };
+}
+
+/// Packets and bytes that left through a next hop (per CPU).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NextHopStats {
+    pub packets: u64,
+    pub bytes: u64,
+}

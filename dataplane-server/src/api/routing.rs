@@ -1,0 +1,175 @@
+//! `dataplane.v1.Routing`: VRFs, next hops, routes.
+
+use std::{pin::Pin, sync::Arc};
+
+use dataplane_proto::v1 as pb;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+use crate::{
+    dataplane::Dataplane,
+    domain::{Domain, DomainError, InterfaceName, NewNextHop, NextHopSpec, NextHopView, RouteSpec},
+    net::{parse_addr, Mac, Prefix},
+};
+
+/// Routes per streamed `ListRoutesResponse`.
+const LIST_CHUNK: usize = 1024;
+
+pub struct RoutingService<D: Dataplane> {
+    domain: Arc<Domain<D>>,
+}
+
+impl<D: Dataplane> RoutingService<D> {
+    pub fn new(domain: Arc<Domain<D>>) -> Self {
+        Self { domain }
+    }
+}
+
+type RouteStream = Pin<Box<dyn Stream<Item = Result<pb::ListRoutesResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl<D: Dataplane> pb::routing_server::Routing for RoutingService<D> {
+    async fn add_vrf(&self, req: Request<pb::AddVrfRequest>) -> Result<Response<pb::AddVrfResponse>, Status> {
+        let generation = self.domain.add_vrf(req.into_inner().id)?;
+        Ok(Response::new(pb::AddVrfResponse { generation }))
+    }
+
+    async fn delete_vrf(&self, req: Request<pb::DeleteVrfRequest>) -> Result<Response<pb::DeleteVrfResponse>, Status> {
+        let generation = self.domain.delete_vrf(req.into_inner().id)?;
+        Ok(Response::new(pb::DeleteVrfResponse { generation }))
+    }
+
+    async fn list_vrfs(&self, _req: Request<pb::ListVrfsRequest>) -> Result<Response<pb::ListVrfsResponse>, Status> {
+        let vrfs = self
+            .domain
+            .list_vrfs()
+            .into_iter()
+            .map(|v| pb::Vrf { id: v.id, interfaces: v.interfaces, routes: v.routes })
+            .collect();
+        Ok(Response::new(pb::ListVrfsResponse { vrfs }))
+    }
+
+    async fn add_next_hops(&self, req: Request<pb::AddNextHopsRequest>) -> Result<Response<pb::AddNextHopsResponse>, Status> {
+        let batch = req
+            .into_inner()
+            .next_hops
+            .into_iter()
+            .enumerate()
+            .map(|(i, n)| decode_nexthop(n).map_err(|e| e.at(format!("next_hops[{i}]"))))
+            .collect::<Result<Vec<_>, _>>()?;
+        let generation = self.domain.add_nexthops(batch)?;
+        Ok(Response::new(pb::AddNextHopsResponse { generation }))
+    }
+
+    async fn delete_next_hops(
+        &self,
+        req: Request<pb::DeleteNextHopsRequest>,
+    ) -> Result<Response<pb::DeleteNextHopsResponse>, Status> {
+        let generation = self.domain.delete_nexthops(&req.into_inner().ids)?;
+        Ok(Response::new(pb::DeleteNextHopsResponse { generation }))
+    }
+
+    async fn list_next_hops(
+        &self,
+        _req: Request<pb::ListNextHopsRequest>,
+    ) -> Result<Response<pb::ListNextHopsResponse>, Status> {
+        let next_hops = self.domain.list_nexthops()?.into_iter().map(encode_nexthop).collect();
+        Ok(Response::new(pb::ListNextHopsResponse { next_hops }))
+    }
+
+    async fn add_routes(&self, req: Request<pb::AddRoutesRequest>) -> Result<Response<pb::AddRoutesResponse>, Status> {
+        let batch = req
+            .into_inner()
+            .routes
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let prefix = parse_prefix(&format!("routes[{i}].prefix"), &r.prefix)?;
+                Ok(RouteSpec { vrf: r.vrf, prefix, nexthop: r.next_hop })
+            })
+            .collect::<Result<Vec<_>, DomainError>>()?;
+        let generation = self.domain.add_routes(batch)?;
+        Ok(Response::new(pb::AddRoutesResponse { generation }))
+    }
+
+    async fn delete_routes(&self, req: Request<pb::DeleteRoutesRequest>) -> Result<Response<pb::DeleteRoutesResponse>, Status> {
+        let batch = req
+            .into_inner()
+            .routes
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| Ok((r.vrf, parse_prefix(&format!("routes[{i}].prefix"), &r.prefix)?)))
+            .collect::<Result<Vec<_>, DomainError>>()?;
+        let generation = self.domain.delete_routes(&batch)?;
+        Ok(Response::new(pb::DeleteRoutesResponse { generation }))
+    }
+
+    type ListRoutesStream = RouteStream;
+
+    async fn list_routes(&self, req: Request<pb::ListRoutesRequest>) -> Result<Response<RouteStream>, Status> {
+        let req = req.into_inner();
+        let within = match req.prefix.as_str() {
+            "" => None,
+            p => Some(parse_prefix("prefix", p)?),
+        };
+        let routes = self.domain.list_routes(req.vrf, within);
+        let chunks: Vec<Result<pb::ListRoutesResponse, Status>> = routes
+            .chunks(LIST_CHUNK)
+            .map(|c| Ok(pb::ListRoutesResponse { routes: c.iter().map(encode_route).collect() }))
+            .collect();
+        Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
+    }
+
+    async fn lookup_route(&self, req: Request<pb::LookupRouteRequest>) -> Result<Response<pb::LookupRouteResponse>, Status> {
+        let req = req.into_inner();
+        let addr = parse_addr(&req.address).map_err(|e| DomainError::invalid("address", e.to_string()))?;
+        let found = self.domain.lookup_route(req.vrf, addr)?;
+        Ok(Response::new(pb::LookupRouteResponse { found: found.is_some(), route: found.as_ref().map(encode_route) }))
+    }
+}
+
+fn parse_prefix(field: &str, s: &str) -> Result<Prefix, DomainError> {
+    s.parse().map_err(|e: crate::net::ParseError| DomainError::invalid(field, e.to_string()))
+}
+
+fn parse_mac(field: &str, s: &str) -> Result<Mac, DomainError> {
+    s.parse().map_err(|e: crate::net::ParseError| DomainError::invalid(field, e.to_string()))
+}
+
+fn decode_nexthop(n: pb::NextHop) -> Result<NewNextHop, DomainError> {
+    use pb::next_hop::Kind;
+    let spec = match n.kind {
+        Some(Kind::Encap(e)) => NextHopSpec::Encap {
+            interface: InterfaceName::parse("encap.interface", &e.interface)?,
+            dst_mac: parse_mac("encap.dst_mac", &e.dst_mac)?,
+            src_mac: match e.src_mac.as_str() {
+                "" => None,
+                s => Some(parse_mac("encap.src_mac", s)?),
+            },
+        },
+        Some(Kind::Ecmp(g)) => NextHopSpec::Ecmp { members: g.members },
+        Some(Kind::Discard(_)) => NextHopSpec::Discard,
+        Some(Kind::Receive(_)) => NextHopSpec::Receive,
+        None => return Err(DomainError::invalid("kind", "one of encap, ecmp, discard, receive is required")),
+    };
+    Ok(NewNextHop { id: n.id, spec })
+}
+
+fn encode_nexthop(v: NextHopView) -> pb::NextHop {
+    use pb::next_hop::Kind;
+    let kind = match v.spec {
+        NextHopSpec::Encap { interface, dst_mac, src_mac } => Kind::Encap(pb::EncapNextHop {
+            interface: interface.to_string(),
+            dst_mac: dst_mac.to_string(),
+            src_mac: src_mac.map(|m| m.to_string()).unwrap_or_default(),
+        }),
+        NextHopSpec::Ecmp { members } => Kind::Ecmp(pb::EcmpNextHop { members }),
+        NextHopSpec::Discard => Kind::Discard(pb::Discard {}),
+        NextHopSpec::Receive => Kind::Receive(pb::Receive {}),
+    };
+    pb::NextHop { id: v.id, kind: Some(kind), packets: v.stats.packets, bytes: v.stats.bytes, routes: v.routes }
+}
+
+fn encode_route(r: &RouteSpec) -> pb::Route {
+    pb::Route { vrf: r.vrf, prefix: r.prefix.to_string(), next_hop: r.nexthop }
+}

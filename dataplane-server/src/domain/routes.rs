@@ -1,0 +1,194 @@
+//! Routes: (VRF, prefix) -> next hop, written into the per-family LPM tries the XDP program reads.
+//! Batches are all or nothing: everything is validated before the first kernel write, and a
+//! kernel failure part-way undoes the writes already made.
+
+use std::{collections::BTreeSet, net::IpAddr};
+
+use super::{nexthops, vrfs, Domain, DomainError};
+use crate::{dataplane::Dataplane, net::Prefix};
+
+/// A validated route of an `AddRoutes` batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RouteSpec {
+    pub vrf: u32,
+    pub prefix: Prefix,
+    pub nexthop: u32,
+}
+
+/// A route as listed or looked up.
+pub type RouteView = RouteSpec;
+
+impl<D: Dataplane> Domain<D> {
+    pub fn add_routes(&self, batch: Vec<RouteSpec>) -> Result<u64, DomainError> {
+        let mut state = self.lock();
+        let mut in_batch = BTreeSet::new();
+        let mut slots = Vec::with_capacity(batch.len());
+        let (mut v4, mut v6) = (0u64, 0u64);
+        for (i, r) in batch.iter().enumerate() {
+            if !state.vrfs.contains(&r.vrf) {
+                return Err(vrfs::not_found(r.vrf).at(format!("routes[{i}].vrf")));
+            }
+            let nh = state.nexthops.get(&r.nexthop).ok_or_else(|| nexthops::not_found(r.nexthop).at(format!("routes[{i}].next_hop")))?;
+            if state.routes.contains_key(&(r.vrf, r.prefix)) || !in_batch.insert((r.vrf, r.prefix)) {
+                return Err(DomainError::AlreadyExists { kind: "route", name: format!("{} in vrf {}", r.prefix, r.vrf) }
+                    .at(format!("routes[{i}]")));
+            }
+            if r.prefix.is_ipv4() { v4 += 1 } else { v6 += 1 }
+            slots.push(nh.slot);
+        }
+        let (have4, have6) = state.routes.keys().fold((0u64, 0u64), |(a, b), (_, p)| if p.is_ipv4() { (a + 1, b) } else { (a, b + 1) });
+        let cap = u64::from(dataplane_common::MAX_ROUTES);
+        if have4 + v4 > cap || have6 + v6 > cap {
+            return Err(DomainError::Exhausted { what: "routes per address family", capacity: dataplane_common::MAX_ROUTES });
+        }
+        for (i, (r, slot)) in batch.iter().zip(&slots).enumerate() {
+            if let Err(e) = self.dataplane.insert_route(r.vrf, &r.prefix, *slot) {
+                for done in &batch[..i] {
+                    let _ = self.dataplane.remove_route(done.vrf, &done.prefix);
+                }
+                return Err(DomainError::from(e).at(format!("routes[{i}]")));
+            }
+        }
+        for r in batch {
+            state.routes.insert((r.vrf, r.prefix), r.nexthop);
+            if let Some(nh) = state.nexthops.get_mut(&r.nexthop) {
+                nh.routes += 1;
+            }
+        }
+        state.generation += 1;
+        Ok(state.generation)
+    }
+
+    pub fn delete_routes(&self, batch: &[(u32, Prefix)]) -> Result<u64, DomainError> {
+        let mut state = self.lock();
+        let mut seen = BTreeSet::new();
+        for (i, key) in batch.iter().enumerate() {
+            if !state.routes.contains_key(key) {
+                return Err(DomainError::NotFound { kind: "route", name: format!("{} in vrf {}", key.1, key.0), detail: "" }
+                    .at(format!("routes[{i}]")));
+            }
+            if !seen.insert(*key) {
+                return Err(DomainError::invalid(format!("routes[{i}]"), "route listed twice"));
+            }
+        }
+        for (i, (vrf, prefix)) in batch.iter().enumerate() {
+            if let Err(e) = self.dataplane.remove_route(*vrf, prefix) {
+                for (v, p) in &batch[..i] {
+                    let slot = state.nexthops[&state.routes[&(*v, *p)]].slot;
+                    let _ = self.dataplane.insert_route(*v, p, slot);
+                }
+                return Err(DomainError::from(e).at(format!("routes[{i}]")));
+            }
+        }
+        for key in batch {
+            if let Some(nh) = state.routes.remove(key) {
+                if let Some(e) = state.nexthops.get_mut(&nh) {
+                    e.routes -= 1;
+                }
+            }
+        }
+        state.generation += 1;
+        Ok(state.generation)
+    }
+
+    /// Routes, optionally of one VRF and inside one prefix, in (VRF, prefix) order.
+    pub fn list_routes(&self, vrf: Option<u32>, within: Option<Prefix>) -> Vec<RouteView> {
+        let state = self.lock();
+        let iter: Box<dyn Iterator<Item = (&(u32, Prefix), &u32)>> = match vrf {
+            Some(v) => Box::new(state.routes.range((v, vrfs::min_prefix())..).take_while(move |((rv, _), _)| *rv == v)),
+            None => Box::new(state.routes.iter()),
+        };
+        iter.filter(|((_, p), _)| within.is_none_or(|w| w.covers(p)))
+            .map(|(&(vrf, prefix), &nexthop)| RouteSpec { vrf, prefix, nexthop })
+            .collect()
+    }
+
+    /// Longest-prefix match of `addr` in `vrf`, asked of the kernel's map (what XDP sees).
+    pub fn lookup_route(&self, vrf: u32, addr: IpAddr) -> Result<Option<RouteView>, DomainError> {
+        let state = self.lock();
+        if !state.vrfs.contains(&vrf) {
+            return Err(vrfs::not_found(vrf).at("vrf"));
+        }
+        let Some(m) = self.dataplane.lookup_route(vrf, addr)? else { return Ok(None) };
+        let nexthop = state.nh_ids.get(&m.nexthop_slot).copied().ok_or_else(|| DomainError::Internal {
+            source: crate::dataplane::DataplaneError::SlotOutOfRange { map: "NEXTHOPS", slot: m.nexthop_slot, max: 0 },
+        })?;
+        Ok(Some(RouteSpec { vrf, prefix: Prefix::containing(addr, m.prefix_len), nexthop }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{fake::FakeDataplane, ErrorKind, NewNextHop, NextHopSpec};
+
+    fn domain() -> Domain<FakeDataplane> {
+        let d = Domain::new(FakeDataplane::default());
+        d.add_nexthops(vec![
+            NewNextHop { id: 1, spec: NextHopSpec::Discard },
+            NewNextHop { id: 2, spec: NextHopSpec::Receive },
+        ])
+        .unwrap();
+        d
+    }
+
+    fn r(vrf: u32, p: &str, nh: u32) -> RouteSpec {
+        RouteSpec { vrf, prefix: p.parse().unwrap(), nexthop: nh }
+    }
+
+    #[test]
+    fn add_routes_bad_entry_changes_nothing_and_names_index() {
+        let d = domain();
+        let e = d.add_routes(vec![r(0, "192.0.2.0/24", 1), r(0, "198.51.100.0/24", 9)]).unwrap_err();
+        assert_eq!(e.to_string(), "routes[1].next_hop: next hop 9 not found");
+        assert!(d.list_routes(None, None).is_empty());
+        assert!(d.dataplane().routes().is_empty(), "no kernel write");
+        let e = d.add_routes(vec![r(5, "192.0.2.0/24", 1)]).unwrap_err();
+        assert_eq!((e.kind(), e.to_string()), (ErrorKind::NotFound, "routes[0].vrf: vrf 5 not found".into()));
+        let e = d.add_routes(vec![r(0, "192.0.2.0/24", 1), r(0, "192.0.2.0/24", 2)]).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::AlreadyExists);
+    }
+
+    #[test]
+    fn add_routes_kernel_failure_midway_rolls_back() {
+        let d = domain();
+        d.dataplane().fail_route_insert_after(2);
+        let e = d.add_routes(vec![r(0, "192.0.2.0/24", 1), r(0, "192.0.2.0/25", 1), r(0, "2001:db8::/32", 2)]).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Internal);
+        assert!(d.dataplane().routes().is_empty(), "the two inserted routes were removed again");
+        assert!(d.list_routes(None, None).is_empty());
+    }
+
+    #[test]
+    fn delete_routes_unknown_not_found_and_refcounts_follow() {
+        let d = domain();
+        d.add_routes(vec![r(0, "192.0.2.0/24", 1)]).unwrap();
+        assert!(matches!(d.delete_nexthops(&[1]).unwrap_err().kind(), ErrorKind::FailedPrecondition));
+        let e = d.delete_routes(&[(0, "192.0.2.0/24".parse().unwrap()), (0, "192.0.2.0/25".parse().unwrap())]).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::NotFound);
+        assert_eq!(d.list_routes(None, None).len(), 1, "unchanged");
+        d.delete_routes(&[(0, "192.0.2.0/24".parse().unwrap())]).unwrap();
+        d.delete_nexthops(&[1]).unwrap();
+    }
+
+    #[test]
+    fn list_routes_filters_by_vrf_and_prefix() {
+        let d = domain();
+        d.add_vrf(2).unwrap();
+        d.add_routes(vec![r(0, "192.0.2.0/24", 1), r(0, "192.0.2.128/25", 1), r(2, "192.0.2.0/24", 2), r(0, "2001:db8::/48", 2)]).unwrap();
+        assert_eq!(d.list_routes(Some(2), None), vec![r(2, "192.0.2.0/24", 2)]);
+        let within: Prefix = "192.0.2.128/25".parse().unwrap();
+        assert_eq!(d.list_routes(Some(0), Some(within)), vec![r(0, "192.0.2.128/25", 1)]);
+        assert_eq!(d.list_routes(None, Some("2001:db8::/32".parse().unwrap())).len(), 1);
+    }
+
+    #[test]
+    fn lookup_route_longest_prefix_from_dataplane() {
+        let d = domain();
+        d.add_routes(vec![r(0, "192.0.2.0/24", 1), r(0, "192.0.2.128/25", 2)]).unwrap();
+        let hit = d.lookup_route(0, "192.0.2.200".parse().unwrap()).unwrap().unwrap();
+        assert_eq!(hit, r(0, "192.0.2.128/25", 2));
+        assert_eq!(d.lookup_route(0, "198.51.100.1".parse().unwrap()).unwrap(), None);
+        assert_eq!(d.lookup_route(3, "192.0.2.1".parse().unwrap()).unwrap_err().kind(), ErrorKind::NotFound);
+    }
+}

@@ -1,0 +1,98 @@
+//! VRFs: routing table ids. VRF 0 always exists; others are created and deleted explicitly and
+//! cannot be deleted while interfaces or routes use them.
+
+use super::{Domain, DomainError};
+use crate::dataplane::Dataplane;
+
+/// A VRF with what uses it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VrfView {
+    pub id: u32,
+    pub interfaces: u32,
+    pub routes: u64,
+}
+
+impl<D: Dataplane> Domain<D> {
+    pub fn add_vrf(&self, id: u32) -> Result<u64, DomainError> {
+        if id >= dataplane_common::MAX_VRFS {
+            return Err(DomainError::invalid("id", format!("VRF ids are below {}", dataplane_common::MAX_VRFS)));
+        }
+        let mut state = self.lock();
+        if !state.vrfs.insert(id) {
+            return Err(DomainError::AlreadyExists { kind: "vrf", name: id.to_string() });
+        }
+        state.generation += 1;
+        Ok(state.generation)
+    }
+
+    pub fn delete_vrf(&self, id: u32) -> Result<u64, DomainError> {
+        let mut state = self.lock();
+        if !state.vrfs.contains(&id) {
+            return Err(not_found(id));
+        }
+        if id == 0 {
+            return Err(DomainError::FailedPrecondition("vrf 0 is the default VRF and always exists".into()));
+        }
+        let interfaces = state.interfaces.values().filter(|e| e.vrf == id).count();
+        let routes = state.routes.range((id, min_prefix())..).take_while(|((v, _), _)| *v == id).count();
+        if interfaces > 0 || routes > 0 {
+            return Err(DomainError::FailedPrecondition(format!(
+                "vrf {id} is still used by {interfaces} interface(s) and {routes} route(s)"
+            )));
+        }
+        state.vrfs.remove(&id);
+        state.generation += 1;
+        Ok(state.generation)
+    }
+
+    pub fn list_vrfs(&self) -> Vec<VrfView> {
+        let state = self.lock();
+        state
+            .vrfs
+            .iter()
+            .map(|&id| VrfView {
+                id,
+                interfaces: state.interfaces.values().filter(|e| e.vrf == id).count() as u32,
+                routes: state.routes.range((id, min_prefix())..).take_while(|((v, _), _)| *v == id).count() as u64,
+            })
+            .collect()
+    }
+}
+
+pub(super) fn not_found(id: u32) -> DomainError {
+    DomainError::NotFound { kind: "vrf", name: id.to_string(), detail: "" }
+}
+
+/// The smallest prefix in the routes' ordering, to range over one VRF's routes.
+pub(super) fn min_prefix() -> crate::net::Prefix {
+    crate::net::Prefix::containing(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{fake::FakeDataplane, RouteSpec};
+
+    #[test]
+    fn vrf_add_delete_list_round_trip() {
+        let d = Domain::new(FakeDataplane::default());
+        assert_eq!(d.add_vrf(7).unwrap(), 1);
+        assert!(matches!(d.add_vrf(7), Err(DomainError::AlreadyExists { .. })));
+        assert_eq!(d.list_vrfs().iter().map(|v| v.id).collect::<Vec<_>>(), vec![0, 7]);
+        assert_eq!(d.delete_vrf(7).unwrap(), 2);
+        assert!(matches!(d.delete_vrf(7), Err(DomainError::NotFound { .. })));
+        assert!(matches!(d.delete_vrf(0), Err(DomainError::FailedPrecondition(_))));
+        assert!(matches!(d.add_vrf(dataplane_common::MAX_VRFS), Err(DomainError::InvalidArgument { .. })));
+    }
+
+    #[test]
+    fn vrf_delete_with_routes_failed_precondition() {
+        let d = Domain::new(FakeDataplane::default());
+        d.add_vrf(3).unwrap();
+        d.add_nexthops(vec![crate::domain::NewNextHop { id: 1, spec: crate::domain::NextHopSpec::Discard }]).unwrap();
+        d.add_routes(vec![RouteSpec { vrf: 3, prefix: "192.0.2.0/24".parse().unwrap(), nexthop: 1 }]).unwrap();
+        let e = d.delete_vrf(3).unwrap_err();
+        assert!(matches!(e, DomainError::FailedPrecondition(_)), "{e}");
+        assert_eq!(d.list_vrfs()[1].routes, 1);
+    }
+}
