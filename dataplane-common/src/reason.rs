@@ -94,6 +94,9 @@ reasons! {
     L4Truncated = 20, "l4_truncated", ParseError;
     /// Seen on an ifindex that has no interface slot.
     UnknownInterface = 21, "unknown_interface", Pass;
+    /// IP in a frame not addressed to the interface's MAC (another host's, or broadcast): the
+    /// kernel's to drop or handle, as it would without the dataplane.
+    PassOtherHost = 22, "pass_other_host", Pass;
 }
 #[cfg(test)]
 mod tests {

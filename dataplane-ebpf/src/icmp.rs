@@ -48,7 +48,7 @@ pub fn time_exceeded(ctx: &XdpContext, pkt: &Packet, cfg: &InterfaceConfig) -> b
 /// non-ICMP traffic qualify among ICMP messages here), nor about a non-first fragment.
 #[inline(always)]
 fn may_answer(pkt: &Packet) -> bool {
-    if pkt.fragment {
+    if pkt.fragment || !unicast_source(pkt) {
         return false;
     }
     match (pkt.l3, pkt.ip_proto) {
@@ -56,6 +56,21 @@ fn may_answer(pkt: &Packet) -> bool {
         (L3::Ipv4, IPPROTO_ICMP) => pkt.src_port == 8,
         (L3::Ipv6, IPPROTO_ICMPV6) => pkt.src_port == 128,
         _ => true,
+    }
+}
+
+/// RFC 1812 4.3.2.7 / RFC 4443 2.4(e): errors go only to a single host: not to an unspecified,
+/// loopback, multicast, broadcast or reserved source.
+#[inline(always)]
+fn unicast_source(pkt: &Packet) -> bool {
+    let s = pkt.src;
+    match pkt.l3 {
+        L3::Ipv4 => s[0] != 0 && s[0] != 127 && s[0] < 224,
+        L3::Ipv6 => {
+            let unspecified_or_loopback = s[..15].iter().all(|b| *b == 0) && s[15] <= 1;
+            s[0] != 0xff && !unspecified_or_loopback
+        }
+        L3::Other(_) => false,
     }
 }
 

@@ -44,11 +44,11 @@ pub fn dp_xdp_ingress(ctx: XdpContext) -> u32 {
 #[inline(always)]
 fn ingress(ctx: &XdpContext, cfg: &InterfaceConfig) -> (u32, Reason) {
     const PASS: u32 = xdp_action::XDP_PASS;
-    let pkt = match parse::parse(ctx) {
-        Ok(p) => p,
-        Err(reason) => return (PASS, reason),
-    };
-    if let Err(reason) = for_us(&pkt, cfg) {
+    let mut pkt = Packet::new();
+    if let Err(reason) = parse::parse(ctx, &mut pkt) {
+        return (PASS, reason);
+    }
+    if let Err(reason) = for_us(ctx, &pkt, cfg) {
         return (PASS, reason);
     }
     let Some(nh_slot) = route::lookup(cfg.vrf, &pkt) else { return (PASS, Reason::NoRoute) };
@@ -59,7 +59,12 @@ fn ingress(ctx: &XdpContext, cfg: &InterfaceConfig) -> (u32, Reason) {
     };
     if pkt.ttl <= 1 {
         if icmp::time_exceeded(ctx, &pkt, cfg) {
-            return (xdp_action::XDP_TX, Reason::IcmpTimeExceeded);
+            // Back out of the ingress interface through the devmap, as forwarded frames leave:
+            // XDP_TX from a veth whose traffic arrived as skbs was seen to vanish.
+            return match TX_PORTS.redirect(cfg.slot, 0) {
+                Ok(action) => (action, Reason::IcmpTimeExceeded),
+                Err(_) => (xdp_action::XDP_DROP, Reason::DropNoTxPort),
+            };
         }
         return (PASS, Reason::PassTtlExceeded);
     }
@@ -79,35 +84,44 @@ fn ingress(ctx: &XdpContext, cfg: &InterfaceConfig) -> (u32, Reason) {
 }
 
 /// `Err(reason)` for packets the dataplane must not route: non-IP, VLAN-tagged, multicast,
-/// broadcast, link-local, or addressed to the ingress interface itself.
+/// broadcast, link-local, in a frame for another MAC, or addressed to the interface itself.
 #[inline(always)]
-fn for_us(pkt: &Packet, cfg: &InterfaceConfig) -> Result<(), Reason> {
+fn for_us<F: parse::Frame>(ctx: &F, pkt: &Packet, cfg: &InterfaceConfig) -> Result<(), Reason> {
     use dataplane_common::route::{IFACE_HAS_IPV4, IFACE_HAS_IPV6};
     match pkt.l3 {
         L3::Other(_) => Err(Reason::PassNonIp),
         _ if pkt.vlan_tags != 0 => Err(Reason::PassVlan),
+        _ if multicast_dst(pkt) => Err(Reason::PassMulticast),
+        // Only frames sent to this interface's MAC: on a promiscuous or bridged port, unicast
+        // frames for other hosts are the kernel's to drop, as without the dataplane.
+        _ if !rewrite::to_mac(ctx, &cfg.mac) => Err(Reason::PassOtherHost),
         L3::Ipv4 => {
-            let d = pkt.dst;
-            // 224/4 multicast, 240/4 reserved and 255.255.255.255, 169.254/16 link-local.
-            if d[0] >= 224 || (d[0] == 169 && d[1] == 254) {
-                Err(Reason::PassMulticast)
-            } else if cfg.flags & IFACE_HAS_IPV4 != 0 && d[..4] == cfg.ipv4 {
+            if cfg.flags & IFACE_HAS_IPV4 != 0 && pkt.dst[..4] == cfg.ipv4 {
                 Err(Reason::PassLocal)
             } else {
                 Ok(())
             }
         }
         L3::Ipv6 => {
-            let d = pkt.dst;
-            // ff00::/8 multicast, fe80::/10 link-local.
-            if d[0] == 0xff || (d[0] == 0xfe && d[1] & 0xc0 == 0x80) {
-                Err(Reason::PassMulticast)
-            } else if cfg.flags & IFACE_HAS_IPV6 != 0 && d == cfg.ipv6 {
+            if cfg.flags & IFACE_HAS_IPV6 != 0 && pkt.dst == cfg.ipv6 {
                 Err(Reason::PassLocal)
             } else {
                 Ok(())
             }
         }
+    }
+}
+
+/// Multicast, broadcast, reserved or link-local destination: never routed.
+#[inline(always)]
+fn multicast_dst(pkt: &Packet) -> bool {
+    let d = pkt.dst;
+    match pkt.l3 {
+        // 224/4 multicast, 240/4 reserved and 255.255.255.255, 169.254/16 link-local.
+        L3::Ipv4 => d[0] >= 224 || (d[0] == 169 && d[1] == 254),
+        // ff00::/8 multicast, fe80::/10 link-local.
+        L3::Ipv6 => d[0] == 0xff || (d[0] == 0xfe && d[1] & 0xc0 == 0x80),
+        L3::Other(_) => false,
     }
 }
 
@@ -133,8 +147,12 @@ fn egress(ctx: &TcContext, cfg: &InterfaceConfig, ifindex: u32) -> i32 {
     // SAFETY: reading the skb length from the context.
     let len = unsafe { (*ctx.skb.skb).len };
     let _ = ctx.pull_data(if len < 128 { len } else { 128 });
-    let Ok(pkt) = parse::parse(ctx) else { return TC_ACT_OK };
-    if for_us(&pkt, cfg).is_err() {
+    let mut pkt = Packet::new();
+    if parse::parse(ctx, &mut pkt).is_err() {
+        return TC_ACT_OK;
+    }
+    // Egress frames carry the kernel's choice of MAC, so only the L3 checks apply here.
+    if pkt.vlan_tags != 0 || multicast_dst(&pkt) || !matches!(pkt.l3, L3::Ipv4 | L3::Ipv6) {
         return TC_ACT_OK;
     }
     let Some(nh_slot) = route::lookup(cfg.vrf, &pkt) else { return TC_ACT_OK };

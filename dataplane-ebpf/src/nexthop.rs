@@ -55,7 +55,10 @@ pub fn resolve(slot: u32, pkt: &Packet) -> Resolved {
 /// same, on every CPU and after a restart.
 #[inline(always)]
 pub fn flow_hash(pkt: &Packet) -> u32 {
-    let mut h: u32 = 0x9e37_79b9 ^ pkt.ip_proto as u32;
+    // Fragmented: addresses only. Later IPv6 fragments may not even show the upper-layer
+    // protocol (the walk stops at their fragment header), so it stays out of the hash too.
+    let proto = if pkt.fragmented { 0 } else { pkt.ip_proto as u32 };
+    let mut h: u32 = 0x9e37_79b9 ^ proto;
     let mut i = 0;
     while i < 16 {
         let s = u32::from_ne_bytes([pkt.src[i], pkt.src[i + 1], pkt.src[i + 2], pkt.src[i + 3]]);

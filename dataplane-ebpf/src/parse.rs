@@ -141,29 +141,37 @@ fn be16(b: [u8; 2]) -> u16 {
     u16::from_be_bytes(b)
 }
 
-/// Parses the frame in `ctx`, or says which header was malformed or cut off.
+impl Packet {
+    /// Nothing parsed yet.
+    pub const fn new() -> Self {
+        Self {
+            l3: L3::Other(0),
+            vlan_tags: 0,
+            vlan_ids: [0; MAX_VLAN_TAGS],
+            l3_off: ETH_HLEN,
+            l4_off: 0,
+            l3_end: 0,
+            ip_proto: 0,
+            fragment: false,
+            fragmented: false,
+            ttl: 0,
+            src: [0; 16],
+            dst: [0; 16],
+            src_port: 0,
+            dst_port: 0,
+            tcp_flags: 0,
+        }
+    }
+}
+
+/// Parses the frame in `ctx` into `pkt` (fresh from [`Packet::new`]), or says which header was
+/// malformed or cut off. Fills the caller's `Packet` in place: returning one by value would put a
+/// second copy on the entry point's small stack.
 #[inline(always)]
-pub fn parse<F: Frame>(ctx: &F) -> Result<Packet, Reason> {
-    let mut pkt = Packet {
-        l3: L3::Other(0),
-        vlan_tags: 0,
-        vlan_ids: [0; MAX_VLAN_TAGS],
-        l3_off: ETH_HLEN,
-        l4_off: 0,
-        l3_end: 0,
-        ip_proto: 0,
-        fragment: false,
-        fragmented: false,
-        ttl: 0,
-        src: [0; 16],
-        dst: [0; 16],
-        src_port: 0,
-        dst_port: 0,
-        tcp_flags: 0,
-    };
-    match Reason::from_u32(parse_into(ctx, &mut pkt)) {
+pub fn parse<F: Frame>(ctx: &F, pkt: &mut Packet) -> Result<(), Reason> {
+    match Reason::from_u32(parse_into(ctx, pkt)) {
         Some(r) => Err(r),
-        None => Ok(pkt),
+        None => Ok(()),
     }
 }
 

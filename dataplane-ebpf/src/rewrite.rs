@@ -20,6 +20,20 @@ pub fn macs<F: Frame>(ctx: &F, nh: &NextHop) -> bool {
     true
 }
 
+/// Whether the frame's destination MAC is `mac`.
+#[inline(always)]
+pub fn to_mac<F: Frame>(ctx: &F, mac: &[u8; ETH_ALEN]) -> bool {
+    // Bounds check for the verifier: the destination MAC is the first 6 bytes.
+    match ptr_at::<[u8; ETH_ALEN], F>(ctx, 0) {
+        // SAFETY: bounds-checked above.
+        Some(p) => {
+            let dst: [u8; ETH_ALEN] = unsafe { *p };
+            dst == *mac
+        }
+        None => false,
+    }
+}
+
 /// Decrements the TTL (IPv4, fixing the header checksum) or hop limit (IPv6). The caller has
 /// checked it is above 1.
 #[inline(always)]

@@ -36,15 +36,30 @@ pub struct Netns {
 }
 
 impl Netns {
+    /// A namespace with IPv6 off: no router solicitations or MLD reports, so packet counts in
+    /// tests are exact.
     pub fn new(prefix: &str) -> Result<Self> {
+        let ns = Self::with_ipv6(prefix)?;
+        ns.exec("sysctl", &["-qw", "net.ipv6.conf.all.disable_ipv6=1"])?;
+        ns.exec("sysctl", &["-qw", "net.ipv6.conf.default.disable_ipv6=1"])?;
+        Ok(ns)
+    }
+
+    /// A namespace with IPv6 on (duplicate address detection off, so addresses work at once).
+    pub fn with_ipv6(prefix: &str) -> Result<Self> {
         let name = unique(prefix);
         run("ip", &["netns", "add", &name])?;
         let ns = Self { name };
         ns.exec("ip", &["link", "set", "lo", "up"])?;
-        // IPv6 off: no router solicitations or MLD reports, so packet counts in tests are exact.
-        ns.exec("sysctl", &["-qw", "net.ipv6.conf.all.disable_ipv6=1"])?;
-        ns.exec("sysctl", &["-qw", "net.ipv6.conf.default.disable_ipv6=1"])?;
+        ns.exec("sysctl", &["-qw", "net.ipv6.conf.all.accept_dad=0"])?;
+        ns.exec("sysctl", &["-qw", "net.ipv6.conf.default.accept_dad=0"])?;
         Ok(ns)
+    }
+
+    /// The MAC address of `dev` in this namespace.
+    pub fn mac(&self, dev: &str) -> Result<String> {
+        let l = self.exec("ip", &["-o", "link", "show", "dev", dev])?;
+        l.split_whitespace().skip_while(|w| *w != "link/ether").nth(1).map(str::to_owned).context("no link/ether address")
     }
 
     /// Runs a command inside the namespace (network namespace only, see [`Netns::command`]).
@@ -97,6 +112,10 @@ pub struct Topology {
 }
 
 pub const H1_ADDR: &str = "192.0.2.2";
+pub const H1_ADDR6: &str = "2001:db8:1::2";
+pub const R0_ADDR6: &str = "2001:db8:1::1";
+pub const R1_ADDR6: &str = "2001:db8:2::1";
+pub const H2_ADDR6: &str = "2001:db8:2::2";
 pub const R0_ADDR: &str = "192.0.2.1";
 pub const R1_ADDR: &str = "198.51.100.1";
 pub const H2_ADDR: &str = "198.51.100.2";
@@ -113,6 +132,36 @@ impl Topology {
         rtr.exec("sysctl", &["-qw", "net.ipv4.ip_forward=1"])?;
         h1.exec("ip", &["route", "add", "default", "via", R0_ADDR])?;
         h2.exec("ip", &["route", "add", "default", "via", R1_ADDR])?;
+        Ok(Self { h1, rtr, h2, r0, r1 })
+    }
+
+    /// The same shape, dual-stack, for the dataplane to route: the router's kernel forwarding
+    /// is OFF for both families, so whatever crosses it was forwarded by XDP. The hosts' veths
+    /// get GRO, without which a veth drops frames redirected into it by XDP (no XDP program on
+    /// the receiving end).
+    pub fn routed() -> Result<Self> {
+        let h1 = Netns::with_ipv6("dph1-")?;
+        let rtr = Netns::with_ipv6("dprt-")?;
+        let h2 = Netns::with_ipv6("dph2-")?;
+        let r0 = unique("r0-");
+        let r1 = unique("r1-");
+        Self::wire(&rtr, &r0, R0_ADDR, &h1, H1_ADDR)?;
+        Self::wire(&rtr, &r1, R1_ADDR, &h2, H2_ADDR)?;
+        for (ns, dev, addr) in [(&rtr, r0.as_str(), R0_ADDR6), (&rtr, r1.as_str(), R1_ADDR6), (&h1, "eth0", H1_ADDR6), (&h2, "eth0", H2_ADDR6)] {
+            ns.exec("ip", &["-6", "addr", "add", &format!("{addr}/64"), "dev", dev, "nodad"])?;
+        }
+        rtr.exec("sysctl", &["-qw", "net.ipv4.ip_forward=0"])?;
+        rtr.exec("sysctl", &["-qw", "net.ipv6.conf.all.forwarding=0"])?;
+        h1.exec("ip", &["route", "add", "default", "via", R0_ADDR])?;
+        h2.exec("ip", &["route", "add", "default", "via", R1_ADDR])?;
+        h1.exec("ip", &["-6", "route", "add", "default", "via", R0_ADDR6])?;
+        h2.exec("ip", &["-6", "route", "add", "default", "via", R1_ADDR6])?;
+        for h in [&h1, &h2] {
+            // tx checksum offload off: a veth hands its peer packets whose L4 checksum is left
+            // for "hardware" to fill in, and an XDP redirect loses that state, so they would
+            // arrive with bad checksums. Real hosts behind real NICs send complete checksums.
+            h.exec("ethtool", &["-K", "eth0", "gro", "on", "tx", "off"])?;
+        }
         Ok(Self { h1, rtr, h2, r0, r1 })
     }
 

@@ -6,6 +6,16 @@
 //! registered slot, `UNKNOWN_IFACE_STATS` otherwise), so they check the parser and the
 //! interface/stats stages together, through the same maps the server reads.
 //!
+//! No route, next hop or TX port is ever installed here (forwarding has its own fixtures in
+//! `xdp_forward_fixtures.rs`), so a frame the parser accepts ends at the first stage after it
+//! that applies: non-IP -> `PassNonIp`, VLAN-tagged IP -> `PassVlan`, multicast/broadcast/
+//! link-local destination -> `PassMulticast`, any other IP packet in a frame not addressed to the
+//! interface's MAC -> `PassOtherHost`, and the rest (non-first fragments included: they are
+//! routed like any other) -> `NoRoute`. The fixtures' frames go to the MAC the interface is
+//! registered with, their addresses (192.0.2.0/24, 198.51.100.0/24, 2001:db8::/32) are unicast,
+//! and the registered interface has no address, so a well-formed untagged IP fixture counts
+//! `NoRoute`.
+//!
 //! Covered:
 //! - well-formed IPv4 and IPv6 with UDP, TCP, ICMP/ICMPv6, IPv4 options (every IHL from 6 to 15),
 //!   IPv6 extension headers (hop-by-hop, destination options, routing, AH, fragment), first and
@@ -15,11 +25,13 @@
 //! - truncation sweeps: well-formed frames cut at every length, both with their original length
 //!   fields and with the IP length fields fixed up to match the cut;
 //! - frames on an ifindex the server has not registered;
+//! - frames for another MAC (unicast, broadcast, multicast): every check before the MAC check
+//!   still decides first, and only routable IP counts `PassOtherHost`;
 //! - deterministic pseudo-random frames, each of which must be passed and counted exactly once.
 //!
 //! BPF_PROG_TEST_RUN without `ctx_in` runs an XDP program as if it had received the frame on the
 //! loopback device of the caller's network namespace, so "registering an interface" here means
-//! mapping the loopback ifindex to a slot. Each test loads its own `Ebpf` instance: maps are
+//! entering the loopback ifindex in `INTERFACES` with a slot, as the server does on attach. Each test loads its own `Ebpf` instance: maps are
 //! created fresh per load and nothing is pinned or attached, so the tests run in parallel in one
 //! process without seeing each other's counters.
 
@@ -31,7 +43,7 @@ use aya::{
     sys::SyscallError,
     Ebpf, EbpfLoader,
 };
-use dataplane_common::{maps as map_names, programs, InterfaceStats, Reason};
+use dataplane_common::{maps as map_names, programs, InterfaceConfig, InterfaceStats, Reason};
 use dataplane_server::dataplane::loader::EBPF_OBJECT;
 
 /// `xdp_action::XDP_PASS`.
@@ -385,7 +397,8 @@ struct Fixture {
     reason: Reason,
 }
 
-/// A fixture the program must pass (every path of the ingress pipeline passes for now).
+/// A fixture the program must pass (with no routes installed, every path of the ingress pipeline
+/// passes).
 fn pass(description: impl Into<String>, frame: Vec<u8>, reason: Reason) -> Fixture {
     Fixture { description: description.into(), frame, verdict: XDP_PASS, reason }
 }
@@ -430,18 +443,31 @@ impl Harness {
         Self { ebpf, lo_ifindex }
     }
 
-    /// Loads and maps the test-run ifindex to [`SLOT`], as the server does for an owned interface.
+    /// Loads and registers the test-run ifindex under [`SLOT`], as the server does for an owned
+    /// interface.
     fn load_registered() -> Self {
         let mut h = Self::load();
         h.register(h.lo_ifindex, SLOT);
         h
     }
 
+    /// Enters `ifindex` in `INTERFACES` the way the server's attach does: VRF 0, MTU 1500, and
+    /// no address (flags 0), so no fixture can be taken for traffic to the interface itself.
     fn register(&mut self, ifindex: u32, slot: u32) {
-        let map = self.ebpf.map_mut(map_names::IFINDEX_SLOTS).expect("IFINDEX_SLOTS map");
-        let mut slots: HashMap<_, u32, u32> =
-            HashMap::try_from(map).expect("IFINDEX_SLOTS is a u32 -> u32 hash");
-        slots.insert(ifindex, slot, 0).expect("insert into IFINDEX_SLOTS");
+        let cfg = InterfaceConfig {
+            slot,
+            vrf: 0,
+            mtu: 1500,
+            flags: 0,
+            mac: MAC_DST,
+            _pad: [0; 2],
+            ipv4: [0; 4],
+            ipv6: [0; 16],
+        };
+        let map = self.ebpf.map_mut(map_names::INTERFACES).expect("INTERFACES map");
+        let mut interfaces: HashMap<_, u32, InterfaceConfig> =
+            HashMap::try_from(map).expect("INTERFACES is a u32 -> InterfaceConfig hash");
+        interfaces.insert(ifindex, cfg, 0).expect("insert into INTERFACES");
     }
 
     /// Counters of entry `index` of a per-CPU stats array, summed over CPUs.
@@ -611,29 +637,36 @@ fn check_all(h: &Harness, group: &str, fixtures: &[Fixture], counted: Counted) {
 // ---------------------------------------------------------------------------------------------
 
 #[test]
-fn xdp_ingress_well_formed_ip_frames_pass_as_ip() {
+fn xdp_ingress_well_formed_ip_without_route_counts_no_route() {
     let h = Harness::load_registered();
+    // Parsed all the way, unicast, not for the (address-less) interface: the route lookup is the
+    // stage that lets each of these go. Any parse reason here means the parser rejected a
+    // well-formed frame.
     let v4 = |proto: u8, l4: Vec<u8>| concat(&[&eth(ETH_P_IPV4), &Ipv4::new(proto).build(&l4)]);
     let v6 = |next: u8, rest: Vec<u8>| concat(&[&eth(ETH_P_IPV6), &Ipv6::new(next).build(&rest)]);
     let fixtures = [
-        pass("IPv4 UDP (DNS query)", v4(IPPROTO_UDP, udp(53000, 53, &payload(32))), Reason::PassIp),
-        pass("IPv4 UDP with empty payload", v4(IPPROTO_UDP, udp(40000, 9, &[])), Reason::PassIp),
-        pass("IPv4 TCP SYN", v4(IPPROTO_TCP, tcp(40000, 443, TCP_SYN, &[])), Reason::PassIp),
+        pass(
+            "IPv4 UDP (DNS query)",
+            v4(IPPROTO_UDP, udp(53000, 53, &payload(32))),
+            Reason::NoRoute,
+        ),
+        pass("IPv4 UDP with empty payload", v4(IPPROTO_UDP, udp(40000, 9, &[])), Reason::NoRoute),
+        pass("IPv4 TCP SYN", v4(IPPROTO_TCP, tcp(40000, 443, TCP_SYN, &[])), Reason::NoRoute),
         pass(
             "IPv4 TCP PSH/ACK with data",
             v4(IPPROTO_TCP, tcp(443, 40000, TCP_PSH | TCP_ACK, &payload(100))),
-            Reason::PassIp,
+            Reason::NoRoute,
         ),
         pass(
             "IPv4 ICMP echo request",
             v4(IPPROTO_ICMP, icmp_echo_request(&payload(56))),
-            Reason::PassIp,
+            Reason::NoRoute,
         ),
         pass(
             // The parser only reads upper layers it knows; GRE's payload is never looked at.
             "IPv4 GRE with no payload (upper layer the parser does not read)",
             v4(IPPROTO_GRE, Vec::new()),
-            Reason::PassIp,
+            Reason::NoRoute,
         ),
         pass(
             "IPv4 with IHL 6 (Router Alert) then UDP",
@@ -645,7 +678,7 @@ fn xdp_ingress_well_formed_ip_frames_pass_as_ip() {
                     &payload(8),
                 )),
             ]),
-            Reason::PassIp,
+            Reason::NoRoute,
         ),
         pass(
             "IPv4 with IHL 15 (full Record Route) then TCP",
@@ -658,7 +691,7 @@ fn xdp_ingress_well_formed_ip_frames_pass_as_ip() {
                     &[],
                 )),
             ]),
-            Reason::PassIp,
+            Reason::NoRoute,
         ),
         pass(
             // A first fragment (offset 0, MF set) still carries the upper-layer header.
@@ -667,7 +700,7 @@ fn xdp_ingress_well_formed_ip_frames_pass_as_ip() {
                 &eth(ETH_P_IPV4),
                 &Ipv4::new(IPPROTO_UDP).fragment(0, true).build(&udp(5000, 6000, &payload(64))),
             ]),
-            Reason::PassIp,
+            Reason::NoRoute,
         ),
         pass(
             // Short IPv4 packets are padded to the 60-byte Ethernet minimum; the total length,
@@ -678,14 +711,14 @@ fn xdp_ingress_well_formed_ip_frames_pass_as_ip() {
                 f.resize(60, 0);
                 f
             },
-            Reason::PassIp,
+            Reason::NoRoute,
         ),
-        pass("IPv6 UDP", v6(IPPROTO_UDP, udp(53000, 53, &payload(32))), Reason::PassIp),
-        pass("IPv6 TCP SYN", v6(IPPROTO_TCP, tcp(40000, 443, TCP_SYN, &[])), Reason::PassIp),
+        pass("IPv6 UDP", v6(IPPROTO_UDP, udp(53000, 53, &payload(32))), Reason::NoRoute),
+        pass("IPv6 TCP SYN", v6(IPPROTO_TCP, tcp(40000, 443, TCP_SYN, &[])), Reason::NoRoute),
         pass(
             "IPv6 ICMPv6 echo request",
             v6(IPPROTO_ICMPV6, icmpv6_echo_request(&payload(56))),
-            Reason::PassIp,
+            Reason::NoRoute,
         ),
         pass(
             "IPv6 hop-by-hop then TCP",
@@ -693,7 +726,7 @@ fn xdp_ingress_well_formed_ip_frames_pass_as_ip() {
                 IPPROTO_HOPOPTS,
                 concat(&[&ipv6_options_ext(IPPROTO_TCP, 0), &tcp(40000, 80, TCP_SYN, &[])]),
             ),
-            Reason::PassIp,
+            Reason::NoRoute,
         ),
         pass(
             "IPv6 hop-by-hop (24 bytes) then UDP",
@@ -701,7 +734,7 @@ fn xdp_ingress_well_formed_ip_frames_pass_as_ip() {
                 IPPROTO_HOPOPTS,
                 concat(&[&ipv6_options_ext(IPPROTO_UDP, 2), &udp(1, 2, &payload(4))]),
             ),
-            Reason::PassIp,
+            Reason::NoRoute,
         ),
         pass(
             "IPv6 hop-by-hop, routing, destination options then UDP",
@@ -714,7 +747,7 @@ fn xdp_ingress_well_formed_ip_frames_pass_as_ip() {
                     &udp(1, 2, &payload(16)),
                 ]),
             ),
-            Reason::PassIp,
+            Reason::NoRoute,
         ),
         pass(
             // AH counts its length in 32-bit words minus 2, unlike the 8-byte-unit headers: a
@@ -724,7 +757,7 @@ fn xdp_ingress_well_formed_ip_frames_pass_as_ip() {
                 IPPROTO_AH,
                 concat(&[&ipv6_ah_ext(IPPROTO_TCP), &tcp(22, 40000, TCP_ACK, &payload(10))]),
             ),
-            Reason::PassIp,
+            Reason::NoRoute,
         ),
         pass(
             "IPv6 first fragment (offset 0, M set) then UDP",
@@ -732,7 +765,7 @@ fn xdp_ingress_well_formed_ip_frames_pass_as_ip() {
                 IPPROTO_FRAGMENT,
                 concat(&[&ipv6_fragment_ext(IPPROTO_UDP, 0, true), &udp(1, 2, &payload(32))]),
             ),
-            Reason::PassIp,
+            Reason::NoRoute,
         ),
         pass(
             "IPv6 five chained destination options headers then UDP",
@@ -747,14 +780,14 @@ fn xdp_ingress_well_formed_ip_frames_pass_as_ip() {
                 rest.extend(udp(1, 2, &payload(8)));
                 rest
             }),
-            Reason::PassIp,
+            Reason::NoRoute,
         ),
     ];
-    check_all(&h, "well-formed IP", &fixtures, Counted::Slot);
+    check_all(&h, "well-formed IP, no route", &fixtures, Counted::Slot);
 }
 
 #[test]
-fn xdp_ingress_ipv4_with_options_passes_as_ip() {
+fn xdp_ingress_ipv4_with_options_without_route_counts_no_route() {
     let h = Harness::load_registered();
     // Every IHL with options, so the options bound check is exercised at each possible header end.
     let fixtures: Vec<Fixture> = (6u8..=15)
@@ -766,7 +799,7 @@ fn xdp_ingress_ipv4_with_options_passes_as_ip() {
                     &eth(ETH_P_IPV4),
                     &Ipv4::new(IPPROTO_TCP).options(&options).build(&tcp(1, 2, TCP_SYN, &[])),
                 ]),
-                Reason::PassIp,
+                Reason::NoRoute,
             )
         })
         .collect();
@@ -774,8 +807,12 @@ fn xdp_ingress_ipv4_with_options_passes_as_ip() {
 }
 
 #[test]
-fn xdp_ingress_non_first_fragments_pass_as_fragment() {
+fn xdp_ingress_non_first_fragments_without_route_count_no_route() {
     let h = Harness::load_registered();
+    // Non-first fragments have no upper-layer header, yet they are routed on their addresses
+    // like any other packet: the parser must stop before looking for an L4 header (the short
+    // ones would count L4Truncated otherwise) and hand them on to routing, which finds nothing.
+    // A tagged one stops at the VLAN check first, like any tagged IP packet.
     let fixtures = [
         pass(
             "IPv4 middle fragment (offset 185, MF) of a UDP datagram",
@@ -783,7 +820,7 @@ fn xdp_ingress_non_first_fragments_pass_as_fragment() {
                 &eth(ETH_P_IPV4),
                 &Ipv4::new(IPPROTO_UDP).fragment(185, true).build(&payload(1480)),
             ]),
-            Reason::PassFragment,
+            Reason::NoRoute,
         ),
         pass(
             // Shorter than any L4 header: shows the parser does not look for one in a fragment.
@@ -792,7 +829,7 @@ fn xdp_ingress_non_first_fragments_pass_as_fragment() {
                 &eth(ETH_P_IPV4),
                 &Ipv4::new(IPPROTO_TCP).fragment(1, false).build(&payload(3)),
             ]),
-            Reason::PassFragment,
+            Reason::NoRoute,
         ),
         pass(
             "IPv4 last fragment with options (IHL 6)",
@@ -803,7 +840,7 @@ fn xdp_ingress_non_first_fragments_pass_as_fragment() {
                     .fragment(2, false)
                     .build(&payload(16)),
             ]),
-            Reason::PassFragment,
+            Reason::NoRoute,
         ),
         pass(
             "IPv6 middle fragment (offset 181, M) of a UDP datagram",
@@ -812,7 +849,7 @@ fn xdp_ingress_non_first_fragments_pass_as_fragment() {
                 &Ipv6::new(IPPROTO_FRAGMENT)
                     .build(&concat(&[&ipv6_fragment_ext(IPPROTO_UDP, 181, true), &payload(1448)])),
             ]),
-            Reason::PassFragment,
+            Reason::NoRoute,
         ),
         pass(
             "IPv6 last fragment with 2 data bytes",
@@ -821,7 +858,7 @@ fn xdp_ingress_non_first_fragments_pass_as_fragment() {
                 &Ipv6::new(IPPROTO_FRAGMENT)
                     .build(&concat(&[&ipv6_fragment_ext(IPPROTO_TCP, 3, false), &payload(2)])),
             ]),
-            Reason::PassFragment,
+            Reason::NoRoute,
         ),
         pass(
             "IPv6 hop-by-hop then non-first fragment of an ICMPv6 message",
@@ -833,7 +870,7 @@ fn xdp_ingress_non_first_fragments_pass_as_fragment() {
                     &payload(64),
                 ])),
             ]),
-            Reason::PassFragment,
+            Reason::NoRoute,
         ),
         pass(
             "802.1Q VLAN 10 IPv4 non-first fragment",
@@ -841,15 +878,18 @@ fn xdp_ingress_non_first_fragments_pass_as_fragment() {
                 &eth_tagged(&[(ETH_P_8021Q, 10)], ETH_P_IPV4),
                 &Ipv4::new(IPPROTO_UDP).fragment(100, true).build(&payload(64)),
             ]),
-            Reason::PassFragment,
+            Reason::PassVlan,
         ),
     ];
     check_all(&h, "non-first fragments", &fixtures, Counted::Slot);
 }
 
 #[test]
-fn xdp_ingress_vlan_tagged_frames_pass_up_to_two_tags() {
+fn xdp_ingress_vlan_tagged_frames_up_to_two_tags_count_pass_vlan() {
     let h = Harness::load_registered();
+    // Sub-interfaces are not routed: tagged IP parses (one or two tags, IPv6 extension headers
+    // behind them) and is then handed to the kernel as PassVlan; tagged non-IP is PassNonIp, the
+    // non-IP check coming first. VID 0 (priority tag) still counts as a tag.
     let fixtures = [
         pass(
             "802.1Q VLAN 100 IPv4 UDP",
@@ -857,7 +897,7 @@ fn xdp_ingress_vlan_tagged_frames_pass_up_to_two_tags() {
                 &eth_tagged(&[(ETH_P_8021Q, 100)], ETH_P_IPV4),
                 &Ipv4::new(IPPROTO_UDP).build(&udp(1, 2, &payload(20))),
             ]),
-            Reason::PassIp,
+            Reason::PassVlan,
         ),
         pass(
             "802.1ad S-tag only, IPv4 ICMP",
@@ -865,7 +905,7 @@ fn xdp_ingress_vlan_tagged_frames_pass_up_to_two_tags() {
                 &eth_tagged(&[(ETH_P_8021AD, 7)], ETH_P_IPV4),
                 &Ipv4::new(IPPROTO_ICMP).build(&icmp_echo_request(&payload(8))),
             ]),
-            Reason::PassIp,
+            Reason::PassVlan,
         ),
         pass(
             "QinQ (802.1ad 100 + 802.1Q 200) IPv6 UDP",
@@ -873,7 +913,7 @@ fn xdp_ingress_vlan_tagged_frames_pass_up_to_two_tags() {
                 &eth_tagged(&[(ETH_P_8021AD, 100), (ETH_P_8021Q, 200)], ETH_P_IPV6),
                 &Ipv6::new(IPPROTO_UDP).build(&udp(1, 2, &payload(20))),
             ]),
-            Reason::PassIp,
+            Reason::PassVlan,
         ),
         pass(
             "QinQ IPv6 hop-by-hop then TCP",
@@ -882,7 +922,7 @@ fn xdp_ingress_vlan_tagged_frames_pass_up_to_two_tags() {
                 &Ipv6::new(IPPROTO_HOPOPTS)
                     .build(&concat(&[&ipv6_options_ext(IPPROTO_TCP, 0), &tcp(1, 2, TCP_SYN, &[])])),
             ]),
-            Reason::PassIp,
+            Reason::PassVlan,
         ),
         pass(
             "QinQ ARP",
@@ -898,7 +938,7 @@ fn xdp_ingress_vlan_tagged_frames_pass_up_to_two_tags() {
                 &eth_tagged(&[(ETH_P_8021Q, 0)], ETH_P_IPV6),
                 &Ipv6::new(IPPROTO_ICMPV6).build(&icmpv6_echo_request(&[])),
             ]),
-            Reason::PassIp,
+            Reason::PassVlan,
         ),
     ];
     check_all(&h, "VLAN", &fixtures, Counted::Slot);
@@ -958,6 +998,122 @@ fn xdp_ingress_non_ip_frames_pass_as_non_ip() {
         ),
     ];
     check_all(&h, "non-IP", &fixtures, Counted::Slot);
+}
+
+/// `frame` with its Ethernet destination replaced by `mac`.
+fn to_mac(mac: [u8; 6], mut frame: Vec<u8>) -> Vec<u8> {
+    frame[..6].copy_from_slice(&mac);
+    frame
+}
+
+#[test]
+fn xdp_ingress_frames_for_another_mac_count_other_host_only_when_routable() {
+    let h = Harness::load_registered();
+    // The interface is registered with MAC_DST; these differ from it in the last byte, the first
+    // byte, everywhere (broadcast), and in being a group address.
+    const NEIGHBOUR: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x00, 0x03];
+    const FIRST_BYTE: [u8; 6] = [0x06, 0x00, 0x00, 0x00, 0x00, 0x02];
+    const BROADCAST: [u8; 6] = [0xff; 6];
+    const V4_MCAST_MAC: [u8; 6] = [0x01, 0x00, 0x5e, 0x00, 0x00, 0x01];
+    const V6_MCAST_MAC: [u8; 6] = [0x33, 0x33, 0x00, 0x00, 0x00, 0x01];
+    let v4 = || concat(&[&eth(ETH_P_IPV4), &Ipv4::new(IPPROTO_UDP).build(&udp(1, 2, &payload(8)))]);
+    let v6 = || concat(&[&eth(ETH_P_IPV6), &Ipv6::new(IPPROTO_UDP).build(&udp(1, 2, &payload(8)))]);
+    // The same packets to a multicast group (the IPv4 header checksum refreshed).
+    let v4_group = || {
+        let mut f = v4();
+        f[ETH_HLEN + 16..ETH_HLEN + 20].copy_from_slice(&[224, 0, 0, 1]);
+        f[ETH_HLEN + 10..ETH_HLEN + 12].copy_from_slice(&[0, 0]);
+        let csum = internet_checksum(&f[ETH_HLEN..ETH_HLEN + IPV4_HLEN]);
+        f[ETH_HLEN + 10..ETH_HLEN + 12].copy_from_slice(&csum.to_be_bytes());
+        f
+    };
+    let v6_group = || {
+        let mut f = v6();
+        f[ETH_HLEN + 24..ETH_HLEN + 40]
+            .copy_from_slice(&"ff02::1".parse::<Ipv6Addr>().unwrap().octets());
+        f
+    };
+    let other = |d: &str, f: Vec<u8>| pass(d, f, Reason::PassOtherHost);
+    let fixtures = [
+        other("IPv4 UDP to a neighbour's MAC", to_mac(NEIGHBOUR, v4())),
+        other("IPv4 UDP to a MAC differing in its first byte", to_mac(FIRST_BYTE, v4())),
+        other("IPv4 UDP (unicast address) to the broadcast MAC", to_mac(BROADCAST, v4())),
+        other("IPv4 UDP (unicast address) to a multicast MAC", to_mac(V4_MCAST_MAC, v4())),
+        other("IPv6 UDP to a neighbour's MAC", to_mac(NEIGHBOUR, v6())),
+        other("IPv6 UDP (unicast address) to the broadcast MAC", to_mac(BROADCAST, v6())),
+        other("IPv6 UDP (unicast address) to a multicast MAC", to_mac(V6_MCAST_MAC, v6())),
+        other(
+            "IPv6 non-first fragment to a neighbour's MAC",
+            to_mac(
+                NEIGHBOUR,
+                concat(&[
+                    &eth(ETH_P_IPV6),
+                    &Ipv6::new(IPPROTO_FRAGMENT)
+                        .build(&concat(&[&ipv6_fragment_ext(IPPROTO_UDP, 8, true), &payload(64)])),
+                ]),
+            ),
+        ),
+        // Decided before the MAC check.
+        pass(
+            "IPv4 to 224.0.0.1 in its group's MAC",
+            to_mac(V4_MCAST_MAC, v4_group()),
+            Reason::PassMulticast,
+        ),
+        pass(
+            "IPv4 to 224.0.0.1 to a neighbour's MAC",
+            to_mac(NEIGHBOUR, v4_group()),
+            Reason::PassMulticast,
+        ),
+        pass(
+            "IPv6 to ff02::1 in its group's MAC",
+            to_mac(V6_MCAST_MAC, v6_group()),
+            Reason::PassMulticast,
+        ),
+        pass(
+            "ARP request to the broadcast MAC",
+            to_mac(BROADCAST, concat(&[&eth(ETH_P_ARP), &arp_request()])),
+            Reason::PassNonIp,
+        ),
+        pass(
+            "LLDP to the nearest-bridge group MAC",
+            to_mac([0x01, 0x80, 0xc2, 0x00, 0x00, 0x0e], concat(&[&eth(ETH_P_LLDP), &lldp_pdu()])),
+            Reason::PassNonIp,
+        ),
+        pass(
+            "802.1Q VLAN 100 IPv4 UDP to a neighbour's MAC",
+            to_mac(
+                NEIGHBOUR,
+                concat(&[
+                    &eth_tagged(&[(ETH_P_8021Q, 100)], ETH_P_IPV4),
+                    &Ipv4::new(IPPROTO_UDP).build(&udp(1, 2, &payload(8))),
+                ]),
+            ),
+            Reason::PassVlan,
+        ),
+        pass(
+            "IPv4 version 5 to a neighbour's MAC",
+            to_mac(
+                NEIGHBOUR,
+                concat(&[
+                    &eth(ETH_P_IPV4),
+                    &Ipv4::new(IPPROTO_UDP).version(5).build(&udp(1, 2, &[])),
+                ]),
+            ),
+            Reason::Ipv4Malformed,
+        ),
+        pass(
+            "IPv6 UDP header cut after 7 bytes to the broadcast MAC",
+            to_mac(
+                BROADCAST,
+                concat(&[&eth(ETH_P_IPV6), &Ipv6::new(IPPROTO_UDP).build(&udp(1, 2, &[])[..7])]),
+            ),
+            Reason::L4Truncated,
+        ),
+        // And the interface's own MAC goes on to the route lookup.
+        pass("IPv4 UDP to the interface's MAC", to_mac(MAC_DST, v4()), Reason::NoRoute),
+        pass("IPv6 UDP to the interface's MAC", to_mac(MAC_DST, v6()), Reason::NoRoute),
+    ];
+    check_all(&h, "frames for another MAC", &fixtures, Counted::Slot);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1205,6 +1361,9 @@ struct Sweep {
     /// How to make the frame's length fields describe a frame cut to `len` bytes; `None` leaves
     /// the original (now too long) lengths in place.
     fix_lengths: Option<fn(&mut Vec<u8>)>,
+    /// What the whole, uncut frame counts: it parses, so the stage after the parser decides
+    /// (`NoRoute` untagged, `PassVlan` tagged).
+    uncut: Reason,
 }
 
 impl Sweep {
@@ -1232,8 +1391,7 @@ fn run_sweeps(h: &Harness, group: &str, sweeps: &[Sweep]) {
         // Every sweep starts from a well-formed IP frame; if that already fails, the cuts'
         // expectations mean nothing.
         checked += 1;
-        let uncut =
-            pass(format!("{} uncut", sweep.description), sweep.frame.clone(), Reason::PassIp);
+        let uncut = pass(format!("{} uncut", sweep.description), sweep.frame.clone(), sweep.uncut);
         failures.extend(h.check(&uncut, Counted::Slot).err());
         for len in 0..sweep.frame.len() {
             checked += 1;
@@ -1315,6 +1473,7 @@ fn xdp_ingress_truncated_frames_count_the_cut_header() {
             ],
             frame: v4,
             fix_lengths: None,
+            uncut: Reason::NoRoute,
         },
         Sweep {
             description: "QinQ IPv6 UDP",
@@ -1326,6 +1485,9 @@ fn xdp_ingress_truncated_frames_count_the_cut_header() {
             ],
             frame: qinq,
             fix_lengths: None,
+            // Parse errors inside tagged frames count their parse reason (above); only a frame
+            // that parses reaches the VLAN check.
+            uncut: Reason::PassVlan,
         },
         Sweep {
             description: "IPv6 hop-by-hop TCP",
@@ -1335,6 +1497,7 @@ fn xdp_ingress_truncated_frames_count_the_cut_header() {
             ],
             frame: hbh,
             fix_lengths: None,
+            uncut: Reason::NoRoute,
         },
     ];
     run_sweeps(&h, "truncation sweep", &sweeps);
@@ -1347,20 +1510,22 @@ fn xdp_ingress_truncated_frames_with_fixed_up_lengths_count_the_cut_header() {
     let vlan6 = vlan_ipv6_icmpv6_frame();
     // As a sender of the shorter packet would have written them: the L3 header is consistent, so
     // every cut after it is reported at the header that is actually cut off. TCP and ICMPv6 carry
-    // no length of their own, so a cut in their data leaves a well-formed, shorter packet.
+    // no length of their own, so a cut in their data leaves a well-formed, shorter packet, which
+    // then goes as far as the whole frame does (NoRoute untagged, PassVlan tagged).
     let sweeps = [
         Sweep {
             description: "IPv4 (IHL 7) TCP, total length fixed up",
             regions: vec![
                 (ETH_HLEN + v4_hlen, Reason::Ipv4Truncated),
                 (ETH_HLEN + v4_hlen + TCP_HLEN, Reason::L4Truncated),
-                (v4.len(), Reason::PassIp),
+                (v4.len(), Reason::NoRoute),
             ],
             frame: v4,
             fix_lengths: Some(|f| {
                 let total = f.len().saturating_sub(ETH_HLEN) as u16;
                 set_ipv4_total_len(f, ETH_HLEN, total);
             }),
+            uncut: Reason::NoRoute,
         },
         Sweep {
             description: "802.1Q IPv6 ICMPv6, payload length fixed up",
@@ -1368,13 +1533,14 @@ fn xdp_ingress_truncated_frames_with_fixed_up_lengths_count_the_cut_header() {
                 (VLAN_L3, Reason::VlanTruncated),
                 (VLAN_L3 + IPV6_HLEN, Reason::Ipv6Truncated),
                 (VLAN_L3 + IPV6_HLEN + 4, Reason::L4Truncated),
-                (vlan6.len(), Reason::PassIp),
+                (vlan6.len(), Reason::PassVlan),
             ],
             frame: vlan6,
             fix_lengths: Some(|f| {
                 let payload_len = f.len().saturating_sub(VLAN_L3 + IPV6_HLEN) as u16;
                 set_ipv6_payload_len(f, VLAN_L3, payload_len);
             }),
+            uncut: Reason::PassVlan,
         },
     ];
     run_sweeps(&h, "truncation sweep with consistent lengths", &sweeps);
@@ -1466,9 +1632,16 @@ fn put(frame: &mut [u8], at: usize, value: u8) {
 /// Random bytes of random length below 200. Pure noise almost never carries an IPv4, IPv6 or
 /// VLAN ethertype, so most frames get just enough structure (ethertype, version, sometimes a
 /// self-consistent length or a known next header) to reach the deeper parsers with random data.
+/// Likewise a random destination MAC is never the interface's, so half the frames are addressed
+/// to it (and some to broadcast) to reach the stages behind the MAC check.
 fn garbage_frame(rng: &mut XorShift) -> Vec<u8> {
     let len = rng.below(200);
     let mut f: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+    match rng.below(4) {
+        0 => {} // a random destination MAC
+        1 => f.iter_mut().take(6).for_each(|b| *b = 0xff),
+        _ => f.iter_mut().zip(MAC_DST).for_each(|(b, m)| *b = m),
+    }
     let mut l3 = ETH_HLEN;
     if rng.below(3) == 0 {
         let tags = 1 + rng.below(3);
@@ -1523,6 +1696,36 @@ fn garbage_frame(rng: &mut XorShift) -> Vec<u8> {
     f
 }
 
+/// The reasons a frame can leave with on an address-less interface with no route, next hop or TX
+/// port installed: a parse error (bar `EthTruncated`, which the kernel refuses to run), or one of
+/// the stages up to the route lookup (`PassOtherHost` for IP in a frame whose destination MAC is
+/// not the interface's). Anything else (forwarded, dropped, ICMP, local, ...) would mean the
+/// program acted on state that does not exist.
+fn reachable_without_routes(r: Reason) -> bool {
+    use dataplane_common::reason::ReasonKind;
+    match r {
+        Reason::EthTruncated => false,
+        Reason::PassNonIp
+        | Reason::PassVlan
+        | Reason::PassMulticast
+        | Reason::PassOtherHost
+        | Reason::NoRoute => true,
+        r => r.kind() == ReasonKind::ParseError,
+    }
+}
+
+/// Whether `reason` agrees with the frame's destination MAC: `PassOtherHost` only for frames not
+/// addressed to the interface, and `NoRoute` (the route lookup, behind the MAC check) only for
+/// frames that are.
+fn consistent_with_mac(frame: &[u8], reason: Reason) -> bool {
+    let ours = frame[..6] == MAC_DST;
+    match reason {
+        Reason::PassOtherHost => !ours,
+        Reason::NoRoute => ours,
+        _ => true,
+    }
+}
+
 #[test]
 fn xdp_ingress_garbage_frames_pass_with_exactly_one_reason() {
     const FRAMES: usize = 600;
@@ -1550,14 +1753,17 @@ fn xdp_ingress_garbage_frames_pass_with_exactly_one_reason() {
             && obs.slot.tx_bytes == 0
             && reason_sum == obs.slot.rx_packets
             && moved.len() == 1
-            && moved[0] != Reason::UnknownInterface as usize
+            && Reason::from_u32(moved[0] as u32)
+                .is_some_and(|r| reachable_without_routes(r) && consistent_with_mac(&frame, r))
             && obs.unknown == InterfaceStats::ZERO;
         if ok {
             seen[moved[0]] += 1;
         } else {
             failures.push(format!(
                 "{description} ({} bytes): expected XDP_PASS, one packet counted under exactly one \
-                 parser reason; observed {}, slot delta {}, unknown delta {}",
+                 reason reachable without routes (pass_other_host exactly when the destination \
+                 MAC is not the interface's, if the frame gets that far); observed {}, slot delta \
+                 {}, unknown delta {}",
                 frame.len(),
                 describe_result(&obs.result),
                 describe(&obs.slot),
@@ -1572,13 +1778,11 @@ fn xdp_ingress_garbage_frames_pass_with_exactly_one_reason() {
         failures.join("\n  ")
     );
     // The generator is deterministic, so this only guards against it being changed into one that
-    // no longer reaches every parser exit a frame of at least ETH_HLEN bytes can take.
+    // no longer reaches every exit a frame of at least ETH_HLEN bytes can take without routes.
     assert!(refused > 0, "no garbage frame was shorter than an Ethernet header");
     let missing: Vec<&str> = Reason::ALL
         .iter()
-        .filter(|r| {
-            !matches!(r, Reason::EthTruncated | Reason::UnknownInterface) && seen[**r as usize] == 0
-        })
+        .filter(|r| reachable_without_routes(**r) && seen[**r as usize] == 0)
         .map(|r| r.name())
         .collect();
     assert!(missing.is_empty(), "garbage frames never reached: {missing:?} (seen: {seen:?})");
@@ -1640,7 +1844,7 @@ fn xdp_ingress_parser_regressions_count_the_correct_reason() {
                     rest
                 }),
             ]),
-            Reason::PassIp,
+            Reason::NoRoute,
         ),
         pass(
             // The fragment header's next header names the first header of the fragmentable part,
@@ -1652,7 +1856,7 @@ fn xdp_ingress_parser_regressions_count_the_correct_reason() {
                 &Ipv6::new(IPPROTO_FRAGMENT)
                     .build(&concat(&[&ipv6_fragment_ext(IPPROTO_DSTOPTS, 3, false), &[0x11]])),
             ]),
-            Reason::PassFragment,
+            Reason::NoRoute,
         ),
         pass(
             "IPv6 middle fragment announcing destination options, data starting 3c ff",
@@ -1664,7 +1868,7 @@ fn xdp_ingress_parser_regressions_count_the_correct_reason() {
                     &payload(30),
                 ])),
             ]),
-            Reason::PassFragment,
+            Reason::NoRoute,
         ),
     ];
     check_all(&h, "parser regressions", &fixtures, Counted::Slot);

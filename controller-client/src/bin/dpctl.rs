@@ -32,6 +32,91 @@ enum Command {
     /// Interfaces the dataplane owns.
     #[command(subcommand, alias = "if")]
     Interface(InterfaceCmd),
+    /// VRFs (routing table ids).
+    #[command(subcommand)]
+    Vrf(VrfCmd),
+    /// Next hops.
+    #[command(subcommand, alias = "nh")]
+    Nexthop(NexthopCmd),
+    /// Routes.
+    #[command(subcommand)]
+    Route(RouteCmd),
+}
+
+#[derive(Debug, Subcommand)]
+enum VrfCmd {
+    Add { id: u32 },
+    #[command(alias = "delete")]
+    Del { id: u32 },
+    #[command(alias = "ls")]
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+enum NexthopCmd {
+    /// Add a next hop: --interface + --dst-mac (ENCAP), --ecmp, --discard or --receive.
+    Add {
+        id: u32,
+        #[arg(long, requires = "dst_mac", conflicts_with_all = ["ecmp", "discard", "receive"])]
+        interface: Option<String>,
+        #[arg(long)]
+        dst_mac: Option<String>,
+        #[arg(long, requires = "interface")]
+        src_mac: Option<String>,
+        /// Member next-hop ids, comma-separated.
+        #[arg(long, value_delimiter = ',', conflicts_with_all = ["discard", "receive"])]
+        ecmp: Option<Vec<u32>>,
+        #[arg(long, conflicts_with = "receive")]
+        discard: bool,
+        #[arg(long)]
+        receive: bool,
+    },
+    #[command(alias = "delete")]
+    Del {
+        #[arg(required = true)]
+        ids: Vec<u32>,
+    },
+    #[command(alias = "ls")]
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+enum RouteCmd {
+    /// Add one route, or every route of --file (lines: PREFIX NEXTHOP [VRF]; # comments).
+    Add {
+        #[arg(required_unless_present = "file")]
+        prefix: Option<String>,
+        #[arg(long, required_unless_present = "file")]
+        nexthop: Option<u32>,
+        #[arg(long, default_value_t = 0)]
+        vrf: u32,
+        #[arg(long, conflicts_with = "prefix")]
+        file: Option<std::path::PathBuf>,
+    },
+    /// Delete one route, or every route of --file (same format; the next hop column is ignored).
+    #[command(alias = "delete")]
+    Del {
+        #[arg(required_unless_present = "file")]
+        prefix: Option<String>,
+        #[arg(long, default_value_t = 0)]
+        vrf: u32,
+        #[arg(long, conflicts_with = "prefix")]
+        file: Option<std::path::PathBuf>,
+    },
+    #[command(alias = "ls")]
+    List {
+        #[arg(long)]
+        vrf: Option<u32>,
+        /// Only routes inside this prefix.
+        #[arg(long)]
+        prefix: Option<String>,
+    },
+    /// The longest-prefix match for an address, as the XDP program sees it.
+    Lookup {
+        address: String,
+        #[arg(long, default_value_t = 0)]
+        vrf: u32,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -41,6 +126,9 @@ enum InterfaceCmd {
         name: String,
         #[arg(long, value_enum, default_value_t = Mode::Auto)]
         mode: Mode,
+        /// VRF whose routes forward this interface's traffic.
+        #[arg(long, default_value_t = 0)]
+        vrf: u32,
     },
     /// Detach the dataplane from an interface.
     #[command(alias = "delete")]
@@ -70,12 +158,17 @@ async fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::from(2)
         }
+        Err(Failure::Usage(e)) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
     }
 }
 
 enum Failure {
     Status(tonic::Status),
     Other(anyhow::Error),
+    Usage(String),
 }
 
 impl From<tonic::Status> for Failure {
@@ -98,7 +191,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let s = client.system.get_status(pb::GetStatusRequest {}).await.map_err(Failure::Status)?.into_inner();
             print_status(cli.output, &s);
         }
-        Command::Interface(InterfaceCmd::Add { name, mode }) => {
+        Command::Interface(InterfaceCmd::Add { name, mode, vrf }) => {
             let xdp_mode = match mode {
                 Mode::Auto => pb::XdpMode::Auto,
                 Mode::Native => pb::XdpMode::Native,
@@ -106,7 +199,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             };
             let r = client
                 .interfaces
-                .add_interface(pb::AddInterfaceRequest { name, xdp_mode: xdp_mode.into(), vrf: 0 })
+                .add_interface(pb::AddInterfaceRequest { name, xdp_mode: xdp_mode.into(), vrf })
                 .await
                 .map_err(Failure::Status)?
                 .into_inner();
@@ -144,8 +237,196 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 .into_inner();
             print_interfaces(cli.output, &r.interfaces);
         }
+        Command::Vrf(cmd) => routing::vrf(&mut client, cli.output, cmd).await?,
+        Command::Nexthop(cmd) => routing::nexthop(&mut client, cli.output, cmd).await?,
+        Command::Route(cmd) => routing::route(&mut client, cli.output, cmd).await?,
     }
     Ok(())
+}
+
+mod routing {
+    //! The routing verbs.
+
+    use controller_client::{pb, Client};
+    use serde_json::{json, Value};
+
+    use super::{print_table, Failure, NexthopCmd, Output, RouteCmd, VrfCmd};
+
+    fn generation(output: Output, what: String, generation: u64) {
+        match output {
+            Output::Json => println!("{}", json!({ "generation": generation })),
+            Output::Table => println!("{what}, generation {generation}"),
+        }
+    }
+
+    pub async fn vrf(c: &mut Client, output: Output, cmd: VrfCmd) -> Result<(), Failure> {
+        match cmd {
+            VrfCmd::Add { id } => {
+                let r = c.routing.add_vrf(pb::AddVrfRequest { id }).await?.into_inner();
+                generation(output, format!("added vrf {id}"), r.generation);
+            }
+            VrfCmd::Del { id } => {
+                let r = c.routing.delete_vrf(pb::DeleteVrfRequest { id }).await?.into_inner();
+                generation(output, format!("deleted vrf {id}"), r.generation);
+            }
+            VrfCmd::List => {
+                let r = c.routing.list_vrfs(pb::ListVrfsRequest {}).await?.into_inner();
+                if output == Output::Json {
+                    let v: Vec<Value> = r.vrfs.iter().map(|v| json!({"id": v.id, "interfaces": v.interfaces, "routes": v.routes})).collect();
+                    println!("{}", Value::Array(v));
+                } else {
+                    let mut rows = vec![vec!["VRF".into(), "INTERFACES".into(), "ROUTES".into()]];
+                    rows.extend(r.vrfs.iter().map(|v| vec![v.id.to_string(), v.interfaces.to_string(), v.routes.to_string()]));
+                    print_table(&rows);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn describe(n: &pb::NextHop) -> (String, String) {
+        use pb::next_hop::Kind;
+        match &n.kind {
+            Some(Kind::Encap(e)) => (
+                "encap".into(),
+                format!("{} dst {}{}", e.interface, e.dst_mac, if e.src_mac.is_empty() { String::new() } else { format!(" src {}", e.src_mac) }),
+            ),
+            Some(Kind::Ecmp(g)) => ("ecmp".into(), g.members.iter().map(u32::to_string).collect::<Vec<_>>().join(",")),
+            Some(Kind::Discard(_)) => ("discard".into(), "-".into()),
+            Some(Kind::Receive(_)) => ("receive".into(), "-".into()),
+            None => ("-".into(), "-".into()),
+        }
+    }
+
+    pub async fn nexthop(c: &mut Client, output: Output, cmd: NexthopCmd) -> Result<(), Failure> {
+        use pb::next_hop::Kind;
+        match cmd {
+            NexthopCmd::Add { id, interface, dst_mac, src_mac, ecmp, discard, receive } => {
+                let kind = match (interface, ecmp, discard, receive) {
+                    (Some(interface), None, false, false) => Kind::Encap(pb::EncapNextHop {
+                        interface,
+                        dst_mac: dst_mac.unwrap_or_default(),
+                        src_mac: src_mac.unwrap_or_default(),
+                    }),
+                    (None, Some(members), false, false) => Kind::Ecmp(pb::EcmpNextHop { members }),
+                    (None, None, true, false) => Kind::Discard(pb::Discard {}),
+                    (None, None, false, true) => Kind::Receive(pb::Receive {}),
+                    _ => {
+                        return Err(Failure::Usage(
+                            "give one of --interface/--dst-mac, --ecmp, --discard, --receive".into(),
+                        ))
+                    }
+                };
+                let nh = pb::NextHop { id, kind: Some(kind), ..Default::default() };
+                let r = c.routing.add_next_hops(pb::AddNextHopsRequest { next_hops: vec![nh] }).await?.into_inner();
+                generation(output, format!("added next hop {id}"), r.generation);
+            }
+            NexthopCmd::Del { ids } => {
+                let shown = ids.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
+                let r = c.routing.delete_next_hops(pb::DeleteNextHopsRequest { ids }).await?.into_inner();
+                generation(output, format!("deleted next hop(s) {shown}"), r.generation);
+            }
+            NexthopCmd::List => {
+                let r = c.routing.list_next_hops(pb::ListNextHopsRequest {}).await?.into_inner();
+                if output == Output::Json {
+                    let v: Vec<Value> = r
+                        .next_hops
+                        .iter()
+                        .map(|n| {
+                            let (kind, detail) = describe(n);
+                            json!({"id": n.id, "kind": kind, "detail": detail, "routes": n.routes, "packets": n.packets, "bytes": n.bytes})
+                        })
+                        .collect();
+                    println!("{}", Value::Array(v));
+                } else {
+                    let mut rows = vec![vec!["ID".into(), "KIND".into(), "DETAIL".into(), "ROUTES".into(), "PACKETS".into(), "BYTES".into()]];
+                    rows.extend(r.next_hops.iter().map(|n| {
+                        let (kind, detail) = describe(n);
+                        vec![n.id.to_string(), kind, detail, n.routes.to_string(), n.packets.to_string(), n.bytes.to_string()]
+                    }));
+                    print_table(&rows);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Routes from a file: `PREFIX NEXTHOP [VRF]` per line, blank lines and `#` comments skipped.
+    fn read_routes(path: &std::path::Path, default_vrf: u32) -> Result<Vec<pb::Route>, Failure> {
+        let text = std::fs::read_to_string(path).map_err(|e| Failure::Usage(format!("{}: {e}", path.display())))?;
+        let mut out = Vec::new();
+        for (n, line) in text.lines().enumerate() {
+            let line = line.split('#').next().unwrap_or("").trim();
+            if line.is_empty() {
+                continue;
+            }
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let bad = || Failure::Usage(format!("{}:{}: expected PREFIX NEXTHOP [VRF], got {line:?}", path.display(), n + 1));
+            if f.len() < 2 || f.len() > 3 {
+                return Err(bad());
+            }
+            let next_hop = f[1].parse().map_err(|_| bad())?;
+            let vrf = match f.get(2) {
+                Some(v) => v.parse().map_err(|_| bad())?,
+                None => default_vrf,
+            };
+            out.push(pb::Route { vrf, prefix: f[0].to_owned(), next_hop });
+        }
+        Ok(out)
+    }
+
+    pub async fn route(c: &mut Client, output: Output, cmd: RouteCmd) -> Result<(), Failure> {
+        match cmd {
+            RouteCmd::Add { prefix, nexthop, vrf, file } => {
+                let routes = match file {
+                    Some(f) => read_routes(&f, vrf)?,
+                    None => vec![pb::Route { vrf, prefix: prefix.unwrap_or_default(), next_hop: nexthop.unwrap_or_default() }],
+                };
+                let n = routes.len();
+                let r = c.routing.add_routes(pb::AddRoutesRequest { routes }).await?.into_inner();
+                generation(output, format!("added {n} route(s)"), r.generation);
+            }
+            RouteCmd::Del { prefix, vrf, file } => {
+                let routes = match file {
+                    Some(f) => read_routes(&f, vrf)?,
+                    None => vec![pb::Route { vrf, prefix: prefix.unwrap_or_default(), next_hop: 0 }],
+                };
+                let n = routes.len();
+                let r = c.routing.delete_routes(pb::DeleteRoutesRequest { routes }).await?.into_inner();
+                generation(output, format!("deleted {n} route(s)"), r.generation);
+            }
+            RouteCmd::List { vrf, prefix } => {
+                let mut stream = c
+                    .routing
+                    .list_routes(pb::ListRoutesRequest { vrf, prefix: prefix.unwrap_or_default() })
+                    .await?
+                    .into_inner();
+                let mut all = Vec::new();
+                while let Some(chunk) = stream.message().await? {
+                    all.extend(chunk.routes);
+                }
+                if output == Output::Json {
+                    let v: Vec<Value> = all.iter().map(|r| json!({"vrf": r.vrf, "prefix": r.prefix, "next_hop": r.next_hop})).collect();
+                    println!("{}", Value::Array(v));
+                } else {
+                    let mut rows = vec![vec!["VRF".into(), "PREFIX".into(), "NEXTHOP".into()]];
+                    rows.extend(all.iter().map(|r| vec![r.vrf.to_string(), r.prefix.clone(), r.next_hop.to_string()]));
+                    print_table(&rows);
+                }
+            }
+            RouteCmd::Lookup { address, vrf } => {
+                let r = c.routing.lookup_route(pb::LookupRouteRequest { vrf, address: address.clone() }).await?.into_inner();
+                let route = r.route.unwrap_or_default();
+                match (output, r.found) {
+                    (Output::Json, true) => println!("{}", json!({"found": true, "vrf": route.vrf, "prefix": route.prefix, "next_hop": route.next_hop})),
+                    (Output::Json, false) => println!("{}", json!({"found": false})),
+                    (Output::Table, true) => println!("{address} vrf {vrf}: {} via next hop {}", route.prefix, route.next_hop),
+                    (Output::Table, false) => println!("{address} vrf {vrf}: no route"),
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 fn mode_name(m: i32) -> &'static str {
