@@ -166,7 +166,7 @@ async fn lookup_route_random_overlapping_prefixes_agrees_with_kernel_fib() {
         let a = (0x2001_0db8u128 << 96) | (u128::from(rng.next()) << 32 & ((1u128 << 96) - 1)) | u128::from(rng.next() as u32);
         v6.insert((mask6(a & !(0xffffu128 << 80), len), len));
     }
-    let mut script = String::from("route add default dev dum0\n-6 route add default dev dum0\n");
+    let mut script = String::from("route add default dev dum0\nroute add ::/0 dev dum0\n");
     let mut routes = vec![
         pb::Route { vrf: 0, prefix: "0.0.0.0/0".into(), next_hop: 1 },
         pb::Route { vrf: 0, prefix: "::/0".into(), next_hop: 1 },
@@ -178,7 +178,7 @@ async fn lookup_route_random_overlapping_prefixes_agrees_with_kernel_fib() {
     }
     for (i, &(a, l)) in v6.iter().enumerate() {
         let p = format!("{}/{l}", Ipv6Addr::from(a));
-        script += &format!("-6 route add {p} dev dum0\n");
+        script += &format!("route add {p} dev dum0\n");
         routes.push(pb::Route { vrf: 0, prefix: p, next_hop: 1 + (i % 8) as u32 });
     }
     ip_batch(&fib, &script);
@@ -200,7 +200,7 @@ async fn lookup_route_random_overlapping_prefixes_agrees_with_kernel_fib() {
     // succeed, so the answers come back one line per query, in order.
     let queries: String = addrs
         .iter()
-        .map(|a| if a.is_ipv4() { format!("route get fibmatch {a}\n") } else { format!("-6 route get fibmatch {a}\n") })
+        .map(|a| if a.is_ipv4() { format!("route get fibmatch {a}\n") } else { format!("route get fibmatch {a}\n") })
         .collect();
     let answers = ip_batch(&fib, &queries);
     let answers: Vec<&str> = answers.lines().collect();
