@@ -19,6 +19,17 @@ pub const MAX_INTERFACES: u32 = 1024;
 pub const MAX_NEXTHOPS: u32 = 65536;
 /// Capacity of each LPM trie (all VRFs together).
 pub const MAX_ROUTES: u32 = 2_000_000;
+/// Bytes of a frame the benchmark harness restores before each repetition: Ethernet + IPv6 +
+/// the first 10 bytes of L4, more than any forwarding rewrite touches.
+pub const BENCH_FRAME_LEN: usize = 64;
+
+/// Value of the benchmark-only `BENCH_FRAME` map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct BenchFrame {
+    pub bytes: [u8; BENCH_FRAME_LEN],
+}
+
 /// VRF ids are below this.
 pub const MAX_VRFS: u32 = 65536;
 
@@ -28,6 +39,16 @@ pub mod programs {
     pub const XDP_INGRESS: &str = "dp_xdp_ingress";
     /// TC (TCX) egress program attached to every interface the dataplane owns.
     pub const TC_EGRESS: &str = "dp_tc_egress";
+    /// Benchmark baseline: returns XDP_PASS and nothing else.
+    pub const BENCH_PASS: &str = "dp_bench_pass";
+    /// Benchmark baseline: swaps the Ethernet addresses and redirects through `TX_PORTS` slot 0,
+    /// the least a forwarding XDP program can do (the kernel's `xdp_redirect_map` sample).
+    pub const BENCH_REDIRECT: &str = "dp_bench_redirect";
+    /// Benchmark harness: restores the frame's first [`crate::BENCH_FRAME_LEN`] bytes from
+    /// `BENCH_FRAME`, then tail-calls `BENCH_TARGETS[0]`, so that a repeated BPF_PROG_TEST_RUN
+    /// (which hands the program the same, already rewritten, buffer every time) measures the same
+    /// path on every repetition.
+    pub const BENCH_HARNESS: &str = "dp_bench_harness";
 }
 
 #[cfg(feature = "user")]
@@ -41,6 +62,7 @@ mod pod {
     unsafe impl aya::Pod for super::RouteValue {}
     unsafe impl aya::Pod for super::NextHop {}
     unsafe impl aya::Pod for super::NextHopStats {}
+    unsafe impl aya::Pod for super::BenchFrame {}
 }
 
 // The layouts above have no implicit padding; these sizes are what both sides agree on.

@@ -21,6 +21,16 @@ pub const NEXTHOP_STATS: &str = "NEXTHOP_STATS";
 /// Devmap: interface slot -> ifindex, the redirect targets.
 pub const TX_PORTS: &str = "TX_PORTS";
 
-/// Every map the programs declare, for status reporting and pin management.
+/// Program array with [`BENCH_TARGET_SLOTS`] entries: what the benchmark harness program tail-calls.
+/// Benchmark-only: never written, pinned or read by the server.
+pub const BENCH_TARGETS: &str = "BENCH_TARGETS";
+/// Array with one [`crate::BenchFrame`]: the header bytes the benchmark harness restores before
+/// every repetition. Benchmark-only.
+pub const BENCH_FRAME: &str = "BENCH_FRAME";
+/// Entries of [`BENCH_TARGETS`].
+pub const BENCH_TARGET_SLOTS: u32 = 4;
+
+/// Every map of the forwarding programs, for status reporting and pin management (the benchmark
+/// maps are not among them).
 pub const ALL: &[&str] =
     &[INTERFACES, IFACE_STATS, UNKNOWN_IFACE_STATS, ROUTES_V4, ROUTES_V6, NEXTHOPS, NEXTHOP_STATS, TX_PORTS];

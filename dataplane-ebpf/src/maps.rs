@@ -3,10 +3,10 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, DevMap, HashMap, LpmTrie, PerCpuArray},
+    maps::{Array, DevMap, HashMap, LpmTrie, PerCpuArray, ProgramArray},
 };
 use dataplane_common::{
-    InterfaceConfig, InterfaceStats, NextHop, NextHopStats, RouteAddrV4, RouteAddrV6, RouteValue,
+    maps::BENCH_TARGET_SLOTS, BenchFrame, InterfaceConfig, InterfaceStats, NextHop, NextHopStats, RouteAddrV4, RouteAddrV6, RouteValue,
     MAX_INTERFACES, MAX_NEXTHOPS, MAX_ROUTES,
 };
 
@@ -41,3 +41,11 @@ pub static NEXTHOP_STATS: PerCpuArray<NextHopStats> = PerCpuArray::with_max_entr
 /// Interface slot -> egress ifindex, for bpf_redirect_map.
 #[map(name = "TX_PORTS")]
 pub static TX_PORTS: DevMap = DevMap::with_max_entries(MAX_INTERFACES, 0);
+
+/// Benchmark only: what `dp_bench_harness` tail-calls (slot 0).
+#[map(name = "BENCH_TARGETS")]
+pub static BENCH_TARGETS: ProgramArray = ProgramArray::with_max_entries(BENCH_TARGET_SLOTS, 0);
+
+/// Benchmark only: the frame head `dp_bench_harness` restores before every repetition.
+#[map(name = "BENCH_FRAME")]
+pub static BENCH_FRAME: Array<BenchFrame> = Array::with_max_entries(1, 0);

@@ -52,6 +52,7 @@ impl Prefix {
         self.addr
     }
 
+    #[expect(clippy::len_without_is_empty, reason = "a prefix length, not a container size; /0 is a valid prefix")]
     pub fn len(&self) -> u8 {
         self.len
     }

@@ -26,7 +26,7 @@ fn demo_script_runs_to_completion_and_leaves_nothing_behind() {
     assert!(stdout.contains("From 192.0.2.1 icmp_seq=1 Time to live exceeded"), "{stdout}");
     let row = stdout.lines().find(|l| l.starts_with("r0 ")).unwrap_or_else(|| panic!("{stdout}"));
     let forwarded: u64 = row
-        .split(|c: char| c == ' ' || c == ',')
+        .split([' ', ','])
         .find_map(|f| f.strip_prefix("forwarded="))
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no forwarded counter: {row}"));

@@ -55,6 +55,8 @@ pub enum DataplaneError {
     },
     #[error("{path} is not on a bpf filesystem; mount one (mount -t bpf bpf /sys/fs/bpf), and start the server with `nsenter --net=...` rather than `ip netns exec`, which hides the host's bpffs")]
     NotBpffs { path: PathBuf },
+    #[error("test run: the frame is {len} bytes, the harness needs at least {min}")]
+    FrameTooShort { len: usize, min: usize },
     #[error("{map}: index {slot} is out of range (max {max})")]
     SlotOutOfRange { map: &'static str, slot: u32, max: u32 },
 }

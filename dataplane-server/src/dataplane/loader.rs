@@ -50,8 +50,8 @@ struct InterfaceLinks {
     tc: FdLink,
 }
 
-struct Inner {
-    ebpf: Ebpf,
+pub(super) struct Inner {
+    pub(super) ebpf: Ebpf,
     interfaces: Interfaces,
     iface_stats: CounterArray<InterfaceStats>,
     nexthops: NextHops,
@@ -133,7 +133,7 @@ impl KernelDataplane {
         })
     }
 
-    fn lock(&self) -> MutexGuard<'_, Inner> {
+    pub(super) fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic while holding the lock cannot leave the kernel half-updated in a way the data
         // here does not reflect (every method rolls back before returning), so keep going.
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
@@ -167,7 +167,7 @@ impl KernelDataplane {
     }
 }
 
-fn program_mut<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, DataplaneError>
+pub(super) fn program_mut<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, DataplaneError>
 where
     &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
 {

@@ -7,6 +7,7 @@ pub mod error;
 pub mod loader;
 pub mod maps;
 pub mod netdev;
+pub mod testrun;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -16,6 +17,7 @@ use crate::net::{Mac, Prefix};
 
 pub use error::DataplaneError;
 pub use loader::{KernelDataplane, LoaderConfig};
+pub use testrun::{TestProgram, TestRunOutcome};
 
 /// How to attach the XDP program.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -43,6 +43,9 @@ struct State {
     nh_ids: HashMap<u32, u32>,
     /// (VRF, prefix) -> next-hop id.
     routes: BTreeMap<(u32, Prefix), u32>,
+    /// Routes per address family (IPv4, IPv6), kept with `routes` so capacity checks and status
+    /// stay O(1) at millions of routes.
+    route_counts: [u64; 2],
 }
 
 /// The dataplane's configuration and the operations on it.
@@ -65,6 +68,7 @@ impl<D: Dataplane> Domain<D> {
                 nexthops: BTreeMap::new(),
                 nh_ids: HashMap::new(),
                 routes: BTreeMap::new(),
+                route_counts: [0; 2],
             }),
             started: Instant::now(),
         }

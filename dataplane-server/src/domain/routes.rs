@@ -36,7 +36,7 @@ impl<D: Dataplane> Domain<D> {
             if r.prefix.is_ipv4() { v4 += 1 } else { v6 += 1 }
             slots.push(nh.slot);
         }
-        let (have4, have6) = state.routes.keys().fold((0u64, 0u64), |(a, b), (_, p)| if p.is_ipv4() { (a + 1, b) } else { (a, b + 1) });
+        let [have4, have6] = state.route_counts;
         let cap = u64::from(dataplane_common::MAX_ROUTES);
         if have4 + v4 > cap || have6 + v6 > cap {
             return Err(DomainError::Exhausted { what: "routes per address family", capacity: dataplane_common::MAX_ROUTES });
@@ -51,6 +51,7 @@ impl<D: Dataplane> Domain<D> {
         }
         for r in batch {
             state.routes.insert((r.vrf, r.prefix), r.nexthop);
+            state.route_counts[family(&r.prefix)] += 1;
             if let Some(nh) = state.nexthops.get_mut(&r.nexthop) {
                 nh.routes += 1;
             }
@@ -82,6 +83,7 @@ impl<D: Dataplane> Domain<D> {
         }
         for key in batch {
             if let Some(nh) = state.routes.remove(key) {
+                state.route_counts[family(&key.1)] -= 1;
                 if let Some(e) = state.nexthops.get_mut(&nh) {
                     e.routes -= 1;
                 }
@@ -115,6 +117,11 @@ impl<D: Dataplane> Domain<D> {
         })?;
         Ok(Some(RouteSpec { vrf, prefix: Prefix::containing(addr, m.prefix_len), nexthop }))
     }
+}
+
+/// Index into `State::route_counts`.
+fn family(prefix: &Prefix) -> usize {
+    usize::from(!prefix.is_ipv4())
 }
 
 #[cfg(test)]

@@ -66,8 +66,7 @@ impl<D: Dataplane> Domain<D> {
         }
         let slots_in_use = u64::from(state.slots.in_use());
         let nh_in_use = u64::from(state.nh_slots.in_use());
-        let routes_v4 = state.routes.keys().filter(|(_, p)| p.is_ipv4()).count() as u64;
-        let routes_v6 = state.routes.len() as u64 - routes_v4;
+        let [routes_v4, routes_v6] = state.route_counts;
         let maps = self
             .dataplane
             .maps()?

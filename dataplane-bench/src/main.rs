@@ -1,0 +1,64 @@
+//! `dataplane-bench`: the dataplane's benchmarks, each case measured next to its baseline in the
+//! same run (these machines are noisy; only ratios mean something), every figure repeated, the
+//! result written as markdown (docs/benchmarks.md).
+//!
+//! The process moves itself into a network namespace of its own before doing anything, so every
+//! interface it creates disappears with it, crash included; its bpffs pins are removed on exit.
+
+mod packet;
+mod report;
+mod sandbox;
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+
+#[derive(Parser, Debug)]
+#[command(version, about = "Benchmarks of the eBPF dataplane, each next to a baseline measured in the same run")]
+struct Args {
+    /// Tiny sizes: every case runs, in seconds (the test suite runs this so the bench never rots).
+    #[arg(long)]
+    quick: bool,
+    /// Write the markdown report here (e.g. docs/benchmarks.md); stdout always gets it too.
+    #[arg(long)]
+    output: Option<PathBuf>,
+    /// Repetitions of each figure (min/median/max are over these).
+    #[arg(long)]
+    runs: Option<usize>,
+    /// BPF_PROG_TEST_RUN repeat count per figure.
+    #[arg(long)]
+    repeat: Option<u32>,
+    /// Route-table sizes of the packet-path cases, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    routes: Option<Vec<usize>>,
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    // Before any thread exists, so that every thread lives in the namespace.
+    sandbox::enter_private_netns()?;
+    let config = packet::Config {
+        runs: args.runs.unwrap_or(5).max(1),
+        repeat: args.repeat.unwrap_or(if args.quick { 10_000 } else { 1_000_000 }),
+        route_counts: args.routes.clone().unwrap_or_else(|| {
+            if args.quick { vec![10, 1_000] } else { vec![10, 100_000, 1_000_000] }
+        }),
+    };
+    let command = std::env::var("DATAPLANE_BENCH_COMMAND").unwrap_or_else(|_| {
+        std::iter::once("dataplane-bench".to_owned()).chain(std::env::args().skip(1)).collect::<Vec<_>>().join(" ")
+    });
+
+    let sandbox = sandbox::Sandbox::new()?;
+    eprintln!("packet path: BPF_PROG_TEST_RUN, repeat {}, {} runs, routes {:?}", config.repeat, config.runs, config.route_counts);
+    let packet = packet::run(&sandbox, &config)?;
+    drop(sandbox);
+
+    let md = report::render(&command, &packet);
+    print!("{md}");
+    if let Some(path) = &args.output {
+        std::fs::write(path, &md).with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}

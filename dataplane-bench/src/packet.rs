@@ -1,0 +1,273 @@
+//! Packet path by BPF_PROG_TEST_RUN, in ns/packet: the full L3 path (`dp_xdp_ingress` with 10,
+//! 100,000, 1,000,000 routes per family) next to an XDP_PASS program and a bare MAC-swap +
+//! devmap-redirect program, all measured in the same run, interleaved, so noise hits them alike.
+//!
+//! A repeated test run hands the program its own output again, so the forwarding path runs under
+//! `dp_bench_harness` (restore the frame head, tail-call); the harness alone (tail-calling the
+//! XDP_PASS program) is measured too and taken out: net L3 = harnessed L3 - harnessed pass + pass.
+
+use std::{
+    collections::HashSet,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    time::Duration,
+};
+
+use anyhow::{bail, ensure, Result};
+use dataplane_server::{
+    dataplane::{TestProgram, TestRunOutcome},
+    domain::{InterfaceName, NewNextHop, NextHopSpec, RouteSpec},
+    net::{Mac, Prefix},
+};
+
+use crate::sandbox::{Sandbox, EGRESS};
+
+const XDP_PASS: u32 = 2;
+const XDP_REDIRECT: u32 = 4;
+const NEXT_HOP: u32 = 1;
+const NEXT_HOP_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
+const SENDER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+const TTL: u8 = 64;
+
+pub struct Config {
+    pub runs: usize,
+    pub repeat: u32,
+    pub route_counts: Vec<usize>,
+}
+
+/// Samples (ns/packet) of one case.
+#[derive(Clone, Debug)]
+pub struct Figure {
+    pub case: String,
+    pub routes: Option<usize>,
+    pub samples: Vec<f64>,
+}
+
+impl Figure {
+    pub fn median(&self) -> f64 {
+        let mut s = self.samples.clone();
+        s.sort_by(f64::total_cmp);
+        let n = s.len();
+        if n % 2 == 1 { s[n / 2] } else { (s[n / 2 - 1] + s[n / 2]) / 2.0 }
+    }
+    pub fn min(&self) -> f64 {
+        self.samples.iter().copied().fold(f64::INFINITY, f64::min)
+    }
+    pub fn max(&self) -> f64 {
+        self.samples.iter().copied().fold(0.0, f64::max)
+    }
+}
+
+/// Everything the packet-path cases measured.
+pub struct Results {
+    pub repeat: u32,
+    pub runs: usize,
+    pub pass: Figure,
+    pub redirect: Figure,
+    pub harness: Figure,
+    /// Per route count: (IPv4 harnessed, IPv6 harnessed).
+    pub l3: Vec<(Figure, Figure)>,
+}
+
+impl Results {
+    /// Net cost of an L3 figure: the harness taken out, the XDP_PASS floor kept.
+    pub fn net(&self, f: &Figure) -> f64 {
+        f.median() - self.harness.median() + self.pass.median()
+    }
+}
+
+pub fn run(sandbox: &Sandbox, config: &Config) -> Result<Results> {
+    let domain = &sandbox.domain;
+    domain.add_nexthops(vec![NewNextHop {
+        id: NEXT_HOP,
+        spec: NextHopSpec::Encap {
+            interface: InterfaceName::parse("interface", EGRESS)?,
+            dst_mac: Mac(NEXT_HOP_MAC),
+            src_mac: None,
+        },
+    }])?;
+    let max = config.route_counts.iter().copied().max().unwrap_or(0);
+    let (v4, v6) = random_prefixes(max, 0x005e_ed0f_b3c4);
+    // The probed prefixes come first, so every table size holds them.
+    let (dst4, dst6) = (host_in(&v4[0], 0x0a), host_in(&v6[0], 0x0a));
+    let frame4 = udp_frame(dst4);
+    let frame6 = udp_frame(dst6);
+
+    let mut results = Results {
+        repeat: config.repeat,
+        runs: config.runs,
+        pass: figure("XDP_PASS program (baseline)", None),
+        redirect: figure("bare MAC swap + devmap redirect (baseline)", None),
+        harness: figure("harness (restore + tail call) -> XDP_PASS", None),
+        l3: Vec::new(),
+    };
+    let mut installed = 0;
+    for &count in &config.route_counts {
+        let batch: Vec<RouteSpec> = v4[installed..count]
+            .iter()
+            .chain(&v6[installed..count])
+            .map(|p| RouteSpec { vrf: 0, prefix: *p, nexthop: NEXT_HOP })
+            .collect();
+        for chunk in batch.chunks(100_000) {
+            domain.add_routes(chunk.to_vec())?;
+        }
+        installed = count;
+        eprintln!("  {count} routes per family installed");
+
+        check_forwarded(sandbox, &frame4)?;
+        check_forwarded(sandbox, &frame6)?;
+        let mut f4 = figure("full L3 path, IPv4 UDP 64 B", Some(count));
+        let mut f6 = figure("full L3 path, IPv6 UDP 78 B", Some(count));
+        for _ in 0..config.runs {
+            results.pass.samples.push(measure(sandbox, TestProgram::Pass, &frame4, config.repeat, XDP_PASS)?);
+            results.redirect.samples.push(measure(sandbox, TestProgram::BareRedirect, &frame4, config.repeat, XDP_REDIRECT)?);
+            results.harness.samples.push(measure(sandbox, TestProgram::HarnessedPass, &frame4, config.repeat, XDP_PASS)?);
+            f4.samples.push(measure(sandbox, TestProgram::HarnessedIngress, &frame4, config.repeat, XDP_REDIRECT)?);
+            f6.samples.push(measure(sandbox, TestProgram::HarnessedIngress, &frame6, config.repeat, XDP_REDIRECT)?);
+        }
+        eprintln!("  IPv4 {:.1} ns, IPv6 {:.1} ns (harnessed medians)", f4.median(), f6.median());
+        results.l3.push((f4, f6));
+    }
+    Ok(results)
+}
+
+fn figure(case: &str, routes: Option<usize>) -> Figure {
+    Figure { case: case.to_owned(), routes, samples: Vec::new() }
+}
+
+/// One figure: mean ns per repetition over `repeat` repetitions, refusing a run whose verdict
+/// says it did not take the path being measured.
+fn measure(sandbox: &Sandbox, program: TestProgram, frame: &[u8], repeat: u32, verdict: u32) -> Result<f64> {
+    let out = sandbox.domain.dataplane().test_run(program, frame, repeat)?;
+    ensure!(out.verdict == verdict, "{program:?}: verdict {} instead of {verdict}", out.verdict);
+    Ok(ns(out.per_run))
+}
+
+fn ns(d: Duration) -> f64 {
+    d.as_nanos() as f64
+}
+
+/// One unharnessed run of the real program: the frame must leave rewritten for the next hop
+/// (its MAC, TTL one lower), or the figures would measure some other path.
+fn check_forwarded(sandbox: &Sandbox, frame: &[u8]) -> Result<()> {
+    let TestRunOutcome { verdict, frame: out, .. } = sandbox.domain.dataplane().test_run(TestProgram::Ingress, frame, 1)?;
+    let ttl_at = if frame[12..14] == [0x08, 0x00] { 14 + 8 } else { 14 + 7 };
+    if verdict != XDP_REDIRECT || out[..6] != NEXT_HOP_MAC || out[ttl_at] != TTL - 1 {
+        bail!("the benchmark frame is not forwarded: verdict {verdict}, frame {out:02x?}");
+    }
+    Ok(())
+}
+
+/// Deterministic xorshift64.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// `n` distinct IPv4 and `n` distinct IPv6 prefixes, shaped like an Internet table: IPv4 mostly
+/// /24 with /16-/23 and some shorter, in 1.0.0.0-223.255.255.255; IPv6 mostly /48 with /32-/64,
+/// in 2000::/3. The first of each is a /24 and a /48.
+fn random_prefixes(n: usize, seed: u64) -> (Vec<Prefix>, Vec<Prefix>) {
+    let mut rng = Rng(seed);
+    let mut seen = HashSet::new();
+    let mut v4 = Vec::with_capacity(n);
+    while v4.len() < n {
+        let len = if v4.is_empty() {
+            24
+        } else {
+            match rng.below(100) {
+                0..=54 => 24,
+                55..=79 => 20 + rng.below(4) as u8,
+                80..=94 => 16 + rng.below(4) as u8,
+                _ => 8 + rng.below(8) as u8,
+            }
+        };
+        let a = 0x0100_0000 + (rng.next() % (0xe000_0000 - 0x0100_0000)) as u32;
+        let p = Prefix::containing(IpAddr::V4(Ipv4Addr::from(a)), len);
+        if seen.insert(p) {
+            v4.push(p);
+        }
+    }
+    let mut v6 = Vec::with_capacity(n);
+    while v6.len() < n {
+        let len = if v6.is_empty() {
+            48
+        } else {
+            match rng.below(100) {
+                0..=44 => 48,
+                45..=74 => 32 + rng.below(16) as u8,
+                _ => 49 + rng.below(16) as u8,
+            }
+        };
+        let a = (0x2000u128 << 112) | ((u128::from(rng.next()) << 64 | u128::from(rng.next())) >> 3);
+        let p = Prefix::containing(IpAddr::V6(Ipv6Addr::from(a)), len);
+        if seen.insert(p) {
+            v6.push(p);
+        }
+    }
+    (v4, v6)
+}
+
+/// An address inside `p` with `host` in its last byte.
+fn host_in(p: &Prefix, host: u8) -> IpAddr {
+    match p.addr() {
+        IpAddr::V4(a) => IpAddr::V4(Ipv4Addr::from(u32::from(a) | u32::from(host))),
+        IpAddr::V6(a) => IpAddr::V6(Ipv6Addr::from(u128::from(a) | u128::from(host))),
+    }
+}
+
+/// A UDP datagram from the sender to `dst`, in a frame addressed to the ingress interface
+/// (loopback: all-zero MAC): 64 bytes for IPv4, 78 for IPv6 (the smallest with 16 B of payload).
+fn udp_frame(dst: IpAddr) -> Vec<u8> {
+    let mut f = Vec::with_capacity(80);
+    f.extend_from_slice(&[0; 6]);
+    f.extend_from_slice(&SENDER_MAC);
+    let payload = [0x5au8; 22];
+    match dst {
+        IpAddr::V4(d) => {
+            let udp_len = 8 + payload.len() as u16;
+            f.extend_from_slice(&[0x08, 0x00]);
+            let mut ip = vec![0x45, 0, 0, 0, 0, 1, 0x40, 0, TTL, 17, 0, 0];
+            ip[2..4].copy_from_slice(&(20 + udp_len).to_be_bytes());
+            ip.extend_from_slice(&[192, 0, 2, 10]);
+            ip.extend_from_slice(&d.octets());
+            let sum = checksum(&ip);
+            ip[10..12].copy_from_slice(&sum.to_be_bytes());
+            f.extend_from_slice(&ip);
+            f.extend_from_slice(&[0x30, 0x39, 0x00, 0x35]);
+            f.extend_from_slice(&udp_len.to_be_bytes());
+            f.extend_from_slice(&[0, 0]);
+            f.extend_from_slice(&payload);
+        }
+        IpAddr::V6(d) => {
+            let payload = &payload[..16];
+            let udp_len = 8 + payload.len() as u16;
+            f.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0]);
+            f.extend_from_slice(&udp_len.to_be_bytes());
+            f.extend_from_slice(&[17, TTL]);
+            f.extend_from_slice(&Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 0x10).octets());
+            f.extend_from_slice(&d.octets());
+            f.extend_from_slice(&[0x30, 0x39, 0x00, 0x35]);
+            f.extend_from_slice(&udp_len.to_be_bytes());
+            f.extend_from_slice(&[0, 0]);
+            f.extend_from_slice(payload);
+        }
+    }
+    f
+}
+
+fn checksum(bytes: &[u8]) -> u16 {
+    let mut sum: u32 = bytes.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]))).sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}

@@ -1,0 +1,57 @@
+//! Benchmark programs, never attached by the server: the baselines the forwarding path is
+//! measured against, and the harness that makes a repeated BPF_PROG_TEST_RUN measure it.
+//!
+//! A repeated test run hands the program the same buffer every time, as the previous repetition
+//! left it: the forwarding path would see its own rewrite (TTL one lower each time, then the
+//! time-exceeded path). The harness restores the frame head first and tail-calls the program
+//! under test; `dp_bench_harness` -> `dp_bench_pass` measures what the harness adds.
+
+use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use dataplane_common::BENCH_FRAME_LEN;
+
+use crate::maps::{BENCH_FRAME, BENCH_TARGETS, TX_PORTS};
+
+/// Does nothing: the floor of any XDP program.
+#[xdp]
+pub fn dp_bench_pass(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
+/// Swaps the Ethernet addresses and redirects through `TX_PORTS[0]`: the least work a forwarding
+/// XDP program does (one devmap lookup, a 12-byte rewrite). Swapping twice is the identity, so a
+/// repeated test run measures the same work every repetition without the harness.
+#[xdp]
+pub fn dp_bench_redirect(ctx: XdpContext) -> u32 {
+    let (data, end) = (ctx.data(), ctx.data_end());
+    // Bounds check for the verifier: both MAC addresses must lie inside the frame.
+    if data + 12 > end {
+        return xdp_action::XDP_DROP;
+    }
+    let p = data as *mut [u8; 6];
+    // SAFETY: 12 bytes from `data` were checked to be inside the frame.
+    unsafe { core::ptr::swap(p, p.add(1)) };
+    TX_PORTS.redirect(0, 0).unwrap_or(xdp_action::XDP_DROP)
+}
+
+/// Restores the first [`BENCH_FRAME_LEN`] bytes of the frame from `BENCH_FRAME[0]`, then
+/// tail-calls `BENCH_TARGETS[0]`. XDP_ABORTED when the frame is shorter or the slot is empty,
+/// so a misconfigured benchmark is seen, never measured.
+#[xdp]
+pub fn dp_bench_harness(ctx: XdpContext) -> u32 {
+    let Some(template) = BENCH_FRAME.get(0) else { return xdp_action::XDP_ABORTED };
+    let (data, end) = (ctx.data(), ctx.data_end());
+    // Bounds check for the verifier: the whole restored head must lie inside the frame.
+    if data + BENCH_FRAME_LEN > end {
+        return xdp_action::XDP_ABORTED;
+    }
+    let dst = data as *mut u64;
+    let src = template.bytes.as_ptr() as *const u64;
+    for i in 0..BENCH_FRAME_LEN / 8 {
+        // SAFETY: `i * 8 + 8 <= BENCH_FRAME_LEN` bytes: inside the frame (checked above) and
+        // inside the map value; unaligned accesses because neither is 8-byte aligned for sure.
+        unsafe { dst.add(i).write_unaligned(src.add(i).read_unaligned()) };
+    }
+    // SAFETY: a tail call either does not return or returns with nothing changed.
+    unsafe { BENCH_TARGETS.tail_call(&ctx, 0) };
+    xdp_action::XDP_ABORTED
+}

@@ -1,0 +1,91 @@
+//! BPF_PROG_TEST_RUN of the loaded programs, for benchmarks and diagnostics: the programs run in
+//! the kernel against the live maps, as received on the caller's loopback device (an XDP test
+//! run without `ctx_in` reports the netns loopback as the ingress interface).
+
+use std::time::Duration;
+
+use aya::{
+    maps::{Array, ProgramArray},
+    programs::{TestRun, TestRunOptions, Xdp},
+};
+use dataplane_common::{maps as names, programs, BenchFrame, BENCH_FRAME_LEN};
+
+use super::{loader::program_mut, DataplaneError, KernelDataplane};
+
+/// What [`KernelDataplane::test_run`] runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TestProgram {
+    /// `dp_xdp_ingress`, the attached program, on the frame as given. A repeated run hands it
+    /// its own output again, so use [`TestProgram::HarnessedIngress`] to measure it.
+    Ingress,
+    /// `dp_bench_pass`: XDP_PASS and nothing else.
+    Pass,
+    /// `dp_bench_redirect`: MAC swap + `TX_PORTS[0]` redirect.
+    BareRedirect,
+    /// `dp_bench_harness` restoring the frame head, then tail-calling `dp_xdp_ingress`.
+    HarnessedIngress,
+    /// `dp_bench_harness` tail-calling `dp_bench_pass`: the harness's own cost.
+    HarnessedPass,
+}
+
+/// Result of one BPF_PROG_TEST_RUN.
+#[derive(Clone, Debug)]
+pub struct TestRunOutcome {
+    /// The XDP action of the last repetition.
+    pub verdict: u32,
+    /// Mean time per repetition, as the kernel measured it.
+    pub per_run: Duration,
+    /// The frame as the last repetition left it.
+    pub frame: Vec<u8>,
+}
+
+impl KernelDataplane {
+    /// Runs `program` `repeat` times on `frame` (BPF_PROG_TEST_RUN). Benchmark programs are
+    /// loaded into the kernel on first use; they share every map with the attached programs.
+    pub fn test_run(&self, program: TestProgram, frame: &[u8], repeat: u32) -> Result<TestRunOutcome, DataplaneError> {
+        let mut inner = self.lock();
+        let ebpf = &mut inner.ebpf;
+        let (entry, target) = match program {
+            TestProgram::Ingress => (programs::XDP_INGRESS, None),
+            TestProgram::Pass => (programs::BENCH_PASS, None),
+            TestProgram::BareRedirect => (programs::BENCH_REDIRECT, None),
+            TestProgram::HarnessedIngress => (programs::BENCH_HARNESS, Some(programs::XDP_INGRESS)),
+            TestProgram::HarnessedPass => (programs::BENCH_HARNESS, Some(programs::BENCH_PASS)),
+        };
+        for name in [Some(entry), target].into_iter().flatten() {
+            let xdp: &mut Xdp = program_mut(ebpf, name)?;
+            if xdp.fd().is_err() {
+                xdp.load().map_err(DataplaneError::program(name, "load"))?;
+            }
+        }
+        if let Some(target) = target {
+            if frame.len() < BENCH_FRAME_LEN {
+                return Err(DataplaneError::FrameTooShort { len: frame.len(), min: BENCH_FRAME_LEN });
+            }
+            let mut bytes = [0u8; BENCH_FRAME_LEN];
+            bytes.copy_from_slice(&frame[..BENCH_FRAME_LEN]);
+            let map = ebpf.map_mut(names::BENCH_FRAME).ok_or(DataplaneError::Missing { what: "map", name: names::BENCH_FRAME })?;
+            let mut head: Array<_, BenchFrame> = Array::try_from(map).map_err(DataplaneError::map(names::BENCH_FRAME, "open"))?;
+            head.set(0, BenchFrame { bytes }, 0).map_err(DataplaneError::map(names::BENCH_FRAME, "update"))?;
+
+            let xdp: &mut Xdp = program_mut(ebpf, target)?;
+            let fd = xdp.fd().map_err(DataplaneError::program(target, "fd"))?;
+            let fd = fd.try_clone().map_err(|source| DataplaneError::Io {
+                path: "program fd".into(),
+                op: "dup",
+                source,
+            })?;
+            let map = ebpf.map_mut(names::BENCH_TARGETS).ok_or(DataplaneError::Missing { what: "map", name: names::BENCH_TARGETS })?;
+            let mut targets = ProgramArray::try_from(map).map_err(DataplaneError::map(names::BENCH_TARGETS, "open"))?;
+            targets.set(0, &fd, 0).map_err(DataplaneError::map(names::BENCH_TARGETS, "update"))?;
+        }
+        let xdp: &mut Xdp = program_mut(ebpf, entry)?;
+        // Room for any frame the program could grow this one into.
+        let mut out = vec![0u8; frame.len() + 256];
+        let result = xdp
+            .test_run(TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), repeat, ..Default::default() })
+            .map_err(DataplaneError::program(entry, "test run"))?;
+        out.truncate(result.data_size_out as usize);
+        Ok(TestRunOutcome { verdict: result.return_value, per_run: result.duration, frame: out })
+    }
+}
