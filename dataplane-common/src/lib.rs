@@ -15,6 +15,10 @@ pub use stats::InterfaceStats;
 
 /// Number of interface slots; slots are ids the server assigns (free list), indexing array maps.
 pub const MAX_INTERFACES: u32 = 1024;
+/// Ifindexes below this are looked up in the `INTERFACES` array, others in `INTERFACES_HIGH`.
+pub const MAX_DIRECT_IFINDEX: u32 = 65536;
+/// Capacity of `INTERFACES_HIGH`.
+pub const MAX_HIGH_IFINDEXES: u32 = MAX_INTERFACES;
 /// Number of next-hop slots.
 pub const MAX_NEXTHOPS: u32 = 65536;
 /// Capacity of each LPM trie (all VRFs together).

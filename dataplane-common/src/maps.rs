@@ -1,10 +1,14 @@
 //! Map names. The eBPF crate declares each map under exactly this name and the server opens it by
 //! the same constant, so a rename cannot silently split the two sides.
 
-/// Hash: interface ifindex (u32) -> [`crate::InterfaceConfig`]. The only hash on the ingress
-/// path (ifindexes are kernel-assigned and sparse); everything after it is indexed by ids the
-/// server assigns.
+/// Array: ifindex -> [`crate::InterfaceConfig`] for ifindexes below
+/// [`crate::MAX_DIRECT_IFINDEX`] (entries without `IFACE_PRESENT` are absent). An array lookup
+/// is inlined by the verifier; a hash lookup was measured at ~40 ns/packet on the test VM.
 pub const INTERFACES: &str = "INTERFACES";
+/// Hash: ifindex (u32) -> [`crate::InterfaceConfig`] for the rare ifindexes at or above
+/// [`crate::MAX_DIRECT_IFINDEX`] (a namespace's ifindex counter only grows, so a node with heavy
+/// interface churn reaches them).
+pub const INTERFACES_HIGH: &str = "INTERFACES_HIGH";
 /// Per-CPU array: interface slot -> [`crate::InterfaceStats`].
 pub const IFACE_STATS: &str = "IFACE_STATS";
 /// Per-CPU array with one entry: [`crate::InterfaceStats`] for packets seen on an ifindex that has
@@ -33,4 +37,4 @@ pub const BENCH_TARGET_SLOTS: u32 = 4;
 /// Every map of the forwarding programs, for status reporting and pin management (the benchmark
 /// maps are not among them).
 pub const ALL: &[&str] =
-    &[INTERFACES, IFACE_STATS, UNKNOWN_IFACE_STATS, ROUTES_V4, ROUTES_V6, NEXTHOPS, NEXTHOP_STATS, TX_PORTS];
+    &[INTERFACES, INTERFACES_HIGH, IFACE_STATS, UNKNOWN_IFACE_STATS, ROUTES_V4, ROUTES_V6, NEXTHOPS, NEXTHOP_STATS, TX_PORTS];

@@ -9,7 +9,7 @@ pub struct InterfaceConfig {
     /// VRF whose routes forward this interface's ingress traffic.
     pub vrf: u32,
     pub mtu: u32,
-    /// `IFACE_HAS_IPV4` | `IFACE_HAS_IPV6`.
+    /// `IFACE_PRESENT` | `IFACE_HAS_IPV4` | `IFACE_HAS_IPV6`.
     pub flags: u32,
     pub mac: [u8; 6],
     pub _pad: [u8; 2],
@@ -19,6 +19,9 @@ pub struct InterfaceConfig {
 }
 
 pub const IFACE_HAS_IPV4: u32 = 1;
+/// Set in every configured entry: an `INTERFACES` array entry without it is an ifindex the
+/// dataplane does not own.
+pub const IFACE_PRESENT: u32 = 4;
 pub const IFACE_HAS_IPV6: u32 = 2;
 
 /// Bits of the VRF in front of the address in an LPM key: a route of prefix length `n` is stored

@@ -7,12 +7,17 @@ use aya_ebpf::{
 };
 use dataplane_common::{
     maps::BENCH_TARGET_SLOTS, BenchFrame, InterfaceConfig, InterfaceStats, NextHop, NextHopStats, RouteAddrV4, RouteAddrV6, RouteValue,
-    MAX_INTERFACES, MAX_NEXTHOPS, MAX_ROUTES,
+    MAX_DIRECT_IFINDEX, MAX_HIGH_IFINDEXES, MAX_INTERFACES, MAX_NEXTHOPS, MAX_ROUTES,
 };
 
-/// ifindex -> interface config (slot, VRF, MTU, MAC, addresses).
+/// ifindex -> interface config (slot, VRF, MTU, MAC, addresses), ifindexes below
+/// `MAX_DIRECT_IFINDEX`.
 #[map(name = "INTERFACES")]
-pub static INTERFACES: HashMap<u32, InterfaceConfig> = HashMap::with_max_entries(MAX_INTERFACES, 0);
+pub static INTERFACES: Array<InterfaceConfig> = Array::with_max_entries(MAX_DIRECT_IFINDEX, 0);
+
+/// ifindex -> interface config for ifindexes at or above `MAX_DIRECT_IFINDEX`.
+#[map(name = "INTERFACES_HIGH")]
+pub static INTERFACES_HIGH: HashMap<u32, InterfaceConfig> = HashMap::with_max_entries(MAX_HIGH_IFINDEXES, 0);
 
 /// Interface slot -> per-CPU counters.
 #[map(name = "IFACE_STATS")]

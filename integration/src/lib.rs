@@ -127,8 +127,8 @@ impl Topology {
         let h2 = Netns::new("dph2-")?;
         let r0 = unique("r0-");
         let r1 = unique("r1-");
-        Self::wire(&rtr, &r0, R0_ADDR, &h1, H1_ADDR)?;
-        Self::wire(&rtr, &r1, R1_ADDR, &h2, H2_ADDR)?;
+        Self::wire(&rtr, &r0, R0_ADDR, &h1, H1_ADDR, None)?;
+        Self::wire(&rtr, &r1, R1_ADDR, &h2, H2_ADDR, None)?;
         rtr.exec("sysctl", &["-qw", "net.ipv4.ip_forward=1"])?;
         h1.exec("ip", &["route", "add", "default", "via", R0_ADDR])?;
         h2.exec("ip", &["route", "add", "default", "via", R1_ADDR])?;
@@ -140,13 +140,19 @@ impl Topology {
     /// get GRO, without which a veth drops frames redirected into it by XDP (no XDP program on
     /// the receiving end).
     pub fn routed() -> Result<Self> {
+        Self::routed_at(None)
+    }
+
+    /// [`Topology::routed`] with the router's interfaces at ifindexes `index` and `index + 1`
+    /// (e.g. past the dataplane's direct ifindex array).
+    pub fn routed_at(index: Option<u32>) -> Result<Self> {
         let h1 = Netns::with_ipv6("dph1-")?;
         let rtr = Netns::with_ipv6("dprt-")?;
         let h2 = Netns::with_ipv6("dph2-")?;
         let r0 = unique("r0-");
         let r1 = unique("r1-");
-        Self::wire(&rtr, &r0, R0_ADDR, &h1, H1_ADDR)?;
-        Self::wire(&rtr, &r1, R1_ADDR, &h2, H2_ADDR)?;
+        Self::wire(&rtr, &r0, R0_ADDR, &h1, H1_ADDR, index)?;
+        Self::wire(&rtr, &r1, R1_ADDR, &h2, H2_ADDR, index.map(|i| i + 1))?;
         for (ns, dev, addr) in [(&rtr, r0.as_str(), R0_ADDR6), (&rtr, r1.as_str(), R1_ADDR6), (&h1, "eth0", H1_ADDR6), (&h2, "eth0", H2_ADDR6)] {
             ns.exec("ip", &["-6", "addr", "add", &format!("{addr}/64"), "dev", dev, "nodad"])?;
         }
@@ -166,9 +172,15 @@ impl Topology {
     }
 
     /// veth `rtr_if` in `rtr` <-> `eth0` in `host`, both /24 and up.
-    fn wire(rtr: &Netns, rtr_if: &str, rtr_addr: &str, host: &Netns, host_addr: &str) -> Result<()> {
+    fn wire(rtr: &Netns, rtr_if: &str, rtr_addr: &str, host: &Netns, host_addr: &str, index: Option<u32>) -> Result<()> {
         let tmp = unique("vt-");
-        rtr.exec("ip", &["link", "add", rtr_if, "type", "veth", "peer", "name", &tmp])?;
+        let index = index.map(|i| i.to_string());
+        let mut add = vec!["link", "add", rtr_if];
+        if let Some(i) = &index {
+            add.extend(["index", i.as_str()]);
+        }
+        add.extend(["type", "veth", "peer", "name", &tmp]);
+        rtr.exec("ip", &add)?;
         rtr.exec("ip", &["link", "set", &tmp, "netns", &host.name])?;
         host.exec("ip", &["link", "set", &tmp, "name", "eth0"])?;
         rtr.exec("ip", &["addr", "add", &format!("{rtr_addr}/24"), "dev", rtr_if])?;

@@ -136,3 +136,25 @@ async fn tc_egress_router_originated_traffic_gets_next_hop_mac() {
     let out = topo.rtr.exec("ping", &["-c", "3", "-i", "0.1", "-W", "2", "203.0.113.2"]).unwrap();
     assert!(out.contains(" 0% packet loss"), "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarding_interfaces_past_the_direct_ifindex_array_forward_via_xdp() {
+    // A namespace's ifindex counter only grows: on a node with interface churn the router's
+    // interfaces end up past the INTERFACES array and live in INTERFACES_HIGH instead.
+    let index = dataplane_common::MAX_DIRECT_IFINDEX + 7;
+    let topo = Topology::routed_at(Some(index)).unwrap();
+    let server = Server::start(&topo.rtr).unwrap();
+    let mut client = server.client().await.unwrap();
+    program(&topo, &mut client).await;
+
+    let out = topo.h1.exec("ping", &["-c", "10", "-i", "0.05", "-W", "2", H2_ADDR]).unwrap();
+    assert!(out.contains(" 0% packet loss"), "{out}");
+    let out = topo.h1.exec("ping", &["-6", "-c", "10", "-i", "0.05", "-W", "2", H2_ADDR6]).unwrap();
+    assert!(out.contains(" 0% packet loss"), "{out}");
+    let r0 = counters(&mut client, &topo.r0).await;
+    assert!(reason(&r0, "forwarded") >= 20, "{r0:?}");
+
+    let status = client.system.get_status(pb::GetStatusRequest {}).await.unwrap().into_inner();
+    let used = |name: &str| status.maps.iter().find(|m| m.name == name).map(|m| m.occupancy).unwrap();
+    assert_eq!((used("INTERFACES"), used("INTERFACES_HIGH")), (0, 2), "{:?}", status.maps);
+}

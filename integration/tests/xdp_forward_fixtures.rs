@@ -46,13 +46,13 @@ use std::{
 };
 
 use aya::{
-    maps::{lpm_trie::Key, Array, DevMap, HashMap, LpmTrie, PerCpuArray},
+    maps::{lpm_trie::Key, Array, DevMap, LpmTrie, PerCpuArray},
     programs::{ProgramError, TestRun, TestRunOptions, Xdp},
     Ebpf, EbpfLoader,
 };
 use dataplane_common::{
     maps as map_names, programs,
-    route::{nexthop_kind, ECMP_MAX, IFACE_HAS_IPV4, IFACE_HAS_IPV6, VRF_BITS},
+    route::{nexthop_kind, ECMP_MAX, IFACE_HAS_IPV4, IFACE_HAS_IPV6, IFACE_PRESENT, VRF_BITS},
     InterfaceConfig, InterfaceStats, NextHop, NextHopStats, Reason, RouteAddrV4, RouteAddrV6,
     RouteValue, MAX_NEXTHOPS,
 };
@@ -625,13 +625,15 @@ impl Harness {
     }
 
     /// (Re-)registers the loopback ifindex as the server's attach does: `TX_PORTS[slot]` is the
-    /// interface itself, `INTERFACES[ifindex]` its configuration (replaced as one value).
+    /// interface itself, `INTERFACES[ifindex]` its configuration (replaced as one value), marked
+    /// present.
     fn interface(&mut self, cfg: InterfaceConfig) {
         self.tx_port(cfg.slot, self.lo);
         let map = self.ebpf.map_mut(map_names::INTERFACES).expect("INTERFACES map");
-        let mut interfaces: HashMap<_, u32, InterfaceConfig> =
-            HashMap::try_from(map).expect("INTERFACES is a u32 -> InterfaceConfig hash");
-        interfaces.insert(self.lo, cfg, 0).expect("insert into INTERFACES");
+        let mut interfaces: Array<_, InterfaceConfig> =
+            Array::try_from(map).expect("INTERFACES is an ifindex -> InterfaceConfig array");
+        let cfg = InterfaceConfig { flags: cfg.flags | IFACE_PRESENT, ..cfg };
+        interfaces.set(self.lo, cfg, 0).expect("write INTERFACES");
     }
 
     /// `TX_PORTS[slot] = ifindex`; ifindex 0 is how the server clears an entry (devmaps cannot

@@ -38,12 +38,12 @@
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use aya::{
-    maps::{HashMap, PerCpuArray},
+    maps::{Array, PerCpuArray},
     programs::{ProgramError, TestRun, TestRunOptions, Xdp},
     sys::SyscallError,
     Ebpf, EbpfLoader,
 };
-use dataplane_common::{maps as map_names, programs, InterfaceConfig, InterfaceStats, Reason};
+use dataplane_common::{maps as map_names, programs, route::IFACE_PRESENT, InterfaceConfig, InterfaceStats, Reason};
 use dataplane_server::dataplane::loader::EBPF_OBJECT;
 
 /// `xdp_action::XDP_PASS`.
@@ -452,22 +452,22 @@ impl Harness {
     }
 
     /// Enters `ifindex` in `INTERFACES` the way the server's attach does: VRF 0, MTU 1500, and
-    /// no address (flags 0), so no fixture can be taken for traffic to the interface itself.
+    /// no address (flags: present only), so no fixture can be taken for traffic to the interface itself.
     fn register(&mut self, ifindex: u32, slot: u32) {
         let cfg = InterfaceConfig {
             slot,
             vrf: 0,
             mtu: 1500,
-            flags: 0,
+            flags: IFACE_PRESENT,
             mac: MAC_DST,
             _pad: [0; 2],
             ipv4: [0; 4],
             ipv6: [0; 16],
         };
         let map = self.ebpf.map_mut(map_names::INTERFACES).expect("INTERFACES map");
-        let mut interfaces: HashMap<_, u32, InterfaceConfig> =
-            HashMap::try_from(map).expect("INTERFACES is a u32 -> InterfaceConfig hash");
-        interfaces.insert(ifindex, cfg, 0).expect("insert into INTERFACES");
+        let mut interfaces: Array<_, InterfaceConfig> =
+            Array::try_from(map).expect("INTERFACES is an ifindex -> InterfaceConfig array");
+        interfaces.set(ifindex, cfg, 0).expect("write INTERFACES");
     }
 
     /// Counters of entry `index` of a per-CPU stats array, summed over CPUs.

@@ -16,7 +16,7 @@ use aya::{
 };
 use dataplane_common::{
     maps as names, programs,
-    route::{nexthop_kind, IFACE_HAS_IPV4, IFACE_HAS_IPV6, ECMP_MAX},
+    route::{nexthop_kind, IFACE_HAS_IPV4, IFACE_HAS_IPV6, IFACE_PRESENT, ECMP_MAX},
     InterfaceConfig, InterfaceStats, NextHop, NextHopStats,
 };
 use tracing::{info, warn};
@@ -109,7 +109,8 @@ impl KernelDataplane {
         {
             T::try_from(take_map(ebpf, name)?).map_err(DataplaneError::map(name, "open"))
         }
-        let interfaces: HashMap<_, u32, InterfaceConfig> = open(&mut ebpf, names::INTERFACES)?;
+        let interfaces: Array<_, InterfaceConfig> = open(&mut ebpf, names::INTERFACES)?;
+        let interfaces_high: HashMap<_, u32, InterfaceConfig> = open(&mut ebpf, names::INTERFACES_HIGH)?;
         let iface_stats: PerCpuArray<_, InterfaceStats> = open(&mut ebpf, names::IFACE_STATS)?;
         let nexthops: Array<_, NextHop> = open(&mut ebpf, names::NEXTHOPS)?;
         let nexthop_stats: PerCpuArray<_, NextHopStats> = open(&mut ebpf, names::NEXTHOP_STATS)?;
@@ -121,7 +122,7 @@ impl KernelDataplane {
         Ok(Self {
             inner: Mutex::new(Inner {
                 ebpf,
-                interfaces: Interfaces(interfaces),
+                interfaces: Interfaces::new(interfaces, interfaces_high),
                 iface_stats: CounterArray::new(names::IFACE_STATS, iface_stats)?,
                 nexthops: NextHops(nexthops),
                 nexthop_stats: CounterArray::new(names::NEXTHOP_STATS, nexthop_stats)?,
@@ -295,7 +296,7 @@ fn detach_locked(inner: &mut Inner, ifindex: u32, slot: Option<u32>) -> Result<(
 }
 
 fn interface_config(p: &InterfaceParams) -> InterfaceConfig {
-    let mut flags = 0;
+    let mut flags = IFACE_PRESENT;
     if p.link.ipv4.is_some() {
         flags |= IFACE_HAS_IPV4;
     }
@@ -449,7 +450,11 @@ impl Dataplane for KernelDataplane {
                 .map_type()
                 .map(|t| map_type_name(t).to_owned())
                 .unwrap_or_else(|_| "unknown".to_owned());
-            let keys = (*name == names::INTERFACES).then(|| inner.interfaces.count());
+            let keys = match *name {
+                names::INTERFACES => Some(inner.interfaces.count_direct()),
+                names::INTERFACES_HIGH => Some(inner.interfaces.count_high()),
+                _ => None,
+            };
             out.push(MapStatus {
                 name,
                 kind,

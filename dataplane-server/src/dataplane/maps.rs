@@ -1,10 +1,10 @@
 //! Typed wrappers over the programs' maps: the rest of the server never sees key/value bytes.
 
-use std::net::IpAddr;
+use std::{collections::BTreeSet, net::IpAddr};
 
 use aya::maps::{lpm_trie::Key, Array, DevMap, HashMap, LpmTrie, MapData, MapError, PerCpuArray, PerCpuValues};
 use dataplane_common::{
-    maps as names, route::VRF_BITS, InterfaceConfig, NextHop, NextHopStats, RouteAddrV4, RouteAddrV6, RouteValue,
+    maps as names, route::VRF_BITS, InterfaceConfig, MAX_DIRECT_IFINDEX, NextHop, NextHopStats, RouteAddrV4, RouteAddrV6, RouteValue,
 };
 
 use super::DataplaneError;
@@ -14,25 +14,55 @@ fn cpus() -> Result<usize, DataplaneError> {
     aya::util::nr_cpus().map_err(|(path, source)| DataplaneError::Io { path: path.into(), op: "read possible CPUs", source })
 }
 
-/// `INTERFACES`: ifindex -> interface config.
-pub struct Interfaces(pub HashMap<MapData, u32, InterfaceConfig>);
+/// `INTERFACES` (array by ifindex) and `INTERFACES_HIGH` (hash, ifindexes past the array):
+/// ifindex -> interface config, each ifindex in exactly one of them.
+pub struct Interfaces {
+    direct: Array<MapData, InterfaceConfig>,
+    high: HashMap<MapData, u32, InterfaceConfig>,
+    /// Ifindexes with an entry, for counting without walking 64k array entries.
+    present: BTreeSet<u32>,
+}
 
 impl Interfaces {
+    pub fn new(direct: Array<MapData, InterfaceConfig>, high: HashMap<MapData, u32, InterfaceConfig>) -> Self {
+        Self { direct, high, present: BTreeSet::new() }
+    }
+
+    /// Writes `cfg` (which must carry `IFACE_PRESENT`) for `ifindex`.
     pub fn insert(&mut self, ifindex: u32, cfg: &InterfaceConfig) -> Result<(), DataplaneError> {
-        self.0.insert(ifindex, cfg, 0).map_err(DataplaneError::map(names::INTERFACES, "insert"))
+        if ifindex < MAX_DIRECT_IFINDEX {
+            self.direct.set(ifindex, cfg, 0).map_err(DataplaneError::map(names::INTERFACES, "update"))?;
+        } else {
+            self.high.insert(ifindex, cfg, 0).map_err(DataplaneError::map(names::INTERFACES_HIGH, "insert"))?;
+        }
+        self.present.insert(ifindex);
+        Ok(())
     }
 
     pub fn remove(&mut self, ifindex: u32) -> Result<(), DataplaneError> {
-        match self.0.remove(&ifindex) {
-            // Already gone is what we wanted.
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(e) => Err(DataplaneError::map(names::INTERFACES, "remove")(e)),
+        if ifindex < MAX_DIRECT_IFINDEX {
+            // An all-zero entry lacks IFACE_PRESENT: absent to the programs.
+            let empty = InterfaceConfig { slot: 0, vrf: 0, mtu: 0, flags: 0, mac: [0; 6], _pad: [0; 2], ipv4: [0; 4], ipv6: [0; 16] };
+            self.direct.set(ifindex, empty, 0).map_err(DataplaneError::map(names::INTERFACES, "clear"))?;
+        } else {
+            match self.high.remove(&ifindex) {
+                // Already gone is what we wanted.
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(DataplaneError::map(names::INTERFACES_HIGH, "remove")(e)),
+            }
         }
+        self.present.remove(&ifindex);
+        Ok(())
     }
 
-    /// Keys present (the kernel offers no count; this walks the keys).
-    pub fn count(&self) -> u64 {
-        self.0.keys().filter(|k| k.is_ok()).count() as u64
+    /// Entries in `INTERFACES`.
+    pub fn count_direct(&self) -> u64 {
+        self.present.range(..MAX_DIRECT_IFINDEX).count() as u64
+    }
+
+    /// Entries in `INTERFACES_HIGH`.
+    pub fn count_high(&self) -> u64 {
+        self.present.range(MAX_DIRECT_IFINDEX..).count() as u64
     }
 }
 
