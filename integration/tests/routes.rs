@@ -1,7 +1,8 @@
 //! Routes at scale and against the Linux FIB: 100,000 routes in one AddRoutes batch answered
 //! correctly by LookupRoute (which reads the LPM map the XDP program reads), an all-or-nothing
 //! batch, and longest-prefix answers that agree with the kernel's own FIB (`ip route get
-//! fibmatch`) for thousands of random overlapping IPv4 and IPv6 prefixes.
+//! fibmatch`) for thousands of random overlapping IPv4 and IPv6 prefixes, both from LookupRoute
+//! and from the XDP program's own verdict (a test run over the server's pinned maps).
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -151,7 +152,7 @@ async fn lookup_route_random_overlapping_prefixes_agrees_with_kernel_fib() {
     let dp = Netns::new("dprs-").unwrap();
     let server = Server::start(&dp).unwrap();
     let mut client = server.client().await.unwrap();
-    nexthops(&mut client).await;
+    encap_nexthops_via_lo(&mut client).await;
 
     let mut rng = Rng(0xf1b_5eed_0042);
     let mut v4: BTreeSet<(u32, u8)> = BTreeSet::new();
@@ -182,7 +183,7 @@ async fn lookup_route_random_overlapping_prefixes_agrees_with_kernel_fib() {
         routes.push(pb::Route { vrf: 0, prefix: p, next_hop: 1 + (i % 8) as u32 });
     }
     ip_batch(&fib, &script);
-    client.routing.add_routes(pb::AddRoutesRequest { routes }).await.unwrap();
+    client.routing.add_routes(pb::AddRoutesRequest { routes: routes.clone() }).await.unwrap();
 
     // Random addresses, half of them inside installed prefixes, half anywhere in the space.
     let v4k: Vec<_> = v4.iter().copied().collect();
@@ -207,6 +208,7 @@ async fn lookup_route_random_overlapping_prefixes_agrees_with_kernel_fib() {
     assert_eq!(answers.len(), addrs.len(), "one fibmatch line per query");
     let mut mismatches = Vec::new();
     let mut checked = 0;
+    let mut kernel_answers = Vec::new();
     for (a, line) in addrs.iter().zip(answers) {
         // fibmatch prints the matched route: "PREFIX dev ...", "default dev ...", or a bare
         // address for a host route.
@@ -221,8 +223,112 @@ async fn lookup_route_random_overlapping_prefixes_agrees_with_kernel_fib() {
         if Some(&kernel) != ours.as_ref() {
             mismatches.push(format!("{a}: kernel {kernel}, dataplane {ours:?}"));
         }
+        kernel_answers.push(kernel);
         checked += 1;
     }
     assert!(checked >= 3000);
     assert!(mismatches.is_empty(), "{} of {checked} disagree:\n{}", mismatches.len(), mismatches[..mismatches.len().min(20)].join("\n"));
+
+    // The XDP program itself, over the server's own pinned maps: every address must leave
+    // through the next hop of the route the kernel chose (each next hop has its own MAC).
+    let nh_of: BTreeMap<&str, u32> = routes.iter().map(|r| (r.prefix.as_str(), r.next_hop)).collect();
+    let xdp = XdpOverPins::load(&server.bpffs);
+    let mut wrong = Vec::new();
+    for (a, kernel) in addrs.iter().zip(&kernel_answers) {
+        let nh = nh_of[kernel.as_str()];
+        let (verdict, out) = xdp.run(&udp_frame(*a));
+        if verdict != XDP_REDIRECT || out[..6] != nh_mac(nh) {
+            wrong.push(format!("{a}: kernel {kernel} (next hop {nh}), XDP verdict {verdict}, dst MAC {:02x?}", &out[..6]));
+        }
+    }
+    assert!(wrong.is_empty(), "{} of {} XDP verdicts disagree:\n{}", wrong.len(), addrs.len(), wrong[..wrong.len().min(20)].join("\n"));
+}
+
+const XDP_REDIRECT: u32 = 4;
+
+/// MAC of next hop `id` in the FIB comparison.
+fn nh_mac(id: u32) -> [u8; 6] {
+    [0x02, 0, 0, 0, 0, id as u8]
+}
+
+/// Next hops 1..=8: ENCAP out of the server namespace's loopback (attached for this), each to
+/// its own MAC, so a forwarded frame names the next hop that carried it.
+async fn encap_nexthops_via_lo(client: &mut Client) {
+    client.interfaces.add_interface(pb::AddInterfaceRequest { name: "lo".into(), ..Default::default() }).await.unwrap();
+    let next_hops = (1..=8)
+        .map(|id| pb::NextHop {
+            id,
+            kind: Some(pb::next_hop::Kind::Encap(pb::EncapNextHop {
+                interface: "lo".into(),
+                dst_mac: nh_mac(id).iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":"),
+                src_mac: String::new(),
+            })),
+            ..Default::default()
+        })
+        .collect();
+    client.routing.add_next_hops(pb::AddNextHopsRequest { next_hops }).await.unwrap();
+}
+
+/// A second copy of `dp_xdp_ingress` loaded over the server's pinned maps: it sees exactly the
+/// routes, next hops and interfaces the server's attached program sees. A test run without
+/// `ctx_in` receives on the loopback of the caller's namespace, ifindex 1 like the server
+/// namespace's `lo`, whose INTERFACES entry it therefore uses.
+struct XdpOverPins {
+    ebpf: aya::Ebpf,
+}
+
+impl XdpOverPins {
+    fn load(bpffs: &std::path::Path) -> Self {
+        let mut loader = aya::EbpfLoader::new();
+        for name in dataplane_common::maps::ALL {
+            let pin = bpffs.join("v1/maps").join(name);
+            // A missing pin would make the loader create (and pin) a fresh map instead.
+            assert!(pin.exists(), "{} not pinned", pin.display());
+            loader.map_pin_path(name, pin);
+        }
+        let mut ebpf = loader.load(dataplane_server::dataplane::loader::EBPF_OBJECT).expect("load object over pins");
+        let xdp: &mut aya::programs::Xdp =
+            ebpf.program_mut(dataplane_common::programs::XDP_INGRESS).unwrap().try_into().unwrap();
+        xdp.load().expect("load dp_xdp_ingress");
+        Self { ebpf }
+    }
+
+    fn run(&self, frame: &[u8]) -> (u32, Vec<u8>) {
+        use aya::programs::{TestRun, TestRunOptions, Xdp};
+        let xdp: &Xdp = self.ebpf.program(dataplane_common::programs::XDP_INGRESS).unwrap().try_into().unwrap();
+        let mut out = vec![0u8; frame.len() + 256];
+        let r = xdp
+            .test_run(TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), repeat: 1, ..Default::default() })
+            .expect("test run");
+        out.truncate(r.data_size_out as usize);
+        (r.return_value, out)
+    }
+}
+
+/// A UDP datagram to `dst` in a frame for the loopback's (all-zero) MAC.
+fn udp_frame(dst: IpAddr) -> Vec<u8> {
+    let mut f = vec![0, 0, 0, 0, 0, 0, 0x02, 0, 0, 0, 0, 0x99];
+    match dst {
+        IpAddr::V4(d) => {
+            f.extend_from_slice(&[0x08, 0x00, 0x45, 0, 0, 28, 0, 1, 0x40, 0, 64, 17, 0, 0, 192, 0, 2, 10]);
+            f.extend_from_slice(&d.octets());
+            let sum = !ones_sum(&f[14..34]);
+            f[24..26].copy_from_slice(&sum.to_be_bytes());
+        }
+        IpAddr::V6(d) => {
+            f.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0, 0, 8, 17, 64]);
+            f.extend_from_slice(&Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 0x10).octets());
+            f.extend_from_slice(&d.octets());
+        }
+    }
+    f.extend_from_slice(&[0x30, 0x39, 0x00, 0x35, 0, 8, 0, 0]);
+    f
+}
+
+fn ones_sum(b: &[u8]) -> u16 {
+    let mut s: u32 = b.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], c[1]]))).sum();
+    while s > 0xffff {
+        s = (s & 0xffff) + (s >> 16);
+    }
+    s as u16
 }
