@@ -217,7 +217,8 @@ pub struct Server {
     pub socket: PathBuf,
     pub bpffs: PathBuf,
     pub log: PathBuf,
-    run_dir: PathBuf,
+    /// Scratch directory of this server (socket, log); removed on drop.
+    pub run_dir: PathBuf,
 }
 
 impl Server {

@@ -81,3 +81,81 @@ fn dpctl_errors_print_code_and_exit_nonzero() {
     assert_eq!(o.status.code(), Some(2), "connection failure is not a gRPC status");
     assert!(stderr(&o).contains("/nonexistent/dataplane.sock"), "{}", stderr(&o));
 }
+
+/// dpctl's routing verbs end to end: VRFs, every next-hop kind, routes one by one and from a
+/// file, list filters, lookup, deletion, and the errors a controller meets most.
+#[test]
+fn dpctl_vrf_nexthop_route_verbs_round_trip() {
+    let ns = integration::Netns::new("dpcr-").unwrap();
+    let server = Server::start(&ns).unwrap();
+    let ok = |args: &[&str]| {
+        let o = server.dpctl(args);
+        assert!(o.status.success(), "dpctl {args:?}: {}", stderr(&o));
+        stdout(&o)
+    };
+    let fails = |args: &[&str], code: &str| {
+        let o = server.dpctl(args);
+        assert_eq!(o.status.code(), Some(1), "dpctl {args:?} should fail: {}", stdout(&o));
+        assert!(stderr(&o).starts_with(&format!("error: {code}: ")), "dpctl {args:?}: {}", stderr(&o));
+        stderr(&o)
+    };
+
+    ok(&["vrf", "add", "7"]);
+    ok(&["interface", "add", "lo", "--vrf", "7"]);
+    let vrfs: Value = serde_json::from_str(&ok(&["vrf", "list", "-o", "json"])).unwrap();
+    let ids: Vec<u64> = vrfs.as_array().unwrap().iter().map(|v| v["id"].as_u64().unwrap()).collect();
+    assert_eq!(ids, [0, 7], "{vrfs}");
+
+    ok(&["nexthop", "add", "1", "--interface", "lo", "--dst-mac", "02:00:00:00:00:01"]);
+    ok(&["nexthop", "add", "2", "--interface", "lo", "--dst-mac", "02:00:00:00:00:02", "--src-mac", "02:00:00:00:00:aa"]);
+    ok(&["nexthop", "add", "3", "--ecmp", "1,2"]);
+    ok(&["nexthop", "add", "4", "--discard"]);
+    ok(&["nexthop", "add", "5", "--receive"]);
+    let table = ok(&["nexthop", "list"]);
+    for kind in ["encap", "ecmp", "discard", "receive"] {
+        assert!(table.contains(kind), "{table}");
+    }
+
+    ok(&["route", "add", "198.51.100.0/24", "--nexthop", "3"]);
+    ok(&["route", "add", "198.51.100.0/24", "--nexthop", "1", "--vrf", "7"]);
+    let file = server.run_dir.join("routes");
+    std::fs::write(&file, "# prefix nexthop [vrf]\n203.0.113.0/24 4\n2001:db8:5::/48 5\n192.0.2.0/25 2 7\n\n").unwrap();
+    ok(&["route", "add", "--file", file.to_str().unwrap()]);
+
+    let all: Value = serde_json::from_str(&ok(&["route", "list", "-o", "json"])).unwrap();
+    assert_eq!(all.as_array().unwrap().len(), 5, "{all}");
+    let vrf7: Value = serde_json::from_str(&ok(&["route", "list", "--vrf", "7", "-o", "json"])).unwrap();
+    assert_eq!(vrf7.as_array().unwrap().len(), 2, "{vrf7}");
+    let within: Value = serde_json::from_str(&ok(&["route", "list", "--prefix", "198.51.100.0/23", "-o", "json"])).unwrap();
+    assert_eq!(within.as_array().unwrap().len(), 2, "both VRFs' 198.51.100.0/24: {within}");
+
+    let hit = ok(&["route", "lookup", "198.51.100.9"]);
+    assert!(hit.contains("198.51.100.0/24") && hit.contains("next hop 3"), "{hit}");
+    let hit = ok(&["route", "lookup", "198.51.100.9", "--vrf", "7"]);
+    assert!(hit.contains("next hop 1"), "{hit}");
+    let hit = ok(&["route", "lookup", "2001:db8:5::1"]);
+    assert!(hit.contains("2001:db8:5::/48"), "{hit}");
+
+    // Errors: precise codes, and nothing changes.
+    fails(&["nexthop", "del", "1"], "FAILED_PRECONDITION");
+    fails(&["route", "add", "198.51.100.128/24", "--nexthop", "1"], "INVALID_ARGUMENT");
+    fails(&["route", "add", "198.51.101.0/24", "--nexthop", "99"], "NOT_FOUND");
+    fails(&["vrf", "del", "7"], "FAILED_PRECONDITION");
+    let bad = server.run_dir.join("bad-routes");
+    std::fs::write(&bad, "203.0.113.128/25 4\n203.0.113.0/33 4\n").unwrap();
+    let o = server.dpctl(&["route", "add", "--file", bad.to_str().unwrap()]);
+    assert_ne!(o.status.code(), Some(0), "a file with a bad line must not load");
+    let after: Value = serde_json::from_str(&ok(&["route", "list", "-o", "json"])).unwrap();
+    assert_eq!(after.as_array().unwrap().len(), 5, "the good line of a bad file was applied: {after}");
+
+    ok(&["route", "del", "198.51.100.0/24", "--vrf", "7"]);
+    ok(&["route", "del", "--file", file.to_str().unwrap()]);
+    ok(&["route", "del", "198.51.100.0/24"]);
+    assert_eq!(ok(&["route", "list", "-o", "json"]).trim(), "[]");
+    ok(&["nexthop", "del", "3"]);
+    fails(&["interface", "del", "lo"], "FAILED_PRECONDITION");
+    ok(&["nexthop", "del", "1"]);
+    ok(&["nexthop", "del", "2"]);
+    ok(&["interface", "del", "lo"]);
+    ok(&["vrf", "del", "7"]);
+}
