@@ -5,6 +5,7 @@
 #![no_std]
 
 pub mod maps;
+pub mod policy;
 pub mod reason;
 pub mod route;
 pub mod stats;
@@ -67,6 +68,11 @@ mod pod {
     unsafe impl aya::Pod for super::NextHop {}
     unsafe impl aya::Pod for super::NextHopStats {}
     unsafe impl aya::Pod for super::BenchFrame {}
+    unsafe impl aya::Pod for super::policy::PolicyTable {}
+    unsafe impl aya::Pod for super::policy::PolicyAddrV4 {}
+    unsafe impl aya::Pod for super::policy::PolicyAddrV6 {}
+    unsafe impl aya::Pod for super::policy::PolicyL4 {}
+    unsafe impl aya::Pod for super::policy::RuleStats {}
 }
 
 // The layouts above have no implicit padding; these sizes are what both sides agree on.

@@ -25,6 +25,24 @@ pub const NEXTHOP_STATS: &str = "NEXTHOP_STATS";
 /// Devmap: interface slot -> ifindex, the redirect targets.
 pub const TX_PORTS: &str = "TX_PORTS";
 
+/// Array: `interface slot * 2 + direction` -> attachment word (`policy::attach_word`).
+pub const POLICY_ATTACH: &str = "POLICY_ATTACH";
+/// Array: policy table -> [`crate::policy::PolicyTable`].
+pub const POLICY_TABLE_HDRS: &str = "POLICY_TABLE_HDRS";
+/// Array of u64: class records (summary words, then bitmap words) of every table.
+pub const POLICY_WORDS: &str = "POLICY_WORDS";
+/// LPM tries: (table, address) -> class record offset.
+pub const POLICY_V4_SRC: &str = "POLICY_V4_SRC";
+pub const POLICY_V4_DST: &str = "POLICY_V4_DST";
+pub const POLICY_V6_SRC: &str = "POLICY_V6_SRC";
+pub const POLICY_V6_DST: &str = "POLICY_V6_DST";
+/// LPM trie: (table, L4 field, value) -> class record offset.
+pub const POLICY_L4: &str = "POLICY_L4";
+/// Array: rule slot -> action (u32).
+pub const POLICY_ACTIONS: &str = "POLICY_ACTIONS";
+/// Per-CPU array: rule slot -> [`crate::policy::RuleStats`].
+pub const POLICY_RULE_STATS: &str = "POLICY_RULE_STATS";
+
 /// Program array with [`BENCH_TARGET_SLOTS`] entries: what the benchmark harness program tail-calls.
 /// Benchmark-only: never written, pinned or read by the server.
 pub const BENCH_TARGETS: &str = "BENCH_TARGETS";
@@ -36,5 +54,24 @@ pub const BENCH_TARGET_SLOTS: u32 = 4;
 
 /// Every map of the forwarding programs, for status reporting and pin management (the benchmark
 /// maps are not among them).
-pub const ALL: &[&str] =
-    &[INTERFACES, INTERFACES_HIGH, IFACE_STATS, UNKNOWN_IFACE_STATS, ROUTES_V4, ROUTES_V6, NEXTHOPS, NEXTHOP_STATS, TX_PORTS];
+pub const ALL: &[&str] = &[
+    INTERFACES,
+    INTERFACES_HIGH,
+    IFACE_STATS,
+    UNKNOWN_IFACE_STATS,
+    ROUTES_V4,
+    ROUTES_V6,
+    NEXTHOPS,
+    NEXTHOP_STATS,
+    TX_PORTS,
+    POLICY_ATTACH,
+    POLICY_TABLE_HDRS,
+    POLICY_WORDS,
+    POLICY_V4_SRC,
+    POLICY_V4_DST,
+    POLICY_V6_SRC,
+    POLICY_V6_DST,
+    POLICY_L4,
+    POLICY_ACTIONS,
+    POLICY_RULE_STATS,
+];

@@ -97,6 +97,13 @@ reasons! {
     /// IP in a frame not addressed to the interface's MAC (another host's, or broadcast): the
     /// kernel's to drop or handle, as it would without the dataplane.
     PassOtherHost = 22, "pass_other_host", Pass;
+    /// A policy rule with action DENY matched.
+    DropPolicy = 23, "drop_policy", Drop;
+    /// No policy rule matched and the attachment's default action is DENY.
+    DropPolicyDefault = 24, "drop_policy_default", Drop;
+    /// A policy rule with action PUNT matched: handed to the kernel stack (until flow misses
+    /// carry it to the controller).
+    PassPolicyPunt = 25, "pass_policy_punt", Pass;
 }
 #[cfg(test)]
 mod tests {

@@ -11,6 +11,7 @@ mod interface;
 mod maps;
 mod nexthop;
 mod parse;
+mod policy;
 mod rewrite;
 mod route;
 mod stats;
@@ -21,7 +22,10 @@ use aya_ebpf::{
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
-use dataplane_common::{InterfaceConfig, Reason};
+use dataplane_common::{
+    policy::{DIR_EGRESS, DIR_INGRESS},
+    InterfaceConfig, Reason,
+};
 use nexthop::Resolved;
 use parse::{Packet, L3};
 
@@ -49,6 +53,12 @@ fn ingress(ctx: &XdpContext, cfg: &InterfaceConfig) -> (u32, Reason) {
     if let Err(reason) = parse::parse(ctx, &mut pkt) {
         return (PASS, reason);
     }
+    let len = (ctx.data_end() - ctx.data()) as u64;
+    if matches!(pkt.l3, L3::Ipv4 | L3::Ipv6) {
+        if let Err(reason) = policy::check(cfg.slot, DIR_INGRESS, &pkt, len) {
+            return (verdict_for(reason), reason);
+        }
+    }
     if let Err(reason) = for_us(ctx, &pkt, cfg) {
         return (PASS, reason);
     }
@@ -72,6 +82,9 @@ fn ingress(ctx: &XdpContext, cfg: &InterfaceConfig) -> (u32, Reason) {
     if (pkt.l3_end - pkt.l3_off) as u32 > nh.mtu {
         return (PASS, Reason::PassMtu);
     }
+    if let Err(reason) = policy::check(nh.tx_slot, DIR_EGRESS, &pkt, len) {
+        return (verdict_for(reason), reason);
+    }
     if !rewrite::decrement_ttl(ctx, &pkt) || !rewrite::macs(ctx, nh) {
         return (PASS, Reason::Ipv4Truncated);
     }
@@ -81,6 +94,15 @@ fn ingress(ctx: &XdpContext, cfg: &InterfaceConfig) -> (u32, Reason) {
             (action, Reason::Forwarded)
         }
         Err(_) => (xdp_action::XDP_DROP, Reason::DropNoTxPort),
+    }
+}
+
+/// XDP_DROP for drop reasons, XDP_PASS for the others.
+#[inline(always)]
+fn verdict_for(reason: Reason) -> u32 {
+    match reason.kind() {
+        dataplane_common::reason::ReasonKind::Drop => xdp_action::XDP_DROP,
+        _ => xdp_action::XDP_PASS,
     }
 }
 
@@ -153,7 +175,14 @@ fn egress(ctx: &TcContext, cfg: &InterfaceConfig, ifindex: u32) -> i32 {
         return TC_ACT_OK;
     }
     // Egress frames carry the kernel's choice of MAC, so only the L3 checks apply here.
-    if pkt.vlan_tags != 0 || multicast_dst(&pkt) || !matches!(pkt.l3, L3::Ipv4 | L3::Ipv6) {
+    if pkt.vlan_tags != 0 || !matches!(pkt.l3, L3::Ipv4 | L3::Ipv6) {
+        return TC_ACT_OK;
+    }
+    match policy::check(cfg.slot, DIR_EGRESS, &pkt, len as u64) {
+        Err(Reason::DropPolicy | Reason::DropPolicyDefault) => return TC_ACT_SHOT,
+        _ => {}
+    }
+    if multicast_dst(&pkt) {
         return TC_ACT_OK;
     }
     let Some(nh_slot) = route::lookup(cfg.vrf, &pkt) else { return TC_ACT_OK };

@@ -6,7 +6,11 @@ use aya_ebpf::{
     maps::{Array, DevMap, HashMap, LpmTrie, PerCpuArray, ProgramArray},
 };
 use dataplane_common::{
-    maps::BENCH_TARGET_SLOTS, BenchFrame, InterfaceConfig, InterfaceStats, NextHop, NextHopStats, RouteAddrV4, RouteAddrV6, RouteValue,
+    maps::BENCH_TARGET_SLOTS,
+    policy::{
+        PolicyAddrV4, PolicyAddrV6, PolicyL4, PolicyTable, RuleStats, POLICY_LPM_ENTRIES, POLICY_POOL_WORDS,
+        POLICY_RULE_SLOTS, POLICY_TABLES,
+    }, BenchFrame, InterfaceConfig, InterfaceStats, NextHop, NextHopStats, RouteAddrV4, RouteAddrV6, RouteValue,
     MAX_DIRECT_IFINDEX, MAX_HIGH_IFINDEXES, MAX_INTERFACES, MAX_NEXTHOPS, MAX_ROUTES,
 };
 
@@ -54,3 +58,43 @@ pub static BENCH_TARGETS: ProgramArray = ProgramArray::with_max_entries(BENCH_TA
 /// Benchmark only: the frame head `dp_bench_harness` restores before every repetition.
 #[map(name = "BENCH_FRAME")]
 pub static BENCH_FRAME: Array<BenchFrame> = Array::with_max_entries(1, 0);
+
+/// `interface slot * 2 + direction` -> policy attachment word (0: none).
+#[map(name = "POLICY_ATTACH")]
+pub static POLICY_ATTACH: Array<u32> = Array::with_max_entries(MAX_INTERFACES * 2, 0);
+
+/// Policy table -> header (sizes, rule base, protocol and TCP-flags classes).
+#[map(name = "POLICY_TABLE_HDRS")]
+pub static POLICY_TABLE_HDRS: Array<PolicyTable> = Array::with_max_entries(POLICY_TABLES, 0);
+
+/// Class records of every policy table: summary words then bitmap words.
+#[map(name = "POLICY_WORDS")]
+pub static POLICY_WORDS: Array<u64> = Array::with_max_entries(POLICY_POOL_WORDS, 0);
+
+/// (table, IPv4 source prefix) -> class record offset.
+#[map(name = "POLICY_V4_SRC")]
+pub static POLICY_V4_SRC: LpmTrie<PolicyAddrV4, u32> = LpmTrie::with_max_entries(POLICY_LPM_ENTRIES, 0);
+
+/// (table, IPv4 destination prefix) -> class record offset.
+#[map(name = "POLICY_V4_DST")]
+pub static POLICY_V4_DST: LpmTrie<PolicyAddrV4, u32> = LpmTrie::with_max_entries(POLICY_LPM_ENTRIES, 0);
+
+/// (table, IPv6 source prefix) -> class record offset.
+#[map(name = "POLICY_V6_SRC")]
+pub static POLICY_V6_SRC: LpmTrie<PolicyAddrV6, u32> = LpmTrie::with_max_entries(POLICY_LPM_ENTRIES, 0);
+
+/// (table, IPv6 destination prefix) -> class record offset.
+#[map(name = "POLICY_V6_DST")]
+pub static POLICY_V6_DST: LpmTrie<PolicyAddrV6, u32> = LpmTrie::with_max_entries(POLICY_LPM_ENTRIES, 0);
+
+/// (table, L4 field, value prefix) -> class record offset.
+#[map(name = "POLICY_L4")]
+pub static POLICY_L4: LpmTrie<PolicyL4, u32> = LpmTrie::with_max_entries(POLICY_LPM_ENTRIES, 0);
+
+/// Rule slot -> action.
+#[map(name = "POLICY_ACTIONS")]
+pub static POLICY_ACTIONS: Array<u32> = Array::with_max_entries(POLICY_RULE_SLOTS, 0);
+
+/// Rule slot -> per-CPU hit counters.
+#[map(name = "POLICY_RULE_STATS")]
+pub static POLICY_RULE_STATS: PerCpuArray<RuleStats> = PerCpuArray::with_max_entries(POLICY_RULE_SLOTS, 0);
