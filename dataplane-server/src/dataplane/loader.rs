@@ -22,7 +22,7 @@ use dataplane_common::{
 use tracing::{info, warn};
 
 use super::{
-    maps::{CounterArray, Interfaces, NextHops, Routes, TxPorts},
+    maps::{CounterArray, Interfaces, NextHops, PolicyMaps, Routes, TxPorts},
     netdev, Attachment, Dataplane, DataplaneError, InterfaceParams, LinkInfo, MapStatus, NextHopParams,
     ProgramStatus, RouteMatch, XdpMode,
 };
@@ -58,6 +58,7 @@ pub(super) struct Inner {
     nexthop_stats: CounterArray<NextHopStats>,
     tx_ports: TxPorts,
     routes: Routes,
+    policies: PolicyMaps,
     links: StdHashMap<u32, InterfaceLinks>,
 }
 
@@ -117,6 +118,18 @@ impl KernelDataplane {
         let tx_ports: DevMap<_> = open(&mut ebpf, names::TX_PORTS)?;
         let v4: LpmTrie<_, _, _> = open(&mut ebpf, names::ROUTES_V4)?;
         let v6: LpmTrie<_, _, _> = open(&mut ebpf, names::ROUTES_V6)?;
+        let policies = PolicyMaps {
+            attach: open(&mut ebpf, names::POLICY_ATTACH)?,
+            headers: open(&mut ebpf, names::POLICY_TABLE_HDRS)?,
+            words: open(&mut ebpf, names::POLICY_WORDS)?,
+            v4_src: open(&mut ebpf, names::POLICY_V4_SRC)?,
+            v4_dst: open(&mut ebpf, names::POLICY_V4_DST)?,
+            v6_src: open(&mut ebpf, names::POLICY_V6_SRC)?,
+            v6_dst: open(&mut ebpf, names::POLICY_V6_DST)?,
+            l4: open(&mut ebpf, names::POLICY_L4)?,
+            actions: open(&mut ebpf, names::POLICY_ACTIONS)?,
+            stats: open(&mut ebpf, names::POLICY_RULE_STATS)?,
+        };
 
         info!(pins = %map_pin_dir.display(), "eBPF programs loaded, maps pinned");
         Ok(Self {
@@ -128,6 +141,7 @@ impl KernelDataplane {
                 nexthop_stats: CounterArray::new(names::NEXTHOP_STATS, nexthop_stats)?,
                 tx_ports: TxPorts(tx_ports),
                 routes: Routes { v4, v6 },
+                policies,
                 links: StdHashMap::new(),
             }),
             map_pin_dir,
@@ -424,6 +438,38 @@ impl Dataplane for KernelDataplane {
             .routes
             .lookup(vrf, addr)?
             .map(|v| RouteMatch { prefix_len: v.prefix_len as u8, nexthop_slot: v.nexthop }))
+    }
+
+    fn write_policy(&self, image: &super::PolicyImage) -> Result<(), DataplaneError> {
+        self.lock().policies.write(image)
+    }
+
+    fn clear_policy(&self, image: &super::PolicyImage) -> Result<(), DataplaneError> {
+        self.lock().policies.clear(image)
+    }
+
+    fn set_policy_attachment(&self, slot: u32, direction: u32, word: u32) -> Result<(), DataplaneError> {
+        self.lock().policies.set_attachment(slot, direction, word)
+    }
+
+    fn rule_stats(&self, first: u32, count: u32) -> Result<Vec<dataplane_common::policy::RuleStats>, DataplaneError> {
+        self.lock().policies.rule_stats(first, count)
+    }
+
+    fn wait_for_readers(&self) -> Result<(), DataplaneError> {
+        // MEMBARRIER_CMD_GLOBAL is synchronize_rcu(): every XDP/TC run and test run holds the
+        // RCU read lock, so when it returns no run that began before it is still going.
+        const MEMBARRIER_CMD_GLOBAL: libc::c_long = 1;
+        // SAFETY: plain syscall with integer arguments.
+        let r = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0 as libc::c_long, 0 as libc::c_long) };
+        if r != 0 {
+            return Err(DataplaneError::Io {
+                path: "membarrier".into(),
+                op: "MEMBARRIER_CMD_GLOBAL",
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        Ok(())
     }
 
     fn programs(&self) -> Result<Vec<ProgramStatus>, DataplaneError> {

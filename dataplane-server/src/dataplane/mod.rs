@@ -107,6 +107,24 @@ pub struct RouteMatch {
     pub nexthop_slot: u32,
 }
 
+/// A compiled policy table (see `domain::classifier`), with absolute pool offsets and rule slots,
+/// ready to be written into the policy maps.
+#[derive(Clone, Debug)]
+pub struct PolicyImage {
+    pub table: u32,
+    pub header: dataplane_common::policy::PolicyTable,
+    /// `POLICY_WORDS` index of `pool[0]`.
+    pub pool_base: u32,
+    pub pool: Vec<u64>,
+    /// (prefix, class record offset), both families.
+    pub src: Vec<(Prefix, u32)>,
+    pub dst: Vec<(Prefix, u32)>,
+    /// (field, value, prefix length over 16 bits, class record offset).
+    pub l4: Vec<(u8, u16, u8, u32)>,
+    /// Rule `i`'s action, stored at rule slot `header.rule_base + i`.
+    pub actions: Vec<u32>,
+}
+
 /// The operations the domain needs from the kernel. Every method either fully succeeds or leaves
 /// the kernel as it was.
 pub trait Dataplane: Send + Sync + 'static {
@@ -137,6 +155,19 @@ pub trait Dataplane: Send + Sync + 'static {
 
     /// Longest-prefix match in the kernel's map, as the XDP program does it.
     fn lookup_route(&self, vrf: u32, addr: IpAddr) -> Result<Option<RouteMatch>, DataplaneError>;
+
+    /// Writes a policy table (records, tries, actions, zeroed rule counters, header last). The
+    /// table must not be reachable from any attachment yet.
+    fn write_policy(&self, image: &PolicyImage) -> Result<(), DataplaneError>;
+    /// Removes a table's trie entries. Only after an RCU grace period since it became unreachable.
+    fn clear_policy(&self, image: &PolicyImage) -> Result<(), DataplaneError>;
+    /// Sets the attachment word of interface `slot`, `direction` (0 detaches).
+    fn set_policy_attachment(&self, slot: u32, direction: u32, word: u32) -> Result<(), DataplaneError>;
+    /// Hit counters of rule slots `first..first + count`, summed over CPUs.
+    fn rule_stats(&self, first: u32, count: u32) -> Result<Vec<dataplane_common::policy::RuleStats>, DataplaneError>;
+    /// Waits until every program run that started before the call has finished (an RCU grace
+    /// period), so that what they could see may be reused.
+    fn wait_for_readers(&self) -> Result<(), DataplaneError>;
 
     fn programs(&self) -> Result<Vec<ProgramStatus>, DataplaneError>;
 

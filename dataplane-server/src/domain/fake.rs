@@ -30,6 +30,11 @@ pub struct FakeDataplane {
     fail_attach: AtomicBool,
     /// Route inserts left before one fails; negative: never.
     route_inserts_left: AtomicI64,
+    /// Policy tables written and not cleared.
+    pub policy_tables: Mutex<BTreeMap<u32, crate::dataplane::PolicyImage>>,
+    /// (slot, direction) -> attachment word.
+    pub policy_attach: Mutex<BTreeMap<(u32, u32), u32>>,
+    pub readers_waited: AtomicI64,
 }
 
 impl Default for FakeDataplane {
@@ -42,6 +47,9 @@ impl Default for FakeDataplane {
             routes: Mutex::default(),
             fail_attach: AtomicBool::new(false),
             route_inserts_left: AtomicI64::new(-1),
+            policy_tables: Mutex::default(),
+            policy_attach: Mutex::default(),
+            readers_waited: AtomicI64::new(0),
         }
     }
 }
@@ -140,6 +148,30 @@ impl Dataplane for FakeDataplane {
                 .get(&(vrf, Prefix::containing(addr, len)))
                 .map(|&nexthop_slot| RouteMatch { prefix_len: len, nexthop_slot })
         }))
+    }
+
+    fn write_policy(&self, image: &crate::dataplane::PolicyImage) -> Result<(), DataplaneError> {
+        self.policy_tables.lock().unwrap().insert(image.table, image.clone());
+        Ok(())
+    }
+
+    fn clear_policy(&self, image: &crate::dataplane::PolicyImage) -> Result<(), DataplaneError> {
+        self.policy_tables.lock().unwrap().remove(&image.table);
+        Ok(())
+    }
+
+    fn set_policy_attachment(&self, slot: u32, direction: u32, word: u32) -> Result<(), DataplaneError> {
+        self.policy_attach.lock().unwrap().insert((slot, direction), word);
+        Ok(())
+    }
+
+    fn rule_stats(&self, _first: u32, count: u32) -> Result<Vec<dataplane_common::policy::RuleStats>, DataplaneError> {
+        Ok(vec![Default::default(); count as usize])
+    }
+
+    fn wait_for_readers(&self) -> Result<(), DataplaneError> {
+        self.readers_waited.fetch_add(1, Ordering::SeqCst);
+        Ok(())
     }
 
     fn programs(&self) -> Result<Vec<ProgramStatus>, DataplaneError> {

@@ -123,8 +123,9 @@ impl<D: Dataplane> Domain<D> {
         if !users.is_empty() {
             return Err(DomainError::FailedPrecondition(format!("interface {name} is used by next hop(s) {users:?}")));
         }
-        self.dataplane.detach(entry.link.ifindex, entry.slot)?;
-        let slot = entry.slot;
+        let (ifindex, slot) = (entry.link.ifindex, entry.slot);
+        self.detach_all_policies(&mut state, name, slot)?;
+        self.dataplane.detach(ifindex, slot)?;
         state.interfaces.remove(name);
         state.slots.free(slot);
         state.generation += 1;
@@ -157,7 +158,7 @@ impl<D: Dataplane> Domain<D> {
     }
 }
 
-fn not_attached(name: &InterfaceName) -> DomainError {
+pub(super) fn not_attached(name: &InterfaceName) -> DomainError {
     DomainError::NotFound { kind: "interface", name: name.0.clone(), detail: " among the dataplane's interfaces" }
 }
 

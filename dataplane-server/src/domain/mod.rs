@@ -2,11 +2,13 @@
 //! configuration generation, and drives the kernel through the [`Dataplane`] trait so that it can
 //! be unit-tested against an in-memory fake.
 
+mod classifier;
 mod error;
 #[cfg(test)]
 mod fake;
 mod interfaces;
 mod nexthops;
+mod policies;
 mod routes;
 mod slots;
 mod status;
@@ -21,6 +23,7 @@ use std::{
 pub use error::{DomainError, ErrorKind};
 pub use interfaces::{AddInterface, InterfaceName, InterfaceView};
 pub use nexthops::{NewNextHop, NextHopSpec, NextHopView};
+pub use policies::{AttachmentView as PolicyAttachmentView, Direction, PolicyName, PolicyView, RuleAction, RuleSpec, RuleView};
 pub use routes::{RouteSpec, RouteView};
 pub use status::{AttachmentView, MapView, StatusView};
 pub use vrfs::VrfView;
@@ -28,7 +31,8 @@ pub use vrfs::VrfView;
 use crate::{dataplane::Dataplane, net::Prefix};
 use interfaces::InterfaceEntry;
 use nexthops::NextHopEntry;
-use slots::SlotAllocator;
+use policies::{Attached, Installed, PolicyEntry};
+use slots::{RangeAllocator, SlotAllocator};
 
 /// Mutable state, behind one lock: every mutation is serialised, so a batch or a multi-step
 /// kernel update is never interleaved with another.
@@ -46,6 +50,13 @@ struct State {
     /// Routes per address family (IPv4, IPv6), kept with `routes` so capacity checks and status
     /// stay O(1) at millions of routes.
     route_counts: [u64; 2],
+    policies: BTreeMap<policies::PolicyName, PolicyEntry>,
+    policy_attachments: BTreeMap<(InterfaceName, policies::Direction), Attached>,
+    policy_tables: SlotAllocator,
+    policy_pool: RangeAllocator,
+    rule_slots: RangeAllocator,
+    /// Tables no attachment points at any more, freed after the next grace period.
+    retired_policies: Vec<Installed>,
 }
 
 /// The dataplane's configuration and the operations on it.
@@ -69,6 +80,12 @@ impl<D: Dataplane> Domain<D> {
                 nh_ids: HashMap::new(),
                 routes: BTreeMap::new(),
                 route_counts: [0; 2],
+                policies: BTreeMap::new(),
+                policy_attachments: BTreeMap::new(),
+                policy_tables: SlotAllocator::new(dataplane_common::policy::POLICY_TABLES),
+                policy_pool: RangeAllocator::new(dataplane_common::policy::POLICY_POOL_WORDS),
+                rule_slots: RangeAllocator::new(dataplane_common::policy::POLICY_RULE_SLOTS),
+                retired_policies: Vec::new(),
             }),
             started: Instant::now(),
         }

@@ -33,9 +33,77 @@ impl SlotAllocator {
     }
 }
 
+/// Hands out contiguous ranges of `0..capacity` (first fit) and takes them back, merging
+/// neighbours; for the policy word pool and rule slots, where a table needs one run of indexes.
+#[derive(Debug)]
+pub struct RangeAllocator {
+    capacity: u32,
+    /// Free ranges (start, len), sorted by start, never adjacent.
+    free: Vec<(u32, u32)>,
+}
+
+impl RangeAllocator {
+    pub fn new(capacity: u32) -> Self {
+        Self { capacity, free: vec![(0, capacity)] }
+    }
+
+    pub fn capacity(&self) -> u32 {
+        self.capacity
+    }
+
+    /// The start of a free run of `len` indexes (`Some(0)` for `len == 0`, taking nothing).
+    pub fn alloc(&mut self, len: u32) -> Option<u32> {
+        if len == 0 {
+            return Some(0);
+        }
+        let i = self.free.iter().position(|&(_, l)| l >= len)?;
+        let (start, l) = self.free[i];
+        if l == len {
+            self.free.remove(i);
+        } else {
+            self.free[i] = (start + len, l - len);
+        }
+        Some(start)
+    }
+
+    /// Returns a run `alloc` handed out.
+    pub fn free(&mut self, start: u32, len: u32) {
+        if len == 0 {
+            return;
+        }
+        let i = self.free.partition_point(|&(s, _)| s < start);
+        self.free.insert(i, (start, len));
+        // Merge with the next, then with the previous.
+        if i + 1 < self.free.len() && self.free[i].0 + self.free[i].1 == self.free[i + 1].0 {
+            self.free[i].1 += self.free[i + 1].1;
+            self.free.remove(i + 1);
+        }
+        if i > 0 && self.free[i - 1].0 + self.free[i - 1].1 == self.free[i].0 {
+            self.free[i - 1].1 += self.free[i].1;
+            self.free.remove(i);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn range_allocator_first_fit_and_merge_on_free() {
+        let mut r = RangeAllocator::new(100);
+        let a = r.alloc(30).unwrap();
+        let b = r.alloc(30).unwrap();
+        let c = r.alloc(40).unwrap();
+        assert_eq!((a, b, c), (0, 30, 60));
+        assert_eq!(r.alloc(1), None);
+        r.free(a, 30);
+        r.free(c, 40);
+        assert_eq!(r.alloc(35), Some(60), "first run that fits");
+        r.free(b, 30);
+        r.free(60, 35);
+        assert_eq!(r.alloc(100), Some(0), "everything merged back");
+    }
 
     #[test]
     fn alloc_fresh_pool_yields_lowest_first() {

@@ -1,0 +1,407 @@
+//! Policies: named, ordered rule lists compiled into classifier tables (`classifier.rs`) and
+//! attached to interfaces per direction.
+//!
+//! A replacement never edits a table packets can reach: it is compiled into a free table, written
+//! whole, then published by rewriting each attachment's one 32-bit word. The old table is retired
+//! and reclaimed at the next policy change after an RCU grace period
+//! ([`Dataplane::wait_for_readers`]), when no packet can still be classifying against it.
+
+use std::collections::BTreeMap;
+
+use dataplane_common::policy::{
+    attach_word, RuleStats, ACTION_ALLOW, ACTION_DENY, ACTION_PUNT, DIR_EGRESS, DIR_INGRESS, MAX_POLICY_RULES,
+};
+use tracing::{info, warn};
+
+use super::{
+    classifier::{self, Family, MatchSpec},
+    Domain, DomainError, InterfaceName, State,
+};
+use crate::{
+    dataplane::{Dataplane, PolicyImage},
+    net::Prefix,
+};
+
+const IPPROTO_ICMP: u8 = 1;
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
+const IPPROTO_ICMPV6: u8 = 58;
+
+/// A policy's name: 1 to 64 characters of `[A-Za-z0-9._-]`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PolicyName(String);
+
+impl PolicyName {
+    pub fn parse(field: &str, name: &str) -> Result<Self, DomainError> {
+        if name.is_empty() || name.len() > 64 {
+            return Err(DomainError::invalid(field, "must be 1 to 64 characters"));
+        }
+        if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))) {
+            return Err(DomainError::invalid(field, format!("{c:?} is not allowed (letters, digits, '.', '_', '-')")));
+        }
+        Ok(Self(name.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for PolicyName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RuleAction {
+    Allow,
+    Deny,
+    /// To the controller (until flow misses exist: counted and passed to the kernel stack).
+    Punt,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Direction {
+    Ingress,
+    Egress,
+}
+
+impl Direction {
+    fn index(self) -> u32 {
+        match self {
+            Direction::Ingress => DIR_INGRESS,
+            Direction::Egress => DIR_EGRESS,
+        }
+    }
+}
+
+/// One rule, syntactically valid (the API checked value ranges); the domain checks the rest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RuleSpec {
+    /// Lower first; unique within a policy.
+    pub priority: u32,
+    pub src: Option<Prefix>,
+    pub dst: Option<Prefix>,
+    pub protocol: Option<u8>,
+    pub src_ports: Option<(u16, u16)>,
+    pub dst_ports: Option<(u16, u16)>,
+    pub icmp_type: Option<u8>,
+    pub icmp_code: Option<u8>,
+    /// (mask, value): the rule matches TCP segments whose `flags & mask == value`.
+    pub tcp_flags: Option<(u8, u8)>,
+    pub action: RuleAction,
+}
+
+/// A rule with its hit counters.
+#[derive(Clone, Debug)]
+pub struct RuleView {
+    pub rule: RuleSpec,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+#[derive(Clone, Debug)]
+pub struct AttachmentView {
+    pub interface: InterfaceName,
+    pub direction: Direction,
+    pub default_deny: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct PolicyView {
+    pub name: PolicyName,
+    pub rules: Vec<RuleView>,
+    pub attachments: Vec<AttachmentView>,
+}
+
+/// A table in the kernel, with what it holds of the shared pools.
+#[derive(Debug)]
+pub(super) struct Installed {
+    image: PolicyImage,
+    pool: (u32, u32),
+    rules: (u32, u32),
+}
+
+#[derive(Debug)]
+pub(super) struct PolicyEntry {
+    rules: Vec<RuleSpec>,
+    installed: Installed,
+}
+
+#[derive(Clone, Debug)]
+pub(super) struct Attached {
+    policy: PolicyName,
+    default_deny: bool,
+}
+
+impl<D: Dataplane> Domain<D> {
+    /// Creates or atomically replaces policy `name`. Returns the new generation.
+    pub fn put_policy(&self, name: PolicyName, rules: Vec<RuleSpec>) -> Result<u64, DomainError> {
+        let mut state = self.lock();
+        let rules = validate(rules)?;
+        self.reclaim_retired(&mut state)?;
+        let installed = self.install(&mut state, &rules)?;
+        let new_table = installed.image.table;
+
+        // Publish: every attachment of this policy flips to the new table in one word write.
+        let users: Vec<(InterfaceName, Direction, bool)> = state
+            .policy_attachments
+            .iter()
+            .filter(|(_, a)| a.policy == name)
+            .map(|((i, d), a)| (i.clone(), *d, a.default_deny))
+            .collect();
+        let old = state.policies.get(&name).map(|e| e.installed.image.table);
+        for (k, (iface, dir, deny)) in users.iter().enumerate() {
+            let slot = state.interfaces[iface].slot;
+            if let Err(e) = self.dataplane.set_policy_attachment(slot, dir.index(), attach_word(new_table, *deny)) {
+                // Put back the ones already flipped; the new table was never visible otherwise.
+                for (iface, dir, deny) in &users[..k] {
+                    let slot = state.interfaces[iface].slot;
+                    let _ = self.dataplane.set_policy_attachment(slot, dir.index(), attach_word(old.unwrap_or(0), *deny));
+                }
+                state.retired_policies.push(installed);
+                return Err(e.into());
+            }
+        }
+        let entry = PolicyEntry { rules, installed };
+        if let Some(prev) = state.policies.insert(name.clone(), entry) {
+            state.retired_policies.push(prev.installed);
+        }
+        state.generation += 1;
+        info!(policy = %name, table = new_table, attachments = users.len(), generation = state.generation, "policy put");
+        Ok(state.generation)
+    }
+
+    /// Deletes an unattached policy.
+    pub fn delete_policy(&self, name: &PolicyName) -> Result<u64, DomainError> {
+        let mut state = self.lock();
+        if !state.policies.contains_key(name) {
+            return Err(not_found(name).at("name"));
+        }
+        let users: Vec<String> = state
+            .policy_attachments
+            .iter()
+            .filter(|(_, a)| &a.policy == name)
+            .map(|((i, d), _)| format!("{i} {d:?}").to_lowercase())
+            .collect();
+        if !users.is_empty() {
+            return Err(DomainError::FailedPrecondition(format!("policy {name} is attached to {}", users.join(", "))));
+        }
+        let entry = state.policies.remove(name).expect("checked above");
+        state.retired_policies.push(entry.installed);
+        state.generation += 1;
+        Ok(state.generation)
+    }
+
+    /// Attaches `policy` to `interface` in `direction`, replacing (atomically) whatever was
+    /// attached there.
+    pub fn attach_policy(
+        &self,
+        policy: &PolicyName,
+        interface: &InterfaceName,
+        direction: Direction,
+        default_deny: bool,
+    ) -> Result<u64, DomainError> {
+        let mut state = self.lock();
+        let table = state.policies.get(policy).ok_or_else(|| not_found(policy).at("policy"))?.installed.image.table;
+        let slot = state.interfaces.get(interface).ok_or_else(|| super::interfaces::not_attached(interface).at("interface"))?.slot;
+        self.dataplane.set_policy_attachment(slot, direction.index(), attach_word(table, default_deny))?;
+        state.policy_attachments.insert((interface.clone(), direction), Attached { policy: policy.clone(), default_deny });
+        state.generation += 1;
+        Ok(state.generation)
+    }
+
+    pub fn detach_policy(&self, interface: &InterfaceName, direction: Direction) -> Result<u64, DomainError> {
+        let mut state = self.lock();
+        if !state.policy_attachments.contains_key(&(interface.clone(), direction)) {
+            return Err(DomainError::NotFound {
+                kind: "policy attachment",
+                name: format!("{interface} {direction:?}").to_lowercase(),
+                detail: "",
+            });
+        }
+        let slot = state.interfaces[interface].slot;
+        self.dataplane.set_policy_attachment(slot, direction.index(), 0)?;
+        state.policy_attachments.remove(&(interface.clone(), direction));
+        state.generation += 1;
+        Ok(state.generation)
+    }
+
+    /// Every policy (or one), rules with hit counters, and where it is attached.
+    pub fn list_policies(&self, name: Option<&PolicyName>) -> Result<Vec<PolicyView>, DomainError> {
+        let state = self.lock();
+        if let Some(n) = name {
+            if !state.policies.contains_key(n) {
+                return Err(not_found(n).at("name"));
+            }
+        }
+        let mut out = Vec::new();
+        for (pname, e) in state.policies.iter().filter(|(n, _)| name.is_none_or(|x| x == *n)) {
+            let (first, count) = e.installed.rules;
+            let stats = if count == 0 { Vec::new() } else { self.dataplane.rule_stats(first, count)? };
+            let rules = e
+                .rules
+                .iter()
+                .zip(stats.iter().chain(std::iter::repeat(&RuleStats::default())))
+                .map(|(r, s)| RuleView { rule: r.clone(), packets: s.packets, bytes: s.bytes })
+                .collect();
+            let attachments = state
+                .policy_attachments
+                .iter()
+                .filter(|(_, a)| &a.policy == pname)
+                .map(|((i, d), a)| AttachmentView { interface: i.clone(), direction: *d, default_deny: a.default_deny })
+                .collect();
+            out.push(PolicyView { name: pname.clone(), rules, attachments });
+        }
+        Ok(out)
+    }
+
+    /// Drops the attachments of an interface being deleted (its slot will be reused).
+    pub(super) fn detach_all_policies(&self, state: &mut State, interface: &InterfaceName, slot: u32) -> Result<(), DomainError> {
+        for dir in [Direction::Ingress, Direction::Egress] {
+            if state.policy_attachments.contains_key(&(interface.clone(), dir)) {
+                self.dataplane.set_policy_attachment(slot, dir.index(), 0)?;
+                state.policy_attachments.remove(&(interface.clone(), dir));
+            }
+        }
+        Ok(())
+    }
+
+    /// Compiles and writes `rules` into a free table.
+    fn install(&self, state: &mut State, rules: &[RuleSpec]) -> Result<Installed, DomainError> {
+        let specs: Vec<MatchSpec> = rules.iter().map(match_spec).collect();
+        let n = rules.len() as u32;
+        let table = state
+            .policy_tables
+            .alloc()
+            .ok_or(DomainError::Exhausted { what: "policy tables", capacity: state.policy_tables.capacity() })?;
+        let Some(rule_base) = state.rule_slots.alloc(n) else {
+            state.policy_tables.free(table);
+            return Err(DomainError::Exhausted { what: "policy rule slots", capacity: state.rule_slots.capacity() }.at("rules"));
+        };
+        let mut pool = (0, 0);
+        let pool_alloc = &mut state.policy_pool;
+        let image = classifier::compile(&specs, table, rule_base, |len| {
+            let start = pool_alloc.alloc(len)?;
+            pool = (start, len);
+            Some(start)
+        });
+        let Some(image) = image else {
+            state.policy_tables.free(table);
+            state.rule_slots.free(rule_base, n);
+            return Err(DomainError::Exhausted { what: "policy classifier words", capacity: state.policy_pool.capacity() }
+                .at("rules"));
+        };
+        let installed = Installed { image, pool, rules: (rule_base, n) };
+        if let Err(e) = self.dataplane.write_policy(&installed.image) {
+            self.free_installed(state, installed);
+            return Err(e.into());
+        }
+        Ok(installed)
+    }
+
+    /// Frees every retired table after a grace period.
+    fn reclaim_retired(&self, state: &mut State) -> Result<(), DomainError> {
+        if state.retired_policies.is_empty() {
+            return Ok(());
+        }
+        self.dataplane.wait_for_readers()?;
+        for installed in std::mem::take(&mut state.retired_policies) {
+            if let Err(e) = self.dataplane.clear_policy(&installed.image) {
+                warn!(table = installed.image.table, error = %e, "clearing a retired policy table failed; its slot stays out of use");
+                continue;
+            }
+            self.free_installed(state, installed);
+        }
+        Ok(())
+    }
+
+    fn free_installed(&self, state: &mut State, installed: Installed) {
+        state.policy_tables.free(installed.image.table);
+        state.policy_pool.free(installed.pool.0, installed.pool.1);
+        state.rule_slots.free(installed.rules.0, installed.rules.1);
+    }
+}
+
+fn not_found(name: &PolicyName) -> DomainError {
+    DomainError::NotFound { kind: "policy", name: name.to_string(), detail: "" }
+}
+
+/// Checks what the API's syntax checks cannot and sorts by priority.
+fn validate(mut rules: Vec<RuleSpec>) -> Result<Vec<RuleSpec>, DomainError> {
+    if rules.len() > MAX_POLICY_RULES as usize {
+        return Err(DomainError::Exhausted { what: "rules per policy", capacity: MAX_POLICY_RULES }.at("rules"));
+    }
+    let mut seen = BTreeMap::new();
+    for (i, r) in rules.iter().enumerate() {
+        let at = |f: &str| format!("rules[{i}].{f}");
+        if let Some(j) = seen.insert(r.priority, i) {
+            return Err(DomainError::invalid(at("priority"), format!("priority {} is also rules[{j}]'s", r.priority)));
+        }
+        for (name, range) in [("src_ports", r.src_ports), ("dst_ports", r.dst_ports)] {
+            if let Some((a, b)) = range {
+                if a > b {
+                    return Err(DomainError::invalid(at(name), format!("first {a} is after last {b}")));
+                }
+                if !matches!(r.protocol, Some(IPPROTO_TCP | IPPROTO_UDP)) {
+                    return Err(DomainError::invalid(at(name), "ports need protocol 6 (TCP) or 17 (UDP)"));
+                }
+            }
+        }
+        if (r.icmp_type.is_some() || r.icmp_code.is_some()) && !matches!(r.protocol, Some(IPPROTO_ICMP | IPPROTO_ICMPV6)) {
+            return Err(DomainError::invalid(at("icmp_type"), "ICMP type/code need protocol 1 (ICMP) or 58 (ICMPv6)"));
+        }
+        if r.tcp_flags.is_some() && r.protocol != Some(IPPROTO_TCP) {
+            return Err(DomainError::invalid(at("tcp_flags"), "TCP flags need protocol 6 (TCP)"));
+        }
+        if let Some((mask, value)) = r.tcp_flags {
+            if value & !mask != 0 {
+                return Err(DomainError::invalid(at("tcp_flags"), "value has bits outside mask"));
+            }
+        }
+        family(r).map_err(|reason| DomainError::invalid(at("dst_prefix"), reason))?;
+    }
+    rules.sort_by_key(|r| r.priority);
+    Ok(rules)
+}
+
+/// The family a rule applies to, from its prefixes and protocol.
+fn family(r: &RuleSpec) -> Result<Family, &'static str> {
+    let mut fam = Family::Any;
+    let mut require = |f: Family| -> Result<(), &'static str> {
+        if fam != Family::Any && fam != f {
+            return Err("mixes IPv4 and IPv6 (prefixes, or ICMP vs ICMPv6)");
+        }
+        fam = f;
+        Ok(())
+    };
+    for p in [r.src, r.dst].into_iter().flatten() {
+        require(if p.is_ipv4() { Family::V4 } else { Family::V6 })?;
+    }
+    match r.protocol {
+        Some(IPPROTO_ICMP) => require(Family::V4)?,
+        Some(IPPROTO_ICMPV6) => require(Family::V6)?,
+        _ => {}
+    }
+    Ok(fam)
+}
+
+fn match_spec(r: &RuleSpec) -> MatchSpec {
+    let icmp = matches!(r.protocol, Some(IPPROTO_ICMP | IPPROTO_ICMPV6));
+    MatchSpec {
+        family: family(r).expect("validated"),
+        src: r.src,
+        dst: r.dst,
+        proto: r.protocol,
+        // The parser hands ICMP type and code over in the port fields.
+        l4_src: if icmp { r.icmp_type.map(|t| (u16::from(t), u16::from(t))) } else { r.src_ports },
+        l4_dst: if icmp { r.icmp_code.map(|c| (u16::from(c), u16::from(c))) } else { r.dst_ports },
+        tcp_flags: r.tcp_flags,
+        action: match r.action {
+            RuleAction::Allow => ACTION_ALLOW,
+            RuleAction::Deny => ACTION_DENY,
+            RuleAction::Punt => ACTION_PUNT,
+        },
+    }
+}
