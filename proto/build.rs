@@ -9,6 +9,7 @@ fn main() -> anyhow::Result<()> {
     let protos = [
         "proto/dataplane/v1/common.proto",
         "proto/dataplane/v1/interfaces.proto",
+        "proto/dataplane/v1/policy.proto",
         "proto/dataplane/v1/routing.proto",
         "proto/dataplane/v1/system.proto",
     ];

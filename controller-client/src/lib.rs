@@ -4,7 +4,8 @@
 use std::path::PathBuf;
 
 use dataplane_proto::v1::{
-    interfaces_client::InterfacesClient, routing_client::RoutingClient, system_client::SystemClient,
+    interfaces_client::InterfacesClient, policy_client::PolicyClient, routing_client::RoutingClient,
+    system_client::SystemClient,
 };
 use hyper_util::rt::TokioIo;
 use tokio::net::UnixStream;
@@ -79,6 +80,7 @@ pub async fn connect(address: &ServerAddress) -> Result<Channel, ConnectError> {
 pub struct Client {
     pub interfaces: InterfacesClient<Channel>,
     pub routing: RoutingClient<Channel>,
+    pub policy: PolicyClient<Channel>,
     pub system: SystemClient<Channel>,
 }
 
@@ -90,6 +92,7 @@ impl Client {
         Ok(Self {
             interfaces: InterfacesClient::new(ch.clone()),
             routing: RoutingClient::new(ch.clone()).max_encoding_message_size(max).max_decoding_message_size(max),
+            policy: PolicyClient::new(ch.clone()).max_encoding_message_size(max).max_decoding_message_size(max),
             system: SystemClient::new(ch),
         })
     }

@@ -314,3 +314,109 @@ impl Drop for Server {
         let _ = std::fs::remove_dir_all(&self.run_dir);
     }
 }
+
+/// A second copy of `dp_xdp_ingress` loaded over the server's pinned maps: it sees exactly the
+/// routes, next hops and interfaces the server's attached program sees. A test run without
+/// `ctx_in` receives on the loopback of the caller's namespace, ifindex 1 like the server
+/// namespace's `lo`, whose INTERFACES entry it therefore uses.
+pub struct XdpOverPins {
+    ebpf: aya::Ebpf,
+}
+
+impl XdpOverPins {
+    pub fn load(bpffs: &std::path::Path) -> Self {
+        let mut loader = aya::EbpfLoader::new();
+        for name in dataplane_common::maps::ALL {
+            let pin = bpffs.join("v1/maps").join(name);
+            // A missing pin would make the loader create (and pin) a fresh map instead.
+            assert!(pin.exists(), "{} not pinned", pin.display());
+            loader.map_pin_path(name, pin);
+        }
+        let mut ebpf = loader.load(dataplane_server::dataplane::loader::EBPF_OBJECT).expect("load object over pins");
+        let xdp: &mut aya::programs::Xdp =
+            ebpf.program_mut(dataplane_common::programs::XDP_INGRESS).unwrap().try_into().unwrap();
+        xdp.load().expect("load dp_xdp_ingress");
+        Self { ebpf }
+    }
+
+    pub fn run(&self, frame: &[u8]) -> (u32, Vec<u8>) {
+        use aya::programs::{TestRun, TestRunOptions, Xdp};
+        let xdp: &Xdp = self.ebpf.program(dataplane_common::programs::XDP_INGRESS).unwrap().try_into().unwrap();
+        let mut out = vec![0u8; frame.len() + 256];
+        let r = xdp
+            .test_run(TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), repeat: 1, ..Default::default() })
+            .expect("test run");
+        out.truncate(r.data_size_out as usize);
+        (r.return_value, out)
+    }
+}
+
+/// A UDP datagram from 192.0.2.10 / 2001:db8:1::10 to `dst`, ports `sport` -> `dport`, in a
+/// frame for the loopback's (all-zero) MAC.
+pub fn udp_frame(dst: std::net::IpAddr, sport: u16, dport: u16) -> Vec<u8> {
+    l4_frame(std::net::IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 10)), dst, 17, sport, dport, 0)
+}
+
+/// An IPv4/IPv6 frame for the loopback's (all-zero) MAC from `src` to `dst` with protocol
+/// `proto`; for TCP/UDP `a`/`b` are the ports (and `flags` the TCP flags), for ICMP the type and
+/// code. IPv4 `src` is replaced by 2001:db8:1::10 for an IPv6 `dst` (and vice versa) when the
+/// families differ.
+pub fn l4_frame(src: std::net::IpAddr, dst: std::net::IpAddr, proto: u8, a: u16, b: u16, flags: u8) -> Vec<u8> {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    let l4: Vec<u8> = match proto {
+        6 => {
+            let mut h = vec![0u8; 20];
+            h[0..2].copy_from_slice(&a.to_be_bytes());
+            h[2..4].copy_from_slice(&b.to_be_bytes());
+            h[12] = 5 << 4;
+            h[13] = flags;
+            h
+        }
+        1 | 58 => vec![a as u8, b as u8, 0, 0, 0, 0, 0, 0],
+        _ => {
+            let mut h = vec![0u8; 8];
+            h[0..2].copy_from_slice(&a.to_be_bytes());
+            h[2..4].copy_from_slice(&b.to_be_bytes());
+            h[4..6].copy_from_slice(&8u16.to_be_bytes());
+            h
+        }
+    };
+    let mut f = vec![0, 0, 0, 0, 0, 0, 0x02, 0, 0, 0, 0, 0x99];
+    match dst {
+        IpAddr::V4(d) => {
+            let s = match src {
+                IpAddr::V4(s) => s,
+                IpAddr::V6(_) => Ipv4Addr::new(192, 0, 2, 10),
+            };
+            let total = (20 + l4.len()) as u16;
+            f.extend_from_slice(&[0x08, 0x00, 0x45, 0]);
+            f.extend_from_slice(&total.to_be_bytes());
+            f.extend_from_slice(&[0, 1, 0x40, 0, 64, proto, 0, 0]);
+            f.extend_from_slice(&s.octets());
+            f.extend_from_slice(&d.octets());
+            let sum = !ones_sum(&f[14..34]);
+            f[24..26].copy_from_slice(&sum.to_be_bytes());
+        }
+        IpAddr::V6(d) => {
+            let s = match src {
+                IpAddr::V6(s) => s,
+                IpAddr::V4(_) => Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 0x10),
+            };
+            f.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0]);
+            f.extend_from_slice(&(l4.len() as u16).to_be_bytes());
+            f.extend_from_slice(&[proto, 64]);
+            f.extend_from_slice(&s.octets());
+            f.extend_from_slice(&d.octets());
+        }
+    }
+    f.extend_from_slice(&l4);
+    f
+}
+
+fn ones_sum(b: &[u8]) -> u16 {
+    let mut s: u32 = b.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], c[1]]))).sum();
+    while s > 0xffff {
+        s = (s & 0xffff) + (s >> 16);
+    }
+    s as u16
+}

@@ -232,11 +232,11 @@ async fn lookup_route_random_overlapping_prefixes_agrees_with_kernel_fib() {
     // The XDP program itself, over the server's own pinned maps: every address must leave
     // through the next hop of the route the kernel chose (each next hop has its own MAC).
     let nh_of: BTreeMap<&str, u32> = routes.iter().map(|r| (r.prefix.as_str(), r.next_hop)).collect();
-    let xdp = XdpOverPins::load(&server.bpffs);
+    let xdp = integration::XdpOverPins::load(&server.bpffs);
     let mut wrong = Vec::new();
     for (a, kernel) in addrs.iter().zip(&kernel_answers) {
         let nh = nh_of[kernel.as_str()];
-        let (verdict, out) = xdp.run(&udp_frame(*a));
+        let (verdict, out) = xdp.run(&integration::udp_frame(*a, 12345, 53));
         if verdict != XDP_REDIRECT || out[..6] != nh_mac(nh) {
             wrong.push(format!("{a}: kernel {kernel} (next hop {nh}), XDP verdict {verdict}, dst MAC {:02x?}", &out[..6]));
         }
@@ -269,66 +269,3 @@ async fn encap_nexthops_via_lo(client: &mut Client) {
     client.routing.add_next_hops(pb::AddNextHopsRequest { next_hops }).await.unwrap();
 }
 
-/// A second copy of `dp_xdp_ingress` loaded over the server's pinned maps: it sees exactly the
-/// routes, next hops and interfaces the server's attached program sees. A test run without
-/// `ctx_in` receives on the loopback of the caller's namespace, ifindex 1 like the server
-/// namespace's `lo`, whose INTERFACES entry it therefore uses.
-struct XdpOverPins {
-    ebpf: aya::Ebpf,
-}
-
-impl XdpOverPins {
-    fn load(bpffs: &std::path::Path) -> Self {
-        let mut loader = aya::EbpfLoader::new();
-        for name in dataplane_common::maps::ALL {
-            let pin = bpffs.join("v1/maps").join(name);
-            // A missing pin would make the loader create (and pin) a fresh map instead.
-            assert!(pin.exists(), "{} not pinned", pin.display());
-            loader.map_pin_path(name, pin);
-        }
-        let mut ebpf = loader.load(dataplane_server::dataplane::loader::EBPF_OBJECT).expect("load object over pins");
-        let xdp: &mut aya::programs::Xdp =
-            ebpf.program_mut(dataplane_common::programs::XDP_INGRESS).unwrap().try_into().unwrap();
-        xdp.load().expect("load dp_xdp_ingress");
-        Self { ebpf }
-    }
-
-    fn run(&self, frame: &[u8]) -> (u32, Vec<u8>) {
-        use aya::programs::{TestRun, TestRunOptions, Xdp};
-        let xdp: &Xdp = self.ebpf.program(dataplane_common::programs::XDP_INGRESS).unwrap().try_into().unwrap();
-        let mut out = vec![0u8; frame.len() + 256];
-        let r = xdp
-            .test_run(TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), repeat: 1, ..Default::default() })
-            .expect("test run");
-        out.truncate(r.data_size_out as usize);
-        (r.return_value, out)
-    }
-}
-
-/// A UDP datagram to `dst` in a frame for the loopback's (all-zero) MAC.
-fn udp_frame(dst: IpAddr) -> Vec<u8> {
-    let mut f = vec![0, 0, 0, 0, 0, 0, 0x02, 0, 0, 0, 0, 0x99];
-    match dst {
-        IpAddr::V4(d) => {
-            f.extend_from_slice(&[0x08, 0x00, 0x45, 0, 0, 28, 0, 1, 0x40, 0, 64, 17, 0, 0, 192, 0, 2, 10]);
-            f.extend_from_slice(&d.octets());
-            let sum = !ones_sum(&f[14..34]);
-            f[24..26].copy_from_slice(&sum.to_be_bytes());
-        }
-        IpAddr::V6(d) => {
-            f.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0, 0, 8, 17, 64]);
-            f.extend_from_slice(&Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 0x10).octets());
-            f.extend_from_slice(&d.octets());
-        }
-    }
-    f.extend_from_slice(&[0x30, 0x39, 0x00, 0x35, 0, 8, 0, 0]);
-    f
-}
-
-fn ones_sum(b: &[u8]) -> u16 {
-    let mut s: u32 = b.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], c[1]]))).sum();
-    while s > 0xffff {
-        s = (s & 0xffff) + (s >> 16);
-    }
-    s as u16
-}

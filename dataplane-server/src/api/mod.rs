@@ -3,13 +3,15 @@
 
 mod error;
 mod interfaces;
+mod policy;
 mod routing;
 mod system;
 
 use std::sync::Arc;
 
 use dataplane_proto::v1::{
-    interfaces_server::InterfacesServer, routing_server::RoutingServer, system_server::SystemServer,
+    interfaces_server::InterfacesServer, policy_server::PolicyServer, routing_server::RoutingServer,
+    system_server::SystemServer,
 };
 use tonic::transport::server::Router;
 use tonic_health::server::HealthReporter;
@@ -17,6 +19,7 @@ use tonic_health::server::HealthReporter;
 use crate::{dataplane::Dataplane, domain::Domain};
 
 pub use interfaces::InterfacesService;
+pub use policy::PolicyService;
 pub use routing::RoutingService;
 pub use system::SystemService;
 
@@ -33,6 +36,7 @@ pub async fn router<D: Dataplane>(
     health.set_serving::<InterfacesServer<InterfacesService<D>>>().await;
     health.set_serving::<SystemServer<SystemService<D>>>().await;
     health.set_serving::<RoutingServer<RoutingService<D>>>().await;
+    health.set_serving::<PolicyServer<PolicyService<D>>>().await;
     // The empty service name stands for the server as a whole.
     health.set_service_status("", tonic_health::ServingStatus::Serving).await;
 
@@ -53,6 +57,11 @@ pub async fn router<D: Dataplane>(
         .add_service(
             // Route batches of a million entries run to tens of MiB; tonic's default is 4 MiB.
             RoutingServer::new(RoutingService::new(domain.clone()))
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE),
+        )
+        .add_service(
+            PolicyServer::new(PolicyService::new(domain.clone()))
                 .max_decoding_message_size(MAX_MESSAGE)
                 .max_encoding_message_size(MAX_MESSAGE),
         )
