@@ -13,6 +13,8 @@ use tonic::transport::{Channel, Endpoint, Uri};
 
 pub use dataplane_proto::v1 as pb;
 
+pub mod policy_file;
+
 /// Where dpctl and controllers look for the server when not told.
 pub const DEFAULT_SERVER: &str = "unix:/run/dataplane/dataplane.sock";
 

@@ -159,3 +159,56 @@ fn dpctl_vrf_nexthop_route_verbs_round_trip() {
     ok(&["interface", "del", "lo"]);
     ok(&["vrf", "del", "7"]);
 }
+
+/// dpctl's policy verbs: put from YAML and JSON files, attach, list with counters, detach, del,
+/// and errors from the file (exit 2) and from the server (exit 1).
+#[test]
+fn dpctl_policy_put_attach_list_detach_del() {
+    let ns = integration::Netns::new("dpcp-").unwrap();
+    let server = Server::start(&ns).unwrap();
+    let ok = |args: &[&str]| {
+        let o = server.dpctl(args);
+        assert!(o.status.success(), "dpctl {args:?}: {}", stderr(&o));
+        stdout(&o)
+    };
+    ok(&["interface", "add", "lo"]);
+    let yaml = server.run_dir.join("web.yaml");
+    std::fs::write(
+        &yaml,
+        "rules:\n  - priority: 10\n    dst: 198.51.100.0/24\n    protocol: tcp\n    dst_ports: 80-89\n    action: deny\n  - priority: 20\n    protocol: tcp\n    dst_ports: 22\n    tcp_flags: syn-only\n    action: deny\n  - priority: 30\n    protocol: icmp\n    icmp_type: 8\n    action: punt\n",
+    )
+    .unwrap();
+    assert!(ok(&["policy", "put", "web", "--file", yaml.to_str().unwrap()]).contains("3 rules"));
+    ok(&["policy", "attach", "web", "--interface", "lo", "--direction", "ingress", "--default", "deny"]);
+    let v: Value = serde_json::from_str(&ok(&["policy", "list", "-o", "json"])).unwrap();
+    assert_eq!(v[0]["name"], "web");
+    assert_eq!(v[0]["rules"].as_array().unwrap().len(), 3);
+    assert_eq!(v[0]["rules"][0]["dst_ports"], serde_json::json!([80, 89]));
+    assert_eq!(v[0]["rules"][1]["tcp_flags"], serde_json::json!({"mask": 18, "value": 2}));
+    assert_eq!(v[0]["attachments"][0], serde_json::json!({"interface": "lo", "direction": "ingress", "default": "deny"}));
+    let table = ok(&["policy", "list", "web"]);
+    assert!(table.contains("PACKETS") && table.contains("80-89") && table.contains("punt"), "{table}");
+
+    // Replace from JSON.
+    let json = server.run_dir.join("web.json");
+    std::fs::write(&json, r#"[{"priority": 1, "protocol": "udp", "dst_ports": 53, "action": "allow"}]"#).unwrap();
+    ok(&["policy", "put", "web", "--file", json.to_str().unwrap()]);
+    let v: Value = serde_json::from_str(&ok(&["policy", "list", "web", "-o", "json"])).unwrap();
+    assert_eq!(v[0]["rules"].as_array().unwrap().len(), 1);
+
+    let bad = server.run_dir.join("bad.yaml");
+    std::fs::write(&bad, "- priority: 1\n  action: maybe\n").unwrap();
+    let o = server.dpctl(&["policy", "put", "web", "--file", bad.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("rules[0].action"), "{}", stderr(&o));
+    std::fs::write(&bad, "- priority: 1\n  protocol: tcp\n  dst_ports: 90-80\n  action: deny\n").unwrap();
+    let o = server.dpctl(&["policy", "put", "web", "--file", bad.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).starts_with("error: INVALID_ARGUMENT: rules[0].dst_ports"), "{}", stderr(&o));
+    let o = server.dpctl(&["policy", "del", "web"]);
+    assert!(stderr(&o).starts_with("error: FAILED_PRECONDITION"), "{}", stderr(&o));
+
+    ok(&["policy", "detach", "--interface", "lo", "--direction", "ingress"]);
+    ok(&["policy", "del", "web"]);
+    assert_eq!(ok(&["policy", "list", "-o", "json"]).trim(), "[]");
+}

@@ -41,6 +41,53 @@ enum Command {
     /// Routes.
     #[command(subcommand)]
     Route(RouteCmd),
+    /// Policies: ordered rules attached to interfaces.
+    #[command(subcommand)]
+    Policy(PolicyCmd),
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyCmd {
+    /// Create or atomically replace a policy from a YAML or JSON rules file.
+    Put {
+        name: String,
+        #[arg(long)]
+        file: std::path::PathBuf,
+    },
+    #[command(alias = "delete")]
+    Del { name: String },
+    /// Policies with their rules, per-rule hit counters and attachments.
+    #[command(alias = "ls")]
+    List { name: Option<String> },
+    /// Attach to an interface and direction (replacing what is there, atomically).
+    Attach {
+        name: String,
+        #[arg(long)]
+        interface: String,
+        #[arg(long, value_enum, default_value_t = Dir::Ingress)]
+        direction: Dir,
+        /// What happens when no rule matches.
+        #[arg(long = "default", value_enum, default_value_t = DefaultAction::Allow)]
+        default_action: DefaultAction,
+    },
+    Detach {
+        #[arg(long)]
+        interface: String,
+        #[arg(long, value_enum, default_value_t = Dir::Ingress)]
+        direction: Dir,
+    },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Dir {
+    Ingress,
+    Egress,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum DefaultAction {
+    Allow,
+    Deny,
 }
 
 #[derive(Debug, Subcommand)]
@@ -240,8 +287,153 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Vrf(cmd) => routing::vrf(&mut client, cli.output, cmd).await?,
         Command::Nexthop(cmd) => routing::nexthop(&mut client, cli.output, cmd).await?,
         Command::Route(cmd) => routing::route(&mut client, cli.output, cmd).await?,
+        Command::Policy(cmd) => policy::run(&mut client, cli.output, cmd).await?,
     }
     Ok(())
+}
+
+mod policy {
+    //! The policy verbs.
+
+    use controller_client::{pb, policy_file, Client};
+    use serde_json::{json, Value};
+
+    use super::{print_table, DefaultAction, Dir, Failure, Output, PolicyCmd};
+
+    fn direction(d: Dir) -> i32 {
+        match d {
+            Dir::Ingress => pb::Direction::Ingress as i32,
+            Dir::Egress => pb::Direction::Egress as i32,
+        }
+    }
+
+    fn dir_name(d: i32) -> &'static str {
+        match pb::Direction::try_from(d) {
+            Ok(pb::Direction::Ingress) => "ingress",
+            Ok(pb::Direction::Egress) => "egress",
+            _ => "?",
+        }
+    }
+
+    fn action_name(a: i32) -> &'static str {
+        match pb::Action::try_from(a) {
+            Ok(pb::Action::Allow) => "allow",
+            Ok(pb::Action::Deny) => "deny",
+            Ok(pb::Action::Punt) => "punt",
+            _ => "?",
+        }
+    }
+
+    fn done(output: Output, what: String, generation: u64) {
+        match output {
+            Output::Json => println!("{}", json!({ "generation": generation })),
+            Output::Table => println!("{what}, generation {generation}"),
+        }
+    }
+
+    pub async fn run(client: &mut Client, output: Output, cmd: PolicyCmd) -> Result<(), Failure> {
+        match cmd {
+            PolicyCmd::Put { name, file } => {
+                let text = std::fs::read_to_string(&file)
+                    .map_err(|e| Failure::Usage(format!("{}: {e}", file.display())))?;
+                let rules = policy_file::parse(&text).map_err(|e| Failure::Usage(format!("{}: {e}", file.display())))?;
+                let n = rules.len();
+                let r = client.policy.put_policy(pb::PutPolicyRequest { name: name.clone(), rules }).await?.into_inner();
+                done(output, format!("policy {name}: {n} rules"), r.generation);
+            }
+            PolicyCmd::Del { name } => {
+                let r = client.policy.delete_policy(pb::DeletePolicyRequest { name: name.clone() }).await?.into_inner();
+                done(output, format!("deleted policy {name}"), r.generation);
+            }
+            PolicyCmd::Attach { name, interface, direction: d, default_action } => {
+                let default_action = match default_action {
+                    DefaultAction::Allow => pb::Action::Allow,
+                    DefaultAction::Deny => pb::Action::Deny,
+                } as i32;
+                let r = client
+                    .policy
+                    .attach_policy(pb::AttachPolicyRequest { policy: name.clone(), interface: interface.clone(), direction: direction(d), default_action })
+                    .await?
+                    .into_inner();
+                done(output, format!("attached policy {name} to {interface} {}", dir_name(direction(d))), r.generation);
+            }
+            PolicyCmd::Detach { interface, direction: d } => {
+                let r = client
+                    .policy
+                    .detach_policy(pb::DetachPolicyRequest { interface: interface.clone(), direction: direction(d) })
+                    .await?
+                    .into_inner();
+                done(output, format!("detached {interface} {}", dir_name(direction(d))), r.generation);
+            }
+            PolicyCmd::List { name } => {
+                let r = client.policy.list_policies(pb::ListPoliciesRequest { name: name.unwrap_or_default() }).await?.into_inner();
+                match output {
+                    Output::Json => {
+                        let v: Vec<Value> = r.policies.iter().map(policy_json).collect();
+                        println!("{}", Value::Array(v));
+                    }
+                    Output::Table => {
+                        for p in &r.policies {
+                            let att: Vec<String> = p
+                                .attachments
+                                .iter()
+                                .map(|a| format!("{} {} (default {})", a.interface, dir_name(a.direction), action_name(a.default_action)))
+                                .collect();
+                            println!("policy {}: {} rules, attached: {}", p.name, p.rules.len(), if att.is_empty() { "-".into() } else { att.join(", ") });
+                            let mut rows = vec![["PRIO", "SRC", "DST", "PROTO", "SPORTS", "DPORTS", "ICMP", "FLAGS", "ACTION", "PACKETS", "BYTES"].map(String::from).to_vec()];
+                            for r in &p.rules {
+                                let or_any = |s: &str| if s.is_empty() { "*".to_owned() } else { s.to_owned() };
+                                let range = |p: &Option<pb::PortRange>| p.map(|p| if p.first == p.last { p.first.to_string() } else { format!("{}-{}", p.first, p.last) }).unwrap_or_else(|| "*".into());
+                                rows.push(vec![
+                                    r.priority.to_string(),
+                                    or_any(&r.src_prefix),
+                                    or_any(&r.dst_prefix),
+                                    r.protocol.map(|p| p.to_string()).unwrap_or_else(|| "*".into()),
+                                    range(&r.src_ports),
+                                    range(&r.dst_ports),
+                                    match (r.icmp_type, r.icmp_code) {
+                                        (None, None) => "*".into(),
+                                        (t, c) => format!("{}/{}", t.map(|t| t.to_string()).unwrap_or("*".into()), c.map(|c| c.to_string()).unwrap_or("*".into())),
+                                    },
+                                    r.tcp_flags.map(|f| format!("{:#04x}/{:#04x}", f.value, f.mask)).unwrap_or_else(|| "*".into()),
+                                    action_name(r.action).to_owned(),
+                                    r.packets.to_string(),
+                                    r.bytes.to_string(),
+                                ]);
+                            }
+                            print_table(&rows);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn policy_json(p: &pb::PolicyInfo) -> Value {
+        json!({
+            "name": p.name,
+            "attachments": p.attachments.iter().map(|a| json!({
+                "interface": a.interface,
+                "direction": dir_name(a.direction),
+                "default": action_name(a.default_action),
+            })).collect::<Vec<_>>(),
+            "rules": p.rules.iter().map(|r| json!({
+                "priority": r.priority,
+                "src": r.src_prefix,
+                "dst": r.dst_prefix,
+                "protocol": r.protocol,
+                "src_ports": r.src_ports.map(|p| json!([p.first, p.last])),
+                "dst_ports": r.dst_ports.map(|p| json!([p.first, p.last])),
+                "icmp_type": r.icmp_type,
+                "icmp_code": r.icmp_code,
+                "tcp_flags": r.tcp_flags.map(|f| json!({"mask": f.mask, "value": f.value})),
+                "action": action_name(r.action),
+                "packets": r.packets,
+                "bytes": r.bytes,
+            })).collect::<Vec<_>>(),
+        })
+    }
 }
 
 mod routing {

@@ -185,7 +185,7 @@ fn address_classes(
     let mut prefixes: Vec<Prefix> = own.keys().copied().filter(|p| *p != root).collect();
     // Address order, shorter first at equal addresses: every prefix comes after the prefixes
     // enclosing it, and a stack of enclosing prefixes gives each one its nearest ancestor.
-    prefixes.sort_by(|a, b| (a.addr(), a.len()).cmp(&(b.addr(), b.len())));
+    prefixes.sort_by_key(|p| (p.addr(), p.len()));
     let mut root_bits = wildcard;
     if let Some(b) = own.get(&root) {
         or(&mut root_bits, b);
