@@ -32,6 +32,9 @@ struct Args {
     /// Route-table sizes of the packet-path cases, comma-separated.
     #[arg(long, value_delimiter = ',')]
     routes: Option<Vec<usize>>,
+    /// Policy sizes (rules) of the policy cases, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    rules: Option<Vec<usize>>,
 }
 
 fn main() -> Result<()> {
@@ -43,6 +46,9 @@ fn main() -> Result<()> {
         repeat: args.repeat.unwrap_or(if args.quick { 10_000 } else { 1_000_000 }),
         route_counts: args.routes.clone().unwrap_or_else(|| {
             if args.quick { vec![10, 1_000] } else { vec![10, 100_000, 1_000_000] }
+        }),
+        rule_counts: args.rules.clone().unwrap_or_else(|| {
+            if args.quick { vec![1, 100] } else { vec![1, 100, 1_000, 10_000] }
         }),
     };
     let command = std::env::var("DATAPLANE_BENCH_COMMAND").unwrap_or_else(|_| {

@@ -15,7 +15,7 @@ use std::{
 use anyhow::{bail, ensure, Result};
 use dataplane_server::{
     dataplane::{TestProgram, TestRunOutcome},
-    domain::{InterfaceName, NewNextHop, NextHopSpec, RouteSpec},
+    domain::{Direction, InterfaceName, NewNextHop, NextHopSpec, PolicyName, RouteSpec, RuleAction, RuleSpec},
     net::{Mac, Prefix},
 };
 
@@ -32,13 +32,16 @@ pub struct Config {
     pub runs: usize,
     pub repeat: u32,
     pub route_counts: Vec<usize>,
+    /// Policy sizes measured (rules, the last an ALLOW-all).
+    pub rule_counts: Vec<usize>,
 }
 
 /// Samples (ns/packet) of one case.
 #[derive(Clone, Debug)]
 pub struct Figure {
     pub case: String,
-    pub routes: Option<usize>,
+    /// Table size of the case: routes per family, or rules.
+    pub size: Option<usize>,
     pub samples: Vec<f64>,
 }
 
@@ -66,6 +69,11 @@ pub struct Results {
     pub harness: Figure,
     /// Per route count: (IPv4 harnessed, IPv6 harnessed).
     pub l3: Vec<(Figure, Figure)>,
+    /// The IPv4 L3 path (smallest route table) with no policy attached, measured alongside
+    /// `policy`.
+    pub no_policy: Figure,
+    /// Per rule count: the same path with an ingress policy of that many rules.
+    pub policy: Vec<Figure>,
 }
 
 impl Results {
@@ -99,6 +107,8 @@ pub fn run(sandbox: &Sandbox, config: &Config) -> Result<Results> {
         redirect: figure("bare MAC swap + devmap redirect (baseline)", None),
         harness: figure("harness (restore + tail call) -> XDP_PASS", None),
         l3: Vec::new(),
+        no_policy: figure("full L3 path, IPv4, no policy", Some(config.route_counts.first().copied().unwrap_or(0))),
+        policy: Vec::new(),
     };
     let mut installed = 0;
     for &count in &config.route_counts {
@@ -126,12 +136,109 @@ pub fn run(sandbox: &Sandbox, config: &Config) -> Result<Results> {
         }
         eprintln!("  IPv4 {:.1} ns, IPv6 {:.1} ns (harnessed medians)", f4.median(), f6.median());
         results.l3.push((f4, f6));
+        if results.policy.is_empty() {
+            measure_policies(sandbox, config, &frame4, &mut results)?;
+        }
     }
     Ok(results)
 }
 
-fn figure(case: &str, routes: Option<usize>) -> Figure {
-    Figure { case: case.to_owned(), routes, samples: Vec::new() }
+/// The IPv4 path with ingress policies of each size attached to the ingress interface, next to the
+/// path without one. Rules are random and never match the probe (each names a source or
+/// destination prefix in 100.64.0.0/10, or protocol/ports it does not use) except the last, an
+/// ALLOW-all, so every case classifies through the whole table to its last rule. Prefixes and
+/// port ranges come from pools of 256 and 64, as in real rule sets.
+fn measure_policies(sandbox: &Sandbox, config: &Config, frame: &[u8], results: &mut Results) -> Result<()> {
+    let domain = &sandbox.domain;
+    let lo = InterfaceName::parse("interface", "lo")?;
+    let name = PolicyName::parse("name", "bench")?;
+    let mut rng = Rng(0x0070_11c1_e5ee_d001);
+    let pools = Pools::new(&mut rng);
+    let mut figures: Vec<Figure> = config.rule_counts.iter().map(|&n| figure(&format!("full L3 path, IPv4, ingress policy of {n} rules"), Some(n))).collect();
+    let mut tables = Vec::new();
+    for &n in &config.rule_counts {
+        let mut rules: Vec<RuleSpec> = (0..n.saturating_sub(1)).map(|i| random_rule(&mut rng, &pools, i as u32)).collect();
+        rules.push(RuleSpec {
+            priority: u32::MAX,
+            src: None,
+            dst: None,
+            protocol: None,
+            src_ports: None,
+            dst_ports: None,
+            icmp_type: None,
+            icmp_code: None,
+            tcp_flags: None,
+            action: RuleAction::Allow,
+        });
+        tables.push(rules);
+    }
+    eprintln!("  policies of {:?} rules", config.rule_counts);
+    for _ in 0..config.runs {
+        domain.detach_policy(&lo, Direction::Ingress).ok();
+        results.no_policy.samples.push(measure(sandbox, TestProgram::HarnessedIngress, frame, config.repeat, XDP_REDIRECT)?);
+        for (rules, f) in tables.iter().zip(&mut figures) {
+            domain.put_policy(name.clone(), rules.clone())?;
+            domain.attach_policy(&name, &lo, Direction::Ingress, true)?;
+            f.samples.push(measure(sandbox, TestProgram::HarnessedIngress, frame, config.repeat, XDP_REDIRECT)?);
+        }
+    }
+    domain.detach_policy(&lo, Direction::Ingress)?;
+    domain.delete_policy(&name)?;
+    results.policy = figures;
+    Ok(())
+}
+
+/// What the random rules draw from: like real ACLs (and ClassBench), rules name a few hundred
+/// address blocks and a few dozen port ranges, not a fresh prefix each.
+struct Pools {
+    prefixes: Vec<Prefix>,
+    ports: Vec<(u16, u16)>,
+}
+
+impl Pools {
+    fn new(rng: &mut Rng) -> Self {
+        let prefixes = (0..256)
+            .map(|_| {
+                let len = 10 + rng.below(15) as u8;
+                let a = 0x6440_0000 | (rng.next() as u32 & 0x003f_ffff);
+                Prefix::containing(IpAddr::V4(Ipv4Addr::from(a)), len)
+            })
+            .collect();
+        let ports = (0..64)
+            .map(|_| {
+                let a = 1024 + rng.below(60000) as u16;
+                (a, a.saturating_add(rng.below(100) as u16))
+            })
+            .collect();
+        Self { prefixes, ports }
+    }
+}
+
+fn random_rule(rng: &mut Rng, pools: &Pools, priority: u32) -> RuleSpec {
+    let cgnat = |rng: &mut Rng| Some(pools.prefixes[rng.below(pools.prefixes.len() as u64) as usize]);
+    let (src, dst) = match rng.below(3) {
+        0 => (cgnat(rng), None),
+        1 => (None, cgnat(rng)),
+        _ => (cgnat(rng), cgnat(rng)),
+    };
+    let protocol = if rng.below(2) == 0 { 6 } else { 17 };
+    let dst_ports = (rng.below(2) == 0).then(|| pools.ports[rng.below(pools.ports.len() as u64) as usize]);
+    RuleSpec {
+        priority,
+        src,
+        dst,
+        protocol: Some(protocol),
+        src_ports: None,
+        dst_ports,
+        icmp_type: None,
+        icmp_code: None,
+        tcp_flags: None,
+        action: if rng.below(2) == 0 { RuleAction::Deny } else { RuleAction::Allow },
+    }
+}
+
+fn figure(case: &str, size: Option<usize>) -> Figure {
+    Figure { case: case.to_owned(), size, samples: Vec::new() }
 }
 
 /// One figure: mean ns per repetition over `repeat` repetitions, refusing a run whose verdict

@@ -65,11 +65,26 @@ pub struct PolicyTable {
     /// First rule slot: rule `i` has its action and counters at `rule_base + i`.
     pub rule_base: u32,
     pub _pad: u32,
+    /// Per trie-looked-up field ([`FIXED_V4_SRC`] ...): the class every value has when no rule
+    /// constrains the field (the trie would only hold /0), so the lookup is skipped; or
+    /// [`LOOKUP`].
+    pub fixed: [u32; 6],
+    pub _pad2: [u32; 2],
     /// Protocol number -> class record offset in `POLICY_WORDS`.
     pub proto_class: [u32; 256],
     /// TCP flags byte -> class record offset (non-TCP packets use flags 0).
     pub flags_class: [u32; 256],
 }
+
+/// `PolicyTable::fixed` entry: the field needs its trie lookup.
+pub const LOOKUP: u32 = u32::MAX;
+/// Indexes of `PolicyTable::fixed`.
+pub const FIXED_V4_SRC: usize = 0;
+pub const FIXED_V4_DST: usize = 1;
+pub const FIXED_V6_SRC: usize = 2;
+pub const FIXED_V6_DST: usize = 3;
+pub const FIXED_L4_SRC: usize = 4;
+pub const FIXED_L4_DST: usize = 5;
 
 /// Key data of `POLICY_V4_SRC`/`POLICY_V4_DST` (after aya's prefix length): table (big endian)
 /// then the address; `prefix_len = 32 + length`.
@@ -107,5 +122,5 @@ pub struct RuleStats {
     pub bytes: u64,
 }
 
-const _: () = assert!(core::mem::size_of::<PolicyTable>() == 16 + 2048);
+const _: () = assert!(core::mem::size_of::<PolicyTable>() == 16 + 32 + 2048);
 const _: () = assert!(core::mem::size_of::<PolicyL4>() == 8);

@@ -7,8 +7,8 @@ use core::ffi::c_void;
 use aya_ebpf::{helpers::bpf_loop, maps::lpm_trie::Key};
 use dataplane_common::{
     policy::{
-        PolicyAddrV4, PolicyAddrV6, PolicyL4, ACTION_DENY, ACTION_PUNT, ATTACH_DEFAULT_DENY, L4_DST, L4_SRC,
-        MAX_POLICY_SUMMARY,
+        PolicyAddrV4, PolicyAddrV6, PolicyL4, ACTION_DENY, ACTION_PUNT, ATTACH_DEFAULT_DENY, FIXED_L4_DST, FIXED_L4_SRC,
+        FIXED_V4_DST, FIXED_V4_SRC, FIXED_V6_DST, FIXED_V6_SRC, L4_DST, L4_SRC, LOOKUP, MAX_POLICY_SUMMARY,
     },
     Reason,
 };
@@ -59,39 +59,49 @@ pub fn check(slot: u32, direction: u32, pkt: &Packet, len: u64) -> Result<(), Re
 #[inline(never)]
 fn classify(table: u32, pkt: &Packet) -> u32 {
     let Some(hdr) = POLICY_TABLE_HDRS.get(table) else { return NO_MATCH };
-    let key = table.to_be_bytes();
+    // A field no rule constrains has one class for every value (`hdr.fixed`): no trie lookup.
     let (src, dst) = match pkt.l3 {
-        L3::Ipv4 => {
-            let s = [pkt.src[0], pkt.src[1], pkt.src[2], pkt.src[3]];
-            let d = [pkt.dst[0], pkt.dst[1], pkt.dst[2], pkt.dst[3]];
-            (
-                POLICY_V4_SRC.get(Key::new(32 + 32, PolicyAddrV4 { table: key, addr: s })).copied(),
-                POLICY_V4_DST.get(Key::new(32 + 32, PolicyAddrV4 { table: key, addr: d })).copied(),
-            )
-        }
+        L3::Ipv4 => (
+            addr_class(hdr.fixed[FIXED_V4_SRC], table, &pkt.src, V4_SRC),
+            addr_class(hdr.fixed[FIXED_V4_DST], table, &pkt.dst, V4_DST),
+        ),
         L3::Ipv6 => (
-            POLICY_V6_SRC.get(Key::new(32 + 128, PolicyAddrV6 { table: key, addr: pkt.src })).copied(),
-            POLICY_V6_DST.get(Key::new(32 + 128, PolicyAddrV6 { table: key, addr: pkt.dst })).copied(),
+            addr_class(hdr.fixed[FIXED_V6_SRC], table, &pkt.src, V6_SRC),
+            addr_class(hdr.fixed[FIXED_V6_DST], table, &pkt.dst, V6_DST),
         ),
         L3::Other(_) => return NO_MATCH,
     };
+    let sp = l4_class(hdr.fixed[FIXED_L4_SRC], table, L4_SRC, pkt.src_port);
+    let dp = l4_class(hdr.fixed[FIXED_L4_DST], table, L4_DST, pkt.dst_port);
     // A miss means no rule of the table admits this value (the server enters a /0 for every
     // family and value range a rule can match).
-    let (Some(src), Some(dst)) = (src, dst) else { return NO_MATCH };
-    let l4 = |field: u8, v: u16| {
-        POLICY_L4
-            .get(Key::new(40 + 16, PolicyL4 { table: key, field, value: v.to_be_bytes(), _pad: 0 }))
-            .copied()
-    };
-    let (Some(sp), Some(dp)) = (l4(L4_SRC, pkt.src_port), l4(L4_DST, pkt.dst_port)) else { return NO_MATCH };
+    if src == LOOKUP || dst == LOOKUP || sp == LOOKUP || dp == LOOKUP {
+        return NO_MATCH;
+    }
     let classes: [u32; FIELDS] =
         [src, dst, hdr.proto_class[pkt.ip_proto as usize], hdr.flags_class[pkt.tcp_flags as usize], sp, dp];
 
     let mut scan = Scan { classes, summary: hdr.summary, word_base: 0, candidates: 0, found: NO_MATCH };
     let mut s = 0;
     while s < MAX_POLICY_SUMMARY && s < scan.summary {
-        scan.candidates = and_word(&scan.classes, s);
+        let c = and_word(&scan.classes, s);
         scan.word_base = s * 64;
+        if c == 0 {
+            s += 1;
+            continue;
+        }
+        // The lowest candidate word usually holds the match: try it inline, and pay for the
+        // callback loop only for the rest.
+        let w = scan.word_base + ctz(c);
+        let rules = and_word(&scan.classes, scan.summary + w);
+        if rules != 0 {
+            return hdr.rule_base + w * 64 + ctz(rules);
+        }
+        scan.candidates = c & (c - 1);
+        if scan.candidates == 0 {
+            s += 1;
+            continue;
+        }
         // Each set bit is a bitmap word where every field admits some rule; the lowest rule
         // admitted by all fields in the lowest such word is the first match. bpf_loop: the
         // verifier checks the callback once instead of unrolling 64 iterations per summary word.
@@ -137,12 +147,52 @@ extern "C" fn scan_word(_index: u64, ctx: *mut c_void) -> i64 {
     0
 }
 
+const V4_SRC: u32 = 0;
+const V4_DST: u32 = 1;
+const V6_SRC: u32 = 2;
+const V6_DST: u32 = 3;
+
+/// The class of an address in one of the four address tries, or `fixed` when the table gives
+/// one (no rule constrains the field); [`LOOKUP`] on a miss.
+///
+/// Not inlined: inlined, LLVM merges the four lookups into one helper call site fed by phis,
+/// which the verifier rejects (a register unset on the `fixed` path).
+#[inline(never)]
+fn addr_class(fixed: u32, table: u32, addr: &[u8; 16], which: u32) -> u32 {
+    if fixed != LOOKUP {
+        return fixed;
+    }
+    let t = table.to_be_bytes();
+    let v4 = [addr[0], addr[1], addr[2], addr[3]];
+    let found = match which {
+        V4_SRC => POLICY_V4_SRC.get(Key::new(32 + 32, PolicyAddrV4 { table: t, addr: v4 })),
+        V4_DST => POLICY_V4_DST.get(Key::new(32 + 32, PolicyAddrV4 { table: t, addr: v4 })),
+        V6_SRC => POLICY_V6_SRC.get(Key::new(32 + 128, PolicyAddrV6 { table: t, addr: *addr })),
+        _ => POLICY_V6_DST.get(Key::new(32 + 128, PolicyAddrV6 { table: t, addr: *addr })),
+    };
+    found.copied().unwrap_or(LOOKUP)
+}
+
+/// The class of an L4 value (port, ICMP type/code), or `fixed`; [`LOOKUP`] on a miss.
+#[inline(never)]
+fn l4_class(fixed: u32, table: u32, field: u8, value: u16) -> u32 {
+    if fixed != LOOKUP {
+        return fixed;
+    }
+    let key = PolicyL4 { table: table.to_be_bytes(), field, value: value.to_be_bytes(), _pad: 0 };
+    POLICY_L4.get(Key::new(40 + 16, key)).copied().unwrap_or(LOOKUP)
+}
+
 /// The AND over every field of word `offset` of its class record.
 #[inline(always)]
 fn and_word(classes: &[u32; FIELDS], offset: u32) -> u64 {
     let mut acc = u64::MAX;
     for c in classes {
         acc &= POLICY_WORDS.get(c.wrapping_add(offset)).copied().unwrap_or(0);
+        // Most candidate words die after two or three fields: stop reading there.
+        if acc == 0 {
+            break;
+        }
     }
     acc
 }

@@ -25,6 +25,9 @@ fn bench_quick_reports_every_case_and_leaves_nothing_behind() {
         ("full L3 path, IPv6 UDP 78 B", "10"),
         ("full L3 path, IPv4 UDP 64 B", "1,000"),
         ("full L3 path, IPv6 UDP 78 B", "1,000"),
+        ("full L3 path, IPv4, no policy", "-"),
+        ("full L3 path, IPv4, ingress policy of 1 rules", "1"),
+        ("full L3 path, IPv4, ingress policy of 100 rules", "100"),
     ] {
         assert!(cases.contains(&expected), "missing {expected:?} in\n{stdout}");
     }

@@ -10,7 +10,10 @@
 
 use std::collections::HashMap;
 
-use dataplane_common::policy::{PolicyTable, L4_DST, L4_SRC};
+use dataplane_common::policy::{
+    PolicyTable, FIXED_L4_DST, FIXED_L4_SRC, FIXED_V4_DST, FIXED_V4_SRC, FIXED_V6_DST, FIXED_V6_SRC, L4_DST, L4_SRC,
+    LOOKUP,
+};
 
 use crate::{dataplane::PolicyImage, net::Prefix};
 
@@ -57,12 +60,20 @@ pub fn compile(
 
     let mut src = Vec::new();
     let mut dst = Vec::new();
+    // Record index of a field whose every value has the same class (no trie entries needed).
+    let mut fixed = [None; 6];
     if !rules.is_empty() {
         for v4 in [true, false] {
             let fam = if v4 { Family::V4 } else { Family::V6 };
             let applies: Vec<bool> = rules.iter().map(|r| r.family == Family::Any || r.family == fam).collect();
-            src.extend(address_classes(rules, &applies, v4, |r| r.src, &mut records));
-            dst.extend(address_classes(rules, &applies, v4, |r| r.dst, &mut records));
+            let (fs, fd) = if v4 { (FIXED_V4_SRC, FIXED_V4_DST) } else { (FIXED_V6_SRC, FIXED_V6_DST) };
+            for (out, slot, field) in [(&mut src, fs, Field::Src), (&mut dst, fd, Field::Dst)] {
+                let classes = address_classes(rules, &applies, v4, |r| if field == Field::Src { r.src } else { r.dst }, &mut records);
+                match classes.as_slice() {
+                    [(_, only)] => fixed[slot] = Some(*only),
+                    _ => out.extend(classes),
+                }
+            }
         }
     }
     let mut proto = [0u32; 256];
@@ -87,8 +98,14 @@ pub fn compile(
             }
             *class = records.intern(b);
         }
-        l4.extend(l4_classes(rules, L4_SRC, |r| r.l4_src, &mut records));
-        l4.extend(l4_classes(rules, L4_DST, |r| r.l4_dst, &mut records));
+        for (field, slot) in [(L4_SRC, FIXED_L4_SRC), (L4_DST, FIXED_L4_DST)] {
+            let entries = l4_classes(rules, field, |r| if field == L4_SRC { r.l4_src } else { r.l4_dst }, &mut records);
+            match entries.as_slice() {
+                // One block of length 0: every value in one class.
+                [(_, _, 0, only)] => fixed[slot] = Some(*only),
+                _ => l4.extend(entries),
+            }
+        }
     }
 
     let record = (summary + words) as usize;
@@ -111,6 +128,8 @@ pub fn compile(
         summary,
         rule_base,
         _pad: 0,
+        fixed: fixed.map(|f| f.map_or(LOOKUP, at)),
+        _pad2: [0; 2],
         proto_class: proto.map(at),
         flags_class: flags.map(at),
     };
@@ -124,6 +143,12 @@ pub fn compile(
         l4: l4.into_iter().map(|(f, v, l, c)| (f, v, l, at(c))).collect(),
         actions: rules.iter().map(|r| r.action).collect(),
     })
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Field {
+    Src,
+    Dst,
 }
 
 type Bitmap = Vec<u64>;
@@ -314,9 +339,11 @@ mod tests {
                 .max_by_key(|(p, _)| p.len())
                 .map(|e| e.1)
         };
-        let src_c = lpm(&img.src)?;
+        let fixed = |i: usize| (img.header.fixed[i] != LOOKUP).then_some(img.header.fixed[i]);
+        let (fs, fd) = if src.is_ipv4() { (FIXED_V4_SRC, FIXED_V4_DST) } else { (FIXED_V6_SRC, FIXED_V6_DST) };
+        let src_c = fixed(fs).or_else(|| lpm(&img.src))?;
         let dst_any: Prefix = if src.is_ipv4() { "0.0.0.0/0".parse().unwrap() } else { "::/0".parse().unwrap() };
-        let dst_c = img.dst.iter().find(|(p, _)| *p == dst_any).map(|e| e.1)?;
+        let dst_c = fixed(fd).or_else(|| img.dst.iter().find(|(p, _)| *p == dst_any).map(|e| e.1))?;
         let l4 = |field: u8, v: u16| {
             img.l4
                 .iter()
@@ -327,7 +354,9 @@ mod tests {
                 .max_by_key(|e| e.2)
                 .map(|e| e.3)
         };
-        let classes = [src_c, dst_c, img.header.proto_class[proto as usize], img.header.flags_class[0], l4(L4_SRC, 0)?, l4(L4_DST, dport)?];
+        let sp = fixed(FIXED_L4_SRC).or_else(|| l4(L4_SRC, 0))?;
+        let dp = fixed(FIXED_L4_DST).or_else(|| l4(L4_DST, dport))?;
+        let classes = [src_c, dst_c, img.header.proto_class[proto as usize], img.header.flags_class[0], sp, dp];
         let word = |c: u32, off: u32| img.pool[(c - base + off) as usize];
         let and = |off: u32| classes.iter().fold(u64::MAX, |a, &c| a & word(c, off));
         for s in 0..img.header.summary {
