@@ -173,6 +173,20 @@ async fn policy_rules_first_match_each_field_edges_default_and_counters_in_xdp()
         .unwrap();
     let (got, _) = xdp.run(&l4_frame(host, ip("198.51.100.7"), 6, 40000, 80, 0x10));
     assert_eq!(got, XDP_REDIRECT);
+
+    // EGRESS: the same rules judge what XDP forwards out of the interface (the next hop leaves
+    // through `lo` too).
+    c.policy
+        .attach_policy(pb::AttachPolicyRequest {
+            policy: "edge".into(),
+            interface: "lo".into(),
+            direction: pb::Direction::Egress as i32,
+            default_action: Allow as i32,
+        })
+        .await
+        .unwrap();
+    assert_eq!(xdp.run(&l4_frame(host, ip("198.51.100.7"), 6, 40000, 80, 0x10)).0, XDP_DROP, "egress deny");
+    assert_eq!(xdp.run(&l4_frame(host, ip("198.51.100.7"), 6, 40000, 90, 0x10)).0, XDP_REDIRECT, "egress allow");
 }
 
 /// Two policies whose mix would produce a verdict neither gives: A punts dst 203.0.113.0/24 with

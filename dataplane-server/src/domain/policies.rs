@@ -405,3 +405,92 @@ fn match_spec(r: &RuleSpec) -> MatchSpec {
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use super::*;
+    use crate::{
+        dataplane::XdpMode,
+        domain::{fake::FakeDataplane, AddInterface},
+    };
+
+    fn domain() -> Domain<FakeDataplane> {
+        let d = Domain::new(FakeDataplane::with_links(&[("eth0", 7)]));
+        d.add_interface(AddInterface { name: iface(), mode: XdpMode::Auto, vrf: 0 }).unwrap();
+        d
+    }
+
+    fn iface() -> InterfaceName {
+        InterfaceName::parse("n", "eth0").unwrap()
+    }
+
+    fn name() -> PolicyName {
+        PolicyName::parse("name", "p").unwrap()
+    }
+
+    fn deny_port(priority: u32, port: u16) -> RuleSpec {
+        RuleSpec {
+            priority,
+            src: None,
+            dst: None,
+            protocol: Some(IPPROTO_TCP),
+            src_ports: None,
+            dst_ports: Some((port, port)),
+            icmp_type: None,
+            icmp_code: None,
+            tcp_flags: None,
+            action: RuleAction::Deny,
+        }
+    }
+
+    #[test]
+    fn put_policy_replacement_flips_attachment_then_reclaims_old_table_after_grace() {
+        let d = domain();
+        d.put_policy(name(), vec![deny_port(1, 80)]).unwrap();
+        d.attach_policy(&name(), &iface(), Direction::Egress, true).unwrap();
+        let first = d.dataplane().policy_tables.lock().unwrap().keys().copied().collect::<Vec<_>>();
+        assert_eq!(first.len(), 1);
+        assert_eq!(d.dataplane().policy_attach.lock().unwrap()[&(0, DIR_EGRESS)], attach_word(first[0], true));
+
+        d.put_policy(name(), vec![deny_port(1, 443)]).unwrap();
+        let tables = d.dataplane().policy_tables.lock().unwrap().keys().copied().collect::<Vec<_>>();
+        assert_eq!(tables.len(), 2, "old table still in the kernel until a grace period passes");
+        let new = *tables.iter().find(|t| **t != first[0]).unwrap();
+        assert_eq!(d.dataplane().policy_attach.lock().unwrap()[&(0, DIR_EGRESS)], attach_word(new, true));
+        assert_eq!(d.dataplane().readers_waited.load(Ordering::SeqCst), 0);
+
+        // The next change waits for readers, then frees the retired table.
+        d.put_policy(PolicyName::parse("name", "q").unwrap(), vec![]).unwrap();
+        assert_eq!(d.dataplane().readers_waited.load(Ordering::SeqCst), 1);
+        // ... and its slot is free again: the new empty policy took it.
+        let tables = d.dataplane().policy_tables.lock().unwrap();
+        assert_eq!(tables.len(), 2);
+        assert!(tables[&first[0]].actions.is_empty(), "slot {} now holds q", first[0]);
+    }
+
+    #[test]
+    fn delete_interface_clears_its_policy_attachments() {
+        let d = domain();
+        d.put_policy(name(), vec![deny_port(1, 80)]).unwrap();
+        d.attach_policy(&name(), &iface(), Direction::Ingress, false).unwrap();
+        d.delete_interface(&iface()).unwrap();
+        assert_eq!(d.dataplane().policy_attach.lock().unwrap()[&(0, DIR_INGRESS)], 0);
+        assert!(d.list_policies(None).unwrap()[0].attachments.is_empty());
+        d.delete_policy(&name()).unwrap();
+    }
+
+    #[test]
+    fn put_policy_invalid_changes_nothing() {
+        let d = domain();
+        d.put_policy(name(), vec![deny_port(1, 80)]).unwrap();
+        let g = d.status().unwrap().generation;
+        let mut bad = deny_port(2, 80);
+        bad.dst_ports = Some((90, 80));
+        let e = d.put_policy(name(), vec![deny_port(1, 80), bad]).unwrap_err();
+        assert_eq!(e.to_string(), "rules[1].dst_ports: first 90 is after last 80");
+        assert_eq!(d.status().unwrap().generation, g);
+        assert_eq!(d.dataplane().policy_tables.lock().unwrap().len(), 1);
+    }
+}
