@@ -305,6 +305,27 @@ async fn policy_blocks_one_tcp_port_allows_another_across_namespaces_detach_rest
         .await
         .unwrap();
     assert!(iperf("5202").unwrap() > 100_000, "detach restores port 5202");
+
+    // EGRESS on what the router itself sends (TC egress): its pings to h2 stop, then resume.
+    topo.rtr.exec("ping", &["-c", "1", "-W", "2", integration::H2_ADDR]).unwrap();
+    let mut no_ping = rule(1, pb::Action::Deny);
+    no_ping.protocol = Some(1);
+    no_ping.icmp_type = Some(8);
+    put(&mut c, "no-ping", vec![no_ping]).await.unwrap();
+    let att = pb::AttachPolicyRequest {
+        policy: "no-ping".into(),
+        interface: topo.r1.clone(),
+        direction: pb::Direction::Egress as i32,
+        default_action: pb::Action::Allow as i32,
+    };
+    c.policy.attach_policy(att).await.unwrap();
+    assert!(topo.rtr.exec("ping", &["-c", "2", "-i", "0.2", "-W", "1", integration::H2_ADDR]).is_err(), "egress policy must stop the router's pings");
+    assert!(policy(&mut c, "no-ping").await.rules[0].packets >= 2, "the dropped echo requests were counted");
+    c.policy
+        .detach_policy(pb::DetachPolicyRequest { interface: topo.r1.clone(), direction: pb::Direction::Egress as i32 })
+        .await
+        .unwrap();
+    topo.rtr.exec("ping", &["-c", "1", "-W", "2", integration::H2_ADDR]).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
