@@ -4,6 +4,7 @@
 //! by the BPF programs and by userspace is identical; the `user` feature adds `aya::Pod`.
 #![no_std]
 
+pub mod flow;
 pub mod maps;
 pub mod policy;
 pub mod reason;
@@ -73,6 +74,12 @@ mod pod {
     unsafe impl aya::Pod for super::policy::PolicyAddrV6 {}
     unsafe impl aya::Pod for super::policy::PolicyL4 {}
     unsafe impl aya::Pod for super::policy::RuleStats {}
+    unsafe impl aya::Pod for super::flow::FlowKeyV4 {}
+    unsafe impl aya::Pod for super::flow::FlowKeyV6 {}
+    unsafe impl aya::Pod for super::flow::FlowValue {}
+    unsafe impl aya::Pod for super::flow::FlowConfig {}
+    unsafe impl aya::Pod for super::flow::FlowState {}
+    unsafe impl aya::Pod for super::flow::PuntBucket {}
 }
 
 // The layouts above have no implicit padding; these sizes are what both sides agree on.

@@ -43,6 +43,20 @@ pub const POLICY_ACTIONS: &str = "POLICY_ACTIONS";
 /// Per-CPU array: rule slot -> [`crate::policy::RuleStats`].
 pub const POLICY_RULE_STATS: &str = "POLICY_RULE_STATS";
 
+/// LRU hashes: [`crate::flow::FlowKeyV4`]/[`crate::flow::FlowKeyV6`] -> [`crate::flow::FlowValue`].
+pub const FLOWS_V4: &str = "FLOWS_V4";
+pub const FLOWS_V6: &str = "FLOWS_V6";
+/// Array: interface slot -> [`crate::flow::FlowConfig`].
+pub const FLOW_CONFIG: &str = "FLOW_CONFIG";
+/// Per-CPU array: interface slot -> [`crate::flow::PuntBucket`].
+pub const PUNT_BUCKETS: &str = "PUNT_BUCKETS";
+/// Array with one [`crate::flow::FlowState`].
+pub const FLOW_STATE: &str = "FLOW_STATE";
+/// Per-CPU array with one u64: the CPU's request id counter.
+pub const FLOW_SEQ: &str = "FLOW_SEQ";
+/// Ring buffer of [`crate::flow::FlowMissEvent`]s.
+pub const FLOW_MISSES: &str = "FLOW_MISSES";
+
 /// Program array with [`BENCH_TARGET_SLOTS`] entries: what the benchmark harness program tail-calls.
 /// Benchmark-only: never written, pinned or read by the server.
 pub const BENCH_TARGETS: &str = "BENCH_TARGETS";
@@ -74,4 +88,11 @@ pub const ALL: &[&str] = &[
     POLICY_L4,
     POLICY_ACTIONS,
     POLICY_RULE_STATS,
+    FLOWS_V4,
+    FLOWS_V6,
+    FLOW_CONFIG,
+    PUNT_BUCKETS,
+    FLOW_STATE,
+    FLOW_SEQ,
+    FLOW_MISSES,
 ];

@@ -2,7 +2,7 @@
 //! (Cilium's drop reasons that double as metrics): every packet bumps exactly one.
 
 /// Size of the per-interface reason counter array; reasons are `< REASON_SLOTS`.
-pub const REASON_SLOTS: usize = 32;
+pub const REASON_SLOTS: usize = 48;
 
 /// What a reason says about the packet's fate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -104,6 +104,19 @@ reasons! {
     /// A policy rule with action PUNT matched: handed to the kernel stack (until flow misses
     /// carry it to the controller).
     PassPolicyPunt = 25, "pass_policy_punt", Pass;
+    /// The flow's action is DROP.
+    DropFlow = 26, "drop_flow", Drop;
+    /// A flow miss: a HOLD entry and an event were created; the packet is captured in the event
+    /// (re-injected when the flow is installed) and dropped here.
+    FlowMissPunted = 27, "flow_miss_punted", Pass;
+    /// A packet of a held flow (its miss was already punted), miss action drop.
+    DropFlowHeld = 28, "drop_flow_held", Drop;
+    /// A miss not punted: the HOLD cap was reached.
+    DropFlowHoldCap = 29, "drop_flow_hold_cap", Drop;
+    /// A miss not punted: over the interface's punt rate.
+    DropPuntRate = 30, "drop_punt_rate", Drop;
+    /// A miss not punted: the ring buffer to the server was full.
+    DropFlowRingFull = 31, "drop_flow_ring_full", Drop;
 }
 #[cfg(test)]
 mod tests {

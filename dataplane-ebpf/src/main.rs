@@ -4,8 +4,13 @@
 //! pipeline is a [`Reason`] that is counted per interface before the verdict is returned.
 #![no_std]
 #![no_main]
+// Atomic adds on shared map values (see `atomic.rs`).
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
+mod atomic;
 mod bench;
+mod flow;
 mod icmp;
 mod interface;
 mod maps;
@@ -62,7 +67,14 @@ fn ingress(ctx: &XdpContext, cfg: &InterfaceConfig) -> (u32, Reason) {
     if let Err(reason) = for_us(ctx, &pkt, cfg) {
         return (PASS, reason);
     }
-    let Some(nh_slot) = route::lookup(cfg.vrf, &pkt) else { return (PASS, Reason::NoRoute) };
+    let nh_slot = match flow::stage(ctx, &pkt, cfg.slot, cfg.vrf, len) {
+        flow::Decision::Forward(slot) => slot,
+        flow::Decision::Stop(reason) => return (verdict_for(reason), reason),
+        flow::Decision::Route => match route::lookup(cfg.vrf, &pkt) {
+            Some(slot) => slot,
+            None => return (PASS, Reason::NoRoute),
+        },
+    };
     let (slot, nh) = match nexthop::resolve(nh_slot, &pkt) {
         Resolved::Encap(slot, nh) => (slot, nh),
         Resolved::Stop(Reason::DropDiscard) => return (xdp_action::XDP_DROP, Reason::DropDiscard),
@@ -97,11 +109,13 @@ fn ingress(ctx: &XdpContext, cfg: &InterfaceConfig) -> (u32, Reason) {
     }
 }
 
-/// XDP_DROP for drop reasons, XDP_PASS for the others.
+/// XDP_DROP for drop reasons and punted flow misses, XDP_PASS for the others.
 #[inline(always)]
 fn verdict_for(reason: Reason) -> u32 {
     match reason.kind() {
         dataplane_common::reason::ReasonKind::Drop => xdp_action::XDP_DROP,
+        // Captured in its miss event; re-injected by the server once the flow is installed.
+        _ if reason == Reason::FlowMissPunted => xdp_action::XDP_DROP,
         _ => xdp_action::XDP_PASS,
     }
 }

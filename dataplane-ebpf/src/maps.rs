@@ -3,9 +3,10 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, DevMap, HashMap, LpmTrie, PerCpuArray, ProgramArray},
+    maps::{Array, DevMap, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
 };
 use dataplane_common::{
+    flow::{FlowConfig, FlowKeyV4, FlowKeyV6, FlowState, FlowValue, PuntBucket, FLOW_RING_BYTES, MAX_FLOWS},
     maps::BENCH_TARGET_SLOTS,
     policy::{
         PolicyAddrV4, PolicyAddrV6, PolicyL4, PolicyTable, RuleStats, POLICY_LPM_ENTRIES, POLICY_POOL_WORDS,
@@ -98,3 +99,31 @@ pub static POLICY_ACTIONS: Array<u32> = Array::with_max_entries(POLICY_RULE_SLOT
 /// Rule slot -> per-CPU hit counters.
 #[map(name = "POLICY_RULE_STATS")]
 pub static POLICY_RULE_STATS: PerCpuArray<RuleStats> = PerCpuArray::with_max_entries(POLICY_RULE_SLOTS, 0);
+
+/// (VRF, IPv4 5-tuple) -> flow.
+#[map(name = "FLOWS_V4")]
+pub static FLOWS_V4: LruHashMap<FlowKeyV4, FlowValue> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
+
+/// (VRF, IPv6 5-tuple) -> flow.
+#[map(name = "FLOWS_V6")]
+pub static FLOWS_V6: LruHashMap<FlowKeyV6, FlowValue> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
+
+/// Interface slot -> flow mode settings.
+#[map(name = "FLOW_CONFIG")]
+pub static FLOW_CONFIG: Array<FlowConfig> = Array::with_max_entries(MAX_INTERFACES, 0);
+
+/// Interface slot -> per-CPU punt token bucket.
+#[map(name = "PUNT_BUCKETS")]
+pub static PUNT_BUCKETS: PerCpuArray<PuntBucket> = PerCpuArray::with_max_entries(MAX_INTERFACES, 0);
+
+/// Global flow counters (HOLD entries, request ids).
+#[map(name = "FLOW_STATE")]
+pub static FLOW_STATE: Array<FlowState> = Array::with_max_entries(1, 0);
+
+/// Per-CPU request id counter.
+#[map(name = "FLOW_SEQ")]
+pub static FLOW_SEQ: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Flow misses for the server.
+#[map(name = "FLOW_MISSES")]
+pub static FLOW_MISSES: RingBuf = RingBuf::with_byte_size(FLOW_RING_BYTES, 0);

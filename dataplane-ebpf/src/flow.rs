@@ -1,0 +1,203 @@
+//! Flow stage: with flow mode on for the ingress interface, the flow (VRF + 5-tuple) decides;
+//! a miss holds the flow and punts its first packet to the server through a ring buffer, within
+//! the interface's punt rate and the global HOLD cap.
+
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns},
+    programs::XdpContext,
+    EbpfContext,
+};
+use dataplane_common::{
+    flow::{
+        FlowKeyV4, FlowKeyV6, FlowMissEvent, FlowValue, FLOW_CAPTURE, FLOW_DROP, FLOW_FORWARD, FLOW_HOLD, MAX_PUNT_RATE,
+        MISS_NO_FLOW, REQUEST_CPU_SHIFT,
+    },
+    Reason,
+};
+
+use crate::{
+    atomic,
+    maps::{FLOWS_V4, FLOWS_V6, FLOW_CONFIG, FLOW_MISSES, FLOW_SEQ, FLOW_STATE, PUNT_BUCKETS},
+    parse::{Packet, L3},
+};
+
+/// What the flow stage decided.
+pub enum Decision {
+    /// No flow decision (flow mode off, or miss action "forward by route"): route as usual.
+    Route,
+    /// Forward through this next-hop slot.
+    Forward(u32),
+    /// Stop here for this reason.
+    Stop(Reason),
+}
+
+const ROUTE: u64 = 0;
+const FORWARD: u64 = 1;
+const STOP: u64 = 2;
+
+/// The flow decision for an IP packet received on interface `slot` (VRF `vrf`) of `len` bytes.
+#[inline(always)]
+pub fn stage(ctx: &XdpContext, pkt: &Packet, slot: u32, vrf: u32, len: u64) -> Decision {
+    match FLOW_CONFIG.get(slot) {
+        Some(fc) if fc.enabled != 0 => {}
+        _ => return Decision::Route,
+    }
+    let r = flow_step(ctx, pkt, slot, vrf, len as u32);
+    let value = r as u32;
+    match r >> 32 {
+        FORWARD => Decision::Forward(value),
+        STOP => match Reason::from_u32(value) {
+            Some(reason) => Decision::Stop(reason),
+            None => Decision::Route,
+        },
+        _ => Decision::Route,
+    }
+}
+
+/// The flow stage proper, as `(kind << 32) | value`: a BPF-to-BPF call with its own stack frame
+/// (the entry point's is nearly full), and plain integers across it (no `Result` in BTF).
+#[inline(never)]
+fn flow_step(ctx: &XdpContext, pkt: &Packet, slot: u32, vrf: u32, len: u32) -> u64 {
+    let Some(fc) = FLOW_CONFIG.get(slot) else { return ROUTE };
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let (k4, k6) = keys(pkt, vrf);
+    let found = match pkt.l3 {
+        L3::Ipv4 => FLOWS_V4.get_ptr_mut(&k4),
+        L3::Ipv6 => FLOWS_V6.get_ptr_mut(&k6),
+        L3::Other(_) => return ROUTE,
+    };
+    let miss_forward = fc.miss_forward != 0;
+    let fallback = |reason: Reason| if miss_forward { ROUTE } else { (STOP << 32) | reason as u64 };
+    if let Some(v) = found {
+        // SAFETY: LRU hash values stay valid for the program run; counters are shared with
+        // other CPUs, hence the atomics; `last_seen_ns` is a plain racy store by design.
+        let v = unsafe { &mut *v };
+        v.last_seen_ns = now;
+        unsafe {
+            atomic::add(&mut v.packets, 1);
+            atomic::add(&mut v.bytes, u64::from(len));
+        }
+        return match v.action {
+            FLOW_FORWARD => (FORWARD << 32) | u64::from(v.nexthop),
+            FLOW_DROP => (STOP << 32) | Reason::DropFlow as u64,
+            _ => fallback(Reason::DropFlowHeld),
+        };
+    }
+
+    // A miss. HOLD cap first (global), then this interface's punt rate.
+    let Some(state) = FLOW_STATE.get_ptr_mut(0) else { return ROUTE };
+    // SAFETY: the single FLOW_STATE entry lives as long as the map; updated atomically.
+    let holds = unsafe { &raw mut (*state).holds };
+    // SAFETY: as above; a racy read only lets the cap be overshot by a few concurrent misses.
+    if unsafe { core::ptr::read_volatile(holds) } >= u64::from(fc.hold_cap) {
+        return fallback(Reason::DropFlowHoldCap);
+    }
+    if !take_token(slot, fc.punt_rate, fc.punt_burst, now) {
+        return fallback(Reason::DropPuntRate);
+    }
+    let Some(seq) = FLOW_SEQ.get_ptr_mut(0) else { return ROUTE };
+    // SAFETY: per-CPU value, owned by this CPU for the program run; plain helper call.
+    let request_id = unsafe {
+        *seq += 1;
+        (u64::from(bpf_get_smp_processor_id()) << REQUEST_CPU_SHIFT) | *seq
+    };
+    let hold = FlowValue { action: FLOW_HOLD, nexthop: 0, request_id, created_ns: now, last_seen_ns: now, packets: 1, bytes: u64::from(len) };
+    let inserted = match pkt.l3 {
+        L3::Ipv4 => FLOWS_V4.insert(&k4, &hold, u64::from(BPF_NOEXIST)),
+        _ => FLOWS_V6.insert(&k6, &hold, u64::from(BPF_NOEXIST)),
+    };
+    if inserted.is_err() {
+        // Another CPU created it first: this packet belongs to a held flow.
+        return fallback(Reason::DropFlowHeld);
+    }
+    // SAFETY: as above.
+    unsafe { atomic::add(holds, 1) };
+    if !emit(ctx, pkt, slot, vrf, len, request_id) {
+        // No event, so no HOLD: the next packet of the flow tries again.
+        let _ = match pkt.l3 {
+            L3::Ipv4 => FLOWS_V4.remove(&k4),
+            _ => FLOWS_V6.remove(&k6),
+        };
+        // SAFETY: as above.
+        unsafe { atomic::add(holds, u64::MAX) };
+        return fallback(Reason::DropFlowRingFull);
+    }
+    fallback(Reason::FlowMissPunted)
+}
+
+/// The flow keys of `pkt` (only the one of its family is meaningful).
+#[inline(always)]
+fn keys(pkt: &Packet, vrf: u32) -> (FlowKeyV4, FlowKeyV6) {
+    let (sport, dport) = if pkt.fragmented { (0, 0) } else { (pkt.src_port, pkt.dst_port) };
+    let k4 = FlowKeyV4 {
+        vrf,
+        src: [pkt.src[0], pkt.src[1], pkt.src[2], pkt.src[3]],
+        dst: [pkt.dst[0], pkt.dst[1], pkt.dst[2], pkt.dst[3]],
+        sport,
+        dport,
+        proto: pkt.ip_proto,
+        _pad: [0; 3],
+    };
+    let k6 = FlowKeyV6 { vrf, src: pkt.src, dst: pkt.dst, sport, dport, proto: pkt.ip_proto, _pad: [0; 3] };
+    (k4, k6)
+}
+
+/// Takes one punt token from this CPU's bucket for interface `slot`.
+#[inline(always)]
+fn take_token(slot: u32, rate: u32, burst: u32, now: u64) -> bool {
+    const ONE: u64 = 1_000_000_000;
+    let Some(b) = PUNT_BUCKETS.get_ptr_mut(slot) else { return false };
+    // SAFETY: per-CPU value, owned by this CPU for the program run.
+    let b = unsafe { &mut *b };
+    let cap = u64::from(burst) * ONE;
+    // At most 10 s of refill (the server caps rate at MAX_PUNT_RATE): no 128-bit multiply.
+    let elapsed = now.saturating_sub(b.last_ns).min(10_000_000_000);
+    b.last_ns = now;
+    let refill = elapsed * u64::from(rate.min(MAX_PUNT_RATE));
+    b.tokens = b.tokens.saturating_add(refill).min(cap);
+    if b.tokens < ONE {
+        return false;
+    }
+    b.tokens -= ONE;
+    true
+}
+
+/// Sends the miss event with the packet captured; false when the ring buffer is full.
+#[inline(always)]
+fn emit(ctx: &XdpContext, pkt: &Packet, slot: u32, vrf: u32, len: u32, request_id: u64) -> bool {
+    let Some(mut e) = FLOW_MISSES.reserve::<FlowMissEvent>(0) else { return false };
+    let ev = e.as_mut_ptr();
+    // SAFETY: the reserved record is ours until submitted; fields are written one by one (no
+    // large copy through the stack).
+    unsafe {
+        (*ev).request_id = request_id;
+        (*ev).ifindex = (*(ctx.as_ptr() as *const aya_ebpf::bindings::xdp_md)).ingress_ifindex;
+        (*ev).slot = slot;
+        (*ev).vrf = vrf;
+        (*ev).reason = MISS_NO_FLOW;
+        (*ev).family = if matches!(pkt.l3, L3::Ipv4) { 4 } else { 6 };
+        (*ev).proto = u32::from(pkt.ip_proto);
+        (*ev).src = pkt.src;
+        (*ev).dst = pkt.dst;
+        (*ev).sport = pkt.src_port;
+        (*ev).dport = pkt.dst_port;
+        (*ev).pkt_len = len;
+        (*ev)._pad = 0;
+    }
+    // Bounds for the verifier: 1 <= captured <= FLOW_CAPTURE.
+    let mut captured = core::hint::black_box(len as usize);
+    if captured > FLOW_CAPTURE {
+        captured = FLOW_CAPTURE;
+    }
+    let ok = captured > 0
+        // SAFETY: `data` has room for FLOW_CAPTURE bytes; the helper checks the packet side.
+        && unsafe {
+            aya_ebpf::helpers::bpf_xdp_load_bytes(ctx.as_ptr() as *mut _, 0, (*ev).data.as_mut_ptr() as *mut _, captured as u32)
+        } == 0;
+    // SAFETY: as above.
+    unsafe { (*ev).captured = if ok { captured as u32 } else { 0 } };
+    e.submit(0);
+    true
+}
