@@ -92,14 +92,13 @@ pub struct PuntBucket {
     pub last_ns: u64,
 }
 
-/// Global flow counters (`FLOW_STATE` entry 0, updated with atomic adds).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
-pub struct FlowState {
-    /// HOLD entries currently in the tables.
-    pub holds: u64,
-    pub _reserved: u64,
-}
+/// Global HOLD accounting: `FLOW_STATE` is an array of two u64 with one kind of writer each (a
+/// userspace update rewrites a whole value, which would lose concurrent kernel increments), and
+/// HOLD entries outstanding = `created - resolved`.
+/// HOLDs whose miss event was sent (XDP, atomic adds).
+pub const STATE_CREATED: u32 = 0;
+/// HOLDs the server has since resolved, deleted, expired or seen evicted (server only).
+pub const STATE_RESOLVED: u32 = 1;
 
 /// Request ids are `cpu << REQUEST_CPU_SHIFT | n`, `n` counting per CPU (`FLOW_SEQ`): unique
 /// without an atomic fetch (which the BPF CPU version the programs target lacks).

@@ -78,7 +78,6 @@ mod pod {
     unsafe impl aya::Pod for super::flow::FlowKeyV6 {}
     unsafe impl aya::Pod for super::flow::FlowValue {}
     unsafe impl aya::Pod for super::flow::FlowConfig {}
-    unsafe impl aya::Pod for super::flow::FlowState {}
     unsafe impl aya::Pod for super::flow::PuntBucket {}
 }
 

@@ -11,7 +11,7 @@ use aya_ebpf::{
 use dataplane_common::{
     flow::{
         FlowKeyV4, FlowKeyV6, FlowMissEvent, FlowValue, FLOW_CAPTURE, FLOW_DROP, FLOW_FORWARD, FLOW_HOLD, MAX_PUNT_RATE,
-        MISS_NO_FLOW, REQUEST_CPU_SHIFT,
+        MISS_NO_FLOW, REQUEST_CPU_SHIFT, STATE_CREATED, STATE_RESOLVED,
     },
     Reason,
 };
@@ -87,11 +87,14 @@ fn flow_step(ctx: &XdpContext, pkt: &Packet, slot: u32, vrf: u32, len: u32) -> u
     }
 
     // A miss. HOLD cap first (global), then this interface's punt rate.
-    let Some(state) = FLOW_STATE.get_ptr_mut(0) else { return ROUTE };
-    // SAFETY: the single FLOW_STATE entry lives as long as the map; updated atomically.
-    let holds = unsafe { &raw mut (*state).holds };
-    // SAFETY: as above; a racy read only lets the cap be overshot by a few concurrent misses.
-    if unsafe { core::ptr::read_volatile(holds) } >= u64::from(fc.hold_cap) {
+    let (Some(created), Some(resolved)) = (FLOW_STATE.get_ptr_mut(STATE_CREATED), FLOW_STATE.get_ptr(STATE_RESOLVED))
+    else {
+        return ROUTE;
+    };
+    // SAFETY: FLOW_STATE entries live as long as the map. Racy reads only let the cap be
+    // overshot by a few concurrent misses.
+    let outstanding = unsafe { core::ptr::read_volatile(created).wrapping_sub(core::ptr::read_volatile(resolved)) };
+    if outstanding >= u64::from(fc.hold_cap) {
         return fallback(Reason::DropFlowHoldCap);
     }
     if !take_token(slot, fc.punt_rate, fc.punt_burst, now) {
@@ -112,18 +115,16 @@ fn flow_step(ctx: &XdpContext, pkt: &Packet, slot: u32, vrf: u32, len: u32) -> u
         // Another CPU created it first: this packet belongs to a held flow.
         return fallback(Reason::DropFlowHeld);
     }
-    // SAFETY: as above.
-    unsafe { atomic::add(holds, 1) };
     if !emit(ctx, pkt, slot, vrf, len, request_id) {
         // No event, so no HOLD: the next packet of the flow tries again.
         let _ = match pkt.l3 {
             L3::Ipv4 => FLOWS_V4.remove(&k4),
             _ => FLOWS_V6.remove(&k6),
         };
-        // SAFETY: as above.
-        unsafe { atomic::add(holds, u64::MAX) };
         return fallback(Reason::DropFlowRingFull);
     }
+    // SAFETY: as above; an atomic add, since every CPU creates HOLDs.
+    unsafe { atomic::add(created, 1) };
     fallback(Reason::FlowMissPunted)
 }
 

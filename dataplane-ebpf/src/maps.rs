@@ -6,7 +6,7 @@ use aya_ebpf::{
     maps::{Array, DevMap, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
 };
 use dataplane_common::{
-    flow::{FlowConfig, FlowKeyV4, FlowKeyV6, FlowState, FlowValue, PuntBucket, FLOW_RING_BYTES, MAX_FLOWS},
+    flow::{FlowConfig, FlowKeyV4, FlowKeyV6, FlowValue, PuntBucket, FLOW_RING_BYTES, MAX_FLOWS},
     maps::BENCH_TARGET_SLOTS,
     policy::{
         PolicyAddrV4, PolicyAddrV6, PolicyL4, PolicyTable, RuleStats, POLICY_LPM_ENTRIES, POLICY_POOL_WORDS,
@@ -116,9 +116,9 @@ pub static FLOW_CONFIG: Array<FlowConfig> = Array::with_max_entries(MAX_INTERFAC
 #[map(name = "PUNT_BUCKETS")]
 pub static PUNT_BUCKETS: PerCpuArray<PuntBucket> = PerCpuArray::with_max_entries(MAX_INTERFACES, 0);
 
-/// Global flow counters (HOLD entries, request ids).
+/// HOLDs created (XDP) and resolved (server).
 #[map(name = "FLOW_STATE")]
-pub static FLOW_STATE: Array<FlowState> = Array::with_max_entries(1, 0);
+pub static FLOW_STATE: Array<u64> = Array::with_max_entries(2, 0);
 
 /// Per-CPU request id counter.
 #[map(name = "FLOW_SEQ")]

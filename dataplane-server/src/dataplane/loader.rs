@@ -22,7 +22,7 @@ use dataplane_common::{
 use tracing::{info, warn};
 
 use super::{
-    maps::{CounterArray, Interfaces, NextHops, PolicyMaps, Routes, TxPorts},
+    maps::{CounterArray, FlowMaps, Interfaces, NextHops, PolicyMaps, Routes, TxPorts},
     netdev, Attachment, Dataplane, DataplaneError, InterfaceParams, LinkInfo, MapStatus, NextHopParams,
     ProgramStatus, RouteMatch, XdpMode,
 };
@@ -59,6 +59,7 @@ pub(super) struct Inner {
     tx_ports: TxPorts,
     routes: Routes,
     policies: PolicyMaps,
+    flows: FlowMaps,
     links: StdHashMap<u32, InterfaceLinks>,
 }
 
@@ -130,6 +131,12 @@ impl KernelDataplane {
             actions: open(&mut ebpf, names::POLICY_ACTIONS)?,
             stats: open(&mut ebpf, names::POLICY_RULE_STATS)?,
         };
+        let flows = FlowMaps {
+            v4: open(&mut ebpf, names::FLOWS_V4)?,
+            v6: open(&mut ebpf, names::FLOWS_V6)?,
+            config: open(&mut ebpf, names::FLOW_CONFIG)?,
+            state: open(&mut ebpf, names::FLOW_STATE)?,
+        };
 
         info!(pins = %map_pin_dir.display(), "eBPF programs loaded, maps pinned");
         Ok(Self {
@@ -142,6 +149,7 @@ impl KernelDataplane {
                 tx_ports: TxPorts(tx_ports),
                 routes: Routes { v4, v6 },
                 policies,
+                flows,
                 links: StdHashMap::new(),
             }),
             map_pin_dir,
@@ -454,6 +462,38 @@ impl Dataplane for KernelDataplane {
 
     fn rule_stats(&self, first: u32, count: u32) -> Result<Vec<dataplane_common::policy::RuleStats>, DataplaneError> {
         self.lock().policies.rule_stats(first, count)
+    }
+
+    fn set_flow_config(&self, slot: u32, cfg: &dataplane_common::flow::FlowConfig) -> Result<(), DataplaneError> {
+        self.lock().flows.config.set(slot, cfg, 0).map_err(DataplaneError::map(names::FLOW_CONFIG, "update"))
+    }
+
+    fn put_flow(&self, key: &super::FlowKey, value: &dataplane_common::flow::FlowValue) -> Result<(), DataplaneError> {
+        self.lock().flows.put(key, value)
+    }
+
+    fn get_flow(&self, key: &super::FlowKey) -> Result<Option<dataplane_common::flow::FlowValue>, DataplaneError> {
+        self.lock().flows.get(key)
+    }
+
+    fn remove_flow(&self, key: &super::FlowKey) -> Result<(), DataplaneError> {
+        self.lock().flows.remove(key)
+    }
+
+    fn flows(&self) -> Result<Vec<(super::FlowKey, dataplane_common::flow::FlowValue)>, DataplaneError> {
+        self.lock().flows.all()
+    }
+
+    fn set_holds_resolved(&self, resolved: u64) -> Result<(), DataplaneError> {
+        self.lock()
+            .flows
+            .state
+            .set(dataplane_common::flow::STATE_RESOLVED, resolved, 0)
+            .map_err(DataplaneError::map(names::FLOW_STATE, "update"))
+    }
+
+    fn reinject(&self, ifindex: u32, frame: &[u8]) -> Result<u32, DataplaneError> {
+        self.test_run_live(ifindex, frame)
     }
 
     fn wait_for_readers(&self) -> Result<(), DataplaneError> {

@@ -4,13 +4,14 @@ use std::{collections::BTreeSet, net::IpAddr};
 
 use aya::maps::{lpm_trie::Key, Array, DevMap, HashMap, LpmTrie, MapData, MapError, PerCpuArray, PerCpuValues};
 use dataplane_common::{
+    flow::{FlowConfig, FlowKeyV4, FlowKeyV6, FlowValue},
     maps as names,
     policy::{PolicyAddrV4, PolicyAddrV6, PolicyL4, PolicyTable, RuleStats},
     route::VRF_BITS,
     InterfaceConfig, MAX_DIRECT_IFINDEX, NextHop, NextHopStats, RouteAddrV4, RouteAddrV6, RouteValue,
 };
 
-use super::{DataplaneError, PolicyImage};
+use super::{DataplaneError, FlowKey, PolicyImage};
 use crate::net::Prefix;
 
 fn cpus() -> Result<usize, DataplaneError> {
@@ -330,4 +331,75 @@ impl PolicyMaps {
 
 fn l4_key(table: u32, field: u8, value: u16, len: u8) -> Key<PolicyL4> {
     Key::new(40 + u32::from(len), PolicyL4 { table: table.to_be_bytes(), field, value: value.to_be_bytes(), _pad: 0 })
+}
+
+/// The flow tables and flow-mode maps.
+pub struct FlowMaps {
+    pub v4: HashMap<MapData, FlowKeyV4, FlowValue>,
+    pub v6: HashMap<MapData, FlowKeyV6, FlowValue>,
+    pub config: Array<MapData, FlowConfig>,
+    pub state: Array<MapData, u64>,
+}
+
+fn key4(k: &FlowKey, src: std::net::Ipv4Addr, dst: std::net::Ipv4Addr) -> FlowKeyV4 {
+    FlowKeyV4 { vrf: k.vrf, src: src.octets(), dst: dst.octets(), sport: k.sport, dport: k.dport, proto: k.proto, _pad: [0; 3] }
+}
+
+fn key6(k: &FlowKey, src: std::net::Ipv6Addr, dst: std::net::Ipv6Addr) -> FlowKeyV6 {
+    FlowKeyV6 { vrf: k.vrf, src: src.octets(), dst: dst.octets(), sport: k.sport, dport: k.dport, proto: k.proto, _pad: [0; 3] }
+}
+
+impl FlowMaps {
+    pub fn put(&mut self, k: &FlowKey, v: &FlowValue) -> Result<(), DataplaneError> {
+        match (k.src, k.dst) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => self.v4.insert(key4(k, s, d), v, 0).map_err(DataplaneError::map(names::FLOWS_V4, "insert")),
+            (IpAddr::V6(s), IpAddr::V6(d)) => self.v6.insert(key6(k, s, d), v, 0).map_err(DataplaneError::map(names::FLOWS_V6, "insert")),
+            _ => Err(DataplaneError::Missing { what: "flow family", name: "mixed IPv4/IPv6 flow key" }),
+        }
+    }
+
+    pub fn get(&self, k: &FlowKey) -> Result<Option<FlowValue>, DataplaneError> {
+        let r = match (k.src, k.dst) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => self.v4.get(&key4(k, s, d), 0),
+            (IpAddr::V6(s), IpAddr::V6(d)) => self.v6.get(&key6(k, s, d), 0),
+            _ => return Ok(None),
+        };
+        match r {
+            Ok(v) => Ok(Some(v)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(DataplaneError::map(names::FLOWS_V4, "lookup")(e)),
+        }
+    }
+
+    pub fn remove(&mut self, k: &FlowKey) -> Result<(), DataplaneError> {
+        let r = match (k.src, k.dst) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => self.v4.remove(&key4(k, s, d)),
+            (IpAddr::V6(s), IpAddr::V6(d)) => self.v6.remove(&key6(k, s, d)),
+            _ => return Ok(()),
+        };
+        match r {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(DataplaneError::map(names::FLOWS_V4, "remove")(e)),
+        }
+    }
+
+    pub fn all(&self) -> Result<Vec<(FlowKey, FlowValue)>, DataplaneError> {
+        let mut out = Vec::new();
+        for item in self.v4.iter() {
+            // An entry evicted or deleted during the walk is simply not listed.
+            let Ok((k, v)) = item else { continue };
+            out.push((
+                FlowKey { vrf: k.vrf, src: IpAddr::from(k.src), dst: IpAddr::from(k.dst), proto: k.proto, sport: k.sport, dport: k.dport },
+                v,
+            ));
+        }
+        for item in self.v6.iter() {
+            let Ok((k, v)) = item else { continue };
+            out.push((
+                FlowKey { vrf: k.vrf, src: IpAddr::from(k.src), dst: IpAddr::from(k.dst), proto: k.proto, sport: k.sport, dport: k.dport },
+                v,
+            ));
+        }
+        Ok(out)
+    }
 }

@@ -125,6 +125,24 @@ pub struct PolicyImage {
     pub actions: Vec<u32>,
 }
 
+/// A flow's key, either family (ports 0 where the protocol has none).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FlowKey {
+    pub vrf: u32,
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub proto: u8,
+    pub sport: u16,
+    pub dport: u16,
+}
+
+impl FlowKey {
+    /// The key of the reply direction.
+    pub fn reversed(&self) -> Self {
+        Self { src: self.dst, dst: self.src, sport: self.dport, dport: self.sport, ..*self }
+    }
+}
+
 /// The operations the domain needs from the kernel. Every method either fully succeeds or leaves
 /// the kernel as it was.
 pub trait Dataplane: Send + Sync + 'static {
@@ -168,6 +186,21 @@ pub trait Dataplane: Send + Sync + 'static {
     /// Waits until every program run that started before the call has finished (an RCU grace
     /// period), so that what they could see may be reused.
     fn wait_for_readers(&self) -> Result<(), DataplaneError>;
+
+    /// Flow mode settings of interface `slot`.
+    fn set_flow_config(&self, slot: u32, cfg: &dataplane_common::flow::FlowConfig) -> Result<(), DataplaneError>;
+    /// Creates or replaces a flow.
+    fn put_flow(&self, key: &FlowKey, value: &dataplane_common::flow::FlowValue) -> Result<(), DataplaneError>;
+    fn get_flow(&self, key: &FlowKey) -> Result<Option<dataplane_common::flow::FlowValue>, DataplaneError>;
+    /// Removes a flow (absent is fine).
+    fn remove_flow(&self, key: &FlowKey) -> Result<(), DataplaneError>;
+    /// Every flow in both tables.
+    fn flows(&self) -> Result<Vec<(FlowKey, dataplane_common::flow::FlowValue)>, DataplaneError>;
+    /// Publishes how many HOLDs the server has resolved in total (`flow::STATE_RESOLVED`).
+    fn set_holds_resolved(&self, resolved: u64) -> Result<(), DataplaneError>;
+    /// Runs `frame` through the attached XDP program as if received on `ifindex`, for real
+    /// (BPF_PROG_TEST_RUN with live frames: its redirect or XDP_PASS happens). Returns the verdict.
+    fn reinject(&self, ifindex: u32, frame: &[u8]) -> Result<u32, DataplaneError>;
 
     fn programs(&self) -> Result<Vec<ProgramStatus>, DataplaneError>;
 

@@ -89,3 +89,39 @@ impl KernelDataplane {
         Ok(TestRunOutcome { verdict: result.return_value, per_run: result.duration, frame: out })
     }
 }
+
+/// `struct xdp_md` as BPF_PROG_TEST_RUN takes it in `ctx_in`.
+#[repr(C)]
+#[derive(Default)]
+struct XdpMd {
+    data: u32,
+    data_end: u32,
+    data_meta: u32,
+    ingress_ifindex: u32,
+    rx_queue_index: u32,
+    egress_ifindex: u32,
+}
+
+impl KernelDataplane {
+    /// Runs `dp_xdp_ingress` on `frame` as received on `ifindex`, with live frames: a redirect
+    /// is transmitted and XDP_PASS hands the frame to the stack, as for a real packet.
+    pub(super) fn test_run_live(&self, ifindex: u32, frame: &[u8]) -> Result<u32, DataplaneError> {
+        let mut inner = self.lock();
+        let xdp: &mut Xdp = program_mut(&mut inner.ebpf, programs::XDP_INGRESS)?;
+        let ctx = XdpMd { data_end: frame.len() as u32, ingress_ifindex: ifindex, ..Default::default() };
+        // SAFETY: XdpMd is plain repr(C) data; viewed as its bytes.
+        let ctx_bytes = unsafe {
+            std::slice::from_raw_parts(&ctx as *const XdpMd as *const u8, std::mem::size_of::<XdpMd>())
+        };
+        let result = xdp
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                ctx_in: Some(ctx_bytes),
+                repeat: 1,
+                attrs: aya::programs::TestRunAttrs::new().xdp_live_frames(1),
+                ..Default::default()
+            })
+            .map_err(DataplaneError::program(programs::XDP_INGRESS, "live test run"))?;
+        Ok(result.return_value)
+    }
+}

@@ -35,6 +35,11 @@ pub struct FakeDataplane {
     /// (slot, direction) -> attachment word.
     pub policy_attach: Mutex<BTreeMap<(u32, u32), u32>>,
     pub readers_waited: AtomicI64,
+    pub flow_config: Mutex<BTreeMap<u32, dataplane_common::flow::FlowConfig>>,
+    pub flows: Mutex<BTreeMap<crate::dataplane::FlowKey, dataplane_common::flow::FlowValue>>,
+    pub holds_resolved: AtomicI64,
+    /// (ifindex, frame) of every re-injection.
+    pub reinjected: Mutex<Vec<(u32, Vec<u8>)>>,
 }
 
 impl Default for FakeDataplane {
@@ -50,6 +55,10 @@ impl Default for FakeDataplane {
             policy_tables: Mutex::default(),
             policy_attach: Mutex::default(),
             readers_waited: AtomicI64::new(0),
+            flow_config: Mutex::default(),
+            flows: Mutex::default(),
+            holds_resolved: AtomicI64::new(0),
+            reinjected: Mutex::default(),
         }
     }
 }
@@ -172,6 +181,39 @@ impl Dataplane for FakeDataplane {
     fn wait_for_readers(&self) -> Result<(), DataplaneError> {
         self.readers_waited.fetch_add(1, Ordering::SeqCst);
         Ok(())
+    }
+
+    fn set_flow_config(&self, slot: u32, cfg: &dataplane_common::flow::FlowConfig) -> Result<(), DataplaneError> {
+        self.flow_config.lock().unwrap().insert(slot, *cfg);
+        Ok(())
+    }
+
+    fn put_flow(&self, key: &crate::dataplane::FlowKey, value: &dataplane_common::flow::FlowValue) -> Result<(), DataplaneError> {
+        self.flows.lock().unwrap().insert(*key, *value);
+        Ok(())
+    }
+
+    fn get_flow(&self, key: &crate::dataplane::FlowKey) -> Result<Option<dataplane_common::flow::FlowValue>, DataplaneError> {
+        Ok(self.flows.lock().unwrap().get(key).copied())
+    }
+
+    fn remove_flow(&self, key: &crate::dataplane::FlowKey) -> Result<(), DataplaneError> {
+        self.flows.lock().unwrap().remove(key);
+        Ok(())
+    }
+
+    fn flows(&self) -> Result<Vec<(crate::dataplane::FlowKey, dataplane_common::flow::FlowValue)>, DataplaneError> {
+        Ok(self.flows.lock().unwrap().iter().map(|(k, v)| (*k, *v)).collect())
+    }
+
+    fn set_holds_resolved(&self, resolved: u64) -> Result<(), DataplaneError> {
+        self.holds_resolved.store(resolved as i64, Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn reinject(&self, ifindex: u32, frame: &[u8]) -> Result<u32, DataplaneError> {
+        self.reinjected.lock().unwrap().push((ifindex, frame.to_vec()));
+        Ok(4)
     }
 
     fn programs(&self) -> Result<Vec<ProgramStatus>, DataplaneError> {
