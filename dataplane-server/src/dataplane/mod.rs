@@ -4,6 +4,7 @@
 //! This module is the only code that touches `aya::maps` and `aya::programs`.
 
 pub mod error;
+pub mod flow_misses;
 pub mod loader;
 pub mod maps;
 pub mod netdev;
@@ -16,6 +17,7 @@ use dataplane_common::{InterfaceStats, NextHopStats};
 use crate::net::{Mac, Prefix};
 
 pub use error::DataplaneError;
+pub use flow_misses::{FlowMiss, FlowMissReader};
 pub use loader::{KernelDataplane, LoaderConfig};
 pub use testrun::{TestProgram, TestRunOutcome};
 

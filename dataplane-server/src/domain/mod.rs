@@ -4,6 +4,7 @@
 
 mod classifier;
 mod error;
+mod flows;
 #[cfg(test)]
 mod fake;
 mod interfaces;
@@ -22,6 +23,7 @@ use std::{
 
 pub use error::{DomainError, ErrorKind};
 pub use interfaces::{AddInterface, InterfaceName, InterfaceView};
+pub use flows::{FlowAction, FlowMode, FlowSpec, FlowView};
 pub use nexthops::{NewNextHop, NextHopSpec, NextHopView};
 pub use policies::{AttachmentView as PolicyAttachmentView, Direction, PolicyName, PolicyView, RuleAction, RuleSpec, RuleView};
 pub use routes::{RouteSpec, RouteView};
@@ -57,6 +59,7 @@ struct State {
     rule_slots: RangeAllocator,
     /// Tables no attachment points at any more, freed after the next grace period.
     retired_policies: Vec<Installed>,
+    flows: flows::Flows,
 }
 
 /// The dataplane's configuration and the operations on it.
@@ -86,6 +89,7 @@ impl<D: Dataplane> Domain<D> {
                 policy_pool: RangeAllocator::new(dataplane_common::policy::POLICY_POOL_WORDS),
                 rule_slots: RangeAllocator::new(dataplane_common::policy::POLICY_RULE_SLOTS),
                 retired_policies: Vec::new(),
+                flows: flows::Flows::default(),
             }),
             started: Instant::now(),
         }

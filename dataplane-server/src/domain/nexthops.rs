@@ -126,6 +126,10 @@ impl<D: Dataplane> Domain<D> {
         }
         for id in ids {
             if let Some(e) = state.nexthops.remove(id) {
+                // Flows through the cleared slot would forward wherever its next user sends.
+                if let Err(err) = self.purge_flows_via(e.slot) {
+                    tracing::warn!(error = %err, slot = e.slot, "purging flows of a deleted next hop failed");
+                }
                 state.nh_ids.remove(&e.slot);
                 state.nh_slots.free(e.slot);
             }

@@ -1,0 +1,326 @@
+//! Flows: per-interface flow mode, flows installed by controllers (resolving the HOLDs their
+//! misses created, then re-injecting the captured first packets), deletion, listing and aging.
+//!
+//! HOLD accounting: the XDP program counts HOLDs it created (with a miss event); the domain counts
+//! the ones it resolved (installed over, deleted, expired, or found evicted) and publishes that
+//! total, so the kernel's cap applies to `created - resolved`. Every created HOLD reaches the
+//! domain as a miss (`record_miss`), so the domain knows each outstanding one by request id.
+
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    time::{Duration, Instant},
+};
+
+use dataplane_common::flow::{FlowConfig, FlowValue, FLOW_DROP, FLOW_FORWARD, FLOW_HOLD, MAX_PUNT_RATE};
+use tracing::{debug, warn};
+
+use super::{nexthops, vrfs, Domain, DomainError, InterfaceName, State};
+use crate::dataplane::{Dataplane, FlowKey, FlowMiss};
+
+/// Flow mode of one interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowMode {
+    pub enabled: bool,
+    /// While held (and for misses not punted): forward by route instead of dropping.
+    pub miss_forward: bool,
+    pub hold_cap: u32,
+    /// Punts per second per CPU, and burst.
+    pub punt_rate: u32,
+    pub punt_burst: u32,
+}
+
+/// What an installed flow does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlowAction {
+    /// Forward through next hop `id`.
+    Forward(u32),
+    Drop,
+}
+
+/// One flow of an `InstallFlows` batch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FlowSpec {
+    pub key: FlowKey,
+    pub action: FlowAction,
+    /// Also install the reply direction with this action.
+    pub reverse: Option<FlowAction>,
+}
+
+/// A flow as listed.
+#[derive(Clone, Debug)]
+pub struct FlowView {
+    pub key: FlowKey,
+    /// `None` while held.
+    pub action: Option<FlowAction>,
+    pub request_id: u64,
+    pub packets: u64,
+    pub bytes: u64,
+    pub idle: Duration,
+}
+
+/// A punted miss the domain keeps until its flow is installed, deleted or expires.
+#[derive(Debug)]
+pub(super) struct Held {
+    ifindex: u32,
+    frame: Vec<u8>,
+    since: Instant,
+    /// Re-inject on install (the kernel dropped it; with miss-forward it already went by route).
+    reinject: bool,
+}
+
+/// The domain's flow state.
+#[derive(Debug, Default)]
+pub(super) struct Flows {
+    modes: HashMap<u32, FlowMode>,
+    held: HashMap<u64, Held>,
+    resolved: u64,
+}
+
+/// Bounds of the stored held frames: a flood of misses cannot grow the server without limit.
+const MAX_HELD: usize = 65536;
+
+impl<D: Dataplane> Domain<D> {
+    /// Sets the flow mode of an attached interface.
+    pub fn set_flow_mode(&self, interface: &InterfaceName, mode: FlowMode) -> Result<u64, DomainError> {
+        let mut state = self.lock();
+        let slot = state.interfaces.get(interface).ok_or_else(|| super::interfaces::not_attached(interface).at("interface"))?.slot;
+        if mode.enabled {
+            if mode.punt_rate == 0 || mode.punt_rate > MAX_PUNT_RATE {
+                return Err(DomainError::invalid("punt_rate", format!("1 to {MAX_PUNT_RATE} punts per second per CPU")));
+            }
+            if mode.punt_burst == 0 {
+                return Err(DomainError::invalid("punt_burst", "at least 1"));
+            }
+            if mode.hold_cap == 0 {
+                return Err(DomainError::invalid("hold_cap", "at least 1"));
+            }
+        }
+        let cfg = FlowConfig {
+            enabled: mode.enabled.into(),
+            miss_forward: mode.miss_forward.into(),
+            punt_rate: mode.punt_rate,
+            punt_burst: mode.punt_burst,
+            hold_cap: mode.hold_cap,
+            _pad: 0,
+        };
+        self.dataplane.set_flow_config(slot, &cfg)?;
+        state.flows.modes.insert(slot, mode);
+        state.generation += 1;
+        Ok(state.generation)
+    }
+
+    /// Keeps a punted miss (its captured frame) until its flow is decided.
+    pub fn record_miss(&self, miss: &FlowMiss) {
+        let mut state = self.lock();
+        let reinject = state.flows.modes.get(&miss.slot).is_none_or(|m| !m.miss_forward);
+        if state.flows.held.len() >= MAX_HELD {
+            // The kernel cap keeps this from happening unless the cap is set above MAX_HELD:
+            // keep the HOLD, drop its frame.
+            debug!(request_id = miss.request_id, "held-frame store full; frame not kept");
+            state.flows.held.insert(miss.request_id, Held { ifindex: miss.ifindex, frame: Vec::new(), since: Instant::now(), reinject: false });
+            return;
+        }
+        state.flows.held.insert(
+            miss.request_id,
+            Held { ifindex: miss.ifindex, frame: miss.frame.clone(), since: Instant::now(), reinject },
+        );
+    }
+
+    /// Installs flows, all or nothing; HOLDs they replace are resolved and their captured
+    /// packets re-injected through the XDP program (so the first packet is not lost).
+    pub fn install_flows(&self, batch: Vec<FlowSpec>) -> Result<u64, DomainError> {
+        let mut state = self.lock();
+        let mut writes: Vec<(FlowKey, FlowValue)> = Vec::new();
+        for (i, f) in batch.iter().enumerate() {
+            let at = |field: &str| format!("flows[{i}].{field}");
+            if f.key.src.is_ipv4() != f.key.dst.is_ipv4() {
+                return Err(DomainError::invalid(at("key"), "source and destination of different families"));
+            }
+            if !state.vrfs.contains(&f.key.vrf) {
+                return Err(vrfs::not_found(f.key.vrf).at(at("key.vrf")));
+            }
+            writes.push((f.key, value(&state, f.action).map_err(|e| e.at(at("next_hop")))?));
+            if let Some(r) = f.reverse {
+                writes.push((f.key.reversed(), value(&state, r).map_err(|e| e.at(at("reverse_next_hop")))?));
+            }
+        }
+        // Previous values, to undo on a kernel failure and to find the HOLDs replaced.
+        let mut previous = Vec::with_capacity(writes.len());
+        for (k, _) in &writes {
+            previous.push(self.dataplane.get_flow(k)?);
+        }
+        for (n, (k, v)) in writes.iter().enumerate() {
+            if let Err(e) = self.dataplane.put_flow(k, v) {
+                for ((k, _), prev) in writes[..n].iter().zip(&previous) {
+                    let _ = match prev {
+                        Some(p) => self.dataplane.put_flow(k, p),
+                        None => self.dataplane.remove_flow(k),
+                    };
+                }
+                return Err(e.into());
+            }
+        }
+        let mut reinject = Vec::new();
+        for prev in previous.iter().flatten() {
+            if prev.action == FLOW_HOLD {
+                if let Some(h) = self.resolve_hold(&mut state, prev.request_id) {
+                    if h.reinject && !h.frame.is_empty() {
+                        reinject.push(h);
+                    }
+                }
+            }
+        }
+        self.publish_resolved(&state);
+        state.generation += 1;
+        let generation = state.generation;
+        drop(state);
+        for h in reinject {
+            // The flow is in place: the packet now follows it.
+            if let Err(e) = self.dataplane.reinject(h.ifindex, &h.frame) {
+                warn!(error = %e, ifindex = h.ifindex, "re-injecting a held packet failed");
+            }
+        }
+        Ok(generation)
+    }
+
+    /// Deletes flows, all or nothing; NOT_FOUND names the first absent one.
+    pub fn delete_flows(&self, keys: &[FlowKey]) -> Result<u64, DomainError> {
+        let mut state = self.lock();
+        let mut found = Vec::with_capacity(keys.len());
+        for (i, k) in keys.iter().enumerate() {
+            match self.dataplane.get_flow(k)? {
+                Some(v) => found.push(v),
+                None => {
+                    return Err(DomainError::NotFound { kind: "flow", name: describe(k), detail: "" }.at(format!("keys[{i}]")));
+                }
+            }
+        }
+        for k in keys {
+            self.dataplane.remove_flow(k)?;
+        }
+        for v in found {
+            if v.action == FLOW_HOLD {
+                self.resolve_hold(&mut state, v.request_id);
+            }
+        }
+        self.publish_resolved(&state);
+        state.generation += 1;
+        Ok(state.generation)
+    }
+
+    /// Every flow (optionally of one VRF), with counters.
+    pub fn list_flows(&self, vrf: Option<u32>) -> Result<Vec<FlowView>, DomainError> {
+        let state = self.lock();
+        let now = monotonic_ns();
+        let mut out = Vec::new();
+        for (k, v) in self.dataplane.flows()? {
+            if vrf.is_some_and(|x| x != k.vrf) {
+                continue;
+            }
+            let action = match v.action {
+                FLOW_FORWARD => Some(FlowAction::Forward(state.nh_ids.get(&v.nexthop).copied().unwrap_or(u32::MAX))),
+                FLOW_DROP => Some(FlowAction::Drop),
+                _ => None,
+            };
+            out.push(FlowView {
+                key: k,
+                action,
+                request_id: v.request_id,
+                packets: v.packets,
+                bytes: v.bytes,
+                idle: Duration::from_nanos(now.saturating_sub(v.last_seen_ns)),
+            });
+        }
+        out.sort_by_key(|f| f.key);
+        Ok(out)
+    }
+
+    /// Ages flows out: HOLDs older than `hold_timeout`, others idle for `idle_timeout`; and
+    /// forgets held frames whose HOLD the LRU evicted. Returns how many flows went.
+    pub fn expire_flows(&self, hold_timeout: Duration, idle_timeout: Duration) -> Result<usize, DomainError> {
+        let mut state = self.lock();
+        let now = monotonic_ns();
+        let mut gone = 0;
+        let mut live_holds = std::collections::HashSet::new();
+        for (k, v) in self.dataplane.flows()? {
+            let idle = Duration::from_nanos(now.saturating_sub(v.last_seen_ns));
+            let age = Duration::from_nanos(now.saturating_sub(v.created_ns));
+            let expired = if v.action == FLOW_HOLD { age > hold_timeout } else { idle > idle_timeout };
+            if expired {
+                self.dataplane.remove_flow(&k)?;
+                gone += 1;
+                if v.action == FLOW_HOLD {
+                    self.resolve_hold(&mut state, v.request_id);
+                }
+            } else if v.action == FLOW_HOLD {
+                live_holds.insert(v.request_id);
+            }
+        }
+        // Held frames whose HOLD is no longer in the table (evicted, or replaced by a flow
+        // the kernel cannot tell us about) are resolved too, once older than the hold timeout.
+        let stale: Vec<u64> = state
+            .flows
+            .held
+            .iter()
+            .filter(|(id, h)| !live_holds.contains(id) && h.since.elapsed() > hold_timeout)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in stale {
+            self.resolve_hold(&mut state, id);
+        }
+        self.publish_resolved(&state);
+        Ok(gone)
+    }
+
+    /// Removes flows forwarding through next-hop `slot` (the slot is about to be reused).
+    pub(super) fn purge_flows_via(&self, slot: u32) -> Result<(), DomainError> {
+        for (k, v) in self.dataplane.flows()? {
+            if v.action == FLOW_FORWARD && v.nexthop == slot {
+                self.dataplane.remove_flow(&k)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn resolve_hold(&self, state: &mut State, request_id: u64) -> Option<Held> {
+        let h = state.flows.held.remove(&request_id);
+        if h.is_some() {
+            state.flows.resolved += 1;
+        }
+        h
+    }
+
+    fn publish_resolved(&self, state: &State) {
+        if let Err(e) = self.dataplane.set_holds_resolved(state.flows.resolved) {
+            warn!(error = %e, "publishing resolved HOLDs failed; the HOLD cap may bind early");
+        }
+    }
+}
+
+fn value(state: &State, action: FlowAction) -> Result<FlowValue, DomainError> {
+    let now = monotonic_ns();
+    Ok(match action {
+        FlowAction::Forward(id) => {
+            let nh = state.nexthops.get(&id).ok_or_else(|| nexthops::not_found(id))?;
+            FlowValue { action: FLOW_FORWARD, nexthop: nh.slot, request_id: 0, created_ns: now, last_seen_ns: now, packets: 0, bytes: 0 }
+        }
+        FlowAction::Drop => FlowValue { action: FLOW_DROP, nexthop: 0, request_id: 0, created_ns: now, last_seen_ns: now, packets: 0, bytes: 0 },
+    })
+}
+
+fn describe(k: &FlowKey) -> String {
+    let ep = |a: IpAddr, p: u16| match a {
+        IpAddr::V4(a) => format!("{a}:{p}"),
+        IpAddr::V6(a) => format!("[{a}]:{p}"),
+    };
+    format!("vrf {} proto {} {} -> {}", k.vrf, k.proto, ep(k.src, k.sport), ep(k.dst, k.dport))
+}
+
+/// CLOCK_MONOTONIC in ns, the clock of `bpf_ktime_get_ns`.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: valid out pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
