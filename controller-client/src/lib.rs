@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use dataplane_proto::v1::{
-    interfaces_client::InterfacesClient, policy_client::PolicyClient, routing_client::RoutingClient,
+    flows_client::FlowsClient, interfaces_client::InterfacesClient, policy_client::PolicyClient, routing_client::RoutingClient,
     system_client::SystemClient,
 };
 use hyper_util::rt::TokioIo;
@@ -83,6 +83,7 @@ pub struct Client {
     pub interfaces: InterfacesClient<Channel>,
     pub routing: RoutingClient<Channel>,
     pub policy: PolicyClient<Channel>,
+    pub flows: FlowsClient<Channel>,
     pub system: SystemClient<Channel>,
 }
 
@@ -95,6 +96,7 @@ impl Client {
             interfaces: InterfacesClient::new(ch.clone()),
             routing: RoutingClient::new(ch.clone()).max_encoding_message_size(max).max_decoding_message_size(max),
             policy: PolicyClient::new(ch.clone()).max_encoding_message_size(max).max_decoding_message_size(max),
+            flows: FlowsClient::new(ch.clone()).max_encoding_message_size(max).max_decoding_message_size(max),
             system: SystemClient::new(ch),
         })
     }

@@ -11,4 +11,5 @@
 pub mod api;
 pub mod dataplane;
 pub mod domain;
+pub mod events;
 pub mod net;

@@ -6,6 +6,7 @@ use std::{
     os::unix::fs::{DirBuilderExt, PermissionsExt},
     path::{Path, PathBuf},
     sync::Arc,
+    time::Duration,
 };
 
 use anyhow::{bail, Context};
@@ -14,6 +15,7 @@ use dataplane_server::{
     api::{self, ServerInfo},
     dataplane::{KernelDataplane, LoaderConfig},
     domain::Domain,
+    events::{flow_misses, Hub},
 };
 use tokio::{net::UnixListener, signal::unix::SignalKind, sync::watch};
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
@@ -21,7 +23,11 @@ use tracing::{info, warn};
 use tracing_subscriber::EnvFilter;
 
 /// How long shutdown waits for open connections to finish before closing them.
-const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+/// Flow misses a subscriber may fall behind by before it loses some (and is told).
+const MISS_QUEUE: usize = 4096;
+/// How often flows are checked for expiry.
+const AGING_PERIOD: Duration = Duration::from_millis(500);
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum LogFormat {
@@ -42,6 +48,12 @@ struct Args {
     /// bpffs directory this server pins its maps under.
     #[arg(long, default_value = "/sys/fs/bpf/dataplane")]
     bpffs: PathBuf,
+    /// A HOLD (a punted miss no controller answered) is removed after this many milliseconds.
+    #[arg(long, default_value_t = 5000)]
+    flow_hold_timeout_ms: u64,
+    /// A flow with no packet for this many seconds is removed.
+    #[arg(long, default_value_t = 300)]
+    flow_idle_timeout_secs: u64,
     /// Log format; the level comes from RUST_LOG (default info).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -80,13 +92,25 @@ async fn serve(
     let (stop_tx, stop_rx) = watch::channel(false);
     info!(socket = %args.grpc_socket.display(), version = %info.version, "serving gRPC");
 
-    let (router, _health) = api::router(domain.clone(), info.clone()).await?;
+    // Flow misses: read from the kernel's ring buffer, kept by the domain, fanned out to every
+    // subscriber; flows age out in the background.
+    let misses = Arc::new(Hub::new(MISS_QUEUE));
+    flow_misses::spawn_reader(domain.dataplane().flow_miss_reader()?, domain.clone(), misses.clone())
+        .context("polling the flow-miss ring buffer")?;
+    flow_misses::spawn_aging(
+        domain.clone(),
+        AGING_PERIOD,
+        Duration::from_millis(args.flow_hold_timeout_ms),
+        Duration::from_secs(args.flow_idle_timeout_secs),
+    );
+
+    let (router, _health) = api::router(domain.clone(), misses.clone(), info.clone()).await?;
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(router.serve_with_incoming_shutdown(UnixListenerStream::new(unix), stopped(stop_rx.clone())));
     if let Some(addr) = args.grpc_listen {
         let tcp = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
         info!(%addr, "serving gRPC on TCP");
-        let (router, _) = api::router(domain, info).await?;
+        let (router, _) = api::router(domain, misses, info).await?;
         tasks.spawn(router.serve_with_incoming_shutdown(TcpListenerStream::new(tcp), stopped(stop_rx)));
     }
 

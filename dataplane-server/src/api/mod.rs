@@ -2,6 +2,7 @@
 //! calling the domain and encoding the answer. Also health and reflection, always on.
 
 mod error;
+mod flows;
 mod interfaces;
 mod policy;
 mod routing;
@@ -10,14 +11,19 @@ mod system;
 use std::sync::Arc;
 
 use dataplane_proto::v1::{
-    interfaces_server::InterfacesServer, policy_server::PolicyServer, routing_server::RoutingServer,
+    flows_server::FlowsServer, interfaces_server::InterfacesServer, policy_server::PolicyServer, routing_server::RoutingServer,
     system_server::SystemServer,
 };
 use tonic::transport::server::Router;
 use tonic_health::server::HealthReporter;
 
-use crate::{dataplane::Dataplane, domain::Domain};
+use crate::{
+    dataplane::{Dataplane, FlowMiss},
+    domain::Domain,
+    events::Hub,
+};
 
+pub use flows::FlowsService;
 pub use interfaces::InterfacesService;
 pub use policy::PolicyService;
 pub use routing::RoutingService;
@@ -30,6 +36,7 @@ const MAX_MESSAGE: usize = 256 * 1024 * 1024;
 /// server reflection (v1 and v1alpha, since grpcurl 1.8 speaks only v1alpha).
 pub async fn router<D: Dataplane>(
     domain: Arc<Domain<D>>,
+    misses: Arc<Hub<FlowMiss>>,
     info: system::ServerInfo,
 ) -> Result<(Router, HealthReporter), tonic_reflection::server::Error> {
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -37,6 +44,7 @@ pub async fn router<D: Dataplane>(
     health.set_serving::<SystemServer<SystemService<D>>>().await;
     health.set_serving::<RoutingServer<RoutingService<D>>>().await;
     health.set_serving::<PolicyServer<PolicyService<D>>>().await;
+    health.set_serving::<FlowsServer<FlowsService<D>>>().await;
     // The empty service name stands for the server as a whole.
     health.set_service_status("", tonic_health::ServingStatus::Serving).await;
 
@@ -62,6 +70,11 @@ pub async fn router<D: Dataplane>(
         )
         .add_service(
             PolicyServer::new(PolicyService::new(domain.clone()))
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE),
+        )
+        .add_service(
+            FlowsServer::new(FlowsService::new(domain.clone(), misses))
                 .max_decoding_message_size(MAX_MESSAGE)
                 .max_encoding_message_size(MAX_MESSAGE),
         )

@@ -133,6 +133,18 @@ impl<D: Dataplane> Domain<D> {
         Ok(state.generation)
     }
 
+    /// The slot of an attached interface.
+    pub fn interface_slot(&self, name: &InterfaceName) -> Result<u32, DomainError> {
+        let state = self.lock();
+        state.interfaces.get(name).map(|e| e.slot).ok_or_else(|| not_attached(name).at("interface"))
+    }
+
+    /// The name of the interface holding `slot`, if any.
+    pub fn interface_name_by_slot(&self, slot: u32) -> Option<String> {
+        let state = self.lock();
+        state.interfaces.iter().find(|(_, e)| e.slot == slot).map(|(n, _)| n.to_string())
+    }
+
     /// Every attached interface, or only `name`, with counters read now.
     pub fn list_interfaces(&self, name: Option<&InterfaceName>) -> Result<Vec<InterfaceView>, DomainError> {
         let state = self.lock();

@@ -1,0 +1,214 @@
+//! `dataplane.v1.Flows`: flow mode, flow-miss subscriptions, flow installation and listing.
+
+use std::{net::IpAddr, pin::Pin, sync::Arc};
+
+use dataplane_proto::v1 as pb;
+use tokio::sync::broadcast::error::RecvError;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+use crate::{
+    dataplane::{Dataplane, FlowKey, FlowMiss},
+    domain::{Domain, DomainError, FlowAction, FlowMode, FlowSpec, FlowView, InterfaceName},
+    events::Hub,
+    net::parse_addr,
+};
+
+/// Flows per streamed `ListFlowsResponse`.
+const LIST_CHUNK: usize = 1024;
+/// Bytes of the packet a miss carries to subscribers.
+const MISS_PACKET_BYTES: usize = 256;
+
+pub struct FlowsService<D: Dataplane> {
+    domain: Arc<Domain<D>>,
+    misses: Arc<Hub<FlowMiss>>,
+}
+
+impl<D: Dataplane> FlowsService<D> {
+    pub fn new(domain: Arc<Domain<D>>, misses: Arc<Hub<FlowMiss>>) -> Self {
+        Self { domain, misses }
+    }
+}
+
+type MissStream = Pin<Box<dyn Stream<Item = Result<pb::FlowMissMessage, Status>> + Send>>;
+type FlowStream = Pin<Box<dyn Stream<Item = Result<pb::ListFlowsResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl<D: Dataplane> pb::flows_server::Flows for FlowsService<D> {
+    async fn set_flow_mode(&self, req: Request<pb::SetFlowModeRequest>) -> Result<Response<pb::SetFlowModeResponse>, Status> {
+        let r = req.into_inner();
+        let interface = InterfaceName::parse("interface", &r.interface)?;
+        let miss_forward = match pb::MissAction::try_from(r.miss_action) {
+            Ok(pb::MissAction::Unspecified | pb::MissAction::Drop) => false,
+            Ok(pb::MissAction::ForwardByRoute) => true,
+            Err(_) => return Err(DomainError::invalid("miss_action", "DROP or FORWARD_BY_ROUTE").into()),
+        };
+        let or = |v: u32, d: u32| if v == 0 { d } else { v };
+        let mode = FlowMode {
+            enabled: r.enabled,
+            miss_forward,
+            hold_cap: or(r.hold_cap, 4096),
+            punt_rate: or(r.punt_rate, 1000),
+            punt_burst: or(r.punt_burst, 100),
+        };
+        let generation = self.domain.set_flow_mode(&interface, mode)?;
+        Ok(Response::new(pb::SetFlowModeResponse { generation }))
+    }
+
+    type SubscribeFlowMissesStream = MissStream;
+
+    async fn subscribe_flow_misses(
+        &self,
+        req: Request<pb::SubscribeFlowMissesRequest>,
+    ) -> Result<Response<MissStream>, Status> {
+        let r = req.into_inner();
+        let only_slot = match r.interface.as_str() {
+            "" => None,
+            name => Some(self.domain.interface_slot(&InterfaceName::parse("interface", name)?)?),
+        };
+        let only_vrf = r.vrf;
+        let mut rx = self.misses.subscribe();
+        let domain = self.domain.clone();
+        let stream = async_stream_from(move |tx: tokio::sync::mpsc::Sender<Result<pb::FlowMissMessage, Status>>| async move {
+            loop {
+                let msg = match rx.recv().await {
+                    Ok(ev) => {
+                        let m = &ev.event;
+                        if only_slot.is_some_and(|s| s != m.slot) || only_vrf.is_some_and(|v| v != m.key.vrf) {
+                            continue;
+                        }
+                        pb::FlowMissMessage {
+                            kind: Some(pb::flow_miss_message::Kind::Miss(pb::FlowMiss {
+                                seq: ev.seq,
+                                request_id: m.request_id,
+                                interface: domain.interface_name_by_slot(m.slot).unwrap_or_default(),
+                                key: Some(encode_key(&m.key)),
+                                packet_length: m.packet_len,
+                                packet: m.frame[..m.frame.len().min(MISS_PACKET_BYTES)].to_vec(),
+                                reason: "miss".into(),
+                            })),
+                        }
+                    }
+                    Err(RecvError::Lagged(n)) => pb::FlowMissMessage { kind: Some(pb::flow_miss_message::Kind::Lagged(n)) },
+                    Err(RecvError::Closed) => return,
+                };
+                if tx.send(Ok(msg)).await.is_err() {
+                    return; // the subscriber went away
+                }
+            }
+        });
+        Ok(Response::new(stream))
+    }
+
+    async fn install_flows(&self, req: Request<pb::InstallFlowsRequest>) -> Result<Response<pb::InstallFlowsResponse>, Status> {
+        let batch = req
+            .into_inner()
+            .flows
+            .into_iter()
+            .enumerate()
+            .map(|(i, f)| decode_flow(&format!("flows[{i}]"), f))
+            .collect::<Result<Vec<_>, _>>()?;
+        let domain = self.domain.clone();
+        let generation = tokio::task::spawn_blocking(move || domain.install_flows(batch))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))??;
+        Ok(Response::new(pb::InstallFlowsResponse { generation }))
+    }
+
+    async fn delete_flows(&self, req: Request<pb::DeleteFlowsRequest>) -> Result<Response<pb::DeleteFlowsResponse>, Status> {
+        let keys = req
+            .into_inner()
+            .keys
+            .into_iter()
+            .enumerate()
+            .map(|(i, k)| decode_key(&format!("keys[{i}]"), Some(k)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let generation = self.domain.delete_flows(&keys)?;
+        Ok(Response::new(pb::DeleteFlowsResponse { generation }))
+    }
+
+    type ListFlowsStream = FlowStream;
+
+    async fn list_flows(&self, req: Request<pb::ListFlowsRequest>) -> Result<Response<FlowStream>, Status> {
+        let flows = self.domain.list_flows(req.into_inner().vrf)?;
+        let chunks: Vec<Result<pb::ListFlowsResponse, Status>> = flows
+            .chunks(LIST_CHUNK)
+            .map(|c| Ok(pb::ListFlowsResponse { flows: c.iter().map(encode_flow).collect() }))
+            .collect();
+        Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
+    }
+}
+
+/// A stream fed by a task: the task ends (and the broadcast receiver with it) when the client
+/// goes away.
+fn async_stream_from<F, Fut, T>(f: F) -> Pin<Box<dyn Stream<Item = T> + Send>>
+where
+    F: FnOnce(tokio::sync::mpsc::Sender<T>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+    T: Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(f(tx));
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+}
+
+fn decode_key(at: &str, k: Option<pb::FlowKey>) -> Result<FlowKey, DomainError> {
+    let k = k.ok_or_else(|| DomainError::invalid(format!("{at}.key"), "required"))?;
+    let addr = |field: &str, s: &str| -> Result<IpAddr, DomainError> {
+        parse_addr(s).map_err(|e| DomainError::invalid(format!("{at}.{field}"), e.to_string()))
+    };
+    let src = addr("src", &k.src)?;
+    let dst = addr("dst", &k.dst)?;
+    if src.is_ipv4() != dst.is_ipv4() {
+        return Err(DomainError::invalid(format!("{at}.dst"), "src and dst are of different families"));
+    }
+    let proto = u8::try_from(k.protocol).map_err(|_| DomainError::invalid(format!("{at}.protocol"), "0-255"))?;
+    let port = |field: &str, v: u32| u16::try_from(v).map_err(|_| DomainError::invalid(format!("{at}.{field}"), "0-65535"));
+    Ok(FlowKey { vrf: k.vrf, src, dst, proto, sport: port("src_port", k.src_port)?, dport: port("dst_port", k.dst_port)? })
+}
+
+fn decode_action(field: String, action: i32, next_hop: u32) -> Result<Option<FlowAction>, DomainError> {
+    match pb::FlowAction::try_from(action) {
+        Ok(pb::FlowAction::Forward) => Ok(Some(FlowAction::Forward(next_hop))),
+        Ok(pb::FlowAction::Drop) => Ok(Some(FlowAction::Drop)),
+        Ok(pb::FlowAction::Unspecified) => Ok(None),
+        _ => Err(DomainError::invalid(field, "FORWARD or DROP")),
+    }
+}
+
+fn decode_flow(at: &str, f: pb::Flow) -> Result<FlowSpec, DomainError> {
+    let key = decode_key(at, f.key)?;
+    let action = decode_action(format!("{at}.action"), f.action, f.next_hop)?
+        .ok_or_else(|| DomainError::invalid(format!("{at}.action"), "FORWARD or DROP is required"))?;
+    let reverse = decode_action(format!("{at}.reverse_action"), f.reverse_action, f.reverse_next_hop)?;
+    Ok(FlowSpec { key, action, reverse })
+}
+
+fn encode_key(k: &FlowKey) -> pb::FlowKey {
+    pb::FlowKey {
+        vrf: k.vrf,
+        src: k.src.to_string(),
+        dst: k.dst.to_string(),
+        protocol: k.proto.into(),
+        src_port: k.sport.into(),
+        dst_port: k.dport.into(),
+    }
+}
+
+fn encode_flow(f: &FlowView) -> pb::Flow {
+    let (action, next_hop) = match f.action {
+        Some(FlowAction::Forward(id)) => (pb::FlowAction::Forward, id),
+        Some(FlowAction::Drop) => (pb::FlowAction::Drop, 0),
+        None => (pb::FlowAction::Hold, 0),
+    };
+    pb::Flow {
+        key: Some(encode_key(&f.key)),
+        action: action as i32,
+        next_hop,
+        request_id: f.request_id,
+        packets: f.packets,
+        bytes: f.bytes,
+        idle_ms: f.idle.as_millis() as u64,
+        ..Default::default()
+    }
+}

@@ -1,0 +1,55 @@
+//! Reads flow misses from the ring buffer as they come (tokio `AsyncFd` on its fd), records each
+//! with the domain (its captured packet waits there for the flow) and publishes it.
+
+use std::{sync::Arc, time::Duration};
+
+use tokio::io::unix::AsyncFd;
+use tracing::{info, warn};
+
+use super::Hub;
+use crate::{
+    dataplane::{Dataplane, FlowMiss, FlowMissReader},
+    domain::Domain,
+};
+
+/// Spawns the reader; it runs until the runtime stops.
+pub fn spawn_reader<D: Dataplane>(reader: FlowMissReader, domain: Arc<Domain<D>>, hub: Arc<Hub<FlowMiss>>) -> std::io::Result<()> {
+    // SAFETY: the reader owns the ring buffer's fd and keeps it open for as long as the AsyncFd
+    // (which owns the reader) exists.
+    let mut fd = unsafe { AsyncFd::register(reader) }.map_err(|e| e.into_parts().1)?;
+    tokio::spawn(async move {
+        loop {
+            let mut guard = match fd.readable_mut().await {
+                Ok(g) => g,
+                Err(e) => {
+                    warn!(error = %e, "flow-miss ring buffer poll failed; flow misses stop");
+                    return;
+                }
+            };
+            guard.get_inner_mut().drain(|miss| {
+                domain.record_miss(&miss);
+                hub.publish(miss);
+            });
+            guard.clear_ready();
+        }
+    });
+    Ok(())
+}
+
+/// Spawns the aging task: every `period`, HOLDs older than `hold_timeout` and flows idle for
+/// `idle_timeout` go.
+pub fn spawn_aging<D: Dataplane>(domain: Arc<Domain<D>>, period: Duration, hold_timeout: Duration, idle_timeout: Duration) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(period);
+        loop {
+            tick.tick().await;
+            let d = domain.clone();
+            match tokio::task::spawn_blocking(move || d.expire_flows(hold_timeout, idle_timeout)).await {
+                Ok(Ok(0)) => {}
+                Ok(Ok(n)) => info!(flows = n, "flows aged out"),
+                Ok(Err(e)) => warn!(error = %e, "aging flows failed"),
+                Err(e) => warn!(error = %e, "aging task panicked"),
+            }
+        }
+    });
+}
