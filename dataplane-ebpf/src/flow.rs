@@ -153,6 +153,11 @@ fn take_token(slot: u32, rate: u32, burst: u32, now: u64) -> bool {
     // SAFETY: per-CPU value, owned by this CPU for the program run.
     let b = unsafe { &mut *b };
     let cap = u64::from(burst) * ONE;
+    if b.last_ns == 0 {
+        // First use: a full bucket.
+        b.tokens = cap;
+        b.last_ns = now;
+    }
     // At most 10 s of refill (the server caps rate at MAX_PUNT_RATE): no 128-bit multiply.
     let elapsed = now.saturating_sub(b.last_ns).min(10_000_000_000);
     b.last_ns = now;

@@ -1,0 +1,144 @@
+//! The flow stage of the real XDP program through BPF_PROG_TEST_RUN (a copy of `dp_xdp_ingress`
+//! over the server's pinned maps, received on the loopback the server attached), with the real
+//! server reading the ring buffer: HOLD dedupes a flow's misses into one event, an installed flow
+//! is hit without punting again and counts, the HOLD cap and the punt rate hold under a burst of
+//! 100,000 distinct flows with counters that add up exactly, IPv4 and IPv6.
+
+use std::{net::IpAddr, time::Duration};
+
+use controller_client::{pb, Client};
+use integration::{l4_frame, Netns, Server, XdpOverPins};
+
+const XDP_DROP: u32 = 1;
+const XDP_REDIRECT: u32 = 4;
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+async fn setup(prefix: &str) -> (Netns, Server, Client) {
+    let ns = Netns::new(prefix).unwrap();
+    let server = Server::start(&ns).unwrap();
+    let mut c = server.client().await.unwrap();
+    c.interfaces.add_interface(pb::AddInterfaceRequest { name: "lo".into(), ..Default::default() }).await.unwrap();
+    let nh = pb::NextHop {
+        id: 1,
+        kind: Some(pb::next_hop::Kind::Encap(pb::EncapNextHop { interface: "lo".into(), dst_mac: "02:00:00:00:00:01".into(), src_mac: String::new() })),
+        ..Default::default()
+    };
+    c.routing.add_next_hops(pb::AddNextHopsRequest { next_hops: vec![nh] }).await.unwrap();
+    let routes = ["0.0.0.0/0", "::/0"].map(|p| pb::Route { vrf: 0, prefix: p.into(), next_hop: 1 }).to_vec();
+    c.routing.add_routes(pb::AddRoutesRequest { routes }).await.unwrap();
+    (ns, server, c)
+}
+
+async fn flow_mode(c: &mut Client, hold_cap: u32, punt_rate: u32, punt_burst: u32) {
+    c.flows
+        .set_flow_mode(pb::SetFlowModeRequest { interface: "lo".into(), enabled: true, hold_cap, punt_rate, punt_burst, ..Default::default() })
+        .await
+        .unwrap();
+}
+
+/// Misses received within `wait` after the last one.
+async fn drain(stream: &mut tonic::Streaming<pb::FlowMissMessage>, wait: Duration) -> Vec<pb::FlowMiss> {
+    let mut out = Vec::new();
+    while let Ok(Ok(Some(m))) = tokio::time::timeout(wait, stream.message()).await {
+        match m.kind {
+            Some(pb::flow_miss_message::Kind::Miss(miss)) => out.push(miss),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    out
+}
+
+async fn reason(c: &mut Client, name: &str) -> u64 {
+    let r = c.interfaces.list_interfaces(pb::ListInterfacesRequest { name: "lo".into() }).await.unwrap().into_inner();
+    r.interfaces[0].counters.as_ref().unwrap().reasons.iter().find(|r| r.reason == name).map(|r| r.packets).unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flow_hold_dedupes_misses_installed_flow_hits_and_counts_v4_v6() {
+    let (_ns, server, mut c) = setup("dpfl-").await;
+    flow_mode(&mut c, 4096, 100_000, 1000).await;
+    let mut stream = c.flows.subscribe_flow_misses(pb::SubscribeFlowMissesRequest::default()).await.unwrap().into_inner();
+    let xdp = XdpOverPins::load(&server.bpffs);
+    for (src, dst) in [("192.0.2.10", "198.51.100.7"), ("2001:db8:1::10", "2001:db8:2::7")] {
+        let frame = l4_frame(ip(src), ip(dst), 17, 4000, 53, 0);
+        for _ in 0..100 {
+            assert_eq!(xdp.run(&frame).0, XDP_DROP, "held packets are dropped (the first is captured)");
+        }
+        let misses = drain(&mut stream, Duration::from_millis(500)).await;
+        assert_eq!(misses.len(), 1, "100 packets of one flow -> one event: {misses:?}");
+        let m = &misses[0];
+        let key = m.key.clone().unwrap();
+        assert_eq!((key.src.as_str(), key.dst.as_str(), key.protocol, key.src_port, key.dst_port), (src, dst, 17, 4000, 53));
+        assert_eq!(m.interface, "lo");
+        assert_eq!(m.packet_length as usize, frame.len());
+        assert_eq!(m.packet, frame[..frame.len().min(256)], "the event carries the packet");
+
+        let flow = pb::Flow { key: Some(key), action: pb::FlowAction::Forward as i32, next_hop: 1, ..Default::default() };
+        c.flows.install_flows(pb::InstallFlowsRequest { flows: vec![flow] }).await.unwrap();
+        for _ in 0..10 {
+            let (v, out) = xdp.run(&frame);
+            assert_eq!(v, XDP_REDIRECT);
+            assert_eq!(out[..6], [2, 0, 0, 0, 0, 1], "out through the flow's next hop");
+        }
+        assert!(drain(&mut stream, Duration::from_millis(300)).await.is_empty(), "a hit is not punted again");
+    }
+    let mut list = c.flows.list_flows(pb::ListFlowsRequest::default()).await.unwrap().into_inner();
+    let flows = list.message().await.unwrap().unwrap().flows;
+    assert_eq!(flows.len(), 2, "{flows:?}");
+    for f in &flows {
+        assert_eq!(f.action, pb::FlowAction::Forward as i32);
+        // The HOLD counted 100 packets; the installed flow starts from zero and counts its own:
+        // the re-injected first packet and the 10 test runs.
+        assert_eq!(f.packets, 11, "{f:?}");
+    }
+    assert_eq!((reason(&mut c, "flow_miss_punted").await, reason(&mut c, "drop_flow_held").await), (2, 198));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flow_hold_cap_and_punt_rate_hold_under_100k_flow_burst_counters_exact() {
+    let (_ns, server, mut c) = setup("dpfc-").await;
+    let mut stream = c.flows.subscribe_flow_misses(pb::SubscribeFlowMissesRequest::default()).await.unwrap().into_inner();
+    let bpffs = server.bpffs.clone();
+    // Punt buckets are per CPU: run every burst from one thread pinned to CPU 0.
+    let burst = move |base: u32| {
+        let bpffs = bpffs.clone();
+        std::thread::spawn(move || {
+            // SAFETY: a zeroed cpu_set_t with CPU 0 set, for this thread.
+            unsafe {
+                let mut set: libc::cpu_set_t = std::mem::zeroed();
+                libc::CPU_SET(0, &mut set);
+                assert_eq!(libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set), 0);
+            }
+            let xdp = XdpOverPins::load(&bpffs);
+            for i in 0..100_000u32 {
+                let n = base + i;
+                let dst = IpAddr::V4(std::net::Ipv4Addr::from(0xc633_6400u32 | (n & 0xff)));
+                assert_eq!(xdp.run(&l4_frame(ip("192.0.2.10"), dst, 17, (n >> 8) as u16, 53, 0)).0, XDP_DROP);
+            }
+        })
+        .join()
+        .unwrap();
+    };
+
+    // Cap 300 (below the burst of 500 tokens): exactly 300 punted, the rest over the cap.
+    flow_mode(&mut c, 300, 1, 500).await;
+    burst(0);
+    let misses = drain(&mut stream, Duration::from_millis(500)).await;
+    let (punted, capped) = (reason(&mut c, "flow_miss_punted").await, reason(&mut c, "drop_flow_hold_cap").await);
+    assert_eq!((punted, capped), (300, 99_700));
+    assert_eq!(misses.len(), 300, "every punt is an event");
+
+    // A cap that does not bind: the punt rate does (burst 500, 1 token per second per CPU).
+    flow_mode(&mut c, 1_000_000, 1, 500).await;
+    burst(100_000);
+    let misses = drain(&mut stream, Duration::from_millis(500)).await;
+    let punted2 = reason(&mut c, "flow_miss_punted").await - punted;
+    let limited = reason(&mut c, "drop_punt_rate").await;
+    assert_eq!(punted2 + limited, 100_000, "every miss is either punted or counted as rate limited");
+    // CPU 0's bucket held 200 tokens left over from the first burst, plus one per second since.
+    assert!((200..=230).contains(&punted2), "punted {punted2}");
+    assert_eq!(misses.len() as u64, punted2);
+}
