@@ -23,6 +23,11 @@ pub const FLOW_RING_BYTES: u32 = 4 << 20;
 
 /// Miss reasons (`FlowMissEvent::reason`).
 pub const MISS_NO_FLOW: u32 = 1;
+/// A policy rule with action PUNT matched (no HOLD; the packet went to the kernel stack).
+pub const MISS_PUNT_RULE: u32 = 2;
+/// Punt rate and burst of an interface whose flow mode was never set (PUNT rules still punt).
+pub const DEFAULT_PUNT_RATE: u32 = 1000;
+pub const DEFAULT_PUNT_BURST: u32 = 100;
 
 /// Key of `FLOWS_V4`: VRF and 5-tuple; ports 0 for protocols without them and for fragments.
 #[repr(C)]

@@ -11,7 +11,7 @@ use aya_ebpf::{
 use dataplane_common::{
     flow::{
         FlowKeyV4, FlowKeyV6, FlowMissEvent, FlowValue, FLOW_CAPTURE, FLOW_DROP, FLOW_FORWARD, FLOW_HOLD, MAX_PUNT_RATE,
-        MISS_NO_FLOW, REQUEST_CPU_SHIFT, STATE_CREATED, STATE_RESOLVED,
+        DEFAULT_PUNT_BURST, DEFAULT_PUNT_RATE, MISS_NO_FLOW, MISS_PUNT_RULE, REQUEST_CPU_SHIFT, STATE_CREATED, STATE_RESOLVED,
     },
     Reason,
 };
@@ -115,7 +115,7 @@ fn flow_step(ctx: &XdpContext, pkt: &Packet, slot: u32, vrf: u32, len: u32) -> u
         // Another CPU created it first: this packet belongs to a held flow.
         return fallback(Reason::DropFlowHeld);
     }
-    if !emit(ctx, pkt, slot, vrf, len, request_id) {
+    if !emit(ctx, pkt, slot, vrf, len, request_id, MISS_NO_FLOW) {
         // No event, so no HOLD: the next packet of the flow tries again.
         let _ = match pkt.l3 {
             L3::Ipv4 => FLOWS_V4.remove(&k4),
@@ -126,6 +126,28 @@ fn flow_step(ctx: &XdpContext, pkt: &Packet, slot: u32, vrf: u32, len: u32) -> u
     // SAFETY: as above; an atomic add, since every CPU creates HOLDs.
     unsafe { atomic::add(created, 1) };
     fallback(Reason::FlowMissPunted)
+}
+
+/// Reports a packet a PUNT policy rule matched to the server (within the interface's punt rate;
+/// no HOLD: the packet itself goes on to the kernel stack). Returns whether it was reported.
+#[inline(never)]
+pub fn punt(ctx: &XdpContext, pkt: &Packet, slot: u32, vrf: u32, len: u32) -> u32 {
+    // SAFETY: plain helper calls.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let (rate, burst) = match FLOW_CONFIG.get(slot) {
+        Some(fc) if fc.punt_rate != 0 => (fc.punt_rate, fc.punt_burst),
+        _ => (DEFAULT_PUNT_RATE, DEFAULT_PUNT_BURST),
+    };
+    if !take_token(slot, rate, burst, now) {
+        return 0;
+    }
+    let Some(seq) = FLOW_SEQ.get_ptr_mut(0) else { return 0 };
+    // SAFETY: per-CPU value, owned by this CPU for the program run.
+    let request_id = unsafe {
+        *seq += 1;
+        (u64::from(bpf_get_smp_processor_id()) << REQUEST_CPU_SHIFT) | *seq
+    };
+    u32::from(emit(ctx, pkt, slot, vrf, len, request_id, MISS_PUNT_RULE))
 }
 
 /// The flow keys of `pkt` (only the one of its family is meaningful).
@@ -172,7 +194,7 @@ fn take_token(slot: u32, rate: u32, burst: u32, now: u64) -> bool {
 
 /// Sends the miss event with the packet captured; false when the ring buffer is full.
 #[inline(always)]
-fn emit(ctx: &XdpContext, pkt: &Packet, slot: u32, vrf: u32, len: u32, request_id: u64) -> bool {
+fn emit(ctx: &XdpContext, pkt: &Packet, slot: u32, vrf: u32, len: u32, request_id: u64, reason: u32) -> bool {
     let Some(mut e) = FLOW_MISSES.reserve::<FlowMissEvent>(0) else { return false };
     let ev = e.as_mut_ptr();
     // SAFETY: the reserved record is ours until submitted; fields are written one by one (no
@@ -182,7 +204,7 @@ fn emit(ctx: &XdpContext, pkt: &Packet, slot: u32, vrf: u32, len: u32, request_i
         (*ev).ifindex = (*(ctx.as_ptr() as *const aya_ebpf::bindings::xdp_md)).ingress_ifindex;
         (*ev).slot = slot;
         (*ev).vrf = vrf;
-        (*ev).reason = MISS_NO_FLOW;
+        (*ev).reason = reason;
         (*ev).family = if matches!(pkt.l3, L3::Ipv4) { 4 } else { 6 };
         (*ev).proto = u32::from(pkt.ip_proto);
         (*ev).src = pkt.src;

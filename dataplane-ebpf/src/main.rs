@@ -61,6 +61,10 @@ fn ingress(ctx: &XdpContext, cfg: &InterfaceConfig) -> (u32, Reason) {
     let len = (ctx.data_end() - ctx.data()) as u64;
     if matches!(pkt.l3, L3::Ipv4 | L3::Ipv6) {
         if let Err(reason) = policy::check(cfg.slot, DIR_INGRESS, &pkt, len) {
+            if reason == Reason::PassPolicyPunt {
+                // To the controller too (rate limited), as a flow miss with reason PUNT.
+                flow::punt(ctx, &pkt, cfg.slot, cfg.vrf, len as u32);
+            }
             return (verdict_for(reason), reason);
         }
     }

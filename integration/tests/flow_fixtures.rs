@@ -142,3 +142,66 @@ async fn flow_hold_cap_and_punt_rate_hold_under_100k_flow_burst_counters_exact()
     assert!((200..=230).contains(&punted2), "punted {punted2}");
     assert_eq!(misses.len() as u64, punted2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flow_punt_policy_rule_sends_event_packet_goes_to_stack() {
+    let (_ns, server, mut c) = setup("dpfp-").await;
+    let rule = pb::Rule { priority: 1, protocol: Some(17), dst_ports: Some(pb::PortRange { first: 53, last: 53 }), action: pb::Action::Punt as i32, ..Default::default() };
+    c.policy.put_policy(pb::PutPolicyRequest { name: "dns".into(), rules: vec![rule] }).await.unwrap();
+    c.policy
+        .attach_policy(pb::AttachPolicyRequest { policy: "dns".into(), interface: "lo".into(), direction: pb::Direction::Ingress as i32, default_action: 0 })
+        .await
+        .unwrap();
+    let mut stream = c.flows.subscribe_flow_misses(pb::SubscribeFlowMissesRequest::default()).await.unwrap().into_inner();
+    let xdp = XdpOverPins::load(&server.bpffs);
+    let frame = l4_frame(ip("192.0.2.10"), ip("198.51.100.7"), 17, 4000, 53, 0);
+    for _ in 0..3 {
+        assert_eq!(xdp.run(&frame).0, 2, "PUNT: the packet goes on to the kernel stack");
+    }
+    let misses = drain(&mut stream, Duration::from_millis(500)).await;
+    assert_eq!(misses.len(), 3, "no HOLD for PUNT: every packet is reported: {misses:?}");
+    assert!(misses.iter().all(|m| m.reason == "punt" && m.key.as_ref().unwrap().dst_port == 53));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flow_two_subscribers_get_every_event_stalled_one_gets_lag_notice() {
+    let (_ns, server, mut c) = setup("dpfs-").await;
+    flow_mode(&mut c, 1_000_000, 1_000_000, 1_000_000).await;
+    let mut a = c.flows.subscribe_flow_misses(pb::SubscribeFlowMissesRequest::default()).await.unwrap().into_inner();
+    let mut b = c.flows.subscribe_flow_misses(pb::SubscribeFlowMissesRequest::default()).await.unwrap().into_inner();
+    let mut stalled = c.flows.subscribe_flow_misses(pb::SubscribeFlowMissesRequest::default()).await.unwrap().into_inner();
+    let bpffs = server.bpffs.clone();
+    let total = 12_000u32;
+    let sender = std::thread::spawn(move || {
+        let xdp = XdpOverPins::load(&bpffs);
+        for n in 0..total {
+            let dst = IpAddr::V4(std::net::Ipv4Addr::from(0xc633_6400u32 | (n & 0xff)));
+            xdp.run(&l4_frame(ip("192.0.2.10"), dst, 17, (n >> 8) as u16, 53, 0));
+            if n % 1000 == 999 {
+                // Keep within the ring buffer the server drains.
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    });
+    // A and B read as the events come; `stalled` reads nothing until the end.
+    let (ra, rb) = tokio::join!(drain(&mut a, Duration::from_secs(3)), drain(&mut b, Duration::from_secs(3)));
+    sender.join().unwrap();
+    let punted = reason(&mut c, "flow_miss_punted").await;
+    assert_eq!(ra.len() as u64, punted, "subscriber A got every event");
+    assert_eq!(rb.len() as u64, punted, "subscriber B got every event");
+    assert!(punted > 4096 + 200, "more events than a subscriber queue holds: {punted}");
+    let seqs: Vec<u64> = ra.iter().map(|m| m.seq).collect();
+    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "no gaps for a reader that keeps up");
+
+    let mut got = 0u64;
+    let mut lost = 0u64;
+    while let Ok(Ok(Some(m))) = tokio::time::timeout(Duration::from_secs(2), stalled.message()).await {
+        match m.kind {
+            Some(pb::flow_miss_message::Kind::Miss(_)) => got += 1,
+            Some(pb::flow_miss_message::Kind::Lagged(n)) => lost += n,
+            None => {}
+        }
+    }
+    assert!(lost > 0, "the stalled subscriber is told it lost events");
+    assert_eq!(got + lost, punted, "what it got plus what it was told it lost is everything");
+}

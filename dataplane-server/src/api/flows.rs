@@ -85,7 +85,10 @@ impl<D: Dataplane> pb::flows_server::Flows for FlowsService<D> {
                                 key: Some(encode_key(&m.key)),
                                 packet_length: m.packet_len,
                                 packet: m.frame[..m.frame.len().min(MISS_PACKET_BYTES)].to_vec(),
-                                reason: "miss".into(),
+                                reason: match m.reason {
+                                    dataplane_common::flow::MISS_PUNT_RULE => "punt".into(),
+                                    _ => "miss".into(),
+                                },
                             })),
                         }
                     }

@@ -112,6 +112,10 @@ impl<D: Dataplane> Domain<D> {
 
     /// Keeps a punted miss (its captured frame) until its flow is decided.
     pub fn record_miss(&self, miss: &FlowMiss) {
+        if miss.reason != dataplane_common::flow::MISS_NO_FLOW {
+            // A PUNT rule's packet went on to the kernel stack: no HOLD, nothing to re-inject.
+            return;
+        }
         let mut state = self.lock();
         let reinject = state.flows.modes.get(&miss.slot).is_none_or(|m| !m.miss_forward);
         if state.flows.held.len() >= MAX_HELD {
