@@ -223,6 +223,11 @@ pub struct Server {
 
 impl Server {
     pub fn start(ns: &Netns) -> Result<Self> {
+        Self::start_with(ns, &[])
+    }
+
+    /// [`Server::start`] with extra command-line arguments.
+    pub fn start_with(ns: &Netns, extra: &[&str]) -> Result<Self> {
         let id = unique("srv");
         let run_dir = std::env::temp_dir().join(format!("dataplane-test-{id}"));
         std::fs::create_dir_all(&run_dir)?;
@@ -234,7 +239,7 @@ impl Server {
         let child = ns
             .command(
                 server.to_str().unwrap(),
-                &["--grpc-socket", socket.to_str().unwrap(), "--bpffs", bpffs.to_str().unwrap()],
+                &[&["--grpc-socket", socket.to_str().unwrap(), "--bpffs", bpffs.to_str().unwrap()][..], extra].concat(),
             )
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())

@@ -205,3 +205,39 @@ async fn flow_two_subscribers_get_every_event_stalled_one_gets_lag_notice() {
     assert!(lost > 0, "the stalled subscriber is told it lost events");
     assert_eq!(got + lost, punted, "what it got plus what it was told it lost is everything");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flow_unanswered_holds_and_idle_flows_age_out_hold_cap_recovers() {
+    let ns = Netns::new("dpfa-").unwrap();
+    let server = Server::start_with(&ns, &["--flow-hold-timeout-ms", "400", "--flow-idle-timeout-secs", "1"]).unwrap();
+    let mut c = server.client().await.unwrap();
+    c.interfaces.add_interface(pb::AddInterfaceRequest { name: "lo".into(), ..Default::default() }).await.unwrap();
+    let nh = pb::NextHop { id: 1, kind: Some(pb::next_hop::Kind::Discard(pb::Discard {})), ..Default::default() };
+    c.routing.add_next_hops(pb::AddNextHopsRequest { next_hops: vec![nh] }).await.unwrap();
+    c.routing.add_routes(pb::AddRoutesRequest { routes: vec![pb::Route { vrf: 0, prefix: "0.0.0.0/0".into(), next_hop: 1 }] }).await.unwrap();
+    // A cap of 5: unanswered HOLDs fill it, aging must free it again.
+    flow_mode(&mut c, 5, 100_000, 1000).await;
+    let xdp = XdpOverPins::load(&server.bpffs);
+    let frame = |port: u16| l4_frame(ip("192.0.2.10"), ip("198.51.100.7"), 17, port, 53, 0);
+    for p in 0..10 {
+        xdp.run(&frame(p));
+    }
+    assert_eq!((reason(&mut c, "flow_miss_punted").await, reason(&mut c, "drop_flow_hold_cap").await), (5, 5));
+    // An installed flow, idle from now on.
+    let key = pb::FlowKey { vrf: 0, src: "192.0.2.10".into(), dst: "198.51.100.7".into(), protocol: 17, src_port: 999, dst_port: 53 };
+    let flow = pb::Flow { key: Some(key), action: pb::FlowAction::Drop as i32, ..Default::default() };
+    c.flows.install_flows(pb::InstallFlowsRequest { flows: vec![flow] }).await.unwrap();
+
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let mut list = c.flows.list_flows(pb::ListFlowsRequest::default()).await.unwrap().into_inner();
+    let mut left = Vec::new();
+    while let Some(chunk) = list.message().await.unwrap() {
+        left.extend(chunk.flows);
+    }
+    assert!(left.is_empty(), "HOLDs past the hold timeout and flows past the idle timeout are gone: {left:?}");
+    // The cap counts only live HOLDs again: new misses are punted.
+    for p in 100..103 {
+        xdp.run(&frame(p));
+    }
+    assert_eq!(reason(&mut c, "flow_miss_punted").await, 8);
+}
