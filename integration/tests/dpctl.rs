@@ -212,3 +212,50 @@ fn dpctl_policy_put_attach_list_detach_del() {
     ok(&["policy", "del", "web"]);
     assert_eq!(ok(&["policy", "list", "-o", "json"]).trim(), "[]");
 }
+
+/// dpctl's flow verbs: flowmode set, flows watch (a live miss from a test run of the XDP
+/// program), flow add / list / del.
+#[test]
+fn dpctl_flowmode_watch_flow_add_list_del() {
+    let ns = integration::Netns::new("dpcf-").unwrap();
+    let server = Server::start(&ns).unwrap();
+    let ok = |args: &[&str]| {
+        let o = server.dpctl(args);
+        assert!(o.status.success(), "dpctl {args:?}: {}", stderr(&o));
+        stdout(&o)
+    };
+    ok(&["interface", "add", "lo"]);
+    ok(&["nexthop", "add", "1", "--interface", "lo", "--dst-mac", "02:00:00:00:00:01"]);
+    ok(&["route", "add", "0.0.0.0/0", "--nexthop", "1"]);
+    assert!(ok(&["flowmode", "set", "lo", "--hold-cap", "100"]).contains("flow mode on for lo"));
+
+    let mut watch = std::process::Command::new(integration::bin("dpctl"))
+        .args(["--server", &format!("unix:{}", server.socket.display()), "-o", "json", "flows", "watch"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let xdp = integration::XdpOverPins::load(&server.bpffs);
+    let frame = integration::l4_frame("192.0.2.10".parse().unwrap(), "198.51.100.7".parse().unwrap(), 6, 40000, 443, 0x02);
+    xdp.run(&frame);
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(watch.stdout.take().unwrap()), &mut line).unwrap();
+    let _ = watch.kill();
+    let _ = watch.wait();
+    let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
+    assert_eq!((v["seq"].as_u64(), v["interface"].as_str(), v["reason"].as_str()), (Some(1), Some("lo"), Some("miss")), "{v}");
+    assert_eq!(v["key"]["dst_port"], 443);
+
+    let key = ["--src", "192.0.2.10", "--dst", "198.51.100.7", "--proto", "tcp", "--sport", "40000", "--dport", "443"];
+    let v: Value = serde_json::from_str(&ok(&["flow", "list", "-o", "json"])).unwrap();
+    assert_eq!(v[0]["action"], "hold", "{v}");
+    ok(&[&["flow", "add", "--nexthop", "1"][..], &key].concat());
+    let v: Value = serde_json::from_str(&ok(&["flow", "list", "-o", "json"])).unwrap();
+    assert_eq!((v[0]["action"].as_str(), v[0]["next_hop"].as_u64()), (Some("forward"), Some(1)), "{v}");
+    let table = ok(&["flow", "list"]);
+    assert!(table.contains("198.51.100.7:443") && table.contains("forward"), "{table}");
+    ok(&[&["flow", "del"][..], &key].concat());
+    assert_eq!(ok(&["flow", "list", "-o", "json"]).trim(), "[]");
+    let o = server.dpctl(&[&["flow", "del"][..], &key].concat());
+    assert!(stderr(&o).starts_with("error: NOT_FOUND: keys[0]"), "{}", stderr(&o));
+}

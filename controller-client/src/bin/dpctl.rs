@@ -44,6 +44,97 @@ enum Command {
     /// Policies: ordered rules attached to interfaces.
     #[command(subcommand)]
     Policy(PolicyCmd),
+    /// Flow-miss stream.
+    #[command(subcommand)]
+    Flows(FlowsCmd),
+    /// Flows.
+    #[command(subcommand)]
+    Flow(FlowCmd),
+    /// Flow mode of an interface.
+    #[command(subcommand)]
+    Flowmode(FlowmodeCmd),
+}
+
+#[derive(Debug, Subcommand)]
+enum FlowsCmd {
+    /// Print flow misses as they come (Ctrl-C to stop); -o json prints one JSON object per line.
+    Watch {
+        #[arg(long)]
+        interface: Option<String>,
+        #[arg(long)]
+        vrf: Option<u32>,
+    },
+}
+
+/// A flow key on the command line.
+#[derive(Debug, clap::Args)]
+struct FlowKeyArgs {
+    #[arg(long)]
+    src: String,
+    #[arg(long)]
+    dst: String,
+    /// tcp, udp, icmp, icmpv6 or a number.
+    #[arg(long)]
+    proto: String,
+    #[arg(long, default_value_t = 0)]
+    sport: u32,
+    #[arg(long, default_value_t = 0)]
+    dport: u32,
+    #[arg(long, default_value_t = 0)]
+    vrf: u32,
+}
+
+#[derive(Debug, Subcommand)]
+enum FlowCmd {
+    /// Install a flow: --nexthop ID (forward) or --drop; --reverse-nexthop ID also installs the
+    /// reply direction.
+    Add {
+        #[command(flatten)]
+        key: FlowKeyArgs,
+        #[arg(long, conflicts_with = "drop", required_unless_present = "drop")]
+        nexthop: Option<u32>,
+        #[arg(long)]
+        drop: bool,
+        #[arg(long)]
+        reverse_nexthop: Option<u32>,
+    },
+    #[command(alias = "delete")]
+    Del {
+        #[command(flatten)]
+        key: FlowKeyArgs,
+    },
+    #[command(alias = "ls")]
+    List {
+        #[arg(long)]
+        vrf: Option<u32>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum FlowmodeCmd {
+    /// Turn flow mode on (or off with --off) for an interface.
+    Set {
+        interface: String,
+        #[arg(long)]
+        off: bool,
+        /// While a flow is held: drop (its first packet is re-injected once installed) or
+        /// forward by route.
+        #[arg(long, value_enum, default_value_t = MissMode::Drop)]
+        miss: MissMode,
+        #[arg(long, default_value_t = 4096)]
+        hold_cap: u32,
+        /// Punts per second per CPU.
+        #[arg(long, default_value_t = 1000)]
+        punt_rate: u32,
+        #[arg(long, default_value_t = 100)]
+        punt_burst: u32,
+    },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum MissMode {
+    Drop,
+    Route,
 }
 
 #[derive(Debug, Subcommand)]
@@ -288,8 +379,158 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Nexthop(cmd) => routing::nexthop(&mut client, cli.output, cmd).await?,
         Command::Route(cmd) => routing::route(&mut client, cli.output, cmd).await?,
         Command::Policy(cmd) => policy::run(&mut client, cli.output, cmd).await?,
+        Command::Flows(cmd) => flows::watch(&mut client, cli.output, cmd).await?,
+        Command::Flow(cmd) => flows::flow(&mut client, cli.output, cmd).await?,
+        Command::Flowmode(cmd) => flows::mode(&mut client, cli.output, cmd).await?,
     }
     Ok(())
+}
+
+mod flows {
+    //! The flow verbs.
+
+    use controller_client::{pb, Client};
+    use serde_json::{json, Value};
+
+    use super::{print_table, Failure, FlowCmd, FlowKeyArgs, FlowmodeCmd, FlowsCmd, MissMode, Output};
+
+    fn key(k: FlowKeyArgs) -> Result<pb::FlowKey, Failure> {
+        let protocol = match k.proto.to_ascii_lowercase().as_str() {
+            "tcp" => 6,
+            "udp" => 17,
+            "icmp" => 1,
+            "icmpv6" => 58,
+            other => other.parse().map_err(|_| Failure::Usage(format!("--proto {other:?}: tcp, udp, icmp, icmpv6 or a number")))?,
+        };
+        Ok(pb::FlowKey { vrf: k.vrf, src: k.src, dst: k.dst, protocol, src_port: k.sport, dst_port: k.dport })
+    }
+
+    fn key_text(k: &pb::FlowKey) -> String {
+        format!("vrf {} proto {} {}:{} -> {}:{}", k.vrf, k.protocol, k.src, k.src_port, k.dst, k.dst_port)
+    }
+
+    fn key_json(k: &pb::FlowKey) -> Value {
+        json!({"vrf": k.vrf, "src": k.src, "dst": k.dst, "protocol": k.protocol, "src_port": k.src_port, "dst_port": k.dst_port})
+    }
+
+    pub async fn watch(client: &mut Client, output: Output, cmd: FlowsCmd) -> Result<(), Failure> {
+        let FlowsCmd::Watch { interface, vrf } = cmd;
+        let mut stream = client
+            .flows
+            .subscribe_flow_misses(pb::SubscribeFlowMissesRequest { interface: interface.unwrap_or_default(), vrf })
+            .await?
+            .into_inner();
+        while let Some(m) = stream.message().await? {
+            match (m.kind, output) {
+                (Some(pb::flow_miss_message::Kind::Miss(m)), Output::Json) => println!(
+                    "{}",
+                    json!({"seq": m.seq, "request_id": m.request_id, "interface": m.interface, "reason": m.reason,
+                           "key": m.key.as_ref().map(key_json), "packet_length": m.packet_length})
+                ),
+                (Some(pb::flow_miss_message::Kind::Miss(m)), Output::Table) => println!(
+                    "#{} {} {} {} ({} bytes) request {}",
+                    m.seq,
+                    m.interface,
+                    m.reason,
+                    m.key.as_ref().map(key_text).unwrap_or_default(),
+                    m.packet_length,
+                    m.request_id
+                ),
+                (Some(pb::flow_miss_message::Kind::Lagged(n)), Output::Json) => println!("{}", json!({"lagged": n})),
+                (Some(pb::flow_miss_message::Kind::Lagged(n)), Output::Table) => println!("lagged: {n} events lost"),
+                (None, _) => {}
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn flow(client: &mut Client, output: Output, cmd: FlowCmd) -> Result<(), Failure> {
+        match cmd {
+            FlowCmd::Add { key: k, nexthop, drop, reverse_nexthop } => {
+                let (action, next_hop) = if drop { (pb::FlowAction::Drop, 0) } else { (pb::FlowAction::Forward, nexthop.unwrap_or(0)) };
+                let flow = pb::Flow {
+                    key: Some(key(k)?),
+                    action: action as i32,
+                    next_hop,
+                    reverse_action: if reverse_nexthop.is_some() { pb::FlowAction::Forward as i32 } else { 0 },
+                    reverse_next_hop: reverse_nexthop.unwrap_or(0),
+                    ..Default::default()
+                };
+                let r = client.flows.install_flows(pb::InstallFlowsRequest { flows: vec![flow] }).await?.into_inner();
+                match output {
+                    Output::Json => println!("{}", json!({"generation": r.generation})),
+                    Output::Table => println!("flow installed, generation {}", r.generation),
+                }
+            }
+            FlowCmd::Del { key: k } => {
+                let r = client.flows.delete_flows(pb::DeleteFlowsRequest { keys: vec![key(k)?] }).await?.into_inner();
+                match output {
+                    Output::Json => println!("{}", json!({"generation": r.generation})),
+                    Output::Table => println!("flow deleted, generation {}", r.generation),
+                }
+            }
+            FlowCmd::List { vrf } => {
+                let mut stream = client.flows.list_flows(pb::ListFlowsRequest { vrf }).await?.into_inner();
+                let mut flows = Vec::new();
+                while let Some(c) = stream.message().await? {
+                    flows.extend(c.flows);
+                }
+                let action = |a: i32| match pb::FlowAction::try_from(a) {
+                    Ok(pb::FlowAction::Forward) => "forward",
+                    Ok(pb::FlowAction::Drop) => "drop",
+                    Ok(pb::FlowAction::Hold) => "hold",
+                    _ => "?",
+                };
+                match output {
+                    Output::Json => {
+                        let v: Vec<Value> = flows
+                            .iter()
+                            .map(|f| json!({"key": f.key.as_ref().map(key_json), "action": action(f.action), "next_hop": f.next_hop,
+                                            "request_id": f.request_id, "packets": f.packets, "bytes": f.bytes, "idle_ms": f.idle_ms}))
+                            .collect();
+                        println!("{}", Value::Array(v));
+                    }
+                    Output::Table => {
+                        let mut rows = vec![["VRF", "PROTO", "SRC", "DST", "ACTION", "NEXTHOP", "PACKETS", "BYTES", "IDLE_MS"].map(String::from).to_vec()];
+                        for f in &flows {
+                            let k = f.key.clone().unwrap_or_default();
+                            rows.push(vec![
+                                k.vrf.to_string(),
+                                k.protocol.to_string(),
+                                format!("{}:{}", k.src, k.src_port),
+                                format!("{}:{}", k.dst, k.dst_port),
+                                action(f.action).into(),
+                                if f.action == pb::FlowAction::Forward as i32 { f.next_hop.to_string() } else { "-".into() },
+                                f.packets.to_string(),
+                                f.bytes.to_string(),
+                                f.idle_ms.to_string(),
+                            ]);
+                        }
+                        print_table(&rows);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn mode(client: &mut Client, output: Output, cmd: FlowmodeCmd) -> Result<(), Failure> {
+        let FlowmodeCmd::Set { interface, off, miss, hold_cap, punt_rate, punt_burst } = cmd;
+        let miss_action = match miss {
+            MissMode::Drop => pb::MissAction::Drop,
+            MissMode::Route => pb::MissAction::ForwardByRoute,
+        } as i32;
+        let r = client
+            .flows
+            .set_flow_mode(pb::SetFlowModeRequest { interface: interface.clone(), enabled: !off, miss_action, hold_cap, punt_rate, punt_burst })
+            .await?
+            .into_inner();
+        match output {
+            Output::Json => println!("{}", json!({"generation": r.generation})),
+            Output::Table => println!("flow mode {} for {interface}, generation {}", if off { "off" } else { "on" }, r.generation),
+        }
+        Ok(())
+    }
 }
 
 mod policy {
