@@ -66,6 +66,21 @@ if ! command -v grpcurl >/dev/null 2>&1; then
     [ -x "$gc" ] && ln -sf "$gc" /usr/local/bin/grpcurl
 fi
 
+# Node and the gRPC packages of the Node flow controller (integration/clients/node), pinned by
+# its package-lock.json; reinstalled only when the lock file changes.
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    log "apt: installing nodejs npm"
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
+fi
+NODE_DIR="$(dirname "$0")/../integration/clients/node"
+STAMP="$NODE_DIR/node_modules/.installed-from-lock"
+if ! [ -f "$STAMP" ] || [ "$NODE_DIR/package-lock.json" -nt "$STAMP" ]; then
+    log "npm: installing the Node controller's packages"
+    (cd "$NODE_DIR" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+    touch "$STAMP"
+fi
+
 # bpffs: the server pins its maps and links there.
 if ! mountpoint -q /sys/fs/bpf; then
     log "mounting bpffs at /sys/fs/bpf"

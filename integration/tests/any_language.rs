@@ -25,3 +25,73 @@ fn python_client_add_interface_and_errors_match_rust_semantics() {
     assert_eq!(v["programs"], serde_json::json!(["dp_xdp_ingress", "dp_tc_egress"]));
     assert_eq!(v["interfaces"], serde_json::json!([topo.r0]));
 }
+
+/// Flow controllers in Python and Node: each, in its own run, subscribes to flow misses and
+/// installs the flow for a new TCP connection through the router (kernel forwarding off, flow
+/// mode on); the connection completes with its first SYN re-injected (no 1 s retransmit).
+fn flow_controller_completes_tcp_connect(cmd: &str, script: &str) {
+    use controller_client::pb;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let topo = Topology::routed().unwrap();
+    let server = Server::start(&topo.rtr).unwrap();
+    rt.block_on(async {
+        let mut c = server.client().await.unwrap();
+        for name in [&topo.r0, &topo.r1] {
+            c.interfaces.add_interface(pb::AddInterfaceRequest { name: name.clone(), ..Default::default() }).await.unwrap();
+        }
+        let encap = |id: u32, iface: &str, mac: String| pb::NextHop {
+            id,
+            kind: Some(pb::next_hop::Kind::Encap(pb::EncapNextHop { interface: iface.into(), dst_mac: mac, src_mac: String::new() })),
+            ..Default::default()
+        };
+        c.routing
+            .add_next_hops(pb::AddNextHopsRequest {
+                next_hops: vec![encap(1, &topo.r1, topo.h2.mac("eth0").unwrap()), encap(2, &topo.r0, topo.h1.mac("eth0").unwrap())],
+            })
+            .await
+            .unwrap();
+        let routes = [("198.51.100.0/24", 1), ("192.0.2.0/24", 2)].map(|(p, n)| pb::Route { vrf: 0, prefix: p.into(), next_hop: n }).to_vec();
+        c.routing.add_routes(pb::AddRoutesRequest { routes }).await.unwrap();
+        c.flows.set_flow_mode(pb::SetFlowModeRequest { interface: topo.r0.clone(), enabled: true, ..Default::default() }).await.unwrap();
+    });
+
+    let mut ctl = std::process::Command::new(cmd)
+        .args([script, server.socket.to_str().unwrap(), "1", "1"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(ctl.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    assert_eq!(line.trim(), "ready", "{cmd} controller did not start");
+    // The subscription is live once the server has the stream; give it a moment.
+    std::thread::sleep(std::time::Duration::from_millis(700));
+
+    let mut srv = topo.h2.command("iperf3", &["-s", "-1", "-B", integration::H2_ADDR, "-p", "5302"]).spawn().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let script_py = format!(
+        "import socket,time\nt=time.time()\ns=socket.create_connection(('{}',5302),timeout=5)\nprint(time.time()-t)\ns.close()",
+        integration::H2_ADDR
+    );
+    let t: f64 = topo.h1.exec("python3", &["-c", &script_py]).unwrap().trim().parse().unwrap();
+    let _ = srv.kill();
+    let _ = srv.wait();
+    line.clear();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    let _ = ctl.wait();
+    let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
+    assert_eq!(v["misses"][0]["dst_port"], 5302, "{v}");
+    assert_eq!(v["misses"][0]["reason"], "miss", "{v}");
+    eprintln!("{cmd}: connect {t:.3} s through the flow-miss loop, {v}");
+    assert!(t < 0.5, "{cmd}: connect took {t:.3} s (first SYN lost)");
+}
+
+#[test]
+fn python_flow_controller_installs_flow_connect_completes_first_syn() {
+    flow_controller_completes_tcp_connect("python3", concat!(env!("CARGO_MANIFEST_DIR"), "/clients/python/flow_controller.py"));
+}
+
+#[test]
+fn node_flow_controller_installs_flow_connect_completes_first_syn() {
+    flow_controller_completes_tcp_connect("node", concat!(env!("CARGO_MANIFEST_DIR"), "/clients/node/flow_controller.js"));
+}
