@@ -241,3 +241,56 @@ async fn flow_unanswered_holds_and_idle_flows_age_out_hold_cap_recovers() {
     }
     assert_eq!(reason(&mut c, "flow_miss_punted").await, 8);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flow_table_overfilled_lru_evicts_and_forwarding_goes_on() {
+    let (_ns, server, mut c) = setup("dpfe-").await;
+    // Held flows and evicted ones go by route meanwhile.
+    c.flows
+        .set_flow_mode(pb::SetFlowModeRequest {
+            interface: "lo".into(),
+            enabled: true,
+            miss_action: pb::MissAction::ForwardByRoute as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let nh2 = pb::NextHop {
+        id: 2,
+        kind: Some(pb::next_hop::Kind::Encap(pb::EncapNextHop { interface: "lo".into(), dst_mac: "02:00:00:00:00:02".into(), src_mac: String::new() })),
+        ..Default::default()
+    };
+    c.routing.add_next_hops(pb::AddNextHopsRequest { next_hops: vec![nh2] }).await.unwrap();
+    let key = |n: u32| pb::FlowKey {
+        vrf: 0,
+        src: "192.0.2.10".into(),
+        dst: std::net::Ipv4Addr::from(0xcb00_7100u32 | (n & 0xff)).to_string(),
+        protocol: 17,
+        src_port: n >> 8,
+        dst_port: 53,
+    };
+    let flow = |n: u32| pb::Flow { key: Some(key(n)), action: pb::FlowAction::Forward as i32, next_hop: 2, ..Default::default() };
+    let xdp = XdpOverPins::load(&server.bpffs);
+    let frame = |n: u32| l4_frame(ip("192.0.2.10"), ip(&key(n).dst), 17, (n >> 8) as u16, 53, 0);
+
+    // 300,000 flows into a 262,144-entry table: the LRU makes room.
+    for chunk in (0..300_000u32).collect::<Vec<_>>().chunks(50_000) {
+        c.flows.install_flows(pb::InstallFlowsRequest { flows: chunk.iter().map(|&n| flow(n)).collect() }).await.unwrap();
+    }
+    let mut list = c.flows.list_flows(pb::ListFlowsRequest::default()).await.unwrap().into_inner();
+    let mut count = 0;
+    while let Some(chunk) = list.message().await.unwrap() {
+        count += chunk.flows.len();
+    }
+    assert!(count <= dataplane_common::flow::MAX_FLOWS as usize && count > 200_000, "{count} flows");
+    // Recent flows hit, the oldest were evicted and go by route: every packet is forwarded.
+    for n in [0, 1, 1000, 299_998, 299_999] {
+        let (v, out) = xdp.run(&frame(n));
+        assert_eq!(v, XDP_REDIRECT, "flow {n}");
+        assert!(out[..6] == [2, 0, 0, 0, 0, 2] || out[..6] == [2, 0, 0, 0, 0, 1], "flow {n}: {:02x?}", &out[..6]);
+    }
+    // And an evicted flow can be installed again.
+    c.flows.install_flows(pb::InstallFlowsRequest { flows: vec![flow(0)] }).await.unwrap();
+    let (v, out) = xdp.run(&frame(0));
+    assert_eq!((v, &out[..6]), (XDP_REDIRECT, &[2u8, 0, 0, 0, 0, 2][..]));
+}
