@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/bootstrap.sh
-cargo build --locked --release -p dataplane-bench
+cargo build --locked --release -p dataplane-bench -p dataplane-server
 out=()
 case " $* " in
     *" --quick "*|*" --help "*|*" --output "*) ;;

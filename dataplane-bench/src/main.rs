@@ -5,6 +5,7 @@
 //! The process moves itself into a network namespace of its own before doing anything, so every
 //! interface it creates disappears with it, crash included; its bpffs pins are removed on exit.
 
+mod flows;
 mod packet;
 mod report;
 mod sandbox;
@@ -32,6 +33,9 @@ struct Args {
     /// Route-table sizes of the packet-path cases, comma-separated.
     #[arg(long, value_delimiter = ',')]
     routes: Option<Vec<usize>>,
+    /// Flows set up per run in the flow-setup case.
+    #[arg(long)]
+    flows: Option<usize>,
     /// Policy sizes (rules) of the policy cases, comma-separated.
     #[arg(long, value_delimiter = ',')]
     rules: Option<Vec<usize>>,
@@ -59,8 +63,11 @@ fn main() -> Result<()> {
     eprintln!("packet path: BPF_PROG_TEST_RUN, repeat {}, {} runs, routes {:?}", config.repeat, config.runs, config.route_counts);
     let packet = packet::run(&sandbox, &config)?;
     drop(sandbox);
+    let flow_config = flows::Config { flows: args.flows.unwrap_or(if args.quick { 200 } else { 2000 }), runs: config.runs };
+    eprintln!("flow setup: {} flows per run, {} runs", flow_config.flows, flow_config.runs);
+    let flows = flows::run(&flow_config)?;
 
-    let md = report::render(&command, &packet);
+    let md = report::render(&command, &packet, &flows);
     print!("{md}");
     if let Some(path) = &args.output {
         std::fs::write(path, &md).with_context(|| format!("writing {}", path.display()))?;

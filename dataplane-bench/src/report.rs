@@ -5,7 +5,7 @@ use std::fmt::Write;
 use crate::packet::{Figure, Results};
 
 /// Renders the whole report. `command` is what produced it, as a reader would rerun it.
-pub fn render(command: &str, packet: &Results) -> String {
+pub fn render(command: &str, packet: &Results, flows: &crate::flows::Results) -> String {
     let mut md = String::new();
     let _ = writeln!(md, "# Benchmarks\n");
     let _ = writeln!(
@@ -78,6 +78,43 @@ pub fn render(command: &str, packet: &Results) -> String {
         prow(&mut md, f, f.size.map(thousands).unwrap_or_default());
     }
     md.push('\n');
+
+    let _ = writeln!(md, "## Flow setup (per second, and miss-to-event latency)\n");
+    let _ = writeln!(
+        md,
+        "The whole loop for {} new flows per run, sent as fast as one thread can: a miss in \
+         `dp_xdp_ingress` (test run over the server's pins) -> HOLD + ring buffer -> \
+         `dataplane-server` -> `SubscribeFlowMisses` -> a Rust controller (controller-client) -> \
+         `InstallFlows` (one flow per call) -> the next packet hits the flow (checked for every \
+         flow). Baseline in the same run: the same controller calling `InstallFlows` for as many \
+         flows with no miss involved. Latency: test run issued -> event received by the controller.\n",
+        flows.flows
+    );
+    let setups = Figure { case: "flow setups through the miss loop (/s)".into(), size: Some(flows.flows), samples: flows.setups.clone() };
+    let installs = Figure { case: "InstallFlows alone, one flow per call (/s)".into(), size: Some(flows.flows), samples: flows.installs.clone() };
+    let _ = writeln!(md, "| case | flows per run | min | median | max | × InstallFlows alone |");
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|");
+    for f in [&setups, &installs] {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {:.0} | {:.0} | {:.0} | {:.2} |",
+            f.case,
+            thousands(flows.flows),
+            f.min(),
+            f.median(),
+            f.max(),
+            f.median() / installs.median()
+        );
+    }
+    let p = |q| crate::flows::percentile(&flows.latency_us, q);
+    let _ = writeln!(
+        md,
+        "\nMiss-to-event latency over {} misses: p50 {:.0} µs, p99 {:.0} µs, max {:.0} µs.\n",
+        flows.latency_us.len(),
+        p(50.0),
+        p(99.0),
+        p(100.0)
+    );
     md
 }
 

@@ -320,39 +320,16 @@ impl Drop for Server {
     }
 }
 
-/// A second copy of `dp_xdp_ingress` loaded over the server's pinned maps: it sees exactly the
-/// routes, next hops and interfaces the server's attached program sees. A test run without
-/// `ctx_in` receives on the loopback of the caller's namespace, ifindex 1 like the server
-/// namespace's `lo`, whose INTERFACES entry it therefore uses.
-pub struct XdpOverPins {
-    ebpf: aya::Ebpf,
-}
+/// `dataplane_server::dataplane::PinnedIngress` for tests: panics instead of returning errors.
+pub struct XdpOverPins(dataplane_server::dataplane::PinnedIngress);
 
 impl XdpOverPins {
     pub fn load(bpffs: &std::path::Path) -> Self {
-        let mut loader = aya::EbpfLoader::new();
-        for name in dataplane_common::maps::ALL {
-            let pin = bpffs.join("v1/maps").join(name);
-            // A missing pin would make the loader create (and pin) a fresh map instead.
-            assert!(pin.exists(), "{} not pinned", pin.display());
-            loader.map_pin_path(name, pin);
-        }
-        let mut ebpf = loader.load(dataplane_server::dataplane::loader::EBPF_OBJECT).expect("load object over pins");
-        let xdp: &mut aya::programs::Xdp =
-            ebpf.program_mut(dataplane_common::programs::XDP_INGRESS).unwrap().try_into().unwrap();
-        xdp.load().expect("load dp_xdp_ingress");
-        Self { ebpf }
+        Self(dataplane_server::dataplane::PinnedIngress::load(bpffs).expect("load dp_xdp_ingress over the server's pins"))
     }
 
     pub fn run(&self, frame: &[u8]) -> (u32, Vec<u8>) {
-        use aya::programs::{TestRun, TestRunOptions, Xdp};
-        let xdp: &Xdp = self.ebpf.program(dataplane_common::programs::XDP_INGRESS).unwrap().try_into().unwrap();
-        let mut out = vec![0u8; frame.len() + 256];
-        let r = xdp
-            .test_run(TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), repeat: 1, ..Default::default() })
-            .expect("test run");
-        out.truncate(r.data_size_out as usize);
-        (r.return_value, out)
+        self.0.run(frame).expect("test run")
     }
 }
 

@@ -11,9 +11,17 @@ fn bench_quick_reports_every_case_and_leaves_nothing_behind() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "bench failed:\n{stdout}\n{stderr}");
 
+    // The flow-setup rows: both rates positive, latency percentiles present.
+    for case in ["flow setups through the miss loop (/s)", "InstallFlows alone, one flow per call (/s)"] {
+        let row = stdout.lines().find(|l| l.starts_with(&format!("| {case}"))).unwrap_or_else(|| panic!("no {case}:\n{stdout}"));
+        let median: f64 = row.split('|').nth(4).unwrap().trim().parse().unwrap();
+        assert!(median > 0.0, "{row}");
+    }
+    assert!(stdout.contains("Miss-to-event latency over ") && stdout.contains(" p99 "), "{stdout}");
+
     let rows: Vec<Vec<&str>> = stdout
         .lines()
-        .filter(|l| l.starts_with("| ") && !l.starts_with("| case"))
+        .filter(|l| l.starts_with("| ") && !l.starts_with("| case") && !l.contains("(/s)"))
         .map(|l| l.trim_matches('|').split('|').map(str::trim).collect())
         .collect();
     let cases: Vec<(&str, &str)> = rows.iter().map(|r| (r[0], r[1])).collect();

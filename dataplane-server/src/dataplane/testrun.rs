@@ -125,3 +125,47 @@ impl KernelDataplane {
         Ok(result.return_value)
     }
 }
+
+/// A second copy of `dp_xdp_ingress` loaded over a running server's pinned maps (under
+/// `<bpffs_root>/v1/maps`): it sees exactly the interfaces, routes, policies and flows the
+/// attached program sees, and writes the same counters, flows and miss events. A test run
+/// without `ctx_in` receives on the loopback of the caller's network namespace (ifindex 1, like
+/// the server namespace's `lo`). For tests and benchmarks.
+pub struct PinnedIngress {
+    ebpf: aya::Ebpf,
+}
+
+impl PinnedIngress {
+    pub fn load(bpffs_root: &std::path::Path) -> Result<Self, DataplaneError> {
+        let dir = bpffs_root.join(super::loader::PIN_VERSION).join("maps");
+        let mut loader = aya::EbpfLoader::new();
+        for name in names::ALL {
+            let pin = dir.join(name);
+            // A missing pin would make the loader create (and pin) a fresh map instead.
+            if !pin.exists() {
+                return Err(DataplaneError::Missing { what: "pinned map", name });
+            }
+            loader.map_pin_path(name, pin);
+        }
+        let mut ebpf = loader.load(super::loader::EBPF_OBJECT).map_err(|e| DataplaneError::Load { source: Box::new(e) })?;
+        let xdp: &mut Xdp = program_mut(&mut ebpf, programs::XDP_INGRESS)?;
+        xdp.load().map_err(DataplaneError::program(programs::XDP_INGRESS, "load"))?;
+        Ok(Self { ebpf })
+    }
+
+    /// One test run of `frame`: the verdict and the frame as the program left it.
+    pub fn run(&self, frame: &[u8]) -> Result<(u32, Vec<u8>), DataplaneError> {
+        let xdp: &Xdp = self
+            .ebpf
+            .program(programs::XDP_INGRESS)
+            .ok_or(DataplaneError::Missing { what: "program", name: programs::XDP_INGRESS })?
+            .try_into()
+            .map_err(DataplaneError::program(programs::XDP_INGRESS, "open"))?;
+        let mut out = vec![0u8; frame.len() + 256];
+        let r = xdp
+            .test_run(TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), repeat: 1, ..Default::default() })
+            .map_err(DataplaneError::program(programs::XDP_INGRESS, "test run"))?;
+        out.truncate(r.data_size_out as usize);
+        Ok((r.return_value, out))
+    }
+}

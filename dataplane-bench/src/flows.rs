@@ -1,0 +1,237 @@
+//! Flow setup through the whole loop: a flow miss (BPF_PROG_TEST_RUN of the server's own
+//! `dp_xdp_ingress` over its pins) -> ring buffer -> server -> gRPC stream -> a Rust controller
+//! -> InstallFlows -> the next packet of the flow hits it. Next to it, in the same run, the
+//! control path alone: the same controller calling InstallFlows for as many flows, one per call.
+//! Also the miss-to-event latency (test run issued -> event received by the controller).
+
+use std::{
+    collections::HashMap,
+    net::Ipv4Addr,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, ensure, Context, Result};
+use controller_client::{pb, Client, ServerAddress};
+use dataplane_server::dataplane::PinnedIngress;
+
+const XDP_REDIRECT: u32 = 4;
+
+pub struct Config {
+    pub flows: usize,
+    pub runs: usize,
+}
+
+pub struct Results {
+    pub flows: usize,
+    /// Flow setups per second through the whole loop, per run.
+    pub setups: Vec<f64>,
+    /// InstallFlows calls (one flow each) per second, per run.
+    pub installs: Vec<f64>,
+    /// Miss-to-event latencies, microseconds, every flow of every run.
+    pub latency_us: Vec<f64>,
+}
+
+/// A server process in this (the bench's) network namespace; killed and unpinned on drop.
+struct ServerProcess {
+    child: Child,
+    dir: PathBuf,
+    bpffs: PathBuf,
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = std::fs::remove_dir_all(&self.bpffs);
+    }
+}
+
+fn start_server() -> Result<ServerProcess> {
+    let exe = std::env::current_exe()?.with_file_name("dataplane-server");
+    ensure!(exe.exists(), "{} not built (cargo build -p dataplane-server)", exe.display());
+    let dir = std::env::temp_dir().join(format!("dataplane-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let bpffs = PathBuf::from(format!("/sys/fs/bpf/dataplane-bench-{}-server", std::process::id()));
+    eprintln!("pins: {}", bpffs.display());
+    let mut cmd = Command::new(&exe);
+    // SAFETY: only async-signal-safe calls between fork and exec. The bench blocks SIGINT and
+    // SIGTERM (a thread takes them with sigwait); the server must get them again.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+            Ok(())
+        });
+    }
+    let child = cmd
+        .args(["--grpc-socket", dir.join("sock").to_str().unwrap(), "--bpffs", bpffs.to_str().unwrap()])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("server.log"))?)
+        .spawn()
+        .context("starting dataplane-server")?;
+    Ok(ServerProcess { child, dir, bpffs })
+}
+
+fn frame(n: u32) -> Vec<u8> {
+    // A UDP datagram of flow `n` (distinct destination and source port), for the loopback MAC.
+    let dst = Ipv4Addr::from(0xcb00_7100u32 | (n & 0xff));
+    let sport = (n >> 8) as u16 + 1024;
+    let mut f = vec![0u8; 42];
+    f[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 0x99]);
+    f[12..14].copy_from_slice(&[0x08, 0x00]);
+    f[14..24].copy_from_slice(&[0x45, 0, 0, 28, 0, 1, 0x40, 0, 64, 17]);
+    f[26..30].copy_from_slice(&[192, 0, 2, 10]);
+    f[30..34].copy_from_slice(&dst.octets());
+    let mut sum: u32 = f[14..34].chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], c[1]]))).sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    f[24..26].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    f[34..36].copy_from_slice(&sport.to_be_bytes());
+    f[36..38].copy_from_slice(&53u16.to_be_bytes());
+    f[38..40].copy_from_slice(&8u16.to_be_bytes());
+    f
+}
+
+fn key(n: u32) -> pb::FlowKey {
+    pb::FlowKey {
+        vrf: 0,
+        src: "192.0.2.10".into(),
+        dst: Ipv4Addr::from(0xcb00_7100u32 | (n & 0xff)).to_string(),
+        protocol: 17,
+        src_port: (n >> 8) + 1024,
+        dst_port: 53,
+    }
+}
+
+/// Flow index from a miss key.
+fn index(k: &pb::FlowKey) -> Option<u32> {
+    let dst: Ipv4Addr = k.dst.parse().ok()?;
+    Some(((k.src_port - 1024) << 8) | (u32::from(dst) & 0xff))
+}
+
+pub fn run(config: &Config) -> Result<Results> {
+    let server = start_server()?;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let address: ServerAddress = format!("unix:{}", server.dir.join("sock").display()).parse()?;
+    let mut client = rt.block_on(async {
+        for _ in 0..200 {
+            if let Ok(mut c) = Client::connect(&address).await {
+                if c.system.get_status(pb::GetStatusRequest {}).await.is_ok() {
+                    return Ok(c);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        bail!("the server did not come up (see its log)")
+    })?;
+    rt.block_on(async {
+        client.interfaces.add_interface(pb::AddInterfaceRequest { name: "lo".into(), ..Default::default() }).await?;
+        let nh = pb::NextHop {
+            id: 1,
+            kind: Some(pb::next_hop::Kind::Encap(pb::EncapNextHop { interface: "lo".into(), dst_mac: "02:00:00:00:00:01".into(), src_mac: String::new() })),
+            ..Default::default()
+        };
+        client.routing.add_next_hops(pb::AddNextHopsRequest { next_hops: vec![nh] }).await?;
+        client.routing.add_routes(pb::AddRoutesRequest { routes: vec![pb::Route { vrf: 0, prefix: "0.0.0.0/0".into(), next_hop: 1 }] }).await?;
+        client
+            .flows
+            .set_flow_mode(pb::SetFlowModeRequest { interface: "lo".into(), enabled: true, hold_cap: 1_000_000, punt_rate: 1_000_000, punt_burst: 1_000_000, ..Default::default() })
+            .await?;
+        anyhow::Ok(())
+    })?;
+    let program = PinnedIngress::load(&server.bpffs)?;
+    let mut results = Results { flows: config.flows, setups: Vec::new(), installs: Vec::new(), latency_us: Vec::new() };
+    let n = config.flows as u32;
+    for run in 0..config.runs as u32 {
+        let base = run * 2 * n;
+        // The loop: a controller answering every miss, misses sent as fast as one thread can.
+        let sent: Arc<Mutex<HashMap<u32, Instant>>> = Arc::default();
+        let (setup, latencies) = rt.block_on(async {
+            let mut stream = client.flows.subscribe_flow_misses(pb::SubscribeFlowMissesRequest::default()).await?.into_inner();
+            // A second subscriber only timestamps events: miss-to-event latency without the
+            // controller's own queueing behind its InstallFlows calls.
+            let mut watch = client.flows.subscribe_flow_misses(pb::SubscribeFlowMissesRequest::default()).await?.into_inner();
+            let mut ctl = client.clone();
+            let sent2 = sent.clone();
+            let observer = tokio::spawn(async move {
+                let mut lat = Vec::new();
+                while lat.len() < n as usize {
+                    let Some(m) = watch.message().await? else { bail!("miss stream ended") };
+                    let Some(pb::flow_miss_message::Kind::Miss(miss)) = m.kind else { bail!("observer lagged") };
+                    let at = Instant::now();
+                    let idx = miss.key.as_ref().and_then(index).context("miss key")?;
+                    let t = *sent2.lock().unwrap().get(&idx).context("an event for a flow never sent")?;
+                    lat.push(at.duration_since(t).as_secs_f64() * 1e6);
+                }
+                anyhow::Ok(lat)
+            });
+            let controller = tokio::spawn(async move {
+                let mut done = 0;
+                while done < n {
+                    let Some(m) = stream.message().await? else { bail!("miss stream ended") };
+                    let Some(pb::flow_miss_message::Kind::Miss(miss)) = m.kind else { bail!("controller lagged") };
+                    let flow = pb::Flow { key: miss.key, action: pb::FlowAction::Forward as i32, next_hop: 1, ..Default::default() };
+                    ctl.flows.install_flows(pb::InstallFlowsRequest { flows: vec![flow] }).await?;
+                    done += 1;
+                }
+                anyhow::Ok(Instant::now())
+            });
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let start = Instant::now();
+            for i in 0..n {
+                sent.lock().unwrap().insert(base + i, Instant::now());
+                program.run(&frame(base + i))?;
+                // Misses spaced like arrivals rather than one burst, so the latency is the
+                // path's, not a queue's.
+                if i % 16 == 15 {
+                    tokio::task::yield_now().await;
+                }
+            }
+            let end = tokio::time::timeout(Duration::from_secs(120), controller).await.context("flow setups timed out")???;
+            let lat = tokio::time::timeout(Duration::from_secs(10), observer).await.context("observer timed out")???;
+            anyhow::Ok((config.flows as f64 / end.duration_since(start).as_secs_f64(), lat))
+        })?;
+        // Every flow is now hit by its next packet.
+        for i in 0..n {
+            let (v, out) = program.run(&frame(base + i))?;
+            ensure!(v == XDP_REDIRECT && out[..6] == [2, 0, 0, 0, 0, 1], "flow {} not forwarded by its flow", base + i);
+        }
+        results.setups.push(setup);
+        results.latency_us.extend(latencies);
+
+        // Baseline: the controller's InstallFlows alone, one flow per call, for as many flows.
+        let install = rt.block_on(async {
+            let start = Instant::now();
+            for i in 0..n {
+                let flow = pb::Flow { key: Some(key(base + n + i)), action: pb::FlowAction::Forward as i32, next_hop: 1, ..Default::default() };
+                client.flows.install_flows(pb::InstallFlowsRequest { flows: vec![flow] }).await?;
+            }
+            anyhow::Ok(config.flows as f64 / start.elapsed().as_secs_f64())
+        })?;
+        results.installs.push(install);
+        eprintln!("  flows run {run}: {setup:.0} setups/s through the loop, {install:.0} InstallFlows/s alone");
+    }
+    drop(client);
+    drop(rt);
+    drop(server);
+    Ok(results)
+}
+
+/// Percentile `p` (0-100) of `v`.
+pub fn percentile(v: &[f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let i = ((p / 100.0) * (s.len() - 1) as f64).round() as usize;
+    s[i]
+}
