@@ -69,6 +69,8 @@ pub struct FlowValue {
     pub last_seen_ns: u64,
     pub packets: u64,
     pub bytes: u64,
+    /// Room for a NAT action (translated address, port, flags) without a layout change; zero.
+    pub nat_reserved: [u8; 24],
 }
 
 /// Per-interface flow settings (`FLOW_CONFIG` by interface slot).
@@ -134,4 +136,4 @@ pub struct FlowMissEvent {
 
 const _: () = assert!(core::mem::size_of::<FlowKeyV4>() == 20);
 const _: () = assert!(core::mem::size_of::<FlowKeyV6>() == 44);
-const _: () = assert!(core::mem::size_of::<FlowValue>() == 48);
+const _: () = assert!(core::mem::size_of::<FlowValue>() == 72);

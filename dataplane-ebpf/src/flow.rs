@@ -106,7 +106,16 @@ fn flow_step(ctx: &XdpContext, pkt: &Packet, slot: u32, vrf: u32, len: u32) -> u
         *seq += 1;
         (u64::from(bpf_get_smp_processor_id()) << REQUEST_CPU_SHIFT) | *seq
     };
-    let hold = FlowValue { action: FLOW_HOLD, nexthop: 0, request_id, created_ns: now, last_seen_ns: now, packets: 1, bytes: u64::from(len) };
+    let hold = FlowValue {
+        action: FLOW_HOLD,
+        nexthop: 0,
+        request_id,
+        created_ns: now,
+        last_seen_ns: now,
+        packets: 1,
+        bytes: u64::from(len),
+        nat_reserved: [0; 24],
+    };
     let inserted = match pkt.l3 {
         L3::Ipv4 => FLOWS_V4.insert(&k4, &hold, u64::from(BPF_NOEXIST)),
         _ => FLOWS_V6.insert(&k6, &hold, u64::from(BPF_NOEXIST)),

@@ -76,7 +76,18 @@ async fn flow_hold_dedupes_misses_installed_flow_hits_and_counts_v4_v6() {
         assert_eq!(m.packet_length as usize, frame.len());
         assert_eq!(m.packet, frame[..frame.len().min(256)], "the event carries the packet");
 
-        let flow = pb::Flow { key: Some(key), action: pb::FlowAction::Forward as i32, next_hop: 1, ..Default::default() };
+        // IPv4 answers by key, with the reply direction too; IPv6 by the miss's request id.
+        let flow = if src.contains('.') {
+            pb::Flow {
+                key: Some(key),
+                action: pb::FlowAction::Forward as i32,
+                next_hop: 1,
+                reverse_action: pb::FlowAction::Drop as i32,
+                ..Default::default()
+            }
+        } else {
+            pb::Flow { request_id: m.request_id, action: pb::FlowAction::Forward as i32, next_hop: 1, ..Default::default() }
+        };
         c.flows.install_flows(pb::InstallFlowsRequest { flows: vec![flow] }).await.unwrap();
         for _ in 0..10 {
             let (v, out) = xdp.run(&frame);
@@ -85,8 +96,26 @@ async fn flow_hold_dedupes_misses_installed_flow_hits_and_counts_v4_v6() {
         }
         assert!(drain(&mut stream, Duration::from_millis(300)).await.is_empty(), "a hit is not punted again");
     }
+    // The IPv4 reply direction was installed alongside: a reply is dropped by its flow.
+    let reply = l4_frame(ip("198.51.100.7"), ip("192.0.2.10"), 17, 53, 4000, 0);
+    assert_eq!(xdp.run(&reply).0, XDP_DROP);
+    assert!(drain(&mut stream, Duration::from_millis(300)).await.is_empty(), "the reply hit its flow, no miss");
+    // A request id nobody holds is refused, naming the field.
+    let e = c
+        .flows
+        .install_flows(pb::InstallFlowsRequest {
+            flows: vec![pb::Flow { request_id: 12345, action: pb::FlowAction::Drop as i32, ..Default::default() }],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound);
+    assert!(e.message().starts_with("flows[0].request_id"), "{}", e.message());
+
     let mut list = c.flows.list_flows(pb::ListFlowsRequest::default()).await.unwrap().into_inner();
-    let flows = list.message().await.unwrap().unwrap().flows;
+    let mut flows = list.message().await.unwrap().unwrap().flows;
+    let reverse = flows.iter().position(|f| f.action == pb::FlowAction::Drop as i32).expect("the reverse flow");
+    assert_eq!(flows[reverse].packets, 1, "{flows:?}");
+    flows.remove(reverse);
     assert_eq!(flows.len(), 2, "{flows:?}");
     for f in &flows {
         assert_eq!(f.action, pb::FlowAction::Forward as i32);

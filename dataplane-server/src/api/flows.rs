@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     dataplane::{Dataplane, FlowKey, FlowMiss},
-    domain::{Domain, DomainError, FlowAction, FlowMode, FlowSpec, FlowView, InterfaceName},
+    domain::{Domain, DomainError, FlowAction, FlowMode, FlowSpec, FlowTarget, FlowView, InterfaceName},
     events::Hub,
     net::parse_addr,
 };
@@ -180,11 +180,15 @@ fn decode_action(field: String, action: i32, next_hop: u32) -> Result<Option<Flo
 }
 
 fn decode_flow(at: &str, f: pb::Flow) -> Result<FlowSpec, DomainError> {
-    let key = decode_key(at, f.key)?;
+    let target = match (f.key, f.request_id) {
+        (None, 0) => return Err(DomainError::invalid(format!("{at}.key"), "a key or a request_id is required")),
+        (None, id) => FlowTarget::Request(id),
+        (key, _) => FlowTarget::Key(decode_key(at, key)?),
+    };
     let action = decode_action(format!("{at}.action"), f.action, f.next_hop)?
         .ok_or_else(|| DomainError::invalid(format!("{at}.action"), "FORWARD or DROP is required"))?;
     let reverse = decode_action(format!("{at}.reverse_action"), f.reverse_action, f.reverse_next_hop)?;
-    Ok(FlowSpec { key, action, reverse })
+    Ok(FlowSpec { target, action, reverse })
 }
 
 fn encode_key(k: &FlowKey) -> pb::FlowKey {

@@ -38,10 +38,18 @@ pub enum FlowAction {
     Drop,
 }
 
+/// Which flow an `InstallFlows` entry is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlowTarget {
+    Key(FlowKey),
+    /// The flow of a punted miss, by its request id.
+    Request(u64),
+}
+
 /// One flow of an `InstallFlows` batch.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FlowSpec {
-    pub key: FlowKey,
+    pub target: FlowTarget,
     pub action: FlowAction,
     /// Also install the reply direction with this action.
     pub reverse: Option<FlowAction>,
@@ -62,6 +70,7 @@ pub struct FlowView {
 /// A punted miss the domain keeps until its flow is installed, deleted or expires.
 #[derive(Debug)]
 pub(super) struct Held {
+    key: FlowKey,
     ifindex: u32,
     frame: Vec<u8>,
     since: Instant,
@@ -122,12 +131,12 @@ impl<D: Dataplane> Domain<D> {
             // The kernel cap keeps this from happening unless the cap is set above MAX_HELD:
             // keep the HOLD, drop its frame.
             debug!(request_id = miss.request_id, "held-frame store full; frame not kept");
-            state.flows.held.insert(miss.request_id, Held { ifindex: miss.ifindex, frame: Vec::new(), since: Instant::now(), reinject: false });
+            state.flows.held.insert(miss.request_id, Held { key: miss.key, ifindex: miss.ifindex, frame: Vec::new(), since: Instant::now(), reinject: false });
             return;
         }
         state.flows.held.insert(
             miss.request_id,
-            Held { ifindex: miss.ifindex, frame: miss.frame.clone(), since: Instant::now(), reinject },
+            Held { key: miss.key, ifindex: miss.ifindex, frame: miss.frame.clone(), since: Instant::now(), reinject },
         );
     }
 
@@ -138,15 +147,21 @@ impl<D: Dataplane> Domain<D> {
         let mut writes: Vec<(FlowKey, FlowValue)> = Vec::new();
         for (i, f) in batch.iter().enumerate() {
             let at = |field: &str| format!("flows[{i}].{field}");
-            if f.key.src.is_ipv4() != f.key.dst.is_ipv4() {
+            let key = match f.target {
+                FlowTarget::Key(k) => k,
+                FlowTarget::Request(id) => state.flows.held.get(&id).map(|h| h.key).ok_or_else(|| {
+                    DomainError::NotFound { kind: "held flow miss", name: format!("request {id}"), detail: "" }.at(at("request_id"))
+                })?,
+            };
+            if key.src.is_ipv4() != key.dst.is_ipv4() {
                 return Err(DomainError::invalid(at("key"), "source and destination of different families"));
             }
-            if !state.vrfs.contains(&f.key.vrf) {
-                return Err(vrfs::not_found(f.key.vrf).at(at("key.vrf")));
+            if !state.vrfs.contains(&key.vrf) {
+                return Err(vrfs::not_found(key.vrf).at(at("key.vrf")));
             }
-            writes.push((f.key, value(&state, f.action).map_err(|e| e.at(at("next_hop")))?));
+            writes.push((key, value(&state, f.action).map_err(|e| e.at(at("next_hop")))?));
             if let Some(r) = f.reverse {
-                writes.push((f.key.reversed(), value(&state, r).map_err(|e| e.at(at("reverse_next_hop")))?));
+                writes.push((key.reversed(), value(&state, r).map_err(|e| e.at(at("reverse_next_hop")))?));
             }
         }
         // Previous values, to undo on a kernel failure and to find the HOLDs replaced.
@@ -307,9 +322,9 @@ fn value(state: &State, action: FlowAction) -> Result<FlowValue, DomainError> {
     Ok(match action {
         FlowAction::Forward(id) => {
             let nh = state.nexthops.get(&id).ok_or_else(|| nexthops::not_found(id))?;
-            FlowValue { action: FLOW_FORWARD, nexthop: nh.slot, request_id: 0, created_ns: now, last_seen_ns: now, packets: 0, bytes: 0 }
+            FlowValue { action: FLOW_FORWARD, nexthop: nh.slot, created_ns: now, last_seen_ns: now, ..Default::default() }
         }
-        FlowAction::Drop => FlowValue { action: FLOW_DROP, nexthop: 0, request_id: 0, created_ns: now, last_seen_ns: now, packets: 0, bytes: 0 },
+        FlowAction::Drop => FlowValue { action: FLOW_DROP, created_ns: now, last_seen_ns: now, ..Default::default() },
     })
 }
 

@@ -23,7 +23,7 @@ use std::{
 
 pub use error::{DomainError, ErrorKind};
 pub use interfaces::{AddInterface, InterfaceName, InterfaceView};
-pub use flows::{FlowAction, FlowMode, FlowSpec, FlowView};
+pub use flows::{FlowAction, FlowMode, FlowSpec, FlowTarget, FlowView};
 pub use nexthops::{NewNextHop, NextHopSpec, NextHopView};
 pub use policies::{AttachmentView as PolicyAttachmentView, Direction, PolicyName, PolicyView, RuleAction, RuleSpec, RuleView};
 pub use routes::{RouteSpec, RouteView};
