@@ -56,12 +56,17 @@ impl std::str::FromStr for ServerAddress {
 
 /// Opens a channel to the server.
 pub async fn connect(address: &ServerAddress) -> Result<Channel, ConnectError> {
+    connect_tuned(address, |e| e).await
+}
+
+/// [`connect`] with the endpoint adjusted first (HTTP/2 windows, timeouts, ...).
+pub async fn connect_tuned(address: &ServerAddress, tune: impl FnOnce(Endpoint) -> Endpoint) -> Result<Channel, ConnectError> {
     match address {
         ServerAddress::Unix(path) => {
             let path = path.clone();
             let shown = format!("unix:{}", path.display());
             // The URI is only used for the :authority header; the connector ignores it.
-            Endpoint::from_static("http://localhost")
+            tune(Endpoint::from_static("http://localhost"))
                 .connect_with_connector(tower::service_fn(move |_: Uri| {
                     let path = path.clone();
                     async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?)) }
@@ -72,7 +77,7 @@ pub async fn connect(address: &ServerAddress) -> Result<Channel, ConnectError> {
         ServerAddress::Http(url) => {
             let endpoint = Endpoint::from_shared(url.clone())
                 .map_err(|_| ConnectError::BadAddress { address: url.clone() })?;
-            endpoint.connect().await.map_err(|source| ConnectError::Transport { address: url.clone(), source })
+            tune(endpoint).connect().await.map_err(|source| ConnectError::Transport { address: url.clone(), source })
         }
     }
 }
@@ -89,7 +94,19 @@ pub struct Client {
 
 impl Client {
     pub async fn connect(address: &ServerAddress) -> Result<Self, ConnectError> {
-        let ch = connect(address).await?;
+        Self::from_channel(connect(address).await?)
+    }
+
+    /// A client whose HTTP/2 receive windows are `bytes` (per stream and per connection): how
+    /// much a stream the client does not read buffers before the server holds back (hyper's
+    /// default stream window is 2 MiB).
+    pub async fn connect_with_window(address: &ServerAddress, bytes: u32) -> Result<Self, ConnectError> {
+        Self::from_channel(
+            connect_tuned(address, |e| e.initial_stream_window_size(bytes).initial_connection_window_size(bytes)).await?,
+        )
+    }
+
+    fn from_channel(ch: Channel) -> Result<Self, ConnectError> {
         // Large route batches: raise tonic's 4 MiB default message limits.
         let max = 256 * 1024 * 1024;
         Ok(Self {
