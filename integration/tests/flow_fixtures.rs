@@ -203,12 +203,12 @@ async fn flow_two_subscribers_get_every_event_stalled_one_gets_lag_notice() {
     let address: controller_client::ServerAddress = format!("unix:{}", server.socket.display()).parse().unwrap();
     let mut slow = Client::connect_with_window(&address, 65_535).await.unwrap();
     let mut stalled = slow.flows.subscribe_flow_misses(pb::SubscribeFlowMissesRequest::default()).await.unwrap().into_inner();
-    let bpffs = server.bpffs.clone();
+    // Loaded before the clock starts: verifying it can take seconds on a busy machine.
+    let xdp = XdpOverPins::load(&server.bpffs);
     // More than the stalled subscriber's queue (4,096) plus what its 64 KiB HTTP/2 window and
     // the socket buffers hold.
     let total = 12_000u32;
     let sender = std::thread::spawn(move || {
-        let xdp = XdpOverPins::load(&bpffs);
         for n in 0..total {
             let dst = IpAddr::V4(std::net::Ipv4Addr::from(0xc633_6400u32 | (n & 0xff)));
             xdp.run(&l4_frame(ip("192.0.2.10"), dst, 17, (n >> 8) as u16, 53, 0));
@@ -220,7 +220,7 @@ async fn flow_two_subscribers_get_every_event_stalled_one_gets_lag_notice() {
         }
     });
     // A and B read as the events come; `stalled` reads nothing until the end.
-    let (ra, rb) = tokio::join!(drain(&mut a, Duration::from_secs(3)), drain(&mut b, Duration::from_secs(3)));
+    let (ra, rb) = tokio::join!(drain(&mut a, Duration::from_secs(5)), drain(&mut b, Duration::from_secs(5)));
     sender.join().unwrap();
     let punted = reason(&mut c, "flow_miss_punted").await;
     assert_eq!(ra.len() as u64, punted, "subscriber A got every event");
