@@ -402,3 +402,59 @@ fn ones_sum(b: &[u8]) -> u16 {
     }
     s as u16
 }
+
+/// An ENCAP next hop out of `interface` to `dst_mac` (source MAC: the interface's).
+pub fn encap_nexthop(id: u32, interface: &str, dst_mac: &str) -> controller_client::pb::NextHop {
+    use controller_client::pb;
+    pb::NextHop {
+        id,
+        kind: Some(pb::next_hop::Kind::Encap(pb::EncapNextHop {
+            interface: interface.into(),
+            dst_mac: dst_mac.into(),
+            src_mac: String::new(),
+        })),
+        ..Default::default()
+    }
+}
+
+/// Programs the router of a [`Topology::routed`] the way a controller would: both router
+/// interfaces attached; next hop 1 towards h2, 2 towards h1, 3 RECEIVE; routes to both host
+/// subnets (IPv4 and IPv6) and RECEIVE routes for the router's own addresses.
+pub async fn program_router(topo: &Topology, client: &mut controller_client::Client) -> Result<()> {
+    use controller_client::pb;
+    for name in [&topo.r0, &topo.r1] {
+        client.interfaces.add_interface(pb::AddInterfaceRequest { name: name.clone(), ..Default::default() }).await?;
+    }
+    let receive = pb::NextHop { id: 3, kind: Some(pb::next_hop::Kind::Receive(pb::Receive {})), ..Default::default() };
+    let next_hops = vec![encap_nexthop(1, &topo.r1, &topo.h2.mac("eth0")?), encap_nexthop(2, &topo.r0, &topo.h1.mac("eth0")?), receive];
+    client.routing.add_next_hops(pb::AddNextHopsRequest { next_hops }).await?;
+    let routes = [
+        ("198.51.100.0/24".to_owned(), 1),
+        ("2001:db8:2::/64".to_owned(), 1),
+        ("192.0.2.0/24".to_owned(), 2),
+        ("2001:db8:1::/64".to_owned(), 2),
+        (format!("{R0_ADDR}/32"), 3),
+        (format!("{R1_ADDR}/32"), 3),
+        (format!("{R0_ADDR6}/128"), 3),
+        (format!("{R1_ADDR6}/128"), 3),
+    ]
+    .map(|(prefix, next_hop)| pb::Route { vrf: 0, prefix, next_hop })
+    .to_vec();
+    client.routing.add_routes(pb::AddRoutesRequest { routes }).await?;
+    Ok(())
+}
+
+/// A server in a namespace of its own that forwards everything out of its loopback (default
+/// routes, both families, to next hop 1: ENCAP via `lo` to 02:00:00:00:00:01). A test run of
+/// the ingress program over its pins then answers REDIRECT for what it forwards.
+pub async fn server_forwarding_via_lo(prefix: &str) -> Result<(Netns, Server, controller_client::Client)> {
+    use controller_client::pb;
+    let ns = Netns::new(prefix)?;
+    let server = Server::start(&ns)?;
+    let mut c = server.client().await?;
+    c.interfaces.add_interface(pb::AddInterfaceRequest { name: "lo".into(), ..Default::default() }).await?;
+    c.routing.add_next_hops(pb::AddNextHopsRequest { next_hops: vec![encap_nexthop(1, "lo", "02:00:00:00:00:01")] }).await?;
+    let routes = ["0.0.0.0/0", "::/0"].map(|p| pb::Route { vrf: 0, prefix: p.into(), next_hop: 1 }).to_vec();
+    c.routing.add_routes(pb::AddRoutesRequest { routes }).await?;
+    Ok((ns, server, c))
+}

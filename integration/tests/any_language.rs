@@ -36,22 +36,7 @@ fn flow_controller_completes_tcp_connect(cmd: &str, script: &str) {
     let server = Server::start(&topo.rtr).unwrap();
     rt.block_on(async {
         let mut c = server.client().await.unwrap();
-        for name in [&topo.r0, &topo.r1] {
-            c.interfaces.add_interface(pb::AddInterfaceRequest { name: name.clone(), ..Default::default() }).await.unwrap();
-        }
-        let encap = |id: u32, iface: &str, mac: String| pb::NextHop {
-            id,
-            kind: Some(pb::next_hop::Kind::Encap(pb::EncapNextHop { interface: iface.into(), dst_mac: mac, src_mac: String::new() })),
-            ..Default::default()
-        };
-        c.routing
-            .add_next_hops(pb::AddNextHopsRequest {
-                next_hops: vec![encap(1, &topo.r1, topo.h2.mac("eth0").unwrap()), encap(2, &topo.r0, topo.h1.mac("eth0").unwrap())],
-            })
-            .await
-            .unwrap();
-        let routes = [("198.51.100.0/24", 1), ("192.0.2.0/24", 2)].map(|(p, n)| pb::Route { vrf: 0, prefix: p.into(), next_hop: n }).to_vec();
-        c.routing.add_routes(pb::AddRoutesRequest { routes }).await.unwrap();
+        integration::program_router(&topo, &mut c).await.unwrap();
         c.flows.set_flow_mode(pb::SetFlowModeRequest { interface: topo.r0.clone(), enabled: true, ..Default::default() }).await.unwrap();
     });
 

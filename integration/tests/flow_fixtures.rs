@@ -17,19 +17,7 @@ fn ip(s: &str) -> IpAddr {
 }
 
 async fn setup(prefix: &str) -> (Netns, Server, Client) {
-    let ns = Netns::new(prefix).unwrap();
-    let server = Server::start(&ns).unwrap();
-    let mut c = server.client().await.unwrap();
-    c.interfaces.add_interface(pb::AddInterfaceRequest { name: "lo".into(), ..Default::default() }).await.unwrap();
-    let nh = pb::NextHop {
-        id: 1,
-        kind: Some(pb::next_hop::Kind::Encap(pb::EncapNextHop { interface: "lo".into(), dst_mac: "02:00:00:00:00:01".into(), src_mac: String::new() })),
-        ..Default::default()
-    };
-    c.routing.add_next_hops(pb::AddNextHopsRequest { next_hops: vec![nh] }).await.unwrap();
-    let routes = ["0.0.0.0/0", "::/0"].map(|p| pb::Route { vrf: 0, prefix: p.into(), next_hop: 1 }).to_vec();
-    c.routing.add_routes(pb::AddRoutesRequest { routes }).await.unwrap();
-    (ns, server, c)
+    integration::server_forwarding_via_lo(prefix).await.unwrap()
 }
 
 async fn flow_mode(c: &mut Client, hold_cap: u32, punt_rate: u32, punt_burst: u32) {

@@ -5,33 +5,8 @@
 
 use std::time::Duration;
 
-use controller_client::{pb, Client};
+use controller_client::pb;
 use integration::*;
-
-fn encap(id: u32, interface: &str, dst_mac: &str) -> pb::NextHop {
-    pb::NextHop {
-        id,
-        kind: Some(pb::next_hop::Kind::Encap(pb::EncapNextHop { interface: interface.into(), dst_mac: dst_mac.into(), src_mac: String::new() })),
-        ..Default::default()
-    }
-}
-
-async fn program(topo: &Topology, c: &mut Client) {
-    for name in [&topo.r0, &topo.r1] {
-        c.interfaces.add_interface(pb::AddInterfaceRequest { name: name.clone(), ..Default::default() }).await.unwrap();
-    }
-    let receive = pb::NextHop { id: 3, kind: Some(pb::next_hop::Kind::Receive(pb::Receive {})), ..Default::default() };
-    c.routing
-        .add_next_hops(pb::AddNextHopsRequest {
-            next_hops: vec![encap(1, &topo.r1, &topo.h2.mac("eth0").unwrap()), encap(2, &topo.r0, &topo.h1.mac("eth0").unwrap()), receive],
-        })
-        .await
-        .unwrap();
-    let routes = [("198.51.100.0/24", 1), ("192.0.2.0/24", 2), (R0_ADDR, 3), (R1_ADDR, 3)]
-        .map(|(p, n)| pb::Route { vrf: 0, prefix: if p.contains('/') { p.into() } else { format!("{p}/32") }, next_hop: n })
-        .to_vec();
-    c.routing.add_routes(pb::AddRoutesRequest { routes }).await.unwrap();
-}
 
 /// Seconds a TCP connect from h1 to h2:port takes (python3 in h1).
 fn connect_time(topo: &Topology, port: u16) -> f64 {
@@ -47,7 +22,7 @@ async fn flows_miss_punted_controller_installs_first_syn_reinjected_no_retransmi
     let topo = Topology::routed().unwrap();
     let server = Server::start(&topo.rtr).unwrap();
     let mut c = server.client().await.unwrap();
-    program(&topo, &mut c).await;
+    program_router(&topo, &mut c).await.unwrap();
     c.flows
         .set_flow_mode(pb::SetFlowModeRequest { interface: topo.r0.clone(), enabled: true, ..Default::default() })
         .await

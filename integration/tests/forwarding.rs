@@ -6,51 +6,12 @@
 use controller_client::{pb, Client};
 use integration::*;
 
-fn encap(id: u32, interface: &str, dst_mac: &str) -> pb::NextHop {
-    pb::NextHop {
-        id,
-        kind: Some(pb::next_hop::Kind::Encap(pb::EncapNextHop {
-            interface: interface.into(),
-            dst_mac: dst_mac.into(),
-            src_mac: String::new(),
-        })),
-        ..Default::default()
-    }
-}
-
 fn route(prefix: &str, next_hop: u32) -> pb::Route {
     pb::Route { vrf: 0, prefix: prefix.into(), next_hop }
 }
 
-/// Attaches both router interfaces and programs routes between the hosts: next hop 1 towards
-/// h2, 2 towards h1, 3 RECEIVE for the router's own addresses.
 async fn program(topo: &Topology, client: &mut Client) {
-    for name in [&topo.r0, &topo.r1] {
-        client
-            .interfaces
-            .add_interface(pb::AddInterfaceRequest { name: name.clone(), ..Default::default() })
-            .await
-            .unwrap();
-    }
-    let h1_mac = topo.h1.mac("eth0").unwrap();
-    let h2_mac = topo.h2.mac("eth0").unwrap();
-    let receive = pb::NextHop { id: 3, kind: Some(pb::next_hop::Kind::Receive(pb::Receive {})), ..Default::default() };
-    client
-        .routing
-        .add_next_hops(pb::AddNextHopsRequest { next_hops: vec![encap(1, &topo.r1, &h2_mac), encap(2, &topo.r0, &h1_mac), receive] })
-        .await
-        .unwrap();
-    let routes = vec![
-        route("198.51.100.0/24", 1),
-        route("2001:db8:2::/64", 1),
-        route("192.0.2.0/24", 2),
-        route("2001:db8:1::/64", 2),
-        route(&format!("{R0_ADDR}/32"), 3),
-        route(&format!("{R1_ADDR}/32"), 3),
-        route(&format!("{R0_ADDR6}/128"), 3),
-        route(&format!("{R1_ADDR6}/128"), 3),
-    ];
-    client.routing.add_routes(pb::AddRoutesRequest { routes }).await.unwrap();
+    program_router(topo, client).await.unwrap();
 }
 
 async fn counters(client: &mut Client, name: &str) -> pb::InterfaceCounters {

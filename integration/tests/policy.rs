@@ -26,27 +26,10 @@ fn ports(first: u32, last: u32) -> Option<pb::PortRange> {
     Some(pb::PortRange { first, last })
 }
 
-/// A server in its own namespace forwarding everything out of its loopback (default routes to
-/// an ENCAP next hop on `lo`), so a test run of the XDP program answers REDIRECT for allowed
+/// The server forwards everything out of its loopback, so a test run answers REDIRECT for allowed
 /// packets, DROP for denied ones and PASS for punted ones.
 async fn setup(prefix: &str) -> (Netns, Server, Client) {
-    let ns = Netns::new(prefix).unwrap();
-    let server = Server::start(&ns).unwrap();
-    let mut c = server.client().await.unwrap();
-    c.interfaces.add_interface(pb::AddInterfaceRequest { name: "lo".into(), ..Default::default() }).await.unwrap();
-    let nh = pb::NextHop {
-        id: 1,
-        kind: Some(pb::next_hop::Kind::Encap(pb::EncapNextHop {
-            interface: "lo".into(),
-            dst_mac: "02:00:00:00:00:01".into(),
-            src_mac: String::new(),
-        })),
-        ..Default::default()
-    };
-    c.routing.add_next_hops(pb::AddNextHopsRequest { next_hops: vec![nh] }).await.unwrap();
-    let routes = ["0.0.0.0/0", "::/0"].map(|p| pb::Route { vrf: 0, prefix: p.into(), next_hop: 1 }).to_vec();
-    c.routing.add_routes(pb::AddRoutesRequest { routes }).await.unwrap();
-    (ns, server, c)
+    integration::server_forwarding_via_lo(prefix).await.unwrap()
 }
 
 async fn put(c: &mut Client, name: &str, rules: Vec<pb::Rule>) -> Result<u64, tonic::Status> {
@@ -248,25 +231,7 @@ async fn policy_blocks_one_tcp_port_allows_another_across_namespaces_detach_rest
     let topo = Topology::routed().unwrap();
     let server = Server::start(&topo.rtr).unwrap();
     let mut c = server.client().await.unwrap();
-    for name in [&topo.r0, &topo.r1] {
-        c.interfaces.add_interface(pb::AddInterfaceRequest { name: name.clone(), ..Default::default() }).await.unwrap();
-    }
-    let encap = |id: u32, iface: &str, mac: String| pb::NextHop {
-        id,
-        kind: Some(pb::next_hop::Kind::Encap(pb::EncapNextHop { interface: iface.into(), dst_mac: mac, src_mac: String::new() })),
-        ..Default::default()
-    };
-    let receive = pb::NextHop { id: 3, kind: Some(pb::next_hop::Kind::Receive(pb::Receive {})), ..Default::default() };
-    c.routing
-        .add_next_hops(pb::AddNextHopsRequest {
-            next_hops: vec![encap(1, &topo.r1, topo.h2.mac("eth0").unwrap()), encap(2, &topo.r0, topo.h1.mac("eth0").unwrap()), receive],
-        })
-        .await
-        .unwrap();
-    let routes = [("198.51.100.0/24", 1), ("192.0.2.0/24", 2), ("192.0.2.1/32", 3), ("198.51.100.1/32", 3)]
-        .map(|(p, n)| pb::Route { vrf: 0, prefix: p.into(), next_hop: n })
-        .to_vec();
-    c.routing.add_routes(pb::AddRoutesRequest { routes }).await.unwrap();
+    integration::program_router(&topo, &mut c).await.unwrap();
 
     let mut deny = rule(10, pb::Action::Deny);
     deny.protocol = Some(6);
