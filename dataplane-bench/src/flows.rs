@@ -22,6 +22,8 @@ const XDP_REDIRECT: u32 = 4;
 pub struct Config {
     pub flows: usize,
     pub runs: usize,
+    /// Routes per run of the control-path case.
+    pub routes: usize,
 }
 
 pub struct Results {
@@ -32,6 +34,14 @@ pub struct Results {
     pub installs: Vec<f64>,
     /// Miss-to-event latencies, microseconds, every flow of every run.
     pub latency_us: Vec<f64>,
+    /// Routes per run of the control-path case.
+    pub routes: usize,
+    /// Routes per second: AddRoutes in batches of 10,000 over the unix socket, per run.
+    pub add_routes: Vec<f64>,
+    /// Routes per second: `ip -batch` into the kernel FIB of the bench's namespace, per run.
+    pub ip_batch: Vec<f64>,
+    /// Server resident memory (KiB) before the route runs and after them.
+    pub rss_kib: (u64, u64),
 }
 
 /// A server process in this (the bench's) network namespace; killed and unpinned on drop.
@@ -148,7 +158,16 @@ pub fn run(config: &Config) -> Result<Results> {
         anyhow::Ok(())
     })?;
     let program = PinnedIngress::load(&server.bpffs)?;
-    let mut results = Results { flows: config.flows, setups: Vec::new(), installs: Vec::new(), latency_us: Vec::new() };
+    let mut results = Results {
+        flows: config.flows,
+        setups: Vec::new(),
+        installs: Vec::new(),
+        latency_us: Vec::new(),
+        routes: config.routes,
+        add_routes: Vec::new(),
+        ip_batch: Vec::new(),
+        rss_kib: (0, 0),
+    };
     let n = config.flows as u32;
     for run in 0..config.runs as u32 {
         let base = run * 2 * n;
@@ -219,10 +238,52 @@ pub fn run(config: &Config) -> Result<Results> {
         results.installs.push(install);
         eprintln!("  flows run {run}: {setup:.0} setups/s through the loop, {install:.0} InstallFlows/s alone");
     }
+    control_path(config, &rt, &mut client, &server, &mut results)?;
     drop(client);
     drop(rt);
     drop(server);
     Ok(results)
+}
+
+/// Routes per second through the API (AddRoutes batches of 10,000, each run into a VRF of its
+/// own) next to `ip -batch` adding the same prefixes to a kernel table of the bench's own
+/// namespace; and the server's RSS before and after.
+fn control_path(config: &Config, rt: &tokio::runtime::Runtime, client: &mut Client, server: &ServerProcess, results: &mut Results) -> Result<()> {
+    let rss = || -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", server.child.id()))
+            .ok()
+            .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+            .unwrap_or(0)
+    };
+    results.rss_kib.0 = rss();
+    for run in 0..config.runs as u32 {
+        // Distinct /24s from 10.0.0.0 up (a kernel table and a VRF of their own per run).
+        let prefixes: Vec<String> =
+            (0..config.routes as u32).map(|i| format!("{}/24", Ipv4Addr::from(0x0a00_0000 + (i << 8)))).collect();
+        let vrf = 100 + run;
+        let rate = rt.block_on(async {
+            client.routing.add_vrf(pb::AddVrfRequest { id: vrf }).await?;
+            let start = Instant::now();
+            for chunk in prefixes.chunks(10_000) {
+                let routes = chunk.iter().map(|p| pb::Route { vrf, prefix: p.clone(), next_hop: 1 }).collect();
+                client.routing.add_routes(pb::AddRoutesRequest { routes }).await?;
+            }
+            anyhow::Ok(prefixes.len() as f64 / start.elapsed().as_secs_f64())
+        })?;
+        results.add_routes.push(rate);
+
+        let file = server.dir.join(format!("routes-{run}.batch"));
+        let script: String = prefixes.iter().map(|p| format!("route add {p} dev lo table {}\n", 1000 + run)).collect();
+        std::fs::write(&file, script)?;
+        let start = Instant::now();
+        let out = Command::new("ip").args(["-batch", file.to_str().unwrap()]).output()?;
+        ensure!(out.status.success(), "ip -batch: {}", String::from_utf8_lossy(&out.stderr));
+        let ip_rate = prefixes.len() as f64 / start.elapsed().as_secs_f64();
+        results.ip_batch.push(ip_rate);
+        eprintln!("  routes run {run}: {rate:.0}/s through AddRoutes, {ip_rate:.0}/s through ip -batch ({} routes)", prefixes.len());
+    }
+    results.rss_kib.1 = rss();
+    Ok(())
 }
 
 /// Percentile `p` (0-100) of `v`.

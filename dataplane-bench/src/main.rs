@@ -63,7 +63,11 @@ fn main() -> Result<()> {
     eprintln!("packet path: BPF_PROG_TEST_RUN, repeat {}, {} runs, routes {:?}", config.repeat, config.runs, config.route_counts);
     let packet = packet::run(&sandbox, &config)?;
     drop(sandbox);
-    let flow_config = flows::Config { flows: args.flows.unwrap_or(if args.quick { 200 } else { 2000 }), runs: config.runs };
+    let flow_config = flows::Config {
+        flows: args.flows.unwrap_or(if args.quick { 200 } else { 2000 }),
+        runs: config.runs,
+        routes: if args.quick { 2_000 } else { 100_000 },
+    };
     eprintln!("flow setup: {} flows per run, {} runs", flow_config.flows, flow_config.runs);
     let flows = flows::run(&flow_config)?;
 

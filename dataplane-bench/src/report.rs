@@ -115,6 +115,30 @@ pub fn render(command: &str, packet: &Results, flows: &crate::flows::Results) ->
         p(99.0),
         p(100.0)
     );
+
+    let _ = writeln!(md, "## Control path (routes per second)\n");
+    let _ = writeln!(
+        md,
+        "{} distinct IPv4 /24 routes per run, each run into a fresh VRF: `AddRoutes` in batches of \
+         10,000 over the unix socket (validation, domain state, one LPM-trie update per route), \
+         next to `ip -batch` adding the same prefixes to a table of the kernel FIB of the bench's \
+         own namespace, in the same run.\n",
+        thousands(flows.routes)
+    );
+    let add = Figure { case: "AddRoutes, batches of 10,000 (routes/s)".into(), size: Some(flows.routes), samples: flows.add_routes.clone() };
+    let ipb = Figure { case: "ip -batch (routes/s)".into(), size: Some(flows.routes), samples: flows.ip_batch.clone() };
+    let _ = writeln!(md, "| case | routes per run | min | median | max | × ip -batch |");
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|");
+    for f in [&add, &ipb] {
+        let _ = writeln!(md, "| {} | {} | {:.0} | {:.0} | {:.0} | {:.2} |", f.case, thousands(flows.routes), f.min(), f.median(), f.max(), f.median() / ipb.median());
+    }
+    let _ = writeln!(
+        md,
+        "\nServer RSS: {} MiB before these runs, {} MiB after ({} routes in all).\n",
+        flows.rss_kib.0 / 1024,
+        flows.rss_kib.1 / 1024,
+        thousands(flows.routes * flows.add_routes.len())
+    );
     md
 }
 

@@ -12,12 +12,18 @@ fn bench_quick_reports_every_case_and_leaves_nothing_behind() {
     assert!(out.status.success(), "bench failed:\n{stdout}\n{stderr}");
 
     // The flow-setup rows: both rates positive, latency percentiles present.
-    for case in ["flow setups through the miss loop (/s)", "InstallFlows alone, one flow per call (/s)"] {
+    for case in [
+        "flow setups through the miss loop (/s)",
+        "InstallFlows alone, one flow per call (/s)",
+        "AddRoutes, batches of 10,000 (routes/s)",
+        "ip -batch (routes/s)",
+    ] {
         let row = stdout.lines().find(|l| l.starts_with(&format!("| {case}"))).unwrap_or_else(|| panic!("no {case}:\n{stdout}"));
         let median: f64 = row.split('|').nth(4).unwrap().trim().parse().unwrap();
         assert!(median > 0.0, "{row}");
     }
     assert!(stdout.contains("Miss-to-event latency over ") && stdout.contains(" p99 "), "{stdout}");
+    assert!(stdout.contains("Server RSS: "), "{stdout}");
 
     let rows: Vec<Vec<&str>> = stdout
         .lines()
