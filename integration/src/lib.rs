@@ -458,3 +458,30 @@ pub async fn server_forwarding_via_lo(prefix: &str) -> Result<(Netns, Server, co
     c.routing.add_routes(pb::AddRoutesRequest { routes }).await?;
     Ok((ns, server, c))
 }
+
+/// Interface counters as a test failure message shows them: the non-zero reasons by name.
+pub fn describe_stats(d: &dataplane_common::InterfaceStats) -> String {
+
+    if *d == dataplane_common::InterfaceStats::ZERO {
+        return "none".into();
+    }
+    let reasons: Vec<String> = d
+        .reasons
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| **n != 0)
+        .map(|(i, n)| {
+            let name = dataplane_common::Reason::from_u32(i as u32)
+                .map_or_else(|| format!("reason#{i}"), |r| r.name().into());
+            format!("{name}+{n}")
+        })
+        .collect();
+    format!(
+        "rx_packets+{} rx_bytes+{} tx_packets+{} tx_bytes+{} reasons[{}]",
+        d.rx_packets,
+        d.rx_bytes,
+        d.tx_packets,
+        d.tx_bytes,
+        reasons.join(" ")
+    )
+}

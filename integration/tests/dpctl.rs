@@ -12,6 +12,21 @@ fn stderr(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// Runs dpctl, asserts success, returns its stdout.
+fn ok(server: &Server, args: &[&str]) -> String {
+    let o = server.dpctl(args);
+    assert!(o.status.success(), "dpctl {args:?}: {}", stderr(&o));
+    stdout(&o)
+}
+
+/// Runs dpctl, asserts exit 1 with `error: CODE: ...`, returns its stderr.
+fn fails(server: &Server, args: &[&str], code: &str) -> String {
+    let o = server.dpctl(args);
+    assert_eq!(o.status.code(), Some(1), "dpctl {args:?} should fail: {}", stdout(&o));
+    assert!(stderr(&o).starts_with(&format!("error: {code}: ")), "dpctl {args:?}: {}", stderr(&o));
+    stderr(&o)
+}
+
 #[test]
 fn dpctl_interface_add_list_del_round_trip() {
     let topo = Topology::new().unwrap();
@@ -88,17 +103,8 @@ fn dpctl_errors_print_code_and_exit_nonzero() {
 fn dpctl_vrf_nexthop_route_verbs_round_trip() {
     let ns = integration::Netns::new("dpcr-").unwrap();
     let server = Server::start(&ns).unwrap();
-    let ok = |args: &[&str]| {
-        let o = server.dpctl(args);
-        assert!(o.status.success(), "dpctl {args:?}: {}", stderr(&o));
-        stdout(&o)
-    };
-    let fails = |args: &[&str], code: &str| {
-        let o = server.dpctl(args);
-        assert_eq!(o.status.code(), Some(1), "dpctl {args:?} should fail: {}", stdout(&o));
-        assert!(stderr(&o).starts_with(&format!("error: {code}: ")), "dpctl {args:?}: {}", stderr(&o));
-        stderr(&o)
-    };
+    let ok = |args: &[&str]| ok(&server, args);
+    let fails = |args: &[&str], code: &str| fails(&server, args, code);
 
     ok(&["vrf", "add", "7"]);
     ok(&["interface", "add", "lo", "--vrf", "7"]);
@@ -166,11 +172,7 @@ fn dpctl_vrf_nexthop_route_verbs_round_trip() {
 fn dpctl_policy_put_attach_list_detach_del() {
     let ns = integration::Netns::new("dpcp-").unwrap();
     let server = Server::start(&ns).unwrap();
-    let ok = |args: &[&str]| {
-        let o = server.dpctl(args);
-        assert!(o.status.success(), "dpctl {args:?}: {}", stderr(&o));
-        stdout(&o)
-    };
+    let ok = |args: &[&str]| ok(&server, args);
     ok(&["interface", "add", "lo"]);
     let yaml = server.run_dir.join("web.yaml");
     std::fs::write(
@@ -219,11 +221,7 @@ fn dpctl_policy_put_attach_list_detach_del() {
 fn dpctl_flowmode_watch_flow_add_list_del() {
     let ns = integration::Netns::new("dpcf-").unwrap();
     let server = Server::start(&ns).unwrap();
-    let ok = |args: &[&str]| {
-        let o = server.dpctl(args);
-        assert!(o.status.success(), "dpctl {args:?}: {}", stderr(&o));
-        stdout(&o)
-    };
+    let ok = |args: &[&str]| ok(&server, args);
     ok(&["interface", "add", "lo"]);
     ok(&["nexthop", "add", "1", "--interface", "lo", "--dst-mac", "02:00:00:00:00:01"]);
     ok(&["route", "add", "0.0.0.0/0", "--nexthop", "1"]);

@@ -813,12 +813,12 @@ impl Harness {
         if obs.iface != want {
             problems.push(format!(
                 "IFACE_STATS[{IFACE_SLOT}] delta {}, expected {}",
-                describe(&obs.iface),
-                describe(&want)
+                integration::describe_stats(&obs.iface),
+                integration::describe_stats(&want)
             ));
         }
         if obs.unknown != InterfaceStats::ZERO {
-            problems.push(format!("UNKNOWN_IFACE_STATS delta {}", describe(&obs.unknown)));
+            problems.push(format!("UNKNOWN_IFACE_STATS delta {}", integration::describe_stats(&obs.unknown)));
         }
         for (slot, d) in &obs.nexthops {
             let (packets, bytes) =
@@ -903,30 +903,6 @@ fn counted_once(len: usize, reason: Reason) -> InterfaceStats {
     s
 }
 
-fn describe(d: &InterfaceStats) -> String {
-    if *d == InterfaceStats::ZERO {
-        return "none".into();
-    }
-    let reasons: Vec<String> = d
-        .reasons
-        .iter()
-        .enumerate()
-        .filter(|(_, n)| **n != 0)
-        .map(|(i, n)| {
-            let name = Reason::from_u32(i as u32)
-                .map_or_else(|| format!("reason#{i}"), |r| r.name().into());
-            format!("{name}+{n}")
-        })
-        .collect();
-    format!(
-        "rx_packets+{} rx_bytes+{} tx_packets+{} tx_bytes+{} reasons[{}]",
-        d.rx_packets,
-        d.rx_bytes,
-        d.tx_packets,
-        d.tx_bytes,
-        reasons.join(" ")
-    )
-}
 
 /// Runs every fixture (not stopping at the first failure) and fails listing every mismatch.
 fn check_all(h: &Harness, group: &str, fixtures: &[Fixture]) {
@@ -1269,7 +1245,7 @@ fn ecmp_member(h: &Harness, members: &[NextHop], description: &str, frame: &[u8]
     }
     problems.extend(fx.checks.iter().filter_map(|c| c.verify(out).err()));
     if obs.iface != counted_once(frame.len(), Reason::Forwarded) {
-        problems.push(format!("IFACE_STATS delta {}", describe(&obs.iface)));
+        problems.push(format!("IFACE_STATS delta {}", integration::describe_stats(&obs.iface)));
     }
     for (slot, d) in &obs.nexthops {
         let want = if *slot == ECMP_MEMBERS[idx] { (1, frame.len() as u64) } else { (0, 0) };

@@ -533,8 +533,8 @@ impl Harness {
             fx.verdict,
             fx.reason.name(),
             describe_result(&obs.result),
-            describe(&obs.slot),
-            describe(&obs.unknown),
+            integration::describe_stats(&obs.slot),
+            integration::describe_stats(&obs.unknown),
         ))
     }
 
@@ -558,8 +558,8 @@ impl Harness {
              counter to change; observed {}, slot delta {}, unknown delta {}",
             frame.len(),
             describe_result(&obs.result),
-            describe(&obs.slot),
-            describe(&obs.unknown),
+            integration::describe_stats(&obs.slot),
+            integration::describe_stats(&obs.unknown),
         ))
     }
 }
@@ -592,31 +592,6 @@ fn describe_result(result: &Result<u32, ProgramError>) -> String {
     }
 }
 
-/// A counter delta, naming the reasons that moved.
-fn describe(d: &InterfaceStats) -> String {
-    if *d == InterfaceStats::ZERO {
-        return "none".into();
-    }
-    let reasons: Vec<String> = d
-        .reasons
-        .iter()
-        .enumerate()
-        .filter(|(_, n)| **n != 0)
-        .map(|(i, n)| {
-            let name = Reason::from_u32(i as u32)
-                .map_or_else(|| format!("reason#{i}"), |r| r.name().into());
-            format!("{name}+{n}")
-        })
-        .collect();
-    format!(
-        "rx_packets+{} rx_bytes+{} tx_packets+{} tx_bytes+{} reasons[{}]",
-        d.rx_packets,
-        d.rx_bytes,
-        d.tx_packets,
-        d.tx_bytes,
-        reasons.join(" ")
-    )
-}
 
 /// Runs every fixture (not stopping at the first failure) and fails listing every mismatch.
 fn check_all(h: &Harness, group: &str, fixtures: &[Fixture], counted: Counted) {
@@ -1766,8 +1741,8 @@ fn xdp_ingress_garbage_frames_pass_with_exactly_one_reason() {
                  {}, unknown delta {}",
                 frame.len(),
                 describe_result(&obs.result),
-                describe(&obs.slot),
-                describe(&obs.unknown),
+                integration::describe_stats(&obs.slot),
+                integration::describe_stats(&obs.unknown),
             ));
         }
     }
