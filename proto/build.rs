@@ -8,6 +8,7 @@ use prost::Message as _;
 fn main() -> anyhow::Result<()> {
     let protos = [
         "proto/dataplane/v1/common.proto",
+        "proto/dataplane/v1/events.proto",
         "proto/dataplane/v1/flows.proto",
         "proto/dataplane/v1/interfaces.proto",
         "proto/dataplane/v1/policy.proto",

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use dataplane_proto::v1::{
-    flows_client::FlowsClient, interfaces_client::InterfacesClient, policy_client::PolicyClient, routing_client::RoutingClient,
+    events_client::EventsClient, flows_client::FlowsClient, interfaces_client::InterfacesClient, policy_client::PolicyClient, routing_client::RoutingClient,
     system_client::SystemClient,
 };
 use hyper_util::rt::TokioIo;
@@ -89,6 +89,7 @@ pub struct Client {
     pub routing: RoutingClient<Channel>,
     pub policy: PolicyClient<Channel>,
     pub flows: FlowsClient<Channel>,
+    pub events: EventsClient<Channel>,
     pub system: SystemClient<Channel>,
 }
 
@@ -114,6 +115,7 @@ impl Client {
             routing: RoutingClient::new(ch.clone()).max_encoding_message_size(max).max_decoding_message_size(max),
             policy: PolicyClient::new(ch.clone()).max_encoding_message_size(max).max_decoding_message_size(max),
             flows: FlowsClient::new(ch.clone()).max_encoding_message_size(max).max_decoding_message_size(max),
+            events: EventsClient::new(ch.clone()),
             system: SystemClient::new(ch),
         })
     }

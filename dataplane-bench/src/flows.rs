@@ -146,7 +146,7 @@ pub fn run(config: &Config) -> Result<Results> {
         client.interfaces.add_interface(pb::AddInterfaceRequest { name: "lo".into(), ..Default::default() }).await?;
         let nh = pb::NextHop {
             id: 1,
-            kind: Some(pb::next_hop::Kind::Encap(pb::EncapNextHop { interface: "lo".into(), dst_mac: "02:00:00:00:00:01".into(), src_mac: String::new() })),
+            kind: Some(pb::next_hop::Kind::Encap(pb::EncapNextHop { interface: "lo".into(), dst_mac: "02:00:00:00:00:01".into(), src_mac: String::new(), gateway: String::new() })),
             ..Default::default()
         };
         client.routing.add_next_hops(pb::AddNextHopsRequest { next_hops: vec![nh] }).await?;
@@ -262,7 +262,7 @@ fn control_path(config: &Config, rt: &tokio::runtime::Runtime, client: &mut Clie
             (0..config.routes as u32).map(|i| format!("{}/24", Ipv4Addr::from(0x0a00_0000 + (i << 8)))).collect();
         let vrf = 100 + run;
         let rate = rt.block_on(async {
-            client.routing.add_vrf(pb::AddVrfRequest { id: vrf }).await?;
+            client.routing.add_vrf(pb::AddVrfRequest { id: vrf, ..Default::default() }).await?;
             let start = Instant::now();
             for chunk in prefixes.chunks(10_000) {
                 let routes = chunk.iter().map(|p| pb::Route { vrf, prefix: p.clone(), next_hop: 1 }).collect();

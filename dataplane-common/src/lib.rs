@@ -83,7 +83,7 @@ mod pod {
 
 // The layouts above have no implicit padding; these sizes are what both sides agree on.
 const _: () = {
-    assert!(core::mem::size_of::<InterfaceConfig>() == 44);
+    assert!(core::mem::size_of::<InterfaceConfig>() == 48);
     assert!(core::mem::size_of::<NextHop>() == 96);
     assert!(core::mem::size_of::<RouteAddrV4>() == 8);
     assert!(core::mem::size_of::<RouteAddrV6>() == 20);

@@ -117,6 +117,23 @@ reasons! {
     DropPuntRate = 30, "drop_punt_rate", Drop;
     /// A miss not punted: the ring buffer to the server was full.
     DropFlowRingFull = 31, "drop_flow_ring_full", Drop;
+    /// The route's next hop names a gateway whose MAC the kernel has not resolved yet: handed to
+    /// the kernel stack, whose ARP/ND resolves it (XDP takes over once it has).
+    PassNeighUnresolved = 32, "pass_neigh_unresolved", Pass;
+    /// Kernel-FIB VRF: the kernel has the route but not yet the next hop's MAC (`bpf_fib_lookup`
+    /// said NO_NEIGH): handed to the kernel stack, which resolves it.
+    PassFibNoNeigh = 33, "pass_fib_no_neigh", Pass;
+    /// Kernel-FIB VRF: the kernel would not forward this (no route, unreachable, prohibit, local,
+    /// forwarding disabled on the interface, tunnel route): its stack decides (ICMP errors, local
+    /// delivery).
+    PassFibNotForwarded = 34, "pass_fib_not_forwarded", Pass;
+    /// Kernel-FIB VRF: larger than the egress MTU the kernel reports: its stack fragments or
+    /// answers with "fragmentation needed" / "packet too big".
+    PassFibMtu = 35, "pass_fib_mtu", Pass;
+    /// Kernel-FIB VRF: the kernel's route leaves through an interface the dataplane does not own.
+    PassFibForeignEgress = 36, "pass_fib_foreign_egress", Pass;
+    /// Kernel-FIB VRF: the kernel's route is a blackhole.
+    DropFibBlackhole = 37, "drop_fib_blackhole", Drop;
 }
 #[cfg(test)]
 mod tests {

@@ -16,9 +16,15 @@ pub struct InterfaceConfig {
     /// An address of the interface, the source of ICMP errors it sends; see `flags`.
     pub ipv4: [u8; 4],
     pub ipv6: [u8; 16],
+    /// With `IFACE_KERNEL_FIB`: the kernel routing table to look up (0: the kernel's own choice
+    /// for a packet arriving on this interface, policy rules and VRF devices included).
+    pub fib_table: u32,
 }
 
 pub const IFACE_HAS_IPV4: u32 = 1;
+/// The interface's VRF forwards by the kernel's FIB (`bpf_fib_lookup`) instead of the
+/// dataplane's routes.
+pub const IFACE_KERNEL_FIB: u32 = 8;
 /// Set in every configured entry: an `INTERFACES` array entry without it is an ifindex the
 /// dataplane does not own.
 pub const IFACE_PRESENT: u32 = 4;
@@ -66,6 +72,9 @@ pub mod nexthop_kind {
     pub const DISCARD: u32 = 3;
     /// Hand to the local kernel stack.
     pub const RECEIVE: u32 = 4;
+    /// A gateway next hop whose MAC is not known yet: hand to the kernel stack, which resolves
+    /// it; the server rewrites the slot as `ENCAP` once the kernel's neighbour table has it.
+    pub const UNRESOLVED: u32 = 5;
 }
 
 /// Most members an ECMP group may have (inline in the next hop: no second map lookup).

@@ -10,6 +10,7 @@
 
 mod atomic;
 mod bench;
+mod fib;
 mod flow;
 mod icmp;
 mod interface;
@@ -29,6 +30,7 @@ use aya_ebpf::{
 };
 use dataplane_common::{
     policy::{DIR_EGRESS, DIR_INGRESS},
+    route::IFACE_KERNEL_FIB,
     InterfaceConfig, Reason,
 };
 use nexthop::Resolved;
@@ -74,6 +76,10 @@ fn ingress(ctx: &XdpContext, cfg: &InterfaceConfig) -> (u32, Reason) {
     let nh_slot = match flow::stage(ctx, &pkt, cfg.slot, cfg.vrf, len) {
         flow::Decision::Forward(slot) => slot,
         flow::Decision::Stop(reason) => return (verdict_for(reason), reason),
+        flow::Decision::Route if cfg.flags & IFACE_KERNEL_FIB != 0 => {
+            let r = fib::forward(ctx, &pkt, cfg, len);
+            return ((r >> 32) as u32, Reason::from_u32(r as u32).unwrap_or(Reason::PassFibNotForwarded));
+        }
         flow::Decision::Route => match route::lookup(cfg.vrf, &pkt) {
             Some(slot) => slot,
             None => return (PASS, Reason::NoRoute),
@@ -115,7 +121,7 @@ fn ingress(ctx: &XdpContext, cfg: &InterfaceConfig) -> (u32, Reason) {
 
 /// XDP_DROP for drop reasons and punted flow misses, XDP_PASS for the others.
 #[inline(always)]
-fn verdict_for(reason: Reason) -> u32 {
+pub(crate) fn verdict_for(reason: Reason) -> u32 {
     match reason.kind() {
         dataplane_common::reason::ReasonKind::Drop => xdp_action::XDP_DROP,
         // Captured in its miss event; re-injected by the server once the flow is installed.
@@ -200,7 +206,8 @@ fn egress(ctx: &TcContext, cfg: &InterfaceConfig, ifindex: u32) -> i32 {
         Err(Reason::DropPolicy | Reason::DropPolicyDefault) => return TC_ACT_SHOT,
         _ => {}
     }
-    if multicast_dst(&pkt) {
+    // Kernel-FIB VRF: the kernel already routed what the node sends, by the same FIB.
+    if multicast_dst(&pkt) || cfg.flags & IFACE_KERNEL_FIB != 0 {
         return TC_ACT_OK;
     }
     let Some(nh_slot) = route::lookup(cfg.vrf, &pkt) else { return TC_ACT_OK };

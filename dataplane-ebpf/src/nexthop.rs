@@ -45,6 +45,7 @@ pub fn resolve(slot: u32, pkt: &Packet) -> Resolved {
         nexthop_kind::ENCAP => Resolved::Encap(slot, nh),
         nexthop_kind::DISCARD => Resolved::Stop(Reason::DropDiscard),
         nexthop_kind::RECEIVE => Resolved::Stop(Reason::PassReceive),
+        nexthop_kind::UNRESOLVED => Resolved::Stop(Reason::PassNeighUnresolved),
         // Empty slot, or an ECMP member that is itself a group (the server forbids it).
         _ => Resolved::Stop(Reason::PassNextHopInvalid),
     }

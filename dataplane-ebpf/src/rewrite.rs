@@ -9,12 +9,18 @@ use crate::parse::{ptr_at, Frame, Packet, ETH_ALEN, L3};
 /// for a parsed frame; the check is the one the verifier needs before the stores).
 #[inline(always)]
 pub fn macs<F: Frame>(ctx: &F, nh: &NextHop) -> bool {
+    set_macs(ctx, &nh.dst_mac, &nh.src_mac)
+}
+
+/// Sets destination and source MAC.
+#[inline(always)]
+pub fn set_macs<F: Frame>(ctx: &F, dst: &[u8; ETH_ALEN], src: &[u8; ETH_ALEN]) -> bool {
     // Bounds check for the verifier: both MACs lie in the first 12 bytes.
     let Some(p) = ptr_at::<[u8; 2 * ETH_ALEN], F>(ctx, 0) else { return false };
     let p = p as *mut [u8; 2 * ETH_ALEN];
     let mut m = [0u8; 2 * ETH_ALEN];
-    m[..ETH_ALEN].copy_from_slice(&nh.dst_mac);
-    m[ETH_ALEN..].copy_from_slice(&nh.src_mac);
+    m[..ETH_ALEN].copy_from_slice(dst);
+    m[ETH_ALEN..].copy_from_slice(src);
     // SAFETY: `p` was bounds-checked above and points into the writable packet.
     unsafe { *p = m };
     true

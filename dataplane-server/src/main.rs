@@ -15,7 +15,7 @@ use dataplane_server::{
     api::{self, ServerInfo},
     dataplane::{KernelDataplane, LoaderConfig},
     domain::Domain,
-    events::{flow_misses, Hub},
+    events::{flow_misses, netlink, Hub},
 };
 use tokio::{net::UnixListener, signal::unix::SignalKind, sync::watch};
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
@@ -26,6 +26,8 @@ use tracing_subscriber::EnvFilter;
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 /// Flow misses a subscriber may fall behind by before it loses some (and is told).
 const MISS_QUEUE: usize = 4096;
+/// Netlink events a subscriber may fall behind by before it loses some (and is told).
+const NETLINK_QUEUE: usize = 16384;
 /// How often flows are checked for expiry.
 const AGING_PERIOD: Duration = Duration::from_millis(500);
 
@@ -104,13 +106,19 @@ async fn serve(
         Duration::from_secs(args.flow_idle_timeout_secs),
     );
 
-    let (router, _health) = api::router(domain.clone(), misses.clone(), info.clone()).await?;
+    // Netlink: the kernel's links, addresses, routes and neighbours, for subscribers and for the
+    // domain (owned links that go or change, gateway next hops).
+    let netlink_hub = Arc::new(Hub::new(NETLINK_QUEUE));
+    let netlink_listener = netlink::start(domain.clone(), netlink_hub.clone()).await.context("listening to netlink")?;
+    let events = api::EventSources { misses, netlink: netlink_hub, netlink_listener };
+
+    let (router, _health) = api::router(domain.clone(), events.clone(), info.clone()).await?;
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(router.serve_with_incoming_shutdown(UnixListenerStream::new(unix), stopped(stop_rx.clone())));
     if let Some(addr) = args.grpc_listen {
         let tcp = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
         info!(%addr, "serving gRPC on TCP");
-        let (router, _) = api::router(domain, misses, info).await?;
+        let (router, _) = api::router(domain, events, info).await?;
         tasks.spawn(router.serve_with_incoming_shutdown(TcpListenerStream::new(tcp), stopped(stop_rx)));
     }
 

@@ -412,6 +412,7 @@ pub fn encap_nexthop(id: u32, interface: &str, dst_mac: &str) -> controller_clie
             interface: interface.into(),
             dst_mac: dst_mac.into(),
             src_mac: String::new(),
+            gateway: String::new(),
         })),
         ..Default::default()
     }

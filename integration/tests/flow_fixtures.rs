@@ -281,7 +281,7 @@ async fn flow_table_overfilled_lru_evicts_and_forwarding_goes_on() {
         .unwrap();
     let nh2 = pb::NextHop {
         id: 2,
-        kind: Some(pb::next_hop::Kind::Encap(pb::EncapNextHop { interface: "lo".into(), dst_mac: "02:00:00:00:00:02".into(), src_mac: String::new() })),
+        kind: Some(pb::next_hop::Kind::Encap(pb::EncapNextHop { interface: "lo".into(), dst_mac: "02:00:00:00:00:02".into(), src_mac: String::new(), gateway: String::new() })),
         ..Default::default()
     };
     c.routing.add_next_hops(pb::AddNextHopsRequest { next_hops: vec![nh2] }).await.unwrap();

@@ -262,6 +262,7 @@ async fn encap_nexthops_via_lo(client: &mut Client) {
                 interface: "lo".into(),
                 dst_mac: nh_mac(id).iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":"),
                 src_mac: String::new(),
+                gateway: String::new(),
             })),
             ..Default::default()
         })

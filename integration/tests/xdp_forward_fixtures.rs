@@ -550,6 +550,7 @@ fn iface(vrf: u32) -> InterfaceConfig {
         _pad: [0; 2],
         ipv4: IFACE_V4.octets(),
         ipv6: IFACE_V6.octets(),
+        fib_table: 0,
     }
 }
 
@@ -1785,6 +1786,32 @@ fn discard_receive_and_invalid_next_hops_stop_forwarding() {
         passed("IPv6 to a slot beyond NEXTHOPS", v6(0x13, 64), Reason::PassNextHopInvalid),
     ];
     check_all(&h, "non-forwarding next hops", &fixtures);
+}
+
+#[test]
+fn unresolved_gateway_next_hop_passes_to_stack_unchanged() {
+    let mut h = Harness::load();
+    // What the server writes for a gateway the kernel has not resolved: egress known, no MAC.
+    let unresolved = NextHop { kind: nexthop_kind::UNRESOLVED, tx_slot: TX_SLOT, ifindex: 1, mtu: 1500, src_mac: ROUTER_MAC, ..NextHop::EMPTY };
+    h.nexthop(1, &unresolved);
+    h.encap_at(2);
+    h.nexthop(10, &ecmp(&[1]));
+    h.route(0, Ipv4Addr::new(203, 0, 113, 0).into(), 26, 1);
+    h.route(0, Ipv6Addr::new(0x2001, 0xdb8, 0x10, 0, 0, 0, 0, 0).into(), 48, 1);
+    h.route(0, Ipv4Addr::new(203, 0, 113, 64).into(), 26, 10);
+    h.route(0, Ipv4Addr::new(203, 0, 113, 128).into(), 26, 2);
+    let v4 = |last: u8, ttl: u8| v4_udp(Ipv4Addr::new(203, 0, 113, last), ttl, 1);
+    let fixtures = [
+        passed("IPv4 to an unresolved gateway", v4(1, 64), Reason::PassNeighUnresolved),
+        passed("IPv6 to an unresolved gateway", v6_udp(Ipv6Addr::new(0x2001, 0xdb8, 0x10, 0, 0, 0, 0, 1), 64, 1), Reason::PassNeighUnresolved),
+        // The kernel routes it, decrements the TTL and answers TTL 1 itself.
+        passed("IPv4 TTL 1 to an unresolved gateway", v4(1, 1), Reason::PassNeighUnresolved),
+        passed("IPv4 to an ECMP group whose member is unresolved", v4(65, 64), Reason::PassNeighUnresolved),
+    ];
+    check_all(&h, "unresolved gateway", &fixtures);
+    // Resolved (the server rewrites the slot as ENCAP): forwarded like any other.
+    let nh = h.encap_at(1);
+    check_all(&h, "resolved gateway", &[forwarded("IPv4 to a resolved gateway", v4(1, 64), 1, &nh)]);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -53,6 +53,25 @@ enum Command {
     /// Flow mode of an interface.
     #[command(subcommand)]
     Flowmode(FlowmodeCmd),
+    /// The kernel's link, address, route and neighbour events in the server's namespace.
+    #[command(subcommand)]
+    Events(EventsCmd),
+}
+
+#[derive(Debug, Subcommand)]
+enum EventsCmd {
+    /// Print netlink events as they come (Ctrl-C to stop); -o json prints one JSON object per line.
+    Watch {
+        /// Only these kinds (repeatable): link, address, route, neighbour.
+        #[arg(long = "kind", value_parser = ["link", "address", "route", "neighbour"])]
+        kinds: Vec<String>,
+        /// Only events of this interface.
+        #[arg(long)]
+        interface: Option<String>,
+        /// Start with the current state.
+        #[arg(long)]
+        snapshot: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -183,7 +202,16 @@ enum DefaultAction {
 
 #[derive(Debug, Subcommand)]
 enum VrfCmd {
-    Add { id: u32 },
+    Add {
+        id: u32,
+        /// Forward by the kernel's routing and neighbour tables (`ip route`) instead of routes
+        /// added through the API.
+        #[arg(long)]
+        kernel_fib: bool,
+        /// With --kernel-fib: the kernel table to look up (default: the kernel's own choice).
+        #[arg(long, requires = "kernel_fib")]
+        table: Option<u32>,
+    },
     #[command(alias = "delete")]
     Del { id: u32 },
     #[command(alias = "ls")]
@@ -192,13 +220,16 @@ enum VrfCmd {
 
 #[derive(Debug, Subcommand)]
 enum NexthopCmd {
-    /// Add a next hop: --interface + --dst-mac (ENCAP), --ecmp, --discard or --receive.
+    /// Add a next hop: --interface + --dst-mac or --gateway (ENCAP), --ecmp, --discard or --receive.
     Add {
         id: u32,
-        #[arg(long, requires = "dst_mac", conflicts_with_all = ["ecmp", "discard", "receive"])]
+        #[arg(long, conflicts_with_all = ["ecmp", "discard", "receive"])]
         interface: Option<String>,
-        #[arg(long)]
+        #[arg(long, requires = "interface", conflicts_with = "gateway")]
         dst_mac: Option<String>,
+        /// A neighbour on the interface's link, resolved by the kernel (ARP/ND) and followed.
+        #[arg(long, requires = "interface")]
+        gateway: Option<String>,
         #[arg(long, requires = "interface")]
         src_mac: Option<String>,
         /// Member next-hop ids, comma-separated.
@@ -382,8 +413,114 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Flows(cmd) => flows::watch(&mut client, cli.output, cmd).await?,
         Command::Flow(cmd) => flows::flow(&mut client, cli.output, cmd).await?,
         Command::Flowmode(cmd) => flows::mode(&mut client, cli.output, cmd).await?,
+        Command::Events(cmd) => events::watch(&mut client, cli.output, cmd).await?,
     }
     Ok(())
+}
+
+mod events {
+    //! `dpctl events watch`.
+
+    use controller_client::{pb, Client};
+    use serde_json::json;
+
+    use super::{EventsCmd, Failure, Output};
+
+    pub async fn watch(client: &mut Client, output: Output, cmd: EventsCmd) -> Result<(), Failure> {
+        let EventsCmd::Watch { kinds, interface, snapshot } = cmd;
+        let kinds = kinds
+            .iter()
+            .map(|k| match k.as_str() {
+                "link" => pb::NetlinkEventKind::Link,
+                "address" => pb::NetlinkEventKind::Address,
+                "route" => pb::NetlinkEventKind::Route,
+                _ => pb::NetlinkEventKind::Neighbour,
+            } as i32)
+            .collect();
+        let req = pb::SubscribeNetlinkEventsRequest { kinds, interface: interface.unwrap_or_default(), snapshot };
+        let mut stream = client.events.subscribe_netlink_events(req).await?.into_inner();
+        while let Some(m) = stream.message().await? {
+            use pb::netlink_event_message::Kind;
+            match (m.kind, output) {
+                (Some(Kind::Event(e)), Output::Json) => println!("{}", event_json(&e)),
+                (Some(Kind::Event(e)), Output::Table) => println!("{}", event_text(&e)),
+                (Some(Kind::Lagged(n)), Output::Json) => println!("{}", json!({"lagged": n})),
+                (Some(Kind::Lagged(n)), Output::Table) => println!("lagged: {n} events lost"),
+                (Some(Kind::SnapshotDone(d)), Output::Json) => println!("{}", json!({"snapshot_done": d.entries})),
+                (Some(Kind::SnapshotDone(d)), Output::Table) => println!("-- snapshot: {} entries; live events follow --", d.entries),
+                (None, _) => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn action(e: &pb::NetlinkEvent) -> &'static str {
+        match pb::EventAction::try_from(e.action) {
+            Ok(pb::EventAction::Added) => "added",
+            Ok(pb::EventAction::Removed) => "removed",
+            Ok(pb::EventAction::Changed) => "changed",
+            _ => "?",
+        }
+    }
+
+    fn event_json(e: &pb::NetlinkEvent) -> serde_json::Value {
+        use pb::netlink_event::Detail;
+        let mut v = json!({"seq": e.seq, "snapshot": e.snapshot, "action": action(e), "ifindex": e.ifindex, "interface": e.interface});
+        let (kind, detail) = match &e.detail {
+            Some(Detail::Link(l)) => ("link", json!({"up": l.up, "running": l.running, "mtu": l.mtu, "mac": l.mac, "changes": l.changes, "owned": l.owned})),
+            Some(Detail::Address(a)) => ("address", json!({"address": a.address, "prefix_len": a.prefix_len})),
+            Some(Detail::Route(r)) => (
+                "route",
+                json!({"destination": r.destination, "gateway": r.gateway, "table": r.table, "metric": r.metric, "protocol": r.protocol, "type": r.r#type}),
+            ),
+            Some(Detail::Neighbour(n)) => ("neighbour", json!({"address": n.address, "mac": n.mac, "state": n.state, "router": n.router})),
+            None => ("?", json!({})),
+        };
+        v["kind"] = json!(kind);
+        v[kind] = detail;
+        v
+    }
+
+    fn event_text(e: &pb::NetlinkEvent) -> String {
+        use pb::netlink_event::Detail;
+        let head = if e.snapshot { "snapshot".to_owned() } else { format!("#{}", e.seq) };
+        let what = match &e.detail {
+            Some(Detail::Link(l)) => format!(
+                "link {} {} (ifindex {}) {} mtu {} {}{}{}",
+                action(e),
+                e.interface,
+                e.ifindex,
+                if l.up { "up" } else { "down" },
+                l.mtu,
+                l.mac,
+                if l.changes.is_empty() { String::new() } else { format!(" changed: {}", l.changes.join(",")) },
+                if l.owned { " [owned]" } else { "" }
+            ),
+            Some(Detail::Address(a)) => format!("address {} {}/{} dev {}", action(e), a.address, a.prefix_len, e.interface),
+            Some(Detail::Route(r)) => format!(
+                "route {} {}{} dev {} table {} metric {} proto {} type {}",
+                action(e),
+                r.destination,
+                if r.gateway.is_empty() { String::new() } else { format!(" via {}", r.gateway) },
+                if e.interface.is_empty() { "-" } else { &e.interface },
+                r.table,
+                r.metric,
+                r.protocol,
+                r.r#type
+            ),
+            Some(Detail::Neighbour(n)) => format!(
+                "neighbour {} {} dev {} lladdr {} {}{}",
+                action(e),
+                n.address,
+                e.interface,
+                if n.mac.is_empty() { "-" } else { &n.mac },
+                n.state,
+                if n.router { " router" } else { "" }
+            ),
+            None => "?".into(),
+        };
+        format!("{head} {what}")
+    }
 }
 
 mod flows {
@@ -694,8 +831,10 @@ mod routing {
 
     pub async fn vrf(c: &mut Client, output: Output, cmd: VrfCmd) -> Result<(), Failure> {
         match cmd {
-            VrfCmd::Add { id } => {
-                let r = c.routing.add_vrf(pb::AddVrfRequest { id }).await?.into_inner();
+            VrfCmd::Add { id, kernel_fib, table } => {
+                let mode = if kernel_fib { pb::VrfMode::KernelFib } else { pb::VrfMode::Routes };
+                let req = pb::AddVrfRequest { id, mode: mode.into(), kernel_table: table.unwrap_or(0) };
+                let r = c.routing.add_vrf(req).await?.into_inner();
                 generation(output, format!("added vrf {id}"), r.generation);
             }
             VrfCmd::Del { id } => {
@@ -705,11 +844,15 @@ mod routing {
             VrfCmd::List => {
                 let r = c.routing.list_vrfs(pb::ListVrfsRequest {}).await?.into_inner();
                 if output == Output::Json {
-                    let v: Vec<Value> = r.vrfs.iter().map(|v| json!({"id": v.id, "interfaces": v.interfaces, "routes": v.routes})).collect();
+                    let v: Vec<Value> = r
+                        .vrfs
+                        .iter()
+                        .map(|v| json!({"id": v.id, "mode": vrf_mode(v), "kernel_table": v.kernel_table, "interfaces": v.interfaces, "routes": v.routes}))
+                        .collect();
                     println!("{}", Value::Array(v));
                 } else {
-                    let mut rows = vec![vec!["VRF".into(), "INTERFACES".into(), "ROUTES".into()]];
-                    rows.extend(r.vrfs.iter().map(|v| vec![v.id.to_string(), v.interfaces.to_string(), v.routes.to_string()]));
+                    let mut rows = vec![vec!["VRF".into(), "MODE".into(), "INTERFACES".into(), "ROUTES".into()]];
+                    rows.extend(r.vrfs.iter().map(|v| vec![v.id.to_string(), vrf_mode(v), v.interfaces.to_string(), v.routes.to_string()]));
                     print_table(&rows);
                 }
             }
@@ -717,9 +860,36 @@ mod routing {
         Ok(())
     }
 
+    fn vrf_mode(v: &pb::Vrf) -> String {
+        match pb::VrfMode::try_from(v.mode) {
+            Ok(pb::VrfMode::KernelFib) if v.kernel_table != 0 => format!("kernel-fib table {}", v.kernel_table),
+            Ok(pb::VrfMode::KernelFib) => "kernel-fib".into(),
+            _ => "routes".into(),
+        }
+    }
+
+    fn state(n: &pb::NextHop) -> &'static str {
+        match pb::NextHopState::try_from(n.state) {
+            Ok(pb::NextHopState::Ready) => "ready",
+            Ok(pb::NextHopState::Unresolved) => "unresolved",
+            Ok(pb::NextHopState::InterfaceMissing) => "interface-missing",
+            _ => "-",
+        }
+    }
+
     fn describe(n: &pb::NextHop) -> (String, String) {
         use pb::next_hop::Kind;
         match &n.kind {
+            Some(Kind::Encap(e)) if !e.gateway.is_empty() => (
+                "encap".into(),
+                format!(
+                    "{} gateway {} ({}){}",
+                    e.interface,
+                    e.gateway,
+                    if n.resolved_mac.is_empty() { "unresolved" } else { &n.resolved_mac },
+                    if e.src_mac.is_empty() { String::new() } else { format!(" src {}", e.src_mac) }
+                ),
+            ),
             Some(Kind::Encap(e)) => (
                 "encap".into(),
                 format!("{} dst {}{}", e.interface, e.dst_mac, if e.src_mac.is_empty() { String::new() } else { format!(" src {}", e.src_mac) }),
@@ -734,19 +904,20 @@ mod routing {
     pub async fn nexthop(c: &mut Client, output: Output, cmd: NexthopCmd) -> Result<(), Failure> {
         use pb::next_hop::Kind;
         match cmd {
-            NexthopCmd::Add { id, interface, dst_mac, src_mac, ecmp, discard, receive } => {
+            NexthopCmd::Add { id, interface, dst_mac, gateway, src_mac, ecmp, discard, receive } => {
                 let kind = match (interface, ecmp, discard, receive) {
                     (Some(interface), None, false, false) => Kind::Encap(pb::EncapNextHop {
                         interface,
                         dst_mac: dst_mac.unwrap_or_default(),
                         src_mac: src_mac.unwrap_or_default(),
+                        gateway: gateway.unwrap_or_default(),
                     }),
                     (None, Some(members), false, false) => Kind::Ecmp(pb::EcmpNextHop { members }),
                     (None, None, true, false) => Kind::Discard(pb::Discard {}),
                     (None, None, false, true) => Kind::Receive(pb::Receive {}),
                     _ => {
                         return Err(Failure::Usage(
-                            "give one of --interface/--dst-mac, --ecmp, --discard, --receive".into(),
+                            "give one of --interface with --dst-mac or --gateway, --ecmp, --discard, --receive".into(),
                         ))
                     }
                 };
@@ -767,15 +938,17 @@ mod routing {
                         .iter()
                         .map(|n| {
                             let (kind, detail) = describe(n);
-                            json!({"id": n.id, "kind": kind, "detail": detail, "routes": n.routes, "packets": n.packets, "bytes": n.bytes})
+                            json!({"id": n.id, "kind": kind, "detail": detail, "state": state(n), "resolved_mac": n.resolved_mac,
+                                   "routes": n.routes, "packets": n.packets, "bytes": n.bytes})
                         })
                         .collect();
                     println!("{}", Value::Array(v));
                 } else {
-                    let mut rows = vec![vec!["ID".into(), "KIND".into(), "DETAIL".into(), "ROUTES".into(), "PACKETS".into(), "BYTES".into()]];
+                    let mut rows =
+                        vec![vec!["ID".into(), "KIND".into(), "DETAIL".into(), "STATE".into(), "ROUTES".into(), "PACKETS".into(), "BYTES".into()]];
                     rows.extend(r.next_hops.iter().map(|n| {
                         let (kind, detail) = describe(n);
-                        vec![n.id.to_string(), kind, detail, n.routes.to_string(), n.packets.to_string(), n.bytes.to_string()]
+                        vec![n.id.to_string(), kind, detail, state(n).into(), n.routes.to_string(), n.packets.to_string(), n.bytes.to_string()]
                     }));
                     print_table(&rows);
                 }

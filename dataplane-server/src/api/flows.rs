@@ -69,7 +69,7 @@ impl<D: Dataplane> pb::flows_server::Flows for FlowsService<D> {
         let only_vrf = r.vrf;
         let mut rx = self.misses.subscribe();
         let domain = self.domain.clone();
-        let stream = async_stream_from(move |tx: tokio::sync::mpsc::Sender<Result<pb::FlowMissMessage, Status>>| async move {
+        let stream = super::stream_from(move |tx: tokio::sync::mpsc::Sender<Result<pb::FlowMissMessage, Status>>| async move {
             loop {
                 let msg = match rx.recv().await {
                     Ok(ev) => {
@@ -144,17 +144,6 @@ impl<D: Dataplane> pb::flows_server::Flows for FlowsService<D> {
 
 /// A stream fed by a task: the task ends (and the broadcast receiver with it) when the client
 /// goes away.
-fn async_stream_from<F, Fut, T>(f: F) -> Pin<Box<dyn Stream<Item = T> + Send>>
-where
-    F: FnOnce(tokio::sync::mpsc::Sender<T>) -> Fut,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-    T: Send + 'static,
-{
-    let (tx, rx) = tokio::sync::mpsc::channel(64);
-    tokio::spawn(f(tx));
-    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
-}
-
 fn decode_key(at: &str, k: Option<pb::FlowKey>) -> Result<FlowKey, DomainError> {
     let k = k.ok_or_else(|| DomainError::invalid(format!("{at}.key"), "required"))?;
     let addr = |field: &str, s: &str| -> Result<IpAddr, DomainError> {

@@ -2,6 +2,7 @@
 //! calling the domain and encoding the answer. Also health and reflection, always on.
 
 mod error;
+mod events;
 mod flows;
 mod interfaces;
 mod policy;
@@ -11,7 +12,7 @@ mod system;
 use std::sync::Arc;
 
 use dataplane_proto::v1::{
-    flows_server::FlowsServer, interfaces_server::InterfacesServer, policy_server::PolicyServer, routing_server::RoutingServer,
+    events_server::EventsServer, flows_server::FlowsServer, interfaces_server::InterfacesServer, policy_server::PolicyServer, routing_server::RoutingServer,
     system_server::SystemServer,
 };
 use tonic::transport::server::Router;
@@ -20,9 +21,13 @@ use tonic_health::server::HealthReporter;
 use crate::{
     dataplane::{Dataplane, FlowMiss},
     domain::Domain,
-    events::Hub,
+    events::{
+        netlink::{Netlink, NetlinkEvent},
+        Hub,
+    },
 };
 
+pub use events::EventsService;
 pub use flows::FlowsService;
 pub use interfaces::InterfacesService;
 pub use policy::PolicyService;
@@ -34,9 +39,17 @@ const MAX_MESSAGE: usize = 256 * 1024 * 1024;
 
 /// Builds the router with every dataplane service, gRPC health (each service SERVING) and
 /// server reflection (v1 and v1alpha, since grpcurl 1.8 speaks only v1alpha).
+/// The event sources subscriptions read from.
+#[derive(Clone)]
+pub struct EventSources {
+    pub misses: Arc<Hub<FlowMiss>>,
+    pub netlink: Arc<Hub<NetlinkEvent>>,
+    pub netlink_listener: Netlink,
+}
+
 pub async fn router<D: Dataplane>(
     domain: Arc<Domain<D>>,
-    misses: Arc<Hub<FlowMiss>>,
+    events: EventSources,
     info: system::ServerInfo,
 ) -> Result<(Router, HealthReporter), tonic_reflection::server::Error> {
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -45,6 +58,7 @@ pub async fn router<D: Dataplane>(
     health.set_serving::<RoutingServer<RoutingService<D>>>().await;
     health.set_serving::<PolicyServer<PolicyService<D>>>().await;
     health.set_serving::<FlowsServer<FlowsService<D>>>().await;
+    health.set_serving::<EventsServer<EventsService<D>>>().await;
     // The empty service name stands for the server as a whole.
     health.set_service_status("", tonic_health::ServingStatus::Serving).await;
 
@@ -74,12 +88,25 @@ pub async fn router<D: Dataplane>(
                 .max_encoding_message_size(MAX_MESSAGE),
         )
         .add_service(
-            FlowsServer::new(FlowsService::new(domain.clone(), misses))
+            FlowsServer::new(FlowsService::new(domain.clone(), events.misses))
                 .max_decoding_message_size(MAX_MESSAGE)
                 .max_encoding_message_size(MAX_MESSAGE),
         )
+        .add_service(EventsServer::new(EventsService::new(domain.clone(), events.netlink, events.netlink_listener)))
         .add_service(SystemServer::new(SystemService::new(domain, info)));
     Ok((router, health))
 }
 
 pub use system::ServerInfo;
+
+/// A server stream fed by `f` through a bounded channel (the task ends when the client goes).
+pub(crate) fn stream_from<F, Fut, T>(f: F) -> std::pin::Pin<Box<dyn tokio_stream::Stream<Item = T> + Send>>
+where
+    F: FnOnce(tokio::sync::mpsc::Sender<T>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+    T: Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(f(tx));
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+}

@@ -8,7 +8,7 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     dataplane::Dataplane,
-    domain::{Domain, DomainError, InterfaceName, NewNextHop, NextHopSpec, NextHopView, RouteSpec},
+    domain::{Domain, DomainError, InterfaceName, NewNextHop, NextHopSpec, NextHopState, NextHopView, RouteSpec, VrfMode},
     net::{parse_addr, Mac, Prefix},
 };
 
@@ -30,7 +30,16 @@ type RouteStream = Pin<Box<dyn Stream<Item = Result<pb::ListRoutesResponse, Stat
 #[tonic::async_trait]
 impl<D: Dataplane> pb::routing_server::Routing for RoutingService<D> {
     async fn add_vrf(&self, req: Request<pb::AddVrfRequest>) -> Result<Response<pb::AddVrfResponse>, Status> {
-        let generation = self.domain.add_vrf(req.into_inner().id)?;
+        let r = req.into_inner();
+        let mode = match pb::VrfMode::try_from(r.mode) {
+            Ok(pb::VrfMode::Routes) if r.kernel_table != 0 => {
+                return Err(DomainError::invalid("kernel_table", "only for mode VRF_MODE_KERNEL_FIB").into())
+            }
+            Ok(pb::VrfMode::Routes) => VrfMode::Routes,
+            Ok(pb::VrfMode::KernelFib) => VrfMode::KernelFib { table: r.kernel_table },
+            Err(_) => return Err(DomainError::invalid("mode", format!("unknown VRF mode {}", r.mode)).into()),
+        };
+        let generation = self.domain.add_vrf(r.id, mode)?;
         Ok(Response::new(pb::AddVrfResponse { generation }))
     }
 
@@ -44,7 +53,13 @@ impl<D: Dataplane> pb::routing_server::Routing for RoutingService<D> {
             .domain
             .list_vrfs()
             .into_iter()
-            .map(|v| pb::Vrf { id: v.id, interfaces: v.interfaces, routes: v.routes })
+            .map(|v| {
+                let (mode, kernel_table) = match v.mode {
+                    VrfMode::Routes => (pb::VrfMode::Routes, 0),
+                    VrfMode::KernelFib { table } => (pb::VrfMode::KernelFib, table),
+                };
+                pb::Vrf { id: v.id, interfaces: v.interfaces, routes: v.routes, mode: mode.into(), kernel_table }
+            })
             .collect();
         Ok(Response::new(pb::ListVrfsResponse { vrfs }))
     }
@@ -139,14 +154,23 @@ fn parse_mac(field: &str, s: &str) -> Result<Mac, DomainError> {
 fn decode_nexthop(n: pb::NextHop) -> Result<NewNextHop, DomainError> {
     use pb::next_hop::Kind;
     let spec = match n.kind {
-        Some(Kind::Encap(e)) => NextHopSpec::Encap {
-            interface: InterfaceName::parse("encap.interface", &e.interface)?,
-            dst_mac: parse_mac("encap.dst_mac", &e.dst_mac)?,
-            src_mac: match e.src_mac.as_str() {
+        Some(Kind::Encap(e)) => {
+            let interface = InterfaceName::parse("encap.interface", &e.interface)?;
+            let src_mac = match e.src_mac.as_str() {
                 "" => None,
                 s => Some(parse_mac("encap.src_mac", s)?),
-            },
-        },
+            };
+            match (e.dst_mac.as_str(), e.gateway.as_str()) {
+                ("", "") => return Err(DomainError::invalid("encap", "one of dst_mac and gateway is required")),
+                (_, "") => NextHopSpec::Encap { interface, dst_mac: parse_mac("encap.dst_mac", &e.dst_mac)?, src_mac },
+                ("", gw) => NextHopSpec::Gateway {
+                    interface,
+                    gateway: parse_addr(gw).map_err(|err| DomainError::invalid("encap.gateway", err.to_string()))?,
+                    src_mac,
+                },
+                _ => return Err(DomainError::invalid("encap.gateway", "dst_mac and gateway are exclusive")),
+            }
+        }
         Some(Kind::Ecmp(g)) => NextHopSpec::Ecmp { members: g.members },
         Some(Kind::Discard(_)) => NextHopSpec::Discard,
         Some(Kind::Receive(_)) => NextHopSpec::Receive,
@@ -162,12 +186,32 @@ fn encode_nexthop(v: NextHopView) -> pb::NextHop {
             interface: interface.to_string(),
             dst_mac: dst_mac.to_string(),
             src_mac: src_mac.map(|m| m.to_string()).unwrap_or_default(),
+            gateway: String::new(),
+        }),
+        NextHopSpec::Gateway { interface, gateway, src_mac } => Kind::Encap(pb::EncapNextHop {
+            interface: interface.to_string(),
+            dst_mac: String::new(),
+            src_mac: src_mac.map(|m| m.to_string()).unwrap_or_default(),
+            gateway: gateway.to_string(),
         }),
         NextHopSpec::Ecmp { members } => Kind::Ecmp(pb::EcmpNextHop { members }),
         NextHopSpec::Discard => Kind::Discard(pb::Discard {}),
         NextHopSpec::Receive => Kind::Receive(pb::Receive {}),
     };
-    pb::NextHop { id: v.id, kind: Some(kind), packets: v.stats.packets, bytes: v.stats.bytes, routes: v.routes }
+    let state = match v.state {
+        NextHopState::Ready => pb::NextHopState::Ready,
+        NextHopState::Unresolved => pb::NextHopState::Unresolved,
+        NextHopState::InterfaceMissing => pb::NextHopState::InterfaceMissing,
+    };
+    pb::NextHop {
+        id: v.id,
+        kind: Some(kind),
+        packets: v.stats.packets,
+        bytes: v.stats.bytes,
+        routes: v.routes,
+        state: state.into(),
+        resolved_mac: v.resolved_mac.map(|m| m.to_string()).unwrap_or_default(),
+    }
 }
 
 fn encode_route(r: &RouteSpec) -> pb::Route {

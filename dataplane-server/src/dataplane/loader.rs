@@ -16,7 +16,7 @@ use aya::{
 };
 use dataplane_common::{
     maps as names, programs,
-    route::{nexthop_kind, IFACE_HAS_IPV4, IFACE_HAS_IPV6, IFACE_PRESENT, ECMP_MAX},
+    route::{nexthop_kind, IFACE_HAS_IPV4, IFACE_HAS_IPV6, IFACE_KERNEL_FIB, IFACE_PRESENT, ECMP_MAX},
     InterfaceConfig, InterfaceStats, NextHop, NextHopStats,
 };
 use tracing::{info, warn};
@@ -325,6 +325,9 @@ fn interface_config(p: &InterfaceParams) -> InterfaceConfig {
     if p.link.ipv6.is_some() {
         flags |= IFACE_HAS_IPV6;
     }
+    if p.kernel_fib.is_some() {
+        flags |= IFACE_KERNEL_FIB;
+    }
     InterfaceConfig {
         slot: p.slot,
         vrf: p.vrf,
@@ -334,6 +337,7 @@ fn interface_config(p: &InterfaceParams) -> InterfaceConfig {
         _pad: [0; 2],
         ipv4: p.link.ipv4.map(|a| a.octets()).unwrap_or_default(),
         ipv6: p.link.ipv6.map(|a| a.octets()).unwrap_or_default(),
+        fib_table: p.kernel_fib.unwrap_or(0),
     }
 }
 
@@ -346,6 +350,13 @@ fn nexthop_value(nh: &NextHopParams) -> NextHop {
             v.ifindex = *ifindex;
             v.mtu = *mtu;
             v.dst_mac = dst_mac.0;
+            v.src_mac = src_mac.0;
+        }
+        NextHopParams::Unresolved { tx_slot, ifindex, mtu, src_mac } => {
+            v.kind = nexthop_kind::UNRESOLVED;
+            v.tx_slot = *tx_slot;
+            v.ifindex = *ifindex;
+            v.mtu = *mtu;
             v.src_mac = src_mac.0;
         }
         NextHopParams::Ecmp { members } => {
@@ -403,6 +414,10 @@ impl Dataplane for KernelDataplane {
         inner.links.insert(ifindex, InterfaceLinks { xdp, tc });
         info!(interface = name, ifindex, slot = p.slot, vrf = p.vrf, mode = ?xdp_mode, "attached");
         Ok(attachment)
+    }
+
+    fn update_interface(&self, p: &InterfaceParams) -> Result<(), DataplaneError> {
+        self.lock().interfaces.insert(p.link.ifindex, &interface_config(p))
     }
 
     fn detach(&self, ifindex: u32, slot: u32) -> Result<(), DataplaneError> {

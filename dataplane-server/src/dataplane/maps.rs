@@ -46,7 +46,7 @@ impl Interfaces {
     pub fn remove(&mut self, ifindex: u32) -> Result<(), DataplaneError> {
         if ifindex < MAX_DIRECT_IFINDEX {
             // An all-zero entry lacks IFACE_PRESENT: absent to the programs.
-            let empty = InterfaceConfig { slot: 0, vrf: 0, mtu: 0, flags: 0, mac: [0; 6], _pad: [0; 2], ipv4: [0; 4], ipv6: [0; 16] };
+            let empty = InterfaceConfig { slot: 0, vrf: 0, mtu: 0, flags: 0, mac: [0; 6], _pad: [0; 2], ipv4: [0; 4], ipv6: [0; 16], fib_table: 0 };
             self.direct.set(ifindex, empty, 0).map_err(DataplaneError::map(names::INTERFACES, "clear"))?;
         } else {
             match self.high.remove(&ifindex) {

@@ -91,12 +91,17 @@ pub struct InterfaceParams {
     pub slot: u32,
     pub vrf: u32,
     pub link: LinkInfo,
+    /// The VRF forwards by the kernel's FIB; `fib_table` is its kernel table (0: the kernel's
+    /// own choice for this interface).
+    pub kernel_fib: Option<u32>,
 }
 
 /// A next hop as the kernel stores it (slots, not the API's ids).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum NextHopParams {
     Encap { tx_slot: u32, ifindex: u32, mtu: u32, dst_mac: Mac, src_mac: Mac },
+    /// A gateway whose MAC the kernel has not resolved yet: packets go to the kernel stack.
+    Unresolved { tx_slot: u32, ifindex: u32, mtu: u32, src_mac: Mac },
     Ecmp { members: Vec<u32> },
     Discard,
     Receive,
@@ -154,6 +159,10 @@ pub trait Dataplane: Send + Sync + 'static {
     /// Registers the interface (config, counters zeroed, devmap entry) and attaches the XDP
     /// ingress and TC egress programs to it.
     fn attach(&self, name: &str, params: &InterfaceParams, mode: XdpMode) -> Result<Attachment, DataplaneError>;
+
+    /// Rewrites the configuration of an attached interface (its MTU, MAC, addresses or VRF
+    /// changed) without touching its attachment or counters.
+    fn update_interface(&self, params: &InterfaceParams) -> Result<(), DataplaneError>;
 
     /// Unregisters the interface and detaches both programs from it.
     fn detach(&self, ifindex: u32, slot: u32) -> Result<(), DataplaneError>;

@@ -21,7 +21,9 @@ use crate::{
 };
 
 pub struct FakeDataplane {
-    links: BTreeMap<String, u32>,
+    links: Mutex<BTreeMap<String, LinkInfo>>,
+    /// ifindex -> what attach/update_interface last wrote.
+    configs: Mutex<BTreeMap<u32, InterfaceParams>>,
     /// ifindex -> slot, as INTERFACES would hold it.
     attached: Mutex<BTreeMap<u32, u32>>,
     stats: Mutex<BTreeMap<u32, InterfaceStats>>,
@@ -45,7 +47,8 @@ pub struct FakeDataplane {
 impl Default for FakeDataplane {
     fn default() -> Self {
         Self {
-            links: BTreeMap::new(),
+            links: Mutex::default(),
+            configs: Mutex::default(),
             attached: Mutex::default(),
             stats: Mutex::default(),
             nexthops: Mutex::default(),
@@ -68,7 +71,21 @@ impl FakeDataplane {
     pub const MAC: Mac = Mac([2, 0, 0, 0, 0, 0xaa]);
 
     pub fn with_links(links: &[(&str, u32)]) -> Self {
-        Self { links: links.iter().map(|(n, i)| (n.to_string(), *i)).collect(), ..Default::default() }
+        let links = links
+            .iter()
+            .map(|(n, i)| (n.to_string(), LinkInfo { ifindex: *i, mtu: 1500, mac: Self::MAC, ipv4: None, ipv6: None }))
+            .collect();
+        Self { links: Mutex::new(links), ..Default::default() }
+    }
+
+    /// Replaces (or creates) a link, as the kernel would after `ip link set`.
+    pub fn set_link(&self, name: &str, info: LinkInfo) {
+        self.links.lock().unwrap().insert(name.to_owned(), info);
+    }
+
+    /// What the interface entry of `ifindex` holds.
+    pub fn config(&self, ifindex: u32) -> Option<InterfaceParams> {
+        self.configs.lock().unwrap().get(&ifindex).cloned()
     }
 
     /// (ifindex, slot) pairs currently attached.
@@ -100,7 +117,7 @@ impl FakeDataplane {
 
 impl Dataplane for FakeDataplane {
     fn link(&self, name: &str) -> Result<Option<LinkInfo>, DataplaneError> {
-        Ok(self.links.get(name).map(|&ifindex| LinkInfo { ifindex, mtu: 1500, mac: Self::MAC, ipv4: None, ipv6: None }))
+        Ok(self.links.lock().unwrap().get(name).cloned())
     }
 
     fn attach(&self, name: &str, p: &InterfaceParams, mode: XdpMode) -> Result<Attachment, DataplaneError> {
@@ -108,13 +125,20 @@ impl Dataplane for FakeDataplane {
             return Err(DataplaneError::XdpModeUnsupported { interface: name.to_owned(), mode: "native" });
         }
         self.attached.lock().unwrap().insert(p.link.ifindex, p.slot);
+        self.configs.lock().unwrap().insert(p.link.ifindex, p.clone());
         self.stats.lock().unwrap().insert(p.slot, InterfaceStats::ZERO);
         let xdp_mode = if mode == XdpMode::Generic { XdpMode::Generic } else { XdpMode::Native };
         Ok(Attachment { xdp_mode, xdp_link_id: 100 + p.slot, tc_link_id: 200 + p.slot })
     }
 
+    fn update_interface(&self, p: &InterfaceParams) -> Result<(), DataplaneError> {
+        self.configs.lock().unwrap().insert(p.link.ifindex, p.clone());
+        Ok(())
+    }
+
     fn detach(&self, ifindex: u32, _slot: u32) -> Result<(), DataplaneError> {
         self.attached.lock().unwrap().remove(&ifindex);
+        self.configs.lock().unwrap().remove(&ifindex);
         Ok(())
     }
 

@@ -119,6 +119,15 @@ impl<D: Dataplane> Domain<D> {
         Ok(state.generation)
     }
 
+    /// Turns flow mode off for a slot being freed, so its next interface starts without it.
+    pub(super) fn reset_flow_mode(&self, state: &mut State, slot: u32) -> Result<(), DomainError> {
+        if state.flows.modes.remove(&slot).is_some() {
+            let off = FlowConfig { enabled: 0, miss_forward: 0, punt_rate: 0, punt_burst: 0, hold_cap: 0, _pad: 0 };
+            self.dataplane.set_flow_config(slot, &off)?;
+        }
+        Ok(())
+    }
+
     /// Keeps a punted miss (its captured frame) until its flow is decided.
     pub fn record_miss(&self, miss: &FlowMiss) {
         if miss.reason != dataplane_common::flow::MISS_NO_FLOW {
@@ -156,7 +165,7 @@ impl<D: Dataplane> Domain<D> {
             if key.src.is_ipv4() != key.dst.is_ipv4() {
                 return Err(DomainError::invalid(at("key"), "source and destination of different families"));
             }
-            if !state.vrfs.contains(&key.vrf) {
+            if !state.vrfs.contains_key(&key.vrf) {
                 return Err(vrfs::not_found(key.vrf).at(at("key.vrf")));
             }
             writes.push((key, value(&state, f.action).map_err(|e| e.at(at("next_hop")))?));

@@ -5,7 +5,7 @@ use std::fmt;
 use dataplane_common::InterfaceStats;
 use tracing::info;
 
-use super::{vrfs, Domain, DomainError, NextHopSpec};
+use super::{vrfs, Domain, DomainError, State};
 use crate::dataplane::{Attachment, Dataplane, InterfaceParams, LinkInfo, XdpMode};
 
 /// A kernel interface name: 1 to 15 bytes (IFNAMSIZ - 1), no '/', no whitespace, no NUL,
@@ -83,9 +83,9 @@ impl<D: Dataplane> Domain<D> {
         if state.interfaces.contains_key(&req.name) {
             return Err(DomainError::AlreadyExists { kind: "interface", name: req.name.0 });
         }
-        if !state.vrfs.contains(&req.vrf) {
+        let Some(&vrf_mode) = state.vrfs.get(&req.vrf) else {
             return Err(vrfs::not_found(req.vrf).at("vrf"));
-        }
+        };
         let link = self.dataplane.link(req.name.as_str())?.ok_or_else(|| DomainError::NotFound {
             kind: "interface",
             name: req.name.0.clone(),
@@ -93,7 +93,7 @@ impl<D: Dataplane> Domain<D> {
         })?;
         let capacity = state.slots.capacity();
         let slot = state.slots.alloc().ok_or(DomainError::Exhausted { what: "interface slots", capacity })?;
-        let params = InterfaceParams { slot, vrf: req.vrf, link: link.clone() };
+        let params = InterfaceParams { slot, vrf: req.vrf, link: link.clone(), kernel_fib: kernel_fib(vrf_mode) };
         let attachment = match self.dataplane.attach(req.name.as_str(), &params, req.mode) {
             Ok(a) => a,
             Err(e) => {
@@ -106,6 +106,8 @@ impl<D: Dataplane> Domain<D> {
         let generation = state.generation;
         state.interfaces.insert(req.name.clone(), entry.clone());
         info!(interface = %req.name, ifindex = entry.link.ifindex, slot, vrf = req.vrf, generation, "interface added");
+        // Next hops through an interface of this name that had disappeared work again.
+        self.rewrite_nexthops_via(&state, &req.name);
         let view = self.view(&req.name, &entry)?;
         Ok((view, generation))
     }
@@ -117,20 +119,76 @@ impl<D: Dataplane> Domain<D> {
         let users: Vec<u32> = state
             .nexthops
             .iter()
-            .filter(|(_, n)| matches!(&n.spec, NextHopSpec::Encap { interface, .. } if interface == name))
+            .filter(|(_, n)| n.spec.interface() == Some(name))
             .map(|(id, _)| *id)
             .collect();
         if !users.is_empty() {
             return Err(DomainError::FailedPrecondition(format!("interface {name} is used by next hop(s) {users:?}")));
         }
-        let (ifindex, slot) = (entry.link.ifindex, entry.slot);
-        self.detach_all_policies(&mut state, name, slot)?;
-        self.dataplane.detach(ifindex, slot)?;
-        state.interfaces.remove(name);
-        state.slots.free(slot);
+        let slot = entry.slot;
+        self.forget_interface(&mut state, name)?;
         state.generation += 1;
         info!(interface = %name, slot, generation = state.generation, "interface deleted");
         Ok(state.generation)
+    }
+
+    /// Detaches and unregisters an attached interface and frees its slot, leaving no per-slot
+    /// state (policy attachments, flow mode) for the slot's next user.
+    fn forget_interface(&self, state: &mut State, name: &InterfaceName) -> Result<(), DomainError> {
+        let Some(entry) = state.interfaces.get(name) else { return Ok(()) };
+        let (ifindex, slot) = (entry.link.ifindex, entry.slot);
+        self.detach_all_policies(state, name, slot)?;
+        self.reset_flow_mode(state, slot)?;
+        self.dataplane.detach(ifindex, slot)?;
+        state.interfaces.remove(name);
+        state.slots.free(slot);
+        Ok(())
+    }
+
+    /// The kernel removed link `ifindex`. If the dataplane owned it, it is removed from the
+    /// dataplane (maps, slot, attachments), and next hops through it stop forwarding in XDP
+    /// until an interface of that name is added again. Returns the interface's name if it was
+    /// owned.
+    pub fn link_removed(&self, ifindex: u32) -> Result<Option<InterfaceName>, DomainError> {
+        let mut state = self.lock();
+        let Some(name) = state.interfaces.iter().find(|(_, e)| e.link.ifindex == ifindex).map(|(n, _)| n.clone()) else {
+            return Ok(None);
+        };
+        self.forget_interface(&mut state, &name)?;
+        self.rewrite_nexthops_via(&state, &name);
+        state.generation += 1;
+        info!(interface = %name, ifindex, generation = state.generation, "owned link removed from the kernel; interface removed");
+        Ok(Some(name))
+    }
+
+    /// Link `ifindex` (or its addresses) may have changed: if the dataplane owns it, its MTU,
+    /// MAC and addresses are read again, and the maps (its own entry, next hops through it)
+    /// follow. Returns whether anything changed.
+    pub fn link_changed(&self, ifindex: u32) -> Result<bool, DomainError> {
+        let mut state = self.lock();
+        let Some((name, entry)) = state.interfaces.iter().find(|(_, e)| e.link.ifindex == ifindex).map(|(n, e)| (n.clone(), e.clone()))
+        else {
+            return Ok(false);
+        };
+        // Gone under this name (renamed or being removed): the removal event handles the latter.
+        let Some(link) = self.dataplane.link(name.as_str())? else { return Ok(false) };
+        if link == entry.link || link.ifindex != ifindex {
+            return Ok(false);
+        }
+        let kernel_fib = state.vrfs.get(&entry.vrf).copied().and_then(kernel_fib);
+        self.dataplane.update_interface(&InterfaceParams { slot: entry.slot, vrf: entry.vrf, link: link.clone(), kernel_fib })?;
+        info!(interface = %name, ifindex, mtu = link.mtu, mac = %link.mac, "owned link changed; maps updated");
+        if let Some(e) = state.interfaces.get_mut(&name) {
+            e.link = link;
+        }
+        self.rewrite_nexthops_via(&state, &name);
+        Ok(true)
+    }
+
+    /// The name of the owned interface with kernel index `ifindex`.
+    pub fn interface_by_ifindex(&self, ifindex: u32) -> Option<InterfaceName> {
+        let state = self.lock();
+        state.interfaces.iter().find(|(_, e)| e.link.ifindex == ifindex).map(|(n, _)| n.clone())
     }
 
     /// The slot of an attached interface.
@@ -167,6 +225,14 @@ impl<D: Dataplane> Domain<D> {
             attachment: e.attachment,
             stats: self.dataplane.interface_stats(e.slot)?,
         })
+    }
+}
+
+/// The kernel-FIB table of a VRF mode, `None` for a routes VRF.
+fn kernel_fib(mode: super::VrfMode) -> Option<u32> {
+    match mode {
+        super::VrfMode::Routes => None,
+        super::VrfMode::KernelFib { table } => Some(table),
     }
 }
 
@@ -249,7 +315,7 @@ mod tests {
         let d = Domain::new(FakeDataplane::with_links(&[("eth0", 7)]));
         let e = d.add_interface(AddInterface { name: name("eth0"), mode: XdpMode::Auto, vrf: 4 }).unwrap_err();
         assert_eq!(e.to_string(), "vrf: vrf 4 not found");
-        d.add_vrf(4).unwrap();
+        d.add_vrf(4, crate::domain::VrfMode::Routes).unwrap();
         assert_eq!(d.add_interface(AddInterface { name: name("eth0"), mode: XdpMode::Auto, vrf: 4 }).unwrap().0.vrf, 4);
     }
 

@@ -16,7 +16,7 @@ mod status;
 mod vrfs;
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeMap, HashMap},
     sync::{Mutex, MutexGuard},
     time::Instant,
 };
@@ -24,13 +24,18 @@ use std::{
 pub use error::{DomainError, ErrorKind};
 pub use interfaces::{AddInterface, InterfaceName, InterfaceView};
 pub use flows::{FlowAction, FlowMode, FlowSpec, FlowTarget, FlowView};
-pub use nexthops::{NewNextHop, NextHopSpec, NextHopView};
+pub use nexthops::{NewNextHop, NextHopSpec, NextHopState, NextHopView};
 pub use policies::{AttachmentView as PolicyAttachmentView, Direction, PolicyName, PolicyView, RuleAction, RuleSpec, RuleView};
 pub use routes::{RouteSpec, RouteView};
 pub use status::{AttachmentView, MapView, StatusView};
-pub use vrfs::VrfView;
+pub use vrfs::{VrfMode, VrfView};
 
-use crate::{dataplane::Dataplane, net::Prefix};
+use std::net::IpAddr;
+
+use crate::{
+    dataplane::Dataplane,
+    net::{Mac, Prefix},
+};
 use interfaces::InterfaceEntry;
 use nexthops::NextHopEntry;
 use policies::{Attached, Installed, PolicyEntry};
@@ -42,7 +47,7 @@ struct State {
     generation: u64,
     slots: SlotAllocator,
     interfaces: BTreeMap<InterfaceName, InterfaceEntry>,
-    vrfs: BTreeSet<u32>,
+    vrfs: BTreeMap<u32, VrfMode>,
     nh_slots: SlotAllocator,
     nexthops: BTreeMap<u32, NextHopEntry>,
     /// Next-hop slot -> id, to name what the kernel's maps point at.
@@ -60,6 +65,9 @@ struct State {
     /// Tables no attachment points at any more, freed after the next grace period.
     retired_policies: Vec<Installed>,
     flows: flows::Flows,
+    /// The kernel's resolved neighbours (netlink): (ifindex, address) -> MAC, what gateway next
+    /// hops forward to.
+    neighbours: HashMap<(u32, IpAddr), Mac>,
 }
 
 /// The dataplane's configuration and the operations on it.
@@ -67,6 +75,15 @@ pub struct Domain<D: Dataplane> {
     dataplane: D,
     state: Mutex<State>,
     started: Instant,
+    /// Where to ask the kernel to resolve a gateway (the netlink task), once it runs.
+    resolver: Mutex<Option<tokio::sync::mpsc::UnboundedSender<NeighbourRequest>>>,
+}
+
+/// A request to the kernel: resolve `address` on `ifindex` and keep it resolved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NeighbourRequest {
+    pub ifindex: u32,
+    pub address: IpAddr,
 }
 
 impl<D: Dataplane> Domain<D> {
@@ -77,7 +94,7 @@ impl<D: Dataplane> Domain<D> {
                 generation: 0,
                 slots: SlotAllocator::new(dataplane_common::MAX_INTERFACES),
                 interfaces: BTreeMap::new(),
-                vrfs: BTreeSet::from([0]),
+                vrfs: BTreeMap::from([(0, VrfMode::Routes)]),
                 nh_slots: SlotAllocator::new(dataplane_common::MAX_NEXTHOPS),
                 nexthops: BTreeMap::new(),
                 nh_ids: HashMap::new(),
@@ -90,7 +107,9 @@ impl<D: Dataplane> Domain<D> {
                 rule_slots: RangeAllocator::new(dataplane_common::policy::POLICY_RULE_SLOTS),
                 retired_policies: Vec::new(),
                 flows: flows::Flows::default(),
+                neighbours: HashMap::new(),
             }),
+            resolver: Mutex::new(None),
             started: Instant::now(),
         }
     }

@@ -2,11 +2,14 @@
 //! array index for the XDP program). Referential integrity is kept here: a next hop cannot go
 //! while routes or ECMP groups use it, and an ENCAP next hop keeps its interface attached.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+};
 
 use dataplane_common::{route::ECMP_MAX, NextHopStats};
 
-use super::{Domain, DomainError, InterfaceName, State};
+use super::{Domain, DomainError, InterfaceName, NeighbourRequest, State};
 use crate::{
     dataplane::{Dataplane, NextHopParams},
     net::Mac,
@@ -18,10 +21,39 @@ pub enum NextHopSpec {
     /// Out of `interface` (attached to the dataplane) to `dst_mac`; source MAC defaults to the
     /// interface's own.
     Encap { interface: InterfaceName, dst_mac: Mac, src_mac: Option<Mac> },
+    /// Out of `interface` to the MAC the kernel's neighbour table has for `gateway`, kept
+    /// current from netlink; to the kernel stack while it has none.
+    Gateway { interface: InterfaceName, gateway: IpAddr, src_mac: Option<Mac> },
     /// One of the member next hops (ids), by flow hash.
     Ecmp { members: Vec<u32> },
     Discard,
     Receive,
+}
+
+impl NextHopSpec {
+    /// The interface it sends through (ENCAP and gateway next hops).
+    pub fn interface(&self) -> Option<&InterfaceName> {
+        match self {
+            Self::Encap { interface, .. } | Self::Gateway { interface, .. } => Some(interface),
+            _ => None,
+        }
+    }
+}
+
+/// Whether a next hop forwards in XDP now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NextHopState {
+    Ready,
+    /// A gateway without a resolved MAC: packets go to the kernel stack.
+    Unresolved,
+    /// Its interface is gone from the kernel: packets go to the kernel stack.
+    InterfaceMissing,
+}
+
+/// What a next hop is in the kernel right now.
+enum Resolution {
+    Params(NextHopParams),
+    InterfaceMissing(InterfaceName),
 }
 
 /// A validated next hop of an `AddNextHops` batch.
@@ -47,6 +79,9 @@ pub struct NextHopView {
     pub spec: NextHopSpec,
     pub routes: u64,
     pub stats: NextHopStats,
+    pub state: NextHopState,
+    /// The destination MAC in use (ENCAP: the one given; gateway: the resolved one).
+    pub resolved_mac: Option<Mac>,
 }
 
 impl<D: Dataplane> Domain<D> {
@@ -88,10 +123,73 @@ impl<D: Dataplane> Domain<D> {
         }
         for (nh, slot) in batch.into_iter().zip(slots) {
             state.nh_ids.insert(slot, nh.id);
+            self.request_resolution(&state, &nh.spec);
             state.nexthops.insert(nh.id, NextHopEntry { slot, spec: nh.spec, routes: 0 });
         }
         state.generation += 1;
         Ok(state.generation)
+    }
+
+    /// The kernel's neighbour entry for `address` on `ifindex` is now `mac` (`None`: not
+    /// resolved, or removed). Gateway next hops through it follow at once.
+    pub fn neighbour_changed(&self, ifindex: u32, address: IpAddr, mac: Option<Mac>) {
+        let mut state = self.lock();
+        let key = (ifindex, address);
+        let changed = match mac {
+            Some(m) => state.neighbours.insert(key, m) != Some(m),
+            None => state.neighbours.remove(&key).is_some(),
+        };
+        if !changed {
+            return;
+        }
+        let users: Vec<u32> = state
+            .nexthops
+            .iter()
+            .filter(|(_, e)| match &e.spec {
+                NextHopSpec::Gateway { interface, gateway, .. } => {
+                    *gateway == address && state.interfaces.get(interface).is_some_and(|i| i.link.ifindex == ifindex)
+                }
+                _ => false,
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in users {
+            match self.write(&state, id) {
+                Ok(()) => tracing::info!(next_hop = id, %address, ifindex, mac = ?mac.map(|m| m.to_string()), "gateway next hop follows its neighbour"),
+                Err(e) => tracing::warn!(next_hop = id, %address, error = %e, "updating a gateway next hop failed"),
+            }
+        }
+    }
+
+    /// Writes every next hop through `interface` again from the domain's state (its interface
+    /// came, went or changed).
+    pub(super) fn rewrite_nexthops_via(&self, state: &State, interface: &InterfaceName) {
+        for (id, e) in &state.nexthops {
+            if e.spec.interface() == Some(interface) {
+                if let Err(err) = self.write(state, *id) {
+                    tracing::warn!(next_hop = id, interface = %interface, error = %err, "rewriting a next hop failed");
+                }
+                self.request_resolution(state, &e.spec);
+            }
+        }
+    }
+
+    /// Asks the kernel to resolve a gateway it has no MAC for (and keep it resolved).
+    fn request_resolution(&self, state: &State, spec: &NextHopSpec) {
+        let NextHopSpec::Gateway { interface, gateway, .. } = spec else { return };
+        let Some(i) = state.interfaces.get(interface) else { return };
+        if state.neighbours.contains_key(&(i.link.ifindex, *gateway)) {
+            return;
+        }
+        let resolver = self.resolver.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(tx) = resolver.as_ref() {
+            let _ = tx.send(NeighbourRequest { ifindex: i.link.ifindex, address: *gateway });
+        }
+    }
+
+    /// Where gateway resolution requests go from now on.
+    pub fn set_neighbour_resolver(&self, tx: tokio::sync::mpsc::UnboundedSender<NeighbourRequest>) {
+        *self.resolver.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
     }
 
     /// Deletes next hops, all or nothing.
@@ -159,16 +257,25 @@ impl<D: Dataplane> Domain<D> {
                     }
                     _ => self.dataplane.nexthop_stats(e.slot)?,
                 };
-                Ok(NextHopView { id: *id, slot: e.slot, spec: e.spec.clone(), routes: e.routes, stats })
+                let (state_now, resolved_mac) = match resolve(&state, &e.spec, |m| Some(m)) {
+                    Resolution::InterfaceMissing(_) => (NextHopState::InterfaceMissing, None),
+                    Resolution::Params(NextHopParams::Unresolved { .. }) => (NextHopState::Unresolved, None),
+                    Resolution::Params(NextHopParams::Encap { dst_mac, .. }) => (NextHopState::Ready, Some(dst_mac)),
+                    Resolution::Params(_) => (NextHopState::Ready, None),
+                };
+                Ok(NextHopView { id: *id, slot: e.slot, spec: e.spec.clone(), routes: e.routes, stats, state: state_now, resolved_mac })
             })
             .collect()
     }
 
-    /// Rewrites next hop `id` into the kernel from the domain's state (rollback helper).
+    /// Rewrites next hop `id` into the kernel from the domain's state; one whose interface is
+    /// gone is emptied (XDP hands its packets to the kernel stack).
     fn write(&self, state: &State, id: u32) -> Result<(), DomainError> {
         let e = &state.nexthops[&id];
-        let p = params(state, &e.spec, |m| state.nexthops.get(&m).map(|x| x.slot))?;
-        self.dataplane.set_nexthop(e.slot, &p, false)?;
+        match resolve(state, &e.spec, |m| state.nexthops.get(&m).map(|x| x.slot)) {
+            Resolution::Params(p) => self.dataplane.set_nexthop(e.slot, &p, false)?,
+            Resolution::InterfaceMissing(_) => self.dataplane.clear_nexthop(e.slot)?,
+        }
         Ok(())
     }
 }
@@ -201,6 +308,15 @@ fn validate_add(state: &State, batch: &[NewNextHop]) -> Result<Vec<NextHopParams
                 }
             }
         }
+        if let NextHopSpec::Gateway { gateway, .. } = &nh.spec {
+            let bad = gateway.is_unspecified()
+                || gateway.is_multicast()
+                || gateway.is_loopback()
+                || matches!(gateway, IpAddr::V4(a) if a.is_broadcast());
+            if bad {
+                return Err(DomainError::invalid(at(".encap.gateway"), format!("{gateway} is not a unicast address")));
+            }
+        }
         // Slots of ECMP members are filled in once the batch has its slots; ids stand in here.
         let p = params(state, &nh.spec, Some).map_err(|e| e.at(at(".encap.interface")))?;
         seen.insert(nh.id, matches!(nh.spec, NextHopSpec::Ecmp { .. }));
@@ -210,20 +326,35 @@ fn validate_add(state: &State, batch: &[NewNextHop]) -> Result<Vec<NextHopParams
 }
 
 /// Kernel parameters for `spec`; `member_slot` maps an ECMP member id to what to store.
+/// NOT_FOUND if its interface is not attached.
 fn params(state: &State, spec: &NextHopSpec, member_slot: impl Fn(u32) -> Option<u32>) -> Result<NextHopParams, DomainError> {
-    Ok(match spec {
+    match resolve(state, spec, member_slot) {
+        Resolution::Params(p) => Ok(p),
+        Resolution::InterfaceMissing(name) => {
+            Err(DomainError::NotFound { kind: "interface", name: name.to_string(), detail: " among the dataplane's interfaces" })
+        }
+    }
+}
+
+/// What `spec` is in the kernel given the interfaces and neighbours known now.
+fn resolve(state: &State, spec: &NextHopSpec, member_slot: impl Fn(u32) -> Option<u32>) -> Resolution {
+    Resolution::Params(match spec {
         NextHopSpec::Encap { interface, dst_mac, src_mac } => {
-            let e = state.interfaces.get(interface).ok_or_else(|| DomainError::NotFound {
-                kind: "interface",
-                name: interface.to_string(),
-                detail: " among the dataplane's interfaces",
-            })?;
+            let Some(e) = state.interfaces.get(interface) else { return Resolution::InterfaceMissing(interface.clone()) };
             NextHopParams::Encap {
                 tx_slot: e.slot,
                 ifindex: e.link.ifindex,
                 mtu: e.link.mtu,
                 dst_mac: *dst_mac,
                 src_mac: src_mac.unwrap_or(e.link.mac),
+            }
+        }
+        NextHopSpec::Gateway { interface, gateway, src_mac } => {
+            let Some(e) = state.interfaces.get(interface) else { return Resolution::InterfaceMissing(interface.clone()) };
+            let (tx_slot, ifindex, mtu, src_mac) = (e.slot, e.link.ifindex, e.link.mtu, src_mac.unwrap_or(e.link.mac));
+            match state.neighbours.get(&(ifindex, *gateway)) {
+                Some(&dst_mac) => NextHopParams::Encap { tx_slot, ifindex, mtu, dst_mac, src_mac },
+                None => NextHopParams::Unresolved { tx_slot, ifindex, mtu, src_mac },
             }
         }
         NextHopSpec::Ecmp { members } => NextHopParams::Ecmp { members: members.iter().filter_map(|m| member_slot(*m)).collect() },
@@ -236,7 +367,7 @@ fn params(state: &State, spec: &NextHopSpec, member_slot: impl Fn(u32) -> Option
 mod tests {
     use super::*;
     use crate::domain::{fake::FakeDataplane, AddInterface, RouteSpec};
-    use crate::dataplane::XdpMode;
+    use crate::dataplane::{LinkInfo, XdpMode};
 
     fn domain() -> Domain<FakeDataplane> {
         let d = Domain::new(FakeDataplane::with_links(&[("eth0", 7)]));
@@ -304,6 +435,81 @@ mod tests {
         // A group and its members may go together.
         d.delete_nexthops(&[3, 1, 2]).unwrap();
         assert!(d.list_nexthops().unwrap().is_empty());
+    }
+
+    fn gateway(id: u32, gw: &str) -> NewNextHop {
+        NewNextHop {
+            id,
+            spec: NextHopSpec::Gateway { interface: InterfaceName::parse("n", "eth0").unwrap(), gateway: gw.parse().unwrap(), src_mac: None },
+        }
+    }
+
+    #[test]
+    fn gateway_nexthop_unresolved_until_neighbour_then_follows_mac_changes() {
+        let d = domain();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        d.set_neighbour_resolver(tx);
+        d.add_nexthops(vec![gateway(1, "192.0.2.1")]).unwrap();
+        assert!(matches!(d.dataplane().nexthop(0), Some(NextHopParams::Unresolved { ifindex: 7, .. })));
+        assert_eq!(rx.try_recv().unwrap(), NeighbourRequest { ifindex: 7, address: "192.0.2.1".parse().unwrap() });
+        assert_eq!(d.list_nexthops().unwrap()[0].state, NextHopState::Unresolved);
+        // Another interface's neighbour with the same address changes nothing.
+        d.neighbour_changed(8, "192.0.2.1".parse().unwrap(), Some(Mac([2, 0, 0, 0, 0, 9])));
+        assert!(matches!(d.dataplane().nexthop(0), Some(NextHopParams::Unresolved { .. })));
+        for mac in [Mac([2, 0, 0, 0, 0, 1]), Mac([2, 0, 0, 0, 0, 2])] {
+            d.neighbour_changed(7, "192.0.2.1".parse().unwrap(), Some(mac));
+            assert!(matches!(d.dataplane().nexthop(0), Some(NextHopParams::Encap { dst_mac, .. }) if dst_mac == mac));
+            let v = &d.list_nexthops().unwrap()[0];
+            assert_eq!((v.state, v.resolved_mac), (NextHopState::Ready, Some(mac)));
+        }
+        d.neighbour_changed(7, "192.0.2.1".parse().unwrap(), None);
+        assert!(matches!(d.dataplane().nexthop(0), Some(NextHopParams::Unresolved { .. })));
+        // Known before the next hop exists: resolved at once, nothing asked of the kernel.
+        d.neighbour_changed(7, "192.0.2.2".parse().unwrap(), Some(Mac([2, 0, 0, 0, 0, 3])));
+        d.add_nexthops(vec![gateway(2, "192.0.2.2")]).unwrap();
+        assert!(matches!(d.dataplane().nexthop(1), Some(NextHopParams::Encap { .. })));
+        assert!(rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn gateway_nexthop_bad_address_invalid_argument_naming_field() {
+        let d = domain();
+        for bad in ["0.0.0.0", "224.0.0.1", "255.255.255.255", "127.0.0.1", "::", "ff02::1"] {
+            let e = d.add_nexthops(vec![encap(1), gateway(2, bad)]).unwrap_err();
+            assert!(e.to_string().starts_with("next_hops[1].encap.gateway:"), "{bad}: {e}");
+        }
+        assert!(d.list_nexthops().unwrap().is_empty());
+    }
+
+    #[test]
+    fn link_removed_owned_interface_gone_nexthops_emptied_until_readded() {
+        let d = domain();
+        d.add_nexthops(vec![encap(1), gateway(2, "192.0.2.1")]).unwrap();
+        assert_eq!(d.link_removed(99).unwrap(), None, "not owned: nothing happens");
+        let generation = d.status().unwrap().generation;
+        assert_eq!(d.link_removed(7).unwrap().map(|n| n.to_string()), Some("eth0".into()));
+        assert!(d.list_interfaces(None).unwrap().is_empty());
+        assert!(d.dataplane().attached().is_empty());
+        assert_eq!(d.status().unwrap().generation, generation + 1);
+        assert_eq!(d.dataplane().nexthop(0), None, "emptied: no slot of a vanished interface is used");
+        assert!(d.list_nexthops().unwrap().iter().all(|v| v.state == NextHopState::InterfaceMissing));
+        // The same name comes back (a new link): the next hops follow it.
+        d.add_interface(AddInterface { name: InterfaceName::parse("n", "eth0").unwrap(), mode: XdpMode::Auto, vrf: 0 }).unwrap();
+        assert!(matches!(d.dataplane().nexthop(0), Some(NextHopParams::Encap { .. })));
+        assert_eq!(d.list_nexthops().unwrap()[0].state, NextHopState::Ready);
+    }
+
+    #[test]
+    fn link_changed_mtu_and_mac_follow_into_interface_and_nexthops() {
+        let d = domain();
+        d.add_nexthops(vec![encap(1)]).unwrap();
+        assert!(!d.link_changed(7).unwrap(), "nothing changed");
+        let new_mac = Mac([2, 0, 0, 0, 0, 0xbb]);
+        d.dataplane().set_link("eth0", LinkInfo { ifindex: 7, mtu: 9000, mac: new_mac, ipv4: None, ipv6: None });
+        assert!(d.link_changed(7).unwrap());
+        assert_eq!(d.dataplane().config(7).map(|p| (p.link.mtu, p.link.mac)), Some((9000, new_mac)));
+        assert!(matches!(d.dataplane().nexthop(0), Some(NextHopParams::Encap { mtu: 9000, src_mac, .. }) if src_mac == new_mac));
+        assert_eq!(d.list_interfaces(None).unwrap()[0].link.mtu, 9000);
     }
 
     #[test]

@@ -25,8 +25,16 @@ impl<D: Dataplane> Domain<D> {
         let mut slots = Vec::with_capacity(batch.len());
         let (mut v4, mut v6) = (0u64, 0u64);
         for (i, r) in batch.iter().enumerate() {
-            if !state.vrfs.contains(&r.vrf) {
-                return Err(vrfs::not_found(r.vrf).at(format!("routes[{i}].vrf")));
+            match state.vrfs.get(&r.vrf) {
+                None => return Err(vrfs::not_found(r.vrf).at(format!("routes[{i}].vrf"))),
+                Some(vrfs::VrfMode::KernelFib { .. }) => {
+                    return Err(DomainError::FailedPrecondition(format!(
+                        "vrf {} forwards by the kernel's FIB: add its routes with `ip route`",
+                        r.vrf
+                    ))
+                    .at(format!("routes[{i}].vrf")))
+                }
+                Some(vrfs::VrfMode::Routes) => {}
             }
             let nh = state.nexthops.get(&r.nexthop).ok_or_else(|| nexthops::not_found(r.nexthop).at(format!("routes[{i}].next_hop")))?;
             if state.routes.contains_key(&(r.vrf, r.prefix)) || !in_batch.insert((r.vrf, r.prefix)) {
@@ -108,7 +116,7 @@ impl<D: Dataplane> Domain<D> {
     /// Longest-prefix match of `addr` in `vrf`, asked of the kernel's map (what XDP sees).
     pub fn lookup_route(&self, vrf: u32, addr: IpAddr) -> Result<Option<RouteView>, DomainError> {
         let state = self.lock();
-        if !state.vrfs.contains(&vrf) {
+        if !state.vrfs.contains_key(&vrf) {
             return Err(vrfs::not_found(vrf).at("vrf"));
         }
         let Some(m) = self.dataplane.lookup_route(vrf, addr)? else { return Ok(None) };
@@ -181,7 +189,7 @@ mod tests {
     #[test]
     fn list_routes_filters_by_vrf_and_prefix() {
         let d = domain();
-        d.add_vrf(2).unwrap();
+        d.add_vrf(2, crate::domain::VrfMode::Routes).unwrap();
         d.add_routes(vec![r(0, "192.0.2.0/24", 1), r(0, "192.0.2.128/25", 1), r(2, "192.0.2.0/24", 2), r(0, "2001:db8::/48", 2)]).unwrap();
         assert_eq!(d.list_routes(Some(2), None), vec![r(2, "192.0.2.0/24", 2)]);
         let within: Prefix = "192.0.2.128/25".parse().unwrap();

@@ -4,30 +4,42 @@
 use super::{Domain, DomainError};
 use crate::dataplane::Dataplane;
 
+/// How a VRF forwards.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum VrfMode {
+    /// By the routes of the API, in the dataplane's LPM maps.
+    #[default]
+    Routes,
+    /// By the kernel's FIB (`bpf_fib_lookup`), in kernel table `table` (0: the kernel's choice).
+    KernelFib { table: u32 },
+}
+
 /// A VRF with what uses it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VrfView {
     pub id: u32,
+    pub mode: VrfMode,
     pub interfaces: u32,
     pub routes: u64,
 }
 
 impl<D: Dataplane> Domain<D> {
-    pub fn add_vrf(&self, id: u32) -> Result<u64, DomainError> {
+    pub fn add_vrf(&self, id: u32, mode: VrfMode) -> Result<u64, DomainError> {
         if id >= dataplane_common::MAX_VRFS {
             return Err(DomainError::invalid("id", format!("VRF ids are below {}", dataplane_common::MAX_VRFS)));
         }
         let mut state = self.lock();
-        if !state.vrfs.insert(id) {
+        if state.vrfs.contains_key(&id) {
             return Err(DomainError::AlreadyExists { kind: "vrf", name: id.to_string() });
         }
+        state.vrfs.insert(id, mode);
         state.generation += 1;
         Ok(state.generation)
     }
 
     pub fn delete_vrf(&self, id: u32) -> Result<u64, DomainError> {
         let mut state = self.lock();
-        if !state.vrfs.contains(&id) {
+        if !state.vrfs.contains_key(&id) {
             return Err(not_found(id));
         }
         if id == 0 {
@@ -50,8 +62,9 @@ impl<D: Dataplane> Domain<D> {
         state
             .vrfs
             .iter()
-            .map(|&id| VrfView {
+            .map(|(&id, &mode)| VrfView {
                 id,
+                mode,
                 interfaces: state.interfaces.values().filter(|e| e.vrf == id).count() as u32,
                 routes: state.routes.range((id, min_prefix())..).take_while(|((v, _), _)| *v == id).count() as u64,
             })
@@ -76,19 +89,19 @@ mod tests {
     #[test]
     fn vrf_add_delete_list_round_trip() {
         let d = Domain::new(FakeDataplane::default());
-        assert_eq!(d.add_vrf(7).unwrap(), 1);
-        assert!(matches!(d.add_vrf(7), Err(DomainError::AlreadyExists { .. })));
+        assert_eq!(d.add_vrf(7, VrfMode::Routes).unwrap(), 1);
+        assert!(matches!(d.add_vrf(7, VrfMode::Routes), Err(DomainError::AlreadyExists { .. })));
         assert_eq!(d.list_vrfs().iter().map(|v| v.id).collect::<Vec<_>>(), vec![0, 7]);
         assert_eq!(d.delete_vrf(7).unwrap(), 2);
         assert!(matches!(d.delete_vrf(7), Err(DomainError::NotFound { .. })));
         assert!(matches!(d.delete_vrf(0), Err(DomainError::FailedPrecondition(_))));
-        assert!(matches!(d.add_vrf(dataplane_common::MAX_VRFS), Err(DomainError::InvalidArgument { .. })));
+        assert!(matches!(d.add_vrf(dataplane_common::MAX_VRFS, VrfMode::Routes), Err(DomainError::InvalidArgument { .. })));
     }
 
     #[test]
     fn vrf_delete_with_routes_failed_precondition() {
         let d = Domain::new(FakeDataplane::default());
-        d.add_vrf(3).unwrap();
+        d.add_vrf(3, VrfMode::Routes).unwrap();
         d.add_nexthops(vec![crate::domain::NewNextHop { id: 1, spec: crate::domain::NextHopSpec::Discard }]).unwrap();
         d.add_routes(vec![RouteSpec { vrf: 3, prefix: "192.0.2.0/24".parse().unwrap(), nexthop: 1 }]).unwrap();
         let e = d.delete_vrf(3).unwrap_err();

@@ -4,6 +4,7 @@
 //! the producer or other subscribers).
 
 pub mod flow_misses;
+pub mod netlink;
 
 use std::sync::{
     atomic::{AtomicU64, Ordering},

@@ -1,0 +1,511 @@
+//! The kernel's link, address, route and neighbour changes in the server's network namespace
+//! (rtnetlink multicast groups), turned into typed [`NetlinkEvent`]s for subscribers and fed to
+//! the domain: owned links that disappear or change, and neighbours that gateway next hops
+//! resolve to. Also asks the kernel to resolve gateways (managed neighbour entries) and takes
+//! snapshots of the current state for new subscribers.
+
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    sync::{Arc, Mutex},
+};
+
+use rtnetlink::{
+    packet_core::{NetlinkMessage, NetlinkPayload},
+    packet_route::{
+        address::{AddressAttribute, AddressMessage},
+        link::{LinkAttribute, LinkFlags, LinkMessage},
+        neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourExtFlags, NeighbourFlags, NeighbourMessage, NeighbourState},
+        route::{RouteAddress, RouteAttribute, RouteMessage},
+        AddressFamily, RouteNetlinkMessage,
+    },
+    Handle, MulticastGroup,
+};
+use thiserror::Error;
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+use tracing::{debug, info, warn};
+
+use super::Hub;
+use crate::{
+    dataplane::Dataplane,
+    domain::{Domain, NeighbourRequest},
+    net::Mac,
+};
+
+/// Which part of the kernel's state an event is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    Link,
+    Address,
+    Route,
+    Neighbour,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    Added,
+    Removed,
+    Changed,
+}
+
+/// One change in the kernel, or one entry of a snapshot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetlinkEvent {
+    pub action: Action,
+    pub ifindex: u32,
+    /// The interface's name ("" if unknown, e.g. a route without an output interface).
+    pub interface: String,
+    pub detail: Detail,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Detail {
+    Link { up: bool, running: bool, mtu: u32, mac: Option<Mac>, changes: Vec<&'static str>, owned: bool },
+    Address { address: IpAddr, prefix_len: u8 },
+    Route { destination: String, gateway: Option<IpAddr>, table: u32, metric: u32, protocol: String, kind: String },
+    Neighbour { address: IpAddr, mac: Option<Mac>, state: &'static str, router: bool },
+}
+
+impl NetlinkEvent {
+    pub fn kind(&self) -> EventKind {
+        match self.detail {
+            Detail::Link { .. } => EventKind::Link,
+            Detail::Address { .. } => EventKind::Address,
+            Detail::Route { .. } => EventKind::Route,
+            Detail::Neighbour { .. } => EventKind::Neighbour,
+        }
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum NetlinkError {
+    #[error("opening the rtnetlink socket: {source}")]
+    Socket { source: std::io::Error },
+    #[error("netlink {what} dump: {source}")]
+    Dump { what: &'static str, source: rtnetlink::Error },
+}
+
+/// A link as last seen, to tell additions from changes and name removed links.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct LinkState {
+    name: String,
+    up: bool,
+    running: bool,
+    mtu: u32,
+    mac: Option<Mac>,
+}
+
+/// Handle on the running listener: snapshots for new subscribers.
+#[derive(Clone)]
+pub struct Netlink {
+    handle: Handle,
+    links: Arc<Mutex<HashMap<u32, LinkState>>>,
+}
+
+/// Starts listening: subscribes to the groups, loads the current links and neighbours (the
+/// latter into the domain), registers the gateway resolver with the domain, and spawns the task
+/// that turns every message into events and domain updates.
+pub async fn start<D: Dataplane>(domain: Arc<Domain<D>>, hub: Arc<Hub<NetlinkEvent>>) -> Result<Netlink, NetlinkError> {
+    use MulticastGroup as G;
+    let groups = [G::Link, G::Ipv4Ifaddr, G::Ipv6Ifaddr, G::Ipv4Route, G::Ipv6Route, G::Neigh];
+    let (conn, handle, mut messages) =
+        rtnetlink::new_multicast_connection(&groups).map_err(|source| NetlinkError::Socket { source })?;
+    tokio::spawn(conn);
+
+    // Subscribed first, then dumped: nothing falls between the two.
+    let mut links = HashMap::new();
+    let mut dump = handle.link().get().execute();
+    while let Some(l) = dump.next().await {
+        let l = l.map_err(|source| NetlinkError::Dump { what: "link", source })?;
+        links.insert(l.header.index, link_state(&l));
+    }
+    let links = Arc::new(Mutex::new(links));
+    let mut neighbours: HashMap<(u32, IpAddr), (Option<Mac>, NeighbourState)> = HashMap::new();
+    let mut dump = handle.neighbours().get().execute();
+    while let Some(n) = dump.next().await {
+        let n = n.map_err(|source| NetlinkError::Dump { what: "neighbour", source })?;
+        if let Some(nb) = neighbour(&n) {
+            domain.neighbour_changed(nb.ifindex, nb.address, nb.usable_mac());
+            neighbours.insert((nb.ifindex, nb.address), (nb.mac, nb.state));
+        }
+    }
+
+    let (resolve_tx, mut resolve_rx) = mpsc::unbounded_channel::<NeighbourRequest>();
+    domain.set_neighbour_resolver(resolve_tx);
+    let netlink = Netlink { handle: handle.clone(), links: links.clone() };
+    tokio::spawn(async move {
+        let mut listener = Listener { domain, hub, links, neighbours };
+        loop {
+            tokio::select! {
+                m = messages.next() => match m {
+                    Some((msg, _)) => listener.message(msg).await,
+                    None => {
+                        warn!("netlink socket closed; netlink events stop");
+                        return;
+                    }
+                },
+                Some(req) = resolve_rx.recv() => {
+                    let handle = handle.clone();
+                    tokio::spawn(async move { resolve(&handle, req).await });
+                }
+            }
+        }
+    });
+    info!("listening to netlink: links, addresses, routes, neighbours");
+    Ok(netlink)
+}
+
+struct Listener<D: Dataplane> {
+    domain: Arc<Domain<D>>,
+    hub: Arc<Hub<NetlinkEvent>>,
+    links: Arc<Mutex<HashMap<u32, LinkState>>>,
+    neighbours: HashMap<(u32, IpAddr), (Option<Mac>, NeighbourState)>,
+}
+
+impl<D: Dataplane> Listener<D> {
+    async fn message(&mut self, msg: NetlinkMessage<RouteNetlinkMessage>) {
+        let NetlinkPayload::InnerMessage(m) = msg.payload else { return };
+        match m {
+            RouteNetlinkMessage::NewLink(l) => self.link_added_or_changed(&l).await,
+            RouteNetlinkMessage::DelLink(l) => self.link_removed(&l).await,
+            RouteNetlinkMessage::NewAddress(a) => self.address(&a, Action::Added).await,
+            RouteNetlinkMessage::DelAddress(a) => self.address(&a, Action::Removed).await,
+            RouteNetlinkMessage::NewRoute(r) => self.route(&r, Action::Added),
+            RouteNetlinkMessage::DelRoute(r) => self.route(&r, Action::Removed),
+            RouteNetlinkMessage::NewNeighbour(n) => self.neighbour(&n, false).await,
+            RouteNetlinkMessage::DelNeighbour(n) => self.neighbour(&n, true).await,
+            _ => {}
+        }
+    }
+
+    fn name(&self, ifindex: u32) -> String {
+        lock(&self.links).get(&ifindex).map(|l| l.name.clone()).unwrap_or_default()
+    }
+
+    async fn link_added_or_changed(&mut self, l: &LinkMessage) {
+        let ifindex = l.header.index;
+        let now = link_state(l);
+        let before = lock(&self.links).insert(ifindex, now.clone());
+        let (action, changes) = match &before {
+            None => (Action::Added, Vec::new()),
+            Some(b) => {
+                let c = link_changes(b, &now);
+                if c.is_empty() {
+                    return; // statistics or attributes nobody asked about
+                }
+                (Action::Changed, c)
+            }
+        };
+        let owned = self.domain.interface_by_ifindex(ifindex).is_some();
+        if owned && changes.iter().any(|c| matches!(*c, "mtu" | "mac")) {
+            let d = self.domain.clone();
+            match tokio::task::spawn_blocking(move || d.link_changed(ifindex)).await {
+                Ok(Err(e)) => warn!(ifindex, error = %e, "updating an owned interface failed"),
+                Err(e) => warn!(ifindex, error = %e, "updating an owned interface panicked"),
+                Ok(Ok(_)) => {}
+            }
+        }
+        self.publish(NetlinkEvent { action, ifindex, interface: now.name.clone(), detail: link_detail(&now, changes, owned) });
+    }
+
+    async fn link_removed(&mut self, l: &LinkMessage) {
+        let ifindex = l.header.index;
+        let state = lock(&self.links).remove(&ifindex).unwrap_or_else(|| link_state(l));
+        self.neighbours.retain(|(i, _), _| *i != ifindex);
+        let d = self.domain.clone();
+        let owned = match tokio::task::spawn_blocking(move || d.link_removed(ifindex)).await {
+            Ok(Ok(name)) => name.is_some(),
+            Ok(Err(e)) => {
+                warn!(ifindex, error = %e, "removing a vanished interface from the dataplane failed");
+                true
+            }
+            Err(e) => {
+                warn!(ifindex, error = %e, "removing a vanished interface panicked");
+                true
+            }
+        };
+        self.publish(NetlinkEvent {
+            action: Action::Removed,
+            ifindex,
+            interface: state.name.clone(),
+            detail: link_detail(&state, Vec::new(), owned),
+        });
+    }
+
+    async fn address(&mut self, a: &AddressMessage, action: Action) {
+        let Some((address, prefix_len)) = address(a) else { return };
+        let ifindex = a.header.index;
+        if self.domain.interface_by_ifindex(ifindex).is_some() {
+            // Owned: its addresses are the source of the ICMP errors XDP sends and decide what is
+            // local.
+            let d = self.domain.clone();
+            if let Ok(Err(e)) = tokio::task::spawn_blocking(move || d.link_changed(ifindex)).await {
+                warn!(ifindex, error = %e, "updating an owned interface's addresses failed");
+            }
+        }
+        let interface = self.name(ifindex);
+        self.publish(NetlinkEvent { action, ifindex, interface, detail: Detail::Address { address, prefix_len } });
+    }
+
+    fn route(&mut self, r: &RouteMessage, action: Action) {
+        let Some((ifindex, detail)) = route(r) else { return };
+        let interface = self.name(ifindex);
+        self.publish(NetlinkEvent { action, ifindex, interface, detail });
+    }
+
+    async fn neighbour(&mut self, n: &NeighbourMessage, removed: bool) {
+        let Some(nb) = neighbour(n) else { return };
+        let key = (nb.ifindex, nb.address);
+        let action = if removed {
+            self.neighbours.remove(&key);
+            Action::Removed
+        } else {
+            match self.neighbours.insert(key, (nb.mac, nb.state)) {
+                None => Action::Added,
+                Some(before) if before == (nb.mac, nb.state) => return,
+                Some(_) => Action::Changed,
+            }
+        };
+        let mac = if removed { None } else { nb.usable_mac() };
+        let d = self.domain.clone();
+        let address = nb.address;
+        // Cheap unless a gateway uses it; off the async threads all the same (it takes the
+        // domain's lock).
+        let _ = tokio::task::spawn_blocking(move || d.neighbour_changed(nb.ifindex, address, mac)).await;
+        let interface = self.name(nb.ifindex);
+        self.publish(NetlinkEvent { action, ifindex: nb.ifindex, interface, detail: nb.detail() });
+    }
+
+    fn publish(&self, event: NetlinkEvent) {
+        let seq = self.hub.publish(event);
+        debug!(seq, "netlink event");
+    }
+}
+
+impl Netlink {
+    /// The current links, addresses, neighbours and routes of `kinds`, as ADDED events.
+    pub async fn snapshot(&self, kinds: &[EventKind]) -> Result<Vec<NetlinkEvent>, NetlinkError> {
+        let mut out = Vec::new();
+        let names: HashMap<u32, String> = lock(&self.links).iter().map(|(i, l)| (*i, l.name.clone())).collect();
+        let name = |i: u32| names.get(&i).cloned().unwrap_or_default();
+        if kinds.contains(&EventKind::Link) {
+            let mut dump = self.handle.link().get().execute();
+            while let Some(l) = dump.next().await {
+                let l = l.map_err(|source| NetlinkError::Dump { what: "link", source })?;
+                let s = link_state(&l);
+                // `owned` is filled in by the caller, which knows the domain.
+                out.push(NetlinkEvent {
+                    action: Action::Added,
+                    ifindex: l.header.index,
+                    interface: s.name.clone(),
+                    detail: link_detail(&s, Vec::new(), false),
+                });
+            }
+        }
+        if kinds.contains(&EventKind::Address) {
+            let mut dump = self.handle.address().get().execute();
+            while let Some(a) = dump.next().await {
+                let a = a.map_err(|source| NetlinkError::Dump { what: "address", source })?;
+                if let Some((address, prefix_len)) = address(&a) {
+                    let ifindex = a.header.index;
+                    out.push(NetlinkEvent { action: Action::Added, ifindex, interface: name(ifindex), detail: Detail::Address { address, prefix_len } });
+                }
+            }
+        }
+        if kinds.contains(&EventKind::Neighbour) {
+            let mut dump = self.handle.neighbours().get().execute();
+            while let Some(n) = dump.next().await {
+                let n = n.map_err(|source| NetlinkError::Dump { what: "neighbour", source })?;
+                if let Some(nb) = neighbour(&n) {
+                    out.push(NetlinkEvent { action: Action::Added, ifindex: nb.ifindex, interface: name(nb.ifindex), detail: nb.detail() });
+                }
+            }
+        }
+        if kinds.contains(&EventKind::Route) {
+            for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+                let mut msg = RouteMessage::default();
+                msg.header.address_family = family;
+                let mut dump = self.handle.route().get(msg).execute();
+                while let Some(r) = dump.next().await {
+                    let r = r.map_err(|source| NetlinkError::Dump { what: "route", source })?;
+                    if let Some((ifindex, detail)) = route(&r) {
+                        out.push(NetlinkEvent { action: Action::Added, ifindex, interface: name(ifindex), detail });
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Asks the kernel to resolve `req` and keep it resolved: a neighbour entry with the "managed"
+/// flag (Linux 5.16+), which the kernel probes right away and refreshes on its own, so a gateway
+/// resolves even when nothing routed by the kernel ever sends to it (XDP forwards the traffic;
+/// the kernel's forwarding may be off). An existing entry is left alone.
+async fn resolve(handle: &Handle, req: NeighbourRequest) {
+    let mut add = handle.neighbours().add(req.ifindex, req.address).state(NeighbourState::None);
+    add.message_mut().attributes.push(NeighbourAttribute::ExtFlags(NeighbourExtFlags::Managed));
+    match add.execute().await {
+        Ok(()) => info!(ifindex = req.ifindex, address = %req.address, "asked the kernel to resolve a gateway"),
+        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EEXIST => {}
+        Err(e) => warn!(ifindex = req.ifindex, address = %req.address, error = %e, "asking the kernel to resolve a gateway failed"),
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn link_state(l: &LinkMessage) -> LinkState {
+    let mut s = LinkState {
+        name: String::new(),
+        up: l.header.flags.contains(LinkFlags::Up),
+        running: l.header.flags.contains(LinkFlags::Running),
+        mtu: 0,
+        mac: None,
+    };
+    for a in &l.attributes {
+        match a {
+            LinkAttribute::IfName(n) => s.name = n.clone(),
+            LinkAttribute::Mtu(m) => s.mtu = *m,
+            LinkAttribute::Address(b) if b.len() == 6 => s.mac = Some(Mac([b[0], b[1], b[2], b[3], b[4], b[5]])),
+            _ => {}
+        }
+    }
+    s
+}
+
+fn link_changes(before: &LinkState, now: &LinkState) -> Vec<&'static str> {
+    let mut c = Vec::new();
+    if before.up != now.up {
+        c.push(if now.up { "up" } else { "down" });
+    }
+    if before.running != now.running {
+        c.push(if now.running { "carrier_up" } else { "carrier_down" });
+    }
+    if before.mtu != now.mtu {
+        c.push("mtu");
+    }
+    if before.mac != now.mac {
+        c.push("mac");
+    }
+    if before.name != now.name {
+        c.push("name");
+    }
+    c
+}
+
+fn link_detail(s: &LinkState, changes: Vec<&'static str>, owned: bool) -> Detail {
+    Detail::Link { up: s.up, running: s.running, mtu: s.mtu, mac: s.mac, changes, owned }
+}
+
+fn address(a: &AddressMessage) -> Option<(IpAddr, u8)> {
+    // IPv4 puts the interface's own address in IFA_LOCAL (IFA_ADDRESS is the peer on
+    // point-to-point links); IPv6 only has IFA_ADDRESS.
+    let local = a.attributes.iter().find_map(|x| match x {
+        AddressAttribute::Local(ip) => Some(*ip),
+        _ => None,
+    });
+    let addr = a.attributes.iter().find_map(|x| match x {
+        AddressAttribute::Address(ip) => Some(*ip),
+        _ => None,
+    });
+    local.or(addr).map(|ip| (ip, a.header.prefix_len))
+}
+
+fn route(r: &RouteMessage) -> Option<(u32, Detail)> {
+    let family = r.header.address_family;
+    if family != AddressFamily::Inet && family != AddressFamily::Inet6 {
+        return None;
+    }
+    let ip = |a: &RouteAddress| match a {
+        RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
+        RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
+        _ => None,
+    };
+    let (mut dst, mut gateway, mut oif, mut table, mut metric) = (None, None, 0, u32::from(r.header.table), 0);
+    for a in &r.attributes {
+        match a {
+            RouteAttribute::Destination(d) => dst = ip(d),
+            RouteAttribute::Gateway(g) => gateway = ip(g),
+            RouteAttribute::Oif(i) => oif = *i,
+            RouteAttribute::Table(t) => table = *t,
+            RouteAttribute::Priority(p) => metric = *p,
+            _ => {}
+        }
+    }
+    let dst = dst.unwrap_or(if family == AddressFamily::Inet {
+        IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)
+    } else {
+        IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
+    });
+    let destination = format!("{dst}/{}", r.header.destination_prefix_length);
+    let protocol = lower(&format!("{:?}", r.header.protocol));
+    let kind = lower(&format!("{:?}", r.header.kind));
+    Some((oif, Detail::Route { destination, gateway, table, metric, protocol, kind }))
+}
+
+/// `Other(42)` -> "42", `Static` -> "static".
+fn lower(debug: &str) -> String {
+    match debug.strip_prefix("Other(").and_then(|s| s.strip_suffix(')')) {
+        Some(n) => n.to_owned(),
+        None => debug.to_ascii_lowercase(),
+    }
+}
+
+struct Neighbour {
+    ifindex: u32,
+    address: IpAddr,
+    mac: Option<Mac>,
+    state: NeighbourState,
+    router: bool,
+}
+
+impl Neighbour {
+    /// The MAC if the kernel would send to it (a valid entry, `NUD_VALID`).
+    fn usable_mac(&self) -> Option<Mac> {
+        use NeighbourState as S;
+        match self.state {
+            S::Reachable | S::Stale | S::Delay | S::Probe | S::Permanent | S::Noarp => self.mac,
+            _ => None,
+        }
+    }
+
+    fn detail(&self) -> Detail {
+        use NeighbourState as S;
+        let state = match self.state {
+            S::Incomplete => "incomplete",
+            S::Reachable => "reachable",
+            S::Stale => "stale",
+            S::Delay => "delay",
+            S::Probe => "probe",
+            S::Failed => "failed",
+            S::Noarp => "noarp",
+            S::Permanent => "permanent",
+            S::None => "none",
+            _ => "other",
+        };
+        Detail::Neighbour { address: self.address, mac: self.mac, state, router: self.router }
+    }
+}
+
+fn neighbour(n: &NeighbourMessage) -> Option<Neighbour> {
+    let mut address = None;
+    let mut mac = None;
+    for a in &n.attributes {
+        match a {
+            NeighbourAttribute::Destination(NeighbourAddress::Inet(v4)) => address = Some(IpAddr::V4(*v4)),
+            NeighbourAttribute::Destination(NeighbourAddress::Inet6(v6)) => address = Some(IpAddr::V6(*v6)),
+            NeighbourAttribute::LinkLayerAddress(b) if b.len() == 6 => mac = Some(Mac([b[0], b[1], b[2], b[3], b[4], b[5]])),
+            _ => {}
+        }
+    }
+    Some(Neighbour {
+        ifindex: n.header.ifindex,
+        address: address?,
+        mac,
+        state: n.header.state,
+        router: n.header.flags.contains(NeighbourFlags::Router),
+    })
+}
