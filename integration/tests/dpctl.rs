@@ -257,3 +257,61 @@ fn dpctl_flowmode_watch_flow_add_list_del() {
     let o = server.dpctl(&[&["flow", "del"][..], &key].concat());
     assert!(stderr(&o).starts_with("error: NOT_FOUND: keys[0]"), "{}", stderr(&o));
 }
+
+#[test]
+fn dpctl_events_watch_gateway_nexthop_and_kernel_fib_vrf() {
+    let ns = integration::Netns::new("dpce-").unwrap();
+    let server = Server::start(&ns).unwrap();
+    let ok = |args: &[&str]| ok(&server, args);
+    let (a, b) = (integration::unique("dea"), integration::unique("deb"));
+
+    let mut watch = std::process::Command::new(integration::bin("dpctl"))
+        .args(["--server", &format!("unix:{}", server.socket.display()), "-o", "json", "events", "watch", "--snapshot", "--kind", "link", "--kind", "neighbour"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(watch.stdout.take().unwrap()));
+    let mut next = || -> Value {
+        let line = lines.next().unwrap().unwrap();
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"))
+    };
+    // The snapshot: lo, then its end marker.
+    let v = next();
+    assert_eq!((v["kind"].as_str(), v["interface"].as_str(), v["snapshot"].as_bool()), (Some("link"), Some("lo"), Some(true)), "{v}");
+    assert_eq!(next()["snapshot_done"], 1);
+    ns.exec("ip", &["link", "add", &a, "type", "veth", "peer", "name", &b]).unwrap();
+    ns.exec("ip", &["link", "set", &a, "up"]).unwrap();
+    ns.exec("ip", &["link", "set", &b, "up"]).unwrap();
+    ns.exec("ip", &["addr", "add", "192.0.2.1/24", "dev", &a]).unwrap();
+    ns.exec("ip", &["neigh", "replace", "192.0.2.2", "lladdr", "02:00:00:00:00:22", "dev", &a]).unwrap();
+    let mut seen = Vec::new();
+    loop {
+        let v = next();
+        seen.push(v.clone());
+        if v["kind"] == "neighbour" && v["neighbour"]["address"] == "192.0.2.2" {
+            assert_eq!((v["action"].as_str(), v["neighbour"]["mac"].as_str(), v["neighbour"]["state"].as_str()), (Some("added"), Some("02:00:00:00:00:22"), Some("permanent")), "{v}");
+            break;
+        }
+        assert!(seen.len() < 50, "{seen:#?}");
+    }
+    assert!(seen.iter().any(|v| v["kind"] == "link" && v["interface"] == a.as_str() && v["action"] == "added" && v["seq"].as_u64() > Some(0)), "{seen:#?}");
+    let _ = watch.kill();
+    let _ = watch.wait();
+
+    // A gateway next hop: resolved from the kernel's neighbour table.
+    ok(&["interface", "add", &a]);
+    ok(&["nexthop", "add", "1", "--interface", &a, "--gateway", "192.0.2.2"]);
+    let v: Value = serde_json::from_str(&ok(&["nexthop", "list", "-o", "json"])).unwrap();
+    assert_eq!((v[0]["state"].as_str(), v[0]["resolved_mac"].as_str()), (Some("ready"), Some("02:00:00:00:00:22")), "{v}");
+    let table = ok(&["nexthop", "list"]);
+    assert!(table.contains("gateway 192.0.2.2 (02:00:00:00:00:22)") && table.contains("ready"), "{table}");
+    let e = fails(&server, &["nexthop", "add", "2", "--interface", &a, "--gateway", "224.0.0.1"], "INVALID_ARGUMENT");
+    assert!(e.contains("next_hops[0].encap.gateway"), "{e}");
+
+    // A kernel-FIB VRF refuses API routes.
+    ok(&["vrf", "add", "5", "--kernel-fib", "--table", "100"]);
+    let v: Value = serde_json::from_str(&ok(&["vrf", "list", "-o", "json"])).unwrap();
+    assert_eq!((v[1]["mode"].as_str(), v[1]["kernel_table"].as_u64()), (Some("kernel-fib"), Some(100)), "{v}");
+    assert!(ok(&["vrf", "list"]).contains("kernel-fib table 100"));
+    fails(&server, &["route", "add", "198.51.100.0/24", "--nexthop", "1", "--vrf", "5"], "FAILED_PRECONDITION");
+}

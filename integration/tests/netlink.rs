@@ -202,14 +202,15 @@ async fn netlink_snapshot_returns_current_links_and_addresses_then_live_events()
     let e = events(&msgs).pop().unwrap();
     assert!(!e.snapshot && e.seq > 0 && e.interface == dev);
     assert!(matches!(e.detail.as_ref().unwrap(), Detail::Link(l) if l.owned && l.mtu == 1300));
-    // ... and the owned interface's entry follows the MTU.
+    // ... and the owned interface's entry follows the MTU, and the MAC.
+    ns.exec("ip", &["link", "set", &dev, "address", "02:00:00:00:0b:07"]).unwrap();
     let deadline = Instant::now() + Duration::from_secs(2);
     loop {
         let r = client.interfaces.list_interfaces(pb::ListInterfacesRequest { name: dev.clone() }).await.unwrap().into_inner();
-        if r.interfaces[0].mtu == 1300 {
+        if r.interfaces[0].mtu == 1300 && r.interfaces[0].mac == "02:00:00:00:0b:07" {
             break;
         }
-        assert!(Instant::now() < deadline, "interface MTU not updated: {:?}", r.interfaces[0]);
+        assert!(Instant::now() < deadline, "interface MTU/MAC not updated: {:?}", r.interfaces[0]);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -362,6 +363,20 @@ async fn gateway_nexthop_kernel_forwarding_off_resolved_by_managed_neighbour() {
     let out = topo.h1.exec("ping", &["-c", "10", "-i", "0.05", "-W", "2", H2_ADDR]).unwrap();
     assert!(out.contains(" 0% packet loss"), "{out}");
     assert!(reason(&counters(&mut client, &topo.r0).await, "forwarded") >= 10);
+
+    // Once no next hop needs the gateway, the server's managed entry goes.
+    let routes = ["198.51.100.0/24", "192.0.2.0/24", "2001:db8:2::/64"].map(|p| pb::Route { vrf: 0, prefix: p.into(), next_hop: 0 }).to_vec();
+    client.routing.delete_routes(pb::DeleteRoutesRequest { routes }).await.unwrap();
+    client.routing.delete_next_hops(pb::DeleteNextHopsRequest { ids: vec![1, 2, 3] }).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let neigh = topo.rtr.exec("ip", &["neigh", "show", "dev", &topo.r1]).unwrap();
+        if !neigh.contains("managed") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "managed entries left behind: {neigh}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -448,6 +448,10 @@ mod events {
                 (Some(Kind::Lagged(n)), Output::Table) => println!("lagged: {n} events lost"),
                 (Some(Kind::SnapshotDone(d)), Output::Json) => println!("{}", json!({"snapshot_done": d.entries})),
                 (Some(Kind::SnapshotDone(d)), Output::Table) => println!("-- snapshot: {} entries; live events follow --", d.entries),
+                (Some(Kind::KernelOverrun(o)), Output::Json) => println!("{}", json!({"kernel_overrun": o.seq})),
+                (Some(Kind::KernelOverrun(o)), Output::Table) => {
+                    println!("#{} the kernel dropped events (netlink overrun): resubscribe with --snapshot to resync", o.seq)
+                }
                 (None, _) => {}
             }
         }
@@ -847,7 +851,7 @@ mod routing {
                     let v: Vec<Value> = r
                         .vrfs
                         .iter()
-                        .map(|v| json!({"id": v.id, "mode": vrf_mode(v), "kernel_table": v.kernel_table, "interfaces": v.interfaces, "routes": v.routes}))
+                        .map(|v| json!({"id": v.id, "mode": if v.mode() == pb::VrfMode::KernelFib { "kernel-fib" } else { "routes" }, "kernel_table": v.kernel_table, "interfaces": v.interfaces, "routes": v.routes}))
                         .collect();
                     println!("{}", Value::Array(v));
                 } else {

@@ -60,7 +60,7 @@ impl Filter {
     }
 
     fn accepts(&self, e: &NetlinkEvent) -> bool {
-        self.kinds.contains(&e.kind()) && self.interface.as_ref().is_none_or(|n| *n == e.interface)
+        e.kind() == EventKind::Overrun || (self.kinds.contains(&e.kind()) && self.interface.as_ref().is_none_or(|n| *n == e.interface))
     }
 }
 
@@ -93,7 +93,7 @@ impl<D: Dataplane> pb::events_server::Events for EventsService<D> {
             if let Some(entries) = snapshot {
                 let n = entries.len() as u64;
                 for e in &entries {
-                    if tx.send(Ok(pb::NetlinkEventMessage { kind: Some(Kind::Event(encode(0, true, e))) })).await.is_err() {
+                    if tx.send(Ok(pb::NetlinkEventMessage { kind: Some(encode(0, true, e)) })).await.is_err() {
                         return;
                     }
                 }
@@ -104,7 +104,7 @@ impl<D: Dataplane> pb::events_server::Events for EventsService<D> {
             }
             loop {
                 let msg = match rx.recv().await {
-                    Ok(ev) if filter.accepts(&ev.event) => Kind::Event(encode(ev.seq, false, &ev.event)),
+                    Ok(ev) if filter.accepts(&ev.event) => encode(ev.seq, false, &ev.event),
                     Ok(_) => continue,
                     Err(RecvError::Lagged(n)) => Kind::Lagged(n),
                     Err(RecvError::Closed) => return,
@@ -118,8 +118,8 @@ impl<D: Dataplane> pb::events_server::Events for EventsService<D> {
     }
 }
 
-fn encode(seq: u64, snapshot: bool, e: &NetlinkEvent) -> pb::NetlinkEvent {
-    use pb::netlink_event::Detail as D;
+fn encode(seq: u64, snapshot: bool, e: &NetlinkEvent) -> pb::netlink_event_message::Kind {
+    use pb::{netlink_event::Detail as D, netlink_event_message::Kind};
     let action = match e.action {
         Action::Added => pb::EventAction::Added,
         Action::Removed => pb::EventAction::Removed,
@@ -152,6 +152,7 @@ fn encode(seq: u64, snapshot: bool, e: &NetlinkEvent) -> pb::NetlinkEvent {
             state: state.to_string(),
             router: *router,
         }),
+        Detail::Overrun => return Kind::KernelOverrun(pb::KernelOverrun { seq }),
     };
-    pb::NetlinkEvent { seq, snapshot, action: action.into(), ifindex: e.ifindex, interface: e.interface.clone(), detail: Some(detail) }
+    Kind::Event(pb::NetlinkEvent { seq, snapshot, action: action.into(), ifindex: e.ifindex, interface: e.interface.clone(), detail: Some(detail) })
 }

@@ -79,11 +79,13 @@ pub struct Domain<D: Dataplane> {
     resolver: Mutex<Option<tokio::sync::mpsc::UnboundedSender<NeighbourRequest>>>,
 }
 
-/// A request to the kernel: resolve `address` on `ifindex` and keep it resolved.
+/// A request to the kernel about a gateway: resolve `address` on `ifindex` and keep it resolved
+/// (`keep`), or no gateway next hop needs it any more (`!keep`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct NeighbourRequest {
     pub ifindex: u32,
     pub address: IpAddr,
+    pub keep: bool,
 }
 
 impl<D: Dataplane> Domain<D> {

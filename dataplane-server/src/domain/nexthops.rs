@@ -181,9 +181,28 @@ impl<D: Dataplane> Domain<D> {
         if state.neighbours.contains_key(&(i.link.ifindex, *gateway)) {
             return;
         }
+        self.send_neighbour_request(NeighbourRequest { ifindex: i.link.ifindex, address: *gateway, keep: true });
+    }
+
+    fn send_neighbour_request(&self, req: NeighbourRequest) {
         let resolver = self.resolver.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(tx) = resolver.as_ref() {
-            let _ = tx.send(NeighbourRequest { ifindex: i.link.ifindex, address: *gateway });
+            let _ = tx.send(req);
+        }
+    }
+
+    /// Tells the kernel side that gateways no remaining next hop uses are no longer needed.
+    fn release_gateways(&self, state: &State, released: Vec<(u32, IpAddr)>) {
+        for (ifindex, address) in released {
+            let used = state.nexthops.values().any(|e| match &e.spec {
+                NextHopSpec::Gateway { interface, gateway, .. } => {
+                    *gateway == address && state.interfaces.get(interface).is_some_and(|i| i.link.ifindex == ifindex)
+                }
+                _ => false,
+            });
+            if !used {
+                self.send_neighbour_request(NeighbourRequest { ifindex, address, keep: false });
+            }
         }
     }
 
@@ -222,8 +241,14 @@ impl<D: Dataplane> Domain<D> {
                 return Err(DomainError::from(e).at(format!("ids[{i}]")));
             }
         }
+        let mut released = Vec::new();
         for id in ids {
             if let Some(e) = state.nexthops.remove(id) {
+                if let NextHopSpec::Gateway { interface, gateway, .. } = &e.spec {
+                    if let Some(i) = state.interfaces.get(interface) {
+                        released.push((i.link.ifindex, *gateway));
+                    }
+                }
                 // Flows through the cleared slot would forward wherever its next user sends.
                 if let Err(err) = self.purge_flows_via(e.slot) {
                     tracing::warn!(error = %err, slot = e.slot, "purging flows of a deleted next hop failed");
@@ -232,6 +257,7 @@ impl<D: Dataplane> Domain<D> {
                 state.nh_slots.free(e.slot);
             }
         }
+        self.release_gateways(&state, released);
         state.generation += 1;
         Ok(state.generation)
     }
@@ -451,7 +477,7 @@ mod tests {
         d.set_neighbour_resolver(tx);
         d.add_nexthops(vec![gateway(1, "192.0.2.1")]).unwrap();
         assert!(matches!(d.dataplane().nexthop(0), Some(NextHopParams::Unresolved { ifindex: 7, .. })));
-        assert_eq!(rx.try_recv().unwrap(), NeighbourRequest { ifindex: 7, address: "192.0.2.1".parse().unwrap() });
+        assert_eq!(rx.try_recv().unwrap(), NeighbourRequest { ifindex: 7, address: "192.0.2.1".parse().unwrap(), keep: true });
         assert_eq!(d.list_nexthops().unwrap()[0].state, NextHopState::Unresolved);
         // Another interface's neighbour with the same address changes nothing.
         d.neighbour_changed(8, "192.0.2.1".parse().unwrap(), Some(Mac([2, 0, 0, 0, 0, 9])));
@@ -469,6 +495,13 @@ mod tests {
         d.add_nexthops(vec![gateway(2, "192.0.2.2")]).unwrap();
         assert!(matches!(d.dataplane().nexthop(1), Some(NextHopParams::Encap { .. })));
         assert!(rx.try_recv().is_err());
+        // A gateway is released once the last next hop through it goes.
+        d.add_nexthops(vec![gateway(3, "192.0.2.1")]).unwrap();
+        let _ = rx.try_recv();
+        d.delete_nexthops(&[1]).unwrap();
+        assert!(rx.try_recv().is_err(), "next hop 3 still uses 192.0.2.1");
+        d.delete_nexthops(&[3]).unwrap();
+        assert_eq!(rx.try_recv().unwrap(), NeighbourRequest { ifindex: 7, address: "192.0.2.1".parse().unwrap(), keep: false });
     }
 
     #[test]

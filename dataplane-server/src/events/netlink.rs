@@ -5,7 +5,8 @@
 //! snapshots of the current state for new subscribers.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
+    os::fd::AsRawFd,
     net::IpAddr,
     sync::{Arc, Mutex},
 };
@@ -40,6 +41,8 @@ pub enum EventKind {
     Address,
     Route,
     Neighbour,
+    /// Not a kind one subscribes to: every subscriber receives it.
+    Overrun,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,6 +68,9 @@ pub enum Detail {
     Address { address: IpAddr, prefix_len: u8 },
     Route { destination: String, gateway: Option<IpAddr>, table: u32, metric: u32, protocol: String, kind: String },
     Neighbour { address: IpAddr, mac: Option<Mac>, state: &'static str, router: bool },
+    /// The kernel dropped events (receive buffer overrun); subscribers should resync (subscribe
+    /// again with a snapshot). The server itself has already re-read the kernel's state.
+    Overrun,
 }
 
 impl NetlinkEvent {
@@ -74,6 +80,7 @@ impl NetlinkEvent {
             Detail::Address { .. } => EventKind::Address,
             Detail::Route { .. } => EventKind::Route,
             Detail::Neighbour { .. } => EventKind::Neighbour,
+            Detail::Overrun => EventKind::Overrun,
         }
     }
 }
@@ -109,8 +116,9 @@ pub struct Netlink {
 pub async fn start<D: Dataplane>(domain: Arc<Domain<D>>, hub: Arc<Hub<NetlinkEvent>>) -> Result<Netlink, NetlinkError> {
     use MulticastGroup as G;
     let groups = [G::Link, G::Ipv4Ifaddr, G::Ipv6Ifaddr, G::Ipv4Route, G::Ipv6Route, G::Neigh];
-    let (conn, handle, mut messages) =
+    let (mut conn, handle, mut messages) =
         rtnetlink::new_multicast_connection(&groups).map_err(|source| NetlinkError::Socket { source })?;
+    grow_receive_buffer(conn.socket_mut().as_raw_fd());
     tokio::spawn(conn);
 
     // Subscribed first, then dumped: nothing falls between the two.
@@ -135,7 +143,7 @@ pub async fn start<D: Dataplane>(domain: Arc<Domain<D>>, hub: Arc<Hub<NetlinkEve
     domain.set_neighbour_resolver(resolve_tx);
     let netlink = Netlink { handle: handle.clone(), links: links.clone() };
     tokio::spawn(async move {
-        let mut listener = Listener { domain, hub, links, neighbours };
+        let mut listener = Listener { domain, hub, links, neighbours, handle: handle.clone(), managed: HashSet::new() };
         loop {
             tokio::select! {
                 m = messages.next() => match m {
@@ -145,10 +153,7 @@ pub async fn start<D: Dataplane>(domain: Arc<Domain<D>>, hub: Arc<Hub<NetlinkEve
                         return;
                     }
                 },
-                Some(req) = resolve_rx.recv() => {
-                    let handle = handle.clone();
-                    tokio::spawn(async move { resolve(&handle, req).await });
-                }
+                Some(req) = resolve_rx.recv() => listener.neighbour_request(req).await,
             }
         }
     });
@@ -161,11 +166,29 @@ struct Listener<D: Dataplane> {
     hub: Arc<Hub<NetlinkEvent>>,
     links: Arc<Mutex<HashMap<u32, LinkState>>>,
     neighbours: HashMap<(u32, IpAddr), (Option<Mac>, NeighbourState)>,
+    handle: Handle,
+    /// Managed neighbour entries this server created, removed when no gateway needs them.
+    managed: HashSet<(u32, IpAddr)>,
 }
 
 impl<D: Dataplane> Listener<D> {
+    async fn neighbour_request(&mut self, req: NeighbourRequest) {
+        let key = (req.ifindex, req.address);
+        if req.keep {
+            if resolve(&self.handle, req).await {
+                self.managed.insert(key);
+            }
+        } else if self.managed.remove(&key) {
+            release(&self.handle, req).await;
+        }
+    }
+
     async fn message(&mut self, msg: NetlinkMessage<RouteNetlinkMessage>) {
-        let NetlinkPayload::InnerMessage(m) = msg.payload else { return };
+        let m = match msg.payload {
+            NetlinkPayload::InnerMessage(m) => m,
+            NetlinkPayload::Overrun(_) => return self.overrun().await,
+            _ => return,
+        };
         match m {
             RouteNetlinkMessage::NewLink(l) => self.link_added_or_changed(&l).await,
             RouteNetlinkMessage::DelLink(l) => self.link_removed(&l).await,
@@ -277,6 +300,57 @@ impl<D: Dataplane> Listener<D> {
         self.publish(NetlinkEvent { action, ifindex: nb.ifindex, interface, detail: nb.detail() });
     }
 
+    /// The kernel dropped messages (the socket's buffer overflowed): the caches and the domain
+    /// may have missed changes. Everything is read again and applied as differences, and
+    /// subscribers are told to resync.
+    async fn overrun(&mut self) {
+        warn!("netlink receive buffer overrun: events were lost; reading the kernel's state again");
+        self.publish(NetlinkEvent { action: Action::Changed, ifindex: 0, interface: String::new(), detail: Detail::Overrun });
+        let mut links = HashMap::new();
+        let mut dump = self.handle.link().get().execute();
+        while let Some(l) = dump.next().await {
+            match l {
+                Ok(l) => {
+                    links.insert(l.header.index, link_state(&l));
+                }
+                Err(e) => return warn!(error = %e, "link dump after an overrun failed"),
+            }
+        }
+        let gone: Vec<u32> = lock(&self.links).keys().filter(|i| !links.contains_key(i)).copied().collect();
+        *lock(&self.links) = links.clone();
+        for ifindex in gone {
+            let d = self.domain.clone();
+            let _ = tokio::task::spawn_blocking(move || d.link_removed(ifindex)).await;
+        }
+        for ifindex in links.keys().copied() {
+            let d = self.domain.clone();
+            let _ = tokio::task::spawn_blocking(move || d.link_changed(ifindex)).await;
+        }
+        let mut now = HashMap::new();
+        let mut dump = self.handle.neighbours().get().execute();
+        while let Some(n) = dump.next().await {
+            match n {
+                Ok(n) => {
+                    if let Some(nb) = neighbour(&n) {
+                        now.insert((nb.ifindex, nb.address), (nb.mac, nb.state, nb.usable_mac()));
+                    }
+                }
+                Err(e) => return warn!(error = %e, "neighbour dump after an overrun failed"),
+            }
+        }
+        let stale: Vec<(u32, IpAddr)> = self.neighbours.keys().filter(|k| !now.contains_key(k)).copied().collect();
+        let d = self.domain.clone();
+        let updates: Vec<((u32, IpAddr), Option<Mac>)> =
+            stale.iter().map(|k| (*k, None)).chain(now.iter().map(|(k, v)| (*k, v.2))).collect();
+        let _ = tokio::task::spawn_blocking(move || {
+            for ((ifindex, address), mac) in updates {
+                d.neighbour_changed(ifindex, address, mac);
+            }
+        })
+        .await;
+        self.neighbours = now.into_iter().map(|(k, (mac, state, _))| (k, (mac, state))).collect();
+    }
+
     fn publish(&self, event: NetlinkEvent) {
         let seq = self.hub.publish(event);
         debug!(seq, "netlink event");
@@ -342,14 +416,51 @@ impl Netlink {
 /// Asks the kernel to resolve `req` and keep it resolved: a neighbour entry with the "managed"
 /// flag (Linux 5.16+), which the kernel probes right away and refreshes on its own, so a gateway
 /// resolves even when nothing routed by the kernel ever sends to it (XDP forwards the traffic;
-/// the kernel's forwarding may be off). An existing entry is left alone.
-async fn resolve(handle: &Handle, req: NeighbourRequest) {
+/// the kernel's forwarding may be off). An existing entry is left alone. Returns whether an
+/// entry was created.
+async fn resolve(handle: &Handle, req: NeighbourRequest) -> bool {
     let mut add = handle.neighbours().add(req.ifindex, req.address).state(NeighbourState::None);
     add.message_mut().attributes.push(NeighbourAttribute::ExtFlags(NeighbourExtFlags::Managed));
     match add.execute().await {
-        Ok(()) => info!(ifindex = req.ifindex, address = %req.address, "asked the kernel to resolve a gateway"),
-        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EEXIST => {}
-        Err(e) => warn!(ifindex = req.ifindex, address = %req.address, error = %e, "asking the kernel to resolve a gateway failed"),
+        Ok(()) => {
+            info!(ifindex = req.ifindex, address = %req.address, "asked the kernel to resolve a gateway");
+            true
+        }
+        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EEXIST => false,
+        Err(e) => {
+            warn!(ifindex = req.ifindex, address = %req.address, error = %e, "asking the kernel to resolve a gateway failed");
+            false
+        }
+    }
+}
+
+/// Removes a managed entry this server created for a gateway no next hop uses any more.
+async fn release(handle: &Handle, req: NeighbourRequest) {
+    let mut msg = NeighbourMessage::default();
+    msg.header.family = if req.address.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
+    msg.header.ifindex = req.ifindex;
+    msg.attributes.push(NeighbourAttribute::Destination(match req.address {
+        IpAddr::V4(a) => NeighbourAddress::Inet(a),
+        IpAddr::V6(a) => NeighbourAddress::Inet6(a),
+    }));
+    match handle.neighbours().del(msg).execute().await {
+        Ok(()) => info!(ifindex = req.ifindex, address = %req.address, "released a gateway's managed neighbour entry"),
+        // Already gone (its link went, or someone deleted it).
+        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENOENT || e.raw_code() == -libc::ENODEV => {}
+        Err(e) => warn!(ifindex = req.ifindex, address = %req.address, error = %e, "releasing a managed neighbour entry failed"),
+    }
+}
+
+/// 8 MiB of receive buffer (SO_RCVBUFFORCE: the server runs privileged, past rmem_max), so a
+/// burst of changes (a link with thousands of routes going away) does not overrun it.
+fn grow_receive_buffer(fd: std::os::fd::RawFd) {
+    let size: libc::c_int = 8 << 20;
+    // SAFETY: plain setsockopt on a socket we own, with a c_int option value.
+    let rc = unsafe {
+        libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, (&size as *const libc::c_int).cast(), size_of::<libc::c_int>() as u32)
+    };
+    if rc != 0 {
+        warn!(error = %std::io::Error::last_os_error(), "could not grow the netlink receive buffer");
     }
 }
 
