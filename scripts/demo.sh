@@ -41,6 +41,8 @@ cleanup() {
         ip netns del "$ns" 2>/dev/null
     done
     rm -rf "$RUN"
+    # The server leaves its links and maps pinned when it stops (forwarding survives it);
+    # removing the pins detaches them.
     [ -d "$BPFFS" ] && rm -rf "$BPFFS"
     echo "demo: cleaned up (namespaces, server, socket, pins)"
 }
@@ -94,7 +96,7 @@ step "dataplane-server in $RTR (socket $SOCK, pins $BPFFS)"
 mkdir -p "$RUN"
 # nsenter --net keeps the root mount namespace, so the server sees the host's bpffs.
 nsenter --net=/run/netns/"$RTR" -- "$BIN/dataplane-server" \
-    --grpc-socket "$SOCK" --bpffs "$BPFFS" 2> "$RUN/server.log" &
+    --grpc-socket "$SOCK" --bpffs "$BPFFS" --state-file "$RUN/state.json" 2> "$RUN/server.log" &
 SERVER_PID=$!
 for _ in $(seq 1 200); do
     dpctl status >/dev/null 2>&1 && break

@@ -63,7 +63,8 @@ impl Sandbox {
 
 impl Drop for Sandbox {
     fn drop(&mut self) {
-        self.domain.dataplane().shutdown();
+        // Detaches and removes every pin: nothing of the bench outlives it.
+        dataplane_server::dataplane::Dataplane::reset(self.domain.dataplane());
         let _ = std::fs::remove_dir(&self.bpffs);
     }
 }

@@ -14,7 +14,7 @@ use clap::{Parser, ValueEnum};
 use dataplane_server::{
     api::{self, ServerInfo},
     dataplane::{KernelDataplane, LoaderConfig},
-    domain::Domain,
+    domain::{persist, Domain},
     events::{flow_misses, netlink, Hub},
 };
 use tokio::{net::UnixListener, signal::unix::SignalKind, sync::watch};
@@ -28,6 +28,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 const MISS_QUEUE: usize = 4096;
 /// Netlink events a subscriber may fall behind by before it loses some (and is told).
 const NETLINK_QUEUE: usize = 16384;
+/// How often a lazily recorded change (flow installs) reaches the state file.
+const FLUSH_PERIOD: Duration = Duration::from_millis(200);
 /// How often flows are checked for expiry.
 const AGING_PERIOD: Duration = Duration::from_millis(500);
 
@@ -47,9 +49,17 @@ struct Args {
     /// Also serve gRPC on this TCP address (e.g. 127.0.0.1:50051). Off unless given.
     #[arg(long)]
     grpc_listen: Option<SocketAddr>,
-    /// bpffs directory this server pins its maps under.
+    /// bpffs directory this server pins its maps, programs and links under.
     #[arg(long, default_value = "/sys/fs/bpf/dataplane")]
     bpffs: PathBuf,
+    /// Where the server records what it cannot read back from the kernel (names, ids, policy
+    /// rules, the generation), for the next run to adopt. Keep it with the pins: on a tmpfs that
+    /// lives as long as the bpffs (a reboot clears both).
+    #[arg(long, default_value = "/run/dataplane/state.json")]
+    state_file: PathBuf,
+    /// Detach the dataplane from every interface, remove its pins and state file, and exit.
+    #[arg(long)]
+    reset: bool,
     /// A HOLD (a punted miss no controller answered) is removed after this many milliseconds.
     #[arg(long, default_value_t = 5000)]
     flow_hold_timeout_ms: u64,
@@ -69,20 +79,56 @@ async fn main() -> anyhow::Result<()> {
     // Claim the socket first: a second server for the same socket must fail before it touches
     // the kernel, and must never remove the socket of the one already running.
     let unix = bind_unix(&args.grpc_socket)?;
-    let result = match KernelDataplane::load(&LoaderConfig { bpffs_root: args.bpffs.clone() }) {
-        Ok(dataplane) => {
-            let domain = Arc::new(Domain::new(dataplane));
+    if args.reset {
+        // No server runs on this socket (we hold it), so nothing else holds these links.
+        let r = reset(&args);
+        let _ = std::fs::remove_file(&args.grpc_socket);
+        return r;
+    }
+    let result = match start(&args) {
+        Ok(domain) => {
             let info = ServerInfo { version: env!("CARGO_PKG_VERSION").to_owned(), kernel_version: kernel_release() };
-            let result = serve(&args, unix, domain.clone(), info).await;
-            // Whatever happened to serving, leave nothing attached or pinned behind.
-            domain.dataplane().shutdown();
-            result
+            // Whatever happens to serving, the dataplane stays: links, programs and maps are
+            // pinned, and the next run adopts them (or `--reset` removes them).
+            serve(&args, unix, domain, info).await
         }
-        Err(e) => Err(anyhow::Error::new(e).context("loading the dataplane")),
+        Err(e) => Err(e),
     };
     let _ = std::fs::remove_file(&args.grpc_socket);
     info!("stopped");
     result
+}
+
+/// Loads (adopting what an earlier run pinned) and rebuilds the domain from the state file.
+fn start(args: &Args) -> anyhow::Result<Arc<Domain<KernelDataplane>>> {
+    // Read first: a state file this build cannot read must stop us before anything changes.
+    let persisted = persist::read(&args.state_file).context("reading the state file")?;
+    let dataplane = KernelDataplane::load(&LoaderConfig { bpffs_root: args.bpffs.clone() }).context("loading the dataplane")?;
+    let report = dataplane.load_report().clone();
+    let domain = Arc::new(Domain::with_state_file(dataplane, args.state_file.clone()));
+    let restored = domain.restore(persisted).context("restoring the dataplane's state")?;
+    info!(
+        adopted_interfaces = report.adopted.len(),
+        upgraded = report.upgraded,
+        interfaces = restored.interfaces,
+        next_hops = restored.nexthops,
+        routes = restored.routes,
+        policies = restored.policies,
+        dropped = restored.dropped.len(),
+        "started"
+    );
+    Ok(domain)
+}
+
+fn reset(args: &Args) -> anyhow::Result<()> {
+    dataplane_server::dataplane::loader::remove_all_pins(&args.bpffs).context("removing pins")?;
+    match std::fs::remove_file(&args.state_file) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(anyhow::Error::new(e).context(format!("removing {}", args.state_file.display()))),
+    }
+    info!(bpffs = %args.bpffs.display(), "reset: every link, program and map pin removed");
+    Ok(())
 }
 
 async fn serve(
@@ -96,7 +142,7 @@ async fn serve(
 
     // Flow misses: read from the kernel's ring buffer, kept by the domain, fanned out to every
     // subscriber; flows age out in the background.
-    let misses = Arc::new(Hub::new(MISS_QUEUE));
+    let misses = Arc::new(persistent_hub(&domain, MISS_QUEUE, "flow_misses"));
     flow_misses::spawn_reader(domain.dataplane().flow_miss_reader()?, domain.clone(), misses.clone())
         .context("polling the flow-miss ring buffer")?;
     flow_misses::spawn_aging(
@@ -108,17 +154,29 @@ async fn serve(
 
     // Netlink: the kernel's links, addresses, routes and neighbours, for subscribers and for the
     // domain (owned links that go or change, gateway next hops).
-    let netlink_hub = Arc::new(Hub::new(NETLINK_QUEUE));
+    let netlink_hub = Arc::new(persistent_hub(&domain, NETLINK_QUEUE, "netlink"));
     let netlink_listener = netlink::start(domain.clone(), netlink_hub.clone()).await.context("listening to netlink")?;
     let events = api::EventSources { misses, netlink: netlink_hub, netlink_listener };
 
-    let (router, _health) = api::router(domain.clone(), events.clone(), info.clone()).await?;
+    // Flow installs record the generation lazily: within FLUSH_PERIOD.
+    let flusher = domain.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(FLUSH_PERIOD);
+        loop {
+            tick.tick().await;
+            let d = flusher.clone();
+            let _ = tokio::task::spawn_blocking(move || d.flush()).await;
+        }
+    });
+
+    let (exit_tx, mut exit_rx) = watch::channel(false);
+    let (router, _health) = api::router(domain.clone(), events.clone(), info.clone(), exit_tx.clone()).await?;
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(router.serve_with_incoming_shutdown(UnixListenerStream::new(unix), stopped(stop_rx.clone())));
     if let Some(addr) = args.grpc_listen {
         let tcp = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
         info!(%addr, "serving gRPC on TCP");
-        let (router, _) = api::router(domain, events, info).await?;
+        let (router, _) = api::router(domain.clone(), events, info, exit_tx).await?;
         tasks.spawn(router.serve_with_incoming_shutdown(TcpListenerStream::new(tcp), stopped(stop_rx)));
     }
 
@@ -127,6 +185,7 @@ async fn serve(
     tokio::select! {
         _ = term.recv() => info!("SIGTERM: shutting down"),
         _ = int.recv() => info!("SIGINT: shutting down"),
+        _ = exit_rx.wait_for(|e| *e) => info!("reset: shutting down"),
         Some(r) = tasks.join_next() => {
             r.context("server task")?.context("gRPC server")?;
             bail!("gRPC server stopped unexpectedly");
@@ -150,6 +209,12 @@ async fn serve(
 
 async fn stopped(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await;
+}
+
+/// An event hub whose sequence numbers continue across restarts of the server.
+fn persistent_hub<T: Send + Sync + 'static>(domain: &Arc<Domain<KernelDataplane>>, capacity: usize, stream: &'static str) -> Hub<T> {
+    let d = domain.clone();
+    Hub::persistent(capacity, domain.seq_floor(stream), Box::new(move |floor| d.reserve_seq(stream, floor)))
 }
 
 fn bind_unix(path: &Path) -> anyhow::Result<UnixListener> {

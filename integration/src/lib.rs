@@ -217,8 +217,12 @@ pub struct Server {
     pub socket: PathBuf,
     pub bpffs: PathBuf,
     pub log: PathBuf,
-    /// Scratch directory of this server (socket, log); removed on drop.
+    pub state_file: PathBuf,
+    /// Scratch directory of this server (socket, log, state file); removed on drop.
     pub run_dir: PathBuf,
+    /// Network namespace and extra arguments, to start it again.
+    netns: String,
+    extra: Vec<String>,
 }
 
 impl Server {
@@ -234,21 +238,61 @@ impl Server {
         let socket = run_dir.join("dataplane.sock");
         let bpffs = PathBuf::from(format!("/sys/fs/bpf/dataplane-test-{id}"));
         let log = run_dir.join("server.log");
-        let log_file = std::fs::File::create(&log)?;
+        let state_file = run_dir.join("state.json");
+        let mut s = Self {
+            child: None,
+            socket,
+            bpffs,
+            log,
+            state_file,
+            run_dir,
+            netns: ns.name.clone(),
+            extra: extra.iter().map(|a| a.to_string()).collect(),
+        };
+        s.spawn()?;
+        Ok(s)
+    }
+
+    fn spawn(&mut self) -> Result<()> {
+        // Appended: a restarted server's log follows the previous one's.
+        let log_file = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
         let server = bin("dataplane-server");
-        let child = ns
-            .command(
-                server.to_str().unwrap(),
-                &[&["--grpc-socket", socket.to_str().unwrap(), "--bpffs", bpffs.to_str().unwrap()][..], extra].concat(),
-            )
+        let mut args = vec![
+            "--grpc-socket".to_owned(),
+            self.socket.display().to_string(),
+            "--bpffs".to_owned(),
+            self.bpffs.display().to_string(),
+            "--state-file".to_owned(),
+            self.state_file.display().to_string(),
+        ];
+        args.extend(self.extra.iter().cloned());
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.netns))
+            .arg("--")
+            .arg(server)
+            .args(&args)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log_file)
             .spawn()
             .context("spawning dataplane-server")?;
-        let mut s = Self { child: Some(child), socket, bpffs, log, run_dir };
-        s.wait_ready()?;
-        Ok(s)
+        self.child = Some(child);
+        self.wait_ready()
+    }
+
+    /// SIGKILL, as a crash: nothing of the server's own cleanup runs.
+    pub fn kill9(&mut self) -> Result<()> {
+        let mut child = self.child.take().context("server not running")?;
+        child.kill()?;
+        child.wait()?;
+        Ok(())
+    }
+
+    /// Starts the server again on the same socket, pins and state file (after `kill9` or
+    /// `stop`).
+    pub fn restart(&mut self) -> Result<()> {
+        anyhow::ensure!(self.child.is_none(), "server still running");
+        self.spawn()
     }
 
     fn wait_ready(&mut self) -> Result<()> {

@@ -1,12 +1,13 @@
-//! The server process: socket mode, graceful shutdown on SIGTERM leaving nothing attached or
-//! pinned, refusal to run twice on one socket, and a clear error where bpffs is missing.
+//! The server process: socket mode, SIGTERM leaving the dataplane attached and pinned (forwarding
+//! survives the server), `--reset` removing all of it, refusal to run twice on one socket, and a
+//! clear error where bpffs is missing.
 
 use std::os::unix::fs::PermissionsExt;
 
 use integration::{Server, Topology};
 
 #[test]
-fn server_sigterm_detaches_and_removes_pins_and_socket() {
+fn server_sigterm_keeps_dataplane_pinned_then_reset_removes_everything() {
     let topo = Topology::new().unwrap();
     let mut server = Server::start(&topo.rtr).unwrap();
     let mode = std::fs::metadata(&server.socket).unwrap().permissions().mode() & 0o777;
@@ -20,11 +21,37 @@ fn server_sigterm_detaches_and_removes_pins_and_socket() {
 
     let status = server.stop().unwrap();
     assert!(status.success(), "exit status {status}: {}", server.log_text());
+    assert!(!server.socket.exists(), "socket left behind");
+    // The dataplane outlives the server: still attached, links and programs pinned.
+    let out = topo.rtr.exec("ip", &["-d", "link", "show", &topo.r0]).unwrap();
+    assert!(out.contains("prog/xdp"), "XDP detached with the server: {out}");
+    for pin in ["v1/links", "v1/programs/dp_xdp_ingress", "v1/maps/INTERFACES"] {
+        assert!(server.bpffs.join(pin).exists(), "{pin} not pinned");
+    }
+    topo.ping_h1_to_h2(1).unwrap();
+
+    // --reset takes it all away.
+    let out = topo
+        .rtr
+        .command(
+            integration::bin("dataplane-server").to_str().unwrap(),
+            &[
+                "--reset",
+                "--grpc-socket",
+                server.socket.to_str().unwrap(),
+                "--bpffs",
+                server.bpffs.to_str().unwrap(),
+                "--state-file",
+                server.state_file.to_str().unwrap(),
+            ],
+        )
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let out = topo.rtr.exec("ip", &["-d", "link", "show", &topo.r0]).unwrap();
     assert!(!out.contains("prog/xdp"), "XDP left attached: {out}");
     assert!(!server.bpffs.exists(), "pins left under {}", server.bpffs.display());
-    assert!(!server.socket.exists(), "socket left behind");
-    // The kernel keeps forwarding without us.
+    assert!(!server.state_file.exists());
     topo.ping_h1_to_h2(1).unwrap();
 }
 
@@ -69,7 +96,7 @@ fn server_bpffs_not_bpf_filesystem_fails_with_hint() {
 }
 
 #[test]
-fn server_sigterm_with_idle_client_connection_still_exits_and_detaches() {
+fn server_sigterm_with_idle_client_connection_still_exits_and_keeps_forwarding() {
     use std::io::Write;
     let topo = Topology::new().unwrap();
     let mut server = Server::start(&topo.rtr).unwrap();
@@ -82,6 +109,6 @@ fn server_sigterm_with_idle_client_connection_still_exits_and_detaches() {
     assert!(status.success(), "{status}: {}", server.log_text());
     assert!(t.elapsed() < std::time::Duration::from_secs(8), "shutdown took {:?}", t.elapsed());
     let out = topo.rtr.exec("ip", &["-d", "link", "show", &topo.r0]).unwrap();
-    assert!(!out.contains("prog/xdp"), "XDP left attached: {out}");
+    assert!(out.contains("prog/xdp"), "XDP detached: {out}");
     drop(idle);
 }

@@ -29,6 +29,9 @@ enum Output {
 enum Command {
     /// Server version, kernel, programs, attachments and maps.
     Status,
+    /// The dataplane as a whole: program upgrades, resync, reset.
+    #[command(subcommand)]
+    System(SystemCmd),
     /// Interfaces the dataplane owns.
     #[command(subcommand, alias = "if")]
     Interface(InterfaceCmd),
@@ -56,6 +59,21 @@ enum Command {
     /// The kernel's link, address, route and neighbour events in the server's namespace.
     #[command(subcommand)]
     Events(EventsCmd),
+}
+
+#[derive(Debug, Subcommand)]
+enum SystemCmd {
+    /// Switch every interface to new programs, hitless: this server build's, or --object FILE.
+    Upgrade {
+        #[arg(long)]
+        object: Option<String>,
+    },
+    /// Open a resync: replays of existing state succeed and mark it kept.
+    ResyncBegin,
+    /// Close the resync: remove everything not replayed since resync-begin.
+    ResyncEnd,
+    /// Detach the dataplane everywhere, remove every pin and the state file; the server exits.
+    Reset,
 }
 
 #[derive(Debug, Subcommand)]
@@ -360,6 +378,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let s = client.system.get_status(pb::GetStatusRequest {}).await.map_err(Failure::Status)?.into_inner();
             print_status(cli.output, &s);
         }
+        Command::System(cmd) => system(&mut client, cli.output, cmd).await?,
         Command::Interface(InterfaceCmd::Add { name, mode, vrf }) => {
             let xdp_mode = match mode {
                 Mode::Auto => pb::XdpMode::Auto,
@@ -414,6 +433,63 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Flow(cmd) => flows::flow(&mut client, cli.output, cmd).await?,
         Command::Flowmode(cmd) => flows::mode(&mut client, cli.output, cmd).await?,
         Command::Events(cmd) => events::watch(&mut client, cli.output, cmd).await?,
+    }
+    Ok(())
+}
+
+async fn system(client: &mut controller_client::Client, output: Output, cmd: SystemCmd) -> Result<(), Failure> {
+    use serde_json::json;
+    match cmd {
+        SystemCmd::Upgrade { object } => {
+            let r = client
+                .system
+                .upgrade_programs(pb::UpgradeProgramsRequest { object_path: object.unwrap_or_default() })
+                .await?
+                .into_inner();
+            match output {
+                Output::Json => println!(
+                    "{}",
+                    json!({"generation": r.generation, "programs": r.programs.iter().map(|p| json!({"name": p.name, "id": p.kernel_id, "tag": p.tag})).collect::<Vec<_>>()})
+                ),
+                Output::Table => {
+                    let ids: Vec<String> = r.programs.iter().map(|p| format!("{} id {}", p.name, p.kernel_id)).collect();
+                    println!("programs upgraded: {}, generation {}", ids.join(", "), r.generation);
+                }
+            }
+        }
+        SystemCmd::ResyncBegin => {
+            let r = client.system.begin_resync(pb::BeginResyncRequest {}).await?.into_inner();
+            routing::generation(output, "resync begun".into(), r.generation);
+        }
+        SystemCmd::ResyncEnd => {
+            let r = client.system.end_resync(pb::EndResyncRequest {}).await?.into_inner();
+            match output {
+                Output::Json => println!(
+                    "{}",
+                    json!({"generation": r.generation, "removed": {"routes": r.routes, "next_hops": r.next_hops,
+                           "policy_attachments": r.policy_attachments, "policies": r.policies, "interfaces": r.interfaces,
+                           "vrfs": r.vrfs}, "kept": r.kept})
+                ),
+                Output::Table => println!(
+                    "resync ended, generation {}: removed {} route(s), {} next hop(s), {} policy attachment(s), {} policy(ies), {} interface(s), {} vrf(s){}",
+                    r.generation,
+                    r.routes,
+                    r.next_hops,
+                    r.policy_attachments,
+                    r.policies,
+                    r.interfaces,
+                    r.vrfs,
+                    if r.kept.is_empty() { String::new() } else { format!("; kept (still used): {}", r.kept.join(", ")) }
+                ),
+            }
+        }
+        SystemCmd::Reset => {
+            client.system.reset(pb::ResetRequest {}).await?;
+            match output {
+                Output::Json => println!("{}", json!({"reset": true})),
+                Output::Table => println!("reset: the dataplane is detached, its pins removed; the server exits"),
+            }
+        }
     }
     Ok(())
 }
@@ -826,7 +902,7 @@ mod routing {
 
     use super::{print_table, Failure, NexthopCmd, Output, RouteCmd, VrfCmd};
 
-    fn generation(output: Output, what: String, generation: u64) {
+    pub(super) fn generation(output: Output, what: String, generation: u64) {
         match output {
             Output::Json => println!("{}", json!({ "generation": generation })),
             Output::Table => println!("{what}, generation {generation}"),

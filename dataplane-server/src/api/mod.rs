@@ -51,6 +51,7 @@ pub async fn router<D: Dataplane>(
     domain: Arc<Domain<D>>,
     events: EventSources,
     info: system::ServerInfo,
+    exit: tokio::sync::watch::Sender<bool>,
 ) -> Result<(Router, HealthReporter), tonic_reflection::server::Error> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<InterfacesServer<InterfacesService<D>>>().await;
@@ -93,7 +94,7 @@ pub async fn router<D: Dataplane>(
                 .max_encoding_message_size(MAX_MESSAGE),
         )
         .add_service(EventsServer::new(EventsService::new(domain.clone(), events.netlink, events.netlink_listener)))
-        .add_service(SystemServer::new(SystemService::new(domain, info)));
+        .add_service(SystemServer::new(SystemService::new(domain, info, exit)));
     Ok((router, health))
 }
 

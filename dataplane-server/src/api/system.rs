@@ -8,7 +8,7 @@ use tonic::{Request, Response, Status};
 use super::interfaces::encode_mode;
 use crate::{
     dataplane::{Dataplane, Hook},
-    domain::{Domain, StatusView},
+    domain::{Domain, DomainError, StatusView},
 };
 
 /// Facts about the server process that are not dataplane state.
@@ -21,11 +21,13 @@ pub struct ServerInfo {
 pub struct SystemService<D: Dataplane> {
     domain: Arc<Domain<D>>,
     info: ServerInfo,
+    /// Told when a Reset asks the server to exit.
+    exit: tokio::sync::watch::Sender<bool>,
 }
 
 impl<D: Dataplane> SystemService<D> {
-    pub fn new(domain: Arc<Domain<D>>, info: ServerInfo) -> Self {
-        Self { domain, info }
+    pub fn new(domain: Arc<Domain<D>>, info: ServerInfo, exit: tokio::sync::watch::Sender<bool>) -> Self {
+        Self { domain, info, exit }
     }
 }
 
@@ -36,8 +38,56 @@ impl<D: Dataplane> pb::system_server::System for SystemService<D> {
         _req: Request<pb::GetStatusRequest>,
     ) -> Result<Response<pb::GetStatusResponse>, Status> {
         let s = self.domain.status()?;
-        Ok(Response::new(encode_status(&self.info, s)))
+        let mut r = encode_status(&self.info, s);
+        r.resync_open = self.domain.resync_open();
+        Ok(Response::new(r))
     }
+
+    async fn begin_resync(&self, _req: Request<pb::BeginResyncRequest>) -> Result<Response<pb::BeginResyncResponse>, Status> {
+        Ok(Response::new(pb::BeginResyncResponse { generation: self.domain.begin_resync() }))
+    }
+
+    async fn end_resync(&self, _req: Request<pb::EndResyncRequest>) -> Result<Response<pb::EndResyncResponse>, Status> {
+        let domain = self.domain.clone();
+        let r = tokio::task::spawn_blocking(move || domain.end_resync()).await.map_err(|e| Status::internal(e.to_string()))??;
+        Ok(Response::new(pb::EndResyncResponse {
+            generation: r.generation,
+            routes: r.routes,
+            next_hops: r.nexthops,
+            policy_attachments: r.attachments,
+            policies: r.policies,
+            interfaces: r.interfaces,
+            vrfs: r.vrfs,
+            kept: r.kept,
+        }))
+    }
+
+    async fn upgrade_programs(
+        &self,
+        req: Request<pb::UpgradeProgramsRequest>,
+    ) -> Result<Response<pb::UpgradeProgramsResponse>, Status> {
+        let path = req.into_inner().object_path;
+        let object = match path.as_str() {
+            "" => None,
+            p => Some(std::fs::read(p).map_err(|e| DomainError::invalid("object_path", format!("{p}: {e}")))?),
+        };
+        let domain = self.domain.clone();
+        let (programs, generation) = tokio::task::spawn_blocking(move || domain.upgrade_programs(object.as_deref()))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))??;
+        Ok(Response::new(pb::UpgradeProgramsResponse { programs: programs.into_iter().map(encode_program).collect(), generation }))
+    }
+
+    async fn reset(&self, _req: Request<pb::ResetRequest>) -> Result<Response<pb::ResetResponse>, Status> {
+        let domain = self.domain.clone();
+        tokio::task::spawn_blocking(move || domain.reset()).await.map_err(|e| Status::internal(e.to_string()))?;
+        let _ = self.exit.send(true);
+        Ok(Response::new(pb::ResetResponse {}))
+    }
+}
+
+fn encode_program(p: crate::dataplane::ProgramStatus) -> pb::ProgramStatus {
+    pb::ProgramStatus { name: p.name, r#type: p.kind.to_owned(), kernel_id: p.kernel_id, tag: format!("{:016x}", p.tag) }
 }
 
 fn encode_status(info: &ServerInfo, s: StatusView) -> pb::GetStatusResponse {
@@ -47,16 +97,7 @@ fn encode_status(info: &ServerInfo, s: StatusView) -> pb::GetStatusResponse {
         uptime_seconds: s.uptime.as_secs(),
         generation: s.generation,
         bpffs_root: s.bpffs_root,
-        programs: s
-            .programs
-            .into_iter()
-            .map(|p| pb::ProgramStatus {
-                name: p.name,
-                r#type: p.kind.to_owned(),
-                kernel_id: p.kernel_id,
-                tag: format!("{:016x}", p.tag),
-            })
-            .collect(),
+        programs: s.programs.into_iter().map(encode_program).collect(),
         attachments: s
             .attachments
             .into_iter()
@@ -87,5 +128,6 @@ fn encode_status(info: &ServerInfo, s: StatusView) -> pb::GetStatusResponse {
                 pin_path: m.pin_path,
             })
             .collect(),
+        resync_open: false,
     }
 }

@@ -57,6 +57,8 @@ pub enum DataplaneError {
     NotBpffs { path: PathBuf },
     #[error("test run: the frame is {len} bytes, the harness needs at least {min}")]
     FrameTooShort { len: usize, min: usize },
+    #[error("pinned map {map} ({path}) does not have the layout this build expects: expected {expected}, found {found}; start with --reset to drop the old dataplane, or run the build that pinned it")]
+    PinnedMapMismatch { map: &'static str, path: PathBuf, expected: String, found: String },
     #[error("{map}: index {slot} is out of range (max {max})")]
     SlotOutOfRange { map: &'static str, slot: u32, max: u32 },
 }

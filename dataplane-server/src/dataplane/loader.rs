@@ -11,7 +11,12 @@ use std::{
 
 use aya::{
     maps::{Array, DevMap, HashMap, LpmTrie, Map, MapInfo, PerCpuArray},
-    programs::{links::FdLink, SchedClassifier, TcAttachType, Xdp, XdpMode as AyaXdpMode},
+    programs::{
+        links::{FdLink, PinnedLink},
+        tc::SchedClassifierLink,
+        xdp::XdpLink,
+        SchedClassifier, TcAttachType, Xdp, XdpMode as AyaXdpMode,
+    },
     Ebpf, EbpfLoader,
 };
 use dataplane_common::{
@@ -43,15 +48,38 @@ pub struct LoaderConfig {
     pub bpffs_root: PathBuf,
 }
 
-/// The links of one interface; dropping them detaches the programs (they are not pinned yet).
-#[expect(dead_code, reason = "held only for their Drop, which closes the link fds and detaches")]
+/// The links of one interface. They are pinned (`<root>/v1/links/<ifindex>-{xdp,tc}`), so
+/// closing these fds detaches nothing; removing the pins and closing them does.
 struct InterfaceLinks {
     xdp: FdLink,
     tc: FdLink,
 }
 
+/// Pin directories under `<bpffs_root>/v1`.
+#[derive(Clone, Debug)]
+struct PinDirs {
+    root: PathBuf,
+    maps: PathBuf,
+    programs: PathBuf,
+    links: PathBuf,
+}
+
+impl PinDirs {
+    fn new(bpffs_root: &Path) -> Self {
+        let v = bpffs_root.join(PIN_VERSION);
+        Self { root: bpffs_root.to_owned(), maps: v.join("maps"), programs: v.join("programs"), links: v.join("links") }
+    }
+
+    fn link(&self, ifindex: u32, hook: &str) -> PathBuf {
+        self.links.join(format!("{ifindex}-{hook}"))
+    }
+}
+
 pub(super) struct Inner {
     pub(super) ebpf: Ebpf,
+    /// The programs attached to every interface (pinned under `<root>/v1/programs`).
+    pub(super) xdp: Xdp,
+    tc: SchedClassifier,
     interfaces: Interfaces,
     iface_stats: CounterArray<InterfaceStats>,
     nexthops: NextHops,
@@ -63,47 +91,194 @@ pub(super) struct Inner {
     links: StdHashMap<u32, InterfaceLinks>,
 }
 
+/// An interface whose links a previous run of the server pinned and this one adopted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AdoptedLinks {
+    pub ifindex: u32,
+    pub xdp_link_id: u32,
+    pub tc_link_id: u32,
+}
+
+/// What loading found and did.
+#[derive(Clone, Debug, Default)]
+pub struct LoadReport {
+    /// Interfaces still attached from an earlier run (their links were never touched).
+    pub adopted: Vec<AdoptedLinks>,
+    /// The attached programs were replaced by this binary's (a different build).
+    pub upgraded: bool,
+    /// Link pins dropped because their interface no longer exists.
+    pub stale_links: Vec<u32>,
+}
+
 /// The real dataplane: the programs loaded into the kernel, maps pinned under
-/// `<bpffs_root>/v1/maps/<MAP>`.
+/// `<bpffs_root>/v1/maps/<MAP>`, programs under `.../programs`, links under `.../links`.
 pub struct KernelDataplane {
     inner: Mutex<Inner>,
-    map_pin_dir: PathBuf,
+    dirs: PinDirs,
+    report: LoadReport,
+}
+
+/// A map as the eBPF object declares it, to compare with a pinned one.
+fn expected_maps(object: &[u8]) -> Result<StdHashMap<String, (u32, u32, u32, u32, u32)>, DataplaneError> {
+    let obj = aya_obj::Object::parse(object).map_err(|e| DataplaneError::Io {
+        path: "embedded eBPF object".into(),
+        op: "parse",
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    Ok(obj
+        .maps
+        .iter()
+        .map(|(name, m)| (name.clone(), (m.map_type(), m.key_size(), m.value_size(), m.max_entries(), m.map_flags())))
+        .collect())
+}
+
+/// Refuses to run over a pinned map whose layout differs from what the programs expect (aya
+/// would silently reuse it): type, key size, value size, capacity and flags must all match.
+fn check_pinned_maps(dirs: &PinDirs, object: &[u8]) -> Result<usize, DataplaneError> {
+    let expected = expected_maps(object)?;
+    let mut found = 0;
+    for name in names::ALL {
+        let path = dirs.maps.join(name);
+        if !path.exists() {
+            continue;
+        }
+        found += 1;
+        let info = MapInfo::from_pin(&path).map_err(DataplaneError::map(name, "read pinned map info"))?;
+        let Some(&(t, k, v, n, f)) = expected.get(*name) else { continue };
+        let have = (info.map_type().map(|t| t as u32).unwrap_or(u32::MAX), info.key_size(), info.value_size(), info.max_entries(), info.map_flags());
+        if have != (t, k, v, n, f) {
+            return Err(DataplaneError::PinnedMapMismatch {
+                map: name,
+                path,
+                expected: format!("type {t}, key {k} B, value {v} B, {n} entries, flags {f:#x}"),
+                found: format!("type {}, key {} B, value {} B, {} entries, flags {:#x}", have.0, have.1, have.2, have.3, have.4),
+            });
+        }
+    }
+    Ok(found)
+}
+
+/// Loads the object over the pinned maps (creating and pinning the missing ones).
+fn load_object(dirs: &PinDirs, bytes: &[u8]) -> Result<Ebpf, DataplaneError> {
+    let mut loader = EbpfLoader::new();
+    for name in names::ALL {
+        loader.map_pin_path(name, dirs.maps.join(name));
+    }
+    loader.load(bytes).map_err(|e| DataplaneError::Load { source: Box::new(e) })
+}
+
+/// Loads (verifies) the two attached programs of `ebpf`; the error carries the verifier's log.
+fn load_programs(ebpf: &mut Ebpf) -> Result<(), DataplaneError> {
+    let xdp: &mut Xdp = program_mut(ebpf, programs::XDP_INGRESS)?;
+    xdp.load().map_err(DataplaneError::program(programs::XDP_INGRESS, "load"))?;
+    let tc: &mut SchedClassifier = program_mut(ebpf, programs::TC_EGRESS)?;
+    tc.load().map_err(DataplaneError::program(programs::TC_EGRESS, "load"))?;
+    Ok(())
+}
+
+fn program_tag(ebpf: &Ebpf, name: &'static str) -> Result<u64, DataplaneError> {
+    let p = ebpf.program(name).ok_or(DataplaneError::Missing { what: "program", name })?;
+    Ok(p.info().map_err(DataplaneError::program(name, "info"))?.tag())
+}
+
+/// Pins `ebpf`'s two programs as the attached ones: pinned beside, then renamed over the old
+/// pins, so a crash leaves either the old or the new pin, never none.
+fn pin_programs(dirs: &PinDirs, ebpf: &mut Ebpf) -> Result<(), DataplaneError> {
+    for name in [programs::XDP_INGRESS, programs::TC_EGRESS] {
+        let path = dirs.programs.join(name);
+        let tmp = dirs.programs.join(format!("{name}.new"));
+        remove_pin(&tmp)?;
+        let prog = ebpf.program_mut(name).ok_or(DataplaneError::Missing { what: "program", name })?;
+        prog.pin(&tmp).map_err(|e| DataplaneError::Io { path: tmp.clone(), op: "pin", source: std::io::Error::other(e.to_string()) })?;
+        fs::rename(&tmp, &path).map_err(|source| DataplaneError::Io { path: path.clone(), op: "rename pin", source })?;
+    }
+    Ok(())
+}
+
+fn open_pinned_programs(dirs: &PinDirs) -> Result<(Xdp, SchedClassifier), DataplaneError> {
+    let xdp = Xdp::from_pin(dirs.programs.join(programs::XDP_INGRESS), aya_obj::programs::XdpAttachType::Interface)
+        .map_err(DataplaneError::program(programs::XDP_INGRESS, "open pin"))?;
+    let tc = SchedClassifier::from_pin(dirs.programs.join(programs::TC_EGRESS))
+        .map_err(DataplaneError::program(programs::TC_EGRESS, "open pin"))?;
+    Ok((xdp, tc))
+}
+
+fn mkdirs(dirs: &PinDirs) -> Result<(), DataplaneError> {
+    for d in [&dirs.maps, &dirs.programs, &dirs.links] {
+        fs::create_dir_all(d).map_err(|source| DataplaneError::Io { path: d.clone(), op: "create directory", source })?;
+    }
+    Ok(())
+}
+
+/// The pinned links, by ifindex; pins of interfaces that are gone are removed.
+fn adopt_links(dirs: &PinDirs) -> Result<(StdHashMap<u32, InterfaceLinks>, Vec<u32>), DataplaneError> {
+    let mut found: StdHashMap<u32, (Option<FdLink>, Option<FdLink>)> = StdHashMap::new();
+    let entries = fs::read_dir(&dirs.links).map_err(|source| DataplaneError::Io { path: dirs.links.clone(), op: "read directory", source })?;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some((idx, hook)) = name.split_once('-') else { continue };
+        let Ok(ifindex) = idx.parse::<u32>() else { continue };
+        let link = PinnedLink::from_pin(entry.path()).map_err(|e| DataplaneError::Link { program: "pinned link", op: "open", source: Box::new(e) })?;
+        let slot = found.entry(ifindex).or_default();
+        match hook {
+            "xdp" => slot.0 = Some(link.into()),
+            "tc" => slot.1 = Some(link.into()),
+            _ => {}
+        }
+    }
+    let mut links = StdHashMap::new();
+    let mut stale = Vec::new();
+    for (ifindex, pair) in found {
+        match pair {
+            (Some(xdp), Some(tc)) if netdev::exists(ifindex) => {
+                links.insert(ifindex, InterfaceLinks { xdp, tc });
+            }
+            _ => {
+                // The interface went while no server ran (its links are defunct), or a crash
+                // came between the two pins: let go of both.
+                for hook in ["xdp", "tc"] {
+                    remove_pin(&dirs.link(ifindex, hook))?;
+                }
+                stale.push(ifindex);
+            }
+        }
+    }
+    Ok((links, stale))
 }
 
 impl KernelDataplane {
-    /// Loads and verifies both programs and pins every map. Pins left by a previous run of this
-    /// server (a crash) are replaced: adopting them is the resilience work's job.
+    /// Loads the dataplane, adopting whatever an earlier run left pinned: maps (after checking
+    /// their layouts), the attached programs and their links, which keep running untouched. If
+    /// this binary's programs differ from the attached ones, every link is switched to them
+    /// atomically (`bpf_link_update`), one interface at a time.
     pub fn load(config: &LoaderConfig) -> Result<Self, DataplaneError> {
-        let map_pin_dir = config.bpffs_root.join(PIN_VERSION).join("maps");
+        let dirs = PinDirs::new(&config.bpffs_root);
         ensure_bpffs(&config.bpffs_root)?;
-        fs::create_dir_all(&map_pin_dir).map_err(|source| DataplaneError::Io {
-            path: map_pin_dir.clone(),
-            op: "create directory",
-            source,
-        })?;
-
-        let mut ebpf = EbpfLoader::new()
-            .load(EBPF_OBJECT)
-            .map_err(|e| DataplaneError::Load { source: Box::new(e) })?;
-
-        let xdp: &mut Xdp = program_mut(&mut ebpf, programs::XDP_INGRESS)?;
-        xdp.load().map_err(DataplaneError::program(programs::XDP_INGRESS, "load"))?;
-        let tc: &mut SchedClassifier = program_mut(&mut ebpf, programs::TC_EGRESS)?;
-        tc.load().map_err(DataplaneError::program(programs::TC_EGRESS, "load"))?;
-
-        for name in names::ALL {
-            let path = map_pin_dir.join(name);
-            if path.exists() {
-                warn!(path = %path.display(), "replacing a stale map pin from an earlier run");
-                remove_pin(&path)?;
+        // Before anything is created or changed: a refusal leaves every pin as it was.
+        let pinned_maps = check_pinned_maps(&dirs, EBPF_OBJECT)?;
+        mkdirs(&dirs)?;
+        let mut ebpf = load_object(&dirs, EBPF_OBJECT)?;
+        load_programs(&mut ebpf)?;
+        let adopting = dirs.programs.join(programs::XDP_INGRESS).exists() && dirs.programs.join(programs::TC_EGRESS).exists();
+        let mut report = LoadReport::default();
+        let (xdp, tc) = if adopting {
+            let (old_xdp, old_tc) = open_pinned_programs(&dirs)?;
+            let same = old_xdp.info().map(|i| i.tag()).ok() == Some(program_tag(&ebpf, programs::XDP_INGRESS)?)
+                && old_tc.info().map(|i| i.tag()).ok() == Some(program_tag(&ebpf, programs::TC_EGRESS)?);
+            if same {
+                // Keep what runs: the same ids before and after a restart.
+                (old_xdp, old_tc)
+            } else {
+                report.upgraded = true;
+                pin_programs(&dirs, &mut ebpf)?;
+                open_pinned_programs(&dirs)?
             }
-            let map = ebpf.map(name).ok_or(DataplaneError::Missing { what: "map", name })?;
-            map.pin(&path).map_err(|e| DataplaneError::Io {
-                path: path.clone(),
-                op: "pin",
-                source: std::io::Error::other(e.to_string()),
-            })?;
-        }
+        } else {
+            pin_programs(&dirs, &mut ebpf)?;
+            open_pinned_programs(&dirs)?
+        };
+        let (links, stale) = adopt_links(&dirs)?;
+        report.stale_links = stale;
 
         fn open<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, DataplaneError>
         where
@@ -137,23 +312,52 @@ impl KernelDataplane {
             config: open(&mut ebpf, names::FLOW_CONFIG)?,
             state: open(&mut ebpf, names::FLOW_STATE)?,
         };
+        let mut interfaces = Interfaces::new(interfaces, interfaces_high);
+        for ifindex in links.keys() {
+            interfaces.mark_present(*ifindex);
+        }
+        let mut inner = Inner {
+            ebpf,
+            xdp,
+            tc,
+            interfaces,
+            iface_stats: CounterArray::new(names::IFACE_STATS, iface_stats)?,
+            nexthops: NextHops(nexthops),
+            nexthop_stats: CounterArray::new(names::NEXTHOP_STATS, nexthop_stats)?,
+            tx_ports: TxPorts(tx_ports),
+            routes: Routes { v4, v6 },
+            policies,
+            flows,
+            links,
+        };
+        // Also after a crash between pinning new programs and switching the links to them.
+        if report.upgraded || !links_run_active(&inner)? {
+            report.upgraded = true;
+            swap_links(&mut inner)?;
+        }
+        let mut ifindexes: Vec<u32> = inner.links.keys().copied().collect();
+        ifindexes.sort_unstable();
+        for ifindex in ifindexes {
+            let l = &inner.links[&ifindex];
+            report.adopted.push(AdoptedLinks {
+                ifindex,
+                xdp_link_id: link_id(&l.xdp, programs::XDP_INGRESS)?,
+                tc_link_id: link_id(&l.tc, programs::TC_EGRESS)?,
+            });
+        }
+        info!(
+            pins = %dirs.root.display(),
+            adopted_maps = pinned_maps,
+            adopted_interfaces = report.adopted.len(),
+            upgraded = report.upgraded,
+            "dataplane loaded"
+        );
+        Ok(Self { inner: Mutex::new(inner), dirs, report })
+    }
 
-        info!(pins = %map_pin_dir.display(), "eBPF programs loaded, maps pinned");
-        Ok(Self {
-            inner: Mutex::new(Inner {
-                ebpf,
-                interfaces: Interfaces::new(interfaces, interfaces_high),
-                iface_stats: CounterArray::new(names::IFACE_STATS, iface_stats)?,
-                nexthops: NextHops(nexthops),
-                nexthop_stats: CounterArray::new(names::NEXTHOP_STATS, nexthop_stats)?,
-                tx_ports: TxPorts(tx_ports),
-                routes: Routes { v4, v6 },
-                policies,
-                flows,
-                links: StdHashMap::new(),
-            }),
-            map_pin_dir,
-        })
+    /// What loading adopted.
+    pub fn load_report(&self) -> &LoadReport {
+        &self.report
     }
 
     pub(super) fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -162,32 +366,94 @@ impl KernelDataplane {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Detaches every interface and removes the map pins. Called on shutdown: nothing of this
-    /// server stays in the kernel until restarts can adopt it.
-    pub fn shutdown(&self) {
+    /// Loads `object` (this binary's own when `None`) over the pinned maps, verifies its
+    /// programs, then switches every interface's links to them, one at a time, each an atomic
+    /// `bpf_link_update`: no packet meets a detached interface. A failure to parse, load or
+    /// verify changes nothing (and carries the verifier's log). Returns the new program ids.
+    fn upgrade_programs(&self, object: Option<&[u8]>) -> Result<Vec<ProgramStatus>, DataplaneError> {
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        let object = object.unwrap_or(EBPF_OBJECT);
+        check_pinned_maps(&self.dirs, object)?;
+        let mut ebpf = load_object(&self.dirs, object)?;
+        load_programs(&mut ebpf)?;
+        pin_programs(&self.dirs, &mut ebpf)?;
+        let (xdp, tc) = open_pinned_programs(&self.dirs)?;
+        inner.xdp = xdp;
+        inner.tc = tc;
+        swap_links(inner)?;
+        drop(guard);
+        self.programs()
+    }
+
+    /// Detaches every interface and removes every pin (links, programs, maps) and the pin
+    /// directories: nothing of the dataplane stays in the kernel once this process exits.
+    fn reset_all(&self) {
         let mut inner = self.lock();
         let ifindexes: Vec<u32> = inner.links.keys().copied().collect();
         for ifindex in ifindexes {
-            if let Err(e) = detach_locked(&mut inner, ifindex, None) {
-                warn!(ifindex, error = %e, "detach on shutdown failed");
+            if let Err(e) = detach_locked(&mut inner, &self.dirs, ifindex, None) {
+                warn!(ifindex, error = %e, "detach on reset failed");
             }
         }
-        for name in names::ALL {
-            let path = self.map_pin_dir.join(name);
-            if let Err(e) = remove_pin(&path) {
-                warn!(path = %path.display(), error = %e, "removing map pin failed");
-            }
-        }
-        // Remove the directories up to the root if they are now empty; a non-empty one (someone
-        // else's pins) stays.
-        let mut dir = Some(self.map_pin_dir.as_path());
-        for _ in 0..3 {
-            match dir {
-                Some(d) if fs::remove_dir(d).is_ok() => dir = d.parent(),
-                _ => break,
-            }
+        if let Err(e) = remove_all_pins(&self.dirs.root) {
+            warn!(error = %e, "removing pins failed");
         }
     }
+}
+
+/// Removes everything this server pins under `root` (for `--reset` without a loaded dataplane
+/// too): link pins first (detaching), then programs, then maps, then the directories.
+pub fn remove_all_pins(root: &Path) -> Result<(), DataplaneError> {
+    let dirs = PinDirs::new(root);
+    for d in [&dirs.links, &dirs.programs, &dirs.maps] {
+        if let Ok(entries) = fs::read_dir(d) {
+            for e in entries.flatten() {
+                remove_pin(&e.path())?;
+            }
+        }
+        let _ = fs::remove_dir(d);
+    }
+    let _ = fs::remove_dir(root.join(PIN_VERSION));
+    let _ = fs::remove_dir(root);
+    Ok(())
+}
+
+/// Whether every link runs the active programs.
+fn links_run_active(inner: &Inner) -> Result<bool, DataplaneError> {
+    let xdp = inner.xdp.info().map_err(DataplaneError::program(programs::XDP_INGRESS, "info"))?.id();
+    let tc = inner.tc.info().map_err(DataplaneError::program(programs::TC_EGRESS, "info"))?.id();
+    for l in inner.links.values() {
+        let x = l.xdp.info().map_err(|e| DataplaneError::Link { program: programs::XDP_INGRESS, op: "info", source: Box::new(e) })?;
+        let t = l.tc.info().map_err(|e| DataplaneError::Link { program: programs::TC_EGRESS, op: "info", source: Box::new(e) })?;
+        if x.program_id() != xdp || t.program_id() != tc {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Points every interface's links at `inner.xdp` / `inner.tc`.
+fn swap_links(inner: &mut Inner) -> Result<(), DataplaneError> {
+    let mut ifindexes: Vec<u32> = inner.links.keys().copied().collect();
+    ifindexes.sort_unstable();
+    for ifindex in ifindexes {
+        let links = inner.links.remove(&ifindex).expect("listed above");
+        // The pins keep the links attached whatever happens to these fds.
+        let xdp_link = XdpLink::try_from(links.xdp)
+            .map_err(|e| DataplaneError::Link { program: programs::XDP_INGRESS, op: "open", source: Box::new(e) })?;
+        let id = inner.xdp.attach_to_link(xdp_link).map_err(DataplaneError::program(programs::XDP_INGRESS, "link update"))?;
+        let xdp = FdLink::try_from(inner.xdp.take_link(id).map_err(DataplaneError::program(programs::XDP_INGRESS, "take link"))?)
+            .map_err(|e| DataplaneError::Link { program: programs::XDP_INGRESS, op: "convert to fd link", source: Box::new(e) })?;
+        let tc_link = SchedClassifierLink::try_from(links.tc)
+            .map_err(|e| DataplaneError::Link { program: programs::TC_EGRESS, op: "open", source: Box::new(e) })?;
+        let id = inner.tc.attach_to_link(tc_link).map_err(DataplaneError::program(programs::TC_EGRESS, "link update"))?;
+        let tc = FdLink::try_from(inner.tc.take_link(id).map_err(DataplaneError::program(programs::TC_EGRESS, "take link"))?)
+            .map_err(|e| DataplaneError::Link { program: programs::TC_EGRESS, op: "convert to fd link", source: Box::new(e) })?;
+        inner.links.insert(ifindex, InterfaceLinks { xdp, tc });
+        info!(ifindex, "links switched to the new programs");
+    }
+    Ok(())
 }
 
 pub(super) fn program_mut<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, DataplaneError>
@@ -238,13 +504,7 @@ fn link_id(link: &FdLink, program: &'static str) -> Result<u32, DataplaneError> 
     link.info().map(|i| i.id()).map_err(|e| DataplaneError::Link { program, op: "info", source: Box::new(e) })
 }
 
-fn attach_xdp(
-    ebpf: &mut Ebpf,
-    name: &str,
-    ifindex: u32,
-    mode: XdpMode,
-) -> Result<(FdLink, XdpMode), DataplaneError> {
-    let xdp: &mut Xdp = program_mut(ebpf, programs::XDP_INGRESS)?;
+fn attach_xdp(xdp: &mut Xdp, name: &str, ifindex: u32, mode: XdpMode) -> Result<(FdLink, XdpMode), DataplaneError> {
     let attempt = |xdp: &mut Xdp, m: AyaXdpMode| xdp.attach_to_if_index(ifindex, m);
     let (id, got) = match mode {
         XdpMode::Native => (attempt(xdp, AyaXdpMode::Driver), XdpMode::Native),
@@ -276,8 +536,7 @@ fn attach_xdp(
     Ok((link, got))
 }
 
-fn attach_tc(ebpf: &mut Ebpf, name: &str) -> Result<FdLink, DataplaneError> {
-    let tc: &mut SchedClassifier = program_mut(ebpf, programs::TC_EGRESS)?;
+fn attach_tc(tc: &mut SchedClassifier, name: &str) -> Result<FdLink, DataplaneError> {
     // On kernels >= 6.6 aya attaches through TCX: a bpf link, no clsact qdisc involved.
     let id = tc.attach(name, TcAttachType::Egress).map_err(|e| match errno(&e) {
         Some(libc::ENODEV) => DataplaneError::InterfaceGone { interface: name.to_owned() },
@@ -306,15 +565,38 @@ fn errno(e: &aya::programs::ProgramError) -> Option<i32> {
     }
 }
 
-fn detach_locked(inner: &mut Inner, ifindex: u32, slot: Option<u32>) -> Result<(), DataplaneError> {
-    // Stop matching the interface first, then drop the links: closing the last fd of an unpinned
-    // link detaches it.
+fn detach_locked(inner: &mut Inner, dirs: &PinDirs, ifindex: u32, slot: Option<u32>) -> Result<(), DataplaneError> {
+    // Stop matching the interface first, then unpin and drop the links: the last reference to
+    // a link going detaches it.
     inner.interfaces.remove(ifindex)?;
     if let Some(slot) = slot {
         inner.tx_ports.clear(slot)?;
     }
+    for hook in ["xdp", "tc"] {
+        remove_pin(&dirs.link(ifindex, hook))?;
+    }
     inner.links.remove(&ifindex);
     Ok(())
+}
+
+/// Pins a fresh interface's two links; on failure neither stays pinned (and dropping them
+/// detaches).
+fn pin_links(dirs: &PinDirs, ifindex: u32, xdp: FdLink, tc: FdLink) -> Result<(FdLink, FdLink), DataplaneError> {
+    let pin = |link: FdLink, hook: &str, program: &'static str| -> Result<FdLink, DataplaneError> {
+        let path = dirs.link(ifindex, hook);
+        remove_pin(&path)?;
+        link.pin(&path)
+            .map(FdLink::from)
+            .map_err(|e| DataplaneError::Io { path, op: "pin link", source: std::io::Error::other(format!("{program}: {e}")) })
+    };
+    let xdp = pin(xdp, "xdp", programs::XDP_INGRESS)?;
+    match pin(tc, "tc", programs::TC_EGRESS) {
+        Ok(tc) => Ok((xdp, tc)),
+        Err(e) => {
+            remove_pin(&dirs.link(ifindex, "xdp"))?;
+            Err(e)
+        }
+    }
 }
 
 fn interface_config(p: &InterfaceParams) -> InterfaceConfig {
@@ -391,14 +673,14 @@ impl Dataplane for KernelDataplane {
             undo(inner);
             return Err(e);
         }
-        let (xdp, xdp_mode) = match attach_xdp(&mut inner.ebpf, name, ifindex, mode) {
+        let (xdp, xdp_mode) = match attach_xdp(&mut inner.xdp, name, ifindex, mode) {
             Ok(v) => v,
             Err(e) => {
                 undo(inner);
                 return Err(e);
             }
         };
-        let tc = match attach_tc(&mut inner.ebpf, name) {
+        let tc = match attach_tc(&mut inner.tc, name) {
             Ok(v) => v,
             Err(e) => {
                 drop(xdp);
@@ -411,6 +693,14 @@ impl Dataplane for KernelDataplane {
             xdp_link_id: link_id(&xdp, programs::XDP_INGRESS)?,
             tc_link_id: link_id(&tc, programs::TC_EGRESS)?,
         };
+        // Pinned: they outlive this process (forwarding survives a server crash or restart).
+        let (xdp, tc) = match pin_links(&self.dirs, ifindex, xdp, tc) {
+            Ok(v) => v,
+            Err(e) => {
+                undo(inner);
+                return Err(e);
+            }
+        };
         inner.links.insert(ifindex, InterfaceLinks { xdp, tc });
         info!(interface = name, ifindex, slot = p.slot, vrf = p.vrf, mode = ?xdp_mode, "attached");
         Ok(attachment)
@@ -422,7 +712,7 @@ impl Dataplane for KernelDataplane {
 
     fn detach(&self, ifindex: u32, slot: u32) -> Result<(), DataplaneError> {
         let mut inner = self.lock();
-        detach_locked(&mut inner, ifindex, Some(slot))?;
+        detach_locked(&mut inner, &self.dirs, ifindex, Some(slot))?;
         info!(ifindex, slot, "detached");
         Ok(())
     }
@@ -527,25 +817,50 @@ impl Dataplane for KernelDataplane {
         Ok(())
     }
 
+    fn upgrade(&self, object: Option<&[u8]>) -> Result<Vec<ProgramStatus>, DataplaneError> {
+        self.upgrade_programs(object)
+    }
+
+    fn reset(&self) {
+        self.reset_all()
+    }
+
+    fn adopted(&self) -> Vec<AdoptedLinks> {
+        self.report.adopted.clone()
+    }
+
+    fn forget_links(&self, ifindex: u32) -> Result<(), DataplaneError> {
+        let mut inner = self.lock();
+        detach_locked(&mut inner, &self.dirs, ifindex, None)
+    }
+
+    fn dump_routes(&self) -> Result<Vec<(u32, Prefix, u32)>, DataplaneError> {
+        self.lock().routes.dump()
+    }
+
+    fn holds_created(&self) -> Result<u64, DataplaneError> {
+        self.lock()
+            .flows
+            .state
+            .get(&dataplane_common::flow::STATE_CREATED, 0)
+            .map_err(DataplaneError::map(names::FLOW_STATE, "read"))
+    }
+
     fn programs(&self) -> Result<Vec<ProgramStatus>, DataplaneError> {
         let inner = self.lock();
-        let mut out = Vec::new();
-        for (name, kind) in [(programs::XDP_INGRESS, "xdp"), (programs::TC_EGRESS, "sched_cls")] {
-            let prog = inner
-                .ebpf
-                .program(name)
-                .ok_or(DataplaneError::Missing { what: "program", name })?;
-            let info = prog.info().map_err(DataplaneError::program(name, "info"))?;
-            out.push(ProgramStatus { name: name.to_owned(), kind, kernel_id: info.id(), tag: info.tag() });
-        }
-        Ok(out)
+        let xdp = inner.xdp.info().map_err(DataplaneError::program(programs::XDP_INGRESS, "info"))?;
+        let tc = inner.tc.info().map_err(DataplaneError::program(programs::TC_EGRESS, "info"))?;
+        Ok(vec![
+            ProgramStatus { name: programs::XDP_INGRESS.to_owned(), kind: "xdp", kernel_id: xdp.id(), tag: xdp.tag() },
+            ProgramStatus { name: programs::TC_EGRESS.to_owned(), kind: "sched_cls", kernel_id: tc.id(), tag: tc.tag() },
+        ])
     }
 
     fn maps(&self) -> Result<Vec<MapStatus>, DataplaneError> {
         let inner = self.lock();
         let mut out = Vec::new();
         for name in names::ALL {
-            let path = self.map_pin_dir.join(name);
+            let path = self.dirs.maps.join(name);
             let info = MapInfo::from_pin(&path).map_err(DataplaneError::map(name, "info"))?;
             let kind = info
                 .map_type()
@@ -571,12 +886,7 @@ impl Dataplane for KernelDataplane {
     }
 
     fn pin_root(&self) -> String {
-        self.map_pin_dir
-            .parent()
-            .and_then(Path::parent)
-            .unwrap_or(&self.map_pin_dir)
-            .display()
-            .to_string()
+        self.dirs.root.display().to_string()
     }
 }
 

@@ -43,6 +43,11 @@ impl Interfaces {
         Ok(())
     }
 
+    /// Records an entry written by an earlier run (adopted).
+    pub fn mark_present(&mut self, ifindex: u32) {
+        self.present.insert(ifindex);
+    }
+
     pub fn remove(&mut self, ifindex: u32) -> Result<(), DataplaneError> {
         if ifindex < MAX_DIRECT_IFINDEX {
             // An all-zero entry lacks IFACE_PRESENT: absent to the programs.
@@ -192,6 +197,24 @@ impl Routes {
             Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
             Err(e) => Err(DataplaneError::map(if prefix.is_ipv4() { names::ROUTES_V4 } else { names::ROUTES_V6 }, "remove")(e)),
         }
+    }
+
+    /// Every route in both tries: (VRF, prefix, next-hop slot).
+    pub fn dump(&self) -> Result<Vec<(u32, Prefix, u32)>, DataplaneError> {
+        let mut out = Vec::new();
+        for e in self.v4.iter() {
+            let (k, v) = e.map_err(DataplaneError::map(names::ROUTES_V4, "iterate"))?;
+            let len = (k.prefix_len().saturating_sub(VRF_BITS)) as u8;
+            let d = k.data();
+            out.push((u32::from_be_bytes(d.vrf), Prefix::containing(IpAddr::from(d.addr), len), v.nexthop));
+        }
+        for e in self.v6.iter() {
+            let (k, v) = e.map_err(DataplaneError::map(names::ROUTES_V6, "iterate"))?;
+            let len = (k.prefix_len().saturating_sub(VRF_BITS)) as u8;
+            let d = k.data();
+            out.push((u32::from_be_bytes(d.vrf), Prefix::containing(IpAddr::from(d.addr), len), v.nexthop));
+        }
+        Ok(out)
     }
 
     /// Longest-prefix match, exactly as the XDP program looks it up.

@@ -18,7 +18,7 @@ use crate::net::{Mac, Prefix};
 
 pub use error::DataplaneError;
 pub use flow_misses::{FlowMiss, FlowMissReader};
-pub use loader::{KernelDataplane, LoaderConfig};
+pub use loader::{AdoptedLinks, KernelDataplane, LoadReport, LoaderConfig};
 pub use testrun::{PinnedIngress, TestProgram, TestRunOutcome};
 
 /// How to attach the XDP program.
@@ -212,6 +212,22 @@ pub trait Dataplane: Send + Sync + 'static {
     /// Runs `frame` through the attached XDP program as if received on `ifindex`, for real
     /// (BPF_PROG_TEST_RUN with live frames: its redirect or XDP_PASS happens). Returns the verdict.
     fn reinject(&self, ifindex: u32, frame: &[u8]) -> Result<u32, DataplaneError>;
+
+    /// Loads `object` (the running build's when `None`) over the same maps, verifies it, and
+    /// switches every interface to its programs with atomic link updates. A failure changes
+    /// nothing. Returns the programs now attached.
+    fn upgrade(&self, object: Option<&[u8]>) -> Result<Vec<ProgramStatus>, DataplaneError>;
+    /// Detaches everything and removes every pin.
+    fn reset(&self);
+
+    /// Interfaces whose pinned links an earlier run left and this one adopted.
+    fn adopted(&self) -> Vec<AdoptedLinks>;
+    /// Unpins and drops the adopted links of `ifindex` (detaching), clearing its entry.
+    fn forget_links(&self, ifindex: u32) -> Result<(), DataplaneError>;
+    /// Every route in the kernel's tries: (VRF, prefix, next-hop slot).
+    fn dump_routes(&self) -> Result<Vec<(u32, Prefix, u32)>, DataplaneError>;
+    /// HOLDs the XDP program created in total (`flow::STATE_CREATED`).
+    fn holds_created(&self) -> Result<u64, DataplaneError>;
 
     fn programs(&self) -> Result<Vec<ProgramStatus>, DataplaneError>;
 

@@ -9,6 +9,13 @@ use std::{
 use super::{DataplaneError, LinkInfo};
 use crate::net::Mac;
 
+/// Whether a link with this ifindex exists in the server's network namespace.
+pub fn exists(ifindex: u32) -> bool {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: `buf` has IF_NAMESIZE bytes, as if_indextoname requires.
+    !unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) }.is_null()
+}
+
 /// The link called `name`, or `None` if there is none.
 pub fn link(name: &str) -> Result<Option<LinkInfo>, DataplaneError> {
     let Ok(c) = CString::new(name) else { return Ok(None) };

@@ -106,8 +106,9 @@ impl KernelDataplane {
     /// Runs `dp_xdp_ingress` on `frame` as received on `ifindex`, with live frames: a redirect
     /// is transmitted and XDP_PASS hands the frame to the stack, as for a real packet.
     pub(super) fn test_run_live(&self, ifindex: u32, frame: &[u8]) -> Result<u32, DataplaneError> {
-        let mut inner = self.lock();
-        let xdp: &mut Xdp = program_mut(&mut inner.ebpf, programs::XDP_INGRESS)?;
+        let inner = self.lock();
+        // The attached program itself.
+        let xdp = &inner.xdp;
         let ctx = XdpMd { data_end: frame.len() as u32, ingress_ifindex: ifindex, ..Default::default() };
         // SAFETY: XdpMd is plain repr(C) data; viewed as its bytes.
         let ctx_bytes = unsafe {

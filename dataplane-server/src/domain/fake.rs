@@ -22,6 +22,8 @@ use crate::{
 
 pub struct FakeDataplane {
     links: Mutex<BTreeMap<String, LinkInfo>>,
+    /// Links "left pinned by an earlier run".
+    pub adopted: Mutex<Vec<crate::dataplane::AdoptedLinks>>,
     /// ifindex -> what attach/update_interface last wrote.
     configs: Mutex<BTreeMap<u32, InterfaceParams>>,
     /// ifindex -> slot, as INTERFACES would hold it.
@@ -49,6 +51,7 @@ impl Default for FakeDataplane {
         Self {
             links: Mutex::default(),
             configs: Mutex::default(),
+            adopted: Mutex::default(),
             attached: Mutex::default(),
             stats: Mutex::default(),
             nexthops: Mutex::default(),
@@ -129,6 +132,34 @@ impl Dataplane for FakeDataplane {
         self.stats.lock().unwrap().insert(p.slot, InterfaceStats::ZERO);
         let xdp_mode = if mode == XdpMode::Generic { XdpMode::Generic } else { XdpMode::Native };
         Ok(Attachment { xdp_mode, xdp_link_id: 100 + p.slot, tc_link_id: 200 + p.slot })
+    }
+
+    fn upgrade(&self, _object: Option<&[u8]>) -> Result<Vec<ProgramStatus>, DataplaneError> {
+        self.programs()
+    }
+
+    fn reset(&self) {
+        self.attached.lock().unwrap().clear();
+        self.routes.lock().unwrap().clear();
+        self.nexthops.lock().unwrap().clear();
+    }
+
+    fn adopted(&self) -> Vec<crate::dataplane::AdoptedLinks> {
+        self.adopted.lock().unwrap().clone()
+    }
+
+    fn forget_links(&self, ifindex: u32) -> Result<(), DataplaneError> {
+        self.adopted.lock().unwrap().retain(|a| a.ifindex != ifindex);
+        self.attached.lock().unwrap().remove(&ifindex);
+        Ok(())
+    }
+
+    fn dump_routes(&self) -> Result<Vec<(u32, Prefix, u32)>, DataplaneError> {
+        Ok(self.routes())
+    }
+
+    fn holds_created(&self) -> Result<u64, DataplaneError> {
+        Ok(0)
     }
 
     fn update_interface(&self, p: &InterfaceParams) -> Result<(), DataplaneError> {

@@ -86,6 +86,16 @@ pub(super) struct Flows {
     resolved: u64,
 }
 
+impl Flows {
+    pub(super) fn modes(&self) -> &HashMap<u32, FlowMode> {
+        &self.modes
+    }
+
+    pub(super) fn set_mode(&mut self, slot: u32, mode: FlowMode) {
+        self.modes.insert(slot, mode);
+    }
+}
+
 /// Bounds of the stored held frames: a flood of misses cannot grow the server without limit.
 const MAX_HELD: usize = 65536;
 
@@ -115,8 +125,21 @@ impl<D: Dataplane> Domain<D> {
         };
         self.dataplane.set_flow_config(slot, &cfg)?;
         state.flows.modes.insert(slot, mode);
-        state.generation += 1;
+        self.bump(&mut state);
         Ok(state.generation)
+    }
+
+    /// Drops the HOLD entries a previous run left (their captured packets are gone) and starts
+    /// the resolved count level with the kernel's created count.
+    pub(super) fn restore_holds(&self, state: &mut State) -> Result<(), DomainError> {
+        for (k, v) in self.dataplane.flows()? {
+            if v.action == FLOW_HOLD {
+                self.dataplane.remove_flow(&k)?;
+            }
+        }
+        state.flows.resolved = self.dataplane.holds_created()?;
+        self.publish_resolved(state);
+        Ok(())
     }
 
     /// Turns flow mode off for a slot being freed, so its next interface starts without it.
@@ -200,7 +223,7 @@ impl<D: Dataplane> Domain<D> {
             }
         }
         self.publish_resolved(&state);
-        state.generation += 1;
+        self.bump_volatile(&mut state);
         let generation = state.generation;
         drop(state);
         for h in reinject {
@@ -233,7 +256,7 @@ impl<D: Dataplane> Domain<D> {
             }
         }
         self.publish_resolved(&state);
-        state.generation += 1;
+        self.bump_volatile(&mut state);
         Ok(state.generation)
     }
 

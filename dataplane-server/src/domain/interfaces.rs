@@ -80,7 +80,15 @@ impl<D: Dataplane> Domain<D> {
     /// Attaches the dataplane to an interface. Returns it and the new generation.
     pub fn add_interface(&self, req: AddInterface) -> Result<(InterfaceView, u64), DomainError> {
         let mut state = self.lock();
-        if state.interfaces.contains_key(&req.name) {
+        if let Some(e) = state.interfaces.get(&req.name) {
+            if state.resync.is_some() && e.vrf == req.vrf {
+                // Replayed: kept as it is.
+                let view = self.view(&req.name, e)?;
+                if let Some(rs) = state.resync.as_mut() {
+                    rs.interfaces.insert(req.name.clone());
+                }
+                return Ok((view, state.generation));
+            }
             return Err(DomainError::AlreadyExists { kind: "interface", name: req.name.0 });
         }
         let Some(&vrf_mode) = state.vrfs.get(&req.vrf) else {
@@ -102,9 +110,12 @@ impl<D: Dataplane> Domain<D> {
             }
         };
         let entry = InterfaceEntry { link, vrf: req.vrf, slot, requested: req.mode, attachment };
-        state.generation += 1;
+        self.bump(&mut state);
         let generation = state.generation;
         state.interfaces.insert(req.name.clone(), entry.clone());
+        if let Some(rs) = state.resync.as_mut() {
+            rs.interfaces.insert(req.name.clone());
+        }
         info!(interface = %req.name, ifindex = entry.link.ifindex, slot, vrf = req.vrf, generation, "interface added");
         // Next hops through an interface of this name that had disappeared work again.
         self.rewrite_nexthops_via(&state, &req.name);
@@ -127,7 +138,7 @@ impl<D: Dataplane> Domain<D> {
         }
         let slot = entry.slot;
         self.forget_interface(&mut state, name)?;
-        state.generation += 1;
+        self.bump(&mut state);
         info!(interface = %name, slot, generation = state.generation, "interface deleted");
         Ok(state.generation)
     }
@@ -156,7 +167,7 @@ impl<D: Dataplane> Domain<D> {
         };
         self.forget_interface(&mut state, &name)?;
         self.rewrite_nexthops_via(&state, &name);
-        state.generation += 1;
+        self.bump(&mut state);
         info!(interface = %name, ifindex, generation = state.generation, "owned link removed from the kernel; interface removed");
         Ok(Some(name))
     }

@@ -9,7 +9,9 @@ mod flows;
 mod fake;
 mod interfaces;
 mod nexthops;
+pub mod persist;
 mod policies;
+mod resync;
 mod routes;
 mod slots;
 mod status;
@@ -26,6 +28,7 @@ pub use interfaces::{AddInterface, InterfaceName, InterfaceView};
 pub use flows::{FlowAction, FlowMode, FlowSpec, FlowTarget, FlowView};
 pub use nexthops::{NewNextHop, NextHopSpec, NextHopState, NextHopView};
 pub use policies::{AttachmentView as PolicyAttachmentView, Direction, PolicyName, PolicyView, RuleAction, RuleSpec, RuleView};
+pub use resync::ResyncReport;
 pub use routes::{RouteSpec, RouteView};
 pub use status::{AttachmentView, MapView, StatusView};
 pub use vrfs::{VrfMode, VrfView};
@@ -68,6 +71,8 @@ struct State {
     /// The kernel's resolved neighbours (netlink): (ifindex, address) -> MAC, what gateway next
     /// hops forward to.
     neighbours: HashMap<(u32, IpAddr), Mac>,
+    /// An open resync: what the controller has replayed so far.
+    resync: Option<resync::Touched>,
 }
 
 /// The dataplane's configuration and the operations on it.
@@ -77,6 +82,12 @@ pub struct Domain<D: Dataplane> {
     started: Instant,
     /// Where to ask the kernel to resolve a gateway (the netlink task), once it runs.
     resolver: Mutex<Option<tokio::sync::mpsc::UnboundedSender<NeighbourRequest>>>,
+    /// The state file (none in unit tests).
+    state_file: Option<std::path::PathBuf>,
+    /// Per event stream, the sequence number this run stays below (see `reserve_seq`).
+    seq_floors: Mutex<BTreeMap<String, u64>>,
+    /// A change not yet in the state file (flow installs write it lazily: see `flush`).
+    dirty: std::sync::atomic::AtomicBool,
 }
 
 /// A request to the kernel about a gateway: resolve `address` on `ifindex` and keep it resolved
@@ -90,6 +101,15 @@ pub struct NeighbourRequest {
 
 impl<D: Dataplane> Domain<D> {
     pub fn new(dataplane: D) -> Self {
+        Self::build(dataplane, None)
+    }
+
+    /// A domain that records its state in `state_file` (see `persist`).
+    pub fn with_state_file(dataplane: D, state_file: std::path::PathBuf) -> Self {
+        Self::build(dataplane, Some(state_file))
+    }
+
+    fn build(dataplane: D, state_file: Option<std::path::PathBuf>) -> Self {
         Self {
             dataplane,
             state: Mutex::new(State {
@@ -110,8 +130,12 @@ impl<D: Dataplane> Domain<D> {
                 retired_policies: Vec::new(),
                 flows: flows::Flows::default(),
                 neighbours: HashMap::new(),
+                resync: None,
             }),
             resolver: Mutex::new(None),
+            state_file,
+            seq_floors: Mutex::new(BTreeMap::new()),
+            dirty: std::sync::atomic::AtomicBool::new(false),
             started: Instant::now(),
         }
     }
@@ -119,6 +143,27 @@ impl<D: Dataplane> Domain<D> {
     /// The dataplane this domain drives (for shutdown).
     pub fn dataplane(&self) -> &D {
         &self.dataplane
+    }
+
+    /// A change went into the kernel: a new generation, recorded in the state file.
+    fn bump(&self, state: &mut State) {
+        state.generation += 1;
+        self.save(state);
+    }
+
+    /// As `bump`, for changes too frequent to write the file each time (flow installs): the file
+    /// follows within one `flush` period.
+    fn bump_volatile(&self, state: &mut State) {
+        state.generation += 1;
+        self.dirty.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Writes the state file if a volatile change is not in it yet.
+    pub fn flush(&self) {
+        if self.dirty.swap(false, std::sync::atomic::Ordering::Relaxed) {
+            let state = self.lock();
+            self.save(&state);
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {

@@ -85,10 +85,51 @@ pub struct NextHopView {
 }
 
 impl<D: Dataplane> Domain<D> {
-    /// Adds a batch of next hops, all or nothing. Returns the new generation.
+    /// Adds a batch of next hops, all or nothing. Returns the new generation. During a resync,
+    /// a next hop that exists already is replayed: kept, or rewritten in place (same slot) if
+    /// its spec changed.
     pub fn add_nexthops(&self, batch: Vec<NewNextHop>) -> Result<u64, DomainError> {
         let mut state = self.lock();
-        let params = validate_add(&state, &batch)?;
+        let mut replays = Vec::new();
+        let mut fresh = Vec::new();
+        for (i, nh) in batch.into_iter().enumerate() {
+            match state.nexthops.get(&nh.id) {
+                Some(e) if state.resync.is_some() => {
+                    if e.spec == nh.spec {
+                        replays.push((i, nh, None));
+                    } else {
+                        let p = replacement(&state, &nh).map_err(|e| e.at(format!("next_hops[{i}]")))?;
+                        replays.push((i, nh, Some(p)));
+                    }
+                }
+                _ => fresh.push(nh),
+            }
+        }
+        if !fresh.is_empty() {
+            self.add_fresh_nexthops(&mut state, fresh.clone())?;
+        }
+        for (i, nh, p) in replays {
+            if let Some(p) = p {
+                let slot = state.nexthops[&nh.id].slot;
+                self.dataplane.set_nexthop(slot, &p, false).map_err(|e| DomainError::from(e).at(format!("next_hops[{i}]")))?;
+                self.request_resolution(&state, &nh.spec);
+                if let Some(e) = state.nexthops.get_mut(&nh.id) {
+                    e.spec = nh.spec;
+                }
+            }
+            if let Some(rs) = state.resync.as_mut() {
+                rs.nexthops.insert(nh.id);
+            }
+        }
+        if let Some(rs) = state.resync.as_mut() {
+            rs.nexthops.extend(fresh.iter().map(|n| n.id));
+        }
+        self.bump(&mut state);
+        Ok(state.generation)
+    }
+
+    fn add_fresh_nexthops(&self, state: &mut State, batch: Vec<NewNextHop>) -> Result<(), DomainError> {
+        let params = validate_add(state, &batch)?;
         let free = state.nh_slots.capacity() - state.nh_slots.in_use();
         if batch.len() as u64 > u64::from(free) {
             return Err(DomainError::Exhausted { what: "next-hop slots", capacity: state.nh_slots.capacity() });
@@ -123,11 +164,10 @@ impl<D: Dataplane> Domain<D> {
         }
         for (nh, slot) in batch.into_iter().zip(slots) {
             state.nh_ids.insert(slot, nh.id);
-            self.request_resolution(&state, &nh.spec);
+            self.request_resolution(state, &nh.spec);
             state.nexthops.insert(nh.id, NextHopEntry { slot, spec: nh.spec, routes: 0 });
         }
-        state.generation += 1;
-        Ok(state.generation)
+        Ok(())
     }
 
     /// The kernel's neighbour entry for `address` on `ifindex` is now `mac` (`None`: not
@@ -258,7 +298,7 @@ impl<D: Dataplane> Domain<D> {
             }
         }
         self.release_gateways(&state, released);
-        state.generation += 1;
+        self.bump(&mut state);
         Ok(state.generation)
     }
 
@@ -308,6 +348,28 @@ impl<D: Dataplane> Domain<D> {
 
 pub(super) fn not_found(id: u32) -> DomainError {
     DomainError::NotFound { kind: "next hop", name: id.to_string(), detail: "" }
+}
+
+/// The kernel parameters of a replayed next hop whose spec changed (ECMP members as slots).
+fn replacement(state: &State, nh: &NewNextHop) -> Result<NextHopParams, DomainError> {
+    if let NextHopSpec::Ecmp { members } = &nh.spec {
+        if let Some((gid, _)) = state.nexthops.iter().find(|(_, g)| matches!(&g.spec, NextHopSpec::Ecmp { members } if members.contains(&nh.id))) {
+            return Err(DomainError::invalid(".ecmp", format!("next hop {} is a member of ECMP group {gid}", nh.id)));
+        }
+        if members.is_empty() || members.len() > ECMP_MAX {
+            return Err(DomainError::invalid(".ecmp.members", format!("1 to {ECMP_MAX} members, not {}", members.len())));
+        }
+        for (j, m) in members.iter().enumerate() {
+            match state.nexthops.get(m) {
+                None => return Err(not_found(*m).at(format!(".ecmp.members[{j}]"))),
+                Some(e) if matches!(e.spec, NextHopSpec::Ecmp { .. }) => {
+                    return Err(DomainError::invalid(format!(".ecmp.members[{j}]"), format!("next hop {m} is itself an ECMP group")))
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    params(state, &nh.spec, |m| state.nexthops.get(&m).map(|x| x.slot)).map_err(|e| e.at(".encap.interface"))
 }
 
 /// Checks a batch against the state; returns kernel parameters with ECMP members still as ids.

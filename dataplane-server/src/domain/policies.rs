@@ -61,7 +61,7 @@ pub enum RuleAction {
     Punt,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Direction {
     Ingress,
     Egress,
@@ -115,12 +115,14 @@ pub struct PolicyView {
     pub attachments: Vec<AttachmentView>,
 }
 
-/// A table in the kernel, with what it holds of the shared pools.
+/// A table in the kernel, with what it holds of the shared pools and the rules it was compiled
+/// from (so a restarted server can compile it again, to the same places).
 #[derive(Debug)]
 pub(super) struct Installed {
     image: PolicyImage,
     pool: (u32, u32),
     rules: (u32, u32),
+    specs: Vec<RuleSpec>,
 }
 
 #[derive(Debug)]
@@ -140,6 +142,13 @@ impl<D: Dataplane> Domain<D> {
     pub fn put_policy(&self, name: PolicyName, rules: Vec<RuleSpec>) -> Result<u64, DomainError> {
         let mut state = self.lock();
         let rules = validate(rules)?;
+        if let Some(rs) = state.resync.as_mut() {
+            rs.policies.insert(name.clone());
+            // Replayed unchanged: nothing to recompile or flip.
+            if state.policies.get(&name).is_some_and(|e| e.rules == rules) {
+                return Ok(state.generation);
+            }
+        }
         self.reclaim_retired(&mut state)?;
         let installed = self.install(&mut state, &rules)?;
         let new_table = installed.image.table;
@@ -168,7 +177,7 @@ impl<D: Dataplane> Domain<D> {
         if let Some(prev) = state.policies.insert(name.clone(), entry) {
             state.retired_policies.push(prev.installed);
         }
-        state.generation += 1;
+        self.bump(&mut state);
         info!(policy = %name, table = new_table, attachments = users.len(), generation = state.generation, "policy put");
         Ok(state.generation)
     }
@@ -190,7 +199,7 @@ impl<D: Dataplane> Domain<D> {
         }
         let entry = state.policies.remove(name).expect("checked above");
         state.retired_policies.push(entry.installed);
-        state.generation += 1;
+        self.bump(&mut state);
         Ok(state.generation)
     }
 
@@ -208,7 +217,10 @@ impl<D: Dataplane> Domain<D> {
         let slot = state.interfaces.get(interface).ok_or_else(|| super::interfaces::not_attached(interface).at("interface"))?.slot;
         self.dataplane.set_policy_attachment(slot, direction.index(), attach_word(table, default_deny))?;
         state.policy_attachments.insert((interface.clone(), direction), Attached { policy: policy.clone(), default_deny });
-        state.generation += 1;
+        if let Some(rs) = state.resync.as_mut() {
+            rs.attachments.insert((interface.clone(), direction));
+        }
+        self.bump(&mut state);
         Ok(state.generation)
     }
 
@@ -224,7 +236,7 @@ impl<D: Dataplane> Domain<D> {
         let slot = state.interfaces[interface].slot;
         self.dataplane.set_policy_attachment(slot, direction.index(), 0)?;
         state.policy_attachments.remove(&(interface.clone(), direction));
-        state.generation += 1;
+        self.bump(&mut state);
         Ok(state.generation)
     }
 
@@ -293,7 +305,7 @@ impl<D: Dataplane> Domain<D> {
             return Err(DomainError::Exhausted { what: "policy classifier words", capacity: state.policy_pool.capacity() }
                 .at("rules"));
         };
-        let installed = Installed { image, pool, rules: (rule_base, n) };
+        let installed = Installed { image, pool, rules: (rule_base, n), specs: rules.to_vec() };
         if let Err(e) = self.dataplane.write_policy(&installed.image) {
             self.free_installed(state, installed);
             return Err(e.into());
@@ -321,6 +333,66 @@ impl<D: Dataplane> Domain<D> {
         state.policy_tables.free(installed.image.table);
         state.policy_pool.free(installed.pool.0, installed.pool.1);
         state.rule_slots.free(installed.rules.0, installed.rules.1);
+    }
+}
+
+/// A table as the state file keeps it: where it lives, and the rules to compile it from again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct InstalledRecord {
+    pub table: u32,
+    pub pool: (u32, u32),
+    pub rules: (u32, u32),
+    pub specs: Vec<RuleSpec>,
+}
+
+impl Installed {
+    pub(super) fn record(&self) -> InstalledRecord {
+        InstalledRecord { table: self.image.table, pool: self.pool, rules: self.rules, specs: self.specs.clone() }
+    }
+
+    /// Compiles `r` again to exactly the places it occupies in the kernel (the compiler is
+    /// deterministic) and takes those places in the allocators. `None` if they are not free or
+    /// the compiled size differs.
+    pub(super) fn restore(state: &mut State, r: &InstalledRecord) -> Option<Self> {
+        let specs: Vec<MatchSpec> = r.specs.iter().map(match_spec).collect();
+        let pool = r.pool;
+        let image = classifier::compile(&specs, r.table, r.rules.0, |len| (len == pool.1).then_some(pool.0))?;
+        if r.rules.1 != r.specs.len() as u32
+            || !state.policy_tables.reserve(r.table)
+            || !state.policy_pool.reserve(pool.0, pool.1)
+            || !state.rule_slots.reserve(r.rules.0, r.rules.1)
+        {
+            return None;
+        }
+        Some(Installed { image, pool, rules: r.rules, specs: r.specs.clone() })
+    }
+}
+
+impl PolicyEntry {
+    pub(super) fn new(rules: Vec<RuleSpec>, installed: Installed) -> Self {
+        Self { rules, installed }
+    }
+
+    pub(super) fn rules(&self) -> &[RuleSpec] {
+        &self.rules
+    }
+
+    pub(super) fn installed(&self) -> &Installed {
+        &self.installed
+    }
+}
+
+impl Attached {
+    pub(super) fn new(policy: PolicyName, default_deny: bool) -> Self {
+        Self { policy, default_deny }
+    }
+
+    pub(super) fn policy(&self) -> &PolicyName {
+        &self.policy
+    }
+
+    pub(super) fn default_deny(&self) -> bool {
+        self.default_deny
     }
 }
 

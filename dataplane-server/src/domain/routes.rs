@@ -19,10 +19,14 @@ pub struct RouteSpec {
 pub type RouteView = RouteSpec;
 
 impl<D: Dataplane> Domain<D> {
+    /// Adds a batch of routes, all or nothing. During a resync, a route that exists already is
+    /// replayed (kept, or pointed at its new next hop in place) instead of refused.
     pub fn add_routes(&self, batch: Vec<RouteSpec>) -> Result<u64, DomainError> {
         let mut state = self.lock();
+        let resync = state.resync.is_some();
         let mut in_batch = BTreeSet::new();
         let mut slots = Vec::with_capacity(batch.len());
+        let mut existing = Vec::with_capacity(batch.len());
         let (mut v4, mut v6) = (0u64, 0u64);
         for (i, r) in batch.iter().enumerate() {
             match state.vrfs.get(&r.vrf) {
@@ -37,12 +41,16 @@ impl<D: Dataplane> Domain<D> {
                 Some(vrfs::VrfMode::Routes) => {}
             }
             let nh = state.nexthops.get(&r.nexthop).ok_or_else(|| nexthops::not_found(r.nexthop).at(format!("routes[{i}].next_hop")))?;
-            if state.routes.contains_key(&(r.vrf, r.prefix)) || !in_batch.insert((r.vrf, r.prefix)) {
+            let before = state.routes.get(&(r.vrf, r.prefix)).copied();
+            if (before.is_some() && !resync) || !in_batch.insert((r.vrf, r.prefix)) {
                 return Err(DomainError::AlreadyExists { kind: "route", name: format!("{} in vrf {}", r.prefix, r.vrf) }
                     .at(format!("routes[{i}]")));
             }
-            if r.prefix.is_ipv4() { v4 += 1 } else { v6 += 1 }
+            if before.is_none() {
+                if r.prefix.is_ipv4() { v4 += 1 } else { v6 += 1 }
+            }
             slots.push(nh.slot);
+            existing.push(before);
         }
         let [have4, have6] = state.route_counts;
         let cap = u64::from(dataplane_common::MAX_ROUTES);
@@ -50,21 +58,42 @@ impl<D: Dataplane> Domain<D> {
             return Err(DomainError::Exhausted { what: "routes per address family", capacity: dataplane_common::MAX_ROUTES });
         }
         for (i, (r, slot)) in batch.iter().zip(&slots).enumerate() {
+            if existing[i] == Some(r.nexthop) {
+                continue; // replayed unchanged: the kernel already has it
+            }
             if let Err(e) = self.dataplane.insert_route(r.vrf, &r.prefix, *slot) {
-                for done in &batch[..i] {
-                    let _ = self.dataplane.remove_route(done.vrf, &done.prefix);
+                for (j, done) in batch[..i].iter().enumerate() {
+                    match existing[j] {
+                        Some(old) if old != done.nexthop => {
+                            let _ = self.dataplane.insert_route(done.vrf, &done.prefix, state.nexthops[&old].slot);
+                        }
+                        Some(_) => {}
+                        None => {
+                            let _ = self.dataplane.remove_route(done.vrf, &done.prefix);
+                        }
+                    }
                 }
                 return Err(DomainError::from(e).at(format!("routes[{i}]")));
             }
         }
-        for r in batch {
+        for (r, before) in batch.into_iter().zip(existing) {
+            match before {
+                Some(old) => {
+                    if let Some(nh) = state.nexthops.get_mut(&old) {
+                        nh.routes -= 1;
+                    }
+                }
+                None => state.route_counts[family(&r.prefix)] += 1,
+            }
             state.routes.insert((r.vrf, r.prefix), r.nexthop);
-            state.route_counts[family(&r.prefix)] += 1;
             if let Some(nh) = state.nexthops.get_mut(&r.nexthop) {
                 nh.routes += 1;
             }
+            if let Some(rs) = state.resync.as_mut() {
+                rs.routes.insert((r.vrf, r.prefix));
+            }
         }
-        state.generation += 1;
+        self.bump(&mut state);
         Ok(state.generation)
     }
 
@@ -97,7 +126,7 @@ impl<D: Dataplane> Domain<D> {
                 }
             }
         }
-        state.generation += 1;
+        self.bump(&mut state);
         Ok(state.generation)
     }
 

@@ -26,6 +26,18 @@ impl SlotAllocator {
         self.free.pop()
     }
 
+    /// Takes `id` out of the pool (restoring an allocation made by an earlier run). `false` if
+    /// it is out of range or already taken.
+    pub fn reserve(&mut self, id: u32) -> bool {
+        match self.free.iter().position(|&f| f == id) {
+            Some(i) => {
+                self.free.remove(i);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Returns `id` to the pool. Freeing an id twice or one out of range is a bug in the caller.
     pub fn free(&mut self, id: u32) {
         debug_assert!(id < self.capacity && !self.free.contains(&id), "bad free of slot {id}");
@@ -67,6 +79,25 @@ impl RangeAllocator {
     }
 
     /// Returns a run `alloc` handed out.
+    /// Takes `start..start + len` out of the pool (restoring an earlier run's allocation).
+    /// `false` if any of it is not free.
+    pub fn reserve(&mut self, start: u32, len: u32) -> bool {
+        if len == 0 {
+            return true;
+        }
+        let Some(i) = self.free.iter().position(|&(s, l)| s <= start && start + len <= s + l) else { return false };
+        let (s, l) = self.free.remove(i);
+        let mut at = i;
+        if s < start {
+            self.free.insert(at, (s, start - s));
+            at += 1;
+        }
+        if start + len < s + l {
+            self.free.insert(at, (start + len, s + l - start - len));
+        }
+        true
+    }
+
     pub fn free(&mut self, start: u32, len: u32) {
         if len == 0 {
             return;
@@ -88,6 +119,20 @@ impl RangeAllocator {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reserve_takes_exactly_what_was_allocated_and_rejects_taken() {
+        let mut s = SlotAllocator::new(8);
+        assert!(s.reserve(3) && !s.reserve(3) && !s.reserve(8));
+        assert_eq!(s.alloc(), Some(0));
+        let mut r = RangeAllocator::new(100);
+        assert!(r.reserve(10, 20));
+        assert!(!r.reserve(25, 10), "overlaps");
+        assert_eq!(r.alloc(10), Some(0));
+        assert_eq!(r.alloc(5), Some(30), "10..30 is taken");
+        r.free(10, 20);
+        assert_eq!(r.alloc(20), Some(10));
+    }
 
     #[test]
     fn range_allocator_first_fit_and_merge_on_free() {

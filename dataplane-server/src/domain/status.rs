@@ -122,3 +122,38 @@ mod tests {
         assert_eq!(slots.occupancy, 1);
     }
 }
+
+impl<D: Dataplane> Domain<D> {
+    /// Switches every interface to the programs of `object` (this build's when `None`), hitless
+    /// (see `Dataplane::upgrade`). FAILED_PRECONDITION, with the loader's or verifier's message,
+    /// if they do not load: then nothing changed, the state file included.
+    pub fn upgrade_programs(&self, object: Option<&[u8]>) -> Result<(Vec<crate::dataplane::ProgramStatus>, u64), DomainError> {
+        use crate::dataplane::DataplaneError as E;
+        // Under the domain's lock: the server is the links' only writer while it swaps them.
+        let mut state = self.lock();
+        let programs = self.dataplane.upgrade(object).map_err(|e| match e {
+            E::Load { .. } | E::PinnedMapMismatch { .. } | E::Program { op: "load", .. } | E::Missing { .. } => {
+                DomainError::FailedPrecondition(format!("the new programs were not loaded: {e}"))
+            }
+            other => DomainError::from(other),
+        })?;
+        self.bump(&mut state);
+        tracing::info!(programs = ?programs.iter().map(|p| p.kernel_id).collect::<Vec<_>>(), generation = state.generation, "programs upgraded");
+        Ok((programs, state.generation))
+    }
+
+    /// Detaches everything, removes every pin and the state file. The server should exit next:
+    /// its maps are no longer pinned.
+    pub fn reset(&self) {
+        let _state = self.lock();
+        self.dataplane.reset();
+        if let Some(path) = &self.state_file {
+            if let Err(e) = std::fs::remove_file(path) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    tracing::warn!(path = %path.display(), error = %e, "removing the state file failed");
+                }
+            }
+        }
+        tracing::info!("reset: every link, program and map pin of the dataplane removed");
+    }
+}

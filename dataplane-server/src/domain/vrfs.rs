@@ -29,11 +29,20 @@ impl<D: Dataplane> Domain<D> {
             return Err(DomainError::invalid("id", format!("VRF ids are below {}", dataplane_common::MAX_VRFS)));
         }
         let mut state = self.lock();
+        if state.vrfs.get(&id).is_some_and(|m| *m == mode) && state.resync.is_some() {
+            if let Some(rs) = state.resync.as_mut() {
+                rs.vrfs.insert(id);
+            }
+            return Ok(state.generation);
+        }
         if state.vrfs.contains_key(&id) {
             return Err(DomainError::AlreadyExists { kind: "vrf", name: id.to_string() });
         }
         state.vrfs.insert(id, mode);
-        state.generation += 1;
+        if let Some(rs) = state.resync.as_mut() {
+            rs.vrfs.insert(id);
+        }
+        self.bump(&mut state);
         Ok(state.generation)
     }
 
@@ -53,7 +62,7 @@ impl<D: Dataplane> Domain<D> {
             )));
         }
         state.vrfs.remove(&id);
-        state.generation += 1;
+        self.bump(&mut state);
         Ok(state.generation)
     }
 

@@ -1,0 +1,542 @@
+//! The state file: what a restarted server cannot read back from the kernel's maps (names, ids,
+//! specs, policy rules, allocations, the generation), written atomically (write + rename) after
+//! every change, and the restore that rebuilds the domain from it plus the maps and the links
+//! the dataplane adopted. Routes and flows are not in it: they are read from their maps.
+
+use std::{
+    collections::BTreeMap,
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use super::{
+    interfaces::InterfaceEntry,
+    nexthops::NextHopEntry,
+    policies::{Attached, Installed, InstalledRecord, PolicyEntry},
+    Direction, Domain, DomainError, FlowMode, InterfaceName, NextHopSpec, PolicyName, RuleAction, RuleSpec, State, VrfMode,
+};
+use crate::{
+    dataplane::{Attachment, Dataplane, InterfaceParams, XdpMode},
+    net::{Mac, Prefix},
+};
+
+/// Bumped when the file's meaning changes; a file of another format is refused.
+const FORMAT: u32 = 1;
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Persisted {
+    pub format: u32,
+    pub generation: u64,
+    pub vrfs: Vec<PVrf>,
+    pub interfaces: Vec<PInterface>,
+    pub nexthops: Vec<PNextHop>,
+    pub policies: Vec<PPolicy>,
+    /// Tables replaced or deleted but not yet reclaimed (they wait for a grace period).
+    pub retired: Vec<PInstalled>,
+    pub attachments: Vec<PAttachment>,
+    pub flow_modes: Vec<PFlowMode>,
+    /// Event sequence numbers already handed out stay below these (see `Domain::reserve_seq`).
+    pub seq_floors: BTreeMap<String, u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PVrf {
+    pub id: u32,
+    /// `Some(table)`: a kernel-FIB VRF.
+    pub kernel_table: Option<u32>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PInterface {
+    pub name: String,
+    pub ifindex: u32,
+    pub slot: u32,
+    pub vrf: u32,
+    pub requested: String,
+    pub xdp_mode: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum PSpec {
+    Encap { interface: String, dst_mac: String, src_mac: Option<String> },
+    Gateway { interface: String, gateway: String, src_mac: Option<String> },
+    Ecmp { members: Vec<u32> },
+    Discard,
+    Receive,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PNextHop {
+    pub id: u32,
+    pub slot: u32,
+    pub spec: PSpec,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PRule {
+    pub priority: u32,
+    pub src: Option<String>,
+    pub dst: Option<String>,
+    pub protocol: Option<u8>,
+    pub src_ports: Option<(u16, u16)>,
+    pub dst_ports: Option<(u16, u16)>,
+    pub icmp_type: Option<u8>,
+    pub icmp_code: Option<u8>,
+    pub tcp_flags: Option<(u8, u8)>,
+    pub action: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PInstalled {
+    pub table: u32,
+    pub pool: (u32, u32),
+    pub rule_slots: (u32, u32),
+    pub rules: Vec<PRule>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PPolicy {
+    pub name: String,
+    pub rules: Vec<PRule>,
+    pub installed: PInstalled,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PAttachment {
+    pub interface: String,
+    pub direction: String,
+    pub policy: String,
+    pub default_deny: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PFlowMode {
+    pub slot: u32,
+    pub enabled: bool,
+    pub miss_forward: bool,
+    pub hold_cap: u32,
+    pub punt_rate: u32,
+    pub punt_burst: u32,
+}
+
+/// Errors reading or writing the state file.
+#[derive(Debug, thiserror::Error)]
+pub enum PersistError {
+    #[error("state file {path}: {op}: {source}")]
+    Io { path: PathBuf, op: &'static str, source: std::io::Error },
+    #[error("state file {path}: not a state file of this server: {detail}")]
+    Corrupt { path: PathBuf, detail: String },
+}
+
+/// Reads the state file; `None` if there is none (a first start).
+pub fn read(path: &Path) -> Result<Option<Persisted>, PersistError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => return Err(PersistError::Io { path: path.to_owned(), op: "read", source }),
+    };
+    let p: Persisted =
+        serde_json::from_str(&text).map_err(|e| PersistError::Corrupt { path: path.to_owned(), detail: e.to_string() })?;
+    if p.format != FORMAT {
+        return Err(PersistError::Corrupt { path: path.to_owned(), detail: format!("format {} (this server writes {FORMAT})", p.format) });
+    }
+    Ok(Some(p))
+}
+
+/// Writes `p` atomically: a reader (or a restart after a crash at any point) sees the old file or
+/// the new one, whole.
+pub fn write(path: &Path, p: &Persisted) -> Result<(), PersistError> {
+    let io = |op: &'static str| move |source| PersistError::Io { path: path.to_owned(), op, source };
+    let text = serde_json::to_vec(p).map_err(|e| PersistError::Corrupt { path: path.to_owned(), detail: e.to_string() })?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(io("create directory"))?;
+    }
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).map_err(io("write"))?;
+    std::fs::rename(&tmp, path).map_err(io("rename"))?;
+    Ok(())
+}
+
+fn mode_name(m: XdpMode) -> &'static str {
+    match m {
+        XdpMode::Auto => "auto",
+        XdpMode::Native => "native",
+        XdpMode::Generic => "generic",
+    }
+}
+
+fn mode_from(s: &str) -> XdpMode {
+    match s {
+        "native" => XdpMode::Native,
+        "generic" => XdpMode::Generic,
+        _ => XdpMode::Auto,
+    }
+}
+
+fn rule_out(r: &RuleSpec) -> PRule {
+    PRule {
+        priority: r.priority,
+        src: r.src.map(|p| p.to_string()),
+        dst: r.dst.map(|p| p.to_string()),
+        protocol: r.protocol,
+        src_ports: r.src_ports,
+        dst_ports: r.dst_ports,
+        icmp_type: r.icmp_type,
+        icmp_code: r.icmp_code,
+        tcp_flags: r.tcp_flags,
+        action: match r.action {
+            RuleAction::Allow => "allow",
+            RuleAction::Deny => "deny",
+            RuleAction::Punt => "punt",
+        }
+        .into(),
+    }
+}
+
+fn rule_in(r: &PRule) -> Option<RuleSpec> {
+    let prefix = |s: &Option<String>| -> Option<Option<Prefix>> {
+        match s {
+            None => Some(None),
+            Some(s) => s.parse().ok().map(Some),
+        }
+    };
+    Some(RuleSpec {
+        priority: r.priority,
+        src: prefix(&r.src)?,
+        dst: prefix(&r.dst)?,
+        protocol: r.protocol,
+        src_ports: r.src_ports,
+        dst_ports: r.dst_ports,
+        icmp_type: r.icmp_type,
+        icmp_code: r.icmp_code,
+        tcp_flags: r.tcp_flags,
+        action: match r.action.as_str() {
+            "allow" => RuleAction::Allow,
+            "deny" => RuleAction::Deny,
+            "punt" => RuleAction::Punt,
+            _ => return None,
+        },
+    })
+}
+
+fn installed_out(r: &InstalledRecord) -> PInstalled {
+    PInstalled { table: r.table, pool: r.pool, rule_slots: r.rules, rules: r.specs.iter().map(rule_out).collect() }
+}
+
+fn installed_in(p: &PInstalled) -> Option<InstalledRecord> {
+    Some(InstalledRecord {
+        table: p.table,
+        pool: p.pool,
+        rules: p.rule_slots,
+        specs: p.rules.iter().map(rule_in).collect::<Option<Vec<_>>>()?,
+    })
+}
+
+fn spec_out(s: &NextHopSpec) -> PSpec {
+    let mac = |m: &Option<Mac>| m.map(|m| m.to_string());
+    match s {
+        NextHopSpec::Encap { interface, dst_mac, src_mac } => {
+            PSpec::Encap { interface: interface.to_string(), dst_mac: dst_mac.to_string(), src_mac: mac(src_mac) }
+        }
+        NextHopSpec::Gateway { interface, gateway, src_mac } => {
+            PSpec::Gateway { interface: interface.to_string(), gateway: gateway.to_string(), src_mac: mac(src_mac) }
+        }
+        NextHopSpec::Ecmp { members } => PSpec::Ecmp { members: members.clone() },
+        NextHopSpec::Discard => PSpec::Discard,
+        NextHopSpec::Receive => PSpec::Receive,
+    }
+}
+
+fn spec_in(s: &PSpec) -> Option<NextHopSpec> {
+    let name = |n: &str| InterfaceName::parse("interface", n).ok();
+    let mac = |m: &Option<String>| -> Option<Option<Mac>> {
+        match m {
+            None => Some(None),
+            Some(m) => m.parse().ok().map(Some),
+        }
+    };
+    Some(match s {
+        PSpec::Encap { interface, dst_mac, src_mac } => {
+            NextHopSpec::Encap { interface: name(interface)?, dst_mac: dst_mac.parse().ok()?, src_mac: mac(src_mac)? }
+        }
+        PSpec::Gateway { interface, gateway, src_mac } => NextHopSpec::Gateway {
+            interface: name(interface)?,
+            gateway: gateway.parse::<IpAddr>().ok()?,
+            src_mac: mac(src_mac)?,
+        },
+        PSpec::Ecmp { members } => NextHopSpec::Ecmp { members: members.clone() },
+        PSpec::Discard => NextHopSpec::Discard,
+        PSpec::Receive => NextHopSpec::Receive,
+    })
+}
+
+fn direction_name(d: Direction) -> &'static str {
+    match d {
+        Direction::Ingress => "ingress",
+        Direction::Egress => "egress",
+    }
+}
+
+/// What a restore found and did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RestoreReport {
+    pub interfaces: usize,
+    pub nexthops: usize,
+    pub routes: usize,
+    pub policies: usize,
+    /// Entries dropped because the kernel no longer had them (an interface deleted while no
+    /// server ran) or never fully had them (a crash in the middle of a change).
+    pub dropped: Vec<String>,
+}
+
+impl State {
+    /// The part of the state the file keeps.
+    pub(super) fn persisted(&self, seq_floors: BTreeMap<String, u64>) -> Persisted {
+        Persisted {
+            format: FORMAT,
+            generation: self.generation,
+            vrfs: self
+                .vrfs
+                .iter()
+                .map(|(id, m)| PVrf {
+                    id: *id,
+                    kernel_table: match m {
+                        VrfMode::Routes => None,
+                        VrfMode::KernelFib { table } => Some(*table),
+                    },
+                })
+                .collect(),
+            interfaces: self
+                .interfaces
+                .iter()
+                .map(|(n, e)| PInterface {
+                    name: n.to_string(),
+                    ifindex: e.link.ifindex,
+                    slot: e.slot,
+                    vrf: e.vrf,
+                    requested: mode_name(e.requested).into(),
+                    xdp_mode: mode_name(e.attachment.xdp_mode).into(),
+                })
+                .collect(),
+            nexthops: self.nexthops.iter().map(|(id, e)| PNextHop { id: *id, slot: e.slot, spec: spec_out(&e.spec) }).collect(),
+            policies: self
+                .policies
+                .iter()
+                .map(|(n, e)| PPolicy {
+                    name: n.to_string(),
+                    rules: e.rules().iter().map(rule_out).collect(),
+                    installed: installed_out(&e.installed().record()),
+                })
+                .collect(),
+            retired: self.retired_policies.iter().map(|i| installed_out(&i.record())).collect(),
+            attachments: self
+                .policy_attachments
+                .iter()
+                .map(|((i, d), a)| PAttachment {
+                    interface: i.to_string(),
+                    direction: direction_name(*d).into(),
+                    policy: a.policy().to_string(),
+                    default_deny: a.default_deny(),
+                })
+                .collect(),
+            flow_modes: self
+                .flows
+                .modes()
+                .iter()
+                .map(|(slot, m)| PFlowMode {
+                    slot: *slot,
+                    enabled: m.enabled,
+                    miss_forward: m.miss_forward,
+                    hold_cap: m.hold_cap,
+                    punt_rate: m.punt_rate,
+                    punt_burst: m.punt_burst,
+                })
+                .collect(),
+            seq_floors,
+        }
+    }
+}
+
+impl<D: Dataplane> Domain<D> {
+    /// Rebuilds the domain from the state file `p` (`None`: a first start), the links the
+    /// dataplane adopted and the routes in its maps, without writing anything that forwards:
+    /// what was forwarding keeps forwarding. Interfaces whose link is gone, and what a crash left
+    /// half done, are dropped (and cleaned out of the kernel). Writes the state file back.
+    pub fn restore(&self, p: Option<Persisted>) -> Result<RestoreReport, DomainError> {
+        let p = p.unwrap_or_default();
+        let mut report = RestoreReport::default();
+        let mut state = self.lock();
+        state.generation = p.generation;
+        for v in &p.vrfs {
+            state.vrfs.insert(v.id, v.kernel_table.map_or(VrfMode::Routes, |table| VrfMode::KernelFib { table }));
+        }
+        *self.seq_floors.lock().unwrap_or_else(|e| e.into_inner()) = p.seq_floors.clone();
+
+        // Interfaces: only those whose links the dataplane still has, on the same ifindex.
+        let adopted: BTreeMap<u32, (u32, u32)> =
+            self.dataplane.adopted().into_iter().map(|a| (a.ifindex, (a.xdp_link_id, a.tc_link_id))).collect();
+        let mut kept_ifindexes = Vec::new();
+        for i in &p.interfaces {
+            let Ok(name) = InterfaceName::parse("name", &i.name) else { continue };
+            let link = self.dataplane.link(&i.name)?;
+            let (Some(link), Some(&(xdp_link_id, tc_link_id))) = (link, adopted.get(&i.ifindex)) else {
+                report.dropped.push(format!("interface {} (ifindex {}): gone", i.name, i.ifindex));
+                continue;
+            };
+            if link.ifindex != i.ifindex || !state.slots.reserve(i.slot) {
+                report.dropped.push(format!("interface {}: now ifindex {}", i.name, link.ifindex));
+                continue;
+            }
+            let kernel_fib = match state.vrfs.get(&i.vrf) {
+                Some(VrfMode::KernelFib { table }) => Some(*table),
+                _ => None,
+            };
+            // The link may have changed while no server ran (MTU, MAC, addresses).
+            self.dataplane.update_interface(&InterfaceParams { slot: i.slot, vrf: i.vrf, link: link.clone(), kernel_fib })?;
+            let attachment = Attachment { xdp_mode: mode_from(&i.xdp_mode), xdp_link_id, tc_link_id };
+            state.interfaces.insert(name, InterfaceEntry { link, vrf: i.vrf, slot: i.slot, requested: mode_from(&i.requested), attachment });
+            kept_ifindexes.push(i.ifindex);
+        }
+        for (ifindex, _) in adopted.iter().filter(|(i, _)| !kept_ifindexes.contains(i)) {
+            // Attached by a run that crashed before it recorded the interface, or whose link
+            // changed: not ours to keep.
+            self.dataplane.forget_links(*ifindex)?;
+            report.dropped.push(format!("links of ifindex {ifindex}: not in the state file"));
+        }
+        report.interfaces = state.interfaces.len();
+
+        for n in &p.nexthops {
+            let Some(spec) = spec_in(&n.spec) else {
+                report.dropped.push(format!("next hop {}: unreadable", n.id));
+                continue;
+            };
+            if !state.nh_slots.reserve(n.slot) {
+                report.dropped.push(format!("next hop {}: slot {} taken twice", n.id, n.slot));
+                continue;
+            }
+            state.nh_ids.insert(n.slot, n.id);
+            state.nexthops.insert(n.id, NextHopEntry { slot: n.slot, spec, routes: 0 });
+        }
+        report.nexthops = state.nexthops.len();
+        // Next hops through interfaces that went: emptied, as when a link goes while we run.
+        let missing: Vec<InterfaceName> = state
+            .nexthops
+            .values()
+            .filter_map(|e| e.spec.interface().cloned())
+            .filter(|i| !state.interfaces.contains_key(i))
+            .collect();
+        for name in missing {
+            self.rewrite_nexthops_via(&state, &name);
+        }
+
+        for pol in &p.policies {
+            let (Ok(name), Some(rules), Some(rec)) = (
+                PolicyName::parse("name", &pol.name),
+                pol.rules.iter().map(rule_in).collect::<Option<Vec<_>>>(),
+                installed_in(&pol.installed),
+            ) else {
+                report.dropped.push(format!("policy {}: unreadable", pol.name));
+                continue;
+            };
+            match Installed::restore(&mut state, &rec) {
+                Some(installed) => {
+                    state.policies.insert(name, PolicyEntry::new(rules, installed));
+                }
+                None => report.dropped.push(format!("policy {}: its tables do not fit", pol.name)),
+            }
+        }
+        for r in &p.retired {
+            if let Some(installed) = installed_in(r).and_then(|rec| Installed::restore(&mut state, &rec)) {
+                state.retired_policies.push(installed);
+            }
+        }
+        for a in &p.attachments {
+            let (Ok(i), Ok(pol)) = (InterfaceName::parse("interface", &a.interface), PolicyName::parse("policy", &a.policy)) else {
+                continue;
+            };
+            let dir = if a.direction == "egress" { Direction::Egress } else { Direction::Ingress };
+            if state.interfaces.contains_key(&i) && state.policies.contains_key(&pol) {
+                state.policy_attachments.insert((i, dir), Attached::new(pol, a.default_deny));
+            }
+        }
+        report.policies = state.policies.len();
+
+        let slots_in_use: Vec<u32> = state.interfaces.values().map(|e| e.slot).collect();
+        for m in &p.flow_modes {
+            if slots_in_use.contains(&m.slot) {
+                let mode = FlowMode {
+                    enabled: m.enabled,
+                    miss_forward: m.miss_forward,
+                    hold_cap: m.hold_cap,
+                    punt_rate: m.punt_rate,
+                    punt_burst: m.punt_burst,
+                };
+                state.flows.set_mode(m.slot, mode);
+            }
+        }
+        // HOLDs of the previous run: their captured packets died with it. Dropped, so the next
+        // packet of such a flow is a fresh miss, and the HOLD count starts even.
+        self.restore_holds(&mut state)?;
+
+        // Routes, from the tries: those pointing at a next hop the file does not know were
+        // written by a batch that never completed.
+        for (vrf, prefix, slot) in self.dataplane.dump_routes()? {
+            let known = state.nh_ids.get(&slot).copied().filter(|_| state.vrfs.contains_key(&vrf));
+            match known {
+                Some(id) => {
+                    state.routes.insert((vrf, prefix), id);
+                    state.route_counts[usize::from(!prefix.is_ipv4())] += 1;
+                    if let Some(e) = state.nexthops.get_mut(&id) {
+                        e.routes += 1;
+                    }
+                }
+                None => {
+                    self.dataplane.remove_route(vrf, &prefix)?;
+                    report.dropped.push(format!("route {prefix} in vrf {vrf}: next-hop slot {slot} unknown"));
+                }
+            }
+        }
+        report.routes = state.routes.len();
+        for d in &report.dropped {
+            warn!(what = %d, "dropped on restore");
+        }
+        self.save(&state);
+        info!(
+            interfaces = report.interfaces,
+            nexthops = report.nexthops,
+            routes = report.routes,
+            policies = report.policies,
+            generation = state.generation,
+            "state restored"
+        );
+        Ok(report)
+    }
+
+    /// Writes the state file, if this domain has one. A failure is logged: the change it
+    /// records is already in the kernel, and the next successful write carries it.
+    pub(super) fn save(&self, state: &State) {
+        let Some(path) = &self.state_file else { return };
+        let floors = self.seq_floors.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Err(e) = write(path, &state.persisted(floors)) {
+            warn!(error = %e, "writing the state file failed");
+        }
+    }
+
+    /// Promises that sequence numbers of event stream `stream` stay below `floor` in this run:
+    /// recorded before any number at or above the previous floor is handed out, so a restarted
+    /// server starts above every number a subscriber has seen.
+    pub fn reserve_seq(&self, stream: &str, floor: u64) {
+        self.seq_floors.lock().unwrap_or_else(|e| e.into_inner()).insert(stream.to_owned(), floor);
+        let state = self.lock();
+        self.save(&state);
+    }
+
+    /// Where event stream `stream` starts numbering in this run.
+    pub fn seq_floor(&self, stream: &str) -> u64 {
+        self.seq_floors.lock().unwrap_or_else(|e| e.into_inner()).get(stream).copied().unwrap_or(0)
+    }
+}
