@@ -106,6 +106,11 @@ pub struct PuntBucket {
 pub const STATE_CREATED: u32 = 0;
 /// HOLDs the server has since resolved, deleted, expired or seen evicted (server only).
 pub const STATE_RESOLVED: u32 = 1;
+/// The server's configuration generation, kept in the kernel beside what it counts: a crash
+/// of the server cannot lose it, and it costs one map write per change (not a file write).
+pub const STATE_GENERATION: u32 = 2;
+/// Entries of `FLOW_STATE`.
+pub const STATE_SLOTS: u32 = 4;
 
 /// Request ids are `cpu << REQUEST_CPU_SHIFT | n`, `n` counting per CPU (`FLOW_SEQ`): unique
 /// without an atomic fetch (which the BPF CPU version the programs target lacks).

@@ -50,7 +50,7 @@ pub const FLOWS_V6: &str = "FLOWS_V6";
 pub const FLOW_CONFIG: &str = "FLOW_CONFIG";
 /// Per-CPU array: interface slot -> [`crate::flow::PuntBucket`].
 pub const PUNT_BUCKETS: &str = "PUNT_BUCKETS";
-/// Array of two u64: `flow::STATE_CREATED`, `flow::STATE_RESOLVED`.
+/// Array of u64: `flow::STATE_CREATED`, `flow::STATE_RESOLVED`, `flow::STATE_GENERATION`.
 pub const FLOW_STATE: &str = "FLOW_STATE";
 /// Per-CPU array with one u64: the CPU's request id counter.
 pub const FLOW_SEQ: &str = "FLOW_SEQ";

@@ -8,13 +8,12 @@ use aya_ebpf::{
     helpers::bpf_fib_lookup,
     programs::XdpContext,
 };
-use dataplane_common::{policy::DIR_EGRESS, InterfaceConfig, Reason};
+use dataplane_common::{InterfaceConfig, Reason};
 
 use crate::{
     interface,
-    maps::TX_PORTS,
     parse::{ptr_at, Packet, L3},
-    policy, rewrite,
+    Hop,
 };
 
 const AF_INET: u8 = 2;
@@ -26,24 +25,27 @@ const RET_BLACKHOLE: i64 = 1;
 const RET_NO_NEIGH: i64 = 7;
 const RET_FRAG_NEEDED: i64 = 8;
 
-/// Forwards `pkt` by the kernel's FIB. Returns the verdict in the high 32 bits and the reason in
-/// the low 32: a plain integer, because this is a BPF-to-BPF call (`inline(never)`: the 64-byte
+/// Looks `pkt` up in the kernel's FIB and fills `hop` (egress slot, MTU, MACs). Returns 0 when
+/// the packet is to be forwarded, otherwise the verdict in the high 32 bits and the reason in the
+/// low 32: a plain integer, because this is a BPF-to-BPF call (`inline(never)`: the 64-byte
 /// lookup parameters get their own stack frame instead of growing the ingress frame past 512
 /// bytes).
 #[inline(never)]
-pub fn forward(ctx: &XdpContext, pkt: &Packet, cfg: &InterfaceConfig, len: u64) -> u64 {
-    let (verdict, reason) = try_forward(ctx, pkt, cfg, len);
-    ((verdict as u64) << 32) | reason as u32 as u64
+pub fn lookup(ctx: &XdpContext, pkt: &Packet, cfg: &InterfaceConfig, hop: &mut Hop) -> u64 {
+    match try_lookup(ctx, pkt, cfg, hop) {
+        Ok(()) => 0,
+        Err((verdict, reason)) => ((verdict as u64) << 32) | reason as u32 as u64,
+    }
 }
 
 #[inline(always)]
-fn try_forward(ctx: &XdpContext, pkt: &Packet, cfg: &InterfaceConfig, len: u64) -> (u32, Reason) {
+fn try_lookup(ctx: &XdpContext, pkt: &Packet, cfg: &InterfaceConfig, hop: &mut Hop) -> Result<(), (u32, Reason)> {
     const PASS: u32 = xdp_action::XDP_PASS;
     // SAFETY: all-zero is a valid value of this plain C struct.
     let mut p: FibParams = unsafe { core::mem::zeroed() };
     // First 4 bytes of the IP header: IPv4 version/IHL + TOS, IPv6 version/class/flow label.
     // Bounds check for the verifier (the parser already read further than this).
-    let Some(hdr) = ptr_at::<[u8; 4], XdpContext>(ctx, pkt.l3_off) else { return (PASS, Reason::Ipv4Truncated) };
+    let Some(hdr) = ptr_at::<[u8; 4], XdpContext>(ctx, pkt.l3_off) else { return Err((PASS, Reason::Ipv4Truncated)) };
     // SAFETY: bounds-checked above.
     let hdr = unsafe { *hdr };
     match pkt.l3 {
@@ -60,7 +62,7 @@ fn try_forward(ctx: &XdpContext, pkt: &Packet, cfg: &InterfaceConfig, len: u64) 
             p.__bindgen_anon_3.ipv6_src = words(&pkt.src);
             p.__bindgen_anon_4.ipv6_dst = words(&pkt.dst);
         }
-        L3::Other(_) => return (PASS, Reason::PassNonIp),
+        L3::Other(_) => return Err((PASS, Reason::PassNonIp)),
     }
     p.l4_protocol = pkt.ip_proto;
     if !pkt.fragment {
@@ -82,26 +84,17 @@ fn try_forward(ctx: &XdpContext, pkt: &Packet, cfg: &InterfaceConfig, len: u64) 
     };
     match rc {
         RET_SUCCESS => {}
-        RET_NO_NEIGH => return (PASS, Reason::PassFibNoNeigh),
-        RET_FRAG_NEEDED => return (PASS, Reason::PassFibMtu),
-        RET_BLACKHOLE => return (xdp_action::XDP_DROP, Reason::DropFibBlackhole),
-        _ => return (PASS, Reason::PassFibNotForwarded),
+        RET_NO_NEIGH => return Err((PASS, Reason::PassFibNoNeigh)),
+        RET_FRAG_NEEDED => return Err((PASS, Reason::PassFibMtu)),
+        RET_BLACKHOLE => return Err((xdp_action::XDP_DROP, Reason::DropFibBlackhole)),
+        _ => return Err((PASS, Reason::PassFibNotForwarded)),
     }
-    if pkt.ttl <= 1 {
-        // The kernel answers with time exceeded from the right source address.
-        return (PASS, Reason::PassTtlExceeded);
-    }
-    let Some(out) = interface::config(p.ifindex) else { return (PASS, Reason::PassFibForeignEgress) };
-    if let Err(reason) = policy::check(out.slot, DIR_EGRESS, pkt, len) {
-        return (crate::verdict_for(reason), reason);
-    }
-    if !rewrite::decrement_ttl(ctx, pkt) || !rewrite::set_macs(ctx, &p.dmac, &p.smac) {
-        return (PASS, Reason::Ipv4Truncated);
-    }
-    match TX_PORTS.redirect(out.slot, 0) {
-        Ok(action) => (action, Reason::Forwarded),
-        Err(_) => (xdp_action::XDP_DROP, Reason::DropNoTxPort),
-    }
+    let Some(out) = interface::config(p.ifindex) else { return Err((PASS, Reason::PassFibForeignEgress)) };
+    hop.tx_slot = out.slot;
+    hop.mtu = out.mtu;
+    hop.dst = p.dmac;
+    hop.src = p.smac;
+    Ok(())
 }
 
 #[inline(always)]

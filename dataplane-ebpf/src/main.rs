@@ -73,22 +73,32 @@ fn ingress(ctx: &XdpContext, cfg: &InterfaceConfig) -> (u32, Reason) {
     if let Err(reason) = for_us(ctx, &pkt, cfg) {
         return (PASS, reason);
     }
+    // The next hop, or None for the kernel's FIB.
     let nh_slot = match flow::stage(ctx, &pkt, cfg.slot, cfg.vrf, len) {
-        flow::Decision::Forward(slot) => slot,
+        flow::Decision::Forward(slot) => Some(slot),
         flow::Decision::Stop(reason) => return (verdict_for(reason), reason),
-        flow::Decision::Route if cfg.flags & IFACE_KERNEL_FIB != 0 => {
-            let r = fib::forward(ctx, &pkt, cfg, len);
-            return ((r >> 32) as u32, Reason::from_u32(r as u32).unwrap_or(Reason::PassFibNotForwarded));
-        }
+        flow::Decision::Route if cfg.flags & IFACE_KERNEL_FIB != 0 => None,
         flow::Decision::Route => match route::lookup(cfg.vrf, &pkt) {
-            Some(slot) => slot,
+            Some(slot) => Some(slot),
             None => return (PASS, Reason::NoRoute),
         },
     };
-    let (slot, nh) = match nexthop::resolve(nh_slot, &pkt) {
-        Resolved::Encap(slot, nh) => (slot, nh),
-        Resolved::Stop(Reason::DropDiscard) => return (xdp_action::XDP_DROP, Reason::DropDiscard),
-        Resolved::Stop(reason) => return (PASS, reason),
+    // Both ways end in one hop and one shared tail below: the verifier walks the tail (egress
+    // policy, rewrite, redirect) once, not once per way.
+    let hop = match nh_slot {
+        Some(nh_slot) => match nexthop::resolve(nh_slot, &pkt) {
+            Resolved::Encap(slot, nh) => Hop { tx_slot: nh.tx_slot, mtu: nh.mtu, dst: nh.dst_mac, src: nh.src_mac, counter: slot },
+            Resolved::Stop(Reason::DropDiscard) => return (xdp_action::XDP_DROP, Reason::DropDiscard),
+            Resolved::Stop(reason) => return (PASS, reason),
+        },
+        None => {
+            let mut hop = Hop::NONE;
+            let r = fib::lookup(ctx, &pkt, cfg, &mut hop);
+            if r != 0 {
+                return ((r >> 32) as u32, Reason::from_u32(r as u32).unwrap_or(Reason::PassFibNotForwarded));
+            }
+            hop
+        }
     };
     if pkt.ttl <= 1 {
         if icmp::time_exceeded(ctx, &pkt, cfg) {
@@ -101,22 +111,40 @@ fn ingress(ctx: &XdpContext, cfg: &InterfaceConfig) -> (u32, Reason) {
         }
         return (PASS, Reason::PassTtlExceeded);
     }
-    if (pkt.l3_end - pkt.l3_off) as u32 > nh.mtu {
+    if (pkt.l3_end - pkt.l3_off) as u32 > hop.mtu {
         return (PASS, Reason::PassMtu);
     }
-    if let Err(reason) = policy::check(nh.tx_slot, DIR_EGRESS, &pkt, len) {
+    if let Err(reason) = policy::check(hop.tx_slot, DIR_EGRESS, &pkt, len) {
         return (verdict_for(reason), reason);
     }
-    if !rewrite::decrement_ttl(ctx, &pkt) || !rewrite::macs(ctx, nh) {
+    if !rewrite::decrement_ttl(ctx, &pkt) || !rewrite::set_macs(ctx, &hop.dst, &hop.src) {
         return (PASS, Reason::Ipv4Truncated);
     }
-    match TX_PORTS.redirect(nh.tx_slot, 0) {
+    match TX_PORTS.redirect(hop.tx_slot, 0) {
         Ok(action) => {
-            stats::count_nexthop(slot, (ctx.data_end() - ctx.data()) as u64);
+            if hop.counter != Hop::NO_COUNTER {
+                stats::count_nexthop(hop.counter, (ctx.data_end() - ctx.data()) as u64);
+            }
             (action, Reason::Forwarded)
         }
         Err(_) => (xdp_action::XDP_DROP, Reason::DropNoTxPort),
     }
+}
+
+/// Where a packet the dataplane forwards goes.
+pub(crate) struct Hop {
+    /// Egress interface slot (devmap key) and its MTU.
+    pub tx_slot: u32,
+    pub mtu: u32,
+    pub dst: [u8; 6],
+    pub src: [u8; 6],
+    /// Next-hop slot whose counters count it, or `NO_COUNTER` (kernel FIB: no next hop of ours).
+    pub counter: u32,
+}
+
+impl Hop {
+    pub const NO_COUNTER: u32 = u32::MAX;
+    pub const NONE: Self = Self { tx_slot: 0, mtu: 0, dst: [0; 6], src: [0; 6], counter: Self::NO_COUNTER };
 }
 
 /// XDP_DROP for drop reasons and punted flow misses, XDP_PASS for the others.

@@ -118,7 +118,7 @@ pub static PUNT_BUCKETS: PerCpuArray<PuntBucket> = PerCpuArray::with_max_entries
 
 /// HOLDs created (XDP) and resolved (server).
 #[map(name = "FLOW_STATE")]
-pub static FLOW_STATE: Array<u64> = Array::with_max_entries(2, 0);
+pub static FLOW_STATE: Array<u64> = Array::with_max_entries(dataplane_common::flow::STATE_SLOTS, 0);
 
 /// Per-CPU request id counter.
 #[map(name = "FLOW_SEQ")]

@@ -277,7 +277,30 @@ impl Server {
             .spawn()
             .context("spawning dataplane-server")?;
         self.child = Some(child);
-        self.wait_ready()
+        let r = self.wait_ready();
+        if r.is_err() {
+            if let Some(mut c) = self.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+        r
+    }
+
+    /// Waits for a server that is exiting by itself (after a Reset); SIGTERM if it has not after
+    /// 10 s.
+    pub fn stop_or_wait(&mut self) -> Result<std::process::ExitStatus> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(st) = self.child.as_mut().context("server not running")?.try_wait()? {
+                self.child = None;
+                return Ok(st);
+            }
+            if Instant::now() > deadline {
+                return self.stop();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// SIGKILL, as a crash: nothing of the server's own cleanup runs.
@@ -529,4 +552,126 @@ pub fn describe_stats(d: &dataplane_common::InterfaceStats) -> String {
         d.tx_bytes,
         reasons.join(" ")
     )
+}
+
+/// A steady one-way stream of sequence-numbered UDP datagrams from one namespace to another,
+/// with the loss counted at the receiver: the measure of "no packet lost" across crashes,
+/// restarts and upgrades.
+pub struct UdpStream {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    sender: Option<std::thread::JoinHandle<Result<u64>>>,
+    receiver: Option<std::thread::JoinHandle<Result<std::collections::HashSet<u64>>>>,
+}
+
+/// What a stream saw.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StreamReport {
+    pub sent: u64,
+    pub received: u64,
+    pub lost: u64,
+}
+
+/// Moves the calling thread into network namespace `name`.
+fn enter_netns(name: &str) -> Result<()> {
+    let f = std::fs::File::open(format!("/run/netns/{name}"))?;
+    // SAFETY: setns on an fd we own; it only changes this thread's network namespace.
+    if unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&f), libc::CLONE_NEWNET) } != 0 {
+        bail!("setns {name}: {}", std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn force_buffer(sock: &std::net::UdpSocket, opt: libc::c_int) {
+    let size: libc::c_int = 16 << 20;
+    // SAFETY: setsockopt on a socket we own with a c_int value.
+    unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(sock),
+            libc::SOL_SOCKET,
+            opt,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as u32,
+        );
+    }
+}
+
+impl UdpStream {
+    /// Starts sending to `dst:port` from `from` at about `pps` datagrams per second, received in
+    /// `to` (which must hold `dst`).
+    pub fn start(from: &Netns, to: &Netns, dst: std::net::IpAddr, port: u16, pps: u32) -> Result<Self> {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let to_name = to.name.clone();
+        let stop_r = stop.clone();
+        let receiver = std::thread::spawn(move || -> Result<std::collections::HashSet<u64>> {
+            enter_netns(&to_name)?;
+            let sock = std::net::UdpSocket::bind((dst, port))?;
+            sock.set_read_timeout(Some(Duration::from_millis(100)))?;
+            // 16 MiB of receive buffer: a receiver thread descheduled for a while (two CPUs,
+            // servers restarting) must not be the one that drops datagrams.
+            force_buffer(&sock, libc::SO_RCVBUFFORCE);
+            let _ = ready_tx.send(());
+            let mut seen = std::collections::HashSet::new();
+            let mut buf = [0u8; 64];
+            let mut quiet_since: Option<Instant> = None;
+            loop {
+                match sock.recv(&mut buf) {
+                    Ok(n) if n >= 8 => {
+                        seen.insert(u64::from_be_bytes(buf[..8].try_into().unwrap()));
+                        quiet_since = None;
+                    }
+                    Ok(_) => {}
+                    Err(_) => {
+                        // Stopped, and nothing more in flight for a while: done.
+                        if stop_r.load(Ordering::Relaxed) {
+                            let q = *quiet_since.get_or_insert_with(Instant::now);
+                            if q.elapsed() > Duration::from_millis(500) {
+                                return Ok(seen);
+                            }
+                        }
+                    }
+                }
+            }
+        });
+        ready_rx.recv_timeout(Duration::from_secs(5)).context("receiver did not start")?;
+        let from_name = from.name.clone();
+        let stop_s = stop.clone();
+        let gap = Duration::from_secs(1) / pps.max(1);
+        let sender = std::thread::spawn(move || -> Result<u64> {
+            enter_netns(&from_name)?;
+            let sock = std::net::UdpSocket::bind(if dst.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" })?;
+            force_buffer(&sock, libc::SO_SNDBUFFORCE);
+            let mut seq = 0u64;
+            let start = Instant::now();
+            while !stop_s.load(Ordering::Relaxed) {
+                let mut payload = [0u8; 32];
+                payload[..8].copy_from_slice(&seq.to_be_bytes());
+                // A send error (no route yet, buffer full) is a lost datagram like any other.
+                let _ = sock.send_to(&payload, (dst, port));
+                seq += 1;
+                let due = start + gap * seq as u32;
+                if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(wait);
+                }
+            }
+            Ok(seq)
+        });
+        Ok(Self { stop, sender: Some(sender), receiver: Some(receiver) })
+    }
+
+    /// Stops sending, waits for what is in flight, and reports.
+    pub fn stop(mut self) -> Result<StreamReport> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let sent = self.sender.take().unwrap().join().map_err(|_| anyhow::anyhow!("sender panicked"))??;
+        let seen = self.receiver.take().unwrap().join().map_err(|_| anyhow::anyhow!("receiver panicked"))??;
+        let received = seen.iter().filter(|s| **s < sent).count() as u64;
+        Ok(StreamReport { sent, received, lost: sent - received })
+    }
+}
+
+impl Drop for UdpStream {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
 }

@@ -606,7 +606,7 @@ impl Harness {
     /// Loads the object and the XDP program and registers the ingress interface (VRF 0, both
     /// addresses); no next hop, route or TX port beyond the interface's own.
     fn load() -> Self {
-        let mut ebpf = EbpfLoader::new().load(EBPF_OBJECT).expect("parse and load the eBPF object");
+        let mut ebpf = EbpfLoader::new().verifier_log_level(aya::VerifierLogLevel::STATS).load(EBPF_OBJECT).expect("parse and load the eBPF object");
         let xdp: &mut Xdp = ebpf
             .program_mut(programs::XDP_INGRESS)
             .unwrap_or_else(|| panic!("{} missing from the object", programs::XDP_INGRESS))

@@ -428,7 +428,7 @@ struct Harness {
 impl Harness {
     /// Loads the object and the XDP program; no ifindex is registered yet.
     fn load() -> Self {
-        let mut ebpf = EbpfLoader::new().load(EBPF_OBJECT).expect("parse and load the eBPF object");
+        let mut ebpf = EbpfLoader::new().verifier_log_level(aya::VerifierLogLevel::STATS).load(EBPF_OBJECT).expect("parse and load the eBPF object");
         let xdp: &mut Xdp = ebpf
             .program_mut(programs::XDP_INGRESS)
             .unwrap_or_else(|| panic!("{} missing from the object", programs::XDP_INGRESS))

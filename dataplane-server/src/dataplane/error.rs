@@ -59,6 +59,8 @@ pub enum DataplaneError {
     FrameTooShort { len: usize, min: usize },
     #[error("pinned map {map} ({path}) does not have the layout this build expects: expected {expected}, found {found}; start with --reset to drop the old dataplane, or run the build that pinned it")]
     PinnedMapMismatch { map: &'static str, path: PathBuf, expected: String, found: String },
+    #[error("the eBPF object does not parse: {detail}")]
+    ObjectParse { detail: String },
     #[error("{map}: index {slot} is out of range (max {max})")]
     SlotOutOfRange { map: &'static str, slot: u32, max: u32 },
 }

@@ -17,7 +17,7 @@ use aya::{
         xdp::XdpLink,
         SchedClassifier, TcAttachType, Xdp, XdpMode as AyaXdpMode,
     },
-    Ebpf, EbpfLoader,
+    Ebpf, EbpfLoader, VerifierLogLevel,
 };
 use dataplane_common::{
     maps as names, programs,
@@ -120,11 +120,7 @@ pub struct KernelDataplane {
 
 /// A map as the eBPF object declares it, to compare with a pinned one.
 fn expected_maps(object: &[u8]) -> Result<StdHashMap<String, (u32, u32, u32, u32, u32)>, DataplaneError> {
-    let obj = aya_obj::Object::parse(object).map_err(|e| DataplaneError::Io {
-        path: "embedded eBPF object".into(),
-        op: "parse",
-        source: std::io::Error::other(e.to_string()),
-    })?;
+    let obj = aya_obj::Object::parse(object).map_err(|e| DataplaneError::ObjectParse { detail: e.to_string() })?;
     Ok(obj
         .maps
         .iter()
@@ -145,7 +141,17 @@ fn check_pinned_maps(dirs: &PinDirs, object: &[u8]) -> Result<usize, DataplaneEr
         found += 1;
         let info = MapInfo::from_pin(&path).map_err(DataplaneError::map(name, "read pinned map info"))?;
         let Some(&(t, k, v, n, f)) = expected.get(*name) else { continue };
-        let have = (info.map_type().map(|t| t as u32).unwrap_or(u32::MAX), info.key_size(), info.value_size(), info.max_entries(), info.map_flags());
+        // The kernel adds BPF_F_RDONLY_PROG / BPF_F_WRONLY_PROG to some maps itself (a devmap's
+        // values are read-only to programs): not part of what the object asks for.
+        const KERNEL_ADDED: u32 = 0x80 | 0x100;
+        let have = (
+            info.map_type().map(|t| t as u32).unwrap_or(u32::MAX),
+            info.key_size(),
+            info.value_size(),
+            info.max_entries(),
+            info.map_flags() & !KERNEL_ADDED,
+        );
+        let f = f & !KERNEL_ADDED;
         if have != (t, k, v, n, f) {
             return Err(DataplaneError::PinnedMapMismatch {
                 map: name,
@@ -158,22 +164,48 @@ fn check_pinned_maps(dirs: &PinDirs, object: &[u8]) -> Result<usize, DataplaneEr
     Ok(found)
 }
 
-/// Loads the object over the pinned maps (creating and pinning the missing ones).
+/// Loads the object over the pinned maps (creating and pinning the missing ones). The
+/// verifier keeps statistics only: its full log (aya's default) makes every load ~10x slower,
+/// and is asked for again only when a load fails (`load_programs`).
 fn load_object(dirs: &PinDirs, bytes: &[u8]) -> Result<Ebpf, DataplaneError> {
+    load_object_logging(dirs, bytes, VerifierLogLevel::STATS)
+}
+
+fn load_object_logging(dirs: &PinDirs, bytes: &[u8], log: VerifierLogLevel) -> Result<Ebpf, DataplaneError> {
     let mut loader = EbpfLoader::new();
+    loader.verifier_log_level(log);
     for name in names::ALL {
         loader.map_pin_path(name, dirs.maps.join(name));
     }
     loader.load(bytes).map_err(|e| DataplaneError::Load { source: Box::new(e) })
 }
 
-/// Loads (verifies) the two attached programs of `ebpf`; the error carries the verifier's log.
-fn load_programs(ebpf: &mut Ebpf) -> Result<(), DataplaneError> {
-    let xdp: &mut Xdp = program_mut(ebpf, programs::XDP_INGRESS)?;
-    xdp.load().map_err(DataplaneError::program(programs::XDP_INGRESS, "load"))?;
-    let tc: &mut SchedClassifier = program_mut(ebpf, programs::TC_EGRESS)?;
-    tc.load().map_err(DataplaneError::program(programs::TC_EGRESS, "load"))?;
-    Ok(())
+/// Loads (verifies) the two attached programs of `ebpf`. On a failure the object is loaded
+/// once more with the verifier's full log, so the error carries what the verifier said.
+fn load_programs(ebpf: &mut Ebpf, dirs: &PinDirs, bytes: &[u8]) -> Result<(), DataplaneError> {
+    fn both(ebpf: &mut Ebpf) -> Result<(), DataplaneError> {
+        let xdp: &mut Xdp = program_mut(ebpf, programs::XDP_INGRESS)?;
+        xdp.load().map_err(DataplaneError::program(programs::XDP_INGRESS, "load"))?;
+        let tc: &mut SchedClassifier = program_mut(ebpf, programs::TC_EGRESS)?;
+        tc.load().map_err(DataplaneError::program(programs::TC_EGRESS, "load"))?;
+        Ok(())
+    }
+    match both(ebpf) {
+        Ok(()) => Ok(()),
+        Err(first) => match load_object_logging(dirs, bytes, VerifierLogLevel::DEBUG | VerifierLogLevel::STATS) {
+            Ok(mut verbose) => both(&mut verbose).and(Err(first)),
+            Err(_) => Err(first),
+        },
+    }
+}
+
+fn unload_programs(ebpf: &mut Ebpf) {
+    if let Ok(xdp) = program_mut::<Xdp>(ebpf, programs::XDP_INGRESS) {
+        let _ = xdp.unload();
+    }
+    if let Ok(tc) = program_mut::<SchedClassifier>(ebpf, programs::TC_EGRESS) {
+        let _ = tc.unload();
+    }
 }
 
 fn program_tag(ebpf: &Ebpf, name: &'static str) -> Result<u64, DataplaneError> {
@@ -186,7 +218,8 @@ fn program_tag(ebpf: &Ebpf, name: &'static str) -> Result<u64, DataplaneError> {
 fn pin_programs(dirs: &PinDirs, ebpf: &mut Ebpf) -> Result<(), DataplaneError> {
     for name in [programs::XDP_INGRESS, programs::TC_EGRESS] {
         let path = dirs.programs.join(name);
-        let tmp = dirs.programs.join(format!("{name}.new"));
+        // bpffs refuses names with a dot.
+        let tmp = dirs.programs.join(format!("{name}_new"));
         remove_pin(&tmp)?;
         let prog = ebpf.program_mut(name).ok_or(DataplaneError::Missing { what: "program", name })?;
         prog.pin(&tmp).map_err(|e| DataplaneError::Io { path: tmp.clone(), op: "pin", source: std::io::Error::other(e.to_string()) })?;
@@ -258,7 +291,7 @@ impl KernelDataplane {
         let pinned_maps = check_pinned_maps(&dirs, EBPF_OBJECT)?;
         mkdirs(&dirs)?;
         let mut ebpf = load_object(&dirs, EBPF_OBJECT)?;
-        load_programs(&mut ebpf)?;
+        load_programs(&mut ebpf, &dirs, EBPF_OBJECT)?;
         let adopting = dirs.programs.join(programs::XDP_INGRESS).exists() && dirs.programs.join(programs::TC_EGRESS).exists();
         let mut report = LoadReport::default();
         let (xdp, tc) = if adopting {
@@ -266,7 +299,9 @@ impl KernelDataplane {
             let same = old_xdp.info().map(|i| i.tag()).ok() == Some(program_tag(&ebpf, programs::XDP_INGRESS)?)
                 && old_tc.info().map(|i| i.tag()).ok() == Some(program_tag(&ebpf, programs::TC_EGRESS)?);
             if same {
-                // Keep what runs: the same ids before and after a restart.
+                // Keep what runs: the same ids before and after a restart. The copies just
+                // verified go (benchmarks load their own when asked).
+                unload_programs(&mut ebpf);
                 (old_xdp, old_tc)
             } else {
                 report.upgraded = true;
@@ -374,14 +409,21 @@ impl KernelDataplane {
         let mut guard = self.lock();
         let inner = &mut *guard;
         let object = object.unwrap_or(EBPF_OBJECT);
+        let t = std::time::Instant::now();
         check_pinned_maps(&self.dirs, object)?;
+        let checked = t.elapsed();
         let mut ebpf = load_object(&self.dirs, object)?;
-        load_programs(&mut ebpf)?;
+        let parsed = t.elapsed();
+        load_programs(&mut ebpf, &self.dirs, object)?;
+        let verified = t.elapsed();
         pin_programs(&self.dirs, &mut ebpf)?;
         let (xdp, tc) = open_pinned_programs(&self.dirs)?;
         inner.xdp = xdp;
         inner.tc = tc;
         swap_links(inner)?;
+        info!(?checked, ?parsed, ?verified, total = ?t.elapsed(), "upgrade timings");
+        // The previous object's copies of the programs go with it.
+        inner.ebpf = ebpf;
         drop(guard);
         self.programs()
     }
@@ -400,6 +442,16 @@ impl KernelDataplane {
             warn!(error = %e, "removing pins failed");
         }
     }
+}
+
+/// Whether the kernel has a BPF program with this id (for tests and diagnostics).
+pub fn program_exists(id: u32) -> bool {
+    aya::programs::loaded_programs().flatten().any(|p| p.id() == id)
+}
+
+/// How many bpf links in the kernel run program `id` (for tests: no duplicate link).
+pub fn links_running(id: u32) -> usize {
+    aya::programs::loaded_links().flatten().filter(|l| l.program_id() == id).count()
 }
 
 /// Removes everything this server pins under `root` (for `--reset` without a loaded dataplane
@@ -836,6 +888,22 @@ impl Dataplane for KernelDataplane {
 
     fn dump_routes(&self) -> Result<Vec<(u32, Prefix, u32)>, DataplaneError> {
         self.lock().routes.dump()
+    }
+
+    fn set_generation(&self, generation: u64) -> Result<(), DataplaneError> {
+        self.lock()
+            .flows
+            .state
+            .set(dataplane_common::flow::STATE_GENERATION, generation, 0)
+            .map_err(DataplaneError::map(names::FLOW_STATE, "update"))
+    }
+
+    fn generation(&self) -> Result<u64, DataplaneError> {
+        self.lock()
+            .flows
+            .state
+            .get(&dataplane_common::flow::STATE_GENERATION, 0)
+            .map_err(DataplaneError::map(names::FLOW_STATE, "read"))
     }
 
     fn holds_created(&self) -> Result<u64, DataplaneError> {

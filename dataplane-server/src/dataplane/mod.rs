@@ -226,6 +226,10 @@ pub trait Dataplane: Send + Sync + 'static {
     fn forget_links(&self, ifindex: u32) -> Result<(), DataplaneError>;
     /// Every route in the kernel's tries: (VRF, prefix, next-hop slot).
     fn dump_routes(&self) -> Result<Vec<(u32, Prefix, u32)>, DataplaneError>;
+    /// Records the configuration generation in the kernel (`flow::STATE_GENERATION`).
+    fn set_generation(&self, generation: u64) -> Result<(), DataplaneError>;
+    /// The generation last recorded there (0 on a fresh dataplane).
+    fn generation(&self) -> Result<u64, DataplaneError>;
     /// HOLDs the XDP program created in total (`flow::STATE_CREATED`).
     fn holds_created(&self) -> Result<u64, DataplaneError>;
 

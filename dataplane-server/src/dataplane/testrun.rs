@@ -140,6 +140,8 @@ impl PinnedIngress {
     pub fn load(bpffs_root: &std::path::Path) -> Result<Self, DataplaneError> {
         let dir = bpffs_root.join(super::loader::PIN_VERSION).join("maps");
         let mut loader = aya::EbpfLoader::new();
+        // Statistics only: the full verifier log makes the load ~10x slower.
+        loader.verifier_log_level(aya::VerifierLogLevel::STATS);
         for name in names::ALL {
             let pin = dir.join(name);
             // A missing pin would make the loader create (and pin) a fresh map instead.

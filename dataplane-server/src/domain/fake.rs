@@ -42,6 +42,7 @@ pub struct FakeDataplane {
     pub flow_config: Mutex<BTreeMap<u32, dataplane_common::flow::FlowConfig>>,
     pub flows: Mutex<BTreeMap<crate::dataplane::FlowKey, dataplane_common::flow::FlowValue>>,
     pub holds_resolved: AtomicI64,
+    pub generation: AtomicI64,
     /// (ifindex, frame) of every re-injection.
     pub reinjected: Mutex<Vec<(u32, Vec<u8>)>>,
 }
@@ -64,6 +65,7 @@ impl Default for FakeDataplane {
             flow_config: Mutex::default(),
             flows: Mutex::default(),
             holds_resolved: AtomicI64::new(0),
+            generation: AtomicI64::new(0),
             reinjected: Mutex::default(),
         }
     }
@@ -156,6 +158,15 @@ impl Dataplane for FakeDataplane {
 
     fn dump_routes(&self) -> Result<Vec<(u32, Prefix, u32)>, DataplaneError> {
         Ok(self.routes())
+    }
+
+    fn set_generation(&self, generation: u64) -> Result<(), DataplaneError> {
+        self.generation.store(generation as i64, Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn generation(&self) -> Result<u64, DataplaneError> {
+        Ok(self.generation.load(Ordering::SeqCst) as u64)
     }
 
     fn holds_created(&self) -> Result<u64, DataplaneError> {

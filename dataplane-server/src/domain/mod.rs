@@ -88,6 +88,8 @@ pub struct Domain<D: Dataplane> {
     seq_floors: Mutex<BTreeMap<String, u64>>,
     /// A change not yet in the state file (flow installs write it lazily: see `flush`).
     dirty: std::sync::atomic::AtomicBool,
+    /// After a reset the state file stays gone.
+    reset_done: std::sync::atomic::AtomicBool,
 }
 
 /// A request to the kernel about a gateway: resolve `address` on `ifindex` and keep it resolved
@@ -136,6 +138,7 @@ impl<D: Dataplane> Domain<D> {
             state_file,
             seq_floors: Mutex::new(BTreeMap::new()),
             dirty: std::sync::atomic::AtomicBool::new(false),
+            reset_done: std::sync::atomic::AtomicBool::new(false),
             started: Instant::now(),
         }
     }
@@ -145,16 +148,20 @@ impl<D: Dataplane> Domain<D> {
         &self.dataplane
     }
 
-    /// A change went into the kernel: a new generation, recorded in the state file.
+    /// A change went into the kernel: a new generation, recorded in the kernel (survives a
+    /// crash exactly) and in the state file.
     fn bump(&self, state: &mut State) {
-        state.generation += 1;
+        self.bump_volatile(state);
         self.save(state);
     }
 
-    /// As `bump`, for changes too frequent to write the file each time (flow installs): the file
-    /// follows within one `flush` period.
+    /// As `bump`, for changes too frequent to write the file each time (flow installs): the
+    /// generation is in the kernel at once, the file follows within one `flush` period.
     fn bump_volatile(&self, state: &mut State) {
         state.generation += 1;
+        if let Err(e) = self.dataplane.set_generation(state.generation) {
+            tracing::warn!(error = %e, "recording the generation in the kernel failed");
+        }
         self.dirty.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 

@@ -370,7 +370,8 @@ impl<D: Dataplane> Domain<D> {
         let p = p.unwrap_or_default();
         let mut report = RestoreReport::default();
         let mut state = self.lock();
-        state.generation = p.generation;
+        // The kernel's copy is exact; the file's may lag by the last flow installs.
+        state.generation = p.generation.max(self.dataplane.generation()?);
         for v in &p.vrfs {
             state.vrfs.insert(v.id, v.kernel_table.map_or(VrfMode::Routes, |table| VrfMode::KernelFib { table }));
         }
@@ -520,6 +521,10 @@ impl<D: Dataplane> Domain<D> {
     /// records is already in the kernel, and the next successful write carries it.
     pub(super) fn save(&self, state: &State) {
         let Some(path) = &self.state_file else { return };
+        if self.reset_done.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
+        self.dirty.store(false, std::sync::atomic::Ordering::Relaxed);
         let floors = self.seq_floors.lock().unwrap_or_else(|e| e.into_inner()).clone();
         if let Err(e) = write(path, &state.persisted(floors)) {
             warn!(error = %e, "writing the state file failed");

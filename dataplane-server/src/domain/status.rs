@@ -132,7 +132,7 @@ impl<D: Dataplane> Domain<D> {
         // Under the domain's lock: the server is the links' only writer while it swaps them.
         let mut state = self.lock();
         let programs = self.dataplane.upgrade(object).map_err(|e| match e {
-            E::Load { .. } | E::PinnedMapMismatch { .. } | E::Program { op: "load", .. } | E::Missing { .. } => {
+            E::Load { .. } | E::ObjectParse { .. } | E::PinnedMapMismatch { .. } | E::Program { op: "load", .. } | E::Missing { .. } => {
                 DomainError::FailedPrecondition(format!("the new programs were not loaded: {e}"))
             }
             other => DomainError::from(other),
@@ -146,6 +146,7 @@ impl<D: Dataplane> Domain<D> {
     /// its maps are no longer pinned.
     pub fn reset(&self) {
         let _state = self.lock();
+        self.reset_done.store(true, std::sync::atomic::Ordering::Relaxed);
         self.dataplane.reset();
         if let Some(path) = &self.state_file {
             if let Err(e) = std::fs::remove_file(path) {
