@@ -317,6 +317,8 @@ async fn upgrade_that_fails_to_load_changes_nothing_and_carries_the_message() {
     let topo = Topology::routed().unwrap();
     let server = Server::start(&topo.rtr).unwrap();
     let mut c = programmed(&topo, &server).await;
+    // The flow install reaches the state file lazily (within 200 ms): let it settle first.
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let before = snapshot(&mut c).await;
     let pins_before = pins(&server.bpffs);
     let state_before = std::fs::read(&server.state_file).unwrap();

@@ -545,3 +545,98 @@ impl<D: Dataplane> Domain<D> {
         self.seq_floors.lock().unwrap_or_else(|e| e.into_inner()).get(stream).copied().unwrap_or(0)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        dataplane::AdoptedLinks,
+        domain::{fake::FakeDataplane, AddInterface, NewNextHop, RouteSpec},
+    };
+
+    fn name(s: &str) -> InterfaceName {
+        InterfaceName::parse("n", s).unwrap()
+    }
+
+    #[test]
+    fn restore_from_persisted_state_and_kernel_routes_lists_the_same() {
+        let a = Domain::new(FakeDataplane::with_links(&[("eth0", 7), ("eth1", 8)]));
+        for n in ["eth0", "eth1"] {
+            a.add_interface(AddInterface { name: name(n), mode: XdpMode::Auto, vrf: 0 }).unwrap();
+        }
+        a.add_vrf(5, VrfMode::KernelFib { table: 100 }).unwrap();
+        a.add_nexthops(vec![
+            NewNextHop { id: 10, spec: NextHopSpec::Encap { interface: name("eth0"), dst_mac: Mac([2, 0, 0, 0, 0, 1]), src_mac: None } },
+            NewNextHop { id: 11, spec: NextHopSpec::Gateway { interface: name("eth1"), gateway: "192.0.2.1".parse().unwrap(), src_mac: None } },
+            NewNextHop { id: 12, spec: NextHopSpec::Ecmp { members: vec![10, 11] } },
+        ])
+        .unwrap();
+        a.add_routes(vec![RouteSpec { vrf: 0, prefix: "198.51.100.0/24".parse().unwrap(), nexthop: 12 }]).unwrap();
+        let rule = RuleSpec {
+            priority: 1,
+            src: None,
+            dst: Some("203.0.113.0/24".parse().unwrap()),
+            protocol: Some(6),
+            src_ports: None,
+            dst_ports: Some((80, 89)),
+            icmp_type: None,
+            icmp_code: None,
+            tcp_flags: Some((0x12, 0x02)),
+            action: RuleAction::Deny,
+        };
+        let pol = PolicyName::parse("p", "edge").unwrap();
+        a.put_policy(pol.clone(), vec![rule.clone()]).unwrap();
+        a.put_policy(pol.clone(), vec![rule]).unwrap(); // the first table is retired
+        a.attach_policy(&pol, &name("eth0"), Direction::Egress, true).unwrap();
+        let file = a.lock().persisted(BTreeMap::new());
+        // Through JSON, as on disk.
+        let file: Persisted = serde_json::from_slice(&serde_json::to_vec(&file).unwrap()).unwrap();
+
+        // A new process: the kernel still has the routes and the links.
+        let b = Domain::new(FakeDataplane::with_links(&[("eth0", 7), ("eth1", 8)]));
+        for (slot, (ifindex, _)) in [(7u32, ()), (8, ())].iter().enumerate() {
+            b.dataplane().adopted.lock().unwrap().push(AdoptedLinks { ifindex: *ifindex, xdp_link_id: 100 + slot as u32, tc_link_id: 200 + slot as u32 });
+        }
+        for (v, p, s) in a.dataplane().routes() {
+            b.dataplane().insert_route(v, &p, s).unwrap();
+        }
+        // And a route a crashed batch left, to a slot no next hop holds.
+        b.dataplane().insert_route(0, &"192.0.2.0/24".parse().unwrap(), 999).unwrap();
+        let report = b.restore(Some(file)).unwrap();
+        assert_eq!((report.interfaces, report.nexthops, report.routes, report.policies), (2, 3, 1, 1), "{report:?}");
+        assert_eq!(report.dropped.len(), 1, "{report:?}");
+        assert_eq!(b.dataplane().routes().len(), 1, "the orphan route is gone from the kernel");
+        assert_eq!(b.list_vrfs(), a.list_vrfs());
+        assert_eq!(b.list_routes(None, None), a.list_routes(None, None));
+        let ids = |d: &Domain<FakeDataplane>| d.list_nexthops().unwrap().into_iter().map(|n| (n.id, n.slot, n.spec, n.routes)).collect::<Vec<_>>();
+        assert_eq!(ids(&b), ids(&a));
+        let pols = |d: &Domain<FakeDataplane>| format!("{:?}", d.list_policies(None).unwrap().iter().map(|p| (&p.name, p.rules.iter().map(|r| &r.rule).collect::<Vec<_>>(), &p.attachments)).collect::<Vec<_>>());
+        assert_eq!(pols(&b), pols(&a));
+        assert_eq!(b.status().unwrap().generation, a.status().unwrap().generation);
+        // Allocations continue where they were: the next next hop takes the next free slot, and
+        // the retired table is reclaimed by the next policy change.
+        b.add_nexthops(vec![NewNextHop { id: 13, spec: NextHopSpec::Discard }]).unwrap();
+        assert_eq!(b.list_nexthops().unwrap().iter().find(|n| n.id == 13).unwrap().slot, 3);
+        b.put_policy(PolicyName::parse("p", "other").unwrap(), vec![]).unwrap();
+        assert_eq!(b.dataplane().readers_waited.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn restore_interface_whose_links_are_gone_dropped_and_its_nexthops_emptied() {
+        let a = Domain::new(FakeDataplane::with_links(&[("eth0", 7)]));
+        a.add_interface(AddInterface { name: name("eth0"), mode: XdpMode::Auto, vrf: 0 }).unwrap();
+        a.add_nexthops(vec![NewNextHop {
+            id: 1,
+            spec: NextHopSpec::Encap { interface: name("eth0"), dst_mac: Mac([2, 0, 0, 0, 0, 1]), src_mac: None },
+        }])
+        .unwrap();
+        let file = a.lock().persisted(BTreeMap::new());
+        let b = Domain::new(FakeDataplane::with_links(&[]));
+        b.dataplane().set_nexthop(0, &crate::dataplane::NextHopParams::Discard, true).unwrap();
+        let report = b.restore(Some(file)).unwrap();
+        assert_eq!(report.interfaces, 0);
+        assert!(b.list_interfaces(None).unwrap().is_empty());
+        assert_eq!(b.list_nexthops().unwrap()[0].state, super::super::NextHopState::InterfaceMissing);
+        assert_eq!(b.dataplane().nexthop(0), None, "its slot was emptied");
+    }
+}
