@@ -80,7 +80,14 @@ fn start_server() -> Result<ServerProcess> {
         });
     }
     let child = cmd
-        .args(["--grpc-socket", dir.join("sock").to_str().unwrap(), "--bpffs", bpffs.to_str().unwrap()])
+        .args([
+            "--grpc-socket",
+            dir.join("sock").to_str().unwrap(),
+            "--bpffs",
+            bpffs.to_str().unwrap(),
+            "--state-file",
+            dir.join("state.json").to_str().unwrap(),
+        ])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(dir.join("server.log"))?)

@@ -74,6 +74,9 @@ pub struct Results {
     pub no_policy: Figure,
     /// Per rule count: the same path with an ingress policy of that many rules.
     pub policy: Vec<Figure>,
+    /// Per route count: (the route stage's IPv4 lookup alone, a plain kernel LPM trie holding the
+    /// same prefixes).
+    pub lookup: Vec<(Figure, Figure)>,
 }
 
 impl Results {
@@ -109,6 +112,7 @@ pub fn run(sandbox: &Sandbox, config: &Config) -> Result<Results> {
         l3: Vec::new(),
         no_policy: figure("full L3 path, IPv4, no policy", Some(config.route_counts.first().copied().unwrap_or(0))),
         policy: Vec::new(),
+        lookup: Vec::new(),
     };
     let mut installed = 0;
     for &count in &config.route_counts {
@@ -120,6 +124,14 @@ pub fn run(sandbox: &Sandbox, config: &Config) -> Result<Results> {
         for chunk in batch.chunks(100_000) {
             domain.add_routes(chunk.to_vec())?;
         }
+        let plain: Vec<(Ipv4Addr, u8)> = v4[installed..count]
+            .iter()
+            .map(|p| match p.addr() {
+                IpAddr::V4(a) => (a, p.len()),
+                IpAddr::V6(_) => unreachable!("v4 prefixes only"),
+            })
+            .collect();
+        sandbox.domain.dataplane().bench_lpm_v4_insert(&plain)?;
         installed = count;
         eprintln!("  {count} routes per family installed");
 
@@ -136,6 +148,14 @@ pub fn run(sandbox: &Sandbox, config: &Config) -> Result<Results> {
         }
         eprintln!("  IPv4 {:.1} ns, IPv6 {:.1} ns (harnessed medians)", f4.median(), f6.median());
         results.l3.push((f4, f6));
+        let mut ours = figure("route lookup (ROUTES_V4, VRF + address key)", Some(count));
+        let mut plain = figure("plain kernel LPM trie (address key)", Some(count));
+        for _ in 0..config.runs {
+            ours.samples.push(measure(sandbox, TestProgram::RouteLookupV4, &frame4, config.repeat, XDP_PASS)?);
+            plain.samples.push(measure(sandbox, TestProgram::PlainLpmV4, &frame4, config.repeat, XDP_PASS)?);
+        }
+        eprintln!("  lookup: ours {:.1} ns, plain LPM trie {:.1} ns", ours.median(), plain.median());
+        results.lookup.push((ours, plain));
         if results.policy.is_empty() {
             measure_policies(sandbox, config, &frame4, &mut results)?;
         }

@@ -46,6 +46,35 @@ pub fn render(command: &str, packet: &Results, flows: &crate::flows::Results) ->
     }
     md.push('\n');
 
+    let _ = writeln!(md, "## Route lookup scaling (BPF_PROG_TEST_RUN, ns/lookup)\n");
+    let _ = writeln!(
+        md,
+        "The route stage's IPv4 lookup alone (`dp_bench_route_v4`: the frame's destination in \
+         `ROUTES_V4`, keyed VRF + address as `route::lookup` keys it) next to a plain kernel LPM \
+         trie of 32-bit keys (`dp_bench_lpm_v4` on `BENCH_LPM_V4`) holding the same random \
+         prefixes, probed with the same address, at each table size. Both include the test run's \
+         fixed cost (the XDP_PASS row above).\n"
+    );
+    let _ = writeln!(md, "| case | prefixes | min | median | max | net of XDP_PASS | × plain trie (net) |");
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|");
+    for (ours, plain) in &packet.lookup {
+        let p = (plain.median() - pass).max(0.1);
+        for f in [ours, plain] {
+            let net = (f.median() - pass).max(0.1);
+            let _ = writeln!(
+                md,
+                "| {} | {} | {:.1} | {:.1} | {:.1} | {net:.1} | {:.2} |",
+                f.case,
+                f.size.map(thousands).unwrap_or_default(),
+                f.min(),
+                f.median(),
+                f.max(),
+                net / p
+            );
+        }
+    }
+    md.push('\n');
+
     let _ = writeln!(md, "## Policy classifier (BPF_PROG_TEST_RUN, ns/packet)\n");
     let _ = writeln!(
         md,

@@ -55,6 +55,11 @@ pub mod programs {
     /// (which hands the program the same, already rewritten, buffer every time) measures the same
     /// path on every repetition.
     pub const BENCH_HARNESS: &str = "dp_bench_harness";
+    /// Benchmark: the route stage's lookup alone (`ROUTES_V4`, VRF 0) of the frame's IPv4
+    /// destination; XDP_PASS on a hit, XDP_DROP on a miss.
+    pub const BENCH_ROUTE_V4: &str = "dp_bench_route_v4";
+    /// Benchmark baseline: the same destination in a plain kernel LPM trie (`BENCH_LPM_V4`).
+    pub const BENCH_LPM_V4: &str = "dp_bench_lpm_v4";
 }
 
 #[cfg(feature = "user")]

@@ -63,6 +63,8 @@ pub const BENCH_TARGETS: &str = "BENCH_TARGETS";
 /// Array with one [`crate::BenchFrame`]: the header bytes the benchmark harness restores before
 /// every repetition. Benchmark-only.
 pub const BENCH_FRAME: &str = "BENCH_FRAME";
+/// Benchmark only: a plain IPv4 LPM trie, never pinned.
+pub const BENCH_LPM_V4: &str = "BENCH_LPM_V4";
 /// Entries of [`BENCH_TARGETS`].
 pub const BENCH_TARGET_SLOTS: u32 = 4;
 

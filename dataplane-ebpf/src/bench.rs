@@ -6,10 +6,43 @@
 //! time-exceeded path). The harness restores the frame head first and tail-calls the program
 //! under test; `dp_bench_harness` -> `dp_bench_pass` measures what the harness adds.
 
-use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
-use dataplane_common::BENCH_FRAME_LEN;
+use aya_ebpf::{bindings::xdp_action, macros::xdp, maps::lpm_trie::Key, programs::XdpContext};
+use dataplane_common::{route::VRF_BITS, RouteAddrV4, BENCH_FRAME_LEN};
 
-use crate::maps::{BENCH_FRAME, BENCH_TARGETS, TX_PORTS};
+use crate::maps::{BENCH_FRAME, BENCH_LPM_V4, BENCH_TARGETS, ROUTES_V4, TX_PORTS};
+
+/// The IPv4 destination of an untagged Ethernet + IPv4 frame (bytes 30..34).
+#[inline(always)]
+fn dst_v4(ctx: &XdpContext) -> Option<[u8; 4]> {
+    let (data, end) = (ctx.data(), ctx.data_end());
+    // Bounds check for the verifier: the destination address lies inside the frame.
+    if data + 34 > end {
+        return None;
+    }
+    // SAFETY: bytes 30..34 were checked to be inside the frame.
+    Some(unsafe { *((data + 30) as *const [u8; 4]) })
+}
+
+/// The route stage's lookup, alone: the frame's IPv4 destination in `ROUTES_V4`, VRF 0, keyed as
+/// `route::lookup` keys it.
+#[xdp]
+pub fn dp_bench_route_v4(ctx: XdpContext) -> u32 {
+    let Some(addr) = dst_v4(&ctx) else { return xdp_action::XDP_ABORTED };
+    match ROUTES_V4.get(Key::new(VRF_BITS + 32, RouteAddrV4 { vrf: [0; 4], addr })) {
+        Some(_) => xdp_action::XDP_PASS,
+        None => xdp_action::XDP_DROP,
+    }
+}
+
+/// Baseline: the same destination in a plain kernel LPM trie of 32-bit keys.
+#[xdp]
+pub fn dp_bench_lpm_v4(ctx: XdpContext) -> u32 {
+    let Some(addr) = dst_v4(&ctx) else { return xdp_action::XDP_ABORTED };
+    match BENCH_LPM_V4.get(Key::new(32, addr)) {
+        Some(_) => xdp_action::XDP_PASS,
+        None => xdp_action::XDP_DROP,
+    }
+}
 
 /// Does nothing: the floor of any XDP program.
 #[xdp]

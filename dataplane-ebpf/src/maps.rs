@@ -57,6 +57,11 @@ pub static TX_PORTS: DevMap = DevMap::with_max_entries(MAX_INTERFACES, 0);
 pub static BENCH_TARGETS: ProgramArray = ProgramArray::with_max_entries(BENCH_TARGET_SLOTS, 0);
 
 /// Benchmark only: the frame head `dp_bench_harness` restores before every repetition.
+/// Benchmark only: a plain IPv4 LPM trie (32-bit keys, no VRF), the baseline the route lookup
+/// is measured against.
+#[map(name = "BENCH_LPM_V4")]
+pub static BENCH_LPM_V4: LpmTrie<[u8; 4], u32> = LpmTrie::with_max_entries(MAX_ROUTES, 0);
+
 #[map(name = "BENCH_FRAME")]
 pub static BENCH_FRAME: Array<BenchFrame> = Array::with_max_entries(1, 0);
 

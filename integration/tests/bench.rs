@@ -42,6 +42,10 @@ fn bench_quick_reports_every_case_and_leaves_nothing_behind() {
         ("full L3 path, IPv4, no policy", "-"),
         ("full L3 path, IPv4, ingress policy of 1 rules", "1"),
         ("full L3 path, IPv4, ingress policy of 100 rules", "100"),
+        ("route lookup (ROUTES_V4, VRF + address key)", "10"),
+        ("plain kernel LPM trie (address key)", "10"),
+        ("route lookup (ROUTES_V4, VRF + address key)", "1,000"),
+        ("plain kernel LPM trie (address key)", "1,000"),
     ] {
         assert!(cases.contains(&expected), "missing {expected:?} in\n{stdout}");
     }

@@ -26,6 +26,10 @@ pub enum TestProgram {
     HarnessedIngress,
     /// `dp_bench_harness` tail-calling `dp_bench_pass`: the harness's own cost.
     HarnessedPass,
+    /// `dp_bench_route_v4`: the route lookup alone.
+    RouteLookupV4,
+    /// `dp_bench_lpm_v4`: a plain kernel LPM trie lookup (`BENCH_LPM_V4`).
+    PlainLpmV4,
 }
 
 /// Result of one BPF_PROG_TEST_RUN.
@@ -51,6 +55,8 @@ impl KernelDataplane {
             TestProgram::BareRedirect => (programs::BENCH_REDIRECT, None),
             TestProgram::HarnessedIngress => (programs::BENCH_HARNESS, Some(programs::XDP_INGRESS)),
             TestProgram::HarnessedPass => (programs::BENCH_HARNESS, Some(programs::BENCH_PASS)),
+            TestProgram::RouteLookupV4 => (programs::BENCH_ROUTE_V4, None),
+            TestProgram::PlainLpmV4 => (programs::BENCH_LPM_V4, None),
         };
         for name in [Some(entry), target].into_iter().flatten() {
             let xdp: &mut Xdp = program_mut(ebpf, name)?;
@@ -87,6 +93,21 @@ impl KernelDataplane {
             .map_err(DataplaneError::program(entry, "test run"))?;
         out.truncate(result.data_size_out as usize);
         Ok(TestRunOutcome { verdict: result.return_value, per_run: result.duration, frame: out })
+    }
+}
+
+impl KernelDataplane {
+    /// Adds IPv4 prefixes to the benchmark's plain LPM trie (`BENCH_LPM_V4`).
+    pub fn bench_lpm_v4_insert(&self, prefixes: &[(std::net::Ipv4Addr, u8)]) -> Result<(), DataplaneError> {
+        let mut inner = self.lock();
+        let map = inner.ebpf.map_mut(names::BENCH_LPM_V4).ok_or(DataplaneError::Missing { what: "map", name: names::BENCH_LPM_V4 })?;
+        let mut trie: aya::maps::LpmTrie<_, [u8; 4], u32> =
+            aya::maps::LpmTrie::try_from(map).map_err(DataplaneError::map(names::BENCH_LPM_V4, "open"))?;
+        for (addr, len) in prefixes {
+            trie.insert(&aya::maps::lpm_trie::Key::new(u32::from(*len), addr.octets()), 1, 0)
+                .map_err(DataplaneError::map(names::BENCH_LPM_V4, "insert"))?;
+        }
+        Ok(())
     }
 }
 
