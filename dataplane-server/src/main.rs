@@ -103,7 +103,9 @@ async fn main() -> anyhow::Result<()> {
 fn start(args: &Args) -> anyhow::Result<Arc<Domain<KernelDataplane>>> {
     // Read first: a state file this build cannot read must stop us before anything changes.
     let persisted = persist::read(&args.state_file).context("reading the state file")?;
-    let dataplane = KernelDataplane::load(&LoaderConfig { bpffs_root: args.bpffs.clone() }).context("loading the dataplane")?;
+    let pinned_object = persisted.as_ref().and_then(|p| p.programs_object);
+    let dataplane = KernelDataplane::load(&LoaderConfig { bpffs_root: args.bpffs.clone(), pinned_object })
+        .context("loading the dataplane")?;
     let report = dataplane.load_report().clone();
     let domain = Arc::new(Domain::with_state_file(dataplane, args.state_file.clone()));
     let restored = domain.restore(persisted).context("restoring the dataplane's state")?;

@@ -46,6 +46,15 @@ const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 pub struct LoaderConfig {
     /// bpffs directory owned by this server, e.g. `/sys/fs/bpf/dataplane`.
     pub bpffs_root: PathBuf,
+    /// The fingerprint (`object_fingerprint`) of the object the pinned programs came from, as
+    /// the previous run recorded it: when it is this build's, the pinned programs are adopted
+    /// without verifying a fresh copy first (a restart then costs no verifier time).
+    pub pinned_object: Option<u64>,
+}
+
+/// A fingerprint of an eBPF object's bytes (FNV-1a, 64 bits): same bytes, same programs.
+pub fn object_fingerprint(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3))
 }
 
 /// The links of one interface. They are pinned (`<root>/v1/links/<ifindex>-{xdp,tc}`), so
@@ -116,6 +125,8 @@ pub struct KernelDataplane {
     inner: Mutex<Inner>,
     dirs: PinDirs,
     report: LoadReport,
+    /// `object_fingerprint` of the object the attached programs came from.
+    object: Mutex<u64>,
 }
 
 /// A map as the eBPF object declares it, to compare with a pinned one.
@@ -291,10 +302,13 @@ impl KernelDataplane {
         let pinned_maps = check_pinned_maps(&dirs, EBPF_OBJECT)?;
         mkdirs(&dirs)?;
         let mut ebpf = load_object(&dirs, EBPF_OBJECT)?;
-        load_programs(&mut ebpf, &dirs, EBPF_OBJECT)?;
         let adopting = dirs.programs.join(programs::XDP_INGRESS).exists() && dirs.programs.join(programs::TC_EGRESS).exists();
         let mut report = LoadReport::default();
-        let (xdp, tc) = if adopting {
+        let (xdp, tc) = if adopting && config.pinned_object == Some(object_fingerprint(EBPF_OBJECT)) {
+            // Pinned from this very object: nothing to compare, nothing to verify.
+            open_pinned_programs(&dirs)?
+        } else if adopting {
+            load_programs(&mut ebpf, &dirs, EBPF_OBJECT)?;
             let (old_xdp, old_tc) = open_pinned_programs(&dirs)?;
             let same = old_xdp.info().map(|i| i.tag()).ok() == Some(program_tag(&ebpf, programs::XDP_INGRESS)?)
                 && old_tc.info().map(|i| i.tag()).ok() == Some(program_tag(&ebpf, programs::TC_EGRESS)?);
@@ -309,6 +323,7 @@ impl KernelDataplane {
                 open_pinned_programs(&dirs)?
             }
         } else {
+            load_programs(&mut ebpf, &dirs, EBPF_OBJECT)?;
             pin_programs(&dirs, &mut ebpf)?;
             open_pinned_programs(&dirs)?
         };
@@ -387,7 +402,15 @@ impl KernelDataplane {
             upgraded = report.upgraded,
             "dataplane loaded"
         );
-        Ok(Self { inner: Mutex::new(inner), dirs, report })
+        // Whichever way they got there (adopted by fingerprint, adopted with equal tags, switched
+        // to, or freshly loaded), the attached programs are this build's.
+        let object = object_fingerprint(EBPF_OBJECT);
+        Ok(Self { inner: Mutex::new(inner), dirs, report, object: Mutex::new(object) })
+    }
+
+    /// The fingerprint of the object the attached programs came from (for the state file).
+    pub fn programs_object(&self) -> u64 {
+        *self.object.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// What loading adopted.
@@ -424,6 +447,7 @@ impl KernelDataplane {
         info!(?checked, ?parsed, ?verified, total = ?t.elapsed(), "upgrade timings");
         // The previous object's copies of the programs go with it.
         inner.ebpf = ebpf;
+        *self.object.lock().unwrap_or_else(|p| p.into_inner()) = object_fingerprint(object);
         drop(guard);
         self.programs()
     }
@@ -879,6 +903,10 @@ impl Dataplane for KernelDataplane {
 
     fn adopted(&self) -> Vec<AdoptedLinks> {
         self.report.adopted.clone()
+    }
+
+    fn programs_object(&self) -> Option<u64> {
+        Some(KernelDataplane::programs_object(self))
     }
 
     fn forget_links(&self, ifindex: u32) -> Result<(), DataplaneError> {

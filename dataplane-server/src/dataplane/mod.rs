@@ -220,6 +220,9 @@ pub trait Dataplane: Send + Sync + 'static {
     /// Detaches everything and removes every pin.
     fn reset(&self);
 
+    /// Fingerprint of the object the attached programs came from (`None` where there is none).
+    fn programs_object(&self) -> Option<u64>;
+
     /// Interfaces whose pinned links an earlier run left and this one adopted.
     fn adopted(&self) -> Vec<AdoptedLinks>;
     /// Unpins and drops the adopted links of `ifindex` (detaching), clearing its entry.

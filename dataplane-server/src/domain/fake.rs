@@ -146,6 +146,10 @@ impl Dataplane for FakeDataplane {
         self.nexthops.lock().unwrap().clear();
     }
 
+    fn programs_object(&self) -> Option<u64> {
+        None
+    }
+
     fn adopted(&self) -> Vec<crate::dataplane::AdoptedLinks> {
         self.adopted.lock().unwrap().clone()
     }

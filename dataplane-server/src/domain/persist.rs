@@ -40,6 +40,9 @@ pub struct Persisted {
     pub flow_modes: Vec<PFlowMode>,
     /// Event sequence numbers already handed out stay below these (see `Domain::reserve_seq`).
     pub seq_floors: BTreeMap<String, u64>,
+    /// Fingerprint of the eBPF object the pinned programs came from (`loader::object_fingerprint`).
+    #[serde(default)]
+    pub programs_object: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -295,8 +298,9 @@ pub struct RestoreReport {
 
 impl State {
     /// The part of the state the file keeps.
-    pub(super) fn persisted(&self, seq_floors: BTreeMap<String, u64>) -> Persisted {
+    pub(super) fn persisted(&self, seq_floors: BTreeMap<String, u64>, programs_object: Option<u64>) -> Persisted {
         Persisted {
+            programs_object,
             format: FORMAT,
             generation: self.generation,
             vrfs: self
@@ -526,7 +530,7 @@ impl<D: Dataplane> Domain<D> {
         }
         self.dirty.store(false, std::sync::atomic::Ordering::Relaxed);
         let floors = self.seq_floors.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        if let Err(e) = write(path, &state.persisted(floors)) {
+        if let Err(e) = write(path, &state.persisted(floors, self.dataplane.programs_object())) {
             warn!(error = %e, "writing the state file failed");
         }
     }
@@ -588,7 +592,7 @@ mod tests {
         a.put_policy(pol.clone(), vec![rule.clone()]).unwrap();
         a.put_policy(pol.clone(), vec![rule]).unwrap(); // the first table is retired
         a.attach_policy(&pol, &name("eth0"), Direction::Egress, true).unwrap();
-        let file = a.lock().persisted(BTreeMap::new());
+        let file = a.lock().persisted(BTreeMap::new(), None);
         // Through JSON, as on disk.
         let file: Persisted = serde_json::from_slice(&serde_json::to_vec(&file).unwrap()).unwrap();
 
@@ -630,7 +634,7 @@ mod tests {
             spec: NextHopSpec::Encap { interface: name("eth0"), dst_mac: Mac([2, 0, 0, 0, 0, 1]), src_mac: None },
         }])
         .unwrap();
-        let file = a.lock().persisted(BTreeMap::new());
+        let file = a.lock().persisted(BTreeMap::new(), None);
         let b = Domain::new(FakeDataplane::with_links(&[]));
         b.dataplane().set_nexthop(0, &crate::dataplane::NextHopParams::Discard, true).unwrap();
         let report = b.restore(Some(file)).unwrap();
