@@ -2,7 +2,7 @@
 # The benchmark command: builds the bench (release), runs every case next to its baseline in the
 # same run, and writes docs/benchmarks.md. Runs in a network namespace of its own; leaves nothing.
 #
-#   scripts/bench.sh            default sizes (10, 100,000 and 1,000,000 routes per family)
+#   scripts/bench.sh            default sizes (10, 10,000, 100,000 and 1,000,000 routes per family)
 #   scripts/bench.sh --quick    tiny sizes, seconds (the test suite runs this)
 #   scripts/bench.sh --help     every option
 set -euo pipefail
