@@ -40,6 +40,10 @@ pub struct Results {
     pub add_routes: Vec<f64>,
     /// Routes per second: `ip -batch` into the kernel FIB of the bench's namespace, per run.
     pub ip_batch: Vec<f64>,
+    /// Routes per second: raw bpf(2) writes into a fresh LPM trie of `ROUTES_V4`'s layout, per
+    /// run, and whether the kernel took them as batches.
+    pub raw_map: Vec<f64>,
+    pub raw_map_batched: bool,
     /// Server resident memory (KiB) before the route runs and after them.
     pub rss_kib: (u64, u64),
 }
@@ -173,6 +177,8 @@ pub fn run(config: &Config) -> Result<Results> {
         routes: config.routes,
         add_routes: Vec::new(),
         ip_batch: Vec::new(),
+        raw_map: Vec::new(),
+        raw_map_batched: false,
         rss_kib: (0, 0),
     };
     let n = config.flows as u32;
@@ -287,7 +293,14 @@ fn control_path(config: &Config, rt: &tokio::runtime::Runtime, client: &mut Clie
         ensure!(out.status.success(), "ip -batch: {}", String::from_utf8_lossy(&out.stderr));
         let ip_rate = prefixes.len() as f64 / start.elapsed().as_secs_f64();
         results.ip_batch.push(ip_rate);
-        eprintln!("  routes run {run}: {rate:.0}/s through AddRoutes, {ip_rate:.0}/s through ip -batch ({} routes)", prefixes.len());
+        let addrs: Vec<Ipv4Addr> = (0..config.routes as u32).map(|i| Ipv4Addr::from(0x0a00_0000 + (i << 8))).collect();
+        let (raw_rate, method) = crate::rawmap::insert(&addrs, vrf)?;
+        results.raw_map.push(raw_rate);
+        results.raw_map_batched = method == crate::rawmap::Method::Batch;
+        eprintln!(
+            "  routes run {run}: {rate:.0}/s through AddRoutes, {ip_rate:.0}/s through ip -batch, {raw_rate:.0}/s raw map writes ({method:?}) ({} routes)",
+            prefixes.len()
+        );
     }
     results.rss_kib.1 = rss();
     Ok(())

@@ -7,6 +7,7 @@
 
 mod flows;
 mod packet;
+mod rawmap;
 mod report;
 mod sandbox;
 

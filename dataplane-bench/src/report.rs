@@ -151,15 +151,28 @@ pub fn render(command: &str, packet: &Results, flows: &crate::flows::Results) ->
         "{} distinct IPv4 /24 routes per run, each run into a fresh VRF: `AddRoutes` in batches of \
          10,000 over the unix socket (validation, domain state, one LPM-trie update per route), \
          next to `ip -batch` adding the same prefixes to a table of the kernel FIB of the bench's \
-         own namespace, in the same run.\n",
-        thousands(flows.routes)
+         own namespace, and next to the floor: the same routes written with raw bpf(2) calls \
+         straight into a fresh LPM trie of `ROUTES_V4`'s layout ({}), all in the same run.\n",
+        thousands(flows.routes),
+        if flows.raw_map_batched { "`BPF_MAP_UPDATE_BATCH`, 10,000 per call" } else { "one `BPF_MAP_UPDATE_ELEM` per route: this kernel has no batch updates for LPM tries" }
     );
     let add = Figure { case: "AddRoutes, batches of 10,000 (routes/s)".into(), size: Some(flows.routes), samples: flows.add_routes.clone() };
     let ipb = Figure { case: "ip -batch (routes/s)".into(), size: Some(flows.routes), samples: flows.ip_batch.clone() };
-    let _ = writeln!(md, "| case | routes per run | min | median | max | × ip -batch |");
-    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|");
-    for f in [&add, &ipb] {
-        let _ = writeln!(md, "| {} | {} | {:.0} | {:.0} | {:.0} | {:.2} |", f.case, thousands(flows.routes), f.min(), f.median(), f.max(), f.median() / ipb.median());
+    let raw = Figure { case: "raw bpf(2) map writes (routes/s)".into(), size: Some(flows.routes), samples: flows.raw_map.clone() };
+    let _ = writeln!(md, "| case | routes per run | min | median | max | × ip -batch | × raw map writes |");
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|");
+    for f in [&add, &ipb, &raw] {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} |",
+            f.case,
+            thousands(flows.routes),
+            f.min(),
+            f.median(),
+            f.max(),
+            f.median() / ipb.median(),
+            f.median() / raw.median()
+        );
     }
     let _ = writeln!(
         md,

@@ -24,6 +24,9 @@ fn bench_quick_reports_every_case_and_leaves_nothing_behind() {
     }
     assert!(stdout.contains("Miss-to-event latency over ") && stdout.contains(" p99 "), "{stdout}");
     assert!(stdout.contains("Server RSS: "), "{stdout}");
+    for row in ["| AddRoutes, batches of 10,000 (routes/s) |", "| ip -batch (routes/s) |", "| raw bpf(2) map writes (routes/s) |"] {
+        assert!(stdout.contains(row), "missing {row} in\n{stdout}");
+    }
 
     let rows: Vec<Vec<&str>> = stdout
         .lines()
