@@ -817,6 +817,10 @@ impl Dataplane for KernelDataplane {
         self.lock().routes.insert(vrf, prefix, nexthop_slot)
     }
 
+    fn insert_routes(&self, routes: &[(u32, Prefix, u32)]) -> Result<(), (Vec<usize>, DataplaneError)> {
+        self.lock().routes.insert_many(routes)
+    }
+
     fn remove_route(&self, vrf: u32, prefix: &Prefix) -> Result<(), DataplaneError> {
         self.lock().routes.remove(vrf, prefix)
     }

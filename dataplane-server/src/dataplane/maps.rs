@@ -166,6 +166,30 @@ impl TxPorts {
 }
 
 /// `ROUTES_V4` and `ROUTES_V6`: (VRF, prefix) -> route, longest-prefix match.
+/// Routes per `BPF_MAP_UPDATE_BATCH` call.
+const BATCH: usize = 65536;
+
+/// One `BPF_MAP_UPDATE_BATCH` of `count` packed keys and values into map `fd`. On an error, how
+/// many entries the kernel wrote before it (it reports that in `count`).
+fn update_batch(fd: i32, keys: &[u8], values: &[u8], count: u32) -> Result<(), (u32, std::io::Error)> {
+    // `bpf_attr.batch`: in_batch, out_batch, keys, values (u64 each), count, map_fd (u32 each),
+    // elem_flags, flags (u64 each); the rest of the union zero.
+    let mut attr = [0u64; 16];
+    attr[2] = keys.as_ptr() as u64;
+    attr[3] = values.as_ptr() as u64;
+    attr[4] = u64::from(count) | (u64::from(fd as u32) << 32);
+    // SAFETY: `attr` is a zeroed bpf_attr with the batch fields set; `keys` and `values` hold
+    // `count` packed entries each and outlive the call; the kernel writes back only `count`.
+    let r = unsafe {
+        libc::syscall(libc::SYS_bpf, 26 as libc::c_long, attr.as_mut_ptr(), std::mem::size_of_val(&attr) as libc::c_long)
+    };
+    if r < 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(((attr[4] & 0xffff_ffff) as u32, e));
+    }
+    Ok(())
+}
+
 pub struct Routes {
     pub v4: LpmTrie<MapData, RouteAddrV4, RouteValue>,
     pub v6: LpmTrie<MapData, RouteAddrV6, RouteValue>,
@@ -185,6 +209,57 @@ impl Routes {
                 .insert(&Key::new(plen, RouteAddrV6 { vrf: vrf.to_be_bytes(), addr: a.octets() }), value, 0)
                 .map_err(DataplaneError::map(names::ROUTES_V6, "insert")),
         }
+    }
+
+    /// Inserts many routes (VRF, prefix, next-hop slot) with `BPF_MAP_UPDATE_BATCH`, one call per
+    /// family and chunk, or one update per route where the kernel has no batch updates for LPM
+    /// tries. On a failure: the positions (in `routes`) already written, and the error.
+    pub fn insert_many(&mut self, routes: &[(u32, Prefix, u32)]) -> Result<(), (Vec<usize>, DataplaneError)> {
+        use aya::maps::IterableMap;
+        use std::os::fd::{AsFd, AsRawFd};
+        let mut done = Vec::with_capacity(routes.len());
+        for v6 in [false, true] {
+            let (fd, name, key_len) = if v6 {
+                (self.v6.map().fd().as_fd().as_raw_fd(), names::ROUTES_V6, 4 + 20)
+            } else {
+                (self.v4.map().fd().as_fd().as_raw_fd(), names::ROUTES_V4, 4 + 8)
+            };
+            let mine: Vec<usize> = (0..routes.len()).filter(|i| routes[*i].1.is_ipv4() != v6).collect();
+            for chunk in mine.chunks(BATCH) {
+                let mut keys = Vec::with_capacity(chunk.len() * key_len);
+                let mut values = Vec::with_capacity(chunk.len() * 8);
+                for &i in chunk {
+                    let (vrf, prefix, slot) = &routes[i];
+                    // `bpf_lpm_trie_key`: prefix length (host order), then the data.
+                    keys.extend_from_slice(&(VRF_BITS + u32::from(prefix.len())).to_ne_bytes());
+                    keys.extend_from_slice(&vrf.to_be_bytes());
+                    match prefix.addr() {
+                        IpAddr::V4(a) => keys.extend_from_slice(&a.octets()),
+                        IpAddr::V6(a) => keys.extend_from_slice(&a.octets()),
+                    }
+                    values.extend_from_slice(&slot.to_ne_bytes());
+                    values.extend_from_slice(&u32::from(prefix.len()).to_ne_bytes());
+                }
+                match update_batch(fd, &keys, &values, chunk.len() as u32) {
+                    Ok(()) => done.extend_from_slice(chunk),
+                    Err((written, e)) if written == 0 && matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOTSUP) | Some(524)) => {
+                        // No batch updates here: one at a time.
+                        for &i in chunk {
+                            let (vrf, prefix, slot) = &routes[i];
+                            if let Err(e) = self.insert(*vrf, prefix, *slot) {
+                                return Err((done, e));
+                            }
+                            done.push(i);
+                        }
+                    }
+                    Err((written, e)) => {
+                        done.extend_from_slice(&chunk[..written as usize]);
+                        return Err((done, DataplaneError::Io { path: name.into(), op: "BPF_MAP_UPDATE_BATCH", source: e }));
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     pub fn remove(&mut self, vrf: u32, prefix: &Prefix) -> Result<(), DataplaneError> {

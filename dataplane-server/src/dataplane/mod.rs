@@ -182,6 +182,17 @@ pub trait Dataplane: Send + Sync + 'static {
 
     fn remove_route(&self, vrf: u32, prefix: &Prefix) -> Result<(), DataplaneError>;
 
+    /// Inserts (or replaces) many routes, in as few kernel calls as it can. On a failure: the
+    /// positions in `routes` already written (for the caller to undo), and the error.
+    fn insert_routes(&self, routes: &[(u32, Prefix, u32)]) -> Result<(), (Vec<usize>, DataplaneError)> {
+        for (i, (vrf, prefix, slot)) in routes.iter().enumerate() {
+            if let Err(e) = self.insert_route(*vrf, prefix, *slot) {
+                return Err(((0..i).collect(), e));
+            }
+        }
+        Ok(())
+    }
+
     /// Longest-prefix match in the kernel's map, as the XDP program does it.
     fn lookup_route(&self, vrf: u32, addr: IpAddr) -> Result<Option<RouteMatch>, DataplaneError>;
 

@@ -57,24 +57,24 @@ impl<D: Dataplane> Domain<D> {
         if have4 + v4 > cap || have6 + v6 > cap {
             return Err(DomainError::Exhausted { what: "routes per address family", capacity: dataplane_common::MAX_ROUTES });
         }
-        for (i, (r, slot)) in batch.iter().zip(&slots).enumerate() {
-            if existing[i] == Some(r.nexthop) {
-                continue; // replayed unchanged: the kernel already has it
-            }
-            if let Err(e) = self.dataplane.insert_route(r.vrf, &r.prefix, *slot) {
-                for (j, done) in batch[..i].iter().enumerate() {
-                    match existing[j] {
-                        Some(old) if old != done.nexthop => {
-                            let _ = self.dataplane.insert_route(done.vrf, &done.prefix, state.nexthops[&old].slot);
-                        }
-                        Some(_) => {}
-                        None => {
-                            let _ = self.dataplane.remove_route(done.vrf, &done.prefix);
-                        }
+        // Everything but unchanged replays, in as few kernel calls as the dataplane can.
+        let writes: Vec<usize> = (0..batch.len()).filter(|&i| existing[i] != Some(batch[i].nexthop)).collect();
+        let entries: Vec<(u32, Prefix, u32)> = writes.iter().map(|&i| (batch[i].vrf, batch[i].prefix, slots[i])).collect();
+        if let Err((done, e)) = self.dataplane.insert_routes(&entries) {
+            for &w in &done {
+                let (i, r) = (writes[w], &batch[writes[w]]);
+                match existing[i] {
+                    Some(old) => {
+                        let _ = self.dataplane.insert_route(r.vrf, &r.prefix, state.nexthops[&old].slot);
+                    }
+                    None => {
+                        let _ = self.dataplane.remove_route(r.vrf, &r.prefix);
                     }
                 }
-                return Err(DomainError::from(e).at(format!("routes[{i}]")));
             }
+            // The first route not written is the one the kernel refused.
+            let failed = writes.iter().enumerate().find(|(w, _)| !done.contains(w)).map(|(_, i)| *i).unwrap_or(0);
+            return Err(DomainError::from(e).at(format!("routes[{failed}]")));
         }
         for (r, before) in batch.into_iter().zip(existing) {
             match before {
