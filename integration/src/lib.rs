@@ -675,3 +675,28 @@ impl Drop for UdpStream {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }
+
+/// A flow controller process (`integration/clients/...`) started against `socket`, installing
+/// flows via next hop 1 for its first `count` misses, once it has printed "ready" (subscribed).
+/// Its further stdout lines (a JSON summary at the end) are read from `out`.
+pub struct FlowController {
+    pub child: Child,
+    pub out: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl FlowController {
+    pub fn start(cmd: &str, script: &str, socket: &Path, count: u32) -> Result<Self> {
+        let mut child = Command::new(cmd)
+            .args([script, socket.to_str().context("socket path")?, "1", &count.to_string()])
+            .stdout(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("spawning {cmd} {script}"))?;
+        let mut out = std::io::BufReader::new(child.stdout.take().context("controller stdout")?);
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut out, &mut line)?;
+        anyhow::ensure!(line.trim() == "ready", "{cmd} controller did not start: {line:?}");
+        // The subscription is live once the server has the stream; give it a moment.
+        std::thread::sleep(Duration::from_millis(700));
+        Ok(Self { child, out })
+    }
+}

@@ -40,17 +40,9 @@ fn flow_controller_completes_tcp_connect(cmd: &str, script: &str) {
         c.flows.set_flow_mode(pb::SetFlowModeRequest { interface: topo.r0.clone(), enabled: true, ..Default::default() }).await.unwrap();
     });
 
-    let mut ctl = std::process::Command::new(cmd)
-        .args([script, server.socket.to_str().unwrap(), "1", "1"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = std::io::BufReader::new(ctl.stdout.take().unwrap());
+    let integration::FlowController { child: mut ctl, mut out } =
+        integration::FlowController::start(cmd, script, &server.socket, 1).unwrap();
     let mut line = String::new();
-    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
-    assert_eq!(line.trim(), "ready", "{cmd} controller did not start");
-    // The subscription is live once the server has the stream; give it a moment.
-    std::thread::sleep(std::time::Duration::from_millis(700));
 
     let mut srv = topo.h2.command("iperf3", &["-s", "-1", "-B", integration::H2_ADDR, "-p", "5302"]).spawn().unwrap();
     std::thread::sleep(std::time::Duration::from_millis(300));
@@ -61,7 +53,6 @@ fn flow_controller_completes_tcp_connect(cmd: &str, script: &str) {
     let t: f64 = topo.h1.exec("python3", &["-c", &script_py]).unwrap().trim().parse().unwrap();
     let _ = srv.kill();
     let _ = srv.wait();
-    line.clear();
     std::io::BufRead::read_line(&mut out, &mut line).unwrap();
     let _ = ctl.wait();
     let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"));

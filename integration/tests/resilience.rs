@@ -112,16 +112,7 @@ async fn controller_sigkill_installed_flows_keep_forwarding_zero_loss() {
     };
     c.flows.set_flow_mode(mode).await.unwrap();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/clients/python/flow_controller.py");
-    let mut ctl = std::process::Command::new("python3")
-        .args([script, server.socket.to_str().unwrap(), "1", "1000"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = std::io::BufReader::new(ctl.stdout.take().unwrap());
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
-    assert_eq!(line.trim(), "ready");
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    let mut ctl = FlowController::start("python3", script, &server.socket, 1000).unwrap().child;
 
     let stream = UdpStream::start(&topo.h1, &topo.h2, H2_ADDR.parse().unwrap(), STREAM_PORT, STREAM_PPS).unwrap();
     tokio::time::sleep(Duration::from_secs(1)).await;
