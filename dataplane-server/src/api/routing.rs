@@ -65,14 +65,15 @@ impl<D: Dataplane> pb::routing_server::Routing for RoutingService<D> {
     }
 
     async fn add_next_hops(&self, req: Request<pb::AddNextHopsRequest>) -> Result<Response<pb::AddNextHopsResponse>, Status> {
+        let req = req.into_inner();
+        let replace = req.replace;
         let batch = req
-            .into_inner()
             .next_hops
             .into_iter()
             .enumerate()
             .map(|(i, n)| decode_nexthop(n).map_err(|e| e.at(format!("next_hops[{i}]"))))
             .collect::<Result<Vec<_>, _>>()?;
-        let generation = self.domain.add_nexthops(batch)?;
+        let generation = self.domain.add_nexthops_with(batch, replace)?;
         Ok(Response::new(pb::AddNextHopsResponse { generation }))
     }
 
@@ -93,8 +94,9 @@ impl<D: Dataplane> pb::routing_server::Routing for RoutingService<D> {
     }
 
     async fn add_routes(&self, req: Request<pb::AddRoutesRequest>) -> Result<Response<pb::AddRoutesResponse>, Status> {
+        let req = req.into_inner();
+        let replace = req.replace;
         let batch = req
-            .into_inner()
             .routes
             .into_iter()
             .enumerate()
@@ -103,7 +105,7 @@ impl<D: Dataplane> pb::routing_server::Routing for RoutingService<D> {
                 Ok(RouteSpec { vrf: r.vrf, prefix, nexthop: r.next_hop })
             })
             .collect::<Result<Vec<_>, DomainError>>()?;
-        let generation = self.domain.add_routes(batch)?;
+        let generation = self.domain.add_routes_with(batch, replace)?;
         Ok(Response::new(pb::AddRoutesResponse { generation }))
     }
 

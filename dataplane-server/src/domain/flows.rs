@@ -115,6 +115,11 @@ impl<D: Dataplane> Domain<D> {
                 return Err(DomainError::invalid("hold_cap", "at least 1"));
             }
         }
+        let current = state.flows.modes.get(&slot);
+        if current == Some(&mode) || (current.is_none() && !mode.enabled) {
+            // Set again as it is (a controller's replay): nothing to write, same generation.
+            return Ok(state.generation);
+        }
         let cfg = FlowConfig {
             enabled: mode.enabled.into(),
             miss_forward: mode.miss_forward.into(),

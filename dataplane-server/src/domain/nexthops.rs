@@ -85,16 +85,21 @@ pub struct NextHopView {
 }
 
 impl<D: Dataplane> Domain<D> {
-    /// Adds a batch of next hops, all or nothing. Returns the new generation. During a resync,
-    /// a next hop that exists already is replayed: kept, or rewritten in place (same slot) if
-    /// its spec changed.
+    /// Adds a batch of next hops, all or nothing. Returns the new generation.
     pub fn add_nexthops(&self, batch: Vec<NewNextHop>) -> Result<u64, DomainError> {
+        self.add_nexthops_with(batch, false)
+    }
+
+    /// [`Self::add_nexthops`]; with `replace` (and always during a resync) a next hop that
+    /// exists already is kept, or rewritten in place (same slot) if its spec changed. A batch
+    /// that writes nothing leaves the generation alone.
+    pub fn add_nexthops_with(&self, batch: Vec<NewNextHop>, replace: bool) -> Result<u64, DomainError> {
         let mut state = self.lock();
         let mut replays = Vec::new();
         let mut fresh = Vec::new();
         for (i, nh) in batch.into_iter().enumerate() {
             match state.nexthops.get(&nh.id) {
-                Some(e) if state.resync.is_some() => {
+                Some(e) if state.resync.is_some() || replace => {
                     if e.spec == nh.spec {
                         replays.push((i, nh, None));
                     } else {
@@ -105,6 +110,7 @@ impl<D: Dataplane> Domain<D> {
                 _ => fresh.push(nh),
             }
         }
+        let changed = !fresh.is_empty() || replays.iter().any(|(_, _, p)| p.is_some());
         if !fresh.is_empty() {
             self.add_fresh_nexthops(&mut state, fresh.clone())?;
         }
@@ -124,7 +130,9 @@ impl<D: Dataplane> Domain<D> {
         if let Some(rs) = state.resync.as_mut() {
             rs.nexthops.extend(fresh.iter().map(|n| n.id));
         }
-        self.bump(&mut state);
+        if changed {
+            self.bump(&mut state);
+        }
         Ok(state.generation)
     }
 

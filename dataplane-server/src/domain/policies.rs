@@ -215,6 +215,14 @@ impl<D: Dataplane> Domain<D> {
         let mut state = self.lock();
         let table = state.policies.get(policy).ok_or_else(|| not_found(policy).at("policy"))?.installed.image.table;
         let slot = state.interfaces.get(interface).ok_or_else(|| super::interfaces::not_attached(interface).at("interface"))?.slot;
+        let key = (interface.clone(), direction);
+        if state.policy_attachments.get(&key).is_some_and(|a| &a.policy == policy && a.default_deny == default_deny) {
+            // Attached again as it is (a controller's replay): nothing to write, same generation.
+            if let Some(rs) = state.resync.as_mut() {
+                rs.attachments.insert(key);
+            }
+            return Ok(state.generation);
+        }
         self.dataplane.set_policy_attachment(slot, direction.index(), attach_word(table, default_deny))?;
         state.policy_attachments.insert((interface.clone(), direction), Attached { policy: policy.clone(), default_deny });
         if let Some(rs) = state.resync.as_mut() {

@@ -123,8 +123,10 @@ impl<D: Dataplane> Domain<D> {
             }
         }
         let mut state = self.lock();
-        self.bump(&mut state);
+        // Each removal above moved the generation already; a resync that removed nothing
+        // changed nothing.
         report.generation = state.generation;
+        drop(state);
         info!(
             routes = report.routes,
             nexthops = report.nexthops,
@@ -193,5 +195,49 @@ mod tests {
         // Outside the resync, replays are refused again.
         let e = d.add_routes(vec![half[0].clone()]).unwrap_err();
         assert_eq!(e.kind(), crate::domain::ErrorKind::AlreadyExists, "{e}");
+    }
+
+    #[test]
+    fn replace_outside_resync_rewrites_changed_in_place_and_unchanged_moves_no_generation() {
+        let d = Domain::new(FakeDataplane::with_links(&[("eth0", 7)]));
+        d.add_nexthops(vec![NewNextHop { id: 1, spec: NextHopSpec::Discard }, NewNextHop { id: 2, spec: NextHopSpec::Receive }]).unwrap();
+        d.add_routes(vec![route("198.51.100.0/24", 1), route("203.0.113.0/24", 1)]).unwrap();
+        let g = d.status().unwrap().generation;
+        // Unchanged replays with replace: no write, no new generation.
+        assert_eq!(d.add_routes_with(vec![route("198.51.100.0/24", 1)], true).unwrap(), g);
+        assert_eq!(d.add_nexthops_with(vec![NewNextHop { id: 1, spec: NextHopSpec::Discard }], true).unwrap(), g);
+        // A changed route moves in place: one write, one generation.
+        let kernel_before = d.dataplane().routes().len();
+        assert_eq!(d.add_routes_with(vec![route("198.51.100.0/24", 2)], true).unwrap(), g + 1);
+        assert_eq!(d.dataplane().routes().len(), kernel_before);
+        assert_eq!(d.list_routes(None, None), vec![route("198.51.100.0/24", 2), route("203.0.113.0/24", 1)]);
+        // A changed next hop is rewritten in its slot; routes keep pointing at it.
+        let slot = d.list_nexthops().unwrap().iter().find(|n| n.id == 1).unwrap().slot;
+        assert_eq!(d.add_nexthops_with(vec![NewNextHop { id: 1, spec: NextHopSpec::Receive }], true).unwrap(), g + 2);
+        let nh = d.list_nexthops().unwrap().into_iter().find(|n| n.id == 1).unwrap();
+        assert_eq!((nh.slot, nh.spec, nh.routes), (slot, NextHopSpec::Receive, 1));
+        // Without replace, both are refused as before.
+        assert_eq!(d.add_routes(vec![route("198.51.100.0/24", 1)]).unwrap_err().kind(), crate::domain::ErrorKind::AlreadyExists);
+        assert_eq!(
+            d.add_nexthops(vec![NewNextHop { id: 1, spec: NextHopSpec::Discard }]).unwrap_err().kind(),
+            crate::domain::ErrorKind::AlreadyExists
+        );
+    }
+
+    #[test]
+    fn resync_replaying_everything_unchanged_moves_no_generation() {
+        let d = Domain::new(FakeDataplane::with_links(&[("eth0", 7)]));
+        let eth0 = || AddInterface { name: InterfaceName::parse("n", "eth0").unwrap(), mode: XdpMode::Auto, vrf: 0 };
+        d.add_interface(eth0()).unwrap();
+        d.add_nexthops(vec![NewNextHop { id: 1, spec: NextHopSpec::Discard }]).unwrap();
+        d.add_routes(vec![route("198.51.100.0/24", 1)]).unwrap();
+        let g = d.status().unwrap().generation;
+        d.begin_resync();
+        d.add_interface(eth0()).unwrap();
+        d.add_nexthops(vec![NewNextHop { id: 1, spec: NextHopSpec::Discard }]).unwrap();
+        d.add_routes(vec![route("198.51.100.0/24", 1)]).unwrap();
+        let report = d.end_resync().unwrap();
+        assert_eq!(report.generation, g, "{report:?}");
+        assert_eq!(d.status().unwrap().generation, g);
     }
 }

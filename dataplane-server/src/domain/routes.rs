@@ -19,11 +19,17 @@ pub struct RouteSpec {
 pub type RouteView = RouteSpec;
 
 impl<D: Dataplane> Domain<D> {
-    /// Adds a batch of routes, all or nothing. During a resync, a route that exists already is
-    /// replayed (kept, or pointed at its new next hop in place) instead of refused.
+    /// Adds a batch of routes, all or nothing.
     pub fn add_routes(&self, batch: Vec<RouteSpec>) -> Result<u64, DomainError> {
+        self.add_routes_with(batch, false)
+    }
+
+    /// [`Self::add_routes`]; with `replace` (and always during a resync) a route that exists
+    /// already is kept, or pointed at its new next hop in place, instead of refused. A batch
+    /// that writes nothing leaves the generation alone.
+    pub fn add_routes_with(&self, batch: Vec<RouteSpec>, replace: bool) -> Result<u64, DomainError> {
         let mut state = self.lock();
-        let resync = state.resync.is_some();
+        let resync = state.resync.is_some() || replace;
         let mut in_batch = BTreeSet::new();
         let mut slots = Vec::with_capacity(batch.len());
         let mut existing = Vec::with_capacity(batch.len());
@@ -93,7 +99,9 @@ impl<D: Dataplane> Domain<D> {
                 rs.routes.insert((r.vrf, r.prefix));
             }
         }
-        self.bump(&mut state);
+        if !writes.is_empty() {
+            self.bump(&mut state);
+        }
         Ok(state.generation)
     }
 
