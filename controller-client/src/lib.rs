@@ -13,7 +13,9 @@ use tonic::transport::{Channel, Endpoint, Uri};
 
 pub use dataplane_proto::v1 as pb;
 
+pub mod controller;
 pub mod policy_file;
+pub mod yaml_fields;
 
 /// Where dpctl and controllers look for the server when not told.
 pub const DEFAULT_SERVER: &str = "unix:/run/dataplane/dataplane.sock";
@@ -50,6 +52,15 @@ impl std::str::FromStr for ServerAddress {
             Ok(Self::Http(s.to_owned()))
         } else {
             Err(ConnectError::BadAddress { address: s.to_owned() })
+        }
+    }
+}
+
+impl std::fmt::Display for ServerAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        match self {
+            Self::Unix(p) => write!(f, "unix:{}", p.display()),
+            Self::Http(u) => f.write_str(u),
         }
     }
 }

@@ -160,8 +160,8 @@ pub fn run(config: &Config) -> Result<Results> {
             kind: Some(pb::next_hop::Kind::Encap(pb::EncapNextHop { interface: "lo".into(), dst_mac: "02:00:00:00:00:01".into(), src_mac: String::new(), gateway: String::new() })),
             ..Default::default()
         };
-        client.routing.add_next_hops(pb::AddNextHopsRequest { next_hops: vec![nh] }).await?;
-        client.routing.add_routes(pb::AddRoutesRequest { routes: vec![pb::Route { vrf: 0, prefix: "0.0.0.0/0".into(), next_hop: 1 }] }).await?;
+        client.routing.add_next_hops(pb::AddNextHopsRequest { next_hops: vec![nh], replace: false }).await?;
+        client.routing.add_routes(pb::AddRoutesRequest { routes: vec![pb::Route { vrf: 0, prefix: "0.0.0.0/0".into(), next_hop: 1 }], replace: false }).await?;
         client
             .flows
             .set_flow_mode(pb::SetFlowModeRequest { interface: "lo".into(), enabled: true, hold_cap: 1_000_000, punt_rate: 1_000_000, punt_burst: 1_000_000, ..Default::default() })
@@ -279,7 +279,7 @@ fn control_path(config: &Config, rt: &tokio::runtime::Runtime, client: &mut Clie
             let start = Instant::now();
             for chunk in prefixes.chunks(10_000) {
                 let routes = chunk.iter().map(|p| pb::Route { vrf, prefix: p.clone(), next_hop: 1 }).collect();
-                client.routing.add_routes(pb::AddRoutesRequest { routes }).await?;
+                client.routing.add_routes(pb::AddRoutesRequest { routes, replace: false }).await?;
             }
             anyhow::Ok(prefixes.len() as f64 / start.elapsed().as_secs_f64())
         })?;

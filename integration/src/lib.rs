@@ -495,7 +495,7 @@ pub async fn program_router(topo: &Topology, client: &mut controller_client::Cli
     }
     let receive = pb::NextHop { id: 3, kind: Some(pb::next_hop::Kind::Receive(pb::Receive {})), ..Default::default() };
     let next_hops = vec![encap_nexthop(1, &topo.r1, &topo.h2.mac("eth0")?), encap_nexthop(2, &topo.r0, &topo.h1.mac("eth0")?), receive];
-    client.routing.add_next_hops(pb::AddNextHopsRequest { next_hops }).await?;
+    client.routing.add_next_hops(pb::AddNextHopsRequest { next_hops, replace: false }).await?;
     let routes = [
         ("198.51.100.0/24".to_owned(), 1),
         ("2001:db8:2::/64".to_owned(), 1),
@@ -508,7 +508,7 @@ pub async fn program_router(topo: &Topology, client: &mut controller_client::Cli
     ]
     .map(|(prefix, next_hop)| pb::Route { vrf: 0, prefix, next_hop })
     .to_vec();
-    client.routing.add_routes(pb::AddRoutesRequest { routes }).await?;
+    client.routing.add_routes(pb::AddRoutesRequest { routes, replace: false }).await?;
     Ok(())
 }
 
@@ -521,9 +521,9 @@ pub async fn server_forwarding_via_lo(prefix: &str) -> Result<(Netns, Server, co
     let server = Server::start(&ns)?;
     let mut c = server.client().await?;
     c.interfaces.add_interface(pb::AddInterfaceRequest { name: "lo".into(), ..Default::default() }).await?;
-    c.routing.add_next_hops(pb::AddNextHopsRequest { next_hops: vec![encap_nexthop(1, "lo", "02:00:00:00:00:01")] }).await?;
+    c.routing.add_next_hops(pb::AddNextHopsRequest { next_hops: vec![encap_nexthop(1, "lo", "02:00:00:00:00:01")], replace: false }).await?;
     let routes = ["0.0.0.0/0", "::/0"].map(|p| pb::Route { vrf: 0, prefix: p.into(), next_hop: 1 }).to_vec();
-    c.routing.add_routes(pb::AddRoutesRequest { routes }).await?;
+    c.routing.add_routes(pb::AddRoutesRequest { routes, replace: false }).await?;
     Ok((ns, server, c))
 }
 
@@ -572,7 +572,7 @@ pub struct StreamReport {
 }
 
 /// Moves the calling thread into network namespace `name`.
-fn enter_netns(name: &str) -> Result<()> {
+pub fn enter_netns(name: &str) -> Result<()> {
     let f = std::fs::File::open(format!("/run/netns/{name}"))?;
     // SAFETY: setns on an fd we own; it only changes this thread's network namespace.
     if unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&f), libc::CLONE_NEWNET) } != 0 {
@@ -599,6 +599,12 @@ impl UdpStream {
     /// Starts sending to `dst:port` from `from` at about `pps` datagrams per second, received in
     /// `to` (which must hold `dst`).
     pub fn start(from: &Netns, to: &Netns, dst: std::net::IpAddr, port: u16, pps: u32) -> Result<Self> {
+        Self::start_from_port(from, to, dst, port, 0, pps)
+    }
+
+    /// [`UdpStream::start`] from source port `src_port` (0: any), so the stream's 5-tuple is
+    /// known in advance (a flow can be set up for it first).
+    pub fn start_from_port(from: &Netns, to: &Netns, dst: std::net::IpAddr, port: u16, src_port: u16, pps: u32) -> Result<Self> {
         use std::sync::atomic::Ordering;
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -640,7 +646,8 @@ impl UdpStream {
         let gap = Duration::from_secs(1) / pps.max(1);
         let sender = std::thread::spawn(move || -> Result<u64> {
             enter_netns(&from_name)?;
-            let sock = std::net::UdpSocket::bind(if dst.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" })?;
+            let any: std::net::IpAddr = if dst.is_ipv4() { std::net::Ipv4Addr::UNSPECIFIED.into() } else { std::net::Ipv6Addr::UNSPECIFIED.into() };
+            let sock = std::net::UdpSocket::bind((any, src_port))?;
             force_buffer(&sock, libc::SO_SNDBUFFORCE);
             let mut seq = 0u64;
             let start = Instant::now();

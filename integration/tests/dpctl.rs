@@ -202,8 +202,13 @@ fn dpctl_policy_put_attach_list_detach_del() {
     std::fs::write(&bad, "- priority: 1\n  action: maybe\n").unwrap();
     let o = server.dpctl(&["policy", "put", "web", "--file", bad.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2));
-    assert!(stderr(&o).contains("rules[0].action"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("bad.yaml:2:11: rules[0].action: \"maybe\" is not allow, deny or punt"), "{}", stderr(&o));
     std::fs::write(&bad, "- priority: 1\n  protocol: tcp\n  dst_ports: 90-80\n  action: deny\n").unwrap();
+    let o = server.dpctl(&["policy", "put", "web", "--file", bad.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("bad.yaml:3:14: rules[0].dst_ports: \"90-80\": the first port is above the last"), "{}", stderr(&o));
+    // What only the server can judge (ports on ICMP) comes back as its INVALID_ARGUMENT.
+    std::fs::write(&bad, "- priority: 1\n  protocol: icmp\n  dst_ports: 80\n  action: deny\n").unwrap();
     let o = server.dpctl(&["policy", "put", "web", "--file", bad.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).starts_with("error: INVALID_ARGUMENT: rules[0].dst_ports"), "{}", stderr(&o));

@@ -237,8 +237,8 @@ async fn flow_unanswered_holds_and_idle_flows_age_out_hold_cap_recovers() {
     let mut c = server.client().await.unwrap();
     c.interfaces.add_interface(pb::AddInterfaceRequest { name: "lo".into(), ..Default::default() }).await.unwrap();
     let nh = pb::NextHop { id: 1, kind: Some(pb::next_hop::Kind::Discard(pb::Discard {})), ..Default::default() };
-    c.routing.add_next_hops(pb::AddNextHopsRequest { next_hops: vec![nh] }).await.unwrap();
-    c.routing.add_routes(pb::AddRoutesRequest { routes: vec![pb::Route { vrf: 0, prefix: "0.0.0.0/0".into(), next_hop: 1 }] }).await.unwrap();
+    c.routing.add_next_hops(pb::AddNextHopsRequest { next_hops: vec![nh], replace: false }).await.unwrap();
+    c.routing.add_routes(pb::AddRoutesRequest { routes: vec![pb::Route { vrf: 0, prefix: "0.0.0.0/0".into(), next_hop: 1 }], replace: false }).await.unwrap();
     // A cap of 5: unanswered HOLDs fill it, aging must free it again.
     flow_mode(&mut c, 5, 100_000, 1000).await;
     let xdp = XdpOverPins::load(&server.bpffs);
@@ -284,7 +284,7 @@ async fn flow_table_overfilled_lru_evicts_and_forwarding_goes_on() {
         kind: Some(pb::next_hop::Kind::Encap(pb::EncapNextHop { interface: "lo".into(), dst_mac: "02:00:00:00:00:02".into(), src_mac: String::new(), gateway: String::new() })),
         ..Default::default()
     };
-    c.routing.add_next_hops(pb::AddNextHopsRequest { next_hops: vec![nh2] }).await.unwrap();
+    c.routing.add_next_hops(pb::AddNextHopsRequest { next_hops: vec![nh2], replace: false }).await.unwrap();
     let key = |n: u32| pb::FlowKey {
         vrf: 0,
         src: "192.0.2.10".into(),

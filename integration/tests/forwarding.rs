@@ -93,7 +93,7 @@ async fn tc_egress_router_originated_traffic_gets_next_hop_mac() {
     topo.rtr.exec("ip", &["neigh", "replace", "203.0.113.2", "lladdr", "02:00:00:00:00:99", "dev", &topo.r1, "nud", "permanent"]).unwrap();
     assert!(topo.rtr.exec("ping", &["-c", "1", "-W", "1", "203.0.113.2"]).is_err(), "reached h2 without the dataplane route");
 
-    client.routing.add_routes(pb::AddRoutesRequest { routes: vec![route("203.0.113.0/24", 1)] }).await.unwrap();
+    client.routing.add_routes(pb::AddRoutesRequest { routes: vec![route("203.0.113.0/24", 1)], replace: false }).await.unwrap();
     let out = topo.rtr.exec("ping", &["-c", "3", "-i", "0.1", "-W", "2", "203.0.113.2"]).unwrap();
     assert!(out.contains(" 0% packet loss"), "{out}");
 }

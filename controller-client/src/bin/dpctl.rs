@@ -257,6 +257,9 @@ enum NexthopCmd {
         discard: bool,
         #[arg(long)]
         receive: bool,
+        /// Rewrite the next hop in place if the id exists (routes using it follow at once).
+        #[arg(long)]
+        replace: bool,
     },
     #[command(alias = "delete")]
     Del {
@@ -279,6 +282,9 @@ enum RouteCmd {
         vrf: u32,
         #[arg(long, conflicts_with = "prefix")]
         file: Option<std::path::PathBuf>,
+        /// Point existing routes at their new next hop in place instead of refusing them.
+        #[arg(long)]
+        replace: bool,
     },
     /// Delete one route, or every route of --file (same format; the next hop column is ignored).
     #[command(alias = "delete")]
@@ -794,7 +800,11 @@ mod policy {
             PolicyCmd::Put { name, file } => {
                 let text = std::fs::read_to_string(&file)
                     .map_err(|e| Failure::Usage(format!("{}: {e}", file.display())))?;
-                let rules = policy_file::parse(&text).map_err(|e| Failure::Usage(format!("{}: {e}", file.display())))?;
+                let rules = policy_file::parse(&text).map_err(|e| {
+                    // FILE:LINE:COLUMN: rules[3].field: why (compiler style).
+                    let sep = if e.at.is_some() { ":" } else { ": " };
+                    Failure::Usage(format!("{}{sep}{e}", file.display()))
+                })?;
                 let n = rules.len();
                 let r = client.policy.put_policy(pb::PutPolicyRequest { name: name.clone(), rules }).await?.into_inner();
                 done(output, format!("policy {name}: {n} rules"), r.generation);
@@ -984,7 +994,7 @@ mod routing {
     pub async fn nexthop(c: &mut Client, output: Output, cmd: NexthopCmd) -> Result<(), Failure> {
         use pb::next_hop::Kind;
         match cmd {
-            NexthopCmd::Add { id, interface, dst_mac, gateway, src_mac, ecmp, discard, receive } => {
+            NexthopCmd::Add { id, interface, dst_mac, gateway, src_mac, ecmp, discard, receive, replace } => {
                 let kind = match (interface, ecmp, discard, receive) {
                     (Some(interface), None, false, false) => Kind::Encap(pb::EncapNextHop {
                         interface,
@@ -1002,7 +1012,7 @@ mod routing {
                     }
                 };
                 let nh = pb::NextHop { id, kind: Some(kind), ..Default::default() };
-                let r = c.routing.add_next_hops(pb::AddNextHopsRequest { next_hops: vec![nh] }).await?.into_inner();
+                let r = c.routing.add_next_hops(pb::AddNextHopsRequest { next_hops: vec![nh], replace }).await?.into_inner();
                 generation(output, format!("added next hop {id}"), r.generation);
             }
             NexthopCmd::Del { ids } => {
@@ -1063,13 +1073,13 @@ mod routing {
 
     pub async fn route(c: &mut Client, output: Output, cmd: RouteCmd) -> Result<(), Failure> {
         match cmd {
-            RouteCmd::Add { prefix, nexthop, vrf, file } => {
+            RouteCmd::Add { prefix, nexthop, vrf, file, replace } => {
                 let routes = match file {
                     Some(f) => read_routes(&f, vrf)?,
                     None => vec![pb::Route { vrf, prefix: prefix.unwrap_or_default(), next_hop: nexthop.unwrap_or_default() }],
                 };
                 let n = routes.len();
-                let r = c.routing.add_routes(pb::AddRoutesRequest { routes }).await?.into_inner();
+                let r = c.routing.add_routes(pb::AddRoutesRequest { routes, replace }).await?.into_inner();
                 generation(output, format!("added {n} route(s)"), r.generation);
             }
             RouteCmd::Del { prefix, vrf, file } => {

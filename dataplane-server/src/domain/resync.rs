@@ -122,7 +122,7 @@ impl<D: Dataplane> Domain<D> {
                 Err(e) => report.kept.push(format!("vrf {v} ({e})")),
             }
         }
-        let mut state = self.lock();
+        let state = self.lock();
         // Each removal above moved the generation already; a resync that removed nothing
         // changed nothing.
         report.generation = state.generation;
