@@ -15,9 +15,9 @@ need_root() {
 need_root
 
 # Debian packages: LLVM 22 for bpf-linker, protoc for anyone regenerating protos by hand,
-# iproute2/iputils/iperf3 for the namespace tests, python for the any-language clients.
+# iproute2/iputils/iperf3/curl for the namespace tests and the demo, python for the any-language clients.
 APT_PKGS=(llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev libxml2-dev
-          protobuf-compiler iproute2 iputils-ping iperf3 ethtool python3-pip)
+          protobuf-compiler iproute2 iputils-ping iperf3 ethtool curl python3-pip)
 missing=()
 for p in "${APT_PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -1,6 +1,8 @@
-//! The README's first command: scripts/demo.sh forwards v4/v6 pings and iperf3 through XDP with
-//! the router's kernel forwarding off, runs to completion (with the binaries this test
-//! run built) and leaves no namespace, pin, socket or process behind.
+//! The README's first command: scripts/demo.sh, two nodes programmed by the reference
+//! controller from one file, forwards v4/v6 pings and iperf3 across both through XDP with their
+//! kernel forwarding off, admits one web port and refuses another by the flow rules, runs to
+//! completion (with the binaries this test run built) and leaves no namespace, pin, socket or
+//! process behind.
 
 use std::process::Command;
 
@@ -31,6 +33,16 @@ fn demo_script_runs_to_completion_and_leaves_nothing_behind() {
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no forwarded counter: {row}"));
     assert!(row.contains("native") && forwarded > 1000, "{row}");
+    // The flow rules: 8000 admitted (the page came back), 8080 refused.
+    assert!(stdout.contains("port 8000: admitted: hello from h2"), "{stdout}");
+    assert!(stdout.contains("port 8080: refused"), "{stdout}");
+    // The controller's status: both nodes ready, decisions counted on node A.
+    let node_a = stdout.lines().filter(|l| l.starts_with("node-a ") && !l.contains("rule hits")).last().unwrap_or_else(|| panic!("{stdout}"));
+    let cols: Vec<&str> = node_a.split_whitespace().collect();
+    assert_eq!(cols[1], "ready", "{node_a}");
+    let (misses, forwarded, dropped): (u64, u64, u64) = (cols[5].parse().unwrap(), cols[6].parse().unwrap(), cols[7].parse().unwrap());
+    assert!(forwarded >= 4 && dropped >= 1 && misses == forwarded + dropped, "{node_a}");
+    assert!(stdout.lines().any(|l| l.starts_with("node-b ") && l.contains(" ready ")), "{stdout}");
     assert!(stdout.contains("demo: cleaned up"), "{stdout}");
 
     // The script names everything after its pid; none of it may survive.
