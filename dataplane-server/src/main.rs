@@ -66,6 +66,9 @@ struct Args {
     /// A flow with no packet for this many seconds is removed.
     #[arg(long, default_value_t = 300)]
     flow_idle_timeout_secs: u64,
+    /// Flow misses queued per subscriber before it starts losing them (and gets `lagged`).
+    #[arg(long, default_value_t = MISS_QUEUE, value_parser = clap::value_parser!(usize))]
+    flow_miss_queue: usize,
     /// Log format; the level comes from RUST_LOG (default info).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -144,7 +147,7 @@ async fn serve(
 
     // Flow misses: read from the kernel's ring buffer, kept by the domain, fanned out to every
     // subscriber; flows age out in the background.
-    let misses = Arc::new(persistent_hub(&domain, MISS_QUEUE, "flow_misses"));
+    let misses = Arc::new(persistent_hub(&domain, args.flow_miss_queue.max(1), "flow_misses"));
     flow_misses::spawn_reader(domain.dataplane().flow_miss_reader()?, domain.clone(), misses.clone())
         .context("polling the flow-miss ring buffer")?;
     flow_misses::spawn_aging(

@@ -71,6 +71,11 @@ fn veth(ns: &Netns, name: &str, peer_ns: &Netns, peer: &str) -> Result<()> {
 
 impl TwoNodes {
     fn new() -> Result<Self> {
+        Self::with_node_a_args(&[])
+    }
+
+    /// [`TwoNodes::new`] with extra arguments for node A's server.
+    fn with_node_a_args(a_args: &[&str]) -> Result<Self> {
         let h1 = Netns::new("cth1-")?;
         let na = Netns::new("ctna-")?;
         let nb = Netns::new("ctnb-")?;
@@ -100,7 +105,7 @@ impl TwoNodes {
             a1: na.mac("a1")?,
             b0: nb.mac("b0")?,
         };
-        let a = Server::start(&na)?;
+        let a = Server::start_with(&na, a_args)?;
         let b = Server::start(&nb)?;
         let dir = std::env::temp_dir().join(format!("dataplane-controller-test-{}", unique("c")));
         std::fs::create_dir_all(&dir)?;
@@ -784,5 +789,69 @@ async fn controller_node_server_restart_reconnects_and_resync_removes_stray_stat
     let report = stream.stop()?;
     eprintln!("stream across node B's server crash and restart: {report:?}");
     ensure!(report.lost == 0 && report.sent > 1000, "{report:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn controller_lagged_miss_stream_decides_held_flows_from_the_table() -> Result<()> {
+    // Node A keeps 2 misses per subscriber: a burst of new flows overflows the controller's
+    // queue, it gets `lagged`, and must find the held flows in the node's table instead.
+    let t = TwoNodes::with_node_a_args(&["--flow-miss-queue", "2"])?;
+    let file = t.dir.join("nodes.yaml");
+    write_file(&file, &t.default_file())?;
+    let ctl = Controller::start(&file, &t.dir)?;
+    ctl.wait_ready(1)?;
+    let mut ca = t.a.client().await?;
+
+    // Bursts of 40 new UDP 7000 flows (one datagram each, distinct source ports) until the
+    // controller has lagged at least once.
+    let h2 = t.h2.name.clone();
+    let receiver = std::thread::spawn(move || -> Result<usize> {
+        enter_netns(&h2)?;
+        let sock = std::net::UdpSocket::bind((H2, 7000))?;
+        sock.set_read_timeout(Some(Duration::from_secs(3)))?;
+        let mut seen = std::collections::HashSet::new();
+        let mut buf = [0u8; 16];
+        while let Ok((_, from)) = sock.recv_from(&mut buf) {
+            seen.insert(from.port());
+        }
+        Ok(seen.len())
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut sent = 0u16;
+    for burst in 0..5u16 {
+        let name = t.h1.name.clone();
+        std::thread::spawn(move || -> Result<()> {
+            enter_netns(&name)?;
+            let socks: Vec<std::net::UdpSocket> =
+                (0..40).map(|i| std::net::UdpSocket::bind((H1, 20000 + burst * 40 + i))).collect::<std::io::Result<_>>()?;
+            for s in &socks {
+                s.send_to(b"first", (H2, 7000))?;
+            }
+            Ok(())
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("burst thread"))??;
+        sent += 40;
+        let s = ctl.wait_for("the burst decided", |s| s.nodes["node-a"].flows.misses >= u64::from(sent))?;
+        if s.nodes["node-a"].flows.lagged > 0 {
+            break;
+        }
+    }
+    let s = ctl.status()?;
+    let a = &s.nodes["node-a"];
+    eprintln!("{sent} new flows; controller counters: {:?}", a.flows);
+    ensure!(a.flows.lagged > 0 && a.flows.lag_resyncs > 0, "the controller never lagged: {:?}", a.flows);
+    // Every flow was decided (the lost events through the table) and forwarded: each flow's
+    // held first datagram reached h2.
+    ensure!(a.flows.forwarded == u64::from(sent) && a.flows.failed == 0, "{:?}", a.flows);
+    let mut st = ca.flows.list_flows(pb::ListFlowsRequest::default()).await?.into_inner();
+    let mut forward = 0;
+    while let Some(c) = st.message().await? {
+        forward += c.flows.iter().filter(|f| f.key.as_ref().is_some_and(|k| k.dst_port == 7000) && f.action == pb::FlowAction::Forward as i32).count();
+    }
+    ensure!(forward == usize::from(sent), "{forward} forward flows for {sent} sent");
+    let received = receiver.join().map_err(|_| anyhow::anyhow!("receiver"))??;
+    ensure!(received == usize::from(sent), "h2 got the first datagram of {received} of {sent} flows");
     Ok(())
 }
