@@ -676,16 +676,25 @@ async fn controller_two_nodes_follow_file_admit_one_port_and_apply_edits_as_diff
     );
 
     // Fixed again: applied, and the error cleared.
-    write_file(
-        &file,
-        &edited.replace(
-            "{prefix: 203.0.113.128/25, next_hop: 4}",
-            "{prefix: 203.0.113.128/25, next_hop: 3}",
-        ),
-    )?;
-    ctl.wait_for("the fixed file applied", |s| {
-        s.file_error.is_none() && s.file_version == 3
-    })?;
+    let fixed = edited.replace("{prefix: 203.0.113.128/25, next_hop: 4}", "{prefix: 203.0.113.128/25, next_hop: 3}");
+    write_file(&file, &fixed)?;
+    ctl.wait_for("the fixed file applied", |s| s.file_error.is_none() && s.file_version == 3)?;
+
+    // The rules change: TCP 5001 is refused from now on. The flow admitted earlier is decided
+    // again: DROP, its reply direction removed; the 5002 flow (DROP already) is not rewritten.
+    let refuse = fixed.replace("dst_ports: 5001, action: forward}", "dst_ports: 5001, action: drop}");
+    write_file(&file, &refuse)?;
+    let s = ctl.wait_for("flows decided again", |s| s.nodes["node-a"].flows.redecided >= 1)?;
+    ensure!(s.nodes["node-a"].flows.redecided == 1, "{:?}", s.nodes["node-a"].flows);
+    let mut st = ca.flows.list_flows(pb::ListFlowsRequest::default()).await?.into_inner();
+    let mut flows = Vec::new();
+    while let Some(c) = st.message().await? {
+        flows.extend(c.flows);
+    }
+    let to_5001: Vec<&pb::Flow> = flows.iter().filter(|f| f.key.as_ref().is_some_and(|k| k.dst_port == 5001 && k.src == H1)).collect();
+    ensure!(!to_5001.is_empty() && to_5001.iter().all(|f| f.action == pb::FlowAction::Drop as i32), "{flows:?}");
+    ensure!(!flows.iter().any(|f| f.key.as_ref().is_some_and(|k| k.src_port == 5001 && k.dst == H1)), "reply direction left: {flows:?}");
+    ensure!(tcp_echo(&t.h1, H2, 5001).is_err(), "TCP 5001 must be refused now");
     Ok(())
 }
 

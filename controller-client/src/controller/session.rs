@@ -21,6 +21,49 @@ const BACKOFF_MAX: Duration = Duration::from_secs(3);
 /// Most misses answered by one InstallFlows.
 const MISS_BATCH: usize = 256;
 
+/// Most flows remembered for re-deciding (beyond, new flows are installed but not remembered).
+const TRACK_MAX: usize = 1 << 20;
+/// Flows per InstallFlows when re-deciding.
+const REDECIDE_BATCH: usize = 1024;
+
+/// (VRF, source, destination, protocol, source port, destination port).
+type FlowTuple = (u32, String, String, u32, u32, u32);
+
+fn tuple(k: &pb::FlowKey) -> FlowTuple {
+    (k.vrf, k.src.clone(), k.dst.clone(), k.protocol, k.src_port, k.dst_port)
+}
+
+fn key((vrf, src, dst, protocol, src_port, dst_port): &FlowTuple) -> pb::FlowKey {
+    pb::FlowKey { vrf: *vrf, src: src.clone(), dst: dst.clone(), protocol: *protocol, src_port: *src_port, dst_port: *dst_port }
+}
+
+/// The flows this controller decided (by their forward key), with the interface the miss came
+/// in on and what was installed: when the rules or routes change, each is decided again and
+/// rewritten if the answer changed.
+#[derive(Default)]
+pub struct Tracked {
+    flows: std::collections::HashMap<FlowTuple, (String, pb::Flow)>,
+    full_warned: bool,
+}
+
+impl Tracked {
+    fn remember(&mut self, name: &str, k: &pb::FlowKey, interface: &str, flow: &pb::Flow) {
+        if self.flows.len() >= TRACK_MAX && !self.flows.contains_key(&tuple(k)) {
+            if !self.full_warned {
+                warn!(node = %name, max = TRACK_MAX, "too many flows to remember: new ones will not be re-decided on rule changes");
+                self.full_warned = true;
+            }
+            return;
+        }
+        let flow = pb::Flow { request_id: 0, key: None, ..flow.clone() };
+        self.flows.insert(tuple(k), (interface.to_owned(), flow));
+    }
+}
+
+fn same_decision(a: &pb::Flow, b: &pb::Flow) -> bool {
+    (a.action, a.next_hop, a.reverse_action, a.reverse_next_hop) == (b.action, b.next_hop, b.reverse_action, b.reverse_next_hop)
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
     #[error("connecting: {0}")]
@@ -48,6 +91,8 @@ fn rpc_error(rpc: &'static str) -> impl FnOnce(Status) -> SessionError {
 /// Runs node `name` until it leaves the file.
 pub async fn run(name: String, mut desired: watch::Receiver<Arc<Desired>>, status: Shared) {
     let mut delay = BACKOFF_FIRST;
+    // Kept across sessions: a restarted server keeps its flows.
+    let mut tracked = Tracked::default();
     loop {
         let Some(node) = desired.borrow_and_update().nodes.get(&name).cloned() else {
             info!(node = %name, "node left the file: no longer managed (its state stays as it is)");
@@ -58,7 +103,7 @@ pub async fn run(name: String, mut desired: watch::Receiver<Arc<Desired>>, statu
             n.server = node.server.to_string();
         });
         let started = std::time::Instant::now();
-        match session(&name, node, &mut desired, &status).await {
+        match session(&name, node, &mut desired, &status, &mut tracked).await {
             Ok(()) => return,
             Err(e) => {
                 warn!(node = %name, error = %e, "node session ended");
@@ -88,6 +133,7 @@ async fn session(
     node: NodeDesired,
     desired: &mut watch::Receiver<Arc<Desired>>,
     status: &Shared,
+    tracked: &mut Tracked,
 ) -> Result<(), SessionError> {
     let mut client = Client::connect(&node.server).await?;
     // Subscribed before the resync, so no miss falls between the two.
@@ -108,7 +154,7 @@ async fn session(
         n.sessions += 1;
         n.connected_since_ms = now_ms();
     });
-    decide_held(name, &mut client, &applied, status).await?;
+    decide_held(name, &mut client, &applied, status, tracked).await?;
 
     loop {
         tokio::select! {
@@ -137,9 +183,9 @@ async fn session(
                         None => {}
                     }
                 }
-                answer(name, &mut client, &applied, found, status).await?;
+                answer(name, &mut client, &applied, found, status, tracked).await?;
                 if lagged {
-                    decide_held(name, &mut client, &applied, status).await?;
+                    decide_held(name, &mut client, &applied, status, tracked).await?;
                 }
             }
             changed = desired.changed() => {
@@ -154,6 +200,9 @@ async fn session(
                     continue;
                 }
                 apply(name, &mut client, &applied, &next, status).await?;
+                if next.flow_rules != applied.flow_rules || next.routes != applied.routes {
+                    redecide(name, &mut client, &next, status, tracked).await?;
+                }
                 applied = next;
             }
         }
@@ -402,9 +451,11 @@ async fn answer(
     node: &NodeDesired,
     misses: Vec<pb::FlowMiss>,
     status: &Shared,
+    tracked: &mut Tracked,
 ) -> Result<(), SessionError> {
     let mut flows = Vec::new();
     let mut decided = Vec::new();
+    let mut keys = Vec::new();
     for m in misses {
         if m.reason != "miss" {
             // A PUNT policy rule's copy: the packet went on to the kernel; nothing is held.
@@ -417,6 +468,7 @@ async fn answer(
             Verdict::NoRoute { flow, rule } => (flow, Some(rule), true),
         };
         flow.request_id = m.request_id;
+        keys.push((key.clone(), m.interface.clone()));
         debug!(node = %name, request_id = m.request_id, interface = %m.interface, ?key, action = flow.action, next_hop = flow.next_hop, ?rule, "flow decided");
         decided.push((
             flow.action == pb::FlowAction::Forward as i32,
@@ -428,6 +480,7 @@ async fn answer(
     if flows.is_empty() {
         return Ok(());
     }
+    let flows_sent = flows.clone();
     let outcome: Vec<Result<(), Code>> = match client
         .flows
         .install_flows(pb::InstallFlowsRequest {
@@ -454,6 +507,11 @@ async fn answer(
             out
         }
     };
+    for (((k, interface), flow), result) in keys.iter().zip(&flows_sent).zip(&outcome) {
+        if result.is_ok() {
+            tracked.remember(name, k, interface, flow);
+        }
+    }
     status.node(name, |s| {
         for ((forward, rule, no_route), result) in decided.into_iter().zip(outcome) {
             s.flows.misses += 1;
@@ -488,6 +546,7 @@ async fn decide_held(
     client: &mut Client,
     node: &NodeDesired,
     status: &Shared,
+    tracked: &mut Tracked,
 ) -> Result<(), SessionError> {
     let mut stream = client
         .flows
@@ -530,5 +589,64 @@ async fn decide_held(
             })
         })
         .collect();
-    answer(name, client, node, misses, status).await
+    answer(name, client, node, misses, status, tracked).await
+}
+
+/// After the flow rules or routes changed: decides every remembered flow again and rewrites
+/// those whose answer changed (by key: InstallFlows replaces), dropping the reply direction of
+/// a flow that no longer has one. Flows the node aged out are forgotten first.
+async fn redecide(
+    name: &str,
+    client: &mut Client,
+    node: &NodeDesired,
+    status: &Shared,
+    tracked: &mut Tracked,
+) -> Result<(), SessionError> {
+    if tracked.flows.is_empty() {
+        return Ok(());
+    }
+    let mut stream = client.flows.list_flows(pb::ListFlowsRequest::default()).await.map_err(rpc_error("ListFlows"))?.into_inner();
+    let mut present = std::collections::HashSet::new();
+    while let Some(chunk) = stream.message().await.map_err(rpc_error("ListFlows"))? {
+        present.extend(chunk.flows.iter().filter_map(|f| f.key.as_ref()).map(tuple));
+    }
+    tracked.flows.retain(|k, _| present.contains(k));
+    let mut installs = Vec::new();
+    let mut reverse_gone = Vec::new();
+    for (k, (interface, installed)) in tracked.flows.iter_mut() {
+        let fk = key(k);
+        let (Verdict::Install { flow, .. } | Verdict::NoRoute { flow, .. }) = node.decide(interface, &fk);
+        if same_decision(&flow, installed) {
+            continue;
+        }
+        if installed.reverse_action != 0 && flow.reverse_action == 0 {
+            reverse_gone.push(pb::FlowKey { src: fk.dst.clone(), dst: fk.src.clone(), src_port: fk.dst_port, dst_port: fk.src_port, ..fk.clone() });
+        }
+        installs.push(pb::Flow { key: Some(fk), ..flow.clone() });
+        *installed = flow;
+    }
+    let (mut done, mut failed) = (0u64, 0u64);
+    for chunk in installs.chunks(REDECIDE_BATCH) {
+        match client.flows.install_flows(pb::InstallFlowsRequest { flows: chunk.to_vec() }).await {
+            Ok(_) => done += chunk.len() as u64,
+            Err(e) => {
+                warn!(node = %name, error = %e, flows = chunk.len(), "rewriting re-decided flows failed");
+                failed += chunk.len() as u64;
+            }
+        }
+    }
+    for k in reverse_gone {
+        // Gone already (aged out) is as good.
+        if let Err(e) = client.flows.delete_flows(pb::DeleteFlowsRequest { keys: vec![k] }).await {
+            if e.code() != Code::NotFound {
+                warn!(node = %name, error = %e, "removing a reply direction failed");
+            }
+        }
+    }
+    info!(node = %name, remembered = tracked.flows.len(), rewritten = done, failed, "flows decided again after a change of rules or routes");
+    status.node(name, |s| {
+        s.flows.redecided += done;
+        s.flows.failed += failed;
+    });
+    Ok(())
 }

@@ -89,6 +89,8 @@ pub struct FlowCounters {
     pub no_rule: u64,
     /// Copies from PUNT policy rules (nothing held, nothing to decide).
     pub punts: u64,
+    /// Installed flows rewritten because the rules or routes changed their answer.
+    pub redecided: u64,
     /// Misses the server's queue for this controller lost, and the table scans that followed.
     pub lagged: u64,
     pub lag_resyncs: u64,
