@@ -48,7 +48,7 @@ impl Sandbox {
         let bpffs = PathBuf::from(format!("/sys/fs/bpf/dataplane-bench-{}", std::process::id()));
         eprintln!("pins: {}", bpffs.display());
         remove_on_signal(bpffs.clone())?;
-        let dataplane = KernelDataplane::load(&LoaderConfig { bpffs_root: bpffs.clone(), pinned_object: None })?;
+        let dataplane = KernelDataplane::load(&LoaderConfig { bpffs_root: bpffs.clone(), pinned_object: None, bench_tables: true })?;
         let sandbox = Self { domain: Domain::new(dataplane), bpffs };
         for name in [EGRESS, "lo"] {
             sandbox.domain.add_interface(AddInterface {

@@ -60,6 +60,9 @@ pub mod programs {
     pub const BENCH_ROUTE_V4: &str = "dp_bench_route_v4";
     /// Benchmark baseline: the same destination in a plain kernel LPM trie (`BENCH_LPM_V4`).
     pub const BENCH_LPM_V4: &str = "dp_bench_lpm_v4";
+    /// Benchmark: the same destination in a DIR-24-8 table (`BENCH_TBL24` / `BENCH_TBL8`), the
+    /// flat IPv4 structure the route stage could use instead of the trie.
+    pub const BENCH_DIR24_V4: &str = "dp_bench_dir24_v4";
 }
 
 #[cfg(feature = "user")]

@@ -65,6 +65,23 @@ pub const BENCH_TARGETS: &str = "BENCH_TARGETS";
 pub const BENCH_FRAME: &str = "BENCH_FRAME";
 /// Benchmark only: a plain IPv4 LPM trie, never pinned.
 pub const BENCH_LPM_V4: &str = "BENCH_LPM_V4";
+/// Benchmark only: a DIR-24-8 IPv4 table's first level (`address >> 8` -> [`dir24`] entry), never
+/// pinned. One entry in the object (nothing to allocate in a server); the benchmark's loader sizes
+/// it to [`BENCH_TBL24_ENTRIES`].
+pub const BENCH_TBL24: &str = "BENCH_TBL24";
+/// Benchmark only: the DIR-24-8 table's second level, groups of 256 entries (`group * 256 +
+/// (address & 0xff)`), sized to [`BENCH_TBL8_GROUPS`] groups by the benchmark's loader.
+pub const BENCH_TBL8: &str = "BENCH_TBL8";
+/// 2^24: one first-level entry per /24.
+pub const BENCH_TBL24_ENTRIES: u32 = 1 << 24;
+/// Second-level groups (one per /24 that holds a longer prefix).
+pub const BENCH_TBL8_GROUPS: u32 = 1 << 14;
+
+/// DIR-24-8 entries: a next-hop slot + 1 (0: no route), or [`dir24::GROUP`] | a group index.
+pub mod dir24 {
+    /// The entry points at a second-level group.
+    pub const GROUP: u32 = 1 << 31;
+}
 /// Entries of [`BENCH_TARGETS`].
 pub const BENCH_TARGET_SLOTS: u32 = 4;
 

@@ -62,6 +62,12 @@ pub static BENCH_TARGETS: ProgramArray = ProgramArray::with_max_entries(BENCH_TA
 #[map(name = "BENCH_LPM_V4")]
 pub static BENCH_LPM_V4: LpmTrie<[u8; 4], u32> = LpmTrie::with_max_entries(MAX_ROUTES, 0);
 
+/// Benchmark only: a DIR-24-8 table (one entry each here; the benchmark's loader sizes them).
+#[map(name = "BENCH_TBL24")]
+pub static BENCH_TBL24: Array<u32> = Array::with_max_entries(1, 0);
+#[map(name = "BENCH_TBL8")]
+pub static BENCH_TBL8: Array<u32> = Array::with_max_entries(1, 0);
+
 #[map(name = "BENCH_FRAME")]
 pub static BENCH_FRAME: Array<BenchFrame> = Array::with_max_entries(1, 0);
 

@@ -107,7 +107,7 @@ fn start(args: &Args) -> anyhow::Result<Arc<Domain<KernelDataplane>>> {
     // Read first: a state file this build cannot read must stop us before anything changes.
     let persisted = persist::read(&args.state_file).context("reading the state file")?;
     let pinned_object = persisted.as_ref().and_then(|p| p.programs_object);
-    let dataplane = KernelDataplane::load(&LoaderConfig { bpffs_root: args.bpffs.clone(), pinned_object })
+    let dataplane = KernelDataplane::load(&LoaderConfig { bpffs_root: args.bpffs.clone(), pinned_object, bench_tables: false })
         .context("loading the dataplane")?;
     let report = dataplane.load_report().clone();
     let domain = Arc::new(Domain::with_state_file(dataplane, args.state_file.clone()));

@@ -50,6 +50,9 @@ pub struct LoaderConfig {
     /// the previous run recorded it: when it is this build's, the pinned programs are adopted
     /// without verifying a fresh copy first (a restart then costs no verifier time).
     pub pinned_object: Option<u64>,
+    /// Size the benchmark-only DIR-24-8 tables for use (64 MiB and more of kernel memory);
+    /// only the benchmark asks. Otherwise they have one entry each.
+    pub bench_tables: bool,
 }
 
 /// A fingerprint of an eBPF object's bytes (FNV-1a, 64 bits): same bytes, same programs.
@@ -127,6 +130,8 @@ pub struct KernelDataplane {
     report: LoadReport,
     /// `object_fingerprint` of the object the attached programs came from.
     object: Mutex<u64>,
+    /// `LoaderConfig::bench_tables`, for upgrades.
+    bench_tables: bool,
 }
 
 /// A map as the eBPF object declares it, to compare with a pinned one.
@@ -178,13 +183,17 @@ fn check_pinned_maps(dirs: &PinDirs, object: &[u8]) -> Result<usize, DataplaneEr
 /// Loads the object over the pinned maps (creating and pinning the missing ones). The
 /// verifier keeps statistics only: its full log (aya's default) makes every load ~10x slower,
 /// and is asked for again only when a load fails (`load_programs`).
-fn load_object(dirs: &PinDirs, bytes: &[u8]) -> Result<Ebpf, DataplaneError> {
-    load_object_logging(dirs, bytes, VerifierLogLevel::STATS)
+fn load_object(dirs: &PinDirs, bytes: &[u8], bench_tables: bool) -> Result<Ebpf, DataplaneError> {
+    load_object_logging(dirs, bytes, VerifierLogLevel::STATS, bench_tables)
 }
 
-fn load_object_logging(dirs: &PinDirs, bytes: &[u8], log: VerifierLogLevel) -> Result<Ebpf, DataplaneError> {
+fn load_object_logging(dirs: &PinDirs, bytes: &[u8], log: VerifierLogLevel, bench_tables: bool) -> Result<Ebpf, DataplaneError> {
     let mut loader = EbpfLoader::new();
     loader.verifier_log_level(log);
+    if bench_tables {
+        loader.map_max_entries(names::BENCH_TBL24, names::BENCH_TBL24_ENTRIES);
+        loader.map_max_entries(names::BENCH_TBL8, names::BENCH_TBL8_GROUPS * 256);
+    }
     for name in names::ALL {
         loader.map_pin_path(name, dirs.maps.join(name));
     }
@@ -193,7 +202,7 @@ fn load_object_logging(dirs: &PinDirs, bytes: &[u8], log: VerifierLogLevel) -> R
 
 /// Loads (verifies) the two attached programs of `ebpf`. On a failure the object is loaded
 /// once more with the verifier's full log, so the error carries what the verifier said.
-fn load_programs(ebpf: &mut Ebpf, dirs: &PinDirs, bytes: &[u8]) -> Result<(), DataplaneError> {
+fn load_programs(ebpf: &mut Ebpf, dirs: &PinDirs, bytes: &[u8], bench_tables: bool) -> Result<(), DataplaneError> {
     fn both(ebpf: &mut Ebpf) -> Result<(), DataplaneError> {
         let xdp: &mut Xdp = program_mut(ebpf, programs::XDP_INGRESS)?;
         xdp.load().map_err(DataplaneError::program(programs::XDP_INGRESS, "load"))?;
@@ -203,7 +212,7 @@ fn load_programs(ebpf: &mut Ebpf, dirs: &PinDirs, bytes: &[u8]) -> Result<(), Da
     }
     match both(ebpf) {
         Ok(()) => Ok(()),
-        Err(first) => match load_object_logging(dirs, bytes, VerifierLogLevel::DEBUG | VerifierLogLevel::STATS) {
+        Err(first) => match load_object_logging(dirs, bytes, VerifierLogLevel::DEBUG | VerifierLogLevel::STATS, bench_tables) {
             Ok(mut verbose) => both(&mut verbose).and(Err(first)),
             Err(_) => Err(first),
         },
@@ -301,14 +310,14 @@ impl KernelDataplane {
         // Before anything is created or changed: a refusal leaves every pin as it was.
         let pinned_maps = check_pinned_maps(&dirs, EBPF_OBJECT)?;
         mkdirs(&dirs)?;
-        let mut ebpf = load_object(&dirs, EBPF_OBJECT)?;
+        let mut ebpf = load_object(&dirs, EBPF_OBJECT, config.bench_tables)?;
         let adopting = dirs.programs.join(programs::XDP_INGRESS).exists() && dirs.programs.join(programs::TC_EGRESS).exists();
         let mut report = LoadReport::default();
         let (xdp, tc) = if adopting && config.pinned_object == Some(object_fingerprint(EBPF_OBJECT)) {
             // Pinned from this very object: nothing to compare, nothing to verify.
             open_pinned_programs(&dirs)?
         } else if adopting {
-            load_programs(&mut ebpf, &dirs, EBPF_OBJECT)?;
+            load_programs(&mut ebpf, &dirs, EBPF_OBJECT, config.bench_tables)?;
             let (old_xdp, old_tc) = open_pinned_programs(&dirs)?;
             let same = old_xdp.info().map(|i| i.tag()).ok() == Some(program_tag(&ebpf, programs::XDP_INGRESS)?)
                 && old_tc.info().map(|i| i.tag()).ok() == Some(program_tag(&ebpf, programs::TC_EGRESS)?);
@@ -323,7 +332,7 @@ impl KernelDataplane {
                 open_pinned_programs(&dirs)?
             }
         } else {
-            load_programs(&mut ebpf, &dirs, EBPF_OBJECT)?;
+            load_programs(&mut ebpf, &dirs, EBPF_OBJECT, config.bench_tables)?;
             pin_programs(&dirs, &mut ebpf)?;
             open_pinned_programs(&dirs)?
         };
@@ -405,7 +414,7 @@ impl KernelDataplane {
         // Whichever way they got there (adopted by fingerprint, adopted with equal tags, switched
         // to, or freshly loaded), the attached programs are this build's.
         let object = object_fingerprint(EBPF_OBJECT);
-        Ok(Self { inner: Mutex::new(inner), dirs, report, object: Mutex::new(object) })
+        Ok(Self { inner: Mutex::new(inner), dirs, report, object: Mutex::new(object), bench_tables: config.bench_tables })
     }
 
     /// The fingerprint of the object the attached programs came from (for the state file).
@@ -435,9 +444,9 @@ impl KernelDataplane {
         let t = std::time::Instant::now();
         check_pinned_maps(&self.dirs, object)?;
         let checked = t.elapsed();
-        let mut ebpf = load_object(&self.dirs, object)?;
+        let mut ebpf = load_object(&self.dirs, object, self.bench_tables)?;
         let parsed = t.elapsed();
-        load_programs(&mut ebpf, &self.dirs, object)?;
+        load_programs(&mut ebpf, &self.dirs, object, self.bench_tables)?;
         let verified = t.elapsed();
         pin_programs(&self.dirs, &mut ebpf)?;
         let (xdp, tc) = open_pinned_programs(&self.dirs)?;

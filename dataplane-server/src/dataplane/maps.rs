@@ -171,7 +171,7 @@ const BATCH: usize = 65536;
 
 /// One `BPF_MAP_UPDATE_BATCH` of `count` packed keys and values into map `fd`. On an error, how
 /// many entries the kernel wrote before it (it reports that in `count`).
-fn update_batch(fd: i32, keys: &[u8], values: &[u8], count: u32) -> Result<(), (u32, std::io::Error)> {
+pub(super) fn update_batch(fd: i32, keys: &[u8], values: &[u8], count: u32) -> Result<(), (u32, std::io::Error)> {
     // `bpf_attr.batch`: in_batch, out_batch, keys, values (u64 each), count, map_fd (u32 each),
     // elem_flags, flags (u64 each); the rest of the union zero.
     let mut attr = [0u64; 16];
