@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The benchmark command: builds the bench (release), runs every case next to its baseline in the
-# same run, and writes docs/benchmarks.md. Runs in a network namespace of its own; leaves nothing.
+# same run, and writes docs/benchmarks.md. Runs in a network namespace of its own (plus three
+# named ones, dpbench-<pid>-gen/rtr/sink, for the veth forwarding case); leaves nothing.
 #
 #   scripts/bench.sh            default sizes (10, 10,000, 100,000 and 1,000,000 routes per family)
 #   scripts/bench.sh --quick    tiny sizes, seconds (the test suite runs this)

@@ -2,7 +2,8 @@
 //! `dp_xdp_ingress` over its pins) -> ring buffer -> server -> gRPC stream -> a Rust controller
 //! -> InstallFlows -> the next packet of the flow hits it. Next to it, in the same run, the
 //! control path alone: the same controller calling InstallFlows for as many flows, one per call.
-//! Also the miss-to-event latency (test run issued -> event received by the controller).
+//! Also the miss-to-event latency (test run issued -> event received by the controller). The
+//! miss-storm case (`storm`) runs on the same server afterwards.
 
 use std::{
     collections::HashMap,
@@ -15,7 +16,8 @@ use std::{
 
 use anyhow::{bail, ensure, Context, Result};
 use controller_client::{pb, Client, ServerAddress};
-use dataplane_server::dataplane::PinnedIngress;
+
+use crate::pinned::PinnedIngress;
 
 const XDP_REDIRECT: u32 = 4;
 
@@ -24,6 +26,8 @@ pub struct Config {
     pub runs: usize,
     /// Routes per run of the control-path case.
     pub routes: usize,
+    /// The miss-storm case.
+    pub storm: crate::storm::Config,
 }
 
 pub struct Results {
@@ -46,13 +50,37 @@ pub struct Results {
     pub raw_map_batched: bool,
     /// Server resident memory (KiB) before the route runs and after them.
     pub rss_kib: (u64, u64),
+    /// Established flows with and without a miss storm.
+    pub storm: Option<crate::storm::Results>,
 }
 
-/// A server process in this (the bench's) network namespace; killed and unpinned on drop.
-struct ServerProcess {
-    child: Child,
-    dir: PathBuf,
-    bpffs: PathBuf,
+/// A `dataplane-server` process, in the bench's network namespace or in a named one; killed and
+/// unpinned on drop (and by the sandbox's signal thread on Ctrl-C).
+pub struct ServerProcess {
+    pub child: Child,
+    pub dir: PathBuf,
+    pub bpffs: PathBuf,
+}
+
+impl ServerProcess {
+    /// The server's gRPC address.
+    pub fn address(&self) -> Result<ServerAddress> {
+        Ok(format!("unix:{}", self.dir.join("sock").display()).parse()?)
+    }
+
+    /// A client, once the server answers (it loads and verifies its programs first).
+    pub async fn connect(&self) -> Result<Client> {
+        let address = self.address()?;
+        for _ in 0..400 {
+            if let Ok(mut c) = Client::connect(&address).await {
+                if c.system.get_status(pb::GetStatusRequest {}).await.is_ok() {
+                    return Ok(c);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        bail!("the server did not come up (see {})", self.dir.join("server.log").display())
+    }
 }
 
 impl Drop for ServerProcess {
@@ -60,19 +88,34 @@ impl Drop for ServerProcess {
         // SAFETY: signalling our own child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let _ = self.child.wait();
+        crate::sandbox::forget_child(self.child.id());
         let _ = std::fs::remove_dir_all(&self.dir);
         let _ = std::fs::remove_dir_all(&self.bpffs);
+        crate::sandbox::forget_pins(&self.bpffs);
     }
 }
 
-fn start_server() -> Result<ServerProcess> {
+/// Starts `dataplane-server` (the release build next to this binary) with its socket, state file
+/// and log under a directory of its own and its pins under `/sys/fs/bpf/dataplane-bench-<pid>-<tag>`;
+/// in the named namespace `netns` when given (`nsenter --net`, keeping the root mount namespace
+/// and so the host's bpffs), in the bench's own otherwise.
+pub fn start_server(tag: &str, netns: Option<&str>) -> Result<ServerProcess> {
     let exe = std::env::current_exe()?.with_file_name("dataplane-server");
     ensure!(exe.exists(), "{} not built (cargo build -p dataplane-server)", exe.display());
-    let dir = std::env::temp_dir().join(format!("dataplane-bench-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("dataplane-bench-{}-{tag}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let bpffs = PathBuf::from(format!("/sys/fs/bpf/dataplane-bench-{}-server", std::process::id()));
+    let bpffs = PathBuf::from(format!("/sys/fs/bpf/dataplane-bench-{}-{tag}", std::process::id()));
     eprintln!("pins: {}", bpffs.display());
-    let mut cmd = Command::new(&exe);
+    crate::sandbox::remember_pins(&bpffs);
+    let mut cmd = match netns {
+        Some(ns) => {
+            // nsenter execs the server (no fork for a network namespace): the child is the server.
+            let mut c = Command::new("nsenter");
+            c.arg(format!("--net=/run/netns/{ns}")).arg("--").arg(&exe);
+            c
+        }
+        None => Command::new(&exe),
+    };
     // SAFETY: only async-signal-safe calls between fork and exec. The bench blocks SIGINT and
     // SIGTERM (a thread takes them with sigwait); the server must get them again.
     unsafe {
@@ -97,6 +140,7 @@ fn start_server() -> Result<ServerProcess> {
         .stderr(std::fs::File::create(dir.join("server.log"))?)
         .spawn()
         .context("starting dataplane-server")?;
+    crate::sandbox::remember_child(child.id());
     Ok(ServerProcess { child, dir, bpffs })
 }
 
@@ -139,20 +183,9 @@ fn index(k: &pb::FlowKey) -> Option<u32> {
 }
 
 pub fn run(config: &Config) -> Result<Results> {
-    let server = start_server()?;
+    let server = start_server("server", None)?;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    let address: ServerAddress = format!("unix:{}", server.dir.join("sock").display()).parse()?;
-    let mut client = rt.block_on(async {
-        for _ in 0..200 {
-            if let Ok(mut c) = Client::connect(&address).await {
-                if c.system.get_status(pb::GetStatusRequest {}).await.is_ok() {
-                    return Ok(c);
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        bail!("the server did not come up (see its log)")
-    })?;
+    let mut client = rt.block_on(server.connect())?;
     rt.block_on(async {
         client.interfaces.add_interface(pb::AddInterfaceRequest { name: "lo".into(), ..Default::default() }).await?;
         let nh = pb::NextHop {
@@ -168,7 +201,7 @@ pub fn run(config: &Config) -> Result<Results> {
             .await?;
         anyhow::Ok(())
     })?;
-    let program = PinnedIngress::load(&server.bpffs)?;
+    let mut program = PinnedIngress::load(&server.bpffs)?;
     let mut results = Results {
         flows: config.flows,
         setups: Vec::new(),
@@ -180,6 +213,7 @@ pub fn run(config: &Config) -> Result<Results> {
         raw_map: Vec::new(),
         raw_map_batched: false,
         rss_kib: (0, 0),
+        storm: None,
     };
     let n = config.flows as u32;
     for run in 0..config.runs as u32 {
@@ -251,6 +285,8 @@ pub fn run(config: &Config) -> Result<Results> {
         results.installs.push(install);
         eprintln!("  flows run {run}: {setup:.0} setups/s through the loop, {install:.0} InstallFlows/s alone");
     }
+    eprintln!("miss storm: {} runs of {:?} quiet + {:?} storm", config.storm.runs, config.storm.window, config.storm.window);
+    results.storm = Some(crate::storm::run(&config.storm, &rt, &mut client, &mut program)?);
     control_path(config, &rt, &mut client, &server, &mut results)?;
     drop(client);
     drop(rt);

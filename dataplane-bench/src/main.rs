@@ -3,13 +3,19 @@
 //! result written as markdown (docs/benchmarks.md).
 //!
 //! The process moves itself into a network namespace of its own before doing anything, so every
-//! interface it creates disappears with it, crash included; its bpffs pins are removed on exit.
+//! interface it creates there disappears with it, crash included; its bpffs pins are removed on
+//! exit. The veth forwarding case needs named namespaces (`dpbench-<pid>-*`, see `netns`): they
+//! go on exit and on Ctrl-C/SIGTERM, and a run removes those of a bench that was killed outright.
 
 mod flows;
+mod netns;
 mod packet;
+mod pinned;
 mod rawmap;
 mod report;
 mod sandbox;
+mod storm;
+mod veth;
 
 use std::path::PathBuf;
 
@@ -40,10 +46,14 @@ struct Args {
     /// Policy sizes (rules) of the policy cases, comma-separated.
     #[arg(long, value_delimiter = ',')]
     rules: Option<Vec<usize>>,
+    /// Seconds of traffic per run and variant of the veth forwarding case.
+    #[arg(long)]
+    veth_seconds: Option<f64>,
 }
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    sandbox::remove_stale();
     // Before any thread exists, so that every thread lives in the namespace.
     sandbox::enter_private_netns()?;
     let config = packet::Config {
@@ -64,15 +74,27 @@ fn main() -> Result<()> {
     eprintln!("packet path: BPF_PROG_TEST_RUN, repeat {}, {} runs, routes {:?}", config.repeat, config.runs, config.route_counts);
     let packet = packet::run(&sandbox, &config)?;
     drop(sandbox);
+    let veth_config = veth::Config {
+        runs: if args.quick && args.runs.is_none() { 2 } else { config.runs },
+        duration: std::time::Duration::from_secs_f64(args.veth_seconds.unwrap_or(if args.quick { 0.3 } else { 2.0 })),
+        warmup: std::time::Duration::from_millis(if args.quick { 100 } else { 300 }),
+    };
+    eprintln!("forwarding on veth: {} runs of {:?} per variant", veth_config.runs, veth_config.duration);
+    let veth = veth::run(&veth_config)?;
     let flow_config = flows::Config {
         flows: args.flows.unwrap_or(if args.quick { 200 } else { 2000 }),
         runs: config.runs,
         routes: if args.quick { 2_000 } else { 100_000 },
+        storm: storm::Config {
+            runs: if args.quick && args.runs.is_none() { 2 } else { config.runs },
+            window: std::time::Duration::from_millis(if args.quick { 300 } else { 2000 }),
+            repeat: if args.quick { 100_000 } else { 1_000_000 },
+        },
     };
     eprintln!("flow setup: {} flows per run, {} runs", flow_config.flows, flow_config.runs);
     let flows = flows::run(&flow_config)?;
 
-    let md = report::render(&command, &packet, &flows);
+    let md = report::render(&command, &packet, &veth, &flows);
     print!("{md}");
     if let Some(path) = &args.output {
         std::fs::write(path, &md).with_context(|| format!("writing {}", path.display()))?;

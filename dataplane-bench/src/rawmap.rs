@@ -25,7 +25,7 @@ pub enum Method {
     PerElement,
 }
 
-fn bpf(cmd: libc::c_long, attr: &mut [u64; 16]) -> std::io::Result<i64> {
+pub(crate) fn bpf(cmd: libc::c_long, attr: &mut [u64; 16]) -> std::io::Result<i64> {
     // SAFETY: `attr` is a zeroed 128-byte bpf_attr with the fields of `cmd` set; the kernel reads
     // (and for batches writes back `count`) within it.
     let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), std::mem::size_of_val(attr) as libc::c_long) };
@@ -36,12 +36,12 @@ fn bpf(cmd: libc::c_long, attr: &mut [u64; 16]) -> std::io::Result<i64> {
     }
 }
 
-fn set32(attr: &mut [u64; 16], offset: usize, v: u32) {
+pub(crate) fn set32(attr: &mut [u64; 16], offset: usize, v: u32) {
     let bytes: &mut [u8; 128] = bytemuck_mut(attr);
     bytes[offset..offset + 4].copy_from_slice(&v.to_ne_bytes());
 }
 
-fn set64(attr: &mut [u64; 16], offset: usize, v: u64) {
+pub(crate) fn set64(attr: &mut [u64; 16], offset: usize, v: u64) {
     let bytes: &mut [u8; 128] = bytemuck_mut(attr);
     bytes[offset..offset + 8].copy_from_slice(&v.to_ne_bytes());
 }

@@ -2,7 +2,11 @@
 //! and the dataplane loaded into it, driven through the server's own domain layer, so routes and
 //! next hops reach the maps exactly as `AddRoutes`/`AddNextHops` put them there.
 
-use std::{path::PathBuf, process::Command};
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    sync::Mutex,
+};
 
 use anyhow::{bail, Context, Result};
 use dataplane_server::{
@@ -66,13 +70,52 @@ impl Drop for Sandbox {
         // Detaches and removes every pin: nothing of the bench outlives it.
         dataplane_server::dataplane::Dataplane::reset(self.domain.dataplane());
         let _ = std::fs::remove_dir(&self.bpffs);
+        forget_pins(&self.bpffs);
     }
 }
 
-/// Ctrl-C or SIGTERM: remove the pins (a million routes are a lot of kernel memory to leak) and
-/// exit; the namespace goes with the process. Signals are blocked in every thread and taken by
-/// one thread with `sigwait`, so the cleanup runs as ordinary code, not in a handler.
+/// Server processes the bench started and has not stopped yet.
+static CHILDREN: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+/// bpffs directories the bench (or a server it started) pins under, not removed yet.
+static PINS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+pub fn remember_child(pid: u32) {
+    CHILDREN.lock().unwrap_or_else(|e| e.into_inner()).push(pid);
+}
+
+pub fn forget_child(pid: u32) {
+    CHILDREN.lock().unwrap_or_else(|e| e.into_inner()).retain(|p| *p != pid);
+}
+
+pub fn remember_pins(dir: &Path) {
+    PINS.lock().unwrap_or_else(|e| e.into_inner()).push(dir.to_owned());
+}
+
+pub fn forget_pins(dir: &Path) {
+    PINS.lock().unwrap_or_else(|e| e.into_inner()).retain(|p| p != dir);
+}
+
+/// Removes what a bench killed outright (SIGKILL) left behind: its named namespaces and its
+/// bpffs pins (`/sys/fs/bpf/dataplane-bench-<pid>[-<tag>]` of a pid that no longer runs).
+pub fn remove_stale() {
+    crate::netns::remove_stale();
+    let Ok(dir) = std::fs::read_dir("/sys/fs/bpf") else { return };
+    for entry in dir.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.strip_prefix("dataplane-bench-").and_then(|r| r.split('-').next()) else { continue };
+        if pid.parse::<u32>().is_ok() && !Path::new(&format!("/proc/{pid}")).exists() {
+            eprintln!("removing stale pins {}", entry.path().display());
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// Ctrl-C or SIGTERM: stop the servers, remove the pins (a million routes are a lot of kernel
+/// memory to leak) and the named namespaces, and exit; the private namespace goes with the
+/// process. Signals are blocked in every thread and taken by one thread with `sigwait`, so the
+/// cleanup runs as ordinary code, not in a handler.
 fn remove_on_signal(bpffs: PathBuf) -> Result<()> {
+    remember_pins(&bpffs);
     // SAFETY: sigset_t is plain data, initialised by sigemptyset before use; the mask is set
     // for this (the main) thread and inherited by the thread spawned after it.
     let set = unsafe {
@@ -89,8 +132,18 @@ fn remove_on_signal(bpffs: PathBuf) -> Result<()> {
         let mut sig = 0;
         // SAFETY: `set` is a valid signal set; `sig` a valid out pointer.
         if unsafe { libc::sigwait(&set, &mut sig) } == 0 {
-            let _ = std::fs::remove_dir_all(&bpffs);
-            eprintln!("interrupted: removed {}", bpffs.display());
+            for pid in CHILDREN.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+                // SAFETY: signalling and reaping our own children.
+                unsafe {
+                    libc::kill(*pid as i32, libc::SIGTERM);
+                    libc::waitpid(*pid as i32, std::ptr::null_mut(), 0);
+                }
+            }
+            for dir in PINS.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+                let _ = std::fs::remove_dir_all(dir);
+                eprintln!("interrupted: removed {}", dir.display());
+            }
+            crate::netns::delete_all();
             std::process::exit(130);
         }
     });

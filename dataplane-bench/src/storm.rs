@@ -1,0 +1,229 @@
+//! Established flows during a miss storm, next to the same flows without it, in the same run.
+//!
+//! Established: a flow installed through `InstallFlows` (FORWARD to next hop 1), its packet run
+//! through the server's own `dp_xdp_ingress` (a copy loaded over the server's pinned maps, behind
+//! the benchmark harness so that a repeated BPF_PROG_TEST_RUN sees the same frame every
+//! repetition), from one thread pinned to CPU 0: packets per second of wall time (what the
+//! thread got done, the CPU it lost to the storm included) and the kernel's ns per packet.
+//!
+//! Storm: a second thread, pinned to CPU 1, running one test run after the other, each with a
+//! 5-tuple never seen before: every one a flow miss in the same program on the same interface
+//! (HOLD entry + ring-buffer event to the server, within the interface's punt rate and the HOLD
+//! cap, or a counted drop). No controller answers; the server reads every event from the ring
+//! buffer, keeps its frame and publishes it. What the storm generated and what became of it is
+//! read from the interface's reason counters.
+
+use std::{
+    net::Ipv4Addr,
+    sync::atomic::{AtomicBool, AtomicU64, Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, ensure, Context, Result};
+use controller_client::{pb, Client};
+use crate::{netns::pin_to_cpu, pinned::PinnedIngress};
+
+const XDP_REDIRECT: u32 = 4;
+/// Punt rate (per CPU) and burst, and HOLD cap, of the storm's interface: the server reads
+/// events as fast as they come; the cap stays below the flow table's 262,144 entries, so the
+/// LRU never has to evict an installed flow to make room for a HOLD.
+pub const PUNT_RATE: u32 = 50_000;
+pub const PUNT_BURST: u32 = 5_000;
+pub const HOLD_CAP: u32 = 200_000;
+/// Source of the storm's flows (the flow-setup case uses 192.0.2.10, the established flow .20).
+const STORM_SRC: [u8; 4] = [192, 0, 2, 30];
+const FLOW_SRC: [u8; 4] = [192, 0, 2, 20];
+const FLOW_DST: [u8; 4] = [198, 51, 100, 20];
+
+pub struct Config {
+    pub runs: usize,
+    /// Measured time of each window (quiet, storm).
+    pub window: Duration,
+    /// Repetitions per test run of the established flow: large, because a repeated XDP test run
+    /// costs the kernel ~15 ms of set-up (it swaps the XDP dispatcher's program in and out)
+    /// that counts in the wall time.
+    pub repeat: u32,
+}
+
+pub struct Results {
+    pub runs: usize,
+    pub window_s: f64,
+    pub repeat: u32,
+    /// Established flow, Mpps of wall time, per run: without the storm, during it.
+    pub quiet_mpps: Vec<f64>,
+    pub storm_mpps: Vec<f64>,
+    /// Established flow, the kernel's ns per packet, per run.
+    pub quiet_ns: Vec<f64>,
+    pub storm_ns: Vec<f64>,
+    /// Misses the storm generated per second, per run; and what became of them (per second):
+    pub misses: Vec<f64>,
+    pub punted: Vec<f64>,
+    pub dropped_rate: Vec<f64>,
+    pub dropped_cap: Vec<f64>,
+    pub dropped_ring: Vec<f64>,
+}
+
+/// A UDP datagram for the loopback MAC (all zero), `len` bytes of frame.
+fn udp(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, len: usize) -> Vec<u8> {
+    let mut f = vec![0u8; len];
+    f[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 0x99]);
+    f[12..14].copy_from_slice(&[0x08, 0x00]);
+    f[14..24].copy_from_slice(&[0x45, 0, 0, 0, 0, 1, 0x40, 0, 64, 17]);
+    f[16..18].copy_from_slice(&((len - 14) as u16).to_be_bytes());
+    f[26..30].copy_from_slice(&src);
+    f[30..34].copy_from_slice(&dst);
+    let mut sum: u32 = f[14..34].chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], c[1]]))).sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    f[24..26].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    f[34..36].copy_from_slice(&sport.to_be_bytes());
+    f[36..38].copy_from_slice(&dport.to_be_bytes());
+    f[38..40].copy_from_slice(&((len - 34) as u16).to_be_bytes());
+    f
+}
+
+/// Miss `n` of the storm: a 5-tuple of its own (destination, source and destination port).
+fn storm_frame(n: u64) -> Vec<u8> {
+    let dst = [203, 0, 113, n as u8];
+    udp(STORM_SRC, dst, 1024 + (n >> 8) as u16, 1 + (n >> 24) as u16, 42)
+}
+
+/// The interface's reason counters, by name.
+async fn reasons(c: &mut Client, iface: &str) -> Result<std::collections::HashMap<String, u64>> {
+    let r = c.interfaces.list_interfaces(pb::ListInterfacesRequest { name: iface.into() }).await?.into_inner();
+    let counters = r.interfaces.first().and_then(|i| i.counters.clone()).context("no counters")?;
+    Ok(counters.reasons.into_iter().map(|r| (r.reason, r.packets)).collect())
+}
+
+/// One window of the established flow from a thread pinned to CPU 0 (while `until` is false):
+/// (packets per second of wall time, the kernel's mean ns per packet).
+fn established(h: &PinnedIngress, frame: &[u8], window: Duration, repeat: u32, pinned: bool) -> Result<(f64, f64)> {
+    if pinned {
+        pin_to_cpu(0, 0)?;
+    }
+    let start = Instant::now();
+    let (mut packets, mut kernel) = (0u64, Duration::ZERO);
+    while start.elapsed() < window {
+        let (v, per, _) = h.run_harnessed(frame, repeat)?;
+        ensure!(v == XDP_REDIRECT, "established flow: verdict {v} instead of XDP_REDIRECT (flow gone?)");
+        packets += u64::from(repeat);
+        kernel += per * repeat;
+    }
+    Ok((packets as f64 / start.elapsed().as_secs_f64(), kernel.as_nanos() as f64 / packets as f64))
+}
+
+pub fn run(config: &Config, rt: &tokio::runtime::Runtime, client: &mut Client, program: &mut PinnedIngress) -> Result<Results> {
+    let pinned = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) >= 2;
+    let frame = udp(FLOW_SRC, FLOW_DST, 4000, 53, 64);
+    rt.block_on(async {
+        let key = pb::FlowKey {
+            vrf: 0,
+            src: Ipv4Addr::from(FLOW_SRC).to_string(),
+            dst: Ipv4Addr::from(FLOW_DST).to_string(),
+            protocol: 17,
+            src_port: 4000,
+            dst_port: 53,
+        };
+        let flow = pb::Flow { key: Some(key), action: pb::FlowAction::Forward as i32, next_hop: 1, ..Default::default() };
+        client.flows.install_flows(pb::InstallFlowsRequest { flows: vec![flow] }).await?;
+        client
+            .flows
+            .set_flow_mode(pb::SetFlowModeRequest {
+                interface: "lo".into(),
+                enabled: true,
+                hold_cap: HOLD_CAP,
+                punt_rate: PUNT_RATE,
+                punt_burst: PUNT_BURST,
+                ..Default::default()
+            })
+            .await?;
+        anyhow::Ok(())
+    })?;
+    program.set_harness_frame(&frame)?;
+    let harness: &PinnedIngress = program;
+    // The established flow is forwarded by its flow: out to next hop 1's MAC.
+    let (v, _, out) = harness.run_harnessed(&frame, 1)?;
+    ensure!(v == XDP_REDIRECT && out[..6] == [2, 0, 0, 0, 0, 1], "the established flow is not forwarded by its flow: verdict {v}");
+    let mut results = Results {
+        runs: config.runs,
+        window_s: config.window.as_secs_f64(),
+        repeat: config.repeat,
+        quiet_mpps: vec![],
+        storm_mpps: vec![],
+        quiet_ns: vec![],
+        storm_ns: vec![],
+        misses: vec![],
+        punted: vec![],
+        dropped_rate: vec![],
+        dropped_cap: vec![],
+        dropped_ring: vec![],
+    };
+    let next = AtomicU64::new(0);
+    for run in 0..config.runs {
+        let (pps, ns) = std::thread::scope(|s| s.spawn(|| established(harness, &frame, config.window, config.repeat, pinned)).join())
+            .map_err(|_| anyhow::anyhow!("measuring thread panicked"))??;
+        results.quiet_mpps.push(pps / 1e6);
+        results.quiet_ns.push(ns);
+
+        // The storm, then the same window measured while it runs.
+        let stop = AtomicBool::new(false);
+        let sent = AtomicU64::new(0);
+        let (before, after, measured, storm) = std::thread::scope(|s| {
+            let storm = s.spawn(|| -> Result<()> {
+                if pinned {
+                    pin_to_cpu(0, 1)?;
+                }
+                while !stop.load(Ordering::Relaxed) {
+                    let n = next.fetch_add(1, Ordering::Relaxed);
+                    let (v, _) = harness.run(&storm_frame(n))?;
+                    ensure!(v != XDP_REDIRECT, "a storm packet was forwarded: not a miss");
+                    sent.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(())
+            });
+            let mut measure = || -> Result<_> {
+                std::thread::sleep(Duration::from_millis(100));
+                let before = (rt.block_on(reasons(client, "lo"))?, sent.load(Ordering::Relaxed), Instant::now());
+                let measured = s.spawn(|| established(harness, &frame, config.window, config.repeat, pinned)).join().map_err(|_| anyhow::anyhow!("measuring thread panicked"))??;
+                let after = (rt.block_on(reasons(client, "lo"))?, sent.load(Ordering::Relaxed), Instant::now());
+                Ok((before, after, measured))
+            };
+            let r = measure();
+            stop.store(true, Ordering::Relaxed);
+            let storm = storm.join().map_err(|_| anyhow::anyhow!("storm thread panicked"));
+            match r {
+                Ok((b, a, m)) => Ok((b, a, m, storm)),
+                Err(e) => Err(e),
+            }
+        })?;
+        storm??;
+        let secs = after.2.duration_since(before.2).as_secs_f64();
+        let delta = |k: &str| (after.0.get(k).copied().unwrap_or(0) - before.0.get(k).copied().unwrap_or(0)) as f64 / secs;
+        let misses = (after.1 - before.1) as f64 / secs;
+        let (punted, rate, cap, ring, held) =
+            (delta("flow_miss_punted"), delta("drop_punt_rate"), delta("drop_flow_hold_cap"), delta("drop_flow_ring_full"), delta("drop_flow_held"));
+        // Every storm packet is a miss, accounted under exactly one of these (the counters and
+        // the storm's own count are read a moment apart: a little slack).
+        let accounted = punted + rate + cap + ring + held;
+        if misses <= 0.0 || (accounted - misses).abs() > 0.02 * misses + 1000.0 {
+            bail!("storm: {misses:.0} misses/s sent, {accounted:.0}/s accounted as misses by the interface's counters: not the path measured");
+        }
+        results.storm_mpps.push(measured.0 / 1e6);
+        results.storm_ns.push(measured.1);
+        results.misses.push(misses);
+        results.punted.push(punted);
+        results.dropped_rate.push(rate);
+        results.dropped_cap.push(cap);
+        results.dropped_ring.push(ring);
+        eprintln!(
+            "  storm run {run}: established flow {:.3} Mpps ({:.0} ns) quiet, {:.3} Mpps ({:.0} ns) during {misses:.0} misses/s \
+             (punted {punted:.0}/s, dropped: rate {rate:.0}/s, cap {cap:.0}/s, ring full {ring:.0}/s, held {held:.0}/s)",
+            pps / 1e6,
+            ns,
+            measured.0 / 1e6,
+            measured.1
+        );
+    }
+    Ok(results)
+}
