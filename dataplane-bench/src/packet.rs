@@ -14,7 +14,7 @@ use std::{
 
 use anyhow::{bail, ensure, Result};
 use dataplane_server::{
-    dataplane::{TestProgram, TestRunOutcome},
+    dataplane::{Dir24Table, TestProgram, TestRunOutcome},
     domain::{Direction, InterfaceName, NewNextHop, NextHopSpec, PolicyName, RouteSpec, RuleAction, RuleSpec},
     net::{Mac, Prefix},
 };
@@ -77,6 +77,9 @@ pub struct Results {
     /// Per route count: (the route stage's IPv4 lookup alone, a plain kernel LPM trie holding the
     /// same prefixes).
     pub lookup: Vec<(Figure, Figure)>,
+    /// Per route count: the same prefixes in a DIR-24-8 table (`dp_bench_dir24_v4`), the flat
+    /// IPv4 structure that could replace the trie.
+    pub dir24: Vec<Figure>,
 }
 
 impl Results {
@@ -113,6 +116,7 @@ pub fn run(sandbox: &Sandbox, config: &Config) -> Result<Results> {
         no_policy: figure("full L3 path, IPv4, no policy", Some(config.route_counts.first().copied().unwrap_or(0))),
         policy: Vec::new(),
         lookup: Vec::new(),
+        dir24: Vec::new(),
     };
     let mut installed = 0;
     for &count in &config.route_counts {
@@ -148,14 +152,35 @@ pub fn run(sandbox: &Sandbox, config: &Config) -> Result<Results> {
         }
         eprintln!("  IPv4 {:.1} ns, IPv6 {:.1} ns (harnessed medians)", f4.median(), f6.median());
         results.l3.push((f4, f6));
+        // The same prefixes, as a DIR-24-8 table: checked against the trie's answers first.
+        let all: Vec<(Ipv4Addr, u8, u32)> = v4[..count]
+            .iter()
+            .enumerate()
+            .map(|(i, p)| match p.addr() {
+                IpAddr::V4(a) => (a, p.len(), i as u32),
+                IpAddr::V6(_) => unreachable!("v4 prefixes only"),
+            })
+            .collect();
+        let table = Dir24Table::build(&all)?;
+        check_dir24(&table, &v4[..count])?;
+        sandbox.domain.dataplane().bench_dir24_write(&table)?;
+        drop(table);
         let mut ours = figure("route lookup (ROUTES_V4, VRF + address key)", Some(count));
         let mut plain = figure("plain kernel LPM trie (address key)", Some(count));
+        let mut flat = figure("DIR-24-8 arrays (address >> 8, then & 0xff)", Some(count));
         for _ in 0..config.runs {
             ours.samples.push(measure(sandbox, TestProgram::RouteLookupV4, &frame4, config.repeat, XDP_PASS)?);
             plain.samples.push(measure(sandbox, TestProgram::PlainLpmV4, &frame4, config.repeat, XDP_PASS)?);
+            flat.samples.push(measure(sandbox, TestProgram::Dir24V4, &frame4, config.repeat, XDP_PASS)?);
         }
-        eprintln!("  lookup: ours {:.1} ns, plain LPM trie {:.1} ns", ours.median(), plain.median());
+        eprintln!(
+            "  lookup: ours {:.1} ns, plain LPM trie {:.1} ns, DIR-24-8 {:.1} ns",
+            ours.median(),
+            plain.median(),
+            flat.median()
+        );
         results.lookup.push((ours, plain));
+        results.dir24.push(flat);
         if results.policy.is_empty() {
             measure_policies(sandbox, config, &frame4, &mut results)?;
         }
@@ -297,6 +322,24 @@ impl Rng {
     fn below(&mut self, n: u64) -> u64 {
         self.next() % n
     }
+}
+
+/// The DIR-24-8 table gives every address the prefix a longest-prefix match over `prefixes`
+/// gives (a brute-force check on the probe and on addresses in and around each of the first
+/// thousand prefixes), so what is measured answers the same question as the trie.
+fn check_dir24(table: &Dir24Table, prefixes: &[Prefix]) -> Result<()> {
+    let index: std::collections::HashMap<Prefix, u32> = prefixes.iter().enumerate().map(|(i, p)| (*p, i as u32)).collect();
+    let lpm = |a: Ipv4Addr| (0..=32u8).rev().find_map(|len| index.get(&Prefix::containing(IpAddr::V4(a), len)).copied());
+    for p in prefixes.iter().take(1000) {
+        let IpAddr::V4(base) = p.addr() else { continue };
+        let b = u32::from(base);
+        let span = if p.len() == 0 { u32::MAX } else { (1u32 << (32 - u32::from(p.len()))) - 1 };
+        for a in [b, b.wrapping_add(span / 2), b.wrapping_add(span), b.wrapping_add(span).wrapping_add(1), b.wrapping_sub(1)] {
+            let a = Ipv4Addr::from(a);
+            anyhow::ensure!(table.lookup(a) == lpm(a), "DIR-24-8 table disagrees with the prefixes at {a}");
+        }
+    }
+    Ok(())
 }
 
 /// `n` distinct IPv4 and `n` distinct IPv6 prefixes, shaped like an Internet table: IPv4 mostly

@@ -52,14 +52,17 @@ pub fn render(command: &str, packet: &Results, veth: &crate::veth::Results, flow
         "The route stage's IPv4 lookup alone (`dp_bench_route_v4`: the frame's destination in \
          `ROUTES_V4`, keyed VRF + address as `route::lookup` keys it) next to a plain kernel LPM \
          trie of 32-bit keys (`dp_bench_lpm_v4` on `BENCH_LPM_V4`) holding the same random \
-         prefixes, probed with the same address, at each table size. Both include the test run's \
-         fixed cost (the XDP_PASS row above).\n"
+         prefixes, probed with the same address, at each table size; and the same prefixes in a \
+         DIR-24-8 table (`dp_bench_dir24_v4`: an array read by the address's top 24 bits, a second \
+         one by the low 8 bits only under prefixes longer than /24; built by the bench, checked \
+         against a longest-prefix match of the prefixes before it is measured). All include the \
+         test run's fixed cost (the XDP_PASS row above).\n"
     );
     let _ = writeln!(md, "| case | prefixes | min | median | max | net of XDP_PASS | × plain trie (net) |");
     let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|");
-    for (ours, plain) in &packet.lookup {
+    for (i, (ours, plain)) in packet.lookup.iter().enumerate() {
         let p = (plain.median() - pass).max(0.1);
-        for f in [ours, plain] {
+        for f in [Some(ours), Some(plain), packet.dir24.get(i)].into_iter().flatten() {
             let net = (f.median() - pass).max(0.1);
             let _ = writeln!(
                 md,
@@ -162,7 +165,7 @@ pub fn render(command: &str, packet: &Results, veth: &crate::veth::Results, flow
     let _ = writeln!(
         md,
         "{} distinct IPv4 /24 routes per run, each run into a fresh VRF: `AddRoutes` in batches of \
-         10,000 over the unix socket (validation, domain state, one LPM-trie update per route), \
+         10,000 over the unix socket (validation, domain state, then one `BPF_MAP_UPDATE_BATCH` per address family and batch), \
          next to `ip -batch` adding the same prefixes to a table of the kernel FIB of the bench's \
          own namespace, and next to the floor: the same routes written with raw bpf(2) calls \
          straight into a fresh LPM trie of `ROUTES_V4`'s layout ({}), all in the same run.\n",

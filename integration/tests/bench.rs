@@ -49,6 +49,8 @@ fn bench_quick_reports_every_case_and_leaves_nothing_behind() {
         ("plain kernel LPM trie (address key)", "10"),
         ("route lookup (ROUTES_V4, VRF + address key)", "1,000"),
         ("plain kernel LPM trie (address key)", "1,000"),
+        ("DIR-24-8 arrays (address >> 8, then & 0xff)", "10"),
+        ("DIR-24-8 arrays (address >> 8, then & 0xff)", "1,000"),
     ] {
         assert!(cases.contains(&expected), "missing {expected:?} in\n{stdout}");
     }

@@ -19,7 +19,7 @@ use crate::net::{Mac, Prefix};
 pub use error::DataplaneError;
 pub use flow_misses::{FlowMiss, FlowMissReader};
 pub use loader::{AdoptedLinks, KernelDataplane, LoadReport, LoaderConfig};
-pub use testrun::{PinnedIngress, TestProgram, TestRunOutcome};
+pub use testrun::{Dir24Table, PinnedIngress, TestProgram, TestRunOutcome};
 
 /// How to attach the XDP program.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
