@@ -158,11 +158,23 @@ impl<D: Dataplane> Domain<D> {
 
     /// Keeps a punted miss (its captured frame) until its flow is decided.
     pub fn record_miss(&self, miss: &FlowMiss) {
+        self.record_misses(std::slice::from_ref(miss));
+    }
+
+    /// [`Self::record_miss`] for every miss the ring buffer had, under one taking of the lock
+    /// (a burst of misses should not queue behind RPCs once per miss).
+    pub fn record_misses(&self, misses: &[FlowMiss]) {
+        let mut state = self.lock();
+        for miss in misses {
+            Self::record_one(&mut state, miss);
+        }
+    }
+
+    fn record_one(state: &mut State, miss: &FlowMiss) {
         if miss.reason != dataplane_common::flow::MISS_NO_FLOW {
             // A PUNT rule's packet went on to the kernel stack: no HOLD, nothing to re-inject.
             return;
         }
-        let mut state = self.lock();
         let reinject = state.flows.modes.get(&miss.slot).is_none_or(|m| !m.miss_forward);
         if state.flows.held.len() >= MAX_HELD {
             // The kernel cap keeps this from happening unless the cap is set above MAX_HELD:
@@ -295,22 +307,39 @@ impl<D: Dataplane> Domain<D> {
     /// Ages flows out: HOLDs older than `hold_timeout`, others idle for `idle_timeout`; and
     /// forgets held frames whose HOLD the LRU evicted. Returns how many flows went.
     pub fn expire_flows(&self, hold_timeout: Duration, idle_timeout: Duration) -> Result<usize, DomainError> {
-        let mut state = self.lock();
         let now = monotonic_ns();
-        let mut gone = 0;
-        let mut live_holds = std::collections::HashSet::new();
-        for (k, v) in self.dataplane.flows()? {
+        let expired = |v: &FlowValue| {
             let idle = Duration::from_nanos(now.saturating_sub(v.last_seen_ns));
             let age = Duration::from_nanos(now.saturating_sub(v.created_ns));
-            let expired = if v.action == FLOW_HOLD { age > hold_timeout } else { idle > idle_timeout };
-            if expired {
-                self.dataplane.remove_flow(&k)?;
-                gone += 1;
-                if v.action == FLOW_HOLD {
-                    self.resolve_hold(&mut state, v.request_id);
-                }
+            if v.action == FLOW_HOLD { age > hold_timeout } else { idle > idle_timeout }
+        };
+        // The walk (a syscall or two per flow, the whole table) runs without the domain's lock,
+        // so misses, installs and every other call go on meanwhile; only what it found expired
+        // is looked at again, and removed, under the lock.
+        let mut candidates = Vec::new();
+        let mut live_holds = std::collections::HashSet::new();
+        for (k, v) in self.dataplane.flows()? {
+            if expired(&v) {
+                candidates.push(k);
             } else if v.action == FLOW_HOLD {
                 live_holds.insert(v.request_id);
+            }
+        }
+        let mut state = self.lock();
+        let mut gone = 0;
+        for k in candidates {
+            // A HOLD answered, or a flow that saw a packet, since the walk stays.
+            let Some(v) = self.dataplane.get_flow(&k)? else { continue };
+            if !expired(&v) {
+                if v.action == FLOW_HOLD {
+                    live_holds.insert(v.request_id);
+                }
+                continue;
+            }
+            self.dataplane.remove_flow(&k)?;
+            gone += 1;
+            if v.action == FLOW_HOLD {
+                self.resolve_hold(&mut state, v.request_id);
             }
         }
         // Held frames whose HOLD is no longer in the table (evicted, or replaced by a flow
@@ -379,4 +408,34 @@ fn monotonic_ns() -> u64 {
     // SAFETY: valid out pointer.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::fake::FakeDataplane;
+
+    fn key(sport: u16) -> FlowKey {
+        FlowKey { vrf: 0, src: "192.0.2.2".parse().unwrap(), dst: "198.51.100.2".parse().unwrap(), proto: 17, sport, dport: 7000 }
+    }
+
+    #[test]
+    fn expire_flows_removes_old_holds_and_idle_flows_only() {
+        let d = Domain::new(FakeDataplane::default());
+        let now = monotonic_ns();
+        let s = 1_000_000_000u64;
+        let put = |sport, action, created: u64, seen: u64| {
+            let v = FlowValue { action, request_id: u64::from(sport), created_ns: created, last_seen_ns: seen, ..Default::default() };
+            d.dataplane().put_flow(&key(sport), &v).unwrap();
+        };
+        put(1, FLOW_HOLD, now - 10 * s, now - 10 * s); // a HOLD nobody answered: goes
+        put(2, FLOW_HOLD, now, now); // a fresh HOLD: stays
+        put(3, FLOW_FORWARD, now - 100 * s, now - 100 * s); // idle past the timeout: goes
+        put(4, FLOW_FORWARD, now - 100 * s, now); // old but busy: stays
+        put(5, FLOW_DROP, now - 100 * s, now - 2 * s); // idle, within the timeout: stays
+        let gone = d.expire_flows(Duration::from_secs(5), Duration::from_secs(60)).unwrap();
+        assert_eq!(gone, 2);
+        let left: Vec<u16> = d.dataplane().flows().unwrap().iter().map(|(k, _)| k.sport).collect();
+        assert_eq!(left, vec![2, 4, 5]);
+    }
 }

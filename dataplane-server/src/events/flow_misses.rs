@@ -26,10 +26,14 @@ pub fn spawn_reader<D: Dataplane>(reader: FlowMissReader, domain: Arc<Domain<D>>
                     return;
                 }
             };
-            guard.get_inner_mut().drain(|miss| {
-                domain.record_miss(&miss);
+            let mut batch = Vec::new();
+            guard.get_inner_mut().drain(|miss| batch.push(miss));
+            // Recorded (held frames kept) before anyone hears of them, with one taking of the
+            // domain's lock for the whole batch.
+            domain.record_misses(&batch);
+            for miss in batch {
                 hub.publish(miss);
-            });
+            }
             guard.clear_ready();
         }
     });
