@@ -680,6 +680,23 @@ async fn controller_two_nodes_follow_file_admit_one_port_and_apply_edits_as_diff
     write_file(&file, &fixed)?;
     ctl.wait_for("the fixed file applied", |s| s.file_error.is_none() && s.file_version == 3)?;
 
+    // A second controller on the same status socket refuses to start (two would fight over the
+    // nodes), and leaves the first one's socket alone.
+    // (Under `timeout`: were it to start, it would run until killed.)
+    let out = Command::new("timeout")
+        .arg("10")
+        .arg(bin("dataplane-controller"))
+        .args(["run", "--file"])
+        .arg(&file)
+        .arg("--status-socket")
+        .arg(&ctl.socket)
+        .output()?;
+    ensure!(
+        out.status.code() == Some(2) && String::from_utf8_lossy(&out.stderr).contains("another controller is running"),
+        "{out:?}"
+    );
+    ensure!(ctl.status().is_ok(), "the first controller's status socket is gone");
+
     // The rules change: TCP 5001 is refused from now on. The flow admitted earlier is decided
     // again: DROP, its reply direction removed; the 5002 flow (DROP already) is not rewritten.
     let refuse = fixed.replace("dst_ports: 5001, action: forward}", "dst_ports: 5001, action: drop}");

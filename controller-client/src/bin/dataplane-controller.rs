@@ -139,15 +139,21 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(file: PathBuf, status_socket: PathBuf) -> Result<(), controller::ConfigError> {
-    tokio::select! {
+async fn run(file: PathBuf, status_socket: PathBuf) -> Result<(), controller::RunError> {
+    let mut stopped_by_signal = false;
+    let r = tokio::select! {
         r = controller::run(file, Some(status_socket.clone())) => r,
         _ = stop() => {
             tracing::info!("stopping; the nodes keep their state and keep forwarding");
-            let _ = std::fs::remove_file(&status_socket);
+            stopped_by_signal = true;
             Ok(())
         }
+    };
+    // Only our own socket: one refused as another controller's stays.
+    if stopped_by_signal {
+        let _ = std::fs::remove_file(&status_socket);
     }
+    r
 }
 
 async fn stop() {

@@ -26,9 +26,22 @@ use status::{now_ms, Shared};
 /// follows editors that replace the file and ConfigMap-style symlink swaps alike.
 const POLL: Duration = Duration::from_millis(200);
 
+/// Why the controller did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("status socket {path}: {source}")]
+    StatusSocket {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 /// Runs the controller until the process is stopped: sessions for the file's nodes, the file
 /// watched, the status served on `status_socket`.
-pub async fn run(file: PathBuf, status_socket: Option<PathBuf>) -> Result<(), ConfigError> {
+pub async fn run(file: PathBuf, status_socket: Option<PathBuf>) -> Result<(), RunError> {
     let first = config::load(&file)?;
     let shared = Shared::default();
     shared.update(|s| {
@@ -38,9 +51,10 @@ pub async fn run(file: PathBuf, status_socket: Option<PathBuf>) -> Result<(), Co
     });
     info!(file = %file.display(), nodes = first.nodes.len(), "file loaded");
     if let Some(path) = status_socket {
+        let listener = status::bind(&path).await.map_err(|source| RunError::StatusSocket { path: path.clone(), source })?;
         let shared = shared.clone();
         tokio::spawn(async move {
-            if let Err(e) = status::serve(&path, shared).await {
+            if let Err(e) = status::serve(listener, shared).await {
                 error!(socket = %path.display(), error = %e, "status socket failed");
             }
         });

@@ -114,13 +114,21 @@ impl Shared {
     }
 }
 
-/// Serves the status as HTTP/1.0 JSON responses on a unix socket, one per connection.
-pub async fn serve(path: &Path, status: Shared) -> std::io::Result<()> {
+/// Binds the status socket. One a live process answers on belongs to another controller: that
+/// is refused (two controllers would fight over the same nodes); a stale one is replaced.
+pub async fn bind(path: &Path) -> std::io::Result<UnixListener> {
+    if tokio::net::UnixStream::connect(path).await.is_ok() {
+        return Err(std::io::Error::new(std::io::ErrorKind::AddrInUse, "another controller is running and serves it"));
+    }
     let _ = std::fs::remove_file(path);
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let listener = UnixListener::bind(path)?;
+    UnixListener::bind(path)
+}
+
+/// Serves the status as HTTP/1.0 JSON responses on `listener`, one per connection.
+pub async fn serve(listener: UnixListener, status: Shared) -> std::io::Result<()> {
     loop {
         let (mut conn, _) = listener.accept().await?;
         let body = serde_json::to_string_pretty(&status.snapshot())

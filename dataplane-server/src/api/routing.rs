@@ -101,7 +101,7 @@ impl<D: Dataplane> pb::routing_server::Routing for RoutingService<D> {
             .into_iter()
             .enumerate()
             .map(|(i, r)| {
-                let prefix = parse_prefix(&format!("routes[{i}].prefix"), &r.prefix)?;
+                let prefix = parse_prefix_at(i, &r.prefix)?;
                 Ok(RouteSpec { vrf: r.vrf, prefix, nexthop: r.next_hop })
             })
             .collect::<Result<Vec<_>, DomainError>>()?;
@@ -115,7 +115,7 @@ impl<D: Dataplane> pb::routing_server::Routing for RoutingService<D> {
             .routes
             .into_iter()
             .enumerate()
-            .map(|(i, r)| Ok((r.vrf, parse_prefix(&format!("routes[{i}].prefix"), &r.prefix)?)))
+            .map(|(i, r)| Ok((r.vrf, parse_prefix_at(i, &r.prefix)?)))
             .collect::<Result<Vec<_>, DomainError>>()?;
         let generation = self.domain.delete_routes(&batch)?;
         Ok(Response::new(pb::DeleteRoutesResponse { generation }))
@@ -147,6 +147,11 @@ impl<D: Dataplane> pb::routing_server::Routing for RoutingService<D> {
 
 fn parse_prefix(field: &str, s: &str) -> Result<Prefix, DomainError> {
     s.parse().map_err(|e: crate::net::ParseError| DomainError::invalid(field, e.to_string()))
+}
+
+/// `routes[i].prefix`, the field named only on an error (a batch is often a million routes).
+fn parse_prefix_at(i: usize, s: &str) -> Result<Prefix, DomainError> {
+    s.parse().map_err(|e: crate::net::ParseError| DomainError::invalid(format!("routes[{i}].prefix"), e.to_string()))
 }
 
 fn parse_mac(field: &str, s: &str) -> Result<Mac, DomainError> {

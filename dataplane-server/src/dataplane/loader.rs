@@ -135,7 +135,10 @@ pub struct KernelDataplane {
 }
 
 /// A map as the eBPF object declares it, to compare with a pinned one.
-fn expected_maps(object: &[u8]) -> Result<StdHashMap<String, (u32, u32, u32, u32, u32)>, DataplaneError> {
+/// A map's declared layout: type, key size, value size, capacity, flags.
+type MapLayout = (u32, u32, u32, u32, u32);
+
+fn expected_maps(object: &[u8]) -> Result<StdHashMap<String, MapLayout>, DataplaneError> {
     let obj = aya_obj::Object::parse(object).map_err(|e| DataplaneError::ObjectParse { detail: e.to_string() })?;
     Ok(obj
         .maps

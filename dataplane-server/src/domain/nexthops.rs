@@ -331,7 +331,7 @@ impl<D: Dataplane> Domain<D> {
                     }
                     _ => self.dataplane.nexthop_stats(e.slot)?,
                 };
-                let (state_now, resolved_mac) = match resolve(&state, &e.spec, |m| Some(m)) {
+                let (state_now, resolved_mac) = match resolve(&state, &e.spec, Some) {
                     Resolution::InterfaceMissing(_) => (NextHopState::InterfaceMissing, None),
                     Resolution::Params(NextHopParams::Unresolved { .. }) => (NextHopState::Unresolved, None),
                     Resolution::Params(NextHopParams::Encap { dst_mac, .. }) => (NextHopState::Ready, Some(dst_mac)),

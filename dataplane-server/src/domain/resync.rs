@@ -193,7 +193,7 @@ mod tests {
         assert_eq!(d.list_nexthops().unwrap().iter().map(|n| (n.id, n.routes)).collect::<Vec<_>>(), vec![(1, 4), (3, 1)]);
         assert_eq!(d.list_interfaces(None).unwrap().len(), 1);
         // Outside the resync, replays are refused again.
-        let e = d.add_routes(vec![half[0].clone()]).unwrap_err();
+        let e = d.add_routes(vec![half[0]]).unwrap_err();
         assert_eq!(e.kind(), crate::domain::ErrorKind::AlreadyExists, "{e}");
     }
 
