@@ -37,10 +37,12 @@ struct TwoNodes {
     a: Server,
     b: Server,
     // Dropped after the servers: their namespaces go last.
-    _na: Netns,
+    na: Netns,
     _nb: Netns,
     dir: PathBuf,
     macs: Macs,
+    /// Node A's address as the file gives it (its unix socket unless set otherwise).
+    a_server: String,
 }
 
 struct Macs {
@@ -109,16 +111,8 @@ impl TwoNodes {
         let b = Server::start(&nb)?;
         let dir = std::env::temp_dir().join(format!("dataplane-controller-test-{}", unique("c")));
         std::fs::create_dir_all(&dir)?;
-        Ok(Self {
-            h1,
-            h2,
-            a,
-            b,
-            _na: na,
-            _nb: nb,
-            dir,
-            macs,
-        })
+        let a_server = a.address();
+        Ok(Self { h1, h2, a, b, na, _nb: nb, dir, macs, a_server })
     }
 
     /// The controller's file for this topology. `extra_a_route` adds a route on node A;
@@ -173,7 +167,7 @@ nodes:
       - {{prefix: 198.51.100.1/32, next_hop: 3}}
       - {{prefix: 203.0.113.2/32, next_hop: 3}}
 "#,
-            sa = self.a.address(),
+            sa = self.a_server,
             sb = self.b.address(),
             b0 = m.b0,
             h1 = m.h1,
@@ -199,15 +193,24 @@ struct Controller {
     file: PathBuf,
     socket: PathBuf,
     log: PathBuf,
+    /// Network namespace to run in (the root one when `None`).
+    netns: Option<String>,
 }
 
 impl Controller {
     fn start(file: &Path, dir: &Path) -> Result<Self> {
+        Self::start_in(file, dir, None)
+    }
+
+    /// [`Controller::start`] inside network namespace `netns` (to reach a node over TCP on its
+    /// loopback; unix sockets are reached from anywhere).
+    fn start_in(file: &Path, dir: &Path, netns: Option<&Netns>) -> Result<Self> {
         let mut c = Self {
             child: None,
             file: file.to_owned(),
             socket: dir.join("status.sock"),
             log: dir.join("controller.log"),
+            netns: netns.map(|n| n.name.clone()),
         };
         c.spawn()?;
         Ok(c)
@@ -218,7 +221,15 @@ impl Controller {
             .create(true)
             .append(true)
             .open(&self.log)?;
-        let child = Command::new(bin("dataplane-controller"))
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net=/run/netns/{ns}")).arg("--").arg(bin("dataplane-controller"));
+                c
+            }
+            None => Command::new(bin("dataplane-controller")),
+        };
+        let child = cmd
             .args(["run", "--file"])
             .arg(&self.file)
             .arg("--status-socket")
@@ -821,12 +832,16 @@ async fn controller_node_server_restart_reconnects_and_resync_removes_stray_stat
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn controller_lagged_miss_stream_decides_held_flows_from_the_table() -> Result<()> {
     // Node A keeps 2 misses per subscriber: a burst of new flows overflows the controller's
-    // queue, it gets `lagged`, and must find the held flows in the node's table instead.
-    let t = TwoNodes::with_node_a_args(&["--flow-miss-queue", "2"])?;
+    // queue, it gets `lagged`, and must find the held flows in the node's table instead. The
+    // controller reaches node A over TCP here (gRPC on node A's loopback, the controller in its
+    // namespace) and node B over its unix socket.
+    let mut t = TwoNodes::with_node_a_args(&["--flow-miss-queue", "2", "--grpc-listen", "127.0.0.1:50151"])?;
+    t.a_server = "http://127.0.0.1:50151".into();
     let file = t.dir.join("nodes.yaml");
     write_file(&file, &t.default_file())?;
-    let ctl = Controller::start(&file, &t.dir)?;
-    ctl.wait_ready(1)?;
+    let ctl = Controller::start_in(&file, &t.dir, Some(&t.na))?;
+    let s = ctl.wait_ready(1)?;
+    ensure!(s.nodes["node-a"].server == "http://127.0.0.1:50151", "node A not over TCP: {s:?}");
     let mut ca = t.a.client().await?;
 
     // Bursts of 40 new UDP 7000 flows (one datagram each, distinct source ports) until the
