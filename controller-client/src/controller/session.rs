@@ -318,128 +318,26 @@ async fn apply(
 pub async fn execute(client: &mut Client, step: &Step) -> Result<u64, SessionError> {
     debug!(rpc = step.name(), objects = step.objects(), "write");
     let name = step.name();
-    let e = rpc_error;
+    // Every write answers with the node's generation.
+    macro_rules! call {
+        ($service:ident . $rpc:ident ($request:expr)) => {
+            client.$service.$rpc($request).await.map_err(rpc_error(name))?.into_inner().generation
+        };
+    }
     Ok(match step.clone() {
-        Step::AddVrf(r) => {
-            client
-                .routing
-                .add_vrf(r)
-                .await
-                .map_err(e(name))?
-                .into_inner()
-                .generation
-        }
-        Step::DeleteVrf(id) => {
-            client
-                .routing
-                .delete_vrf(pb::DeleteVrfRequest { id })
-                .await
-                .map_err(e(name))?
-                .into_inner()
-                .generation
-        }
-        Step::AddInterface(r) => {
-            client
-                .interfaces
-                .add_interface(r)
-                .await
-                .map_err(e(name))?
-                .into_inner()
-                .generation
-        }
-        Step::DeleteInterface(n) => {
-            client
-                .interfaces
-                .delete_interface(pb::DeleteInterfaceRequest { name: n })
-                .await
-                .map_err(e(name))?
-                .into_inner()
-                .generation
-        }
-        Step::AddNextHops(r) => {
-            client
-                .routing
-                .add_next_hops(r)
-                .await
-                .map_err(e(name))?
-                .into_inner()
-                .generation
-        }
-        Step::DeleteNextHops(ids) => {
-            client
-                .routing
-                .delete_next_hops(pb::DeleteNextHopsRequest { ids })
-                .await
-                .map_err(e(name))?
-                .into_inner()
-                .generation
-        }
-        Step::AddRoutes(r) => {
-            client
-                .routing
-                .add_routes(r)
-                .await
-                .map_err(e(name))?
-                .into_inner()
-                .generation
-        }
-        Step::DeleteRoutes(routes) => {
-            client
-                .routing
-                .delete_routes(pb::DeleteRoutesRequest { routes })
-                .await
-                .map_err(e(name))?
-                .into_inner()
-                .generation
-        }
-        Step::PutPolicy(r) => {
-            client
-                .policy
-                .put_policy(r)
-                .await
-                .map_err(e(name))?
-                .into_inner()
-                .generation
-        }
-        Step::DeletePolicy(n) => {
-            client
-                .policy
-                .delete_policy(pb::DeletePolicyRequest { name: n })
-                .await
-                .map_err(e(name))?
-                .into_inner()
-                .generation
-        }
-        Step::AttachPolicy(r) => {
-            client
-                .policy
-                .attach_policy(r)
-                .await
-                .map_err(e(name))?
-                .into_inner()
-                .generation
-        }
-        Step::DetachPolicy(interface, direction) => {
-            client
-                .policy
-                .detach_policy(pb::DetachPolicyRequest {
-                    interface,
-                    direction,
-                })
-                .await
-                .map_err(e(name))?
-                .into_inner()
-                .generation
-        }
-        Step::SetFlowMode(r) => {
-            client
-                .flows
-                .set_flow_mode(r)
-                .await
-                .map_err(e(name))?
-                .into_inner()
-                .generation
-        }
+        Step::AddVrf(r) => call!(routing.add_vrf(r)),
+        Step::DeleteVrf(id) => call!(routing.delete_vrf(pb::DeleteVrfRequest { id })),
+        Step::AddInterface(r) => call!(interfaces.add_interface(r)),
+        Step::DeleteInterface(n) => call!(interfaces.delete_interface(pb::DeleteInterfaceRequest { name: n })),
+        Step::AddNextHops(r) => call!(routing.add_next_hops(r)),
+        Step::DeleteNextHops(ids) => call!(routing.delete_next_hops(pb::DeleteNextHopsRequest { ids })),
+        Step::AddRoutes(r) => call!(routing.add_routes(r)),
+        Step::DeleteRoutes(routes) => call!(routing.delete_routes(pb::DeleteRoutesRequest { routes })),
+        Step::PutPolicy(r) => call!(policy.put_policy(r)),
+        Step::DeletePolicy(n) => call!(policy.delete_policy(pb::DeletePolicyRequest { name: n })),
+        Step::AttachPolicy(r) => call!(policy.attach_policy(r)),
+        Step::DetachPolicy(interface, direction) => call!(policy.detach_policy(pb::DetachPolicyRequest { interface, direction })),
+        Step::SetFlowMode(r) => call!(flows.set_flow_mode(r)),
     })
 }
 
