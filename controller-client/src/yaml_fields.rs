@@ -17,55 +17,51 @@ use serde::{
 
 use crate::pb;
 
-/// Deserializes a string scalar through `parse` (whose error becomes the value's error).
-pub(crate) fn de_str<'de, D, T>(
-    d: D,
+/// The visitor of [`de_str`] and [`de_scalar`]: a string through `parse`, and numbers as their
+/// text when `numbers` allows them.
+struct TextVisitor<F> {
     expecting: &'static str,
-    parse: impl FnOnce(&str) -> Result<T, String>,
-) -> Result<T, D::Error>
+    numbers: bool,
+    parse: F,
+}
+
+impl<'de, T, F: FnOnce(&str) -> Result<T, String>> Visitor<'de> for TextVisitor<F> {
+    type Value = T;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(self.expecting)
+    }
+    fn visit_str<E: de::Error>(self, s: &str) -> Result<T, E> {
+        (self.parse)(s).map_err(E::custom)
+    }
+    fn visit_u64<E: de::Error>(self, n: u64) -> Result<T, E> {
+        if !self.numbers {
+            return Err(E::invalid_type(de::Unexpected::Unsigned(n), &self));
+        }
+        (self.parse)(&n.to_string()).map_err(E::custom)
+    }
+    fn visit_i64<E: de::Error>(self, n: i64) -> Result<T, E> {
+        if !self.numbers {
+            return Err(E::invalid_type(de::Unexpected::Signed(n), &self));
+        }
+        (self.parse)(&n.to_string()).map_err(E::custom)
+    }
+}
+
+/// Deserializes a string scalar through `parse` (whose error becomes the value's error).
+pub(crate) fn de_str<'de, D, T>(d: D, expecting: &'static str, parse: impl FnOnce(&str) -> Result<T, String>) -> Result<T, D::Error>
 where
     D: Deserializer<'de>,
 {
-    struct V<F>(&'static str, F);
-    impl<'de, T, F: FnOnce(&str) -> Result<T, String>> Visitor<'de> for V<F> {
-        type Value = T;
-        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-            f.write_str(self.0)
-        }
-        fn visit_str<E: de::Error>(self, s: &str) -> Result<T, E> {
-            (self.1)(s).map_err(E::custom)
-        }
-    }
-    d.deserialize_str(V(expecting, parse))
+    d.deserialize_str(TextVisitor { expecting, numbers: false, parse })
 }
 
 /// Deserializes a scalar that may be written as a number or a string (`80`, `"80-89"`,
 /// `tcp`), handing `parse` its text.
-pub(crate) fn de_scalar<'de, D, T>(
-    d: D,
-    expecting: &'static str,
-    parse: impl FnOnce(&str) -> Result<T, String>,
-) -> Result<T, D::Error>
+pub(crate) fn de_scalar<'de, D, T>(d: D, expecting: &'static str, parse: impl FnOnce(&str) -> Result<T, String>) -> Result<T, D::Error>
 where
     D: Deserializer<'de>,
 {
-    struct V<F>(&'static str, F);
-    impl<'de, T, F: FnOnce(&str) -> Result<T, String>> Visitor<'de> for V<F> {
-        type Value = T;
-        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-            f.write_str(self.0)
-        }
-        fn visit_str<E: de::Error>(self, s: &str) -> Result<T, E> {
-            (self.1)(s).map_err(E::custom)
-        }
-        fn visit_u64<E: de::Error>(self, n: u64) -> Result<T, E> {
-            (self.1)(&n.to_string()).map_err(E::custom)
-        }
-        fn visit_i64<E: de::Error>(self, n: i64) -> Result<T, E> {
-            (self.1)(&n.to_string()).map_err(E::custom)
-        }
-    }
-    d.deserialize_any(V(expecting, parse))
+    d.deserialize_any(TextVisitor { expecting, numbers: true, parse })
 }
 
 /// Deserializes an unsigned integer through `check`.

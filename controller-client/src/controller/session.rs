@@ -446,21 +446,8 @@ async fn decide_held(
     status: &Shared,
     tracked: &mut Tracked,
 ) -> Result<(), SessionError> {
-    let mut stream = client
-        .flows
-        .list_flows(pb::ListFlowsRequest::default())
-        .await
-        .map_err(rpc_error("ListFlows"))?
-        .into_inner();
-    let mut held = Vec::new();
-    while let Some(chunk) = stream.message().await.map_err(rpc_error("ListFlows"))? {
-        held.extend(
-            chunk
-                .flows
-                .into_iter()
-                .filter(|f| f.action == pb::FlowAction::Hold as i32),
-        );
-    }
+    let held: Vec<pb::Flow> =
+        list_flows(client).await?.into_iter().filter(|f| f.action == pb::FlowAction::Hold as i32).collect();
     if held.is_empty() {
         return Ok(());
     }
@@ -503,11 +490,8 @@ async fn redecide(
     if tracked.flows.is_empty() {
         return Ok(());
     }
-    let mut stream = client.flows.list_flows(pb::ListFlowsRequest::default()).await.map_err(rpc_error("ListFlows"))?.into_inner();
-    let mut present = std::collections::HashSet::new();
-    while let Some(chunk) = stream.message().await.map_err(rpc_error("ListFlows"))? {
-        present.extend(chunk.flows.iter().filter_map(|f| f.key.as_ref()).map(tuple));
-    }
+    let present: std::collections::HashSet<FlowTuple> =
+        list_flows(client).await?.iter().filter_map(|f| f.key.as_ref()).map(tuple).collect();
     tracked.flows.retain(|k, _| present.contains(k));
     let mut installs = Vec::new();
     let mut reverse_gone = Vec::new();
@@ -547,4 +531,14 @@ async fn redecide(
         s.flows.failed += failed;
     });
     Ok(())
+}
+
+/// Every flow of the node (ListFlows streams them in chunks).
+async fn list_flows(client: &mut Client) -> Result<Vec<pb::Flow>, SessionError> {
+    let mut stream = client.flows.list_flows(pb::ListFlowsRequest::default()).await.map_err(rpc_error("ListFlows"))?.into_inner();
+    let mut flows = Vec::new();
+    while let Some(chunk) = stream.message().await.map_err(rpc_error("ListFlows"))? {
+        flows.extend(chunk.flows);
+    }
+    Ok(flows)
 }
