@@ -12,10 +12,10 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{bail, ensure, Result};
+use anyhow::{bail, ensure, Context, Result};
 use dataplane_server::{
-    dataplane::{Dir24Table, TestProgram, TestRunOutcome},
-    domain::{Direction, InterfaceName, NewNextHop, NextHopSpec, PolicyName, RouteSpec, RuleAction, RuleSpec},
+    dataplane::{TestProgram, TestRunOutcome},
+    domain::{Direction, InterfaceName, Ipv4Lookup, NewNextHop, NextHopSpec, PolicyName, RouteSpec, RuleAction, RuleSpec},
     net::{Mac, Prefix},
 };
 
@@ -74,12 +74,12 @@ pub struct Results {
     pub no_policy: Figure,
     /// Per rule count: the same path with an ingress policy of that many rules.
     pub policy: Vec<Figure>,
-    /// Per route count: (the route stage's IPv4 lookup alone, a plain kernel LPM trie holding the
-    /// same prefixes).
+    /// Per route count: (the route stage's IPv4 lookup alone, in VRF 0's flat table; a plain
+    /// kernel LPM trie holding the same prefixes).
     pub lookup: Vec<(Figure, Figure)>,
-    /// Per route count: the same prefixes in a DIR-24-8 table (`dp_bench_dir24_v4`), the flat
-    /// IPv4 structure that could replace the trie.
-    pub dir24: Vec<Figure>,
+    /// Per route count: the same prefixes in `ROUTES_V4` (`dp_bench_trie_v4`), where a VRF
+    /// without a flat table is looked up.
+    pub trie: Vec<Figure>,
 }
 
 impl Results {
@@ -116,7 +116,7 @@ pub fn run(sandbox: &Sandbox, config: &Config) -> Result<Results> {
         no_policy: figure("full L3 path, IPv4, no policy", Some(config.route_counts.first().copied().unwrap_or(0))),
         policy: Vec::new(),
         lookup: Vec::new(),
-        dir24: Vec::new(),
+        trie: Vec::new(),
     };
     let mut installed = 0;
     let mut warmed = false;
@@ -167,35 +167,24 @@ pub fn run(sandbox: &Sandbox, config: &Config) -> Result<Results> {
         }
         eprintln!("  IPv4 {:.1} ns, IPv6 {:.1} ns (harnessed medians)", f4.median(), f6.median());
         results.l3.push((f4, f6));
-        // The same prefixes, as a DIR-24-8 table: checked against the trie's answers first.
-        let all: Vec<(Ipv4Addr, u8, u32)> = v4[..count]
-            .iter()
-            .enumerate()
-            .map(|(i, p)| match p.addr() {
-                IpAddr::V4(a) => (a, p.len(), i as u32),
-                IpAddr::V6(_) => unreachable!("v4 prefixes only"),
-            })
-            .collect();
-        let table = Dir24Table::build(&all)?;
-        check_dir24(&table, &v4[..count])?;
-        sandbox.domain.dataplane().bench_dir24_write(&table)?;
-        drop(table);
-        let mut ours = figure("route lookup (ROUTES_V4, VRF + address key)", Some(count));
+        // What is measured must be the flat table, and must answer as a longest-prefix match.
+        check_flat(sandbox, &v4[..count])?;
+        let mut ours = figure("route stage lookup (VRF 0's flat table, 16-8-8)", Some(count));
         let mut plain = figure("plain kernel LPM trie (address key)", Some(count));
-        let mut flat = figure("DIR-24-8 arrays (address >> 8, then & 0xff)", Some(count));
+        let mut trie = figure("ROUTES_V4 trie (VRF + address key; VRFs without a flat table)", Some(count));
         for _ in 0..config.runs {
             ours.samples.push(measure(sandbox, TestProgram::RouteLookupV4, &frame4, config.repeat, XDP_PASS)?);
             plain.samples.push(measure(sandbox, TestProgram::PlainLpmV4, &frame4, config.repeat, XDP_PASS)?);
-            flat.samples.push(measure(sandbox, TestProgram::Dir24V4, &frame4, config.repeat, XDP_PASS)?);
+            trie.samples.push(measure(sandbox, TestProgram::TrieLookupV4, &frame4, config.repeat, XDP_PASS)?);
         }
         eprintln!(
-            "  lookup: ours {:.1} ns, plain LPM trie {:.1} ns, DIR-24-8 {:.1} ns",
+            "  lookup: ours (flat) {:.1} ns, plain LPM trie {:.1} ns, ROUTES_V4 trie {:.1} ns",
             ours.median(),
             plain.median(),
-            flat.median()
+            trie.median()
         );
         results.lookup.push((ours, plain));
-        results.dir24.push(flat);
+        results.trie.push(trie);
         if results.policy.is_empty() {
             measure_policies(sandbox, config, &frame4, &mut results)?;
         }
@@ -339,19 +328,26 @@ impl Rng {
     }
 }
 
-/// The DIR-24-8 table gives every address the prefix a longest-prefix match over `prefixes`
-/// gives (a brute-force check on the probe and on addresses in and around each of the first
-/// thousand prefixes), so what is measured answers the same question as the trie.
-fn check_dir24(table: &Dir24Table, prefixes: &[Prefix]) -> Result<()> {
-    let index: std::collections::HashMap<Prefix, u32> = prefixes.iter().enumerate().map(|(i, p)| (*p, i as u32)).collect();
-    let lpm = |a: Ipv4Addr| (0..=32u8).rev().find_map(|len| index.get(&Prefix::containing(IpAddr::V4(a), len)).copied());
+/// VRF 0 is looked up in its flat table, and the kernel's answer (`LookupRoute`, read from the
+/// table the route stage reads) is the longest-prefix match of `prefixes` on the probe and on
+/// addresses in and around each of the first thousand prefixes.
+fn check_flat(sandbox: &Sandbox, prefixes: &[Prefix]) -> Result<()> {
+    let vrf0 = sandbox.domain.list_vrfs().into_iter().find(|v| v.id == 0).context("no VRF 0")?;
+    anyhow::ensure!(
+        matches!(vrf0.ipv4_lookup, Some(Ipv4Lookup::Flat { .. })),
+        "VRF 0 has no flat IPv4 table ({:?}): the pool is too small",
+        vrf0.ipv4_lookup
+    );
+    let index: std::collections::HashSet<Prefix> = prefixes.iter().copied().collect();
+    let lpm = |a: Ipv4Addr| (0..=32u8).rev().map(|len| Prefix::containing(IpAddr::V4(a), len)).find(|p| index.contains(p));
     for p in prefixes.iter().take(1000) {
         let IpAddr::V4(base) = p.addr() else { continue };
         let b = u32::from(base);
         let span = if p.len() == 0 { u32::MAX } else { (1u32 << (32 - u32::from(p.len()))) - 1 };
         for a in [b, b.wrapping_add(span / 2), b.wrapping_add(span), b.wrapping_add(span).wrapping_add(1), b.wrapping_sub(1)] {
             let a = Ipv4Addr::from(a);
-            anyhow::ensure!(table.lookup(a) == lpm(a), "DIR-24-8 table disagrees with the prefixes at {a}");
+            let got = sandbox.domain.lookup_route(0, IpAddr::V4(a))?.map(|r| r.prefix);
+            anyhow::ensure!(got == lpm(a), "the flat table answers {got:?} for {a}, the prefixes {:?}", lpm(a));
         }
     }
     Ok(())

@@ -50,19 +50,19 @@ pub fn render(command: &str, packet: &Results, veth: &crate::veth::Results, flow
     let _ = writeln!(
         md,
         "The route stage's IPv4 lookup alone (`dp_bench_route_v4`: the frame's destination in \
-         `ROUTES_V4`, keyed VRF + address as `route::lookup` keys it) next to a plain kernel LPM \
-         trie of 32-bit keys (`dp_bench_lpm_v4` on `BENCH_LPM_V4`) holding the same random \
-         prefixes, probed with the same address, at each table size; and the same prefixes in a \
-         DIR-24-8 table (`dp_bench_dir24_v4`: an array read by the address's top 24 bits, a second \
-         one by the low 8 bits only under prefixes longer than /24; built by the bench, checked \
-         against a longest-prefix match of the prefixes before it is measured). All include the \
-         test run's fixed cost (the XDP_PASS row above).\n"
+         VRF 0 as `route::lookup` does it, i.e. in the VRF's flat table, a 16-8-8 multibit trie \
+         in array chunks that `AddRoutes` keeps in place; checked against a longest-prefix match \
+         of the prefixes before it is measured) next to a plain kernel LPM trie of 32-bit keys \
+         (`dp_bench_lpm_v4` on `BENCH_LPM_V4`) holding the same random prefixes, probed with the \
+         same address, at each table size; and the same prefixes in `ROUTES_V4` \
+         (`dp_bench_trie_v4`, VRF + address keys), where a VRF the flat tables' pool cannot hold \
+         is looked up. All include the test run's fixed cost (the XDP_PASS row above).\n"
     );
     let _ = writeln!(md, "| case | prefixes | min | median | max | net of XDP_PASS | × plain trie (net) |");
     let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|");
     for (i, (ours, plain)) in packet.lookup.iter().enumerate() {
         let p = (plain.median() - pass).max(0.1);
-        for f in [Some(ours), Some(plain), packet.dir24.get(i)].into_iter().flatten() {
+        for f in [Some(ours), Some(plain), packet.trie.get(i)].into_iter().flatten() {
             let net = (f.median() - pass).max(0.1);
             let _ = writeln!(
                 md,

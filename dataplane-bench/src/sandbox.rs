@@ -14,6 +14,9 @@ use dataplane_server::{
     domain::{AddInterface, Domain, InterfaceName},
 };
 
+/// The flat tables' pool: room for VRF 0 with the largest route table the bench installs.
+pub const FIB4_CHUNKS: u32 = 1 << 17;
+
 /// Egress interface of every benchmark next hop; attached first, so it holds interface slot 0,
 /// the `TX_PORTS` entry the bare-redirect baseline uses.
 pub const EGRESS: &str = "bench0";
@@ -52,7 +55,7 @@ impl Sandbox {
         let bpffs = PathBuf::from(format!("/sys/fs/bpf/dataplane-bench-{}", std::process::id()));
         eprintln!("pins: {}", bpffs.display());
         remove_on_signal(bpffs.clone())?;
-        let dataplane = KernelDataplane::load(&LoaderConfig { bpffs_root: bpffs.clone(), pinned_object: None, bench_tables: true })?;
+        let dataplane = KernelDataplane::load(&LoaderConfig { bpffs_root: bpffs.clone(), pinned_object: None, fib4_chunks: FIB4_CHUNKS })?;
         let sandbox = Self { domain: Domain::new(dataplane), bpffs };
         for name in [EGRESS, "lo"] {
             sandbox.domain.add_interface(AddInterface {

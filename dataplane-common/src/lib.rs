@@ -55,14 +55,14 @@ pub mod programs {
     /// (which hands the program the same, already rewritten, buffer every time) measures the same
     /// path on every repetition.
     pub const BENCH_HARNESS: &str = "dp_bench_harness";
-    /// Benchmark: the route stage's lookup alone (`ROUTES_V4`, VRF 0) of the frame's IPv4
-    /// destination; XDP_PASS on a hit, XDP_DROP on a miss.
+    /// Benchmark: the route stage's IPv4 lookup alone (VRF 0: its flat table, or `ROUTES_V4`
+    /// where it has none) of the frame's destination; XDP_PASS on a hit, XDP_DROP on a miss.
     pub const BENCH_ROUTE_V4: &str = "dp_bench_route_v4";
+    /// Benchmark: the same destination in `ROUTES_V4` (VRF 0 key), the trie a VRF without a
+    /// flat table is looked up in.
+    pub const BENCH_TRIE_V4: &str = "dp_bench_trie_v4";
     /// Benchmark baseline: the same destination in a plain kernel LPM trie (`BENCH_LPM_V4`).
     pub const BENCH_LPM_V4: &str = "dp_bench_lpm_v4";
-    /// Benchmark: the same destination in a DIR-24-8 table (`BENCH_TBL24` / `BENCH_TBL8`), the
-    /// flat IPv4 structure the route stage could use instead of the trie.
-    pub const BENCH_DIR24_V4: &str = "dp_bench_dir24_v4";
 }
 
 #[cfg(feature = "user")]

@@ -18,6 +18,12 @@ pub const UNKNOWN_IFACE_STATS: &str = "UNKNOWN_IFACE_STATS";
 pub const ROUTES_V4: &str = "ROUTES_V4";
 /// LPM trie: [`crate::RouteKeyV6`] -> [`crate::RouteValue`], every VRF in one trie.
 pub const ROUTES_V6: &str = "ROUTES_V6";
+/// Array: VRF -> its IPv4 flat table's root block + 1 in [`FIB4_CHUNKS`] (0: the VRF's IPv4
+/// lookups go to `ROUTES_V4`). See [`crate::route::fib4`].
+pub const FIB4_VRFS: &str = "FIB4_VRFS";
+/// Mmapable array: chunk -> [`crate::route::fib4::Chunk`], the pool every VRF's IPv4 flat table
+/// is built from. Sized when first created (`dataplane-server --fib4-chunks`).
+pub const FIB4_CHUNKS: &str = "FIB4_CHUNKS";
 /// Array: next-hop slot -> [`crate::NextHop`].
 pub const NEXTHOPS: &str = "NEXTHOPS";
 /// Per-CPU array: next-hop slot -> [`crate::NextHopStats`].
@@ -65,23 +71,6 @@ pub const BENCH_TARGETS: &str = "BENCH_TARGETS";
 pub const BENCH_FRAME: &str = "BENCH_FRAME";
 /// Benchmark only: a plain IPv4 LPM trie, never pinned.
 pub const BENCH_LPM_V4: &str = "BENCH_LPM_V4";
-/// Benchmark only: a DIR-24-8 IPv4 table's first level (`address >> 8` -> [`dir24`] entry), never
-/// pinned. One entry in the object (nothing to allocate in a server); the benchmark's loader sizes
-/// it to [`BENCH_TBL24_ENTRIES`].
-pub const BENCH_TBL24: &str = "BENCH_TBL24";
-/// Benchmark only: the DIR-24-8 table's second level, groups of 256 entries (`group * 256 +
-/// (address & 0xff)`), sized to [`BENCH_TBL8_GROUPS`] groups by the benchmark's loader.
-pub const BENCH_TBL8: &str = "BENCH_TBL8";
-/// 2^24: one first-level entry per /24.
-pub const BENCH_TBL24_ENTRIES: u32 = 1 << 24;
-/// Second-level groups (one per /24 that holds a longer prefix).
-pub const BENCH_TBL8_GROUPS: u32 = 1 << 14;
-
-/// DIR-24-8 entries: a next-hop slot + 1 (0: no route), or [`dir24::GROUP`] | a group index.
-pub mod dir24 {
-    /// The entry points at a second-level group.
-    pub const GROUP: u32 = 1 << 31;
-}
 /// Entries of [`BENCH_TARGETS`].
 pub const BENCH_TARGET_SLOTS: u32 = 4;
 
@@ -94,6 +83,8 @@ pub const ALL: &[&str] = &[
     UNKNOWN_IFACE_STATS,
     ROUTES_V4,
     ROUTES_V6,
+    FIB4_VRFS,
+    FIB4_CHUNKS,
     NEXTHOPS,
     NEXTHOP_STATS,
     TX_PORTS,

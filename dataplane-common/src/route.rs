@@ -117,3 +117,43 @@ pub struct NextHopStats {
     pub packets: u64,
     pub bytes: u64,
 }
+
+/// The IPv4 flat table: a 16-8-8 multibit trie per VRF (the layout of VPP's `ip4_mtrie`), built
+/// from one pool of 256-entry chunks. A lookup is at most three array reads, each inlined by the
+/// verifier, whatever the number of routes, where the LPM trie walks up to 32 nodes.
+///
+/// A VRF's root is a block of 256 consecutive chunks (65,536 entries, one per /16), found in the
+/// pool at `(root - 1) * 256 + (address >> 24)`, entry `(address >> 16) & 0xff`; an entry there
+/// either ends the lookup or names the chunk of its /16 (entry `(address >> 8) & 0xff`), whose
+/// entries in turn may name the chunk of a /24 (entry `address & 0xff`). A leaf carries the
+/// prefix length that put it there, so the server can update the table in place (an insert
+/// overwrites shorter leaves only; a delete restores the covering route where its own length
+/// is found) and adopt it after a restart from the kernel's copy alone.
+pub mod fib4 {
+    /// One level of the table below the root: 256 entries.
+    pub type Chunk = [u32; 256];
+    /// Chunks in a root block (one per value of the address's top byte).
+    pub const ROOT_CHUNKS: u32 = 256;
+    /// The entry names a chunk (`entry & INDEX`).
+    pub const CHUNK: u32 = 1 << 31;
+    /// The entry is a route: next-hop slot `entry & NEXTHOP`, prefix length `depth(entry)`.
+    pub const LEAF: u32 = 1 << 30;
+    pub const INDEX: u32 = 0x00ff_ffff;
+    pub const NEXTHOP: u32 = 0x00ff_ffff;
+    const DEPTH_SHIFT: u32 = 24;
+    /// Chunks a server's pool has unless told otherwise (32 MiB): one VRF of ~500,000
+    /// Internet-like routes, or many small VRFs.
+    pub const DEFAULT_CHUNKS: u32 = 32768;
+
+    /// A leaf entry: next-hop `slot`, prefix length `depth` (0..=32).
+    #[inline(always)]
+    pub const fn leaf(slot: u32, depth: u8) -> u32 {
+        LEAF | ((depth as u32) << DEPTH_SHIFT) | (slot & NEXTHOP)
+    }
+
+    /// The prefix length of a leaf (0 for an empty entry).
+    #[inline(always)]
+    pub const fn depth(entry: u32) -> u8 {
+        ((entry >> DEPTH_SHIFT) & 0x3f) as u8
+    }
+}

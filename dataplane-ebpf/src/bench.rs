@@ -7,9 +7,9 @@
 //! under test; `dp_bench_harness` -> `dp_bench_pass` measures what the harness adds.
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, maps::lpm_trie::Key, programs::XdpContext};
-use dataplane_common::{maps::dir24, route::VRF_BITS, RouteAddrV4, BENCH_FRAME_LEN};
+use dataplane_common::{route::VRF_BITS, RouteAddrV4, BENCH_FRAME_LEN};
 
-use crate::maps::{BENCH_FRAME, BENCH_LPM_V4, BENCH_TARGETS, BENCH_TBL24, BENCH_TBL8, ROUTES_V4, TX_PORTS};
+use crate::maps::{BENCH_FRAME, BENCH_LPM_V4, BENCH_TARGETS, ROUTES_V4, TX_PORTS};
 
 /// The IPv4 destination of an untagged Ethernet + IPv4 frame (bytes 30..34).
 #[inline(always)]
@@ -23,10 +23,20 @@ fn dst_v4(ctx: &XdpContext) -> Option<[u8; 4]> {
     Some(unsafe { *((data + 30) as *const [u8; 4]) })
 }
 
-/// The route stage's lookup, alone: the frame's IPv4 destination in `ROUTES_V4`, VRF 0, keyed as
-/// `route::lookup` keys it.
+/// The route stage's IPv4 lookup, alone: the frame's destination in VRF 0, as `route::lookup`
+/// does it (the VRF's flat table when it has one).
 #[xdp]
 pub fn dp_bench_route_v4(ctx: XdpContext) -> u32 {
+    let Some(addr) = dst_v4(&ctx) else { return xdp_action::XDP_ABORTED };
+    match crate::route::lookup_v4(0, addr) {
+        Some(_) => xdp_action::XDP_PASS,
+        None => xdp_action::XDP_DROP,
+    }
+}
+
+/// The same destination in `ROUTES_V4` (VRF 0 key): the trie a VRF without a flat table uses.
+#[xdp]
+pub fn dp_bench_trie_v4(ctx: XdpContext) -> u32 {
     let Some(addr) = dst_v4(&ctx) else { return xdp_action::XDP_ABORTED };
     match ROUTES_V4.get(Key::new(VRF_BITS + 32, RouteAddrV4 { vrf: [0; 4], addr })) {
         Some(_) => xdp_action::XDP_PASS,
@@ -41,29 +51,6 @@ pub fn dp_bench_lpm_v4(ctx: XdpContext) -> u32 {
     match BENCH_LPM_V4.get(Key::new(32, addr)) {
         Some(_) => xdp_action::XDP_PASS,
         None => xdp_action::XDP_DROP,
-    }
-}
-
-/// The same destination in a DIR-24-8 table: one array read by the address's top 24 bits, and
-/// a second one (by the low 8) only where a longer prefix than /24 lies. Array lookups are
-/// inlined by the verifier: no hash, no trie walk.
-#[xdp]
-pub fn dp_bench_dir24_v4(ctx: XdpContext) -> u32 {
-    let Some(addr) = dst_v4(&ctx) else { return xdp_action::XDP_ABORTED };
-    let a = u32::from_be_bytes(addr);
-    let Some(&e) = BENCH_TBL24.get(a >> 8) else { return xdp_action::XDP_ABORTED };
-    let e = if e & dir24::GROUP != 0 {
-        match BENCH_TBL8.get(((e & !dir24::GROUP) << 8) | (a & 0xff)) {
-            Some(&v) => v,
-            None => return xdp_action::XDP_ABORTED,
-        }
-    } else {
-        e
-    };
-    if e != 0 {
-        xdp_action::XDP_PASS
-    } else {
-        xdp_action::XDP_DROP
     }
 }
 

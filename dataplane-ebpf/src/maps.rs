@@ -2,6 +2,7 @@
 //! The server opens them by the same names; it writes configuration, the programs write counters.
 
 use aya_ebpf::{
+    bindings::BPF_F_MMAPABLE,
     macros::map,
     maps::{Array, DevMap, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
 };
@@ -11,8 +12,10 @@ use dataplane_common::{
     policy::{
         PolicyAddrV4, PolicyAddrV6, PolicyL4, PolicyTable, RuleStats, POLICY_LPM_ENTRIES, POLICY_POOL_WORDS,
         POLICY_RULE_SLOTS, POLICY_TABLES,
-    }, BenchFrame, InterfaceConfig, InterfaceStats, NextHop, NextHopStats, RouteAddrV4, RouteAddrV6, RouteValue,
-    MAX_DIRECT_IFINDEX, MAX_HIGH_IFINDEXES, MAX_INTERFACES, MAX_NEXTHOPS, MAX_ROUTES,
+    },
+    route::fib4,
+    BenchFrame, InterfaceConfig, InterfaceStats, NextHop, NextHopStats, RouteAddrV4, RouteAddrV6, RouteValue,
+    MAX_DIRECT_IFINDEX, MAX_HIGH_IFINDEXES, MAX_INTERFACES, MAX_NEXTHOPS, MAX_ROUTES, MAX_VRFS,
 };
 
 /// ifindex -> interface config (slot, VRF, MTU, MAC, addresses), ifindexes below
@@ -40,6 +43,15 @@ pub static ROUTES_V4: LpmTrie<RouteAddrV4, RouteValue> = LpmTrie::with_max_entri
 #[map(name = "ROUTES_V6")]
 pub static ROUTES_V6: LpmTrie<RouteAddrV6, RouteValue> = LpmTrie::with_max_entries(MAX_ROUTES, 0);
 
+/// VRF -> root block + 1 of its IPv4 flat table in `FIB4_CHUNKS` (0: none, use `ROUTES_V4`).
+#[map(name = "FIB4_VRFS")]
+pub static FIB4_VRFS: Array<u32> = Array::with_max_entries(MAX_VRFS, 0);
+
+/// The chunk pool of every VRF's IPv4 flat table (`route::fib4`). Mmapable: the server writes
+/// entries with plain stores, not one syscall each. The server sizes it at creation.
+#[map(name = "FIB4_CHUNKS")]
+pub static FIB4_CHUNKS: Array<fib4::Chunk> = Array::with_max_entries(fib4::DEFAULT_CHUNKS, BPF_F_MMAPABLE as u32);
+
 /// Next-hop slot -> next hop.
 #[map(name = "NEXTHOPS")]
 pub static NEXTHOPS: Array<NextHop> = Array::with_max_entries(MAX_NEXTHOPS, 0);
@@ -61,12 +73,6 @@ pub static BENCH_TARGETS: ProgramArray = ProgramArray::with_max_entries(BENCH_TA
 /// is measured against.
 #[map(name = "BENCH_LPM_V4")]
 pub static BENCH_LPM_V4: LpmTrie<[u8; 4], u32> = LpmTrie::with_max_entries(MAX_ROUTES, 0);
-
-/// Benchmark only: a DIR-24-8 table (one entry each here; the benchmark's loader sizes them).
-#[map(name = "BENCH_TBL24")]
-pub static BENCH_TBL24: Array<u32> = Array::with_max_entries(1, 0);
-#[map(name = "BENCH_TBL8")]
-pub static BENCH_TBL8: Array<u32> = Array::with_max_entries(1, 0);
 
 #[map(name = "BENCH_FRAME")]
 pub static BENCH_FRAME: Array<BenchFrame> = Array::with_max_entries(1, 0);

@@ -69,6 +69,12 @@ struct Args {
     /// Flow misses queued per subscriber before it starts losing them (and gets `lagged`).
     #[arg(long, default_value_t = MISS_QUEUE, value_parser = clap::value_parser!(usize))]
     flow_miss_queue: usize,
+    /// Chunks (1 KiB of kernel memory each) of the pool the VRFs' IPv4 flat tables are built
+    /// from, when it is first created (a restarted server keeps the pinned pool's size). A
+    /// VRF takes 256 for its root plus one per /16 holding longer prefixes and one per /24
+    /// holding longer ones; a VRF that does not fit is looked up in the LPM trie instead.
+    #[arg(long, default_value_t = dataplane_common::route::fib4::DEFAULT_CHUNKS, value_parser = clap::value_parser!(u32).range(256..=16_777_216))]
+    fib4_chunks: u32,
     /// Log format; the level comes from RUST_LOG (default info).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -107,7 +113,7 @@ fn start(args: &Args) -> anyhow::Result<Arc<Domain<KernelDataplane>>> {
     // Read first: a state file this build cannot read must stop us before anything changes.
     let persisted = persist::read(&args.state_file).context("reading the state file")?;
     let pinned_object = persisted.as_ref().and_then(|p| p.programs_object);
-    let dataplane = KernelDataplane::load(&LoaderConfig { bpffs_root: args.bpffs.clone(), pinned_object, bench_tables: false })
+    let dataplane = KernelDataplane::load(&LoaderConfig { bpffs_root: args.bpffs.clone(), pinned_object, fib4_chunks: args.fib4_chunks })
         .context("loading the dataplane")?;
     let report = dataplane.load_report().clone();
     let domain = Arc::new(Domain::with_state_file(dataplane, args.state_file.clone()));

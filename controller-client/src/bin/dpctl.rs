@@ -937,17 +937,35 @@ mod routing {
                     let v: Vec<Value> = r
                         .vrfs
                         .iter()
-                        .map(|v| json!({"id": v.id, "mode": if v.mode() == pb::VrfMode::KernelFib { "kernel-fib" } else { "routes" }, "kernel_table": v.kernel_table, "interfaces": v.interfaces, "routes": v.routes}))
+                        .map(|v| json!({"id": v.id, "mode": if v.mode() == pb::VrfMode::KernelFib { "kernel-fib" } else { "routes" }, "kernel_table": v.kernel_table, "interfaces": v.interfaces, "routes": v.routes, "ipv4_lookup": ipv4_lookup(v), "ipv4_flat_chunks": v.ipv4_flat_chunks}))
                         .collect();
                     println!("{}", Value::Array(v));
                 } else {
-                    let mut rows = vec![vec!["VRF".into(), "MODE".into(), "INTERFACES".into(), "ROUTES".into()]];
-                    rows.extend(r.vrfs.iter().map(|v| vec![v.id.to_string(), vrf_mode(v), v.interfaces.to_string(), v.routes.to_string()]));
+                    let mut rows = vec![vec!["VRF".into(), "MODE".into(), "INTERFACES".into(), "ROUTES".into(), "IPV4 LOOKUP".into()]];
+                    rows.extend(r.vrfs.iter().map(|v| {
+                        let lookup = match v.ipv4_lookup() {
+                            pb::Ipv4Lookup::Flat => format!("flat ({} KiB)", v.ipv4_flat_chunks),
+                            other => ipv4_lookup_name(other).to_owned(),
+                        };
+                        vec![v.id.to_string(), vrf_mode(v), v.interfaces.to_string(), v.routes.to_string(), lookup]
+                    }));
                     print_table(&rows);
                 }
             }
         }
         Ok(())
+    }
+
+    fn ipv4_lookup(v: &pb::Vrf) -> &'static str {
+        ipv4_lookup_name(v.ipv4_lookup())
+    }
+
+    fn ipv4_lookup_name(l: pb::Ipv4Lookup) -> &'static str {
+        match l {
+            pb::Ipv4Lookup::Flat => "flat",
+            pb::Ipv4Lookup::Trie => "trie",
+            pb::Ipv4Lookup::Unspecified => "-",
+        }
     }
 
     fn vrf_mode(v: &pb::Vrf) -> String {

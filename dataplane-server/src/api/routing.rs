@@ -8,7 +8,7 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     dataplane::Dataplane,
-    domain::{Domain, DomainError, InterfaceName, NewNextHop, NextHopSpec, NextHopState, NextHopView, RouteSpec, VrfMode},
+    domain::{Domain, DomainError, InterfaceName, Ipv4Lookup, NewNextHop, NextHopSpec, NextHopState, NextHopView, RouteSpec, VrfMode},
     net::{parse_addr, Mac, Prefix},
 };
 
@@ -58,7 +58,20 @@ impl<D: Dataplane> pb::routing_server::Routing for RoutingService<D> {
                     VrfMode::Routes => (pb::VrfMode::Routes, 0),
                     VrfMode::KernelFib { table } => (pb::VrfMode::KernelFib, table),
                 };
-                pb::Vrf { id: v.id, interfaces: v.interfaces, routes: v.routes, mode: mode.into(), kernel_table }
+                let (ipv4_lookup, ipv4_flat_chunks) = match v.ipv4_lookup {
+                    None => (pb::Ipv4Lookup::Unspecified, 0),
+                    Some(Ipv4Lookup::Flat { chunks }) => (pb::Ipv4Lookup::Flat, chunks),
+                    Some(Ipv4Lookup::Trie) => (pb::Ipv4Lookup::Trie, 0),
+                };
+                pb::Vrf {
+                    id: v.id,
+                    interfaces: v.interfaces,
+                    routes: v.routes,
+                    mode: mode.into(),
+                    kernel_table,
+                    ipv4_lookup: ipv4_lookup.into(),
+                    ipv4_flat_chunks,
+                }
             })
             .collect();
         Ok(Response::new(pb::ListVrfsResponse { vrfs }))

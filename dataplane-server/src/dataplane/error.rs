@@ -61,8 +61,6 @@ pub enum DataplaneError {
     PinnedMapMismatch { map: &'static str, path: PathBuf, expected: String, found: String },
     #[error("the eBPF object does not parse: {detail}")]
     ObjectParse { detail: String },
-    #[error("{what}: {needed} entries needed, {capacity} available")]
-    BenchTableTooSmall { what: &'static str, needed: usize, capacity: usize },
     #[error("{map}: index {slot} is out of range (max {max})")]
     SlotOutOfRange { map: &'static str, slot: u32, max: u32 },
 }

@@ -27,6 +27,7 @@ use dataplane_common::{
 use tracing::{info, warn};
 
 use super::{
+    fib4::Fib4Maps,
     maps::{CounterArray, FlowMaps, Interfaces, NextHops, PolicyMaps, Routes, TxPorts},
     netdev, Attachment, Dataplane, DataplaneError, InterfaceParams, LinkInfo, MapStatus, NextHopParams,
     ProgramStatus, RouteMatch, XdpMode,
@@ -50,9 +51,9 @@ pub struct LoaderConfig {
     /// the previous run recorded it: when it is this build's, the pinned programs are adopted
     /// without verifying a fresh copy first (a restart then costs no verifier time).
     pub pinned_object: Option<u64>,
-    /// Size the benchmark-only DIR-24-8 tables for use (64 MiB and more of kernel memory);
-    /// only the benchmark asks. Otherwise they have one entry each.
-    pub bench_tables: bool,
+    /// Chunks (1 KiB each) of the IPv4 flat tables' pool, when it is created; a pool an earlier
+    /// run pinned keeps its size (see `fib4::DEFAULT_CHUNKS`).
+    pub fib4_chunks: u32,
 }
 
 /// A fingerprint of an eBPF object's bytes (FNV-1a, 64 bits): same bytes, same programs.
@@ -98,6 +99,7 @@ pub(super) struct Inner {
     nexthop_stats: CounterArray<NextHopStats>,
     tx_ports: TxPorts,
     routes: Routes,
+    fib4: Fib4Maps,
     policies: PolicyMaps,
     flows: FlowMaps,
     links: StdHashMap<u32, InterfaceLinks>,
@@ -130,8 +132,8 @@ pub struct KernelDataplane {
     report: LoadReport,
     /// `object_fingerprint` of the object the attached programs came from.
     object: Mutex<u64>,
-    /// `LoaderConfig::bench_tables`, for upgrades.
-    bench_tables: bool,
+    /// `LoaderConfig::fib4_chunks`, for upgrades.
+    fib4_chunks: u32,
 }
 
 /// A map as the eBPF object declares it, to compare with a pinned one.
@@ -171,6 +173,8 @@ fn check_pinned_maps(dirs: &PinDirs, object: &[u8]) -> Result<usize, DataplaneEr
             info.map_flags() & !KERNEL_ADDED,
         );
         let f = f & !KERNEL_ADDED;
+        // The flat tables' pool is sized at creation (`--fib4-chunks`); any size is adopted.
+        let n = if *name == names::FIB4_CHUNKS { have.3 } else { n };
         if have != (t, k, v, n, f) {
             return Err(DataplaneError::PinnedMapMismatch {
                 map: name,
@@ -186,17 +190,14 @@ fn check_pinned_maps(dirs: &PinDirs, object: &[u8]) -> Result<usize, DataplaneEr
 /// Loads the object over the pinned maps (creating and pinning the missing ones). The
 /// verifier keeps statistics only: its full log (aya's default) makes every load ~10x slower,
 /// and is asked for again only when a load fails (`load_programs`).
-fn load_object(dirs: &PinDirs, bytes: &[u8], bench_tables: bool) -> Result<Ebpf, DataplaneError> {
-    load_object_logging(dirs, bytes, VerifierLogLevel::STATS, bench_tables)
+fn load_object(dirs: &PinDirs, bytes: &[u8], fib4_chunks: u32) -> Result<Ebpf, DataplaneError> {
+    load_object_logging(dirs, bytes, VerifierLogLevel::STATS, fib4_chunks)
 }
 
-fn load_object_logging(dirs: &PinDirs, bytes: &[u8], log: VerifierLogLevel, bench_tables: bool) -> Result<Ebpf, DataplaneError> {
+fn load_object_logging(dirs: &PinDirs, bytes: &[u8], log: VerifierLogLevel, fib4_chunks: u32) -> Result<Ebpf, DataplaneError> {
     let mut loader = EbpfLoader::new();
     loader.verifier_log_level(log);
-    if bench_tables {
-        loader.map_max_entries(names::BENCH_TBL24, names::BENCH_TBL24_ENTRIES);
-        loader.map_max_entries(names::BENCH_TBL8, names::BENCH_TBL8_GROUPS * 256);
-    }
+    loader.map_max_entries(names::FIB4_CHUNKS, fib4_chunks);
     for name in names::ALL {
         loader.map_pin_path(name, dirs.maps.join(name));
     }
@@ -205,7 +206,7 @@ fn load_object_logging(dirs: &PinDirs, bytes: &[u8], log: VerifierLogLevel, benc
 
 /// Loads (verifies) the two attached programs of `ebpf`. On a failure the object is loaded
 /// once more with the verifier's full log, so the error carries what the verifier said.
-fn load_programs(ebpf: &mut Ebpf, dirs: &PinDirs, bytes: &[u8], bench_tables: bool) -> Result<(), DataplaneError> {
+fn load_programs(ebpf: &mut Ebpf, dirs: &PinDirs, bytes: &[u8], fib4_chunks: u32) -> Result<(), DataplaneError> {
     fn both(ebpf: &mut Ebpf) -> Result<(), DataplaneError> {
         let xdp: &mut Xdp = program_mut(ebpf, programs::XDP_INGRESS)?;
         xdp.load().map_err(DataplaneError::program(programs::XDP_INGRESS, "load"))?;
@@ -215,7 +216,7 @@ fn load_programs(ebpf: &mut Ebpf, dirs: &PinDirs, bytes: &[u8], bench_tables: bo
     }
     match both(ebpf) {
         Ok(()) => Ok(()),
-        Err(first) => match load_object_logging(dirs, bytes, VerifierLogLevel::DEBUG | VerifierLogLevel::STATS, bench_tables) {
+        Err(first) => match load_object_logging(dirs, bytes, VerifierLogLevel::DEBUG | VerifierLogLevel::STATS, fib4_chunks) {
             Ok(mut verbose) => both(&mut verbose).and(Err(first)),
             Err(_) => Err(first),
         },
@@ -313,14 +314,14 @@ impl KernelDataplane {
         // Before anything is created or changed: a refusal leaves every pin as it was.
         let pinned_maps = check_pinned_maps(&dirs, EBPF_OBJECT)?;
         mkdirs(&dirs)?;
-        let mut ebpf = load_object(&dirs, EBPF_OBJECT, config.bench_tables)?;
+        let mut ebpf = load_object(&dirs, EBPF_OBJECT, config.fib4_chunks)?;
         let adopting = dirs.programs.join(programs::XDP_INGRESS).exists() && dirs.programs.join(programs::TC_EGRESS).exists();
         let mut report = LoadReport::default();
         let (xdp, tc) = if adopting && config.pinned_object == Some(object_fingerprint(EBPF_OBJECT)) {
             // Pinned from this very object: nothing to compare, nothing to verify.
             open_pinned_programs(&dirs)?
         } else if adopting {
-            load_programs(&mut ebpf, &dirs, EBPF_OBJECT, config.bench_tables)?;
+            load_programs(&mut ebpf, &dirs, EBPF_OBJECT, config.fib4_chunks)?;
             let (old_xdp, old_tc) = open_pinned_programs(&dirs)?;
             let same = old_xdp.info().map(|i| i.tag()).ok() == Some(program_tag(&ebpf, programs::XDP_INGRESS)?)
                 && old_tc.info().map(|i| i.tag()).ok() == Some(program_tag(&ebpf, programs::TC_EGRESS)?);
@@ -335,7 +336,7 @@ impl KernelDataplane {
                 open_pinned_programs(&dirs)?
             }
         } else {
-            load_programs(&mut ebpf, &dirs, EBPF_OBJECT, config.bench_tables)?;
+            load_programs(&mut ebpf, &dirs, EBPF_OBJECT, config.fib4_chunks)?;
             pin_programs(&dirs, &mut ebpf)?;
             open_pinned_programs(&dirs)?
         };
@@ -374,6 +375,13 @@ impl KernelDataplane {
             config: open(&mut ebpf, names::FLOW_CONFIG)?,
             state: open(&mut ebpf, names::FLOW_STATE)?,
         };
+        let fib4 = Fib4Maps::new(
+            open(&mut ebpf, names::FIB4_VRFS)?,
+            match take_map(&mut ebpf, names::FIB4_CHUNKS)? {
+                Map::Array(data) => data,
+                _ => return Err(DataplaneError::Missing { what: "array map", name: names::FIB4_CHUNKS }),
+            },
+        )?;
         let mut interfaces = Interfaces::new(interfaces, interfaces_high);
         for ifindex in links.keys() {
             interfaces.mark_present(*ifindex);
@@ -388,6 +396,7 @@ impl KernelDataplane {
             nexthop_stats: CounterArray::new(names::NEXTHOP_STATS, nexthop_stats)?,
             tx_ports: TxPorts(tx_ports),
             routes: Routes { v4, v6 },
+            fib4,
             policies,
             flows,
             links,
@@ -417,7 +426,7 @@ impl KernelDataplane {
         // Whichever way they got there (adopted by fingerprint, adopted with equal tags, switched
         // to, or freshly loaded), the attached programs are this build's.
         let object = object_fingerprint(EBPF_OBJECT);
-        Ok(Self { inner: Mutex::new(inner), dirs, report, object: Mutex::new(object), bench_tables: config.bench_tables })
+        Ok(Self { inner: Mutex::new(inner), dirs, report, object: Mutex::new(object), fib4_chunks: config.fib4_chunks })
     }
 
     /// The fingerprint of the object the attached programs came from (for the state file).
@@ -447,9 +456,9 @@ impl KernelDataplane {
         let t = std::time::Instant::now();
         check_pinned_maps(&self.dirs, object)?;
         let checked = t.elapsed();
-        let mut ebpf = load_object(&self.dirs, object, self.bench_tables)?;
+        let mut ebpf = load_object(&self.dirs, object, self.fib4_chunks)?;
         let parsed = t.elapsed();
-        load_programs(&mut ebpf, &self.dirs, object, self.bench_tables)?;
+        load_programs(&mut ebpf, &self.dirs, object, self.fib4_chunks)?;
         let verified = t.elapsed();
         pin_programs(&self.dirs, &mut ebpf)?;
         let (xdp, tc) = open_pinned_programs(&self.dirs)?;
@@ -838,11 +847,30 @@ impl Dataplane for KernelDataplane {
     }
 
     fn lookup_route(&self, vrf: u32, addr: std::net::IpAddr) -> Result<Option<RouteMatch>, DataplaneError> {
-        Ok(self
-            .lock()
-            .routes
-            .lookup(vrf, addr)?
-            .map(|v| RouteMatch { prefix_len: v.prefix_len as u8, nexthop_slot: v.nexthop }))
+        let inner = self.lock();
+        if let std::net::IpAddr::V4(a) = addr {
+            // What the route stage sees: the VRF's flat table when it has one.
+            if let Some(found) = inner.fib4.lookup(vrf, a)? {
+                return Ok(found.map(|(prefix_len, nexthop_slot)| RouteMatch { prefix_len, nexthop_slot }));
+            }
+        }
+        Ok(inner.routes.lookup(vrf, addr)?.map(|v| RouteMatch { prefix_len: v.prefix_len as u8, nexthop_slot: v.nexthop }))
+    }
+
+    fn fib4_capacity(&self) -> u32 {
+        self.lock().fib4.capacity()
+    }
+
+    fn fib4_store(&self, chunk: u32, first: usize, values: &[u32]) -> Result<(), DataplaneError> {
+        self.lock().fib4.store(chunk, first, values)
+    }
+
+    fn fib4_set_root(&self, vrf: u32, root: u32) -> Result<(), DataplaneError> {
+        self.lock().fib4.set_root(vrf, root)
+    }
+
+    fn fib4_read(&self, pool: &mut [dataplane_common::route::fib4::Chunk]) -> Result<Vec<(u32, u32)>, DataplaneError> {
+        self.lock().fib4.read(pool)
     }
 
     fn write_policy(&self, image: &super::PolicyImage) -> Result<(), DataplaneError> {

@@ -4,6 +4,7 @@
 //! This module is the only code that touches `aya::maps` and `aya::programs`.
 
 pub mod error;
+pub mod fib4;
 pub mod flow_misses;
 pub mod loader;
 pub mod maps;
@@ -19,7 +20,7 @@ use crate::net::{Mac, Prefix};
 pub use error::DataplaneError;
 pub use flow_misses::{FlowMiss, FlowMissReader};
 pub use loader::{AdoptedLinks, KernelDataplane, LoadReport, LoaderConfig};
-pub use testrun::{Dir24Table, PinnedIngress, TestProgram, TestRunOutcome};
+pub use testrun::{PinnedIngress, TestProgram, TestRunOutcome};
 
 /// How to attach the XDP program.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -193,8 +194,20 @@ pub trait Dataplane: Send + Sync + 'static {
         Ok(())
     }
 
-    /// Longest-prefix match in the kernel's map, as the XDP program does it.
+    /// Longest-prefix match in the kernel's maps, as the XDP program does it (for IPv4, in the
+    /// VRF's flat table when it has one).
     fn lookup_route(&self, vrf: u32, addr: IpAddr) -> Result<Option<RouteMatch>, DataplaneError>;
+
+    /// Chunks in the IPv4 flat tables' pool (`FIB4_CHUNKS`), as it was created.
+    fn fib4_capacity(&self) -> u32;
+    /// Writes `values` into pool chunk `chunk` from entry `first` on, in order: a program that
+    /// sees one of them also sees those before it.
+    fn fib4_store(&self, chunk: u32, first: usize, values: &[u32]) -> Result<(), DataplaneError>;
+    /// Points VRF `vrf`'s IPv4 lookups at root block `root - 1` (0: at the trie).
+    fn fib4_set_root(&self, vrf: u32, root: u32) -> Result<(), DataplaneError>;
+    /// Copies the pool into `pool` (its first chunks) and returns (VRF, root) of every VRF
+    /// that has a flat table.
+    fn fib4_read(&self, pool: &mut [dataplane_common::route::fib4::Chunk]) -> Result<Vec<(u32, u32)>, DataplaneError>;
 
     /// Writes a policy table (records, tries, actions, zeroed rule counters, header last). The
     /// table must not be reachable from any attachment yet.

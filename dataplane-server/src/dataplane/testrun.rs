@@ -9,7 +9,7 @@ use aya::{
     programs::{TestRun, TestRunOptions, Xdp},
 };
 use dataplane_common::{
-    maps::{self as names, dir24},
+    maps as names,
     programs, BenchFrame, BENCH_FRAME_LEN,
 };
 
@@ -29,12 +29,12 @@ pub enum TestProgram {
     HarnessedIngress,
     /// `dp_bench_harness` tail-calling `dp_bench_pass`: the harness's own cost.
     HarnessedPass,
-    /// `dp_bench_route_v4`: the route lookup alone.
+    /// `dp_bench_route_v4`: the route stage's IPv4 lookup alone (VRF 0).
     RouteLookupV4,
+    /// `dp_bench_trie_v4`: the same in `ROUTES_V4`, as for a VRF without a flat table.
+    TrieLookupV4,
     /// `dp_bench_lpm_v4`: a plain kernel LPM trie lookup (`BENCH_LPM_V4`).
     PlainLpmV4,
-    /// `dp_bench_dir24_v4`: a DIR-24-8 lookup (`BENCH_TBL24`, `BENCH_TBL8`).
-    Dir24V4,
 }
 
 /// Result of one BPF_PROG_TEST_RUN.
@@ -62,7 +62,7 @@ impl KernelDataplane {
             TestProgram::HarnessedPass => (programs::BENCH_HARNESS, Some(programs::BENCH_PASS)),
             TestProgram::RouteLookupV4 => (programs::BENCH_ROUTE_V4, None),
             TestProgram::PlainLpmV4 => (programs::BENCH_LPM_V4, None),
-            TestProgram::Dir24V4 => (programs::BENCH_DIR24_V4, None),
+            TestProgram::TrieLookupV4 => (programs::BENCH_TRIE_V4, None),
         };
         for name in [Some(entry), target].into_iter().flatten() {
             let xdp: &mut Xdp = program_mut(ebpf, name)?;
@@ -117,88 +117,6 @@ impl KernelDataplane {
     }
 }
 
-/// A DIR-24-8 IPv4 table built from prefixes (the benchmark's flat alternative to the trie):
-/// the first level has an entry per /24, the second a group of 256 per /24 that holds a longer
-/// prefix. Entries are `value + 1` (0: no route) or [`dir24::GROUP`] | group.
-#[derive(Debug, Default)]
-pub struct Dir24Table {
-    pub tbl24: Vec<u32>,
-    pub tbl8: Vec<u32>,
-}
-
-impl Dir24Table {
-    /// Expands `prefixes` (each with its value), shorter ones first so longer ones overwrite
-    /// them, as a longest-prefix match would choose.
-    pub fn build(prefixes: &[(std::net::Ipv4Addr, u8, u32)]) -> Result<Self, DataplaneError> {
-        let mut sorted: Vec<&(std::net::Ipv4Addr, u8, u32)> = prefixes.iter().collect();
-        sorted.sort_by_key(|p| p.1);
-        let mut t = Self { tbl24: vec![0; dataplane_common::maps::BENCH_TBL24_ENTRIES as usize], tbl8: Vec::new() };
-        for &&(addr, len, value) in &sorted {
-            let a = u32::from(addr);
-            let entry = value + 1;
-            if len <= 24 {
-                let first = (a >> 8) as usize;
-                let count = 1usize << (24 - len);
-                // Sorted by length: no group exists yet, and longer prefixes come later.
-                t.tbl24[first..first + count].fill(entry);
-            } else {
-                let i = (a >> 8) as usize;
-                if t.tbl24[i] & dir24::GROUP == 0 {
-                    let group = (t.tbl8.len() / 256) as u32;
-                    if group >= dataplane_common::maps::BENCH_TBL8_GROUPS {
-                        return Err(DataplaneError::BenchTableTooSmall {
-                            what: names::BENCH_TBL8,
-                            needed: (group as usize + 1) * 256,
-                            capacity: dataplane_common::maps::BENCH_TBL8_GROUPS as usize * 256,
-                        });
-                    }
-                    t.tbl8.extend(std::iter::repeat_n(t.tbl24[i], 256));
-                    t.tbl24[i] = dir24::GROUP | group;
-                }
-                let g = (t.tbl24[i] & !dir24::GROUP) as usize * 256;
-                let first = g + (a & 0xff) as usize;
-                t.tbl8[first..first + (1usize << (32 - len))].fill(entry);
-            }
-        }
-        Ok(t)
-    }
-
-    /// The longest-prefix match the table gives for `addr` (`None`: no route).
-    pub fn lookup(&self, addr: std::net::Ipv4Addr) -> Option<u32> {
-        let a = u32::from(addr);
-        let mut e = self.tbl24[(a >> 8) as usize];
-        if e & dir24::GROUP != 0 {
-            e = self.tbl8[(((e & !dir24::GROUP) << 8) | (a & 0xff)) as usize];
-        }
-        e.checked_sub(1)
-    }
-}
-
-impl KernelDataplane {
-    /// Writes a DIR-24-8 table into `BENCH_TBL24` / `BENCH_TBL8` (the dataplane must have been
-    /// loaded with `bench_tables`), with `BPF_MAP_UPDATE_BATCH`.
-    pub fn bench_dir24_write(&self, t: &Dir24Table) -> Result<(), DataplaneError> {
-        use std::os::fd::{AsFd, AsRawFd};
-        let inner = self.lock();
-        for (name, values) in [(names::BENCH_TBL24, &t.tbl24), (names::BENCH_TBL8, &t.tbl8)] {
-            let map = inner.ebpf.map(name).ok_or(DataplaneError::Missing { what: "map", name })?;
-            let capacity = Array::<_, u32>::try_from(map).map_err(DataplaneError::map(name, "open"))?.len() as usize;
-            if capacity < values.len() {
-                // Loaded without `bench_tables`.
-                return Err(DataplaneError::BenchTableTooSmall { what: name, needed: values.len(), capacity });
-            }
-            let aya::maps::Map::Array(data) = map else { return Err(DataplaneError::Missing { what: "array map", name }) };
-            let fd = data.fd().as_fd().as_raw_fd();
-            for (n, chunk) in values.chunks(1 << 16).enumerate() {
-                let keys: Vec<u8> = (0..chunk.len() as u32).flat_map(|i| ((n << 16) as u32 + i).to_ne_bytes()).collect();
-                let vals: Vec<u8> = chunk.iter().flat_map(|v| v.to_ne_bytes()).collect();
-                super::maps::update_batch(fd, &keys, &vals, chunk.len() as u32)
-                    .map_err(|(_, source)| DataplaneError::Io { path: name.into(), op: "BPF_MAP_UPDATE_BATCH", source })?;
-            }
-        }
-        Ok(())
-    }
-}
 
 /// `struct xdp_md` as BPF_PROG_TEST_RUN takes it in `ctx_in`.
 #[repr(C)]
@@ -280,37 +198,5 @@ impl PinnedIngress {
             .map_err(DataplaneError::program(programs::XDP_INGRESS, "test run"))?;
         out.truncate(r.data_size_out as usize);
         Ok((r.return_value, out))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dir24_table_matches_longest_prefix_for_short_24_and_long_prefixes() {
-        let p = |s: &str, len: u8, v: u32| (s.parse().unwrap(), len, v);
-        // Given out of order: the table must not depend on it.
-        let t = Dir24Table::build(&[
-            p("198.51.100.128", 25, 4),
-            p("198.51.0.0", 16, 1),
-            p("198.51.100.0", 24, 2),
-            p("198.51.100.200", 32, 5),
-            p("10.0.0.0", 8, 3),
-        ])
-        .unwrap();
-        let at = |s: &str| t.lookup(s.parse().unwrap());
-        assert_eq!(at("198.51.7.1"), Some(1));
-        assert_eq!(at("198.51.100.1"), Some(2));
-        assert_eq!(at("198.51.100.129"), Some(4));
-        assert_eq!(at("198.51.100.200"), Some(5));
-        assert_eq!(at("198.51.100.201"), Some(4));
-        assert_eq!(at("10.200.3.4"), Some(3));
-        assert_eq!(at("203.0.113.1"), None);
-        assert_eq!(t.tbl8.len(), 256, "one group: 198.51.100.0/24");
-        // The /16 given after the /25 still loses to it inside the split /24.
-        let t = Dir24Table::build(&[p("198.51.100.0", 25, 7), p("198.51.0.0", 16, 1)]).unwrap();
-        assert_eq!(t.lookup("198.51.100.1".parse().unwrap()), Some(7));
-        assert_eq!(t.lookup("198.51.100.255".parse().unwrap()), Some(1));
     }
 }

@@ -45,6 +45,9 @@ pub struct FakeDataplane {
     pub generation: AtomicI64,
     /// (ifindex, frame) of every re-injection.
     pub reinjected: Mutex<Vec<(u32, Vec<u8>)>>,
+    /// `FIB4_CHUNKS` and `FIB4_VRFS` (non-zero roots only).
+    pub fib4_pool: Mutex<Vec<dataplane_common::route::fib4::Chunk>>,
+    pub fib4_roots: Mutex<BTreeMap<u32, u32>>,
 }
 
 impl Default for FakeDataplane {
@@ -67,6 +70,8 @@ impl Default for FakeDataplane {
             holds_resolved: AtomicI64::new(0),
             generation: AtomicI64::new(0),
             reinjected: Mutex::default(),
+            fib4_pool: Mutex::new(vec![[0; 256]; Self::FIB4_CHUNKS]),
+            fib4_roots: Mutex::default(),
         }
     }
 }
@@ -74,6 +79,13 @@ impl Default for FakeDataplane {
 impl FakeDataplane {
     /// Every fake link has this MAC.
     pub const MAC: Mac = Mac([2, 0, 0, 0, 0, 0xaa]);
+    /// The fake's flat-table pool: room for a few roots and their chunks.
+    pub const FIB4_CHUNKS: usize = 1024;
+
+    /// A fake whose flat-table pool has `chunks` chunks.
+    pub fn with_fib4_chunks(chunks: usize) -> Self {
+        Self { fib4_pool: Mutex::new(vec![[0; 256]; chunks]), ..Default::default() }
+    }
 
     pub fn with_links(links: &[(&str, u32)]) -> Self {
         let links = links
@@ -220,6 +232,11 @@ impl Dataplane for FakeDataplane {
     }
 
     fn lookup_route(&self, vrf: u32, addr: IpAddr) -> Result<Option<RouteMatch>, DataplaneError> {
+        if let (IpAddr::V4(a), Some(&root)) = (addr, self.fib4_roots.lock().unwrap().get(&vrf)) {
+            let pool = self.fib4_pool.lock().unwrap();
+            let found = crate::dataplane::fib4::walk(root, u32::from(a), |c, i| pool[c as usize][i]);
+            return Ok(found.map(|(prefix_len, nexthop_slot)| RouteMatch { prefix_len, nexthop_slot }));
+        }
         let routes = self.routes.lock().unwrap();
         let max = if addr.is_ipv4() { 32 } else { 128 };
         Ok((0..=max).rev().find_map(|len| {
@@ -227,6 +244,35 @@ impl Dataplane for FakeDataplane {
                 .get(&(vrf, Prefix::containing(addr, len)))
                 .map(|&nexthop_slot| RouteMatch { prefix_len: len, nexthop_slot })
         }))
+    }
+
+    fn fib4_capacity(&self) -> u32 {
+        self.fib4_pool.lock().unwrap().len() as u32
+    }
+
+    fn fib4_store(&self, chunk: u32, first: usize, values: &[u32]) -> Result<(), DataplaneError> {
+        let mut pool = self.fib4_pool.lock().unwrap();
+        let c = pool.get_mut(chunk as usize).ok_or(DataplaneError::SlotOutOfRange { map: names::FIB4_CHUNKS, slot: chunk, max: 0 })?;
+        c[first..first + values.len()].copy_from_slice(values);
+        Ok(())
+    }
+
+    fn fib4_set_root(&self, vrf: u32, root: u32) -> Result<(), DataplaneError> {
+        let mut roots = self.fib4_roots.lock().unwrap();
+        if root == 0 {
+            roots.remove(&vrf);
+        } else {
+            roots.insert(vrf, root);
+        }
+        Ok(())
+    }
+
+    fn fib4_read(&self, pool: &mut [dataplane_common::route::fib4::Chunk]) -> Result<Vec<(u32, u32)>, DataplaneError> {
+        let mine = self.fib4_pool.lock().unwrap();
+        for (out, c) in pool.iter_mut().zip(mine.iter()) {
+            *out = *c;
+        }
+        Ok(self.fib4_roots.lock().unwrap().iter().map(|(v, r)| (*v, *r)).collect())
     }
 
     fn write_policy(&self, image: &crate::dataplane::PolicyImage) -> Result<(), DataplaneError> {

@@ -4,6 +4,7 @@
 
 mod classifier;
 mod error;
+mod fib4;
 mod flows;
 #[cfg(test)]
 mod fake;
@@ -31,6 +32,7 @@ pub use policies::{AttachmentView as PolicyAttachmentView, Direction, PolicyName
 pub use resync::ResyncReport;
 pub use routes::{RouteSpec, RouteView};
 pub use status::{AttachmentView, MapView, StatusView};
+pub use fib4::Lookup as Ipv4Lookup;
 pub use vrfs::{VrfMode, VrfView};
 
 use std::net::IpAddr;
@@ -73,6 +75,8 @@ struct State {
     neighbours: HashMap<(u32, IpAddr), Mac>,
     /// An open resync: what the controller has replayed so far.
     resync: Option<resync::Touched>,
+    /// The IPv4 flat tables (what the route stage reads for routes-mode VRFs).
+    fib4: fib4::Fib4,
 }
 
 /// The dataplane's configuration and the operations on it.
@@ -112,6 +116,7 @@ impl<D: Dataplane> Domain<D> {
     }
 
     fn build(dataplane: D, state_file: Option<std::path::PathBuf>) -> Self {
+        let fib4_capacity = dataplane.fib4_capacity();
         Self {
             dataplane,
             state: Mutex::new(State {
@@ -133,6 +138,7 @@ impl<D: Dataplane> Domain<D> {
                 flows: flows::Flows::default(),
                 neighbours: HashMap::new(),
                 resync: None,
+                fib4: fib4::Fib4::new(fib4_capacity),
             }),
             resolver: Mutex::new(None),
             state_file,

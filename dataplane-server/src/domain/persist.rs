@@ -294,6 +294,11 @@ pub struct RestoreReport {
     /// Entries dropped because the kernel no longer had them (an interface deleted while no
     /// server ran) or never fully had them (a crash in the middle of a change).
     pub dropped: Vec<String>,
+    /// VRFs whose IPv4 flat table was adopted as the kernel had it.
+    pub fib4_adopted: Vec<u32>,
+    /// VRFs whose IPv4 flat table was built anew (none in the kernel, or one that did not
+    /// match the routes: a crash in the middle of a batch).
+    pub fib4_built: Vec<u32>,
 }
 
 impl State {
@@ -506,6 +511,7 @@ impl<D: Dataplane> Domain<D> {
             }
         }
         report.routes = state.routes.len();
+        self.restore_fib4(&mut state, &mut report)?;
         for d in &report.dropped {
             warn!(what = %d, "dropped on restore");
         }
@@ -515,10 +521,46 @@ impl<D: Dataplane> Domain<D> {
             nexthops = report.nexthops,
             routes = report.routes,
             policies = report.policies,
+            ipv4_flat_adopted = report.fib4_adopted.len(),
+            ipv4_flat_built = report.fib4_built.len(),
             generation = state.generation,
             "state restored"
         );
         Ok(report)
+    }
+
+    /// Takes over the IPv4 flat tables the kernel has, where they give exactly what the routes
+    /// just restored give; builds the others. Until a table is switched, its VRF's lookups go
+    /// on as they were (a mismatched table is pointed back at the trie before it is rebuilt).
+    fn restore_fib4(&self, state: &mut State, report: &mut RestoreReport) -> Result<(), DomainError> {
+        let dp = &self.dataplane;
+        let mut pool = vec![[0u32; 256]; dp.fib4_capacity() as usize];
+        let roots = dp.fib4_read(&mut pool)?;
+        let (fib, dropped) = super::fib4::Fib4::adopt(pool, &roots, |vrf| matches!(state.vrfs.get(&vrf), Some(VrfMode::Routes)));
+        for &vrf in &dropped {
+            dp.fib4_set_root(vrf, 0)?;
+            report.dropped.push(format!("IPv4 flat table of vrf {vrf}: malformed, or the VRF is gone"));
+        }
+        if !dropped.is_empty() {
+            // Their chunks are free from here on: no program may still be reading them.
+            dp.wait_for_readers()?;
+        }
+        state.fib4 = fib;
+        let vrfs: Vec<u32> = state.vrfs.iter().filter(|(_, m)| **m == VrfMode::Routes).map(|(v, _)| *v).collect();
+        for vrf in vrfs {
+            if state.fib4.is_flat(vrf) {
+                let routes = super::routes::v4_routes(&state.routes, &state.nexthops, vrf);
+                if state.fib4.matches(vrf, &routes) {
+                    report.fib4_adopted.push(vrf);
+                    continue;
+                }
+                state.fib4.demote(dp, |root| dp.fib4_set_root(vrf, root), vrf)?;
+            }
+            self.fib4_promote(state, vrf);
+            report.fib4_built.push(vrf);
+        }
+        state.fib4.flush(dp)?;
+        Ok(())
     }
 
     /// Writes the state file, if this domain has one. A failure is logged: the change it

@@ -4,7 +4,10 @@
 
 use std::{collections::BTreeSet, net::IpAddr};
 
-use super::{nexthops, vrfs, Domain, DomainError};
+use super::{
+    fib4::{self, V4Prefix},
+    nexthops, vrfs, Domain, DomainError, State,
+};
 use crate::{dataplane::Dataplane, net::Prefix};
 
 /// A validated route of an `AddRoutes` batch.
@@ -82,6 +85,8 @@ impl<D: Dataplane> Domain<D> {
             let failed = writes.iter().enumerate().find(|(w, _)| !done.contains(w)).map(|(_, i)| *i).unwrap_or(0);
             return Err(DomainError::from(e).at(format!("routes[{failed}]")));
         }
+        let flat: Vec<(u32, V4Prefix, u32)> =
+            writes.iter().filter_map(|&i| v4_prefix(&batch[i].prefix).map(|p| (batch[i].vrf, p, slots[i]))).collect();
         for (r, before) in batch.into_iter().zip(existing) {
             match before {
                 Some(old) => {
@@ -99,6 +104,7 @@ impl<D: Dataplane> Domain<D> {
                 rs.routes.insert((r.vrf, r.prefix));
             }
         }
+        self.fib4_apply(&mut state, &flat, &[]);
         if !writes.is_empty() {
             self.bump(&mut state);
         }
@@ -134,6 +140,8 @@ impl<D: Dataplane> Domain<D> {
                 }
             }
         }
+        let flat: Vec<(u32, V4Prefix)> = batch.iter().filter_map(|(vrf, p)| v4_prefix(p).map(|p| (*vrf, p))).collect();
+        self.fib4_apply(&mut state, &[], &flat);
         self.bump(&mut state);
         Ok(state.generation)
     }
@@ -162,6 +170,113 @@ impl<D: Dataplane> Domain<D> {
         })?;
         Ok(Some(RouteSpec { vrf, prefix: Prefix::containing(addr, m.prefix_len), nexthop }))
     }
+}
+
+impl<D: Dataplane> Domain<D> {
+    /// Brings the IPv4 flat tables in line with routes just written to the tries and to
+    /// `state.routes`: `puts` (VRF, prefix, next-hop slot) added or re-pointed, `removes` gone.
+    /// The tries already hold the batch, so whatever happens here the routes are right: a VRF
+    /// whose table cannot follow (pool full, or a kernel error) is pointed back at its trie.
+    pub(super) fn fib4_apply(&self, state: &mut State, puts: &[(u32, V4Prefix, u32)], removes: &[(u32, V4Prefix)]) {
+        let dp = &self.dataplane;
+        let mut touched = BTreeSet::new();
+        for &(vrf, prefix, slot) in puts {
+            touched.insert(vrf);
+            if !state.fib4.is_flat(vrf) {
+                continue;
+            }
+            if let Err(e) = state.fib4.insert(dp, vrf, prefix, slot) {
+                self.fib4_give_up(state, vrf, &e);
+            }
+        }
+        for &(vrf, prefix) in removes {
+            touched.insert(vrf);
+            if state.fib4.is_flat(vrf) {
+                let cover = cover(state, vrf, prefix);
+                state.fib4.remove(vrf, prefix, cover);
+            }
+        }
+        // A VRF never tried yet (the default VRF of a fresh dataplane): build its table now.
+        for vrf in touched {
+            if state.fib4.lookup_mode(vrf).is_none() {
+                self.fib4_promote(state, vrf);
+            }
+        }
+        // Removals free chunks: a VRF the pool could not hold may fit now.
+        if (!removes.is_empty() || puts.is_empty()) && state.fib4.overflowed().next().is_some() {
+            let (fib, routes, nexthops) = (&mut state.fib4, &state.routes, &state.nexthops);
+            match fib.retry_overflowed(dp, |vrf, root| dp.fib4_set_root(vrf, root), |vrf| v4_routes(routes, nexthops, vrf)) {
+                Ok(promoted) => {
+                    for vrf in promoted {
+                        tracing::info!(vrf, "IPv4 flat table built: the pool has room again");
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "rebuilding IPv4 flat tables failed"),
+            }
+        }
+        if let Err(e) = state.fib4.flush(dp) {
+            tracing::error!(error = %e, "writing the IPv4 flat tables failed");
+        }
+    }
+
+    /// Gives `vrf` a flat table of its IPv4 routes, or leaves it to the trie if the pool cannot
+    /// hold it.
+    pub(super) fn fib4_promote(&self, state: &mut State, vrf: u32) {
+        if !matches!(state.vrfs.get(&vrf), Some(vrfs::VrfMode::Routes)) {
+            return;
+        }
+        let routes = v4_routes(&state.routes, &state.nexthops, vrf);
+        let dp = &self.dataplane;
+        match state.fib4.promote(dp, |root| dp.fib4_set_root(vrf, root), vrf, &routes) {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!(
+                vrf,
+                routes = routes.len(),
+                capacity = state.fib4.capacity(),
+                used = state.fib4.chunks_used(),
+                "the IPv4 flat tables' pool cannot hold this VRF: its IPv4 lookups use the trie (see --fib4-chunks)"
+            ),
+            Err(e) => tracing::error!(vrf, error = %e, "building the IPv4 flat table failed: its IPv4 lookups use the trie"),
+        }
+    }
+
+    fn fib4_give_up(&self, state: &mut State, vrf: u32, why: &fib4::Fib4Error) {
+        tracing::warn!(vrf, reason = %why, "IPv4 flat table left: the VRF's IPv4 lookups use the trie until the pool has room");
+        let dp = &self.dataplane;
+        if let Err(e) = state.fib4.give_up(dp, |root| dp.fib4_set_root(vrf, root), vrf) {
+            tracing::error!(vrf, error = %e, "pointing the VRF back at its trie failed");
+        }
+    }
+}
+
+/// An IPv4 prefix as the flat tables take it.
+pub(super) fn v4_prefix(prefix: &Prefix) -> Option<V4Prefix> {
+    match prefix.addr() {
+        IpAddr::V4(a) => Some((u32::from(a), prefix.len())),
+        IpAddr::V6(_) => None,
+    }
+}
+
+/// `vrf`'s IPv4 routes: (prefix, next-hop slot).
+pub(super) fn v4_routes(
+    routes: &std::collections::BTreeMap<(u32, Prefix), u32>,
+    nexthops: &std::collections::BTreeMap<u32, nexthops::NextHopEntry>,
+    vrf: u32,
+) -> Vec<(V4Prefix, u32)> {
+    routes
+        .range((vrf, vrfs::min_prefix())..)
+        .take_while(|((v, _), _)| *v == vrf)
+        .filter_map(|((_, p), id)| Some((v4_prefix(p)?, nexthops.get(id)?.slot)))
+        .collect()
+}
+
+/// The longest route of `vrf` shorter than `prefix` that covers it: (length, next-hop slot).
+fn cover(state: &State, vrf: u32, (addr, len): V4Prefix) -> Option<(u8, u32)> {
+    (0..len).rev().find_map(|l| {
+        let p = Prefix::containing(IpAddr::V4(std::net::Ipv4Addr::from(addr)), l);
+        let id = state.routes.get(&(vrf, p))?;
+        Some((l, state.nexthops.get(id)?.slot))
+    })
 }
 
 /// Index into `State::route_counts`.
@@ -232,6 +347,31 @@ mod tests {
         let within: Prefix = "192.0.2.128/25".parse().unwrap();
         assert_eq!(d.list_routes(Some(0), Some(within)), vec![r(0, "192.0.2.128/25", 1)]);
         assert_eq!(d.list_routes(None, Some("2001:db8::/32".parse().unwrap())).len(), 1);
+    }
+
+    #[test]
+    fn add_routes_beyond_flat_pool_falls_back_to_trie_then_flat_again_after_delete() {
+        use crate::domain::Ipv4Lookup;
+        let d = Domain::new(FakeDataplane::with_fib4_chunks(256 + 4));
+        d.add_nexthops(vec![NewNextHop { id: 1, spec: NextHopSpec::Discard }, NewNextHop { id: 2, spec: NextHopSpec::Receive }]).unwrap();
+        let mode = |d: &Domain<FakeDataplane>| d.list_vrfs()[0].ipv4_lookup;
+        let at = |d: &Domain<FakeDataplane>, a: &str| d.lookup_route(0, a.parse().unwrap()).unwrap().map(|r| (r.prefix.to_string(), r.nexthop));
+        // Three /16s with longer prefixes and one /24 with a longer one: the pool exactly.
+        d.add_routes(vec![r(0, "192.0.2.0/24", 1), r(0, "198.51.100.0/24", 1), r(0, "203.0.113.0/24", 1), r(0, "203.0.113.128/25", 2)]).unwrap();
+        assert_eq!(mode(&d), Some(Ipv4Lookup::Flat { chunks: 260 }));
+        assert_eq!(d.dataplane().fib4_roots.lock().unwrap().get(&0), Some(&1));
+        // One chunk more than there is: VRF 0 is looked up in its trie, and answers the same.
+        d.add_routes(vec![r(0, "198.51.100.128/25", 2)]).unwrap();
+        assert_eq!(mode(&d), Some(Ipv4Lookup::Trie));
+        assert!(d.dataplane().fib4_roots.lock().unwrap().is_empty(), "FIB4_VRFS[0] cleared");
+        assert_eq!(at(&d, "198.51.100.200"), Some(("198.51.100.128/25".into(), 2)));
+        assert_eq!(at(&d, "203.0.113.1"), Some(("203.0.113.0/24".into(), 1)));
+        // A delete makes room: back to a flat table, built from every route.
+        d.delete_routes(&[(0, "203.0.113.128/25".parse().unwrap())]).unwrap();
+        assert_eq!(mode(&d), Some(Ipv4Lookup::Flat { chunks: 260 }));
+        assert_eq!(at(&d, "198.51.100.200"), Some(("198.51.100.128/25".into(), 2)));
+        assert_eq!(at(&d, "203.0.113.200"), Some(("203.0.113.0/24".into(), 1)));
+        assert_eq!(at(&d, "10.1.1.1"), None);
     }
 
     #[test]

@@ -67,6 +67,8 @@ impl<D: Dataplane> Domain<D> {
         let slots_in_use = u64::from(state.slots.in_use());
         let nh_in_use = u64::from(state.nh_slots.in_use());
         let [routes_v4, routes_v6] = state.route_counts;
+        let flat_vrfs = state.vrfs.keys().filter(|v| state.fib4.is_flat(**v)).count() as u64;
+        let fib4_chunks = u64::from(state.fib4.chunks_used());
         let maps = self
             .dataplane
             .maps()?
@@ -79,6 +81,8 @@ impl<D: Dataplane> Domain<D> {
                     None if m.name == names::NEXTHOPS || m.name == names::NEXTHOP_STATS => nh_in_use,
                     None if m.name == names::ROUTES_V4 => routes_v4,
                     None if m.name == names::ROUTES_V6 => routes_v6,
+                    None if m.name == names::FIB4_VRFS => flat_vrfs,
+                    None if m.name == names::FIB4_CHUNKS => fib4_chunks,
                     // Fixed-size arrays whose every entry is meaningful.
                     None => u64::from(m.max_entries),
                 },

@@ -21,6 +21,8 @@ pub struct VrfView {
     pub mode: VrfMode,
     pub interfaces: u32,
     pub routes: u64,
+    /// Where its IPv4 routes are looked up (`None`: kernel-FIB VRFs).
+    pub ipv4_lookup: Option<super::Ipv4Lookup>,
 }
 
 impl<D: Dataplane> Domain<D> {
@@ -42,6 +44,7 @@ impl<D: Dataplane> Domain<D> {
         if let Some(rs) = state.resync.as_mut() {
             rs.vrfs.insert(id);
         }
+        self.fib4_promote(&mut state, id);
         self.bump(&mut state);
         Ok(state.generation)
     }
@@ -62,6 +65,12 @@ impl<D: Dataplane> Domain<D> {
             )));
         }
         state.vrfs.remove(&id);
+        let dp = &self.dataplane;
+        if let Err(e) = state.fib4.remove_vrf(dp, |root| dp.fib4_set_root(id, root), id) {
+            tracing::error!(vrf = id, error = %e, "removing the VRF's IPv4 flat table failed");
+        }
+        // Its chunks may be what another VRF was waiting for.
+        self.fib4_apply(&mut state, &[], &[]);
         self.bump(&mut state);
         Ok(state.generation)
     }
@@ -76,6 +85,7 @@ impl<D: Dataplane> Domain<D> {
                 mode,
                 interfaces: state.interfaces.values().filter(|e| e.vrf == id).count() as u32,
                 routes: state.routes.range((id, min_prefix())..).take_while(|((v, _), _)| *v == id).count() as u64,
+                ipv4_lookup: (mode == VrfMode::Routes).then(|| state.fib4.lookup_mode(id).unwrap_or(super::Ipv4Lookup::Trie)),
             })
             .collect()
     }
