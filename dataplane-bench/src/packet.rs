@@ -165,7 +165,16 @@ pub fn run(sandbox: &Sandbox, config: &Config) -> Result<Results> {
             f4.samples.push(measure(sandbox, TestProgram::HarnessedIngress, &frame4, config.repeat, XDP_REDIRECT)?);
             f6.samples.push(measure(sandbox, TestProgram::HarnessedIngress, &frame6, config.repeat, XDP_REDIRECT)?);
         }
-        eprintln!("  IPv4 {:.1} ns, IPv6 {:.1} ns (harnessed medians)", f4.median(), f6.median());
+        eprintln!(
+            "  IPv4 {:.1} ns, IPv6 {:.1} ns (harnessed medians); net {:.1} / {:.1} ns = {:.2}x / {:.2}x the bare redirect's {:.1} ns",
+            f4.median(),
+            f6.median(),
+            results.net(&f4),
+            results.net(&f6),
+            results.net(&f4) / results.redirect.median(),
+            results.net(&f6) / results.redirect.median(),
+            results.redirect.median()
+        );
         results.l3.push((f4, f6));
         // What is measured must be the flat table, and must answer as a longest-prefix match.
         check_flat(sandbox, &v4[..count])?;

@@ -110,6 +110,10 @@ impl NextHop {
     };
 }
 
+// The programs copy `dst_mac` + `src_mac` as three aligned 32-bit words.
+const _: () = assert!(core::mem::offset_of!(NextHop, dst_mac) % 4 == 0);
+const _: () = assert!(core::mem::offset_of!(NextHop, src_mac) == core::mem::offset_of!(NextHop, dst_mac) + 6);
+
 /// Packets and bytes that left through a next hop (per CPU).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -92,8 +92,7 @@ fn try_lookup(ctx: &XdpContext, pkt: &Packet, cfg: &InterfaceConfig, hop: &mut H
     let Some(out) = interface::config(p.ifindex) else { return Err((PASS, Reason::PassFibForeignEgress)) };
     hop.tx_slot = out.slot;
     hop.mtu = out.mtu;
-    hop.dst = p.dmac;
-    hop.src = p.smac;
+    hop.macs = crate::rewrite::mac_words(&p.dmac, &p.smac);
     Ok(())
 }
 

@@ -7,6 +7,8 @@
 // Atomic adds on shared map values (see `atomic.rs`).
 #![feature(core_intrinsics)]
 #![allow(internal_features)]
+// Word stores at packet offsets of unknown alignment (`rewrite.rs`).
+#![feature(asm_experimental_arch)]
 
 mod atomic;
 mod bench;
@@ -87,7 +89,7 @@ fn ingress(ctx: &XdpContext, cfg: &InterfaceConfig) -> (u32, Reason) {
     // policy, rewrite, redirect) once, not once per way.
     let hop = match nh_slot {
         Some(nh_slot) => match nexthop::resolve(nh_slot, &pkt) {
-            Resolved::Encap(slot, nh) => Hop { tx_slot: nh.tx_slot, mtu: nh.mtu, dst: nh.dst_mac, src: nh.src_mac, counter: slot },
+            Resolved::Encap(slot, nh) => Hop { tx_slot: nh.tx_slot, mtu: nh.mtu, macs: rewrite::nexthop_macs(nh), counter: slot },
             Resolved::Stop(Reason::DropDiscard) => return (xdp_action::XDP_DROP, Reason::DropDiscard),
             Resolved::Stop(reason) => return (PASS, reason),
         },
@@ -117,7 +119,7 @@ fn ingress(ctx: &XdpContext, cfg: &InterfaceConfig) -> (u32, Reason) {
     if let Err(reason) = policy::check(hop.tx_slot, DIR_EGRESS, &pkt, len) {
         return (verdict_for(reason), reason);
     }
-    if !rewrite::decrement_ttl(ctx, &pkt) || !rewrite::set_macs(ctx, &hop.dst, &hop.src) {
+    if !rewrite::decrement_ttl(ctx, &pkt) || !rewrite::set_macs(ctx, &hop.macs) {
         return (PASS, Reason::Ipv4Truncated);
     }
     match TX_PORTS.redirect(hop.tx_slot, 0) {
@@ -136,15 +138,15 @@ pub(crate) struct Hop {
     /// Egress interface slot (devmap key) and its MTU.
     pub tx_slot: u32,
     pub mtu: u32,
-    pub dst: [u8; 6],
-    pub src: [u8; 6],
+    /// Destination + source MAC.
+    pub macs: rewrite::MacWords,
     /// Next-hop slot whose counters count it, or `NO_COUNTER` (kernel FIB: no next hop of ours).
     pub counter: u32,
 }
 
 impl Hop {
     pub const NO_COUNTER: u32 = u32::MAX;
-    pub const NONE: Self = Self { tx_slot: 0, mtu: 0, dst: [0; 6], src: [0; 6], counter: Self::NO_COUNTER };
+    pub const NONE: Self = Self { tx_slot: 0, mtu: 0, macs: [0; 3], counter: Self::NO_COUNTER };
 }
 
 /// XDP_DROP for drop reasons and punted flow misses, XDP_PASS for the others.

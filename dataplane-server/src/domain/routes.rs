@@ -2,7 +2,10 @@
 //! Batches are all or nothing: everything is validated before the first kernel write, and a
 //! kernel failure part-way undoes the writes already made.
 
-use std::{collections::BTreeSet, net::IpAddr};
+use std::{
+    collections::{BTreeSet, HashMap, HashSet},
+    net::IpAddr,
+};
 
 use super::{
     fib4::{self, V4Prefix},
@@ -33,23 +36,35 @@ impl<D: Dataplane> Domain<D> {
     pub fn add_routes_with(&self, batch: Vec<RouteSpec>, replace: bool) -> Result<u64, DomainError> {
         let mut state = self.lock();
         let resync = state.resync.is_some() || replace;
-        let mut in_batch = BTreeSet::new();
+        let mut in_batch = HashSet::with_capacity(batch.len());
         let mut slots = Vec::with_capacity(batch.len());
         let mut existing = Vec::with_capacity(batch.len());
         let (mut v4, mut v6) = (0u64, 0u64);
+        // Batches name a handful of VRFs and next hops: the last one checked is kept.
+        let mut vrf_ok = None;
+        let mut last_nh: Option<(u32, u32)> = None;
         for (i, r) in batch.iter().enumerate() {
-            match state.vrfs.get(&r.vrf) {
-                None => return Err(vrfs::not_found(r.vrf).at(format!("routes[{i}].vrf"))),
-                Some(vrfs::VrfMode::KernelFib { .. }) => {
-                    return Err(DomainError::FailedPrecondition(format!(
-                        "vrf {} forwards by the kernel's FIB: add its routes with `ip route`",
-                        r.vrf
-                    ))
-                    .at(format!("routes[{i}].vrf")))
+            if vrf_ok != Some(r.vrf) {
+                match state.vrfs.get(&r.vrf) {
+                    None => return Err(vrfs::not_found(r.vrf).at(format!("routes[{i}].vrf"))),
+                    Some(vrfs::VrfMode::KernelFib { .. }) => {
+                        return Err(DomainError::FailedPrecondition(format!(
+                            "vrf {} forwards by the kernel's FIB: add its routes with `ip route`",
+                            r.vrf
+                        ))
+                        .at(format!("routes[{i}].vrf")))
+                    }
+                    Some(vrfs::VrfMode::Routes) => vrf_ok = Some(r.vrf),
                 }
-                Some(vrfs::VrfMode::Routes) => {}
             }
-            let nh = state.nexthops.get(&r.nexthop).ok_or_else(|| nexthops::not_found(r.nexthop).at(format!("routes[{i}].next_hop")))?;
+            let slot = match last_nh {
+                Some((id, slot)) if id == r.nexthop => slot,
+                _ => {
+                    let nh = state.nexthops.get(&r.nexthop).ok_or_else(|| nexthops::not_found(r.nexthop).at(format!("routes[{i}].next_hop")))?;
+                    last_nh = Some((r.nexthop, nh.slot));
+                    nh.slot
+                }
+            };
             let before = state.routes.get(&(r.vrf, r.prefix)).copied();
             if (before.is_some() && !resync) || !in_batch.insert((r.vrf, r.prefix)) {
                 return Err(DomainError::AlreadyExists { kind: "route", name: format!("{} in vrf {}", r.prefix, r.vrf) }
@@ -58,9 +73,10 @@ impl<D: Dataplane> Domain<D> {
             if before.is_none() {
                 if r.prefix.is_ipv4() { v4 += 1 } else { v6 += 1 }
             }
-            slots.push(nh.slot);
+            slots.push(slot);
             existing.push(before);
         }
+        drop(in_batch);
         let [have4, have6] = state.route_counts;
         let cap = u64::from(dataplane_common::MAX_ROUTES);
         if have4 + v4 > cap || have6 + v6 > cap {
@@ -87,21 +103,22 @@ impl<D: Dataplane> Domain<D> {
         }
         let flat: Vec<(u32, V4Prefix, u32)> =
             writes.iter().filter_map(|&i| v4_prefix(&batch[i].prefix).map(|p| (batch[i].vrf, p, slots[i]))).collect();
+        // Next hops' route counts, gathered per next hop and applied once.
+        let mut uses: HashMap<u32, i64> = HashMap::new();
         for (r, before) in batch.into_iter().zip(existing) {
             match before {
-                Some(old) => {
-                    if let Some(nh) = state.nexthops.get_mut(&old) {
-                        nh.routes -= 1;
-                    }
-                }
+                Some(old) => *uses.entry(old).or_default() -= 1,
                 None => state.route_counts[family(&r.prefix)] += 1,
             }
             state.routes.insert((r.vrf, r.prefix), r.nexthop);
-            if let Some(nh) = state.nexthops.get_mut(&r.nexthop) {
-                nh.routes += 1;
-            }
+            *uses.entry(r.nexthop).or_default() += 1;
             if let Some(rs) = state.resync.as_mut() {
                 rs.routes.insert((r.vrf, r.prefix));
+            }
+        }
+        for (id, delta) in uses {
+            if let Some(nh) = state.nexthops.get_mut(&id) {
+                nh.routes = nh.routes.saturating_add_signed(delta);
             }
         }
         self.fib4_apply(&mut state, &flat, &[]);
