@@ -100,13 +100,17 @@ impl Fib4Maps {
         self.vrfs.set(vrf, root, 0).map_err(DataplaneError::map(names::FIB4_VRFS, "update"))
     }
 
-    /// Copies the pool into `out` (as many chunks as both have) and returns every VRF's root.
-    pub(super) fn read(&self, out: &mut [Chunk]) -> Result<Vec<(u32, u32)>, DataplaneError> {
-        for (c, chunk) in out.iter_mut().enumerate().take(self.pool.chunks as usize) {
-            for (i, e) in chunk.iter_mut().enumerate() {
-                *e = self.entry(c as u32, i)?.load(Ordering::Acquire);
-            }
+    /// Chunk `chunk` as the kernel holds it.
+    pub(super) fn load(&self, chunk: u32) -> Result<Chunk, DataplaneError> {
+        let mut out = [0u32; ENTRIES];
+        for (i, e) in out.iter_mut().enumerate() {
+            *e = self.entry(chunk, i)?.load(Ordering::Acquire);
         }
+        Ok(out)
+    }
+
+    /// Every VRF's root (non-zero `FIB4_VRFS` entries).
+    pub(super) fn roots(&self) -> Result<Vec<(u32, u32)>, DataplaneError> {
         let mut roots = Vec::new();
         for vrf in 0..dataplane_common::MAX_VRFS {
             let root = self.vrfs.get(&vrf, 0).map_err(DataplaneError::map(names::FIB4_VRFS, "lookup"))?;

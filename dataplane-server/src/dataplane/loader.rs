@@ -869,8 +869,12 @@ impl Dataplane for KernelDataplane {
         self.lock().fib4.set_root(vrf, root)
     }
 
-    fn fib4_read(&self, pool: &mut [dataplane_common::route::fib4::Chunk]) -> Result<Vec<(u32, u32)>, DataplaneError> {
-        self.lock().fib4.read(pool)
+    fn fib4_roots(&self) -> Result<Vec<(u32, u32)>, DataplaneError> {
+        self.lock().fib4.roots()
+    }
+
+    fn fib4_load(&self, chunk: u32) -> Result<dataplane_common::route::fib4::Chunk, DataplaneError> {
+        self.lock().fib4.load(chunk)
     }
 
     fn write_policy(&self, image: &super::PolicyImage) -> Result<(), DataplaneError> {

@@ -205,9 +205,10 @@ pub trait Dataplane: Send + Sync + 'static {
     fn fib4_store(&self, chunk: u32, first: usize, values: &[u32]) -> Result<(), DataplaneError>;
     /// Points VRF `vrf`'s IPv4 lookups at root block `root - 1` (0: at the trie).
     fn fib4_set_root(&self, vrf: u32, root: u32) -> Result<(), DataplaneError>;
-    /// Copies the pool into `pool` (its first chunks) and returns (VRF, root) of every VRF
-    /// that has a flat table.
-    fn fib4_read(&self, pool: &mut [dataplane_common::route::fib4::Chunk]) -> Result<Vec<(u32, u32)>, DataplaneError>;
+    /// (VRF, root) of every VRF that has a flat table.
+    fn fib4_roots(&self) -> Result<Vec<(u32, u32)>, DataplaneError>;
+    /// Pool chunk `chunk` as the kernel holds it.
+    fn fib4_load(&self, chunk: u32) -> Result<dataplane_common::route::fib4::Chunk, DataplaneError>;
 
     /// Writes a policy table (records, tries, actions, zeroed rule counters, header last). The
     /// table must not be reachable from any attachment yet.

@@ -267,12 +267,12 @@ impl Dataplane for FakeDataplane {
         Ok(())
     }
 
-    fn fib4_read(&self, pool: &mut [dataplane_common::route::fib4::Chunk]) -> Result<Vec<(u32, u32)>, DataplaneError> {
-        let mine = self.fib4_pool.lock().unwrap();
-        for (out, c) in pool.iter_mut().zip(mine.iter()) {
-            *out = *c;
-        }
+    fn fib4_roots(&self) -> Result<Vec<(u32, u32)>, DataplaneError> {
         Ok(self.fib4_roots.lock().unwrap().iter().map(|(v, r)| (*v, *r)).collect())
+    }
+
+    fn fib4_load(&self, chunk: u32) -> Result<dataplane_common::route::fib4::Chunk, DataplaneError> {
+        self.fib4_pool.lock().unwrap().get(chunk as usize).copied().ok_or(DataplaneError::SlotOutOfRange { map: names::FIB4_CHUNKS, slot: chunk, max: 0 })
     }
 
     fn write_policy(&self, image: &crate::dataplane::PolicyImage) -> Result<(), DataplaneError> {

@@ -482,19 +482,24 @@ impl Fib4 {
         Ok(promoted)
     }
 
-    /// Takes over the tables an earlier run left in the kernel's pool (`pool` as read, `roots`
-    /// as `FIB4_VRFS` has them): each VRF's that is well formed and still forwards by routes
-    /// (`keep(vrf)`). Returns the VRFs whose tables were not taken: the caller clears their
-    /// roots and waits for a grace period before anything else is written (their chunks count
-    /// as free here).
-    pub fn adopt(pool: Vec<Chunk>, roots: &[(u32, u32)], keep: impl Fn(u32) -> bool) -> (Self, Vec<u32>) {
-        let capacity = pool.len() as u32;
-        let mut owner: Vec<Option<u32>> = vec![None; pool.len()];
-        let mut me = Self { pool, ..Self::new(0) };
+    /// Takes over the tables an earlier run left in the kernel's pool of `capacity` chunks
+    /// (`roots` as `FIB4_VRFS` has them; `load` reads a chunk): each VRF's that is well formed
+    /// and still forwards by routes (`keep(vrf)`). Only chunks some table reaches are read, so
+    /// the shadow costs memory for what is in use only. Returns the VRFs whose tables were not
+    /// taken: the caller clears their roots and waits for a grace period before anything else is
+    /// written (their chunks count as free here).
+    pub fn adopt(
+        capacity: u32,
+        roots: &[(u32, u32)],
+        mut load: impl FnMut(u32) -> Result<Chunk, DataplaneError>,
+        keep: impl Fn(u32) -> bool,
+    ) -> Result<(Self, Vec<u32>), DataplaneError> {
+        let mut owner: Vec<Option<u32>> = vec![None; capacity as usize];
+        let mut me = Self::new(capacity);
         let mut dropped = Vec::new();
         for &(vrf, root) in roots {
             let mut mine = Vec::new();
-            let ok = keep(vrf) && root >= 1 && root <= capacity / ROOT_CHUNKS && me.claim(&mut owner, vrf, root, &mut mine);
+            let ok = keep(vrf) && root >= 1 && root <= capacity / ROOT_CHUNKS && me.claim(&mut owner, vrf, root, &mut mine, &mut load)?;
             if ok {
                 me.roots.insert(vrf, root);
                 me.used.insert(vrf, mine.len() as u32);
@@ -506,41 +511,44 @@ impl Fib4 {
             }
         }
         me.free = (0..capacity).filter(|&c| owner[c as usize].is_none()).collect();
-        (me, dropped)
+        Ok((me, dropped))
     }
 
-    /// Marks the chunks of the table at `root` as `vrf`'s: false if it reaches outside the pool,
-    /// a chunk twice, or a chunk below the last level.
-    fn claim(&self, owner: &mut [Option<u32>], vrf: u32, root: u32, mine: &mut Vec<u32>) -> bool {
+    /// Reads the table at `root` into the shadow and marks its chunks as `vrf`'s: false if it
+    /// reaches outside the pool, a chunk twice, or a chunk below the last level.
+    fn claim(
+        &mut self,
+        owner: &mut [Option<u32>],
+        vrf: u32,
+        root: u32,
+        mine: &mut Vec<u32>,
+        load: &mut impl FnMut(u32) -> Result<Chunk, DataplaneError>,
+    ) -> Result<bool, DataplaneError> {
         let base = (root - 1) * ROOT_CHUNKS;
-        let mut level: Vec<u32> = Vec::new();
-        for c in base..base + ROOT_CHUNKS {
-            if owner[c as usize].is_some() {
-                return false;
-            }
-            owner[c as usize] = Some(vrf);
-            mine.push(c);
-            level.push(c);
-        }
+        let mut level: Vec<u32> = (base..base + ROOT_CHUNKS).collect();
         for depth in 0..3 {
             let mut next = Vec::new();
             for &c in &level {
+                if owner[c as usize].is_some() {
+                    return Ok(false);
+                }
+                owner[c as usize] = Some(vrf);
+                mine.push(c);
+                self.pool[c as usize] = load(c)?;
                 for e in self.pool[c as usize] {
                     if e & CHUNK == 0 {
                         continue;
                     }
                     let child = e & INDEX;
-                    if depth == 2 || child as usize >= owner.len() || owner[child as usize].is_some() {
-                        return false;
+                    if depth == 2 || child as usize >= owner.len() {
+                        return Ok(false);
                     }
-                    owner[child as usize] = Some(vrf);
-                    mine.push(child);
                     next.push(child);
                 }
             }
             level = next;
         }
-        true
+        Ok(true)
     }
 
     /// Whether `vrf`'s table gives every address the same leaf (next hop and prefix length) as
@@ -693,7 +701,8 @@ mod tests {
         t.promote(&NoSink, |_| Ok(()), 0, &routes).unwrap();
         t.promote(&NoSink, |_| Ok(()), 5, &routes[..1]).unwrap();
         let roots: Vec<(u32, u32)> = t.roots.iter().map(|(v, r)| (*v, *r)).collect();
-        let (a, dropped) = Fib4::adopt(t.pool.clone(), &roots, |v| v != 5);
+        let load = |pool: Vec<Chunk>| move |c: u32| Ok(pool[c as usize]);
+        let (a, dropped) = Fib4::adopt(t.capacity(), &roots, load(t.pool.clone()), |v| v != 5).unwrap();
         assert_eq!(dropped, vec![5]);
         assert!(a.matches(0, &routes));
         assert!(!a.matches(0, &routes[..2]), "a route missing from the table is seen");
@@ -704,7 +713,7 @@ mod tests {
         let r0 = (roots[0].1 - 1) * ROOT_CHUNKS;
         let e = bad[(r0 + 192) as usize][0];
         bad[(r0 + 10) as usize][0] = e;
-        let (b, dropped) = Fib4::adopt(bad, &roots[..1], |_| true);
+        let (b, dropped) = Fib4::adopt(t.capacity(), &roots[..1], load(bad), |_| true).unwrap();
         assert_eq!((dropped, b.is_flat(0)), (vec![0], false));
     }
 }

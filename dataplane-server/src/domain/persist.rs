@@ -534,9 +534,10 @@ impl<D: Dataplane> Domain<D> {
     /// on as they were (a mismatched table is pointed back at the trie before it is rebuilt).
     fn restore_fib4(&self, state: &mut State, report: &mut RestoreReport) -> Result<(), DomainError> {
         let dp = &self.dataplane;
-        let mut pool = vec![[0u32; 256]; dp.fib4_capacity() as usize];
-        let roots = dp.fib4_read(&mut pool)?;
-        let (fib, dropped) = super::fib4::Fib4::adopt(pool, &roots, |vrf| matches!(state.vrfs.get(&vrf), Some(VrfMode::Routes)));
+        let roots = dp.fib4_roots()?;
+        let (fib, dropped) = super::fib4::Fib4::adopt(dp.fib4_capacity(), &roots, |c| dp.fib4_load(c), |vrf| {
+            matches!(state.vrfs.get(&vrf), Some(VrfMode::Routes))
+        })?;
         for &vrf in &dropped {
             dp.fib4_set_root(vrf, 0)?;
             report.dropped.push(format!("IPv4 flat table of vrf {vrf}: malformed, or the VRF is gone"));
