@@ -137,6 +137,7 @@ pub fn run(sandbox: &Sandbox, config: &Config) -> Result<Results> {
             })
             .collect();
         sandbox.domain.dataplane().bench_lpm_v4_insert(&plain)?;
+        sandbox.domain.dataplane().bench_trie_v4_insert(&plain)?;
         installed = count;
         eprintln!("  {count} routes per family installed");
 

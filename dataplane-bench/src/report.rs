@@ -166,10 +166,13 @@ pub fn render(command: &str, packet: &Results, veth: &crate::veth::Results, flow
     let _ = writeln!(
         md,
         "{} distinct IPv4 /24 routes per run, each run into a fresh VRF: `AddRoutes` in batches of \
-         10,000 over the unix socket (validation, domain state, then one `BPF_MAP_UPDATE_BATCH` per address family and batch), \
-         next to `ip -batch` adding the same prefixes to a table of the kernel FIB of the bench's \
-         own namespace, and next to the floor: the same routes written with raw bpf(2) calls \
-         straight into a fresh LPM trie of `ROUTES_V4`'s layout ({}), all in the same run.\n",
+         10,000 over the unix socket (validation, domain state, then each route's record and its \
+         VRF's flat table, both written through shared mappings of their arrays: no syscall per \
+         route; the LPM trie is written only for a VRF the flat tables' pool cannot hold), next to \
+         `ip -batch` adding the same prefixes to a table of the kernel FIB of the bench's own \
+         namespace, and next to raw bpf(2) writes of the same routes straight into a fresh LPM \
+         trie of `ROUTES_V4`'s layout ({}: the cost of a kernel LPM trie alone), all in the same \
+         run.\n",
         thousands(flows.routes),
         if flows.raw_map_batched { "`BPF_MAP_UPDATE_BATCH`, 10,000 per call" } else { "one `BPF_MAP_UPDATE_ELEM` per route: this kernel has no batch updates for LPM tries" }
     );

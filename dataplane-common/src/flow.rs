@@ -109,6 +109,8 @@ pub const STATE_RESOLVED: u32 = 1;
 /// The server's configuration generation, kept in the kernel beside what it counts: a crash
 /// of the server cannot lose it, and it costs one map write per change (not a file write).
 pub const STATE_GENERATION: u32 = 2;
+/// Record slots of `ROUTE4_RECORDS` ever used (its high-water mark): a restart reads that many.
+pub const STATE_ROUTE4_RECORDS: u32 = 3;
 /// Entries of `FLOW_STATE`.
 pub const STATE_SLOTS: u32 = 4;
 

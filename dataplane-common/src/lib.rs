@@ -12,7 +12,7 @@ pub mod route;
 pub mod stats;
 
 pub use reason::Reason;
-pub use route::{InterfaceConfig, NextHop, NextHopStats, RouteAddrV4, RouteAddrV6, RouteValue};
+pub use route::{InterfaceConfig, NextHop, NextHopStats, RouteAddrV4, RouteAddrV6, RouteRecord4, RouteValue};
 pub use stats::InterfaceStats;
 
 /// Number of interface slots; slots are ids the server assigns (free list), indexing array maps.
@@ -58,9 +58,11 @@ pub mod programs {
     /// Benchmark: the route stage's IPv4 lookup alone (VRF 0: its flat table, or `ROUTES_V4`
     /// where it has none) of the frame's destination; XDP_PASS on a hit, XDP_DROP on a miss.
     pub const BENCH_ROUTE_V4: &str = "dp_bench_route_v4";
-    /// Benchmark: the same destination in `ROUTES_V4` (VRF 0 key), the trie a VRF without a
-    /// flat table is looked up in.
+    /// Benchmark: the same destination in `ROUTES_V4` (VRF [`BENCH_TRIE_VRF`] key), the trie a
+    /// VRF without a flat table is looked up in.
     pub const BENCH_TRIE_V4: &str = "dp_bench_trie_v4";
+    /// The VRF key the benchmark's own `ROUTES_V4` entries use (never a VRF of the domain's).
+    pub const BENCH_TRIE_VRF: u32 = crate::MAX_VRFS - 1;
     /// Benchmark baseline: the same destination in a plain kernel LPM trie (`BENCH_LPM_V4`).
     pub const BENCH_LPM_V4: &str = "dp_bench_lpm_v4";
 }
@@ -74,6 +76,7 @@ mod pod {
     unsafe impl aya::Pod for super::RouteAddrV4 {}
     unsafe impl aya::Pod for super::RouteAddrV6 {}
     unsafe impl aya::Pod for super::RouteValue {}
+    unsafe impl aya::Pod for super::RouteRecord4 {}
     unsafe impl aya::Pod for super::NextHop {}
     unsafe impl aya::Pod for super::NextHopStats {}
     unsafe impl aya::Pod for super::BenchFrame {}
@@ -96,5 +99,6 @@ const _: () = {
     assert!(core::mem::size_of::<RouteAddrV4>() == 8);
     assert!(core::mem::size_of::<RouteAddrV6>() == 20);
     assert!(core::mem::size_of::<RouteValue>() == 8);
+    assert!(core::mem::size_of::<RouteRecord4>() == 16);
     assert!(core::mem::size_of::<InterfaceStats>() == 32 + 8 * reason::REASON_SLOTS);
 };

@@ -21,6 +21,9 @@ pub const ROUTES_V6: &str = "ROUTES_V6";
 /// Array: VRF -> its IPv4 flat table's root block + 1 in [`FIB4_CHUNKS`] (0: the VRF's IPv4
 /// lookups go to `ROUTES_V4`). See [`crate::route::fib4`].
 pub const FIB4_VRFS: &str = "FIB4_VRFS";
+/// Mmapable array: record slot -> [`crate::route::RouteRecord4`], one per IPv4 route (the
+/// record a restart reads; the trie holds IPv4 routes only for VRFs without a flat table).
+pub const ROUTE4_RECORDS: &str = "ROUTE4_RECORDS";
 /// Mmapable array: chunk -> [`crate::route::fib4::Chunk`], the pool every VRF's IPv4 flat table
 /// is built from. Sized when first created (`dataplane-server --fib4-chunks`).
 pub const FIB4_CHUNKS: &str = "FIB4_CHUNKS";
@@ -85,6 +88,7 @@ pub const ALL: &[&str] = &[
     ROUTES_V6,
     FIB4_VRFS,
     FIB4_CHUNKS,
+    ROUTE4_RECORDS,
     NEXTHOPS,
     NEXTHOP_STATS,
     TX_PORTS,

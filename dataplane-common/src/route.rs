@@ -51,6 +51,25 @@ pub struct RouteAddrV6 {
     pub addr: [u8; 16],
 }
 
+/// The record of one IPv4 route in `ROUTE4_RECORDS` (at a slot the server assigns): every IPv4
+/// route has one, whether its VRF is looked up in a flat table or in the trie, so a restarted
+/// server knows the routes without the trie. Written through a shared mapping, `flags` last.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RouteRecord4 {
+    pub vrf: u32,
+    /// Network order.
+    pub addr: [u8; 4],
+    pub prefix_len: u8,
+    pub _pad: [u8; 2],
+    /// `RECORD_VALID`, or 0 for a free slot.
+    pub flags: u8,
+    /// Next-hop slot.
+    pub nexthop: u32,
+}
+
+pub const RECORD_VALID: u8 = 1;
+
 /// What a route points at.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -34,11 +34,13 @@ pub fn dp_bench_route_v4(ctx: XdpContext) -> u32 {
     }
 }
 
-/// The same destination in `ROUTES_V4` (VRF 0 key): the trie a VRF without a flat table uses.
+/// The same destination in `ROUTES_V4` (the bench's own VRF key, `BENCH_TRIE_VRF`): the trie a
+/// VRF without a flat table uses.
 #[xdp]
 pub fn dp_bench_trie_v4(ctx: XdpContext) -> u32 {
     let Some(addr) = dst_v4(&ctx) else { return xdp_action::XDP_ABORTED };
-    match ROUTES_V4.get(Key::new(VRF_BITS + 32, RouteAddrV4 { vrf: [0; 4], addr })) {
+    let vrf = dataplane_common::programs::BENCH_TRIE_VRF.to_be_bytes();
+    match ROUTES_V4.get(Key::new(VRF_BITS + 32, RouteAddrV4 { vrf, addr })) {
         Some(_) => xdp_action::XDP_PASS,
         None => xdp_action::XDP_DROP,
     }

@@ -272,8 +272,8 @@ async fn fib4_pool_too_small_vrf_falls_back_to_trie_forwards_same_then_flat_agai
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fib4_restart_adopts_tables_and_rebuilds_one_a_crash_left_behind() {
-    use aya::maps::{lpm_trie::Key, LpmTrie, Map, MapData};
-    use dataplane_common::{RouteAddrV4, RouteValue};
+    use aya::maps::{lpm_trie::Key, Array, LpmTrie, Map, MapData};
+    use dataplane_common::{route::RECORD_VALID, RouteAddrV4, RouteRecord4, RouteValue};
 
     let ns = Netns::new("dpf4-").unwrap();
     let mut server = Server::start(&ns).unwrap();
@@ -300,29 +300,41 @@ async fn fib4_restart_adopts_tables_and_rebuilds_one_a_crash_left_behind() {
     check_xdp(&xdp, &t, &addrs);
     drop(xdp);
 
-    // What a crash in the middle of AddRoutes leaves: a route in the trie (written first) that
-    // never reached the flat table. The restart sees the table differ from the routes and
-    // rebuilds it.
+    // What a crash in the middle of AddRoutes leaves: a route's record (written first) that
+    // never reached the flat table; and a route in the trie without a record, as a build that
+    // kept IPv4 routes in the trie left them. The restart finds the table differ from the
+    // routes and rebuilds it.
     server.kill9().unwrap();
-    let pin = server.bpffs.join("v1/maps/ROUTES_V4");
-    let data = MapData::from_pin(&pin).unwrap();
-    let mut trie: LpmTrie<MapData, RouteAddrV4, RouteValue> = LpmTrie::try_from(Map::LpmTrie(data)).unwrap();
+    let maps = server.bpffs.join("v1/maps");
+    let state = MapData::from_pin(maps.join("FLOW_STATE")).unwrap();
+    let mut state: Array<MapData, u64> = Array::try_from(Map::Array(state)).unwrap();
+    let mark = state.get(&dataplane_common::flow::STATE_ROUTE4_RECORDS, 0).unwrap() as u32;
+    let records = MapData::from_pin(maps.join("ROUTE4_RECORDS")).unwrap();
+    let mut records: Array<MapData, RouteRecord4> = Array::try_from(Map::Array(records)).unwrap();
     let (&some, _) = t.iter().next().unwrap();
-    let key = |p: (u32, u8)| Key::new(32 + u32::from(p.1), RouteAddrV4 { vrf: [0; 4], addr: p.0.to_be_bytes() });
-    let value = trie.get(&key(some), 0).unwrap();
+    let nexthop = (0..mark).map(|i| records.get(&i, 0).unwrap()).find(|r| r.flags != 0 && (u32::from_be_bytes(r.addr), r.prefix_len) == some).unwrap().nexthop;
     let crashed = (0xcb00_7180u32, 25u8);
-    trie.insert(&key(crashed), RouteValue { nexthop: value.nexthop, prefix_len: 25 }, 0).unwrap();
-    drop(trie);
+    let rec = RouteRecord4 { vrf: 0, addr: crashed.0.to_be_bytes(), prefix_len: 25, _pad: [0; 2], flags: RECORD_VALID, nexthop };
+    state.set(dataplane_common::flow::STATE_ROUTE4_RECORDS, u64::from(mark + 1), 0).unwrap();
+    records.set(mark, rec, 0).unwrap();
+    let old_build = (0xcb00_7140u32, 26u8);
+    let trie = MapData::from_pin(maps.join("ROUTES_V4")).unwrap();
+    let mut trie: LpmTrie<MapData, RouteAddrV4, RouteValue> = LpmTrie::try_from(Map::LpmTrie(trie)).unwrap();
+    trie.insert(&Key::new(32 + 26, RouteAddrV4 { vrf: [0; 4], addr: old_build.0.to_be_bytes() }), RouteValue { nexthop, prefix_len: 26 }, 0).unwrap();
+    drop((state, records, trie));
     t.insert(crashed, t[&some]);
+    t.insert(old_build, t[&some]);
     server.restart().unwrap();
     let log = plain(&server.log_text());
     let last = log.lines().rfind(|l| l.contains("state restored")).unwrap().to_owned();
     assert!(last.contains("ipv4_flat_adopted=1") && last.contains("ipv4_flat_built=1"), "{last}");
     let mut client = server.client().await.unwrap();
     assert_eq!(vrf(&mut client, 0).await.ipv4_lookup(), pb::Ipv4Lookup::Flat);
+    let listed = client.routing.list_routes(pb::ListRoutesRequest { vrf: Some(0), prefix: "203.0.113.0/24".into() }).await.unwrap().into_inner().message().await.unwrap().unwrap();
+    assert_eq!(listed.routes.len(), 2, "{listed:?}");
     let xdp = XdpOverPins::load(&server.bpffs);
     let mut addrs = probes(&mut rng, &t, 1500);
-    addrs.extend([0xcb00_7181, 0xcb00_71ff, 0xcb00_717f]);
+    addrs.extend([0xcb00_7181, 0xcb00_71ff, 0xcb00_717f, 0xcb00_7141, 0xcb00_713f]);
     check_xdp(&xdp, &t, &addrs);
     check_lookup(&mut client, 7, &[((0xcb00_7100, 24), 3)].into_iter().collect(), &[0xcb00_7101, 0xcb00_7201]).await;
 }

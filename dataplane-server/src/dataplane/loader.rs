@@ -27,7 +27,7 @@ use dataplane_common::{
 use tracing::{info, warn};
 
 use super::{
-    fib4::Fib4Maps,
+    fib4::{Fib4Maps, Route4Records},
     maps::{CounterArray, FlowMaps, Interfaces, NextHops, PolicyMaps, Routes, TxPorts},
     netdev, Attachment, Dataplane, DataplaneError, InterfaceParams, LinkInfo, MapStatus, NextHopParams,
     ProgramStatus, RouteMatch, XdpMode,
@@ -98,8 +98,9 @@ pub(super) struct Inner {
     nexthops: NextHops,
     nexthop_stats: CounterArray<NextHopStats>,
     tx_ports: TxPorts,
-    routes: Routes,
+    pub(super) routes: Routes,
     fib4: Fib4Maps,
+    records: Route4Records,
     policies: PolicyMaps,
     flows: FlowMaps,
     links: StdHashMap<u32, InterfaceLinks>,
@@ -382,6 +383,10 @@ impl KernelDataplane {
                 _ => return Err(DataplaneError::Missing { what: "array map", name: names::FIB4_CHUNKS }),
             },
         )?;
+        let records = Route4Records::new(match take_map(&mut ebpf, names::ROUTE4_RECORDS)? {
+            Map::Array(data) => data,
+            _ => return Err(DataplaneError::Missing { what: "array map", name: names::ROUTE4_RECORDS }),
+        })?;
         let mut interfaces = Interfaces::new(interfaces, interfaces_high);
         for ifindex in links.keys() {
             interfaces.mark_present(*ifindex);
@@ -397,6 +402,7 @@ impl KernelDataplane {
             tx_ports: TxPorts(tx_ports),
             routes: Routes { v4, v6 },
             fib4,
+            records,
             policies,
             flows,
             links,
@@ -867,6 +873,36 @@ impl Dataplane for KernelDataplane {
 
     fn fib4_set_root(&self, vrf: u32, root: u32) -> Result<(), DataplaneError> {
         self.lock().fib4.set_root(vrf, root)
+    }
+
+    fn route4_capacity(&self) -> u32 {
+        self.lock().records.capacity()
+    }
+
+    fn route4_reserve(&self, slots: u32) -> Result<(), DataplaneError> {
+        self.lock()
+            .flows
+            .state
+            .set(dataplane_common::flow::STATE_ROUTE4_RECORDS, u64::from(slots), 0)
+            .map_err(DataplaneError::map(names::FLOW_STATE, "update"))
+    }
+
+    fn route4_store(&self, records: &[(u32, dataplane_common::RouteRecord4)]) -> Result<(), DataplaneError> {
+        self.lock().records.store(records)
+    }
+
+    fn route4_clear(&self, slots: &[u32]) -> Result<(), DataplaneError> {
+        self.lock().records.clear(slots)
+    }
+
+    fn route4_records(&self) -> Result<Vec<(u32, dataplane_common::RouteRecord4)>, DataplaneError> {
+        let inner = self.lock();
+        let mark = inner
+            .flows
+            .state
+            .get(&dataplane_common::flow::STATE_ROUTE4_RECORDS, 0)
+            .map_err(DataplaneError::map(names::FLOW_STATE, "lookup"))?;
+        inner.records.read(u32::try_from(mark).unwrap_or(u32::MAX))
     }
 
     fn fib4_roots(&self) -> Result<Vec<(u32, u32)>, DataplaneError> {

@@ -205,6 +205,18 @@ pub trait Dataplane: Send + Sync + 'static {
     fn fib4_store(&self, chunk: u32, first: usize, values: &[u32]) -> Result<(), DataplaneError>;
     /// Points VRF `vrf`'s IPv4 lookups at root block `root - 1` (0: at the trie).
     fn fib4_set_root(&self, vrf: u32, root: u32) -> Result<(), DataplaneError>;
+    /// Slots of `ROUTE4_RECORDS`.
+    fn route4_capacity(&self) -> u32;
+    /// Raises the records' high-water mark (`flow::STATE_ROUTE4_RECORDS`) to `slots`: a restart
+    /// reads that many. Called before a record at or above the old mark is written.
+    fn route4_reserve(&self, slots: u32) -> Result<(), DataplaneError>;
+    /// Writes IPv4 route records (slot, record), each valid only once whole.
+    fn route4_store(&self, records: &[(u32, dataplane_common::RouteRecord4)]) -> Result<(), DataplaneError>;
+    /// Frees record slots.
+    fn route4_clear(&self, slots: &[u32]) -> Result<(), DataplaneError>;
+    /// Every valid record below the high-water mark.
+    fn route4_records(&self) -> Result<Vec<(u32, dataplane_common::RouteRecord4)>, DataplaneError>;
+
     /// (VRF, root) of every VRF that has a flat table.
     fn fib4_roots(&self) -> Result<Vec<(u32, u32)>, DataplaneError>;
     /// Pool chunk `chunk` as the kernel holds it.

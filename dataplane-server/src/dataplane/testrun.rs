@@ -103,6 +103,16 @@ impl KernelDataplane {
 }
 
 impl KernelDataplane {
+    /// Adds IPv4 prefixes to `ROUTES_V4` under VRF [`programs::BENCH_TRIE_VRF`] (which the
+    /// domain never has), for `dp_bench_trie_v4`: the trie a VRF without a flat table uses.
+    pub fn bench_trie_v4_insert(&self, prefixes: &[(std::net::Ipv4Addr, u8)]) -> Result<(), DataplaneError> {
+        let routes: Vec<(u32, crate::net::Prefix, u32)> = prefixes
+            .iter()
+            .map(|(a, len)| (programs::BENCH_TRIE_VRF, crate::net::Prefix::containing(std::net::IpAddr::V4(*a), *len), 0))
+            .collect();
+        self.lock().routes.insert_many(&routes).map_err(|(_, e)| e)
+    }
+
     /// Adds IPv4 prefixes to the benchmark's plain LPM trie (`BENCH_LPM_V4`).
     pub fn bench_lpm_v4_insert(&self, prefixes: &[(std::net::Ipv4Addr, u8)]) -> Result<(), DataplaneError> {
         let mut inner = self.lock();

@@ -48,6 +48,9 @@ pub struct FakeDataplane {
     /// `FIB4_CHUNKS` and `FIB4_VRFS` (non-zero roots only).
     pub fib4_pool: Mutex<Vec<dataplane_common::route::fib4::Chunk>>,
     pub fib4_roots: Mutex<BTreeMap<u32, u32>>,
+    /// `ROUTE4_RECORDS` (valid ones) and its high-water mark.
+    pub records: Mutex<BTreeMap<u32, dataplane_common::RouteRecord4>>,
+    pub records_mark: AtomicI64,
 }
 
 impl Default for FakeDataplane {
@@ -72,6 +75,8 @@ impl Default for FakeDataplane {
             reinjected: Mutex::default(),
             fib4_pool: Mutex::new(vec![[0; 256]; Self::FIB4_CHUNKS]),
             fib4_roots: Mutex::default(),
+            records: Mutex::default(),
+            records_mark: AtomicI64::new(0),
         }
     }
 }
@@ -127,8 +132,29 @@ impl FakeDataplane {
         self.nexthops.lock().unwrap().get(&slot).cloned()
     }
 
+    /// What the tries hold.
     pub fn routes(&self) -> Vec<(u32, Prefix, u32)> {
         self.routes.lock().unwrap().iter().map(|((v, p), s)| (*v, *p, *s)).collect()
+    }
+
+    /// Every route the kernel has a trace of: the tries' and the IPv4 records'.
+    pub fn kernel_routes(&self) -> Vec<(u32, Prefix, u32)> {
+        let mut all: Vec<(u32, Prefix, u32)> = self.routes();
+        for r in self.records.lock().unwrap().values() {
+            all.push((r.vrf, Prefix::containing(IpAddr::V4(std::net::Ipv4Addr::from(r.addr)), r.prefix_len), r.nexthop));
+        }
+        all.sort();
+        all.dedup();
+        all
+    }
+
+    /// The maps `other` holds, as a restarted server finds them: routes, records, flat tables.
+    pub fn copy_maps_from(&self, other: &FakeDataplane) {
+        *self.routes.lock().unwrap() = other.routes.lock().unwrap().clone();
+        *self.records.lock().unwrap() = other.records.lock().unwrap().clone();
+        self.records_mark.store(other.records_mark.load(Ordering::SeqCst), Ordering::SeqCst);
+        *self.fib4_pool.lock().unwrap() = other.fib4_pool.lock().unwrap().clone();
+        *self.fib4_roots.lock().unwrap() = other.fib4_roots.lock().unwrap().clone();
     }
 }
 
@@ -265,6 +291,37 @@ impl Dataplane for FakeDataplane {
             roots.insert(vrf, root);
         }
         Ok(())
+    }
+
+    fn route4_capacity(&self) -> u32 {
+        dataplane_common::MAX_ROUTES
+    }
+
+    fn route4_reserve(&self, slots: u32) -> Result<(), DataplaneError> {
+        self.records_mark.fetch_max(i64::from(slots), Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn route4_store(&self, records: &[(u32, dataplane_common::RouteRecord4)]) -> Result<(), DataplaneError> {
+        let mark = self.records_mark.load(Ordering::SeqCst);
+        let mut map = self.records.lock().unwrap();
+        for (slot, r) in records {
+            assert!(i64::from(*slot) < mark, "record {slot} written above the high-water mark {mark}");
+            map.insert(*slot, *r);
+        }
+        Ok(())
+    }
+
+    fn route4_clear(&self, slots: &[u32]) -> Result<(), DataplaneError> {
+        let mut map = self.records.lock().unwrap();
+        for slot in slots {
+            map.remove(slot);
+        }
+        Ok(())
+    }
+
+    fn route4_records(&self) -> Result<Vec<(u32, dataplane_common::RouteRecord4)>, DataplaneError> {
+        Ok(self.records.lock().unwrap().iter().map(|(s, r)| (*s, *r)).collect())
     }
 
     fn fib4_roots(&self) -> Result<Vec<(u32, u32)>, DataplaneError> {

@@ -44,7 +44,7 @@ use crate::{
 use interfaces::InterfaceEntry;
 use nexthops::NextHopEntry;
 use policies::{Attached, Installed, PolicyEntry};
-use slots::{RangeAllocator, SlotAllocator};
+use slots::{MarkAllocator, RangeAllocator, SlotAllocator};
 
 /// Mutable state, behind one lock: every mutation is serialised, so a batch or a multi-step
 /// kernel update is never interleaved with another.
@@ -57,8 +57,11 @@ struct State {
     nexthops: BTreeMap<u32, NextHopEntry>,
     /// Next-hop slot -> id, to name what the kernel's maps point at.
     nh_ids: HashMap<u32, u32>,
-    /// (VRF, prefix) -> next-hop id.
-    routes: BTreeMap<(u32, Prefix), u32>,
+    /// (VRF, prefix) -> next-hop id and, for IPv4, its record slot.
+    routes: BTreeMap<(u32, Prefix), routes::RouteEntry>,
+    /// IPv4 route record slots (`ROUTE4_RECORDS`), and the high-water mark the kernel has.
+    route4_slots: MarkAllocator,
+    route4_mark: u32,
     /// Routes per address family (IPv4, IPv6), kept with `routes` so capacity checks and status
     /// stay O(1) at millions of routes.
     route_counts: [u64; 2],
@@ -117,6 +120,7 @@ impl<D: Dataplane> Domain<D> {
 
     fn build(dataplane: D, state_file: Option<std::path::PathBuf>) -> Self {
         let fib4_capacity = dataplane.fib4_capacity();
+        let route4_capacity = dataplane.route4_capacity();
         Self {
             dataplane,
             state: Mutex::new(State {
@@ -128,6 +132,8 @@ impl<D: Dataplane> Domain<D> {
                 nexthops: BTreeMap::new(),
                 nh_ids: HashMap::new(),
                 routes: BTreeMap::new(),
+                route4_slots: MarkAllocator::new(route4_capacity),
+                route4_mark: 0,
                 route_counts: [0; 2],
                 policies: BTreeMap::new(),
                 policy_attachments: BTreeMap::new(),

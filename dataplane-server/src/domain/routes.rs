@@ -12,6 +12,7 @@ use super::{
     nexthops, vrfs, Domain, DomainError, State,
 };
 use crate::{dataplane::Dataplane, net::Prefix};
+use dataplane_common::{route::RECORD_VALID, RouteRecord4};
 
 /// A validated route of an `AddRoutes` batch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -23,6 +24,25 @@ pub struct RouteSpec {
 
 /// A route as listed or looked up.
 pub type RouteView = RouteSpec;
+
+/// What the domain keeps per route.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct RouteEntry {
+    /// Next-hop id.
+    pub nexthop: u32,
+    /// IPv4: its slot in `ROUTE4_RECORDS`; IPv6: [`NO_RECORD`].
+    pub record: u32,
+}
+
+pub(super) const NO_RECORD: u32 = u32::MAX;
+
+/// An IPv4 prefix's address bytes (network order); `None` for IPv6.
+fn v4_addr(prefix: &Prefix) -> Option<[u8; 4]> {
+    match prefix.addr() {
+        IpAddr::V4(a) => Some(a.octets()),
+        IpAddr::V6(_) => None,
+    }
+}
 
 impl<D: Dataplane> Domain<D> {
     /// Adds a batch of routes, all or nothing.
@@ -42,6 +62,7 @@ impl<D: Dataplane> Domain<D> {
         let (mut v4, mut v6) = (0u64, 0u64);
         // Batches name a handful of VRFs and next hops: the last one checked is kept.
         let mut vrf_ok = None;
+        let mut vrfs_seen = BTreeSet::new();
         let mut last_nh: Option<(u32, u32)> = None;
         for (i, r) in batch.iter().enumerate() {
             if vrf_ok != Some(r.vrf) {
@@ -54,7 +75,10 @@ impl<D: Dataplane> Domain<D> {
                         ))
                         .at(format!("routes[{i}].vrf")))
                     }
-                    Some(vrfs::VrfMode::Routes) => vrf_ok = Some(r.vrf),
+                    Some(vrfs::VrfMode::Routes) => {
+                        vrf_ok = Some(r.vrf);
+                        vrfs_seen.insert(r.vrf);
+                    }
                 }
             }
             let slot = match last_nh {
@@ -82,35 +106,92 @@ impl<D: Dataplane> Domain<D> {
         if have4 + v4 > cap || have6 + v6 > cap {
             return Err(DomainError::Exhausted { what: "routes per address family", capacity: dataplane_common::MAX_ROUTES });
         }
-        // Everything but unchanged replays, in as few kernel calls as the dataplane can.
-        let writes: Vec<usize> = (0..batch.len()).filter(|&i| existing[i] != Some(batch[i].nexthop)).collect();
-        let entries: Vec<(u32, Prefix, u32)> = writes.iter().map(|&i| (batch[i].vrf, batch[i].prefix, slots[i])).collect();
-        if let Err((done, e)) = self.dataplane.insert_routes(&entries) {
-            for &w in &done {
-                let (i, r) = (writes[w], &batch[writes[w]]);
+        // A VRF never tried yet (the default VRF of a fresh dataplane) gets its flat table
+        // before its first routes, which then go straight into it.
+        for vrf in vrfs_seen {
+            if state.fib4.lookup_mode(vrf).is_none() {
+                self.fib4_promote(&mut state, vrf);
+            }
+        }
+        // Everything but unchanged replays. IPv6 routes, and IPv4 routes of VRFs without a
+        // flat table, go to the tries (in as few kernel calls as the dataplane can); every IPv4
+        // route gets its record; the flat tables follow.
+        let writes: Vec<usize> = (0..batch.len()).filter(|&i| existing[i].map(|e| e.nexthop) != Some(batch[i].nexthop)).collect();
+        let in_trie = |state: &State, r: &RouteSpec| !r.prefix.is_ipv4() || !state.fib4.is_flat(r.vrf);
+        let trie: Vec<usize> = writes.iter().copied().filter(|&i| in_trie(&state, &batch[i])).collect();
+        let entries: Vec<(u32, Prefix, u32)> = trie.iter().map(|&i| (batch[i].vrf, batch[i].prefix, slots[i])).collect();
+        let undo_trie = |state: &State, done: &[usize]| {
+            for &w in done {
+                let (i, r) = (trie[w], &batch[trie[w]]);
                 match existing[i] {
                     Some(old) => {
-                        let _ = self.dataplane.insert_route(r.vrf, &r.prefix, state.nexthops[&old].slot);
+                        let _ = self.dataplane.insert_route(r.vrf, &r.prefix, state.nexthops[&old.nexthop].slot);
                     }
                     None => {
                         let _ = self.dataplane.remove_route(r.vrf, &r.prefix);
                     }
                 }
             }
+        };
+        if let Err((done, e)) = self.dataplane.insert_routes(&entries) {
+            undo_trie(&state, &done);
             // The first route not written is the one the kernel refused.
-            let failed = writes.iter().enumerate().find(|(w, _)| !done.contains(w)).map(|(_, i)| *i).unwrap_or(0);
+            let failed = trie.iter().enumerate().find(|(w, _)| !done.contains(w)).map(|(_, i)| *i).unwrap_or(0);
             return Err(DomainError::from(e).at(format!("routes[{failed}]")));
         }
-        let flat: Vec<(u32, V4Prefix, u32)> =
-            writes.iter().filter_map(|&i| v4_prefix(&batch[i].prefix).map(|p| (batch[i].vrf, p, slots[i]))).collect();
+        let mut records = Vec::new();
+        let mut record_of = vec![NO_RECORD; batch.len()];
+        for &i in &writes {
+            let Some(addr) = v4_addr(&batch[i].prefix) else { continue };
+            let slot = match existing[i] {
+                Some(old) => old.record,
+                None => match state.route4_slots.alloc() {
+                    Some(s) => s,
+                    None => {
+                        // Cannot happen while the route count is checked above; refused cleanly anyway.
+                        for &(s, _) in &records {
+                            if !existing.iter().any(|e| e.is_some_and(|e| e.record == s)) {
+                                state.route4_slots.free(s);
+                            }
+                        }
+                        undo_trie(&state, &(0..trie.len()).collect::<Vec<_>>());
+                        return Err(DomainError::Exhausted { what: "IPv4 route records", capacity: self.dataplane.route4_capacity() });
+                    }
+                },
+            };
+            record_of[i] = slot;
+            let r = &batch[i];
+            records.push((slot, RouteRecord4 { vrf: r.vrf, addr, prefix_len: r.prefix.len(), _pad: [0; 2], flags: RECORD_VALID, nexthop: slots[i] }));
+        }
+        if let Err(e) = self.write_records(&mut state, &records) {
+            undo_trie(&state, &(0..trie.len()).collect::<Vec<_>>());
+            for (i, &slot) in record_of.iter().enumerate() {
+                if slot != NO_RECORD && existing[i].is_none() {
+                    state.route4_slots.free(slot);
+                }
+            }
+            return Err(e.at("routes"));
+        }
+        let flat: Vec<(u32, V4Prefix, u32)> = writes
+            .iter()
+            .filter(|&&i| !in_trie(&state, &batch[i]))
+            .filter_map(|&i| v4_prefix(&batch[i].prefix).map(|p| (batch[i].vrf, p, slots[i])))
+            .collect();
+        let touched: BTreeSet<u32> = writes.iter().filter(|&&i| batch[i].prefix.is_ipv4()).map(|&i| batch[i].vrf).collect();
         // Next hops' route counts, gathered per next hop and applied once.
         let mut uses: HashMap<u32, i64> = HashMap::new();
-        for (r, before) in batch.into_iter().zip(existing) {
-            match before {
-                Some(old) => *uses.entry(old).or_default() -= 1,
-                None => state.route_counts[family(&r.prefix)] += 1,
-            }
-            state.routes.insert((r.vrf, r.prefix), r.nexthop);
+        for (i, (r, before)) in batch.into_iter().zip(existing).enumerate() {
+            let record = match before {
+                Some(old) => {
+                    *uses.entry(old.nexthop).or_default() -= 1;
+                    old.record
+                }
+                None => {
+                    state.route_counts[family(&r.prefix)] += 1;
+                    record_of[i]
+                }
+            };
+            state.routes.insert((r.vrf, r.prefix), RouteEntry { nexthop: r.nexthop, record });
             *uses.entry(r.nexthop).or_default() += 1;
             if let Some(rs) = state.resync.as_mut() {
                 rs.routes.insert((r.vrf, r.prefix));
@@ -121,16 +202,31 @@ impl<D: Dataplane> Domain<D> {
                 nh.routes = nh.routes.saturating_add_signed(delta);
             }
         }
-        self.fib4_apply(&mut state, &flat, &[]);
+        self.fib4_apply(&mut state, &flat, &[], &touched);
         if !writes.is_empty() {
             self.bump(&mut state);
         }
         Ok(state.generation)
     }
 
+    /// Writes IPv4 route records, raising the kernel's high-water mark first where they go
+    /// beyond it.
+    fn write_records(&self, state: &mut State, records: &[(u32, RouteRecord4)]) -> Result<(), DomainError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let mark = state.route4_slots.mark();
+        if mark > state.route4_mark {
+            self.dataplane.route4_reserve(mark)?;
+            state.route4_mark = mark;
+        }
+        self.dataplane.route4_store(records)?;
+        Ok(())
+    }
+
     pub fn delete_routes(&self, batch: &[(u32, Prefix)]) -> Result<u64, DomainError> {
         let mut state = self.lock();
-        let mut seen = BTreeSet::new();
+        let mut seen = HashSet::with_capacity(batch.len());
         for (i, key) in batch.iter().enumerate() {
             if !state.routes.contains_key(key) {
                 return Err(DomainError::NotFound { kind: "route", name: format!("{} in vrf {}", key.1, key.0), detail: "" }
@@ -140,25 +236,43 @@ impl<D: Dataplane> Domain<D> {
                 return Err(DomainError::invalid(format!("routes[{i}]"), "route listed twice"));
             }
         }
-        for (i, (vrf, prefix)) in batch.iter().enumerate() {
+        drop(seen);
+        // From the tries what is there (IPv6, IPv4 of VRFs without a flat table); then the
+        // flat tables; the records last, so that a crash in between leaves the route recorded
+        // (and a restart rebuilding what its flat table lacks).
+        let trie: Vec<&(u32, Prefix)> = batch.iter().filter(|(vrf, p)| !p.is_ipv4() || !state.fib4.is_flat(*vrf)).collect();
+        for (n, (vrf, prefix)) in trie.iter().enumerate() {
             if let Err(e) = self.dataplane.remove_route(*vrf, prefix) {
-                for (v, p) in &batch[..i] {
-                    let slot = state.nexthops[&state.routes[&(*v, *p)]].slot;
+                for (v, p) in &trie[..n] {
+                    let slot = state.nexthops[&state.routes[&(*v, *p)].nexthop].slot;
                     let _ = self.dataplane.insert_route(*v, p, slot);
                 }
+                let i = batch.iter().position(|k| k == *trie.get(n).unwrap_or(&&batch[0])).unwrap_or(0);
                 return Err(DomainError::from(e).at(format!("routes[{i}]")));
             }
         }
+        let mut records = Vec::new();
         for key in batch {
-            if let Some(nh) = state.routes.remove(key) {
+            if let Some(e) = state.routes.remove(key) {
                 state.route_counts[family(&key.1)] -= 1;
-                if let Some(e) = state.nexthops.get_mut(&nh) {
-                    e.routes -= 1;
+                if let Some(nh) = state.nexthops.get_mut(&e.nexthop) {
+                    nh.routes -= 1;
+                }
+                if e.record != NO_RECORD {
+                    records.push(e.record);
                 }
             }
         }
-        let flat: Vec<(u32, V4Prefix)> = batch.iter().filter_map(|(vrf, p)| v4_prefix(p).map(|p| (*vrf, p))).collect();
-        self.fib4_apply(&mut state, &[], &flat);
+        let flat: Vec<(u32, V4Prefix)> =
+            batch.iter().filter(|(vrf, _)| state.fib4.is_flat(*vrf)).filter_map(|(vrf, p)| v4_prefix(p).map(|p| (*vrf, p))).collect();
+        let touched: BTreeSet<u32> = batch.iter().filter(|(_, p)| p.is_ipv4()).map(|(vrf, _)| *vrf).collect();
+        self.fib4_apply(&mut state, &[], &flat, &touched);
+        if let Err(e) = self.dataplane.route4_clear(&records) {
+            tracing::error!(error = %e, "clearing IPv4 route records failed: a restart would bring the routes back");
+        }
+        for slot in records {
+            state.route4_slots.free(slot);
+        }
         self.bump(&mut state);
         Ok(state.generation)
     }
@@ -166,12 +280,12 @@ impl<D: Dataplane> Domain<D> {
     /// Routes, optionally of one VRF and inside one prefix, in (VRF, prefix) order.
     pub fn list_routes(&self, vrf: Option<u32>, within: Option<Prefix>) -> Vec<RouteView> {
         let state = self.lock();
-        let iter: Box<dyn Iterator<Item = (&(u32, Prefix), &u32)>> = match vrf {
+        let iter: Box<dyn Iterator<Item = (&(u32, Prefix), &RouteEntry)>> = match vrf {
             Some(v) => Box::new(state.routes.range((v, vrfs::min_prefix())..).take_while(move |((rv, _), _)| *rv == v)),
             None => Box::new(state.routes.iter()),
         };
         iter.filter(|((_, p), _)| within.is_none_or(|w| w.covers(p)))
-            .map(|(&(vrf, prefix), &nexthop)| RouteSpec { vrf, prefix, nexthop })
+            .map(|(&(vrf, prefix), e)| RouteSpec { vrf, prefix, nexthop: e.nexthop })
             .collect()
     }
 
@@ -190,15 +304,14 @@ impl<D: Dataplane> Domain<D> {
 }
 
 impl<D: Dataplane> Domain<D> {
-    /// Brings the IPv4 flat tables in line with routes just written to the tries and to
-    /// `state.routes`: `puts` (VRF, prefix, next-hop slot) added or re-pointed, `removes` gone.
-    /// The tries already hold the batch, so whatever happens here the routes are right: a VRF
-    /// whose table cannot follow (pool full, or a kernel error) is pointed back at its trie.
-    pub(super) fn fib4_apply(&self, state: &mut State, puts: &[(u32, V4Prefix, u32)], removes: &[(u32, V4Prefix)]) {
+    /// Brings the IPv4 flat tables in line with routes just written to `state.routes` (and
+    /// the records): `puts` (VRF, prefix, next-hop slot) added or re-pointed and `removes` gone,
+    /// in VRFs with a flat table; `touched` every VRF whose IPv4 routes changed. Whatever
+    /// happens here the routes are forwarded right: a VRF whose table cannot follow (pool full,
+    /// or a kernel error) is given its routes in the trie and pointed back at it.
+    pub(super) fn fib4_apply(&self, state: &mut State, puts: &[(u32, V4Prefix, u32)], removes: &[(u32, V4Prefix)], touched: &BTreeSet<u32>) {
         let dp = &self.dataplane;
-        let mut touched = BTreeSet::new();
         for &(vrf, prefix, slot) in puts {
-            touched.insert(vrf);
             if !state.fib4.is_flat(vrf) {
                 continue;
             }
@@ -207,14 +320,13 @@ impl<D: Dataplane> Domain<D> {
             }
         }
         for &(vrf, prefix) in removes {
-            touched.insert(vrf);
             if state.fib4.is_flat(vrf) {
                 let cover = cover(state, vrf, prefix);
                 state.fib4.remove(vrf, prefix, cover);
             }
         }
         // A VRF never tried yet (the default VRF of a fresh dataplane): build its table now.
-        for vrf in touched {
+        for &vrf in touched {
             if state.fib4.lookup_mode(vrf).is_none() {
                 self.fib4_promote(state, vrf);
             }
@@ -226,6 +338,7 @@ impl<D: Dataplane> Domain<D> {
                 Ok(promoted) => {
                     for vrf in promoted {
                         tracing::info!(vrf, "IPv4 flat table built: the pool has room again");
+                        self.trie_forget_v4(state, vrf);
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "rebuilding IPv4 flat tables failed"),
@@ -236,8 +349,8 @@ impl<D: Dataplane> Domain<D> {
         }
     }
 
-    /// Gives `vrf` a flat table of its IPv4 routes, or leaves it to the trie if the pool cannot
-    /// hold it.
+    /// Gives `vrf` a flat table of its IPv4 routes (and takes them out of the trie), or leaves
+    /// it to the trie if the pool cannot hold it.
     pub(super) fn fib4_promote(&self, state: &mut State, vrf: u32) {
         if !matches!(state.vrfs.get(&vrf), Some(vrfs::VrfMode::Routes)) {
             return;
@@ -245,7 +358,7 @@ impl<D: Dataplane> Domain<D> {
         let routes = v4_routes(&state.routes, &state.nexthops, vrf);
         let dp = &self.dataplane;
         match state.fib4.promote(dp, |root| dp.fib4_set_root(vrf, root), vrf, &routes) {
-            Ok(true) => {}
+            Ok(true) => self.trie_forget_v4(state, vrf),
             Ok(false) => tracing::warn!(
                 vrf,
                 routes = routes.len(),
@@ -257,7 +370,32 @@ impl<D: Dataplane> Domain<D> {
         }
     }
 
-    fn fib4_give_up(&self, state: &mut State, vrf: u32, why: &fib4::Fib4Error) {
+    /// Removes `vrf`'s IPv4 routes from the trie (its flat table has them).
+    fn trie_forget_v4(&self, state: &State, vrf: u32) {
+        for ((_, p), _) in state.routes.range((vrf, vrfs::min_prefix())..).take_while(|((v, _), _)| *v == vrf) {
+            if p.is_ipv4() {
+                // Absent already where it never went there (a VRF built before its routes).
+                if let Err(e) = self.dataplane.remove_route(vrf, p) {
+                    tracing::debug!(vrf, prefix = %p, error = %e, "removing a route from the trie failed");
+                }
+            }
+        }
+    }
+
+    /// Points `vrf` back at the trie after its flat table could not follow, once the trie has
+    /// every IPv4 route of the VRF.
+    pub(super) fn fib4_give_up(&self, state: &mut State, vrf: u32, why: &fib4::Fib4Error) {
+        let routes: Vec<(u32, Prefix, u32)> = state
+            .routes
+            .range((vrf, vrfs::min_prefix())..)
+            .take_while(|((v, _), _)| *v == vrf)
+            .filter(|((_, p), _)| p.is_ipv4())
+            .filter_map(|((_, p), e)| Some((vrf, *p, state.nexthops.get(&e.nexthop)?.slot)))
+            .collect();
+        if let Err((_, e)) = self.dataplane.insert_routes(&routes) {
+            tracing::error!(vrf, error = %e, "the VRF's flat table is full and its trie refused the routes: some IPv4 routes of this VRF are not forwarded");
+            return;
+        }
         tracing::warn!(vrf, reason = %why, "IPv4 flat table left: the VRF's IPv4 lookups use the trie until the pool has room");
         let dp = &self.dataplane;
         if let Err(e) = state.fib4.give_up(dp, |root| dp.fib4_set_root(vrf, root), vrf) {
@@ -276,14 +414,14 @@ pub(super) fn v4_prefix(prefix: &Prefix) -> Option<V4Prefix> {
 
 /// `vrf`'s IPv4 routes: (prefix, next-hop slot).
 pub(super) fn v4_routes(
-    routes: &std::collections::BTreeMap<(u32, Prefix), u32>,
+    routes: &std::collections::BTreeMap<(u32, Prefix), RouteEntry>,
     nexthops: &std::collections::BTreeMap<u32, nexthops::NextHopEntry>,
     vrf: u32,
 ) -> Vec<(V4Prefix, u32)> {
     routes
         .range((vrf, vrfs::min_prefix())..)
         .take_while(|((v, _), _)| *v == vrf)
-        .filter_map(|((_, p), id)| Some((v4_prefix(p)?, nexthops.get(id)?.slot)))
+        .filter_map(|((_, p), e)| Some((v4_prefix(p)?, nexthops.get(&e.nexthop)?.slot)))
         .collect()
 }
 
@@ -291,8 +429,8 @@ pub(super) fn v4_routes(
 fn cover(state: &State, vrf: u32, (addr, len): V4Prefix) -> Option<(u8, u32)> {
     (0..len).rev().find_map(|l| {
         let p = Prefix::containing(IpAddr::V4(std::net::Ipv4Addr::from(addr)), l);
-        let id = state.routes.get(&(vrf, p))?;
-        Some((l, state.nexthops.get(id)?.slot))
+        let e = state.routes.get(&(vrf, p))?;
+        Some((l, state.nexthops.get(&e.nexthop)?.slot))
     })
 }
 
@@ -337,10 +475,12 @@ mod tests {
     fn add_routes_kernel_failure_midway_rolls_back() {
         let d = domain();
         d.dataplane().fail_route_insert_after(2);
-        let e = d.add_routes(vec![r(0, "192.0.2.0/24", 1), r(0, "192.0.2.0/25", 1), r(0, "2001:db8::/32", 2)]).unwrap_err();
+        let batch = vec![r(0, "192.0.2.0/24", 1), r(0, "2001:db8::/32", 1), r(0, "2001:db8:1::/48", 1), r(0, "2001:db8:2::/48", 2)];
+        let e = d.add_routes(batch).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Internal);
-        assert!(d.dataplane().routes().is_empty(), "the two inserted routes were removed again");
+        assert!(d.dataplane().kernel_routes().is_empty(), "the two inserted routes were removed again, no IPv4 record written");
         assert!(d.list_routes(None, None).is_empty());
+        assert_eq!(d.lookup_route(0, "192.0.2.1".parse().unwrap()).unwrap(), None, "nor anything in the flat table");
     }
 
     #[test]

@@ -45,6 +45,54 @@ impl SlotAllocator {
     }
 }
 
+/// Ids of `0..capacity` for millions of users (IPv4 route records): freed ids first, then the
+/// next never used, so everything handed out stays below a high-water mark (`mark`) that the
+/// kernel keeps too, and a restart reads only that far.
+#[derive(Debug)]
+pub struct MarkAllocator {
+    capacity: u32,
+    mark: u32,
+    free: Vec<u32>,
+}
+
+impl MarkAllocator {
+    pub fn new(capacity: u32) -> Self {
+        Self { capacity, mark: 0, free: Vec::new() }
+    }
+
+    /// An earlier run's allocator: `used` are the ids in use, all below `mark`.
+    pub fn restore(capacity: u32, mark: u32, used: impl Iterator<Item = u32>) -> Self {
+        let mark = mark.min(capacity);
+        let mut taken = vec![false; mark as usize];
+        for id in used {
+            if let Some(t) = taken.get_mut(id as usize) {
+                *t = true;
+            }
+        }
+        let free = (0..mark).rev().filter(|&id| !taken[id as usize]).collect();
+        Self { capacity, mark, free }
+    }
+
+    pub fn alloc(&mut self) -> Option<u32> {
+        if let Some(id) = self.free.pop() {
+            return Some(id);
+        }
+        (self.mark < self.capacity).then(|| {
+            self.mark += 1;
+            self.mark - 1
+        })
+    }
+
+    pub fn free(&mut self, id: u32) {
+        self.free.push(id);
+    }
+
+    /// Every id handed out so far is below this.
+    pub fn mark(&self) -> u32 {
+        self.mark
+    }
+}
+
 /// Hands out contiguous ranges of `0..capacity` (first fit) and takes them back, merging
 /// neighbours; for the policy word pool and rule slots, where a table needs one run of indexes.
 #[derive(Debug)]
