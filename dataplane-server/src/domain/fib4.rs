@@ -276,6 +276,42 @@ impl Fib4 {
         }
     }
 
+    /// Replaces `vrf`'s table by one built afresh from `routes`, switched to in one write: the
+    /// old table serves until then, and is retired after. `false` (nothing changed) where the
+    /// pool cannot hold both for that moment.
+    pub fn rebuild(&mut self, sink: &impl Sink, set_root: impl FnOnce(u32) -> Result<(), DataplaneError>, vrf: u32, routes: &[(V4Prefix, u32)]) -> Result<bool, DataplaneError> {
+        let Some(old) = self.roots.remove(&vrf) else {
+            return self.promote(sink, set_root, vrf, routes);
+        };
+        let old_used = self.used.remove(&vrf).unwrap_or(0);
+        let keep_old = |me: &mut Self| {
+            me.roots.insert(vrf, old);
+            me.used.insert(vrf, old_used);
+        };
+        if !self.grows && Self::chunks_needed(routes) > self.available() {
+            keep_old(self);
+            return Ok(false);
+        }
+        match self.build(sink, vrf, routes) {
+            Ok(root) => {
+                self.flush(sink)?;
+                set_root(root)?;
+                let old_chunks = self.chunks_of(old);
+                self.retired.extend(old_chunks);
+                Ok(true)
+            }
+            Err(Fib4Error::Full { .. }) => {
+                if let Some(new) = self.roots.remove(&vrf) {
+                    let chunks = self.chunks_of(new);
+                    self.free.extend(chunks);
+                }
+                keep_old(self);
+                Ok(false)
+            }
+            Err(Fib4Error::Dataplane(e)) => Err(e),
+        }
+    }
+
     fn build(&mut self, sink: &impl Sink, vrf: u32, routes: &[(V4Prefix, u32)]) -> Result<u32, Fib4Error> {
         let root = self.alloc_root(sink, vrf)?;
         self.roots.insert(vrf, root);
@@ -708,6 +744,14 @@ mod tests {
         assert!(!a.matches(0, &routes[..2]), "a route missing from the table is seen");
         assert_eq!(a.lookup(0, u32::from(std::net::Ipv4Addr::new(192, 0, 2, 65))), Some((26, 2)));
         assert_eq!(a.chunks_used(), t.used[&0], "VRF 5's chunks are free");
+        // Rebuilt while the old table serves: the root moves in one write, the old chunks retire.
+        let mut a = a;
+        let before = a.roots[&0];
+        let mut set = None;
+        assert!(a.rebuild(&NoSink, |r| { set = Some(r); Ok(()) }, 0, &routes[..2]).unwrap());
+        assert_ne!(set, Some(before));
+        assert!(a.matches(0, &routes[..2]));
+        assert_eq!(a.lookup(0, u32::from(std::net::Ipv4Addr::new(10, 1, 1, 1))), None);
         // A root pointing twice at one chunk is refused.
         let mut bad = t.pool.clone();
         let r0 = (roots[0].1 - 1) * ROOT_CHUNKS;

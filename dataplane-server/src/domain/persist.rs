@@ -645,7 +645,20 @@ impl<D: Dataplane> Domain<D> {
                     report.fib4_adopted.push(vrf);
                     continue;
                 }
+                report.fib4_built.push(vrf);
+                // The old table forwards until the new one replaces it in one write.
+                if state.fib4.rebuild(dp, |root| dp.fib4_set_root(vrf, root), vrf, &routes)? {
+                    continue;
+                }
+                // No room for both: the trie takes over meanwhile (given the routes first).
+                let entries: Vec<(u32, Prefix, u32)> = routes
+                    .iter()
+                    .map(|&((a, len), slot)| (vrf, Prefix::containing(IpAddr::V4(std::net::Ipv4Addr::from(a)), len), slot))
+                    .collect();
+                dp.insert_routes(&entries).map_err(|(_, e)| DomainError::from(e))?;
                 state.fib4.demote(dp, |root| dp.fib4_set_root(vrf, root), vrf)?;
+                self.fib4_promote(state, vrf);
+                continue;
             }
             self.fib4_promote(state, vrf);
             report.fib4_built.push(vrf);

@@ -83,6 +83,7 @@ impl<D: Dataplane> Domain<D> {
                     None if m.name == names::ROUTES_V6 => routes_v6,
                     None if m.name == names::FIB4_VRFS => flat_vrfs,
                     None if m.name == names::FIB4_CHUNKS => fib4_chunks,
+                    None if m.name == names::ROUTE4_RECORDS => routes_v4,
                     // Fixed-size arrays whose every entry is meaningful.
                     None => u64::from(m.max_entries),
                 },
