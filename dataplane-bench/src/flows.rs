@@ -26,6 +26,8 @@ pub struct Config {
     pub runs: usize,
     /// Routes per run of the control-path case.
     pub routes: usize,
+    /// IPv4 routes the server holds when its memory is read last (topped up after the runs).
+    pub memory_routes: usize,
     /// The miss-storm case.
     pub storm: crate::storm::Config,
 }
@@ -48,8 +50,11 @@ pub struct Results {
     /// run, and whether the kernel took them as batches.
     pub raw_map: Vec<f64>,
     pub raw_map_batched: bool,
-    /// Server resident memory (KiB) before the route runs and after them.
-    pub rss_kib: (u64, u64),
+    /// Server memory: idle (just started), before the route runs (after the storm), and with
+    /// `memory_routes` IPv4 routes.
+    pub memory: [Memory; 3],
+    /// IPv4 routes the server held when its memory was read last.
+    pub memory_routes: usize,
     /// Established flows with and without a miss storm.
     pub storm: Option<crate::storm::Results>,
 }
@@ -186,6 +191,7 @@ pub fn run(config: &Config) -> Result<Results> {
     let server = start_server("server", None)?;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let mut client = rt.block_on(server.connect())?;
+    let idle = Memory::of(server.child.id());
     rt.block_on(async {
         client.interfaces.add_interface(pb::AddInterfaceRequest { name: "lo".into(), ..Default::default() }).await?;
         let nh = pb::NextHop {
@@ -212,7 +218,8 @@ pub fn run(config: &Config) -> Result<Results> {
         ip_batch: Vec::new(),
         raw_map: Vec::new(),
         raw_map_batched: false,
-        rss_kib: (0, 0),
+        memory: [idle, Memory::default(), Memory::default()],
+        memory_routes: 0,
         storm: None,
     };
     let n = config.flows as u32;
@@ -298,17 +305,11 @@ pub fn run(config: &Config) -> Result<Results> {
 /// own) next to `ip -batch` adding the same prefixes to a kernel table of the bench's own
 /// namespace; and the server's RSS before and after.
 fn control_path(config: &Config, rt: &tokio::runtime::Runtime, client: &mut Client, server: &ServerProcess, results: &mut Results) -> Result<()> {
-    let rss = || -> u64 {
-        std::fs::read_to_string(format!("/proc/{}/status", server.child.id()))
-            .ok()
-            .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
-            .unwrap_or(0)
-    };
     // The storm case before this one leaves the server busy for a while (held frames timing
     // out, the ring draining): measured then, the first run was 20x slower than the others.
     let waited = settle(server.child.id());
     eprintln!("  server idle after {:.1} s", waited.as_secs_f64());
-    results.rss_kib.0 = rss();
+    results.memory[1] = Memory::of(server.child.id());
     for run in 0..config.runs as u32 {
         // Distinct /24s from 10.0.0.0 up (a kernel table and a VRF of their own per run).
         let prefixes: Vec<String> =
@@ -342,8 +343,38 @@ fn control_path(config: &Config, rt: &tokio::runtime::Runtime, client: &mut Clie
             prefixes.len()
         );
     }
-    results.rss_kib.1 = rss();
+    // Topped up to `memory_routes` IPv4 routes (untimed), in a VRF of their own.
+    let have = config.routes * config.runs;
+    let more = config.memory_routes.saturating_sub(have);
+    rt.block_on(async {
+        client.routing.add_vrf(pb::AddVrfRequest { id: 99, ..Default::default() }).await?;
+        let prefixes: Vec<u32> = (0..more as u32).map(|i| 0x0a00_0000 + (i << 8)).collect();
+        for chunk in prefixes.chunks(100_000) {
+            let routes = chunk.iter().map(|a| pb::Route { vrf: 99, prefix: format!("{}/24", Ipv4Addr::from(*a)), next_hop: 1 }).collect();
+            client.routing.add_routes(pb::AddRoutesRequest { routes, replace: false }).await?;
+        }
+        anyhow::Ok(())
+    })?;
+    results.memory_routes = have + more;
+    results.memory[2] = Memory::of(server.child.id());
     Ok(())
+}
+
+/// A process's memory (KiB): resident in all, and its private (anonymous) part.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Memory {
+    pub rss_kib: u64,
+    pub anon_kib: u64,
+}
+
+impl Memory {
+    fn of(pid: u32) -> Self {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let field = |name: &str| -> u64 {
+            status.lines().find(|l| l.starts_with(name)).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()).unwrap_or(0)
+        };
+        Self { rss_kib: field("VmRSS:"), anon_kib: field("RssAnon:") }
+    }
 }
 
 /// Waits (at most 15 s) until process `pid` uses no CPU tick in 200 ms; how long it took.

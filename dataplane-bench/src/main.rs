@@ -85,6 +85,7 @@ fn main() -> Result<()> {
         flows: args.flows.unwrap_or(if args.quick { 200 } else { 2000 }),
         runs: config.runs,
         routes: if args.quick { 2_000 } else { 100_000 },
+        memory_routes: if args.quick { 20_000 } else { 1_000_000 },
         storm: storm::Config {
             runs: if args.quick && args.runs.is_none() { 2 } else { config.runs },
             window: std::time::Duration::from_millis(if args.quick { 300 } else { 2000 }),

@@ -194,12 +194,15 @@ pub fn render(command: &str, packet: &Results, veth: &crate::veth::Results, flow
             f.median() / raw.median()
         );
     }
+    let [idle, before, with_routes] = flows.memory;
+    let mib = |m: crate::flows::Memory| format!("{} MiB ({} MiB private)", m.rss_kib / 1024, m.anon_kib / 1024);
     let _ = writeln!(
         md,
-        "\nServer RSS: {} MiB before these runs, {} MiB after ({} routes in all).\n",
-        flows.rss_kib.0 / 1024,
-        flows.rss_kib.1 / 1024,
-        thousands(flows.routes * flows.add_routes.len())
+        "\nServer memory, RSS (private part, `RssAnon`): idle {}; before these runs (after the storm case) {}; with {} IPv4 routes (the runs' and more, added untimed) {}. RSS counts the BPF arrays the server writes through shared mappings (`FIB4_CHUNKS`, `ROUTE4_RECORDS`: 64 MiB at the defaults), kernel memory that exists whether mapped or not.\n",
+        mib(idle),
+        mib(before),
+        thousands(flows.memory_routes),
+        mib(with_routes)
     );
     md
 }

@@ -23,7 +23,7 @@ fn bench_quick_reports_every_case_and_leaves_nothing_behind() {
         assert!(median > 0.0, "{row}");
     }
     assert!(stdout.contains("Miss-to-event latency over ") && stdout.contains(" p99 "), "{stdout}");
-    assert!(stdout.contains("Server RSS: "), "{stdout}");
+    assert!(stdout.contains("Server memory, RSS (private part, `RssAnon`): idle ") && stdout.contains("with 20,000 IPv4 routes"), "{stdout}");
     for row in ["| AddRoutes, batches of 10,000 (routes/s) |", "| ip -batch (routes/s) |", "| raw bpf(2) map writes (routes/s) |"] {
         assert!(stdout.contains(row), "missing {row} in\n{stdout}");
     }
