@@ -12,6 +12,24 @@ use anyhow::{bail, Context, Result};
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
+/// Deterministic xorshift, so failures reproduce.
+pub struct Rng(pub u64);
+
+impl Rng {
+    #[allow(clippy::should_implement_trait)]
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+/// `a` with all but its first `len` bits cleared.
+pub fn mask4(a: u32, len: u8) -> u32 {
+    if len == 0 { 0 } else { a & (u32::MAX << (32 - u32::from(len))) }
+}
+
 /// A name no other test (in this process or another) uses: `<prefix><pid>x<n>`, at most 15
 /// bytes so it is also a valid interface name.
 pub fn unique(prefix: &str) -> String {

@@ -11,25 +11,10 @@ use std::{
 };
 
 use controller_client::{pb, Client};
-use integration::{Netns, Server, XdpOverPins};
+use integration::{mask4 as mask, Netns, Rng, Server, XdpOverPins};
 
 const XDP_PASS: u32 = 2;
 const XDP_REDIRECT: u32 = 4;
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
-
-fn mask(a: u32, len: u8) -> u32 {
-    if len == 0 { 0 } else { a & (u32::MAX << (32 - u32::from(len))) }
-}
 
 type Table = BTreeMap<(u32, u8), u32>;
 

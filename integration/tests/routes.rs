@@ -12,24 +12,8 @@ use std::{
 };
 
 use controller_client::{pb, Client};
-use integration::{Netns, Server};
+use integration::{mask4, Netns, Rng, Server};
 use tonic::Code;
-
-/// Deterministic xorshift, so failures reproduce.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
-
-fn mask4(a: u32, len: u8) -> u32 {
-    if len == 0 { 0 } else { a & (u32::MAX << (32 - u32::from(len))) }
-}
 
 fn mask6(a: u128, len: u8) -> u128 {
     if len == 0 { 0 } else { a & (u128::MAX << (128 - u32::from(len))) }

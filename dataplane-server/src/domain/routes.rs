@@ -202,7 +202,7 @@ impl<D: Dataplane> Domain<D> {
                 nh.routes = nh.routes.saturating_add_signed(delta);
             }
         }
-        self.fib4_apply(&mut state, &flat, &[], &touched);
+        self.fib4_apply(&mut state, &flat, &[], &touched, false);
         if !writes.is_empty() {
             self.bump(&mut state);
         }
@@ -266,7 +266,7 @@ impl<D: Dataplane> Domain<D> {
         let flat: Vec<(u32, V4Prefix)> =
             batch.iter().filter(|(vrf, _)| state.fib4.is_flat(*vrf)).filter_map(|(vrf, p)| v4_prefix(p).map(|p| (*vrf, p))).collect();
         let touched: BTreeSet<u32> = batch.iter().filter(|(_, p)| p.is_ipv4()).map(|(vrf, _)| *vrf).collect();
-        self.fib4_apply(&mut state, &[], &flat, &touched);
+        self.fib4_apply(&mut state, &[], &flat, &touched, !touched.is_empty());
         if let Err(e) = self.dataplane.route4_clear(&records) {
             tracing::error!(error = %e, "clearing IPv4 route records failed: a restart would bring the routes back");
         }
@@ -309,7 +309,16 @@ impl<D: Dataplane> Domain<D> {
     /// in VRFs with a flat table; `touched` every VRF whose IPv4 routes changed. Whatever
     /// happens here the routes are forwarded right: a VRF whose table cannot follow (pool full,
     /// or a kernel error) is given its routes in the trie and pointed back at it.
-    pub(super) fn fib4_apply(&self, state: &mut State, puts: &[(u32, V4Prefix, u32)], removes: &[(u32, V4Prefix)], touched: &BTreeSet<u32>) {
+    /// `retry`: IPv4 routes were removed or a VRF deleted, so a VRF the pool could not hold may
+    /// fit now.
+    pub(super) fn fib4_apply(
+        &self,
+        state: &mut State,
+        puts: &[(u32, V4Prefix, u32)],
+        removes: &[(u32, V4Prefix)],
+        touched: &BTreeSet<u32>,
+        retry: bool,
+    ) {
         let dp = &self.dataplane;
         for &(vrf, prefix, slot) in puts {
             if !state.fib4.is_flat(vrf) {
@@ -331,8 +340,7 @@ impl<D: Dataplane> Domain<D> {
                 self.fib4_promote(state, vrf);
             }
         }
-        // Removals free chunks: a VRF the pool could not hold may fit now.
-        if (!removes.is_empty() || puts.is_empty()) && state.fib4.overflowed().next().is_some() {
+        if retry && state.fib4.overflowed().next().is_some() {
             let (fib, routes, nexthops) = (&mut state.fib4, &state.routes, &state.nexthops);
             match fib.retry_overflowed(dp, |vrf, root| dp.fib4_set_root(vrf, root), |vrf| v4_routes(routes, nexthops, vrf)) {
                 Ok(promoted) => {

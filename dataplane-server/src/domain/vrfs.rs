@@ -70,7 +70,7 @@ impl<D: Dataplane> Domain<D> {
             tracing::error!(vrf = id, error = %e, "removing the VRF's IPv4 flat table failed");
         }
         // Its chunks may be what another VRF was waiting for.
-        self.fib4_apply(&mut state, &[], &[], &Default::default());
+        self.fib4_apply(&mut state, &[], &[], &Default::default(), true);
         self.bump(&mut state);
         Ok(state.generation)
     }
