@@ -772,6 +772,43 @@ mod tests {
     }
 
     #[test]
+    fn restore_vrf_left_to_trie_keeps_every_ipv4_route_in_trie_and_flat_vrf_none() {
+        use crate::domain::Ipv4Lookup;
+        let r = |vrf: u32, p: &str| RouteSpec { vrf, prefix: p.parse().unwrap(), nexthop: 1 };
+        // Room for two roots and two chunks: VRF 0 fits, VRF 5 (three /16s with /24s) does not.
+        let a = Domain::new(FakeDataplane::with_fib4_chunks(2 * 256 + 2));
+        a.add_nexthops(vec![NewNextHop { id: 1, spec: NextHopSpec::Discard }]).unwrap();
+        a.add_vrf(5, VrfMode::Routes).unwrap();
+        a.add_routes(vec![r(0, "192.0.2.0/24"), r(0, "10.0.0.0/8")]).unwrap();
+        a.add_routes(vec![r(5, "198.51.100.0/24"), r(5, "198.18.0.0/24"), r(5, "203.0.113.0/24"), r(5, "2001:db8::/32")]).unwrap();
+        let modes = |d: &Domain<FakeDataplane>| d.list_vrfs().into_iter().map(|v| (v.id, v.ipv4_lookup)).collect::<Vec<_>>();
+        assert_eq!(modes(&a), vec![(0, Some(Ipv4Lookup::Flat { chunks: 257 })), (5, Some(Ipv4Lookup::Trie))]);
+        let trie = |d: &Domain<FakeDataplane>| d.dataplane().routes().into_iter().map(|(v, p, _)| format!("{v} {p}")).collect::<Vec<_>>();
+        assert_eq!(trie(&a), vec!["5 198.18.0.0/24", "5 198.51.100.0/24", "5 203.0.113.0/24", "5 2001:db8::/32"]);
+        let file = a.lock().persisted(BTreeMap::new(), None);
+
+        // A new process over the same maps: the same split, nothing lost, nothing in the wrong place.
+        let b = Domain::new(FakeDataplane::with_fib4_chunks(2 * 256 + 2));
+        b.dataplane().copy_maps_from(a.dataplane());
+        let report = b.restore(Some(file)).unwrap();
+        assert_eq!((report.fib4_adopted.clone(), report.routes), (vec![0], 6), "{report:?}");
+        assert_eq!(modes(&b), modes(&a));
+        assert_eq!(trie(&b), trie(&a));
+        assert_eq!(b.list_routes(None, None), a.list_routes(None, None));
+        for (vrf, addr, want) in [(0, "192.0.2.9", Some("192.0.2.0/24")), (0, "10.9.9.9", Some("10.0.0.0/8")), (5, "198.18.0.1", Some("198.18.0.0/24")), (5, "10.9.9.9", None)] {
+            let got = b.lookup_route(vrf, addr.parse().unwrap()).unwrap().map(|r| r.prefix.to_string());
+            assert_eq!(got.as_deref(), want, "vrf {vrf} {addr}");
+        }
+        // Room made in the new process: VRF 5 moves to a flat table and leaves the trie.
+        b.delete_routes(&[(0, "192.0.2.0/24".parse().unwrap())]).unwrap();
+        assert_eq!(modes(&b)[1], (5, Some(Ipv4Lookup::Trie)), "one chunk short of VRF 5's 259");
+        b.delete_routes(&[(5, "198.18.0.0/24".parse().unwrap())]).unwrap();
+        assert_eq!(modes(&b)[1], (5, Some(Ipv4Lookup::Flat { chunks: 258 })));
+        assert_eq!(trie(&b), vec!["5 2001:db8::/32"]);
+        assert_eq!(b.lookup_route(5, "203.0.113.7".parse().unwrap()).unwrap().map(|r| r.prefix.to_string()).as_deref(), Some("203.0.113.0/24"));
+    }
+
+    #[test]
     fn restore_interface_whose_links_are_gone_dropped_and_its_nexthops_emptied() {
         let a = Domain::new(FakeDataplane::with_links(&[("eth0", 7)]));
         a.add_interface(AddInterface { name: name("eth0"), mode: XdpMode::Auto, vrf: 0 }).unwrap();
