@@ -18,6 +18,7 @@ pub struct InterfaceConfig {
     pub ipv6: [u8; 16],
     /// With `IFACE_KERNEL_FIB`: the kernel routing table to look up (0: the kernel's own choice
     /// for a packet arriving on this interface, policy rules and VRF devices included).
+    /// Without: the root of the VRF's IPv4 flat table as `FIB4_VRFS` has it (0: the trie).
     pub fib_table: u32,
 }
 

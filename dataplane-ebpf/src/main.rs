@@ -80,7 +80,7 @@ fn ingress(ctx: &XdpContext, cfg: &InterfaceConfig) -> (u32, Reason) {
         flow::Decision::Forward(slot) => Some(slot),
         flow::Decision::Stop(reason) => return (verdict_for(reason), reason),
         flow::Decision::Route if cfg.flags & IFACE_KERNEL_FIB != 0 => None,
-        flow::Decision::Route => match route::lookup(cfg.vrf, &pkt) {
+        flow::Decision::Route => match route::lookup(cfg, &pkt) {
             Some(slot) => Some(slot),
             None => return (PASS, Reason::NoRoute),
         },
@@ -240,7 +240,7 @@ fn egress(ctx: &TcContext, cfg: &InterfaceConfig, ifindex: u32) -> i32 {
     if multicast_dst(&pkt) || cfg.flags & IFACE_KERNEL_FIB != 0 {
         return TC_ACT_OK;
     }
-    let Some(nh_slot) = route::lookup(cfg.vrf, &pkt) else { return TC_ACT_OK };
+    let Some(nh_slot) = route::lookup(cfg, &pkt) else { return TC_ACT_OK };
     match nexthop::resolve(nh_slot, &pkt) {
         Resolved::Encap(slot, nh) => {
             if !rewrite::macs(ctx, nh) {

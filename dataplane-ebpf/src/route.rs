@@ -5,7 +5,7 @@
 use aya_ebpf::maps::lpm_trie::Key;
 use dataplane_common::{
     route::{fib4, VRF_BITS},
-    RouteAddrV4, RouteAddrV6,
+    InterfaceConfig, RouteAddrV4, RouteAddrV6,
 };
 
 use crate::{
@@ -13,22 +13,37 @@ use crate::{
     parse::{Packet, L3},
 };
 
-/// The next-hop slot of the longest prefix covering the packet's destination in `vrf`.
+/// The next-hop slot of the longest prefix covering the packet's destination in the VRF of
+/// interface `cfg` (a routes-mode one). Its entry carries the VRF's flat-table root
+/// (`fib_table`, which only kernel-FIB interfaces use otherwise): no `FIB4_VRFS` lookup per packet.
 #[inline(always)]
-pub fn lookup(vrf: u32, pkt: &Packet) -> Option<u32> {
+pub fn lookup(cfg: &InterfaceConfig, pkt: &Packet) -> Option<u32> {
+    let vrf = cfg.vrf;
     match pkt.l3 {
-        L3::Ipv4 => lookup_v4(vrf, [pkt.dst[0], pkt.dst[1], pkt.dst[2], pkt.dst[3]]),
+        L3::Ipv4 => {
+            let addr = [pkt.dst[0], pkt.dst[1], pkt.dst[2], pkt.dst[3]];
+            match cfg.fib_table {
+                0 => trie_v4(vrf, addr),
+                root => flat_v4(root, u32::from_be_bytes(addr)),
+            }
+        }
         L3::Ipv6 => ROUTES_V6.get(Key::new(VRF_BITS + 128, RouteAddrV6 { vrf: vrf.to_be_bytes(), addr: pkt.dst })).map(|r| r.nexthop),
         L3::Other(_) => None,
     }
 }
 
-/// IPv4 lookup of `addr` in `vrf`: the flat table where the VRF has one, the trie otherwise.
+#[inline(always)]
+fn trie_v4(vrf: u32, addr: [u8; 4]) -> Option<u32> {
+    ROUTES_V4.get(Key::new(VRF_BITS + 32, RouteAddrV4 { vrf: vrf.to_be_bytes(), addr })).map(|r| r.nexthop)
+}
+
+/// IPv4 lookup of `addr` in `vrf` by the VRF's root in `FIB4_VRFS` (as the server's entries
+/// for its interfaces have it): the flat table where the VRF has one, the trie otherwise.
 #[inline(always)]
 pub fn lookup_v4(vrf: u32, addr: [u8; 4]) -> Option<u32> {
     match FIB4_VRFS.get(vrf) {
         Some(&root) if root != 0 => flat_v4(root, u32::from_be_bytes(addr)),
-        _ => ROUTES_V4.get(Key::new(VRF_BITS + 32, RouteAddrV4 { vrf: vrf.to_be_bytes(), addr })).map(|r| r.nexthop),
+        _ => trie_v4(vrf, addr),
     }
 }
 

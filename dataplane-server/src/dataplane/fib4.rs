@@ -105,6 +105,11 @@ impl Fib4Maps {
         Ok(())
     }
 
+    /// `vrf`'s root (0: none).
+    pub(super) fn root(&self, vrf: u32) -> Result<u32, DataplaneError> {
+        self.vrfs.get(&vrf, 0).map_err(DataplaneError::map(names::FIB4_VRFS, "lookup"))
+    }
+
     pub(super) fn set_root(&mut self, vrf: u32, root: u32) -> Result<(), DataplaneError> {
         self.vrfs.set(vrf, root, 0).map_err(DataplaneError::map(names::FIB4_VRFS, "update"))
     }

@@ -702,7 +702,8 @@ fn pin_links(dirs: &PinDirs, ifindex: u32, xdp: FdLink, tc: FdLink) -> Result<(F
     }
 }
 
-fn interface_config(p: &InterfaceParams) -> InterfaceConfig {
+/// The entry of an interface; `fib4_root` is its VRF's flat-table root (routes-mode VRFs).
+fn interface_config(p: &InterfaceParams, fib4_root: u32) -> InterfaceConfig {
     let mut flags = IFACE_PRESENT;
     if p.link.ipv4.is_some() {
         flags |= IFACE_HAS_IPV4;
@@ -722,7 +723,7 @@ fn interface_config(p: &InterfaceParams) -> InterfaceConfig {
         _pad: [0; 2],
         ipv4: p.link.ipv4.map(|a| a.octets()).unwrap_or_default(),
         ipv6: p.link.ipv6.map(|a| a.octets()).unwrap_or_default(),
-        fib_table: p.kernel_fib.unwrap_or(0),
+        fib_table: p.kernel_fib.unwrap_or(fib4_root),
     }
 }
 
@@ -772,7 +773,8 @@ impl Dataplane for KernelDataplane {
             let _ = inner.interfaces.remove(ifindex);
             let _ = inner.tx_ports.clear(p.slot);
         };
-        if let Err(e) = inner.interfaces.insert(ifindex, &interface_config(p)) {
+        let root = inner.fib4.root(p.vrf)?;
+        if let Err(e) = inner.interfaces.insert(ifindex, &interface_config(p, root)) {
             undo(inner);
             return Err(e);
         }
@@ -810,7 +812,9 @@ impl Dataplane for KernelDataplane {
     }
 
     fn update_interface(&self, p: &InterfaceParams) -> Result<(), DataplaneError> {
-        self.lock().interfaces.insert(p.link.ifindex, &interface_config(p))
+        let mut inner = self.lock();
+        let root = inner.fib4.root(p.vrf)?;
+        inner.interfaces.insert(p.link.ifindex, &interface_config(p, root))
     }
 
     fn detach(&self, ifindex: u32, slot: u32) -> Result<(), DataplaneError> {
@@ -872,7 +876,10 @@ impl Dataplane for KernelDataplane {
     }
 
     fn fib4_set_root(&self, vrf: u32, root: u32) -> Result<(), DataplaneError> {
-        self.lock().fib4.set_root(vrf, root)
+        let mut inner = self.lock();
+        inner.fib4.set_root(vrf, root)?;
+        // The packet path reads the root from the interface entries.
+        inner.interfaces.set_fib4_root(vrf, root)
     }
 
     fn route4_capacity(&self) -> u32 {

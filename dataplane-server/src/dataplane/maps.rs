@@ -64,6 +64,22 @@ impl Interfaces {
         Ok(())
     }
 
+    /// Points the entries of VRF `vrf`'s routes-mode interfaces at flat-table root `root`.
+    pub fn set_fib4_root(&mut self, vrf: u32, root: u32) -> Result<(), DataplaneError> {
+        let present: Vec<u32> = self.present.iter().copied().collect();
+        for ifindex in present {
+            let cfg = if ifindex < MAX_DIRECT_IFINDEX {
+                self.direct.get(&ifindex, 0).map_err(DataplaneError::map(names::INTERFACES, "lookup"))?
+            } else {
+                self.high.get(&ifindex, 0).map_err(DataplaneError::map(names::INTERFACES_HIGH, "lookup"))?
+            };
+            if cfg.vrf == vrf && cfg.flags & dataplane_common::route::IFACE_KERNEL_FIB == 0 && cfg.fib_table != root {
+                self.insert(ifindex, &InterfaceConfig { fib_table: root, ..cfg })?;
+            }
+        }
+        Ok(())
+    }
+
     /// Entries in `INTERFACES`.
     pub fn count_direct(&self) -> u64 {
         self.present.range(..MAX_DIRECT_IFINDEX).count() as u64
