@@ -30,6 +30,9 @@ pub const IFACE_KERNEL_FIB: u32 = 8;
 /// dataplane does not own.
 pub const IFACE_PRESENT: u32 = 4;
 pub const IFACE_HAS_IPV6: u32 = 2;
+/// Flow mode is on for the interface (`FLOW_CONFIG` of its slot enabled): without it the
+/// ingress program skips the flow stage, and its `FLOW_CONFIG` lookup.
+pub const IFACE_FLOWS: u32 = 16;
 
 /// Bits of the VRF in front of the address in an LPM key: a route of prefix length `n` is stored
 /// with `prefix_len = VRF_BITS + n`, so one trie per family serves every VRF.

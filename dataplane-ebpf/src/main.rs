@@ -32,7 +32,7 @@ use aya_ebpf::{
 };
 use dataplane_common::{
     policy::{DIR_EGRESS, DIR_INGRESS},
-    route::IFACE_KERNEL_FIB,
+    route::{IFACE_FLOWS, IFACE_KERNEL_FIB},
     InterfaceConfig, Reason,
 };
 use nexthop::Resolved;
@@ -76,7 +76,8 @@ fn ingress(ctx: &XdpContext, cfg: &InterfaceConfig) -> (u32, Reason) {
         return (PASS, reason);
     }
     // The next hop, or None for the kernel's FIB.
-    let nh_slot = match flow::stage(ctx, &pkt, cfg.slot, cfg.vrf, len) {
+    let decision = if cfg.flags & IFACE_FLOWS != 0 { flow::stage(ctx, &pkt, cfg.slot, cfg.vrf, len) } else { flow::Decision::Route };
+    let nh_slot = match decision {
         flow::Decision::Forward(slot) => Some(slot),
         flow::Decision::Stop(reason) => return (verdict_for(reason), reason),
         flow::Decision::Route if cfg.flags & IFACE_KERNEL_FIB != 0 => None,

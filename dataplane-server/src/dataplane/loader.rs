@@ -702,8 +702,9 @@ fn pin_links(dirs: &PinDirs, ifindex: u32, xdp: FdLink, tc: FdLink) -> Result<(F
     }
 }
 
-/// The entry of an interface; `fib4_root` is its VRF's flat-table root (routes-mode VRFs).
-fn interface_config(p: &InterfaceParams, fib4_root: u32) -> InterfaceConfig {
+/// The entry of an interface; `fib4_root` is its VRF's flat-table root (routes-mode VRFs),
+/// `flows` whether its slot's flow mode is on.
+fn interface_config(p: &InterfaceParams, fib4_root: u32, flows: bool) -> InterfaceConfig {
     let mut flags = IFACE_PRESENT;
     if p.link.ipv4.is_some() {
         flags |= IFACE_HAS_IPV4;
@@ -713,6 +714,9 @@ fn interface_config(p: &InterfaceParams, fib4_root: u32) -> InterfaceConfig {
     }
     if p.kernel_fib.is_some() {
         flags |= IFACE_KERNEL_FIB;
+    }
+    if flows {
+        flags |= dataplane_common::route::IFACE_FLOWS;
     }
     InterfaceConfig {
         slot: p.slot,
@@ -774,7 +778,8 @@ impl Dataplane for KernelDataplane {
             let _ = inner.tx_ports.clear(p.slot);
         };
         let root = inner.fib4.root(p.vrf)?;
-        if let Err(e) = inner.interfaces.insert(ifindex, &interface_config(p, root)) {
+        let flows = inner.flows.enabled(p.slot)?;
+        if let Err(e) = inner.interfaces.insert(ifindex, &interface_config(p, root, flows)) {
             undo(inner);
             return Err(e);
         }
@@ -814,7 +819,8 @@ impl Dataplane for KernelDataplane {
     fn update_interface(&self, p: &InterfaceParams) -> Result<(), DataplaneError> {
         let mut inner = self.lock();
         let root = inner.fib4.root(p.vrf)?;
-        inner.interfaces.insert(p.link.ifindex, &interface_config(p, root))
+        let flows = inner.flows.enabled(p.slot)?;
+        inner.interfaces.insert(p.link.ifindex, &interface_config(p, root, flows))
     }
 
     fn detach(&self, ifindex: u32, slot: u32) -> Result<(), DataplaneError> {
@@ -937,7 +943,10 @@ impl Dataplane for KernelDataplane {
     }
 
     fn set_flow_config(&self, slot: u32, cfg: &dataplane_common::flow::FlowConfig) -> Result<(), DataplaneError> {
-        self.lock().flows.config.set(slot, cfg, 0).map_err(DataplaneError::map(names::FLOW_CONFIG, "update"))
+        let mut inner = self.lock();
+        inner.flows.config.set(slot, cfg, 0).map_err(DataplaneError::map(names::FLOW_CONFIG, "update"))?;
+        // After the config: the packet path enters the flow stage on the entry's flag.
+        inner.interfaces.set_flows(slot, cfg.enabled != 0)
     }
 
     fn put_flow(&self, key: &super::FlowKey, value: &dataplane_common::flow::FlowValue) -> Result<(), DataplaneError> {

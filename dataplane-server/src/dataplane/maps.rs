@@ -5,6 +5,7 @@ use std::{collections::BTreeSet, net::IpAddr};
 use aya::maps::{lpm_trie::Key, Array, DevMap, HashMap, LpmTrie, MapData, MapError, PerCpuArray, PerCpuValues};
 use dataplane_common::{
     flow::{FlowConfig, FlowKeyV4, FlowKeyV6, FlowValue},
+    route::{IFACE_FLOWS, IFACE_KERNEL_FIB},
     maps as names,
     policy::{PolicyAddrV4, PolicyAddrV6, PolicyL4, PolicyTable, RuleStats},
     route::VRF_BITS,
@@ -64,8 +65,8 @@ impl Interfaces {
         Ok(())
     }
 
-    /// Points the entries of VRF `vrf`'s routes-mode interfaces at flat-table root `root`.
-    pub fn set_fib4_root(&mut self, vrf: u32, root: u32) -> Result<(), DataplaneError> {
+    /// Rewrites, as `f` makes them, the entries `which` selects (only those `f` changes).
+    fn patch(&mut self, which: impl Fn(&InterfaceConfig) -> bool, f: impl Fn(InterfaceConfig) -> InterfaceConfig) -> Result<(), DataplaneError> {
         let present: Vec<u32> = self.present.iter().copied().collect();
         for ifindex in present {
             let cfg = if ifindex < MAX_DIRECT_IFINDEX {
@@ -73,11 +74,21 @@ impl Interfaces {
             } else {
                 self.high.get(&ifindex, 0).map_err(DataplaneError::map(names::INTERFACES_HIGH, "lookup"))?
             };
-            if cfg.vrf == vrf && cfg.flags & dataplane_common::route::IFACE_KERNEL_FIB == 0 && cfg.fib_table != root {
-                self.insert(ifindex, &InterfaceConfig { fib_table: root, ..cfg })?;
+            if which(&cfg) && f(cfg) != cfg {
+                self.insert(ifindex, &f(cfg))?;
             }
         }
         Ok(())
+    }
+
+    /// Points the entries of VRF `vrf`'s routes-mode interfaces at flat-table root `root`.
+    pub fn set_fib4_root(&mut self, vrf: u32, root: u32) -> Result<(), DataplaneError> {
+        self.patch(|c| c.vrf == vrf && c.flags & IFACE_KERNEL_FIB == 0, |c| InterfaceConfig { fib_table: root, ..c })
+    }
+
+    /// Sets or clears `IFACE_FLOWS` in the entry of interface slot `slot`.
+    pub fn set_flows(&mut self, slot: u32, on: bool) -> Result<(), DataplaneError> {
+        self.patch(|c| c.slot == slot, |c| InterfaceConfig { flags: if on { c.flags | IFACE_FLOWS } else { c.flags & !IFACE_FLOWS }, ..c })
     }
 
     /// Entries in `INTERFACES`.
@@ -464,6 +475,11 @@ fn key6(k: &FlowKey, src: std::net::Ipv6Addr, dst: std::net::Ipv6Addr) -> FlowKe
 }
 
 impl FlowMaps {
+    /// Whether flow mode is on for interface slot `slot`.
+    pub fn enabled(&self, slot: u32) -> Result<bool, DataplaneError> {
+        Ok(self.config.get(&slot, 0).map_err(DataplaneError::map(names::FLOW_CONFIG, "lookup"))?.enabled != 0)
+    }
+
     pub fn put(&mut self, k: &FlowKey, v: &FlowValue) -> Result<(), DataplaneError> {
         match (k.src, k.dst) {
             (IpAddr::V4(s), IpAddr::V4(d)) => self.v4.insert(key4(k, s, d), v, 0).map_err(DataplaneError::map(names::FLOWS_V4, "insert")),
