@@ -33,6 +33,12 @@ pub const IFACE_HAS_IPV6: u32 = 2;
 /// Flow mode is on for the interface (`FLOW_CONFIG` of its slot enabled): without it the
 /// ingress program skips the flow stage, and its `FLOW_CONFIG` lookup.
 pub const IFACE_FLOWS: u32 = 16;
+/// The interface has an ingress policy attached (`POLICY_ATTACH`): without it the ingress
+/// program skips that lookup.
+pub const IFACE_POLICY_IN: u32 = 32;
+/// Some interface has an egress policy attached: without it (in the ingress interface's entry)
+/// the ingress program skips the egress attachment lookup of the interface it forwards to.
+pub const IFACE_EGRESS_POLICIES: u32 = 64;
 
 /// Bits of the VRF in front of the address in an LPM key: a route of prefix length `n` is stored
 /// with `prefix_len = VRF_BITS + n`, so one trie per family serves every VRF.

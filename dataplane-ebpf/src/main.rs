@@ -32,7 +32,7 @@ use aya_ebpf::{
 };
 use dataplane_common::{
     policy::{DIR_EGRESS, DIR_INGRESS},
-    route::{IFACE_FLOWS, IFACE_KERNEL_FIB},
+    route::{IFACE_EGRESS_POLICIES, IFACE_FLOWS, IFACE_KERNEL_FIB, IFACE_POLICY_IN},
     InterfaceConfig, Reason,
 };
 use nexthop::Resolved;
@@ -63,7 +63,7 @@ fn ingress(ctx: &XdpContext, cfg: &InterfaceConfig) -> (u32, Reason) {
         return (PASS, reason);
     }
     let len = (ctx.data_end() - ctx.data()) as u64;
-    if matches!(pkt.l3, L3::Ipv4 | L3::Ipv6) {
+    if matches!(pkt.l3, L3::Ipv4 | L3::Ipv6) && cfg.flags & IFACE_POLICY_IN != 0 {
         if let Err(reason) = policy::check(cfg.slot, DIR_INGRESS, &pkt, len) {
             if reason == Reason::PassPolicyPunt {
                 // To the controller too (rate limited), as a flow miss with reason PUNT.
@@ -117,8 +117,10 @@ fn ingress(ctx: &XdpContext, cfg: &InterfaceConfig) -> (u32, Reason) {
     if (pkt.l3_end - pkt.l3_off) as u32 > hop.mtu {
         return (PASS, Reason::PassMtu);
     }
-    if let Err(reason) = policy::check(hop.tx_slot, DIR_EGRESS, &pkt, len) {
-        return (verdict_for(reason), reason);
+    if cfg.flags & IFACE_EGRESS_POLICIES != 0 {
+        if let Err(reason) = policy::check(hop.tx_slot, DIR_EGRESS, &pkt, len) {
+            return (verdict_for(reason), reason);
+        }
     }
     if !rewrite::decrement_ttl(ctx, &pkt) || !rewrite::set_macs(ctx, &hop.macs) {
         return (PASS, Reason::Ipv4Truncated);

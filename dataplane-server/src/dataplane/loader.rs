@@ -102,6 +102,9 @@ pub(super) struct Inner {
     fib4: Fib4Maps,
     records: Route4Records,
     policies: PolicyMaps,
+    /// Interface slots with an egress policy attached (`IFACE_EGRESS_POLICIES` is set in every
+    /// entry while there is one).
+    egress_policies: std::collections::BTreeSet<u32>,
     flows: FlowMaps,
     links: StdHashMap<u32, InterfaceLinks>,
 }
@@ -383,6 +386,11 @@ impl KernelDataplane {
                 _ => return Err(DataplaneError::Missing { what: "array map", name: names::FIB4_CHUNKS }),
             },
         )?;
+        let egress_policies = (0..dataplane_common::MAX_INTERFACES)
+            .map(|slot| Ok((slot, policies.attachment(slot, dataplane_common::policy::DIR_EGRESS)?)))
+            .filter(|r: &Result<(u32, u32), DataplaneError>| r.as_ref().map_or(true, |(_, w)| *w != 0))
+            .map(|r| r.map(|(slot, _)| slot))
+            .collect::<Result<std::collections::BTreeSet<u32>, DataplaneError>>()?;
         let records = Route4Records::new(match take_map(&mut ebpf, names::ROUTE4_RECORDS)? {
             Map::Array(data) => data,
             _ => return Err(DataplaneError::Missing { what: "array map", name: names::ROUTE4_RECORDS }),
@@ -403,6 +411,7 @@ impl KernelDataplane {
             routes: Routes { v4, v6 },
             fib4,
             records,
+            egress_policies,
             policies,
             flows,
             links,
@@ -536,8 +545,12 @@ fn links_run_active(inner: &Inner) -> Result<bool, DataplaneError> {
     Ok(true)
 }
 
-/// Points every interface's links at `inner.xdp` / `inner.tc`.
+/// Points every interface's links at `inner.xdp` / `inner.tc`. The interface entries are
+/// brought up to date first: entries an earlier build wrote lack what this build's programs
+/// read from them (flow, policy flags, the flat-table root), and a program that found a flag
+/// missing would skip a policy.
 fn swap_links(inner: &mut Inner) -> Result<(), DataplaneError> {
+    inner.refresh_entries()?;
     let mut ifindexes: Vec<u32> = inner.links.keys().copied().collect();
     ifindexes.sort_unstable();
     for ifindex in ifindexes {
@@ -702,9 +715,8 @@ fn pin_links(dirs: &PinDirs, ifindex: u32, xdp: FdLink, tc: FdLink) -> Result<(F
     }
 }
 
-/// The entry of an interface; `fib4_root` is its VRF's flat-table root (routes-mode VRFs),
-/// `flows` whether its slot's flow mode is on.
-fn interface_config(p: &InterfaceParams, fib4_root: u32, flows: bool) -> InterfaceConfig {
+/// The entry of an interface.
+fn interface_config(p: &InterfaceParams, extra: EntryExtras) -> InterfaceConfig {
     let mut flags = IFACE_PRESENT;
     if p.link.ipv4.is_some() {
         flags |= IFACE_HAS_IPV4;
@@ -715,9 +727,7 @@ fn interface_config(p: &InterfaceParams, fib4_root: u32, flows: bool) -> Interfa
     if p.kernel_fib.is_some() {
         flags |= IFACE_KERNEL_FIB;
     }
-    if flows {
-        flags |= dataplane_common::route::IFACE_FLOWS;
-    }
+    flags |= extra.flags;
     InterfaceConfig {
         slot: p.slot,
         vrf: p.vrf,
@@ -727,7 +737,58 @@ fn interface_config(p: &InterfaceParams, fib4_root: u32, flows: bool) -> Interfa
         _pad: [0; 2],
         ipv4: p.link.ipv4.map(|a| a.octets()).unwrap_or_default(),
         ipv6: p.link.ipv6.map(|a| a.octets()).unwrap_or_default(),
-        fib_table: p.kernel_fib.unwrap_or(fib4_root),
+        fib_table: p.kernel_fib.unwrap_or(extra.fib4_root),
+    }
+}
+
+/// What an interface entry carries beside the interface: state the packet path would otherwise
+/// look up per packet in other maps.
+#[derive(Clone, Copy)]
+struct EntryExtras {
+    /// `IFACE_FLOWS`, `IFACE_POLICY_IN`, `IFACE_EGRESS_POLICIES` as they stand.
+    flags: u32,
+    /// Its VRF's flat-table root (routes-mode VRFs).
+    fib4_root: u32,
+}
+
+/// The entry flags [`EntryExtras`] carries.
+const EXTRA_FLAGS: u32 =
+    dataplane_common::route::IFACE_FLOWS | dataplane_common::route::IFACE_POLICY_IN | dataplane_common::route::IFACE_EGRESS_POLICIES;
+
+impl Inner {
+    fn entry_extras(&self, p: &InterfaceParams) -> Result<EntryExtras, DataplaneError> {
+        self.extras(p.slot, p.vrf)
+    }
+
+    fn extras(&self, slot: u32, vrf: u32) -> Result<EntryExtras, DataplaneError> {
+        use dataplane_common::route::{IFACE_EGRESS_POLICIES, IFACE_FLOWS, IFACE_POLICY_IN};
+        let mut flags = 0;
+        if self.flows.enabled(slot)? {
+            flags |= IFACE_FLOWS;
+        }
+        if self.policies.attachment(slot, dataplane_common::policy::DIR_INGRESS)? != 0 {
+            flags |= IFACE_POLICY_IN;
+        }
+        if !self.egress_policies.is_empty() {
+            flags |= IFACE_EGRESS_POLICIES;
+        }
+        Ok(EntryExtras { flags, fib4_root: self.fib4.root(vrf)? })
+    }
+
+    /// Recomputes the extras of every entry from the maps they mirror.
+    fn refresh_entries(&mut self) -> Result<(), DataplaneError> {
+        let mut extras = std::collections::HashMap::new();
+        for (slot, vrf) in self.interfaces.slots_and_vrfs()? {
+            extras.insert(slot, self.extras(slot, vrf)?);
+        }
+        self.interfaces.patch_all(|c| match extras.get(&c.slot) {
+            Some(e) => InterfaceConfig {
+                flags: (c.flags & !EXTRA_FLAGS) | e.flags,
+                fib_table: if c.flags & IFACE_KERNEL_FIB != 0 { c.fib_table } else { e.fib4_root },
+                ..c
+            },
+            None => c,
+        })
     }
 }
 
@@ -777,9 +838,8 @@ impl Dataplane for KernelDataplane {
             let _ = inner.interfaces.remove(ifindex);
             let _ = inner.tx_ports.clear(p.slot);
         };
-        let root = inner.fib4.root(p.vrf)?;
-        let flows = inner.flows.enabled(p.slot)?;
-        if let Err(e) = inner.interfaces.insert(ifindex, &interface_config(p, root, flows)) {
+        let extra = inner.entry_extras(p)?;
+        if let Err(e) = inner.interfaces.insert(ifindex, &interface_config(p, extra)) {
             undo(inner);
             return Err(e);
         }
@@ -818,9 +878,8 @@ impl Dataplane for KernelDataplane {
 
     fn update_interface(&self, p: &InterfaceParams) -> Result<(), DataplaneError> {
         let mut inner = self.lock();
-        let root = inner.fib4.root(p.vrf)?;
-        let flows = inner.flows.enabled(p.slot)?;
-        inner.interfaces.insert(p.link.ifindex, &interface_config(p, root, flows))
+        let extra = inner.entry_extras(p)?;
+        inner.interfaces.insert(p.link.ifindex, &interface_config(p, extra))
     }
 
     fn detach(&self, ifindex: u32, slot: u32) -> Result<(), DataplaneError> {
@@ -935,7 +994,20 @@ impl Dataplane for KernelDataplane {
     }
 
     fn set_policy_attachment(&self, slot: u32, direction: u32, word: u32) -> Result<(), DataplaneError> {
-        self.lock().policies.set_attachment(slot, direction, word)
+        use dataplane_common::route::{IFACE_EGRESS_POLICIES, IFACE_POLICY_IN};
+        let mut inner = self.lock();
+        // The word first: a packet that sees a flag finds what it announces.
+        inner.policies.set_attachment(slot, direction, word)?;
+        if direction == dataplane_common::policy::DIR_INGRESS {
+            return inner.interfaces.set_flag(Some(slot), IFACE_POLICY_IN, word != 0);
+        }
+        if word != 0 {
+            inner.egress_policies.insert(slot);
+        } else {
+            inner.egress_policies.remove(&slot);
+        }
+        let any = !inner.egress_policies.is_empty();
+        inner.interfaces.set_flag(None, IFACE_EGRESS_POLICIES, any)
     }
 
     fn rule_stats(&self, first: u32, count: u32) -> Result<Vec<dataplane_common::policy::RuleStats>, DataplaneError> {
@@ -946,7 +1018,7 @@ impl Dataplane for KernelDataplane {
         let mut inner = self.lock();
         inner.flows.config.set(slot, cfg, 0).map_err(DataplaneError::map(names::FLOW_CONFIG, "update"))?;
         // After the config: the packet path enters the flow stage on the entry's flag.
-        inner.interfaces.set_flows(slot, cfg.enabled != 0)
+        inner.interfaces.set_flag(Some(slot), dataplane_common::route::IFACE_FLOWS, cfg.enabled != 0)
     }
 
     fn put_flow(&self, key: &super::FlowKey, value: &dataplane_common::flow::FlowValue) -> Result<(), DataplaneError> {

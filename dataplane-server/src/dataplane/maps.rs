@@ -5,7 +5,7 @@ use std::{collections::BTreeSet, net::IpAddr};
 use aya::maps::{lpm_trie::Key, Array, DevMap, HashMap, LpmTrie, MapData, MapError, PerCpuArray, PerCpuValues};
 use dataplane_common::{
     flow::{FlowConfig, FlowKeyV4, FlowKeyV6, FlowValue},
-    route::{IFACE_FLOWS, IFACE_KERNEL_FIB},
+    route::IFACE_KERNEL_FIB,
     maps as names,
     policy::{PolicyAddrV4, PolicyAddrV6, PolicyL4, PolicyTable, RuleStats},
     route::VRF_BITS,
@@ -65,15 +65,19 @@ impl Interfaces {
         Ok(())
     }
 
+    fn get(&self, ifindex: u32) -> Result<InterfaceConfig, DataplaneError> {
+        if ifindex < MAX_DIRECT_IFINDEX {
+            self.direct.get(&ifindex, 0).map_err(DataplaneError::map(names::INTERFACES, "lookup"))
+        } else {
+            self.high.get(&ifindex, 0).map_err(DataplaneError::map(names::INTERFACES_HIGH, "lookup"))
+        }
+    }
+
     /// Rewrites, as `f` makes them, the entries `which` selects (only those `f` changes).
     fn patch(&mut self, which: impl Fn(&InterfaceConfig) -> bool, f: impl Fn(InterfaceConfig) -> InterfaceConfig) -> Result<(), DataplaneError> {
         let present: Vec<u32> = self.present.iter().copied().collect();
         for ifindex in present {
-            let cfg = if ifindex < MAX_DIRECT_IFINDEX {
-                self.direct.get(&ifindex, 0).map_err(DataplaneError::map(names::INTERFACES, "lookup"))?
-            } else {
-                self.high.get(&ifindex, 0).map_err(DataplaneError::map(names::INTERFACES_HIGH, "lookup"))?
-            };
+            let cfg = self.get(ifindex)?;
             if which(&cfg) && f(cfg) != cfg {
                 self.insert(ifindex, &f(cfg))?;
             }
@@ -81,14 +85,24 @@ impl Interfaces {
         Ok(())
     }
 
+    /// Rewrites every entry as `f` makes it (only those it changes).
+    pub fn patch_all(&mut self, f: impl Fn(InterfaceConfig) -> InterfaceConfig) -> Result<(), DataplaneError> {
+        self.patch(|_| true, f)
+    }
+
+    /// (slot, VRF) of every entry.
+    pub fn slots_and_vrfs(&self) -> Result<Vec<(u32, u32)>, DataplaneError> {
+        self.present.iter().map(|&ifindex| self.get(ifindex).map(|c| (c.slot, c.vrf))).collect()
+    }
+
     /// Points the entries of VRF `vrf`'s routes-mode interfaces at flat-table root `root`.
     pub fn set_fib4_root(&mut self, vrf: u32, root: u32) -> Result<(), DataplaneError> {
         self.patch(|c| c.vrf == vrf && c.flags & IFACE_KERNEL_FIB == 0, |c| InterfaceConfig { fib_table: root, ..c })
     }
 
-    /// Sets or clears `IFACE_FLOWS` in the entry of interface slot `slot`.
-    pub fn set_flows(&mut self, slot: u32, on: bool) -> Result<(), DataplaneError> {
-        self.patch(|c| c.slot == slot, |c| InterfaceConfig { flags: if on { c.flags | IFACE_FLOWS } else { c.flags & !IFACE_FLOWS }, ..c })
+    /// Sets or clears `flag` in the entry of interface slot `slot` (`None`: in every entry).
+    pub fn set_flag(&mut self, slot: Option<u32>, flag: u32, on: bool) -> Result<(), DataplaneError> {
+        self.patch(|c| slot.is_none_or(|s| c.slot == s), |c| InterfaceConfig { flags: if on { c.flags | flag } else { c.flags & !flag }, ..c })
     }
 
     /// Entries in `INTERFACES`.
@@ -442,6 +456,11 @@ impl PolicyMaps {
 
     pub fn set_attachment(&mut self, slot: u32, direction: u32, word: u32) -> Result<(), DataplaneError> {
         self.attach.set(slot * 2 + direction, word, 0).map_err(DataplaneError::map(names::POLICY_ATTACH, "update"))
+    }
+
+    /// The attachment word of interface `slot`, `direction` (0: none).
+    pub fn attachment(&self, slot: u32, direction: u32) -> Result<u32, DataplaneError> {
+        self.attach.get(&(slot * 2 + direction), 0).map_err(DataplaneError::map(names::POLICY_ATTACH, "lookup"))
     }
 
     pub fn rule_stats(&self, first: u32, count: u32) -> Result<Vec<RuleStats>, DataplaneError> {
