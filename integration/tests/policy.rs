@@ -351,3 +351,36 @@ async fn policy_bad_input_precise_status_changes_nothing() {
     let e = c.policy.delete_policy(pb::DeletePolicyRequest { name: "p".into() }).await.unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
 }
+
+/// What an earlier build left: interface entries without the flags this build's programs read
+/// (here: the ingress-policy flag cleared in the pinned `INTERFACES` entry of `lo`). Before the
+/// links switch to new programs (`UpgradePrograms`), the entries are rewritten from the maps they
+/// mirror, so the policy is enforced by the new programs from their first packet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_entry_without_flag_from_earlier_build_refreshed_before_program_switch() {
+    use aya::maps::{Array, Map, MapData};
+    use dataplane_common::{route::IFACE_POLICY_IN, InterfaceConfig};
+    const XDP_DROP: u32 = 1;
+    let (ns, server, mut c) = setup("dppo-").await;
+    let mut r = rule(10, pb::Action::Deny);
+    r.protocol = Some(17);
+    r.dst_ports = ports(53, 53);
+    put(&mut c, "edge", vec![r]).await.unwrap();
+    attach(&mut c, "edge", pb::Action::Allow).await;
+    let denied = l4_frame(ip("192.0.2.10"), ip("198.51.100.1"), 17, 4000, 53, 0);
+    let xdp = XdpOverPins::load(&server.bpffs);
+    assert_eq!(xdp.run(&denied).0, XDP_DROP);
+
+    let lo = ns.exec("cat", &["/sys/class/net/lo/ifindex"]).unwrap().trim().parse::<u32>().unwrap();
+    let pin = server.bpffs.join("v1/maps/INTERFACES");
+    let mut entries: Array<MapData, InterfaceConfig> = Array::try_from(Map::Array(MapData::from_pin(&pin).unwrap())).unwrap();
+    let entry = entries.get(&lo, 0).unwrap();
+    assert_ne!(entry.flags & IFACE_POLICY_IN, 0, "the server sets the flag with the attachment");
+    entries.set(lo, InterfaceConfig { flags: entry.flags & !IFACE_POLICY_IN, ..entry }, 0).unwrap();
+    assert_eq!(xdp.run(&denied).0, 4, "without the flag the policy is skipped: the flag is what the program reads");
+
+    c.system.upgrade_programs(pb::UpgradeProgramsRequest::default()).await.unwrap();
+    assert_ne!(entries.get(&lo, 0).unwrap().flags & IFACE_POLICY_IN, 0, "refreshed before the switch");
+    assert_eq!(xdp.run(&denied).0, XDP_DROP);
+    assert_eq!(xdp.run(&l4_frame(ip("192.0.2.10"), ip("198.51.100.1"), 17, 4000, 54, 0)).0, 4);
+}
