@@ -25,7 +25,7 @@ pub fn render(command: &str, packet: &Results, veth: &crate::veth::Results, flow
     let _ = writeln!(
         md,
         "`dp_xdp_ingress`, the program the server attaches, on a UDP datagram that hits a route \
-         to an ENCAP next hop: interface lookup, parse, LPM lookup in the VRF, next hop, TTL \
+         to an ENCAP next hop: interface lookup, parse, route lookup in the VRF (IPv4: its flat table; IPv6: the LPM trie), next hop, TTL \
          decrement with incremental checksum, MAC rewrite, devmap redirect, per-CPU counters. \
          The routes are random Internet-shaped prefixes (IPv4 mostly /24, IPv6 mostly /48); the \
          probed destination lies in a /24 (/48). A repeated test run hands the program its own \
