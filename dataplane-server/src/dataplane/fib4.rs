@@ -123,10 +123,10 @@ impl Fib4Maps {
         Ok(out)
     }
 
-    /// Every VRF's root (non-zero `FIB4_VRFS` entries).
-    pub(super) fn roots(&self) -> Result<Vec<(u32, u32)>, DataplaneError> {
+    /// The non-zero roots among `vrfs`.
+    pub(super) fn roots(&self, vrfs: &[u32]) -> Result<Vec<(u32, u32)>, DataplaneError> {
         let mut roots = Vec::new();
-        for vrf in 0..dataplane_common::MAX_VRFS {
+        for &vrf in vrfs {
             let root = self.vrfs.get(&vrf, 0).map_err(DataplaneError::map(names::FIB4_VRFS, "lookup"))?;
             if root != 0 {
                 roots.push((vrf, root));

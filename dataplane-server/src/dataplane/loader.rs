@@ -977,8 +977,8 @@ impl Dataplane for KernelDataplane {
         inner.records.read(u32::try_from(mark).unwrap_or(u32::MAX))
     }
 
-    fn fib4_roots(&self) -> Result<Vec<(u32, u32)>, DataplaneError> {
-        self.lock().fib4.roots()
+    fn fib4_roots(&self, vrfs: &[u32]) -> Result<Vec<(u32, u32)>, DataplaneError> {
+        self.lock().fib4.roots(vrfs)
     }
 
     fn fib4_load(&self, chunk: u32) -> Result<dataplane_common::route::fib4::Chunk, DataplaneError> {

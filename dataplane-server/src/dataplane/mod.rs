@@ -217,8 +217,8 @@ pub trait Dataplane: Send + Sync + 'static {
     /// Every valid record below the high-water mark.
     fn route4_records(&self) -> Result<Vec<(u32, dataplane_common::RouteRecord4)>, DataplaneError>;
 
-    /// (VRF, root) of every VRF that has a flat table.
-    fn fib4_roots(&self) -> Result<Vec<(u32, u32)>, DataplaneError>;
+    /// (VRF, root) of those of `vrfs` that have a flat table.
+    fn fib4_roots(&self, vrfs: &[u32]) -> Result<Vec<(u32, u32)>, DataplaneError>;
     /// Pool chunk `chunk` as the kernel holds it.
     fn fib4_load(&self, chunk: u32) -> Result<dataplane_common::route::fib4::Chunk, DataplaneError>;
 

@@ -324,8 +324,9 @@ impl Dataplane for FakeDataplane {
         Ok(self.records.lock().unwrap().iter().map(|(s, r)| (*s, *r)).collect())
     }
 
-    fn fib4_roots(&self) -> Result<Vec<(u32, u32)>, DataplaneError> {
-        Ok(self.fib4_roots.lock().unwrap().iter().map(|(v, r)| (*v, *r)).collect())
+    fn fib4_roots(&self, vrfs: &[u32]) -> Result<Vec<(u32, u32)>, DataplaneError> {
+        let roots = self.fib4_roots.lock().unwrap();
+        Ok(vrfs.iter().filter_map(|v| roots.get(v).map(|r| (*v, *r))).collect())
     }
 
     fn fib4_load(&self, chunk: u32) -> Result<dataplane_common::route::fib4::Chunk, DataplaneError> {

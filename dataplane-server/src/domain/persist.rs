@@ -621,10 +621,14 @@ impl<D: Dataplane> Domain<D> {
 
     /// Takes over the IPv4 flat tables the kernel has, where they give exactly what the routes
     /// just restored give; builds the others. Until a table is switched, its VRF's lookups go
-    /// on as they were (a mismatched table is pointed back at the trie before it is rebuilt).
+    /// on as they were (a mismatched table is rebuilt beside it and switched to in one write).
     fn restore_fib4(&self, state: &mut State, report: &mut RestoreReport) -> Result<(), DomainError> {
         let dp = &self.dataplane;
-        let roots = dp.fib4_roots()?;
+        // The roots of the VRFs the file knows, not all 65,536 ids (a syscall each): a root left
+        // for a VRF no longer known is unreachable (no interface is in it, and recreating the VRF
+        // writes a new root before anything can join it), so its chunks may count as free.
+        let known: Vec<u32> = state.vrfs.keys().copied().collect();
+        let roots = dp.fib4_roots(&known)?;
         let (fib, dropped) = super::fib4::Fib4::adopt(dp.fib4_capacity(), &roots, |c| dp.fib4_load(c), |vrf| {
             matches!(state.vrfs.get(&vrf), Some(VrfMode::Routes))
         })?;
