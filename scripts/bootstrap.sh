@@ -35,6 +35,17 @@ if ! rustup component list --toolchain nightly --installed 2>/dev/null | grep -q
     rustup component add rust-src --toolchain nightly
 fi
 
+# rustfmt and clippy: the test command's formatting and lint gate (stable for the workspace,
+# nightly for the eBPF crate, which only nightly builds).
+for tc in stable nightly; do
+    for c in rustfmt clippy; do
+        if ! rustup component list --toolchain "$tc" --installed 2>/dev/null | grep -q "^$c"; then
+            log "rustup: adding $c to $tc"
+            rustup component add "$c" --toolchain "$tc"
+        fi
+    done
+done
+
 # bpf-linker against Debian's LLVM 22 (its default feature asks for LLVM 23, which Debian lacks).
 BPF_LINKER_VERSION=0.13.0
 if ! bpf-linker --version 2>/dev/null | grep -q "$BPF_LINKER_VERSION"; then

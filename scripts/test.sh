@@ -7,6 +7,14 @@ cd "$(dirname "$0")/.."
 
 ./scripts/bootstrap.sh
 
+# The gate: formatting (rustfmt.toml) and clippy with warnings as errors, on the default members
+# and on the eBPF crate for its own target (nightly, build-std; its own target dir, so the
+# workspace's build is not disturbed).
+cargo fmt --all --check
+cargo clippy --locked --all-targets -- -D warnings
+CARGO_TARGET_DIR=target/ebpf-clippy cargo +nightly clippy --locked -p dataplane-ebpf \
+    --target bpfel-unknown-none -Z build-std=core --release -- -D warnings
+
 # Build and test the same package set (the default members) so the eBPF object is built once.
 cargo build --locked
 cargo test --locked "$@"

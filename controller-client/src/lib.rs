@@ -4,8 +4,8 @@
 use std::path::PathBuf;
 
 use dataplane_proto::v1::{
-    events_client::EventsClient, flows_client::FlowsClient, interfaces_client::InterfacesClient, policy_client::PolicyClient, routing_client::RoutingClient,
-    system_client::SystemClient,
+    events_client::EventsClient, flows_client::FlowsClient, interfaces_client::InterfacesClient,
+    policy_client::PolicyClient, routing_client::RoutingClient, system_client::SystemClient,
 };
 use hyper_util::rt::TokioIo;
 use tokio::net::UnixStream;
@@ -71,7 +71,10 @@ pub async fn connect(address: &ServerAddress) -> Result<Channel, ConnectError> {
 }
 
 /// [`connect`] with the endpoint adjusted first (HTTP/2 windows, timeouts, ...).
-pub async fn connect_tuned(address: &ServerAddress, tune: impl FnOnce(Endpoint) -> Endpoint) -> Result<Channel, ConnectError> {
+pub async fn connect_tuned(
+    address: &ServerAddress,
+    tune: impl FnOnce(Endpoint) -> Endpoint,
+) -> Result<Channel, ConnectError> {
     match address {
         ServerAddress::Unix(path) => {
             let path = path.clone();
@@ -86,8 +89,8 @@ pub async fn connect_tuned(address: &ServerAddress, tune: impl FnOnce(Endpoint) 
                 .map_err(|source| ConnectError::Transport { address: shown, source })
         }
         ServerAddress::Http(url) => {
-            let endpoint = Endpoint::from_shared(url.clone())
-                .map_err(|_| ConnectError::BadAddress { address: url.clone() })?;
+            let endpoint =
+                Endpoint::from_shared(url.clone()).map_err(|_| ConnectError::BadAddress { address: url.clone() })?;
             tune(endpoint).connect().await.map_err(|source| ConnectError::Transport { address: url.clone(), source })
         }
     }
@@ -114,7 +117,8 @@ impl Client {
     /// default stream window is 2 MiB).
     pub async fn connect_with_window(address: &ServerAddress, bytes: u32) -> Result<Self, ConnectError> {
         Self::from_channel(
-            connect_tuned(address, |e| e.initial_stream_window_size(bytes).initial_connection_window_size(bytes)).await?,
+            connect_tuned(address, |e| e.initial_stream_window_size(bytes).initial_connection_window_size(bytes))
+                .await?,
         )
     }
 

@@ -55,9 +55,7 @@ pub fn parse(text: &str) -> Result<Vec<pb::Rule>, PolicyFileError> {
     // An untagged enum would hide the field's error behind "did not match any variant": pick
     // the shape (list or map) first, then deserialize that shape for precise errors.
     let rules = match serde_yaml::from_str::<serde_yaml::Value>(text).map_err(fail)? {
-        serde_yaml::Value::Sequence(_) => {
-            serde_yaml::from_str::<Vec<RuleDoc>>(text).map_err(fail)?
-        }
+        serde_yaml::Value::Sequence(_) => serde_yaml::from_str::<Vec<RuleDoc>>(text).map_err(fail)?,
         _ => serde_yaml::from_str::<Wrapped>(text).map_err(fail)?.rules,
     };
     Ok(rules.iter().map(pb::Rule::from).collect())
@@ -75,40 +73,17 @@ mod tests {
         let a = parse(yaml).unwrap();
         let b = parse(json).unwrap();
         assert_eq!(a, b);
-        assert_eq!(
-            a[0].dst_ports,
-            Some(pb::PortRange {
-                first: 80,
-                last: 89
-            })
-        );
-        assert_eq!(
-            a[1].tcp_flags,
-            Some(pb::TcpFlags {
-                mask: 0x12,
-                value: 0x02
-            })
-        );
+        assert_eq!(a[0].dst_ports, Some(pb::PortRange { first: 80, last: 89 }));
+        assert_eq!(a[1].tcp_flags, Some(pb::TcpFlags { mask: 0x12, value: 0x02 }));
     }
 
     #[test]
     fn policy_file_bad_field_names_rule_field_and_line() {
         let e = parse("- priority: 1\n  action: maybe\n").unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "2:11: rules[0].action: \"maybe\" is not allow, deny or punt"
-        );
+        assert_eq!(e.to_string(), "2:11: rules[0].action: \"maybe\" is not allow, deny or punt");
         let e = parse("rules:\n  - priority: 1\n    action: allow\n    colour: red\n").unwrap_err();
-        assert!(
-            e.to_string()
-                .starts_with("4:5: rules[0]: unknown field `colour`"),
-            "{e}"
-        );
-        let e = parse("rules:\n  - priority: 1\n    dst_ports: 90-80\n    action: allow\n")
-            .unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "3:16: rules[0].dst_ports: \"90-80\": the first port is above the last"
-        );
+        assert!(e.to_string().starts_with("4:5: rules[0]: unknown field `colour`"), "{e}");
+        let e = parse("rules:\n  - priority: 1\n    dst_ports: 90-80\n    action: allow\n").unwrap_err();
+        assert_eq!(e.to_string(), "3:16: rules[0].dst_ports: \"90-80\": the first port is above the last");
     }
 }

@@ -48,7 +48,11 @@ impl<'de, T, F: FnOnce(&str) -> Result<T, String>> Visitor<'de> for TextVisitor<
 }
 
 /// Deserializes a string scalar through `parse` (whose error becomes the value's error).
-pub(crate) fn de_str<'de, D, T>(d: D, expecting: &'static str, parse: impl FnOnce(&str) -> Result<T, String>) -> Result<T, D::Error>
+pub(crate) fn de_str<'de, D, T>(
+    d: D,
+    expecting: &'static str,
+    parse: impl FnOnce(&str) -> Result<T, String>,
+) -> Result<T, D::Error>
 where
     D: Deserializer<'de>,
 {
@@ -57,7 +61,11 @@ where
 
 /// Deserializes a scalar that may be written as a number or a string (`80`, `"80-89"`,
 /// `tcp`), handing `parse` its text.
-pub(crate) fn de_scalar<'de, D, T>(d: D, expecting: &'static str, parse: impl FnOnce(&str) -> Result<T, String>) -> Result<T, D::Error>
+pub(crate) fn de_scalar<'de, D, T>(
+    d: D,
+    expecting: &'static str,
+    parse: impl FnOnce(&str) -> Result<T, String>,
+) -> Result<T, D::Error>
 where
     D: Deserializer<'de>,
 {
@@ -80,8 +88,7 @@ where
             f.write_str(self.0)
         }
         fn visit_u64<E: de::Error>(self, n: u64) -> Result<T, E> {
-            let n = u32::try_from(n)
-                .map_err(|_| E::custom(format!("{n} is out of range (at most {})", u32::MAX)))?;
+            let n = u32::try_from(n).map_err(|_| E::custom(format!("{n} is out of range (at most {})", u32::MAX)))?;
             (self.1)(n).map_err(E::custom)
         }
         fn visit_i64<E: de::Error>(self, n: i64) -> Result<T, E> {
@@ -157,26 +164,17 @@ impl FromStr for Cidr {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
-        let (a, l) = s
-            .split_once('/')
-            .ok_or_else(|| format!("{s:?} is not ADDRESS/LENGTH"))?;
-        let addr: IpAddr = a
-            .parse()
-            .map_err(|_| format!("{s:?}: {a:?} is not an IPv4 or IPv6 address"))?;
+        let (a, l) = s.split_once('/').ok_or_else(|| format!("{s:?} is not ADDRESS/LENGTH"))?;
+        let addr: IpAddr = a.parse().map_err(|_| format!("{s:?}: {a:?} is not an IPv4 or IPv6 address"))?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
-        let len: u8 = l
-            .parse()
-            .ok()
-            .filter(|&n| n <= max)
-            .ok_or_else(|| format!("{s:?}: length must be 0 to {max}"))?;
+        let len: u8 =
+            l.parse().ok().filter(|&n| n <= max).ok_or_else(|| format!("{s:?}: length must be 0 to {max}"))?;
         let masked = match addr {
             IpAddr::V4(v) => IpAddr::V4(Ipv4Addr::from(mask_v4(u32::from(v), len))),
             IpAddr::V6(v) => IpAddr::V6(Ipv6Addr::from(mask_v6(u128::from(v), len))),
         };
         if masked != addr {
-            return Err(format!(
-                "{s:?} has host bits set (the prefix is {masked}/{len})"
-            ));
+            return Err(format!("{s:?} has host bits set (the prefix is {masked}/{len})"));
         }
         Ok(Self { addr, len })
     }
@@ -201,9 +199,7 @@ pub struct Addr(pub IpAddr);
 impl<'de> Deserialize<'de> for Addr {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         de_str(d, "an IPv4 or IPv6 address", |s| {
-            s.parse()
-                .map(Addr)
-                .map_err(|_| format!("{s:?} is not an IPv4 or IPv6 address"))
+            s.parse().map(Addr).map_err(|_| format!("{s:?} is not an IPv4 or IPv6 address"))
         })
     }
 }
@@ -216,25 +212,11 @@ impl<'de> Deserialize<'de> for Mac {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         de_str(d, "a MAC address such as 02:00:5e:00:53:01", |s| {
             let parts: Vec<&str> = s.split([':', '-']).collect();
-            let bytes: Option<Vec<u8>> = parts
-                .iter()
-                .map(|p| {
-                    if p.len() == 2 {
-                        u8::from_str_radix(p, 16).ok()
-                    } else {
-                        None
-                    }
-                })
-                .collect();
+            let bytes: Option<Vec<u8>> =
+                parts.iter().map(|p| if p.len() == 2 { u8::from_str_radix(p, 16).ok() } else { None }).collect();
             match bytes {
-                Some(b) if b.len() == 6 => Ok(Mac(b
-                    .iter()
-                    .map(|x| format!("{x:02x}"))
-                    .collect::<Vec<_>>()
-                    .join(":"))),
-                _ => Err(format!(
-                    "{s:?} is not a MAC address (six hex bytes separated by ':')"
-                )),
+                Some(b) if b.len() == 6 => Ok(Mac(b.iter().map(|x| format!("{x:02x}")).collect::<Vec<_>>().join(":"))),
+                _ => Err(format!("{s:?} is not a MAC address (six hex bytes separated by ':')")),
             }
         })
     }
@@ -246,16 +228,8 @@ pub struct IfName(pub String);
 
 impl IfName {
     pub fn check(s: &str) -> Result<Self, String> {
-        if s.is_empty()
-            || s.len() > 15
-            || s.contains('/')
-            || s.contains(char::is_whitespace)
-            || s == "."
-            || s == ".."
-        {
-            return Err(format!(
-                "{s:?} is not an interface name (1 to 15 bytes, no '/' or spaces)"
-            ));
+        if s.is_empty() || s.len() > 15 || s.contains('/') || s.contains(char::is_whitespace) || s == "." || s == ".." {
+            return Err(format!("{s:?} is not an interface name (1 to 15 bytes, no '/' or spaces)"));
         }
         Ok(Self(s.to_owned()))
     }
@@ -289,9 +263,7 @@ impl<'de> Deserialize<'de> for Protocol {
                     .parse::<u32>()
                     .ok()
                     .filter(|&n| n <= 255)
-                    .ok_or_else(|| {
-                        format!("{t:?} is not tcp, udp, icmp, icmpv6 or a number 0-255")
-                    })?,
+                    .ok_or_else(|| format!("{t:?} is not tcp, udp, icmp, icmpv6 or a number 0-255"))?,
             }))
         })
     }
@@ -315,9 +287,7 @@ impl<'de> Deserialize<'de> for Ports {
         de_scalar(d, "a port or FIRST-LAST", |t| {
             let (a, b) = t.split_once('-').unwrap_or((t, t));
             let num = |v: &str| {
-                v.trim()
-                    .parse::<u16>()
-                    .map_err(|_| format!("{t:?} is not PORT or FIRST-LAST (ports 0-65535)"))
+                v.trim().parse::<u16>().map_err(|_| format!("{t:?} is not PORT or FIRST-LAST (ports 0-65535)"))
             };
             let (first, last) = (num(a)?, num(b)?);
             if first > last {
@@ -330,10 +300,7 @@ impl<'de> Deserialize<'de> for Ports {
 
 impl From<Ports> for pb::PortRange {
     fn from(p: Ports) -> Self {
-        pb::PortRange {
-            first: p.first.into(),
-            last: p.last.into(),
-        }
+        pb::PortRange { first: p.first.into(), last: p.last.into() }
     }
 }
 
@@ -355,13 +322,8 @@ impl<'de> Deserialize<'de> for TcpFlags {
             fn visit_str<E: de::Error>(self, s: &str) -> Result<TcpFlags, E> {
                 match s {
                     // SYN set, ACK clear: the first segment of a connection.
-                    "syn-only" | "syn" => Ok(TcpFlags {
-                        mask: 0x12,
-                        value: 0x02,
-                    }),
-                    other => Err(E::custom(format!(
-                        "{other:?} is not syn-only or {{mask, value}}"
-                    ))),
+                    "syn-only" | "syn" => Ok(TcpFlags { mask: 0x12, value: 0x02 }),
+                    other => Err(E::custom(format!("{other:?} is not syn-only or {{mask, value}}"))),
                 }
             }
             fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<TcpFlags, A::Error> {
@@ -372,10 +334,7 @@ impl<'de> Deserialize<'de> for TcpFlags {
                     value: u32,
                 }
                 let m = M::deserialize(de::value::MapAccessDeserializer::new(map))?;
-                Ok(TcpFlags {
-                    mask: m.mask,
-                    value: m.value,
-                })
+                Ok(TcpFlags { mask: m.mask, value: m.value })
             }
         }
         d.deserialize_any(V)
@@ -388,13 +347,11 @@ pub struct RuleAction(pub pb::Action);
 
 impl<'de> Deserialize<'de> for RuleAction {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        de_str(d, "allow, deny or punt", |s| {
-            match s.to_ascii_lowercase().as_str() {
-                "allow" => Ok(RuleAction(pb::Action::Allow)),
-                "deny" | "drop" => Ok(RuleAction(pb::Action::Deny)),
-                "punt" => Ok(RuleAction(pb::Action::Punt)),
-                other => Err(format!("{other:?} is not allow, deny or punt")),
-            }
+        de_str(d, "allow, deny or punt", |s| match s.to_ascii_lowercase().as_str() {
+            "allow" => Ok(RuleAction(pb::Action::Allow)),
+            "deny" | "drop" => Ok(RuleAction(pb::Action::Deny)),
+            "punt" => Ok(RuleAction(pb::Action::Punt)),
+            other => Err(format!("{other:?} is not allow, deny or punt")),
         })
     }
 }
@@ -435,10 +392,7 @@ impl From<&RuleDoc> for pb::Rule {
             dst_ports: r.dst_ports.map(Into::into),
             icmp_type: r.icmp_type,
             icmp_code: r.icmp_code,
-            tcp_flags: r.tcp_flags.map(|t| pb::TcpFlags {
-                mask: t.mask,
-                value: t.value,
-            }),
+            tcp_flags: r.tcp_flags.map(|t| pb::TcpFlags { mask: t.mask, value: t.value }),
             action: r.action.0 as i32,
             ..Default::default()
         }
@@ -452,10 +406,7 @@ pub fn split_location(e: &serde_yaml::Error) -> (String, Option<(usize, usize)>)
     match e.location() {
         Some(l) => {
             let suffix = format!(" at line {} column {}", l.line(), l.column());
-            (
-                text.strip_suffix(&suffix).unwrap_or(&text).to_owned(),
-                Some((l.line(), l.column())),
-            )
+            (text.strip_suffix(&suffix).unwrap_or(&text).to_owned(), Some((l.line(), l.column())))
         }
         None => (text, None),
     }
@@ -467,28 +418,16 @@ mod tests {
 
     #[test]
     fn cidr_parse_rejects_host_bits_and_bad_lengths() {
-        assert_eq!(
-            "198.51.100.0/24".parse::<Cidr>().unwrap().to_string(),
-            "198.51.100.0/24"
-        );
+        assert_eq!("198.51.100.0/24".parse::<Cidr>().unwrap().to_string(), "198.51.100.0/24");
         assert_eq!("2001:db8::/32".parse::<Cidr>().unwrap().len, 32);
-        for bad in [
-            "198.51.100.1/24",
-            "198.51.100.0/33",
-            "198.51.100.0",
-            "x/8",
-            "2001:db8::1/32",
-        ] {
+        for bad in ["198.51.100.1/24", "198.51.100.0/33", "198.51.100.0", "x/8", "2001:db8::1/32"] {
             assert!(bad.parse::<Cidr>().is_err(), "{bad}");
         }
         let c: Cidr = "198.51.100.0/24".parse().unwrap();
         assert!(c.contains("198.51.100.9".parse().unwrap()));
         assert!(!c.contains("198.51.101.9".parse().unwrap()));
         assert!(!c.contains("2001:db8::1".parse().unwrap()));
-        assert!("0.0.0.0/0"
-            .parse::<Cidr>()
-            .unwrap()
-            .contains("203.0.113.1".parse().unwrap()));
+        assert!("0.0.0.0/0".parse::<Cidr>().unwrap().contains("203.0.113.1".parse().unwrap()));
     }
 
     #[test]
@@ -498,15 +437,10 @@ mod tests {
         struct Doc {
             routes: Vec<RuleDoc>,
         }
-        let e = serde_yaml::from_str::<Doc>(
-            "routes:\n  - priority: 1\n    dst: 198.51.100.1/24\n    action: allow\n",
-        )
-        .unwrap_err();
+        let e = serde_yaml::from_str::<Doc>("routes:\n  - priority: 1\n    dst: 198.51.100.1/24\n    action: allow\n")
+            .unwrap_err();
         let (msg, at) = split_location(&e);
         assert_eq!(at, Some((3, 10)));
-        assert!(
-            msg.starts_with("routes[0].dst: \"198.51.100.1/24\" has host bits set"),
-            "{msg}"
-        );
+        assert!(msg.starts_with("routes[0].dst: \"198.51.100.1/24\" has host bits set"), "{msg}");
     }
 }

@@ -196,14 +196,32 @@ pub fn run(config: &Config) -> Result<Results> {
         client.interfaces.add_interface(pb::AddInterfaceRequest { name: "lo".into(), ..Default::default() }).await?;
         let nh = pb::NextHop {
             id: 1,
-            kind: Some(pb::next_hop::Kind::Encap(pb::EncapNextHop { interface: "lo".into(), dst_mac: "02:00:00:00:00:01".into(), src_mac: String::new(), gateway: String::new() })),
+            kind: Some(pb::next_hop::Kind::Encap(pb::EncapNextHop {
+                interface: "lo".into(),
+                dst_mac: "02:00:00:00:00:01".into(),
+                src_mac: String::new(),
+                gateway: String::new(),
+            })),
             ..Default::default()
         };
         client.routing.add_next_hops(pb::AddNextHopsRequest { next_hops: vec![nh], replace: false }).await?;
-        client.routing.add_routes(pb::AddRoutesRequest { routes: vec![pb::Route { vrf: 0, prefix: "0.0.0.0/0".into(), next_hop: 1 }], replace: false }).await?;
+        client
+            .routing
+            .add_routes(pb::AddRoutesRequest {
+                routes: vec![pb::Route { vrf: 0, prefix: "0.0.0.0/0".into(), next_hop: 1 }],
+                replace: false,
+            })
+            .await?;
         client
             .flows
-            .set_flow_mode(pb::SetFlowModeRequest { interface: "lo".into(), enabled: true, hold_cap: 1_000_000, punt_rate: 1_000_000, punt_burst: 1_000_000, ..Default::default() })
+            .set_flow_mode(pb::SetFlowModeRequest {
+                interface: "lo".into(),
+                enabled: true,
+                hold_cap: 1_000_000,
+                punt_rate: 1_000_000,
+                punt_burst: 1_000_000,
+                ..Default::default()
+            })
             .await?;
         anyhow::Ok(())
     })?;
@@ -228,10 +246,12 @@ pub fn run(config: &Config) -> Result<Results> {
         // The loop: a controller answering every miss, misses sent as fast as one thread can.
         let sent: Arc<Mutex<HashMap<u32, Instant>>> = Arc::default();
         let (setup, latencies) = rt.block_on(async {
-            let mut stream = client.flows.subscribe_flow_misses(pb::SubscribeFlowMissesRequest::default()).await?.into_inner();
+            let mut stream =
+                client.flows.subscribe_flow_misses(pb::SubscribeFlowMissesRequest::default()).await?.into_inner();
             // A second subscriber only timestamps events: miss-to-event latency without the
             // controller's own queueing behind its InstallFlows calls.
-            let mut watch = client.flows.subscribe_flow_misses(pb::SubscribeFlowMissesRequest::default()).await?.into_inner();
+            let mut watch =
+                client.flows.subscribe_flow_misses(pb::SubscribeFlowMissesRequest::default()).await?.into_inner();
             let mut ctl = client.clone();
             let sent2 = sent.clone();
             let observer = tokio::spawn(async move {
@@ -251,7 +271,12 @@ pub fn run(config: &Config) -> Result<Results> {
                 while done < n {
                     let Some(m) = stream.message().await? else { bail!("miss stream ended") };
                     let Some(pb::flow_miss_message::Kind::Miss(miss)) = m.kind else { bail!("controller lagged") };
-                    let flow = pb::Flow { key: miss.key, action: pb::FlowAction::Forward as i32, next_hop: 1, ..Default::default() };
+                    let flow = pb::Flow {
+                        key: miss.key,
+                        action: pb::FlowAction::Forward as i32,
+                        next_hop: 1,
+                        ..Default::default()
+                    };
                     ctl.flows.install_flows(pb::InstallFlowsRequest { flows: vec![flow] }).await?;
                     done += 1;
                 }
@@ -268,8 +293,11 @@ pub fn run(config: &Config) -> Result<Results> {
                     tokio::task::yield_now().await;
                 }
             }
-            let end = tokio::time::timeout(Duration::from_secs(120), controller).await.context("flow setups timed out")???;
-            let lat = tokio::time::timeout(Duration::from_secs(10), observer).await.context("observer timed out")???;
+            let end = tokio::time::timeout(Duration::from_secs(120), controller)
+                .await
+                .context("flow setups timed out")???;
+            let lat =
+                tokio::time::timeout(Duration::from_secs(10), observer).await.context("observer timed out")???;
             anyhow::Ok((config.flows as f64 / end.duration_since(start).as_secs_f64(), lat))
         })?;
         // Every flow is now hit by its next packet.
@@ -284,7 +312,12 @@ pub fn run(config: &Config) -> Result<Results> {
         let install = rt.block_on(async {
             let start = Instant::now();
             for i in 0..n {
-                let flow = pb::Flow { key: Some(key(base + n + i)), action: pb::FlowAction::Forward as i32, next_hop: 1, ..Default::default() };
+                let flow = pb::Flow {
+                    key: Some(key(base + n + i)),
+                    action: pb::FlowAction::Forward as i32,
+                    next_hop: 1,
+                    ..Default::default()
+                };
                 client.flows.install_flows(pb::InstallFlowsRequest { flows: vec![flow] }).await?;
             }
             anyhow::Ok(config.flows as f64 / start.elapsed().as_secs_f64())
@@ -292,7 +325,10 @@ pub fn run(config: &Config) -> Result<Results> {
         results.installs.push(install);
         eprintln!("  flows run {run}: {setup:.0} setups/s through the loop, {install:.0} InstallFlows/s alone");
     }
-    eprintln!("miss storm: {} runs of {:?} quiet + {:?} storm", config.storm.runs, config.storm.window, config.storm.window);
+    eprintln!(
+        "miss storm: {} runs of {:?} quiet + {:?} storm",
+        config.storm.runs, config.storm.window, config.storm.window
+    );
     results.storm = Some(crate::storm::run(&config.storm, &rt, &mut client, &mut program)?);
     control_path(config, &rt, &mut client, &server, &mut results)?;
     drop(client);
@@ -304,7 +340,13 @@ pub fn run(config: &Config) -> Result<Results> {
 /// Routes per second through the API (AddRoutes batches of 10,000, each run into a VRF of its
 /// own) next to `ip -batch` adding the same prefixes to a kernel table of the bench's own
 /// namespace; and the server's RSS before and after.
-fn control_path(config: &Config, rt: &tokio::runtime::Runtime, client: &mut Client, server: &ServerProcess, results: &mut Results) -> Result<()> {
+fn control_path(
+    config: &Config,
+    rt: &tokio::runtime::Runtime,
+    client: &mut Client,
+    server: &ServerProcess,
+    results: &mut Results,
+) -> Result<()> {
     // The storm case before this one leaves the server busy for a while (held frames timing
     // out, the ring draining): measured then, the first run was 20x slower than the others.
     let waited = settle(server.child.id());
@@ -350,7 +392,10 @@ fn control_path(config: &Config, rt: &tokio::runtime::Runtime, client: &mut Clie
         client.routing.add_vrf(pb::AddVrfRequest { id: 99, ..Default::default() }).await?;
         let prefixes: Vec<u32> = (0..more as u32).map(|i| 0x0a00_0000 + (i << 8)).collect();
         for chunk in prefixes.chunks(100_000) {
-            let routes = chunk.iter().map(|a| pb::Route { vrf: 99, prefix: format!("{}/24", Ipv4Addr::from(*a)), next_hop: 1 }).collect();
+            let routes = chunk
+                .iter()
+                .map(|a| pb::Route { vrf: 99, prefix: format!("{}/24", Ipv4Addr::from(*a)), next_hop: 1 })
+                .collect();
             client.routing.add_routes(pb::AddRoutesRequest { routes, replace: false }).await?;
         }
         anyhow::Ok(())
@@ -371,7 +416,11 @@ impl Memory {
     fn of(pid: u32) -> Self {
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
         let field = |name: &str| -> u64 {
-            status.lines().find(|l| l.starts_with(name)).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()).unwrap_or(0)
+            status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+                .unwrap_or(0)
         };
         Self { rss_kib: field("VmRSS:"), anon_kib: field("RssAnon:") }
     }

@@ -60,10 +60,18 @@ fn main() -> Result<()> {
         runs: args.runs.unwrap_or(5).max(1),
         repeat: args.repeat.unwrap_or(if args.quick { 10_000 } else { 1_000_000 }),
         route_counts: args.routes.clone().unwrap_or_else(|| {
-            if args.quick { vec![10, 1_000] } else { vec![10, 10_000, 100_000, 1_000_000] }
+            if args.quick {
+                vec![10, 1_000]
+            } else {
+                vec![10, 10_000, 100_000, 1_000_000]
+            }
         }),
         rule_counts: args.rules.clone().unwrap_or_else(|| {
-            if args.quick { vec![1, 100] } else { vec![1, 100, 1_000, 10_000] }
+            if args.quick {
+                vec![1, 100]
+            } else {
+                vec![1, 100, 1_000, 10_000]
+            }
         }),
     };
     let command = std::env::var("DATAPLANE_BENCH_COMMAND").unwrap_or_else(|_| {
@@ -71,7 +79,10 @@ fn main() -> Result<()> {
     });
 
     let sandbox = sandbox::Sandbox::new()?;
-    eprintln!("packet path: BPF_PROG_TEST_RUN, repeat {}, {} runs, routes {:?}", config.repeat, config.runs, config.route_counts);
+    eprintln!(
+        "packet path: BPF_PROG_TEST_RUN, repeat {}, {} runs, routes {:?}",
+        config.repeat, config.runs, config.route_counts
+    );
     let packet = packet::run(&sandbox, &config)?;
     drop(sandbox);
     let veth_config = veth::Config {

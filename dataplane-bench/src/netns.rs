@@ -4,12 +4,7 @@
 //! outright, by the next run ([`remove_stale`]). Work inside one runs on a thread of its own
 //! that `setns`es into it, so no other thread ever changes namespace.
 
-use std::{
-    fs::File,
-    os::fd::AsRawFd,
-    process::Command,
-    sync::Mutex,
-};
+use std::{fs::File, os::fd::AsRawFd, process::Command, sync::Mutex};
 
 use anyhow::{bail, Context, Result};
 
@@ -128,7 +123,10 @@ impl NetNs {
             .lines()
             .find_map(|l| l.trim_start().strip_prefix(&format!("{dev}:")))
             .with_context(|| format!("{dev} not in /proc/net/dev of {}", self.name))?;
-        line.split_whitespace().nth(1).and_then(|v| v.parse().ok()).with_context(|| format!("bad /proc/net/dev line for {dev}: {line}"))
+        line.split_whitespace()
+            .nth(1)
+            .and_then(|v| v.parse().ok())
+            .with_context(|| format!("bad /proc/net/dev line for {dev}: {line}"))
     }
 
     /// `Ip: ForwDatagrams` of the namespace (`/proc/net/snmp`): IPv4 datagrams its kernel
@@ -146,7 +144,9 @@ impl NetNs {
             .lines()
             .filter_map(|l| l.trim().split_once(':'))
             .filter(|(k, _)| {
-                k.strip_prefix("rx_queue_").and_then(|r| r.strip_suffix(suffix.as_str())).is_some_and(|q| q.parse::<u32>().is_ok())
+                k.strip_prefix("rx_queue_")
+                    .and_then(|r| r.strip_suffix(suffix.as_str()))
+                    .is_some_and(|q| q.parse::<u32>().is_ok())
             })
             .map(|(_, v)| v.trim().parse().unwrap_or(0))
             .collect();

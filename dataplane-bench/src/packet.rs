@@ -15,7 +15,9 @@ use std::{
 use anyhow::{bail, ensure, Context, Result};
 use dataplane_server::{
     dataplane::{TestProgram, TestRunOutcome},
-    domain::{Direction, InterfaceName, Ipv4Lookup, NewNextHop, NextHopSpec, PolicyName, RouteSpec, RuleAction, RuleSpec},
+    domain::{
+        Direction, InterfaceName, Ipv4Lookup, NewNextHop, NextHopSpec, PolicyName, RouteSpec, RuleAction, RuleSpec,
+    },
     net::{Mac, Prefix},
 };
 
@@ -50,7 +52,11 @@ impl Figure {
         let mut s = self.samples.clone();
         s.sort_by(f64::total_cmp);
         let n = s.len();
-        if n % 2 == 1 { s[n / 2] } else { (s[n / 2 - 1] + s[n / 2]) / 2.0 }
+        if n % 2 == 1 {
+            s[n / 2]
+        } else {
+            (s[n / 2 - 1] + s[n / 2]) / 2.0
+        }
     }
     pub fn min(&self) -> f64 {
         self.samples.iter().copied().fold(f64::INFINITY, f64::min)
@@ -161,8 +167,20 @@ pub fn run(sandbox: &Sandbox, config: &Config) -> Result<Results> {
         let mut f6 = figure("full L3 path, IPv6 UDP 78 B", Some(count));
         for _ in 0..config.runs {
             results.pass.samples.push(measure(sandbox, TestProgram::Pass, &frame4, config.repeat, XDP_PASS)?);
-            results.redirect.samples.push(measure(sandbox, TestProgram::BareRedirect, &frame4, config.repeat, XDP_REDIRECT)?);
-            results.harness.samples.push(measure(sandbox, TestProgram::HarnessedPass, &frame4, config.repeat, XDP_PASS)?);
+            results.redirect.samples.push(measure(
+                sandbox,
+                TestProgram::BareRedirect,
+                &frame4,
+                config.repeat,
+                XDP_REDIRECT,
+            )?);
+            results.harness.samples.push(measure(
+                sandbox,
+                TestProgram::HarnessedPass,
+                &frame4,
+                config.repeat,
+                XDP_PASS,
+            )?);
             f4.samples.push(measure(sandbox, TestProgram::HarnessedIngress, &frame4, config.repeat, XDP_REDIRECT)?);
             f6.samples.push(measure(sandbox, TestProgram::HarnessedIngress, &frame6, config.repeat, XDP_REDIRECT)?);
         }
@@ -213,10 +231,15 @@ fn measure_policies(sandbox: &Sandbox, config: &Config, frame: &[u8], results: &
     let name = PolicyName::parse("name", "bench")?;
     let mut rng = Rng(0x0070_11c1_e5ee_d001);
     let pools = Pools::new(&mut rng);
-    let mut figures: Vec<Figure> = config.rule_counts.iter().map(|&n| figure(&format!("full L3 path, IPv4, ingress policy of {n} rules"), Some(n))).collect();
+    let mut figures: Vec<Figure> = config
+        .rule_counts
+        .iter()
+        .map(|&n| figure(&format!("full L3 path, IPv4, ingress policy of {n} rules"), Some(n)))
+        .collect();
     let mut tables = Vec::new();
     for &n in &config.rule_counts {
-        let mut rules: Vec<RuleSpec> = (0..n.saturating_sub(1)).map(|i| random_rule(&mut rng, &pools, i as u32)).collect();
+        let mut rules: Vec<RuleSpec> =
+            (0..n.saturating_sub(1)).map(|i| random_rule(&mut rng, &pools, i as u32)).collect();
         rules.push(RuleSpec {
             priority: u32::MAX,
             src: None,
@@ -234,7 +257,13 @@ fn measure_policies(sandbox: &Sandbox, config: &Config, frame: &[u8], results: &
     eprintln!("  policies of {:?} rules", config.rule_counts);
     for _ in 0..config.runs {
         domain.detach_policy(&lo, Direction::Ingress).ok();
-        results.no_policy.samples.push(measure(sandbox, TestProgram::HarnessedIngress, frame, config.repeat, XDP_REDIRECT)?);
+        results.no_policy.samples.push(measure(
+            sandbox,
+            TestProgram::HarnessedIngress,
+            frame,
+            config.repeat,
+            XDP_REDIRECT,
+        )?);
         for (rules, f) in tables.iter().zip(&mut figures) {
             domain.put_policy(name.clone(), rules.clone())?;
             domain.attach_policy(&name, &lo, Direction::Ingress, true)?;
@@ -315,7 +344,8 @@ fn ns(d: Duration) -> f64 {
 /// One unharnessed run of the real program: the frame must leave rewritten for the next hop
 /// (its MAC, TTL one lower), or the figures would measure some other path.
 fn check_forwarded(sandbox: &Sandbox, frame: &[u8]) -> Result<()> {
-    let TestRunOutcome { verdict, frame: out, .. } = sandbox.domain.dataplane().test_run(TestProgram::Ingress, frame, 1)?;
+    let TestRunOutcome { verdict, frame: out, .. } =
+        sandbox.domain.dataplane().test_run(TestProgram::Ingress, frame, 1)?;
     let ttl_at = if frame[12..14] == [0x08, 0x00] { 14 + 8 } else { 14 + 7 };
     if verdict != XDP_REDIRECT || out[..6] != NEXT_HOP_MAC || out[ttl_at] != TTL - 1 {
         bail!("the benchmark frame is not forwarded: verdict {verdict}, frame {out:02x?}");
@@ -349,12 +379,15 @@ fn check_flat(sandbox: &Sandbox, prefixes: &[Prefix]) -> Result<()> {
         vrf0.ipv4_lookup
     );
     let index: std::collections::HashSet<Prefix> = prefixes.iter().copied().collect();
-    let lpm = |a: Ipv4Addr| (0..=32u8).rev().map(|len| Prefix::containing(IpAddr::V4(a), len)).find(|p| index.contains(p));
+    let lpm =
+        |a: Ipv4Addr| (0..=32u8).rev().map(|len| Prefix::containing(IpAddr::V4(a), len)).find(|p| index.contains(p));
     for p in prefixes.iter().take(1000) {
         let IpAddr::V4(base) = p.addr() else { continue };
         let b = u32::from(base);
         let span = if p.len() == 0 { u32::MAX } else { (1u32 << (32 - u32::from(p.len()))) - 1 };
-        for a in [b, b.wrapping_add(span / 2), b.wrapping_add(span), b.wrapping_add(span).wrapping_add(1), b.wrapping_sub(1)] {
+        for a in
+            [b, b.wrapping_add(span / 2), b.wrapping_add(span), b.wrapping_add(span).wrapping_add(1), b.wrapping_sub(1)]
+        {
             let a = Ipv4Addr::from(a);
             let got = sandbox.domain.lookup_route(0, IpAddr::V4(a))?.map(|r| r.prefix);
             anyhow::ensure!(got == lpm(a), "the flat table answers {got:?} for {a}, the prefixes {:?}", lpm(a));

@@ -34,7 +34,8 @@ impl PinnedIngress {
         }
         let ingress: &Xdp = ebpf.program(programs::XDP_INGRESS).context("no ingress")?.try_into()?;
         let fd = ingress.fd()?.try_clone()?;
-        let mut targets = aya::maps::ProgramArray::try_from(ebpf.map_mut(names::BENCH_TARGETS).context("no BENCH_TARGETS")?)?;
+        let mut targets =
+            aya::maps::ProgramArray::try_from(ebpf.map_mut(names::BENCH_TARGETS).context("no BENCH_TARGETS")?)?;
         targets.set(0, &fd, 0)?;
         Ok(Self { ebpf })
     }
@@ -65,7 +66,12 @@ impl PinnedIngress {
     fn test_run(&self, program: &str, frame: &[u8], repeat: u32) -> Result<(u32, Duration, Vec<u8>)> {
         let p: &Xdp = self.ebpf.program(program).context("program missing")?.try_into()?;
         let mut out = vec![0u8; frame.len() + 256];
-        let r = p.test_run(TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), repeat, ..Default::default() })?;
+        let r = p.test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            repeat,
+            ..Default::default()
+        })?;
         out.truncate(r.data_size_out as usize);
         Ok((r.return_value, r.duration, out))
     }

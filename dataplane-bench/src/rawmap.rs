@@ -4,7 +4,10 @@
 //! tries, one `BPF_MAP_UPDATE_ELEM` per route where it does not. No gRPC, no validation, no
 //! domain state: what is left is the kernel's own cost per insert.
 
-use std::{net::Ipv4Addr, os::fd::{FromRawFd, OwnedFd, AsRawFd}};
+use std::{
+    net::Ipv4Addr,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+};
 
 use anyhow::{bail, Result};
 
@@ -28,7 +31,8 @@ pub enum Method {
 pub(crate) fn bpf(cmd: libc::c_long, attr: &mut [u64; 16]) -> std::io::Result<i64> {
     // SAFETY: `attr` is a zeroed 128-byte bpf_attr with the fields of `cmd` set; the kernel reads
     // (and for batches writes back `count`) within it.
-    let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), std::mem::size_of_val(attr) as libc::c_long) };
+    let r =
+        unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), std::mem::size_of_val(attr) as libc::c_long) };
     if r < 0 {
         Err(std::io::Error::last_os_error())
     } else {

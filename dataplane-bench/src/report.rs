@@ -33,7 +33,10 @@ pub fn render(command: &str, packet: &Results, veth: &crate::veth::Results, flow
          tail-calls it; the harness's own cost (harness -> XDP_PASS) is measured alongside and \
          taken out: net = harnessed - harness + XDP_PASS.\n"
     );
-    let _ = writeln!(md, "| case | routes per family | min | median | max | net | Mpps per core | × XDP_PASS | × bare redirect |");
+    let _ = writeln!(
+        md,
+        "| case | routes per family | min | median | max | net | Mpps per core | × XDP_PASS | × bare redirect |"
+    );
     let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     let pass = packet.pass.median();
     let redirect = packet.redirect.median();
@@ -124,8 +127,16 @@ pub fn render(command: &str, packet: &Results, veth: &crate::veth::Results, flow
          flows with no miss involved. Latency: test run issued -> event received by the controller.\n",
         flows.flows
     );
-    let setups = Figure { case: "flow setups through the miss loop (/s)".into(), size: Some(flows.flows), samples: flows.setups.clone() };
-    let installs = Figure { case: "InstallFlows alone, one flow per call (/s)".into(), size: Some(flows.flows), samples: flows.installs.clone() };
+    let setups = Figure {
+        case: "flow setups through the miss loop (/s)".into(),
+        size: Some(flows.flows),
+        samples: flows.setups.clone(),
+    };
+    let installs = Figure {
+        case: "InstallFlows alone, one flow per call (/s)".into(),
+        size: Some(flows.flows),
+        samples: flows.installs.clone(),
+    };
     let _ = writeln!(md, "| case | flows per run | min | median | max | × InstallFlows alone |");
     let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|");
     for f in [&setups, &installs] {
@@ -174,11 +185,23 @@ pub fn render(command: &str, packet: &Results, veth: &crate::veth::Results, flow
          trie of `ROUTES_V4`'s layout ({}: the cost of a kernel LPM trie alone), all in the same \
          run.\n",
         thousands(flows.routes),
-        if flows.raw_map_batched { "`BPF_MAP_UPDATE_BATCH`, 10,000 per call" } else { "one `BPF_MAP_UPDATE_ELEM` per route: this kernel has no batch updates for LPM tries" }
+        if flows.raw_map_batched {
+            "`BPF_MAP_UPDATE_BATCH`, 10,000 per call"
+        } else {
+            "one `BPF_MAP_UPDATE_ELEM` per route: this kernel has no batch updates for LPM tries"
+        }
     );
-    let add = Figure { case: "AddRoutes, batches of 10,000 (routes/s)".into(), size: Some(flows.routes), samples: flows.add_routes.clone() };
+    let add = Figure {
+        case: "AddRoutes, batches of 10,000 (routes/s)".into(),
+        size: Some(flows.routes),
+        samples: flows.add_routes.clone(),
+    };
     let ipb = Figure { case: "ip -batch (routes/s)".into(), size: Some(flows.routes), samples: flows.ip_batch.clone() };
-    let raw = Figure { case: "raw bpf(2) map writes (routes/s)".into(), size: Some(flows.routes), samples: flows.raw_map.clone() };
+    let raw = Figure {
+        case: "raw bpf(2) map writes (routes/s)".into(),
+        size: Some(flows.routes),
+        samples: flows.raw_map.clone(),
+    };
     let _ = writeln!(md, "| case | routes per run | min | median | max | × ip -batch | × raw map writes |");
     let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|");
     for f in [&add, &ipb, &raw] {
@@ -234,11 +257,19 @@ fn render_storm(md: &mut String, s: &crate::storm::Results) {
     );
     let fig = |v: &Vec<f64>| Figure { case: String::new(), size: None, samples: v.clone() };
     let quiet = fig(&s.quiet_mpps).median();
-    let _ = writeln!(md, "| case | storm misses/s (median) | min | median | max | kernel ns/packet (median) | × no storm |");
+    let _ = writeln!(
+        md,
+        "| case | storm misses/s (median) | min | median | max | kernel ns/packet (median) | × no storm |"
+    );
     let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|");
     for (case, mpps, ns, misses) in [
         ("established flow, no storm", &s.quiet_mpps, &s.quiet_ns, "-".to_owned()),
-        ("established flow, during the miss storm", &s.storm_mpps, &s.storm_ns, format!("{:.0}", fig(&s.misses).median())),
+        (
+            "established flow, during the miss storm",
+            &s.storm_mpps,
+            &s.storm_ns,
+            format!("{:.0}", fig(&s.misses).median()),
+        ),
     ] {
         let f = fig(mpps);
         let _ = writeln!(
@@ -269,7 +300,10 @@ fn render_storm(md: &mut String, s: &crate::storm::Results) {
         m(&s.punted) + m(&s.dropped_ring),
         m(&s.punted),
         dataplane_common::flow::FLOW_RING_BYTES / 1024,
-        thousands(dataplane_common::flow::FLOW_RING_BYTES as usize / (std::mem::size_of::<dataplane_common::flow::FlowMissEvent>() + 8)),
+        thousands(
+            dataplane_common::flow::FLOW_RING_BYTES as usize
+                / (std::mem::size_of::<dataplane_common::flow::FlowMissEvent>() + 8)
+        ),
         std::mem::size_of::<dataplane_common::flow::FlowMissEvent>(),
     );
 }
@@ -350,7 +384,8 @@ fn render_veth(md: &mut String, v: &crate::veth::Results) {
             del.median() / bare
         );
     }
-    let (cpu_linux, cpu_xdp, cpu_bare, cpu_floor) = (med(&v.linux.cpu_ns), med(&v.xdp.cpu_ns), med(&v.bare.cpu_ns), med(&v.floor.cpu_ns));
+    let (cpu_linux, cpu_xdp, cpu_bare, cpu_floor) =
+        (med(&v.linux.cpu_ns), med(&v.xdp.cpu_ns), med(&v.bare.cpu_ns), med(&v.floor.cpu_ns));
     let floor = fig(&v.floor.cpu_ns);
     let xdp_del = med(&v.xdp.delivered);
     let _ = writeln!(
@@ -437,7 +472,12 @@ fn kernel() -> String {
 fn cpu_model() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split_once(':')).map(|(_, m)| m.trim().to_owned()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, m)| m.trim().to_owned())
+        })
         .unwrap_or_else(|| "unknown".into())
 }
 

@@ -55,7 +55,11 @@ impl Sandbox {
         let bpffs = PathBuf::from(format!("/sys/fs/bpf/dataplane-bench-{}", std::process::id()));
         eprintln!("pins: {}", bpffs.display());
         remove_on_signal(bpffs.clone())?;
-        let dataplane = KernelDataplane::load(&LoaderConfig { bpffs_root: bpffs.clone(), pinned_object: None, fib4_chunks: FIB4_CHUNKS })?;
+        let dataplane = KernelDataplane::load(&LoaderConfig {
+            bpffs_root: bpffs.clone(),
+            pinned_object: None,
+            fib4_chunks: FIB4_CHUNKS,
+        })?;
         let sandbox = Self { domain: Domain::new(dataplane), bpffs };
         for name in [EGRESS, "lo"] {
             sandbox.domain.add_interface(AddInterface {

@@ -19,9 +19,9 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::{netns::pin_to_cpu, pinned::PinnedIngress};
 use anyhow::{bail, ensure, Context, Result};
 use controller_client::{pb, Client};
-use crate::{netns::pin_to_cpu, pinned::PinnedIngress};
 
 const XDP_REDIRECT: u32 = 4;
 /// Punt rate (per CPU) and burst, and HOLD cap, of the storm's interface: the server reads
@@ -113,7 +113,12 @@ fn established(h: &PinnedIngress, frame: &[u8], window: Duration, repeat: u32, p
     Ok((packets as f64 / start.elapsed().as_secs_f64(), kernel.as_nanos() as f64 / packets as f64))
 }
 
-pub fn run(config: &Config, rt: &tokio::runtime::Runtime, client: &mut Client, program: &mut PinnedIngress) -> Result<Results> {
+pub fn run(
+    config: &Config,
+    rt: &tokio::runtime::Runtime,
+    client: &mut Client,
+    program: &mut PinnedIngress,
+) -> Result<Results> {
     let pinned = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) >= 2;
     let frame = udp(FLOW_SRC, FLOW_DST, 4000, 53, 64);
     rt.block_on(async {
@@ -125,7 +130,8 @@ pub fn run(config: &Config, rt: &tokio::runtime::Runtime, client: &mut Client, p
             src_port: 4000,
             dst_port: 53,
         };
-        let flow = pb::Flow { key: Some(key), action: pb::FlowAction::Forward as i32, next_hop: 1, ..Default::default() };
+        let flow =
+            pb::Flow { key: Some(key), action: pb::FlowAction::Forward as i32, next_hop: 1, ..Default::default() };
         client.flows.install_flows(pb::InstallFlowsRequest { flows: vec![flow] }).await?;
         client
             .flows
@@ -144,7 +150,10 @@ pub fn run(config: &Config, rt: &tokio::runtime::Runtime, client: &mut Client, p
     let harness: &PinnedIngress = program;
     // The established flow is forwarded by its flow: out to next hop 1's MAC.
     let (v, _, out) = harness.run_harnessed(&frame, 1)?;
-    ensure!(v == XDP_REDIRECT && out[..6] == [2, 0, 0, 0, 0, 1], "the established flow is not forwarded by its flow: verdict {v}");
+    ensure!(
+        v == XDP_REDIRECT && out[..6] == [2, 0, 0, 0, 0, 1],
+        "the established flow is not forwarded by its flow: verdict {v}"
+    );
     let mut results = Results {
         runs: config.runs,
         window_s: config.window.as_secs_f64(),
@@ -161,8 +170,10 @@ pub fn run(config: &Config, rt: &tokio::runtime::Runtime, client: &mut Client, p
     };
     let next = AtomicU64::new(0);
     for run in 0..config.runs {
-        let (pps, ns) = std::thread::scope(|s| s.spawn(|| established(harness, &frame, config.window, config.repeat, pinned)).join())
-            .map_err(|_| anyhow::anyhow!("measuring thread panicked"))??;
+        let (pps, ns) = std::thread::scope(|s| {
+            s.spawn(|| established(harness, &frame, config.window, config.repeat, pinned)).join()
+        })
+        .map_err(|_| anyhow::anyhow!("measuring thread panicked"))??;
         results.quiet_mpps.push(pps / 1e6);
         results.quiet_ns.push(ns);
 
@@ -193,7 +204,10 @@ pub fn run(config: &Config, rt: &tokio::runtime::Runtime, client: &mut Client, p
                     Ok((r, (lo, sent.load(Ordering::Relaxed)), t))
                 };
                 let before = snapshot()?;
-                let measured = s.spawn(|| established(harness, &frame, config.window, config.repeat, pinned)).join().map_err(|_| anyhow::anyhow!("measuring thread panicked"))??;
+                let measured = s
+                    .spawn(|| established(harness, &frame, config.window, config.repeat, pinned))
+                    .join()
+                    .map_err(|_| anyhow::anyhow!("measuring thread panicked"))??;
                 let after = snapshot()?;
                 Ok((before, after, measured))
             };
@@ -210,13 +224,21 @@ pub fn run(config: &Config, rt: &tokio::runtime::Runtime, client: &mut Client, p
         let count = |k: &str| after.0.get(k).copied().unwrap_or(0) - before.0.get(k).copied().unwrap_or(0);
         let delta = |k: &str| count(k) as f64 / secs;
         let misses = (after.1 .0 - before.1 .0) as f64 / secs;
-        let (punted, rate, cap, ring, held) =
-            (delta("flow_miss_punted"), delta("drop_punt_rate"), delta("drop_flow_hold_cap"), delta("drop_flow_ring_full"), delta("drop_flow_held"));
+        let (punted, rate, cap, ring, held) = (
+            delta("flow_miss_punted"),
+            delta("drop_punt_rate"),
+            delta("drop_flow_hold_cap"),
+            delta("drop_flow_ring_full"),
+            delta("drop_flow_held"),
+        );
         // Every storm packet is a miss, accounted under exactly one of these: the counters'
         // total must lie between the storm's counts read around them (give or take the one
         // test run in flight, counted by the kernel before the storm thread counts it).
         let accounted: u64 =
-            ["flow_miss_punted", "drop_punt_rate", "drop_flow_hold_cap", "drop_flow_ring_full", "drop_flow_held"].iter().map(|k| count(k)).sum();
+            ["flow_miss_punted", "drop_punt_rate", "drop_flow_hold_cap", "drop_flow_ring_full", "drop_flow_held"]
+                .iter()
+                .map(|k| count(k))
+                .sum();
         let (least, most) = (after.1 .0.saturating_sub(before.1 .1 + 1), after.1 .1 + 1 - before.1 .0);
         if misses <= 0.0 || accounted < least || accounted > most {
             bail!("storm: {least} to {most} misses sent, {accounted} accounted as misses by the interface's counters: not the path measured");

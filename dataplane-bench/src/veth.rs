@@ -121,8 +121,38 @@ impl Topology {
         eprintln!("namespaces: {} {} {}", gen.name(), rtr.name(), sink.name());
         let ri = format!("bi{}", std::process::id() % 1_000_000);
         let (ri_mac, gen_mac, ro_mac, sink_mac) = (mac(RI_MAC), mac(GEN_MAC), mac(RO_MAC), mac(SINK_MAC));
-        rtr.ip(&["link", "add", &ri, "address", &ri_mac, "type", "veth", "peer", "name", GEN_DEV, "address", &gen_mac, "netns", gen.name()])?;
-        rtr.ip(&["link", "add", RO, "address", &ro_mac, "type", "veth", "peer", "name", SINK_DEV, "address", &sink_mac, "netns", sink.name()])?;
+        rtr.ip(&[
+            "link",
+            "add",
+            &ri,
+            "address",
+            &ri_mac,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            GEN_DEV,
+            "address",
+            &gen_mac,
+            "netns",
+            gen.name(),
+        ])?;
+        rtr.ip(&[
+            "link",
+            "add",
+            RO,
+            "address",
+            &ro_mac,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            SINK_DEV,
+            "address",
+            &sink_mac,
+            "netns",
+            sink.name(),
+        ])?;
         gen.ip(&["addr", "add", "192.0.2.2/24", "dev", GEN_DEV])?;
         rtr.ip(&["addr", "add", "192.0.2.1/24", "dev", &ri])?;
         rtr.ip(&["addr", "add", "198.51.100.1/24", "dev", RO])?;
@@ -244,9 +274,15 @@ pub fn run(config: &Config) -> Result<Results> {
                 }
                 Kind::Xdp => {
                     rt.block_on(program_router(&mut client, &topo.ri, true))?;
-                    let before = (rt.block_on(forwarded_by_server(&mut client, &topo.ri))?, topo.rtr.ethtool_rx_stat(&topo.ri, "xdp_redirect")?);
+                    let before = (
+                        rt.block_on(forwarded_by_server(&mut client, &topo.ri))?,
+                        topo.rtr.ethtool_rx_stat(&topo.ri, "xdp_redirect")?,
+                    );
                     let s = measure(&topo, &frame, config, pinned, CountAt::Sink);
-                    let after = (rt.block_on(forwarded_by_server(&mut client, &topo.ri)), topo.rtr.ethtool_rx_stat(&topo.ri, "xdp_redirect"));
+                    let after = (
+                        rt.block_on(forwarded_by_server(&mut client, &topo.ri)),
+                        topo.rtr.ethtool_rx_stat(&topo.ri, "xdp_redirect"),
+                    );
                     rt.block_on(program_router(&mut client, &topo.ri, false))?;
                     let (s, after) = (s?, (after.0?, after.1?));
                     check_xdp("XDP router", &s, after.1 - before.1)?;
@@ -362,7 +398,11 @@ async fn program_router(c: &mut Client, ri: &str, on: bool) -> Result<()> {
         for name in [ri, RO] {
             let r = c
                 .interfaces
-                .add_interface(pb::AddInterfaceRequest { name: name.into(), xdp_mode: pb::XdpMode::Native as i32, vrf: 0 })
+                .add_interface(pb::AddInterfaceRequest {
+                    name: name.into(),
+                    xdp_mode: pb::XdpMode::Native as i32,
+                    vrf: 0,
+                })
                 .await?
                 .into_inner();
             let mode = r.interface.map(|i| i.xdp_mode).unwrap_or_default();
@@ -370,7 +410,12 @@ async fn program_router(c: &mut Client, ri: &str, on: bool) -> Result<()> {
         }
         let nh = pb::NextHop {
             id: 1,
-            kind: Some(pb::next_hop::Kind::Encap(pb::EncapNextHop { interface: RO.into(), dst_mac: mac(SINK_MAC), src_mac: String::new(), gateway: String::new() })),
+            kind: Some(pb::next_hop::Kind::Encap(pb::EncapNextHop {
+                interface: RO.into(),
+                dst_mac: mac(SINK_MAC),
+                src_mac: String::new(),
+                gateway: String::new(),
+            })),
             ..Default::default()
         };
         c.routing.add_next_hops(pb::AddNextHopsRequest { next_hops: vec![nh], replace: false }).await?;
@@ -388,7 +433,8 @@ async fn program_router(c: &mut Client, ri: &str, on: bool) -> Result<()> {
 /// The `forwarded` counter of our router's ingress interface.
 async fn forwarded_by_server(c: &mut Client, ri: &str) -> Result<u64> {
     let r = c.interfaces.list_interfaces(pb::ListInterfacesRequest { name: ri.into() }).await?.into_inner();
-    let counters = r.interfaces.first().and_then(|i| i.counters.clone()).context("no counters for the ingress interface")?;
+    let counters =
+        r.interfaces.first().and_then(|i| i.counters.clone()).context("no counters for the ingress interface")?;
     Ok(counters.reasons.iter().find(|r| r.reason == "forwarded").map(|r| r.packets).unwrap_or(0))
 }
 
@@ -412,7 +458,8 @@ impl BareRedirect {
             let map = ebpf.map_mut(names::TX_PORTS).context("no TX_PORTS")?;
             let mut tx = aya::maps::DevMap::try_from(map)?;
             tx.set(0, ifindex(RO)?, None, 0).context("TX_PORTS[0]")?;
-            let prog: &mut aya::programs::Xdp = ebpf.program_mut(programs::BENCH_REDIRECT).context("no dp_bench_redirect")?.try_into()?;
+            let prog: &mut aya::programs::Xdp =
+                ebpf.program_mut(programs::BENCH_REDIRECT).context("no dp_bench_redirect")?.try_into()?;
             prog.load().context("loading dp_bench_redirect")?;
             Ok(Self { ebpf, link: None, ri_index: ifindex(&ri)? })
         })
@@ -422,8 +469,10 @@ impl BareRedirect {
         let index = self.ri_index;
         let ebpf = &mut self.ebpf;
         let link = topo.rtr.enter(move || {
-            let prog: &mut aya::programs::Xdp = ebpf.program_mut(programs::BENCH_REDIRECT).context("no dp_bench_redirect")?.try_into()?;
-            prog.attach_to_if_index(index, aya::programs::xdp::XdpMode::Driver).context("attaching dp_bench_redirect natively")
+            let prog: &mut aya::programs::Xdp =
+                ebpf.program_mut(programs::BENCH_REDIRECT).context("no dp_bench_redirect")?.try_into()?;
+            prog.attach_to_if_index(index, aya::programs::xdp::XdpMode::Driver)
+                .context("attaching dp_bench_redirect natively")
         })?;
         self.link = Some(link);
         Ok(())
@@ -431,7 +480,8 @@ impl BareRedirect {
 
     fn detach(&mut self) -> Result<()> {
         if let Some(link) = self.link.take() {
-            let prog: &mut aya::programs::Xdp = self.ebpf.program_mut(programs::BENCH_REDIRECT).context("no dp_bench_redirect")?.try_into()?;
+            let prog: &mut aya::programs::Xdp =
+                self.ebpf.program_mut(programs::BENCH_REDIRECT).context("no dp_bench_redirect")?.try_into()?;
             prog.detach(link)?;
         }
         Ok(())
@@ -462,7 +512,8 @@ impl XdpDrop {
         const XDP_FLAGS_DRV_MODE: u32 = 1 << 2;
         ns.enter(|| {
             // BPF_ALU64 | BPF_MOV | BPF_K into r0, imm 1 (XDP_DROP); BPF_JMP | BPF_EXIT.
-            let insns: [u64; 2] = [u64::from_le_bytes([0xb7, 0, 0, 0, 1, 0, 0, 0]), u64::from_le_bytes([0x95, 0, 0, 0, 0, 0, 0, 0])];
+            let insns: [u64; 2] =
+                [u64::from_le_bytes([0xb7, 0, 0, 0, 1, 0, 0, 0]), u64::from_le_bytes([0x95, 0, 0, 0, 0, 0, 0, 0])];
             let license = b"GPL\0";
             let mut name = [0u8; 16];
             name[..13].copy_from_slice(b"dpb_sink_drop");
@@ -588,13 +639,25 @@ fn packet_socket(dev: &str) -> Result<OwnedFd> {
         }
         let fd = OwnedFd::from_raw_fd(fd);
         let one: libc::c_int = 1;
-        if libc::setsockopt(fd.as_raw_fd(), libc::SOL_PACKET, PACKET_QDISC_BYPASS, &one as *const _ as *const libc::c_void, 4) != 0 {
+        if libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_PACKET,
+            PACKET_QDISC_BYPASS,
+            &one as *const _ as *const libc::c_void,
+            4,
+        ) != 0
+        {
             return Err(std::io::Error::last_os_error()).context("PACKET_QDISC_BYPASS");
         }
         let mut sll: libc::sockaddr_ll = std::mem::zeroed();
         sll.sll_family = libc::AF_PACKET as u16;
         sll.sll_ifindex = ifindex(dev)? as i32;
-        if libc::bind(fd.as_raw_fd(), &sll as *const _ as *const libc::sockaddr, std::mem::size_of::<libc::sockaddr_ll>() as u32) != 0 {
+        if libc::bind(
+            fd.as_raw_fd(),
+            &sll as *const _ as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+        ) != 0
+        {
             return Err(std::io::Error::last_os_error()).context("bind(AF_PACKET)");
         }
         Ok(fd)
@@ -684,7 +747,8 @@ fn udp_frame() -> Vec<u8> {
 
 /// Internet checksum of `bytes`, starting from the partial sum `start`.
 fn checksum(bytes: &[u8], start: u32) -> u16 {
-    let mut sum = start + bytes.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]))).sum::<u32>();
+    let mut sum =
+        start + bytes.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]))).sum::<u32>();
     while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);
     }

@@ -17,13 +17,7 @@ pub struct InterfaceStats {
 }
 
 impl InterfaceStats {
-    pub const ZERO: Self = Self {
-        rx_packets: 0,
-        rx_bytes: 0,
-        tx_packets: 0,
-        tx_bytes: 0,
-        reasons: [0; REASON_SLOTS],
-    };
+    pub const ZERO: Self = Self { rx_packets: 0, rx_bytes: 0, tx_packets: 0, tx_bytes: 0, reasons: [0; REASON_SLOTS] };
 
     /// Adds another CPU's counters into these (userspace sums per-CPU values).
     pub fn accumulate(&mut self, other: &Self) {

@@ -79,9 +79,7 @@ fn try_lookup(ctx: &XdpContext, pkt: &Packet, cfg: &InterfaceConfig, hop: &mut H
         flags = BPF_FIB_LOOKUP_DIRECT | BPF_FIB_LOOKUP_TBID;
     }
     // SAFETY: `p` is a valid, fully initialised parameter block of the size passed.
-    let rc = unsafe {
-        bpf_fib_lookup(ctx.ctx as *mut _, &mut p, core::mem::size_of::<FibParams>() as i32, flags)
-    };
+    let rc = unsafe { bpf_fib_lookup(ctx.ctx as *mut _, &mut p, core::mem::size_of::<FibParams>() as i32, flags) };
     match rc {
         RET_SUCCESS => {}
         RET_NO_NEIGH => return Err((PASS, Reason::PassFibNoNeigh)),

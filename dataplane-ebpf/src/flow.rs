@@ -10,8 +10,9 @@ use aya_ebpf::{
 };
 use dataplane_common::{
     flow::{
-        FlowKeyV4, FlowKeyV6, FlowMissEvent, FlowValue, FLOW_CAPTURE, FLOW_DROP, FLOW_FORWARD, FLOW_HOLD, MAX_PUNT_RATE,
-        DEFAULT_PUNT_BURST, DEFAULT_PUNT_RATE, MISS_NO_FLOW, MISS_PUNT_RULE, REQUEST_CPU_SHIFT, STATE_CREATED, STATE_RESOLVED,
+        FlowKeyV4, FlowKeyV6, FlowMissEvent, FlowValue, DEFAULT_PUNT_BURST, DEFAULT_PUNT_RATE, FLOW_CAPTURE, FLOW_DROP,
+        FLOW_FORWARD, FLOW_HOLD, MAX_PUNT_RATE, MISS_NO_FLOW, MISS_PUNT_RULE, REQUEST_CPU_SHIFT, STATE_CREATED,
+        STATE_RESOLVED,
     },
     Reason,
 };
@@ -64,8 +65,8 @@ fn flow_step(ctx: &XdpContext, pkt: &Packet, slot: u32, vrf: u32, len: u32) -> u
     let now = unsafe { bpf_ktime_get_ns() };
     let (k4, k6) = keys(pkt, vrf);
     let found = match pkt.l3 {
-        L3::Ipv4 => FLOWS_V4.get_ptr_mut(&k4),
-        L3::Ipv6 => FLOWS_V6.get_ptr_mut(&k6),
+        L3::Ipv4 => FLOWS_V4.get_ptr_mut(k4),
+        L3::Ipv6 => FLOWS_V6.get_ptr_mut(k6),
         L3::Other(_) => return ROUTE,
     };
     let miss_forward = fc.miss_forward != 0;
@@ -117,8 +118,8 @@ fn flow_step(ctx: &XdpContext, pkt: &Packet, slot: u32, vrf: u32, len: u32) -> u
         nat_reserved: [0; 24],
     };
     let inserted = match pkt.l3 {
-        L3::Ipv4 => FLOWS_V4.insert(&k4, &hold, u64::from(BPF_NOEXIST)),
-        _ => FLOWS_V6.insert(&k6, &hold, u64::from(BPF_NOEXIST)),
+        L3::Ipv4 => FLOWS_V4.insert(k4, hold, u64::from(BPF_NOEXIST)),
+        _ => FLOWS_V6.insert(k6, hold, u64::from(BPF_NOEXIST)),
     };
     if inserted.is_err() {
         // Another CPU created it first: this packet belongs to a held flow.
@@ -127,8 +128,8 @@ fn flow_step(ctx: &XdpContext, pkt: &Packet, slot: u32, vrf: u32, len: u32) -> u
     if !emit(ctx, pkt, slot, vrf, len, request_id, MISS_NO_FLOW) {
         // No event, so no HOLD: the next packet of the flow tries again.
         let _ = match pkt.l3 {
-            L3::Ipv4 => FLOWS_V4.remove(&k4),
-            _ => FLOWS_V6.remove(&k6),
+            L3::Ipv4 => FLOWS_V4.remove(k4),
+            _ => FLOWS_V6.remove(k6),
         };
         return fallback(Reason::DropFlowRingFull);
     }

@@ -16,7 +16,7 @@ pub fn config(ifindex: u32) -> Option<&'static InterfaceConfig> {
         INTERFACES.get(ifindex)?
     } else {
         // SAFETY: hash values stay valid for the whole program run (RCU) and are replaced whole.
-        unsafe { INTERFACES_HIGH.get(&ifindex) }?
+        unsafe { INTERFACES_HIGH.get(ifindex) }?
     };
     (cfg.flags & IFACE_PRESENT != 0).then_some(cfg)
 }

@@ -76,7 +76,11 @@ fn ingress(ctx: &XdpContext, cfg: &InterfaceConfig) -> (u32, Reason) {
         return (PASS, reason);
     }
     // The next hop, or None for the kernel's FIB.
-    let decision = if cfg.flags & IFACE_FLOWS != 0 { flow::stage(ctx, &pkt, cfg.slot, cfg.vrf, len) } else { flow::Decision::Route };
+    let decision = if cfg.flags & IFACE_FLOWS != 0 {
+        flow::stage(ctx, &pkt, cfg.slot, cfg.vrf, len)
+    } else {
+        flow::Decision::Route
+    };
     let nh_slot = match decision {
         flow::Decision::Forward(slot) => Some(slot),
         flow::Decision::Stop(reason) => return (verdict_for(reason), reason),
@@ -90,7 +94,9 @@ fn ingress(ctx: &XdpContext, cfg: &InterfaceConfig) -> (u32, Reason) {
     // policy, rewrite, redirect) once, not once per way.
     let hop = match nh_slot {
         Some(nh_slot) => match nexthop::resolve(nh_slot, &pkt) {
-            Resolved::Encap(slot, nh) => Hop { tx_slot: nh.tx_slot, mtu: nh.mtu, macs: rewrite::nexthop_macs(nh), counter: slot },
+            Resolved::Encap(slot, nh) => {
+                Hop { tx_slot: nh.tx_slot, mtu: nh.mtu, macs: rewrite::nexthop_macs(nh), counter: slot }
+            }
             Resolved::Stop(Reason::DropDiscard) => return (xdp_action::XDP_DROP, Reason::DropDiscard),
             Resolved::Stop(reason) => return (PASS, reason),
         },
@@ -235,9 +241,8 @@ fn egress(ctx: &TcContext, cfg: &InterfaceConfig, ifindex: u32) -> i32 {
     if pkt.vlan_tags != 0 || !matches!(pkt.l3, L3::Ipv4 | L3::Ipv6) {
         return TC_ACT_OK;
     }
-    match policy::check(cfg.slot, DIR_EGRESS, &pkt, len as u64) {
-        Err(Reason::DropPolicy | Reason::DropPolicyDefault) => return TC_ACT_SHOT,
-        _ => {}
+    if let Err(Reason::DropPolicy | Reason::DropPolicyDefault) = policy::check(cfg.slot, DIR_EGRESS, &pkt, len as u64) {
+        return TC_ACT_SHOT;
     }
     // Kernel-FIB VRF: the kernel already routed what the node sends, by the same FIB.
     if multicast_dst(&pkt) || cfg.flags & IFACE_KERNEL_FIB != 0 {

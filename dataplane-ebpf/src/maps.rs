@@ -14,8 +14,8 @@ use dataplane_common::{
         POLICY_RULE_SLOTS, POLICY_TABLES,
     },
     route::fib4,
-    BenchFrame, InterfaceConfig, InterfaceStats, NextHop, NextHopStats, RouteAddrV4, RouteAddrV6, RouteRecord4, RouteValue,
-    MAX_DIRECT_IFINDEX, MAX_HIGH_IFINDEXES, MAX_INTERFACES, MAX_NEXTHOPS, MAX_ROUTES, MAX_VRFS,
+    BenchFrame, InterfaceConfig, InterfaceStats, NextHop, NextHopStats, RouteAddrV4, RouteAddrV6, RouteRecord4,
+    RouteValue, MAX_DIRECT_IFINDEX, MAX_HIGH_IFINDEXES, MAX_INTERFACES, MAX_NEXTHOPS, MAX_ROUTES, MAX_VRFS,
 };
 
 /// ifindex -> interface config (slot, VRF, MTU, MAC, addresses), ifindexes below
@@ -50,11 +50,11 @@ pub static FIB4_VRFS: Array<u32> = Array::with_max_entries(MAX_VRFS, 0);
 /// The chunk pool of every VRF's IPv4 flat table (`route::fib4`). Mmapable: the server writes
 /// entries with plain stores, not one syscall each. The server sizes it at creation.
 #[map(name = "FIB4_CHUNKS")]
-pub static FIB4_CHUNKS: Array<fib4::Chunk> = Array::with_max_entries(fib4::DEFAULT_CHUNKS, BPF_F_MMAPABLE as u32);
+pub static FIB4_CHUNKS: Array<fib4::Chunk> = Array::with_max_entries(fib4::DEFAULT_CHUNKS, BPF_F_MMAPABLE);
 
 /// Record slot -> IPv4 route, for the server alone (never read here): what a restart reads.
 #[map(name = "ROUTE4_RECORDS")]
-pub static ROUTE4_RECORDS: Array<RouteRecord4> = Array::with_max_entries(MAX_ROUTES, BPF_F_MMAPABLE as u32);
+pub static ROUTE4_RECORDS: Array<RouteRecord4> = Array::with_max_entries(MAX_ROUTES, BPF_F_MMAPABLE);
 
 /// Next-hop slot -> next hop.
 #[map(name = "NEXTHOPS")]

@@ -131,7 +131,9 @@ pub fn ptr_at<T, F: Frame>(ctx: &F, off: usize) -> Option<*const T> {
 pub unsafe fn load32<const OFF: i16>(p: *const u8) -> u32 {
     let v: u32;
     // SAFETY: the caller's contract; the asm only loads 4 bytes at `p + OFF`.
-    unsafe { core::arch::asm!("{v} = *(u32 *)({p} + {off})", p = in(reg) p, v = lateout(reg) v, off = const OFF, options(nostack, readonly, preserves_flags)) };
+    unsafe {
+        core::arch::asm!("{v} = *(u32 *)({p} + {off})", p = in(reg) p, v = lateout(reg) v, off = const OFF, options(nostack, readonly, preserves_flags))
+    };
     v
 }
 
@@ -143,7 +145,9 @@ pub unsafe fn load32<const OFF: i16>(p: *const u8) -> u32 {
 pub unsafe fn load64<const OFF: i16>(p: *const u8) -> u64 {
     let v: u64;
     // SAFETY: the caller's contract; the asm only loads 8 bytes at `p + OFF`.
-    unsafe { core::arch::asm!("{v} = *(u64 *)({p} + {off})", p = in(reg) p, v = lateout(reg) v, off = const OFF, options(nostack, readonly, preserves_flags)) };
+    unsafe {
+        core::arch::asm!("{v} = *(u64 *)({p} + {off})", p = in(reg) p, v = lateout(reg) v, off = const OFF, options(nostack, readonly, preserves_flags))
+    };
     v
 }
 
@@ -154,7 +158,9 @@ pub unsafe fn load64<const OFF: i16>(p: *const u8) -> u64 {
 #[inline(always)]
 pub unsafe fn store32<const OFF: i16>(p: *mut u8, v: u32) {
     // SAFETY: the caller's contract; the asm only stores 4 bytes at `p + OFF`.
-    unsafe { core::arch::asm!("*(u32 *)({p} + {off}) = {v}", p = in(reg) p, v = in(reg) v, off = const OFF, options(nostack, preserves_flags)) };
+    unsafe {
+        core::arch::asm!("*(u32 *)({p} + {off}) = {v}", p = in(reg) p, v = in(reg) v, off = const OFF, options(nostack, preserves_flags))
+    };
 }
 
 #[inline(always)]

@@ -7,8 +7,9 @@ use core::ffi::c_void;
 use aya_ebpf::{helpers::bpf_loop, maps::lpm_trie::Key};
 use dataplane_common::{
     policy::{
-        PolicyAddrV4, PolicyAddrV6, PolicyL4, ACTION_DENY, ACTION_PUNT, ATTACH_DEFAULT_DENY, FIXED_L4_DST, FIXED_L4_SRC,
-        FIXED_V4_DST, FIXED_V4_SRC, FIXED_V6_DST, FIXED_V6_SRC, L4_DST, L4_SRC, LOOKUP, MAX_POLICY_SUMMARY,
+        PolicyAddrV4, PolicyAddrV6, PolicyL4, ACTION_DENY, ACTION_PUNT, ATTACH_DEFAULT_DENY, FIXED_L4_DST,
+        FIXED_L4_SRC, FIXED_V4_DST, FIXED_V4_SRC, FIXED_V6_DST, FIXED_V6_SRC, L4_DST, L4_SRC, LOOKUP,
+        MAX_POLICY_SUMMARY,
     },
     Reason,
 };

@@ -27,7 +27,9 @@ pub fn lookup(cfg: &InterfaceConfig, pkt: &Packet) -> Option<u32> {
                 root => flat_v4(root, u32::from_be_bytes(addr)),
             }
         }
-        L3::Ipv6 => ROUTES_V6.get(Key::new(VRF_BITS + 128, RouteAddrV6 { vrf: vrf.to_be_bytes(), addr: pkt.dst })).map(|r| r.nexthop),
+        L3::Ipv6 => ROUTES_V6
+            .get(Key::new(VRF_BITS + 128, RouteAddrV6 { vrf: vrf.to_be_bytes(), addr: pkt.dst }))
+            .map(|r| r.nexthop),
         L3::Other(_) => None,
     }
 }

@@ -113,8 +113,12 @@ fn start(args: &Args) -> anyhow::Result<Arc<Domain<KernelDataplane>>> {
     // Read first: a state file this build cannot read must stop us before anything changes.
     let persisted = persist::read(&args.state_file).context("reading the state file")?;
     let pinned_object = persisted.as_ref().and_then(|p| p.programs_object);
-    let dataplane = KernelDataplane::load(&LoaderConfig { bpffs_root: args.bpffs.clone(), pinned_object, fib4_chunks: args.fib4_chunks })
-        .context("loading the dataplane")?;
+    let dataplane = KernelDataplane::load(&LoaderConfig {
+        bpffs_root: args.bpffs.clone(),
+        pinned_object,
+        fib4_chunks: args.fib4_chunks,
+    })
+    .context("loading the dataplane")?;
     let report = dataplane.load_report().clone();
     let domain = Arc::new(Domain::with_state_file(dataplane, args.state_file.clone()));
     let restored = domain.restore(persisted).context("restoring the dataplane's state")?;
@@ -223,7 +227,11 @@ async fn stopped(mut rx: watch::Receiver<bool>) {
 }
 
 /// An event hub whose sequence numbers continue across restarts of the server.
-fn persistent_hub<T: Send + Sync + 'static>(domain: &Arc<Domain<KernelDataplane>>, capacity: usize, stream: &'static str) -> Hub<T> {
+fn persistent_hub<T: Send + Sync + 'static>(
+    domain: &Arc<Domain<KernelDataplane>>,
+    capacity: usize,
+    stream: &'static str,
+) -> Hub<T> {
     let d = domain.clone();
     Hub::persistent(capacity, domain.seq_floor(stream), Box::new(move |floor| d.reserve_seq(stream, floor)))
 }

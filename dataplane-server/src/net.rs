@@ -63,9 +63,7 @@ impl Prefix {
 
     /// Whether `other` is equal to or inside this prefix.
     pub fn covers(&self, other: &Prefix) -> bool {
-        self.addr.is_ipv4() == other.addr.is_ipv4()
-            && other.len >= self.len
-            && mask(other.addr, self.len) == self.addr
+        self.addr.is_ipv4() == other.addr.is_ipv4() && other.len >= self.len && mask(other.addr, self.len) == self.addr
     }
 }
 
@@ -100,11 +98,19 @@ pub fn parse_addr(s: &str) -> Result<IpAddr, ParseError> {
 }
 
 fn max_len(addr: IpAddr) -> u8 {
-    if addr.is_ipv4() { 32 } else { 128 }
+    if addr.is_ipv4() {
+        32
+    } else {
+        128
+    }
 }
 
 fn family(addr: IpAddr) -> &'static str {
-    if addr.is_ipv4() { "IPv4" } else { "IPv6" }
+    if addr.is_ipv4() {
+        "IPv4"
+    } else {
+        "IPv6"
+    }
 }
 
 fn mask(addr: IpAddr, len: u8) -> IpAddr {

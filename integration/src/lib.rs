@@ -27,7 +27,11 @@ impl Rng {
 
 /// `a` with all but its first `len` bits cleared.
 pub fn mask4(a: u32, len: u8) -> u32 {
-    if len == 0 { 0 } else { a & (u32::MAX << (32 - u32::from(len))) }
+    if len == 0 {
+        0
+    } else {
+        a & (u32::MAX << (32 - u32::from(len)))
+    }
 }
 
 /// A name no other test (in this process or another) uses: `<prefix><pid>x<n>`, at most 15
@@ -77,7 +81,11 @@ impl Netns {
     /// The MAC address of `dev` in this namespace.
     pub fn mac(&self, dev: &str) -> Result<String> {
         let l = self.exec("ip", &["-o", "link", "show", "dev", dev])?;
-        l.split_whitespace().skip_while(|w| *w != "link/ether").nth(1).map(str::to_owned).context("no link/ether address")
+        l.split_whitespace()
+            .skip_while(|w| *w != "link/ether")
+            .nth(1)
+            .map(str::to_owned)
+            .context("no link/ether address")
     }
 
     /// Runs a command inside the namespace (network namespace only, see [`Netns::command`]).
@@ -171,7 +179,12 @@ impl Topology {
         let r1 = unique("r1-");
         Self::wire(&rtr, &r0, R0_ADDR, &h1, H1_ADDR, index)?;
         Self::wire(&rtr, &r1, R1_ADDR, &h2, H2_ADDR, index.map(|i| i + 1))?;
-        for (ns, dev, addr) in [(&rtr, r0.as_str(), R0_ADDR6), (&rtr, r1.as_str(), R1_ADDR6), (&h1, "eth0", H1_ADDR6), (&h2, "eth0", H2_ADDR6)] {
+        for (ns, dev, addr) in [
+            (&rtr, r0.as_str(), R0_ADDR6),
+            (&rtr, r1.as_str(), R1_ADDR6),
+            (&h1, "eth0", H1_ADDR6),
+            (&h2, "eth0", H2_ADDR6),
+        ] {
             ns.exec("ip", &["-6", "addr", "add", &format!("{addr}/64"), "dev", dev, "nodad"])?;
         }
         rtr.exec("sysctl", &["-qw", "net.ipv4.ip_forward=0"])?;
@@ -190,7 +203,14 @@ impl Topology {
     }
 
     /// veth `rtr_if` in `rtr` <-> `eth0` in `host`, both /24 and up.
-    fn wire(rtr: &Netns, rtr_if: &str, rtr_addr: &str, host: &Netns, host_addr: &str, index: Option<u32>) -> Result<()> {
+    fn wire(
+        rtr: &Netns,
+        rtr_if: &str,
+        rtr_addr: &str,
+        host: &Netns,
+        host_addr: &str,
+        index: Option<u32>,
+    ) -> Result<()> {
         let tmp = unique("vt-");
         let index = index.map(|i| i.to_string());
         let mut add = vec!["link", "add", rtr_if];
@@ -380,12 +400,7 @@ impl Server {
 
     /// Runs dpctl against this server.
     pub fn dpctl(&self, args: &[&str]) -> Output {
-        Command::new(bin("dpctl"))
-            .arg("--server")
-            .arg(self.address())
-            .args(args)
-            .output()
-            .expect("spawning dpctl")
+        Command::new(bin("dpctl")).arg("--server").arg(self.address()).args(args).output().expect("spawning dpctl")
     }
 
     pub async fn client(&self) -> Result<controller_client::Client> {
@@ -410,7 +425,10 @@ pub struct XdpOverPins(dataplane_server::dataplane::PinnedIngress);
 
 impl XdpOverPins {
     pub fn load(bpffs: &std::path::Path) -> Self {
-        Self(dataplane_server::dataplane::PinnedIngress::load(bpffs).expect("load dp_xdp_ingress over the server's pins"))
+        Self(
+            dataplane_server::dataplane::PinnedIngress::load(bpffs)
+                .expect("load dp_xdp_ingress over the server's pins"),
+        )
     }
 
     pub fn run(&self, frame: &[u8]) -> (u32, Vec<u8>) {
@@ -512,7 +530,11 @@ pub async fn program_router(topo: &Topology, client: &mut controller_client::Cli
         client.interfaces.add_interface(pb::AddInterfaceRequest { name: name.clone(), ..Default::default() }).await?;
     }
     let receive = pb::NextHop { id: 3, kind: Some(pb::next_hop::Kind::Receive(pb::Receive {})), ..Default::default() };
-    let next_hops = vec![encap_nexthop(1, &topo.r1, &topo.h2.mac("eth0")?), encap_nexthop(2, &topo.r0, &topo.h1.mac("eth0")?), receive];
+    let next_hops = vec![
+        encap_nexthop(1, &topo.r1, &topo.h2.mac("eth0")?),
+        encap_nexthop(2, &topo.r0, &topo.h1.mac("eth0")?),
+        receive,
+    ];
     client.routing.add_next_hops(pb::AddNextHopsRequest { next_hops, replace: false }).await?;
     let routes = [
         ("198.51.100.0/24".to_owned(), 1),
@@ -539,7 +561,12 @@ pub async fn server_forwarding_via_lo(prefix: &str) -> Result<(Netns, Server, co
     let server = Server::start(&ns)?;
     let mut c = server.client().await?;
     c.interfaces.add_interface(pb::AddInterfaceRequest { name: "lo".into(), ..Default::default() }).await?;
-    c.routing.add_next_hops(pb::AddNextHopsRequest { next_hops: vec![encap_nexthop(1, "lo", "02:00:00:00:00:01")], replace: false }).await?;
+    c.routing
+        .add_next_hops(pb::AddNextHopsRequest {
+            next_hops: vec![encap_nexthop(1, "lo", "02:00:00:00:00:01")],
+            replace: false,
+        })
+        .await?;
     let routes = ["0.0.0.0/0", "::/0"].map(|p| pb::Route { vrf: 0, prefix: p.into(), next_hop: 1 }).to_vec();
     c.routing.add_routes(pb::AddRoutesRequest { routes, replace: false }).await?;
     Ok((ns, server, c))
@@ -547,7 +574,6 @@ pub async fn server_forwarding_via_lo(prefix: &str) -> Result<(Netns, Server, co
 
 /// Interface counters as a test failure message shows them: the non-zero reasons by name.
 pub fn describe_stats(d: &dataplane_common::InterfaceStats) -> String {
-
     if *d == dataplane_common::InterfaceStats::ZERO {
         return "none".into();
     }
@@ -557,8 +583,8 @@ pub fn describe_stats(d: &dataplane_common::InterfaceStats) -> String {
         .enumerate()
         .filter(|(_, n)| **n != 0)
         .map(|(i, n)| {
-            let name = dataplane_common::Reason::from_u32(i as u32)
-                .map_or_else(|| format!("reason#{i}"), |r| r.name().into());
+            let name =
+                dataplane_common::Reason::from_u32(i as u32).map_or_else(|| format!("reason#{i}"), |r| r.name().into());
             format!("{name}+{n}")
         })
         .collect();
@@ -622,7 +648,14 @@ impl UdpStream {
 
     /// [`UdpStream::start`] from source port `src_port` (0: any), so the stream's 5-tuple is
     /// known in advance (a flow can be set up for it first).
-    pub fn start_from_port(from: &Netns, to: &Netns, dst: std::net::IpAddr, port: u16, src_port: u16, pps: u32) -> Result<Self> {
+    pub fn start_from_port(
+        from: &Netns,
+        to: &Netns,
+        dst: std::net::IpAddr,
+        port: u16,
+        src_port: u16,
+        pps: u32,
+    ) -> Result<Self> {
         use std::sync::atomic::Ordering;
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -664,7 +697,11 @@ impl UdpStream {
         let gap = Duration::from_secs(1) / pps.max(1);
         let sender = std::thread::spawn(move || -> Result<u64> {
             enter_netns(&from_name)?;
-            let any: std::net::IpAddr = if dst.is_ipv4() { std::net::Ipv4Addr::UNSPECIFIED.into() } else { std::net::Ipv6Addr::UNSPECIFIED.into() };
+            let any: std::net::IpAddr = if dst.is_ipv4() {
+                std::net::Ipv4Addr::UNSPECIFIED.into()
+            } else {
+                std::net::Ipv6Addr::UNSPECIFIED.into()
+            };
             let sock = std::net::UdpSocket::bind((any, src_port))?;
             force_buffer(&sock, libc::SO_SNDBUFFORCE);
             let mut seq = 0u64;

@@ -37,7 +37,10 @@ fn flow_controller_completes_tcp_connect(cmd: &str, script: &str) {
     rt.block_on(async {
         let mut c = server.client().await.unwrap();
         integration::program_router(&topo, &mut c).await.unwrap();
-        c.flows.set_flow_mode(pb::SetFlowModeRequest { interface: topo.r0.clone(), enabled: true, ..Default::default() }).await.unwrap();
+        c.flows
+            .set_flow_mode(pb::SetFlowModeRequest { interface: topo.r0.clone(), enabled: true, ..Default::default() })
+            .await
+            .unwrap();
     });
 
     let integration::FlowController { child: mut ctl, mut out } =
@@ -64,10 +67,16 @@ fn flow_controller_completes_tcp_connect(cmd: &str, script: &str) {
 
 #[test]
 fn python_flow_controller_installs_flow_connect_completes_first_syn() {
-    flow_controller_completes_tcp_connect("python3", concat!(env!("CARGO_MANIFEST_DIR"), "/clients/python/flow_controller.py"));
+    flow_controller_completes_tcp_connect(
+        "python3",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/clients/python/flow_controller.py"),
+    );
 }
 
 #[test]
 fn node_flow_controller_installs_flow_connect_completes_first_syn() {
-    flow_controller_completes_tcp_connect("node", concat!(env!("CARGO_MANIFEST_DIR"), "/clients/node/flow_controller.js"));
+    flow_controller_completes_tcp_connect(
+        "node",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/clients/node/flow_controller.js"),
+    );
 }

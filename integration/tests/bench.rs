@@ -18,13 +18,24 @@ fn bench_quick_reports_every_case_and_leaves_nothing_behind() {
         "AddRoutes, batches of 10,000 (routes/s)",
         "ip -batch (routes/s)",
     ] {
-        let row = stdout.lines().find(|l| l.starts_with(&format!("| {case}"))).unwrap_or_else(|| panic!("no {case}:\n{stdout}"));
+        let row = stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("| {case}")))
+            .unwrap_or_else(|| panic!("no {case}:\n{stdout}"));
         let median: f64 = row.split('|').nth(4).unwrap().trim().parse().unwrap();
         assert!(median > 0.0, "{row}");
     }
     assert!(stdout.contains("Miss-to-event latency over ") && stdout.contains(" p99 "), "{stdout}");
-    assert!(stdout.contains("Server memory, RSS (private part, `RssAnon`): idle ") && stdout.contains("with 20,000 IPv4 routes"), "{stdout}");
-    for row in ["| AddRoutes, batches of 10,000 (routes/s) |", "| ip -batch (routes/s) |", "| raw bpf(2) map writes (routes/s) |"] {
+    assert!(
+        stdout.contains("Server memory, RSS (private part, `RssAnon`): idle ")
+            && stdout.contains("with 20,000 IPv4 routes"),
+        "{stdout}"
+    );
+    for row in [
+        "| AddRoutes, batches of 10,000 (routes/s) |",
+        "| ip -batch (routes/s) |",
+        "| raw bpf(2) map writes (routes/s) |",
+    ] {
         assert!(stdout.contains(row), "missing {row} in\n{stdout}");
     }
 
@@ -65,25 +76,54 @@ fn bench_quick_reports_every_case_and_leaves_nothing_behind() {
     // min/median/max, sends refused, ratios), all positive (refusals aside) and ordered; and the
     // floor line.
     let row = |case: &str| -> Vec<f64> {
-        let line = stdout.lines().find(|l| l.starts_with(&format!("| {case} |"))).unwrap_or_else(|| panic!("no row {case}:\n{stdout}"));
-        line.trim_matches('|').split('|').skip(1).map(|v| v.trim().parse().unwrap_or_else(|_| panic!("{line}"))).collect()
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("| {case} |")))
+            .unwrap_or_else(|| panic!("no row {case}:\n{stdout}"));
+        line.trim_matches('|')
+            .split('|')
+            .skip(1)
+            .map(|v| v.trim().parse().unwrap_or_else(|_| panic!("{line}")))
+            .collect()
     };
-    for case in ["Linux forwarding (ip_forward=1)", "XDP router (dataplane-server)", "bare redirect (dp_bench_redirect)"] {
+    for case in
+        ["Linux forwarding (ip_forward=1)", "XDP router (dataplane-server)", "bare redirect (dp_bench_redirect)"]
+    {
         let r = row(case);
-        let [offered, dmin, dmed, dmax, cmin, cmed, cmax, refused, x_linux, x_bare] = r[..] else { panic!("{case}: {r:?}") };
+        let [offered, dmin, dmed, dmax, cmin, cmed, cmax, refused, x_linux, x_bare] = r[..] else {
+            panic!("{case}: {r:?}")
+        };
         assert!(offered > 0.0 && dmin > 0.0 && dmin <= dmed && dmed <= dmax, "{case}: {r:?}");
-        assert!(cmin > 0.0 && cmin <= cmed && cmed <= cmax && refused >= 0.0 && x_linux > 0.0 && x_bare > 0.0, "{case}: {r:?}");
+        assert!(
+            cmin > 0.0 && cmin <= cmed && cmed <= cmax && refused >= 0.0 && x_linux > 0.0 && x_bare > 0.0,
+            "{case}: {r:?}"
+        );
     }
-    assert!(stdout.contains("XDP router / Linux forwarding: **") && stdout.contains("Floor, XDP_DROP on the router's ingress: "), "{stdout}");
+    assert!(
+        stdout.contains("XDP router / Linux forwarding: **")
+            && stdout.contains("Floor, XDP_DROP on the router's ingress: "),
+        "{stdout}"
+    );
 
     // Established flows with and without a miss storm: both rows, and what the storm generated.
     for case in ["established flow, no storm", "established flow, during the miss storm"] {
-        let line = stdout.lines().find(|l| l.starts_with(&format!("| {case} |"))).unwrap_or_else(|| panic!("no row {case}:\n{stdout}"));
-        let r: Vec<f64> = line.trim_matches('|').split('|').skip(2).map(|v| v.trim().parse().unwrap_or_else(|_| panic!("{line}"))).collect();
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("| {case} |")))
+            .unwrap_or_else(|| panic!("no row {case}:\n{stdout}"));
+        let r: Vec<f64> = line
+            .trim_matches('|')
+            .split('|')
+            .skip(2)
+            .map(|v| v.trim().parse().unwrap_or_else(|_| panic!("{line}")))
+            .collect();
         let [min, median, max, ns, ratio] = r[..] else { panic!("{line}") };
         assert!(min > 0.0 && min <= median && median <= max && ns > 0.0 && ratio > 0.0, "{line}");
     }
-    let storm = stdout.lines().find_map(|l| l.strip_prefix("Storm (medians per second): ")).unwrap_or_else(|| panic!("no storm line:\n{stdout}"));
+    let storm = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("Storm (medians per second): "))
+        .unwrap_or_else(|| panic!("no storm line:\n{stdout}"));
     let misses: f64 = storm.split_whitespace().next().and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("{storm}"));
     assert!(misses > 0.0, "{storm}");
 

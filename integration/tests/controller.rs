@@ -60,10 +60,7 @@ impl Drop for TwoNodes {
 
 fn veth(ns: &Netns, name: &str, peer_ns: &Netns, peer: &str) -> Result<()> {
     let tmp = unique("vp");
-    ns.exec(
-        "ip",
-        &["link", "add", name, "type", "veth", "peer", "name", &tmp],
-    )?;
+    ns.exec("ip", &["link", "add", name, "type", "veth", "peer", "name", &tmp])?;
     ns.exec("ip", &["link", "set", &tmp, "netns", &peer_ns.name])?;
     peer_ns.exec("ip", &["link", "set", &tmp, "name", peer])?;
     ns.exec("ip", &["link", "set", name, "up"])?;
@@ -101,12 +98,7 @@ impl TwoNodes {
         for n in [&na, &nb] {
             n.exec("sysctl", &["-qw", "net.ipv4.ip_forward=0"])?;
         }
-        let macs = Macs {
-            h1: h1.mac("eth0")?,
-            h2: h2.mac("eth0")?,
-            a1: na.mac("a1")?,
-            b0: nb.mac("b0")?,
-        };
+        let macs = Macs { h1: h1.mac("eth0")?, h2: h2.mac("eth0")?, a1: na.mac("a1")?, b0: nb.mac("b0")? };
         let a = Server::start_with(&na, a_args)?;
         let b = Server::start(&nb)?;
         let dir = std::env::temp_dir().join(format!("dataplane-controller-test-{}", unique("c")));
@@ -119,15 +111,8 @@ impl TwoNodes {
     /// `guard_rules` are the rules of node A's ingress policy.
     fn file(&self, extra_a_route: bool, guard_rules: &[&str]) -> String {
         let m = &self.macs;
-        let extra = if extra_a_route {
-            "      - {prefix: 203.0.113.128/25, next_hop: 4}\n"
-        } else {
-            ""
-        };
-        let rules: String = guard_rules
-            .iter()
-            .map(|r| format!("        - {r}\n"))
-            .collect();
+        let extra = if extra_a_route { "      - {prefix: 203.0.113.128/25, next_hop: 4}\n" } else { "" };
+        let rules: String = guard_rules.iter().map(|r| format!("        - {r}\n")).collect();
         format!(
             r#"# two nodes, one file
 nodes:
@@ -217,10 +202,7 @@ impl Controller {
     }
 
     fn spawn(&mut self) -> Result<()> {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)?;
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
         let mut cmd = match &self.netns {
             Some(ns) => {
                 let mut c = Command::new("nsenter");
@@ -259,20 +241,12 @@ impl Controller {
             .args(["status", "-o", "json", "--status-socket"])
             .arg(&self.socket)
             .output()?;
-        ensure!(
-            out.status.success(),
-            "status: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        ensure!(out.status.success(), "status: {}", String::from_utf8_lossy(&out.stderr));
         Ok(serde_json::from_slice(&out.stdout)?)
     }
 
     /// Waits until `done` holds for the status (10 s at most).
-    fn wait_for(
-        &self,
-        what: &str,
-        done: impl Fn(&ControllerStatus) -> bool,
-    ) -> Result<ControllerStatus> {
+    fn wait_for(&self, what: &str, done: impl Fn(&ControllerStatus) -> bool) -> Result<ControllerStatus> {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Ok(s) = self.status() {
@@ -280,10 +254,7 @@ impl Controller {
                     return Ok(s);
                 }
                 if Instant::now() > deadline {
-                    bail!(
-                        "controller: {what} not reached: {s:#?}\n{}",
-                        self.log_text()
-                    );
+                    bail!("controller: {what} not reached: {s:#?}\n{}", self.log_text());
                 }
             } else if Instant::now() > deadline {
                 bail!("controller: no status: {}", self.log_text());
@@ -294,15 +265,9 @@ impl Controller {
 
     /// Waits until every node has completed `sessions` resynced sessions and is ready.
     fn wait_ready(&self, sessions: u64) -> Result<ControllerStatus> {
-        self.wait_for(
-            &format!("all nodes ready after {sessions} session(s)"),
-            |s| {
-                s.nodes.len() == 2
-                    && s.nodes
-                        .values()
-                        .all(|n| n.state == "ready" && n.sessions >= sessions)
-            },
-        )
+        self.wait_for(&format!("all nodes ready after {sessions} session(s)"), |s| {
+            s.nodes.len() == 2 && s.nodes.values().all(|n| n.state == "ready" && n.sessions >= sessions)
+        })
     }
 }
 
@@ -319,25 +284,12 @@ impl Drop for Controller {
 /// output-only fields left out), and its generation.
 async fn node_state(c: &mut Client) -> Result<(NodeDesired, u64)> {
     let mut d = NodeDesired::default();
-    for v in c
-        .routing
-        .list_vrfs(pb::ListVrfsRequest {})
-        .await?
-        .into_inner()
-        .vrfs
-    {
+    for v in c.routing.list_vrfs(pb::ListVrfsRequest {}).await?.into_inner().vrfs {
         if v.id != 0 {
-            d.vrfs
-                .insert(v.id, (pb::VrfMode::try_from(v.mode)?, v.kernel_table));
+            d.vrfs.insert(v.id, (pb::VrfMode::try_from(v.mode)?, v.kernel_table));
         }
     }
-    for i in c
-        .interfaces
-        .list_interfaces(pb::ListInterfacesRequest::default())
-        .await?
-        .into_inner()
-        .interfaces
-    {
+    for i in c.interfaces.list_interfaces(pb::ListInterfacesRequest::default()).await?.into_inner().interfaces {
         d.interfaces.insert(
             i.name.clone(),
             controller_client::controller::desired::IfaceDesired {
@@ -346,99 +298,36 @@ async fn node_state(c: &mut Client) -> Result<(NodeDesired, u64)> {
             },
         );
     }
-    for n in c
-        .routing
-        .list_next_hops(pb::ListNextHopsRequest {})
-        .await?
-        .into_inner()
-        .next_hops
-    {
-        d.next_hops
-            .insert(n.id, n.kind.context("next hop without kind")?);
+    for n in c.routing.list_next_hops(pb::ListNextHopsRequest {}).await?.into_inner().next_hops {
+        d.next_hops.insert(n.id, n.kind.context("next hop without kind")?);
     }
-    let mut routes = c
-        .routing
-        .list_routes(pb::ListRoutesRequest::default())
-        .await?
-        .into_inner();
+    let mut routes = c.routing.list_routes(pb::ListRoutesRequest::default()).await?.into_inner();
     while let Some(chunk) = routes.message().await? {
         for r in chunk.routes {
-            d.routes.insert(
-                (r.vrf, r.prefix.parse().map_err(anyhow::Error::msg)?),
-                r.next_hop,
-            );
+            d.routes.insert((r.vrf, r.prefix.parse().map_err(anyhow::Error::msg)?), r.next_hop);
         }
     }
-    for p in c
-        .policy
-        .list_policies(pb::ListPoliciesRequest::default())
-        .await?
-        .into_inner()
-        .policies
-    {
-        let rules = p
-            .rules
-            .into_iter()
-            .map(|r| pb::Rule {
-                packets: 0,
-                bytes: 0,
-                ..r
-            })
-            .collect();
+    for p in c.policy.list_policies(pb::ListPoliciesRequest::default()).await?.into_inner().policies {
+        let rules = p.rules.into_iter().map(|r| pb::Rule { packets: 0, bytes: 0, ..r }).collect();
         d.policies.insert(p.name.clone(), rules);
         for a in p.attachments {
-            d.attachments.insert(
-                (a.interface, a.direction),
-                (p.name.clone(), a.default_action == pb::Action::Deny as i32),
-            );
+            d.attachments
+                .insert((a.interface, a.direction), (p.name.clone(), a.default_action == pb::Action::Deny as i32));
         }
     }
-    let generation = c
-        .system
-        .get_status(pb::GetStatusRequest {})
-        .await?
-        .into_inner()
-        .generation;
+    let generation = c.system.get_status(pb::GetStatusRequest {}).await?.into_inner().generation;
     Ok((d, generation))
 }
 
 /// Asserts the node's state is exactly the file's (flow modes and rules are not listed).
 async fn assert_matches_file(c: &mut Client, file: &str, node: &str) -> Result<u64> {
-    let want = config::parse("test.yaml", file)?
-        .nodes
-        .remove(node)
-        .context("node in file")?;
+    let want = config::parse("test.yaml", file)?.nodes.remove(node).context("node in file")?;
     let (have, generation) = node_state(c).await?;
-    ensure!(
-        have.vrfs == want.vrfs,
-        "{node} vrfs: {:?} != {:?}",
-        have.vrfs,
-        want.vrfs
-    );
-    ensure!(
-        have.interfaces == want.interfaces,
-        "{node} interfaces: {:?} != {:?}",
-        have.interfaces,
-        want.interfaces
-    );
-    ensure!(
-        have.next_hops == want.next_hops,
-        "{node} next hops: {:?} != {:?}",
-        have.next_hops,
-        want.next_hops
-    );
-    ensure!(
-        have.routes == want.routes,
-        "{node} routes: {:?} != {:?}",
-        have.routes,
-        want.routes
-    );
-    ensure!(
-        have.policies == want.policies,
-        "{node} policies: {:?} != {:?}",
-        have.policies,
-        want.policies
-    );
+    ensure!(have.vrfs == want.vrfs, "{node} vrfs: {:?} != {:?}", have.vrfs, want.vrfs);
+    ensure!(have.interfaces == want.interfaces, "{node} interfaces: {:?} != {:?}", have.interfaces, want.interfaces);
+    ensure!(have.next_hops == want.next_hops, "{node} next hops: {:?} != {:?}", have.next_hops, want.next_hops);
+    ensure!(have.routes == want.routes, "{node} routes: {:?} != {:?}", have.routes, want.routes);
+    ensure!(have.policies == want.policies, "{node} policies: {:?} != {:?}", have.policies, want.policies);
     ensure!(
         have.attachments == want.attachments,
         "{node} attachments: {:?} != {:?}",
@@ -476,8 +365,7 @@ impl EchoServer {
             }
             Ok(())
         });
-        rx.recv_timeout(Duration::from_secs(5))
-            .context("echo server did not start")?;
+        rx.recv_timeout(Duration::from_secs(5)).context("echo server did not start")?;
         Ok(Self(stop))
     }
 }
@@ -530,29 +418,15 @@ async fn controller_two_nodes_follow_file_admit_one_port_and_apply_edits_as_diff
     let _e1 = EchoServer::start(&t.h2, H2, 5001)?;
     let _e2 = EchoServer::start(&t.h2, H2, 5002)?;
     tcp_echo(&t.h1, H2, 5001).context("TCP 5001 must be admitted")?;
-    ensure!(
-        tcp_echo(&t.h1, H2, 5002).is_err(),
-        "TCP 5002 must be refused by the flow rules"
-    );
+    ensure!(tcp_echo(&t.h1, H2, 5002).is_err(), "TCP 5002 must be refused by the flow rules");
     let s = ctl.wait_for("decisions counted", |s| {
         s.nodes["node-a"].flows.forwarded >= 1 && s.nodes["node-a"].flows.dropped >= 1
     })?;
     let a = &s.nodes["node-a"];
-    ensure!(
-        a.rule_hits.first().copied().unwrap_or(0) >= 1
-            && a.rule_hits.get(2).copied().unwrap_or(0) >= 1,
-        "{a:?}"
-    );
-    ensure!(
-        s.nodes["node-b"].flows.misses == 0,
-        "node B has no flow mode: {s:?}"
-    );
+    ensure!(a.rule_hits.first().copied().unwrap_or(0) >= 1 && a.rule_hits.get(2).copied().unwrap_or(0) >= 1, "{a:?}");
+    ensure!(s.nodes["node-b"].flows.misses == 0, "node B has no flow mode: {s:?}");
     let flows: Vec<pb::Flow> = {
-        let mut st = ca
-            .flows
-            .list_flows(pb::ListFlowsRequest::default())
-            .await?
-            .into_inner();
+        let mut st = ca.flows.list_flows(pb::ListFlowsRequest::default()).await?.into_inner();
         let mut v = Vec::new();
         while let Some(c) = st.message().await? {
             v.extend(c.flows);
@@ -560,47 +434,22 @@ async fn controller_two_nodes_follow_file_admit_one_port_and_apply_edits_as_diff
         v
     };
     let port = |p: u32, action: pb::FlowAction| {
-        flows.iter().any(|f| {
-            f.key
-                .as_ref()
-                .is_some_and(|k| k.dst_port == p && k.src == H1)
-                && f.action == action as i32
-        })
+        flows
+            .iter()
+            .any(|f| f.key.as_ref().is_some_and(|k| k.dst_port == p && k.src == H1) && f.action == action as i32)
     };
-    ensure!(
-        port(5001, pb::FlowAction::Forward) && port(5002, pb::FlowAction::Drop),
-        "{flows:?}"
-    );
+    ensure!(port(5001, pb::FlowAction::Forward) && port(5002, pb::FlowAction::Drop), "{flows:?}");
     // The admitted flow's reply direction was installed too.
-    ensure!(
-        flows.iter().any(|f| f
-            .key
-            .as_ref()
-            .is_some_and(|k| k.src_port == 5001 && k.dst == H1)),
-        "{flows:?}"
-    );
+    ensure!(flows.iter().any(|f| f.key.as_ref().is_some_and(|k| k.src_port == 5001 && k.dst == H1)), "{flows:?}");
     // Node B forwards by routes: h1 <-> h2 works through both nodes' XDP.
-    let stats = cb
-        .interfaces
-        .list_interfaces(pb::ListInterfacesRequest { name: "b0".into() })
-        .await?
-        .into_inner();
-    ensure!(
-        stats.interfaces[0]
-            .counters
-            .as_ref()
-            .is_some_and(|c| c.rx_packets > 0),
-        "{stats:?}"
-    );
+    let stats = cb.interfaces.list_interfaces(pb::ListInterfacesRequest { name: "b0".into() }).await?.into_inner();
+    ensure!(stats.interfaces[0].counters.as_ref().is_some_and(|c| c.rx_packets > 0), "{stats:?}");
 
     // Edit: one route added on A, one rule removed from A's policy. Applied within a second,
     // and only those two written: A's generation moves by 2, B's not at all.
     let (_, ga) = node_state(&mut ca).await?;
     let (_, gb) = node_state(&mut cb).await?;
-    let edited = t.file(
-        true,
-        &["{priority: 10, protocol: tcp, dst_ports: 23, action: deny}"],
-    );
+    let edited = t.file(true, &["{priority: 10, protocol: tcp, dst_ports: 23, action: deny}"]);
     let t0 = Instant::now();
     write_file(&file, &edited)?;
     loop {
@@ -608,11 +457,7 @@ async fn controller_two_nodes_follow_file_admit_one_port_and_apply_edits_as_diff
         if have.routes.len() == 5 && have.policies["guard"].len() == 1 {
             break;
         }
-        ensure!(
-            t0.elapsed() < Duration::from_secs(5),
-            "edit not applied: {}",
-            ctl.log_text()
-        );
+        ensure!(t0.elapsed() < Duration::from_secs(5), "edit not applied: {}", ctl.log_text());
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let took = t0.elapsed();
@@ -620,71 +465,37 @@ async fn controller_two_nodes_follow_file_admit_one_port_and_apply_edits_as_diff
     ensure!(took < Duration::from_secs(1), "edit applied after {took:?}");
     let ga2 = assert_matches_file(&mut ca, &edited, "node-a").await?;
     let gb2 = assert_matches_file(&mut cb, &edited, "node-b").await?;
-    ensure!(
-        ga2 == ga + 2,
-        "node A generation {ga} -> {ga2}: expected +2 (one AddRoutes, one PutPolicy)"
-    );
-    ensure!(
-        gb2 == gb,
-        "node B generation {gb} -> {gb2}: nothing of B changed"
-    );
+    ensure!(ga2 == ga + 2, "node A generation {ga} -> {ga2}: expected +2 (one AddRoutes, one PutPolicy)");
+    ensure!(gb2 == gb, "node B generation {gb} -> {gb2}: nothing of B changed");
     let s = ctl.status()?;
-    let last = s.nodes["node-a"]
-        .last_apply
-        .clone()
-        .context("no apply recorded")?;
+    let last = s.nodes["node-a"].last_apply.clone().context("no apply recorded")?;
     ensure!((last.rpcs, last.objects) == (2, 2), "{last:?}");
 
     // A malformed edit: refused with file:line:column:field, nothing on either node changes.
-    let broken = edited.replace(
-        "{prefix: 203.0.113.128/25, next_hop: 4}",
-        "{prefix: 203.0.113.128/25, next_hop: 9}",
-    );
+    let broken = edited.replace("{prefix: 203.0.113.128/25, next_hop: 4}", "{prefix: 203.0.113.128/25, next_hop: 9}");
     write_file(&file, &broken)?;
     let s = ctl.wait_for("the broken file refused", |s| s.file_error.is_some())?;
     let err = s.file_error.unwrap();
-    let line = broken
-        .lines()
-        .position(|l| l.contains("next_hop: 9"))
-        .unwrap()
-        + 1;
+    let line = broken.lines().position(|l| l.contains("next_hop: 9")).unwrap() + 1;
     ensure!(
         err.starts_with(&format!("{}:{line}:", file.display()))
             && err.contains("nodes.node-a.routes[4].next_hop: next hop 9 is not declared"),
         "{err}"
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
-    ensure!(
-        assert_matches_file(&mut ca, &edited, "node-a").await? == ga2,
-        "node A changed"
-    );
-    ensure!(
-        assert_matches_file(&mut cb, &edited, "node-b").await? == gb2,
-        "node B changed"
-    );
+    ensure!(assert_matches_file(&mut ca, &edited, "node-a").await? == ga2, "node A changed");
+    ensure!(assert_matches_file(&mut cb, &edited, "node-b").await? == gb2, "node B changed");
     // The same through `check`, and a controller started on it refuses to start.
-    let out = Command::new(bin("dataplane-controller"))
-        .args(["check", "--file"])
-        .arg(&file)
-        .output()?;
-    ensure!(
-        out.status.code() == Some(2) && String::from_utf8_lossy(&out.stderr).trim() == err,
-        "{out:?}"
-    );
+    let out = Command::new(bin("dataplane-controller")).args(["check", "--file"]).arg(&file).output()?;
+    ensure!(out.status.code() == Some(2) && String::from_utf8_lossy(&out.stderr).trim() == err, "{out:?}");
     let out = Command::new(bin("dataplane-controller"))
         .args(["run", "--file"])
         .arg(&file)
         .arg("--status-socket")
         .arg(t.dir.join("second.sock"))
         .output()?;
-    ensure!(
-        out.status.code() == Some(2) && String::from_utf8_lossy(&out.stderr).contains(&err),
-        "{out:?}"
-    );
-    ensure!(
-        assert_matches_file(&mut ca, &edited, "node-a").await? == ga2,
-        "node A changed"
-    );
+    ensure!(out.status.code() == Some(2) && String::from_utf8_lossy(&out.stderr).contains(&err), "{out:?}");
+    ensure!(assert_matches_file(&mut ca, &edited, "node-a").await? == ga2, "node A changed");
 
     // Fixed again: applied, and the error cleared.
     let fixed = edited.replace("{prefix: 203.0.113.128/25, next_hop: 4}", "{prefix: 203.0.113.128/25, next_hop: 3}");
@@ -719,16 +530,19 @@ async fn controller_two_nodes_follow_file_admit_one_port_and_apply_edits_as_diff
     while let Some(c) = st.message().await? {
         flows.extend(c.flows);
     }
-    let to_5001: Vec<&pb::Flow> = flows.iter().filter(|f| f.key.as_ref().is_some_and(|k| k.dst_port == 5001 && k.src == H1)).collect();
+    let to_5001: Vec<&pb::Flow> =
+        flows.iter().filter(|f| f.key.as_ref().is_some_and(|k| k.dst_port == 5001 && k.src == H1)).collect();
     ensure!(!to_5001.is_empty() && to_5001.iter().all(|f| f.action == pb::FlowAction::Drop as i32), "{flows:?}");
-    ensure!(!flows.iter().any(|f| f.key.as_ref().is_some_and(|k| k.src_port == 5001 && k.dst == H1)), "reply direction left: {flows:?}");
+    ensure!(
+        !flows.iter().any(|f| f.key.as_ref().is_some_and(|k| k.src_port == 5001 && k.dst == H1)),
+        "reply direction left: {flows:?}"
+    );
     ensure!(tcp_echo(&t.h1, H2, 5001).is_err(), "TCP 5001 must be refused now");
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn controller_sigkill_under_udp_stream_loses_nothing_and_restart_resyncs_to_file(
-) -> Result<()> {
+async fn controller_sigkill_under_udp_stream_loses_nothing_and_restart_resyncs_to_file() -> Result<()> {
     let t = TwoNodes::new()?;
     let file = t.dir.join("nodes.yaml");
     let text = t.default_file();
@@ -750,9 +564,7 @@ async fn controller_sigkill_under_udp_stream_loses_nothing_and_restart_resyncs_t
         .join()
         .map_err(|_| anyhow::anyhow!("prime thread"))??;
     }
-    ctl.wait_for("the stream's flow installed", |s| {
-        s.nodes["node-a"].flows.forwarded >= 1
-    })?;
+    ctl.wait_for("the stream's flow installed", |s| s.nodes["node-a"].flows.forwarded >= 1)?;
     let stream = UdpStream::start_from_port(&t.h1, &t.h2, H2.parse()?, 7000, 47000, 4000)?;
     tokio::time::sleep(Duration::from_millis(700)).await;
     ctl.kill9()?;
@@ -767,20 +579,11 @@ async fn controller_sigkill_under_udp_stream_loses_nothing_and_restart_resyncs_t
     let report = stream.stop()?;
     eprintln!("stream across the controller's SIGKILL and restart: {report:?}");
     ensure!(report.lost == 0 && report.sent > 5000, "{report:?}");
-    ensure!(
-        assert_matches_file(&mut ca, &text, "node-a").await? == ga,
-        "node A written by an unchanged resync"
-    );
-    ensure!(
-        assert_matches_file(&mut cb, &text, "node-b").await? == gb,
-        "node B written by an unchanged resync"
-    );
+    ensure!(assert_matches_file(&mut ca, &text, "node-a").await? == ga, "node A written by an unchanged resync");
+    ensure!(assert_matches_file(&mut cb, &text, "node-b").await? == gb, "node B written by an unchanged resync");
     for (name, n) in &s.nodes {
         let r = n.last_resync.as_ref().context("no resync")?;
-        ensure!(
-            r.removed == 0 && r.generation_before == r.generation_after,
-            "{name}: {r:?}"
-        );
+        ensure!(r.removed == 0 && r.generation_before == r.generation_after, "{name}: {r:?}");
     }
     Ok(())
 }
@@ -795,8 +598,7 @@ async fn controller_node_server_restart_reconnects_and_resync_removes_stray_stat
     ctl.wait_ready(1)?;
 
     // Someone adds state the file does not have, behind the controller's back.
-    let out =
-        t.b.dpctl(&["route", "add", "203.0.113.64/26", "--nexthop", "3"]);
+    let out = t.b.dpctl(&["route", "add", "203.0.113.64/26", "--nexthop", "3"]);
     ensure!(out.status.success(), "{out:?}");
     let out = t.b.dpctl(&["nexthop", "add", "99", "--discard"]);
     ensure!(out.status.success(), "{out:?}");
@@ -814,10 +616,7 @@ async fn controller_node_server_restart_reconnects_and_resync_removes_stray_stat
     let b = &s.nodes["node-b"];
     ensure!(b.sessions == 2 && s.nodes["node-a"].sessions == 1, "{s:?}");
     let r = b.last_resync.as_ref().context("no resync")?;
-    ensure!(
-        r.removed == 2,
-        "the stray route and next hop removed: {r:?}"
-    );
+    ensure!(r.removed == 2, "the stray route and next hop removed: {r:?}");
     let mut cb = t.b.client().await?;
     assert_matches_file(&mut cb, &text, "node-b").await?;
     // h2 -> h1 is routed by both nodes (no flow mode on that way in): the stream never
@@ -864,8 +663,9 @@ async fn controller_lagged_miss_stream_decides_held_flows_from_the_table() -> Re
         let name = t.h1.name.clone();
         std::thread::spawn(move || -> Result<()> {
             enter_netns(&name)?;
-            let socks: Vec<std::net::UdpSocket> =
-                (0..40).map(|i| std::net::UdpSocket::bind((H1, 20000 + burst * 40 + i))).collect::<std::io::Result<_>>()?;
+            let socks: Vec<std::net::UdpSocket> = (0..40)
+                .map(|i| std::net::UdpSocket::bind((H1, 20000 + burst * 40 + i)))
+                .collect::<std::io::Result<_>>()?;
             for s in &socks {
                 s.send_to(b"first", (H2, 7000))?;
             }
@@ -889,7 +689,13 @@ async fn controller_lagged_miss_stream_decides_held_flows_from_the_table() -> Re
     let mut st = ca.flows.list_flows(pb::ListFlowsRequest::default()).await?.into_inner();
     let mut forward = 0;
     while let Some(c) = st.message().await? {
-        forward += c.flows.iter().filter(|f| f.key.as_ref().is_some_and(|k| k.dst_port == 7000) && f.action == pb::FlowAction::Forward as i32).count();
+        forward += c
+            .flows
+            .iter()
+            .filter(|f| {
+                f.key.as_ref().is_some_and(|k| k.dst_port == 7000) && f.action == pb::FlowAction::Forward as i32
+            })
+            .count();
     }
     ensure!(forward == usize::from(sent), "{forward} forward flows for {sent} sent");
     let received = receiver.join().map_err(|_| anyhow::anyhow!("receiver"))??;

@@ -13,11 +13,7 @@ fn netns_list() -> String {
 #[test]
 fn demo_script_runs_to_completion_and_leaves_nothing_behind() {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/demo.sh");
-    let out = Command::new("bash")
-        .arg(script)
-        .env("DEMO_BIN_DIR", integration::bin_dir())
-        .output()
-        .expect("bash");
+    let out = Command::new("bash").arg(script).env("DEMO_BIN_DIR", integration::bin_dir()).output().expect("bash");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "demo failed:\n{stdout}\n{stderr}");
@@ -37,10 +33,14 @@ fn demo_script_runs_to_completion_and_leaves_nothing_behind() {
     assert!(stdout.contains("port 8000: admitted: hello from h2"), "{stdout}");
     assert!(stdout.contains("port 8080: refused"), "{stdout}");
     // The controller's status: both nodes ready, decisions counted on node A.
-    let node_a = stdout.lines().filter(|l| l.starts_with("node-a ") && !l.contains("rule hits")).last().unwrap_or_else(|| panic!("{stdout}"));
+    let node_a = stdout
+        .lines()
+        .rfind(|l| l.starts_with("node-a ") && !l.contains("rule hits"))
+        .unwrap_or_else(|| panic!("{stdout}"));
     let cols: Vec<&str> = node_a.split_whitespace().collect();
     assert_eq!(cols[1], "ready", "{node_a}");
-    let (misses, forwarded, dropped): (u64, u64, u64) = (cols[5].parse().unwrap(), cols[6].parse().unwrap(), cols[7].parse().unwrap());
+    let (misses, forwarded, dropped): (u64, u64, u64) =
+        (cols[5].parse().unwrap(), cols[6].parse().unwrap(), cols[7].parse().unwrap());
     assert!(forwarded >= 4 && dropped >= 1 && misses == forwarded + dropped, "{node_a}");
     assert!(stdout.lines().any(|l| l.starts_with("node-b ") && l.contains(" ready ")), "{stdout}");
     assert!(stdout.contains("demo: cleaned up"), "{stdout}");

@@ -113,7 +113,17 @@ fn dpctl_vrf_nexthop_route_verbs_round_trip() {
     assert_eq!(ids, [0, 7], "{vrfs}");
 
     ok(&["nexthop", "add", "1", "--interface", "lo", "--dst-mac", "02:00:00:00:00:01"]);
-    ok(&["nexthop", "add", "2", "--interface", "lo", "--dst-mac", "02:00:00:00:00:02", "--src-mac", "02:00:00:00:00:aa"]);
+    ok(&[
+        "nexthop",
+        "add",
+        "2",
+        "--interface",
+        "lo",
+        "--dst-mac",
+        "02:00:00:00:00:02",
+        "--src-mac",
+        "02:00:00:00:00:aa",
+    ]);
     ok(&["nexthop", "add", "3", "--ecmp", "1,2"]);
     ok(&["nexthop", "add", "4", "--discard"]);
     ok(&["nexthop", "add", "5", "--receive"]);
@@ -132,7 +142,8 @@ fn dpctl_vrf_nexthop_route_verbs_round_trip() {
     assert_eq!(all.as_array().unwrap().len(), 5, "{all}");
     let vrf7: Value = serde_json::from_str(&ok(&["route", "list", "--vrf", "7", "-o", "json"])).unwrap();
     assert_eq!(vrf7.as_array().unwrap().len(), 2, "{vrf7}");
-    let within: Value = serde_json::from_str(&ok(&["route", "list", "--prefix", "198.51.100.0/23", "-o", "json"])).unwrap();
+    let within: Value =
+        serde_json::from_str(&ok(&["route", "list", "--prefix", "198.51.100.0/23", "-o", "json"])).unwrap();
     assert_eq!(within.as_array().unwrap().len(), 2, "both VRFs' 198.51.100.0/24: {within}");
 
     let hit = ok(&["route", "lookup", "198.51.100.9"]);
@@ -187,7 +198,10 @@ fn dpctl_policy_put_attach_list_detach_del() {
     assert_eq!(v[0]["rules"].as_array().unwrap().len(), 3);
     assert_eq!(v[0]["rules"][0]["dst_ports"], serde_json::json!([80, 89]));
     assert_eq!(v[0]["rules"][1]["tcp_flags"], serde_json::json!({"mask": 18, "value": 2}));
-    assert_eq!(v[0]["attachments"][0], serde_json::json!({"interface": "lo", "direction": "ingress", "default": "deny"}));
+    assert_eq!(
+        v[0]["attachments"][0],
+        serde_json::json!({"interface": "lo", "direction": "ingress", "default": "deny"})
+    );
     let table = ok(&["policy", "list", "web"]);
     assert!(table.contains("PACKETS") && table.contains("80-89") && table.contains("punt"), "{table}");
 
@@ -202,11 +216,19 @@ fn dpctl_policy_put_attach_list_detach_del() {
     std::fs::write(&bad, "- priority: 1\n  action: maybe\n").unwrap();
     let o = server.dpctl(&["policy", "put", "web", "--file", bad.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2));
-    assert!(stderr(&o).contains("bad.yaml:2:11: rules[0].action: \"maybe\" is not allow, deny or punt"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("bad.yaml:2:11: rules[0].action: \"maybe\" is not allow, deny or punt"),
+        "{}",
+        stderr(&o)
+    );
     std::fs::write(&bad, "- priority: 1\n  protocol: tcp\n  dst_ports: 90-80\n  action: deny\n").unwrap();
     let o = server.dpctl(&["policy", "put", "web", "--file", bad.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2));
-    assert!(stderr(&o).contains("bad.yaml:3:14: rules[0].dst_ports: \"90-80\": the first port is above the last"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("bad.yaml:3:14: rules[0].dst_ports: \"90-80\": the first port is above the last"),
+        "{}",
+        stderr(&o)
+    );
     // What only the server can judge (ports on ICMP) comes back as its INVALID_ARGUMENT.
     std::fs::write(&bad, "- priority: 1\n  protocol: icmp\n  dst_ports: 80\n  action: deny\n").unwrap();
     let o = server.dpctl(&["policy", "put", "web", "--file", bad.to_str().unwrap()]);
@@ -239,14 +261,19 @@ fn dpctl_flowmode_watch_flow_add_list_del() {
         .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(500));
     let xdp = integration::XdpOverPins::load(&server.bpffs);
-    let frame = integration::l4_frame("192.0.2.10".parse().unwrap(), "198.51.100.7".parse().unwrap(), 6, 40000, 443, 0x02);
+    let frame =
+        integration::l4_frame("192.0.2.10".parse().unwrap(), "198.51.100.7".parse().unwrap(), 6, 40000, 443, 0x02);
     xdp.run(&frame);
     let mut line = String::new();
     std::io::BufRead::read_line(&mut std::io::BufReader::new(watch.stdout.take().unwrap()), &mut line).unwrap();
     let _ = watch.kill();
     let _ = watch.wait();
     let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
-    assert_eq!((v["seq"].as_u64(), v["interface"].as_str(), v["reason"].as_str()), (Some(1), Some("lo"), Some("miss")), "{v}");
+    assert_eq!(
+        (v["seq"].as_u64(), v["interface"].as_str(), v["reason"].as_str()),
+        (Some(1), Some("lo"), Some("miss")),
+        "{v}"
+    );
     assert_eq!(v["key"]["dst_port"], 443);
 
     let key = ["--src", "192.0.2.10", "--dst", "198.51.100.7", "--proto", "tcp", "--sport", "40000", "--dport", "443"];
@@ -271,7 +298,19 @@ fn dpctl_events_watch_gateway_nexthop_and_kernel_fib_vrf() {
     let (a, b) = (integration::unique("dea"), integration::unique("deb"));
 
     let mut watch = std::process::Command::new(integration::bin("dpctl"))
-        .args(["--server", &format!("unix:{}", server.socket.display()), "-o", "json", "events", "watch", "--snapshot", "--kind", "link", "--kind", "neighbour"])
+        .args([
+            "--server",
+            &format!("unix:{}", server.socket.display()),
+            "-o",
+            "json",
+            "events",
+            "watch",
+            "--snapshot",
+            "--kind",
+            "link",
+            "--kind",
+            "neighbour",
+        ])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -282,7 +321,11 @@ fn dpctl_events_watch_gateway_nexthop_and_kernel_fib_vrf() {
     };
     // The snapshot: lo, then its end marker.
     let v = next();
-    assert_eq!((v["kind"].as_str(), v["interface"].as_str(), v["snapshot"].as_bool()), (Some("link"), Some("lo"), Some(true)), "{v}");
+    assert_eq!(
+        (v["kind"].as_str(), v["interface"].as_str(), v["snapshot"].as_bool()),
+        (Some("link"), Some("lo"), Some(true)),
+        "{v}"
+    );
     assert_eq!(next()["snapshot_done"], 1);
     ns.exec("ip", &["link", "add", &a, "type", "veth", "peer", "name", &b]).unwrap();
     ns.exec("ip", &["link", "set", &a, "up"]).unwrap();
@@ -294,12 +337,22 @@ fn dpctl_events_watch_gateway_nexthop_and_kernel_fib_vrf() {
         let v = next();
         seen.push(v.clone());
         if v["kind"] == "neighbour" && v["neighbour"]["address"] == "192.0.2.2" {
-            assert_eq!((v["action"].as_str(), v["neighbour"]["mac"].as_str(), v["neighbour"]["state"].as_str()), (Some("added"), Some("02:00:00:00:00:22"), Some("permanent")), "{v}");
+            assert_eq!(
+                (v["action"].as_str(), v["neighbour"]["mac"].as_str(), v["neighbour"]["state"].as_str()),
+                (Some("added"), Some("02:00:00:00:00:22"), Some("permanent")),
+                "{v}"
+            );
             break;
         }
         assert!(seen.len() < 50, "{seen:#?}");
     }
-    assert!(seen.iter().any(|v| v["kind"] == "link" && v["interface"] == a.as_str() && v["action"] == "added" && v["seq"].as_u64() > Some(0)), "{seen:#?}");
+    assert!(
+        seen.iter().any(|v| v["kind"] == "link"
+            && v["interface"] == a.as_str()
+            && v["action"] == "added"
+            && v["seq"].as_u64() > Some(0)),
+        "{seen:#?}"
+    );
     let _ = watch.kill();
     let _ = watch.wait();
 
@@ -307,7 +360,11 @@ fn dpctl_events_watch_gateway_nexthop_and_kernel_fib_vrf() {
     ok(&["interface", "add", &a]);
     ok(&["nexthop", "add", "1", "--interface", &a, "--gateway", "192.0.2.2"]);
     let v: Value = serde_json::from_str(&ok(&["nexthop", "list", "-o", "json"])).unwrap();
-    assert_eq!((v[0]["state"].as_str(), v[0]["resolved_mac"].as_str()), (Some("ready"), Some("02:00:00:00:00:22")), "{v}");
+    assert_eq!(
+        (v[0]["state"].as_str(), v[0]["resolved_mac"].as_str()),
+        (Some("ready"), Some("02:00:00:00:00:22")),
+        "{v}"
+    );
     let table = ok(&["nexthop", "list"]);
     assert!(table.contains("gateway 192.0.2.2 (02:00:00:00:00:22)") && table.contains("ready"), "{table}");
     let e = fails(&server, &["nexthop", "add", "2", "--interface", &a, "--gateway", "224.0.0.1"], "INVALID_ARGUMENT");

@@ -52,7 +52,8 @@ fn nh_mac(id: u32) -> [u8; 6] {
 /// own MAC, so a forwarded frame names the next hop that carried it.
 async fn setup(client: &mut Client) {
     client.interfaces.add_interface(pb::AddInterfaceRequest { name: "lo".into(), ..Default::default() }).await.unwrap();
-    let next_hops = (1..=8).map(|id| integration::encap_nexthop(id, "lo", &format!("02:00:00:00:00:{id:02x}"))).collect();
+    let next_hops =
+        (1..=8).map(|id| integration::encap_nexthop(id, "lo", &format!("02:00:00:00:00:{id:02x}"))).collect();
     client.routing.add_next_hops(pb::AddNextHopsRequest { next_hops, replace: false }).await.unwrap();
 }
 
@@ -111,10 +112,21 @@ fn check_xdp(xdp: &XdpOverPins, t: &Table, addrs: &[u32]) {
             None => verdict == XDP_PASS,
         };
         if !ok {
-            wrong.push(format!("{}: expected {:?}, verdict {verdict}, dst MAC {:02x?}", Ipv4Addr::from(a), lpm(t, a), &out[..6]));
+            wrong.push(format!(
+                "{}: expected {:?}, verdict {verdict}, dst MAC {:02x?}",
+                Ipv4Addr::from(a),
+                lpm(t, a),
+                &out[..6]
+            ));
         }
     }
-    assert!(wrong.is_empty(), "{} of {} disagree:\n{}", wrong.len(), addrs.len(), wrong[..wrong.len().min(20)].join("\n"));
+    assert!(
+        wrong.is_empty(),
+        "{} of {} disagree:\n{}",
+        wrong.len(),
+        addrs.len(),
+        wrong[..wrong.len().min(20)].join("\n")
+    );
 }
 
 /// Every probe through `LookupRoute` in `vrf`: the matched prefix and next hop.
@@ -133,7 +145,13 @@ async fn check_lookup(client: &mut Client, vrf: u32, t: &Table, addrs: &[u32]) {
             wrong.push(format!("{}: expected {want:?}, got {got:?}", Ipv4Addr::from(a)));
         }
     }
-    assert!(wrong.is_empty(), "vrf {vrf}: {} of {} disagree:\n{}", wrong.len(), addrs.len(), wrong[..wrong.len().min(20)].join("\n"));
+    assert!(
+        wrong.is_empty(),
+        "vrf {vrf}: {} of {} disagree:\n{}",
+        wrong.len(),
+        addrs.len(),
+        wrong[..wrong.len().min(20)].join("\n")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -145,8 +163,10 @@ async fn fib4_random_churn_in_two_vrfs_forwards_as_longest_prefix_match() {
     client.routing.add_vrf(pb::AddVrfRequest { id: 7, ..Default::default() }).await.unwrap();
     assert_eq!(vrf(&mut client, 7).await.ipv4_lookup(), pb::Ipv4Lookup::Flat, "a new VRF gets a flat table");
     let mut rng = Rng(0x00f1_b4c4_0ffe_e123);
-    let mut t0: Table = random_prefixes(&mut rng, 4000, 0xc000_0000).into_iter().map(|p| (p, 1 + (rng.next() % 8) as u32)).collect();
-    let t7: Table = random_prefixes(&mut rng, 2000, 0xc000_0000).into_iter().map(|p| (p, 1 + (rng.next() % 8) as u32)).collect();
+    let mut t0: Table =
+        random_prefixes(&mut rng, 4000, 0xc000_0000).into_iter().map(|p| (p, 1 + (rng.next() % 8) as u32)).collect();
+    let t7: Table =
+        random_prefixes(&mut rng, 2000, 0xc000_0000).into_iter().map(|p| (p, 1 + (rng.next() % 8) as u32)).collect();
     add(&mut client, 0, &t0.iter().map(|(p, n)| (*p, *n)).collect::<Vec<_>>(), false).await;
     add(&mut client, 7, &t7.iter().map(|(p, n)| (*p, *n)).collect::<Vec<_>>(), false).await;
     for id in [0, 7] {
@@ -266,7 +286,8 @@ async fn fib4_restart_adopts_tables_and_rebuilds_one_a_crash_left_behind() {
     setup(&mut client).await;
     client.routing.add_vrf(pb::AddVrfRequest { id: 7, ..Default::default() }).await.unwrap();
     let mut rng = Rng(0x0ad0_97ed);
-    let mut t: Table = random_prefixes(&mut rng, 1500, 0xc000_0000).into_iter().map(|p| (p, 1 + (rng.next() % 8) as u32)).collect();
+    let mut t: Table =
+        random_prefixes(&mut rng, 1500, 0xc000_0000).into_iter().map(|p| (p, 1 + (rng.next() % 8) as u32)).collect();
     add(&mut client, 0, &t.iter().map(|(p, n)| (*p, *n)).collect::<Vec<_>>(), false).await;
     add(&mut client, 7, &[((0xcb00_7100, 24), 3)], false).await;
     let chunks = vrf(&mut client, 0).await.ipv4_flat_chunks;
@@ -277,7 +298,11 @@ async fn fib4_restart_adopts_tables_and_rebuilds_one_a_crash_left_behind() {
     let log = plain(&server.log_text());
     let restored: Vec<&str> = log.lines().filter(|l| l.contains("state restored")).collect();
     assert_eq!(restored.len(), 2, "{log}");
-    assert!(restored[1].contains("ipv4_flat_adopted=2") && restored[1].contains("ipv4_flat_built=0"), "{}", restored[1]);
+    assert!(
+        restored[1].contains("ipv4_flat_adopted=2") && restored[1].contains("ipv4_flat_built=0"),
+        "{}",
+        restored[1]
+    );
     let mut client = server.client().await.unwrap();
     assert_eq!(vrf(&mut client, 0).await.ipv4_flat_chunks, chunks);
     let xdp = XdpOverPins::load(&server.bpffs);
@@ -297,15 +322,31 @@ async fn fib4_restart_adopts_tables_and_rebuilds_one_a_crash_left_behind() {
     let records = MapData::from_pin(maps.join("ROUTE4_RECORDS")).unwrap();
     let mut records: Array<MapData, RouteRecord4> = Array::try_from(Map::Array(records)).unwrap();
     let (&some, _) = t.iter().next().unwrap();
-    let nexthop = (0..mark).map(|i| records.get(&i, 0).unwrap()).find(|r| r.flags != 0 && (u32::from_be_bytes(r.addr), r.prefix_len) == some).unwrap().nexthop;
+    let nexthop = (0..mark)
+        .map(|i| records.get(&i, 0).unwrap())
+        .find(|r| r.flags != 0 && (u32::from_be_bytes(r.addr), r.prefix_len) == some)
+        .unwrap()
+        .nexthop;
     let crashed = (0xcb00_7180u32, 25u8);
-    let rec = RouteRecord4 { vrf: 0, addr: crashed.0.to_be_bytes(), prefix_len: 25, _pad: [0; 2], flags: RECORD_VALID, nexthop };
+    let rec = RouteRecord4 {
+        vrf: 0,
+        addr: crashed.0.to_be_bytes(),
+        prefix_len: 25,
+        _pad: [0; 2],
+        flags: RECORD_VALID,
+        nexthop,
+    };
     state.set(dataplane_common::flow::STATE_ROUTE4_RECORDS, u64::from(mark + 1), 0).unwrap();
     records.set(mark, rec, 0).unwrap();
     let old_build = (0xcb00_7140u32, 26u8);
     let trie = MapData::from_pin(maps.join("ROUTES_V4")).unwrap();
     let mut trie: LpmTrie<MapData, RouteAddrV4, RouteValue> = LpmTrie::try_from(Map::LpmTrie(trie)).unwrap();
-    trie.insert(&Key::new(32 + 26, RouteAddrV4 { vrf: [0; 4], addr: old_build.0.to_be_bytes() }), RouteValue { nexthop, prefix_len: 26 }, 0).unwrap();
+    trie.insert(
+        &Key::new(32 + 26, RouteAddrV4 { vrf: [0; 4], addr: old_build.0.to_be_bytes() }),
+        RouteValue { nexthop, prefix_len: 26 },
+        0,
+    )
+    .unwrap();
     drop((state, records, trie));
     t.insert(crashed, t[&some]);
     t.insert(old_build, t[&some]);
@@ -315,7 +356,16 @@ async fn fib4_restart_adopts_tables_and_rebuilds_one_a_crash_left_behind() {
     assert!(last.contains("ipv4_flat_adopted=1") && last.contains("ipv4_flat_built=1"), "{last}");
     let mut client = server.client().await.unwrap();
     assert_eq!(vrf(&mut client, 0).await.ipv4_lookup(), pb::Ipv4Lookup::Flat);
-    let listed = client.routing.list_routes(pb::ListRoutesRequest { vrf: Some(0), prefix: "203.0.113.0/24".into() }).await.unwrap().into_inner().message().await.unwrap().unwrap();
+    let listed = client
+        .routing
+        .list_routes(pb::ListRoutesRequest { vrf: Some(0), prefix: "203.0.113.0/24".into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .message()
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(listed.routes.len(), 2, "{listed:?}");
     let xdp = XdpOverPins::load(&server.bpffs);
     let mut addrs = probes(&mut rng, &t, 1500);

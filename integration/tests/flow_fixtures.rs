@@ -22,7 +22,14 @@ async fn setup(prefix: &str) -> (Netns, Server, Client) {
 
 async fn flow_mode(c: &mut Client, hold_cap: u32, punt_rate: u32, punt_burst: u32) {
     c.flows
-        .set_flow_mode(pb::SetFlowModeRequest { interface: "lo".into(), enabled: true, hold_cap, punt_rate, punt_burst, ..Default::default() })
+        .set_flow_mode(pb::SetFlowModeRequest {
+            interface: "lo".into(),
+            enabled: true,
+            hold_cap,
+            punt_rate,
+            punt_burst,
+            ..Default::default()
+        })
         .await
         .unwrap();
 }
@@ -48,7 +55,8 @@ async fn reason(c: &mut Client, name: &str) -> u64 {
 async fn flow_hold_dedupes_misses_installed_flow_hits_and_counts_v4_v6() {
     let (_ns, server, mut c) = setup("dpfl-").await;
     flow_mode(&mut c, 4096, 100_000, 1000).await;
-    let mut stream = c.flows.subscribe_flow_misses(pb::SubscribeFlowMissesRequest::default()).await.unwrap().into_inner();
+    let mut stream =
+        c.flows.subscribe_flow_misses(pb::SubscribeFlowMissesRequest::default()).await.unwrap().into_inner();
     let xdp = XdpOverPins::load(&server.bpffs);
     for (src, dst) in [("192.0.2.10", "198.51.100.7"), ("2001:db8:1::10", "2001:db8:2::7")] {
         let frame = l4_frame(ip(src), ip(dst), 17, 4000, 53, 0);
@@ -59,7 +67,10 @@ async fn flow_hold_dedupes_misses_installed_flow_hits_and_counts_v4_v6() {
         assert_eq!(misses.len(), 1, "100 packets of one flow -> one event: {misses:?}");
         let m = &misses[0];
         let key = m.key.clone().unwrap();
-        assert_eq!((key.src.as_str(), key.dst.as_str(), key.protocol, key.src_port, key.dst_port), (src, dst, 17, 4000, 53));
+        assert_eq!(
+            (key.src.as_str(), key.dst.as_str(), key.protocol, key.src_port, key.dst_port),
+            (src, dst, 17, 4000, 53)
+        );
         assert_eq!(m.interface, "lo");
         assert_eq!(m.packet_length as usize, frame.len());
         assert_eq!(m.packet, frame[..frame.len().min(256)], "the event carries the packet");
@@ -74,7 +85,12 @@ async fn flow_hold_dedupes_misses_installed_flow_hits_and_counts_v4_v6() {
                 ..Default::default()
             }
         } else {
-            pb::Flow { request_id: m.request_id, action: pb::FlowAction::Forward as i32, next_hop: 1, ..Default::default() }
+            pb::Flow {
+                request_id: m.request_id,
+                action: pb::FlowAction::Forward as i32,
+                next_hop: 1,
+                ..Default::default()
+            }
         };
         c.flows.install_flows(pb::InstallFlowsRequest { flows: vec![flow] }).await.unwrap();
         for _ in 0..10 {
@@ -117,7 +133,8 @@ async fn flow_hold_dedupes_misses_installed_flow_hits_and_counts_v4_v6() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flow_hold_cap_and_punt_rate_hold_under_100k_flow_burst_counters_exact() {
     let (_ns, server, mut c) = setup("dpfc-").await;
-    let mut stream = c.flows.subscribe_flow_misses(pb::SubscribeFlowMissesRequest::default()).await.unwrap().into_inner();
+    let mut stream =
+        c.flows.subscribe_flow_misses(pb::SubscribeFlowMissesRequest::default()).await.unwrap().into_inner();
     let bpffs = server.bpffs.clone();
     // Punt buckets are per CPU: run every burst from one thread pinned to CPU 0.
     let burst = move |base: u32| {
@@ -163,13 +180,25 @@ async fn flow_hold_cap_and_punt_rate_hold_under_100k_flow_burst_counters_exact()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flow_punt_policy_rule_sends_event_packet_goes_to_stack() {
     let (_ns, server, mut c) = setup("dpfp-").await;
-    let rule = pb::Rule { priority: 1, protocol: Some(17), dst_ports: Some(pb::PortRange { first: 53, last: 53 }), action: pb::Action::Punt as i32, ..Default::default() };
+    let rule = pb::Rule {
+        priority: 1,
+        protocol: Some(17),
+        dst_ports: Some(pb::PortRange { first: 53, last: 53 }),
+        action: pb::Action::Punt as i32,
+        ..Default::default()
+    };
     c.policy.put_policy(pb::PutPolicyRequest { name: "dns".into(), rules: vec![rule] }).await.unwrap();
     c.policy
-        .attach_policy(pb::AttachPolicyRequest { policy: "dns".into(), interface: "lo".into(), direction: pb::Direction::Ingress as i32, default_action: 0 })
+        .attach_policy(pb::AttachPolicyRequest {
+            policy: "dns".into(),
+            interface: "lo".into(),
+            direction: pb::Direction::Ingress as i32,
+            default_action: 0,
+        })
         .await
         .unwrap();
-    let mut stream = c.flows.subscribe_flow_misses(pb::SubscribeFlowMissesRequest::default()).await.unwrap().into_inner();
+    let mut stream =
+        c.flows.subscribe_flow_misses(pb::SubscribeFlowMissesRequest::default()).await.unwrap().into_inner();
     let xdp = XdpOverPins::load(&server.bpffs);
     let frame = l4_frame(ip("192.0.2.10"), ip("198.51.100.7"), 17, 4000, 53, 0);
     for _ in 0..3 {
@@ -190,7 +219,8 @@ async fn flow_two_subscribers_get_every_event_stalled_one_gets_lag_notice() {
     // what it does not read is buffered on the way.
     let address: controller_client::ServerAddress = format!("unix:{}", server.socket.display()).parse().unwrap();
     let mut slow = Client::connect_with_window(&address, 65_535).await.unwrap();
-    let mut stalled = slow.flows.subscribe_flow_misses(pb::SubscribeFlowMissesRequest::default()).await.unwrap().into_inner();
+    let mut stalled =
+        slow.flows.subscribe_flow_misses(pb::SubscribeFlowMissesRequest::default()).await.unwrap().into_inner();
     // Loaded before the clock starts: verifying it can take seconds on a busy machine.
     let xdp = XdpOverPins::load(&server.bpffs);
     // More than the stalled subscriber's queue (4,096) plus what its 64 KiB HTTP/2 window and
@@ -238,7 +268,13 @@ async fn flow_unanswered_holds_and_idle_flows_age_out_hold_cap_recovers() {
     c.interfaces.add_interface(pb::AddInterfaceRequest { name: "lo".into(), ..Default::default() }).await.unwrap();
     let nh = pb::NextHop { id: 1, kind: Some(pb::next_hop::Kind::Discard(pb::Discard {})), ..Default::default() };
     c.routing.add_next_hops(pb::AddNextHopsRequest { next_hops: vec![nh], replace: false }).await.unwrap();
-    c.routing.add_routes(pb::AddRoutesRequest { routes: vec![pb::Route { vrf: 0, prefix: "0.0.0.0/0".into(), next_hop: 1 }], replace: false }).await.unwrap();
+    c.routing
+        .add_routes(pb::AddRoutesRequest {
+            routes: vec![pb::Route { vrf: 0, prefix: "0.0.0.0/0".into(), next_hop: 1 }],
+            replace: false,
+        })
+        .await
+        .unwrap();
     // A cap of 5: unanswered HOLDs fill it, aging must free it again.
     flow_mode(&mut c, 5, 100_000, 1000).await;
     let xdp = XdpOverPins::load(&server.bpffs);
@@ -248,7 +284,14 @@ async fn flow_unanswered_holds_and_idle_flows_age_out_hold_cap_recovers() {
     }
     assert_eq!((reason(&mut c, "flow_miss_punted").await, reason(&mut c, "drop_flow_hold_cap").await), (5, 5));
     // An installed flow, idle from now on.
-    let key = pb::FlowKey { vrf: 0, src: "192.0.2.10".into(), dst: "198.51.100.7".into(), protocol: 17, src_port: 999, dst_port: 53 };
+    let key = pb::FlowKey {
+        vrf: 0,
+        src: "192.0.2.10".into(),
+        dst: "198.51.100.7".into(),
+        protocol: 17,
+        src_port: 999,
+        dst_port: 53,
+    };
     let flow = pb::Flow { key: Some(key), action: pb::FlowAction::Drop as i32, ..Default::default() };
     c.flows.install_flows(pb::InstallFlowsRequest { flows: vec![flow] }).await.unwrap();
 
@@ -281,7 +324,12 @@ async fn flow_table_overfilled_lru_evicts_and_forwarding_goes_on() {
         .unwrap();
     let nh2 = pb::NextHop {
         id: 2,
-        kind: Some(pb::next_hop::Kind::Encap(pb::EncapNextHop { interface: "lo".into(), dst_mac: "02:00:00:00:00:02".into(), src_mac: String::new(), gateway: String::new() })),
+        kind: Some(pb::next_hop::Kind::Encap(pb::EncapNextHop {
+            interface: "lo".into(),
+            dst_mac: "02:00:00:00:00:02".into(),
+            src_mac: String::new(),
+            gateway: String::new(),
+        })),
         ..Default::default()
     };
     c.routing.add_next_hops(pb::AddNextHopsRequest { next_hops: vec![nh2], replace: false }).await.unwrap();
@@ -293,13 +341,21 @@ async fn flow_table_overfilled_lru_evicts_and_forwarding_goes_on() {
         src_port: n >> 8,
         dst_port: 53,
     };
-    let flow = |n: u32| pb::Flow { key: Some(key(n)), action: pb::FlowAction::Forward as i32, next_hop: 2, ..Default::default() };
+    let flow = |n: u32| pb::Flow {
+        key: Some(key(n)),
+        action: pb::FlowAction::Forward as i32,
+        next_hop: 2,
+        ..Default::default()
+    };
     let xdp = XdpOverPins::load(&server.bpffs);
     let frame = |n: u32| l4_frame(ip("192.0.2.10"), ip(&key(n).dst), 17, (n >> 8) as u16, 53, 0);
 
     // 300,000 flows into a 262,144-entry table: the LRU makes room.
     for chunk in (0..300_000u32).collect::<Vec<_>>().chunks(50_000) {
-        c.flows.install_flows(pb::InstallFlowsRequest { flows: chunk.iter().map(|&n| flow(n)).collect() }).await.unwrap();
+        c.flows
+            .install_flows(pb::InstallFlowsRequest { flows: chunk.iter().map(|&n| flow(n)).collect() })
+            .await
+            .unwrap();
     }
     let mut list = c.flows.list_flows(pb::ListFlowsRequest::default()).await.unwrap().into_inner();
     let mut count = 0;

@@ -29,13 +29,19 @@ async fn flows_miss_punted_controller_installs_first_syn_reinjected_no_retransmi
         .unwrap();
 
     // The controller: every miss gets its flow, forward to h2 (next hop 1).
-    let mut stream = c.flows.subscribe_flow_misses(pb::SubscribeFlowMissesRequest::default()).await.unwrap().into_inner();
+    let mut stream =
+        c.flows.subscribe_flow_misses(pb::SubscribeFlowMissesRequest::default()).await.unwrap().into_inner();
     let mut ctl = server.client().await.unwrap();
     let controller = tokio::spawn(async move {
         let mut seen = Vec::new();
         while let Ok(Some(m)) = stream.message().await {
             let Some(pb::flow_miss_message::Kind::Miss(miss)) = m.kind else { continue };
-            let flow = pb::Flow { key: miss.key.clone(), action: pb::FlowAction::Forward as i32, next_hop: 1, ..Default::default() };
+            let flow = pb::Flow {
+                key: miss.key.clone(),
+                action: pb::FlowAction::Forward as i32,
+                next_hop: 1,
+                ..Default::default()
+            };
             ctl.flows.install_flows(pb::InstallFlowsRequest { flows: vec![flow] }).await.unwrap();
             seen.push(miss);
         }
@@ -61,7 +67,8 @@ async fn flows_miss_punted_controller_installs_first_syn_reinjected_no_retransmi
     let big = all.iter().max_by_key(|f| f.packets).unwrap();
     assert_eq!(big.action, pb::FlowAction::Forward as i32, "{all:?}");
     assert!(big.packets > 100, "the transfer hit its flow in XDP: {big:?}");
-    let r0 = c.interfaces.list_interfaces(pb::ListInterfacesRequest { name: topo.r0.clone() }).await.unwrap().into_inner();
+    let r0 =
+        c.interfaces.list_interfaces(pb::ListInterfacesRequest { name: topo.r0.clone() }).await.unwrap().into_inner();
     let reasons = &r0.interfaces[0].counters.as_ref().unwrap().reasons;
     let count = |n: &str| reasons.iter().find(|r| r.reason == n).map(|r| r.packets).unwrap_or(0);
     let punted = count("flow_miss_punted");

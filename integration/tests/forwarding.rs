@@ -15,7 +15,8 @@ async fn program(topo: &Topology, client: &mut Client) {
 }
 
 async fn counters(client: &mut Client, name: &str) -> pb::InterfaceCounters {
-    let r = client.interfaces.list_interfaces(pb::ListInterfacesRequest { name: name.into() }).await.unwrap().into_inner();
+    let r =
+        client.interfaces.list_interfaces(pb::ListInterfacesRequest { name: name.into() }).await.unwrap().into_inner();
     r.interfaces[0].counters.clone().unwrap()
 }
 
@@ -90,10 +91,22 @@ async fn tc_egress_router_originated_traffic_gets_next_hop_mac() {
     // the ping work.
     topo.h2.exec("ip", &["addr", "add", "203.0.113.2/32", "dev", "lo"]).unwrap();
     topo.rtr.exec("ip", &["route", "add", "203.0.113.0/24", "dev", &topo.r1]).unwrap();
-    topo.rtr.exec("ip", &["neigh", "replace", "203.0.113.2", "lladdr", "02:00:00:00:00:99", "dev", &topo.r1, "nud", "permanent"]).unwrap();
-    assert!(topo.rtr.exec("ping", &["-c", "1", "-W", "1", "203.0.113.2"]).is_err(), "reached h2 without the dataplane route");
+    topo.rtr
+        .exec(
+            "ip",
+            &["neigh", "replace", "203.0.113.2", "lladdr", "02:00:00:00:00:99", "dev", &topo.r1, "nud", "permanent"],
+        )
+        .unwrap();
+    assert!(
+        topo.rtr.exec("ping", &["-c", "1", "-W", "1", "203.0.113.2"]).is_err(),
+        "reached h2 without the dataplane route"
+    );
 
-    client.routing.add_routes(pb::AddRoutesRequest { routes: vec![route("203.0.113.0/24", 1)], replace: false }).await.unwrap();
+    client
+        .routing
+        .add_routes(pb::AddRoutesRequest { routes: vec![route("203.0.113.0/24", 1)], replace: false })
+        .await
+        .unwrap();
     let out = topo.rtr.exec("ping", &["-c", "3", "-i", "0.1", "-W", "2", "203.0.113.2"]).unwrap();
     assert!(out.contains(" 0% packet loss"), "{out}");
 }

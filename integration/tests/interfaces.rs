@@ -140,11 +140,7 @@ async fn add_interface_errors_precise_status_and_change_nothing() {
     assert_eq!(e.code(), Code::InvalidArgument);
     assert!(e.message().starts_with("xdp_mode:"), "{e:?}");
 
-    let e = client
-        .interfaces
-        .delete_interface(pb::DeleteInterfaceRequest { name: topo.r1.clone() })
-        .await
-        .unwrap_err();
+    let e = client.interfaces.delete_interface(pb::DeleteInterfaceRequest { name: topo.r1.clone() }).await.unwrap_err();
     assert_eq!(e.code(), Code::NotFound, "{e:?}");
 
     let after = client.system.get_status(pb::GetStatusRequest {}).await.unwrap().into_inner();

@@ -22,7 +22,10 @@ impl Watch {
     }
 
     /// Messages until one satisfies `done` (included), failing after 5 s.
-    async fn until(&mut self, done: impl Fn(&pb::netlink_event_message::Kind) -> bool) -> Vec<pb::netlink_event_message::Kind> {
+    async fn until(
+        &mut self,
+        done: impl Fn(&pb::netlink_event_message::Kind) -> bool,
+    ) -> Vec<pb::netlink_event_message::Kind> {
         let mut seen = Vec::new();
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
@@ -64,7 +67,10 @@ fn short(e: &pb::NetlinkEvent) -> String {
         pb::EventAction::Unspecified => "?",
     };
     match e.detail.as_ref().unwrap() {
-        Detail::Link(l) => format!("link {a}{}", if l.changes.is_empty() { String::new() } else { format!(" {}", l.changes.join(",")) }),
+        Detail::Link(l) => format!(
+            "link {a}{}",
+            if l.changes.is_empty() { String::new() } else { format!(" {}", l.changes.join(",")) }
+        ),
         Detail::Address(x) => format!("address {a} {}/{}", x.address, x.prefix_len),
         Detail::Route(r) => format!("route {a} {} via {}", r.destination, r.gateway),
         Detail::Neighbour(n) => format!("neighbour {a} {} {} {}", n.address, n.mac, n.state),
@@ -107,8 +113,10 @@ async fn netlink_events_ip_commands_seen_in_order_with_fields_and_filters() {
     ip(&["link", "del", &dev]);
 
     let msgs = all
-        .until(|k| matches!(k, pb::netlink_event_message::Kind::Event(e)
-            if e.interface == dev && action(e) == pb::EventAction::Removed && matches!(e.detail, Some(Detail::Link(_)))))
+        .until(|k| {
+            matches!(k, pb::netlink_event_message::Kind::Event(e)
+            if e.interface == dev && action(e) == pb::EventAction::Removed && matches!(e.detail, Some(Detail::Link(_))))
+        })
         .await;
     let evs = events(&msgs);
     // One sequence, strictly increasing, nothing lost.
@@ -146,7 +154,11 @@ async fn netlink_events_ip_commands_seen_in_order_with_fields_and_filters() {
     assert!(ifindex > 1);
     let route = evs.iter().find(|e| short(e) == "route added 198.51.100.0/24 via 192.0.2.9").unwrap();
     match route.detail.as_ref().unwrap() {
-        Detail::Route(r) => assert_eq!((r.table, r.protocol.as_str(), r.r#type.as_str(), route.ifindex), (254, "boot", "unicast", ifindex), "{r:?}"),
+        Detail::Route(r) => assert_eq!(
+            (r.table, r.protocol.as_str(), r.r#type.as_str(), route.ifindex),
+            (254, "boot", "unicast", ifindex),
+            "{r:?}"
+        ),
         _ => unreachable!(),
     }
     let mac = evs.iter().find(|e| short(e) == "link changed mac").unwrap();
@@ -158,7 +170,13 @@ async fn netlink_events_ip_commands_seen_in_order_with_fields_and_filters() {
         .await;
     let got: Vec<String> = events(&msgs).iter().map(|e| short(e)).collect();
     assert!(got.iter().all(|s| s.starts_with("address ")), "{got:?}");
-    assert!(in_order(&got, &["address added 192.0.2.5/24", "address added 2001:db8:5::1/64", "address removed 192.0.2.5/24"]), "{got:?}");
+    assert!(
+        in_order(
+            &got,
+            &["address added 192.0.2.5/24", "address added 2001:db8:5::1/64", "address removed 192.0.2.5/24"]
+        ),
+        "{got:?}"
+    );
     assert!(events(&msgs).iter().all(|e| e.interface == dev));
 }
 
@@ -190,15 +208,23 @@ async fn netlink_snapshot_returns_current_links_and_addresses_then_live_events()
     for want in [("lo", false), (dev.as_str(), true), (peer.as_str(), false)] {
         assert!(links.contains(&want), "{want:?} not in {links:?}");
     }
-    let addrs: Vec<String> = snap.iter().filter(|e| matches!(e.detail, Some(Detail::Address(_)))).map(|e| format!("{} {}", e.interface, short(e))).collect();
-    for want in [format!("lo address added 127.0.0.1/8"), format!("{dev} address added 203.0.113.7/24")] {
+    let addrs: Vec<String> = snap
+        .iter()
+        .filter(|e| matches!(e.detail, Some(Detail::Address(_))))
+        .map(|e| format!("{} {}", e.interface, short(e)))
+        .collect();
+    for want in ["lo address added 127.0.0.1/8".to_string(), format!("{dev} address added 203.0.113.7/24")] {
         assert!(addrs.contains(&want), "{want} not in {addrs:?}");
     }
-    assert!(!snap.iter().any(|e| matches!(e.detail, Some(Detail::Route(_)) | Some(Detail::Neighbour(_)))), "kinds filter");
+    assert!(
+        !snap.iter().any(|e| matches!(e.detail, Some(Detail::Route(_)) | Some(Detail::Neighbour(_)))),
+        "kinds filter"
+    );
 
     // Live events follow, numbered.
     ns.exec("ip", &["link", "set", &dev, "mtu", "1300"]).unwrap();
-    let msgs = w.until(|k| matches!(k, pb::netlink_event_message::Kind::Event(e) if short(e) == "link changed mtu")).await;
+    let msgs =
+        w.until(|k| matches!(k, pb::netlink_event_message::Kind::Event(e) if short(e) == "link changed mtu")).await;
     let e = events(&msgs).pop().unwrap();
     assert!(!e.snapshot && e.seq > 0 && e.interface == dev);
     assert!(matches!(e.detail.as_ref().unwrap(), Detail::Link(l) if l.owned && l.mtu == 1300));
@@ -206,7 +232,12 @@ async fn netlink_snapshot_returns_current_links_and_addresses_then_live_events()
     ns.exec("ip", &["link", "set", &dev, "address", "02:00:00:00:0b:07"]).unwrap();
     let deadline = Instant::now() + Duration::from_secs(2);
     loop {
-        let r = client.interfaces.list_interfaces(pb::ListInterfacesRequest { name: dev.clone() }).await.unwrap().into_inner();
+        let r = client
+            .interfaces
+            .list_interfaces(pb::ListInterfacesRequest { name: dev.clone() })
+            .await
+            .unwrap()
+            .into_inner();
         if r.interfaces[0].mtu == 1300 && r.interfaces[0].mac == "02:00:00:00:0b:07" {
             break;
         }
@@ -246,7 +277,8 @@ fn kernel_forwarded(ns: &Netns) -> u64 {
 }
 
 async fn counters(client: &mut Client, name: &str) -> pb::InterfaceCounters {
-    let r = client.interfaces.list_interfaces(pb::ListInterfacesRequest { name: name.into() }).await.unwrap().into_inner();
+    let r =
+        client.interfaces.list_interfaces(pb::ListInterfacesRequest { name: name.into() }).await.unwrap().into_inner();
     r.interfaces[0].counters.clone().unwrap()
 }
 
@@ -262,7 +294,11 @@ async fn nexthop(client: &mut Client, id: u32) -> pb::NextHop {
 fn gateway_nexthop(id: u32, interface: &str, gateway: &str) -> pb::NextHop {
     pb::NextHop {
         id,
-        kind: Some(pb::next_hop::Kind::Encap(pb::EncapNextHop { interface: interface.into(), gateway: gateway.into(), ..Default::default() })),
+        kind: Some(pb::next_hop::Kind::Encap(pb::EncapNextHop {
+            interface: interface.into(),
+            gateway: gateway.into(),
+            ..Default::default()
+        })),
         ..Default::default()
     }
 }
@@ -277,11 +313,18 @@ async fn gateway_nexthop_unresolved_goes_via_stack_then_xdp_forwards_and_follows
     let server = Server::start(&topo.rtr).unwrap();
     let mut client = server.client().await.unwrap();
     for name in [&topo.r0, &topo.r1] {
-        client.interfaces.add_interface(pb::AddInterfaceRequest { name: name.clone(), ..Default::default() }).await.unwrap();
+        client
+            .interfaces
+            .add_interface(pb::AddInterfaceRequest { name: name.clone(), ..Default::default() })
+            .await
+            .unwrap();
     }
-    let next_hops = vec![gateway_nexthop(1, &topo.r1, H2_ADDR), encap_nexthop(2, &topo.r0, &topo.h1.mac("eth0").unwrap())];
+    let next_hops =
+        vec![gateway_nexthop(1, &topo.r1, H2_ADDR), encap_nexthop(2, &topo.r0, &topo.h1.mac("eth0").unwrap())];
     client.routing.add_next_hops(pb::AddNextHopsRequest { next_hops, replace: false }).await.unwrap();
-    let routes = [("198.51.100.0/24", 1), ("192.0.2.0/24", 2)].map(|(p, nh)| pb::Route { vrf: 0, prefix: p.into(), next_hop: nh }).to_vec();
+    let routes = [("198.51.100.0/24", 1), ("192.0.2.0/24", 2)]
+        .map(|(p, nh)| pb::Route { vrf: 0, prefix: p.into(), next_hop: nh })
+        .to_vec();
     client.routing.add_routes(pb::AddRoutesRequest { routes, replace: false }).await.unwrap();
 
     let nh = nexthop(&mut client, 1).await;
@@ -339,9 +382,17 @@ async fn gateway_nexthop_kernel_forwarding_off_resolved_by_managed_neighbour() {
     let server = Server::start(&topo.rtr).unwrap();
     let mut client = server.client().await.unwrap();
     for name in [&topo.r0, &topo.r1] {
-        client.interfaces.add_interface(pb::AddInterfaceRequest { name: name.clone(), ..Default::default() }).await.unwrap();
+        client
+            .interfaces
+            .add_interface(pb::AddInterfaceRequest { name: name.clone(), ..Default::default() })
+            .await
+            .unwrap();
     }
-    let next_hops = vec![gateway_nexthop(1, &topo.r1, H2_ADDR), gateway_nexthop(2, &topo.r0, H1_ADDR), gateway_nexthop(3, &topo.r1, H2_ADDR6)];
+    let next_hops = vec![
+        gateway_nexthop(1, &topo.r1, H2_ADDR),
+        gateway_nexthop(2, &topo.r0, H1_ADDR),
+        gateway_nexthop(3, &topo.r1, H2_ADDR6),
+    ];
     client.routing.add_next_hops(pb::AddNextHopsRequest { next_hops, replace: false }).await.unwrap();
     let routes = [("198.51.100.0/24", 1), ("192.0.2.0/24", 2), ("2001:db8:2::/64", 3)]
         .map(|(p, nh)| pb::Route { vrf: 0, prefix: p.into(), next_hop: nh })
@@ -365,7 +416,9 @@ async fn gateway_nexthop_kernel_forwarding_off_resolved_by_managed_neighbour() {
     assert!(reason(&counters(&mut client, &topo.r0).await, "forwarded") >= 10);
 
     // Once no next hop needs the gateway, the server's managed entry goes.
-    let routes = ["198.51.100.0/24", "192.0.2.0/24", "2001:db8:2::/64"].map(|p| pb::Route { vrf: 0, prefix: p.into(), next_hop: 0 }).to_vec();
+    let routes = ["198.51.100.0/24", "192.0.2.0/24", "2001:db8:2::/64"]
+        .map(|p| pb::Route { vrf: 0, prefix: p.into(), next_hop: 0 })
+        .to_vec();
     client.routing.delete_routes(pb::DeleteRoutesRequest { routes }).await.unwrap();
     client.routing.delete_next_hops(pb::DeleteNextHopsRequest { ids: vec![1, 2, 3] }).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(2);
@@ -387,7 +440,14 @@ async fn owned_veth_deleted_removed_from_interfaces_event_emitted_nothing_leaks(
     let server = Server::start(&ns).unwrap();
     let mut client = server.client().await.unwrap();
     client.interfaces.add_interface(pb::AddInterfaceRequest { name: a.clone(), ..Default::default() }).await.unwrap();
-    client.routing.add_next_hops(pb::AddNextHopsRequest { next_hops: vec![encap_nexthop(1, &a, "02:00:00:00:00:05")], replace: false }).await.unwrap();
+    client
+        .routing
+        .add_next_hops(pb::AddNextHopsRequest {
+            next_hops: vec![encap_nexthop(1, &a, "02:00:00:00:00:05")],
+            replace: false,
+        })
+        .await
+        .unwrap();
     let route = pb::Route { vrf: 0, prefix: "203.0.113.0/24".into(), next_hop: 1 };
     client.routing.add_routes(pb::AddRoutesRequest { routes: vec![route], replace: false }).await.unwrap();
     let status = client.system.get_status(pb::GetStatusRequest {}).await.unwrap().into_inner();
@@ -396,7 +456,9 @@ async fn owned_veth_deleted_removed_from_interfaces_event_emitted_nothing_leaks(
 
     let mut w = Watch::open(&mut client, &[pb::NetlinkEventKind::Link], &a, false).await;
     ns.exec("ip", &["link", "del", &a]).unwrap();
-    let msgs = w.until(|k| matches!(k, pb::netlink_event_message::Kind::Event(e) if action(e) == pb::EventAction::Removed)).await;
+    let msgs = w
+        .until(|k| matches!(k, pb::netlink_event_message::Kind::Event(e) if action(e) == pb::EventAction::Removed))
+        .await;
     let e = events(&msgs).pop().unwrap();
     assert!(matches!(e.detail.as_ref().unwrap(), Detail::Link(l) if l.owned), "{e:?}");
 
@@ -409,13 +471,23 @@ async fn owned_veth_deleted_removed_from_interfaces_event_emitted_nothing_leaks(
     let nh = nexthop(&mut client, 1).await;
     assert_eq!(nh.state(), pb::NextHopState::InterfaceMissing);
     // The route stays (the controller's), its next hop now hands packets to the kernel.
-    let found = client.routing.lookup_route(pb::LookupRouteRequest { vrf: 0, address: "203.0.113.9".into() }).await.unwrap().into_inner();
+    let found = client
+        .routing
+        .lookup_route(pb::LookupRouteRequest { vrf: 0, address: "203.0.113.9".into() })
+        .await
+        .unwrap()
+        .into_inner();
     assert!(found.found);
 
     // A new link of the same name: AddInterface takes the freed slot, counters start at zero,
     // and the next hop through it forwards again.
     ns.exec("ip", &["link", "add", &a, "type", "veth", "peer", "name", &b]).unwrap();
-    let added = client.interfaces.add_interface(pb::AddInterfaceRequest { name: a.clone(), ..Default::default() }).await.unwrap().into_inner();
+    let added = client
+        .interfaces
+        .add_interface(pb::AddInterfaceRequest { name: a.clone(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
     let iface = added.interface.unwrap();
     assert_eq!(iface.slot, 0);
     assert_eq!(iface.counters.unwrap().rx_packets, 0);
@@ -437,9 +509,17 @@ async fn kernel_fib_vrf_ping_and_iperf3_cross_by_ip_routes_only_forwarded_by_xdp
     topo.rtr.exec("sysctl", &["-qw", "net.ipv6.conf.all.forwarding=1"]).unwrap();
     let server = Server::start(&topo.rtr).unwrap();
     let mut client = server.client().await.unwrap();
-    client.routing.add_vrf(pb::AddVrfRequest { id: 1, mode: pb::VrfMode::KernelFib.into(), kernel_table: 0 }).await.unwrap();
+    client
+        .routing
+        .add_vrf(pb::AddVrfRequest { id: 1, mode: pb::VrfMode::KernelFib.into(), kernel_table: 0 })
+        .await
+        .unwrap();
     for name in [&topo.r0, &topo.r1] {
-        client.interfaces.add_interface(pb::AddInterfaceRequest { name: name.clone(), vrf: 1, ..Default::default() }).await.unwrap();
+        client
+            .interfaces
+            .add_interface(pb::AddInterfaceRequest { name: name.clone(), vrf: 1, ..Default::default() })
+            .await
+            .unwrap();
     }
     // Routes of a kernel-FIB VRF come from the kernel only.
     let bad = pb::Route { vrf: 1, prefix: "198.18.0.0/15".into(), next_hop: 1 };

@@ -103,9 +103,17 @@ async fn policy_rules_first_match_each_field_edges_default_and_counters_in_xdp()
         ("tcp :89 denied (range end)", l4_frame(host, ip("198.51.100.7"), 6, 40000, 89, 0x10), XDP_DROP),
         ("tcp :79 allowed (below range)", l4_frame(host, ip("198.51.100.7"), 6, 40000, 79, 0x10), XDP_REDIRECT),
         ("tcp :90 allowed (above range)", l4_frame(host, ip("198.51.100.7"), 6, 40000, 90, 0x10), XDP_REDIRECT),
-        ("tcp :85 from .99 allowed by the earlier rule", l4_frame(ip("192.0.2.99"), ip("198.51.100.7"), 6, 40000, 85, 0x10), XDP_REDIRECT),
+        (
+            "tcp :85 from .99 allowed by the earlier rule",
+            l4_frame(ip("192.0.2.99"), ip("198.51.100.7"), 6, 40000, 85, 0x10),
+            XDP_REDIRECT,
+        ),
         ("tcp :85 from .98 denied", l4_frame(ip("192.0.2.98"), ip("198.51.100.7"), 6, 40000, 85, 0x10), XDP_DROP),
-        ("tcp :80 to 198.51.101.7 allowed (outside dst prefix)", l4_frame(host, ip("198.51.101.7"), 6, 40000, 80, 0x10), XDP_REDIRECT),
+        (
+            "tcp :80 to 198.51.101.7 allowed (outside dst prefix)",
+            l4_frame(host, ip("198.51.101.7"), 6, 40000, 80, 0x10),
+            XDP_REDIRECT,
+        ),
         ("udp :80 allowed (protocol)", l4_frame(host, ip("198.51.100.7"), 17, 40000, 80, 0), XDP_REDIRECT),
         ("udp sport 1000 punted", l4_frame(host, ip("203.0.113.1"), 17, 1000, 53, 0), XDP_PASS),
         ("udp sport 1999 punted", l4_frame(host, ip("203.0.113.1"), 17, 1999, 53, 0), XDP_PASS),
@@ -116,10 +124,22 @@ async fn policy_rules_first_match_each_field_edges_default_and_counters_in_xdp()
         ("icmpv6 echo request denied", l4_frame(host, ip("2001:db8:2::1"), 58, 128, 0, 0), XDP_DROP),
         ("icmpv6 echo reply allowed", l4_frame(host, ip("2001:db8:2::1"), 58, 129, 0, 0), XDP_REDIRECT),
         ("tcp syn to 22 denied", l4_frame(host, ip("203.0.113.1"), 6, 40000, 22, 0x02), XDP_DROP),
-        ("tcp syn+ack from server side to 22 allowed", l4_frame(host, ip("203.0.113.1"), 6, 40000, 22, 0x12), XDP_REDIRECT),
+        (
+            "tcp syn+ack from server side to 22 allowed",
+            l4_frame(host, ip("203.0.113.1"), 6, 40000, 22, 0x12),
+            XDP_REDIRECT,
+        ),
         ("tcp ack to 22 allowed", l4_frame(host, ip("203.0.113.1"), 6, 40000, 22, 0x10), XDP_REDIRECT),
-        ("v6 from 2001:db8:bad::5 denied", l4_frame(ip("2001:db8:bad::5"), ip("2001:db8:2::1"), 17, 5000, 53, 0), XDP_DROP),
-        ("v6 from 2001:db8:bae::5 allowed", l4_frame(ip("2001:db8:bae::5"), ip("2001:db8:2::1"), 17, 5000, 53, 0), XDP_REDIRECT),
+        (
+            "v6 from 2001:db8:bad::5 denied",
+            l4_frame(ip("2001:db8:bad::5"), ip("2001:db8:2::1"), 17, 5000, 53, 0),
+            XDP_DROP,
+        ),
+        (
+            "v6 from 2001:db8:bae::5 allowed",
+            l4_frame(ip("2001:db8:bae::5"), ip("2001:db8:2::1"), 17, 5000, 53, 0),
+            XDP_REDIRECT,
+        ),
         ("v4 never matches the v6 source rule", l4_frame(host, ip("203.0.113.1"), 17, 5000, 53, 0), XDP_REDIRECT),
     ];
     let mut wrong = Vec::new();
@@ -222,7 +242,12 @@ async fn policy_replaced_thousands_of_times_under_test_runs_never_mixes() {
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (allow, deny, other) = runner.join().unwrap();
-    assert!(other.is_empty(), "{} verdicts belonged to neither policy: {:?}", other.len(), &other[..other.len().min(10)]);
+    assert!(
+        other.is_empty(),
+        "{} verdicts belonged to neither policy: {:?}",
+        other.len(),
+        &other[..other.len().min(10)]
+    );
     assert!(allow > 0 && deny > 0, "both policies were seen: allow {allow}, deny {deny}");
 }
 
@@ -253,7 +278,14 @@ async fn policy_blocks_one_tcp_port_allows_another_across_namespaces_detach_rest
     let iperf = |port: &str| -> Result<u64, String> {
         let mut srv = topo.h2.command("iperf3", &["-s", "-1", "-B", integration::H2_ADDR, "-p", port]).spawn().unwrap();
         std::thread::sleep(std::time::Duration::from_millis(300));
-        let out = topo.h1.command("timeout", &["5", "iperf3", "-c", integration::H2_ADDR, "-p", port, "-t", "1", "-J", "--connect-timeout", "1500"]).output().unwrap();
+        let out = topo
+            .h1
+            .command(
+                "timeout",
+                &["5", "iperf3", "-c", integration::H2_ADDR, "-p", port, "-t", "1", "-J", "--connect-timeout", "1500"],
+            )
+            .output()
+            .unwrap();
         let _ = srv.kill();
         let _ = srv.wait();
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
@@ -284,7 +316,10 @@ async fn policy_blocks_one_tcp_port_allows_another_across_namespaces_detach_rest
         default_action: pb::Action::Allow as i32,
     };
     c.policy.attach_policy(att).await.unwrap();
-    assert!(topo.rtr.exec("ping", &["-c", "2", "-i", "0.2", "-W", "1", integration::H2_ADDR]).is_err(), "egress policy must stop the router's pings");
+    assert!(
+        topo.rtr.exec("ping", &["-c", "2", "-i", "0.2", "-W", "1", integration::H2_ADDR]).is_err(),
+        "egress policy must stop the router's pings"
+    );
     assert!(policy(&mut c, "no-ping").await.rules[0].packets >= 2, "the dropped echo requests were counted");
     c.policy
         .detach_policy(pb::DetachPolicyRequest { interface: topo.r1.clone(), direction: pb::Direction::Egress as i32 })
@@ -310,7 +345,11 @@ async fn policy_bad_input_precise_status_changes_nothing() {
     host_bits.src_prefix = "198.51.100.1/24".into();
     let mut no_proto = rule(2, pb::Action::Allow);
     no_proto.dst_ports = ports(80, 80);
-    let mixed = pb::Rule { src_prefix: "198.51.100.0/24".into(), dst_prefix: "2001:db8::/32".into(), ..rule(2, pb::Action::Allow) };
+    let mixed = pb::Rule {
+        src_prefix: "198.51.100.0/24".into(),
+        dst_prefix: "2001:db8::/32".into(),
+        ..rule(2, pb::Action::Allow)
+    };
     let cases: Vec<(Vec<pb::Rule>, Code, &str)> = vec![
         (vec![ok.clone(), dup], Code::InvalidArgument, "rules[1].priority"),
         (vec![ok.clone(), inverted], Code::InvalidArgument, "rules[1].dst_ports"),
@@ -373,7 +412,8 @@ async fn policy_entry_without_flag_from_earlier_build_refreshed_before_program_s
 
     let lo = ns.exec("cat", &["/sys/class/net/lo/ifindex"]).unwrap().trim().parse::<u32>().unwrap();
     let pin = server.bpffs.join("v1/maps/INTERFACES");
-    let mut entries: Array<MapData, InterfaceConfig> = Array::try_from(Map::Array(MapData::from_pin(&pin).unwrap())).unwrap();
+    let mut entries: Array<MapData, InterfaceConfig> =
+        Array::try_from(Map::Array(MapData::from_pin(&pin).unwrap())).unwrap();
     let entry = entries.get(&lo, 0).unwrap();
     assert_ne!(entry.flags & IFACE_POLICY_IN, 0, "the server sets the flag with the attachment");
     entries.set(lo, InterfaceConfig { flags: entry.flags & !IFACE_POLICY_IN, ..entry }, 0).unwrap();

@@ -22,14 +22,23 @@ async fn snapshot(c: &mut Client) -> String {
     let ifs = c.interfaces.list_interfaces(pb::ListInterfacesRequest::default()).await.unwrap().into_inner().interfaces;
     out.insert(
         "interfaces",
-        ifs.iter().map(|i| format!("{} ifindex {} slot {} vrf {} mode {} mtu {} mac {}", i.name, i.ifindex, i.slot, i.vrf, i.xdp_mode, i.mtu, i.mac)).collect::<Vec<_>>(),
+        ifs.iter()
+            .map(|i| {
+                format!(
+                    "{} ifindex {} slot {} vrf {} mode {} mtu {} mac {}",
+                    i.name, i.ifindex, i.slot, i.vrf, i.xdp_mode, i.mtu, i.mac
+                )
+            })
+            .collect::<Vec<_>>(),
     );
     let vrfs = c.routing.list_vrfs(pb::ListVrfsRequest {}).await.unwrap().into_inner().vrfs;
     out.insert("vrfs", vrfs.iter().map(|v| format!("{v:?}")).collect());
     let nhs = c.routing.list_next_hops(pb::ListNextHopsRequest {}).await.unwrap().into_inner().next_hops;
     out.insert(
         "next_hops",
-        nhs.iter().map(|n| format!("{} {:?} routes {} state {} mac {}", n.id, n.kind, n.routes, n.state, n.resolved_mac)).collect(),
+        nhs.iter()
+            .map(|n| format!("{} {:?} routes {} state {} mac {}", n.id, n.kind, n.routes, n.state, n.resolved_mac))
+            .collect(),
     );
     let mut routes = Vec::new();
     let mut s = c.routing.list_routes(pb::ListRoutesRequest::default()).await.unwrap().into_inner();
@@ -42,7 +51,8 @@ async fn snapshot(c: &mut Client) -> String {
         "policies",
         pols.iter()
             .map(|p| {
-                let rules: Vec<String> = p.rules.iter().map(|r| format!("{} {:?} {}", r.priority, r.dst_prefix, r.action)).collect();
+                let rules: Vec<String> =
+                    p.rules.iter().map(|r| format!("{} {:?} {}", r.priority, r.dst_prefix, r.action)).collect();
                 format!("{} rules {rules:?} attached {:?}", p.name, p.attachments)
             })
             .collect(),
@@ -54,21 +64,40 @@ async fn snapshot(c: &mut Client) -> String {
     }
     out.insert("flows", flows);
     let st = c.system.get_status(pb::GetStatusRequest {}).await.unwrap().into_inner();
-    out.insert("programs", st.programs.iter().map(|p| format!("{} id {} tag {}", p.name, p.kernel_id, p.tag)).collect());
-    out.insert("attachments", st.attachments.iter().map(|a| format!("{} {} link {}", a.interface, a.hook, a.link_id)).collect());
+    out.insert(
+        "programs",
+        st.programs.iter().map(|p| format!("{} id {} tag {}", p.name, p.kernel_id, p.tag)).collect(),
+    );
+    out.insert(
+        "attachments",
+        st.attachments.iter().map(|a| format!("{} {} link {}", a.interface, a.hook, a.link_id)).collect(),
+    );
     out.insert("generation", vec![st.generation.to_string()]);
     format!("{out:#?}")
 }
 
 async fn program_ids(c: &mut Client) -> Vec<u32> {
-    c.system.get_status(pb::GetStatusRequest {}).await.unwrap().into_inner().programs.iter().map(|p| p.kernel_id).collect()
+    c.system
+        .get_status(pb::GetStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .programs
+        .iter()
+        .map(|p| p.kernel_id)
+        .collect()
 }
 
 /// The routed topology, programmed, with a policy attached and a flow installed for the stream.
 async fn programmed(topo: &Topology, server: &Server) -> Client {
     let mut c = server.client().await.unwrap();
     program_router(topo, &mut c).await.unwrap();
-    let rule = pb::Rule { priority: 10, dst_prefix: "203.0.113.0/24".into(), action: pb::Action::Deny.into(), ..Default::default() };
+    let rule = pb::Rule {
+        priority: 10,
+        dst_prefix: "203.0.113.0/24".into(),
+        action: pb::Action::Deny.into(),
+        ..Default::default()
+    };
     c.policy.put_policy(pb::PutPolicyRequest { name: "edge".into(), rules: vec![rule] }).await.unwrap();
     c.policy
         .attach_policy(pb::AttachPolicyRequest {
@@ -79,15 +108,8 @@ async fn programmed(topo: &Topology, server: &Server) -> Client {
         })
         .await
         .unwrap();
-    let key = pb::FlowKey {
-        vrf: 0,
-        src: H1_ADDR.into(),
-        dst: H2_ADDR.into(),
-        protocol: 17,
-        src_port: 40000,
-        dst_port: 9,
-        ..Default::default()
-    };
+    let key =
+        pb::FlowKey { vrf: 0, src: H1_ADDR.into(), dst: H2_ADDR.into(), protocol: 17, src_port: 40000, dst_port: 9 };
     let flow = pb::Flow { key: Some(key), action: pb::FlowAction::Forward.into(), next_hop: 1, ..Default::default() };
     c.flows.install_flows(pb::InstallFlowsRequest { flows: vec![flow] }).await.unwrap();
     c
@@ -117,7 +139,11 @@ async fn controller_sigkill_installed_flows_keep_forwarding_zero_loss() {
     let stream = UdpStream::start(&topo.h1, &topo.h2, H2_ADDR.parse().unwrap(), STREAM_PORT, STREAM_PPS).unwrap();
     tokio::time::sleep(Duration::from_secs(1)).await;
     let flow_packets = |flows: &[pb::Flow]| -> u64 {
-        flows.iter().filter(|f| f.key.as_ref().is_some_and(|k| k.dst_port == u32::from(STREAM_PORT))).map(|f| f.packets).sum()
+        flows
+            .iter()
+            .filter(|f| f.key.as_ref().is_some_and(|k| k.dst_port == u32::from(STREAM_PORT)))
+            .map(|f| f.packets)
+            .sum()
     };
     let list = |mut c: Client| async move {
         let mut v = Vec::new();
@@ -128,14 +154,21 @@ async fn controller_sigkill_installed_flows_keep_forwarding_zero_loss() {
         v
     };
     let before = list(c.clone()).await;
-    assert!(before.iter().any(|f| f.action == pb::FlowAction::Forward as i32 && f.key.as_ref().unwrap().dst_port == u32::from(STREAM_PORT)), "{before:?}");
+    assert!(
+        before.iter().any(|f| f.action == pb::FlowAction::Forward as i32
+            && f.key.as_ref().unwrap().dst_port == u32::from(STREAM_PORT)),
+        "{before:?}"
+    );
     ctl.kill().unwrap();
     ctl.wait().unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after = list(c.clone()).await;
     let r = stream.stop().unwrap();
     assert_no_loss(r, "controller killed");
-    assert!(flow_packets(&after) > flow_packets(&before) + 4000, "the installed flow kept forwarding: {before:?} -> {after:?}");
+    assert!(
+        flow_packets(&after) > flow_packets(&before) + 4000,
+        "the installed flow kept forwarding: {before:?} -> {after:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -177,8 +210,16 @@ async fn upgrade_hundred_times_under_traffic_zero_loss_new_program_ids() {
     let topo = Topology::routed().unwrap();
     let server = Server::start(&topo.rtr).unwrap();
     let mut c = programmed(&topo, &server).await;
-    let links: Vec<u32> =
-        c.system.get_status(pb::GetStatusRequest {}).await.unwrap().into_inner().attachments.iter().map(|a| a.link_id).collect();
+    let links: Vec<u32> = c
+        .system
+        .get_status(pb::GetStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .attachments
+        .iter()
+        .map(|a| a.link_id)
+        .collect();
     let mut ids = program_ids(&mut c).await;
     let stream = UdpStream::start(&topo.h1, &topo.h2, H2_ADDR.parse().unwrap(), STREAM_PORT, STREAM_PPS).unwrap();
     let t = Instant::now();
@@ -193,7 +234,11 @@ async fn upgrade_hundred_times_under_traffic_zero_loss_new_program_ids() {
     let elapsed = t.elapsed();
     let st = c.system.get_status(pb::GetStatusRequest {}).await.unwrap().into_inner();
     assert_eq!(st.programs.iter().map(|p| p.kernel_id).collect::<Vec<_>>(), ids);
-    assert_eq!(st.attachments.iter().map(|a| a.link_id).collect::<Vec<_>>(), links, "links are updated, never replaced");
+    assert_eq!(
+        st.attachments.iter().map(|a| a.link_id).collect::<Vec<_>>(),
+        links,
+        "links are updated, never replaced"
+    );
     let report = stream.stop().unwrap();
     assert_no_loss(report, "100 upgrades");
     eprintln!("100 upgrades in {elapsed:?}");
@@ -207,7 +252,8 @@ async fn resync_replaying_half_the_routes_leaves_exactly_that_half_zero_loss_for
     let mut c = server.client().await.unwrap();
     program_router(&topo, &mut c).await.unwrap();
     // 256 more routes, /32s in 203.0.113.0/24, all towards h2; the stream's is among those kept.
-    let extra: Vec<pb::Route> = (0..=255u32).map(|i| pb::Route { vrf: 0, prefix: format!("203.0.113.{i}/32"), next_hop: 1 }).collect();
+    let extra: Vec<pb::Route> =
+        (0..=255u32).map(|i| pb::Route { vrf: 0, prefix: format!("203.0.113.{i}/32"), next_hop: 1 }).collect();
     c.routing.add_routes(pb::AddRoutesRequest { routes: extra.clone(), replace: false }).await.unwrap();
     let stream = UdpStream::start(&topo.h1, &topo.h2, "203.0.113.2".parse().unwrap(), STREAM_PORT, STREAM_PPS).unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -236,7 +282,7 @@ async fn resync_replaying_half_the_routes_leaves_exactly_that_half_zero_loss_for
     assert_eq!(after.len(), all_before.len() - 128);
     for r in &extra {
         let i: u32 = r.prefix.trim_start_matches("203.0.113.").trim_end_matches("/32").parse().unwrap();
-        assert_eq!(after.contains(&r.prefix), i % 2 == 0, "{}", r.prefix);
+        assert_eq!(after.contains(&r.prefix), i.is_multiple_of(2), "{}", r.prefix);
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let report = stream.stop().unwrap();
@@ -316,15 +362,33 @@ async fn upgrade_that_fails_to_load_changes_nothing_and_carries_the_message() {
 
     let bad = server.run_dir.join("unverifiable.o");
     std::fs::write(&bad, unverifiable_object()).unwrap();
-    let e = c.system.upgrade_programs(pb::UpgradeProgramsRequest { object_path: bad.display().to_string() }).await.unwrap_err();
+    let e = c
+        .system
+        .upgrade_programs(pb::UpgradeProgramsRequest { object_path: bad.display().to_string() })
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
-    assert!(e.message().contains("dp_xdp_ingress") && e.message().contains("Verifier output") && e.message().contains("unreachable insn"), "{}", e.message());
+    assert!(
+        e.message().contains("dp_xdp_ingress")
+            && e.message().contains("Verifier output")
+            && e.message().contains("unreachable insn"),
+        "{}",
+        e.message()
+    );
 
     let garbage = server.run_dir.join("garbage.o");
     std::fs::write(&garbage, b"not an ELF object").unwrap();
-    let e = c.system.upgrade_programs(pb::UpgradeProgramsRequest { object_path: garbage.display().to_string() }).await.unwrap_err();
+    let e = c
+        .system
+        .upgrade_programs(pb::UpgradeProgramsRequest { object_path: garbage.display().to_string() })
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
-    let e = c.system.upgrade_programs(pb::UpgradeProgramsRequest { object_path: "/nonexistent.o".into() }).await.unwrap_err();
+    let e = c
+        .system
+        .upgrade_programs(pb::UpgradeProgramsRequest { object_path: "/nonexistent.o".into() })
+        .await
+        .unwrap_err();
     assert!(e.code() == tonic::Code::InvalidArgument && e.message().starts_with("object_path:"), "{e:?}");
 
     assert_eq!(snapshot(&mut c).await, before);

@@ -16,7 +16,11 @@ use integration::{mask4, Netns, Rng, Server};
 use tonic::Code;
 
 fn mask6(a: u128, len: u8) -> u128 {
-    if len == 0 { 0 } else { a & (u128::MAX << (128 - u32::from(len))) }
+    if len == 0 {
+        0
+    } else {
+        a & (u128::MAX << (128 - u32::from(len)))
+    }
 }
 
 /// Next hops 1..=8: DISCARD and RECEIVE alternate; they need no interface.
@@ -91,13 +95,22 @@ async fn add_routes_100k_one_batch_lookups_correct_bad_batch_changes_nothing() {
         let addr = a | host;
         let want = (16..=32u8).rev().find_map(|len| table.get(&(mask4(addr, len), len)).map(|nh| (len, *nh))).unwrap();
         let got = lookup(&mut client, &Ipv4Addr::from(addr).to_string()).await.unwrap();
-        assert_eq!(got, (format!("{}/{}", Ipv4Addr::from(mask4(addr, want.0)), want.0), want.1), "lookup {}", Ipv4Addr::from(addr));
+        assert_eq!(
+            got,
+            (format!("{}/{}", Ipv4Addr::from(mask4(addr, want.0)), want.0), want.1),
+            "lookup {}",
+            Ipv4Addr::from(addr)
+        );
     }
     assert_eq!(lookup(&mut client, "198.51.100.1").await, None);
 
     // One bad entry (host bits set) at the end of a big batch: nothing from it is installed.
     let mut bad: Vec<pb::Route> = (0..1000u32)
-        .map(|i| pb::Route { vrf: 0, prefix: format!("{}/32", Ipv4Addr::from(0xc633_6400 + (i % 256) + ((i / 256) << 8) + (1 << 16))), next_hop: 1 })
+        .map(|i| pb::Route {
+            vrf: 0,
+            prefix: format!("{}/32", Ipv4Addr::from(0xc633_6400 + (i % 256) + ((i / 256) << 8) + (1 << 16))),
+            next_hop: 1,
+        })
         .collect();
     bad.push(pb::Route { vrf: 0, prefix: "198.51.100.7/24".into(), next_hop: 1 });
     let e = client.routing.add_routes(pb::AddRoutesRequest { routes: bad.clone(), replace: false }).await.unwrap_err();
@@ -148,7 +161,9 @@ async fn lookup_route_random_overlapping_prefixes_agrees_with_kernel_fib() {
     }
     while v6.len() < 3000 {
         let len = 32 + (rng.next() % 97) as u8;
-        let a = (0x2001_0db8u128 << 96) | (u128::from(rng.next()) << 32 & ((1u128 << 96) - 1)) | u128::from(rng.next() as u32);
+        let a = (0x2001_0db8u128 << 96)
+            | (u128::from(rng.next()) << 32 & ((1u128 << 96) - 1))
+            | u128::from(rng.next() as u32);
         v6.insert((mask6(a & !(0xffffu128 << 80), len), len));
     }
     let mut script = String::from("route add default dev dum0\nroute add ::/0 dev dum0\n");
@@ -176,17 +191,19 @@ async fn lookup_route_random_overlapping_prefixes_agrees_with_kernel_fib() {
     for i in 0..1500 {
         let (a, l) = v4k[(rng.next() % v4k.len() as u64) as usize];
         let host = if l == 32 { 0 } else { rng.next() as u32 & (u32::MAX >> l) };
-        addrs.push(IpAddr::V4(Ipv4Addr::from(if i % 2 == 0 { a | host } else { 0xc600_0000 | (rng.next() as u32 & 0x00ff_ffff) })));
+        addrs.push(IpAddr::V4(Ipv4Addr::from(if i % 2 == 0 {
+            a | host
+        } else {
+            0xc600_0000 | (rng.next() as u32 & 0x00ff_ffff)
+        })));
         let (a, l) = v6k[(rng.next() % v6k.len() as u64) as usize];
-        let host = if l == 128 { 0 } else { (u128::from(rng.next()) << 64 | u128::from(rng.next())) & (u128::MAX >> l) };
+        let host =
+            if l == 128 { 0 } else { (u128::from(rng.next()) << 64 | u128::from(rng.next())) & (u128::MAX >> l) };
         addrs.push(IpAddr::V6(Ipv6Addr::from(a | host)));
     }
     // One `ip -batch` for every query: a default route in both tables makes every lookup
     // succeed, so the answers come back one line per query, in order.
-    let queries: String = addrs
-        .iter()
-        .map(|a| format!("route get fibmatch {a}\n"))
-        .collect();
+    let queries: String = addrs.iter().map(|a| format!("route get fibmatch {a}\n")).collect();
     let answers = ip_batch(&fib, &queries);
     let answers: Vec<&str> = answers.lines().collect();
     assert_eq!(answers.len(), addrs.len(), "one fibmatch line per query");
@@ -211,7 +228,12 @@ async fn lookup_route_random_overlapping_prefixes_agrees_with_kernel_fib() {
         checked += 1;
     }
     assert!(checked >= 3000);
-    assert!(mismatches.is_empty(), "{} of {checked} disagree:\n{}", mismatches.len(), mismatches[..mismatches.len().min(20)].join("\n"));
+    assert!(
+        mismatches.is_empty(),
+        "{} of {checked} disagree:\n{}",
+        mismatches.len(),
+        mismatches[..mismatches.len().min(20)].join("\n")
+    );
 
     // The XDP program itself, over the server's own pinned maps: every address must leave
     // through the next hop of the route the kernel chose (each next hop has its own MAC).
@@ -222,10 +244,19 @@ async fn lookup_route_random_overlapping_prefixes_agrees_with_kernel_fib() {
         let nh = nh_of[kernel.as_str()];
         let (verdict, out) = xdp.run(&integration::udp_frame(*a, 12345, 53));
         if verdict != XDP_REDIRECT || out[..6] != nh_mac(nh) {
-            wrong.push(format!("{a}: kernel {kernel} (next hop {nh}), XDP verdict {verdict}, dst MAC {:02x?}", &out[..6]));
+            wrong.push(format!(
+                "{a}: kernel {kernel} (next hop {nh}), XDP verdict {verdict}, dst MAC {:02x?}",
+                &out[..6]
+            ));
         }
     }
-    assert!(wrong.is_empty(), "{} of {} XDP verdicts disagree:\n{}", wrong.len(), addrs.len(), wrong[..wrong.len().min(20)].join("\n"));
+    assert!(
+        wrong.is_empty(),
+        "{} of {} XDP verdicts disagree:\n{}",
+        wrong.len(),
+        addrs.len(),
+        wrong[..wrong.len().min(20)].join("\n")
+    );
 }
 
 const XDP_REDIRECT: u32 = 4;
@@ -253,4 +284,3 @@ async fn encap_nexthops_via_lo(client: &mut Client) {
         .collect();
     client.routing.add_next_hops(pb::AddNextHopsRequest { next_hops, replace: false }).await.unwrap();
 }
-

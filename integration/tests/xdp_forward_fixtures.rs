@@ -53,8 +53,7 @@ use aya::{
 use dataplane_common::{
     maps as map_names, programs,
     route::{nexthop_kind, ECMP_MAX, IFACE_HAS_IPV4, IFACE_HAS_IPV6, IFACE_PRESENT, VRF_BITS},
-    InterfaceConfig, InterfaceStats, NextHop, NextHopStats, Reason, RouteAddrV4, RouteAddrV6,
-    RouteValue, MAX_NEXTHOPS,
+    InterfaceConfig, InterfaceStats, NextHop, NextHopStats, Reason, RouteAddrV4, RouteAddrV6, RouteValue, MAX_NEXTHOPS,
 };
 use dataplane_server::dataplane::loader::EBPF_OBJECT;
 
@@ -130,11 +129,8 @@ fn eth_header(dst: [u8; 6], src: [u8; 6], ethertype: u16) -> Vec<u8> {
 
 /// One's-complement sum of big-endian 16-bit words (an odd byte is padded with zero), folded.
 fn ones_sum(bytes: &[u8], initial: u32) -> u16 {
-    let mut sum = initial
-        + bytes
-            .chunks(2)
-            .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
-            .sum::<u32>();
+    let mut sum =
+        initial + bytes.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]))).sum::<u32>();
     while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);
     }
@@ -150,8 +146,7 @@ fn internet_checksum(bytes: &[u8]) -> u16 {
 /// The ICMPv6 checksum of `message` between `src` and `dst` (RFC 8200 8.1 pseudo-header): 0 over
 /// a message whose checksum field is correct.
 fn icmpv6_checksum(src: &[u8], dst: &[u8], message: &[u8]) -> u16 {
-    let pseudo =
-        concat(&[src, dst, &(message.len() as u32).to_be_bytes(), &[0, 0, 0, IPPROTO_ICMPV6]]);
+    let pseudo = concat(&[src, dst, &(message.len() as u32).to_be_bytes(), &[0, 0, 0, IPPROTO_ICMPV6]]);
     !ones_sum(message, u32::from(ones_sum(&pseudo, 0)))
 }
 
@@ -513,11 +508,7 @@ fn passed(description: impl Into<String>, frame: Vec<u8>, reason: Reason) -> Fix
 /// through the interface's own `TX_PORTS` entry, like forwarded frames through the next hop's
 /// (an XDP_TX out of a veth whose traffic arrived as skbs was seen to vanish). No next hop counts
 /// it.
-fn time_exceeded(
-    description: impl Into<String>,
-    frame: Vec<u8>,
-    iface: &InterfaceConfig,
-) -> Fixture {
+fn time_exceeded(description: impl Into<String>, frame: Vec<u8>, iface: &InterfaceConfig) -> Fixture {
     let (expected, checks) = if frame[12..14] == ETH_P_IPV4.to_be_bytes() {
         (time_exceeded_v4(&frame, iface), vec![Checksum::Ipv4Header, Checksum::Icmpv4])
     } else {
@@ -606,7 +597,10 @@ impl Harness {
     /// Loads the object and the XDP program and registers the ingress interface (VRF 0, both
     /// addresses); no next hop, route or TX port beyond the interface's own.
     fn load() -> Self {
-        let mut ebpf = EbpfLoader::new().verifier_log_level(aya::VerifierLogLevel::STATS).load(EBPF_OBJECT).expect("parse and load the eBPF object");
+        let mut ebpf = EbpfLoader::new()
+            .verifier_log_level(aya::VerifierLogLevel::STATS)
+            .load(EBPF_OBJECT)
+            .expect("parse and load the eBPF object");
         let xdp: &mut Xdp = ebpf
             .program_mut(programs::XDP_INGRESS)
             .unwrap_or_else(|| panic!("{} missing from the object", programs::XDP_INGRESS))
@@ -664,8 +658,7 @@ impl Harness {
 
     fn nexthop(&mut self, slot: u32, nh: &NextHop) {
         let map = self.ebpf.map_mut(map_names::NEXTHOPS).expect("NEXTHOPS map");
-        let mut nexthops: Array<_, NextHop> =
-            Array::try_from(map).expect("NEXTHOPS is an array of NextHop");
+        let mut nexthops: Array<_, NextHop> = Array::try_from(map).expect("NEXTHOPS is an array of NextHop");
         nexthops.set(slot, nh, 0).expect("update NEXTHOPS");
         self.nexthop_slots.insert(slot);
     }
@@ -720,8 +713,7 @@ impl Harness {
 
     fn nexthop_stats(&self, slot: u32) -> NextHopStats {
         let map = self.ebpf.map(map_names::NEXTHOP_STATS).expect("NEXTHOP_STATS map");
-        let array: PerCpuArray<_, NextHopStats> =
-            PerCpuArray::try_from(map).expect("a per-CPU array of NextHopStats");
+        let array: PerCpuArray<_, NextHopStats> = PerCpuArray::try_from(map).expect("a per-CPU array of NextHopStats");
         let mut sum = NextHopStats::default();
         for cpu in array.get(&slot, 0).expect("read per-CPU next-hop stats").iter() {
             sum.packets += cpu.packets;
@@ -736,12 +728,8 @@ impl Harness {
 
     /// One run: the verdict and the frame as the program left it.
     fn run(&self, frame: &[u8]) -> Result<(u32, Vec<u8>), ProgramError> {
-        let xdp: &Xdp = self
-            .ebpf
-            .program(programs::XDP_INGRESS)
-            .expect("ingress program")
-            .try_into()
-            .expect("XDP program");
+        let xdp: &Xdp =
+            self.ebpf.program(programs::XDP_INGRESS).expect("ingress program").try_into().expect("XDP program");
         // Room for any frame the program could grow this one into (XDP test runs are limited to
         // about a page anyway).
         let mut out = vec![0u8; 8192];
@@ -822,8 +810,7 @@ impl Harness {
             problems.push(format!("UNKNOWN_IFACE_STATS delta {}", integration::describe_stats(&obs.unknown)));
         }
         for (slot, d) in &obs.nexthops {
-            let (packets, bytes) =
-                fx.nexthops.iter().find(|(s, _, _)| s == slot).map_or((0, 0), |&(_, p, b)| (p, b));
+            let (packets, bytes) = fx.nexthops.iter().find(|(s, _, _)| s == slot).map_or((0, 0), |&(_, p, b)| (p, b));
             if d.packets != packets || d.bytes != bytes {
                 problems.push(format!(
                     "NEXTHOP_STATS[{slot}] delta +{} packets +{} bytes, expected +{packets} +{bytes}",
@@ -842,12 +829,7 @@ impl Harness {
         if problems.is_empty() {
             Ok(obs)
         } else {
-            Err(format!(
-                "{} ({} bytes):\n      {}",
-                fx.description,
-                fx.frame.len(),
-                problems.join("\n      ")
-            ))
+            Err(format!("{} ({} bytes):\n      {}", fx.description, fx.frame.len(), problems.join("\n      ")))
         }
     }
 }
@@ -904,7 +886,6 @@ fn counted_once(len: usize, reason: Reason) -> InterfaceStats {
     s
 }
 
-
 /// Runs every fixture (not stopping at the first failure) and fails listing every mismatch.
 fn check_all(h: &Harness, group: &str, fixtures: &[Fixture]) {
     assert!(!fixtures.is_empty(), "{group}: no fixtures");
@@ -938,12 +919,7 @@ fn ipv4_route_hit_redirects_rewritten_frame() {
             1,
             &nh,
         ),
-        forwarded(
-            "IPv4 ICMP echo request",
-            Ipv4::new(DST_V4, IPPROTO_ICMP).frame(&icmp(8, 0, &payload(56))),
-            1,
-            &nh,
-        ),
+        forwarded("IPv4 ICMP echo request", Ipv4::new(DST_V4, IPPROTO_ICMP).frame(&icmp(8, 0, &payload(56))), 1, &nh),
         forwarded(
             // The checksum covers the options too; the TTL sits at the same offset.
             "IPv4 with options (IHL 6, Router Alert) UDP",
@@ -987,12 +963,7 @@ fn ipv6_route_hit_redirects_rewritten_frame() {
         forwarded("IPv6 UDP hop limit 64", v6_udp(DST_V6, 64, 40000), 1, &nh),
         forwarded("IPv6 UDP hop limit 2", v6_udp(DST_V6, 2, 40000), 1, &nh),
         forwarded("IPv6 UDP hop limit 255", v6_udp(DST_V6_WIDE, 255, 40000), 1, &nh),
-        forwarded(
-            "IPv6 TCP SYN",
-            Ipv6::new(DST_V6, IPPROTO_TCP).frame(&tcp_syn(40000, 443)),
-            1,
-            &nh,
-        ),
+        forwarded("IPv6 TCP SYN", Ipv6::new(DST_V6, IPPROTO_TCP).frame(&tcp_syn(40000, 443)), 1, &nh),
         forwarded(
             "IPv6 ICMPv6 echo request",
             Ipv6::new(DST_V6, IPPROTO_ICMPV6).frame(&icmp(128, 0, &payload(56))),
@@ -1078,25 +1049,10 @@ fn ipv4_longer_prefix_wins_over_shorter_prefix() {
     h.nexthop(4, &discard());
     let fixtures = [
         forwarded("198.51.100.20: /25 over /24 and /16", v4_udp(DST_V4, 64, 1), 2, &nh2),
-        forwarded(
-            "198.51.100.127: last address of the /25",
-            v4_udp(Ipv4Addr::new(198, 51, 100, 127), 64, 1),
-            2,
-            &nh2,
-        ),
-        forwarded(
-            "198.51.100.128: /24 only",
-            v4_udp(Ipv4Addr::new(198, 51, 100, 128), 64, 1),
-            1,
-            &nh1,
-        ),
+        forwarded("198.51.100.127: last address of the /25", v4_udp(Ipv4Addr::new(198, 51, 100, 127), 64, 1), 2, &nh2),
+        forwarded("198.51.100.128: /24 only", v4_udp(Ipv4Addr::new(198, 51, 100, 128), 64, 1), 1, &nh1),
         forwarded("198.51.100.200: /24 only", v4_udp(DST_V4_HIGH, 64, 1), 1, &nh1),
-        forwarded(
-            "198.51.100.21: /32 host route",
-            v4_udp(Ipv4Addr::new(198, 51, 100, 21), 64, 1),
-            3,
-            &nh3,
-        ),
+        forwarded("198.51.100.21: /32 host route", v4_udp(Ipv4Addr::new(198, 51, 100, 21), 64, 1), 3, &nh3),
         Fixture {
             verdict: XDP_DROP,
             ..passed(
@@ -1153,16 +1109,8 @@ fn route_lookup_same_prefix_in_two_vrfs_follows_ingress_vrf() {
     let vrf0 = [
         forwarded("VRF 0: 198.51.100.20 via VRF 0's next hop", v4_udp(DST_V4, 64, 1), 1, &nh1),
         forwarded("VRF 0: 2001:db8:2::20 via VRF 0's next hop", v6_udp(DST_V6, 64, 1), 1, &nh1),
-        passed(
-            "VRF 0: 203.0.113.7 is only routed in VRF 7",
-            v4_udp(OTHER_V4, 64, 1),
-            Reason::NoRoute,
-        ),
-        passed(
-            "VRF 0: 2001:db8:3::7 is only routed in VRF 7",
-            v6_udp(OTHER_V6, 64, 1),
-            Reason::NoRoute,
-        ),
+        passed("VRF 0: 203.0.113.7 is only routed in VRF 7", v4_udp(OTHER_V4, 64, 1), Reason::NoRoute),
+        passed("VRF 0: 2001:db8:3::7 is only routed in VRF 7", v6_udp(OTHER_V6, 64, 1), Reason::NoRoute),
     ];
     check_all(&h, "ingress interface in VRF 0", &vrf0);
 
@@ -1224,15 +1172,9 @@ fn ecmp_harness() -> (Harness, Vec<NextHop>) {
 fn ecmp_member(h: &Harness, members: &[NextHop], description: &str, frame: &[u8]) -> usize {
     let obs = h.observe(frame);
     let out = obs.output();
-    let idx = members.iter().position(|m| out.len() >= 6 && out[0..6] == m.dst_mac).unwrap_or_else(
-        || {
-            panic!(
-                "{description}: verdict {:?}, output dst MAC {:02x?} is no member's",
-                obs.verdict(),
-                out.get(0..6)
-            )
-        },
-    );
+    let idx = members.iter().position(|m| out.len() >= 6 && out[0..6] == m.dst_mac).unwrap_or_else(|| {
+        panic!("{description}: verdict {:?}, output dst MAC {:02x?} is no member's", obs.verdict(), out.get(0..6))
+    });
     let fx = forwarded(description, frame.to_vec(), ECMP_MEMBERS[idx], &members[idx]);
     // Re-check this very run against the member's fixture.
     let mut problems = Vec::new();
@@ -1268,9 +1210,7 @@ fn ecmp_distinct_flows_spread_over_every_member() {
         let mut per_member = [0usize; 4];
         for sport in 0..256u16 {
             let flow = 30000 + sport;
-            per_member
-                [ecmp_member(&h, &members, &format!("{family} UDP sport {flow}"), &build(flow))] +=
-                1;
+            per_member[ecmp_member(&h, &members, &format!("{family} UDP sport {flow}"), &build(flow))] += 1;
         }
         // 256 flows over 4 members: a hash that ignored the ports (or a group that always took
         // one member) leaves members empty. Each member expects 64; 16 is far below any
@@ -1286,13 +1226,9 @@ fn ecmp_distinct_flows_spread_over_every_member() {
 fn ecmp_same_flow_always_picks_same_member() {
     let (h, members) = ecmp_harness();
     for sport in [1u16, 4242, 40000, 65535] {
-        for (family, frame) in
-            [("IPv4", v4_udp(DST_V4, 64, sport)), ("IPv6", v6_udp(DST_V6, 64, sport))]
-        {
+        for (family, frame) in [("IPv4", v4_udp(DST_V4, 64, sport)), ("IPv6", v6_udp(DST_V6, 64, sport))] {
             let picks: Vec<usize> = (0..20)
-                .map(|i| {
-                    ecmp_member(&h, &members, &format!("{family} sport {sport} run {i}"), &frame)
-                })
+                .map(|i| ecmp_member(&h, &members, &format!("{family} sport {sport} run {i}"), &frame))
                 .collect();
             assert!(
                 picks.iter().all(|&p| p == picks[0]),
@@ -1336,10 +1272,8 @@ fn ecmp_ipv6_fragments_of_one_datagram_pick_same_member() {
         let id = 0x1000 + u32::from(i);
         let datagram = udp(10000 + 7 * i, 20000 + 13 * i, &payload(200));
         let first = ip.frame(&concat(&[&ipv6_fragment(IPPROTO_UDP, 0, true, id), &datagram[..64]]));
-        let middle =
-            ip.frame(&concat(&[&ipv6_fragment(IPPROTO_UDP, 8, true, id), &datagram[64..128]]));
-        let last =
-            ip.frame(&concat(&[&ipv6_fragment(IPPROTO_UDP, 16, false, id), &datagram[128..]]));
+        let middle = ip.frame(&concat(&[&ipv6_fragment(IPPROTO_UDP, 8, true, id), &datagram[64..128]]));
+        let last = ip.frame(&concat(&[&ipv6_fragment(IPPROTO_UDP, 16, false, id), &datagram[128..]]));
         let picks = [
             ecmp_member(&h, &members, &format!("datagram {i} first fragment"), &first),
             ecmp_member(&h, &members, &format!("datagram {i} middle fragment"), &middle),
@@ -1384,10 +1318,7 @@ fn ecmp_ipv6_fragments_with_extension_header_after_fragment_header_pick_same_mem
             _ => (
                 "fragment, AH, UDP",
                 IPPROTO_AH,
-                concat(&[
-                    &ipv6_ah(IPPROTO_UDP, 0x1000 + u32::from(i)),
-                    &udp(sport, dport, &payload(168)),
-                ]),
+                concat(&[&ipv6_ah(IPPROTO_UDP, 0x1000 + u32::from(i)), &udp(sport, dport, &payload(168))]),
             ),
         };
         assert_eq!(fragmentable.len(), 200);
@@ -1530,10 +1461,9 @@ fn ipv6_hop_limit_1_to_routed_destination_sends_icmpv6_time_exceeded() {
         ),
         time_exceeded(
             "IPv6 first fragment hop limit 1",
-            Ipv6::new(DST_V6, IPPROTO_FRAGMENT).hop_limit(1).frame(&concat(&[
-                &ipv6_fragment(IPPROTO_UDP, 0, true, 9),
-                &udp(1, 2, &payload(64)),
-            ])),
+            Ipv6::new(DST_V6, IPPROTO_FRAGMENT)
+                .hop_limit(1)
+                .frame(&concat(&[&ipv6_fragment(IPPROTO_UDP, 0, true, 9), &udp(1, 2, &payload(64))])),
             &cfg,
         ),
         time_exceeded(
@@ -1592,21 +1522,14 @@ fn ttl_1_packets_that_must_not_trigger_icmp_pass_ttl_exceeded() {
         none("IPv4 ICMP echo reply TTL 1", v4(IPPROTO_ICMP, icmp(0, 0, &payload(56)))),
         none("IPv4 ICMP destination unreachable TTL 1", v4(IPPROTO_ICMP, icmp(3, 3, &quoted))),
         none("IPv4 ICMP time exceeded TTL 1", v4(IPPROTO_ICMP, icmp(11, 0, &quoted))),
-        none(
-            "IPv4 ICMP echo reply TTL 0",
-            Ipv4::new(DST_V4, IPPROTO_ICMP).ttl(0).frame(&icmp(0, 0, &payload(8))),
-        ),
+        none("IPv4 ICMP echo reply TTL 0", Ipv4::new(DST_V4, IPPROTO_ICMP).ttl(0).frame(&icmp(0, 0, &payload(8)))),
         none(
             "IPv4 non-first fragment TTL 1",
             Ipv4::new(DST_V4, IPPROTO_UDP).ttl(1).fragment(8, true).frame(&payload(64)),
         ),
         none(
             "IPv4 with options (IHL 6) TTL 1",
-            Ipv4::new(DST_V4, IPPROTO_UDP).ttl(1).options(&[148, 4, 0, 0]).frame(&udp(
-                1,
-                2,
-                &payload(8),
-            )),
+            Ipv4::new(DST_V4, IPPROTO_UDP).ttl(1).options(&[148, 4, 0, 0]).frame(&udp(1, 2, &payload(8))),
         ),
         none(
             // 4 bytes after the header, padded to 60: the padding must not be taken for the
@@ -1619,10 +1542,7 @@ fn ttl_1_packets_that_must_not_trigger_icmp_pass_ttl_exceeded() {
             },
         ),
         none("IPv6 ICMPv6 echo reply hop limit 1", v6(IPPROTO_ICMPV6, icmp(129, 0, &payload(56)))),
-        none(
-            "IPv6 ICMPv6 destination unreachable hop limit 1",
-            v6(IPPROTO_ICMPV6, icmp(1, 3, &quoted6)),
-        ),
+        none("IPv6 ICMPv6 destination unreachable hop limit 1", v6(IPPROTO_ICMPV6, icmp(1, 3, &quoted6))),
         none("IPv6 ICMPv6 packet too big hop limit 1", v6(IPPROTO_ICMPV6, icmp(2, 0, &quoted6))),
         none("IPv6 ICMPv6 time exceeded hop limit 1", v6(IPPROTO_ICMPV6, icmp(3, 0, &quoted6))),
         none(
@@ -1647,11 +1567,7 @@ fn ttl_1_from_source_that_is_not_a_unicast_host_passes_ttl_exceeded_without_icmp
     let cfg = iface(0);
     // Special-purpose ranges: necessarily outside the documentation prefixes.
     let v4 = |src: [u8; 4], ttl: u8| {
-        Ipv4::new(DST_V4, IPPROTO_UDP).src(src.into()).ttl(ttl).frame(&udp(
-            40000,
-            33434,
-            &payload(8),
-        ))
+        Ipv4::new(DST_V4, IPPROTO_UDP).src(src.into()).ttl(ttl).frame(&udp(40000, 33434, &payload(8)))
     };
     let v6 = |src: &str, hop_limit: u8| {
         Ipv6::new(DST_V6, IPPROTO_UDP).src(src.parse().unwrap()).hop_limit(hop_limit).frame(&udp(
@@ -1673,11 +1589,7 @@ fn ttl_1_from_source_that_is_not_a_unicast_host_passes_ttl_exceeded_without_icmp
         none("IPv4 from 255.255.255.255 TTL 1", v4([255, 255, 255, 255], 1)),
         none(
             "IPv4 ICMP echo request from 224.0.0.5 TTL 1",
-            Ipv4::new(DST_V4, IPPROTO_ICMP).src(Ipv4Addr::new(224, 0, 0, 5)).ttl(1).frame(&icmp(
-                8,
-                0,
-                &payload(8),
-            )),
+            Ipv4::new(DST_V4, IPPROTO_ICMP).src(Ipv4Addr::new(224, 0, 0, 5)).ttl(1).frame(&icmp(8, 0, &payload(8))),
         ),
         none("IPv6 from :: hop limit 1", v6("::", 1)),
         none("IPv6 from :: hop limit 0", v6("::", 0)),
@@ -1687,10 +1599,11 @@ fn ttl_1_from_source_that_is_not_a_unicast_host_passes_ttl_exceeded_without_icmp
         none("IPv6 from ff00:: hop limit 1", v6("ff00::", 1)),
         none(
             "IPv6 ICMPv6 echo request from ff02::1 hop limit 1",
-            Ipv6::new(DST_V6, IPPROTO_ICMPV6)
-                .src("ff02::1".parse().unwrap())
-                .hop_limit(1)
-                .frame(&icmp(128, 0, &payload(8))),
+            Ipv6::new(DST_V6, IPPROTO_ICMPV6).src("ff02::1".parse().unwrap()).hop_limit(1).frame(&icmp(
+                128,
+                0,
+                &payload(8),
+            )),
         ),
         // Single hosts next to those ranges: answered.
         time_exceeded("IPv4 from 1.0.0.1 TTL 1", v4([1, 0, 0, 1], 1), &cfg),
@@ -1698,11 +1611,7 @@ fn ttl_1_from_source_that_is_not_a_unicast_host_passes_ttl_exceeded_without_icmp
         time_exceeded("IPv4 from 128.0.0.1 TTL 1", v4([128, 0, 0, 1], 1), &cfg),
         time_exceeded("IPv4 from 223.255.255.254 TTL 1", v4([223, 255, 255, 254], 1), &cfg),
         time_exceeded("IPv6 from fc00::1 (unique local) hop limit 1", v6("fc00::1", 1), &cfg),
-        time_exceeded(
-            "IPv6 from 2001:db8:1::1:0:0:1 hop limit 1",
-            v6("2001:db8:1::1:0:0:1", 1),
-            &cfg,
-        ),
+        time_exceeded("IPv6 from 2001:db8:1::1:0:0:1 hop limit 1", v6("2001:db8:1::1:0:0:1", 1), &cfg),
     ];
     check_all(&h, "TTL 1 from sources that are not a unicast host", &fixtures);
 }
@@ -1735,10 +1644,7 @@ fn icmp_time_exceeded_leaves_through_ingress_interface_tx_port() {
     check_all(
         &h,
         "ingress interface's TX port cleared",
-        &[
-            no_port("IPv4 UDP TTL 1", v4_udp(DST_V4, 1, 1)),
-            no_port("IPv6 UDP hop limit 1", v6_udp(DST_V6, 1, 1)),
-        ],
+        &[no_port("IPv4 UDP TTL 1", v4_udp(DST_V4, 1, 1)), no_port("IPv6 UDP hop limit 1", v6_udp(DST_V6, 1, 1))],
     );
 }
 
@@ -1755,19 +1661,13 @@ fn discard_receive_and_invalid_next_hops_stop_forwarding() {
     let routes = [(0u8, 1), (1, 2), (2, 3)];
     for (third, slot) in routes {
         h.route(0, Ipv4Addr::new(203, 0, 113, 64 * third).into(), 26, slot);
-        h.route(
-            0,
-            Ipv6Addr::new(0x2001, 0xdb8, 0x10 + u16::from(third), 0, 0, 0, 0, 0).into(),
-            48,
-            slot,
-        );
+        h.route(0, Ipv6Addr::new(0x2001, 0xdb8, 0x10 + u16::from(third), 0, 0, 0, 0, 0).into(), 48, slot);
     }
     h.route(0, Ipv4Addr::new(203, 0, 113, 192).into(), 26, MAX_NEXTHOPS);
     h.route(0, Ipv6Addr::new(0x2001, 0xdb8, 0x13, 0, 0, 0, 0, 0).into(), 48, MAX_NEXTHOPS);
     let v4 = |last: u8, ttl: u8| v4_udp(Ipv4Addr::new(203, 0, 113, last), ttl, 1);
     let v6 = |net: u16, hl: u8| v6_udp(Ipv6Addr::new(0x2001, 0xdb8, net, 0, 0, 0, 0, 1), hl, 1);
-    let drop =
-        |d: &str, f: Vec<u8>| Fixture { verdict: XDP_DROP, ..passed(d, f, Reason::DropDiscard) };
+    let drop = |d: &str, f: Vec<u8>| Fixture { verdict: XDP_DROP, ..passed(d, f, Reason::DropDiscard) };
     let fixtures = [
         drop("IPv4 to DISCARD", v4(1, 64)),
         drop("IPv6 to DISCARD", v6(0x10, 64)),
@@ -1775,11 +1675,7 @@ fn discard_receive_and_invalid_next_hops_stop_forwarding() {
         drop("IPv4 TTL 1 to DISCARD", v4(1, 1)),
         passed("IPv4 to RECEIVE", v4(65, 64), Reason::PassReceive),
         passed("IPv6 to RECEIVE", v6(0x11, 64), Reason::PassReceive),
-        passed(
-            "IPv4 TTL 1 to RECEIVE (the router's own: not expired)",
-            v4(65, 1),
-            Reason::PassReceive,
-        ),
+        passed("IPv4 TTL 1 to RECEIVE (the router's own: not expired)", v4(65, 1), Reason::PassReceive),
         passed("IPv4 to an empty next-hop slot", v4(129, 64), Reason::PassNextHopInvalid),
         passed("IPv6 to an empty next-hop slot", v6(0x12, 64), Reason::PassNextHopInvalid),
         passed("IPv4 to a slot beyond NEXTHOPS", v4(193, 64), Reason::PassNextHopInvalid),
@@ -1792,7 +1688,14 @@ fn discard_receive_and_invalid_next_hops_stop_forwarding() {
 fn unresolved_gateway_next_hop_passes_to_stack_unchanged() {
     let mut h = Harness::load();
     // What the server writes for a gateway the kernel has not resolved: egress known, no MAC.
-    let unresolved = NextHop { kind: nexthop_kind::UNRESOLVED, tx_slot: TX_SLOT, ifindex: 1, mtu: 1500, src_mac: ROUTER_MAC, ..NextHop::EMPTY };
+    let unresolved = NextHop {
+        kind: nexthop_kind::UNRESOLVED,
+        tx_slot: TX_SLOT,
+        ifindex: 1,
+        mtu: 1500,
+        src_mac: ROUTER_MAC,
+        ..NextHop::EMPTY
+    };
     h.nexthop(1, &unresolved);
     h.encap_at(2);
     h.nexthop(10, &ecmp(&[1]));
@@ -1803,7 +1706,11 @@ fn unresolved_gateway_next_hop_passes_to_stack_unchanged() {
     let v4 = |last: u8, ttl: u8| v4_udp(Ipv4Addr::new(203, 0, 113, last), ttl, 1);
     let fixtures = [
         passed("IPv4 to an unresolved gateway", v4(1, 64), Reason::PassNeighUnresolved),
-        passed("IPv6 to an unresolved gateway", v6_udp(Ipv6Addr::new(0x2001, 0xdb8, 0x10, 0, 0, 0, 0, 1), 64, 1), Reason::PassNeighUnresolved),
+        passed(
+            "IPv6 to an unresolved gateway",
+            v6_udp(Ipv6Addr::new(0x2001, 0xdb8, 0x10, 0, 0, 0, 0, 1), 64, 1),
+            Reason::PassNeighUnresolved,
+        ),
         // The kernel routes it, decrements the TTL and answers TTL 1 itself.
         passed("IPv4 TTL 1 to an unresolved gateway", v4(1, 1), Reason::PassNeighUnresolved),
         passed("IPv4 to an ECMP group whose member is unresolved", v4(65, 64), Reason::PassNeighUnresolved),
@@ -1827,11 +1734,7 @@ fn ip_without_matching_route_passes_no_route_unchanged() {
     h.route(0, Ipv6Addr::new(0x2001, 0xdb8, 3, 0, 0, 0, 0, 0).into(), 48, 1);
     let fixtures = [
         passed("IPv4 UDP to 198.51.100.20", v4_udp(DST_V4, 64, 1), Reason::NoRoute),
-        passed(
-            "IPv4 UDP TTL 1 to 198.51.100.20 (no route: no ICMP)",
-            v4_udp(DST_V4, 1, 1),
-            Reason::NoRoute,
-        ),
+        passed("IPv4 UDP TTL 1 to 198.51.100.20 (no route: no ICMP)", v4_udp(DST_V4, 1, 1), Reason::NoRoute),
         passed("IPv6 UDP to 2001:db8:2::20", v6_udp(DST_V6, 64, 1), Reason::NoRoute),
         passed("IPv6 UDP hop limit 1 to 2001:db8:2::20", v6_udp(DST_V6, 1, 1), Reason::NoRoute),
     ];
@@ -1877,11 +1780,7 @@ fn multicast_broadcast_and_link_local_pass_multicast_despite_default_route() {
         mc("IPv4 169.254.255.255 (link-local)", v4([169, 254, 255, 255])),
         mc(
             "IPv4 224.0.0.1 TTL 1 (no ICMP about multicast)",
-            Ipv4::new(Ipv4Addr::new(224, 0, 0, 1), IPPROTO_UDP).ttl(1).frame(&udp(
-                1,
-                2,
-                &payload(8),
-            )),
+            Ipv4::new(Ipv4Addr::new(224, 0, 0, 1), IPPROTO_UDP).ttl(1).frame(&udp(1, 2, &payload(8))),
         ),
         mc("IPv6 ff02::1 (all nodes)", v6("ff02::1")),
         mc("IPv6 ff02::1:ff00:1 (solicited node)", v6("ff02::1:ff00:1")),
@@ -1890,11 +1789,7 @@ fn multicast_broadcast_and_link_local_pass_multicast_despite_default_route() {
         mc("IPv6 febf:ffff::1 (top of fe80::/10)", v6("febf:ffff::1")),
         mc(
             "IPv6 ff02::1 hop limit 1 (no ICMPv6 about multicast)",
-            Ipv6::new("ff02::1".parse().unwrap(), IPPROTO_UDP).hop_limit(1).frame(&udp(
-                1,
-                2,
-                &payload(8),
-            )),
+            Ipv6::new("ff02::1".parse().unwrap(), IPPROTO_UDP).hop_limit(1).frame(&udp(1, 2, &payload(8))),
         ),
     ];
     check_all(&h, "multicast, broadcast, link-local", &fixtures);
@@ -1924,27 +1819,18 @@ fn routed_ip_in_frame_for_another_mac_passes_other_host_unchanged() {
         other("IPv4 UDP to a foreign unicast MAC", to(FOREIGN, v4_udp(DST_V4, 64, 1))),
         other("IPv4 UDP to ff:ff:ff:ff:ff:ff", to(BROADCAST, v4_udp(DST_V4, 64, 1))),
         other("IPv4 UDP to a multicast MAC", to(V4_GROUP_MAC, v4_udp(DST_V4, 64, 1))),
-        other(
-            "IPv4 UDP by the default route to a foreign MAC",
-            to(FOREIGN, v4_udp(OTHER_V4, 64, 1)),
-        ),
+        other("IPv4 UDP by the default route to a foreign MAC", to(FOREIGN, v4_udp(OTHER_V4, 64, 1))),
         other("IPv4 UDP TTL 1 to a foreign MAC (no ICMP)", to(FOREIGN, v4_udp(DST_V4, 1, 1))),
         other("IPv4 UDP TTL 1 to ff:ff:ff:ff:ff:ff (no ICMP)", to(BROADCAST, v4_udp(DST_V4, 1, 1))),
         other(
             "IPv4 non-first fragment to a foreign MAC",
             to(FOREIGN, Ipv4::new(DST_V4, IPPROTO_UDP).fragment(8, true).frame(&payload(64))),
         ),
-        other(
-            "IPv4 to the interface's address in a foreign MAC's frame",
-            to(FOREIGN, v4_udp(IFACE_V4, 64, 1)),
-        ),
+        other("IPv4 to the interface's address in a foreign MAC's frame", to(FOREIGN, v4_udp(IFACE_V4, 64, 1))),
         other("IPv6 UDP to a foreign unicast MAC", to(FOREIGN, v6_udp(DST_V6, 64, 1))),
         other("IPv6 UDP to ff:ff:ff:ff:ff:ff", to(BROADCAST, v6_udp(DST_V6, 64, 1))),
         other("IPv6 UDP to a multicast MAC", to(V6_GROUP_MAC, v6_udp(DST_V6, 64, 1))),
-        other(
-            "IPv6 UDP hop limit 1 to a foreign MAC (no ICMPv6)",
-            to(FOREIGN, v6_udp(DST_V6, 1, 1)),
-        ),
+        other("IPv6 UDP hop limit 1 to a foreign MAC (no ICMPv6)", to(FOREIGN, v6_udp(DST_V6, 1, 1))),
         // Multicast, broadcast and link-local destinations are decided before the MAC.
         passed(
             "IPv4 to 255.255.255.255 in a broadcast frame",
@@ -1982,11 +1868,7 @@ fn routed_ip_in_frame_for_another_mac_passes_other_host_unchanged() {
         forwarded("IPv4 UDP to the new MAC", to(FOREIGN, v4_udp(DST_V4, 64, 1)), 1, &nh),
         forwarded("IPv6 UDP to the new MAC", to(FOREIGN, v6_udp(DST_V6, 64, 1)), 1, &nh),
         time_exceeded("IPv4 UDP TTL 1 to the new MAC", to(FOREIGN, v4_udp(DST_V4, 1, 1)), &moved),
-        time_exceeded(
-            "IPv6 UDP hop limit 1 to the new MAC",
-            to(FOREIGN, v6_udp(DST_V6, 1, 1)),
-            &moved,
-        ),
+        time_exceeded("IPv6 UDP hop limit 1 to the new MAC", to(FOREIGN, v6_udp(DST_V6, 1, 1)), &moved),
     ];
     check_all(&h, "frames for another MAC after a MAC change", &fixtures);
 }
@@ -2045,20 +1927,12 @@ fn packet_larger_than_next_hop_mtu_passes_mtu_unchanged() {
     h.route(0, Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, 0).into(), 48, 1);
     // IP datagram lengths (what the MTU limits), not frame lengths.
     let v4_of = |ip_len: usize| {
-        Ipv4::new(DST_V4, IPPROTO_UDP).dont_fragment().frame(&udp(
-            1,
-            2,
-            &payload(ip_len - IPV4_HLEN - UDP_HLEN),
-        ))
+        Ipv4::new(DST_V4, IPPROTO_UDP).dont_fragment().frame(&udp(1, 2, &payload(ip_len - IPV4_HLEN - UDP_HLEN)))
     };
-    let v6_of = |ip_len: usize| {
-        Ipv6::new(DST_V6, IPPROTO_UDP).frame(&udp(1, 2, &payload(ip_len - IPV6_HLEN - UDP_HLEN)))
-    };
-    let oversized_ttl_1 = Ipv4::new(DST_V4, IPPROTO_UDP).ttl(1).dont_fragment().frame(&udp(
-        1,
-        2,
-        &payload(1401 - IPV4_HLEN - UDP_HLEN),
-    ));
+    let v6_of =
+        |ip_len: usize| Ipv6::new(DST_V6, IPPROTO_UDP).frame(&udp(1, 2, &payload(ip_len - IPV6_HLEN - UDP_HLEN)));
+    let oversized_ttl_1 =
+        Ipv4::new(DST_V4, IPPROTO_UDP).ttl(1).dont_fragment().frame(&udp(1, 2, &payload(1401 - IPV4_HLEN - UDP_HLEN)));
     let fixtures = [
         forwarded("IPv4 of exactly the MTU (1400)", v4_of(1400), 1, &nh),
         passed("IPv4 one byte above the MTU (1401)", v4_of(1401), Reason::PassMtu),

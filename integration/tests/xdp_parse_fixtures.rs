@@ -117,10 +117,7 @@ fn eth_tagged(tags: &[(u16, u16)], ethertype: u16) -> Vec<u8> {
 }
 
 fn internet_checksum(bytes: &[u8]) -> u16 {
-    let mut sum: u32 = bytes
-        .chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
-        .sum();
+    let mut sum: u32 = bytes.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]))).sum();
     while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);
     }
@@ -147,10 +144,7 @@ impl Ipv4 {
     }
 
     fn options(mut self, options: &[u8]) -> Self {
-        assert!(
-            options.len().is_multiple_of(4) && options.len() <= 40,
-            "IPv4 options must fill 32-bit words"
-        );
+        assert!(options.len().is_multiple_of(4) && options.len() <= 40, "IPv4 options must fill 32-bit words");
         self.options = options.to_vec();
         self
     }
@@ -428,7 +422,10 @@ struct Harness {
 impl Harness {
     /// Loads the object and the XDP program; no ifindex is registered yet.
     fn load() -> Self {
-        let mut ebpf = EbpfLoader::new().verifier_log_level(aya::VerifierLogLevel::STATS).load(EBPF_OBJECT).expect("parse and load the eBPF object");
+        let mut ebpf = EbpfLoader::new()
+            .verifier_log_level(aya::VerifierLogLevel::STATS)
+            .load(EBPF_OBJECT)
+            .expect("parse and load the eBPF object");
         let xdp: &mut Xdp = ebpf
             .program_mut(programs::XDP_INGRESS)
             .unwrap_or_else(|| panic!("{} missing from the object", programs::XDP_INGRESS))
@@ -493,24 +490,15 @@ impl Harness {
     }
 
     fn run(&self, frame: &[u8]) -> Result<u32, ProgramError> {
-        let xdp: &Xdp = self
-            .ebpf
-            .program(programs::XDP_INGRESS)
-            .expect("ingress program")
-            .try_into()
-            .expect("XDP program");
-        xdp.test_run(TestRunOptions { data_in: Some(frame), repeat: 1, ..Default::default() })
-            .map(|r| r.return_value)
+        let xdp: &Xdp =
+            self.ebpf.program(programs::XDP_INGRESS).expect("ingress program").try_into().expect("XDP program");
+        xdp.test_run(TestRunOptions { data_in: Some(frame), repeat: 1, ..Default::default() }).map(|r| r.return_value)
     }
 
     fn observe(&self, frame: &[u8]) -> Observed {
         let (slot0, unknown0) = (self.slot_stats(), self.unknown_stats());
         let result = self.run(frame);
-        Observed {
-            result,
-            slot: delta(&self.slot_stats(), &slot0),
-            unknown: delta(&self.unknown_stats(), &unknown0),
-        }
+        Observed { result, slot: delta(&self.slot_stats(), &slot0), unknown: delta(&self.unknown_stats(), &unknown0) }
     }
 
     /// Runs `fx` and checks its verdict and that exactly one packet of its length was counted,
@@ -593,12 +581,10 @@ fn describe_result(result: &Result<u32, ProgramError>) -> String {
     }
 }
 
-
 /// Runs every fixture (not stopping at the first failure) and fails listing every mismatch.
 fn check_all(h: &Harness, group: &str, fixtures: &[Fixture], counted: Counted) {
     assert!(!fixtures.is_empty(), "{group}: no fixtures");
-    let failures: Vec<String> =
-        fixtures.iter().filter_map(|fx| h.check(fx, counted).err()).collect();
+    let failures: Vec<String> = fixtures.iter().filter_map(|fx| h.check(fx, counted).err()).collect();
     assert!(
         failures.is_empty(),
         "{group}: {} of {} fixtures failed:\n  {}",
@@ -621,11 +607,7 @@ fn xdp_ingress_well_formed_ip_without_route_counts_no_route() {
     let v4 = |proto: u8, l4: Vec<u8>| concat(&[&eth(ETH_P_IPV4), &Ipv4::new(proto).build(&l4)]);
     let v6 = |next: u8, rest: Vec<u8>| concat(&[&eth(ETH_P_IPV6), &Ipv6::new(next).build(&rest)]);
     let fixtures = [
-        pass(
-            "IPv4 UDP (DNS query)",
-            v4(IPPROTO_UDP, udp(53000, 53, &payload(32))),
-            Reason::NoRoute,
-        ),
+        pass("IPv4 UDP (DNS query)", v4(IPPROTO_UDP, udp(53000, 53, &payload(32))), Reason::NoRoute),
         pass("IPv4 UDP with empty payload", v4(IPPROTO_UDP, udp(40000, 9, &[])), Reason::NoRoute),
         pass("IPv4 TCP SYN", v4(IPPROTO_TCP, tcp(40000, 443, TCP_SYN, &[])), Reason::NoRoute),
         pass(
@@ -633,11 +615,7 @@ fn xdp_ingress_well_formed_ip_without_route_counts_no_route() {
             v4(IPPROTO_TCP, tcp(443, 40000, TCP_PSH | TCP_ACK, &payload(100))),
             Reason::NoRoute,
         ),
-        pass(
-            "IPv4 ICMP echo request",
-            v4(IPPROTO_ICMP, icmp_echo_request(&payload(56))),
-            Reason::NoRoute,
-        ),
+        pass("IPv4 ICMP echo request", v4(IPPROTO_ICMP, icmp_echo_request(&payload(56))), Reason::NoRoute),
         pass(
             // The parser only reads upper layers it knows; GRE's payload is never looked at.
             "IPv4 GRE with no payload (upper layer the parser does not read)",
@@ -648,11 +626,7 @@ fn xdp_ingress_well_formed_ip_without_route_counts_no_route() {
             "IPv4 with IHL 6 (Router Alert) then UDP",
             concat(&[
                 &eth(ETH_P_IPV4),
-                &Ipv4::new(IPPROTO_UDP).options(&IPV4_OPT_ROUTER_ALERT).build(&udp(
-                    1000,
-                    2000,
-                    &payload(8),
-                )),
+                &Ipv4::new(IPPROTO_UDP).options(&IPV4_OPT_ROUTER_ALERT).build(&udp(1000, 2000, &payload(8))),
             ]),
             Reason::NoRoute,
         ),
@@ -660,12 +634,7 @@ fn xdp_ingress_well_formed_ip_without_route_counts_no_route() {
             "IPv4 with IHL 15 (full Record Route) then TCP",
             concat(&[
                 &eth(ETH_P_IPV4),
-                &Ipv4::new(IPPROTO_TCP).options(&ipv4_opt_record_route_full()).build(&tcp(
-                    1,
-                    2,
-                    TCP_SYN,
-                    &[],
-                )),
+                &Ipv4::new(IPPROTO_TCP).options(&ipv4_opt_record_route_full()).build(&tcp(1, 2, TCP_SYN, &[])),
             ]),
             Reason::NoRoute,
         ),
@@ -691,25 +660,15 @@ fn xdp_ingress_well_formed_ip_without_route_counts_no_route() {
         ),
         pass("IPv6 UDP", v6(IPPROTO_UDP, udp(53000, 53, &payload(32))), Reason::NoRoute),
         pass("IPv6 TCP SYN", v6(IPPROTO_TCP, tcp(40000, 443, TCP_SYN, &[])), Reason::NoRoute),
-        pass(
-            "IPv6 ICMPv6 echo request",
-            v6(IPPROTO_ICMPV6, icmpv6_echo_request(&payload(56))),
-            Reason::NoRoute,
-        ),
+        pass("IPv6 ICMPv6 echo request", v6(IPPROTO_ICMPV6, icmpv6_echo_request(&payload(56))), Reason::NoRoute),
         pass(
             "IPv6 hop-by-hop then TCP",
-            v6(
-                IPPROTO_HOPOPTS,
-                concat(&[&ipv6_options_ext(IPPROTO_TCP, 0), &tcp(40000, 80, TCP_SYN, &[])]),
-            ),
+            v6(IPPROTO_HOPOPTS, concat(&[&ipv6_options_ext(IPPROTO_TCP, 0), &tcp(40000, 80, TCP_SYN, &[])])),
             Reason::NoRoute,
         ),
         pass(
             "IPv6 hop-by-hop (24 bytes) then UDP",
-            v6(
-                IPPROTO_HOPOPTS,
-                concat(&[&ipv6_options_ext(IPPROTO_UDP, 2), &udp(1, 2, &payload(4))]),
-            ),
+            v6(IPPROTO_HOPOPTS, concat(&[&ipv6_options_ext(IPPROTO_UDP, 2), &udp(1, 2, &payload(4))])),
             Reason::NoRoute,
         ),
         pass(
@@ -729,18 +688,12 @@ fn xdp_ingress_well_formed_ip_without_route_counts_no_route() {
             // AH counts its length in 32-bit words minus 2, unlike the 8-byte-unit headers: a
             // parser using the wrong unit lands inside the ICV instead of on the TCP header.
             "IPv6 AH then TCP",
-            v6(
-                IPPROTO_AH,
-                concat(&[&ipv6_ah_ext(IPPROTO_TCP), &tcp(22, 40000, TCP_ACK, &payload(10))]),
-            ),
+            v6(IPPROTO_AH, concat(&[&ipv6_ah_ext(IPPROTO_TCP), &tcp(22, 40000, TCP_ACK, &payload(10))])),
             Reason::NoRoute,
         ),
         pass(
             "IPv6 first fragment (offset 0, M set) then UDP",
-            v6(
-                IPPROTO_FRAGMENT,
-                concat(&[&ipv6_fragment_ext(IPPROTO_UDP, 0, true), &udp(1, 2, &payload(32))]),
-            ),
+            v6(IPPROTO_FRAGMENT, concat(&[&ipv6_fragment_ext(IPPROTO_UDP, 0, true), &udp(1, 2, &payload(32))])),
             Reason::NoRoute,
         ),
         pass(
@@ -748,10 +701,7 @@ fn xdp_ingress_well_formed_ip_without_route_counts_no_route() {
             v6(IPPROTO_DSTOPTS, {
                 let mut rest = Vec::new();
                 for i in 0..5 {
-                    rest.extend(ipv6_options_ext(
-                        if i < 4 { IPPROTO_DSTOPTS } else { IPPROTO_UDP },
-                        0,
-                    ));
+                    rest.extend(ipv6_options_ext(if i < 4 { IPPROTO_DSTOPTS } else { IPPROTO_UDP }, 0));
                 }
                 rest.extend(udp(1, 2, &payload(8)));
                 rest
@@ -771,10 +721,7 @@ fn xdp_ingress_ipv4_with_options_without_route_counts_no_route() {
             let options = vec![1u8; (usize::from(ihl) - 5) * 4]; // NOPs
             pass(
                 format!("IPv4 IHL {ihl} ({} option bytes) then TCP", options.len()),
-                concat(&[
-                    &eth(ETH_P_IPV4),
-                    &Ipv4::new(IPPROTO_TCP).options(&options).build(&tcp(1, 2, TCP_SYN, &[])),
-                ]),
+                concat(&[&eth(ETH_P_IPV4), &Ipv4::new(IPPROTO_TCP).options(&options).build(&tcp(1, 2, TCP_SYN, &[]))]),
                 Reason::NoRoute,
             )
         })
@@ -792,29 +739,20 @@ fn xdp_ingress_non_first_fragments_without_route_count_no_route() {
     let fixtures = [
         pass(
             "IPv4 middle fragment (offset 185, MF) of a UDP datagram",
-            concat(&[
-                &eth(ETH_P_IPV4),
-                &Ipv4::new(IPPROTO_UDP).fragment(185, true).build(&payload(1480)),
-            ]),
+            concat(&[&eth(ETH_P_IPV4), &Ipv4::new(IPPROTO_UDP).fragment(185, true).build(&payload(1480))]),
             Reason::NoRoute,
         ),
         pass(
             // Shorter than any L4 header: shows the parser does not look for one in a fragment.
             "IPv4 last fragment (offset 1, no MF) with 3 data bytes",
-            concat(&[
-                &eth(ETH_P_IPV4),
-                &Ipv4::new(IPPROTO_TCP).fragment(1, false).build(&payload(3)),
-            ]),
+            concat(&[&eth(ETH_P_IPV4), &Ipv4::new(IPPROTO_TCP).fragment(1, false).build(&payload(3))]),
             Reason::NoRoute,
         ),
         pass(
             "IPv4 last fragment with options (IHL 6)",
             concat(&[
                 &eth(ETH_P_IPV4),
-                &Ipv4::new(IPPROTO_UDP)
-                    .options(&IPV4_OPT_ROUTER_ALERT)
-                    .fragment(2, false)
-                    .build(&payload(16)),
+                &Ipv4::new(IPPROTO_UDP).options(&IPV4_OPT_ROUTER_ALERT).fragment(2, false).build(&payload(16)),
             ]),
             Reason::NoRoute,
         ),
@@ -831,8 +769,7 @@ fn xdp_ingress_non_first_fragments_without_route_count_no_route() {
             "IPv6 last fragment with 2 data bytes",
             concat(&[
                 &eth(ETH_P_IPV6),
-                &Ipv6::new(IPPROTO_FRAGMENT)
-                    .build(&concat(&[&ipv6_fragment_ext(IPPROTO_TCP, 3, false), &payload(2)])),
+                &Ipv6::new(IPPROTO_FRAGMENT).build(&concat(&[&ipv6_fragment_ext(IPPROTO_TCP, 3, false), &payload(2)])),
             ]),
             Reason::NoRoute,
         ),
@@ -902,10 +839,7 @@ fn xdp_ingress_vlan_tagged_frames_up_to_two_tags_count_pass_vlan() {
         ),
         pass(
             "QinQ ARP",
-            concat(&[
-                &eth_tagged(&[(ETH_P_8021AD, 100), (ETH_P_8021Q, 200)], ETH_P_ARP),
-                &arp_request(),
-            ]),
+            concat(&[&eth_tagged(&[(ETH_P_8021AD, 100), (ETH_P_8021Q, 200)], ETH_P_ARP), &arp_request()]),
             Reason::PassNonIp,
         ),
         pass(
@@ -1005,8 +939,7 @@ fn xdp_ingress_frames_for_another_mac_count_other_host_only_when_routable() {
     };
     let v6_group = || {
         let mut f = v6();
-        f[ETH_HLEN + 24..ETH_HLEN + 40]
-            .copy_from_slice(&"ff02::1".parse::<Ipv6Addr>().unwrap().octets());
+        f[ETH_HLEN + 24..ETH_HLEN + 40].copy_from_slice(&"ff02::1".parse::<Ipv6Addr>().unwrap().octets());
         f
     };
     let other = |d: &str, f: Vec<u8>| pass(d, f, Reason::PassOtherHost);
@@ -1030,21 +963,9 @@ fn xdp_ingress_frames_for_another_mac_count_other_host_only_when_routable() {
             ),
         ),
         // Decided before the MAC check.
-        pass(
-            "IPv4 to 224.0.0.1 in its group's MAC",
-            to_mac(V4_MCAST_MAC, v4_group()),
-            Reason::PassMulticast,
-        ),
-        pass(
-            "IPv4 to 224.0.0.1 to a neighbour's MAC",
-            to_mac(NEIGHBOUR, v4_group()),
-            Reason::PassMulticast,
-        ),
-        pass(
-            "IPv6 to ff02::1 in its group's MAC",
-            to_mac(V6_MCAST_MAC, v6_group()),
-            Reason::PassMulticast,
-        ),
+        pass("IPv4 to 224.0.0.1 in its group's MAC", to_mac(V4_MCAST_MAC, v4_group()), Reason::PassMulticast),
+        pass("IPv4 to 224.0.0.1 to a neighbour's MAC", to_mac(NEIGHBOUR, v4_group()), Reason::PassMulticast),
+        pass("IPv6 to ff02::1 in its group's MAC", to_mac(V6_MCAST_MAC, v6_group()), Reason::PassMulticast),
         pass(
             "ARP request to the broadcast MAC",
             to_mac(BROADCAST, concat(&[&eth(ETH_P_ARP), &arp_request()])),
@@ -1068,21 +989,12 @@ fn xdp_ingress_frames_for_another_mac_count_other_host_only_when_routable() {
         ),
         pass(
             "IPv4 version 5 to a neighbour's MAC",
-            to_mac(
-                NEIGHBOUR,
-                concat(&[
-                    &eth(ETH_P_IPV4),
-                    &Ipv4::new(IPPROTO_UDP).version(5).build(&udp(1, 2, &[])),
-                ]),
-            ),
+            to_mac(NEIGHBOUR, concat(&[&eth(ETH_P_IPV4), &Ipv4::new(IPPROTO_UDP).version(5).build(&udp(1, 2, &[]))])),
             Reason::Ipv4Malformed,
         ),
         pass(
             "IPv6 UDP header cut after 7 bytes to the broadcast MAC",
-            to_mac(
-                BROADCAST,
-                concat(&[&eth(ETH_P_IPV6), &Ipv6::new(IPPROTO_UDP).build(&udp(1, 2, &[])[..7])]),
-            ),
+            to_mac(BROADCAST, concat(&[&eth(ETH_P_IPV6), &Ipv6::new(IPPROTO_UDP).build(&udp(1, 2, &[])[..7])])),
             Reason::L4Truncated,
         ),
         // And the interface's own MAC goes on to the route lookup.
@@ -1104,11 +1016,7 @@ fn xdp_ingress_malformed_ipv4_counts_ipv4_malformed() {
     let full_total = (IPV4_HLEN + udp_payload.len()) as u16;
     let fixtures = [
         pass("IPv4 version 5", v4(Ipv4::new(IPPROTO_UDP).version(5)), Reason::Ipv4Malformed),
-        pass(
-            "IPv6 version nibble in an 0x0800 frame",
-            v4(Ipv4::new(IPPROTO_UDP).version(6)),
-            Reason::Ipv4Malformed,
-        ),
+        pass("IPv6 version nibble in an 0x0800 frame", v4(Ipv4::new(IPPROTO_UDP).version(6)), Reason::Ipv4Malformed),
         pass("IPv4 IHL 4", v4(Ipv4::new(IPPROTO_UDP).ihl(4)), Reason::Ipv4Malformed),
         pass("IPv4 IHL 0", v4(Ipv4::new(IPPROTO_UDP).ihl(0)), Reason::Ipv4Malformed),
         pass(
@@ -1131,10 +1039,7 @@ fn xdp_ingress_malformed_ipv4_counts_ipv4_malformed() {
             "IPv4 IHL 15 with total length 40, below the header length",
             concat(&[
                 &eth(ETH_P_IPV4),
-                &Ipv4::new(IPPROTO_UDP)
-                    .options(&ipv4_opt_record_route_full())
-                    .total_len(40)
-                    .build(&udp_payload),
+                &Ipv4::new(IPPROTO_UDP).options(&ipv4_opt_record_route_full()).total_len(40).build(&udp_payload),
             ]),
             Reason::Ipv4Malformed,
         ),
@@ -1157,10 +1062,7 @@ fn xdp_ingress_malformed_ipv6_counts_ipv6_malformed() {
     let chained_dstopts = |count: usize| {
         let mut rest = Vec::new();
         for i in 0..count {
-            rest.extend(ipv6_options_ext(
-                if i + 1 < count { IPPROTO_DSTOPTS } else { IPPROTO_UDP },
-                0,
-            ));
+            rest.extend(ipv6_options_ext(if i + 1 < count { IPPROTO_DSTOPTS } else { IPPROTO_UDP }, 0));
         }
         rest.extend(udp(1, 2, &payload(8)));
         concat(&[&eth(ETH_P_IPV6), &Ipv6::new(IPPROTO_DSTOPTS).build(&rest)])
@@ -1180,33 +1082,23 @@ fn xdp_ingress_malformed_ipv6_counts_ipv6_malformed() {
             "IPv6 payload length one byte beyond the frame",
             concat(&[
                 &eth(ETH_P_IPV6),
-                &Ipv6::new(IPPROTO_UDP)
-                    .payload_len(udp_payload.len() as u16 + 1)
-                    .build(&udp_payload),
+                &Ipv6::new(IPPROTO_UDP).payload_len(udp_payload.len() as u16 + 1).build(&udp_payload),
             ]),
             Reason::Ipv6Malformed,
         ),
         pass(
             "IPv6 payload length 65535 in a short frame",
-            concat(&[
-                &eth(ETH_P_IPV6),
-                &Ipv6::new(IPPROTO_UDP).payload_len(u16::MAX).build(&udp_payload),
-            ]),
+            concat(&[&eth(ETH_P_IPV6), &Ipv6::new(IPPROTO_UDP).payload_len(u16::MAX).build(&udp_payload)]),
             Reason::Ipv6Malformed,
         ),
-        pass(
-            "IPv6 seven chained destination options headers",
-            chained_dstopts(7),
-            Reason::Ipv6Malformed,
-        ),
+        pass("IPv6 seven chained destination options headers", chained_dstopts(7), Reason::Ipv6Malformed),
         pass(
             // The chain is walked only within the first 512 bytes of the frame: a chain that ends
             // beyond that is one "longer than we walk".
             "IPv6 hop-by-hop of 512 bytes putting the upper layer past the walk limit",
             concat(&[
                 &eth(ETH_P_IPV6),
-                &Ipv6::new(IPPROTO_HOPOPTS)
-                    .build(&concat(&[&ipv6_options_ext(IPPROTO_UDP, 63), &udp(1, 2, &[])])),
+                &Ipv6::new(IPPROTO_HOPOPTS).build(&concat(&[&ipv6_options_ext(IPPROTO_UDP, 63), &udp(1, 2, &[])])),
             ]),
             Reason::Ipv6Malformed,
         ),
@@ -1214,9 +1106,7 @@ fn xdp_ingress_malformed_ipv6_counts_ipv6_malformed() {
             "QinQ IPv6 payload length beyond the frame",
             concat(&[
                 &eth_tagged(&[(ETH_P_8021AD, 1), (ETH_P_8021Q, 2)], ETH_P_IPV6),
-                &Ipv6::new(IPPROTO_UDP)
-                    .payload_len(udp_payload.len() as u16 + 8)
-                    .build(&udp_payload),
+                &Ipv6::new(IPPROTO_UDP).payload_len(udp_payload.len() as u16 + 8).build(&udp_payload),
             ]),
             Reason::Ipv6Malformed,
         ),
@@ -1242,28 +1132,20 @@ fn xdp_ingress_header_cut_within_consistent_ip_length_counts_truncated() {
         ),
         pass(
             "IPv4 TCP header cut after 19 bytes",
-            concat(&[
-                &eth(ETH_P_IPV4),
-                &Ipv4::new(IPPROTO_TCP).build(&tcp(1, 2, TCP_SYN, &[])[..19]),
-            ]),
+            concat(&[&eth(ETH_P_IPV4), &Ipv4::new(IPPROTO_TCP).build(&tcp(1, 2, TCP_SYN, &[])[..19])]),
             Reason::L4Truncated,
         ),
         pass(
             "IPv4 with options, TCP header cut after 10 bytes",
             concat(&[
                 &eth(ETH_P_IPV4),
-                &Ipv4::new(IPPROTO_TCP)
-                    .options(&ipv4_opts_two_words())
-                    .build(&tcp(1, 2, TCP_SYN, &[])[..10]),
+                &Ipv4::new(IPPROTO_TCP).options(&ipv4_opts_two_words()).build(&tcp(1, 2, TCP_SYN, &[])[..10]),
             ]),
             Reason::L4Truncated,
         ),
         pass(
             "IPv4 ICMP header cut after 3 bytes",
-            concat(&[
-                &eth(ETH_P_IPV4),
-                &Ipv4::new(IPPROTO_ICMP).build(&icmp_echo_request(&[])[..3]),
-            ]),
+            concat(&[&eth(ETH_P_IPV4), &Ipv4::new(IPPROTO_ICMP).build(&icmp_echo_request(&[])[..3])]),
             Reason::L4Truncated,
         ),
         pass(
@@ -1273,20 +1155,15 @@ fn xdp_ingress_header_cut_within_consistent_ip_length_counts_truncated() {
         ),
         pass(
             "IPv6 ICMPv6 header cut after 2 bytes",
-            concat(&[
-                &eth(ETH_P_IPV6),
-                &Ipv6::new(IPPROTO_ICMPV6).build(&icmpv6_echo_request(&[])[..2]),
-            ]),
+            concat(&[&eth(ETH_P_IPV6), &Ipv6::new(IPPROTO_ICMPV6).build(&icmpv6_echo_request(&[])[..2])]),
             Reason::L4Truncated,
         ),
         pass(
             "IPv6 hop-by-hop then TCP header cut after 12 bytes",
             concat(&[
                 &eth(ETH_P_IPV6),
-                &Ipv6::new(IPPROTO_HOPOPTS).build(&concat(&[
-                    &ipv6_options_ext(IPPROTO_TCP, 0),
-                    &tcp(1, 2, TCP_SYN, &[])[..12],
-                ])),
+                &Ipv6::new(IPPROTO_HOPOPTS)
+                    .build(&concat(&[&ipv6_options_ext(IPPROTO_TCP, 0), &tcp(1, 2, TCP_SYN, &[])[..12]])),
             ]),
             Reason::L4Truncated,
         ),
@@ -1300,10 +1177,7 @@ fn xdp_ingress_header_cut_within_consistent_ip_length_counts_truncated() {
         ),
         pass(
             "IPv6 hop-by-hop header cut after 1 byte, payload length 1",
-            concat(&[
-                &eth(ETH_P_IPV6),
-                &Ipv6::new(IPPROTO_HOPOPTS).build(&ipv6_options_ext(IPPROTO_TCP, 0)[..1]),
-            ]),
+            concat(&[&eth(ETH_P_IPV6), &Ipv6::new(IPPROTO_HOPOPTS).build(&ipv6_options_ext(IPPROTO_TCP, 0)[..1])]),
             Reason::Ipv6Truncated,
         ),
         pass(
@@ -1384,22 +1258,14 @@ fn run_sweeps(h: &Harness, group: &str, sweeps: &[Sweep]) {
             failures.extend(result.err());
         }
     }
-    assert!(
-        failures.is_empty(),
-        "{group}: {} of {checked} cuts failed:\n  {}",
-        failures.len(),
-        failures.join("\n  ")
-    );
+    assert!(failures.is_empty(), "{group}: {} of {checked} cuts failed:\n  {}", failures.len(), failures.join("\n  "));
 }
 
 /// Untagged IPv4 with two option words (IHL 7) and TCP with data.
 fn ipv4_tcp_with_options_frame() -> (Vec<u8>, usize) {
     let ip = Ipv4::new(IPPROTO_TCP).options(&ipv4_opts_two_words());
     let hlen = ip.header_len();
-    (
-        concat(&[&eth(ETH_P_IPV4), &ip.build(&tcp(40000, 443, TCP_PSH | TCP_ACK, &payload(12)))]),
-        hlen,
-    )
+    (concat(&[&eth(ETH_P_IPV4), &ip.build(&tcp(40000, 443, TCP_PSH | TCP_ACK, &payload(12)))]), hlen)
 }
 
 const QINQ_L3: usize = ETH_HLEN + 2 * VLAN_HLEN;
@@ -1414,10 +1280,8 @@ fn qinq_ipv6_udp_frame() -> Vec<u8> {
 fn ipv6_hbh_tcp_frame() -> Vec<u8> {
     concat(&[
         &eth(ETH_P_IPV6),
-        &Ipv6::new(IPPROTO_HOPOPTS).build(&concat(&[
-            &ipv6_options_ext(IPPROTO_TCP, 0),
-            &tcp(40000, 80, TCP_PSH | TCP_ACK, &payload(6)),
-        ])),
+        &Ipv6::new(IPPROTO_HOPOPTS)
+            .build(&concat(&[&ipv6_options_ext(IPPROTO_TCP, 0), &tcp(40000, 80, TCP_PSH | TCP_ACK, &payload(6))])),
     ])
 }
 
@@ -1443,10 +1307,7 @@ fn xdp_ingress_truncated_frames_count_the_cut_header() {
     let sweeps = [
         Sweep {
             description: "IPv4 (IHL 7) TCP",
-            regions: vec![
-                (ETH_HLEN + v4_hlen, Reason::Ipv4Truncated),
-                (v4.len(), Reason::Ipv4Malformed),
-            ],
+            regions: vec![(ETH_HLEN + v4_hlen, Reason::Ipv4Truncated), (v4.len(), Reason::Ipv4Malformed)],
             frame: v4,
             fix_lengths: None,
             uncut: Reason::NoRoute,
@@ -1467,10 +1328,7 @@ fn xdp_ingress_truncated_frames_count_the_cut_header() {
         },
         Sweep {
             description: "IPv6 hop-by-hop TCP",
-            regions: vec![
-                (ETH_HLEN + IPV6_HLEN, Reason::Ipv6Truncated),
-                (hbh.len(), Reason::Ipv6Malformed),
-            ],
+            regions: vec![(ETH_HLEN + IPV6_HLEN, Reason::Ipv6Truncated), (hbh.len(), Reason::Ipv6Malformed)],
             frame: hbh,
             fix_lengths: None,
             uncut: Reason::NoRoute,
@@ -1533,15 +1391,11 @@ fn xdp_ingress_unregistered_ifindex_counts_unknown_interface() {
     // (or counted every packet in the first registered slot) would show up in IFACE_STATS[SLOT].
     let other_ifindex = h.lo_ifindex + 1000;
     h.register(other_ifindex, SLOT);
-    let unknown =
-        |description: &str, frame: Vec<u8>| pass(description, frame, Reason::UnknownInterface);
+    let unknown = |description: &str, frame: Vec<u8>| pass(description, frame, Reason::UnknownInterface);
     // The parser's own reason is irrelevant here: without a slot the packet is counted only as
     // coming from an unknown interface, whatever its shape.
     let fixtures = [
-        unknown(
-            "IPv4 UDP",
-            concat(&[&eth(ETH_P_IPV4), &Ipv4::new(IPPROTO_UDP).build(&udp(1, 2, &payload(8)))]),
-        ),
+        unknown("IPv4 UDP", concat(&[&eth(ETH_P_IPV4), &Ipv4::new(IPPROTO_UDP).build(&udp(1, 2, &payload(8)))])),
         unknown("ARP", concat(&[&eth(ETH_P_ARP), &arp_request()])),
         unknown(
             "IPv4 version 5",
@@ -1549,17 +1403,13 @@ fn xdp_ingress_unregistered_ifindex_counts_unknown_interface() {
         ),
         unknown(
             "three VLAN tags",
-            concat(&[
-                &eth_tagged(&[(ETH_P_8021Q, 1), (ETH_P_8021Q, 2), (ETH_P_8021Q, 3)], ETH_P_ARP),
-                &arp_request(),
-            ]),
+            concat(&[&eth_tagged(&[(ETH_P_8021Q, 1), (ETH_P_8021Q, 2), (ETH_P_8021Q, 3)], ETH_P_ARP), &arp_request()]),
         ),
         unknown(
             "IPv6 non-first fragment",
             concat(&[
                 &eth(ETH_P_IPV6),
-                &Ipv6::new(IPPROTO_FRAGMENT)
-                    .build(&concat(&[&ipv6_fragment_ext(IPPROTO_UDP, 8, true), &payload(64)])),
+                &Ipv6::new(IPPROTO_FRAGMENT).build(&concat(&[&ipv6_fragment_ext(IPPROTO_UDP, 8, true), &payload(64)])),
             ]),
         ),
     ];
@@ -1633,8 +1483,7 @@ fn garbage_frame(rng: &mut XorShift) -> Vec<u8> {
         0 => {} // whatever the random bytes say
         1 | 2 => {
             put_be16(&mut f, ethertype_at, ETH_P_IPV4);
-            let ihl =
-                if rng.below(2) == 0 { 5 + rng.below(11) as u8 } else { rng.next() as u8 & 0x0f };
+            let ihl = if rng.below(2) == 0 { 5 + rng.below(11) as u8 } else { rng.next() as u8 & 0x0f };
             put(&mut f, l3, 0x40 | ihl);
             if rng.below(2) == 0 {
                 put_be16(&mut f, l3 + 2, len.saturating_sub(l3) as u16);
@@ -1681,11 +1530,7 @@ fn reachable_without_routes(r: Reason) -> bool {
     use dataplane_common::reason::ReasonKind;
     match r {
         Reason::EthTruncated => false,
-        Reason::PassNonIp
-        | Reason::PassVlan
-        | Reason::PassMulticast
-        | Reason::PassOtherHost
-        | Reason::NoRoute => true,
+        Reason::PassNonIp | Reason::PassVlan | Reason::PassMulticast | Reason::PassOtherHost | Reason::NoRoute => true,
         r => r.kind() == ReasonKind::ParseError,
     }
 }
@@ -1719,8 +1564,7 @@ fn xdp_ingress_garbage_frames_pass_with_exactly_one_reason() {
             continue;
         }
         let obs = h.observe(&frame);
-        let moved: Vec<usize> =
-            (0..obs.slot.reasons.len()).filter(|&r| obs.slot.reasons[r] != 0).collect();
+        let moved: Vec<usize> = (0..obs.slot.reasons.len()).filter(|&r| obs.slot.reasons[r] != 0).collect();
         let reason_sum: u64 = obs.slot.reasons.iter().sum();
         let ok = matches!(obs.result, Ok(XDP_PASS))
             && obs.slot.rx_packets == 1
@@ -1747,12 +1591,7 @@ fn xdp_ingress_garbage_frames_pass_with_exactly_one_reason() {
             ));
         }
     }
-    assert!(
-        failures.is_empty(),
-        "{} of {FRAMES} garbage frames failed:\n  {}",
-        failures.len(),
-        failures.join("\n  ")
-    );
+    assert!(failures.is_empty(), "{} of {FRAMES} garbage frames failed:\n  {}", failures.len(), failures.join("\n  "));
     // The generator is deterministic, so this only guards against it being changed into one that
     // no longer reaches every exit a frame of at least ETH_HLEN bytes can take without routes.
     assert!(refused > 0, "no garbage frame was shorter than an Ethernet header");
@@ -1782,10 +1621,7 @@ fn xdp_ingress_parser_regressions_count_the_correct_reason() {
             // read by the frame, not by the packet.
             "IPv4 UDP header cut after 4 bytes (total length 24), frame padded to 60 bytes",
             {
-                let mut f = concat(&[
-                    &eth(ETH_P_IPV4),
-                    &Ipv4::new(IPPROTO_UDP).build(&udp(1, 2, &[])[..4]),
-                ]);
+                let mut f = concat(&[&eth(ETH_P_IPV4), &Ipv4::new(IPPROTO_UDP).build(&udp(1, 2, &[])[..4])]);
                 f.resize(60, 0);
                 f
             },
@@ -1796,10 +1632,7 @@ fn xdp_ingress_parser_regressions_count_the_correct_reason() {
             // header is then skipped by its stated length and the miss is blamed on the TCP
             // header behind it.
             "IPv6 hop-by-hop header cut after 2 of its 8 bytes (payload length 2)",
-            concat(&[
-                &eth(ETH_P_IPV6),
-                &Ipv6::new(IPPROTO_HOPOPTS).build(&ipv6_options_ext(IPPROTO_TCP, 0)[..2]),
-            ]),
+            concat(&[&eth(ETH_P_IPV6), &Ipv6::new(IPPROTO_HOPOPTS).build(&ipv6_options_ext(IPPROTO_TCP, 0)[..2])]),
             Reason::Ipv6Truncated,
         ),
         pass(
@@ -1811,10 +1644,7 @@ fn xdp_ingress_parser_regressions_count_the_correct_reason() {
                 &Ipv6::new(IPPROTO_DSTOPTS).build(&{
                     let mut rest = Vec::new();
                     for i in 0..6 {
-                        rest.extend(ipv6_options_ext(
-                            if i < 5 { IPPROTO_DSTOPTS } else { IPPROTO_UDP },
-                            0,
-                        ));
+                        rest.extend(ipv6_options_ext(if i < 5 { IPPROTO_DSTOPTS } else { IPPROTO_UDP }, 0));
                     }
                     rest.extend(udp(1, 2, &payload(8)));
                     rest
@@ -1829,8 +1659,7 @@ fn xdp_ingress_parser_regressions_count_the_correct_reason() {
             "IPv6 last fragment (offset 3) announcing destination options, 1 data byte",
             concat(&[
                 &eth(ETH_P_IPV6),
-                &Ipv6::new(IPPROTO_FRAGMENT)
-                    .build(&concat(&[&ipv6_fragment_ext(IPPROTO_DSTOPTS, 3, false), &[0x11]])),
+                &Ipv6::new(IPPROTO_FRAGMENT).build(&concat(&[&ipv6_fragment_ext(IPPROTO_DSTOPTS, 3, false), &[0x11]])),
             ]),
             Reason::NoRoute,
         ),

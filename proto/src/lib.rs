@@ -7,5 +7,4 @@ pub mod v1 {
 }
 
 /// Encoded `FileDescriptorSet` of every dataplane proto, for gRPC server reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] =
-    include_bytes!(concat!(env!("OUT_DIR"), "/dataplane_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/dataplane_descriptor.bin"));

@@ -16,10 +16,7 @@ use controller_client::controller::{self, status::ControllerStatus};
 const DEFAULT_STATUS_SOCKET: &str = "/run/dataplane-controller/status.sock";
 
 #[derive(Parser)]
-#[command(
-    version,
-    about = "Reference controller for the dataplane: one YAML file, many nodes"
-)]
+#[command(version, about = "Reference controller for the dataplane: one YAML file, many nodes")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -65,11 +62,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("dataplane-controller: starting the runtime: {e}");
@@ -77,16 +70,9 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::Run {
-            file,
-            status_socket,
-            log_format,
-        } => {
-            let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into());
-            let builder = tracing_subscriber::fmt()
-                .with_env_filter(filter)
-                .with_writer(std::io::stderr);
+        Command::Run { file, status_socket, log_format } => {
+            let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+            let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
             match log_format {
                 LogFormat::Text => builder.init(),
                 LogFormat::Json => builder.json().init(),
@@ -118,10 +104,7 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Command::Status {
-            status_socket,
-            output,
-        } => match rt.block_on(controller::status::fetch(&status_socket)) {
+        Command::Status { status_socket, output } => match rt.block_on(controller::status::fetch(&status_socket)) {
             Ok(s) => {
                 match output {
                     Output::Json => {
@@ -158,10 +141,7 @@ async fn run(file: PathBuf, status_socket: PathBuf) -> Result<(), controller::Ru
 
 async fn stop() {
     use tokio::signal::unix::{signal, SignalKind};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
         (Ok(mut t), Ok(mut i)) => {
             tokio::select! { _ = t.recv() => {}, _ = i.recv() => {} }
         }
@@ -174,22 +154,11 @@ fn print_table(s: &ControllerStatus) {
         "file {} (version {}){}",
         s.file,
         s.file_version,
-        s.file_error
-            .as_ref()
-            .map(|e| format!("\n  refused: {e}"))
-            .unwrap_or_default()
+        s.file_error.as_ref().map(|e| format!("\n  refused: {e}")).unwrap_or_default()
     );
     println!(
         "{:<12} {:<13} {:>10} {:>8} {:>7} {:>8} {:>9} {:>8} {:>7}  LAST ERROR",
-        "NODE",
-        "STATE",
-        "GENERATION",
-        "SESSIONS",
-        "APPLIES",
-        "MISSES",
-        "FORWARDED",
-        "DROPPED",
-        "STALE",
+        "NODE", "STATE", "GENERATION", "SESSIONS", "APPLIES", "MISSES", "FORWARDED", "DROPPED", "STALE",
     );
     for (name, n) in &s.nodes {
         println!(
@@ -208,17 +177,8 @@ fn print_table(s: &ControllerStatus) {
     }
     for (name, n) in &s.nodes {
         if !n.rule_hits.is_empty() {
-            let hits: Vec<String> = n
-                .rule_hits
-                .iter()
-                .enumerate()
-                .map(|(i, h)| format!("#{i}: {h}"))
-                .collect();
-            println!(
-                "{name} flow rule hits: {} (no rule: {})",
-                hits.join(", "),
-                n.flows.no_rule
-            );
+            let hits: Vec<String> = n.rule_hits.iter().enumerate().map(|(i, h)| format!("#{i}: {h}")).collect();
+            println!("{name} flow rule hits: {} (no rule: {})", hits.join(", "), n.flows.no_rule);
         }
     }
 }

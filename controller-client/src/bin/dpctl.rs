@@ -458,7 +458,8 @@ async fn system(client: &mut controller_client::Client, output: Output, cmd: Sys
                     json!({"generation": r.generation, "programs": r.programs.iter().map(|p| json!({"name": p.name, "id": p.kernel_id, "tag": p.tag})).collect::<Vec<_>>()})
                 ),
                 Output::Table => {
-                    let ids: Vec<String> = r.programs.iter().map(|p| format!("{} id {}", p.name, p.kernel_id)).collect();
+                    let ids: Vec<String> =
+                        r.programs.iter().map(|p| format!("{} id {}", p.name, p.kernel_id)).collect();
                     println!("programs upgraded: {}, generation {}", ids.join(", "), r.generation);
                 }
             }
@@ -529,10 +530,15 @@ mod events {
                 (Some(Kind::Lagged(n)), Output::Json) => println!("{}", json!({"lagged": n})),
                 (Some(Kind::Lagged(n)), Output::Table) => println!("lagged: {n} events lost"),
                 (Some(Kind::SnapshotDone(d)), Output::Json) => println!("{}", json!({"snapshot_done": d.entries})),
-                (Some(Kind::SnapshotDone(d)), Output::Table) => println!("-- snapshot: {} entries; live events follow --", d.entries),
+                (Some(Kind::SnapshotDone(d)), Output::Table) => {
+                    println!("-- snapshot: {} entries; live events follow --", d.entries)
+                }
                 (Some(Kind::KernelOverrun(o)), Output::Json) => println!("{}", json!({"kernel_overrun": o.seq})),
                 (Some(Kind::KernelOverrun(o)), Output::Table) => {
-                    println!("#{} the kernel dropped events (netlink overrun): resubscribe with --snapshot to resync", o.seq)
+                    println!(
+                        "#{} the kernel dropped events (netlink overrun): resubscribe with --snapshot to resync",
+                        o.seq
+                    )
                 }
                 (None, _) => {}
             }
@@ -553,13 +559,18 @@ mod events {
         use pb::netlink_event::Detail;
         let mut v = json!({"seq": e.seq, "snapshot": e.snapshot, "action": action(e), "ifindex": e.ifindex, "interface": e.interface});
         let (kind, detail) = match &e.detail {
-            Some(Detail::Link(l)) => ("link", json!({"up": l.up, "running": l.running, "mtu": l.mtu, "mac": l.mac, "changes": l.changes, "owned": l.owned})),
+            Some(Detail::Link(l)) => (
+                "link",
+                json!({"up": l.up, "running": l.running, "mtu": l.mtu, "mac": l.mac, "changes": l.changes, "owned": l.owned}),
+            ),
             Some(Detail::Address(a)) => ("address", json!({"address": a.address, "prefix_len": a.prefix_len})),
             Some(Detail::Route(r)) => (
                 "route",
                 json!({"destination": r.destination, "gateway": r.gateway, "table": r.table, "metric": r.metric, "protocol": r.protocol, "type": r.r#type}),
             ),
-            Some(Detail::Neighbour(n)) => ("neighbour", json!({"address": n.address, "mac": n.mac, "state": n.state, "router": n.router})),
+            Some(Detail::Neighbour(n)) => {
+                ("neighbour", json!({"address": n.address, "mac": n.mac, "state": n.state, "router": n.router}))
+            }
             None => ("?", json!({})),
         };
         v["kind"] = json!(kind);
@@ -582,7 +593,9 @@ mod events {
                 if l.changes.is_empty() { String::new() } else { format!(" changed: {}", l.changes.join(",")) },
                 if l.owned { " [owned]" } else { "" }
             ),
-            Some(Detail::Address(a)) => format!("address {} {}/{} dev {}", action(e), a.address, a.prefix_len, e.interface),
+            Some(Detail::Address(a)) => {
+                format!("address {} {}/{} dev {}", action(e), a.address, a.prefix_len, e.interface)
+            }
             Some(Detail::Route(r)) => format!(
                 "route {} {}{} dev {} table {} metric {} proto {} type {}",
                 action(e),
@@ -623,7 +636,9 @@ mod flows {
             "udp" => 17,
             "icmp" => 1,
             "icmpv6" => 58,
-            other => other.parse().map_err(|_| Failure::Usage(format!("--proto {other:?}: tcp, udp, icmp, icmpv6 or a number")))?,
+            other => other
+                .parse()
+                .map_err(|_| Failure::Usage(format!("--proto {other:?}: tcp, udp, icmp, icmpv6 or a number")))?,
         };
         Ok(pb::FlowKey { vrf: k.vrf, src: k.src, dst: k.dst, protocol, src_port: k.sport, dst_port: k.dport })
     }
@@ -670,7 +685,8 @@ mod flows {
     pub async fn flow(client: &mut Client, output: Output, cmd: FlowCmd) -> Result<(), Failure> {
         match cmd {
             FlowCmd::Add { key: k, nexthop, drop, reverse_nexthop } => {
-                let (action, next_hop) = if drop { (pb::FlowAction::Drop, 0) } else { (pb::FlowAction::Forward, nexthop.unwrap_or(0)) };
+                let (action, next_hop) =
+                    if drop { (pb::FlowAction::Drop, 0) } else { (pb::FlowAction::Forward, nexthop.unwrap_or(0)) };
                 let flow = pb::Flow {
                     key: Some(key(k)?),
                     action: action as i32,
@@ -714,7 +730,10 @@ mod flows {
                         println!("{}", Value::Array(v));
                     }
                     Output::Table => {
-                        let mut rows = vec![["VRF", "PROTO", "SRC", "DST", "ACTION", "NEXTHOP", "PACKETS", "BYTES", "IDLE_MS"].map(String::from).to_vec()];
+                        let mut rows =
+                            vec![["VRF", "PROTO", "SRC", "DST", "ACTION", "NEXTHOP", "PACKETS", "BYTES", "IDLE_MS"]
+                                .map(String::from)
+                                .to_vec()];
                         for f in &flows {
                             let k = f.key.clone().unwrap_or_default();
                             rows.push(vec![
@@ -723,7 +742,11 @@ mod flows {
                                 format!("{}:{}", k.src, k.src_port),
                                 format!("{}:{}", k.dst, k.dst_port),
                                 action(f.action).into(),
-                                if f.action == pb::FlowAction::Forward as i32 { f.next_hop.to_string() } else { "-".into() },
+                                if f.action == pb::FlowAction::Forward as i32 {
+                                    f.next_hop.to_string()
+                                } else {
+                                    "-".into()
+                                },
                                 f.packets.to_string(),
                                 f.bytes.to_string(),
                                 f.idle_ms.to_string(),
@@ -745,12 +768,21 @@ mod flows {
         } as i32;
         let r = client
             .flows
-            .set_flow_mode(pb::SetFlowModeRequest { interface: interface.clone(), enabled: !off, miss_action, hold_cap, punt_rate, punt_burst })
+            .set_flow_mode(pb::SetFlowModeRequest {
+                interface: interface.clone(),
+                enabled: !off,
+                miss_action,
+                hold_cap,
+                punt_rate,
+                punt_burst,
+            })
             .await?
             .into_inner();
         match output {
             Output::Json => println!("{}", json!({"generation": r.generation})),
-            Output::Table => println!("flow mode {} for {interface}, generation {}", if off { "off" } else { "on" }, r.generation),
+            Output::Table => {
+                println!("flow mode {} for {interface}, generation {}", if off { "off" } else { "on" }, r.generation)
+            }
         }
         Ok(())
     }
@@ -798,15 +830,16 @@ mod policy {
     pub async fn run(client: &mut Client, output: Output, cmd: PolicyCmd) -> Result<(), Failure> {
         match cmd {
             PolicyCmd::Put { name, file } => {
-                let text = std::fs::read_to_string(&file)
-                    .map_err(|e| Failure::Usage(format!("{}: {e}", file.display())))?;
+                let text =
+                    std::fs::read_to_string(&file).map_err(|e| Failure::Usage(format!("{}: {e}", file.display())))?;
                 let rules = policy_file::parse(&text).map_err(|e| {
                     // FILE:LINE:COLUMN: rules[3].field: why (compiler style).
                     let sep = if e.at.is_some() { ":" } else { ": " };
                     Failure::Usage(format!("{}{sep}{e}", file.display()))
                 })?;
                 let n = rules.len();
-                let r = client.policy.put_policy(pb::PutPolicyRequest { name: name.clone(), rules }).await?.into_inner();
+                let r =
+                    client.policy.put_policy(pb::PutPolicyRequest { name: name.clone(), rules }).await?.into_inner();
                 done(output, format!("policy {name}: {n} rules"), r.generation);
             }
             PolicyCmd::Del { name } => {
@@ -820,7 +853,12 @@ mod policy {
                 } as i32;
                 let r = client
                     .policy
-                    .attach_policy(pb::AttachPolicyRequest { policy: name.clone(), interface: interface.clone(), direction: direction(d), default_action })
+                    .attach_policy(pb::AttachPolicyRequest {
+                        policy: name.clone(),
+                        interface: interface.clone(),
+                        direction: direction(d),
+                        default_action,
+                    })
                     .await?
                     .into_inner();
                 done(output, format!("attached policy {name} to {interface} {}", dir_name(direction(d))), r.generation);
@@ -834,7 +872,11 @@ mod policy {
                 done(output, format!("detached {interface} {}", dir_name(direction(d))), r.generation);
             }
             PolicyCmd::List { name } => {
-                let r = client.policy.list_policies(pb::ListPoliciesRequest { name: name.unwrap_or_default() }).await?.into_inner();
+                let r = client
+                    .policy
+                    .list_policies(pb::ListPoliciesRequest { name: name.unwrap_or_default() })
+                    .await?
+                    .into_inner();
                 match output {
                     Output::Json => {
                         let v: Vec<Value> = r.policies.iter().map(policy_json).collect();
@@ -845,13 +887,39 @@ mod policy {
                             let att: Vec<String> = p
                                 .attachments
                                 .iter()
-                                .map(|a| format!("{} {} (default {})", a.interface, dir_name(a.direction), action_name(a.default_action)))
+                                .map(|a| {
+                                    format!(
+                                        "{} {} (default {})",
+                                        a.interface,
+                                        dir_name(a.direction),
+                                        action_name(a.default_action)
+                                    )
+                                })
                                 .collect();
-                            println!("policy {}: {} rules, attached: {}", p.name, p.rules.len(), if att.is_empty() { "-".into() } else { att.join(", ") });
-                            let mut rows = vec![["PRIO", "SRC", "DST", "PROTO", "SPORTS", "DPORTS", "ICMP", "FLAGS", "ACTION", "PACKETS", "BYTES"].map(String::from).to_vec()];
+                            println!(
+                                "policy {}: {} rules, attached: {}",
+                                p.name,
+                                p.rules.len(),
+                                if att.is_empty() { "-".into() } else { att.join(", ") }
+                            );
+                            let mut rows = vec![[
+                                "PRIO", "SRC", "DST", "PROTO", "SPORTS", "DPORTS", "ICMP", "FLAGS", "ACTION",
+                                "PACKETS", "BYTES",
+                            ]
+                            .map(String::from)
+                            .to_vec()];
                             for r in &p.rules {
                                 let or_any = |s: &str| if s.is_empty() { "*".to_owned() } else { s.to_owned() };
-                                let range = |p: &Option<pb::PortRange>| p.map(|p| if p.first == p.last { p.first.to_string() } else { format!("{}-{}", p.first, p.last) }).unwrap_or_else(|| "*".into());
+                                let range = |p: &Option<pb::PortRange>| {
+                                    p.map(|p| {
+                                        if p.first == p.last {
+                                            p.first.to_string()
+                                        } else {
+                                            format!("{}-{}", p.first, p.last)
+                                        }
+                                    })
+                                    .unwrap_or_else(|| "*".into())
+                                };
                                 rows.push(vec![
                                     r.priority.to_string(),
                                     or_any(&r.src_prefix),
@@ -861,9 +929,15 @@ mod policy {
                                     range(&r.dst_ports),
                                     match (r.icmp_type, r.icmp_code) {
                                         (None, None) => "*".into(),
-                                        (t, c) => format!("{}/{}", t.map(|t| t.to_string()).unwrap_or("*".into()), c.map(|c| c.to_string()).unwrap_or("*".into())),
+                                        (t, c) => format!(
+                                            "{}/{}",
+                                            t.map(|t| t.to_string()).unwrap_or("*".into()),
+                                            c.map(|c| c.to_string()).unwrap_or("*".into())
+                                        ),
                                     },
-                                    r.tcp_flags.map(|f| format!("{:#04x}/{:#04x}", f.value, f.mask)).unwrap_or_else(|| "*".into()),
+                                    r.tcp_flags
+                                        .map(|f| format!("{:#04x}/{:#04x}", f.value, f.mask))
+                                        .unwrap_or_else(|| "*".into()),
                                     action_name(r.action).to_owned(),
                                     r.packets.to_string(),
                                     r.bytes.to_string(),
@@ -941,7 +1015,13 @@ mod routing {
                         .collect();
                     println!("{}", Value::Array(v));
                 } else {
-                    let mut rows = vec![vec!["VRF".into(), "MODE".into(), "INTERFACES".into(), "ROUTES".into(), "IPV4 LOOKUP".into()]];
+                    let mut rows = vec![vec![
+                        "VRF".into(),
+                        "MODE".into(),
+                        "INTERFACES".into(),
+                        "ROUTES".into(),
+                        "IPV4 LOOKUP".into(),
+                    ]];
                     rows.extend(r.vrfs.iter().map(|v| {
                         let lookup = match v.ipv4_lookup() {
                             pb::Ipv4Lookup::Flat => format!("flat ({} KiB)", v.ipv4_flat_chunks),
@@ -1000,7 +1080,12 @@ mod routing {
             ),
             Some(Kind::Encap(e)) => (
                 "encap".into(),
-                format!("{} dst {}{}", e.interface, e.dst_mac, if e.src_mac.is_empty() { String::new() } else { format!(" src {}", e.src_mac) }),
+                format!(
+                    "{} dst {}{}",
+                    e.interface,
+                    e.dst_mac,
+                    if e.src_mac.is_empty() { String::new() } else { format!(" src {}", e.src_mac) }
+                ),
             ),
             Some(Kind::Ecmp(g)) => ("ecmp".into(), g.members.iter().map(u32::to_string).collect::<Vec<_>>().join(",")),
             Some(Kind::Discard(_)) => ("discard".into(), "-".into()),
@@ -1030,7 +1115,11 @@ mod routing {
                     }
                 };
                 let nh = pb::NextHop { id, kind: Some(kind), ..Default::default() };
-                let r = c.routing.add_next_hops(pb::AddNextHopsRequest { next_hops: vec![nh], replace }).await?.into_inner();
+                let r = c
+                    .routing
+                    .add_next_hops(pb::AddNextHopsRequest { next_hops: vec![nh], replace })
+                    .await?
+                    .into_inner();
                 generation(output, format!("added next hop {id}"), r.generation);
             }
             NexthopCmd::Del { ids } => {
@@ -1052,11 +1141,26 @@ mod routing {
                         .collect();
                     println!("{}", Value::Array(v));
                 } else {
-                    let mut rows =
-                        vec![vec!["ID".into(), "KIND".into(), "DETAIL".into(), "STATE".into(), "ROUTES".into(), "PACKETS".into(), "BYTES".into()]];
+                    let mut rows = vec![vec![
+                        "ID".into(),
+                        "KIND".into(),
+                        "DETAIL".into(),
+                        "STATE".into(),
+                        "ROUTES".into(),
+                        "PACKETS".into(),
+                        "BYTES".into(),
+                    ]];
                     rows.extend(r.next_hops.iter().map(|n| {
                         let (kind, detail) = describe(n);
-                        vec![n.id.to_string(), kind, detail, state(n).into(), n.routes.to_string(), n.packets.to_string(), n.bytes.to_string()]
+                        vec![
+                            n.id.to_string(),
+                            kind,
+                            detail,
+                            state(n).into(),
+                            n.routes.to_string(),
+                            n.packets.to_string(),
+                            n.bytes.to_string(),
+                        ]
                     }));
                     print_table(&rows);
                 }
@@ -1075,7 +1179,8 @@ mod routing {
                 continue;
             }
             let f: Vec<&str> = line.split_whitespace().collect();
-            let bad = || Failure::Usage(format!("{}:{}: expected PREFIX NEXTHOP [VRF], got {line:?}", path.display(), n + 1));
+            let bad =
+                || Failure::Usage(format!("{}:{}: expected PREFIX NEXTHOP [VRF], got {line:?}", path.display(), n + 1));
             if f.len() < 2 || f.len() > 3 {
                 return Err(bad());
             }
@@ -1094,7 +1199,11 @@ mod routing {
             RouteCmd::Add { prefix, nexthop, vrf, file, replace } => {
                 let routes = match file {
                     Some(f) => read_routes(&f, vrf)?,
-                    None => vec![pb::Route { vrf, prefix: prefix.unwrap_or_default(), next_hop: nexthop.unwrap_or_default() }],
+                    None => vec![pb::Route {
+                        vrf,
+                        prefix: prefix.unwrap_or_default(),
+                        next_hop: nexthop.unwrap_or_default(),
+                    }],
                 };
                 let n = routes.len();
                 let r = c.routing.add_routes(pb::AddRoutesRequest { routes, replace }).await?.into_inner();
@@ -1120,7 +1229,8 @@ mod routing {
                     all.extend(chunk.routes);
                 }
                 if output == Output::Json {
-                    let v: Vec<Value> = all.iter().map(|r| json!({"vrf": r.vrf, "prefix": r.prefix, "next_hop": r.next_hop})).collect();
+                    let v: Vec<Value> =
+                        all.iter().map(|r| json!({"vrf": r.vrf, "prefix": r.prefix, "next_hop": r.next_hop})).collect();
                     println!("{}", Value::Array(v));
                 } else {
                     let mut rows = vec![vec!["VRF".into(), "PREFIX".into(), "NEXTHOP".into()]];
@@ -1129,12 +1239,21 @@ mod routing {
                 }
             }
             RouteCmd::Lookup { address, vrf } => {
-                let r = c.routing.lookup_route(pb::LookupRouteRequest { vrf, address: address.clone() }).await?.into_inner();
+                let r = c
+                    .routing
+                    .lookup_route(pb::LookupRouteRequest { vrf, address: address.clone() })
+                    .await?
+                    .into_inner();
                 let route = r.route.unwrap_or_default();
                 match (output, r.found) {
-                    (Output::Json, true) => println!("{}", json!({"found": true, "vrf": route.vrf, "prefix": route.prefix, "next_hop": route.next_hop})),
+                    (Output::Json, true) => println!(
+                        "{}",
+                        json!({"found": true, "vrf": route.vrf, "prefix": route.prefix, "next_hop": route.next_hop})
+                    ),
                     (Output::Json, false) => println!("{}", json!({"found": false})),
-                    (Output::Table, true) => println!("{address} vrf {vrf}: {} via next hop {}", route.prefix, route.next_hop),
+                    (Output::Table, true) => {
+                        println!("{address} vrf {vrf}: {} via next hop {}", route.prefix, route.next_hop)
+                    }
                     (Output::Table, false) => println!("{address} vrf {vrf}: no route"),
                 }
             }
@@ -1242,18 +1361,33 @@ fn print_status(output: Output, s: &pb::GetStatusResponse) {
     println!("bpffs       {}", s.bpffs_root);
     println!();
     let mut rows = vec![vec!["PROGRAM".into(), "TYPE".into(), "ID".into(), "TAG".into()]];
-    rows.extend(s.programs.iter().map(|p| vec![p.name.clone(), p.r#type.clone(), p.kernel_id.to_string(), p.tag.clone()]));
+    rows.extend(
+        s.programs.iter().map(|p| vec![p.name.clone(), p.r#type.clone(), p.kernel_id.to_string(), p.tag.clone()]),
+    );
     print_table(&rows);
     println!();
     let mut rows = vec![vec!["INTERFACE".into(), "IFINDEX".into(), "HOOK".into(), "MODE".into(), "LINK".into()]];
     rows.extend(s.attachments.iter().map(|a| {
-        vec![a.interface.clone(), a.ifindex.to_string(), hook(a.hook).into(), mode_name(a.xdp_mode).into(), a.link_id.to_string()]
+        vec![
+            a.interface.clone(),
+            a.ifindex.to_string(),
+            hook(a.hook).into(),
+            mode_name(a.xdp_mode).into(),
+            a.link_id.to_string(),
+        ]
     }));
     print_table(&rows);
     println!();
     let mut rows = vec![vec!["MAP".into(), "TYPE".into(), "ID".into(), "USED".into(), "MAX".into(), "PIN".into()]];
     rows.extend(s.maps.iter().map(|m| {
-        vec![m.name.clone(), m.r#type.clone(), m.kernel_id.to_string(), m.occupancy.to_string(), m.max_entries.to_string(), m.pin_path.clone()]
+        vec![
+            m.name.clone(),
+            m.r#type.clone(),
+            m.kernel_id.to_string(),
+            m.occupancy.to_string(),
+            m.max_entries.to_string(),
+            m.pin_path.clone(),
+        ]
     }));
     print_table(&rows);
 }

@@ -47,9 +47,7 @@ use serde::{Deserialize, Deserializer};
 use super::desired::{Desired, FlowDecision, FlowModeDesired, FlowRule, IfaceDesired, NodeDesired};
 use crate::{
     pb,
-    yaml_fields::{
-        de_map, de_str, de_u32, split_location, Addr, Cidr, IfName, Mac, Ports, Protocol, RuleDoc,
-    },
+    yaml_fields::{de_map, de_str, de_u32, split_location, Addr, Cidr, IfName, Mac, Ports, Protocol, RuleDoc},
     ServerAddress,
 };
 
@@ -63,12 +61,7 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     #[error("{file}:{line}:{column}: {message}")]
-    Field {
-        file: String,
-        line: usize,
-        column: usize,
-        message: String,
-    },
+    Field { file: String, line: usize, column: usize, message: String },
     #[error("{file}: {message}")]
     Whole { file: String, message: String },
 }
@@ -76,16 +69,8 @@ pub enum ConfigError {
 impl ConfigError {
     fn from_yaml(file: &str, e: &serde_yaml::Error) -> Self {
         match split_location(e) {
-            (message, Some((line, column))) => Self::Field {
-                file: file.to_owned(),
-                line,
-                column,
-                message,
-            },
-            (message, None) => Self::Whole {
-                file: file.to_owned(),
-                message,
-            },
+            (message, Some((line, column))) => Self::Field { file: file.to_owned(), line, column, message },
+            (message, None) => Self::Whole { file: file.to_owned(), message },
         }
     }
 }
@@ -93,33 +78,20 @@ impl ConfigError {
 /// Reads and validates the file.
 pub fn load(path: &Path) -> Result<Desired, ConfigError> {
     let file = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        file: file.clone(),
-        source,
-    })?;
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { file: file.clone(), source })?;
     parse(&file, &text)
 }
 
 /// Validates `text` (named `file` in errors).
 pub fn parse(file: &str, text: &str) -> Result<Desired, ConfigError> {
-    let first: FileDoc =
-        serde_yaml::from_str(text).map_err(|e| ConfigError::from_yaml(file, &e))?;
+    let first: FileDoc = serde_yaml::from_str(text).map_err(|e| ConfigError::from_yaml(file, &e))?;
     let symbols = Symbols::of(&first);
-    SCOPE.with(|s| {
-        *s.borrow_mut() = Some(Scope {
-            symbols,
-            node: String::new(),
-            seen: Seen::default(),
-        })
-    });
+    SCOPE.with(|s| *s.borrow_mut() = Some(Scope { symbols, node: String::new(), seen: Seen::default() }));
     let second = serde_yaml::from_str::<FileDoc>(text);
     SCOPE.with(|s| *s.borrow_mut() = None);
     let doc = second.map_err(|e| ConfigError::from_yaml(file, &e))?;
     if doc.nodes.is_empty() {
-        return Err(ConfigError::Whole {
-            file: file.to_owned(),
-            message: "nodes: no node declared".into(),
-        });
+        return Err(ConfigError::Whole { file: file.to_owned(), message: "nodes: no node declared".into() });
     }
     Ok(doc.into_desired())
 }
@@ -150,8 +122,7 @@ impl Symbols {
             for v in &n.vrfs {
                 s.vrfs.insert(v.id.0, v.mode == VrfModeDoc::Routes);
             }
-            s.interfaces
-                .extend(n.interfaces.iter().map(|i| i.name.0 .0.clone()));
+            s.interfaces.extend(n.interfaces.iter().map(|i| i.name.0 .0.clone()));
             for h in &n.next_hops {
                 s.next_hops.insert(h.id.0, h.ecmp.is_some());
             }
@@ -210,14 +181,8 @@ struct NodeName(String);
 impl<'de> Deserialize<'de> for NodeName {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         de_str(d, "a node name", |s| {
-            if s.is_empty()
-                || !s
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-            {
-                return Err(format!(
-                    "{s:?} is not a node name (letters, digits, '-', '_', '.')"
-                ));
+            if s.is_empty() || !s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+                return Err(format!("{s:?} is not a node name (letters, digits, '-', '_', '.')"));
             }
             SCOPE.with(|sc| {
                 if let Some(scope) = sc.borrow_mut().as_mut() {
@@ -253,9 +218,7 @@ struct ServerDoc(ServerAddress);
 impl<'de> Deserialize<'de> for ServerDoc {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         de_str(d, "unix:PATH or http://HOST:PORT", |s| {
-            s.parse()
-                .map(ServerDoc)
-                .map_err(|e: crate::ConnectError| e.to_string())
+            s.parse().map(ServerDoc).map_err(|e: crate::ConnectError| e.to_string())
         })
     }
 }
@@ -290,11 +253,7 @@ impl<'de> Deserialize<'de> for VrfDoc {
             if r.kernel_table.is_some() && r.mode != VrfModeDoc::KernelFib {
                 return Err("kernel_table: only for mode: kernel-fib".into());
             }
-            Ok(VrfDoc {
-                id: r.id,
-                mode: r.mode,
-                kernel_table: r.kernel_table.unwrap_or(0),
-            })
+            Ok(VrfDoc { id: r.id, mode: r.mode, kernel_table: r.kernel_table.unwrap_or(0) })
         })
     }
 }
@@ -308,13 +267,7 @@ impl<'de> Deserialize<'de> for VrfDecl {
             if id == 0 {
                 return Err("VRF 0 always exists: do not declare it".into());
             }
-            in_scope(|_, seen| {
-                if seen.vrfs.insert(id) {
-                    Ok(())
-                } else {
-                    Err(format!("VRF {id} is declared twice"))
-                }
-            })?;
+            in_scope(|_, seen| if seen.vrfs.insert(id) { Ok(()) } else { Err(format!("VRF {id} is declared twice")) })?;
             Ok(VrfDecl(id))
         })
     }
@@ -348,9 +301,7 @@ impl<'de> Deserialize<'de> for RoutesVrfRef {
         de_u32(d, "a VRF id", |id| {
             in_scope(|n, _| match n.vrfs.get(&id) {
                 Some(true) => Ok(()),
-                Some(false) => Err(format!(
-                    "VRF {id} forwards by the kernel FIB: it takes no routes (use ip route)"
-                )),
+                Some(false) => Err(format!("VRF {id} forwards by the kernel FIB: it takes no routes (use ip route)")),
                 None => Err(format!("VRF {id} is not declared in this node's vrfs")),
             })?;
             Ok(RoutesVrfRef(id))
@@ -414,9 +365,7 @@ impl<'de> Deserialize<'de> for IfRef {
                 if n.interfaces.contains(s) {
                     Ok(())
                 } else {
-                    Err(format!(
-                        "interface {s} is not declared in this node's interfaces"
-                    ))
+                    Err(format!("interface {s} is not declared in this node's interfaces"))
                 }
             })?;
             Ok(IfRef(name))
@@ -460,18 +409,10 @@ impl<'de> Deserialize<'de> for FlowModeDoc {
                 f.write_str("true, false or {miss_action, hold_cap, punt_rate, punt_burst}")
             }
             fn visit_bool<E: serde::de::Error>(self, b: bool) -> Result<FlowModeDoc, E> {
-                Ok(if b {
-                    FlowModeDoc::On(FlowParams::default())
-                } else {
-                    FlowModeDoc::Off
-                })
+                Ok(if b { FlowModeDoc::On(FlowParams::default()) } else { FlowModeDoc::Off })
             }
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                map: A,
-            ) -> Result<FlowModeDoc, A::Error> {
-                FlowParams::deserialize(serde::de::value::MapAccessDeserializer::new(map))
-                    .map(FlowModeDoc::On)
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<FlowModeDoc, A::Error> {
+                FlowParams::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(FlowModeDoc::On)
             }
         }
         d.deserialize_any(V)
@@ -501,15 +442,9 @@ impl<'de> Deserialize<'de> for AttachDoc {
                 f.write_str("a policy name or {policy, default}")
             }
             fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<AttachDoc, E> {
-                Ok(AttachDoc {
-                    policy: PolicyRef::check(s).map_err(E::custom)?,
-                    default_deny: false,
-                })
+                Ok(AttachDoc { policy: PolicyRef::check(s).map_err(E::custom)?, default_deny: false })
             }
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                map: A,
-            ) -> Result<AttachDoc, A::Error> {
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<AttachDoc, A::Error> {
                 #[derive(Deserialize)]
                 #[serde(deny_unknown_fields)]
                 struct M {
@@ -518,10 +453,7 @@ impl<'de> Deserialize<'de> for AttachDoc {
                     default: DefaultDoc,
                 }
                 let m = M::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
-                Ok(AttachDoc {
-                    policy: m.policy,
-                    default_deny: m.default == DefaultDoc::Deny,
-                })
+                Ok(AttachDoc { policy: m.policy, default_deny: m.default == DefaultDoc::Deny })
             }
         }
         d.deserialize_any(V)
@@ -529,15 +461,8 @@ impl<'de> Deserialize<'de> for AttachDoc {
 }
 
 fn policy_name(s: &str) -> Result<(), String> {
-    if s.is_empty()
-        || s.len() > 64
-        || !s
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-    {
-        return Err(format!(
-            "{s:?} is not a policy name (1 to 64 letters, digits, '-', '_', '.')"
-        ));
+    if s.is_empty() || s.len() > 64 || !s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+        return Err(format!("{s:?} is not a policy name (1 to 64 letters, digits, '-', '_', '.')"));
     }
     Ok(())
 }
@@ -572,9 +497,7 @@ impl PolicyRef {
             if n.policies.contains(s) {
                 Ok(())
             } else {
-                Err(format!(
-                    "policy {s} is not declared in this node's policies"
-                ))
+                Err(format!("policy {s} is not declared in this node's policies"))
             }
         })?;
         Ok(PolicyRef(s.to_owned()))
@@ -621,15 +544,7 @@ impl<'de> Deserialize<'de> for NextHopDoc {
 }
 
 fn next_hop(r: NextHopRaw) -> Result<NextHopDoc, String> {
-    let kinds = [
-        r.interface.is_some(),
-        r.ecmp.is_some(),
-        r.discard,
-        r.receive,
-    ]
-    .iter()
-    .filter(|&&b| b)
-    .count();
+    let kinds = [r.interface.is_some(), r.ecmp.is_some(), r.discard, r.receive].iter().filter(|&&b| b).count();
     if kinds != 1 {
         return Err(format!(
             "next hop {}: exactly one of interface (with dst_mac or gateway), ecmp, discard: true, receive: true",
@@ -640,12 +555,7 @@ fn next_hop(r: NextHopRaw) -> Result<NextHopDoc, String> {
     let kind = if let Some(iface) = r.interface {
         match (&r.dst_mac, &r.gateway) {
             (Some(_), None) | (None, Some(_)) => {}
-            _ => {
-                return Err(format!(
-                    "next hop {}: interface needs exactly one of dst_mac and gateway",
-                    r.id.0
-                ))
-            }
+            _ => return Err(format!("next hop {}: interface needs exactly one of dst_mac and gateway", r.id.0)),
         }
         pb::next_hop::Kind::Encap(pb::EncapNextHop {
             interface: iface.0 .0,
@@ -654,27 +564,18 @@ fn next_hop(r: NextHopRaw) -> Result<NextHopDoc, String> {
             gateway: r.gateway.map(|a| a.0.to_string()).unwrap_or_default(),
         })
     } else if r.dst_mac.is_some() || r.src_mac.is_some() || r.gateway.is_some() {
-        return Err(format!(
-            "next hop {}: dst_mac, src_mac and gateway need interface",
-            r.id.0
-        ));
+        return Err(format!("next hop {}: dst_mac, src_mac and gateway need interface", r.id.0));
     } else if let Some(members) = r.ecmp {
         if members.is_empty() || members.len() > 16 {
             return Err(format!("next hop {}: ecmp takes 1 to 16 members", r.id.0));
         }
-        pb::next_hop::Kind::Ecmp(pb::EcmpNextHop {
-            members: members.iter().map(|m| m.0).collect(),
-        })
+        pb::next_hop::Kind::Ecmp(pb::EcmpNextHop { members: members.iter().map(|m| m.0).collect() })
     } else if r.discard {
         pb::next_hop::Kind::Discard(pb::Discard {})
     } else {
         pb::next_hop::Kind::Receive(pb::Receive {})
     };
-    Ok(NextHopDoc {
-        id: r.id,
-        kind,
-        ecmp,
-    })
+    Ok(NextHopDoc { id: r.id, kind, ecmp })
 }
 
 /// A next-hop id being declared.
@@ -686,13 +587,15 @@ impl<'de> Deserialize<'de> for NhDecl {
             if id == 0 {
                 return Err("next-hop ids start at 1".into());
             }
-            in_scope(|_, seen| {
-                if seen.next_hops.insert(id) {
-                    Ok(())
-                } else {
-                    Err(format!("next hop {id} is declared twice"))
-                }
-            })?;
+            in_scope(
+                |_, seen| {
+                    if seen.next_hops.insert(id) {
+                        Ok(())
+                    } else {
+                        Err(format!("next hop {id} is declared twice"))
+                    }
+                },
+            )?;
             Ok(NhDecl(id))
         })
     }
@@ -709,9 +612,7 @@ impl<'de> Deserialize<'de> for NhRef {
                 if n.next_hops.contains_key(&id) {
                     Ok(())
                 } else {
-                    Err(format!(
-                        "next hop {id} is not declared in this node's next_hops"
-                    ))
+                    Err(format!("next hop {id} is not declared in this node's next_hops"))
                 }
             })?;
             Ok(NhRef(id))
@@ -727,12 +628,8 @@ impl<'de> Deserialize<'de> for MemberRef {
         de_u32(d, "a next-hop id", |id| {
             in_scope(|n, _| match n.next_hops.get(&id) {
                 Some(false) => Ok(()),
-                Some(true) => Err(format!(
-                    "next hop {id} is an ECMP group: groups cannot be members"
-                )),
-                None => Err(format!(
-                    "next hop {id} is not declared in this node's next_hops"
-                )),
+                Some(true) => Err(format!("next hop {id} is an ECMP group: groups cannot be members")),
+                None => Err(format!("next hop {id} is not declared in this node's next_hops")),
             })?;
             Ok(MemberRef(id))
         })
@@ -762,17 +659,10 @@ impl<'de> Deserialize<'de> for RouteDoc {
                 if seen.routes.insert(key) {
                     Ok(())
                 } else {
-                    Err(format!(
-                        "route {} in VRF {} is declared twice",
-                        r.prefix, r.vrf.0
-                    ))
+                    Err(format!("route {} in VRF {} is declared twice", r.prefix, r.vrf.0))
                 }
             })?;
-            Ok(RouteDoc {
-                vrf: r.vrf.0,
-                prefix: r.prefix,
-                next_hop: r.next_hop.0,
-            })
+            Ok(RouteDoc { vrf: r.vrf.0, prefix: r.prefix, next_hop: r.next_hop.0 })
         })
     }
 }
@@ -819,9 +709,7 @@ impl<'de> Deserialize<'de> for FlowRuleDoc {
 }
 
 fn flow_rule(r: FlowRuleRaw) -> Result<FlowRuleDoc, String> {
-    if (r.src_ports.is_some() || r.dst_ports.is_some())
-        && !matches!(r.protocol, Some(Protocol(6 | 17)))
-    {
+    if (r.src_ports.is_some() || r.dst_ports.is_some()) && !matches!(r.protocol, Some(Protocol(6 | 17))) {
         return Err("src_ports/dst_ports need protocol tcp or udp".into());
     }
     if let (Some(s), Some(d)) = (r.src, r.dst) {
@@ -832,9 +720,7 @@ fn flow_rule(r: FlowRuleRaw) -> Result<FlowRuleDoc, String> {
     let decision = match r.action {
         FlowActionDoc::Drop => {
             if r.next_hop.is_some() || r.reverse.is_some() || r.reverse_next_hop.is_some() {
-                return Err(
-                    "next_hop, reverse and reverse_next_hop are for action: forward".into(),
-                );
+                return Err("next_hop, reverse and reverse_next_hop are for action: forward".into());
             }
             FlowDecision::Drop
         }
@@ -864,21 +750,14 @@ fn flow_rule(r: FlowRuleRaw) -> Result<FlowRuleDoc, String> {
 
 impl FileDoc {
     fn into_desired(self) -> Desired {
-        let nodes = self
-            .nodes
-            .into_iter()
-            .map(|(name, n)| (name.0, n.into_desired()))
-            .collect();
+        let nodes = self.nodes.into_iter().map(|(name, n)| (name.0, n.into_desired())).collect();
         Desired { nodes }
     }
 }
 
 impl NodeDoc {
     fn into_desired(self) -> NodeDesired {
-        let mut d = NodeDesired {
-            server: self.server.0,
-            ..Default::default()
-        };
+        let mut d = NodeDesired { server: self.server.0, ..Default::default() };
         for v in self.vrfs {
             let mode = match v.mode {
                 VrfModeDoc::Routes => pb::VrfMode::Routes,
@@ -893,13 +772,7 @@ impl NodeDoc {
                 XdpModeDoc::Native => pb::XdpMode::Native,
                 XdpModeDoc::Generic => pb::XdpMode::Generic,
             };
-            d.interfaces.insert(
-                name.clone(),
-                IfaceDesired {
-                    vrf: i.vrf.0,
-                    xdp_mode,
-                },
-            );
+            d.interfaces.insert(name.clone(), IfaceDesired { vrf: i.vrf.0, xdp_mode });
             let flows = match i.flows {
                 None | Some(FlowModeDoc::Off) => FlowModeDesired::default(),
                 Some(FlowModeDoc::On(p)) => FlowModeDesired {
@@ -911,13 +784,9 @@ impl NodeDoc {
                 },
             };
             d.flow_modes.insert(name.clone(), flows);
-            for (dir, a) in [
-                (pb::Direction::Ingress, i.ingress_policy),
-                (pb::Direction::Egress, i.egress_policy),
-            ] {
+            for (dir, a) in [(pb::Direction::Ingress, i.ingress_policy), (pb::Direction::Egress, i.egress_policy)] {
                 if let Some(a) = a {
-                    d.attachments
-                        .insert((name.clone(), dir as i32), (a.policy.0, a.default_deny));
+                    d.attachments.insert((name.clone(), dir as i32), (a.policy.0, a.default_deny));
                 }
             }
         }
@@ -928,8 +797,7 @@ impl NodeDoc {
             d.routes.insert((r.vrf, r.prefix), r.next_hop);
         }
         for (name, rules) in self.policies {
-            d.policies
-                .insert(name.0, rules.iter().map(pb::Rule::from).collect());
+            d.policies.insert(name.0, rules.iter().map(pb::Rule::from).collect());
         }
         d.flow_rules = self.flow_rules.into_iter().map(|r| r.0).collect();
         d
@@ -996,84 +864,57 @@ nodes:
 
     #[test]
     fn config_bad_reference_names_file_line_column_and_field() {
-        let bad = GOOD.replace(
-            "{prefix: 198.51.100.0/24, next_hop: 3}",
-            "{prefix: 198.51.100.0/24, next_hop: 9}",
-        );
-        assert_eq!(err(&bad), "f.yaml:17:45: nodes.a.routes[0].next_hop: next hop 9 is not declared in this node's next_hops");
-        let bad = GOOD.replace("{id: 3, ecmp: [1, 2]}", "{id: 3, ecmp: [1, 3]}");
-        assert_eq!(err(&bad), "f.yaml:14:27: nodes.a.next_hops[2].ecmp[1]: next hop 3 is an ECMP group: groups cannot be members");
-        let bad = GOOD.replace("{name: eth1, vrf: 1,", "{name: eth1, vrf: 7,");
+        let bad = GOOD.replace("{prefix: 198.51.100.0/24, next_hop: 3}", "{prefix: 198.51.100.0/24, next_hop: 9}");
         assert_eq!(
             err(&bad),
-            "f.yaml:10:27: nodes.a.interfaces[1].vrf: VRF 7 is not declared in this node's vrfs"
+            "f.yaml:17:45: nodes.a.routes[0].next_hop: next hop 9 is not declared in this node's next_hops"
         );
+        let bad = GOOD.replace("{id: 3, ecmp: [1, 2]}", "{id: 3, ecmp: [1, 3]}");
+        assert_eq!(
+            err(&bad),
+            "f.yaml:14:27: nodes.a.next_hops[2].ecmp[1]: next hop 3 is an ECMP group: groups cannot be members"
+        );
+        let bad = GOOD.replace("{name: eth1, vrf: 1,", "{name: eth1, vrf: 7,");
+        assert_eq!(err(&bad), "f.yaml:10:27: nodes.a.interfaces[1].vrf: VRF 7 is not declared in this node's vrfs");
         let bad = GOOD.replace("{vrf: 1, prefix", "{vrf: 2, prefix");
         assert!(
-            err(&bad).starts_with(
-                "f.yaml:18:15: nodes.a.routes[1].vrf: VRF 2 forwards by the kernel FIB"
-            ),
+            err(&bad).starts_with("f.yaml:18:15: nodes.a.routes[1].vrf: VRF 2 forwards by the kernel FIB"),
             "{}",
             err(&bad)
         );
         let bad = GOOD.replace("ingress_policy: web", "ingress_policy: api");
-        assert_eq!(err(&bad), "f.yaml:9:51: nodes.a.interfaces[0].ingress_policy: policy api is not declared in this node's policies");
+        assert_eq!(
+            err(&bad),
+            "f.yaml:9:51: nodes.a.interfaces[0].ingress_policy: policy api is not declared in this node's policies"
+        );
     }
 
     #[test]
     fn config_bad_values_and_duplicates_name_the_place() {
         let bad = GOOD.replace("{prefix: 198.51.100.0/24", "{prefix: 198.51.100.1/24");
         assert!(
-            err(&bad).starts_with(
-                "f.yaml:17:18: nodes.a.routes[0].prefix: \"198.51.100.1/24\" has host bits set"
-            ),
+            err(&bad).starts_with("f.yaml:17:18: nodes.a.routes[0].prefix: \"198.51.100.1/24\" has host bits set"),
             "{}",
             err(&bad)
         );
         let bad = GOOD.replace("{id: 4, discard: true}", "{id: 1, discard: true}");
-        assert_eq!(
-            err(&bad),
-            "f.yaml:15:14: nodes.a.next_hops[3].id: next hop 1 is declared twice"
-        );
-        let bad = GOOD.replace(
-            "dst_mac: \"02:00:5E:00:53:02\"",
-            "dst_mac: \"02:00:5E:00:53\"",
-        );
-        assert!(
-            err(&bad).starts_with("f.yaml:12:43: nodes.a.next_hops[0].dst_mac: "),
-            "{}",
-            err(&bad)
-        );
+        assert_eq!(err(&bad), "f.yaml:15:14: nodes.a.next_hops[3].id: next hop 1 is declared twice");
+        let bad = GOOD.replace("dst_mac: \"02:00:5E:00:53:02\"", "dst_mac: \"02:00:5E:00:53\"");
+        assert!(err(&bad).starts_with("f.yaml:12:43: nodes.a.next_hops[0].dst_mac: "), "{}", err(&bad));
         let bad = GOOD.replace("server: http://127.0.0.1:50051", "server: 127.0.0.1:50051");
-        assert!(
-            err(&bad).starts_with("f.yaml:26:13: nodes.b.server: "),
-            "{}",
-            err(&bad)
-        );
+        assert!(err(&bad).starts_with("f.yaml:26:13: nodes.b.server: "), "{}", err(&bad));
         let bad = GOOD.replace("{action: drop}", "{action: reject}");
         assert!(
-            err(&bad).starts_with(
-                "f.yaml:24:18: nodes.a.flow_rules[1].action: unknown variant `reject`"
-            ),
+            err(&bad).starts_with("f.yaml:24:18: nodes.a.flow_rules[1].action: unknown variant `reject`"),
             "{}",
             err(&bad)
         );
-        let bad = GOOD.replace(
-            "{id: 4, discard: true}",
-            "{id: 4, discard: true, receive: true}",
-        );
+        let bad = GOOD.replace("{id: 4, discard: true}", "{id: 4, discard: true, receive: true}");
+        assert!(err(&bad).contains("nodes.a.next_hops[3]: next hop 4: exactly one of"), "{}", err(&bad));
+        let bad =
+            GOOD.replace("      - {action: drop}", "      - {action: drop}\n      - {dst_ports: 80, action: drop}");
         assert!(
-            err(&bad).contains("nodes.a.next_hops[3]: next hop 4: exactly one of"),
-            "{}",
-            err(&bad)
-        );
-        let bad = GOOD.replace(
-            "      - {action: drop}",
-            "      - {action: drop}\n      - {dst_ports: 80, action: drop}",
-        );
-        assert!(
-            err(&bad)
-                .contains("nodes.a.flow_rules[2]: src_ports/dst_ports need protocol tcp or udp"),
+            err(&bad).contains("nodes.a.flow_rules[2]: src_ports/dst_ports need protocol tcp or udp"),
             "{}",
             err(&bad)
         );
@@ -1082,8 +923,7 @@ nodes:
             "      - {prefix: 198.51.100.0/24, next_hop: 1}\n      - {vrf: 1, prefix",
         );
         assert!(
-            err(&bad)
-                .contains("nodes.a.routes[1]: route 198.51.100.0/24 in VRF 0 is declared twice"),
+            err(&bad).contains("nodes.a.routes[1]: route 198.51.100.0/24 in VRF 0 is declared twice"),
             "{}",
             err(&bad)
         );

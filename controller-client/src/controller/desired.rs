@@ -71,11 +71,7 @@ impl FlowModeDesired {
         pb::SetFlowModeRequest {
             interface: interface.to_owned(),
             enabled: self.enabled,
-            miss_action: if self.miss_forward {
-                pb::MissAction::ForwardByRoute
-            } else {
-                pb::MissAction::Drop
-            } as i32,
+            miss_action: if self.miss_forward { pb::MissAction::ForwardByRoute } else { pb::MissAction::Drop } as i32,
             hold_cap: self.hold_cap,
             punt_rate: self.punt_rate,
             punt_burst: self.punt_burst,
@@ -142,58 +138,28 @@ impl NodeDesired {
 
     /// Decides a flow miss by the rules (first match); no match, or an unparsable key: drop.
     pub fn decide(&self, interface: &str, key: &pb::FlowKey) -> Verdict {
-        let drop = pb::Flow {
-            action: pb::FlowAction::Drop as i32,
-            ..Default::default()
-        };
+        let drop = pb::Flow { action: pb::FlowAction::Drop as i32, ..Default::default() };
         let (Ok(src), Ok(dst)) = (key.src.parse::<IpAddr>(), key.dst.parse::<IpAddr>()) else {
-            return Verdict::Install {
-                flow: drop,
-                rule: None,
-            };
+            return Verdict::Install { flow: drop, rule: None };
         };
-        let Some((index, rule)) = self
-            .flow_rules
-            .iter()
-            .enumerate()
-            .find(|(_, r)| r.matches(interface, key, src, dst))
+        let Some((index, rule)) = self.flow_rules.iter().enumerate().find(|(_, r)| r.matches(interface, key, src, dst))
         else {
-            return Verdict::Install {
-                flow: drop,
-                rule: None,
-            };
+            return Verdict::Install { flow: drop, rule: None };
         };
         match rule.decision {
-            FlowDecision::Drop => Verdict::Install {
-                flow: drop,
-                rule: Some(index),
-            },
-            FlowDecision::Forward {
-                next_hop,
-                reverse,
-                reverse_next_hop,
-            } => {
+            FlowDecision::Drop => Verdict::Install { flow: drop, rule: Some(index) },
+            FlowDecision::Forward { next_hop, reverse, reverse_next_hop } => {
                 let Some(nh) = next_hop.or_else(|| self.route(key.vrf, dst)) else {
-                    return Verdict::NoRoute {
-                        flow: drop,
-                        rule: index,
-                    };
+                    return Verdict::NoRoute { flow: drop, rule: index };
                 };
-                let mut flow = pb::Flow {
-                    action: pb::FlowAction::Forward as i32,
-                    next_hop: nh,
-                    ..Default::default()
-                };
+                let mut flow = pb::Flow { action: pb::FlowAction::Forward as i32, next_hop: nh, ..Default::default() };
                 if reverse {
                     if let Some(back) = reverse_next_hop.or_else(|| self.route(key.vrf, src)) {
                         flow.reverse_action = pb::FlowAction::Forward as i32;
                         flow.reverse_next_hop = back;
                     }
                 }
-                Verdict::Install {
-                    flow,
-                    rule: Some(index),
-                }
+                Verdict::Install { flow, rule: Some(index) }
             }
         }
     }
@@ -202,19 +168,11 @@ impl NodeDesired {
 fn mask(addr: IpAddr, len: u8) -> Option<Cidr> {
     let masked = match addr {
         IpAddr::V4(v) => {
-            let bits = if len == 0 {
-                0
-            } else {
-                u32::from(v) & (u32::MAX << (32 - u32::from(len)))
-            };
+            let bits = if len == 0 { 0 } else { u32::from(v) & (u32::MAX << (32 - u32::from(len))) };
             IpAddr::V4(bits.into())
         }
         IpAddr::V6(v) => {
-            let bits = if len == 0 {
-                0
-            } else {
-                u128::from(v) & (u128::MAX << (128 - u32::from(len)))
-            };
+            let bits = if len == 0 { 0 } else { u128::from(v) & (u128::MAX << (128 - u32::from(len))) };
             IpAddr::V6(bits.into())
         }
     };
@@ -247,22 +205,11 @@ nodes:
       - {protocol: tcp, dst_ports: 82, action: forward}
       - {action: drop}
 "#;
-        super::super::config::parse("t", text)
-            .unwrap()
-            .nodes
-            .remove("a")
-            .unwrap()
+        super::super::config::parse("t", text).unwrap().nodes.remove("a").unwrap()
     }
 
     fn key(proto: u32, src: &str, dst: &str, dport: u32) -> pb::FlowKey {
-        pb::FlowKey {
-            vrf: 0,
-            src: src.into(),
-            dst: dst.into(),
-            protocol: proto,
-            src_port: 40000,
-            dst_port: dport,
-        }
+        pb::FlowKey { vrf: 0, src: src.into(), dst: dst.into(), protocol: proto, src_port: 40000, dst_port: dport }
     }
 
     #[test]
@@ -281,60 +228,35 @@ nodes:
         let fwd = |nh, rev| pb::Flow {
             action: pb::FlowAction::Forward as i32,
             next_hop: nh,
-            reverse_action: if rev == 0 {
-                0
-            } else {
-                pb::FlowAction::Forward as i32
-            },
+            reverse_action: if rev == 0 { 0 } else { pb::FlowAction::Forward as i32 },
             reverse_next_hop: rev,
             ..Default::default()
         };
-        let drop = pb::Flow {
-            action: pb::FlowAction::Drop as i32,
-            ..Default::default()
-        };
+        let drop = pb::Flow { action: pb::FlowAction::Drop as i32, ..Default::default() };
         assert_eq!(
             n.decide("eth0", &key(6, "192.0.2.2", "198.51.100.2", 80)),
-            Verdict::Install {
-                flow: fwd(1, 2),
-                rule: Some(0)
-            }
+            Verdict::Install { flow: fwd(1, 2), rule: Some(0) }
         );
         // Same flow from the other interface: rule 0 does not apply; no later rule for port 80.
         assert_eq!(
             n.decide("eth1", &key(6, "192.0.2.2", "198.51.100.2", 80)),
-            Verdict::Install {
-                flow: drop.clone(),
-                rule: Some(4)
-            }
+            Verdict::Install { flow: drop.clone(), rule: Some(4) }
         );
         assert_eq!(
             n.decide("eth0", &key(17, "192.0.2.2", "198.51.100.2", 5001)),
-            Verdict::Install {
-                flow: fwd(1, 0),
-                rule: Some(1)
-            }
+            Verdict::Install { flow: fwd(1, 0), rule: Some(1) }
         );
         assert_eq!(
             n.decide("eth0", &key(6, "192.0.2.2", "203.0.113.5", 81)),
-            Verdict::Install {
-                flow: fwd(3, 2),
-                rule: Some(2)
-            }
+            Verdict::Install { flow: fwd(3, 2), rule: Some(2) }
         );
         assert_eq!(
             n.decide("eth0", &key(6, "192.0.2.2", "203.0.113.5", 82)),
-            Verdict::NoRoute {
-                flow: drop.clone(),
-                rule: 3
-            }
+            Verdict::NoRoute { flow: drop.clone(), rule: 3 }
         );
         assert_eq!(
             n.decide("eth0", &key(6, "192.0.2.2", "198.51.100.2", 8080)),
-            Verdict::Install {
-                flow: drop,
-                rule: Some(4)
-            }
+            Verdict::Install { flow: drop, rule: Some(4) }
         );
     }
 }

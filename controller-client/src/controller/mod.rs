@@ -51,7 +51,8 @@ pub async fn run(file: PathBuf, status_socket: Option<PathBuf>) -> Result<(), Ru
     });
     info!(file = %file.display(), nodes = first.nodes.len(), "file loaded");
     if let Some(path) = status_socket {
-        let listener = status::bind(&path).await.map_err(|source| RunError::StatusSocket { path: path.clone(), source })?;
+        let listener =
+            status::bind(&path).await.map_err(|source| RunError::StatusSocket { path: path.clone(), source })?;
         let shared = shared.clone();
         tokio::spawn(async move {
             if let Err(e) = status::serve(listener, shared).await {
@@ -68,10 +69,7 @@ pub async fn run(file: PathBuf, status_socket: Option<PathBuf>) -> Result<(), Ru
         for name in current.nodes.keys() {
             if sessions.get(name).is_none_or(|h| h.is_finished()) {
                 info!(node = %name, "managing node");
-                sessions.insert(
-                    name.clone(),
-                    tokio::spawn(session::run(name.clone(), rx.clone(), shared.clone())),
-                );
+                sessions.insert(name.clone(), tokio::spawn(session::run(name.clone(), rx.clone(), shared.clone())));
             }
         }
         sessions.retain(|name, _| current.nodes.contains_key(name));

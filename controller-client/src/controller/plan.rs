@@ -66,20 +66,12 @@ impl Step {
 }
 
 fn add_vrf(id: u32, (mode, table): (pb::VrfMode, u32)) -> Step {
-    Step::AddVrf(pb::AddVrfRequest {
-        id,
-        mode: mode as i32,
-        kernel_table: table,
-    })
+    Step::AddVrf(pb::AddVrfRequest { id, mode: mode as i32, kernel_table: table })
 }
 
 fn add_interface(name: &str, d: &NodeDesired) -> Step {
     let i = d.interfaces[name];
-    Step::AddInterface(pb::AddInterfaceRequest {
-        name: name.to_owned(),
-        xdp_mode: i.xdp_mode as i32,
-        vrf: i.vrf,
-    })
+    Step::AddInterface(pb::AddInterfaceRequest { name: name.to_owned(), xdp_mode: i.xdp_mode as i32, vrf: i.vrf })
 }
 
 fn is_group(kind: &pb::next_hop::Kind) -> bool {
@@ -87,44 +79,26 @@ fn is_group(kind: &pb::next_hop::Kind) -> bool {
 }
 
 /// Next hops in two batches, members before groups (a group may only name existing members).
-fn add_next_hops<'a>(
-    items: impl Iterator<Item = (u32, &'a pb::next_hop::Kind)>,
-    replace: bool,
-    out: &mut Vec<Step>,
-) {
+fn add_next_hops<'a>(items: impl Iterator<Item = (u32, &'a pb::next_hop::Kind)>, replace: bool, out: &mut Vec<Step>) {
     let (groups, plain): (Vec<_>, Vec<_>) = items.partition(|(_, k)| is_group(k));
     for batch in [plain, groups] {
         if !batch.is_empty() {
             let next_hops = batch
                 .into_iter()
-                .map(|(id, k)| pb::NextHop {
-                    id,
-                    kind: Some(k.clone()),
-                    ..Default::default()
-                })
+                .map(|(id, k)| pb::NextHop { id, kind: Some(k.clone()), ..Default::default() })
                 .collect();
-            out.push(Step::AddNextHops(pb::AddNextHopsRequest {
-                next_hops,
-                replace,
-            }));
+            out.push(Step::AddNextHops(pb::AddNextHopsRequest { next_hops, replace }));
         }
     }
 }
 
 fn route(vrf: u32, prefix: &crate::yaml_fields::Cidr, next_hop: u32) -> pb::Route {
-    pb::Route {
-        vrf,
-        prefix: prefix.to_string(),
-        next_hop,
-    }
+    pb::Route { vrf, prefix: prefix.to_string(), next_hop }
 }
 
 fn add_routes(routes: Vec<pb::Route>, replace: bool, out: &mut Vec<Step>) {
     for chunk in routes.chunks(ROUTE_CHUNK) {
-        out.push(Step::AddRoutes(pb::AddRoutesRequest {
-            routes: chunk.to_vec(),
-            replace,
-        }));
+        out.push(Step::AddRoutes(pb::AddRoutesRequest { routes: chunk.to_vec(), replace }));
     }
 }
 
@@ -139,11 +113,7 @@ fn attach(key: &(String, i32), (policy, deny): &(String, bool)) -> Step {
         policy: policy.clone(),
         interface: key.0.clone(),
         direction: key.1,
-        default_action: if *deny {
-            pb::Action::Deny
-        } else {
-            pb::Action::Allow
-        } as i32,
+        default_action: if *deny { pb::Action::Deny } else { pb::Action::Allow } as i32,
     })
 }
 
@@ -152,30 +122,19 @@ pub fn replay(d: &NodeDesired) -> Vec<Step> {
     let mut out: Vec<Step> = d.vrfs.iter().map(|(&id, &m)| add_vrf(id, m)).collect();
     out.extend(d.interfaces.keys().map(|name| add_interface(name, d)));
     add_next_hops(d.next_hops.iter().map(|(&id, k)| (id, k)), false, &mut out);
-    add_routes(
-        d.routes
+    add_routes(d.routes.iter().map(|(&(vrf, p), &nh)| route(vrf, &p, nh)).collect(), false, &mut out);
+    out.extend(
+        d.policies
             .iter()
-            .map(|(&(vrf, p), &nh)| route(vrf, &p, nh))
-            .collect(),
-        false,
-        &mut out,
+            .map(|(name, rules)| Step::PutPolicy(pb::PutPolicyRequest { name: name.clone(), rules: rules.clone() })),
     );
-    out.extend(d.policies.iter().map(|(name, rules)| {
-        Step::PutPolicy(pb::PutPolicyRequest {
-            name: name.clone(),
-            rules: rules.clone(),
-        })
-    }));
     out.extend(d.attachments.iter().map(|(k, v)| attach(k, v)));
     out
 }
 
 /// Flow modes (not part of a resync): every declared interface's, disabled ones too.
 pub fn flow_modes(d: &NodeDesired) -> Vec<Step> {
-    d.flow_modes
-        .iter()
-        .map(|(name, m)| Step::SetFlowMode(m.request(name)))
-        .collect()
+    d.flow_modes.iter().map(|(name, m)| Step::SetFlowMode(m.request(name))).collect()
 }
 
 /// The RPCs that take a node from `old` (applied) to `new`, writing only what differs.
@@ -183,18 +142,12 @@ pub fn diff(old: &NodeDesired, new: &NodeDesired) -> Vec<Step> {
     let mut out = Vec::new();
 
     // Phase 1: what cannot change in place goes, with everything resting on it.
-    let vrfs: BTreeSet<u32> = old
-        .vrfs
-        .iter()
-        .filter(|(id, m)| new.vrfs.get(id).is_some_and(|n| n != *m))
-        .map(|(id, _)| *id)
-        .collect();
+    let vrfs: BTreeSet<u32> =
+        old.vrfs.iter().filter(|(id, m)| new.vrfs.get(id).is_some_and(|n| n != *m)).map(|(id, _)| *id).collect();
     let ifaces: BTreeSet<String> = old
         .interfaces
         .iter()
-        .filter(|(name, i)| {
-            vrfs.contains(&i.vrf) || new.interfaces.get(*name).is_some_and(|n| n != *i)
-        })
+        .filter(|(name, i)| vrfs.contains(&i.vrf) || new.interfaces.get(*name).is_some_and(|n| n != *i))
         .map(|(name, _)| name.clone())
         .collect();
     let mut nhs: BTreeSet<u32> = old
@@ -218,29 +171,15 @@ pub fn diff(old: &NodeDesired, new: &NodeDesired) -> Vec<Step> {
             .filter(|((vrf, _), nh)| vrfs.contains(vrf) || nhs.contains(nh))
             .map(|(&(vrf, p), &nh)| route(vrf, &p, nh))
             .collect();
-        let attachments: Vec<(String, i32)> = old
-            .attachments
-            .keys()
-            .filter(|(i, _)| ifaces.contains(i))
-            .cloned()
-            .collect();
-        out.extend(
-            attachments
-                .iter()
-                .map(|(i, d)| Step::DetachPolicy(i.clone(), *d)),
-        );
+        let attachments: Vec<(String, i32)> =
+            old.attachments.keys().filter(|(i, _)| ifaces.contains(i)).cloned().collect();
+        out.extend(attachments.iter().map(|(i, d)| Step::DetachPolicy(i.clone(), *d)));
         delete_routes(routes, &mut out);
         let (g, p): (Vec<u32>, Vec<u32>) = nhs.iter().partition(|id| is_group(&old.next_hops[id]));
-        out.extend(
-            [g, p]
-                .into_iter()
-                .filter(|b| !b.is_empty())
-                .map(Step::DeleteNextHops),
-        );
+        out.extend([g, p].into_iter().filter(|b| !b.is_empty()).map(Step::DeleteNextHops));
         out.extend(ifaces.iter().map(|i| Step::DeleteInterface(i.clone())));
         out.extend(vrfs.iter().map(|v| Step::DeleteVrf(*v)));
-        base.routes
-            .retain(|(vrf, _), nh| !vrfs.contains(vrf) && !nhs.contains(nh));
+        base.routes.retain(|(vrf, _), nh| !vrfs.contains(vrf) && !nhs.contains(nh));
         base.attachments.retain(|(i, _), _| !ifaces.contains(i));
         base.next_hops.retain(|id, _| !nhs.contains(id));
         base.interfaces.retain(|i, _| !ifaces.contains(i));
@@ -251,23 +190,9 @@ pub fn diff(old: &NodeDesired, new: &NodeDesired) -> Vec<Step> {
     let old = &base;
 
     // Phase 2: additions and in-place changes, users after what they use.
-    out.extend(
-        new.vrfs
-            .iter()
-            .filter(|(id, _)| !old.vrfs.contains_key(id))
-            .map(|(&id, &m)| add_vrf(id, m)),
-    );
-    out.extend(
-        new.interfaces
-            .keys()
-            .filter(|n| !old.interfaces.contains_key(*n))
-            .map(|n| add_interface(n, new)),
-    );
-    let changed_nhs = new
-        .next_hops
-        .iter()
-        .filter(|(id, k)| old.next_hops.get(id) != Some(k))
-        .map(|(&id, k)| (id, k));
+    out.extend(new.vrfs.iter().filter(|(id, _)| !old.vrfs.contains_key(id)).map(|(&id, &m)| add_vrf(id, m)));
+    out.extend(new.interfaces.keys().filter(|n| !old.interfaces.contains_key(*n)).map(|n| add_interface(n, new)));
+    let changed_nhs = new.next_hops.iter().filter(|(id, k)| old.next_hops.get(id) != Some(k)).map(|(&id, k)| (id, k));
     add_next_hops(changed_nhs, true, &mut out);
     let changed_routes: Vec<pb::Route> = new
         .routes
@@ -280,19 +205,9 @@ pub fn diff(old: &NodeDesired, new: &NodeDesired) -> Vec<Step> {
         new.policies
             .iter()
             .filter(|(n, r)| old.policies.get(*n) != Some(r))
-            .map(|(n, r)| {
-                Step::PutPolicy(pb::PutPolicyRequest {
-                    name: n.clone(),
-                    rules: r.clone(),
-                })
-            }),
+            .map(|(n, r)| Step::PutPolicy(pb::PutPolicyRequest { name: n.clone(), rules: r.clone() })),
     );
-    out.extend(
-        new.attachments
-            .iter()
-            .filter(|(k, v)| old.attachments.get(*k) != Some(v))
-            .map(|(k, v)| attach(k, v)),
-    );
+    out.extend(new.attachments.iter().filter(|(k, v)| old.attachments.get(*k) != Some(v)).map(|(k, v)| attach(k, v)));
     // Every declared interface has a mode (off included), so one that stays is handled here;
     // a deleted interface's mode goes with it.
     out.extend(
@@ -316,37 +231,15 @@ pub fn diff(old: &NodeDesired, new: &NodeDesired) -> Vec<Step> {
         .map(|(&(vrf, p), &nh)| route(vrf, &p, nh))
         .collect();
     delete_routes(gone_routes, &mut out);
-    let gone: BTreeMap<u32, &pb::next_hop::Kind> = old
-        .next_hops
-        .iter()
-        .filter(|(id, _)| !new.next_hops.contains_key(id))
-        .map(|(&id, k)| (id, k))
-        .collect();
+    let gone: BTreeMap<u32, &pb::next_hop::Kind> =
+        old.next_hops.iter().filter(|(id, _)| !new.next_hops.contains_key(id)).map(|(&id, k)| (id, k)).collect();
     let (g, p): (Vec<u32>, Vec<u32>) = gone.keys().partition(|id| is_group(gone[id]));
+    out.extend([g, p].into_iter().filter(|b| !b.is_empty()).map(Step::DeleteNextHops));
+    out.extend(old.policies.keys().filter(|n| !new.policies.contains_key(*n)).map(|n| Step::DeletePolicy(n.clone())));
     out.extend(
-        [g, p]
-            .into_iter()
-            .filter(|b| !b.is_empty())
-            .map(Step::DeleteNextHops),
+        old.interfaces.keys().filter(|n| !new.interfaces.contains_key(*n)).map(|n| Step::DeleteInterface(n.clone())),
     );
-    out.extend(
-        old.policies
-            .keys()
-            .filter(|n| !new.policies.contains_key(*n))
-            .map(|n| Step::DeletePolicy(n.clone())),
-    );
-    out.extend(
-        old.interfaces
-            .keys()
-            .filter(|n| !new.interfaces.contains_key(*n))
-            .map(|n| Step::DeleteInterface(n.clone())),
-    );
-    out.extend(
-        old.vrfs
-            .keys()
-            .filter(|v| !new.vrfs.contains_key(*v))
-            .map(|v| Step::DeleteVrf(*v)),
-    );
+    out.extend(old.vrfs.keys().filter(|v| !new.vrfs.contains_key(*v)).map(|v| Step::DeleteVrf(*v)));
     out
 }
 
@@ -403,13 +296,8 @@ nodes:
             ]
         );
         // Members in the first next-hop batch, the group in the second.
-        let Step::AddNextHops(ref groups) = replay(&a)[4] else {
-            panic!()
-        };
-        assert_eq!(
-            groups.next_hops.iter().map(|n| n.id).collect::<Vec<_>>(),
-            [3]
-        );
+        let Step::AddNextHops(ref groups) = replay(&a)[4] else { panic!() };
+        assert_eq!(groups.next_hops.iter().map(|n| n.id).collect::<Vec<_>>(), [3]);
     }
 
     #[test]
@@ -417,14 +305,15 @@ nodes:
         let old = node(BASE);
         let new = node(
             &BASE
-                .replace("      - {prefix: 203.0.113.0/24, next_hop: 3}", "      - {prefix: 203.0.113.0/24, next_hop: 3}\n      - {prefix: 203.0.113.128/25, next_hop: 1}")
+                .replace(
+                    "      - {prefix: 203.0.113.0/24, next_hop: 3}",
+                    "      - {prefix: 203.0.113.0/24, next_hop: 3}\n      - {prefix: 203.0.113.128/25, next_hop: 1}",
+                )
                 .replace("        - {priority: 20, protocol: tcp, dst_ports: 23, action: deny}\n", ""),
         );
         let steps = diff(&old, &new);
         assert_eq!(names(&steps), ["AddRoutes", "PutPolicy"]);
-        let Step::AddRoutes(ref r) = steps[0] else {
-            panic!()
-        };
+        let Step::AddRoutes(ref r) = steps[0] else { panic!() };
         assert_eq!((r.routes.len(), r.replace), (1, true));
     }
 
@@ -433,23 +322,11 @@ nodes:
         let old = node(BASE);
         let new = node(
             &BASE
-                .replace(
-                    "{prefix: 192.0.2.0/24, next_hop: 2}",
-                    "{prefix: 192.0.2.0/24, next_hop: 1}",
-                )
-                .replace(
-                    "      - {id: 3, ecmp: [1, 2]}\n",
-                    "      - {id: 3, ecmp: [1]}\n",
-                )
-                .replace(
-                    "      - {id: 2, interface: eth0, dst_mac: \"02:00:00:00:00:02\"}\n",
-                    "",
-                ),
+                .replace("{prefix: 192.0.2.0/24, next_hop: 2}", "{prefix: 192.0.2.0/24, next_hop: 1}")
+                .replace("      - {id: 3, ecmp: [1, 2]}\n", "      - {id: 3, ecmp: [1]}\n")
+                .replace("      - {id: 2, interface: eth0, dst_mac: \"02:00:00:00:00:02\"}\n", ""),
         );
-        assert_eq!(
-            names(&diff(&old, &new)),
-            ["AddNextHops", "AddRoutes", "DeleteNextHops"]
-        );
+        assert_eq!(names(&diff(&old, &new)), ["AddNextHops", "AddRoutes", "DeleteNextHops"]);
     }
 
     #[test]
@@ -470,14 +347,9 @@ nodes:
                 "AddRoutes", // phase 2
             ]
         );
-        let Step::DeleteRoutes(ref r) = steps[0] else {
-            panic!()
-        };
+        let Step::DeleteRoutes(ref r) = steps[0] else { panic!() };
         // Routes via next hop 1 (on eth1) and via group 3 (member 1); not the one via 2.
-        assert_eq!(
-            r.iter().map(|r| r.prefix.as_str()).collect::<Vec<_>>(),
-            ["198.51.100.0/24", "203.0.113.0/24"]
-        );
+        assert_eq!(r.iter().map(|r| r.prefix.as_str()).collect::<Vec<_>>(), ["198.51.100.0/24", "203.0.113.0/24"]);
     }
 
     #[test]

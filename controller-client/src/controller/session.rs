@@ -34,7 +34,14 @@ fn tuple(k: &pb::FlowKey) -> FlowTuple {
 }
 
 fn key((vrf, src, dst, protocol, src_port, dst_port): &FlowTuple) -> pb::FlowKey {
-    pb::FlowKey { vrf: *vrf, src: src.clone(), dst: dst.clone(), protocol: *protocol, src_port: *src_port, dst_port: *dst_port }
+    pb::FlowKey {
+        vrf: *vrf,
+        src: src.clone(),
+        dst: dst.clone(),
+        protocol: *protocol,
+        src_port: *src_port,
+        dst_port: *dst_port,
+    }
 }
 
 /// The flows this controller decided (by their forward key), with the interface the miss came
@@ -61,7 +68,8 @@ impl Tracked {
 }
 
 fn same_decision(a: &pb::Flow, b: &pb::Flow) -> bool {
-    (a.action, a.next_hop, a.reverse_action, a.reverse_next_hop) == (b.action, b.next_hop, b.reverse_action, b.reverse_next_hop)
+    (a.action, a.next_hop, a.reverse_action, a.reverse_next_hop)
+        == (b.action, b.next_hop, b.reverse_action, b.reverse_next_hop)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -69,11 +77,7 @@ pub enum SessionError {
     #[error("connecting: {0}")]
     Connect(#[from] crate::ConnectError),
     #[error("{rpc}: {code}: {message}")]
-    Rpc {
-        rpc: &'static str,
-        code: &'static str,
-        message: String,
-    },
+    Rpc { rpc: &'static str, code: &'static str, message: String },
     #[error("the flow-miss stream ended (server stopped?)")]
     StreamEnded,
     #[error("the node's server address changed")]
@@ -81,11 +85,7 @@ pub enum SessionError {
 }
 
 fn rpc_error(rpc: &'static str) -> impl FnOnce(Status) -> SessionError {
-    move |s| SessionError::Rpc {
-        rpc,
-        code: code_name(s.code()),
-        message: s.message().to_owned(),
-    }
+    move |s| SessionError::Rpc { rpc, code: code_name(s.code()), message: s.message().to_owned() }
 }
 
 /// Runs node `name` until it leaves the file.
@@ -210,12 +210,7 @@ async fn session(
 }
 
 /// BeginResync, the whole desired state, EndResync; then the flow modes.
-async fn resync(
-    name: &str,
-    client: &mut Client,
-    d: &NodeDesired,
-    status: &Shared,
-) -> Result<(), SessionError> {
+async fn resync(name: &str, client: &mut Client, d: &NodeDesired, status: &Shared) -> Result<(), SessionError> {
     let before = client
         .system
         .begin_resync(pb::BeginResyncRequest {})
@@ -229,12 +224,7 @@ async fn resync(
         // now would remove everything not replayed yet.
         execute(client, step).await?;
     }
-    let report = client
-        .system
-        .end_resync(pb::EndResyncRequest {})
-        .await
-        .map_err(rpc_error("EndResync"))?
-        .into_inner();
+    let report = client.system.end_resync(pb::EndResyncRequest {}).await.map_err(rpc_error("EndResync"))?.into_inner();
     if !report.kept.is_empty() {
         warn!(node = %name, kept = ?report.kept, "resync kept stale objects something still uses");
     }
@@ -304,12 +294,7 @@ async fn apply(
             n.generation = g;
         }
         n.applies += 1;
-        n.last_apply = Some(super::status::ApplyReport {
-            at_ms: now_ms(),
-            rpcs: steps.len(),
-            objects,
-            generation,
-        });
+        n.last_apply = Some(super::status::ApplyReport { at_ms: now_ms(), rpcs: steps.len(), objects, generation });
     });
     Ok(())
 }
@@ -336,7 +321,9 @@ pub async fn execute(client: &mut Client, step: &Step) -> Result<u64, SessionErr
         Step::PutPolicy(r) => call!(policy.put_policy(r)),
         Step::DeletePolicy(n) => call!(policy.delete_policy(pb::DeletePolicyRequest { name: n })),
         Step::AttachPolicy(r) => call!(policy.attach_policy(r)),
-        Step::DetachPolicy(interface, direction) => call!(policy.detach_policy(pb::DetachPolicyRequest { interface, direction })),
+        Step::DetachPolicy(interface, direction) => {
+            call!(policy.detach_policy(pb::DetachPolicyRequest { interface, direction }))
+        }
         Step::SetFlowMode(r) => call!(flows.set_flow_mode(r)),
     })
 }
@@ -368,43 +355,34 @@ async fn answer(
         flow.request_id = m.request_id;
         keys.push((key.clone(), m.interface.clone()));
         debug!(node = %name, request_id = m.request_id, interface = %m.interface, ?key, action = flow.action, next_hop = flow.next_hop, ?rule, "flow decided");
-        decided.push((
-            flow.action == pb::FlowAction::Forward as i32,
-            rule,
-            no_route,
-        ));
+        decided.push((flow.action == pb::FlowAction::Forward as i32, rule, no_route));
         flows.push(flow);
     }
     if flows.is_empty() {
         return Ok(());
     }
     let flows_sent = flows.clone();
-    let outcome: Vec<Result<(), Code>> = match client
-        .flows
-        .install_flows(pb::InstallFlowsRequest {
-            flows: flows.clone(),
-        })
-        .await
-    {
-        Ok(_) => vec![Ok(()); flows.len()],
-        Err(s) if s.code() == Code::Unavailable || s.code() == Code::Cancelled => {
-            return Err(rpc_error("InstallFlows")(s))
-        }
-        Err(_) => {
-            let mut out = Vec::with_capacity(flows.len());
-            for f in flows {
-                out.push(
-                    client
-                        .flows
-                        .install_flows(pb::InstallFlowsRequest { flows: vec![f] })
-                        .await
-                        .map(|_| ())
-                        .map_err(|s| s.code()),
-                );
+    let outcome: Vec<Result<(), Code>> =
+        match client.flows.install_flows(pb::InstallFlowsRequest { flows: flows.clone() }).await {
+            Ok(_) => vec![Ok(()); flows.len()],
+            Err(s) if s.code() == Code::Unavailable || s.code() == Code::Cancelled => {
+                return Err(rpc_error("InstallFlows")(s))
             }
-            out
-        }
-    };
+            Err(_) => {
+                let mut out = Vec::with_capacity(flows.len());
+                for f in flows {
+                    out.push(
+                        client
+                            .flows
+                            .install_flows(pb::InstallFlowsRequest { flows: vec![f] })
+                            .await
+                            .map(|_| ())
+                            .map_err(|s| s.code()),
+                    );
+                }
+                out
+            }
+        };
     for (((k, interface), flow), result) in keys.iter().zip(&flows_sent).zip(&outcome) {
         if result.is_ok() {
             tracked.remember(name, k, interface, flow);
@@ -459,9 +437,7 @@ async fn decide_held(
             let interface = node
                 .interfaces
                 .iter()
-                .filter(|(i, d)| {
-                    d.vrf == key.vrf && node.flow_modes.get(*i).is_some_and(|m| m.enabled)
-                })
+                .filter(|(i, d)| d.vrf == key.vrf && node.flow_modes.get(*i).is_some_and(|m| m.enabled))
                 .map(|(i, _)| i.clone())
                 .next()
                 .unwrap_or_default();
@@ -502,7 +478,13 @@ async fn redecide(
             continue;
         }
         if installed.reverse_action != 0 && flow.reverse_action == 0 {
-            reverse_gone.push(pb::FlowKey { src: fk.dst.clone(), dst: fk.src.clone(), src_port: fk.dst_port, dst_port: fk.src_port, ..fk.clone() });
+            reverse_gone.push(pb::FlowKey {
+                src: fk.dst.clone(),
+                dst: fk.src.clone(),
+                src_port: fk.dst_port,
+                dst_port: fk.src_port,
+                ..fk.clone()
+            });
         }
         installs.push(pb::Flow { key: Some(fk), ..flow.clone() });
         *installed = flow;
@@ -535,7 +517,8 @@ async fn redecide(
 
 /// Every flow of the node (ListFlows streams them in chunks).
 async fn list_flows(client: &mut Client) -> Result<Vec<pb::Flow>, SessionError> {
-    let mut stream = client.flows.list_flows(pb::ListFlowsRequest::default()).await.map_err(rpc_error("ListFlows"))?.into_inner();
+    let mut stream =
+        client.flows.list_flows(pb::ListFlowsRequest::default()).await.map_err(rpc_error("ListFlows"))?.into_inner();
     let mut flows = Vec::new();
     while let Some(chunk) = stream.message().await.map_err(rpc_error("ListFlows"))? {
         flows.extend(chunk.flows);

@@ -17,10 +17,7 @@ use tokio::{
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -131,18 +128,14 @@ pub async fn bind(path: &Path) -> std::io::Result<UnixListener> {
 pub async fn serve(listener: UnixListener, status: Shared) -> std::io::Result<()> {
     loop {
         let (mut conn, _) = listener.accept().await?;
-        let body = serde_json::to_string_pretty(&status.snapshot())
-            .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
+        let body =
+            serde_json::to_string_pretty(&status.snapshot()).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
         tokio::spawn(async move {
             // The request itself does not matter: read what came, answer.
             let mut buf = [0u8; 1024];
-            let _ =
-                tokio::time::timeout(std::time::Duration::from_millis(200), conn.read(&mut buf))
-                    .await;
-            let head = format!(
-                "HTTP/1.0 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-                body.len()
-            );
+            let _ = tokio::time::timeout(std::time::Duration::from_millis(200), conn.read(&mut buf)).await;
+            let head =
+                format!("HTTP/1.0 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n", body.len());
             let _ = conn.write_all(head.as_bytes()).await;
             let _ = conn.write_all(body.as_bytes()).await;
             let _ = conn.shutdown().await;

@@ -46,7 +46,12 @@ impl Filter {
                 Ok(pb::NetlinkEventKind::Address) => EventKind::Address,
                 Ok(pb::NetlinkEventKind::Route) => EventKind::Route,
                 Ok(pb::NetlinkEventKind::Neighbour) => EventKind::Neighbour,
-                _ => return Err(DomainError::invalid(format!("kinds[{i}]"), format!("{k} is not LINK, ADDRESS, ROUTE or NEIGHBOUR"))),
+                _ => {
+                    return Err(DomainError::invalid(
+                        format!("kinds[{i}]"),
+                        format!("{k} is not LINK, ADDRESS, ROUTE or NEIGHBOUR"),
+                    ))
+                }
             });
         }
         if kinds.is_empty() {
@@ -60,7 +65,8 @@ impl Filter {
     }
 
     fn accepts(&self, e: &NetlinkEvent) -> bool {
-        e.kind() == EventKind::Overrun || (self.kinds.contains(&e.kind()) && self.interface.as_ref().is_none_or(|n| *n == e.interface))
+        e.kind() == EventKind::Overrun
+            || (self.kinds.contains(&e.kind()) && self.interface.as_ref().is_none_or(|n| *n == e.interface))
     }
 }
 
@@ -77,7 +83,8 @@ impl<D: Dataplane> pb::events_server::Events for EventsService<D> {
         // Live events first, then the snapshot: nothing that happens in between is missed.
         let mut rx = self.hub.subscribe();
         let snapshot = if r.snapshot {
-            let mut entries = self.netlink.snapshot(&filter.kinds).await.map_err(|e| Status::internal(e.to_string()))?;
+            let mut entries =
+                self.netlink.snapshot(&filter.kinds).await.map_err(|e| Status::internal(e.to_string()))?;
             entries.retain(|e| filter.accepts(e));
             for e in &mut entries {
                 if let Detail::Link { owned, .. } = &mut e.detail {
@@ -88,32 +95,34 @@ impl<D: Dataplane> pb::events_server::Events for EventsService<D> {
         } else {
             None
         };
-        let stream = stream_from(move |tx: tokio::sync::mpsc::Sender<Result<pb::NetlinkEventMessage, Status>>| async move {
-            use pb::netlink_event_message::Kind;
-            if let Some(entries) = snapshot {
-                let n = entries.len() as u64;
-                for e in &entries {
-                    if tx.send(Ok(pb::NetlinkEventMessage { kind: Some(encode(0, true, e)) })).await.is_err() {
+        let stream =
+            stream_from(move |tx: tokio::sync::mpsc::Sender<Result<pb::NetlinkEventMessage, Status>>| async move {
+                use pb::netlink_event_message::Kind;
+                if let Some(entries) = snapshot {
+                    let n = entries.len() as u64;
+                    for e in &entries {
+                        if tx.send(Ok(pb::NetlinkEventMessage { kind: Some(encode(0, true, e)) })).await.is_err() {
+                            return;
+                        }
+                    }
+                    let done =
+                        pb::NetlinkEventMessage { kind: Some(Kind::SnapshotDone(pb::SnapshotDone { entries: n })) };
+                    if tx.send(Ok(done)).await.is_err() {
                         return;
                     }
                 }
-                let done = pb::NetlinkEventMessage { kind: Some(Kind::SnapshotDone(pb::SnapshotDone { entries: n })) };
-                if tx.send(Ok(done)).await.is_err() {
-                    return;
+                loop {
+                    let msg = match rx.recv().await {
+                        Ok(ev) if filter.accepts(&ev.event) => encode(ev.seq, false, &ev.event),
+                        Ok(_) => continue,
+                        Err(RecvError::Lagged(n)) => Kind::Lagged(n),
+                        Err(RecvError::Closed) => return,
+                    };
+                    if tx.send(Ok(pb::NetlinkEventMessage { kind: Some(msg) })).await.is_err() {
+                        return; // the subscriber went away
+                    }
                 }
-            }
-            loop {
-                let msg = match rx.recv().await {
-                    Ok(ev) if filter.accepts(&ev.event) => encode(ev.seq, false, &ev.event),
-                    Ok(_) => continue,
-                    Err(RecvError::Lagged(n)) => Kind::Lagged(n),
-                    Err(RecvError::Closed) => return,
-                };
-                if tx.send(Ok(pb::NetlinkEventMessage { kind: Some(msg) })).await.is_err() {
-                    return; // the subscriber went away
-                }
-            }
-        });
+            });
         Ok(Response::new(stream))
     }
 }
@@ -154,5 +163,12 @@ fn encode(seq: u64, snapshot: bool, e: &NetlinkEvent) -> pb::netlink_event_messa
         }),
         Detail::Overrun => return Kind::KernelOverrun(pb::KernelOverrun { seq }),
     };
-    Kind::Event(pb::NetlinkEvent { seq, snapshot, action: action.into(), ifindex: e.ifindex, interface: e.interface.clone(), detail: Some(detail) })
+    Kind::Event(pb::NetlinkEvent {
+        seq,
+        snapshot,
+        action: action.into(),
+        ifindex: e.ifindex,
+        interface: e.interface.clone(),
+        detail: Some(detail),
+    })
 }

@@ -35,7 +35,10 @@ type FlowStream = Pin<Box<dyn Stream<Item = Result<pb::ListFlowsResponse, Status
 
 #[tonic::async_trait]
 impl<D: Dataplane> pb::flows_server::Flows for FlowsService<D> {
-    async fn set_flow_mode(&self, req: Request<pb::SetFlowModeRequest>) -> Result<Response<pb::SetFlowModeResponse>, Status> {
+    async fn set_flow_mode(
+        &self,
+        req: Request<pb::SetFlowModeRequest>,
+    ) -> Result<Response<pb::SetFlowModeResponse>, Status> {
         let r = req.into_inner();
         let interface = InterfaceName::parse("interface", &r.interface)?;
         let miss_forward = match pb::MissAction::try_from(r.miss_action) {
@@ -69,41 +72,47 @@ impl<D: Dataplane> pb::flows_server::Flows for FlowsService<D> {
         let only_vrf = r.vrf;
         let mut rx = self.misses.subscribe();
         let domain = self.domain.clone();
-        let stream = super::stream_from(move |tx: tokio::sync::mpsc::Sender<Result<pb::FlowMissMessage, Status>>| async move {
-            loop {
-                let msg = match rx.recv().await {
-                    Ok(ev) => {
-                        let m = &ev.event;
-                        if only_slot.is_some_and(|s| s != m.slot) || only_vrf.is_some_and(|v| v != m.key.vrf) {
-                            continue;
+        let stream =
+            super::stream_from(move |tx: tokio::sync::mpsc::Sender<Result<pb::FlowMissMessage, Status>>| async move {
+                loop {
+                    let msg = match rx.recv().await {
+                        Ok(ev) => {
+                            let m = &ev.event;
+                            if only_slot.is_some_and(|s| s != m.slot) || only_vrf.is_some_and(|v| v != m.key.vrf) {
+                                continue;
+                            }
+                            pb::FlowMissMessage {
+                                kind: Some(pb::flow_miss_message::Kind::Miss(pb::FlowMiss {
+                                    seq: ev.seq,
+                                    request_id: m.request_id,
+                                    interface: domain.interface_name_by_slot(m.slot).unwrap_or_default(),
+                                    key: Some(encode_key(&m.key)),
+                                    packet_length: m.packet_len,
+                                    packet: m.frame[..m.frame.len().min(MISS_PACKET_BYTES)].to_vec(),
+                                    reason: match m.reason {
+                                        dataplane_common::flow::MISS_PUNT_RULE => "punt".into(),
+                                        _ => "miss".into(),
+                                    },
+                                })),
+                            }
                         }
-                        pb::FlowMissMessage {
-                            kind: Some(pb::flow_miss_message::Kind::Miss(pb::FlowMiss {
-                                seq: ev.seq,
-                                request_id: m.request_id,
-                                interface: domain.interface_name_by_slot(m.slot).unwrap_or_default(),
-                                key: Some(encode_key(&m.key)),
-                                packet_length: m.packet_len,
-                                packet: m.frame[..m.frame.len().min(MISS_PACKET_BYTES)].to_vec(),
-                                reason: match m.reason {
-                                    dataplane_common::flow::MISS_PUNT_RULE => "punt".into(),
-                                    _ => "miss".into(),
-                                },
-                            })),
+                        Err(RecvError::Lagged(n)) => {
+                            pb::FlowMissMessage { kind: Some(pb::flow_miss_message::Kind::Lagged(n)) }
                         }
+                        Err(RecvError::Closed) => return,
+                    };
+                    if tx.send(Ok(msg)).await.is_err() {
+                        return; // the subscriber went away
                     }
-                    Err(RecvError::Lagged(n)) => pb::FlowMissMessage { kind: Some(pb::flow_miss_message::Kind::Lagged(n)) },
-                    Err(RecvError::Closed) => return,
-                };
-                if tx.send(Ok(msg)).await.is_err() {
-                    return; // the subscriber went away
                 }
-            }
-        });
+            });
         Ok(Response::new(stream))
     }
 
-    async fn install_flows(&self, req: Request<pb::InstallFlowsRequest>) -> Result<Response<pb::InstallFlowsResponse>, Status> {
+    async fn install_flows(
+        &self,
+        req: Request<pb::InstallFlowsRequest>,
+    ) -> Result<Response<pb::InstallFlowsResponse>, Status> {
         let batch = req
             .into_inner()
             .flows
@@ -118,7 +127,10 @@ impl<D: Dataplane> pb::flows_server::Flows for FlowsService<D> {
         Ok(Response::new(pb::InstallFlowsResponse { generation }))
     }
 
-    async fn delete_flows(&self, req: Request<pb::DeleteFlowsRequest>) -> Result<Response<pb::DeleteFlowsResponse>, Status> {
+    async fn delete_flows(
+        &self,
+        req: Request<pb::DeleteFlowsRequest>,
+    ) -> Result<Response<pb::DeleteFlowsResponse>, Status> {
         let keys = req
             .into_inner()
             .keys
@@ -155,8 +167,16 @@ fn decode_key(at: &str, k: Option<pb::FlowKey>) -> Result<FlowKey, DomainError> 
         return Err(DomainError::invalid(format!("{at}.dst"), "src and dst are of different families"));
     }
     let proto = u8::try_from(k.protocol).map_err(|_| DomainError::invalid(format!("{at}.protocol"), "0-255"))?;
-    let port = |field: &str, v: u32| u16::try_from(v).map_err(|_| DomainError::invalid(format!("{at}.{field}"), "0-65535"));
-    Ok(FlowKey { vrf: k.vrf, src, dst, proto, sport: port("src_port", k.src_port)?, dport: port("dst_port", k.dst_port)? })
+    let port =
+        |field: &str, v: u32| u16::try_from(v).map_err(|_| DomainError::invalid(format!("{at}.{field}"), "0-65535"));
+    Ok(FlowKey {
+        vrf: k.vrf,
+        src,
+        dst,
+        proto,
+        sport: port("src_port", k.src_port)?,
+        dport: port("dst_port", k.dst_port)?,
+    })
 }
 
 fn decode_action(field: String, action: i32, next_hop: u32) -> Result<Option<FlowAction>, DomainError> {

@@ -129,7 +129,8 @@ mod tests {
 
     #[test]
     fn add_interface_request_unknown_mode_invalid_argument_names_field() {
-        let e = AddInterface::try_from(pb::AddInterfaceRequest { name: "eth0".into(), xdp_mode: 9, vrf: 0 }).unwrap_err();
+        let e =
+            AddInterface::try_from(pb::AddInterfaceRequest { name: "eth0".into(), xdp_mode: 9, vrf: 0 }).unwrap_err();
         assert_eq!(Status::from(e).message(), "xdp_mode: unknown XDP mode 9");
     }
 

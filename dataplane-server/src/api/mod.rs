@@ -12,8 +12,8 @@ mod system;
 use std::sync::Arc;
 
 use dataplane_proto::v1::{
-    events_server::EventsServer, flows_server::FlowsServer, interfaces_server::InterfacesServer, policy_server::PolicyServer, routing_server::RoutingServer,
-    system_server::SystemServer,
+    events_server::EventsServer, flows_server::FlowsServer, interfaces_server::InterfacesServer,
+    policy_server::PolicyServer, routing_server::RoutingServer, system_server::SystemServer,
 };
 use tonic::transport::server::Router;
 use tonic_health::server::HealthReporter;

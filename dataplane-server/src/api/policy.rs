@@ -36,13 +36,19 @@ impl<D: Dataplane> pb::policy_server::Policy for PolicyService<D> {
         Ok(Response::new(pb::PutPolicyResponse { generation }))
     }
 
-    async fn delete_policy(&self, req: Request<pb::DeletePolicyRequest>) -> Result<Response<pb::DeletePolicyResponse>, Status> {
+    async fn delete_policy(
+        &self,
+        req: Request<pb::DeletePolicyRequest>,
+    ) -> Result<Response<pb::DeletePolicyResponse>, Status> {
         let name = PolicyName::parse("name", &req.into_inner().name)?;
         let generation = self.domain.delete_policy(&name)?;
         Ok(Response::new(pb::DeletePolicyResponse { generation }))
     }
 
-    async fn list_policies(&self, req: Request<pb::ListPoliciesRequest>) -> Result<Response<pb::ListPoliciesResponse>, Status> {
+    async fn list_policies(
+        &self,
+        req: Request<pb::ListPoliciesRequest>,
+    ) -> Result<Response<pb::ListPoliciesResponse>, Status> {
         let req = req.into_inner();
         let name = match req.name.as_str() {
             "" => None,
@@ -52,7 +58,10 @@ impl<D: Dataplane> pb::policy_server::Policy for PolicyService<D> {
         Ok(Response::new(pb::ListPoliciesResponse { policies }))
     }
 
-    async fn attach_policy(&self, req: Request<pb::AttachPolicyRequest>) -> Result<Response<pb::AttachPolicyResponse>, Status> {
+    async fn attach_policy(
+        &self,
+        req: Request<pb::AttachPolicyRequest>,
+    ) -> Result<Response<pb::AttachPolicyResponse>, Status> {
         let req = req.into_inner();
         let policy = PolicyName::parse("policy", &req.policy)?;
         let interface = InterfaceName::parse("interface", &req.interface)?;
@@ -66,7 +75,10 @@ impl<D: Dataplane> pb::policy_server::Policy for PolicyService<D> {
         Ok(Response::new(pb::AttachPolicyResponse { generation }))
     }
 
-    async fn detach_policy(&self, req: Request<pb::DetachPolicyRequest>) -> Result<Response<pb::DetachPolicyResponse>, Status> {
+    async fn detach_policy(
+        &self,
+        req: Request<pb::DetachPolicyRequest>,
+    ) -> Result<Response<pb::DetachPolicyResponse>, Status> {
         let req = req.into_inner();
         let interface = InterfaceName::parse("interface", &req.interface)?;
         let direction = decode_direction(req.direction)?;
@@ -96,8 +108,10 @@ fn decode_rule(at: &str, r: pb::Rule) -> Result<RuleSpec, DomainError> {
     };
     let ports = |name: &str, p: Option<pb::PortRange>| -> Result<Option<(u16, u16)>, DomainError> {
         p.map(|p| {
-            let a = u16::try_from(p.first).map_err(|_| DomainError::invalid(f(name), format!("first {} is not a port", p.first)))?;
-            let b = u16::try_from(p.last).map_err(|_| DomainError::invalid(f(name), format!("last {} is not a port", p.last)))?;
+            let a = u16::try_from(p.first)
+                .map_err(|_| DomainError::invalid(f(name), format!("first {} is not a port", p.first)))?;
+            let b = u16::try_from(p.last)
+                .map_err(|_| DomainError::invalid(f(name), format!("last {} is not a port", p.last)))?;
             Ok((a, b))
         })
         .transpose()

@@ -8,7 +8,10 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     dataplane::Dataplane,
-    domain::{Domain, DomainError, InterfaceName, Ipv4Lookup, NewNextHop, NextHopSpec, NextHopState, NextHopView, RouteSpec, VrfMode},
+    domain::{
+        Domain, DomainError, InterfaceName, Ipv4Lookup, NewNextHop, NextHopSpec, NextHopState, NextHopView, RouteSpec,
+        VrfMode,
+    },
     net::{parse_addr, Mac, Prefix},
 };
 
@@ -77,7 +80,10 @@ impl<D: Dataplane> pb::routing_server::Routing for RoutingService<D> {
         Ok(Response::new(pb::ListVrfsResponse { vrfs }))
     }
 
-    async fn add_next_hops(&self, req: Request<pb::AddNextHopsRequest>) -> Result<Response<pb::AddNextHopsResponse>, Status> {
+    async fn add_next_hops(
+        &self,
+        req: Request<pb::AddNextHopsRequest>,
+    ) -> Result<Response<pb::AddNextHopsResponse>, Status> {
         let req = req.into_inner();
         let replace = req.replace;
         let batch = req
@@ -122,7 +128,10 @@ impl<D: Dataplane> pb::routing_server::Routing for RoutingService<D> {
         Ok(Response::new(pb::AddRoutesResponse { generation }))
     }
 
-    async fn delete_routes(&self, req: Request<pb::DeleteRoutesRequest>) -> Result<Response<pb::DeleteRoutesResponse>, Status> {
+    async fn delete_routes(
+        &self,
+        req: Request<pb::DeleteRoutesRequest>,
+    ) -> Result<Response<pb::DeleteRoutesResponse>, Status> {
         let batch = req
             .into_inner()
             .routes
@@ -150,7 +159,10 @@ impl<D: Dataplane> pb::routing_server::Routing for RoutingService<D> {
         Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
     }
 
-    async fn lookup_route(&self, req: Request<pb::LookupRouteRequest>) -> Result<Response<pb::LookupRouteResponse>, Status> {
+    async fn lookup_route(
+        &self,
+        req: Request<pb::LookupRouteRequest>,
+    ) -> Result<Response<pb::LookupRouteResponse>, Status> {
         let req = req.into_inner();
         let addr = parse_addr(&req.address).map_err(|e| DomainError::invalid("address", e.to_string()))?;
         let found = self.domain.lookup_route(req.vrf, addr)?;

@@ -33,23 +33,25 @@ impl<D: Dataplane> SystemService<D> {
 
 #[tonic::async_trait]
 impl<D: Dataplane> pb::system_server::System for SystemService<D> {
-    async fn get_status(
-        &self,
-        _req: Request<pb::GetStatusRequest>,
-    ) -> Result<Response<pb::GetStatusResponse>, Status> {
+    async fn get_status(&self, _req: Request<pb::GetStatusRequest>) -> Result<Response<pb::GetStatusResponse>, Status> {
         let s = self.domain.status()?;
         let mut r = encode_status(&self.info, s);
         r.resync_open = self.domain.resync_open();
         Ok(Response::new(r))
     }
 
-    async fn begin_resync(&self, _req: Request<pb::BeginResyncRequest>) -> Result<Response<pb::BeginResyncResponse>, Status> {
+    async fn begin_resync(
+        &self,
+        _req: Request<pb::BeginResyncRequest>,
+    ) -> Result<Response<pb::BeginResyncResponse>, Status> {
         Ok(Response::new(pb::BeginResyncResponse { generation: self.domain.begin_resync() }))
     }
 
     async fn end_resync(&self, _req: Request<pb::EndResyncRequest>) -> Result<Response<pb::EndResyncResponse>, Status> {
         let domain = self.domain.clone();
-        let r = tokio::task::spawn_blocking(move || domain.end_resync()).await.map_err(|e| Status::internal(e.to_string()))??;
+        let r = tokio::task::spawn_blocking(move || domain.end_resync())
+            .await
+            .map_err(|e| Status::internal(e.to_string()))??;
         Ok(Response::new(pb::EndResyncResponse {
             generation: r.generation,
             routes: r.routes,
@@ -75,7 +77,10 @@ impl<D: Dataplane> pb::system_server::System for SystemService<D> {
         let (programs, generation) = tokio::task::spawn_blocking(move || domain.upgrade_programs(object.as_deref()))
             .await
             .map_err(|e| Status::internal(e.to_string()))??;
-        Ok(Response::new(pb::UpgradeProgramsResponse { programs: programs.into_iter().map(encode_program).collect(), generation }))
+        Ok(Response::new(pb::UpgradeProgramsResponse {
+            programs: programs.into_iter().map(encode_program).collect(),
+            generation,
+        }))
     }
 
     async fn reset(&self, _req: Request<pb::ResetRequest>) -> Result<Response<pb::ResetResponse>, Status> {
@@ -87,7 +92,12 @@ impl<D: Dataplane> pb::system_server::System for SystemService<D> {
 }
 
 fn encode_program(p: crate::dataplane::ProgramStatus) -> pb::ProgramStatus {
-    pb::ProgramStatus { name: p.name, r#type: p.kind.to_owned(), kernel_id: p.kernel_id, tag: format!("{:016x}", p.tag) }
+    pb::ProgramStatus {
+        name: p.name,
+        r#type: p.kind.to_owned(),
+        kernel_id: p.kernel_id,
+        tag: format!("{:016x}", p.tag),
+    }
 }
 
 fn encode_status(info: &ServerInfo, s: StatusView) -> pb::GetStatusResponse {

@@ -66,10 +66,7 @@ pub enum DataplaneError {
 }
 
 impl DataplaneError {
-    pub(crate) fn program(
-        program: &'static str,
-        op: &'static str,
-    ) -> impl FnOnce(aya::programs::ProgramError) -> Self {
+    pub(crate) fn program(program: &'static str, op: &'static str) -> impl FnOnce(aya::programs::ProgramError) -> Self {
         move |e| Self::Program { program, op, source: Box::new(e) }
     }
 

@@ -60,7 +60,14 @@ impl Mapping {
         // SAFETY: a shared mapping of a BPF array created with BPF_F_MMAPABLE: its values,
         // `value_size` (a multiple of 8, so no padding) apart from offset 0, `len` bytes.
         let ptr = unsafe {
-            libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, map.fd().as_fd().as_raw_fd(), 0)
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                map.fd().as_fd().as_raw_fd(),
+                0,
+            )
         };
         if ptr == libc::MAP_FAILED {
             return Err(DataplaneError::Io { path: name.into(), op: "mmap", source: std::io::Error::last_os_error() });
@@ -72,7 +79,11 @@ impl Mapping {
     /// Word `i` of element `e`.
     fn word(&self, e: u32, i: usize) -> Result<&AtomicU32, DataplaneError> {
         if e >= self.elements || i >= self.words {
-            return Err(DataplaneError::SlotOutOfRange { map: self.name, slot: e, max: self.elements.saturating_sub(1) });
+            return Err(DataplaneError::SlotOutOfRange {
+                map: self.name,
+                slot: e,
+                max: self.elements.saturating_sub(1),
+            });
         }
         // SAFETY: in bounds (checked above) of a live mapping; AtomicU32 has u32's layout.
         Ok(unsafe { &*self.base.as_ptr().add(e as usize * self.words + i) })
@@ -97,7 +108,11 @@ impl Fib4Maps {
     /// entry pointing at it is).
     pub(super) fn store(&self, chunk: u32, first: usize, values: &[u32]) -> Result<(), DataplaneError> {
         if first + values.len() > ENTRIES {
-            return Err(DataplaneError::SlotOutOfRange { map: names::FIB4_CHUNKS, slot: chunk, max: self.pool.elements.saturating_sub(1) });
+            return Err(DataplaneError::SlotOutOfRange {
+                map: names::FIB4_CHUNKS,
+                slot: chunk,
+                max: self.pool.elements.saturating_sub(1),
+            });
         }
         for (i, v) in values.iter().enumerate() {
             self.entry(chunk, first + i)?.store(*v, Ordering::Release);
@@ -137,7 +152,11 @@ impl Fib4Maps {
 
     /// The flat table's answer for `addr` in `vrf`, as the route stage computes it: `None`
     /// when the VRF has no flat table; `Some(None)` when it has one without a route for `addr`.
-    pub(super) fn lookup(&self, vrf: u32, addr: std::net::Ipv4Addr) -> Result<Option<Option<(u8, u32)>>, DataplaneError> {
+    pub(super) fn lookup(
+        &self,
+        vrf: u32,
+        addr: std::net::Ipv4Addr,
+    ) -> Result<Option<Option<(u8, u32)>>, DataplaneError> {
         let root = self.vrfs.get(&vrf, 0).map_err(DataplaneError::map(names::FIB4_VRFS, "lookup"))?;
         if root == 0 {
             return Ok(None);
@@ -208,17 +227,19 @@ impl Route4Records {
 
 /// A record as its four words in memory order.
 fn words(r: &RouteRecord4) -> [u32; 4] {
-    [
-        r.vrf,
-        u32::from_ne_bytes(r.addr),
-        u32::from_ne_bytes([r.prefix_len, r._pad[0], r._pad[1], r.flags]),
-        r.nexthop,
-    ]
+    [r.vrf, u32::from_ne_bytes(r.addr), u32::from_ne_bytes([r.prefix_len, r._pad[0], r._pad[1], r.flags]), r.nexthop]
 }
 
 fn record(w: [u32; 4]) -> RouteRecord4 {
     let b = w[2].to_ne_bytes();
-    RouteRecord4 { vrf: w[0], addr: w[1].to_ne_bytes(), prefix_len: b[0], _pad: [b[1], b[2]], flags: b[3], nexthop: w[3] }
+    RouteRecord4 {
+        vrf: w[0],
+        addr: w[1].to_ne_bytes(),
+        prefix_len: b[0],
+        _pad: [b[1], b[2]],
+        flags: b[3],
+        nexthop: w[3],
+    }
 }
 
 /// The lookup of `route::flat_v4` in the eBPF crate over any copy of the pool: the matched

@@ -21,7 +21,7 @@ use aya::{
 };
 use dataplane_common::{
     maps as names, programs,
-    route::{nexthop_kind, IFACE_HAS_IPV4, IFACE_HAS_IPV6, IFACE_KERNEL_FIB, IFACE_PRESENT, ECMP_MAX},
+    route::{nexthop_kind, ECMP_MAX, IFACE_HAS_IPV4, IFACE_HAS_IPV6, IFACE_KERNEL_FIB, IFACE_PRESENT},
     InterfaceConfig, InterfaceStats, NextHop, NextHopStats,
 };
 use tracing::{info, warn};
@@ -29,8 +29,8 @@ use tracing::{info, warn};
 use super::{
     fib4::{Fib4Maps, Route4Records},
     maps::{CounterArray, FlowMaps, Interfaces, NextHops, PolicyMaps, Routes, TxPorts},
-    netdev, Attachment, Dataplane, DataplaneError, InterfaceParams, LinkInfo, MapStatus, NextHopParams,
-    ProgramStatus, RouteMatch, XdpMode,
+    netdev, Attachment, Dataplane, DataplaneError, InterfaceParams, LinkInfo, MapStatus, NextHopParams, ProgramStatus,
+    RouteMatch, XdpMode,
 };
 use crate::net::Prefix;
 
@@ -184,7 +184,10 @@ fn check_pinned_maps(dirs: &PinDirs, object: &[u8]) -> Result<usize, DataplaneEr
                 map: name,
                 path,
                 expected: format!("type {t}, key {k} B, value {v} B, {n} entries, flags {f:#x}"),
-                found: format!("type {}, key {} B, value {} B, {} entries, flags {:#x}", have.0, have.1, have.2, have.3, have.4),
+                found: format!(
+                    "type {}, key {} B, value {} B, {} entries, flags {:#x}",
+                    have.0, have.1, have.2, have.3, have.4
+                ),
             });
         }
     }
@@ -198,7 +201,12 @@ fn load_object(dirs: &PinDirs, bytes: &[u8], fib4_chunks: u32) -> Result<Ebpf, D
     load_object_logging(dirs, bytes, VerifierLogLevel::STATS, fib4_chunks)
 }
 
-fn load_object_logging(dirs: &PinDirs, bytes: &[u8], log: VerifierLogLevel, fib4_chunks: u32) -> Result<Ebpf, DataplaneError> {
+fn load_object_logging(
+    dirs: &PinDirs,
+    bytes: &[u8],
+    log: VerifierLogLevel,
+    fib4_chunks: u32,
+) -> Result<Ebpf, DataplaneError> {
     let mut loader = EbpfLoader::new();
     loader.verifier_log_level(log);
     loader.map_max_entries(names::FIB4_CHUNKS, fib4_chunks);
@@ -220,10 +228,12 @@ fn load_programs(ebpf: &mut Ebpf, dirs: &PinDirs, bytes: &[u8], fib4_chunks: u32
     }
     match both(ebpf) {
         Ok(()) => Ok(()),
-        Err(first) => match load_object_logging(dirs, bytes, VerifierLogLevel::DEBUG | VerifierLogLevel::STATS, fib4_chunks) {
-            Ok(mut verbose) => both(&mut verbose).and(Err(first)),
-            Err(_) => Err(first),
-        },
+        Err(first) => {
+            match load_object_logging(dirs, bytes, VerifierLogLevel::DEBUG | VerifierLogLevel::STATS, fib4_chunks) {
+                Ok(mut verbose) => both(&mut verbose).and(Err(first)),
+                Err(_) => Err(first),
+            }
+        }
     }
 }
 
@@ -250,8 +260,16 @@ fn pin_programs(dirs: &PinDirs, ebpf: &mut Ebpf) -> Result<(), DataplaneError> {
         let tmp = dirs.programs.join(format!("{name}_new"));
         remove_pin(&tmp)?;
         let prog = ebpf.program_mut(name).ok_or(DataplaneError::Missing { what: "program", name })?;
-        prog.pin(&tmp).map_err(|e| DataplaneError::Io { path: tmp.clone(), op: "pin", source: std::io::Error::other(e.to_string()) })?;
-        fs::rename(&tmp, &path).map_err(|source| DataplaneError::Io { path: path.clone(), op: "rename pin", source })?;
+        prog.pin(&tmp).map_err(|e| DataplaneError::Io {
+            path: tmp.clone(),
+            op: "pin",
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        fs::rename(&tmp, &path).map_err(|source| DataplaneError::Io {
+            path: path.clone(),
+            op: "rename pin",
+            source,
+        })?;
     }
     Ok(())
 }
@@ -266,7 +284,11 @@ fn open_pinned_programs(dirs: &PinDirs) -> Result<(Xdp, SchedClassifier), Datapl
 
 fn mkdirs(dirs: &PinDirs) -> Result<(), DataplaneError> {
     for d in [&dirs.maps, &dirs.programs, &dirs.links] {
-        fs::create_dir_all(d).map_err(|source| DataplaneError::Io { path: d.clone(), op: "create directory", source })?;
+        fs::create_dir_all(d).map_err(|source| DataplaneError::Io {
+            path: d.clone(),
+            op: "create directory",
+            source,
+        })?;
     }
     Ok(())
 }
@@ -274,12 +296,20 @@ fn mkdirs(dirs: &PinDirs) -> Result<(), DataplaneError> {
 /// The pinned links, by ifindex; pins of interfaces that are gone are removed.
 fn adopt_links(dirs: &PinDirs) -> Result<(StdHashMap<u32, InterfaceLinks>, Vec<u32>), DataplaneError> {
     let mut found: StdHashMap<u32, (Option<FdLink>, Option<FdLink>)> = StdHashMap::new();
-    let entries = fs::read_dir(&dirs.links).map_err(|source| DataplaneError::Io { path: dirs.links.clone(), op: "read directory", source })?;
+    let entries = fs::read_dir(&dirs.links).map_err(|source| DataplaneError::Io {
+        path: dirs.links.clone(),
+        op: "read directory",
+        source,
+    })?;
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         let Some((idx, hook)) = name.split_once('-') else { continue };
         let Ok(ifindex) = idx.parse::<u32>() else { continue };
-        let link = PinnedLink::from_pin(entry.path()).map_err(|e| DataplaneError::Link { program: "pinned link", op: "open", source: Box::new(e) })?;
+        let link = PinnedLink::from_pin(entry.path()).map_err(|e| DataplaneError::Link {
+            program: "pinned link",
+            op: "open",
+            source: Box::new(e),
+        })?;
         let slot = found.entry(ifindex).or_default();
         match hook {
             "xdp" => slot.0 = Some(link.into()),
@@ -319,7 +349,8 @@ impl KernelDataplane {
         let pinned_maps = check_pinned_maps(&dirs, EBPF_OBJECT)?;
         mkdirs(&dirs)?;
         let mut ebpf = load_object(&dirs, EBPF_OBJECT, config.fib4_chunks)?;
-        let adopting = dirs.programs.join(programs::XDP_INGRESS).exists() && dirs.programs.join(programs::TC_EGRESS).exists();
+        let adopting =
+            dirs.programs.join(programs::XDP_INGRESS).exists() && dirs.programs.join(programs::TC_EGRESS).exists();
         let mut report = LoadReport::default();
         let (xdp, tc) = if adopting && config.pinned_object == Some(object_fingerprint(EBPF_OBJECT)) {
             // Pinned from this very object: nothing to compare, nothing to verify.
@@ -536,8 +567,16 @@ fn links_run_active(inner: &Inner) -> Result<bool, DataplaneError> {
     let xdp = inner.xdp.info().map_err(DataplaneError::program(programs::XDP_INGRESS, "info"))?.id();
     let tc = inner.tc.info().map_err(DataplaneError::program(programs::TC_EGRESS, "info"))?.id();
     for l in inner.links.values() {
-        let x = l.xdp.info().map_err(|e| DataplaneError::Link { program: programs::XDP_INGRESS, op: "info", source: Box::new(e) })?;
-        let t = l.tc.info().map_err(|e| DataplaneError::Link { program: programs::TC_EGRESS, op: "info", source: Box::new(e) })?;
+        let x = l.xdp.info().map_err(|e| DataplaneError::Link {
+            program: programs::XDP_INGRESS,
+            op: "info",
+            source: Box::new(e),
+        })?;
+        let t = l.tc.info().map_err(|e| DataplaneError::Link {
+            program: programs::TC_EGRESS,
+            op: "info",
+            source: Box::new(e),
+        })?;
         if x.program_id() != xdp || t.program_id() != tc {
             return Ok(false);
         }
@@ -556,16 +595,38 @@ fn swap_links(inner: &mut Inner) -> Result<(), DataplaneError> {
     for ifindex in ifindexes {
         let links = inner.links.remove(&ifindex).expect("listed above");
         // The pins keep the links attached whatever happens to these fds.
-        let xdp_link = XdpLink::try_from(links.xdp)
-            .map_err(|e| DataplaneError::Link { program: programs::XDP_INGRESS, op: "open", source: Box::new(e) })?;
-        let id = inner.xdp.attach_to_link(xdp_link).map_err(DataplaneError::program(programs::XDP_INGRESS, "link update"))?;
-        let xdp = FdLink::try_from(inner.xdp.take_link(id).map_err(DataplaneError::program(programs::XDP_INGRESS, "take link"))?)
-            .map_err(|e| DataplaneError::Link { program: programs::XDP_INGRESS, op: "convert to fd link", source: Box::new(e) })?;
-        let tc_link = SchedClassifierLink::try_from(links.tc)
-            .map_err(|e| DataplaneError::Link { program: programs::TC_EGRESS, op: "open", source: Box::new(e) })?;
-        let id = inner.tc.attach_to_link(tc_link).map_err(DataplaneError::program(programs::TC_EGRESS, "link update"))?;
-        let tc = FdLink::try_from(inner.tc.take_link(id).map_err(DataplaneError::program(programs::TC_EGRESS, "take link"))?)
-            .map_err(|e| DataplaneError::Link { program: programs::TC_EGRESS, op: "convert to fd link", source: Box::new(e) })?;
+        let xdp_link = XdpLink::try_from(links.xdp).map_err(|e| DataplaneError::Link {
+            program: programs::XDP_INGRESS,
+            op: "open",
+            source: Box::new(e),
+        })?;
+        let id = inner
+            .xdp
+            .attach_to_link(xdp_link)
+            .map_err(DataplaneError::program(programs::XDP_INGRESS, "link update"))?;
+        let xdp = FdLink::try_from(
+            inner.xdp.take_link(id).map_err(DataplaneError::program(programs::XDP_INGRESS, "take link"))?,
+        )
+        .map_err(|e| DataplaneError::Link {
+            program: programs::XDP_INGRESS,
+            op: "convert to fd link",
+            source: Box::new(e),
+        })?;
+        let tc_link = SchedClassifierLink::try_from(links.tc).map_err(|e| DataplaneError::Link {
+            program: programs::TC_EGRESS,
+            op: "open",
+            source: Box::new(e),
+        })?;
+        let id =
+            inner.tc.attach_to_link(tc_link).map_err(DataplaneError::program(programs::TC_EGRESS, "link update"))?;
+        let tc = FdLink::try_from(
+            inner.tc.take_link(id).map_err(DataplaneError::program(programs::TC_EGRESS, "take link"))?,
+        )
+        .map_err(|e| DataplaneError::Link {
+            program: programs::TC_EGRESS,
+            op: "convert to fd link",
+            source: Box::new(e),
+        })?;
         inner.links.insert(ifindex, InterfaceLinks { xdp, tc });
         info!(ifindex, "links switched to the new programs");
     }
@@ -598,9 +659,8 @@ fn ensure_bpffs(root: &Path) -> Result<(), DataplaneError> {
     while !probe.exists() {
         probe = probe.parent().unwrap_or(Path::new("/"));
     }
-    let c = CString::new(probe.as_os_str().as_encoded_bytes()).map_err(|_| DataplaneError::NotBpffs {
-        path: root.to_owned(),
-    })?;
+    let c = CString::new(probe.as_os_str().as_encoded_bytes())
+        .map_err(|_| DataplaneError::NotBpffs { path: root.to_owned() })?;
     // SAFETY: statfs writes into the zeroed struct we pass; `c` is a valid NUL-terminated path.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
@@ -628,9 +688,7 @@ fn attach_xdp(xdp: &mut Xdp, name: &str, ifindex: u32, mode: XdpMode) -> Result<
         // Ask for native explicitly so we know which mode we got; fall back only when the driver
         // says it has no native XDP.
         XdpMode::Auto => match attempt(xdp, AyaXdpMode::Driver) {
-            Err(e) if errno(&e) == Some(libc::EOPNOTSUPP) => {
-                (attempt(xdp, AyaXdpMode::Skb), XdpMode::Generic)
-            }
+            Err(e) if errno(&e) == Some(libc::EOPNOTSUPP) => (attempt(xdp, AyaXdpMode::Skb), XdpMode::Generic),
             other => (other, XdpMode::Native),
         },
     };
@@ -672,11 +730,9 @@ fn errno(e: &aya::programs::ProgramError) -> Option<i32> {
     match e {
         P::SyscallError(s) => s.io_error.raw_os_error(),
         P::TcError(aya::programs::tc::TcError::IoError(io)) => io.raw_os_error(),
-        P::XdpError(aya::programs::xdp::XdpError::NetlinkError(n)) => {
-            std::error::Error::source(n)
-                .and_then(|s| s.downcast_ref::<std::io::Error>())
-                .and_then(|io| io.raw_os_error())
-        }
+        P::XdpError(aya::programs::xdp::XdpError::NetlinkError(n)) => std::error::Error::source(n)
+            .and_then(|s| s.downcast_ref::<std::io::Error>())
+            .and_then(|io| io.raw_os_error()),
         _ => None,
     }
 }
@@ -701,9 +757,11 @@ fn pin_links(dirs: &PinDirs, ifindex: u32, xdp: FdLink, tc: FdLink) -> Result<(F
     let pin = |link: FdLink, hook: &str, program: &'static str| -> Result<FdLink, DataplaneError> {
         let path = dirs.link(ifindex, hook);
         remove_pin(&path)?;
-        link.pin(&path)
-            .map(FdLink::from)
-            .map_err(|e| DataplaneError::Io { path, op: "pin link", source: std::io::Error::other(format!("{program}: {e}")) })
+        link.pin(&path).map(FdLink::from).map_err(|e| DataplaneError::Io {
+            path,
+            op: "pin link",
+            source: std::io::Error::other(format!("{program}: {e}")),
+        })
     };
     let xdp = pin(xdp, "xdp", programs::XDP_INGRESS)?;
     match pin(tc, "tc", programs::TC_EGRESS) {
@@ -752,8 +810,9 @@ struct EntryExtras {
 }
 
 /// The entry flags [`EntryExtras`] carries.
-const EXTRA_FLAGS: u32 =
-    dataplane_common::route::IFACE_FLOWS | dataplane_common::route::IFACE_POLICY_IN | dataplane_common::route::IFACE_EGRESS_POLICIES;
+const EXTRA_FLAGS: u32 = dataplane_common::route::IFACE_FLOWS
+    | dataplane_common::route::IFACE_POLICY_IN
+    | dataplane_common::route::IFACE_EGRESS_POLICIES;
 
 impl Inner {
     fn entry_extras(&self, p: &InterfaceParams) -> Result<EntryExtras, DataplaneError> {
@@ -929,7 +988,10 @@ impl Dataplane for KernelDataplane {
                 return Ok(found.map(|(prefix_len, nexthop_slot)| RouteMatch { prefix_len, nexthop_slot }));
             }
         }
-        Ok(inner.routes.lookup(vrf, addr)?.map(|v| RouteMatch { prefix_len: v.prefix_len as u8, nexthop_slot: v.nexthop }))
+        Ok(inner
+            .routes
+            .lookup(vrf, addr)?
+            .map(|v| RouteMatch { prefix_len: v.prefix_len as u8, nexthop_slot: v.nexthop }))
     }
 
     fn fib4_capacity(&self) -> u32 {
@@ -1054,7 +1116,8 @@ impl Dataplane for KernelDataplane {
         // RCU read lock, so when it returns no run that began before it is still going.
         const MEMBARRIER_CMD_GLOBAL: libc::c_long = 1;
         // SAFETY: plain syscall with integer arguments.
-        let r = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0 as libc::c_long, 0 as libc::c_long) };
+        let r =
+            unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0 as libc::c_long, 0 as libc::c_long) };
         if r != 0 {
             return Err(DataplaneError::Io {
                 path: "membarrier".into(),
@@ -1120,7 +1183,12 @@ impl Dataplane for KernelDataplane {
         let tc = inner.tc.info().map_err(DataplaneError::program(programs::TC_EGRESS, "info"))?;
         Ok(vec![
             ProgramStatus { name: programs::XDP_INGRESS.to_owned(), kind: "xdp", kernel_id: xdp.id(), tag: xdp.tag() },
-            ProgramStatus { name: programs::TC_EGRESS.to_owned(), kind: "sched_cls", kernel_id: tc.id(), tag: tc.tag() },
+            ProgramStatus {
+                name: programs::TC_EGRESS.to_owned(),
+                kind: "sched_cls",
+                kernel_id: tc.id(),
+                tag: tc.tag(),
+            },
         ])
     }
 
@@ -1130,10 +1198,7 @@ impl Dataplane for KernelDataplane {
         for name in names::ALL {
             let path = self.dirs.maps.join(name);
             let info = MapInfo::from_pin(&path).map_err(DataplaneError::map(name, "info"))?;
-            let kind = info
-                .map_type()
-                .map(|t| map_type_name(t).to_owned())
-                .unwrap_or_else(|_| "unknown".to_owned());
+            let kind = info.map_type().map(|t| map_type_name(t).to_owned()).unwrap_or_else(|_| "unknown".to_owned());
             let keys = match *name {
                 names::INTERFACES => Some(inner.interfaces.count_direct()),
                 names::INTERFACES_HIGH => Some(inner.interfaces.count_high()),

@@ -5,18 +5,22 @@ use std::{collections::BTreeSet, net::IpAddr};
 use aya::maps::{lpm_trie::Key, Array, DevMap, HashMap, LpmTrie, MapData, MapError, PerCpuArray, PerCpuValues};
 use dataplane_common::{
     flow::{FlowConfig, FlowKeyV4, FlowKeyV6, FlowValue},
-    route::IFACE_KERNEL_FIB,
     maps as names,
     policy::{PolicyAddrV4, PolicyAddrV6, PolicyL4, PolicyTable, RuleStats},
+    route::IFACE_KERNEL_FIB,
     route::VRF_BITS,
-    InterfaceConfig, MAX_DIRECT_IFINDEX, NextHop, NextHopStats, RouteAddrV4, RouteAddrV6, RouteValue,
+    InterfaceConfig, NextHop, NextHopStats, RouteAddrV4, RouteAddrV6, RouteValue, MAX_DIRECT_IFINDEX,
 };
 
 use super::{DataplaneError, FlowKey, PolicyImage};
 use crate::net::Prefix;
 
 fn cpus() -> Result<usize, DataplaneError> {
-    aya::util::nr_cpus().map_err(|(path, source)| DataplaneError::Io { path: path.into(), op: "read possible CPUs", source })
+    aya::util::nr_cpus().map_err(|(path, source)| DataplaneError::Io {
+        path: path.into(),
+        op: "read possible CPUs",
+        source,
+    })
 }
 
 /// `INTERFACES` (array by ifindex) and `INTERFACES_HIGH` (hash, ifindexes past the array):
@@ -52,7 +56,17 @@ impl Interfaces {
     pub fn remove(&mut self, ifindex: u32) -> Result<(), DataplaneError> {
         if ifindex < MAX_DIRECT_IFINDEX {
             // An all-zero entry lacks IFACE_PRESENT: absent to the programs.
-            let empty = InterfaceConfig { slot: 0, vrf: 0, mtu: 0, flags: 0, mac: [0; 6], _pad: [0; 2], ipv4: [0; 4], ipv6: [0; 16], fib_table: 0 };
+            let empty = InterfaceConfig {
+                slot: 0,
+                vrf: 0,
+                mtu: 0,
+                flags: 0,
+                mac: [0; 6],
+                _pad: [0; 2],
+                ipv4: [0; 4],
+                ipv6: [0; 16],
+                fib_table: 0,
+            };
             self.direct.set(ifindex, empty, 0).map_err(DataplaneError::map(names::INTERFACES, "clear"))?;
         } else {
             match self.high.remove(&ifindex) {
@@ -74,7 +88,11 @@ impl Interfaces {
     }
 
     /// Rewrites, as `f` makes them, the entries `which` selects (only those `f` changes).
-    fn patch(&mut self, which: impl Fn(&InterfaceConfig) -> bool, f: impl Fn(InterfaceConfig) -> InterfaceConfig) -> Result<(), DataplaneError> {
+    fn patch(
+        &mut self,
+        which: impl Fn(&InterfaceConfig) -> bool,
+        f: impl Fn(InterfaceConfig) -> InterfaceConfig,
+    ) -> Result<(), DataplaneError> {
         let present: Vec<u32> = self.present.iter().copied().collect();
         for ifindex in present {
             let cfg = self.get(ifindex)?;
@@ -102,7 +120,10 @@ impl Interfaces {
 
     /// Sets or clears `flag` in the entry of interface slot `slot` (`None`: in every entry).
     pub fn set_flag(&mut self, slot: Option<u32>, flag: u32, on: bool) -> Result<(), DataplaneError> {
-        self.patch(|c| slot.is_none_or(|s| c.slot == s), |c| InterfaceConfig { flags: if on { c.flags | flag } else { c.flags & !flag }, ..c })
+        self.patch(
+            |c| slot.is_none_or(|s| c.slot == s),
+            |c| InterfaceConfig { flags: if on { c.flags | flag } else { c.flags & !flag }, ..c },
+        )
     }
 
     /// Entries in `INTERFACES`.
@@ -174,8 +195,11 @@ impl<T: Counters> CounterArray<T> {
     /// Zeroes `id` on every CPU, so a reused id starts from nothing.
     pub fn reset(&mut self, id: u32) -> Result<(), DataplaneError> {
         self.check(id)?;
-        let zeros = PerCpuValues::try_from(vec![T::zero(); self.cpus])
-            .map_err(|source| DataplaneError::Io { path: self.name.into(), op: "build per-CPU value", source })?;
+        let zeros = PerCpuValues::try_from(vec![T::zero(); self.cpus]).map_err(|source| DataplaneError::Io {
+            path: self.name.into(),
+            op: "build per-CPU value",
+            source,
+        })?;
         self.map.set(id, zeros, 0).map_err(DataplaneError::map(self.name, "update"))
     }
 }
@@ -222,7 +246,12 @@ pub(super) fn update_batch(fd: i32, keys: &[u8], values: &[u8], count: u32) -> R
     // SAFETY: `attr` is a zeroed bpf_attr with the batch fields set; `keys` and `values` hold
     // `count` packed entries each and outlive the call; the kernel writes back only `count`.
     let r = unsafe {
-        libc::syscall(libc::SYS_bpf, 26 as libc::c_long, attr.as_mut_ptr(), std::mem::size_of_val(&attr) as libc::c_long)
+        libc::syscall(
+            libc::SYS_bpf,
+            26 as libc::c_long,
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(&attr) as libc::c_long,
+        )
     };
     if r < 0 {
         let e = std::io::Error::last_os_error();
@@ -283,7 +312,10 @@ impl Routes {
                 }
                 match update_batch(fd, &keys, &values, chunk.len() as u32) {
                     Ok(()) => done.extend_from_slice(chunk),
-                    Err((written, e)) if written == 0 && matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOTSUP) | Some(524)) => {
+                    Err((written, e))
+                        if written == 0
+                            && matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOTSUP) | Some(524)) =>
+                    {
                         // No batch updates here: one at a time.
                         for &i in chunk {
                             let (vrf, prefix, slot) = &routes[i];
@@ -295,7 +327,10 @@ impl Routes {
                     }
                     Err((written, e)) => {
                         done.extend_from_slice(&chunk[..written as usize]);
-                        return Err((done, DataplaneError::Io { path: name.into(), op: "BPF_MAP_UPDATE_BATCH", source: e }));
+                        return Err((
+                            done,
+                            DataplaneError::Io { path: name.into(), op: "BPF_MAP_UPDATE_BATCH", source: e },
+                        ));
                     }
                 }
             }
@@ -311,7 +346,10 @@ impl Routes {
         };
         match r {
             Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(e) => Err(DataplaneError::map(if prefix.is_ipv4() { names::ROUTES_V4 } else { names::ROUTES_V6 }, "remove")(e)),
+            Err(e) => Err(DataplaneError::map(
+                if prefix.is_ipv4() { names::ROUTES_V4 } else { names::ROUTES_V6 },
+                "remove",
+            )(e)),
         }
     }
 
@@ -336,13 +374,19 @@ impl Routes {
     /// Longest-prefix match, exactly as the XDP program looks it up.
     pub fn lookup(&self, vrf: u32, addr: IpAddr) -> Result<Option<RouteValue>, DataplaneError> {
         let r = match addr {
-            IpAddr::V4(a) => self.v4.get(&Key::new(VRF_BITS + 32, RouteAddrV4 { vrf: vrf.to_be_bytes(), addr: a.octets() }), 0),
-            IpAddr::V6(a) => self.v6.get(&Key::new(VRF_BITS + 128, RouteAddrV6 { vrf: vrf.to_be_bytes(), addr: a.octets() }), 0),
+            IpAddr::V4(a) => {
+                self.v4.get(&Key::new(VRF_BITS + 32, RouteAddrV4 { vrf: vrf.to_be_bytes(), addr: a.octets() }), 0)
+            }
+            IpAddr::V6(a) => {
+                self.v6.get(&Key::new(VRF_BITS + 128, RouteAddrV6 { vrf: vrf.to_be_bytes(), addr: a.octets() }), 0)
+            }
         };
         match r {
             Ok(v) => Ok(Some(v)),
             Err(MapError::KeyNotFound) => Ok(None),
-            Err(e) => Err(DataplaneError::map(if addr.is_ipv4() { names::ROUTES_V4 } else { names::ROUTES_V6 }, "lookup")(e)),
+            Err(e) => {
+                Err(DataplaneError::map(if addr.is_ipv4() { names::ROUTES_V4 } else { names::ROUTES_V6 }, "lookup")(e))
+            }
         }
     }
 }
@@ -380,7 +424,9 @@ impl PolicyMaps {
 
     fn write_inner(&mut self, image: &PolicyImage) -> Result<(), DataplaneError> {
         for (i, w) in image.pool.iter().enumerate() {
-            self.words.set(image.pool_base + i as u32, w, 0).map_err(DataplaneError::map(names::POLICY_WORDS, "update"))?;
+            self.words
+                .set(image.pool_base + i as u32, w, 0)
+                .map_err(DataplaneError::map(names::POLICY_WORDS, "update"))?;
         }
         for (field, entries) in [(AddrField::Src, &image.src), (AddrField::Dst, &image.dst)] {
             for (prefix, class) in entries {
@@ -396,13 +442,12 @@ impl PolicyMaps {
         for (i, action) in image.actions.iter().enumerate() {
             let slot = image.header.rule_base + i as u32;
             self.actions.set(slot, action, 0).map_err(DataplaneError::map(names::POLICY_ACTIONS, "update"))?;
-            let zero = PerCpuValues::try_from(vec![RuleStats::default(); cpus])
-                .map_err(|source| DataplaneError::Io { path: names::POLICY_RULE_STATS.into(), op: "per-CPU zero value", source })?;
+            let zero = PerCpuValues::try_from(vec![RuleStats::default(); cpus]).map_err(|source| {
+                DataplaneError::Io { path: names::POLICY_RULE_STATS.into(), op: "per-CPU zero value", source }
+            })?;
             self.stats.set(slot, zero, 0).map_err(DataplaneError::map(names::POLICY_RULE_STATS, "zero"))?;
         }
-        self.headers
-            .set(image.table, image.header, 0)
-            .map_err(DataplaneError::map(names::POLICY_TABLE_HDRS, "update"))
+        self.headers.set(image.table, image.header, 0).map_err(DataplaneError::map(names::POLICY_TABLE_HDRS, "update"))
     }
 
     fn insert_addr(&mut self, table: u32, field: AddrField, prefix: &Prefix, class: u32) -> Result<(), DataplaneError> {
@@ -441,10 +486,22 @@ impl PolicyMaps {
             for (prefix, _) in entries {
                 let plen = 32 + u32::from(prefix.len());
                 match (prefix.addr(), field) {
-                    (IpAddr::V4(a), AddrField::Src) => gone(self.v4_src.remove(&Key::new(plen, PolicyAddrV4 { table: t, addr: a.octets() })), names::POLICY_V4_SRC)?,
-                    (IpAddr::V4(a), AddrField::Dst) => gone(self.v4_dst.remove(&Key::new(plen, PolicyAddrV4 { table: t, addr: a.octets() })), names::POLICY_V4_DST)?,
-                    (IpAddr::V6(a), AddrField::Src) => gone(self.v6_src.remove(&Key::new(plen, PolicyAddrV6 { table: t, addr: a.octets() })), names::POLICY_V6_SRC)?,
-                    (IpAddr::V6(a), AddrField::Dst) => gone(self.v6_dst.remove(&Key::new(plen, PolicyAddrV6 { table: t, addr: a.octets() })), names::POLICY_V6_DST)?,
+                    (IpAddr::V4(a), AddrField::Src) => gone(
+                        self.v4_src.remove(&Key::new(plen, PolicyAddrV4 { table: t, addr: a.octets() })),
+                        names::POLICY_V4_SRC,
+                    )?,
+                    (IpAddr::V4(a), AddrField::Dst) => gone(
+                        self.v4_dst.remove(&Key::new(plen, PolicyAddrV4 { table: t, addr: a.octets() })),
+                        names::POLICY_V4_DST,
+                    )?,
+                    (IpAddr::V6(a), AddrField::Src) => gone(
+                        self.v6_src.remove(&Key::new(plen, PolicyAddrV6 { table: t, addr: a.octets() })),
+                        names::POLICY_V6_SRC,
+                    )?,
+                    (IpAddr::V6(a), AddrField::Dst) => gone(
+                        self.v6_dst.remove(&Key::new(plen, PolicyAddrV6 { table: t, addr: a.octets() })),
+                        names::POLICY_V6_DST,
+                    )?,
                 }
             }
         }
@@ -466,8 +523,12 @@ impl PolicyMaps {
     pub fn rule_stats(&self, first: u32, count: u32) -> Result<Vec<RuleStats>, DataplaneError> {
         (first..first + count)
             .map(|slot| {
-                let per_cpu = self.stats.get(&slot, 0).map_err(DataplaneError::map(names::POLICY_RULE_STATS, "read"))?;
-                Ok(per_cpu.iter().fold(RuleStats::default(), |a, s| RuleStats { packets: a.packets + s.packets, bytes: a.bytes + s.bytes }))
+                let per_cpu =
+                    self.stats.get(&slot, 0).map_err(DataplaneError::map(names::POLICY_RULE_STATS, "read"))?;
+                Ok(per_cpu.iter().fold(RuleStats::default(), |a, s| RuleStats {
+                    packets: a.packets + s.packets,
+                    bytes: a.bytes + s.bytes,
+                }))
             })
             .collect()
     }
@@ -486,11 +547,27 @@ pub struct FlowMaps {
 }
 
 fn key4(k: &FlowKey, src: std::net::Ipv4Addr, dst: std::net::Ipv4Addr) -> FlowKeyV4 {
-    FlowKeyV4 { vrf: k.vrf, src: src.octets(), dst: dst.octets(), sport: k.sport, dport: k.dport, proto: k.proto, _pad: [0; 3] }
+    FlowKeyV4 {
+        vrf: k.vrf,
+        src: src.octets(),
+        dst: dst.octets(),
+        sport: k.sport,
+        dport: k.dport,
+        proto: k.proto,
+        _pad: [0; 3],
+    }
 }
 
 fn key6(k: &FlowKey, src: std::net::Ipv6Addr, dst: std::net::Ipv6Addr) -> FlowKeyV6 {
-    FlowKeyV6 { vrf: k.vrf, src: src.octets(), dst: dst.octets(), sport: k.sport, dport: k.dport, proto: k.proto, _pad: [0; 3] }
+    FlowKeyV6 {
+        vrf: k.vrf,
+        src: src.octets(),
+        dst: dst.octets(),
+        sport: k.sport,
+        dport: k.dport,
+        proto: k.proto,
+        _pad: [0; 3],
+    }
 }
 
 impl FlowMaps {
@@ -501,8 +578,12 @@ impl FlowMaps {
 
     pub fn put(&mut self, k: &FlowKey, v: &FlowValue) -> Result<(), DataplaneError> {
         match (k.src, k.dst) {
-            (IpAddr::V4(s), IpAddr::V4(d)) => self.v4.insert(key4(k, s, d), v, 0).map_err(DataplaneError::map(names::FLOWS_V4, "insert")),
-            (IpAddr::V6(s), IpAddr::V6(d)) => self.v6.insert(key6(k, s, d), v, 0).map_err(DataplaneError::map(names::FLOWS_V6, "insert")),
+            (IpAddr::V4(s), IpAddr::V4(d)) => {
+                self.v4.insert(key4(k, s, d), v, 0).map_err(DataplaneError::map(names::FLOWS_V4, "insert"))
+            }
+            (IpAddr::V6(s), IpAddr::V6(d)) => {
+                self.v6.insert(key6(k, s, d), v, 0).map_err(DataplaneError::map(names::FLOWS_V6, "insert"))
+            }
             _ => Err(DataplaneError::Missing { what: "flow family", name: "mixed IPv4/IPv6 flow key" }),
         }
     }
@@ -538,14 +619,28 @@ impl FlowMaps {
             // An entry evicted or deleted during the walk is simply not listed.
             let Ok((k, v)) = item else { continue };
             out.push((
-                FlowKey { vrf: k.vrf, src: IpAddr::from(k.src), dst: IpAddr::from(k.dst), proto: k.proto, sport: k.sport, dport: k.dport },
+                FlowKey {
+                    vrf: k.vrf,
+                    src: IpAddr::from(k.src),
+                    dst: IpAddr::from(k.dst),
+                    proto: k.proto,
+                    sport: k.sport,
+                    dport: k.dport,
+                },
                 v,
             ));
         }
         for item in self.v6.iter() {
             let Ok((k, v)) = item else { continue };
             out.push((
-                FlowKey { vrf: k.vrf, src: IpAddr::from(k.src), dst: IpAddr::from(k.dst), proto: k.proto, sport: k.sport, dport: k.dport },
+                FlowKey {
+                    vrf: k.vrf,
+                    src: IpAddr::from(k.src),
+                    dst: IpAddr::from(k.dst),
+                    proto: k.proto,
+                    sport: k.sport,
+                    dport: k.dport,
+                },
                 v,
             ));
         }

@@ -100,10 +100,23 @@ pub struct InterfaceParams {
 /// A next hop as the kernel stores it (slots, not the API's ids).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum NextHopParams {
-    Encap { tx_slot: u32, ifindex: u32, mtu: u32, dst_mac: Mac, src_mac: Mac },
+    Encap {
+        tx_slot: u32,
+        ifindex: u32,
+        mtu: u32,
+        dst_mac: Mac,
+        src_mac: Mac,
+    },
     /// A gateway whose MAC the kernel has not resolved yet: packets go to the kernel stack.
-    Unresolved { tx_slot: u32, ifindex: u32, mtu: u32, src_mac: Mac },
-    Ecmp { members: Vec<u32> },
+    Unresolved {
+        tx_slot: u32,
+        ifindex: u32,
+        mtu: u32,
+        src_mac: Mac,
+    },
+    Ecmp {
+        members: Vec<u32>,
+    },
     Discard,
     Receive,
 }

@@ -8,10 +8,7 @@ use aya::{
     maps::{Array, ProgramArray},
     programs::{TestRun, TestRunOptions, Xdp},
 };
-use dataplane_common::{
-    maps as names,
-    programs, BenchFrame, BENCH_FRAME_LEN,
-};
+use dataplane_common::{maps as names, programs, BenchFrame, BENCH_FRAME_LEN};
 
 use super::{loader::program_mut, DataplaneError, KernelDataplane};
 
@@ -76,18 +73,20 @@ impl KernelDataplane {
             }
             let mut bytes = [0u8; BENCH_FRAME_LEN];
             bytes.copy_from_slice(&frame[..BENCH_FRAME_LEN]);
-            let map = ebpf.map_mut(names::BENCH_FRAME).ok_or(DataplaneError::Missing { what: "map", name: names::BENCH_FRAME })?;
-            let mut head: Array<_, BenchFrame> = Array::try_from(map).map_err(DataplaneError::map(names::BENCH_FRAME, "open"))?;
+            let map = ebpf
+                .map_mut(names::BENCH_FRAME)
+                .ok_or(DataplaneError::Missing { what: "map", name: names::BENCH_FRAME })?;
+            let mut head: Array<_, BenchFrame> =
+                Array::try_from(map).map_err(DataplaneError::map(names::BENCH_FRAME, "open"))?;
             head.set(0, BenchFrame { bytes }, 0).map_err(DataplaneError::map(names::BENCH_FRAME, "update"))?;
 
             let xdp: &mut Xdp = program_mut(ebpf, target)?;
             let fd = xdp.fd().map_err(DataplaneError::program(target, "fd"))?;
-            let fd = fd.try_clone().map_err(|source| DataplaneError::Io {
-                path: "program fd".into(),
-                op: "dup",
-                source,
-            })?;
-            let map = ebpf.map_mut(names::BENCH_TARGETS).ok_or(DataplaneError::Missing { what: "map", name: names::BENCH_TARGETS })?;
+            let fd =
+                fd.try_clone().map_err(|source| DataplaneError::Io { path: "program fd".into(), op: "dup", source })?;
+            let map = ebpf
+                .map_mut(names::BENCH_TARGETS)
+                .ok_or(DataplaneError::Missing { what: "map", name: names::BENCH_TARGETS })?;
             let mut targets = ProgramArray::try_from(map).map_err(DataplaneError::map(names::BENCH_TARGETS, "open"))?;
             targets.set(0, &fd, 0).map_err(DataplaneError::map(names::BENCH_TARGETS, "update"))?;
         }
@@ -108,7 +107,9 @@ impl KernelDataplane {
     pub fn bench_trie_v4_insert(&self, prefixes: &[(std::net::Ipv4Addr, u8)]) -> Result<(), DataplaneError> {
         let routes: Vec<(u32, crate::net::Prefix, u32)> = prefixes
             .iter()
-            .map(|(a, len)| (programs::BENCH_TRIE_VRF, crate::net::Prefix::containing(std::net::IpAddr::V4(*a), *len), 0))
+            .map(|(a, len)| {
+                (programs::BENCH_TRIE_VRF, crate::net::Prefix::containing(std::net::IpAddr::V4(*a), *len), 0)
+            })
             .collect();
         self.lock().routes.insert_many(&routes).map_err(|(_, e)| e)
     }
@@ -116,7 +117,10 @@ impl KernelDataplane {
     /// Adds IPv4 prefixes to the benchmark's plain LPM trie (`BENCH_LPM_V4`).
     pub fn bench_lpm_v4_insert(&self, prefixes: &[(std::net::Ipv4Addr, u8)]) -> Result<(), DataplaneError> {
         let mut inner = self.lock();
-        let map = inner.ebpf.map_mut(names::BENCH_LPM_V4).ok_or(DataplaneError::Missing { what: "map", name: names::BENCH_LPM_V4 })?;
+        let map = inner
+            .ebpf
+            .map_mut(names::BENCH_LPM_V4)
+            .ok_or(DataplaneError::Missing { what: "map", name: names::BENCH_LPM_V4 })?;
         let mut trie: aya::maps::LpmTrie<_, [u8; 4], u32> =
             aya::maps::LpmTrie::try_from(map).map_err(DataplaneError::map(names::BENCH_LPM_V4, "open"))?;
         for (addr, len) in prefixes {
@@ -126,7 +130,6 @@ impl KernelDataplane {
         Ok(())
     }
 }
-
 
 /// `struct xdp_md` as BPF_PROG_TEST_RUN takes it in `ctx_in`.
 #[repr(C)]
@@ -149,9 +152,8 @@ impl KernelDataplane {
         let xdp = &inner.xdp;
         let ctx = XdpMd { data_end: frame.len() as u32, ingress_ifindex: ifindex, ..Default::default() };
         // SAFETY: XdpMd is plain repr(C) data; viewed as its bytes.
-        let ctx_bytes = unsafe {
-            std::slice::from_raw_parts(&ctx as *const XdpMd as *const u8, std::mem::size_of::<XdpMd>())
-        };
+        let ctx_bytes =
+            unsafe { std::slice::from_raw_parts(&ctx as *const XdpMd as *const u8, std::mem::size_of::<XdpMd>()) };
         let result = xdp
             .test_run(TestRunOptions {
                 data_in: Some(frame),
@@ -188,7 +190,8 @@ impl PinnedIngress {
             }
             loader.map_pin_path(name, pin);
         }
-        let mut ebpf = loader.load(super::loader::EBPF_OBJECT).map_err(|e| DataplaneError::Load { source: Box::new(e) })?;
+        let mut ebpf =
+            loader.load(super::loader::EBPF_OBJECT).map_err(|e| DataplaneError::Load { source: Box::new(e) })?;
         let xdp: &mut Xdp = program_mut(&mut ebpf, programs::XDP_INGRESS)?;
         xdp.load().map_err(DataplaneError::program(programs::XDP_INGRESS, "load"))?;
         Ok(Self { ebpf })
@@ -204,7 +207,12 @@ impl PinnedIngress {
             .map_err(DataplaneError::program(programs::XDP_INGRESS, "open"))?;
         let mut out = vec![0u8; frame.len() + 256];
         let r = xdp
-            .test_run(TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), repeat: 1, ..Default::default() })
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                repeat: 1,
+                ..Default::default()
+            })
             .map_err(DataplaneError::program(programs::XDP_INGRESS, "test run"))?;
         out.truncate(r.data_size_out as usize);
         Ok((r.return_value, out))

@@ -68,7 +68,13 @@ pub fn compile(
             let applies: Vec<bool> = rules.iter().map(|r| r.family == Family::Any || r.family == fam).collect();
             let (fs, fd) = if v4 { (FIXED_V4_SRC, FIXED_V4_DST) } else { (FIXED_V6_SRC, FIXED_V6_DST) };
             for (out, slot, field) in [(&mut src, fs, Field::Src), (&mut dst, fd, Field::Dst)] {
-                let classes = address_classes(rules, &applies, v4, |r| if field == Field::Src { r.src } else { r.dst }, &mut records);
+                let classes = address_classes(
+                    rules,
+                    &applies,
+                    v4,
+                    |r| if field == Field::Src { r.src } else { r.dst },
+                    &mut records,
+                );
                 match classes.as_slice() {
                     [(_, only)] => fixed[slot] = Some(*only),
                     _ => out.extend(classes),
@@ -347,9 +353,11 @@ mod tests {
         let l4 = |field: u8, v: u16| {
             img.l4
                 .iter()
-                .filter(|(f, lo, len, _)| *f == field && {
-                    let m = if *len == 0 { 0 } else { u16::MAX << (16 - len) };
-                    v & m == *lo
+                .filter(|(f, lo, len, _)| {
+                    *f == field && {
+                        let m = if *len == 0 { 0 } else { u16::MAX << (16 - len) };
+                        v & m == *lo
+                    }
                 })
                 .max_by_key(|e| e.2)
                 .map(|e| e.3)
@@ -390,7 +398,13 @@ mod tests {
                 2 => Some(format!("198.51.0.0/{}", 16 + next() % 8)),
                 _ => Some(format!("2001:db8:{:x}::/48", next() % 3)),
             };
-            let src = src.map(|s| Prefix::containing(s.split('/').next().unwrap().parse().unwrap(), s.split('/').nth(1).unwrap().parse().unwrap()).to_string());
+            let src = src.map(|s| {
+                Prefix::containing(
+                    s.split('/').next().unwrap().parse().unwrap(),
+                    s.split('/').nth(1).unwrap().parse().unwrap(),
+                )
+                .to_string()
+            });
             let dport = match next() % 3 {
                 0 => None,
                 _ => {
@@ -410,7 +424,11 @@ mod tests {
             };
             let proto = if next() % 4 == 0 { 17 } else { 6 };
             let dport = (next() % 2500) as u16;
-            assert_eq!(evaluate(&img, src, proto, dport), reference(&rules, src, proto, dport), "{src} {proto} {dport}");
+            assert_eq!(
+                evaluate(&img, src, proto, dport),
+                reference(&rules, src, proto, dport),
+                "{src} {proto} {dport}"
+            );
         }
     }
 

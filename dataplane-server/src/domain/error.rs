@@ -73,11 +73,9 @@ impl From<DataplaneError> for DomainError {
             DataplaneError::XdpModeUnsupported { .. } | DataplaneError::XdpBusy { .. } => {
                 Self::FailedPrecondition(e.to_string())
             }
-            DataplaneError::InterfaceGone { interface } => Self::NotFound {
-                kind: "interface",
-                name: interface,
-                detail: " (it disappeared while being attached)",
-            },
+            DataplaneError::InterfaceGone { interface } => {
+                Self::NotFound { kind: "interface", name: interface, detail: " (it disappeared while being attached)" }
+            }
             other => Self::Internal { source: other },
         }
     }

@@ -141,7 +141,11 @@ impl FakeDataplane {
     pub fn kernel_routes(&self) -> Vec<(u32, Prefix, u32)> {
         let mut all: Vec<(u32, Prefix, u32)> = self.routes();
         for r in self.records.lock().unwrap().values() {
-            all.push((r.vrf, Prefix::containing(IpAddr::V4(std::net::Ipv4Addr::from(r.addr)), r.prefix_len), r.nexthop));
+            all.push((
+                r.vrf,
+                Prefix::containing(IpAddr::V4(std::net::Ipv4Addr::from(r.addr)), r.prefix_len),
+                r.nexthop,
+            ));
         }
         all.sort();
         all.dedup();
@@ -278,7 +282,11 @@ impl Dataplane for FakeDataplane {
 
     fn fib4_store(&self, chunk: u32, first: usize, values: &[u32]) -> Result<(), DataplaneError> {
         let mut pool = self.fib4_pool.lock().unwrap();
-        let c = pool.get_mut(chunk as usize).ok_or(DataplaneError::SlotOutOfRange { map: names::FIB4_CHUNKS, slot: chunk, max: 0 })?;
+        let c = pool.get_mut(chunk as usize).ok_or(DataplaneError::SlotOutOfRange {
+            map: names::FIB4_CHUNKS,
+            slot: chunk,
+            max: 0,
+        })?;
         c[first..first + values.len()].copy_from_slice(values);
         Ok(())
     }
@@ -330,7 +338,11 @@ impl Dataplane for FakeDataplane {
     }
 
     fn fib4_load(&self, chunk: u32) -> Result<dataplane_common::route::fib4::Chunk, DataplaneError> {
-        self.fib4_pool.lock().unwrap().get(chunk as usize).copied().ok_or(DataplaneError::SlotOutOfRange { map: names::FIB4_CHUNKS, slot: chunk, max: 0 })
+        self.fib4_pool.lock().unwrap().get(chunk as usize).copied().ok_or(DataplaneError::SlotOutOfRange {
+            map: names::FIB4_CHUNKS,
+            slot: chunk,
+            max: 0,
+        })
     }
 
     fn write_policy(&self, image: &crate::dataplane::PolicyImage) -> Result<(), DataplaneError> {
@@ -362,12 +374,19 @@ impl Dataplane for FakeDataplane {
         Ok(())
     }
 
-    fn put_flow(&self, key: &crate::dataplane::FlowKey, value: &dataplane_common::flow::FlowValue) -> Result<(), DataplaneError> {
+    fn put_flow(
+        &self,
+        key: &crate::dataplane::FlowKey,
+        value: &dataplane_common::flow::FlowValue,
+    ) -> Result<(), DataplaneError> {
         self.flows.lock().unwrap().insert(*key, *value);
         Ok(())
     }
 
-    fn get_flow(&self, key: &crate::dataplane::FlowKey) -> Result<Option<dataplane_common::flow::FlowValue>, DataplaneError> {
+    fn get_flow(
+        &self,
+        key: &crate::dataplane::FlowKey,
+    ) -> Result<Option<dataplane_common::flow::FlowValue>, DataplaneError> {
         Ok(self.flows.lock().unwrap().get(key).copied())
     }
 

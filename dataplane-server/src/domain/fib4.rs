@@ -220,7 +220,8 @@ impl Fib4 {
     /// pool, other chunks from the top, so the two rarely fragment each other).
     fn alloc_root(&mut self, sink: &impl Sink, vrf: u32) -> Result<u32, Fib4Error> {
         let find = |free: &BTreeSet<u32>, capacity: u32| {
-            (0..capacity / ROOT_CHUNKS).find(|b| free.range(b * ROOT_CHUNKS..(b + 1) * ROOT_CHUNKS).count() == ROOT_CHUNKS as usize)
+            (0..capacity / ROOT_CHUNKS)
+                .find(|b| free.range(b * ROOT_CHUNKS..(b + 1) * ROOT_CHUNKS).count() == ROOT_CHUNKS as usize)
         };
         let block = match find(&self.free, self.capacity()) {
             Some(b) => b,
@@ -247,7 +248,13 @@ impl Fib4 {
     /// Gives `vrf` a flat table holding `routes` ((prefix, next-hop slot), IPv4 only) and points
     /// its lookups at it. Where the pool cannot hold it, the VRF stays with the trie and is
     /// remembered, to be tried again when chunks are freed.
-    pub fn promote(&mut self, sink: &impl Sink, set_root: impl FnOnce(u32) -> Result<(), DataplaneError>, vrf: u32, routes: &[(V4Prefix, u32)]) -> Result<bool, DataplaneError> {
+    pub fn promote(
+        &mut self,
+        sink: &impl Sink,
+        set_root: impl FnOnce(u32) -> Result<(), DataplaneError>,
+        vrf: u32,
+        routes: &[(V4Prefix, u32)],
+    ) -> Result<bool, DataplaneError> {
         if self.roots.contains_key(&vrf) {
             return Ok(true);
         }
@@ -279,7 +286,13 @@ impl Fib4 {
     /// Replaces `vrf`'s table by one built afresh from `routes`, switched to in one write: the
     /// old table serves until then, and is retired after. `false` (nothing changed) where the
     /// pool cannot hold both for that moment.
-    pub fn rebuild(&mut self, sink: &impl Sink, set_root: impl FnOnce(u32) -> Result<(), DataplaneError>, vrf: u32, routes: &[(V4Prefix, u32)]) -> Result<bool, DataplaneError> {
+    pub fn rebuild(
+        &mut self,
+        sink: &impl Sink,
+        set_root: impl FnOnce(u32) -> Result<(), DataplaneError>,
+        vrf: u32,
+        routes: &[(V4Prefix, u32)],
+    ) -> Result<bool, DataplaneError> {
         let Some(old) = self.roots.remove(&vrf) else {
             return self.promote(sink, set_root, vrf, routes);
         };
@@ -342,7 +355,12 @@ impl Fib4 {
 
     /// Points `vrf` back at the trie (first: the trie holds every route already) and retires
     /// its chunks.
-    pub fn demote(&mut self, sink: &impl Sink, set_root: impl FnOnce(u32) -> Result<(), DataplaneError>, vrf: u32) -> Result<(), DataplaneError> {
+    pub fn demote(
+        &mut self,
+        sink: &impl Sink,
+        set_root: impl FnOnce(u32) -> Result<(), DataplaneError>,
+        vrf: u32,
+    ) -> Result<(), DataplaneError> {
         let Some(root) = self.roots.get(&vrf).copied() else {
             self.overflow.remove(&vrf);
             return Ok(());
@@ -359,14 +377,24 @@ impl Fib4 {
 
     /// Leaves `vrf` to the trie after an insert did not fit (see [`Self::insert`]), to be tried
     /// again by [`Self::retry_overflowed`].
-    pub fn give_up(&mut self, sink: &impl Sink, set_root: impl FnOnce(u32) -> Result<(), DataplaneError>, vrf: u32) -> Result<(), DataplaneError> {
+    pub fn give_up(
+        &mut self,
+        sink: &impl Sink,
+        set_root: impl FnOnce(u32) -> Result<(), DataplaneError>,
+        vrf: u32,
+    ) -> Result<(), DataplaneError> {
         self.demote(sink, set_root, vrf)?;
         self.overflow.insert(vrf);
         Ok(())
     }
 
     /// Forgets `vrf` altogether (deleted, or no longer forwarding by routes).
-    pub fn remove_vrf(&mut self, sink: &impl Sink, set_root: impl FnOnce(u32) -> Result<(), DataplaneError>, vrf: u32) -> Result<(), DataplaneError> {
+    pub fn remove_vrf(
+        &mut self,
+        sink: &impl Sink,
+        set_root: impl FnOnce(u32) -> Result<(), DataplaneError>,
+        vrf: u32,
+    ) -> Result<(), DataplaneError> {
         self.demote(sink, set_root, vrf)?;
         self.overflow.remove(&vrf);
         Ok(())
@@ -379,7 +407,14 @@ impl Fib4 {
         self.put(sink, vrf, root, prefix, slot)
     }
 
-    fn put(&mut self, sink: &impl Sink, vrf: u32, root: u32, (addr, len): V4Prefix, slot: u32) -> Result<(), Fib4Error> {
+    fn put(
+        &mut self,
+        sink: &impl Sink,
+        vrf: u32,
+        root: u32,
+        (addr, len): V4Prefix,
+        slot: u32,
+    ) -> Result<(), Fib4Error> {
         let leaf = fib4::leaf(slot, len);
         let base = (root - 1) * ROOT_CHUNKS;
         let top = addr >> 16;
@@ -535,7 +570,10 @@ impl Fib4 {
         let mut dropped = Vec::new();
         for &(vrf, root) in roots {
             let mut mine = Vec::new();
-            let ok = keep(vrf) && root >= 1 && root <= capacity / ROOT_CHUNKS && me.claim(&mut owner, vrf, root, &mut mine, &mut load)?;
+            let ok = keep(vrf)
+                && root >= 1
+                && root <= capacity / ROOT_CHUNKS
+                && me.claim(&mut owner, vrf, root, &mut mine, &mut load)?;
             if ok {
                 me.roots.insert(vrf, root);
                 me.used.insert(vrf, mine.len() as u32);
@@ -594,7 +632,9 @@ impl Fib4 {
         let mut expected = Self::scratch();
         let Ok(other) = expected.build(&NoSink, vrf, routes) else { return false };
         let (a, b) = ((root - 1) * ROOT_CHUNKS, (other - 1) * ROOT_CHUNKS);
-        (0..ROOT_CHUNKS).all(|c| (0..256).all(|i| self.same(self.pool[(a + c) as usize][i], &expected, expected.pool[(b + c) as usize][i])))
+        (0..ROOT_CHUNKS).all(|c| {
+            (0..256).all(|i| self.same(self.pool[(a + c) as usize][i], &expected, expected.pool[(b + c) as usize][i]))
+        })
     }
 
     fn same(&self, a: u32, other: &Self, b: u32) -> bool {
@@ -642,7 +682,13 @@ mod tests {
         let mut out: Vec<u32> = (0..2000).map(|_| rng.next() as u32).collect();
         for &(a, len) in routes.keys() {
             let span = if len == 0 { u32::MAX } else { (1u32 << (32 - len)) - 1 };
-            out.extend([a, a.wrapping_sub(1), a.wrapping_add(span), a.wrapping_add(span).wrapping_add(1), a.wrapping_add(span / 2)]);
+            out.extend([
+                a,
+                a.wrapping_sub(1),
+                a.wrapping_add(span),
+                a.wrapping_add(span).wrapping_add(1),
+                a.wrapping_add(span / 2),
+            ]);
         }
         out
     }
@@ -709,14 +755,17 @@ mod tests {
         let mut t = Fib4::new(2 * ROOT_CHUNKS + 3);
         let cell = std::cell::RefCell::new(BTreeMap::new());
         let roots = &cell;
-        let set = |vrf: u32| move |root: u32| -> Result<(), DataplaneError> {
-            roots.borrow_mut().insert(vrf, root);
-            Ok(())
+        let set = |vrf: u32| {
+            move |root: u32| -> Result<(), DataplaneError> {
+                roots.borrow_mut().insert(vrf, root);
+                Ok(())
+            }
         };
         assert!(t.promote(&NoSink, set(1), 1, &[(p("192.0.2.0/24"), 1), (p("198.51.100.0/25"), 2)]).unwrap());
         assert_eq!(t.lookup(1, u32::from(std::net::Ipv4Addr::new(198, 51, 100, 1))), Some((25, 2)));
         // VRF 2 needs 4 chunks beyond its root: 3 /24s in distinct /16s and a /25.
-        let big = [(p("203.0.113.0/24"), 1), (p("198.18.0.0/24"), 1), (p("198.19.0.0/24"), 1), (p("203.0.113.128/25"), 2)];
+        let big =
+            [(p("203.0.113.0/24"), 1), (p("198.18.0.0/24"), 1), (p("198.19.0.0/24"), 1), (p("203.0.113.128/25"), 2)];
         assert!(!t.promote(&NoSink, set(2), 2, &big).unwrap());
         assert_eq!(t.lookup_mode(2), Some(Lookup::Trie));
         assert!(!roots.borrow().contains_key(&2), "never pointed at a half-built table");
@@ -748,7 +797,17 @@ mod tests {
         let mut a = a;
         let before = a.roots[&0];
         let mut set = None;
-        assert!(a.rebuild(&NoSink, |r| { set = Some(r); Ok(()) }, 0, &routes[..2]).unwrap());
+        assert!(a
+            .rebuild(
+                &NoSink,
+                |r| {
+                    set = Some(r);
+                    Ok(())
+                },
+                0,
+                &routes[..2]
+            )
+            .unwrap());
         assert_ne!(set, Some(before));
         assert!(a.matches(0, &routes[..2]));
         assert_eq!(a.lookup(0, u32::from(std::net::Ipv4Addr::new(10, 1, 1, 1))), None);

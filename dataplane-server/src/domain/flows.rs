@@ -103,10 +103,17 @@ impl<D: Dataplane> Domain<D> {
     /// Sets the flow mode of an attached interface.
     pub fn set_flow_mode(&self, interface: &InterfaceName, mode: FlowMode) -> Result<u64, DomainError> {
         let mut state = self.lock();
-        let slot = state.interfaces.get(interface).ok_or_else(|| super::interfaces::not_attached(interface).at("interface"))?.slot;
+        let slot = state
+            .interfaces
+            .get(interface)
+            .ok_or_else(|| super::interfaces::not_attached(interface).at("interface"))?
+            .slot;
         if mode.enabled {
             if mode.punt_rate == 0 || mode.punt_rate > MAX_PUNT_RATE {
-                return Err(DomainError::invalid("punt_rate", format!("1 to {MAX_PUNT_RATE} punts per second per CPU")));
+                return Err(DomainError::invalid(
+                    "punt_rate",
+                    format!("1 to {MAX_PUNT_RATE} punts per second per CPU"),
+                ));
             }
             if mode.punt_burst == 0 {
                 return Err(DomainError::invalid("punt_burst", "at least 1"));
@@ -180,7 +187,16 @@ impl<D: Dataplane> Domain<D> {
             // The kernel cap keeps this from happening unless the cap is set above MAX_HELD:
             // keep the HOLD, drop its frame.
             debug!(request_id = miss.request_id, "held-frame store full; frame not kept");
-            state.flows.held.insert(miss.request_id, Held { key: miss.key, ifindex: miss.ifindex, frame: Vec::new(), since: Instant::now(), reinject: false });
+            state.flows.held.insert(
+                miss.request_id,
+                Held {
+                    key: miss.key,
+                    ifindex: miss.ifindex,
+                    frame: Vec::new(),
+                    since: Instant::now(),
+                    reinject: false,
+                },
+            );
             return;
         }
         state.flows.held.insert(
@@ -199,7 +215,8 @@ impl<D: Dataplane> Domain<D> {
             let key = match f.target {
                 FlowTarget::Key(k) => k,
                 FlowTarget::Request(id) => state.flows.held.get(&id).map(|h| h.key).ok_or_else(|| {
-                    DomainError::NotFound { kind: "held flow miss", name: format!("request {id}"), detail: "" }.at(at("request_id"))
+                    DomainError::NotFound { kind: "held flow miss", name: format!("request {id}"), detail: "" }
+                        .at(at("request_id"))
                 })?,
             };
             if key.src.is_ipv4() != key.dst.is_ipv4() {
@@ -260,7 +277,9 @@ impl<D: Dataplane> Domain<D> {
             match self.dataplane.get_flow(k)? {
                 Some(v) => found.push(v),
                 None => {
-                    return Err(DomainError::NotFound { kind: "flow", name: describe(k), detail: "" }.at(format!("keys[{i}]")));
+                    return Err(
+                        DomainError::NotFound { kind: "flow", name: describe(k), detail: "" }.at(format!("keys[{i}]"))
+                    );
                 }
             }
         }
@@ -311,7 +330,11 @@ impl<D: Dataplane> Domain<D> {
         let expired = |v: &FlowValue| {
             let idle = Duration::from_nanos(now.saturating_sub(v.last_seen_ns));
             let age = Duration::from_nanos(now.saturating_sub(v.created_ns));
-            if v.action == FLOW_HOLD { age > hold_timeout } else { idle > idle_timeout }
+            if v.action == FLOW_HOLD {
+                age > hold_timeout
+            } else {
+                idle > idle_timeout
+            }
         };
         // The walk (a syscall or two per flow, the whole table) runs without the domain's lock,
         // so misses, installs and every other call go on meanwhile; only what it found expired
@@ -388,7 +411,13 @@ fn value(state: &State, action: FlowAction) -> Result<FlowValue, DomainError> {
     Ok(match action {
         FlowAction::Forward(id) => {
             let nh = state.nexthops.get(&id).ok_or_else(|| nexthops::not_found(id))?;
-            FlowValue { action: FLOW_FORWARD, nexthop: nh.slot, created_ns: now, last_seen_ns: now, ..Default::default() }
+            FlowValue {
+                action: FLOW_FORWARD,
+                nexthop: nh.slot,
+                created_ns: now,
+                last_seen_ns: now,
+                ..Default::default()
+            }
         }
         FlowAction::Drop => FlowValue { action: FLOW_DROP, created_ns: now, last_seen_ns: now, ..Default::default() },
     })
@@ -416,7 +445,14 @@ mod tests {
     use crate::domain::fake::FakeDataplane;
 
     fn key(sport: u16) -> FlowKey {
-        FlowKey { vrf: 0, src: "192.0.2.2".parse().unwrap(), dst: "198.51.100.2".parse().unwrap(), proto: 17, sport, dport: 7000 }
+        FlowKey {
+            vrf: 0,
+            src: "192.0.2.2".parse().unwrap(),
+            dst: "198.51.100.2".parse().unwrap(),
+            proto: 17,
+            sport,
+            dport: 7000,
+        }
     }
 
     #[test]
@@ -425,7 +461,13 @@ mod tests {
         let now = monotonic_ns();
         let s = 1_000_000_000u64;
         let put = |sport, action, created: u64, seen: u64| {
-            let v = FlowValue { action, request_id: u64::from(sport), created_ns: created, last_seen_ns: seen, ..Default::default() };
+            let v = FlowValue {
+                action,
+                request_id: u64::from(sport),
+                created_ns: created,
+                last_seen_ns: seen,
+                ..Default::default()
+            };
             d.dataplane().put_flow(&key(sport), &v).unwrap();
         };
         put(1, FLOW_HOLD, now - 10 * s, now - 10 * s); // a HOLD nobody answered: goes

@@ -127,12 +127,8 @@ impl<D: Dataplane> Domain<D> {
     pub fn delete_interface(&self, name: &InterfaceName) -> Result<u64, DomainError> {
         let mut state = self.lock();
         let entry = state.interfaces.get(name).ok_or_else(|| not_attached(name))?;
-        let users: Vec<u32> = state
-            .nexthops
-            .iter()
-            .filter(|(_, n)| n.spec.interface() == Some(name))
-            .map(|(id, _)| *id)
-            .collect();
+        let users: Vec<u32> =
+            state.nexthops.iter().filter(|(_, n)| n.spec.interface() == Some(name)).map(|(id, _)| *id).collect();
         if !users.is_empty() {
             return Err(DomainError::FailedPrecondition(format!("interface {name} is used by next hop(s) {users:?}")));
         }
@@ -162,7 +158,8 @@ impl<D: Dataplane> Domain<D> {
     /// owned.
     pub fn link_removed(&self, ifindex: u32) -> Result<Option<InterfaceName>, DomainError> {
         let mut state = self.lock();
-        let Some(name) = state.interfaces.iter().find(|(_, e)| e.link.ifindex == ifindex).map(|(n, _)| n.clone()) else {
+        let Some(name) = state.interfaces.iter().find(|(_, e)| e.link.ifindex == ifindex).map(|(n, _)| n.clone())
+        else {
             return Ok(None);
         };
         self.forget_interface(&mut state, &name)?;
@@ -177,7 +174,8 @@ impl<D: Dataplane> Domain<D> {
     /// follow. Returns whether anything changed.
     pub fn link_changed(&self, ifindex: u32) -> Result<bool, DomainError> {
         let mut state = self.lock();
-        let Some((name, entry)) = state.interfaces.iter().find(|(_, e)| e.link.ifindex == ifindex).map(|(n, e)| (n.clone(), e.clone()))
+        let Some((name, entry)) =
+            state.interfaces.iter().find(|(_, e)| e.link.ifindex == ifindex).map(|(n, e)| (n.clone(), e.clone()))
         else {
             return Ok(false);
         };
@@ -187,7 +185,12 @@ impl<D: Dataplane> Domain<D> {
             return Ok(false);
         }
         let kernel_fib = state.vrfs.get(&entry.vrf).copied().and_then(kernel_fib);
-        self.dataplane.update_interface(&InterfaceParams { slot: entry.slot, vrf: entry.vrf, link: link.clone(), kernel_fib })?;
+        self.dataplane.update_interface(&InterfaceParams {
+            slot: entry.slot,
+            vrf: entry.vrf,
+            link: link.clone(),
+            kernel_fib,
+        })?;
         info!(interface = %name, ifindex, mtu = link.mtu, mac = %link.mac, "owned link changed; maps updated");
         if let Some(e) = state.interfaces.get_mut(&name) {
             e.link = link;
@@ -268,7 +271,10 @@ mod tests {
     fn interface_name_invalid_inputs_rejected_naming_field() {
         for bad in ["", "a-name-that-is-too-long", "a/b", "a b", ".", "..", "x:y"] {
             let e = InterfaceName::parse("interfaces[2].name", bad).unwrap_err();
-            assert!(matches!(&e, DomainError::InvalidArgument { field, .. } if field == "interfaces[2].name"), "{bad:?}: {e}");
+            assert!(
+                matches!(&e, DomainError::InvalidArgument { field, .. } if field == "interfaces[2].name"),
+                "{bad:?}: {e}"
+            );
         }
         assert!(InterfaceName::parse("name", "veth-rtr0.100").is_ok());
     }
@@ -345,7 +351,10 @@ mod tests {
         add(&d, "b").unwrap();
         d.dataplane().set_rx_packets(1, 42);
         let all = d.list_interfaces(None).unwrap();
-        assert_eq!(all.iter().map(|v| (v.name.as_str(), v.stats.rx_packets)).collect::<Vec<_>>(), vec![("a", 0), ("b", 42)]);
+        assert_eq!(
+            all.iter().map(|v| (v.name.as_str(), v.stats.rx_packets)).collect::<Vec<_>>(),
+            vec![("a", 0), ("b", 42)]
+        );
         let one = d.list_interfaces(Some(&name("b"))).unwrap();
         assert_eq!(one.len(), 1);
         assert!(matches!(d.list_interfaces(Some(&name("zz"))), Err(DomainError::NotFound { .. })));
@@ -353,7 +362,8 @@ mod tests {
 
     #[test]
     fn add_interface_all_slots_used_exhausted() {
-        let links: Vec<(String, u32)> = (0..=dataplane_common::MAX_INTERFACES).map(|i| (format!("l{i}"), i + 1)).collect();
+        let links: Vec<(String, u32)> =
+            (0..=dataplane_common::MAX_INTERFACES).map(|i| (format!("l{i}"), i + 1)).collect();
         let refs: Vec<(&str, u32)> = links.iter().map(|(n, i)| (n.as_str(), *i)).collect();
         let d = Domain::new(FakeDataplane::with_links(&refs));
         for (n, _) in &refs[..refs.len() - 1] {

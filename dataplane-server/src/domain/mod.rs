@@ -4,10 +4,10 @@
 
 mod classifier;
 mod error;
-mod fib4;
-mod flows;
 #[cfg(test)]
 mod fake;
+mod fib4;
+mod flows;
 mod interfaces;
 mod nexthops;
 pub mod persist;
@@ -25,14 +25,16 @@ use std::{
 };
 
 pub use error::{DomainError, ErrorKind};
-pub use interfaces::{AddInterface, InterfaceName, InterfaceView};
+pub use fib4::Lookup as Ipv4Lookup;
 pub use flows::{FlowAction, FlowMode, FlowSpec, FlowTarget, FlowView};
+pub use interfaces::{AddInterface, InterfaceName, InterfaceView};
 pub use nexthops::{NewNextHop, NextHopSpec, NextHopState, NextHopView};
-pub use policies::{AttachmentView as PolicyAttachmentView, Direction, PolicyName, PolicyView, RuleAction, RuleSpec, RuleView};
+pub use policies::{
+    AttachmentView as PolicyAttachmentView, Direction, PolicyName, PolicyView, RuleAction, RuleSpec, RuleView,
+};
 pub use resync::ResyncReport;
 pub use routes::{RouteSpec, RouteView};
 pub use status::{AttachmentView, MapView, StatusView};
-pub use fib4::Lookup as Ipv4Lookup;
 pub use vrfs::{VrfMode, VrfView};
 
 use std::net::IpAddr;

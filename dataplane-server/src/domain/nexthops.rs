@@ -20,12 +20,22 @@ use crate::{
 pub enum NextHopSpec {
     /// Out of `interface` (attached to the dataplane) to `dst_mac`; source MAC defaults to the
     /// interface's own.
-    Encap { interface: InterfaceName, dst_mac: Mac, src_mac: Option<Mac> },
+    Encap {
+        interface: InterfaceName,
+        dst_mac: Mac,
+        src_mac: Option<Mac>,
+    },
     /// Out of `interface` to the MAC the kernel's neighbour table has for `gateway`, kept
     /// current from netlink; to the kernel stack while it has none.
-    Gateway { interface: InterfaceName, gateway: IpAddr, src_mac: Option<Mac> },
+    Gateway {
+        interface: InterfaceName,
+        gateway: IpAddr,
+        src_mac: Option<Mac>,
+    },
     /// One of the member next hops (ids), by flow hash.
-    Ecmp { members: Vec<u32> },
+    Ecmp {
+        members: Vec<u32>,
+    },
     Discard,
     Receive,
 }
@@ -117,7 +127,9 @@ impl<D: Dataplane> Domain<D> {
         for (i, nh, p) in replays {
             if let Some(p) = p {
                 let slot = state.nexthops[&nh.id].slot;
-                self.dataplane.set_nexthop(slot, &p, false).map_err(|e| DomainError::from(e).at(format!("next_hops[{i}]")))?;
+                self.dataplane
+                    .set_nexthop(slot, &p, false)
+                    .map_err(|e| DomainError::from(e).at(format!("next_hops[{i}]")))?;
                 self.request_resolution(&state, &nh.spec);
                 if let Some(e) = state.nexthops.get_mut(&nh.id) {
                     e.spec = nh.spec;
@@ -152,7 +164,9 @@ impl<D: Dataplane> Domain<D> {
         let mut failure = None;
         for (i, (nh, slot)) in params.iter().zip(&slots).enumerate() {
             let resolved = match nh {
-                NextHopParams::Ecmp { members } => NextHopParams::Ecmp { members: members.iter().map(|id| slot_of[id]).collect() },
+                NextHopParams::Ecmp { members } => {
+                    NextHopParams::Ecmp { members: members.iter().map(|id| slot_of[id]).collect() }
+                }
                 other => other.clone(),
             };
             if let Err(e) = self.dataplane.set_nexthop(*slot, &resolved, true) {
@@ -203,7 +217,9 @@ impl<D: Dataplane> Domain<D> {
             .collect();
         for id in users {
             match self.write(&state, id) {
-                Ok(()) => tracing::info!(next_hop = id, %address, ifindex, mac = ?mac.map(|m| m.to_string()), "gateway next hop follows its neighbour"),
+                Ok(()) => {
+                    tracing::info!(next_hop = id, %address, ifindex, mac = ?mac.map(|m| m.to_string()), "gateway next hop follows its neighbour")
+                }
                 Err(e) => tracing::warn!(next_hop = id, %address, error = %e, "updating a gateway next hop failed"),
             }
         }
@@ -270,13 +286,16 @@ impl<D: Dataplane> Domain<D> {
                 return Err(DomainError::invalid(field, format!("next hop {id} listed twice")));
             }
             if e.routes > 0 {
-                return Err(DomainError::FailedPrecondition(format!("next hop {id} is used by {} route(s)", e.routes)).at(field));
+                return Err(DomainError::FailedPrecondition(format!("next hop {id} is used by {} route(s)", e.routes))
+                    .at(field));
             }
             let user = state.nexthops.iter().find(|(gid, g)| {
                 !doomed.contains(gid) && matches!(&g.spec, NextHopSpec::Ecmp { members } if members.contains(id))
             });
             if let Some((gid, _)) = user {
-                return Err(DomainError::FailedPrecondition(format!("next hop {id} is a member of ECMP group {gid}")).at(field));
+                return Err(
+                    DomainError::FailedPrecondition(format!("next hop {id} is a member of ECMP group {gid}")).at(field)
+                );
             }
         }
         for (i, id) in ids.iter().enumerate() {
@@ -337,7 +356,15 @@ impl<D: Dataplane> Domain<D> {
                     Resolution::Params(NextHopParams::Encap { dst_mac, .. }) => (NextHopState::Ready, Some(dst_mac)),
                     Resolution::Params(_) => (NextHopState::Ready, None),
                 };
-                Ok(NextHopView { id: *id, slot: e.slot, spec: e.spec.clone(), routes: e.routes, stats, state: state_now, resolved_mac })
+                Ok(NextHopView {
+                    id: *id,
+                    slot: e.slot,
+                    spec: e.spec.clone(),
+                    routes: e.routes,
+                    stats,
+                    state: state_now,
+                    resolved_mac,
+                })
             })
             .collect()
     }
@@ -361,17 +388,27 @@ pub(super) fn not_found(id: u32) -> DomainError {
 /// The kernel parameters of a replayed next hop whose spec changed (ECMP members as slots).
 fn replacement(state: &State, nh: &NewNextHop) -> Result<NextHopParams, DomainError> {
     if let NextHopSpec::Ecmp { members } = &nh.spec {
-        if let Some((gid, _)) = state.nexthops.iter().find(|(_, g)| matches!(&g.spec, NextHopSpec::Ecmp { members } if members.contains(&nh.id))) {
+        if let Some((gid, _)) = state
+            .nexthops
+            .iter()
+            .find(|(_, g)| matches!(&g.spec, NextHopSpec::Ecmp { members } if members.contains(&nh.id)))
+        {
             return Err(DomainError::invalid(".ecmp", format!("next hop {} is a member of ECMP group {gid}", nh.id)));
         }
         if members.is_empty() || members.len() > ECMP_MAX {
-            return Err(DomainError::invalid(".ecmp.members", format!("1 to {ECMP_MAX} members, not {}", members.len())));
+            return Err(DomainError::invalid(
+                ".ecmp.members",
+                format!("1 to {ECMP_MAX} members, not {}", members.len()),
+            ));
         }
         for (j, m) in members.iter().enumerate() {
             match state.nexthops.get(m) {
                 None => return Err(not_found(*m).at(format!(".ecmp.members[{j}]"))),
                 Some(e) if matches!(e.spec, NextHopSpec::Ecmp { .. }) => {
-                    return Err(DomainError::invalid(format!(".ecmp.members[{j}]"), format!("next hop {m} is itself an ECMP group")))
+                    return Err(DomainError::invalid(
+                        format!(".ecmp.members[{j}]"),
+                        format!("next hop {m} is itself an ECMP group"),
+                    ))
                 }
                 Some(_) => {}
             }
@@ -391,7 +428,10 @@ fn validate_add(state: &State, batch: &[NewNextHop]) -> Result<Vec<NextHopParams
         }
         if let NextHopSpec::Ecmp { members } = &nh.spec {
             if members.is_empty() || members.len() > ECMP_MAX {
-                return Err(DomainError::invalid(at(".ecmp.members"), format!("1 to {ECMP_MAX} members, not {}", members.len())));
+                return Err(DomainError::invalid(
+                    at(".ecmp.members"),
+                    format!("1 to {ECMP_MAX} members, not {}", members.len()),
+                ));
             }
             for (j, m) in members.iter().enumerate() {
                 let is_ecmp = match (state.nexthops.get(m), seen.get(m)) {
@@ -400,7 +440,10 @@ fn validate_add(state: &State, batch: &[NewNextHop]) -> Result<Vec<NextHopParams
                     (None, None) => return Err(not_found(*m).at(at(&format!(".ecmp.members[{j}]")))),
                 };
                 if is_ecmp {
-                    return Err(DomainError::invalid(at(&format!(".ecmp.members[{j}]")), format!("next hop {m} is itself an ECMP group")));
+                    return Err(DomainError::invalid(
+                        at(&format!(".ecmp.members[{j}]")),
+                        format!("next hop {m} is itself an ECMP group"),
+                    ));
                 }
             }
         }
@@ -423,12 +466,18 @@ fn validate_add(state: &State, batch: &[NewNextHop]) -> Result<Vec<NextHopParams
 
 /// Kernel parameters for `spec`; `member_slot` maps an ECMP member id to what to store.
 /// NOT_FOUND if its interface is not attached.
-fn params(state: &State, spec: &NextHopSpec, member_slot: impl Fn(u32) -> Option<u32>) -> Result<NextHopParams, DomainError> {
+fn params(
+    state: &State,
+    spec: &NextHopSpec,
+    member_slot: impl Fn(u32) -> Option<u32>,
+) -> Result<NextHopParams, DomainError> {
     match resolve(state, spec, member_slot) {
         Resolution::Params(p) => Ok(p),
-        Resolution::InterfaceMissing(name) => {
-            Err(DomainError::NotFound { kind: "interface", name: name.to_string(), detail: " among the dataplane's interfaces" })
-        }
+        Resolution::InterfaceMissing(name) => Err(DomainError::NotFound {
+            kind: "interface",
+            name: name.to_string(),
+            detail: " among the dataplane's interfaces",
+        }),
     }
 }
 
@@ -436,7 +485,9 @@ fn params(state: &State, spec: &NextHopSpec, member_slot: impl Fn(u32) -> Option
 fn resolve(state: &State, spec: &NextHopSpec, member_slot: impl Fn(u32) -> Option<u32>) -> Resolution {
     Resolution::Params(match spec {
         NextHopSpec::Encap { interface, dst_mac, src_mac } => {
-            let Some(e) = state.interfaces.get(interface) else { return Resolution::InterfaceMissing(interface.clone()) };
+            let Some(e) = state.interfaces.get(interface) else {
+                return Resolution::InterfaceMissing(interface.clone());
+            };
             NextHopParams::Encap {
                 tx_slot: e.slot,
                 ifindex: e.link.ifindex,
@@ -446,14 +497,18 @@ fn resolve(state: &State, spec: &NextHopSpec, member_slot: impl Fn(u32) -> Optio
             }
         }
         NextHopSpec::Gateway { interface, gateway, src_mac } => {
-            let Some(e) = state.interfaces.get(interface) else { return Resolution::InterfaceMissing(interface.clone()) };
+            let Some(e) = state.interfaces.get(interface) else {
+                return Resolution::InterfaceMissing(interface.clone());
+            };
             let (tx_slot, ifindex, mtu, src_mac) = (e.slot, e.link.ifindex, e.link.mtu, src_mac.unwrap_or(e.link.mac));
             match state.neighbours.get(&(ifindex, *gateway)) {
                 Some(&dst_mac) => NextHopParams::Encap { tx_slot, ifindex, mtu, dst_mac, src_mac },
                 None => NextHopParams::Unresolved { tx_slot, ifindex, mtu, src_mac },
             }
         }
-        NextHopSpec::Ecmp { members } => NextHopParams::Ecmp { members: members.iter().filter_map(|m| member_slot(*m)).collect() },
+        NextHopSpec::Ecmp { members } => {
+            NextHopParams::Ecmp { members: members.iter().filter_map(|m| member_slot(*m)).collect() }
+        }
         NextHopSpec::Discard => NextHopParams::Discard,
         NextHopSpec::Receive => NextHopParams::Receive,
     })
@@ -462,12 +517,13 @@ fn resolve(state: &State, spec: &NextHopSpec, member_slot: impl Fn(u32) -> Optio
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{fake::FakeDataplane, AddInterface, RouteSpec};
     use crate::dataplane::{LinkInfo, XdpMode};
+    use crate::domain::{fake::FakeDataplane, AddInterface, RouteSpec};
 
     fn domain() -> Domain<FakeDataplane> {
         let d = Domain::new(FakeDataplane::with_links(&[("eth0", 7)]));
-        d.add_interface(AddInterface { name: InterfaceName::parse("n", "eth0").unwrap(), mode: XdpMode::Auto, vrf: 0 }).unwrap();
+        d.add_interface(AddInterface { name: InterfaceName::parse("n", "eth0").unwrap(), mode: XdpMode::Auto, vrf: 0 })
+            .unwrap();
         d
     }
 
@@ -485,7 +541,12 @@ mod tests {
     #[test]
     fn add_nexthops_ecmp_members_in_same_batch_resolved_to_slots() {
         let d = domain();
-        d.add_nexthops(vec![encap(10), encap(11), NewNextHop { id: 12, spec: NextHopSpec::Ecmp { members: vec![10, 11] } }]).unwrap();
+        d.add_nexthops(vec![
+            encap(10),
+            encap(11),
+            NewNextHop { id: 12, spec: NextHopSpec::Ecmp { members: vec![10, 11] } },
+        ])
+        .unwrap();
         let group = d.dataplane().nexthop(2).unwrap();
         assert_eq!(group, NextHopParams::Ecmp { members: vec![0, 1] });
         match d.dataplane().nexthop(0).unwrap() {
@@ -512,7 +573,11 @@ mod tests {
         let d = domain();
         let nh = NewNextHop {
             id: 1,
-            spec: NextHopSpec::Encap { interface: InterfaceName::parse("n", "eth9").unwrap(), dst_mac: Mac([2, 0, 0, 0, 0, 1]), src_mac: None },
+            spec: NextHopSpec::Encap {
+                interface: InterfaceName::parse("n", "eth9").unwrap(),
+                dst_mac: Mac([2, 0, 0, 0, 0, 1]),
+                src_mac: None,
+            },
         };
         let e = d.add_nexthops(vec![nh]).unwrap_err();
         assert!(e.to_string().starts_with("next_hops[0].encap.interface: interface eth9 not found"), "{e}");
@@ -521,13 +586,14 @@ mod tests {
     #[test]
     fn delete_nexthops_in_use_failed_precondition() {
         let d = domain();
-        d.add_nexthops(vec![encap(1), encap(2), NewNextHop { id: 3, spec: NextHopSpec::Ecmp { members: vec![1, 2] } }]).unwrap();
+        d.add_nexthops(vec![encap(1), encap(2), NewNextHop { id: 3, spec: NextHopSpec::Ecmp { members: vec![1, 2] } }])
+            .unwrap();
         d.add_routes(vec![RouteSpec { vrf: 0, prefix: "192.0.2.0/24".parse().unwrap(), nexthop: 3 }]).unwrap();
         let e = d.delete_nexthops(&[3]).unwrap_err();
         assert!(matches!(e.kind(), crate::domain::ErrorKind::FailedPrecondition), "{e}");
         let e = d.delete_nexthops(&[1]).unwrap_err();
         assert!(e.to_string().contains("member of ECMP group 3"), "{e}");
-        d.delete_routes(&[( 0, "192.0.2.0/24".parse().unwrap())]).unwrap();
+        d.delete_routes(&[(0, "192.0.2.0/24".parse().unwrap())]).unwrap();
         // A group and its members may go together.
         d.delete_nexthops(&[3, 1, 2]).unwrap();
         assert!(d.list_nexthops().unwrap().is_empty());
@@ -536,7 +602,11 @@ mod tests {
     fn gateway(id: u32, gw: &str) -> NewNextHop {
         NewNextHop {
             id,
-            spec: NextHopSpec::Gateway { interface: InterfaceName::parse("n", "eth0").unwrap(), gateway: gw.parse().unwrap(), src_mac: None },
+            spec: NextHopSpec::Gateway {
+                interface: InterfaceName::parse("n", "eth0").unwrap(),
+                gateway: gw.parse().unwrap(),
+                src_mac: None,
+            },
         }
     }
 
@@ -547,7 +617,10 @@ mod tests {
         d.set_neighbour_resolver(tx);
         d.add_nexthops(vec![gateway(1, "192.0.2.1")]).unwrap();
         assert!(matches!(d.dataplane().nexthop(0), Some(NextHopParams::Unresolved { ifindex: 7, .. })));
-        assert_eq!(rx.try_recv().unwrap(), NeighbourRequest { ifindex: 7, address: "192.0.2.1".parse().unwrap(), keep: true });
+        assert_eq!(
+            rx.try_recv().unwrap(),
+            NeighbourRequest { ifindex: 7, address: "192.0.2.1".parse().unwrap(), keep: true }
+        );
         assert_eq!(d.list_nexthops().unwrap()[0].state, NextHopState::Unresolved);
         // Another interface's neighbour with the same address changes nothing.
         d.neighbour_changed(8, "192.0.2.1".parse().unwrap(), Some(Mac([2, 0, 0, 0, 0, 9])));
@@ -571,7 +644,10 @@ mod tests {
         d.delete_nexthops(&[1]).unwrap();
         assert!(rx.try_recv().is_err(), "next hop 3 still uses 192.0.2.1");
         d.delete_nexthops(&[3]).unwrap();
-        assert_eq!(rx.try_recv().unwrap(), NeighbourRequest { ifindex: 7, address: "192.0.2.1".parse().unwrap(), keep: false });
+        assert_eq!(
+            rx.try_recv().unwrap(),
+            NeighbourRequest { ifindex: 7, address: "192.0.2.1".parse().unwrap(), keep: false }
+        );
     }
 
     #[test]
@@ -597,7 +673,8 @@ mod tests {
         assert_eq!(d.dataplane().nexthop(0), None, "emptied: no slot of a vanished interface is used");
         assert!(d.list_nexthops().unwrap().iter().all(|v| v.state == NextHopState::InterfaceMissing));
         // The same name comes back (a new link): the next hops follow it.
-        d.add_interface(AddInterface { name: InterfaceName::parse("n", "eth0").unwrap(), mode: XdpMode::Auto, vrf: 0 }).unwrap();
+        d.add_interface(AddInterface { name: InterfaceName::parse("n", "eth0").unwrap(), mode: XdpMode::Auto, vrf: 0 })
+            .unwrap();
         assert!(matches!(d.dataplane().nexthop(0), Some(NextHopParams::Encap { .. })));
         assert_eq!(d.list_nexthops().unwrap()[0].state, NextHopState::Ready);
     }
@@ -611,7 +688,9 @@ mod tests {
         d.dataplane().set_link("eth0", LinkInfo { ifindex: 7, mtu: 9000, mac: new_mac, ipv4: None, ipv6: None });
         assert!(d.link_changed(7).unwrap());
         assert_eq!(d.dataplane().config(7).map(|p| (p.link.mtu, p.link.mac)), Some((9000, new_mac)));
-        assert!(matches!(d.dataplane().nexthop(0), Some(NextHopParams::Encap { mtu: 9000, src_mac, .. }) if src_mac == new_mac));
+        assert!(
+            matches!(d.dataplane().nexthop(0), Some(NextHopParams::Encap { mtu: 9000, src_mac, .. }) if src_mac == new_mac)
+        );
         assert_eq!(d.list_interfaces(None).unwrap()[0].link.mtu, 9000);
     }
 

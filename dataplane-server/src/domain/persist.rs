@@ -16,7 +16,8 @@ use super::{
     interfaces::InterfaceEntry,
     nexthops::NextHopEntry,
     policies::{Attached, Installed, InstalledRecord, PolicyEntry},
-    Direction, Domain, DomainError, FlowMode, InterfaceName, NextHopSpec, PolicyName, RuleAction, RuleSpec, State, VrfMode,
+    Direction, Domain, DomainError, FlowMode, InterfaceName, NextHopSpec, PolicyName, RuleAction, RuleSpec, State,
+    VrfMode,
 };
 use crate::{
     dataplane::{Attachment, Dataplane, InterfaceParams, XdpMode},
@@ -142,10 +143,13 @@ pub fn read(path: &Path) -> Result<Option<Persisted>, PersistError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(source) => return Err(PersistError::Io { path: path.to_owned(), op: "read", source }),
     };
-    let p: Persisted =
-        serde_json::from_str(&text).map_err(|e| PersistError::Corrupt { path: path.to_owned(), detail: e.to_string() })?;
+    let p: Persisted = serde_json::from_str(&text)
+        .map_err(|e| PersistError::Corrupt { path: path.to_owned(), detail: e.to_string() })?;
     if p.format != FORMAT {
-        return Err(PersistError::Corrupt { path: path.to_owned(), detail: format!("format {} (this server writes {FORMAT})", p.format) });
+        return Err(PersistError::Corrupt {
+            path: path.to_owned(),
+            detail: format!("format {} (this server writes {FORMAT})", p.format),
+        });
     }
     Ok(Some(p))
 }
@@ -154,7 +158,8 @@ pub fn read(path: &Path) -> Result<Option<Persisted>, PersistError> {
 /// the new one, whole.
 pub fn write(path: &Path, p: &Persisted) -> Result<(), PersistError> {
     let io = |op: &'static str| move |source| PersistError::Io { path: path.to_owned(), op, source };
-    let text = serde_json::to_vec(p).map_err(|e| PersistError::Corrupt { path: path.to_owned(), detail: e.to_string() })?;
+    let text =
+        serde_json::to_vec(p).map_err(|e| PersistError::Corrupt { path: path.to_owned(), detail: e.to_string() })?;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(io("create directory"))?;
     }
@@ -331,7 +336,11 @@ impl State {
                     xdp_mode: mode_name(e.attachment.xdp_mode).into(),
                 })
                 .collect(),
-            nexthops: self.nexthops.iter().map(|(id, e)| PNextHop { id: *id, slot: e.slot, spec: spec_out(&e.spec) }).collect(),
+            nexthops: self
+                .nexthops
+                .iter()
+                .map(|(id, e)| PNextHop { id: *id, slot: e.slot, spec: spec_out(&e.spec) })
+                .collect(),
             policies: self
                 .policies
                 .iter()
@@ -406,9 +415,17 @@ impl<D: Dataplane> Domain<D> {
                 _ => None,
             };
             // The link may have changed while no server ran (MTU, MAC, addresses).
-            self.dataplane.update_interface(&InterfaceParams { slot: i.slot, vrf: i.vrf, link: link.clone(), kernel_fib })?;
+            self.dataplane.update_interface(&InterfaceParams {
+                slot: i.slot,
+                vrf: i.vrf,
+                link: link.clone(),
+                kernel_fib,
+            })?;
             let attachment = Attachment { xdp_mode: mode_from(&i.xdp_mode), xdp_link_id, tc_link_id };
-            state.interfaces.insert(name, InterfaceEntry { link, vrf: i.vrf, slot: i.slot, requested: mode_from(&i.requested), attachment });
+            state.interfaces.insert(
+                name,
+                InterfaceEntry { link, vrf: i.vrf, slot: i.slot, requested: mode_from(&i.requested), attachment },
+            );
             kept_ifindexes.push(i.ifindex);
         }
         for (ifindex, _) in adopted.iter().filter(|(i, _)| !kept_ifindexes.contains(i)) {
@@ -465,7 +482,9 @@ impl<D: Dataplane> Domain<D> {
             }
         }
         for a in &p.attachments {
-            let (Ok(i), Ok(pol)) = (InterfaceName::parse("interface", &a.interface), PolicyName::parse("policy", &a.policy)) else {
+            let (Ok(i), Ok(pol)) =
+                (InterfaceName::parse("interface", &a.interface), PolicyName::parse("policy", &a.policy))
+            else {
                 continue;
             };
             let dir = if a.direction == "egress" { Direction::Egress } else { Direction::Ingress };
@@ -527,7 +546,8 @@ impl<D: Dataplane> Domain<D> {
         for (slot, r) in self.dataplane.route4_records()? {
             let addr = std::net::Ipv4Addr::from(r.addr);
             let prefix = Prefix::containing(IpAddr::V4(addr), r.prefix_len.min(32));
-            let fresh = prefix.addr() == IpAddr::V4(addr) && r.prefix_len <= 32 && !state.routes.contains_key(&(r.vrf, prefix));
+            let fresh =
+                prefix.addr() == IpAddr::V4(addr) && r.prefix_len <= 32 && !state.routes.contains_key(&(r.vrf, prefix));
             match known(state, r.vrf, r.nexthop).filter(|_| fresh) {
                 Some(id) => {
                     state.routes.insert((r.vrf, prefix), RouteEntry { nexthop: id, record: slot });
@@ -535,12 +555,16 @@ impl<D: Dataplane> Domain<D> {
                 }
                 None => {
                     stale.push(slot);
-                    report.dropped.push(format!("route {prefix} in vrf {} (record {slot}): next-hop slot {} unknown", r.vrf, r.nexthop));
+                    report.dropped.push(format!(
+                        "route {prefix} in vrf {} (record {slot}): next-hop slot {} unknown",
+                        r.vrf, r.nexthop
+                    ));
                 }
             }
         }
         let mark = used.iter().max().map_or(0, |m| m + 1);
-        state.route4_slots = super::slots::MarkAllocator::restore(self.dataplane.route4_capacity(), mark, used.iter().copied());
+        state.route4_slots =
+            super::slots::MarkAllocator::restore(self.dataplane.route4_capacity(), mark, used.iter().copied());
         state.route4_mark = 0;
         for (vrf, prefix, slot) in self.dataplane.dump_routes()? {
             match known(state, vrf, slot) {
@@ -572,14 +596,17 @@ impl<D: Dataplane> Domain<D> {
             };
             state.routes.insert(key, RouteEntry { nexthop: e.nexthop, record: slot });
             let nh = state.nexthops[&e.nexthop].slot;
-            records.push((slot, dataplane_common::RouteRecord4 {
-                vrf,
-                addr: a.octets(),
-                prefix_len: prefix.len(),
-                _pad: [0; 2],
-                flags: dataplane_common::route::RECORD_VALID,
-                nexthop: nh,
-            }));
+            records.push((
+                slot,
+                dataplane_common::RouteRecord4 {
+                    vrf,
+                    addr: a.octets(),
+                    prefix_len: prefix.len(),
+                    _pad: [0; 2],
+                    flags: dataplane_common::route::RECORD_VALID,
+                    nexthop: nh,
+                },
+            ));
         }
         self.dataplane.route4_clear(&stale)?;
         let mark = state.route4_slots.mark();
@@ -598,8 +625,13 @@ impl<D: Dataplane> Domain<D> {
     /// The trie's IPv4 routes after the flat tables are settled: none for a VRF with a flat
     /// table, every one for a VRF without.
     fn restore_trie_v4(&self, state: &mut State) -> Result<(), DomainError> {
-        let mut have: std::collections::HashMap<(u32, Prefix), u32> =
-            self.dataplane.dump_routes()?.into_iter().filter(|(_, p, _)| p.is_ipv4()).map(|(v, p, s)| ((v, p), s)).collect();
+        let mut have: std::collections::HashMap<(u32, Prefix), u32> = self
+            .dataplane
+            .dump_routes()?
+            .into_iter()
+            .filter(|(_, p, _)| p.is_ipv4())
+            .map(|(v, p, s)| ((v, p), s))
+            .collect();
         let mut missing = Vec::new();
         for (&(vrf, prefix), e) in &state.routes {
             if !prefix.is_ipv4() || state.fib4.is_flat(vrf) {
@@ -629,9 +661,12 @@ impl<D: Dataplane> Domain<D> {
         // writes a new root before anything can join it), so its chunks may count as free.
         let known: Vec<u32> = state.vrfs.keys().copied().collect();
         let roots = dp.fib4_roots(&known)?;
-        let (fib, dropped) = super::fib4::Fib4::adopt(dp.fib4_capacity(), &roots, |c| dp.fib4_load(c), |vrf| {
-            matches!(state.vrfs.get(&vrf), Some(VrfMode::Routes))
-        })?;
+        let (fib, dropped) = super::fib4::Fib4::adopt(
+            dp.fib4_capacity(),
+            &roots,
+            |c| dp.fib4_load(c),
+            |vrf| matches!(state.vrfs.get(&vrf), Some(VrfMode::Routes)),
+        )?;
         for &vrf in &dropped {
             dp.fib4_set_root(vrf, 0)?;
             report.dropped.push(format!("IPv4 flat table of vrf {vrf}: malformed, or the VRF is gone"));
@@ -657,7 +692,9 @@ impl<D: Dataplane> Domain<D> {
                 // No room for both: the trie takes over meanwhile (given the routes first).
                 let entries: Vec<(u32, Prefix, u32)> = routes
                     .iter()
-                    .map(|&((a, len), slot)| (vrf, Prefix::containing(IpAddr::V4(std::net::Ipv4Addr::from(a)), len), slot))
+                    .map(|&((a, len), slot)| {
+                        (vrf, Prefix::containing(IpAddr::V4(std::net::Ipv4Addr::from(a)), len), slot)
+                    })
                     .collect();
                 dp.insert_routes(&entries).map_err(|(_, e)| DomainError::from(e))?;
                 state.fib4.demote(dp, |root| dp.fib4_set_root(vrf, root), vrf)?;
@@ -720,8 +757,18 @@ mod tests {
         }
         a.add_vrf(5, VrfMode::KernelFib { table: 100 }).unwrap();
         a.add_nexthops(vec![
-            NewNextHop { id: 10, spec: NextHopSpec::Encap { interface: name("eth0"), dst_mac: Mac([2, 0, 0, 0, 0, 1]), src_mac: None } },
-            NewNextHop { id: 11, spec: NextHopSpec::Gateway { interface: name("eth1"), gateway: "192.0.2.1".parse().unwrap(), src_mac: None } },
+            NewNextHop {
+                id: 10,
+                spec: NextHopSpec::Encap { interface: name("eth0"), dst_mac: Mac([2, 0, 0, 0, 0, 1]), src_mac: None },
+            },
+            NewNextHop {
+                id: 11,
+                spec: NextHopSpec::Gateway {
+                    interface: name("eth1"),
+                    gateway: "192.0.2.1".parse().unwrap(),
+                    src_mac: None,
+                },
+            },
             NewNextHop { id: 12, spec: NextHopSpec::Ecmp { members: vec![10, 11] } },
         ])
         .unwrap();
@@ -749,7 +796,11 @@ mod tests {
         // A new process: the kernel still has the routes and the links.
         let b = Domain::new(FakeDataplane::with_links(&[("eth0", 7), ("eth1", 8)]));
         for (slot, (ifindex, _)) in [(7u32, ()), (8, ())].iter().enumerate() {
-            b.dataplane().adopted.lock().unwrap().push(AdoptedLinks { ifindex: *ifindex, xdp_link_id: 100 + slot as u32, tc_link_id: 200 + slot as u32 });
+            b.dataplane().adopted.lock().unwrap().push(AdoptedLinks {
+                ifindex: *ifindex,
+                xdp_link_id: 100 + slot as u32,
+                tc_link_id: 200 + slot as u32,
+            });
         }
         b.dataplane().copy_maps_from(a.dataplane());
         // And a route a crashed batch left, to a slot no next hop holds.
@@ -757,14 +808,32 @@ mod tests {
         let report = b.restore(Some(file)).unwrap();
         assert_eq!((report.interfaces, report.nexthops, report.routes, report.policies), (2, 3, 1, 1), "{report:?}");
         assert_eq!(report.dropped.len(), 1, "{report:?}");
-        assert_eq!((report.fib4_adopted.clone(), report.fib4_built.clone()), (vec![0], vec![]), "VRF 0's flat table adopted as it is");
+        assert_eq!(
+            (report.fib4_adopted.clone(), report.fib4_built.clone()),
+            (vec![0], vec![]),
+            "VRF 0's flat table adopted as it is"
+        );
         assert_eq!(b.dataplane().kernel_routes().len(), 1, "the orphan route is gone from the kernel");
-        assert!(b.dataplane().routes().is_empty(), "VRF 0's IPv4 routes live in its record and flat table, not the trie");
+        assert!(
+            b.dataplane().routes().is_empty(),
+            "VRF 0's IPv4 routes live in its record and flat table, not the trie"
+        );
         assert_eq!(b.list_vrfs(), a.list_vrfs());
         assert_eq!(b.list_routes(None, None), a.list_routes(None, None));
-        let ids = |d: &Domain<FakeDataplane>| d.list_nexthops().unwrap().into_iter().map(|n| (n.id, n.slot, n.spec, n.routes)).collect::<Vec<_>>();
+        let ids = |d: &Domain<FakeDataplane>| {
+            d.list_nexthops().unwrap().into_iter().map(|n| (n.id, n.slot, n.spec, n.routes)).collect::<Vec<_>>()
+        };
         assert_eq!(ids(&b), ids(&a));
-        let pols = |d: &Domain<FakeDataplane>| format!("{:?}", d.list_policies(None).unwrap().iter().map(|p| (&p.name, p.rules.iter().map(|r| &r.rule).collect::<Vec<_>>(), &p.attachments)).collect::<Vec<_>>());
+        let pols = |d: &Domain<FakeDataplane>| {
+            format!(
+                "{:?}",
+                d.list_policies(None)
+                    .unwrap()
+                    .iter()
+                    .map(|p| (&p.name, p.rules.iter().map(|r| &r.rule).collect::<Vec<_>>(), &p.attachments))
+                    .collect::<Vec<_>>()
+            )
+        };
         assert_eq!(pols(&b), pols(&a));
         assert_eq!(b.status().unwrap().generation, a.status().unwrap().generation);
         // Allocations continue where they were: the next next hop takes the next free slot, and
@@ -784,10 +853,19 @@ mod tests {
         a.add_nexthops(vec![NewNextHop { id: 1, spec: NextHopSpec::Discard }]).unwrap();
         a.add_vrf(5, VrfMode::Routes).unwrap();
         a.add_routes(vec![r(0, "192.0.2.0/24"), r(0, "10.0.0.0/8")]).unwrap();
-        a.add_routes(vec![r(5, "198.51.100.0/24"), r(5, "198.18.0.0/24"), r(5, "203.0.113.0/24"), r(5, "2001:db8::/32")]).unwrap();
-        let modes = |d: &Domain<FakeDataplane>| d.list_vrfs().into_iter().map(|v| (v.id, v.ipv4_lookup)).collect::<Vec<_>>();
+        a.add_routes(vec![
+            r(5, "198.51.100.0/24"),
+            r(5, "198.18.0.0/24"),
+            r(5, "203.0.113.0/24"),
+            r(5, "2001:db8::/32"),
+        ])
+        .unwrap();
+        let modes =
+            |d: &Domain<FakeDataplane>| d.list_vrfs().into_iter().map(|v| (v.id, v.ipv4_lookup)).collect::<Vec<_>>();
         assert_eq!(modes(&a), vec![(0, Some(Ipv4Lookup::Flat { chunks: 257 })), (5, Some(Ipv4Lookup::Trie))]);
-        let trie = |d: &Domain<FakeDataplane>| d.dataplane().routes().into_iter().map(|(v, p, _)| format!("{v} {p}")).collect::<Vec<_>>();
+        let trie = |d: &Domain<FakeDataplane>| {
+            d.dataplane().routes().into_iter().map(|(v, p, _)| format!("{v} {p}")).collect::<Vec<_>>()
+        };
         assert_eq!(trie(&a), vec!["5 198.18.0.0/24", "5 198.51.100.0/24", "5 203.0.113.0/24", "5 2001:db8::/32"]);
         let file = a.lock().persisted(BTreeMap::new(), None);
 
@@ -799,7 +877,12 @@ mod tests {
         assert_eq!(modes(&b), modes(&a));
         assert_eq!(trie(&b), trie(&a));
         assert_eq!(b.list_routes(None, None), a.list_routes(None, None));
-        for (vrf, addr, want) in [(0, "192.0.2.9", Some("192.0.2.0/24")), (0, "10.9.9.9", Some("10.0.0.0/8")), (5, "198.18.0.1", Some("198.18.0.0/24")), (5, "10.9.9.9", None)] {
+        for (vrf, addr, want) in [
+            (0, "192.0.2.9", Some("192.0.2.0/24")),
+            (0, "10.9.9.9", Some("10.0.0.0/8")),
+            (5, "198.18.0.1", Some("198.18.0.0/24")),
+            (5, "10.9.9.9", None),
+        ] {
             let got = b.lookup_route(vrf, addr.parse().unwrap()).unwrap().map(|r| r.prefix.to_string());
             assert_eq!(got.as_deref(), want, "vrf {vrf} {addr}");
         }
@@ -809,7 +892,10 @@ mod tests {
         b.delete_routes(&[(5, "198.18.0.0/24".parse().unwrap())]).unwrap();
         assert_eq!(modes(&b)[1], (5, Some(Ipv4Lookup::Flat { chunks: 258 })));
         assert_eq!(trie(&b), vec!["5 2001:db8::/32"]);
-        assert_eq!(b.lookup_route(5, "203.0.113.7".parse().unwrap()).unwrap().map(|r| r.prefix.to_string()).as_deref(), Some("203.0.113.0/24"));
+        assert_eq!(
+            b.lookup_route(5, "203.0.113.7".parse().unwrap()).unwrap().map(|r| r.prefix.to_string()).as_deref(),
+            Some("203.0.113.0/24")
+        );
     }
 
     #[test]

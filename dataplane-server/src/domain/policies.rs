@@ -167,7 +167,8 @@ impl<D: Dataplane> Domain<D> {
                 // Put back the ones already flipped; the new table was never visible otherwise.
                 for (iface, dir, deny) in &users[..k] {
                     let slot = state.interfaces[iface].slot;
-                    let _ = self.dataplane.set_policy_attachment(slot, dir.index(), attach_word(old.unwrap_or(0), *deny));
+                    let _ =
+                        self.dataplane.set_policy_attachment(slot, dir.index(), attach_word(old.unwrap_or(0), *deny));
                 }
                 state.retired_policies.push(installed);
                 return Err(e.into());
@@ -214,7 +215,11 @@ impl<D: Dataplane> Domain<D> {
     ) -> Result<u64, DomainError> {
         let mut state = self.lock();
         let table = state.policies.get(policy).ok_or_else(|| not_found(policy).at("policy"))?.installed.image.table;
-        let slot = state.interfaces.get(interface).ok_or_else(|| super::interfaces::not_attached(interface).at("interface"))?.slot;
+        let slot = state
+            .interfaces
+            .get(interface)
+            .ok_or_else(|| super::interfaces::not_attached(interface).at("interface"))?
+            .slot;
         let key = (interface.clone(), direction);
         if state.policy_attachments.get(&key).is_some_and(|a| &a.policy == policy && a.default_deny == default_deny) {
             // Attached again as it is (a controller's replay): nothing to write, same generation.
@@ -224,7 +229,9 @@ impl<D: Dataplane> Domain<D> {
             return Ok(state.generation);
         }
         self.dataplane.set_policy_attachment(slot, direction.index(), attach_word(table, default_deny))?;
-        state.policy_attachments.insert((interface.clone(), direction), Attached { policy: policy.clone(), default_deny });
+        state
+            .policy_attachments
+            .insert((interface.clone(), direction), Attached { policy: policy.clone(), default_deny });
         if let Some(rs) = state.resync.as_mut() {
             rs.attachments.insert((interface.clone(), direction));
         }
@@ -278,7 +285,12 @@ impl<D: Dataplane> Domain<D> {
     }
 
     /// Drops the attachments of an interface being deleted (its slot will be reused).
-    pub(super) fn detach_all_policies(&self, state: &mut State, interface: &InterfaceName, slot: u32) -> Result<(), DomainError> {
+    pub(super) fn detach_all_policies(
+        &self,
+        state: &mut State,
+        interface: &InterfaceName,
+        slot: u32,
+    ) -> Result<(), DomainError> {
         for dir in [Direction::Ingress, Direction::Egress] {
             if state.policy_attachments.contains_key(&(interface.clone(), dir)) {
                 self.dataplane.set_policy_attachment(slot, dir.index(), 0)?;
@@ -298,7 +310,9 @@ impl<D: Dataplane> Domain<D> {
             .ok_or(DomainError::Exhausted { what: "policy tables", capacity: state.policy_tables.capacity() })?;
         let Some(rule_base) = state.rule_slots.alloc(n) else {
             state.policy_tables.free(table);
-            return Err(DomainError::Exhausted { what: "policy rule slots", capacity: state.rule_slots.capacity() }.at("rules"));
+            return Err(
+                DomainError::Exhausted { what: "policy rule slots", capacity: state.rule_slots.capacity() }.at("rules")
+            );
         };
         let mut pool = (0, 0);
         let pool_alloc = &mut state.policy_pool;
@@ -310,8 +324,11 @@ impl<D: Dataplane> Domain<D> {
         let Some(image) = image else {
             state.policy_tables.free(table);
             state.rule_slots.free(rule_base, n);
-            return Err(DomainError::Exhausted { what: "policy classifier words", capacity: state.policy_pool.capacity() }
-                .at("rules"));
+            return Err(DomainError::Exhausted {
+                what: "policy classifier words",
+                capacity: state.policy_pool.capacity(),
+            }
+            .at("rules"));
         };
         let installed = Installed { image, pool, rules: (rule_base, n), specs: rules.to_vec() };
         if let Err(e) = self.dataplane.write_policy(&installed.image) {
@@ -429,7 +446,9 @@ fn validate(mut rules: Vec<RuleSpec>) -> Result<Vec<RuleSpec>, DomainError> {
                 }
             }
         }
-        if (r.icmp_type.is_some() || r.icmp_code.is_some()) && !matches!(r.protocol, Some(IPPROTO_ICMP | IPPROTO_ICMPV6)) {
+        if (r.icmp_type.is_some() || r.icmp_code.is_some())
+            && !matches!(r.protocol, Some(IPPROTO_ICMP | IPPROTO_ICMPV6))
+        {
             return Err(DomainError::invalid(at("icmp_type"), "ICMP type/code need protocol 1 (ICMP) or 58 (ICMPv6)"));
         }
         if r.tcp_flags.is_some() && r.protocol != Some(IPPROTO_TCP) {

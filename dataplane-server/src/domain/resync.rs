@@ -166,16 +166,26 @@ mod tests {
     #[test]
     fn resync_replaying_half_the_routes_leaves_exactly_that_half_untouched_in_kernel() {
         let d = Domain::new(FakeDataplane::with_links(&[("eth0", 7)]));
-        d.add_interface(AddInterface { name: InterfaceName::parse("n", "eth0").unwrap(), mode: XdpMode::Auto, vrf: 0 }).unwrap();
-        d.add_nexthops(vec![NewNextHop { id: 1, spec: NextHopSpec::Discard }, NewNextHop { id: 2, spec: NextHopSpec::Receive }]).unwrap();
+        d.add_interface(AddInterface { name: InterfaceName::parse("n", "eth0").unwrap(), mode: XdpMode::Auto, vrf: 0 })
+            .unwrap();
+        d.add_nexthops(vec![
+            NewNextHop { id: 1, spec: NextHopSpec::Discard },
+            NewNextHop { id: 2, spec: NextHopSpec::Receive },
+        ])
+        .unwrap();
         let all: Vec<RouteSpec> = (0..10).map(|i| route(&format!("198.51.100.{}/32", i), 1 + i % 2)).collect();
         d.add_routes(all.clone()).unwrap();
         assert!(matches!(d.end_resync(), Err(DomainError::FailedPrecondition(_))), "none open");
 
         d.begin_resync();
         // Replays of what exists succeed (outside a resync they would be ALREADY_EXISTS).
-        d.add_interface(AddInterface { name: InterfaceName::parse("n", "eth0").unwrap(), mode: XdpMode::Auto, vrf: 0 }).unwrap();
-        d.add_nexthops(vec![NewNextHop { id: 1, spec: NextHopSpec::Discard }, NewNextHop { id: 3, spec: NextHopSpec::Discard }]).unwrap();
+        d.add_interface(AddInterface { name: InterfaceName::parse("n", "eth0").unwrap(), mode: XdpMode::Auto, vrf: 0 })
+            .unwrap();
+        d.add_nexthops(vec![
+            NewNextHop { id: 1, spec: NextHopSpec::Discard },
+            NewNextHop { id: 3, spec: NextHopSpec::Discard },
+        ])
+        .unwrap();
         // One replayed route moves to another next hop in place.
         let mut half: Vec<RouteSpec> = all.iter().filter(|r| r.nexthop == 1).cloned().collect();
         half[0].nexthop = 3;
@@ -190,7 +200,10 @@ mod tests {
         // The kept routes were never removed from the kernel.
         let kernel_after = d.dataplane().routes();
         assert!(kernel_after.iter().all(|r| kernel_before.contains(r)));
-        assert_eq!(d.list_nexthops().unwrap().iter().map(|n| (n.id, n.routes)).collect::<Vec<_>>(), vec![(1, 4), (3, 1)]);
+        assert_eq!(
+            d.list_nexthops().unwrap().iter().map(|n| (n.id, n.routes)).collect::<Vec<_>>(),
+            vec![(1, 4), (3, 1)]
+        );
         assert_eq!(d.list_interfaces(None).unwrap().len(), 1);
         // Outside the resync, replays are refused again.
         let e = d.add_routes(vec![half[0]]).unwrap_err();
@@ -200,7 +213,11 @@ mod tests {
     #[test]
     fn replace_outside_resync_rewrites_changed_in_place_and_unchanged_moves_no_generation() {
         let d = Domain::new(FakeDataplane::with_links(&[("eth0", 7)]));
-        d.add_nexthops(vec![NewNextHop { id: 1, spec: NextHopSpec::Discard }, NewNextHop { id: 2, spec: NextHopSpec::Receive }]).unwrap();
+        d.add_nexthops(vec![
+            NewNextHop { id: 1, spec: NextHopSpec::Discard },
+            NewNextHop { id: 2, spec: NextHopSpec::Receive },
+        ])
+        .unwrap();
         d.add_routes(vec![route("198.51.100.0/24", 1), route("203.0.113.0/24", 1)]).unwrap();
         let g = d.status().unwrap().generation;
         // Unchanged replays with replace: no write, no new generation.
@@ -217,7 +234,10 @@ mod tests {
         let nh = d.list_nexthops().unwrap().into_iter().find(|n| n.id == 1).unwrap();
         assert_eq!((nh.slot, nh.spec, nh.routes), (slot, NextHopSpec::Receive, 1));
         // Without replace, both are refused as before.
-        assert_eq!(d.add_routes(vec![route("198.51.100.0/24", 1)]).unwrap_err().kind(), crate::domain::ErrorKind::AlreadyExists);
+        assert_eq!(
+            d.add_routes(vec![route("198.51.100.0/24", 1)]).unwrap_err().kind(),
+            crate::domain::ErrorKind::AlreadyExists
+        );
         assert_eq!(
             d.add_nexthops(vec![NewNextHop { id: 1, spec: NextHopSpec::Discard }]).unwrap_err().kind(),
             crate::domain::ErrorKind::AlreadyExists

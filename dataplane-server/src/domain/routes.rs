@@ -84,18 +84,28 @@ impl<D: Dataplane> Domain<D> {
             let slot = match last_nh {
                 Some((id, slot)) if id == r.nexthop => slot,
                 _ => {
-                    let nh = state.nexthops.get(&r.nexthop).ok_or_else(|| nexthops::not_found(r.nexthop).at(format!("routes[{i}].next_hop")))?;
+                    let nh = state
+                        .nexthops
+                        .get(&r.nexthop)
+                        .ok_or_else(|| nexthops::not_found(r.nexthop).at(format!("routes[{i}].next_hop")))?;
                     last_nh = Some((r.nexthop, nh.slot));
                     nh.slot
                 }
             };
             let before = state.routes.get(&(r.vrf, r.prefix)).copied();
             if (before.is_some() && !resync) || !in_batch.insert((r.vrf, r.prefix)) {
-                return Err(DomainError::AlreadyExists { kind: "route", name: format!("{} in vrf {}", r.prefix, r.vrf) }
-                    .at(format!("routes[{i}]")));
+                return Err(DomainError::AlreadyExists {
+                    kind: "route",
+                    name: format!("{} in vrf {}", r.prefix, r.vrf),
+                }
+                .at(format!("routes[{i}]")));
             }
             if before.is_none() {
-                if r.prefix.is_ipv4() { v4 += 1 } else { v6 += 1 }
+                if r.prefix.is_ipv4() {
+                    v4 += 1
+                } else {
+                    v6 += 1
+                }
             }
             slots.push(slot);
             existing.push(before);
@@ -104,7 +114,10 @@ impl<D: Dataplane> Domain<D> {
         let [have4, have6] = state.route_counts;
         let cap = u64::from(dataplane_common::MAX_ROUTES);
         if have4 + v4 > cap || have6 + v6 > cap {
-            return Err(DomainError::Exhausted { what: "routes per address family", capacity: dataplane_common::MAX_ROUTES });
+            return Err(DomainError::Exhausted {
+                what: "routes per address family",
+                capacity: dataplane_common::MAX_ROUTES,
+            });
         }
         // A VRF never tried yet (the default VRF of a fresh dataplane) gets its flat table
         // before its first routes, which then go straight into it.
@@ -116,10 +129,12 @@ impl<D: Dataplane> Domain<D> {
         // Everything but unchanged replays. IPv6 routes, and IPv4 routes of VRFs without a
         // flat table, go to the tries (in as few kernel calls as the dataplane can); every IPv4
         // route gets its record; the flat tables follow.
-        let writes: Vec<usize> = (0..batch.len()).filter(|&i| existing[i].map(|e| e.nexthop) != Some(batch[i].nexthop)).collect();
+        let writes: Vec<usize> =
+            (0..batch.len()).filter(|&i| existing[i].map(|e| e.nexthop) != Some(batch[i].nexthop)).collect();
         let in_trie = |state: &State, r: &RouteSpec| !r.prefix.is_ipv4() || !state.fib4.is_flat(r.vrf);
         let trie: Vec<usize> = writes.iter().copied().filter(|&i| in_trie(&state, &batch[i])).collect();
-        let entries: Vec<(u32, Prefix, u32)> = trie.iter().map(|&i| (batch[i].vrf, batch[i].prefix, slots[i])).collect();
+        let entries: Vec<(u32, Prefix, u32)> =
+            trie.iter().map(|&i| (batch[i].vrf, batch[i].prefix, slots[i])).collect();
         let undo_trie = |state: &State, done: &[usize]| {
             for &w in done {
                 let (i, r) = (trie[w], &batch[trie[w]]);
@@ -155,13 +170,26 @@ impl<D: Dataplane> Domain<D> {
                             }
                         }
                         undo_trie(&state, &(0..trie.len()).collect::<Vec<_>>());
-                        return Err(DomainError::Exhausted { what: "IPv4 route records", capacity: self.dataplane.route4_capacity() });
+                        return Err(DomainError::Exhausted {
+                            what: "IPv4 route records",
+                            capacity: self.dataplane.route4_capacity(),
+                        });
                     }
                 },
             };
             record_of[i] = slot;
             let r = &batch[i];
-            records.push((slot, RouteRecord4 { vrf: r.vrf, addr, prefix_len: r.prefix.len(), _pad: [0; 2], flags: RECORD_VALID, nexthop: slots[i] }));
+            records.push((
+                slot,
+                RouteRecord4 {
+                    vrf: r.vrf,
+                    addr,
+                    prefix_len: r.prefix.len(),
+                    _pad: [0; 2],
+                    flags: RECORD_VALID,
+                    nexthop: slots[i],
+                },
+            ));
         }
         if let Err(e) = self.write_records(&mut state, &records) {
             undo_trie(&state, &(0..trie.len()).collect::<Vec<_>>());
@@ -177,7 +205,8 @@ impl<D: Dataplane> Domain<D> {
             .filter(|&&i| !in_trie(&state, &batch[i]))
             .filter_map(|&i| v4_prefix(&batch[i].prefix).map(|p| (batch[i].vrf, p, slots[i])))
             .collect();
-        let touched: BTreeSet<u32> = writes.iter().filter(|&&i| batch[i].prefix.is_ipv4()).map(|&i| batch[i].vrf).collect();
+        let touched: BTreeSet<u32> =
+            writes.iter().filter(|&&i| batch[i].prefix.is_ipv4()).map(|&i| batch[i].vrf).collect();
         // Next hops' route counts, gathered per next hop and applied once.
         let mut uses: HashMap<u32, i64> = HashMap::new();
         for (i, (r, before)) in batch.into_iter().zip(existing).enumerate() {
@@ -229,8 +258,12 @@ impl<D: Dataplane> Domain<D> {
         let mut seen = HashSet::with_capacity(batch.len());
         for (i, key) in batch.iter().enumerate() {
             if !state.routes.contains_key(key) {
-                return Err(DomainError::NotFound { kind: "route", name: format!("{} in vrf {}", key.1, key.0), detail: "" }
-                    .at(format!("routes[{i}]")));
+                return Err(DomainError::NotFound {
+                    kind: "route",
+                    name: format!("{} in vrf {}", key.1, key.0),
+                    detail: "",
+                }
+                .at(format!("routes[{i}]")));
             }
             if !seen.insert(*key) {
                 return Err(DomainError::invalid(format!("routes[{i}]"), "route listed twice"));
@@ -240,7 +273,8 @@ impl<D: Dataplane> Domain<D> {
         // From the tries what is there (IPv6, IPv4 of VRFs without a flat table); then the
         // flat tables; the records last, so that a crash in between leaves the route recorded
         // (and a restart rebuilding what its flat table lacks).
-        let trie: Vec<&(u32, Prefix)> = batch.iter().filter(|(vrf, p)| !p.is_ipv4() || !state.fib4.is_flat(*vrf)).collect();
+        let trie: Vec<&(u32, Prefix)> =
+            batch.iter().filter(|(vrf, p)| !p.is_ipv4() || !state.fib4.is_flat(*vrf)).collect();
         for (n, (vrf, prefix)) in trie.iter().enumerate() {
             if let Err(e) = self.dataplane.remove_route(*vrf, prefix) {
                 for (v, p) in &trie[..n] {
@@ -263,8 +297,11 @@ impl<D: Dataplane> Domain<D> {
                 }
             }
         }
-        let flat: Vec<(u32, V4Prefix)> =
-            batch.iter().filter(|(vrf, _)| state.fib4.is_flat(*vrf)).filter_map(|(vrf, p)| v4_prefix(p).map(|p| (*vrf, p))).collect();
+        let flat: Vec<(u32, V4Prefix)> = batch
+            .iter()
+            .filter(|(vrf, _)| state.fib4.is_flat(*vrf))
+            .filter_map(|(vrf, p)| v4_prefix(p).map(|p| (*vrf, p)))
+            .collect();
         let touched: BTreeSet<u32> = batch.iter().filter(|(_, p)| p.is_ipv4()).map(|(vrf, _)| *vrf).collect();
         self.fib4_apply(&mut state, &[], &flat, &touched, !touched.is_empty());
         if let Err(e) = self.dataplane.route4_clear(&records) {
@@ -342,7 +379,11 @@ impl<D: Dataplane> Domain<D> {
         }
         if retry && state.fib4.overflowed().next().is_some() {
             let (fib, routes, nexthops) = (&mut state.fib4, &state.routes, &state.nexthops);
-            match fib.retry_overflowed(dp, |vrf, root| dp.fib4_set_root(vrf, root), |vrf| v4_routes(routes, nexthops, vrf)) {
+            match fib.retry_overflowed(
+                dp,
+                |vrf, root| dp.fib4_set_root(vrf, root),
+                |vrf| v4_routes(routes, nexthops, vrf),
+            ) {
                 Ok(promoted) => {
                     for vrf in promoted {
                         tracing::info!(vrf, "IPv4 flat table built: the pool has room again");
@@ -374,7 +415,9 @@ impl<D: Dataplane> Domain<D> {
                 used = state.fib4.chunks_used(),
                 "the IPv4 flat tables' pool cannot hold this VRF: its IPv4 lookups use the trie (see --fib4-chunks)"
             ),
-            Err(e) => tracing::error!(vrf, error = %e, "building the IPv4 flat table failed: its IPv4 lookups use the trie"),
+            Err(e) => {
+                tracing::error!(vrf, error = %e, "building the IPv4 flat table failed: its IPv4 lookups use the trie")
+            }
         }
     }
 
@@ -483,10 +526,18 @@ mod tests {
     fn add_routes_kernel_failure_midway_rolls_back() {
         let d = domain();
         d.dataplane().fail_route_insert_after(2);
-        let batch = vec![r(0, "192.0.2.0/24", 1), r(0, "2001:db8::/32", 1), r(0, "2001:db8:1::/48", 1), r(0, "2001:db8:2::/48", 2)];
+        let batch = vec![
+            r(0, "192.0.2.0/24", 1),
+            r(0, "2001:db8::/32", 1),
+            r(0, "2001:db8:1::/48", 1),
+            r(0, "2001:db8:2::/48", 2),
+        ];
         let e = d.add_routes(batch).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Internal);
-        assert!(d.dataplane().kernel_routes().is_empty(), "the two inserted routes were removed again, no IPv4 record written");
+        assert!(
+            d.dataplane().kernel_routes().is_empty(),
+            "the two inserted routes were removed again, no IPv4 record written"
+        );
         assert!(d.list_routes(None, None).is_empty());
         assert_eq!(d.lookup_route(0, "192.0.2.1".parse().unwrap()).unwrap(), None, "nor anything in the flat table");
     }
@@ -496,7 +547,8 @@ mod tests {
         let d = domain();
         d.add_routes(vec![r(0, "192.0.2.0/24", 1)]).unwrap();
         assert!(matches!(d.delete_nexthops(&[1]).unwrap_err().kind(), ErrorKind::FailedPrecondition));
-        let e = d.delete_routes(&[(0, "192.0.2.0/24".parse().unwrap()), (0, "192.0.2.0/25".parse().unwrap())]).unwrap_err();
+        let e =
+            d.delete_routes(&[(0, "192.0.2.0/24".parse().unwrap()), (0, "192.0.2.0/25".parse().unwrap())]).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::NotFound);
         assert_eq!(d.list_routes(None, None).len(), 1, "unchanged");
         d.delete_routes(&[(0, "192.0.2.0/24".parse().unwrap())]).unwrap();
@@ -507,7 +559,13 @@ mod tests {
     fn list_routes_filters_by_vrf_and_prefix() {
         let d = domain();
         d.add_vrf(2, crate::domain::VrfMode::Routes).unwrap();
-        d.add_routes(vec![r(0, "192.0.2.0/24", 1), r(0, "192.0.2.128/25", 1), r(2, "192.0.2.0/24", 2), r(0, "2001:db8::/48", 2)]).unwrap();
+        d.add_routes(vec![
+            r(0, "192.0.2.0/24", 1),
+            r(0, "192.0.2.128/25", 1),
+            r(2, "192.0.2.0/24", 2),
+            r(0, "2001:db8::/48", 2),
+        ])
+        .unwrap();
         assert_eq!(d.list_routes(Some(2), None), vec![r(2, "192.0.2.0/24", 2)]);
         let within: Prefix = "192.0.2.128/25".parse().unwrap();
         assert_eq!(d.list_routes(Some(0), Some(within)), vec![r(0, "192.0.2.128/25", 1)]);
@@ -518,11 +576,23 @@ mod tests {
     fn add_routes_beyond_flat_pool_falls_back_to_trie_then_flat_again_after_delete() {
         use crate::domain::Ipv4Lookup;
         let d = Domain::new(FakeDataplane::with_fib4_chunks(256 + 4));
-        d.add_nexthops(vec![NewNextHop { id: 1, spec: NextHopSpec::Discard }, NewNextHop { id: 2, spec: NextHopSpec::Receive }]).unwrap();
+        d.add_nexthops(vec![
+            NewNextHop { id: 1, spec: NextHopSpec::Discard },
+            NewNextHop { id: 2, spec: NextHopSpec::Receive },
+        ])
+        .unwrap();
         let mode = |d: &Domain<FakeDataplane>| d.list_vrfs()[0].ipv4_lookup;
-        let at = |d: &Domain<FakeDataplane>, a: &str| d.lookup_route(0, a.parse().unwrap()).unwrap().map(|r| (r.prefix.to_string(), r.nexthop));
+        let at = |d: &Domain<FakeDataplane>, a: &str| {
+            d.lookup_route(0, a.parse().unwrap()).unwrap().map(|r| (r.prefix.to_string(), r.nexthop))
+        };
         // Three /16s with longer prefixes and one /24 with a longer one: the pool exactly.
-        d.add_routes(vec![r(0, "192.0.2.0/24", 1), r(0, "198.51.100.0/24", 1), r(0, "203.0.113.0/24", 1), r(0, "203.0.113.128/25", 2)]).unwrap();
+        d.add_routes(vec![
+            r(0, "192.0.2.0/24", 1),
+            r(0, "198.51.100.0/24", 1),
+            r(0, "203.0.113.0/24", 1),
+            r(0, "203.0.113.128/25", 2),
+        ])
+        .unwrap();
         assert_eq!(mode(&d), Some(Ipv4Lookup::Flat { chunks: 260 }));
         assert_eq!(d.dataplane().fib4_roots.lock().unwrap().get(&0), Some(&1));
         // One chunk more than there is: VRF 0 is looked up in its trie, and answers the same.

@@ -107,39 +107,23 @@ impl<D: Dataplane> Domain<D> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::domain::{fake::FakeDataplane, AddInterface};
-
-    #[test]
-    fn status_after_add_lists_both_hooks_and_slot_occupancy() {
-        let d = Domain::new(FakeDataplane::with_links(&[("eth0", 7)]));
-        d.add_interface(AddInterface { name: InterfaceName::parse("n", "eth0").unwrap(), mode: XdpMode::Generic, vrf: 0 })
-            .unwrap();
-        let s = d.status().unwrap();
-        assert_eq!(s.generation, 1);
-        let hooks: Vec<_> = s.attachments.iter().map(|a| (a.hook, a.xdp_mode)).collect();
-        assert_eq!(hooks, vec![(Hook::XdpIngress, Some(XdpMode::Generic)), (Hook::TcEgress, None)]);
-        let stats = s.maps.iter().find(|m| m.name == names::IFACE_STATS).unwrap();
-        assert_eq!(stats.occupancy, 1);
-        let slots = s.maps.iter().find(|m| m.name == names::INTERFACES).unwrap();
-        assert_eq!(slots.occupancy, 1);
-    }
-}
-
 impl<D: Dataplane> Domain<D> {
     /// Switches every interface to the programs of `object` (this build's when `None`), hitless
     /// (see `Dataplane::upgrade`). FAILED_PRECONDITION, with the loader's or verifier's message,
     /// if they do not load: then nothing changed, the state file included.
-    pub fn upgrade_programs(&self, object: Option<&[u8]>) -> Result<(Vec<crate::dataplane::ProgramStatus>, u64), DomainError> {
+    pub fn upgrade_programs(
+        &self,
+        object: Option<&[u8]>,
+    ) -> Result<(Vec<crate::dataplane::ProgramStatus>, u64), DomainError> {
         use crate::dataplane::DataplaneError as E;
         // Under the domain's lock: the server is the links' only writer while it swaps them.
         let mut state = self.lock();
         let programs = self.dataplane.upgrade(object).map_err(|e| match e {
-            E::Load { .. } | E::ObjectParse { .. } | E::PinnedMapMismatch { .. } | E::Program { op: "load", .. } | E::Missing { .. } => {
-                DomainError::FailedPrecondition(format!("the new programs were not loaded: {e}"))
-            }
+            E::Load { .. }
+            | E::ObjectParse { .. }
+            | E::PinnedMapMismatch { .. }
+            | E::Program { op: "load", .. }
+            | E::Missing { .. } => DomainError::FailedPrecondition(format!("the new programs were not loaded: {e}")),
             other => DomainError::from(other),
         })?;
         self.bump(&mut state);
@@ -161,5 +145,30 @@ impl<D: Dataplane> Domain<D> {
             }
         }
         tracing::info!("reset: every link, program and map pin of the dataplane removed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{fake::FakeDataplane, AddInterface};
+
+    #[test]
+    fn status_after_add_lists_both_hooks_and_slot_occupancy() {
+        let d = Domain::new(FakeDataplane::with_links(&[("eth0", 7)]));
+        d.add_interface(AddInterface {
+            name: InterfaceName::parse("n", "eth0").unwrap(),
+            mode: XdpMode::Generic,
+            vrf: 0,
+        })
+        .unwrap();
+        let s = d.status().unwrap();
+        assert_eq!(s.generation, 1);
+        let hooks: Vec<_> = s.attachments.iter().map(|a| (a.hook, a.xdp_mode)).collect();
+        assert_eq!(hooks, vec![(Hook::XdpIngress, Some(XdpMode::Generic)), (Hook::TcEgress, None)]);
+        let stats = s.maps.iter().find(|m| m.name == names::IFACE_STATS).unwrap();
+        assert_eq!(stats.occupancy, 1);
+        let slots = s.maps.iter().find(|m| m.name == names::INTERFACES).unwrap();
+        assert_eq!(slots.occupancy, 1);
     }
 }

@@ -85,7 +85,8 @@ impl<D: Dataplane> Domain<D> {
                 mode,
                 interfaces: state.interfaces.values().filter(|e| e.vrf == id).count() as u32,
                 routes: state.routes.range((id, min_prefix())..).take_while(|((v, _), _)| *v == id).count() as u64,
-                ipv4_lookup: (mode == VrfMode::Routes).then(|| state.fib4.lookup_mode(id).unwrap_or(super::Ipv4Lookup::Trie)),
+                ipv4_lookup: (mode == VrfMode::Routes)
+                    .then(|| state.fib4.lookup_mode(id).unwrap_or(super::Ipv4Lookup::Trie)),
             })
             .collect()
     }
@@ -114,7 +115,10 @@ mod tests {
         assert_eq!(d.delete_vrf(7).unwrap(), 2);
         assert!(matches!(d.delete_vrf(7), Err(DomainError::NotFound { .. })));
         assert!(matches!(d.delete_vrf(0), Err(DomainError::FailedPrecondition(_))));
-        assert!(matches!(d.add_vrf(dataplane_common::MAX_VRFS, VrfMode::Routes), Err(DomainError::InvalidArgument { .. })));
+        assert!(matches!(
+            d.add_vrf(dataplane_common::MAX_VRFS, VrfMode::Routes),
+            Err(DomainError::InvalidArgument { .. })
+        ));
     }
 
     #[test]

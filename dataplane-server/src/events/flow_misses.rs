@@ -13,7 +13,11 @@ use crate::{
 };
 
 /// Spawns the reader; it runs until the runtime stops.
-pub fn spawn_reader<D: Dataplane>(reader: FlowMissReader, domain: Arc<Domain<D>>, hub: Arc<Hub<FlowMiss>>) -> std::io::Result<()> {
+pub fn spawn_reader<D: Dataplane>(
+    reader: FlowMissReader,
+    domain: Arc<Domain<D>>,
+    hub: Arc<Hub<FlowMiss>>,
+) -> std::io::Result<()> {
     // SAFETY: the reader owns the ring buffer's fd and keeps it open for as long as the AsyncFd
     // (which owns the reader) exists.
     let mut fd = unsafe { AsyncFd::register(reader) }.map_err(|e| e.into_parts().1)?;
@@ -42,7 +46,12 @@ pub fn spawn_reader<D: Dataplane>(reader: FlowMissReader, domain: Arc<Domain<D>>
 
 /// Spawns the aging task: every `period`, HOLDs older than `hold_timeout` and flows idle for
 /// `idle_timeout` go.
-pub fn spawn_aging<D: Dataplane>(domain: Arc<Domain<D>>, period: Duration, hold_timeout: Duration, idle_timeout: Duration) {
+pub fn spawn_aging<D: Dataplane>(
+    domain: Arc<Domain<D>>,
+    period: Duration,
+    hold_timeout: Duration,
+    idle_timeout: Duration,
+) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(period);
         loop {

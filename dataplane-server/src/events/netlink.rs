@@ -6,8 +6,8 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    os::fd::AsRawFd,
     net::IpAddr,
+    os::fd::AsRawFd,
     sync::{Arc, Mutex},
 };
 
@@ -16,7 +16,9 @@ use rtnetlink::{
     packet_route::{
         address::{AddressAttribute, AddressMessage},
         link::{LinkAttribute, LinkFlags, LinkMessage},
-        neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourExtFlags, NeighbourFlags, NeighbourMessage, NeighbourState},
+        neighbour::{
+            NeighbourAddress, NeighbourAttribute, NeighbourExtFlags, NeighbourFlags, NeighbourMessage, NeighbourState,
+        },
         route::{RouteAddress, RouteAttribute, RouteMessage},
         AddressFamily, RouteNetlinkMessage,
     },
@@ -64,10 +66,32 @@ pub struct NetlinkEvent {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Detail {
-    Link { up: bool, running: bool, mtu: u32, mac: Option<Mac>, changes: Vec<&'static str>, owned: bool },
-    Address { address: IpAddr, prefix_len: u8 },
-    Route { destination: String, gateway: Option<IpAddr>, table: u32, metric: u32, protocol: String, kind: String },
-    Neighbour { address: IpAddr, mac: Option<Mac>, state: &'static str, router: bool },
+    Link {
+        up: bool,
+        running: bool,
+        mtu: u32,
+        mac: Option<Mac>,
+        changes: Vec<&'static str>,
+        owned: bool,
+    },
+    Address {
+        address: IpAddr,
+        prefix_len: u8,
+    },
+    Route {
+        destination: String,
+        gateway: Option<IpAddr>,
+        table: u32,
+        metric: u32,
+        protocol: String,
+        kind: String,
+    },
+    Neighbour {
+        address: IpAddr,
+        mac: Option<Mac>,
+        state: &'static str,
+        router: bool,
+    },
     /// The kernel dropped events (receive buffer overrun); subscribers should resync (subscribe
     /// again with a snapshot). The server itself has already re-read the kernel's state.
     Overrun,
@@ -229,7 +253,12 @@ impl<D: Dataplane> Listener<D> {
                 Ok(Ok(_)) => {}
             }
         }
-        self.publish(NetlinkEvent { action, ifindex, interface: now.name.clone(), detail: link_detail(&now, changes, owned) });
+        self.publish(NetlinkEvent {
+            action,
+            ifindex,
+            interface: now.name.clone(),
+            detail: link_detail(&now, changes, owned),
+        });
     }
 
     async fn link_removed(&mut self, l: &LinkMessage) {
@@ -305,7 +334,12 @@ impl<D: Dataplane> Listener<D> {
     /// subscribers are told to resync.
     async fn overrun(&mut self) {
         warn!("netlink receive buffer overrun: events were lost; reading the kernel's state again");
-        self.publish(NetlinkEvent { action: Action::Changed, ifindex: 0, interface: String::new(), detail: Detail::Overrun });
+        self.publish(NetlinkEvent {
+            action: Action::Changed,
+            ifindex: 0,
+            interface: String::new(),
+            detail: Detail::Overrun,
+        });
         let mut links = HashMap::new();
         let mut dump = self.handle.link().get().execute();
         while let Some(l) = dump.next().await {
@@ -383,7 +417,12 @@ impl Netlink {
                 let a = a.map_err(|source| NetlinkError::Dump { what: "address", source })?;
                 if let Some((address, prefix_len)) = address(&a) {
                     let ifindex = a.header.index;
-                    out.push(NetlinkEvent { action: Action::Added, ifindex, interface: name(ifindex), detail: Detail::Address { address, prefix_len } });
+                    out.push(NetlinkEvent {
+                        action: Action::Added,
+                        ifindex,
+                        interface: name(ifindex),
+                        detail: Detail::Address { address, prefix_len },
+                    });
                 }
             }
         }
@@ -392,7 +431,12 @@ impl Netlink {
             while let Some(n) = dump.next().await {
                 let n = n.map_err(|source| NetlinkError::Dump { what: "neighbour", source })?;
                 if let Some(nb) = neighbour(&n) {
-                    out.push(NetlinkEvent { action: Action::Added, ifindex: nb.ifindex, interface: name(nb.ifindex), detail: nb.detail() });
+                    out.push(NetlinkEvent {
+                        action: Action::Added,
+                        ifindex: nb.ifindex,
+                        interface: name(nb.ifindex),
+                        detail: nb.detail(),
+                    });
                 }
             }
         }
@@ -447,7 +491,9 @@ async fn release(handle: &Handle, req: NeighbourRequest) {
         Ok(()) => info!(ifindex = req.ifindex, address = %req.address, "released a gateway's managed neighbour entry"),
         // Already gone (its link went, or someone deleted it).
         Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENOENT || e.raw_code() == -libc::ENODEV => {}
-        Err(e) => warn!(ifindex = req.ifindex, address = %req.address, error = %e, "releasing a managed neighbour entry failed"),
+        Err(e) => {
+            warn!(ifindex = req.ifindex, address = %req.address, error = %e, "releasing a managed neighbour entry failed")
+        }
     }
 }
 
@@ -457,7 +503,13 @@ fn grow_receive_buffer(fd: std::os::fd::RawFd) {
     let size: libc::c_int = 8 << 20;
     // SAFETY: plain setsockopt on a socket we own, with a c_int option value.
     let rc = unsafe {
-        libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, (&size as *const libc::c_int).cast(), size_of::<libc::c_int>() as u32)
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&size as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as u32,
+        )
     };
     if rc != 0 {
         warn!(error = %std::io::Error::last_os_error(), "could not grow the netlink receive buffer");
@@ -608,7 +660,9 @@ fn neighbour(n: &NeighbourMessage) -> Option<Neighbour> {
         match a {
             NeighbourAttribute::Destination(NeighbourAddress::Inet(v4)) => address = Some(IpAddr::V4(*v4)),
             NeighbourAttribute::Destination(NeighbourAddress::Inet6(v6)) => address = Some(IpAddr::V6(*v6)),
-            NeighbourAttribute::LinkLayerAddress(b) if b.len() == 6 => mac = Some(Mac([b[0], b[1], b[2], b[3], b[4], b[5]])),
+            NeighbourAttribute::LinkLayerAddress(b) if b.len() == 6 => {
+                mac = Some(Mac([b[0], b[1], b[2], b[3], b[4], b[5]]))
+            }
             _ => {}
         }
     }
