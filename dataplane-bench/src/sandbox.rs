@@ -75,7 +75,7 @@ impl Sandbox {
 impl Drop for Sandbox {
     fn drop(&mut self) {
         // Detaches and removes every pin: nothing of the bench outlives it.
-        dataplane_server::dataplane::Dataplane::reset(self.domain.dataplane());
+        dataplane_server::dataplane::Lifecycle::reset(self.domain.dataplane());
         let _ = std::fs::remove_dir(&self.bpffs);
         forget_pins(&self.bpffs);
     }

@@ -99,21 +99,6 @@ pub struct PuntBucket {
     pub last_ns: u64,
 }
 
-/// Global HOLD accounting: `FLOW_STATE` is an array of two u64 with one kind of writer each (a
-/// userspace update rewrites a whole value, which would lose concurrent kernel increments), and
-/// HOLD entries outstanding = `created - resolved`.
-/// HOLDs whose miss event was sent (XDP, atomic adds).
-pub const STATE_CREATED: u32 = 0;
-/// HOLDs the server has since resolved, deleted, expired or seen evicted (server only).
-pub const STATE_RESOLVED: u32 = 1;
-/// The server's configuration generation, kept in the kernel beside what it counts: a crash
-/// of the server cannot lose it, and it costs one map write per change (not a file write).
-pub const STATE_GENERATION: u32 = 2;
-/// Record slots of `ROUTE4_RECORDS` ever used (its high-water mark): a restart reads that many.
-pub const STATE_ROUTE4_RECORDS: u32 = 3;
-/// Entries of `FLOW_STATE`.
-pub const STATE_SLOTS: u32 = 4;
-
 /// Request ids are `cpu << REQUEST_CPU_SHIFT | n`, `n` counting per CPU (`FLOW_SEQ`): unique
 /// without an atomic fetch (which the BPF CPU version the programs target lacks).
 pub const REQUEST_CPU_SHIFT: u32 = 48;

@@ -5,6 +5,7 @@
 #![no_std]
 
 pub mod flow;
+pub mod globals;
 pub mod maps;
 pub mod policy;
 pub mod reason;

@@ -59,8 +59,12 @@ pub const FLOWS_V6: &str = "FLOWS_V6";
 pub const FLOW_CONFIG: &str = "FLOW_CONFIG";
 /// Per-CPU array: interface slot -> [`crate::flow::PuntBucket`].
 pub const PUNT_BUCKETS: &str = "PUNT_BUCKETS";
-/// Array of u64: `flow::STATE_CREATED`, `flow::STATE_RESOLVED`, `flow::STATE_GENERATION`.
-pub const FLOW_STATE: &str = "FLOW_STATE";
+/// Array of u64: the global words of [`crate::globals`] (HOLD accounting, the configuration
+/// generation, the IPv4 route records' high-water mark). Its pinned name is still `FLOW_STATE`,
+/// from when it held HOLD accounting only: renaming the pin would make a server restarting over
+/// an earlier build's pins (or an earlier build started over these) lose the generation and the
+/// records' mark, and with it every IPv4 route.
+pub const GLOBALS: &str = "FLOW_STATE";
 /// Per-CPU array with one u64: the CPU's request id counter.
 pub const FLOW_SEQ: &str = "FLOW_SEQ";
 /// Ring buffer of [`crate::flow::FlowMissEvent`]s.
@@ -106,7 +110,7 @@ pub const ALL: &[&str] = &[
     FLOWS_V6,
     FLOW_CONFIG,
     PUNT_BUCKETS,
-    FLOW_STATE,
+    GLOBALS,
     FLOW_SEQ,
     FLOW_MISSES,
 ];

@@ -16,10 +16,35 @@ pub struct InterfaceConfig {
     /// An address of the interface, the source of ICMP errors it sends; see `flags`.
     pub ipv4: [u8; 4],
     pub ipv6: [u8; 16],
-    /// With `IFACE_KERNEL_FIB`: the kernel routing table to look up (0: the kernel's own choice
-    /// for a packet arriving on this interface, policy rules and VRF devices included).
-    /// Without: the root of the VRF's IPv4 flat table as `FIB4_VRFS` has it (0: the trie).
-    pub fib_table: u32,
+    /// The route table this interface's packets are looked up in, whichever kind its VRF has:
+    /// with `IFACE_KERNEL_FIB` a kernel routing table, without it the VRF's IPv4 flat-table root.
+    /// One word for both because an interface has only one of them (and the entry's layout is
+    /// pinned); read it as [`Self::kernel_table`] or [`Self::fib4_root`], which say which it is.
+    pub table: u32,
+}
+
+impl InterfaceConfig {
+    /// A kernel-FIB interface's routing table (0: the kernel's own choice for a packet arriving
+    /// on this interface, policy rules and VRF devices included); `None` for a routes-mode one.
+    #[inline(always)]
+    pub const fn kernel_table(&self) -> Option<u32> {
+        if self.flags & IFACE_KERNEL_FIB != 0 {
+            Some(self.table)
+        } else {
+            None
+        }
+    }
+
+    /// A routes-mode interface's IPv4 flat-table root as `FIB4_VRFS` has it (0: the VRF's IPv4
+    /// routes are in the trie); 0 for a kernel-FIB interface.
+    #[inline(always)]
+    pub const fn fib4_root(&self) -> u32 {
+        if self.flags & IFACE_KERNEL_FIB != 0 {
+            0
+        } else {
+            self.table
+        }
+    }
 }
 
 pub const IFACE_HAS_IPV4: u32 = 1;

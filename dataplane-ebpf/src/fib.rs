@@ -73,9 +73,10 @@ fn try_lookup(ctx: &XdpContext, pkt: &Packet, cfg: &InterfaceConfig, hop: &mut H
     p.__bindgen_anon_1.tot_len = (pkt.l3_end - pkt.l3_off) as u16;
     p.ifindex = ctx.ingress_ifindex() as u32;
     let mut flags = 0;
-    if cfg.fib_table != 0 {
+    // Only kernel-FIB interfaces come here: `table` is their kernel table.
+    if cfg.table != 0 {
         // One table, no policy rules: the VRF names its kernel table.
-        p.__bindgen_anon_5.tbid = cfg.fib_table;
+        p.__bindgen_anon_5.tbid = cfg.table;
         flags = BPF_FIB_LOOKUP_DIRECT | BPF_FIB_LOOKUP_TBID;
     }
     // SAFETY: `p` is a valid, fully initialised parameter block of the size passed.

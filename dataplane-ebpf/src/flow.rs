@@ -11,15 +11,15 @@ use aya_ebpf::{
 use dataplane_common::{
     flow::{
         FlowKeyV4, FlowKeyV6, FlowMissEvent, FlowValue, DEFAULT_PUNT_BURST, DEFAULT_PUNT_RATE, FLOW_CAPTURE, FLOW_DROP,
-        FLOW_FORWARD, FLOW_HOLD, MAX_PUNT_RATE, MISS_NO_FLOW, MISS_PUNT_RULE, REQUEST_CPU_SHIFT, STATE_CREATED,
-        STATE_RESOLVED,
+        FLOW_FORWARD, FLOW_HOLD, MAX_PUNT_RATE, MISS_NO_FLOW, MISS_PUNT_RULE, REQUEST_CPU_SHIFT,
     },
+    globals::{HOLDS_CREATED, HOLDS_RESOLVED},
     Reason,
 };
 
 use crate::{
     atomic,
-    maps::{FLOWS_V4, FLOWS_V6, FLOW_CONFIG, FLOW_MISSES, FLOW_SEQ, FLOW_STATE, PUNT_BUCKETS},
+    maps::{FLOWS_V4, FLOWS_V6, FLOW_CONFIG, FLOW_MISSES, FLOW_SEQ, GLOBALS, PUNT_BUCKETS},
     parse::{Packet, L3},
 };
 
@@ -88,11 +88,10 @@ fn flow_step(ctx: &XdpContext, pkt: &Packet, slot: u32, vrf: u32, len: u32) -> u
     }
 
     // A miss. HOLD cap first (global), then this interface's punt rate.
-    let (Some(created), Some(resolved)) = (FLOW_STATE.get_ptr_mut(STATE_CREATED), FLOW_STATE.get_ptr(STATE_RESOLVED))
-    else {
+    let (Some(created), Some(resolved)) = (GLOBALS.get_ptr_mut(HOLDS_CREATED), GLOBALS.get_ptr(HOLDS_RESOLVED)) else {
         return ROUTE;
     };
-    // SAFETY: FLOW_STATE entries live as long as the map. Racy reads only let the cap be
+    // SAFETY: GLOBALS entries live as long as the map. Racy reads only let the cap be
     // overshot by a few concurrent misses.
     let outstanding = unsafe { core::ptr::read_volatile(created).wrapping_sub(core::ptr::read_volatile(resolved)) };
     if outstanding >= u64::from(fc.hold_cap) {

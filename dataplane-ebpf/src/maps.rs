@@ -137,9 +137,9 @@ pub static FLOW_CONFIG: Array<FlowConfig> = Array::with_max_entries(MAX_INTERFAC
 #[map(name = "PUNT_BUCKETS")]
 pub static PUNT_BUCKETS: PerCpuArray<PuntBucket> = PerCpuArray::with_max_entries(MAX_INTERFACES, 0);
 
-/// HOLDs created (XDP) and resolved (server).
+/// The global words (`dataplane_common::globals`); pinned as `FLOW_STATE` (see `maps::GLOBALS`).
 #[map(name = "FLOW_STATE")]
-pub static FLOW_STATE: Array<u64> = Array::with_max_entries(dataplane_common::flow::STATE_SLOTS, 0);
+pub static GLOBALS: Array<u64> = Array::with_max_entries(dataplane_common::globals::SLOTS, 0);
 
 /// Per-CPU request id counter.
 #[map(name = "FLOW_SEQ")]

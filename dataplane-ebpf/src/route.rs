@@ -14,15 +14,16 @@ use crate::{
 };
 
 /// The next-hop slot of the longest prefix covering the packet's destination in the VRF of
-/// interface `cfg` (a routes-mode one). Its entry carries the VRF's flat-table root
-/// (`fib_table`, which only kernel-FIB interfaces use otherwise): no `FIB4_VRFS` lookup per packet.
+/// interface `cfg` (a routes-mode one). Its entry carries the VRF's flat-table root in `table`
+/// (`InterfaceConfig::fib4_root`, read raw: only routes-mode interfaces come here): no
+/// `FIB4_VRFS` lookup per packet.
 #[inline(always)]
 pub fn lookup(cfg: &InterfaceConfig, pkt: &Packet) -> Option<u32> {
     let vrf = cfg.vrf;
     match pkt.l3 {
         L3::Ipv4 => {
             let addr = [pkt.dst[0], pkt.dst[1], pkt.dst[2], pkt.dst[3]];
-            match cfg.fib_table {
+            match cfg.table {
                 0 => trie_v4(vrf, addr),
                 root => flat_v4(root, u32::from_be_bytes(addr)),
             }

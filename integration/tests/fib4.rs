@@ -318,7 +318,7 @@ async fn fib4_restart_adopts_tables_and_rebuilds_one_a_crash_left_behind() {
     let maps = server.bpffs.join("v1/maps");
     let state = MapData::from_pin(maps.join("FLOW_STATE")).unwrap();
     let mut state: Array<MapData, u64> = Array::try_from(Map::Array(state)).unwrap();
-    let mark = state.get(&dataplane_common::flow::STATE_ROUTE4_RECORDS, 0).unwrap() as u32;
+    let mark = state.get(&dataplane_common::globals::ROUTE4_RECORDS_MARK, 0).unwrap() as u32;
     let records = MapData::from_pin(maps.join("ROUTE4_RECORDS")).unwrap();
     let mut records: Array<MapData, RouteRecord4> = Array::try_from(Map::Array(records)).unwrap();
     let (&some, _) = t.iter().next().unwrap();
@@ -336,7 +336,7 @@ async fn fib4_restart_adopts_tables_and_rebuilds_one_a_crash_left_behind() {
         flags: RECORD_VALID,
         nexthop,
     };
-    state.set(dataplane_common::flow::STATE_ROUTE4_RECORDS, u64::from(mark + 1), 0).unwrap();
+    state.set(dataplane_common::globals::ROUTE4_RECORDS_MARK, u64::from(mark + 1), 0).unwrap();
     records.set(mark, rec, 0).unwrap();
     let old_build = (0xcb00_7140u32, 26u8);
     let trie = MapData::from_pin(maps.join("ROUTES_V4")).unwrap();

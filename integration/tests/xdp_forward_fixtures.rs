@@ -541,7 +541,7 @@ fn iface(vrf: u32) -> InterfaceConfig {
         _pad: [0; 2],
         ipv4: IFACE_V4.octets(),
         ipv6: IFACE_V6.octets(),
-        fib_table: 0,
+        table: 0,
     }
 }
 

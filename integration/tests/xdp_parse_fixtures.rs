@@ -460,7 +460,7 @@ impl Harness {
             _pad: [0; 2],
             ipv4: [0; 4],
             ipv6: [0; 16],
-            fib_table: 0,
+            table: 0,
         };
         let map = self.ebpf.map_mut(map_names::INTERFACES).expect("INTERFACES map");
         let mut interfaces: Array<_, InterfaceConfig> =

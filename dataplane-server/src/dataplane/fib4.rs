@@ -1,24 +1,64 @@
-//! The IPv4 flat tables' maps (`FIB4_VRFS`, `FIB4_CHUNKS`) and the IPv4 route records
-//! (`ROUTE4_RECORDS`): the VRF roots by syscall, the chunk pool and the records through shared
-//! mappings of the arrays, so a route is a few plain stores instead of syscalls (a
-//! 100,000-route batch rewrites millions of entries).
+//! The IPv4 flat tables' maps (`FIB4_VRFS`, `FIB4_CHUNKS`): the VRF roots by syscall, the chunk
+//! pool through a shared mapping of the array, so a route is a few plain stores instead of
+//! syscalls (a 100,000-route batch rewrites millions of entries). The tables' shape and the
+//! shadow the domain keeps are `domain::fib4`'s.
 
-use std::{
-    os::fd::AsFd,
-    ptr::NonNull,
-    sync::atomic::{AtomicU32, Ordering},
-};
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use aya::maps::{Array, MapData};
 use dataplane_common::{
     maps as names,
     route::fib4::{self, Chunk},
-    RouteRecord4,
 };
 
-use super::DataplaneError;
+use super::{
+    loader::{open_array_data, open_map},
+    mmap::Mapping,
+    DataplaneError, KernelDataplane,
+};
 
 const ENTRIES: usize = 256;
+
+/// The kernel side of the IPv4 flat tables.
+pub trait Fib4 {
+    /// Chunks in the IPv4 flat tables' pool (`FIB4_CHUNKS`), as it was created.
+    fn fib4_capacity(&self) -> u32;
+    /// Writes `values` into pool chunk `chunk` from entry `first` on, in order: a program that
+    /// sees one of them also sees those before it.
+    fn fib4_store(&self, chunk: u32, first: usize, values: &[u32]) -> Result<(), DataplaneError>;
+    /// Points VRF `vrf`'s IPv4 lookups at root block `root - 1` (0: at the trie).
+    fn fib4_set_root(&self, vrf: u32, root: u32) -> Result<(), DataplaneError>;
+
+    /// (VRF, root) of those of `vrfs` that have a flat table.
+    fn fib4_roots(&self, vrfs: &[u32]) -> Result<Vec<(u32, u32)>, DataplaneError>;
+    /// Pool chunk `chunk` as the kernel holds it.
+    fn fib4_load(&self, chunk: u32) -> Result<dataplane_common::route::fib4::Chunk, DataplaneError>;
+}
+
+impl Fib4 for KernelDataplane {
+    fn fib4_capacity(&self) -> u32 {
+        self.lock().fib4.capacity()
+    }
+
+    fn fib4_store(&self, chunk: u32, first: usize, values: &[u32]) -> Result<(), DataplaneError> {
+        self.lock().fib4.store(chunk, first, values)
+    }
+
+    fn fib4_set_root(&self, vrf: u32, root: u32) -> Result<(), DataplaneError> {
+        let mut inner = self.lock();
+        inner.fib4.set_root(vrf, root)?;
+        // The packet path reads the root from the interface entries.
+        inner.interfaces.set_fib4_root(vrf, root)
+    }
+
+    fn fib4_roots(&self, vrfs: &[u32]) -> Result<Vec<(u32, u32)>, DataplaneError> {
+        self.lock().fib4.roots(vrfs)
+    }
+
+    fn fib4_load(&self, chunk: u32) -> Result<dataplane_common::route::fib4::Chunk, DataplaneError> {
+        self.lock().fib4.load(chunk)
+    }
+}
 
 /// `FIB4_VRFS` and the mapped `FIB4_CHUNKS`.
 pub(super) struct Fib4Maps {
@@ -26,71 +66,11 @@ pub(super) struct Fib4Maps {
     pool: Mapping,
 }
 
-/// A BPF array created with `BPF_F_MMAPABLE`, mapped shared and writable: its values as 32-bit
-/// words, `words` per element.
-struct Mapping {
-    base: NonNull<AtomicU32>,
-    elements: u32,
-    words: usize,
-    len: usize,
-    name: &'static str,
-    /// Keeps the map's fd (the mapping would keep the map alive anyway).
-    _map: MapData,
-}
-
-// SAFETY: the mapping is only accessed through atomics, and lives as long as `Mapping`.
-unsafe impl Send for Mapping {}
-// SAFETY: as above; every access is an atomic load or store.
-unsafe impl Sync for Mapping {}
-
-impl Drop for Mapping {
-    fn drop(&mut self) {
-        // SAFETY: `base`/`len` are exactly what mmap returned; nothing borrows the mapping past
-        // this point (every access goes through `&self`).
-        unsafe { libc::munmap(self.base.as_ptr().cast(), self.len) };
-    }
-}
-
-impl Mapping {
-    fn new(map: MapData, name: &'static str, value_size: usize) -> Result<Self, DataplaneError> {
-        use std::os::fd::AsRawFd;
-        let info = map.info().map_err(DataplaneError::map(name, "info"))?;
-        let elements = info.max_entries();
-        let len = elements as usize * value_size;
-        // SAFETY: a shared mapping of a BPF array created with BPF_F_MMAPABLE: its values,
-        // `value_size` (a multiple of 8, so no padding) apart from offset 0, `len` bytes.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                map.fd().as_fd().as_raw_fd(),
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(DataplaneError::Io { path: name.into(), op: "mmap", source: std::io::Error::last_os_error() });
-        }
-        let base = NonNull::new(ptr.cast::<AtomicU32>()).ok_or(DataplaneError::Missing { what: "mapping", name })?;
-        Ok(Self { base, elements, words: value_size / 4, len, name, _map: map })
-    }
-
-    /// Word `i` of element `e`.
-    fn word(&self, e: u32, i: usize) -> Result<&AtomicU32, DataplaneError> {
-        if e >= self.elements || i >= self.words {
-            return Err(DataplaneError::SlotOutOfRange {
-                map: self.name,
-                slot: e,
-                max: self.elements.saturating_sub(1),
-            });
-        }
-        // SAFETY: in bounds (checked above) of a live mapping; AtomicU32 has u32's layout.
-        Ok(unsafe { &*self.base.as_ptr().add(e as usize * self.words + i) })
-    }
-}
-
 impl Fib4Maps {
+    pub(super) fn open(ebpf: &mut aya::Ebpf) -> Result<Self, DataplaneError> {
+        Self::new(open_map(ebpf, names::FIB4_VRFS)?, open_array_data(ebpf, names::FIB4_CHUNKS)?)
+    }
+
     pub(super) fn new(vrfs: Array<MapData, u32>, chunks: MapData) -> Result<Self, DataplaneError> {
         Ok(Self { vrfs, pool: Mapping::new(chunks, names::FIB4_CHUNKS, std::mem::size_of::<Chunk>())? })
     }
@@ -173,72 +153,6 @@ impl Fib4Maps {
             Some(e) => Err(e),
             None => Ok(Some(found)),
         }
-    }
-}
-
-/// The mapped `ROUTE4_RECORDS`.
-pub(super) struct Route4Records(Mapping);
-
-impl Route4Records {
-    pub(super) fn new(map: MapData) -> Result<Self, DataplaneError> {
-        Ok(Self(Mapping::new(map, names::ROUTE4_RECORDS, std::mem::size_of::<RouteRecord4>())?))
-    }
-
-    pub(super) fn capacity(&self) -> u32 {
-        self.0.elements
-    }
-
-    /// Writes records in order, each with its flags word last: a record is valid only once
-    /// whole (a crash in between leaves a free slot).
-    pub(super) fn store(&self, records: &[(u32, RouteRecord4)]) -> Result<(), DataplaneError> {
-        for (slot, r) in records {
-            let w = words(r);
-            for i in [0, 1, 3, 2] {
-                self.0.word(*slot, i)?.store(w[i], Ordering::Release);
-            }
-        }
-        Ok(())
-    }
-
-    /// Frees record slots (their flags word cleared).
-    pub(super) fn clear(&self, slots: &[u32]) -> Result<(), DataplaneError> {
-        for slot in slots {
-            self.0.word(*slot, 2)?.store(0, Ordering::Release);
-        }
-        Ok(())
-    }
-
-    /// The valid records among the first `count` slots.
-    pub(super) fn read(&self, count: u32) -> Result<Vec<(u32, RouteRecord4)>, DataplaneError> {
-        let mut out = Vec::new();
-        for slot in 0..count.min(self.0.elements) {
-            let mut w = [0u32; 4];
-            for (i, x) in w.iter_mut().enumerate() {
-                *x = self.0.word(slot, i)?.load(Ordering::Acquire);
-            }
-            let r = record(w);
-            if r.flags & dataplane_common::route::RECORD_VALID != 0 {
-                out.push((slot, r));
-            }
-        }
-        Ok(out)
-    }
-}
-
-/// A record as its four words in memory order.
-fn words(r: &RouteRecord4) -> [u32; 4] {
-    [r.vrf, u32::from_ne_bytes(r.addr), u32::from_ne_bytes([r.prefix_len, r._pad[0], r._pad[1], r.flags]), r.nexthop]
-}
-
-fn record(w: [u32; 4]) -> RouteRecord4 {
-    let b = w[2].to_ne_bytes();
-    RouteRecord4 {
-        vrf: w[0],
-        addr: w[1].to_ne_bytes(),
-        prefix_len: b[0],
-        _pad: [b[1], b[2]],
-        flags: b[3],
-        nexthop: w[3],
     }
 }
 

@@ -1,5 +1,8 @@
-//! Loads the embedded eBPF object, pins its maps under the bpffs root, and attaches/detaches the
-//! programs to interfaces as bpf links (XDP link, TCX link).
+//! The programs' lifecycle: loads the embedded eBPF object over the maps pinned under the bpffs
+//! root (checking their layouts, creating and pinning the missing ones), pins the attached
+//! programs, adopts the links an earlier run pinned, upgrades programs in place (atomic link
+//! updates), and removes everything on reset. The maps it opens are handed to each concern's
+//! wrapper in [`Inner`]; attaching and detaching interfaces is `interfaces`'.
 
 use std::{
     collections::HashMap as StdHashMap,
@@ -10,29 +13,31 @@ use std::{
 };
 
 use aya::{
-    maps::{Array, DevMap, HashMap, LpmTrie, Map, MapInfo, PerCpuArray},
+    maps::{Map, MapData, MapInfo},
     programs::{
         links::{FdLink, PinnedLink},
         tc::SchedClassifierLink,
         xdp::XdpLink,
-        SchedClassifier, TcAttachType, Xdp, XdpMode as AyaXdpMode,
+        SchedClassifier, Xdp,
     },
     Ebpf, EbpfLoader, VerifierLogLevel,
 };
-use dataplane_common::{
-    maps as names, programs,
-    route::{nexthop_kind, ECMP_MAX, IFACE_HAS_IPV4, IFACE_HAS_IPV6, IFACE_KERNEL_FIB, IFACE_PRESENT},
-    InterfaceConfig, InterfaceStats, NextHop, NextHopStats,
-};
+use dataplane_common::{maps as names, programs, InterfaceStats, NextHopStats};
 use tracing::{info, warn};
 
 use super::{
-    fib4::{Fib4Maps, Route4Records},
-    maps::{CounterArray, FlowMaps, Interfaces, NextHops, PolicyMaps, Routes, TxPorts},
-    netdev, Attachment, Dataplane, DataplaneError, InterfaceParams, LinkInfo, MapStatus, NextHopParams, ProgramStatus,
-    RouteMatch, XdpMode,
+    counters::CounterArray,
+    fib4::Fib4Maps,
+    flows::FlowMaps,
+    globals::Globals,
+    interfaces::{detach_locked, InterfaceMap, TxPorts},
+    lifecycle::Lifecycle,
+    netdev,
+    nexthops::NextHopMap,
+    policies::PolicyMaps,
+    routes::{Route4Records, RouteTries},
+    DataplaneError, ProgramStatus,
 };
-use crate::net::Prefix;
 
 /// The eBPF object built by build.rs from `dataplane-ebpf`.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/dataplane"));
@@ -63,16 +68,16 @@ pub fn object_fingerprint(bytes: &[u8]) -> u64 {
 
 /// The links of one interface. They are pinned (`<root>/v1/links/<ifindex>-{xdp,tc}`), so
 /// closing these fds detaches nothing; removing the pins and closing them does.
-struct InterfaceLinks {
-    xdp: FdLink,
-    tc: FdLink,
+pub(super) struct InterfaceLinks {
+    pub(super) xdp: FdLink,
+    pub(super) tc: FdLink,
 }
 
 /// Pin directories under `<bpffs_root>/v1`.
 #[derive(Clone, Debug)]
-struct PinDirs {
-    root: PathBuf,
-    maps: PathBuf,
+pub(super) struct PinDirs {
+    pub(super) root: PathBuf,
+    pub(super) maps: PathBuf,
     programs: PathBuf,
     links: PathBuf,
 }
@@ -83,30 +88,33 @@ impl PinDirs {
         Self { root: bpffs_root.to_owned(), maps: v.join("maps"), programs: v.join("programs"), links: v.join("links") }
     }
 
-    fn link(&self, ifindex: u32, hook: &str) -> PathBuf {
+    pub(super) fn link(&self, ifindex: u32, hook: &str) -> PathBuf {
         self.links.join(format!("{ifindex}-{hook}"))
     }
 }
 
+/// The loaded object and every map, each behind its concern's wrapper; one lock, so a
+/// multi-map update (an entry and the map it mirrors) is never interleaved with another.
 pub(super) struct Inner {
     pub(super) ebpf: Ebpf,
     /// The programs attached to every interface (pinned under `<root>/v1/programs`).
     pub(super) xdp: Xdp,
-    tc: SchedClassifier,
-    interfaces: Interfaces,
-    iface_stats: CounterArray<InterfaceStats>,
-    nexthops: NextHops,
-    nexthop_stats: CounterArray<NextHopStats>,
-    tx_ports: TxPorts,
-    pub(super) routes: Routes,
-    fib4: Fib4Maps,
-    records: Route4Records,
-    policies: PolicyMaps,
+    pub(super) tc: SchedClassifier,
+    pub(super) interfaces: InterfaceMap,
+    pub(super) iface_stats: CounterArray<InterfaceStats>,
+    pub(super) nexthops: NextHopMap,
+    pub(super) nexthop_stats: CounterArray<NextHopStats>,
+    pub(super) tx_ports: TxPorts,
+    pub(super) routes: RouteTries,
+    pub(super) fib4: Fib4Maps,
+    pub(super) records: Route4Records,
+    pub(super) policies: PolicyMaps,
     /// Interface slots with an egress policy attached (`IFACE_EGRESS_POLICIES` is set in every
     /// entry while there is one).
-    egress_policies: std::collections::BTreeSet<u32>,
-    flows: FlowMaps,
-    links: StdHashMap<u32, InterfaceLinks>,
+    pub(super) egress_policies: std::collections::BTreeSet<u32>,
+    pub(super) flows: FlowMaps,
+    pub(super) globals: Globals,
+    pub(super) links: StdHashMap<u32, InterfaceLinks>,
 }
 
 /// An interface whose links a previous run of the server pinned and this one adopted.
@@ -115,6 +123,42 @@ pub struct AdoptedLinks {
     pub ifindex: u32,
     pub xdp_link_id: u32,
     pub tc_link_id: u32,
+}
+
+impl Inner {
+    /// Every map of `ebpf` behind its concern's wrapper, with the programs and adopted links.
+    fn open(
+        mut ebpf: Ebpf,
+        xdp: Xdp,
+        tc: SchedClassifier,
+        links: StdHashMap<u32, InterfaceLinks>,
+    ) -> Result<Self, DataplaneError> {
+        let e = &mut ebpf;
+        let policies = PolicyMaps::open(e)?;
+        let egress_policies = policies.attached_slots(dataplane_common::policy::DIR_EGRESS)?;
+        let mut interfaces = InterfaceMap::open(e)?;
+        for ifindex in links.keys() {
+            interfaces.mark_present(*ifindex);
+        }
+        Ok(Self {
+            interfaces,
+            iface_stats: CounterArray::open(e, names::IFACE_STATS)?,
+            tx_ports: TxPorts::open(e)?,
+            nexthops: NextHopMap::open(e)?,
+            nexthop_stats: CounterArray::open(e, names::NEXTHOP_STATS)?,
+            routes: RouteTries::open(e)?,
+            records: Route4Records::open(e)?,
+            fib4: Fib4Maps::open(e)?,
+            policies,
+            egress_policies,
+            flows: FlowMaps::open(e)?,
+            globals: Globals::open(e)?,
+            ebpf,
+            xdp,
+            tc,
+            links,
+        })
+    }
 }
 
 /// What loading found and did.
@@ -132,8 +176,8 @@ pub struct LoadReport {
 /// `<bpffs_root>/v1/maps/<MAP>`, programs under `.../programs`, links under `.../links`.
 pub struct KernelDataplane {
     inner: Mutex<Inner>,
-    dirs: PinDirs,
-    report: LoadReport,
+    pub(super) dirs: PinDirs,
+    pub(super) report: LoadReport,
     /// `object_fingerprint` of the object the attached programs came from.
     object: Mutex<u64>,
     /// `LoaderConfig::fib4_chunks`, for upgrades.
@@ -378,75 +422,7 @@ impl KernelDataplane {
         let (links, stale) = adopt_links(&dirs)?;
         report.stale_links = stale;
 
-        fn open<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, DataplaneError>
-        where
-            T: TryFrom<Map, Error = aya::maps::MapError>,
-        {
-            T::try_from(take_map(ebpf, name)?).map_err(DataplaneError::map(name, "open"))
-        }
-        let interfaces: Array<_, InterfaceConfig> = open(&mut ebpf, names::INTERFACES)?;
-        let interfaces_high: HashMap<_, u32, InterfaceConfig> = open(&mut ebpf, names::INTERFACES_HIGH)?;
-        let iface_stats: PerCpuArray<_, InterfaceStats> = open(&mut ebpf, names::IFACE_STATS)?;
-        let nexthops: Array<_, NextHop> = open(&mut ebpf, names::NEXTHOPS)?;
-        let nexthop_stats: PerCpuArray<_, NextHopStats> = open(&mut ebpf, names::NEXTHOP_STATS)?;
-        let tx_ports: DevMap<_> = open(&mut ebpf, names::TX_PORTS)?;
-        let v4: LpmTrie<_, _, _> = open(&mut ebpf, names::ROUTES_V4)?;
-        let v6: LpmTrie<_, _, _> = open(&mut ebpf, names::ROUTES_V6)?;
-        let policies = PolicyMaps {
-            attach: open(&mut ebpf, names::POLICY_ATTACH)?,
-            headers: open(&mut ebpf, names::POLICY_TABLE_HDRS)?,
-            words: open(&mut ebpf, names::POLICY_WORDS)?,
-            v4_src: open(&mut ebpf, names::POLICY_V4_SRC)?,
-            v4_dst: open(&mut ebpf, names::POLICY_V4_DST)?,
-            v6_src: open(&mut ebpf, names::POLICY_V6_SRC)?,
-            v6_dst: open(&mut ebpf, names::POLICY_V6_DST)?,
-            l4: open(&mut ebpf, names::POLICY_L4)?,
-            actions: open(&mut ebpf, names::POLICY_ACTIONS)?,
-            stats: open(&mut ebpf, names::POLICY_RULE_STATS)?,
-        };
-        let flows = FlowMaps {
-            v4: open(&mut ebpf, names::FLOWS_V4)?,
-            v6: open(&mut ebpf, names::FLOWS_V6)?,
-            config: open(&mut ebpf, names::FLOW_CONFIG)?,
-            state: open(&mut ebpf, names::FLOW_STATE)?,
-        };
-        let fib4 = Fib4Maps::new(
-            open(&mut ebpf, names::FIB4_VRFS)?,
-            match take_map(&mut ebpf, names::FIB4_CHUNKS)? {
-                Map::Array(data) => data,
-                _ => return Err(DataplaneError::Missing { what: "array map", name: names::FIB4_CHUNKS }),
-            },
-        )?;
-        let egress_policies = (0..dataplane_common::MAX_INTERFACES)
-            .map(|slot| Ok((slot, policies.attachment(slot, dataplane_common::policy::DIR_EGRESS)?)))
-            .filter(|r: &Result<(u32, u32), DataplaneError>| r.as_ref().map_or(true, |(_, w)| *w != 0))
-            .map(|r| r.map(|(slot, _)| slot))
-            .collect::<Result<std::collections::BTreeSet<u32>, DataplaneError>>()?;
-        let records = Route4Records::new(match take_map(&mut ebpf, names::ROUTE4_RECORDS)? {
-            Map::Array(data) => data,
-            _ => return Err(DataplaneError::Missing { what: "array map", name: names::ROUTE4_RECORDS }),
-        })?;
-        let mut interfaces = Interfaces::new(interfaces, interfaces_high);
-        for ifindex in links.keys() {
-            interfaces.mark_present(*ifindex);
-        }
-        let mut inner = Inner {
-            ebpf,
-            xdp,
-            tc,
-            interfaces,
-            iface_stats: CounterArray::new(names::IFACE_STATS, iface_stats)?,
-            nexthops: NextHops(nexthops),
-            nexthop_stats: CounterArray::new(names::NEXTHOP_STATS, nexthop_stats)?,
-            tx_ports: TxPorts(tx_ports),
-            routes: Routes { v4, v6 },
-            fib4,
-            records,
-            egress_policies,
-            policies,
-            flows,
-            links,
-        };
+        let mut inner = Inner::open(ebpf, xdp, tc, links)?;
         // Also after a crash between pinning new programs and switching the links to them.
         if report.upgraded || !links_run_active(&inner)? {
             report.upgraded = true;
@@ -495,7 +471,7 @@ impl KernelDataplane {
     /// programs, then switches every interface's links to them, one at a time, each an atomic
     /// `bpf_link_update`: no packet meets a detached interface. A failure to parse, load or
     /// verify changes nothing (and carries the verifier's log). Returns the new program ids.
-    fn upgrade_programs(&self, object: Option<&[u8]>) -> Result<Vec<ProgramStatus>, DataplaneError> {
+    pub(super) fn upgrade_programs(&self, object: Option<&[u8]>) -> Result<Vec<ProgramStatus>, DataplaneError> {
         let mut guard = self.lock();
         let inner = &mut *guard;
         let object = object.unwrap_or(EBPF_OBJECT);
@@ -521,7 +497,7 @@ impl KernelDataplane {
 
     /// Detaches every interface and removes every pin (links, programs, maps) and the pin
     /// directories: nothing of the dataplane stays in the kernel once this process exits.
-    fn reset_all(&self) {
+    pub(super) fn reset_all(&self) {
         let mut inner = self.lock();
         let ifindexes: Vec<u32> = inner.links.keys().copied().collect();
         for ifindex in ifindexes {
@@ -645,7 +621,24 @@ fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<Map, DataplaneError> 
     ebpf.take_map(name).ok_or(DataplaneError::Missing { what: "map", name })
 }
 
-fn remove_pin(path: &Path) -> Result<(), DataplaneError> {
+/// Takes map `name` out of the object as its typed wrapper (each concern's wrapper opens its
+/// own maps with this).
+pub(super) fn open_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, DataplaneError>
+where
+    T: TryFrom<Map, Error = aya::maps::MapError>,
+{
+    T::try_from(take_map(ebpf, name)?).map_err(DataplaneError::map(name, "open"))
+}
+
+/// Takes array map `name` out of the object untyped, for a shared mapping of its values.
+pub(super) fn open_array_data(ebpf: &mut Ebpf, name: &'static str) -> Result<MapData, DataplaneError> {
+    match take_map(ebpf, name)? {
+        Map::Array(data) => Ok(data),
+        _ => Err(DataplaneError::Missing { what: "array map", name }),
+    }
+}
+
+pub(super) fn remove_pin(path: &Path) -> Result<(), DataplaneError> {
     match fs::remove_file(path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -676,565 +669,6 @@ fn ensure_bpffs(root: &Path) -> Result<(), DataplaneError> {
     Ok(())
 }
 
-fn link_id(link: &FdLink, program: &'static str) -> Result<u32, DataplaneError> {
+pub(super) fn link_id(link: &FdLink, program: &'static str) -> Result<u32, DataplaneError> {
     link.info().map(|i| i.id()).map_err(|e| DataplaneError::Link { program, op: "info", source: Box::new(e) })
-}
-
-fn attach_xdp(xdp: &mut Xdp, name: &str, ifindex: u32, mode: XdpMode) -> Result<(FdLink, XdpMode), DataplaneError> {
-    let attempt = |xdp: &mut Xdp, m: AyaXdpMode| xdp.attach_to_if_index(ifindex, m);
-    let (id, got) = match mode {
-        XdpMode::Native => (attempt(xdp, AyaXdpMode::Driver), XdpMode::Native),
-        XdpMode::Generic => (attempt(xdp, AyaXdpMode::Skb), XdpMode::Generic),
-        // Ask for native explicitly so we know which mode we got; fall back only when the driver
-        // says it has no native XDP.
-        XdpMode::Auto => match attempt(xdp, AyaXdpMode::Driver) {
-            Err(e) if errno(&e) == Some(libc::EOPNOTSUPP) => (attempt(xdp, AyaXdpMode::Skb), XdpMode::Generic),
-            other => (other, XdpMode::Native),
-        },
-    };
-    let id = id.map_err(|e| match errno(&e) {
-        Some(libc::EOPNOTSUPP) => DataplaneError::XdpModeUnsupported {
-            interface: name.to_owned(),
-            mode: if got == XdpMode::Native { "native" } else { "generic" },
-        },
-        Some(libc::EBUSY) | Some(libc::EEXIST) => DataplaneError::XdpBusy { interface: name.to_owned() },
-        Some(libc::ENODEV) => DataplaneError::InterfaceGone { interface: name.to_owned() },
-        _ => DataplaneError::program(programs::XDP_INGRESS, "attach")(e),
-    })?;
-    let link = xdp.take_link(id).map_err(DataplaneError::program(programs::XDP_INGRESS, "take link"))?;
-    let link = FdLink::try_from(link).map_err(|e| DataplaneError::Link {
-        program: programs::XDP_INGRESS,
-        op: "convert to fd link",
-        source: Box::new(e),
-    })?;
-    Ok((link, got))
-}
-
-fn attach_tc(tc: &mut SchedClassifier, name: &str) -> Result<FdLink, DataplaneError> {
-    // On kernels >= 6.6 aya attaches through TCX: a bpf link, no clsact qdisc involved.
-    let id = tc.attach(name, TcAttachType::Egress).map_err(|e| match errno(&e) {
-        Some(libc::ENODEV) => DataplaneError::InterfaceGone { interface: name.to_owned() },
-        _ => DataplaneError::program(programs::TC_EGRESS, "attach")(e),
-    })?;
-    let link = tc.take_link(id).map_err(DataplaneError::program(programs::TC_EGRESS, "take link"))?;
-    FdLink::try_from(link).map_err(|e| DataplaneError::Link {
-        program: programs::TC_EGRESS,
-        op: "convert to fd link",
-        source: Box::new(e),
-    })
-}
-
-/// The errno behind an aya program error, where there is one.
-fn errno(e: &aya::programs::ProgramError) -> Option<i32> {
-    use aya::programs::ProgramError as P;
-    match e {
-        P::SyscallError(s) => s.io_error.raw_os_error(),
-        P::TcError(aya::programs::tc::TcError::IoError(io)) => io.raw_os_error(),
-        P::XdpError(aya::programs::xdp::XdpError::NetlinkError(n)) => std::error::Error::source(n)
-            .and_then(|s| s.downcast_ref::<std::io::Error>())
-            .and_then(|io| io.raw_os_error()),
-        _ => None,
-    }
-}
-
-fn detach_locked(inner: &mut Inner, dirs: &PinDirs, ifindex: u32, slot: Option<u32>) -> Result<(), DataplaneError> {
-    // Stop matching the interface first, then unpin and drop the links: the last reference to
-    // a link going detaches it.
-    inner.interfaces.remove(ifindex)?;
-    if let Some(slot) = slot {
-        inner.tx_ports.clear(slot)?;
-    }
-    for hook in ["xdp", "tc"] {
-        remove_pin(&dirs.link(ifindex, hook))?;
-    }
-    inner.links.remove(&ifindex);
-    Ok(())
-}
-
-/// Pins a fresh interface's two links; on failure neither stays pinned (and dropping them
-/// detaches).
-fn pin_links(dirs: &PinDirs, ifindex: u32, xdp: FdLink, tc: FdLink) -> Result<(FdLink, FdLink), DataplaneError> {
-    let pin = |link: FdLink, hook: &str, program: &'static str| -> Result<FdLink, DataplaneError> {
-        let path = dirs.link(ifindex, hook);
-        remove_pin(&path)?;
-        link.pin(&path).map(FdLink::from).map_err(|e| DataplaneError::Io {
-            path,
-            op: "pin link",
-            source: std::io::Error::other(format!("{program}: {e}")),
-        })
-    };
-    let xdp = pin(xdp, "xdp", programs::XDP_INGRESS)?;
-    match pin(tc, "tc", programs::TC_EGRESS) {
-        Ok(tc) => Ok((xdp, tc)),
-        Err(e) => {
-            remove_pin(&dirs.link(ifindex, "xdp"))?;
-            Err(e)
-        }
-    }
-}
-
-/// The entry of an interface.
-fn interface_config(p: &InterfaceParams, extra: EntryExtras) -> InterfaceConfig {
-    let mut flags = IFACE_PRESENT;
-    if p.link.ipv4.is_some() {
-        flags |= IFACE_HAS_IPV4;
-    }
-    if p.link.ipv6.is_some() {
-        flags |= IFACE_HAS_IPV6;
-    }
-    if p.kernel_fib.is_some() {
-        flags |= IFACE_KERNEL_FIB;
-    }
-    flags |= extra.flags;
-    InterfaceConfig {
-        slot: p.slot,
-        vrf: p.vrf,
-        mtu: p.link.mtu,
-        flags,
-        mac: p.link.mac.0,
-        _pad: [0; 2],
-        ipv4: p.link.ipv4.map(|a| a.octets()).unwrap_or_default(),
-        ipv6: p.link.ipv6.map(|a| a.octets()).unwrap_or_default(),
-        fib_table: p.kernel_fib.unwrap_or(extra.fib4_root),
-    }
-}
-
-/// What an interface entry carries beside the interface: state the packet path would otherwise
-/// look up per packet in other maps.
-#[derive(Clone, Copy)]
-struct EntryExtras {
-    /// `IFACE_FLOWS`, `IFACE_POLICY_IN`, `IFACE_EGRESS_POLICIES` as they stand.
-    flags: u32,
-    /// Its VRF's flat-table root (routes-mode VRFs).
-    fib4_root: u32,
-}
-
-/// The entry flags [`EntryExtras`] carries.
-const EXTRA_FLAGS: u32 = dataplane_common::route::IFACE_FLOWS
-    | dataplane_common::route::IFACE_POLICY_IN
-    | dataplane_common::route::IFACE_EGRESS_POLICIES;
-
-impl Inner {
-    fn entry_extras(&self, p: &InterfaceParams) -> Result<EntryExtras, DataplaneError> {
-        self.extras(p.slot, p.vrf)
-    }
-
-    fn extras(&self, slot: u32, vrf: u32) -> Result<EntryExtras, DataplaneError> {
-        use dataplane_common::route::{IFACE_EGRESS_POLICIES, IFACE_FLOWS, IFACE_POLICY_IN};
-        let mut flags = 0;
-        if self.flows.enabled(slot)? {
-            flags |= IFACE_FLOWS;
-        }
-        if self.policies.attachment(slot, dataplane_common::policy::DIR_INGRESS)? != 0 {
-            flags |= IFACE_POLICY_IN;
-        }
-        if !self.egress_policies.is_empty() {
-            flags |= IFACE_EGRESS_POLICIES;
-        }
-        Ok(EntryExtras { flags, fib4_root: self.fib4.root(vrf)? })
-    }
-
-    /// Recomputes the extras of every entry from the maps they mirror.
-    fn refresh_entries(&mut self) -> Result<(), DataplaneError> {
-        let mut extras = std::collections::HashMap::new();
-        for (slot, vrf) in self.interfaces.slots_and_vrfs()? {
-            extras.insert(slot, self.extras(slot, vrf)?);
-        }
-        self.interfaces.patch_all(|c| match extras.get(&c.slot) {
-            Some(e) => InterfaceConfig {
-                flags: (c.flags & !EXTRA_FLAGS) | e.flags,
-                fib_table: if c.flags & IFACE_KERNEL_FIB != 0 { c.fib_table } else { e.fib4_root },
-                ..c
-            },
-            None => c,
-        })
-    }
-}
-
-fn nexthop_value(nh: &NextHopParams) -> NextHop {
-    let mut v = NextHop::EMPTY;
-    match nh {
-        NextHopParams::Encap { tx_slot, ifindex, mtu, dst_mac, src_mac } => {
-            v.kind = nexthop_kind::ENCAP;
-            v.tx_slot = *tx_slot;
-            v.ifindex = *ifindex;
-            v.mtu = *mtu;
-            v.dst_mac = dst_mac.0;
-            v.src_mac = src_mac.0;
-        }
-        NextHopParams::Unresolved { tx_slot, ifindex, mtu, src_mac } => {
-            v.kind = nexthop_kind::UNRESOLVED;
-            v.tx_slot = *tx_slot;
-            v.ifindex = *ifindex;
-            v.mtu = *mtu;
-            v.src_mac = src_mac.0;
-        }
-        NextHopParams::Ecmp { members } => {
-            v.kind = nexthop_kind::ECMP;
-            v.member_count = members.len().min(ECMP_MAX) as u32;
-            for (d, s) in v.members.iter_mut().zip(members) {
-                *d = *s;
-            }
-        }
-        NextHopParams::Discard => v.kind = nexthop_kind::DISCARD,
-        NextHopParams::Receive => v.kind = nexthop_kind::RECEIVE,
-    }
-    v
-}
-
-impl Dataplane for KernelDataplane {
-    fn link(&self, name: &str) -> Result<Option<LinkInfo>, DataplaneError> {
-        netdev::link(name)
-    }
-
-    fn attach(&self, name: &str, p: &InterfaceParams, mode: XdpMode) -> Result<Attachment, DataplaneError> {
-        let mut guard = self.lock();
-        let inner = &mut *guard;
-        let ifindex = p.link.ifindex;
-        inner.iface_stats.reset(p.slot)?;
-        inner.tx_ports.set(p.slot, ifindex)?;
-        let undo = |inner: &mut Inner| {
-            let _ = inner.interfaces.remove(ifindex);
-            let _ = inner.tx_ports.clear(p.slot);
-        };
-        let extra = inner.entry_extras(p)?;
-        if let Err(e) = inner.interfaces.insert(ifindex, &interface_config(p, extra)) {
-            undo(inner);
-            return Err(e);
-        }
-        let (xdp, xdp_mode) = match attach_xdp(&mut inner.xdp, name, ifindex, mode) {
-            Ok(v) => v,
-            Err(e) => {
-                undo(inner);
-                return Err(e);
-            }
-        };
-        let tc = match attach_tc(&mut inner.tc, name) {
-            Ok(v) => v,
-            Err(e) => {
-                drop(xdp);
-                undo(inner);
-                return Err(e);
-            }
-        };
-        let attachment = Attachment {
-            xdp_mode,
-            xdp_link_id: link_id(&xdp, programs::XDP_INGRESS)?,
-            tc_link_id: link_id(&tc, programs::TC_EGRESS)?,
-        };
-        // Pinned: they outlive this process (forwarding survives a server crash or restart).
-        let (xdp, tc) = match pin_links(&self.dirs, ifindex, xdp, tc) {
-            Ok(v) => v,
-            Err(e) => {
-                undo(inner);
-                return Err(e);
-            }
-        };
-        inner.links.insert(ifindex, InterfaceLinks { xdp, tc });
-        info!(interface = name, ifindex, slot = p.slot, vrf = p.vrf, mode = ?xdp_mode, "attached");
-        Ok(attachment)
-    }
-
-    fn update_interface(&self, p: &InterfaceParams) -> Result<(), DataplaneError> {
-        let mut inner = self.lock();
-        let extra = inner.entry_extras(p)?;
-        inner.interfaces.insert(p.link.ifindex, &interface_config(p, extra))
-    }
-
-    fn detach(&self, ifindex: u32, slot: u32) -> Result<(), DataplaneError> {
-        let mut inner = self.lock();
-        detach_locked(&mut inner, &self.dirs, ifindex, Some(slot))?;
-        info!(ifindex, slot, "detached");
-        Ok(())
-    }
-
-    fn interface_stats(&self, slot: u32) -> Result<InterfaceStats, DataplaneError> {
-        self.lock().iface_stats.sum(slot)
-    }
-
-    fn set_nexthop(&self, slot: u32, nh: &NextHopParams, fresh: bool) -> Result<(), DataplaneError> {
-        let mut inner = self.lock();
-        if fresh {
-            inner.nexthop_stats.reset(slot)?;
-        }
-        inner.nexthops.set(slot, &nexthop_value(nh))
-    }
-
-    fn clear_nexthop(&self, slot: u32) -> Result<(), DataplaneError> {
-        self.lock().nexthops.set(slot, &NextHop::EMPTY)
-    }
-
-    fn nexthop_stats(&self, slot: u32) -> Result<NextHopStats, DataplaneError> {
-        self.lock().nexthop_stats.sum(slot)
-    }
-
-    fn insert_route(&self, vrf: u32, prefix: &Prefix, nexthop_slot: u32) -> Result<(), DataplaneError> {
-        self.lock().routes.insert(vrf, prefix, nexthop_slot)
-    }
-
-    fn insert_routes(&self, routes: &[(u32, Prefix, u32)]) -> Result<(), (Vec<usize>, DataplaneError)> {
-        self.lock().routes.insert_many(routes)
-    }
-
-    fn remove_route(&self, vrf: u32, prefix: &Prefix) -> Result<(), DataplaneError> {
-        self.lock().routes.remove(vrf, prefix)
-    }
-
-    fn lookup_route(&self, vrf: u32, addr: std::net::IpAddr) -> Result<Option<RouteMatch>, DataplaneError> {
-        let inner = self.lock();
-        if let std::net::IpAddr::V4(a) = addr {
-            // What the route stage sees: the VRF's flat table when it has one.
-            if let Some(found) = inner.fib4.lookup(vrf, a)? {
-                return Ok(found.map(|(prefix_len, nexthop_slot)| RouteMatch { prefix_len, nexthop_slot }));
-            }
-        }
-        Ok(inner
-            .routes
-            .lookup(vrf, addr)?
-            .map(|v| RouteMatch { prefix_len: v.prefix_len as u8, nexthop_slot: v.nexthop }))
-    }
-
-    fn fib4_capacity(&self) -> u32 {
-        self.lock().fib4.capacity()
-    }
-
-    fn fib4_store(&self, chunk: u32, first: usize, values: &[u32]) -> Result<(), DataplaneError> {
-        self.lock().fib4.store(chunk, first, values)
-    }
-
-    fn fib4_set_root(&self, vrf: u32, root: u32) -> Result<(), DataplaneError> {
-        let mut inner = self.lock();
-        inner.fib4.set_root(vrf, root)?;
-        // The packet path reads the root from the interface entries.
-        inner.interfaces.set_fib4_root(vrf, root)
-    }
-
-    fn route4_capacity(&self) -> u32 {
-        self.lock().records.capacity()
-    }
-
-    fn route4_reserve(&self, slots: u32) -> Result<(), DataplaneError> {
-        self.lock()
-            .flows
-            .state
-            .set(dataplane_common::flow::STATE_ROUTE4_RECORDS, u64::from(slots), 0)
-            .map_err(DataplaneError::map(names::FLOW_STATE, "update"))
-    }
-
-    fn route4_store(&self, records: &[(u32, dataplane_common::RouteRecord4)]) -> Result<(), DataplaneError> {
-        self.lock().records.store(records)
-    }
-
-    fn route4_clear(&self, slots: &[u32]) -> Result<(), DataplaneError> {
-        self.lock().records.clear(slots)
-    }
-
-    fn route4_records(&self) -> Result<Vec<(u32, dataplane_common::RouteRecord4)>, DataplaneError> {
-        let inner = self.lock();
-        let mark = inner
-            .flows
-            .state
-            .get(&dataplane_common::flow::STATE_ROUTE4_RECORDS, 0)
-            .map_err(DataplaneError::map(names::FLOW_STATE, "lookup"))?;
-        inner.records.read(u32::try_from(mark).unwrap_or(u32::MAX))
-    }
-
-    fn fib4_roots(&self, vrfs: &[u32]) -> Result<Vec<(u32, u32)>, DataplaneError> {
-        self.lock().fib4.roots(vrfs)
-    }
-
-    fn fib4_load(&self, chunk: u32) -> Result<dataplane_common::route::fib4::Chunk, DataplaneError> {
-        self.lock().fib4.load(chunk)
-    }
-
-    fn write_policy(&self, image: &super::PolicyImage) -> Result<(), DataplaneError> {
-        self.lock().policies.write(image)
-    }
-
-    fn clear_policy(&self, image: &super::PolicyImage) -> Result<(), DataplaneError> {
-        self.lock().policies.clear(image)
-    }
-
-    fn set_policy_attachment(&self, slot: u32, direction: u32, word: u32) -> Result<(), DataplaneError> {
-        use dataplane_common::route::{IFACE_EGRESS_POLICIES, IFACE_POLICY_IN};
-        let mut inner = self.lock();
-        // The word first: a packet that sees a flag finds what it announces.
-        inner.policies.set_attachment(slot, direction, word)?;
-        if direction == dataplane_common::policy::DIR_INGRESS {
-            return inner.interfaces.set_flag(Some(slot), IFACE_POLICY_IN, word != 0);
-        }
-        if word != 0 {
-            inner.egress_policies.insert(slot);
-        } else {
-            inner.egress_policies.remove(&slot);
-        }
-        let any = !inner.egress_policies.is_empty();
-        inner.interfaces.set_flag(None, IFACE_EGRESS_POLICIES, any)
-    }
-
-    fn rule_stats(&self, first: u32, count: u32) -> Result<Vec<dataplane_common::policy::RuleStats>, DataplaneError> {
-        self.lock().policies.rule_stats(first, count)
-    }
-
-    fn set_flow_config(&self, slot: u32, cfg: &dataplane_common::flow::FlowConfig) -> Result<(), DataplaneError> {
-        let mut inner = self.lock();
-        inner.flows.config.set(slot, cfg, 0).map_err(DataplaneError::map(names::FLOW_CONFIG, "update"))?;
-        // After the config: the packet path enters the flow stage on the entry's flag.
-        inner.interfaces.set_flag(Some(slot), dataplane_common::route::IFACE_FLOWS, cfg.enabled != 0)
-    }
-
-    fn put_flow(&self, key: &super::FlowKey, value: &dataplane_common::flow::FlowValue) -> Result<(), DataplaneError> {
-        self.lock().flows.put(key, value)
-    }
-
-    fn get_flow(&self, key: &super::FlowKey) -> Result<Option<dataplane_common::flow::FlowValue>, DataplaneError> {
-        self.lock().flows.get(key)
-    }
-
-    fn remove_flow(&self, key: &super::FlowKey) -> Result<(), DataplaneError> {
-        self.lock().flows.remove(key)
-    }
-
-    fn flows(&self) -> Result<Vec<(super::FlowKey, dataplane_common::flow::FlowValue)>, DataplaneError> {
-        self.lock().flows.all()
-    }
-
-    fn set_holds_resolved(&self, resolved: u64) -> Result<(), DataplaneError> {
-        self.lock()
-            .flows
-            .state
-            .set(dataplane_common::flow::STATE_RESOLVED, resolved, 0)
-            .map_err(DataplaneError::map(names::FLOW_STATE, "update"))
-    }
-
-    fn reinject(&self, ifindex: u32, frame: &[u8]) -> Result<u32, DataplaneError> {
-        self.test_run_live(ifindex, frame)
-    }
-
-    fn wait_for_readers(&self) -> Result<(), DataplaneError> {
-        // MEMBARRIER_CMD_GLOBAL is synchronize_rcu(): every XDP/TC run and test run holds the
-        // RCU read lock, so when it returns no run that began before it is still going.
-        const MEMBARRIER_CMD_GLOBAL: libc::c_long = 1;
-        // SAFETY: plain syscall with integer arguments.
-        let r =
-            unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0 as libc::c_long, 0 as libc::c_long) };
-        if r != 0 {
-            return Err(DataplaneError::Io {
-                path: "membarrier".into(),
-                op: "MEMBARRIER_CMD_GLOBAL",
-                source: std::io::Error::last_os_error(),
-            });
-        }
-        Ok(())
-    }
-
-    fn upgrade(&self, object: Option<&[u8]>) -> Result<Vec<ProgramStatus>, DataplaneError> {
-        self.upgrade_programs(object)
-    }
-
-    fn reset(&self) {
-        self.reset_all()
-    }
-
-    fn adopted(&self) -> Vec<AdoptedLinks> {
-        self.report.adopted.clone()
-    }
-
-    fn programs_object(&self) -> Option<u64> {
-        Some(KernelDataplane::programs_object(self))
-    }
-
-    fn forget_links(&self, ifindex: u32) -> Result<(), DataplaneError> {
-        let mut inner = self.lock();
-        detach_locked(&mut inner, &self.dirs, ifindex, None)
-    }
-
-    fn dump_routes(&self) -> Result<Vec<(u32, Prefix, u32)>, DataplaneError> {
-        self.lock().routes.dump()
-    }
-
-    fn set_generation(&self, generation: u64) -> Result<(), DataplaneError> {
-        self.lock()
-            .flows
-            .state
-            .set(dataplane_common::flow::STATE_GENERATION, generation, 0)
-            .map_err(DataplaneError::map(names::FLOW_STATE, "update"))
-    }
-
-    fn generation(&self) -> Result<u64, DataplaneError> {
-        self.lock()
-            .flows
-            .state
-            .get(&dataplane_common::flow::STATE_GENERATION, 0)
-            .map_err(DataplaneError::map(names::FLOW_STATE, "read"))
-    }
-
-    fn holds_created(&self) -> Result<u64, DataplaneError> {
-        self.lock()
-            .flows
-            .state
-            .get(&dataplane_common::flow::STATE_CREATED, 0)
-            .map_err(DataplaneError::map(names::FLOW_STATE, "read"))
-    }
-
-    fn programs(&self) -> Result<Vec<ProgramStatus>, DataplaneError> {
-        let inner = self.lock();
-        let xdp = inner.xdp.info().map_err(DataplaneError::program(programs::XDP_INGRESS, "info"))?;
-        let tc = inner.tc.info().map_err(DataplaneError::program(programs::TC_EGRESS, "info"))?;
-        Ok(vec![
-            ProgramStatus { name: programs::XDP_INGRESS.to_owned(), kind: "xdp", kernel_id: xdp.id(), tag: xdp.tag() },
-            ProgramStatus {
-                name: programs::TC_EGRESS.to_owned(),
-                kind: "sched_cls",
-                kernel_id: tc.id(),
-                tag: tc.tag(),
-            },
-        ])
-    }
-
-    fn maps(&self) -> Result<Vec<MapStatus>, DataplaneError> {
-        let inner = self.lock();
-        let mut out = Vec::new();
-        for name in names::ALL {
-            let path = self.dirs.maps.join(name);
-            let info = MapInfo::from_pin(&path).map_err(DataplaneError::map(name, "info"))?;
-            let kind = info.map_type().map(|t| map_type_name(t).to_owned()).unwrap_or_else(|_| "unknown".to_owned());
-            let keys = match *name {
-                names::INTERFACES => Some(inner.interfaces.count_direct()),
-                names::INTERFACES_HIGH => Some(inner.interfaces.count_high()),
-                _ => None,
-            };
-            out.push(MapStatus {
-                name,
-                kind,
-                kernel_id: info.id(),
-                max_entries: info.max_entries(),
-                key_size: info.key_size(),
-                value_size: info.value_size(),
-                keys,
-                pin_path: path.display().to_string(),
-            });
-        }
-        Ok(out)
-    }
-
-    fn pin_root(&self) -> String {
-        self.dirs.root.display().to_string()
-    }
-}
-
-fn map_type_name(t: aya::maps::MapType) -> &'static str {
-    use aya::maps::MapType as T;
-    match t {
-        T::Hash => "hash",
-        T::Array => "array",
-        T::PerCpuArray => "percpu_array",
-        T::PerCpuHash => "percpu_hash",
-        T::LruHash => "lru_hash",
-        T::LpmTrie => "lpm_trie",
-        T::DevMap => "devmap",
-        T::DevMapHash => "devmap_hash",
-        T::RingBuf => "ringbuf",
-        _ => "other",
-    }
 }

@@ -14,8 +14,8 @@ use dataplane_common::{maps as names, InterfaceStats, NextHopStats};
 
 use crate::{
     dataplane::{
-        Attachment, Dataplane, DataplaneError, InterfaceParams, LinkInfo, MapStatus, NextHopParams, ProgramStatus,
-        RouteMatch, XdpMode,
+        Attachment, DataplaneError, Fib4, Flows, InterfaceParams, Interfaces, Lifecycle, LinkInfo, MapStatus,
+        NextHopParams, NextHops, Policies, ProgramStatus, RouteMatch, Routes, XdpMode,
     },
     net::{Mac, Prefix},
 };
@@ -162,7 +162,7 @@ impl FakeDataplane {
     }
 }
 
-impl Dataplane for FakeDataplane {
+impl Interfaces for FakeDataplane {
     fn link(&self, name: &str) -> Result<Option<LinkInfo>, DataplaneError> {
         Ok(self.links.lock().unwrap().get(name).cloned())
     }
@@ -176,47 +176,6 @@ impl Dataplane for FakeDataplane {
         self.stats.lock().unwrap().insert(p.slot, InterfaceStats::ZERO);
         let xdp_mode = if mode == XdpMode::Generic { XdpMode::Generic } else { XdpMode::Native };
         Ok(Attachment { xdp_mode, xdp_link_id: 100 + p.slot, tc_link_id: 200 + p.slot })
-    }
-
-    fn upgrade(&self, _object: Option<&[u8]>) -> Result<Vec<ProgramStatus>, DataplaneError> {
-        self.programs()
-    }
-
-    fn reset(&self) {
-        self.attached.lock().unwrap().clear();
-        self.routes.lock().unwrap().clear();
-        self.nexthops.lock().unwrap().clear();
-    }
-
-    fn programs_object(&self) -> Option<u64> {
-        None
-    }
-
-    fn adopted(&self) -> Vec<crate::dataplane::AdoptedLinks> {
-        self.adopted.lock().unwrap().clone()
-    }
-
-    fn forget_links(&self, ifindex: u32) -> Result<(), DataplaneError> {
-        self.adopted.lock().unwrap().retain(|a| a.ifindex != ifindex);
-        self.attached.lock().unwrap().remove(&ifindex);
-        Ok(())
-    }
-
-    fn dump_routes(&self) -> Result<Vec<(u32, Prefix, u32)>, DataplaneError> {
-        Ok(self.routes())
-    }
-
-    fn set_generation(&self, generation: u64) -> Result<(), DataplaneError> {
-        self.generation.store(generation as i64, Ordering::SeqCst);
-        Ok(())
-    }
-
-    fn generation(&self) -> Result<u64, DataplaneError> {
-        Ok(self.generation.load(Ordering::SeqCst) as u64)
-    }
-
-    fn holds_created(&self) -> Result<u64, DataplaneError> {
-        Ok(0)
     }
 
     fn update_interface(&self, p: &InterfaceParams) -> Result<(), DataplaneError> {
@@ -234,6 +193,18 @@ impl Dataplane for FakeDataplane {
         Ok(self.stats.lock().unwrap().get(&slot).copied().unwrap_or_default())
     }
 
+    fn adopted(&self) -> Vec<crate::dataplane::AdoptedLinks> {
+        self.adopted.lock().unwrap().clone()
+    }
+
+    fn forget_links(&self, ifindex: u32) -> Result<(), DataplaneError> {
+        self.adopted.lock().unwrap().retain(|a| a.ifindex != ifindex);
+        self.attached.lock().unwrap().remove(&ifindex);
+        Ok(())
+    }
+}
+
+impl NextHops for FakeDataplane {
     fn set_nexthop(&self, slot: u32, nh: &NextHopParams, _fresh: bool) -> Result<(), DataplaneError> {
         self.nexthops.lock().unwrap().insert(slot, nh.clone());
         Ok(())
@@ -247,7 +218,9 @@ impl Dataplane for FakeDataplane {
     fn nexthop_stats(&self, _slot: u32) -> Result<NextHopStats, DataplaneError> {
         Ok(NextHopStats::default())
     }
+}
 
+impl Routes for FakeDataplane {
     fn insert_route(&self, vrf: u32, prefix: &Prefix, nexthop_slot: u32) -> Result<(), DataplaneError> {
         if self.route_inserts_left.fetch_sub(1, Ordering::SeqCst) == 0 {
             return Err(DataplaneError::SlotOutOfRange { map: "ROUTES_V4", slot: 0, max: 0 });
@@ -276,29 +249,8 @@ impl Dataplane for FakeDataplane {
         }))
     }
 
-    fn fib4_capacity(&self) -> u32 {
-        self.fib4_pool.lock().unwrap().len() as u32
-    }
-
-    fn fib4_store(&self, chunk: u32, first: usize, values: &[u32]) -> Result<(), DataplaneError> {
-        let mut pool = self.fib4_pool.lock().unwrap();
-        let c = pool.get_mut(chunk as usize).ok_or(DataplaneError::SlotOutOfRange {
-            map: names::FIB4_CHUNKS,
-            slot: chunk,
-            max: 0,
-        })?;
-        c[first..first + values.len()].copy_from_slice(values);
-        Ok(())
-    }
-
-    fn fib4_set_root(&self, vrf: u32, root: u32) -> Result<(), DataplaneError> {
-        let mut roots = self.fib4_roots.lock().unwrap();
-        if root == 0 {
-            roots.remove(&vrf);
-        } else {
-            roots.insert(vrf, root);
-        }
-        Ok(())
+    fn dump_routes(&self) -> Result<Vec<(u32, Prefix, u32)>, DataplaneError> {
+        Ok(self.routes())
     }
 
     fn route4_capacity(&self) -> u32 {
@@ -331,6 +283,33 @@ impl Dataplane for FakeDataplane {
     fn route4_records(&self) -> Result<Vec<(u32, dataplane_common::RouteRecord4)>, DataplaneError> {
         Ok(self.records.lock().unwrap().iter().map(|(s, r)| (*s, *r)).collect())
     }
+}
+
+impl Fib4 for FakeDataplane {
+    fn fib4_capacity(&self) -> u32 {
+        self.fib4_pool.lock().unwrap().len() as u32
+    }
+
+    fn fib4_store(&self, chunk: u32, first: usize, values: &[u32]) -> Result<(), DataplaneError> {
+        let mut pool = self.fib4_pool.lock().unwrap();
+        let c = pool.get_mut(chunk as usize).ok_or(DataplaneError::SlotOutOfRange {
+            map: names::FIB4_CHUNKS,
+            slot: chunk,
+            max: 0,
+        })?;
+        c[first..first + values.len()].copy_from_slice(values);
+        Ok(())
+    }
+
+    fn fib4_set_root(&self, vrf: u32, root: u32) -> Result<(), DataplaneError> {
+        let mut roots = self.fib4_roots.lock().unwrap();
+        if root == 0 {
+            roots.remove(&vrf);
+        } else {
+            roots.insert(vrf, root);
+        }
+        Ok(())
+    }
 
     fn fib4_roots(&self, vrfs: &[u32]) -> Result<Vec<(u32, u32)>, DataplaneError> {
         let roots = self.fib4_roots.lock().unwrap();
@@ -344,7 +323,9 @@ impl Dataplane for FakeDataplane {
             max: 0,
         })
     }
+}
 
+impl Policies for FakeDataplane {
     fn write_policy(&self, image: &crate::dataplane::PolicyImage) -> Result<(), DataplaneError> {
         self.policy_tables.lock().unwrap().insert(image.table, image.clone());
         Ok(())
@@ -363,12 +344,9 @@ impl Dataplane for FakeDataplane {
     fn rule_stats(&self, _first: u32, count: u32) -> Result<Vec<dataplane_common::policy::RuleStats>, DataplaneError> {
         Ok(vec![Default::default(); count as usize])
     }
+}
 
-    fn wait_for_readers(&self) -> Result<(), DataplaneError> {
-        self.readers_waited.fetch_add(1, Ordering::SeqCst);
-        Ok(())
-    }
-
+impl Flows for FakeDataplane {
     fn set_flow_config(&self, slot: u32, cfg: &dataplane_common::flow::FlowConfig) -> Result<(), DataplaneError> {
         self.flow_config.lock().unwrap().insert(slot, *cfg);
         Ok(())
@@ -404,9 +382,29 @@ impl Dataplane for FakeDataplane {
         Ok(())
     }
 
+    fn holds_created(&self) -> Result<u64, DataplaneError> {
+        Ok(0)
+    }
+
     fn reinject(&self, ifindex: u32, frame: &[u8]) -> Result<u32, DataplaneError> {
         self.reinjected.lock().unwrap().push((ifindex, frame.to_vec()));
         Ok(4)
+    }
+}
+
+impl Lifecycle for FakeDataplane {
+    fn upgrade(&self, _object: Option<&[u8]>) -> Result<Vec<ProgramStatus>, DataplaneError> {
+        self.programs()
+    }
+
+    fn reset(&self) {
+        self.attached.lock().unwrap().clear();
+        self.routes.lock().unwrap().clear();
+        self.nexthops.lock().unwrap().clear();
+    }
+
+    fn programs_object(&self) -> Option<u64> {
+        None
     }
 
     fn programs(&self) -> Result<Vec<ProgramStatus>, DataplaneError> {
@@ -432,5 +430,19 @@ impl Dataplane for FakeDataplane {
 
     fn pin_root(&self) -> String {
         "/fake".into()
+    }
+
+    fn set_generation(&self, generation: u64) -> Result<(), DataplaneError> {
+        self.generation.store(generation as i64, Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn generation(&self) -> Result<u64, DataplaneError> {
+        Ok(self.generation.load(Ordering::SeqCst) as u64)
+    }
+
+    fn wait_for_readers(&self) -> Result<(), DataplaneError> {
+        self.readers_waited.fetch_add(1, Ordering::SeqCst);
+        Ok(())
     }
 }

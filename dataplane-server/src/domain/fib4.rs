@@ -29,7 +29,7 @@ impl<D: Dataplane> Sink for D {
         self.fib4_store(chunk, first, values)
     }
     fn wait_for_readers(&self) -> Result<(), DataplaneError> {
-        Dataplane::wait_for_readers(self)
+        crate::dataplane::Lifecycle::wait_for_readers(self)
     }
 }
 

@@ -442,7 +442,7 @@ fn monotonic_ns() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::fake::FakeDataplane;
+    use crate::{dataplane::Flows, domain::fake::FakeDataplane};
 
     fn key(sport: u16) -> FlowKey {
         FlowKey {

@@ -740,6 +740,7 @@ impl<D: Dataplane> Domain<D> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dataplane::{NextHops, Routes};
     use crate::{
         dataplane::AdoptedLinks,
         domain::{fake::FakeDataplane, AddInterface, NewNextHop, RouteSpec},

@@ -1,0 +1,248 @@
+//! The policy classifier's maps (layout: `dataplane_common::policy`): tables written whole before
+//! an attachment points at them, attachments per interface and direction, rule counters.
+
+use std::net::IpAddr;
+
+use aya::maps::{lpm_trie::Key, Array, LpmTrie, MapData, MapError, PerCpuArray, PerCpuValues};
+use dataplane_common::{
+    maps as names,
+    policy::{PolicyAddrV4, PolicyAddrV6, PolicyL4, PolicyTable, RuleStats},
+};
+
+use super::{counters::cpus, loader::open_map, DataplaneError, KernelDataplane};
+use crate::net::Prefix;
+
+/// A compiled policy table (see `domain::classifier`), with absolute pool offsets and rule slots,
+/// ready to be written into the policy maps.
+#[derive(Clone, Debug)]
+pub struct PolicyImage {
+    pub table: u32,
+    pub header: dataplane_common::policy::PolicyTable,
+    /// `POLICY_WORDS` index of `pool[0]`.
+    pub pool_base: u32,
+    pub pool: Vec<u64>,
+    /// (prefix, class record offset), both families.
+    pub src: Vec<(Prefix, u32)>,
+    pub dst: Vec<(Prefix, u32)>,
+    /// (field, value, prefix length over 16 bits, class record offset).
+    pub l4: Vec<(u8, u16, u8, u32)>,
+    /// Rule `i`'s action, stored at rule slot `header.rule_base + i`.
+    pub actions: Vec<u32>,
+}
+
+/// The kernel side of policies.
+pub trait Policies {
+    /// Writes a policy table (records, tries, actions, zeroed rule counters, header last). The
+    /// table must not be reachable from any attachment yet.
+    fn write_policy(&self, image: &PolicyImage) -> Result<(), DataplaneError>;
+    /// Removes a table's trie entries. Only after an RCU grace period since it became unreachable.
+    fn clear_policy(&self, image: &PolicyImage) -> Result<(), DataplaneError>;
+    /// Sets the attachment word of interface `slot`, `direction` (0 detaches).
+    fn set_policy_attachment(&self, slot: u32, direction: u32, word: u32) -> Result<(), DataplaneError>;
+    /// Hit counters of rule slots `first..first + count`, summed over CPUs.
+    fn rule_stats(&self, first: u32, count: u32) -> Result<Vec<dataplane_common::policy::RuleStats>, DataplaneError>;
+}
+
+impl Policies for KernelDataplane {
+    fn write_policy(&self, image: &super::PolicyImage) -> Result<(), DataplaneError> {
+        self.lock().policies.write(image)
+    }
+
+    fn clear_policy(&self, image: &super::PolicyImage) -> Result<(), DataplaneError> {
+        self.lock().policies.clear(image)
+    }
+
+    fn set_policy_attachment(&self, slot: u32, direction: u32, word: u32) -> Result<(), DataplaneError> {
+        use dataplane_common::route::{IFACE_EGRESS_POLICIES, IFACE_POLICY_IN};
+        let mut inner = self.lock();
+        // The word first: a packet that sees a flag finds what it announces.
+        inner.policies.set_attachment(slot, direction, word)?;
+        if direction == dataplane_common::policy::DIR_INGRESS {
+            return inner.interfaces.set_flag(Some(slot), IFACE_POLICY_IN, word != 0);
+        }
+        if word != 0 {
+            inner.egress_policies.insert(slot);
+        } else {
+            inner.egress_policies.remove(&slot);
+        }
+        let any = !inner.egress_policies.is_empty();
+        inner.interfaces.set_flag(None, IFACE_EGRESS_POLICIES, any)
+    }
+
+    fn rule_stats(&self, first: u32, count: u32) -> Result<Vec<dataplane_common::policy::RuleStats>, DataplaneError> {
+        self.lock().policies.rule_stats(first, count)
+    }
+}
+
+/// The policy classifier's maps (layout: `dataplane_common::policy`).
+pub struct PolicyMaps {
+    pub attach: Array<MapData, u32>,
+    pub headers: Array<MapData, PolicyTable>,
+    pub words: Array<MapData, u64>,
+    pub v4_src: LpmTrie<MapData, PolicyAddrV4, u32>,
+    pub v4_dst: LpmTrie<MapData, PolicyAddrV4, u32>,
+    pub v6_src: LpmTrie<MapData, PolicyAddrV6, u32>,
+    pub v6_dst: LpmTrie<MapData, PolicyAddrV6, u32>,
+    pub l4: LpmTrie<MapData, PolicyL4, u32>,
+    pub actions: Array<MapData, u32>,
+    pub stats: PerCpuArray<MapData, RuleStats>,
+}
+
+/// Which address trie an entry goes to.
+#[derive(Clone, Copy)]
+enum AddrField {
+    Src,
+    Dst,
+}
+
+impl PolicyMaps {
+    pub(super) fn open(ebpf: &mut aya::Ebpf) -> Result<Self, DataplaneError> {
+        Ok(Self {
+            attach: open_map(ebpf, names::POLICY_ATTACH)?,
+            headers: open_map(ebpf, names::POLICY_TABLE_HDRS)?,
+            words: open_map(ebpf, names::POLICY_WORDS)?,
+            v4_src: open_map(ebpf, names::POLICY_V4_SRC)?,
+            v4_dst: open_map(ebpf, names::POLICY_V4_DST)?,
+            v6_src: open_map(ebpf, names::POLICY_V6_SRC)?,
+            v6_dst: open_map(ebpf, names::POLICY_V6_DST)?,
+            l4: open_map(ebpf, names::POLICY_L4)?,
+            actions: open_map(ebpf, names::POLICY_ACTIONS)?,
+            stats: open_map(ebpf, names::POLICY_RULE_STATS)?,
+        })
+    }
+
+    /// Interface slots with a policy attached in `direction`.
+    pub(super) fn attached_slots(&self, direction: u32) -> Result<std::collections::BTreeSet<u32>, DataplaneError> {
+        let mut slots = std::collections::BTreeSet::new();
+        for slot in 0..dataplane_common::MAX_INTERFACES {
+            if self.attachment(slot, direction)? != 0 {
+                slots.insert(slot);
+            }
+        }
+        Ok(slots)
+    }
+
+    /// Writes everything of `image`, the header last; on failure removes what it inserted.
+    pub fn write(&mut self, image: &PolicyImage) -> Result<(), DataplaneError> {
+        let r = self.write_inner(image);
+        if r.is_err() {
+            let _ = self.clear(image);
+        }
+        r
+    }
+
+    fn write_inner(&mut self, image: &PolicyImage) -> Result<(), DataplaneError> {
+        for (i, w) in image.pool.iter().enumerate() {
+            self.words
+                .set(image.pool_base + i as u32, w, 0)
+                .map_err(DataplaneError::map(names::POLICY_WORDS, "update"))?;
+        }
+        for (field, entries) in [(AddrField::Src, &image.src), (AddrField::Dst, &image.dst)] {
+            for (prefix, class) in entries {
+                self.insert_addr(image.table, field, prefix, *class)?;
+            }
+        }
+        for &(field, value, len, class) in &image.l4 {
+            self.l4
+                .insert(&l4_key(image.table, field, value, len), class, 0)
+                .map_err(DataplaneError::map(names::POLICY_L4, "insert"))?;
+        }
+        let cpus = cpus()?;
+        for (i, action) in image.actions.iter().enumerate() {
+            let slot = image.header.rule_base + i as u32;
+            self.actions.set(slot, action, 0).map_err(DataplaneError::map(names::POLICY_ACTIONS, "update"))?;
+            let zero = PerCpuValues::try_from(vec![RuleStats::default(); cpus]).map_err(|source| {
+                DataplaneError::Io { path: names::POLICY_RULE_STATS.into(), op: "per-CPU zero value", source }
+            })?;
+            self.stats.set(slot, zero, 0).map_err(DataplaneError::map(names::POLICY_RULE_STATS, "zero"))?;
+        }
+        self.headers.set(image.table, image.header, 0).map_err(DataplaneError::map(names::POLICY_TABLE_HDRS, "update"))
+    }
+
+    fn insert_addr(&mut self, table: u32, field: AddrField, prefix: &Prefix, class: u32) -> Result<(), DataplaneError> {
+        let t = table.to_be_bytes();
+        let plen = 32 + u32::from(prefix.len());
+        match (prefix.addr(), field) {
+            (IpAddr::V4(a), f) => {
+                let (map, name) = match f {
+                    AddrField::Src => (&mut self.v4_src, names::POLICY_V4_SRC),
+                    AddrField::Dst => (&mut self.v4_dst, names::POLICY_V4_DST),
+                };
+                map.insert(&Key::new(plen, PolicyAddrV4 { table: t, addr: a.octets() }), class, 0)
+                    .map_err(DataplaneError::map(name, "insert"))
+            }
+            (IpAddr::V6(a), f) => {
+                let (map, name) = match f {
+                    AddrField::Src => (&mut self.v6_src, names::POLICY_V6_SRC),
+                    AddrField::Dst => (&mut self.v6_dst, names::POLICY_V6_DST),
+                };
+                map.insert(&Key::new(plen, PolicyAddrV6 { table: t, addr: a.octets() }), class, 0)
+                    .map_err(DataplaneError::map(name, "insert"))
+            }
+        }
+    }
+
+    /// Removes `image`'s trie entries (absent ones are fine).
+    pub fn clear(&mut self, image: &PolicyImage) -> Result<(), DataplaneError> {
+        let t = image.table.to_be_bytes();
+        fn gone(r: Result<(), MapError>, name: &'static str) -> Result<(), DataplaneError> {
+            match r {
+                Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+                Err(e) => Err(DataplaneError::map(name, "remove")(e)),
+            }
+        }
+        for (field, entries) in [(AddrField::Src, &image.src), (AddrField::Dst, &image.dst)] {
+            for (prefix, _) in entries {
+                let plen = 32 + u32::from(prefix.len());
+                match (prefix.addr(), field) {
+                    (IpAddr::V4(a), AddrField::Src) => gone(
+                        self.v4_src.remove(&Key::new(plen, PolicyAddrV4 { table: t, addr: a.octets() })),
+                        names::POLICY_V4_SRC,
+                    )?,
+                    (IpAddr::V4(a), AddrField::Dst) => gone(
+                        self.v4_dst.remove(&Key::new(plen, PolicyAddrV4 { table: t, addr: a.octets() })),
+                        names::POLICY_V4_DST,
+                    )?,
+                    (IpAddr::V6(a), AddrField::Src) => gone(
+                        self.v6_src.remove(&Key::new(plen, PolicyAddrV6 { table: t, addr: a.octets() })),
+                        names::POLICY_V6_SRC,
+                    )?,
+                    (IpAddr::V6(a), AddrField::Dst) => gone(
+                        self.v6_dst.remove(&Key::new(plen, PolicyAddrV6 { table: t, addr: a.octets() })),
+                        names::POLICY_V6_DST,
+                    )?,
+                }
+            }
+        }
+        for &(field, value, len, _) in &image.l4 {
+            gone(self.l4.remove(&l4_key(image.table, field, value, len)), names::POLICY_L4)?;
+        }
+        Ok(())
+    }
+
+    pub fn set_attachment(&mut self, slot: u32, direction: u32, word: u32) -> Result<(), DataplaneError> {
+        self.attach.set(slot * 2 + direction, word, 0).map_err(DataplaneError::map(names::POLICY_ATTACH, "update"))
+    }
+
+    /// The attachment word of interface `slot`, `direction` (0: none).
+    pub fn attachment(&self, slot: u32, direction: u32) -> Result<u32, DataplaneError> {
+        self.attach.get(&(slot * 2 + direction), 0).map_err(DataplaneError::map(names::POLICY_ATTACH, "lookup"))
+    }
+
+    pub fn rule_stats(&self, first: u32, count: u32) -> Result<Vec<RuleStats>, DataplaneError> {
+        (first..first + count)
+            .map(|slot| {
+                let per_cpu =
+                    self.stats.get(&slot, 0).map_err(DataplaneError::map(names::POLICY_RULE_STATS, "read"))?;
+                Ok(per_cpu.iter().fold(RuleStats::default(), |a, s| RuleStats {
+                    packets: a.packets + s.packets,
+                    bytes: a.bytes + s.bytes,
+                }))
+            })
+            .collect()
+    }
+}
+
+fn l4_key(table: u32, field: u8, value: u16, len: u8) -> Key<PolicyL4> {
+    Key::new(40 + u32::from(len), PolicyL4 { table: table.to_be_bytes(), field, value: value.to_be_bytes(), _pad: 0 })
+}
