@@ -1,5 +1,7 @@
-//! `dataplane-server`: loads the eBPF dataplane, serves dataplane.v1 over a unix socket (and TCP
-//! when asked), and on SIGTERM/SIGINT stops serving, detaches and removes its pins.
+//! `dataplane-server`: loads the eBPF dataplane (adopting what an earlier run left pinned), serves
+//! dataplane.v1 over a unix socket (and TCP when asked), and on SIGTERM/SIGINT stops serving and
+//! exits, leaving its programs, links and maps pinned and forwarding for the next run to adopt.
+//! Only `--reset` (or the Reset RPC) detaches everything and removes the pins.
 
 use std::{
     net::SocketAddr,
@@ -208,7 +210,7 @@ async fn serve(
     }
     let _ = stop_tx.send(true);
     // Graceful: in-flight RPCs finish, but a client that never closes its connection must not
-    // hold the shutdown (and the detach that follows it) hostage.
+    // hold the shutdown hostage.
     let drain = async {
         while let Some(r) = tasks.join_next().await {
             if let Err(e) = r.context("server task").and_then(|r| r.context("gRPC server")) {
