@@ -163,7 +163,7 @@ pub fn punt(ctx: &XdpContext, pkt: &Packet, slot: u32, vrf: u32, len: u32) -> u3
 /// The flow keys of `pkt` (only the one of its family is meaningful).
 #[inline(always)]
 fn keys(pkt: &Packet, vrf: u32) -> (FlowKeyV4, FlowKeyV6) {
-    let (sport, dport) = if pkt.fragmented { (0, 0) } else { (pkt.src_port, pkt.dst_port) };
+    let (sport, dport) = if pkt.is_fragment { (0, 0) } else { (pkt.src_port, pkt.dst_port) };
     let k4 = FlowKeyV4 {
         vrf,
         src: [pkt.src[0], pkt.src[1], pkt.src[2], pkt.src[3]],
