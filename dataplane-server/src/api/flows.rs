@@ -121,9 +121,7 @@ impl<D: Dataplane> pb::flows_server::Flows for FlowsService<D> {
             .map(|(i, f)| decode_flow(&format!("flows[{i}]"), f))
             .collect::<Result<Vec<_>, _>>()?;
         let domain = self.domain.clone();
-        let generation = tokio::task::spawn_blocking(move || domain.install_flows(batch))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))??;
+        let generation = super::blocking(move || domain.install_flows(batch)).await??;
         Ok(Response::new(pb::InstallFlowsResponse { generation }))
     }
 
@@ -154,8 +152,6 @@ impl<D: Dataplane> pb::flows_server::Flows for FlowsService<D> {
     }
 }
 
-/// A stream fed by a task: the task ends (and the broadcast receiver with it) when the client
-/// goes away.
 fn decode_key(at: &str, k: Option<pb::FlowKey>) -> Result<FlowKey, DomainError> {
     let k = k.ok_or_else(|| DomainError::invalid(format!("{at}.key"), "required"))?;
     let addr = |field: &str, s: &str| -> Result<IpAddr, DomainError> {
