@@ -27,7 +27,8 @@ pub const FLOW_RING_BYTES: u32 = 4 << 20;
 pub const MISS_NO_FLOW: u32 = 1;
 /// A policy rule with action PUNT matched (no HOLD; the packet went to the kernel stack).
 pub const MISS_PUNT_RULE: u32 = 2;
-/// Punt rate and burst of an interface whose flow mode was never set (PUNT rules still punt).
+/// Punt rate and burst of an interface whose flow mode was never set (PUNT rules still punt),
+/// and what the server takes for a rate or burst of 0 when flow mode is set.
 pub const DEFAULT_PUNT_RATE: u32 = 1000;
 /// See [`DEFAULT_PUNT_RATE`].
 pub const DEFAULT_PUNT_BURST: u32 = 100;

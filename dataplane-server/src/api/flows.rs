@@ -2,6 +2,7 @@
 
 use std::{net::IpAddr, pin::Pin, sync::Arc};
 
+use dataplane_common::flow::{DEFAULT_PUNT_BURST, DEFAULT_PUNT_RATE};
 use dataplane_proto::v1 as pb;
 use tokio::sync::broadcast::error::RecvError;
 use tokio_stream::Stream;
@@ -51,8 +52,8 @@ impl<D: Dataplane> pb::flows_server::Flows for FlowsService<D> {
             enabled: r.enabled,
             miss_forward,
             hold_cap: or(r.hold_cap, 4096),
-            punt_rate: or(r.punt_rate, 1000),
-            punt_burst: or(r.punt_burst, 100),
+            punt_rate: or(r.punt_rate, DEFAULT_PUNT_RATE),
+            punt_burst: or(r.punt_burst, DEFAULT_PUNT_BURST),
         };
         let generation = self.domain.set_flow_mode(&interface, mode)?;
         Ok(Response::new(pb::SetFlowModeResponse { generation }))

@@ -165,7 +165,7 @@ pub async fn start<D: Dataplane>(domain: Arc<Domain<D>>, hub: Arc<Hub<NetlinkEve
     let mut dump = handle.neighbours().get().execute();
     while let Some(n) = dump.next().await {
         let n = n.map_err(|source| NetlinkError::Dump { what: "neighbour", source })?;
-        if let Some(nb) = neighbour(&n) {
+        if let Some(nb) = decode_neighbour(&n) {
             domain.neighbour_changed(nb.ifindex, nb.address, nb.usable_mac());
             neighbours.insert((nb.ifindex, nb.address), (nb.mac, nb.state));
         }
@@ -294,7 +294,7 @@ impl<D: Dataplane> Listener<D> {
     }
 
     async fn address(&mut self, a: &AddressMessage, action: Action) {
-        let Some((address, prefix_len)) = address(a) else { return };
+        let Some((address, prefix_len)) = decode_address(a) else { return };
         let ifindex = a.header.index;
         if self.domain.interface_by_ifindex(ifindex).is_some() {
             // Owned: its addresses are the source of the ICMP errors XDP sends and decide what is
@@ -309,13 +309,13 @@ impl<D: Dataplane> Listener<D> {
     }
 
     fn route(&mut self, r: &RouteMessage, action: Action) {
-        let Some((ifindex, detail)) = route(r) else { return };
+        let Some((ifindex, detail)) = decode_route(r) else { return };
         let interface = self.name(ifindex);
         self.publish(NetlinkEvent { action, ifindex, interface, detail });
     }
 
     async fn neighbour(&mut self, n: &NeighbourMessage, removed: bool) {
-        let Some(nb) = neighbour(n) else { return };
+        let Some(nb) = decode_neighbour(n) else { return };
         let key = (nb.ifindex, nb.address);
         let action = if removed {
             self.neighbours.remove(&key);
@@ -373,7 +373,7 @@ impl<D: Dataplane> Listener<D> {
         while let Some(n) = dump.next().await {
             match n {
                 Ok(n) => {
-                    if let Some(nb) = neighbour(&n) {
+                    if let Some(nb) = decode_neighbour(&n) {
                         now.insert((nb.ifindex, nb.address), (nb.mac, nb.state, nb.usable_mac()));
                     }
                 }
@@ -423,7 +423,7 @@ impl Netlink {
             let mut dump = self.handle.address().get().execute();
             while let Some(a) = dump.next().await {
                 let a = a.map_err(|source| NetlinkError::Dump { what: "address", source })?;
-                if let Some((address, prefix_len)) = address(&a) {
+                if let Some((address, prefix_len)) = decode_address(&a) {
                     let ifindex = a.header.index;
                     out.push(NetlinkEvent {
                         action: Action::Added,
@@ -438,7 +438,7 @@ impl Netlink {
             let mut dump = self.handle.neighbours().get().execute();
             while let Some(n) = dump.next().await {
                 let n = n.map_err(|source| NetlinkError::Dump { what: "neighbour", source })?;
-                if let Some(nb) = neighbour(&n) {
+                if let Some(nb) = decode_neighbour(&n) {
                     out.push(NetlinkEvent {
                         action: Action::Added,
                         ifindex: nb.ifindex,
@@ -455,7 +455,7 @@ impl Netlink {
                 let mut dump = self.handle.route().get(msg).execute();
                 while let Some(r) = dump.next().await {
                     let r = r.map_err(|source| NetlinkError::Dump { what: "route", source })?;
-                    if let Some((ifindex, detail)) = route(&r) {
+                    if let Some((ifindex, detail)) = decode_route(&r) {
                         out.push(NetlinkEvent { action: Action::Added, ifindex, interface: name(ifindex), detail });
                     }
                 }
@@ -571,7 +571,8 @@ fn link_detail(s: &LinkState, changes: Vec<&'static str>, owned: bool) -> Detail
     Detail::Link { up: s.up, running: s.running, mtu: s.mtu, mac: s.mac, changes, owned }
 }
 
-fn address(a: &AddressMessage) -> Option<(IpAddr, u8)> {
+/// The address of an address message, and its prefix length.
+fn decode_address(a: &AddressMessage) -> Option<(IpAddr, u8)> {
     // IPv4 puts the interface's own address in IFA_LOCAL (IFA_ADDRESS is the peer on
     // point-to-point links); IPv6 only has IFA_ADDRESS.
     let local = a.attributes.iter().find_map(|x| match x {
@@ -585,7 +586,8 @@ fn address(a: &AddressMessage) -> Option<(IpAddr, u8)> {
     local.or(addr).map(|ip| (ip, a.header.prefix_len))
 }
 
-fn route(r: &RouteMessage) -> Option<(u32, Detail)> {
+/// The output interface and the event detail of an IPv4 or IPv6 route message.
+fn decode_route(r: &RouteMessage) -> Option<(u32, Detail)> {
     let family = r.header.address_family;
     if family != AddressFamily::Inet && family != AddressFamily::Inet6 {
         return None;
@@ -706,7 +708,8 @@ impl Neighbour {
     }
 }
 
-fn neighbour(n: &NeighbourMessage) -> Option<Neighbour> {
+/// An IPv4 or IPv6 neighbour message's entry.
+fn decode_neighbour(n: &NeighbourMessage) -> Option<Neighbour> {
     let mut address = None;
     let mut mac = None;
     for a in &n.attributes {
