@@ -77,12 +77,12 @@ fn ingress(ctx: &XdpContext, cfg: &InterfaceConfig) -> (u32, Reason) {
     if let Err(reason) = routable(ctx, &pkt, cfg) {
         return (PASS, reason);
     }
-    // The next hop, or None for the kernel's FIB.
     let decision = if cfg.flags & IFACE_FLOWS != 0 {
         flow::stage(ctx, &pkt, cfg.slot, cfg.vrf, len)
     } else {
         flow::Decision::Route
     };
+    // Our next hop, or None for the kernel's FIB.
     let nh_slot = match decision {
         flow::Decision::Forward(slot) => Some(slot),
         flow::Decision::Stop(reason) => return (verdict_for(reason), reason),

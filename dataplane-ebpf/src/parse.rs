@@ -84,14 +84,18 @@ pub struct Packet {
     pub src: [u8; 16],
     pub dst: [u8; 16],
     pub l3: L3,
+    /// VLAN tags in front of the network header (at most `MAX_VLAN_TAGS`).
     pub vlan_tags: u8,
     /// Outermost first; 0 where absent.
     pub vlan_ids: [u16; MAX_VLAN_TAGS],
+    /// Offset of the network header (after the VLAN tags).
     pub l3_off: usize,
     /// Offset of the upper-layer header (after IPv4 options / IPv6 extension headers).
     pub l4_off: usize,
     /// Offset just past the IP datagram (from its total/payload length); what follows is padding.
     pub l3_end: usize,
+    /// The upper-layer protocol (after IPv6 extension headers; for a non-first IPv6 fragment,
+    /// the fragment header's next header).
     pub ip_proto: u8,
     /// A fragment other than the first: no upper-layer header in this packet, so no ports.
     pub non_first_fragment: bool,
