@@ -6,9 +6,11 @@
 //! buffer to the server, which hands it to controllers and, once a controller installs the flow,
 //! re-injects the captured packet through the XDP program.
 
-/// Flow actions (`FlowValue::action`).
+/// Flow action (`FlowValue::action`): a miss was punted and the flow awaits its decision.
 pub const FLOW_HOLD: u32 = 0;
+/// Flow action: forward through the flow's next hop.
 pub const FLOW_FORWARD: u32 = 1;
+/// Flow action: drop.
 pub const FLOW_DROP: u32 = 2;
 
 /// Capacity of each flow table (LRU: the least recently used flows go first when full).
@@ -21,12 +23,14 @@ pub const MAX_PUNT_RATE: u32 = 1_000_000;
 /// Bytes of the ring buffer carrying flow misses.
 pub const FLOW_RING_BYTES: u32 = 4 << 20;
 
-/// Miss reasons (`FlowMissEvent::reason`).
+/// Miss reason (`FlowMissEvent::reason`): no flow matched (a HOLD was created).
 pub const MISS_NO_FLOW: u32 = 1;
 /// A policy rule with action PUNT matched (no HOLD; the packet went to the kernel stack).
 pub const MISS_PUNT_RULE: u32 = 2;
-/// Punt rate and burst of an interface whose flow mode was never set (PUNT rules still punt).
+/// Punt rate and burst of an interface whose flow mode was never set (PUNT rules still punt),
+/// and what the server takes for a rate or burst of 0 when flow mode is set.
 pub const DEFAULT_PUNT_RATE: u32 = 1000;
+/// See [`DEFAULT_PUNT_RATE`].
 pub const DEFAULT_PUNT_BURST: u32 = 100;
 
 /// Key of `FLOWS_V4`: VRF and 5-tuple; ports 0 for protocols without them and for fragments.
@@ -59,6 +63,7 @@ pub struct FlowKeyV6 {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct FlowValue {
+    /// `FLOW_HOLD`, `FLOW_FORWARD` or `FLOW_DROP`.
     pub action: u32,
     /// FORWARD: next-hop slot.
     pub nexthop: u32,
@@ -111,6 +116,7 @@ pub struct FlowMissEvent {
     pub ifindex: u32,
     pub slot: u32,
     pub vrf: u32,
+    /// `MISS_NO_FLOW` or `MISS_PUNT_RULE`.
     pub reason: u32,
     /// 4 or 6.
     pub family: u32,

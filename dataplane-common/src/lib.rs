@@ -24,7 +24,7 @@ pub const MAX_DIRECT_IFINDEX: u32 = 65536;
 pub const MAX_HIGH_IFINDEXES: u32 = MAX_INTERFACES;
 /// Number of next-hop slots.
 pub const MAX_NEXTHOPS: u32 = 65536;
-/// Capacity of each LPM trie (all VRFs together).
+/// Capacity of each route trie (all VRFs together) and of `ROUTE4_RECORDS`.
 pub const MAX_ROUTES: u32 = 2_000_000;
 /// Bytes of a frame the benchmark harness restores before each repetition: Ethernet + IPv6 +
 /// the first 10 bytes of L4, more than any forwarding rewrite touches.

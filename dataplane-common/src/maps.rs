@@ -14,9 +14,11 @@ pub const IFACE_STATS: &str = "IFACE_STATS";
 /// Per-CPU array with one entry: [`crate::InterfaceStats`] for packets seen on an ifindex that has
 /// no slot (a program still attached to an interface being removed, or test runs).
 pub const UNKNOWN_IFACE_STATS: &str = "UNKNOWN_IFACE_STATS";
-/// LPM trie: [`crate::RouteKeyV4`] -> [`crate::RouteValue`], every VRF in one trie.
+/// LPM trie: (VRF, prefix) as [`crate::RouteAddrV4`] -> [`crate::RouteValue`], every VRF without
+/// an IPv4 flat table in one trie.
 pub const ROUTES_V4: &str = "ROUTES_V4";
-/// LPM trie: [`crate::RouteKeyV6`] -> [`crate::RouteValue`], every VRF in one trie.
+/// LPM trie: (VRF, prefix) as [`crate::RouteAddrV6`] -> [`crate::RouteValue`], every VRF in one
+/// trie.
 pub const ROUTES_V6: &str = "ROUTES_V6";
 /// Array: VRF -> its IPv4 flat table's root block + 1 in [`FIB4_CHUNKS`] (0: the VRF's IPv4
 /// lookups go to `ROUTES_V4`). See [`crate::route::fib4`].
@@ -31,29 +33,35 @@ pub const FIB4_CHUNKS: &str = "FIB4_CHUNKS";
 pub const NEXTHOPS: &str = "NEXTHOPS";
 /// Per-CPU array: next-hop slot -> [`crate::NextHopStats`].
 pub const NEXTHOP_STATS: &str = "NEXTHOP_STATS";
-/// Devmap: interface slot -> ifindex, the redirect targets.
+/// Devmap: interface slot -> ifindex, the redirect targets (forwarded frames and ICMP errors).
 pub const TX_PORTS: &str = "TX_PORTS";
 
-/// Array: `interface slot * 2 + direction` -> attachment word (`policy::attach_word`).
+/// Array: `interface slot * 2 + direction` -> attachment word ([`crate::policy::attach_word`]).
 pub const POLICY_ATTACH: &str = "POLICY_ATTACH";
 /// Array: policy table -> [`crate::policy::PolicyTable`].
 pub const POLICY_TABLE_HDRS: &str = "POLICY_TABLE_HDRS";
 /// Array of u64: class records (summary words, then bitmap words) of every table.
 pub const POLICY_WORDS: &str = "POLICY_WORDS";
-/// LPM tries: (table, address) -> class record offset.
+/// LPM trie: (table, IPv4 source prefix) as [`crate::policy::PolicyAddrV4`] -> class record
+/// offset.
 pub const POLICY_V4_SRC: &str = "POLICY_V4_SRC";
+/// LPM trie: (table, IPv4 destination prefix) -> class record offset.
 pub const POLICY_V4_DST: &str = "POLICY_V4_DST";
+/// LPM trie: (table, IPv6 source prefix) as [`crate::policy::PolicyAddrV6`] -> class record
+/// offset.
 pub const POLICY_V6_SRC: &str = "POLICY_V6_SRC";
+/// LPM trie: (table, IPv6 destination prefix) -> class record offset.
 pub const POLICY_V6_DST: &str = "POLICY_V6_DST";
-/// LPM trie: (table, L4 field, value) -> class record offset.
+/// LPM trie: (table, L4 field, value prefix) as [`crate::policy::PolicyL4`] -> class record offset.
 pub const POLICY_L4: &str = "POLICY_L4";
 /// Array: rule slot -> action (u32).
 pub const POLICY_ACTIONS: &str = "POLICY_ACTIONS";
 /// Per-CPU array: rule slot -> [`crate::policy::RuleStats`].
 pub const POLICY_RULE_STATS: &str = "POLICY_RULE_STATS";
 
-/// LRU hashes: [`crate::flow::FlowKeyV4`]/[`crate::flow::FlowKeyV6`] -> [`crate::flow::FlowValue`].
+/// LRU hash: [`crate::flow::FlowKeyV4`] -> [`crate::flow::FlowValue`].
 pub const FLOWS_V4: &str = "FLOWS_V4";
+/// LRU hash: [`crate::flow::FlowKeyV6`] -> [`crate::flow::FlowValue`].
 pub const FLOWS_V6: &str = "FLOWS_V6";
 /// Array: interface slot -> [`crate::flow::FlowConfig`].
 pub const FLOW_CONFIG: &str = "FLOW_CONFIG";
@@ -67,7 +75,7 @@ pub const PUNT_BUCKETS: &str = "PUNT_BUCKETS";
 pub const GLOBALS: &str = "FLOW_STATE";
 /// Per-CPU array with one u64: the CPU's request id counter.
 pub const FLOW_SEQ: &str = "FLOW_SEQ";
-/// Ring buffer of [`crate::flow::FlowMissEvent`]s.
+/// Ring buffer of [`crate::flow::FlowMissEvent`]s: flow misses and PUNT rule matches.
 pub const FLOW_MISSES: &str = "FLOW_MISSES";
 
 /// Program array with [`BENCH_TARGET_SLOTS`] entries: what the benchmark harness program tail-calls.

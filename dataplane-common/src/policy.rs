@@ -36,9 +36,11 @@ pub const POLICY_LPM_ENTRIES: u32 = 262144;
 pub const L4_SRC: u8 = 0;
 pub const L4_DST: u8 = 1;
 
-/// Rule actions (`POLICY_ACTIONS` values, attachment default actions).
+/// Rule action (`POLICY_ACTIONS` value): let the packet go on.
 pub const ACTION_ALLOW: u32 = 1;
+/// Rule action: drop the packet.
 pub const ACTION_DENY: u32 = 2;
+/// Rule action: pass the packet to the kernel stack and, at ingress, report it to the server.
 pub const ACTION_PUNT: u32 = 3;
 
 /// Directions: the attachment index of interface slot `s` is `s * 2 + direction`.

@@ -9,8 +9,8 @@ pub const REASON_SLOTS: usize = 48;
 pub enum ReasonKind {
     /// Handed on (to the kernel stack, or forwarded) as the pipeline intended.
     Pass,
-    /// Malformed: the parser stopped. Such packets are still handed to the kernel for now, which
-    /// drops what it cannot parse itself; they are counted here so they show up per interface.
+    /// Malformed: the parser stopped. Such packets are handed to the kernel, which drops what it
+    /// cannot parse itself; they are counted here so they show up per interface.
     ParseError,
     /// Dropped by the dataplane.
     Drop,
@@ -35,10 +35,12 @@ macro_rules! reasons {
                 match self { $(Reason::$variant => $name,)* }
             }
 
+            /// Whether the packet was handed on, malformed or dropped.
             pub const fn kind(self) -> ReasonKind {
                 match self { $(Reason::$variant => ReasonKind::$kind,)* }
             }
 
+            /// The reason stored as `v` (a counter index), if any.
             pub const fn from_u32(v: u32) -> Option<Reason> {
                 match v { $($value => Some(Reason::$variant),)* _ => None }
             }
@@ -59,14 +61,17 @@ reasons! {
     PassMulticast = 4, "pass_multicast", Pass;
     /// The route's next hop is RECEIVE: handed to the local kernel stack.
     PassReceive = 5, "pass_receive", Pass;
-    /// TTL/hop limit would expire and no ICMP error could be built here (no interface address,
-    /// VLAN tag, IPv4 options): handed to the kernel stack.
+    /// TTL/hop limit would expire and the dataplane sends no ICMP error for it: none may be sent
+    /// (an ICMP error or non-echo message, a non-first fragment, a source that is not one host),
+    /// or none can be built here (no interface address of the family, VLAN tag, IPv4 options, a
+    /// datagram shorter than the quote): handed to the kernel stack.
     PassTtlExceeded = 6, "pass_ttl_exceeded", Pass;
     /// TTL/hop limit would expire: the dataplane answered with ICMP time exceeded itself.
     IcmpTimeExceeded = 7, "icmp_time_exceeded", Pass;
     /// Larger than the egress interface's MTU: handed to the kernel stack.
     PassMtu = 8, "pass_mtu", Pass;
-    /// The route points at a next hop slot that is empty or an empty ECMP group.
+    /// The route points at a next hop slot that is empty, or at an ECMP group that is empty or
+    /// whose chosen member is empty or itself a group.
     PassNextHopInvalid = 9, "pass_nexthop_invalid", Pass;
     /// The next hop's interface has no devmap entry (the server never lets this happen: a next
     /// hop keeps its interface attached). The frame was already rewritten, so it is dropped.
@@ -81,11 +86,13 @@ reasons! {
     VlanTruncated = 14, "vlan_truncated", ParseError;
     /// More than two stacked VLAN tags (802.1ad + 802.1Q is the deepest we accept).
     VlanTooDeep = 15, "vlan_too_deep", ParseError;
-    /// IPv4 header cut off (including its options).
+    /// IPv4 header cut off (including its options); also the (unreachable) exit of a later stage's
+    /// bounds check on the IPv4 header.
     Ipv4Truncated = 16, "ipv4_truncated", ParseError;
     /// IPv4 header inconsistent: version not 4, IHL < 5, or total length outside the frame.
     Ipv4Malformed = 17, "ipv4_malformed", ParseError;
-    /// IPv6 header cut off, or an extension header cut off within the payload length.
+    /// IPv6 header cut off, or an extension header cut off within the payload length; also the
+    /// (unreachable) exit of a later stage's bounds check on the IPv6 header.
     Ipv6Truncated = 18, "ipv6_truncated", ParseError;
     /// IPv6 header inconsistent: version not 6, payload length beyond the frame, or an extension
     /// header chain longer than we walk.
@@ -101,8 +108,8 @@ reasons! {
     DropPolicy = 23, "drop_policy", Drop;
     /// No policy rule matched and the attachment's default action is DENY.
     DropPolicyDefault = 24, "drop_policy_default", Drop;
-    /// A policy rule with action PUNT matched: handed to the kernel stack (until flow misses
-    /// carry it to the controller).
+    /// A policy rule with action PUNT matched: handed to the kernel stack, and reported to the
+    /// server (within the interface's punt rate) as a flow miss with reason PUNT.
     PassPolicyPunt = 25, "pass_policy_punt", Pass;
     /// The flow's action is DROP.
     DropFlow = 26, "drop_flow", Drop;

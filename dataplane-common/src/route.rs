@@ -1,20 +1,24 @@
 //! Routing map types: interface config, LPM keys, route values, next hops.
 
-/// Configuration of one interface the dataplane owns, keyed by ifindex in `INTERFACES`.
+/// Configuration of one interface the dataplane owns, keyed by ifindex in `INTERFACES` (or
+/// `INTERFACES_HIGH`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct InterfaceConfig {
-    /// Index into the per-interface arrays (`IFACE_STATS`, `TX_PORTS`).
+    /// Index into the per-interface maps (`IFACE_STATS`, `TX_PORTS`, `FLOW_CONFIG`,
+    /// `PUNT_BUCKETS`, and `POLICY_ATTACH` at `slot * 2 + direction`).
     pub slot: u32,
     /// VRF whose routes forward this interface's ingress traffic.
     pub vrf: u32,
     pub mtu: u32,
-    /// `IFACE_PRESENT` | `IFACE_HAS_IPV4` | `IFACE_HAS_IPV6`.
+    /// `IFACE_*` bits: present, which addresses are set, kernel FIB, flow mode, policies.
     pub flags: u32,
     pub mac: [u8; 6],
     pub _pad: [u8; 2],
-    /// An address of the interface, the source of ICMP errors it sends; see `flags`.
+    /// An address of the interface (with `IFACE_HAS_IPV4`): the source of the ICMP errors it
+    /// sends, and what the ingress program leaves to the kernel as local.
     pub ipv4: [u8; 4],
+    /// As `ipv4`, with `IFACE_HAS_IPV6`.
     pub ipv6: [u8; 16],
     /// The route table this interface's packets are looked up in, whichever kind its VRF has:
     /// with `IFACE_KERNEL_FIB` a kernel routing table, without it the VRF's IPv4 flat-table root.
@@ -47,14 +51,16 @@ impl InterfaceConfig {
     }
 }
 
+/// `ipv4` holds an address of the interface.
 pub const IFACE_HAS_IPV4: u32 = 1;
-/// The interface's VRF forwards by the kernel's FIB (`bpf_fib_lookup`) instead of the
-/// dataplane's routes.
-pub const IFACE_KERNEL_FIB: u32 = 8;
+/// `ipv6` holds an address of the interface.
+pub const IFACE_HAS_IPV6: u32 = 2;
 /// Set in every configured entry: an `INTERFACES` array entry without it is an ifindex the
 /// dataplane does not own.
 pub const IFACE_PRESENT: u32 = 4;
-pub const IFACE_HAS_IPV6: u32 = 2;
+/// The interface's VRF forwards by the kernel's FIB (`bpf_fib_lookup`) instead of the
+/// dataplane's routes.
+pub const IFACE_KERNEL_FIB: u32 = 8;
 /// Flow mode is on for the interface (`FLOW_CONFIG` of its slot enabled): without it the
 /// ingress program skips the flow stage, and its `FLOW_CONFIG` lookup.
 pub const IFACE_FLOWS: u32 = 16;
@@ -116,13 +122,15 @@ pub struct RouteValue {
     pub prefix_len: u32,
 }
 
-/// Next-hop kinds, as stored in [`NextHop::kind`]. 0 marks an empty slot.
+/// Next-hop kinds, as stored in [`NextHop::kind`].
 pub mod nexthop_kind {
+    /// An empty slot.
     pub const EMPTY: u32 = 0;
     /// Rewrite MACs and send out of `tx_slot`.
     pub const ENCAP: u32 = 1;
     /// Pick one of `members` by a hash of the flow.
     pub const ECMP: u32 = 2;
+    /// Drop.
     pub const DISCARD: u32 = 3;
     /// Hand to the local kernel stack.
     pub const RECEIVE: u32 = 4;
@@ -147,7 +155,7 @@ pub struct NextHop {
     pub src_mac: [u8; 6],
     /// ECMP: number of valid entries in `members`.
     pub member_count: u32,
-    /// ECMP: next-hop slots of the members (each ENCAP, DISCARD or RECEIVE).
+    /// ECMP: next-hop slots of the members (none of them a group).
     pub members: [u32; ECMP_MAX],
 }
 

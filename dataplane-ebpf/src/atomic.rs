@@ -1,7 +1,7 @@
 //! Atomic adds on map values shared between CPUs. BPF has them (`lock xadd`, `BPF_ATOMIC` with
 //! fetch), but the bpfel target offers no `AtomicU64::fetch_add` (it has no compare-and-swap in
 //! Rust's view), so the intrinsic is called directly.
-
+//!
 //! The result is discarded on purpose: the programs are built for the generic BPF CPU, whose
 //! atomic add (`lock xadd`) returns nothing.
 

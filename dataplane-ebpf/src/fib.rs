@@ -12,7 +12,7 @@ use dataplane_common::{InterfaceConfig, Reason};
 
 use crate::{
     interface,
-    parse::{ptr_at, Packet, L3},
+    parse::{ip_truncated, ptr_at, Packet, L3},
     Hop,
 };
 
@@ -45,7 +45,7 @@ fn try_lookup(ctx: &XdpContext, pkt: &Packet, cfg: &InterfaceConfig, hop: &mut H
     let mut p: FibParams = unsafe { core::mem::zeroed() };
     // First 4 bytes of the IP header: IPv4 version/IHL + TOS, IPv6 version/class/flow label.
     // Bounds check for the verifier (the parser already read further than this).
-    let Some(hdr) = ptr_at::<[u8; 4], XdpContext>(ctx, pkt.l3_off) else { return Err((PASS, Reason::Ipv4Truncated)) };
+    let Some(hdr) = ptr_at::<[u8; 4], XdpContext>(ctx, pkt.l3_off) else { return Err((PASS, ip_truncated(pkt.l3))) };
     // SAFETY: bounds-checked above.
     let hdr = unsafe { *hdr };
     match pkt.l3 {
@@ -65,7 +65,7 @@ fn try_lookup(ctx: &XdpContext, pkt: &Packet, cfg: &InterfaceConfig, hop: &mut H
         L3::Other(_) => return Err((PASS, Reason::PassNonIp)),
     }
     p.l4_protocol = pkt.ip_proto;
-    if !pkt.fragment {
+    if !pkt.non_first_fragment {
         p.sport = pkt.src_port.to_be();
         p.dport = pkt.dst_port.to_be();
     }

@@ -33,6 +33,8 @@ pub enum Decision {
     Stop(Reason),
 }
 
+// `flow_step`'s result kinds (its high 32 bits): route as usual; forward through the next-hop
+// slot in the low 32 bits; stop for the reason in the low 32 bits.
 const ROUTE: u64 = 0;
 const FORWARD: u64 = 1;
 const STOP: u64 = 2;
@@ -162,7 +164,7 @@ pub fn punt(ctx: &XdpContext, pkt: &Packet, slot: u32, vrf: u32, len: u32) -> u3
 /// The flow keys of `pkt` (only the one of its family is meaningful).
 #[inline(always)]
 fn keys(pkt: &Packet, vrf: u32) -> (FlowKeyV4, FlowKeyV6) {
-    let (sport, dport) = if pkt.fragmented { (0, 0) } else { (pkt.src_port, pkt.dst_port) };
+    let (sport, dport) = if pkt.is_fragment { (0, 0) } else { (pkt.src_port, pkt.dst_port) };
     let k4 = FlowKeyV4 {
         vrf,
         src: [pkt.src[0], pkt.src[1], pkt.src[2], pkt.src[3]],
@@ -201,9 +203,10 @@ fn take_token(slot: u32, rate: u32, burst: u32, now: u64) -> bool {
     true
 }
 
-/// Sends the miss event with the packet captured; false when the ring buffer is full.
+/// Sends the miss event (`miss_reason`: `MISS_NO_FLOW` or `MISS_PUNT_RULE`) with the packet
+/// captured; false when the ring buffer is full.
 #[inline(always)]
-fn emit(ctx: &XdpContext, pkt: &Packet, slot: u32, vrf: u32, len: u32, request_id: u64, reason: u32) -> bool {
+fn emit(ctx: &XdpContext, pkt: &Packet, slot: u32, vrf: u32, len: u32, request_id: u64, miss_reason: u32) -> bool {
     let Some(mut e) = FLOW_MISSES.reserve::<FlowMissEvent>(0) else { return false };
     let ev = e.as_mut_ptr();
     // SAFETY: the reserved record is ours until submitted; fields are written one by one (no
@@ -213,7 +216,7 @@ fn emit(ctx: &XdpContext, pkt: &Packet, slot: u32, vrf: u32, len: u32, request_i
         (*ev).ifindex = (*(ctx.as_ptr() as *const aya_ebpf::bindings::xdp_md)).ingress_ifindex;
         (*ev).slot = slot;
         (*ev).vrf = vrf;
-        (*ev).reason = reason;
+        (*ev).reason = miss_reason;
         (*ev).family = if matches!(pkt.l3, L3::Ipv4) { 4 } else { 6 };
         (*ev).proto = u32::from(pkt.ip_proto);
         (*ev).src = pkt.src;

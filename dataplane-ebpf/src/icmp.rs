@@ -1,6 +1,6 @@
-//! ICMP errors built in XDP: time exceeded (IPv4 type 11, ICMPv6 type 3) sent back out of the
-//! ingress interface with XDP_TX. The dataplane forwards with the kernel's forwarding off, so
-//! the kernel would never send these itself.
+//! ICMP errors built in XDP: time exceeded (IPv4 type 11, ICMPv6 type 3), which the ingress
+//! program sends back out of the ingress interface through `TX_PORTS`. The dataplane forwards
+//! with the kernel's forwarding off, so the kernel would never send these itself.
 //!
 //! Sizes are constants (the quote is the offending IP header plus 8 bytes, IPv4 without options),
 //! which keeps every checksum loop and bounds check fixed for the verifier. Frames that do not
@@ -28,7 +28,7 @@ const V6_NEW: usize = 48;
 const TTL: u8 = 64;
 
 /// Turns the frame into an ICMP time exceeded for its sender. `true` when the frame now holds
-/// the error and should be sent with XDP_TX; `false` leaves the frame untouched.
+/// the error, to be sent back out of the ingress interface; `false` leaves the frame untouched.
 ///
 /// Not inlined: a BPF-to-BPF call keeps this rare path's temporaries out of the entry point's
 /// stack frame (the verifier limits the combined frames of a call chain to 512 bytes).
@@ -48,7 +48,7 @@ pub fn time_exceeded(ctx: &XdpContext, pkt: &Packet, cfg: &InterfaceConfig) -> b
 /// non-ICMP traffic qualify among ICMP messages here), nor about a non-first fragment.
 #[inline(always)]
 fn may_answer(pkt: &Packet) -> bool {
-    if pkt.fragment || !unicast_source(pkt) {
+    if pkt.non_first_fragment || !unicast_source(pkt) {
         return false;
     }
     match (pkt.l3, pkt.ip_proto) {

@@ -53,8 +53,10 @@ pub fn dp_xdp_ingress(ctx: XdpContext) -> u32 {
     verdict
 }
 
-/// The ingress pipeline: parse -> (local?) -> route -> next hop -> TTL -> MTU -> rewrite ->
-/// redirect. Whatever the dataplane does not forward goes to the kernel stack.
+/// The ingress pipeline: parse -> ingress policy -> routable? -> flow (flow mode) -> route and
+/// next hop, or the kernel's FIB (kernel-FIB VRF) -> TTL (ICMP time exceeded) -> MTU -> egress
+/// policy -> rewrite -> redirect. What the dataplane does not forward goes to the kernel stack,
+/// except drops and punted flow misses (see [`verdict_for`]).
 #[inline(always)]
 fn ingress(ctx: &XdpContext, cfg: &InterfaceConfig) -> (u32, Reason) {
     const PASS: u32 = xdp_action::XDP_PASS;
@@ -72,15 +74,15 @@ fn ingress(ctx: &XdpContext, cfg: &InterfaceConfig) -> (u32, Reason) {
             return (verdict_for(reason), reason);
         }
     }
-    if let Err(reason) = for_us(ctx, &pkt, cfg) {
+    if let Err(reason) = routable(ctx, &pkt, cfg) {
         return (PASS, reason);
     }
-    // The next hop, or None for the kernel's FIB.
     let decision = if cfg.flags & IFACE_FLOWS != 0 {
         flow::stage(ctx, &pkt, cfg.slot, cfg.vrf, len)
     } else {
         flow::Decision::Route
     };
+    // Our next hop, or None for the kernel's FIB.
     let nh_slot = match decision {
         flow::Decision::Forward(slot) => Some(slot),
         flow::Decision::Stop(reason) => return (verdict_for(reason), reason),
@@ -95,7 +97,7 @@ fn ingress(ctx: &XdpContext, cfg: &InterfaceConfig) -> (u32, Reason) {
     let hop = match nh_slot {
         Some(nh_slot) => match nexthop::resolve(nh_slot, &pkt) {
             Resolved::Encap(slot, nh) => {
-                Hop { tx_slot: nh.tx_slot, mtu: nh.mtu, macs: rewrite::nexthop_macs(nh), counter: slot }
+                Hop { tx_slot: nh.tx_slot, mtu: nh.mtu, macs: rewrite::nexthop_macs(nh), nexthop_slot: slot }
             }
             Resolved::Stop(Reason::DropDiscard) => return (xdp_action::XDP_DROP, Reason::DropDiscard),
             Resolved::Stop(reason) => return (PASS, reason),
@@ -129,12 +131,12 @@ fn ingress(ctx: &XdpContext, cfg: &InterfaceConfig) -> (u32, Reason) {
         }
     }
     if !rewrite::decrement_ttl(ctx, &pkt) || !rewrite::set_macs(ctx, &hop.macs) {
-        return (PASS, Reason::Ipv4Truncated);
+        return (PASS, parse::ip_truncated(pkt.l3));
     }
     match TX_PORTS.redirect(hop.tx_slot, 0) {
         Ok(action) => {
-            if hop.counter != Hop::NO_COUNTER {
-                stats::count_nexthop(hop.counter, (ctx.data_end() - ctx.data()) as u64);
+            if hop.nexthop_slot != Hop::NO_NEXTHOP {
+                stats::count_nexthop(hop.nexthop_slot, (ctx.data_end() - ctx.data()) as u64);
             }
             (action, Reason::Forwarded)
         }
@@ -144,18 +146,20 @@ fn ingress(ctx: &XdpContext, cfg: &InterfaceConfig) -> (u32, Reason) {
 
 /// Where a packet the dataplane forwards goes.
 pub(crate) struct Hop {
-    /// Egress interface slot (devmap key) and its MTU.
+    /// Egress interface slot (devmap key).
     pub tx_slot: u32,
+    /// The egress interface's MTU.
     pub mtu: u32,
     /// Destination + source MAC.
     pub macs: rewrite::MacWords,
-    /// Next-hop slot whose counters count it, or `NO_COUNTER` (kernel FIB: no next hop of ours).
-    pub counter: u32,
+    /// The next hop of ours it leaves through (its counters count the packet), or `NO_NEXTHOP`.
+    pub nexthop_slot: u32,
 }
 
 impl Hop {
-    pub const NO_COUNTER: u32 = u32::MAX;
-    pub const NONE: Self = Self { tx_slot: 0, mtu: 0, macs: [0; 3], counter: Self::NO_COUNTER };
+    /// A hop the kernel's FIB chose: no next hop of ours.
+    pub const NO_NEXTHOP: u32 = u32::MAX;
+    pub const NONE: Self = Self { tx_slot: 0, mtu: 0, macs: [0; 3], nexthop_slot: Self::NO_NEXTHOP };
 }
 
 /// XDP_DROP for drop reasons and punted flow misses, XDP_PASS for the others.
@@ -172,15 +176,15 @@ pub(crate) fn verdict_for(reason: Reason) -> u32 {
 /// `Err(reason)` for packets the dataplane must not route: non-IP, VLAN-tagged, multicast,
 /// broadcast, link-local, in a frame for another MAC, or addressed to the interface itself.
 #[inline(always)]
-fn for_us<F: parse::Frame>(ctx: &F, pkt: &Packet, cfg: &InterfaceConfig) -> Result<(), Reason> {
+fn routable<F: parse::Frame>(ctx: &F, pkt: &Packet, cfg: &InterfaceConfig) -> Result<(), Reason> {
     use dataplane_common::route::{IFACE_HAS_IPV4, IFACE_HAS_IPV6};
     match pkt.l3 {
         L3::Other(_) => Err(Reason::PassNonIp),
         _ if pkt.vlan_tags != 0 => Err(Reason::PassVlan),
-        _ if multicast_dst(pkt) => Err(Reason::PassMulticast),
+        _ if never_routed_dst(pkt) => Err(Reason::PassMulticast),
         // Only frames sent to this interface's MAC: on a promiscuous or bridged port, unicast
         // frames for other hosts are the kernel's to drop, as without the dataplane.
-        _ if !rewrite::to_mac(ctx, &cfg.mac) => Err(Reason::PassOtherHost),
+        _ if !rewrite::dst_mac_is(ctx, &cfg.mac) => Err(Reason::PassOtherHost),
         L3::Ipv4 => {
             if cfg.flags & IFACE_HAS_IPV4 != 0 && pkt.dst[..4] == cfg.ipv4 {
                 Err(Reason::PassLocal)
@@ -200,7 +204,7 @@ fn for_us<F: parse::Frame>(ctx: &F, pkt: &Packet, cfg: &InterfaceConfig) -> Resu
 
 /// Multicast, broadcast, reserved or link-local destination: never routed.
 #[inline(always)]
-fn multicast_dst(pkt: &Packet) -> bool {
+fn never_routed_dst(pkt: &Packet) -> bool {
     let d = pkt.dst;
     match pkt.l3 {
         // 224/4 multicast, 240/4 reserved and 255.255.255.255, 169.254/16 link-local.
@@ -245,13 +249,13 @@ fn egress(ctx: &TcContext, cfg: &InterfaceConfig, ifindex: u32) -> i32 {
         return TC_ACT_SHOT;
     }
     // Kernel-FIB VRF: the kernel already routed what the node sends, by the same FIB.
-    if multicast_dst(&pkt) || cfg.flags & IFACE_KERNEL_FIB != 0 {
+    if never_routed_dst(&pkt) || cfg.flags & IFACE_KERNEL_FIB != 0 {
         return TC_ACT_OK;
     }
     let Some(nh_slot) = route::lookup(cfg, &pkt) else { return TC_ACT_OK };
     match nexthop::resolve(nh_slot, &pkt) {
         Resolved::Encap(slot, nh) => {
-            if !rewrite::macs(ctx, nh) {
+            if !rewrite::set_nexthop_macs(ctx, nh) {
                 return TC_ACT_OK;
             }
             stats::count_nexthop(slot, len as u64);

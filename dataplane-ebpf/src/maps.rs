@@ -27,7 +27,9 @@ pub static INTERFACES: Array<InterfaceConfig> = Array::with_max_entries(MAX_DIRE
 #[map(name = "INTERFACES_HIGH")]
 pub static INTERFACES_HIGH: HashMap<u32, InterfaceConfig> = HashMap::with_max_entries(MAX_HIGH_IFINDEXES, 0);
 
-/// Interface slot -> per-CPU counters.
+/// Interface slot -> per-CPU counters (packets and bytes each way, and one per [`Reason`]).
+///
+/// [`Reason`]: dataplane_common::Reason
 #[map(name = "IFACE_STATS")]
 pub static IFACE_STATS: PerCpuArray<InterfaceStats> = PerCpuArray::with_max_entries(MAX_INTERFACES, 0);
 
@@ -35,7 +37,7 @@ pub static IFACE_STATS: PerCpuArray<InterfaceStats> = PerCpuArray::with_max_entr
 #[map(name = "UNKNOWN_IFACE_STATS")]
 pub static UNKNOWN_IFACE_STATS: PerCpuArray<InterfaceStats> = PerCpuArray::with_max_entries(1, 0);
 
-/// (VRF, IPv4 prefix) -> route.
+/// (VRF, IPv4 prefix) -> route, for the VRFs without an IPv4 flat table.
 #[map(name = "ROUTES_V4")]
 pub static ROUTES_V4: LpmTrie<RouteAddrV4, RouteValue> = LpmTrie::with_max_entries(MAX_ROUTES, 0);
 
@@ -64,7 +66,7 @@ pub static NEXTHOPS: Array<NextHop> = Array::with_max_entries(MAX_NEXTHOPS, 0);
 #[map(name = "NEXTHOP_STATS")]
 pub static NEXTHOP_STATS: PerCpuArray<NextHopStats> = PerCpuArray::with_max_entries(MAX_NEXTHOPS, 0);
 
-/// Interface slot -> egress ifindex, for bpf_redirect_map.
+/// Interface slot -> ifindex, the redirect targets (forwarded frames and ICMP errors).
 #[map(name = "TX_PORTS")]
 pub static TX_PORTS: DevMap = DevMap::with_max_entries(MAX_INTERFACES, 0);
 
@@ -72,12 +74,12 @@ pub static TX_PORTS: DevMap = DevMap::with_max_entries(MAX_INTERFACES, 0);
 #[map(name = "BENCH_TARGETS")]
 pub static BENCH_TARGETS: ProgramArray = ProgramArray::with_max_entries(BENCH_TARGET_SLOTS, 0);
 
-/// Benchmark only: the frame head `dp_bench_harness` restores before every repetition.
 /// Benchmark only: a plain IPv4 LPM trie (32-bit keys, no VRF), the baseline the route lookup
 /// is measured against.
 #[map(name = "BENCH_LPM_V4")]
 pub static BENCH_LPM_V4: LpmTrie<[u8; 4], u32> = LpmTrie::with_max_entries(MAX_ROUTES, 0);
 
+/// Benchmark only: the frame head `dp_bench_harness` restores before every repetition.
 #[map(name = "BENCH_FRAME")]
 pub static BENCH_FRAME: Array<BenchFrame> = Array::with_max_entries(1, 0);
 
@@ -133,7 +135,7 @@ pub static FLOWS_V6: LruHashMap<FlowKeyV6, FlowValue> = LruHashMap::with_max_ent
 #[map(name = "FLOW_CONFIG")]
 pub static FLOW_CONFIG: Array<FlowConfig> = Array::with_max_entries(MAX_INTERFACES, 0);
 
-/// Interface slot -> per-CPU punt token bucket.
+/// Interface slot -> per-CPU punt token bucket (flow misses and PUNT policy rules).
 #[map(name = "PUNT_BUCKETS")]
 pub static PUNT_BUCKETS: PerCpuArray<PuntBucket> = PerCpuArray::with_max_entries(MAX_INTERFACES, 0);
 
@@ -141,10 +143,10 @@ pub static PUNT_BUCKETS: PerCpuArray<PuntBucket> = PerCpuArray::with_max_entries
 #[map(name = "FLOW_STATE")]
 pub static GLOBALS: Array<u64> = Array::with_max_entries(dataplane_common::globals::SLOTS, 0);
 
-/// Per-CPU request id counter.
+/// Per-CPU counter that numbers the CPU's flow-miss request ids.
 #[map(name = "FLOW_SEQ")]
 pub static FLOW_SEQ: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
-/// Flow misses for the server.
+/// Flow misses and PUNT rule matches, with the packet, for the server.
 #[map(name = "FLOW_MISSES")]
 pub static FLOW_MISSES: RingBuf = RingBuf::with_byte_size(FLOW_RING_BYTES, 0);

@@ -51,14 +51,14 @@ pub fn resolve(slot: u32, pkt: &Packet) -> Resolved {
     }
 }
 
-/// A hash of the flow: addresses, protocol and, unless fragmented, ports. Symmetric inputs are
-/// not needed (each direction routes on its own), stability is: the same flow always hashes the
-/// same, on every CPU and after a restart.
+/// A hash of the flow: addresses and, unless the packet is a fragment, protocol and ports.
+/// Symmetric inputs are not needed (each direction routes on its own), stability is: the same
+/// flow always hashes the same, on every CPU and after a restart.
 #[inline(always)]
 pub fn flow_hash(pkt: &Packet) -> u32 {
     // Fragmented: addresses only. Later IPv6 fragments may not even show the upper-layer
     // protocol (the walk stops at their fragment header), so it stays out of the hash too.
-    let proto = if pkt.fragmented { 0 } else { pkt.ip_proto as u32 };
+    let proto = if pkt.is_fragment { 0 } else { pkt.ip_proto as u32 };
     let mut h: u32 = 0x9e37_79b9 ^ proto;
     let mut i = 0;
     while i < 16 {
@@ -68,7 +68,7 @@ pub fn flow_hash(pkt: &Packet) -> u32 {
         h = mix(h, d);
         i += 4;
     }
-    if !pkt.fragmented {
+    if !pkt.is_fragment {
         h = mix(h, ((pkt.src_port as u32) << 16) | pkt.dst_port as u32);
     }
     // Final avalanche (murmur3 fmix32) so that `% n` sees well-spread low bits.

@@ -84,20 +84,24 @@ pub struct Packet {
     pub src: [u8; 16],
     pub dst: [u8; 16],
     pub l3: L3,
+    /// VLAN tags in front of the network header (at most `MAX_VLAN_TAGS`).
     pub vlan_tags: u8,
     /// Outermost first; 0 where absent.
     pub vlan_ids: [u16; MAX_VLAN_TAGS],
+    /// Offset of the network header (after the VLAN tags).
     pub l3_off: usize,
     /// Offset of the upper-layer header (after IPv4 options / IPv6 extension headers).
     pub l4_off: usize,
     /// Offset just past the IP datagram (from its total/payload length); what follows is padding.
     pub l3_end: usize,
+    /// The upper-layer protocol (after IPv6 extension headers; for a non-first IPv6 fragment,
+    /// the fragment header's next header).
     pub ip_proto: u8,
-    /// A non-first fragment: no upper-layer header in this packet.
-    pub fragment: bool,
-    /// Any fragment, first included: flow hashing then uses addresses only, so every fragment of
-    /// a datagram takes the same path.
-    pub fragmented: bool,
+    /// A fragment other than the first: no upper-layer header in this packet, so no ports.
+    pub non_first_fragment: bool,
+    /// Any fragment, the first included: flow keys and hashes then use addresses only, so every
+    /// fragment of a datagram takes the same path.
+    pub is_fragment: bool,
     /// TTL / hop limit as received.
     pub ttl: u8,
     /// TCP/UDP ports, host order; ICMP type and code in `src_port` / `dst_port`.
@@ -201,8 +205,8 @@ impl Packet {
             l4_off: 0,
             l3_end: 0,
             ip_proto: 0,
-            fragment: false,
-            fragmented: false,
+            non_first_fragment: false,
+            is_fragment: false,
             ttl: 0,
             src: [0; 16],
             dst: [0; 16],
@@ -235,6 +239,17 @@ fn parse_into<F: Frame>(ctx: &F, pkt: &mut Packet) -> u32 {
     match parse_frame(ctx, pkt) {
         Ok(()) => PARSED,
         Err(r) => r as u32,
+    }
+}
+
+/// The reason for an IP header found shorter than a later stage needs: never the case for a
+/// parsed frame (the parser read further), but those stages' bounds checks, which the verifier
+/// needs, must exit with some reason, and it is the packet's family's.
+#[inline(always)]
+pub fn ip_truncated(l3: L3) -> Reason {
+    match l3 {
+        L3::Ipv6 => Reason::Ipv6Truncated,
+        _ => Reason::Ipv4Truncated,
     }
 }
 
@@ -272,7 +287,7 @@ fn parse_frame<F: Frame>(ctx: &F, pkt: &mut Packet) -> Result<(), Reason> {
             return Ok(());
         }
     }
-    if !pkt.fragment {
+    if !pkt.non_first_fragment {
         parse_l4(ctx, pkt)?;
     }
     Ok(())
@@ -304,9 +319,9 @@ fn parse_ipv4<F: Frame>(ctx: &F, pkt: &mut Packet, frame_len: usize) -> Result<(
     pkt.l3 = L3::Ipv4;
     pkt.ip_proto = h[9];
     let frag = be16([h[6], h[7]]);
-    pkt.fragment = frag & 0x1fff != 0;
+    pkt.non_first_fragment = frag & 0x1fff != 0;
     // MF set or a non-zero offset.
-    pkt.fragmented = frag & 0x3fff != 0;
+    pkt.is_fragment = frag & 0x3fff != 0;
     pkt.ttl = h[8];
     // SAFETY: bytes 12..20 were bounds-checked with the header; the fields are 8-byte aligned
     // (asserted below).
@@ -350,7 +365,7 @@ fn parse_ipv6<F: Frame>(ctx: &F, pkt: &mut Packet, frame_len: usize) -> Result<(
     let mut n = 0;
     // Walk at most MAX_IPV6_EXT extension headers; the loop ends early at the upper layer or at a
     // non-first fragment, whose remaining bytes are fragment data, not headers.
-    while n < MAX_IPV6_EXT && is_ipv6_ext(next) && !pkt.fragment {
+    while n < MAX_IPV6_EXT && is_ipv6_ext(next) && !pkt.non_first_fragment {
         // Clamp so the verifier knows `l4` is bounded before it is used as a packet offset.
         if l4 > MAX_L4_OFFSET {
             return Err(Reason::Ipv6Malformed);
@@ -370,14 +385,14 @@ fn parse_ipv6<F: Frame>(ctx: &F, pkt: &mut Packet, frame_len: usize) -> Result<(
         }
         if next == IPPROTO_FRAGMENT {
             let f: [u8; 8] = read(ctx, l4).ok_or(Reason::Ipv6Truncated)?;
-            pkt.fragment = be16([f[2], f[3]]) >> 3 != 0;
-            pkt.fragmented = true;
+            pkt.non_first_fragment = be16([f[2], f[3]]) >> 3 != 0;
+            pkt.is_fragment = true;
         }
         next = e[0];
         l4 += len;
         n += 1;
     }
-    if (is_ipv6_ext(next) && !pkt.fragment) || l4 > MAX_L4_OFFSET {
+    if (is_ipv6_ext(next) && !pkt.non_first_fragment) || l4 > MAX_L4_OFFSET {
         return Err(Reason::Ipv6Malformed);
     }
     pkt.ip_proto = next;

@@ -30,7 +30,7 @@ pub fn mac_words(dst: &[u8; ETH_ALEN], src: &[u8; ETH_ALEN]) -> MacWords {
 /// Sets destination and source MAC from the next hop. `false` if the frame is too short (never
 /// for a parsed frame; the check is the one the verifier needs before the stores).
 #[inline(always)]
-pub fn macs<F: Frame>(ctx: &F, nh: &NextHop) -> bool {
+pub fn set_nexthop_macs<F: Frame>(ctx: &F, nh: &NextHop) -> bool {
     set_macs(ctx, &nexthop_macs(nh))
 }
 
@@ -51,7 +51,7 @@ pub fn set_macs<F: Frame>(ctx: &F, m: &MacWords) -> bool {
 
 /// Whether the frame's destination MAC is `mac`.
 #[inline(always)]
-pub fn to_mac<F: Frame>(ctx: &F, mac: &[u8; ETH_ALEN]) -> bool {
+pub fn dst_mac_is<F: Frame>(ctx: &F, mac: &[u8; ETH_ALEN]) -> bool {
     // Bounds check for the verifier: the destination MAC is the first 6 bytes.
     match ptr_at::<[u8; ETH_ALEN], F>(ctx, 0) {
         // SAFETY: bounds-checked above.

@@ -40,8 +40,9 @@ fn trie_v4(vrf: u32, addr: [u8; 4]) -> Option<u32> {
     ROUTES_V4.get(Key::new(VRF_BITS + 32, RouteAddrV4 { vrf: vrf.to_be_bytes(), addr })).map(|r| r.nexthop)
 }
 
-/// IPv4 lookup of `addr` in `vrf` by the VRF's root in `FIB4_VRFS` (as the server's entries
-/// for its interfaces have it): the flat table where the VRF has one, the trie otherwise.
+/// IPv4 lookup of `addr` in `vrf` with the VRF's root read from `FIB4_VRFS`, for the benchmark,
+/// which has no interface entry to carry it: the flat table where the VRF has one, the trie
+/// otherwise.
 #[inline(always)]
 pub fn lookup_v4(vrf: u32, addr: [u8; 4]) -> Option<u32> {
     match FIB4_VRFS.get(vrf) {

@@ -1,4 +1,4 @@
-//! Counters: per-interface, per-CPU, so no atomics are needed on the packet path.
+//! Counters per interface and per next hop, per CPU, so no atomics are needed on the packet path.
 
 use dataplane_common::{InterfaceStats, Reason};
 

@@ -83,8 +83,7 @@ impl<D: Dataplane> pb::events_server::Events for EventsService<D> {
         // Live events first, then the snapshot: nothing that happens in between is missed.
         let mut rx = self.hub.subscribe();
         let snapshot = if r.snapshot {
-            let mut entries =
-                self.netlink.snapshot(&filter.kinds).await.map_err(|e| Status::internal(e.to_string()))?;
+            let mut entries = self.netlink.snapshot(&filter.kinds).await?;
             entries.retain(|e| filter.accepts(e));
             for e in &mut entries {
                 if let Detail::Link { owned, .. } = &mut e.detail {
@@ -147,13 +146,13 @@ fn encode(seq: u64, snapshot: bool, e: &NetlinkEvent) -> pb::netlink_event_messa
         Detail::Address { address, prefix_len } => {
             D::Address(pb::AddressEvent { address: address.to_string(), prefix_len: u32::from(*prefix_len) })
         }
-        Detail::Route { destination, gateway, table, metric, protocol, kind } => D::Route(pb::RouteEvent {
+        Detail::Route { destination, gateway, table, metric, protocol, route_type } => D::Route(pb::RouteEvent {
             destination: destination.clone(),
             gateway: gateway.map(|g| g.to_string()).unwrap_or_default(),
             table: *table,
             metric: *metric,
             protocol: protocol.clone(),
-            r#type: kind.clone(),
+            r#type: route_type.clone(),
         }),
         Detail::Neighbour { address, mac: m, state, router } => D::Neighbour(pb::NeighbourEvent {
             address: address.to_string(),

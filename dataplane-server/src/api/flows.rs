@@ -2,6 +2,7 @@
 
 use std::{net::IpAddr, pin::Pin, sync::Arc};
 
+use dataplane_common::flow::{DEFAULT_PUNT_BURST, DEFAULT_PUNT_RATE};
 use dataplane_proto::v1 as pb;
 use tokio::sync::broadcast::error::RecvError;
 use tokio_stream::Stream;
@@ -51,8 +52,8 @@ impl<D: Dataplane> pb::flows_server::Flows for FlowsService<D> {
             enabled: r.enabled,
             miss_forward,
             hold_cap: or(r.hold_cap, 4096),
-            punt_rate: or(r.punt_rate, 1000),
-            punt_burst: or(r.punt_burst, 100),
+            punt_rate: or(r.punt_rate, DEFAULT_PUNT_RATE),
+            punt_burst: or(r.punt_burst, DEFAULT_PUNT_BURST),
         };
         let generation = self.domain.set_flow_mode(&interface, mode)?;
         Ok(Response::new(pb::SetFlowModeResponse { generation }))
@@ -121,9 +122,7 @@ impl<D: Dataplane> pb::flows_server::Flows for FlowsService<D> {
             .map(|(i, f)| decode_flow(&format!("flows[{i}]"), f))
             .collect::<Result<Vec<_>, _>>()?;
         let domain = self.domain.clone();
-        let generation = tokio::task::spawn_blocking(move || domain.install_flows(batch))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))??;
+        let generation = super::blocking(move || domain.install_flows(batch)).await??;
         Ok(Response::new(pb::InstallFlowsResponse { generation }))
     }
 
@@ -154,8 +153,6 @@ impl<D: Dataplane> pb::flows_server::Flows for FlowsService<D> {
     }
 }
 
-/// A stream fed by a task: the task ends (and the broadcast receiver with it) when the client
-/// goes away.
 fn decode_key(at: &str, k: Option<pb::FlowKey>) -> Result<FlowKey, DomainError> {
     let k = k.ok_or_else(|| DomainError::invalid(format!("{at}.key"), "required"))?;
     let addr = |field: &str, s: &str| -> Result<IpAddr, DomainError> {

@@ -34,11 +34,9 @@ pub use policy::PolicyService;
 pub use routing::RoutingService;
 pub use system::SystemService;
 
-/// Largest request or response the Routing service accepts.
+/// Largest request or response the Routing, Policy and Flows services accept.
 const MAX_MESSAGE: usize = 256 * 1024 * 1024;
 
-/// Builds the router with every dataplane service, gRPC health (each service SERVING) and
-/// server reflection (v1 and v1alpha, since grpcurl 1.8 speaks only v1alpha).
 /// The event sources subscriptions read from.
 #[derive(Clone)]
 pub struct EventSources {
@@ -47,6 +45,8 @@ pub struct EventSources {
     pub netlink_listener: Netlink,
 }
 
+/// Builds the router with every dataplane service, gRPC health (each service SERVING) and
+/// server reflection (v1 and v1alpha, since grpcurl 1.8 speaks only v1alpha).
 pub async fn router<D: Dataplane>(
     domain: Arc<Domain<D>>,
     events: EventSources,
@@ -99,6 +99,17 @@ pub async fn router<D: Dataplane>(
 }
 
 pub use system::ServerInfo;
+
+/// Runs `f` on the blocking pool: domain calls that write many map entries or wait on the
+/// kernel, which would otherwise hold up an async worker thread. Its failure maps to a status in
+/// `error.rs`, like every other.
+async fn blocking<T, F>(f: F) -> Result<T, error::TaskFailed>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    Ok(tokio::task::spawn_blocking(f).await?)
+}
 
 /// A server stream fed by `f` through a bounded channel (the task ends when the client goes).
 pub(crate) fn stream_from<F, Fut, T>(f: F) -> std::pin::Pin<Box<dyn tokio_stream::Stream<Item = T> + Send>>

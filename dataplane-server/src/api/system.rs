@@ -5,7 +5,7 @@ use std::sync::Arc;
 use dataplane_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
-use super::interfaces::encode_mode;
+use super::{blocking, interfaces::encode_mode};
 use crate::{
     dataplane::{Dataplane, Hook},
     domain::{Domain, DomainError, StatusView},
@@ -49,9 +49,7 @@ impl<D: Dataplane> pb::system_server::System for SystemService<D> {
 
     async fn end_resync(&self, _req: Request<pb::EndResyncRequest>) -> Result<Response<pb::EndResyncResponse>, Status> {
         let domain = self.domain.clone();
-        let r = tokio::task::spawn_blocking(move || domain.end_resync())
-            .await
-            .map_err(|e| Status::internal(e.to_string()))??;
+        let r = blocking(move || domain.end_resync()).await??;
         Ok(Response::new(pb::EndResyncResponse {
             generation: r.generation,
             routes: r.routes,
@@ -74,9 +72,7 @@ impl<D: Dataplane> pb::system_server::System for SystemService<D> {
             p => Some(std::fs::read(p).map_err(|e| DomainError::invalid("object_path", format!("{p}: {e}")))?),
         };
         let domain = self.domain.clone();
-        let (programs, generation) = tokio::task::spawn_blocking(move || domain.upgrade_programs(object.as_deref()))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))??;
+        let (programs, generation) = blocking(move || domain.upgrade_programs(object.as_deref())).await??;
         Ok(Response::new(pb::UpgradeProgramsResponse {
             programs: programs.into_iter().map(encode_program).collect(),
             generation,
@@ -85,7 +81,7 @@ impl<D: Dataplane> pb::system_server::System for SystemService<D> {
 
     async fn reset(&self, _req: Request<pb::ResetRequest>) -> Result<Response<pb::ResetResponse>, Status> {
         let domain = self.domain.clone();
-        tokio::task::spawn_blocking(move || domain.reset()).await.map_err(|e| Status::internal(e.to_string()))?;
+        blocking(move || domain.reset()).await?;
         let _ = self.exit.send(true);
         Ok(Response::new(pb::ResetResponse {}))
     }

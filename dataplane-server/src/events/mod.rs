@@ -1,5 +1,5 @@
-//! Events for subscribers: one fan-out mechanism for every stream (flow misses now, netlink
-//! later). A [`Hub`] numbers events and broadcasts them through a bounded queue per subscriber;
+//! Events for subscribers: one fan-out mechanism for every stream (flow misses, netlink
+//! changes). A [`Hub`] numbers events and broadcasts them through a bounded queue per subscriber;
 //! a subscriber that falls behind loses the oldest events and is told how many (it never blocks
 //! the producer or other subscribers).
 

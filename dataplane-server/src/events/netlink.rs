@@ -47,6 +47,7 @@ pub enum EventKind {
     Overrun,
 }
 
+/// What happened to the link, address, route or neighbour (snapshot entries are `Added`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Action {
     Added,
@@ -64,6 +65,7 @@ pub struct NetlinkEvent {
     pub detail: Detail,
 }
 
+/// What the event says about its link, address, route or neighbour.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Detail {
     Link {
@@ -83,8 +85,10 @@ pub enum Detail {
         gateway: Option<IpAddr>,
         table: u32,
         metric: u32,
+        /// Who installed it (`rtm_protocol`), by name: see `route_protocol_name`.
         protocol: String,
-        kind: String,
+        /// `rtm_type` by name: see `route_type_name`.
+        route_type: String,
     },
     Neighbour {
         address: IpAddr,
@@ -98,6 +102,7 @@ pub enum Detail {
 }
 
 impl NetlinkEvent {
+    /// The kind subscribers filter on.
     pub fn kind(&self) -> EventKind {
         match self.detail {
             Detail::Link { .. } => EventKind::Link,
@@ -109,10 +114,13 @@ impl NetlinkEvent {
     }
 }
 
+/// Why listening or a snapshot failed.
 #[derive(Debug, Error)]
 pub enum NetlinkError {
+    /// The rtnetlink socket could not be opened or subscribed to the groups.
     #[error("opening the rtnetlink socket: {source}")]
     Socket { source: std::io::Error },
+    /// Reading the kernel's current links, addresses, routes or neighbours failed.
     #[error("netlink {what} dump: {source}")]
     Dump { what: &'static str, source: rtnetlink::Error },
 }
@@ -157,7 +165,7 @@ pub async fn start<D: Dataplane>(domain: Arc<Domain<D>>, hub: Arc<Hub<NetlinkEve
     let mut dump = handle.neighbours().get().execute();
     while let Some(n) = dump.next().await {
         let n = n.map_err(|source| NetlinkError::Dump { what: "neighbour", source })?;
-        if let Some(nb) = neighbour(&n) {
+        if let Some(nb) = decode_neighbour(&n) {
             domain.neighbour_changed(nb.ifindex, nb.address, nb.usable_mac());
             neighbours.insert((nb.ifindex, nb.address), (nb.mac, nb.state));
         }
@@ -286,7 +294,7 @@ impl<D: Dataplane> Listener<D> {
     }
 
     async fn address(&mut self, a: &AddressMessage, action: Action) {
-        let Some((address, prefix_len)) = address(a) else { return };
+        let Some((address, prefix_len)) = decode_address(a) else { return };
         let ifindex = a.header.index;
         if self.domain.interface_by_ifindex(ifindex).is_some() {
             // Owned: its addresses are the source of the ICMP errors XDP sends and decide what is
@@ -301,13 +309,13 @@ impl<D: Dataplane> Listener<D> {
     }
 
     fn route(&mut self, r: &RouteMessage, action: Action) {
-        let Some((ifindex, detail)) = route(r) else { return };
+        let Some((ifindex, detail)) = decode_route(r) else { return };
         let interface = self.name(ifindex);
         self.publish(NetlinkEvent { action, ifindex, interface, detail });
     }
 
     async fn neighbour(&mut self, n: &NeighbourMessage, removed: bool) {
-        let Some(nb) = neighbour(n) else { return };
+        let Some(nb) = decode_neighbour(n) else { return };
         let key = (nb.ifindex, nb.address);
         let action = if removed {
             self.neighbours.remove(&key);
@@ -365,7 +373,7 @@ impl<D: Dataplane> Listener<D> {
         while let Some(n) = dump.next().await {
             match n {
                 Ok(n) => {
-                    if let Some(nb) = neighbour(&n) {
+                    if let Some(nb) = decode_neighbour(&n) {
                         now.insert((nb.ifindex, nb.address), (nb.mac, nb.state, nb.usable_mac()));
                     }
                 }
@@ -415,7 +423,7 @@ impl Netlink {
             let mut dump = self.handle.address().get().execute();
             while let Some(a) = dump.next().await {
                 let a = a.map_err(|source| NetlinkError::Dump { what: "address", source })?;
-                if let Some((address, prefix_len)) = address(&a) {
+                if let Some((address, prefix_len)) = decode_address(&a) {
                     let ifindex = a.header.index;
                     out.push(NetlinkEvent {
                         action: Action::Added,
@@ -430,7 +438,7 @@ impl Netlink {
             let mut dump = self.handle.neighbours().get().execute();
             while let Some(n) = dump.next().await {
                 let n = n.map_err(|source| NetlinkError::Dump { what: "neighbour", source })?;
-                if let Some(nb) = neighbour(&n) {
+                if let Some(nb) = decode_neighbour(&n) {
                     out.push(NetlinkEvent {
                         action: Action::Added,
                         ifindex: nb.ifindex,
@@ -447,7 +455,7 @@ impl Netlink {
                 let mut dump = self.handle.route().get(msg).execute();
                 while let Some(r) = dump.next().await {
                     let r = r.map_err(|source| NetlinkError::Dump { what: "route", source })?;
-                    if let Some((ifindex, detail)) = route(&r) {
+                    if let Some((ifindex, detail)) = decode_route(&r) {
                         out.push(NetlinkEvent { action: Action::Added, ifindex, interface: name(ifindex), detail });
                     }
                 }
@@ -563,7 +571,8 @@ fn link_detail(s: &LinkState, changes: Vec<&'static str>, owned: bool) -> Detail
     Detail::Link { up: s.up, running: s.running, mtu: s.mtu, mac: s.mac, changes, owned }
 }
 
-fn address(a: &AddressMessage) -> Option<(IpAddr, u8)> {
+/// The address of an address message, and its prefix length.
+fn decode_address(a: &AddressMessage) -> Option<(IpAddr, u8)> {
     // IPv4 puts the interface's own address in IFA_LOCAL (IFA_ADDRESS is the peer on
     // point-to-point links); IPv6 only has IFA_ADDRESS.
     let local = a.attributes.iter().find_map(|x| match x {
@@ -577,7 +586,8 @@ fn address(a: &AddressMessage) -> Option<(IpAddr, u8)> {
     local.or(addr).map(|ip| (ip, a.header.prefix_len))
 }
 
-fn route(r: &RouteMessage) -> Option<(u32, Detail)> {
+/// The output interface and the event detail of an IPv4 or IPv6 route message.
+fn decode_route(r: &RouteMessage) -> Option<(u32, Detail)> {
     let family = r.header.address_family;
     if family != AddressFamily::Inet && family != AddressFamily::Inet6 {
         return None;
@@ -604,17 +614,62 @@ fn route(r: &RouteMessage) -> Option<(u32, Detail)> {
         IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
     });
     let destination = format!("{dst}/{}", r.header.destination_prefix_length);
-    let protocol = lower(&format!("{:?}", r.header.protocol));
-    let kind = lower(&format!("{:?}", r.header.kind));
-    Some((oif, Detail::Route { destination, gateway, table, metric, protocol, kind }))
+    let protocol = route_protocol_name(u8::from(r.header.protocol));
+    let route_type = route_type_name(u8::from(r.header.kind));
+    Some((oif, Detail::Route { destination, gateway, table, metric, protocol, route_type }))
 }
 
-/// `Other(42)` -> "42", `Static` -> "static".
-fn lower(debug: &str) -> String {
-    match debug.strip_prefix("Other(").and_then(|s| s.strip_suffix(')')) {
-        Some(n) => n.to_owned(),
-        None => debug.to_ascii_lowercase(),
-    }
+/// The API's name of a route's protocol (`rtm_protocol`, the kernel's `RTPROT_*`), or its number.
+/// Mapped from the number, not from the netlink crate's enum: the names are part of the API and
+/// must not change when the crate renames or adds a variant.
+fn route_protocol_name(protocol: u8) -> String {
+    let name = match protocol {
+        0 => "unspec",
+        1 => "icmpredirect",
+        2 => "kernel",
+        3 => "boot",
+        4 => "static",
+        8 => "gated",
+        9 => "ra",
+        10 => "mrt",
+        11 => "zebra",
+        12 => "bird",
+        13 => "dnrouted",
+        14 => "xorp",
+        15 => "ntk",
+        16 => "dhcp",
+        17 => "mrouted",
+        18 => "keepalived",
+        42 => "babel",
+        186 => "bgp",
+        187 => "isis",
+        188 => "ospf",
+        189 => "rip",
+        192 => "eigrp",
+        n => return n.to_string(),
+    };
+    name.to_owned()
+}
+
+/// The API's name of a route's type (`rtm_type`, the kernel's `RTN_*`), or its number; see
+/// [`route_protocol_name`].
+fn route_type_name(kind: u8) -> String {
+    let name = match kind {
+        0 => "unspec",
+        1 => "unicast",
+        2 => "local",
+        3 => "broadcast",
+        4 => "anycast",
+        5 => "multicast",
+        6 => "blackhole",
+        7 => "unreachable",
+        8 => "prohibit",
+        9 => "throw",
+        10 => "nat",
+        11 => "externalresolve",
+        n => return n.to_string(),
+    };
+    name.to_owned()
 }
 
 struct Neighbour {
@@ -653,7 +708,8 @@ impl Neighbour {
     }
 }
 
-fn neighbour(n: &NeighbourMessage) -> Option<Neighbour> {
+/// An IPv4 or IPv6 neighbour message's entry.
+fn decode_neighbour(n: &NeighbourMessage) -> Option<Neighbour> {
     let mut address = None;
     let mut mac = None;
     for a in &n.attributes {
@@ -673,4 +729,56 @@ fn neighbour(n: &NeighbourMessage) -> Option<Neighbour> {
         state: n.header.state,
         router: n.header.flags.contains(NeighbourFlags::Router),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use rtnetlink::packet_route::route::{RouteProtocol, RouteType};
+
+    use super::*;
+
+    #[test]
+    fn route_protocol_name_known_numbers_kernel_names_others_decimal() {
+        let cases = [
+            (RouteProtocol::Unspec, "unspec"),
+            (RouteProtocol::IcmpRedirect, "icmpredirect"),
+            (RouteProtocol::Kernel, "kernel"),
+            (RouteProtocol::Boot, "boot"),
+            (RouteProtocol::Static, "static"),
+            (RouteProtocol::Ra, "ra"),
+            (RouteProtocol::Dhcp, "dhcp"),
+            (RouteProtocol::KeepAlived, "keepalived"),
+            (RouteProtocol::Babel, "babel"),
+            (RouteProtocol::Bgp, "bgp"),
+            (RouteProtocol::Ospf, "ospf"),
+            (RouteProtocol::Eigrp, "eigrp"),
+            (RouteProtocol::Other(99), "99"),
+            (RouteProtocol::Other(250), "250"),
+        ];
+        for (protocol, name) in cases {
+            assert_eq!(route_protocol_name(u8::from(protocol)), name, "{protocol:?}");
+        }
+    }
+
+    #[test]
+    fn route_type_name_known_numbers_kernel_names_others_decimal() {
+        let cases = [
+            (RouteType::Unspec, "unspec"),
+            (RouteType::Unicast, "unicast"),
+            (RouteType::Local, "local"),
+            (RouteType::Broadcast, "broadcast"),
+            (RouteType::Anycast, "anycast"),
+            (RouteType::Multicast, "multicast"),
+            (RouteType::BlackHole, "blackhole"),
+            (RouteType::Unreachable, "unreachable"),
+            (RouteType::Prohibit, "prohibit"),
+            (RouteType::Throw, "throw"),
+            (RouteType::Nat, "nat"),
+            (RouteType::ExternalResolve, "externalresolve"),
+            (RouteType::Other(12), "12"),
+        ];
+        for (kind, name) in cases {
+            assert_eq!(route_type_name(u8::from(kind)), name, "{kind:?}");
+        }
+    }
 }
