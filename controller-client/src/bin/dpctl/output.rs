@@ -26,6 +26,13 @@ fn print_table(rows: &[Vec<String>]) {
     }
 }
 
+/// The printed name of an API enum value, from a table of `(value, name)`; `unknown` for a value
+/// this build does not know (a newer server's).
+fn named<E: TryFrom<i32> + PartialEq>(value: i32, names: &[(E, &'static str)], unknown: &'static str) -> &'static str {
+    let value = E::try_from(value).ok();
+    names.iter().find(|(e, _)| Some(e) == value.as_ref()).map_or(unknown, |&(_, name)| name)
+}
+
 /// A table's header row.
 fn header(names: &[&str]) -> Vec<String> {
     names.iter().map(|&n| n.to_owned()).collect()
@@ -112,11 +119,7 @@ pub fn status(output: Output, s: &pb::GetStatusResponse) {
 }
 
 fn hook(h: i32) -> &'static str {
-    match pb::Hook::try_from(h) {
-        Ok(pb::Hook::XdpIngress) => "xdp-ingress",
-        Ok(pb::Hook::TcEgress) => "tc-egress",
-        _ => "-",
-    }
+    named(h, &[(pb::Hook::XdpIngress, "xdp-ingress"), (pb::Hook::TcEgress, "tc-egress")], "-")
 }
 
 pub fn upgraded(output: Output, r: &pb::UpgradeProgramsResponse) {
@@ -169,12 +172,7 @@ pub fn reset(output: Output) {
 // Interfaces.
 
 fn xdp_mode(m: i32) -> &'static str {
-    match pb::XdpMode::try_from(m) {
-        Ok(pb::XdpMode::Native) => "native",
-        Ok(pb::XdpMode::Generic) => "generic",
-        Ok(pb::XdpMode::Auto) => "auto",
-        _ => "-",
-    }
+    named(m, &[(pb::XdpMode::Native, "native"), (pb::XdpMode::Generic, "generic"), (pb::XdpMode::Auto, "auto")], "-")
 }
 
 fn counters(i: &pb::Interface) -> pb::InterfaceCounters {
@@ -296,12 +294,15 @@ fn vrf_mode(v: &pb::Vrf) -> String {
 }
 
 fn next_hop_state(n: &pb::NextHop) -> &'static str {
-    match pb::NextHopState::try_from(n.state) {
-        Ok(pb::NextHopState::Ready) => "ready",
-        Ok(pb::NextHopState::Unresolved) => "unresolved",
-        Ok(pb::NextHopState::InterfaceMissing) => "interface-missing",
-        _ => "-",
-    }
+    named(
+        n.state,
+        &[
+            (pb::NextHopState::Ready, "ready"),
+            (pb::NextHopState::Unresolved, "unresolved"),
+            (pb::NextHopState::InterfaceMissing, "interface-missing"),
+        ],
+        "-",
+    )
 }
 
 /// A next hop's kind and what it forwards to, as one line.
@@ -373,20 +374,11 @@ pub fn lookup(output: Output, address: &str, vrf: u32, r: &pb::LookupRouteRespon
 
 /// A policy direction's name (also used in the policy verbs' confirmations).
 pub fn direction(d: i32) -> &'static str {
-    match pb::Direction::try_from(d) {
-        Ok(pb::Direction::Ingress) => "ingress",
-        Ok(pb::Direction::Egress) => "egress",
-        _ => "?",
-    }
+    named(d, &[(pb::Direction::Ingress, "ingress"), (pb::Direction::Egress, "egress")], "?")
 }
 
 fn rule_action(a: i32) -> &'static str {
-    match pb::Action::try_from(a) {
-        Ok(pb::Action::Allow) => "allow",
-        Ok(pb::Action::Deny) => "deny",
-        Ok(pb::Action::Punt) => "punt",
-        _ => "?",
-    }
+    named(a, &[(pb::Action::Allow, "allow"), (pb::Action::Deny, "deny"), (pb::Action::Punt, "punt")], "?")
 }
 
 fn policy_json(p: &pb::PolicyInfo) -> Value {
@@ -475,12 +467,11 @@ fn flow_key_json(k: &pb::FlowKey) -> Value {
 }
 
 fn flow_action(a: i32) -> &'static str {
-    match pb::FlowAction::try_from(a) {
-        Ok(pb::FlowAction::Forward) => "forward",
-        Ok(pb::FlowAction::Drop) => "drop",
-        Ok(pb::FlowAction::Hold) => "hold",
-        _ => "?",
-    }
+    named(
+        a,
+        &[(pb::FlowAction::Forward, "forward"), (pb::FlowAction::Drop, "drop"), (pb::FlowAction::Hold, "hold")],
+        "?",
+    )
 }
 
 /// One message of `flows watch`: a line of text or one JSON object per line.
@@ -557,12 +548,15 @@ pub fn netlink_event(output: Output, m: pb::NetlinkEventMessage) {
 }
 
 fn event_action(e: &pb::NetlinkEvent) -> &'static str {
-    match pb::EventAction::try_from(e.action) {
-        Ok(pb::EventAction::Added) => "added",
-        Ok(pb::EventAction::Removed) => "removed",
-        Ok(pb::EventAction::Changed) => "changed",
-        _ => "?",
-    }
+    named(
+        e.action,
+        &[
+            (pb::EventAction::Added, "added"),
+            (pb::EventAction::Removed, "removed"),
+            (pb::EventAction::Changed, "changed"),
+        ],
+        "?",
+    )
 }
 
 fn event_json(e: &pb::NetlinkEvent) -> Value {
