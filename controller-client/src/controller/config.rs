@@ -48,7 +48,10 @@ use serde::{Deserialize, Deserializer};
 use super::desired::{Desired, FlowDecision, FlowModeDesired, FlowRule, IfaceDesired, NodeDesired};
 use crate::{
     pb,
-    yaml_fields::{de_map, de_str, de_u32, split_location, Addr, Cidr, IfName, Mac, Ports, Protocol, RuleDoc},
+    yaml_fields::{
+        de_map, de_short_or_long, de_str, de_u32, split_location, Addr, Cidr, IfName, Mac, Ports, Protocol, RuleDoc,
+        Short,
+    },
     ServerAddress,
 };
 
@@ -568,20 +571,11 @@ enum MissActionDoc {
 
 impl<'de> Deserialize<'de> for FlowModeDoc {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> serde::de::Visitor<'de> for V {
-            type Value = FlowModeDoc;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("true, false or {miss_action, hold_cap, punt_rate, punt_burst}")
-            }
-            fn visit_bool<E: serde::de::Error>(self, b: bool) -> Result<FlowModeDoc, E> {
-                Ok(if b { FlowModeDoc::On(FlowParams::default()) } else { FlowModeDoc::Off })
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<FlowModeDoc, A::Error> {
-                FlowParams::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(FlowModeDoc::On)
-            }
-        }
-        d.deserialize_any(V)
+        let short = |s: Short| match s {
+            Short::Bool(on) => Some(Ok(if on { FlowModeDoc::On(FlowParams::default()) } else { FlowModeDoc::Off })),
+            Short::Str(_) => None,
+        };
+        de_short_or_long(d, "true, false or {miss_action, hold_cap, punt_rate, punt_burst}", short, FlowModeDoc::On)
     }
 }
 
@@ -599,32 +593,27 @@ enum DefaultDoc {
     Deny,
 }
 
+/// `{policy, default}`, the long form of [`AttachDoc`].
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AttachMap {
+    policy: Ref<Policy>,
+    #[serde(default)]
+    default: DefaultDoc,
+}
+
 impl<'de> Deserialize<'de> for AttachDoc {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> serde::de::Visitor<'de> for V {
-            type Value = AttachDoc;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a policy name or {policy, default}")
+        let short = |s: Short| match s {
+            Short::Str(name) => {
+                let name = name.to_owned();
+                let policy = Policy::valid(&name).and_then(|()| Ref::check(name));
+                Some(policy.map(|policy| AttachDoc { policy, default_deny: false }))
             }
-            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<AttachDoc, E> {
-                let name = s.to_owned();
-                let policy = Policy::valid(&name).and_then(|()| Ref::check(name)).map_err(E::custom)?;
-                Ok(AttachDoc { policy, default_deny: false })
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<AttachDoc, A::Error> {
-                #[derive(Deserialize)]
-                #[serde(deny_unknown_fields)]
-                struct M {
-                    policy: Ref<Policy>,
-                    #[serde(default)]
-                    default: DefaultDoc,
-                }
-                let m = M::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
-                Ok(AttachDoc { policy: m.policy, default_deny: m.default == DefaultDoc::Deny })
-            }
-        }
-        d.deserialize_any(V)
+            Short::Bool(_) => None,
+        };
+        let long = |m: AttachMap| AttachDoc { policy: m.policy, default_deny: m.default == DefaultDoc::Deny };
+        de_short_or_long(d, "a policy name or {policy, default}", short, long)
     }
 }
 
