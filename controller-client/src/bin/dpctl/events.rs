@@ -5,6 +5,7 @@ use controller_client::{pb, Client};
 
 use crate::{output, Failure, Output};
 
+/// `dpctl events`.
 #[derive(Debug, Subcommand)]
 pub enum EventsCmd {
     /// Print netlink events as they come (Ctrl-C to stop); -o json prints one JSON object per line.
@@ -21,6 +22,7 @@ pub enum EventsCmd {
     },
 }
 
+/// Prints the server's netlink events until the stream ends or dpctl is stopped.
 pub async fn watch(client: &mut Client, output: Output, cmd: EventsCmd) -> Result<(), Failure> {
     let EventsCmd::Watch { kinds, interface, snapshot } = cmd;
     let kinds = kinds

@@ -5,6 +5,7 @@ use controller_client::{pb, Client};
 
 use crate::{output, Failure, Output};
 
+/// `dpctl flows`.
 #[derive(Debug, Subcommand)]
 pub enum FlowsCmd {
     /// Print flow misses as they come (Ctrl-C to stop); -o json prints one JSON object per line.
@@ -34,6 +35,7 @@ pub struct FlowKeyArgs {
     vrf: u32,
 }
 
+/// `dpctl flow`.
 #[derive(Debug, Subcommand)]
 pub enum FlowCmd {
     /// Install a flow: --nexthop ID (forward) or --drop; --reverse-nexthop ID also installs the
@@ -60,6 +62,7 @@ pub enum FlowCmd {
     },
 }
 
+/// `dpctl flowmode`.
 #[derive(Debug, Subcommand)]
 pub enum FlowmodeCmd {
     /// Turn flow mode on (or off with --off) for an interface.
@@ -81,6 +84,7 @@ pub enum FlowmodeCmd {
     },
 }
 
+/// `--miss`: what a packet of a held flow meets.
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum MissMode {
     Drop,
@@ -100,6 +104,7 @@ fn key(k: FlowKeyArgs) -> Result<pb::FlowKey, Failure> {
     Ok(pb::FlowKey { vrf: k.vrf, src: k.src, dst: k.dst, protocol, src_port: k.sport, dst_port: k.dport })
 }
 
+/// Prints flow misses until the stream ends or dpctl is stopped.
 pub async fn watch(client: &mut Client, output: Output, cmd: FlowsCmd) -> Result<(), Failure> {
     let FlowsCmd::Watch { interface, vrf } = cmd;
     let req = pb::SubscribeFlowMissesRequest { interface: interface.unwrap_or_default(), vrf };
@@ -110,6 +115,7 @@ pub async fn watch(client: &mut Client, output: Output, cmd: FlowsCmd) -> Result
     Ok(())
 }
 
+/// Installs, deletes or lists flows.
 pub async fn flow(client: &mut Client, output: Output, cmd: FlowCmd) -> Result<(), Failure> {
     match cmd {
         FlowCmd::Add { key: k, nexthop, drop, reverse_nexthop } => {
@@ -142,6 +148,7 @@ pub async fn flow(client: &mut Client, output: Output, cmd: FlowCmd) -> Result<(
     Ok(())
 }
 
+/// Sets an interface's flow mode.
 pub async fn mode(client: &mut Client, output: Output, cmd: FlowmodeCmd) -> Result<(), Failure> {
     let FlowmodeCmd::Set { interface, off, miss, hold_cap, punt_rate, punt_burst } = cmd;
     let miss_action = match miss {

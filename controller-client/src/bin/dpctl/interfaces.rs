@@ -5,6 +5,7 @@ use controller_client::{pb, Client};
 
 use crate::{output, Failure, Output};
 
+/// `dpctl interface`.
 #[derive(Debug, Subcommand)]
 pub enum InterfaceCmd {
     /// Attach the dataplane to a kernel interface.
@@ -24,6 +25,7 @@ pub enum InterfaceCmd {
     List { name: Option<String> },
 }
 
+/// `--mode`: the XDP attach mode.
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum Mode {
     Auto,
@@ -31,6 +33,7 @@ pub enum Mode {
     Generic,
 }
 
+/// Attaches, detaches or lists interfaces.
 pub async fn run(client: &mut Client, output: Output, cmd: InterfaceCmd) -> Result<(), Failure> {
     match cmd {
         InterfaceCmd::Add { name, mode, vrf } => {

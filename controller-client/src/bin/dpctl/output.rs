@@ -1,8 +1,7 @@
 //! Everything dpctl prints, in both formats: `-o table` (aligned columns or one line of text)
 //! and `-o json` (one value, or one object per line for streams). The service modules only send
 //! requests and hand the answers here, so a format change is made once and the two formats of
-//! one answer sit side by side. The names printed for enum values are the API's own
-//! (lowercase, kebab-case), the same in both formats.
+//! one answer sit side by side. An enum value prints as the same name in both formats.
 
 use clap::ValueEnum;
 use controller_client::pb;
@@ -54,6 +53,7 @@ pub fn done(output: Output, what: impl std::fmt::Display, generation: u64) {
 // ---------------------------------------------------------------------------------------------
 // System.
 
+/// `status`: a summary, then programs, attachments and maps as three tables.
 pub fn status(output: Output, s: &pb::GetStatusResponse) {
     if output == Output::Json {
         let program =
@@ -122,6 +122,7 @@ fn hook(h: i32) -> &'static str {
     named(h, &[(pb::Hook::XdpIngress, "xdp-ingress"), (pb::Hook::TcEgress, "tc-egress")], "-")
 }
 
+/// `system upgrade`: the new programs' ids.
 pub fn upgraded(output: Output, r: &pb::UpgradeProgramsResponse) {
     match output {
         Output::Json => {
@@ -136,6 +137,7 @@ pub fn upgraded(output: Output, r: &pb::UpgradeProgramsResponse) {
     }
 }
 
+/// `system resync-end`: what was removed, and what was kept because it is still used.
 pub fn resync_ended(output: Output, r: &pb::EndResyncResponse) {
     match output {
         Output::Json => println!(
@@ -161,6 +163,7 @@ pub fn resync_ended(output: Output, r: &pb::EndResyncResponse) {
     }
 }
 
+/// `system reset`.
 pub fn reset(output: Output) {
     match output {
         Output::Json => println!("{}", json!({"reset": true})),
@@ -199,6 +202,7 @@ fn interface_json(i: &pb::Interface) -> Value {
     })
 }
 
+/// `interface add`: where the interface landed (ifindex, slot, XDP mode).
 pub fn interface_added(output: Output, r: &pb::AddInterfaceResponse) {
     let iface = r.interface.clone().unwrap_or_default();
     match output {
@@ -214,6 +218,7 @@ pub fn interface_added(output: Output, r: &pb::AddInterfaceResponse) {
     }
 }
 
+/// `interface list`: one row per interface with its counters and non-zero drop reasons.
 pub fn interfaces(output: Output, list: &[pb::Interface]) {
     if output == Output::Json {
         print_array(list, interface_json);
@@ -256,6 +261,7 @@ pub fn interfaces(output: Output, list: &[pb::Interface]) {
 // ---------------------------------------------------------------------------------------------
 // Routing.
 
+/// `vrf list`.
 pub fn vrfs(output: Output, list: &[pb::Vrf]) {
     if output == Output::Json {
         print_array(list, |v| {
@@ -322,6 +328,7 @@ fn next_hop_kind(n: &pb::NextHop) -> (String, String) {
     }
 }
 
+/// `nexthop list`.
 pub fn next_hops(output: Output, list: &[pb::NextHop]) {
     if output == Output::Json {
         print_array(list, |n| {
@@ -347,6 +354,7 @@ pub fn next_hops(output: Output, list: &[pb::NextHop]) {
     print_table(&rows);
 }
 
+/// `route list`.
 pub fn routes(output: Output, list: &[pb::Route]) {
     if output == Output::Json {
         print_array(list, |r| json!({"vrf": r.vrf, "prefix": r.prefix, "next_hop": r.next_hop}));
@@ -357,6 +365,7 @@ pub fn routes(output: Output, list: &[pb::Route]) {
     print_table(&rows);
 }
 
+/// `route lookup`: the matching route, or none.
 pub fn lookup(output: Output, address: &str, vrf: u32, r: &pb::LookupRouteResponse) {
     let route = r.route.clone().unwrap_or_default();
     match (output, r.found) {
@@ -433,6 +442,7 @@ fn rule_row(r: &pb::Rule) -> Vec<String> {
     ]
 }
 
+/// `policy list`: per policy, a line of attachments and a table of rules.
 pub fn policies(output: Output, list: &[pb::PolicyInfo]) {
     if output == Output::Json {
         print_array(list, policy_json);
@@ -498,6 +508,7 @@ pub fn flow_miss(output: Output, m: pb::FlowMissMessage) {
     }
 }
 
+/// `flow list`.
 pub fn flows(output: Output, list: &[pb::Flow]) {
     if output == Output::Json {
         print_array(list, |f| {

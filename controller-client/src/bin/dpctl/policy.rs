@@ -7,6 +7,7 @@ use controller_client::{pb, policy_file, Client};
 
 use crate::{output, Failure, Output};
 
+/// `dpctl policy`.
 #[derive(Debug, Subcommand)]
 pub enum PolicyCmd {
     /// Create or atomically replace a policy from a YAML or JSON rules file.
@@ -39,12 +40,14 @@ pub enum PolicyCmd {
     },
 }
 
+/// `--direction`.
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum Dir {
     Ingress,
     Egress,
 }
 
+/// `--default`.
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum DefaultAction {
     Allow,
@@ -58,6 +61,7 @@ fn direction(d: Dir) -> i32 {
     }
 }
 
+/// Puts, deletes, attaches, detaches or lists policies.
 pub async fn run(client: &mut Client, output: Output, cmd: PolicyCmd) -> Result<(), Failure> {
     match cmd {
         PolicyCmd::Put { name, file } => {

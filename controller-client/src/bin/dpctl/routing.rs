@@ -7,6 +7,7 @@ use controller_client::{pb, Client};
 
 use crate::{output, Failure, Output};
 
+/// `dpctl vrf`.
 #[derive(Debug, Subcommand)]
 pub enum VrfCmd {
     Add {
@@ -25,6 +26,7 @@ pub enum VrfCmd {
     List,
 }
 
+/// `dpctl nexthop`.
 #[derive(Debug, Subcommand)]
 pub enum NexthopCmd {
     /// Add a next hop: --interface + --dst-mac or --gateway (ENCAP), --ecmp, --discard or --receive.
@@ -59,6 +61,7 @@ pub enum NexthopCmd {
     List,
 }
 
+/// `dpctl route`.
 #[derive(Debug, Subcommand)]
 pub enum RouteCmd {
     /// Add one route, or every route of --file (lines: PREFIX NEXTHOP [VRF]; # comments).
@@ -101,6 +104,7 @@ pub enum RouteCmd {
     },
 }
 
+/// Adds, deletes or lists VRFs.
 pub async fn vrf(c: &mut Client, output: Output, cmd: VrfCmd) -> Result<(), Failure> {
     match cmd {
         VrfCmd::Add { id, kernel_fib, table } => {
@@ -121,6 +125,7 @@ pub async fn vrf(c: &mut Client, output: Output, cmd: VrfCmd) -> Result<(), Fail
     Ok(())
 }
 
+/// Adds, deletes or lists next hops.
 pub async fn nexthop(c: &mut Client, output: Output, cmd: NexthopCmd) -> Result<(), Failure> {
     use pb::next_hop::Kind;
     match cmd {
@@ -184,6 +189,7 @@ fn read_routes(path: &Path, default_vrf: u32) -> Result<Vec<pb::Route>, Failure>
     Ok(out)
 }
 
+/// Adds, deletes, lists or looks up routes.
 pub async fn route(c: &mut Client, output: Output, cmd: RouteCmd) -> Result<(), Failure> {
     match cmd {
         RouteCmd::Add { prefix, nexthop, vrf, file, replace } => {

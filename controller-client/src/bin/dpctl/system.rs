@@ -5,6 +5,7 @@ use controller_client::{pb, Client};
 
 use crate::{output, Failure, Output};
 
+/// `dpctl system`.
 #[derive(Debug, Subcommand)]
 pub enum SystemCmd {
     /// Switch every interface to new programs, hitless: this server build's, or --object FILE.
@@ -20,12 +21,14 @@ pub enum SystemCmd {
     Reset,
 }
 
+/// `dpctl status`.
 pub async fn status(client: &mut Client, output: Output) -> Result<(), Failure> {
     let s = client.system.get_status(pb::GetStatusRequest {}).await?.into_inner();
     output::status(output, &s);
     Ok(())
 }
 
+/// Upgrades programs, opens or closes a resync, or resets the dataplane.
 pub async fn run(client: &mut Client, output: Output, cmd: SystemCmd) -> Result<(), Failure> {
     match cmd {
         SystemCmd::Upgrade { object } => {
