@@ -67,7 +67,11 @@ mod tests {
 
     #[test]
     fn policy_file_yaml_and_json_parse_to_the_same_rules() {
-        let yaml = "rules:\n  - priority: 10\n    dst: 198.51.100.0/24\n    protocol: tcp\n    dst_ports: 80-89\n    action: deny\n  - priority: 20\n    protocol: tcp\n    dst_ports: 22\n    tcp_flags: syn-only\n    action: deny\n";
+        let yaml = concat!(
+            "rules:\n",
+            "  - priority: 10\n    dst: 198.51.100.0/24\n    protocol: tcp\n    dst_ports: 80-89\n    action: deny\n",
+            "  - priority: 20\n    protocol: tcp\n    dst_ports: 22\n    tcp_flags: syn-only\n    action: deny\n",
+        );
         let json = r#"[{"priority":10,"dst":"198.51.100.0/24","protocol":"tcp","dst_ports":"80-89","action":"deny"},
                       {"priority":20,"protocol":6,"dst_ports":22,"tcp_flags":{"mask":18,"value":2},"action":"deny"}]"#;
         let a = parse(yaml).unwrap();

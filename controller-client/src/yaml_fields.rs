@@ -126,6 +126,55 @@ where
     d.deserialize_map(V(expecting, check, std::marker::PhantomData))
 }
 
+/// A field's short form: a scalar standing for a common value of its long form, a mapping.
+pub(crate) enum Short<'a> {
+    Bool(bool),
+    Str(&'a str),
+}
+
+/// Deserializes a field written either short, as a scalar (`tcp_flags: syn-only`), or long, as
+/// a mapping read as `M` (`tcp_flags: {mask, value}`). `short` answers `None` for a kind of
+/// scalar the field does not take, which is then refused as serde refuses a wrong type.
+pub(crate) fn de_short_or_long<'de, D, T, M>(
+    d: D,
+    expecting: &'static str,
+    short: impl FnOnce(Short) -> Option<Result<T, String>>,
+    long: impl FnOnce(M) -> T,
+) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    M: Deserialize<'de>,
+{
+    struct V<S, L, M>(&'static str, S, L, std::marker::PhantomData<M>);
+    impl<'de, T, M, S, L> Visitor<'de> for V<S, L, M>
+    where
+        M: Deserialize<'de>,
+        S: FnOnce(Short) -> Option<Result<T, String>>,
+        L: FnOnce(M) -> T,
+    {
+        type Value = T;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str(self.0)
+        }
+        fn visit_bool<E: de::Error>(self, b: bool) -> Result<T, E> {
+            match (self.1)(Short::Bool(b)) {
+                Some(r) => r.map_err(E::custom),
+                None => Err(E::invalid_type(de::Unexpected::Bool(b), &self.0)),
+            }
+        }
+        fn visit_str<E: de::Error>(self, s: &str) -> Result<T, E> {
+            match (self.1)(Short::Str(s)) {
+                Some(r) => r.map_err(E::custom),
+                None => Err(E::invalid_type(de::Unexpected::Str(s), &self.0)),
+            }
+        }
+        fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+            M::deserialize(de::value::MapAccessDeserializer::new(map)).map(self.2)
+        }
+    }
+    d.deserialize_any(V(expecting, short, long, std::marker::PhantomData))
+}
+
 /// A CIDR prefix with no host bits set: `198.51.100.0/24`, `2001:db8::/32`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Cidr {
@@ -311,33 +360,25 @@ pub struct TcpFlags {
     pub value: u32,
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TcpFlagsMap {
+    mask: u32,
+    value: u32,
+}
+
 impl<'de> Deserialize<'de> for TcpFlags {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = TcpFlags;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("syn-only or {mask, value}")
-            }
-            fn visit_str<E: de::Error>(self, s: &str) -> Result<TcpFlags, E> {
-                match s {
-                    // SYN set, ACK clear: the first segment of a connection.
-                    "syn-only" | "syn" => Ok(TcpFlags { mask: 0x12, value: 0x02 }),
-                    other => Err(E::custom(format!("{other:?} is not syn-only or {{mask, value}}"))),
-                }
-            }
-            fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<TcpFlags, A::Error> {
-                #[derive(Deserialize)]
-                #[serde(deny_unknown_fields)]
-                struct M {
-                    mask: u32,
-                    value: u32,
-                }
-                let m = M::deserialize(de::value::MapAccessDeserializer::new(map))?;
-                Ok(TcpFlags { mask: m.mask, value: m.value })
-            }
-        }
-        d.deserialize_any(V)
+        let short = |s: Short| match s {
+            // SYN set, ACK clear: the first segment of a connection.
+            Short::Str("syn-only" | "syn") => Some(Ok(TcpFlags { mask: 0x12, value: 0x02 })),
+            Short::Str(other) => Some(Err(format!("{other:?} is not syn-only or {{mask, value}}"))),
+            Short::Bool(_) => None,
+        };
+        de_short_or_long(d, "syn-only or {mask, value}", short, |m: TcpFlagsMap| TcpFlags {
+            mask: m.mask,
+            value: m.value,
+        })
     }
 }
 

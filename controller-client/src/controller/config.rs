@@ -39,6 +39,7 @@ use std::{
     cell::RefCell,
     collections::{BTreeMap, HashMap, HashSet},
     fmt,
+    hash::Hash,
     path::Path,
 };
 
@@ -47,7 +48,10 @@ use serde::{Deserialize, Deserializer};
 use super::desired::{Desired, FlowDecision, FlowModeDesired, FlowRule, IfaceDesired, NodeDesired};
 use crate::{
     pb,
-    yaml_fields::{de_map, de_str, de_u32, split_location, Addr, Cidr, IfName, Mac, Ports, Protocol, RuleDoc},
+    yaml_fields::{
+        de_map, de_short_or_long, de_str, de_u32, split_location, Addr, Cidr, IfName, Mac, Ports, Protocol, RuleDoc,
+        Short,
+    },
     ServerAddress,
 };
 
@@ -122,7 +126,7 @@ impl Symbols {
             for v in &n.vrfs {
                 s.vrfs.insert(v.id.0, v.mode == VrfModeDoc::Routes);
             }
-            s.interfaces.extend(n.interfaces.iter().map(|i| i.name.0 .0.clone()));
+            s.interfaces.extend(n.interfaces.iter().map(|i| i.name.0.clone()));
             for h in &n.next_hops {
                 s.next_hops.insert(h.id.0, h.ecmp.is_some());
             }
@@ -163,6 +167,261 @@ fn in_scope(f: impl FnOnce(&NodeSymbols, &mut Seen) -> Result<(), String>) -> Re
         },
         None => Ok(()),
     })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Declarations and references.
+//
+// Each kind of symbol a node declares (VRF, interface, policy, next hop) is read the same way:
+// a declaration must be new in its node, a reference must name a declaration. What differs is
+// the value's type and its own checks, and for some references a condition on what they name
+// (a route's VRF forwards by routes, an ECMP member is not a group): such a reference is a kind
+// of its own over the same declarations.
+
+/// How a symbol's value is written: a number or a name.
+trait Id: Clone + Eq + Hash + fmt::Display {
+    /// Reads one and hands it to `then` while the parser still stands on it, so that `then`'s
+    /// error carries the value's position.
+    fn read<'de, D: Deserializer<'de>, T>(
+        d: D,
+        expecting: &'static str,
+        then: impl FnOnce(Self) -> Result<T, String>,
+    ) -> Result<T, D::Error>;
+}
+
+impl Id for u32 {
+    fn read<'de, D: Deserializer<'de>, T>(
+        d: D,
+        expecting: &'static str,
+        then: impl FnOnce(Self) -> Result<T, String>,
+    ) -> Result<T, D::Error> {
+        de_u32(d, expecting, then)
+    }
+}
+
+impl Id for String {
+    fn read<'de, D: Deserializer<'de>, T>(
+        d: D,
+        expecting: &'static str,
+        then: impl FnOnce(Self) -> Result<T, String>,
+    ) -> Result<T, D::Error> {
+        de_str(d, expecting, |s| then(s.to_owned()))
+    }
+}
+
+/// A kind of reference: its value, and which of the node's declarations it may name.
+trait Kind {
+    type Id: Id;
+    /// What the parser expects, in a type error.
+    const EXPECTING: &'static str;
+    /// The symbol in messages: `next hop 3 is ...`.
+    const NOUN: &'static str;
+    /// The node's list that declares it: `... not declared in this node's next_hops`.
+    const LIST: &'static str;
+
+    /// Checks the value on its own, before any lookup (a name's characters).
+    fn valid(_id: &Self::Id) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// `None` when the node does not declare `id`; otherwise whether this reference may use it.
+    fn usable(node: &NodeSymbols, id: &Self::Id) -> Option<Result<(), String>>;
+
+    /// Reads a valid value and hands it to `then` (see [`Id::read`]).
+    fn read<'de, D: Deserializer<'de>, T>(
+        d: D,
+        then: impl FnOnce(Self::Id) -> Result<T, String>,
+    ) -> Result<T, D::Error> {
+        Self::Id::read(d, Self::EXPECTING, |id| {
+            Self::valid(&id)?;
+            then(id)
+        })
+    }
+}
+
+/// A kind that is declared, not only referred to ([`RoutesVrf`] and [`Member`] refer to
+/// declarations of [`Vrf`] and [`NextHop`]).
+trait Declared: Kind {
+    /// Refuses values that exist without being declared (VRF 0) or cannot be (next hop 0).
+    fn declarable(_id: &Self::Id) -> Result<(), String> {
+        Ok(())
+    }
+    /// This kind's declarations met so far in the node.
+    fn seen(seen: &mut Seen) -> &mut HashSet<Self::Id>;
+}
+
+/// A symbol being declared: refused when its node already declares it.
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+struct Decl<K: Kind>(K::Id);
+
+impl<'de, K: Declared> Deserialize<'de> for Decl<K> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        K::read(d, |id| {
+            K::declarable(&id)?;
+            in_scope(|_, seen| match K::seen(seen).insert(id.clone()) {
+                true => Ok(()),
+                false => Err(format!("{} {id} is declared twice", K::NOUN)),
+            })?;
+            Ok(Decl(id))
+        })
+    }
+}
+
+/// A symbol in use: declared in its node, and usable as its kind says.
+struct Ref<K: Kind>(K::Id);
+
+impl<K: Kind> Ref<K> {
+    /// Checks a valid value against the node's declarations (second pass only).
+    fn check(id: K::Id) -> Result<Self, String> {
+        in_scope(|node, _| {
+            K::usable(node, &id)
+                .unwrap_or_else(|| Err(format!("{} {id} is not declared in this node's {}", K::NOUN, K::LIST)))
+        })?;
+        Ok(Ref(id))
+    }
+}
+
+impl<'de, K: Kind> Deserialize<'de> for Ref<K> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        K::read(d, Ref::check)
+    }
+}
+
+/// A VRF omitted is VRF 0, which always exists.
+impl<K: Kind<Id = u32>> Default for Ref<K> {
+    fn default() -> Self {
+        Ref(0)
+    }
+}
+
+/// A VRF id; VRF 0 always exists.
+enum Vrf {}
+
+impl Kind for Vrf {
+    type Id = u32;
+    const EXPECTING: &'static str = "a VRF id";
+    const NOUN: &'static str = "VRF";
+    const LIST: &'static str = "vrfs";
+    fn usable(node: &NodeSymbols, id: &u32) -> Option<Result<(), String>> {
+        node.vrfs.contains_key(id).then_some(Ok(()))
+    }
+}
+
+impl Declared for Vrf {
+    fn declarable(&id: &u32) -> Result<(), String> {
+        match id {
+            0 => Err("VRF 0 always exists: do not declare it".into()),
+            _ => Ok(()),
+        }
+    }
+    fn seen(seen: &mut Seen) -> &mut HashSet<u32> {
+        &mut seen.vrfs
+    }
+}
+
+/// A route's VRF: one that forwards by the API's routes, not the kernel FIB.
+enum RoutesVrf {}
+
+impl Kind for RoutesVrf {
+    type Id = u32;
+    const EXPECTING: &'static str = Vrf::EXPECTING;
+    const NOUN: &'static str = Vrf::NOUN;
+    const LIST: &'static str = Vrf::LIST;
+    fn usable(node: &NodeSymbols, id: &u32) -> Option<Result<(), String>> {
+        node.vrfs.get(id).map(|&routes| match routes {
+            true => Ok(()),
+            false => Err(format!("VRF {id} forwards by the kernel FIB: it takes no routes (use ip route)")),
+        })
+    }
+}
+
+/// An interface, by its kernel name.
+enum Interface {}
+
+impl Kind for Interface {
+    type Id = String;
+    const EXPECTING: &'static str = "an interface name";
+    const NOUN: &'static str = "interface";
+    const LIST: &'static str = "interfaces";
+    fn valid(name: &String) -> Result<(), String> {
+        IfName::check(name).map(drop)
+    }
+    fn usable(node: &NodeSymbols, name: &String) -> Option<Result<(), String>> {
+        node.interfaces.contains(name).then_some(Ok(()))
+    }
+}
+
+impl Declared for Interface {
+    fn seen(seen: &mut Seen) -> &mut HashSet<String> {
+        &mut seen.interfaces
+    }
+}
+
+/// A policy, by its name (a key of `policies`).
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+enum Policy {}
+
+impl Kind for Policy {
+    type Id = String;
+    const EXPECTING: &'static str = "a policy name";
+    const NOUN: &'static str = "policy";
+    const LIST: &'static str = "policies";
+    fn valid(s: &String) -> Result<(), String> {
+        if s.is_empty() || s.len() > 64 || !s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+            return Err(format!("{s:?} is not a policy name (1 to 64 letters, digits, '-', '_', '.')"));
+        }
+        Ok(())
+    }
+    fn usable(node: &NodeSymbols, name: &String) -> Option<Result<(), String>> {
+        node.policies.contains(name).then_some(Ok(()))
+    }
+}
+
+impl Declared for Policy {
+    fn seen(seen: &mut Seen) -> &mut HashSet<String> {
+        &mut seen.policies
+    }
+}
+
+/// A next-hop id; ids start at 1.
+enum NextHop {}
+
+impl Kind for NextHop {
+    type Id = u32;
+    const EXPECTING: &'static str = "a next-hop id";
+    const NOUN: &'static str = "next hop";
+    const LIST: &'static str = "next_hops";
+    fn usable(node: &NodeSymbols, id: &u32) -> Option<Result<(), String>> {
+        node.next_hops.contains_key(id).then_some(Ok(()))
+    }
+}
+
+impl Declared for NextHop {
+    fn declarable(&id: &u32) -> Result<(), String> {
+        match id {
+            0 => Err("next-hop ids start at 1".into()),
+            _ => Ok(()),
+        }
+    }
+    fn seen(seen: &mut Seen) -> &mut HashSet<u32> {
+        &mut seen.next_hops
+    }
+}
+
+/// An ECMP member: a next hop that is not a group itself (groups are one level deep).
+enum Member {}
+
+impl Kind for Member {
+    type Id = u32;
+    const EXPECTING: &'static str = NextHop::EXPECTING;
+    const NOUN: &'static str = NextHop::NOUN;
+    const LIST: &'static str = NextHop::LIST;
+    fn usable(node: &NodeSymbols, id: &u32) -> Option<Result<(), String>> {
+        node.next_hops.get(id).map(|&group| match group {
+            false => Ok(()),
+            true => Err(format!("next hop {id} is an ECMP group: groups cannot be members")),
+        })
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -208,7 +467,7 @@ struct NodeDoc {
     #[serde(default)]
     routes: Vec<RouteDoc>,
     #[serde(default)]
-    policies: BTreeMap<PolicyDecl, Vec<RuleDoc>>,
+    policies: BTreeMap<Decl<Policy>, Vec<RuleDoc>>,
     #[serde(default)]
     flow_rules: Vec<FlowRuleDoc>,
 }
@@ -234,7 +493,7 @@ enum VrfModeDoc {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct VrfDocRaw {
-    id: VrfDecl,
+    id: Decl<Vrf>,
     #[serde(default)]
     mode: VrfModeDoc,
     #[serde(default)]
@@ -242,7 +501,7 @@ struct VrfDocRaw {
 }
 
 struct VrfDoc {
-    id: VrfDecl,
+    id: Decl<Vrf>,
     mode: VrfModeDoc,
     kernel_table: u32,
 }
@@ -254,57 +513,6 @@ impl<'de> Deserialize<'de> for VrfDoc {
                 return Err("kernel_table: only for mode: kernel-fib".into());
             }
             Ok(VrfDoc { id: r.id, mode: r.mode, kernel_table: r.kernel_table.unwrap_or(0) })
-        })
-    }
-}
-
-/// A VRF id being declared.
-struct VrfDecl(u32);
-
-impl<'de> Deserialize<'de> for VrfDecl {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        de_u32(d, "a VRF id", |id| {
-            if id == 0 {
-                return Err("VRF 0 always exists: do not declare it".into());
-            }
-            in_scope(|_, seen| if seen.vrfs.insert(id) { Ok(()) } else { Err(format!("VRF {id} is declared twice")) })?;
-            Ok(VrfDecl(id))
-        })
-    }
-}
-
-/// A VRF in use by an interface or flow rule: 0 or declared.
-#[derive(Clone, Copy, Default)]
-struct VrfRef(u32);
-
-impl<'de> Deserialize<'de> for VrfRef {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        de_u32(d, "a VRF id", |id| {
-            in_scope(|n, _| {
-                if n.vrfs.contains_key(&id) {
-                    Ok(())
-                } else {
-                    Err(format!("VRF {id} is not declared in this node's vrfs"))
-                }
-            })?;
-            Ok(VrfRef(id))
-        })
-    }
-}
-
-/// A route's VRF: 0 or declared, and forwarded by routes (not the kernel FIB).
-#[derive(Clone, Copy, Default)]
-struct RoutesVrfRef(u32);
-
-impl<'de> Deserialize<'de> for RoutesVrfRef {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        de_u32(d, "a VRF id", |id| {
-            in_scope(|n, _| match n.vrfs.get(&id) {
-                Some(true) => Ok(()),
-                Some(false) => Err(format!("VRF {id} forwards by the kernel FIB: it takes no routes (use ip route)")),
-                None => Err(format!("VRF {id} is not declared in this node's vrfs")),
-            })?;
-            Ok(RoutesVrfRef(id))
         })
     }
 }
@@ -321,9 +529,9 @@ enum XdpModeDoc {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct InterfaceDoc {
-    name: IfDecl,
+    name: Decl<Interface>,
     #[serde(default)]
-    vrf: VrfRef,
+    vrf: Ref<Vrf>,
     #[serde(default)]
     xdp_mode: XdpModeDoc,
     #[serde(default)]
@@ -332,45 +540,6 @@ struct InterfaceDoc {
     ingress_policy: Option<AttachDoc>,
     #[serde(default)]
     egress_policy: Option<AttachDoc>,
-}
-
-/// An interface being declared.
-struct IfDecl(IfName);
-
-impl<'de> Deserialize<'de> for IfDecl {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        de_str(d, "an interface name", |s| {
-            let name = IfName::check(s)?;
-            in_scope(|_, seen| {
-                if seen.interfaces.insert(s.to_owned()) {
-                    Ok(())
-                } else {
-                    Err(format!("interface {s} is declared twice"))
-                }
-            })?;
-            Ok(IfDecl(name))
-        })
-    }
-}
-
-/// An interface in use: declared in this node's interfaces.
-#[derive(Clone)]
-struct IfRef(IfName);
-
-impl<'de> Deserialize<'de> for IfRef {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        de_str(d, "an interface name", |s| {
-            let name = IfName::check(s)?;
-            in_scope(|n, _| {
-                if n.interfaces.contains(s) {
-                    Ok(())
-                } else {
-                    Err(format!("interface {s} is not declared in this node's interfaces"))
-                }
-            })?;
-            Ok(IfRef(name))
-        })
-    }
 }
 
 /// Flow mode: `true`/`false`, or its parameters (which imply `true`).
@@ -402,26 +571,17 @@ enum MissActionDoc {
 
 impl<'de> Deserialize<'de> for FlowModeDoc {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> serde::de::Visitor<'de> for V {
-            type Value = FlowModeDoc;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("true, false or {miss_action, hold_cap, punt_rate, punt_burst}")
-            }
-            fn visit_bool<E: serde::de::Error>(self, b: bool) -> Result<FlowModeDoc, E> {
-                Ok(if b { FlowModeDoc::On(FlowParams::default()) } else { FlowModeDoc::Off })
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<FlowModeDoc, A::Error> {
-                FlowParams::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(FlowModeDoc::On)
-            }
-        }
-        d.deserialize_any(V)
+        let short = |s: Short| match s {
+            Short::Bool(on) => Some(Ok(if on { FlowModeDoc::On(FlowParams::default()) } else { FlowModeDoc::Off })),
+            Short::Str(_) => None,
+        };
+        de_short_or_long(d, "true, false or {miss_action, hold_cap, punt_rate, punt_burst}", short, FlowModeDoc::On)
     }
 }
 
 /// A policy attachment: the policy's name, or `{policy, default: allow|deny}`.
 struct AttachDoc {
-    policy: PolicyRef,
+    policy: Ref<Policy>,
     default_deny: bool,
 }
 
@@ -433,89 +593,36 @@ enum DefaultDoc {
     Deny,
 }
 
+/// `{policy, default}`, the long form of [`AttachDoc`].
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AttachMap {
+    policy: Ref<Policy>,
+    #[serde(default)]
+    default: DefaultDoc,
+}
+
 impl<'de> Deserialize<'de> for AttachDoc {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> serde::de::Visitor<'de> for V {
-            type Value = AttachDoc;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a policy name or {policy, default}")
+        let short = |s: Short| match s {
+            Short::Str(name) => {
+                let name = name.to_owned();
+                let policy = Policy::valid(&name).and_then(|()| Ref::check(name));
+                Some(policy.map(|policy| AttachDoc { policy, default_deny: false }))
             }
-            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<AttachDoc, E> {
-                Ok(AttachDoc { policy: PolicyRef::check(s).map_err(E::custom)?, default_deny: false })
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<AttachDoc, A::Error> {
-                #[derive(Deserialize)]
-                #[serde(deny_unknown_fields)]
-                struct M {
-                    policy: PolicyRef,
-                    #[serde(default)]
-                    default: DefaultDoc,
-                }
-                let m = M::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
-                Ok(AttachDoc { policy: m.policy, default_deny: m.default == DefaultDoc::Deny })
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
-
-fn policy_name(s: &str) -> Result<(), String> {
-    if s.is_empty() || s.len() > 64 || !s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
-        return Err(format!("{s:?} is not a policy name (1 to 64 letters, digits, '-', '_', '.')"));
-    }
-    Ok(())
-}
-
-/// A policy being declared (a key of `policies`).
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord)]
-struct PolicyDecl(String);
-
-impl<'de> Deserialize<'de> for PolicyDecl {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        de_str(d, "a policy name", |s| {
-            policy_name(s)?;
-            in_scope(|_, seen| {
-                if seen.policies.insert(s.to_owned()) {
-                    Ok(())
-                } else {
-                    Err(format!("policy {s} is declared twice"))
-                }
-            })?;
-            Ok(PolicyDecl(s.to_owned()))
-        })
-    }
-}
-
-/// A policy in use: declared in this node's policies.
-struct PolicyRef(String);
-
-impl PolicyRef {
-    fn check(s: &str) -> Result<Self, String> {
-        policy_name(s)?;
-        in_scope(|n, _| {
-            if n.policies.contains(s) {
-                Ok(())
-            } else {
-                Err(format!("policy {s} is not declared in this node's policies"))
-            }
-        })?;
-        Ok(PolicyRef(s.to_owned()))
-    }
-}
-
-impl<'de> Deserialize<'de> for PolicyRef {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        de_str(d, "a policy name", PolicyRef::check)
+            Short::Bool(_) => None,
+        };
+        let long = |m: AttachMap| AttachDoc { policy: m.policy, default_deny: m.default == DefaultDoc::Deny };
+        de_short_or_long(d, "a policy name or {policy, default}", short, long)
     }
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct NextHopRaw {
-    id: NhDecl,
+    id: Decl<NextHop>,
     #[serde(default)]
-    interface: Option<IfRef>,
+    interface: Option<Ref<Interface>>,
     #[serde(default)]
     dst_mac: Option<Mac>,
     #[serde(default)]
@@ -523,7 +630,7 @@ struct NextHopRaw {
     #[serde(default)]
     gateway: Option<Addr>,
     #[serde(default)]
-    ecmp: Option<Vec<MemberRef>>,
+    ecmp: Option<Vec<Ref<Member>>>,
     #[serde(default)]
     discard: bool,
     #[serde(default)]
@@ -531,7 +638,7 @@ struct NextHopRaw {
 }
 
 struct NextHopDoc {
-    id: NhDecl,
+    id: Decl<NextHop>,
     kind: pb::next_hop::Kind,
     /// Kept for the symbol table (groups cannot be members).
     ecmp: Option<()>,
@@ -558,7 +665,7 @@ fn next_hop(r: NextHopRaw) -> Result<NextHopDoc, String> {
             _ => return Err(format!("next hop {}: interface needs exactly one of dst_mac and gateway", r.id.0)),
         }
         pb::next_hop::Kind::Encap(pb::EncapNextHop {
-            interface: iface.0 .0,
+            interface: iface.0,
             dst_mac: r.dst_mac.map(|m| m.0).unwrap_or_default(),
             src_mac: r.src_mac.map(|m| m.0).unwrap_or_default(),
             gateway: r.gateway.map(|a| a.0.to_string()).unwrap_or_default(),
@@ -578,71 +685,13 @@ fn next_hop(r: NextHopRaw) -> Result<NextHopDoc, String> {
     Ok(NextHopDoc { id: r.id, kind, ecmp })
 }
 
-/// A next-hop id being declared.
-struct NhDecl(u32);
-
-impl<'de> Deserialize<'de> for NhDecl {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        de_u32(d, "a next-hop id", |id| {
-            if id == 0 {
-                return Err("next-hop ids start at 1".into());
-            }
-            in_scope(
-                |_, seen| {
-                    if seen.next_hops.insert(id) {
-                        Ok(())
-                    } else {
-                        Err(format!("next hop {id} is declared twice"))
-                    }
-                },
-            )?;
-            Ok(NhDecl(id))
-        })
-    }
-}
-
-/// A next hop in use: declared in this node's next_hops.
-#[derive(Clone, Copy)]
-struct NhRef(u32);
-
-impl<'de> Deserialize<'de> for NhRef {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        de_u32(d, "a next-hop id", |id| {
-            in_scope(|n, _| {
-                if n.next_hops.contains_key(&id) {
-                    Ok(())
-                } else {
-                    Err(format!("next hop {id} is not declared in this node's next_hops"))
-                }
-            })?;
-            Ok(NhRef(id))
-        })
-    }
-}
-
-/// An ECMP member: a declared next hop that is not a group itself.
-struct MemberRef(u32);
-
-impl<'de> Deserialize<'de> for MemberRef {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        de_u32(d, "a next-hop id", |id| {
-            in_scope(|n, _| match n.next_hops.get(&id) {
-                Some(false) => Ok(()),
-                Some(true) => Err(format!("next hop {id} is an ECMP group: groups cannot be members")),
-                None => Err(format!("next hop {id} is not declared in this node's next_hops")),
-            })?;
-            Ok(MemberRef(id))
-        })
-    }
-}
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RouteRaw {
     #[serde(default)]
-    vrf: RoutesVrfRef,
+    vrf: Ref<RoutesVrf>,
     prefix: Cidr,
-    next_hop: NhRef,
+    next_hop: Ref<NextHop>,
 }
 
 struct RouteDoc {
@@ -678,9 +727,9 @@ enum FlowActionDoc {
 #[serde(deny_unknown_fields)]
 struct FlowRuleRaw {
     #[serde(default)]
-    interface: Option<IfRef>,
+    interface: Option<Ref<Interface>>,
     #[serde(default)]
-    vrf: Option<VrfRef>,
+    vrf: Option<Ref<Vrf>>,
     #[serde(default)]
     src: Option<Cidr>,
     #[serde(default)]
@@ -693,11 +742,11 @@ struct FlowRuleRaw {
     dst_ports: Option<Ports>,
     action: FlowActionDoc,
     #[serde(default)]
-    next_hop: Option<NhRef>,
+    next_hop: Option<Ref<NextHop>>,
     #[serde(default)]
     reverse: Option<bool>,
     #[serde(default)]
-    reverse_next_hop: Option<NhRef>,
+    reverse_next_hop: Option<Ref<NextHop>>,
 }
 
 struct FlowRuleDoc(FlowRule);
@@ -737,7 +786,7 @@ fn flow_rule(r: FlowRuleRaw) -> Result<FlowRuleDoc, String> {
         }
     };
     Ok(FlowRuleDoc(FlowRule {
-        interface: r.interface.map(|i| i.0 .0),
+        interface: r.interface.map(|i| i.0),
         vrf: r.vrf.map(|v| v.0),
         src: r.src,
         dst: r.dst,
@@ -766,7 +815,7 @@ impl NodeDoc {
             d.vrfs.insert(v.id.0, (mode, v.kernel_table));
         }
         for i in self.interfaces {
-            let name = i.name.0 .0;
+            let name = i.name.0;
             let xdp_mode = match i.xdp_mode {
                 XdpModeDoc::Auto => pb::XdpMode::Auto,
                 XdpModeDoc::Native => pb::XdpMode::Native,

@@ -77,7 +77,14 @@ pub async fn run(file: PathBuf, status_socket: Option<PathBuf>) -> Result<(), Ru
 
         tokio::select! {
             _ = tokio::time::sleep(POLL) => {}
-            _ = async { match hangup.as_mut() { Some(h) => { h.recv().await; } None => std::future::pending().await } } => {
+            _ = async {
+                match hangup.as_mut() {
+                    Some(h) => {
+                        h.recv().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            } => {
                 info!("SIGHUP: reading the file");
                 last_text = None;
             }

@@ -57,7 +57,11 @@ impl Tracked {
     fn remember(&mut self, name: &str, k: &pb::FlowKey, interface: &str, flow: &pb::Flow) {
         if self.flows.len() >= TRACK_MAX && !self.flows.contains_key(&tuple(k)) {
             if !self.full_warned {
-                warn!(node = %name, max = TRACK_MAX, "too many flows to remember: new ones will not be re-decided on rule changes");
+                warn!(
+                    node = %name,
+                    max = TRACK_MAX,
+                    "too many flows to remember: new ones will not be re-decided on rule changes"
+                );
                 self.full_warned = true;
             }
             return;
@@ -176,7 +180,11 @@ async fn session(
                     match m.kind {
                         Some(pb::flow_miss_message::Kind::Miss(miss)) => found.push(miss),
                         Some(pb::flow_miss_message::Kind::Lagged(n)) => {
-                            warn!(node = %name, lost = n, "flow-miss stream lagged; deciding held flows from the node's table");
+                            warn!(
+                                node = %name,
+                                lost = n,
+                                "flow-miss stream lagged; deciding held flows from the node's table"
+                            );
                             status.node(name, |s| { s.flows.lagged += n; s.flows.lag_resyncs += 1; });
                             lagged = true;
                         }
@@ -354,7 +362,16 @@ async fn answer(
         };
         flow.request_id = m.request_id;
         keys.push((key.clone(), m.interface.clone()));
-        debug!(node = %name, request_id = m.request_id, interface = %m.interface, ?key, action = flow.action, next_hop = flow.next_hop, ?rule, "flow decided");
+        debug!(
+            node = %name,
+            request_id = m.request_id,
+            interface = %m.interface,
+            ?key,
+            action = flow.action,
+            next_hop = flow.next_hop,
+            ?rule,
+            "flow decided"
+        );
         decided.push((flow.action == pb::FlowAction::Forward as i32, rule, no_route));
         flows.push(flow);
     }
@@ -507,7 +524,13 @@ async fn redecide(
             }
         }
     }
-    info!(node = %name, remembered = tracked.flows.len(), rewritten = done, failed, "flows decided again after a change of rules or routes");
+    info!(
+        node = %name,
+        remembered = tracked.flows.len(),
+        rewritten = done,
+        failed,
+        "flows decided again after a change of rules or routes"
+    );
     status.node(name, |s| {
         s.flows.redecided += done;
         s.flows.failed += failed;
