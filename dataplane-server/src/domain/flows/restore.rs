@@ -13,7 +13,8 @@ pub(in crate::domain) struct SavedFlowMode {
     mode: FlowMode,
 }
 
-/// By hand: serde's `flatten` would accept any field; `FlowMode` itself refuses unknown ones.
+/// By hand (the file is JSON): serde's `flatten` would accept any field; `FlowMode` itself refuses
+/// unknown ones.
 impl<'de> Deserialize<'de> for SavedFlowMode {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let mut row = serde_json::Map::deserialize(d)?;
