@@ -157,6 +157,33 @@ impl fmt::Display for Mac {
     }
 }
 
+/// As its text (`198.51.100.0/24`): what the state file holds. Read back strictly (host bits,
+/// lengths), as from the API.
+impl serde::Serialize for Prefix {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Prefix {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// As its text (`02:00:5e:00:53:01`).
+impl serde::Serialize for Mac {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Mac {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -196,5 +223,16 @@ mod tests {
         for bad in ["", "02:00:5e:00:53", "02:00:5e:00:53:01:02", "2:00:5e:00:53:01", "zz:00:5e:00:53:01"] {
             assert!(bad.parse::<Mac>().is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn prefix_and_mac_serde_as_text_and_malformed_rejected() {
+        let p: Prefix = serde_json::from_str("\"198.51.100.0/24\"").unwrap();
+        assert_eq!(serde_json::to_string(&p).unwrap(), "\"198.51.100.0/24\"");
+        let e = serde_json::from_str::<Prefix>("\"198.51.100.7/24\"").unwrap_err().to_string();
+        assert!(e.contains("did you mean 198.51.100.0/24"), "{e}");
+        let m: Mac = serde_json::from_str("\"02:00:5e:00:53:01\"").unwrap();
+        assert_eq!(serde_json::to_string(&m).unwrap(), "\"02:00:5e:00:53:01\"");
+        assert!(serde_json::from_str::<Mac>("\"02:00:5e\"").is_err());
     }
 }

@@ -26,8 +26,9 @@ use super::{
 };
 use crate::net::Mac;
 
-/// How to attach the XDP program.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// How to attach the XDP program. In the state file as `"auto"`, `"native"`, `"generic"`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum XdpMode {
     /// Native where the driver supports it, generic otherwise.
     Auto,

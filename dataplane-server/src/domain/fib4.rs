@@ -11,6 +11,8 @@
 //! table of some prefix of the batch: a new chunk is filled before the entry that points at it,
 //! and a chunk that became unreachable is reused only after an RCU grace period.
 
+pub(super) mod restore;
+
 use std::collections::{BTreeMap, BTreeSet};
 
 use dataplane_common::route::fib4::{self, Chunk, CHUNK, INDEX, LEAF, ROOT_CHUNKS};

@@ -6,6 +6,8 @@
 //! total, so the kernel's cap applies to `created - resolved`. Every created HOLD reaches the
 //! domain as a miss (`record_miss`), so the domain knows each outstanding one by request id.
 
+pub(super) mod restore;
+
 use std::{
     collections::HashMap,
     net::IpAddr,
@@ -19,7 +21,8 @@ use super::{nexthops, vrfs, Domain, DomainError, InterfaceName, State};
 use crate::dataplane::{Dataplane, FlowKey, FlowMiss};
 
 /// Flow mode of one interface.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct FlowMode {
     pub enabled: bool,
     /// While held (and for misses not punted): forward by route instead of dropping.

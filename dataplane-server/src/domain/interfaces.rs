@@ -1,5 +1,7 @@
 //! Interfaces the dataplane owns: validation, slot allocation, attach/detach, counters.
 
+pub(super) mod restore;
+
 use std::fmt;
 
 use dataplane_common::InterfaceStats;

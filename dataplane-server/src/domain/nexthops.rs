@@ -2,6 +2,8 @@
 //! array index for the XDP program). Referential integrity is kept here: a next hop cannot go
 //! while routes or ECMP groups use it, and an ENCAP next hop keeps its interface attached.
 
+pub(super) mod restore;
+
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::IpAddr,
@@ -15,8 +17,9 @@ use crate::{
     net::Mac,
 };
 
-/// What a next hop does.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// What a next hop does. In the state file tagged by `kind` (`{"kind": "encap", ...}`).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum NextHopSpec {
     /// Out of `interface` (attached to the dataplane) to `dst_mac`; source MAC defaults to the
     /// interface's own.

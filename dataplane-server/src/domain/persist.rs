@@ -1,11 +1,25 @@
 //! The state file: what a restarted server cannot read back from the kernel's maps (names, ids,
 //! specs, policy rules, allocations, the generation), written atomically (write + rename) after
-//! every change, and the restore that rebuilds the domain from it plus the maps and the links
-//! the dataplane adopted. Routes and flows are not in it: they are read from their maps.
+//! every change, and the order in which a restart takes it back. Routes and flows are not in it:
+//! they are read from their maps.
+//!
+//! Each concern writes and reads its own part with serde on its own types, beside it
+//! (`vrfs/restore.rs`, `interfaces/restore.rs`, `nexthops/restore.rs`, `policies/restore.rs`,
+//! `flows/restore.rs`; routes and flat tables, read from the kernel, in `routes/restore.rs` and
+//! `fib4/restore.rs`). This file holds the file's shape, its format number, reading and writing
+//! it, and the restore's order.
+//!
+//! Reading is strict: a value this build does not know (an XDP mode, a direction, a prefix with
+//! host bits, a name the API would refuse) is an error naming where it is
+//! (`interfaces[2].xdp_mode: unknown variant ...`) and the server does not start; nothing is read
+//! as a default. So is an unknown field inside an entry: it would qualify that entry (a rule's
+//! new match, a next hop's new option), and dropping it would change what the entry does (a rule
+//! matching more than was written). An unknown field at the top level is ignored: it is a concern
+//! a newer build added, which this build has no part of to serve, and refusing it would only
+//! stop a rollback. A change to what this build reads bumps [`FORMAT`].
 
 use std::{
     collections::BTreeMap,
-    net::IpAddr,
     path::{Path, PathBuf},
 };
 
@@ -13,127 +27,63 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use super::{
-    interfaces::InterfaceEntry,
-    nexthops::NextHopEntry,
-    policies::{Attached, Installed, InstalledRecord, PolicyEntry},
-    Direction, Domain, DomainError, FlowMode, InterfaceName, NextHopSpec, PolicyName, RuleAction, RuleSpec, State,
-    VrfMode,
+    flows::{self, restore::SavedFlowMode},
+    interfaces::{self, restore::SavedInterface},
+    nexthops::{self, restore::SavedNextHop},
+    policies::{
+        self,
+        restore::{SavedAttachment, SavedPolicy},
+        InstalledRecord,
+    },
+    vrfs::{self, restore::SavedVrf},
+    Domain, DomainError, State,
 };
-use crate::{
-    dataplane::{Attachment, Dataplane, InterfaceParams, XdpMode},
-    net::{Mac, Prefix},
-};
+use crate::dataplane::Dataplane;
 
 /// Bumped when the file's meaning changes; a file of another format is refused.
 const FORMAT: u32 = 1;
 
+/// The state file, as the concerns' parts.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Persisted {
     pub format: u32,
     pub generation: u64,
-    pub vrfs: Vec<PVrf>,
-    pub interfaces: Vec<PInterface>,
-    pub nexthops: Vec<PNextHop>,
-    pub policies: Vec<PPolicy>,
+    vrfs: Vec<SavedVrf>,
+    interfaces: Vec<SavedInterface>,
+    nexthops: Vec<SavedNextHop>,
+    policies: Vec<SavedPolicy>,
     /// Tables replaced or deleted but not yet reclaimed (they wait for a grace period).
-    pub retired: Vec<PInstalled>,
-    pub attachments: Vec<PAttachment>,
-    pub flow_modes: Vec<PFlowMode>,
+    retired: Vec<InstalledRecord>,
+    attachments: Vec<SavedAttachment>,
+    flow_modes: Vec<SavedFlowMode>,
     /// Event sequence numbers already handed out stay below these (see `Domain::reserve_seq`).
     pub seq_floors: BTreeMap<String, u64>,
     /// Fingerprint of the eBPF object the pinned programs came from (`loader::object_fingerprint`).
+    /// Absent in files of builds before it was recorded.
     #[serde(default)]
     pub programs_object: Option<u64>,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct PVrf {
-    pub id: u32,
-    /// `Some(table)`: a kernel-FIB VRF.
-    pub kernel_table: Option<u32>,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct PInterface {
-    pub name: String,
-    pub ifindex: u32,
-    pub slot: u32,
-    pub vrf: u32,
-    pub requested: String,
-    pub xdp_mode: String,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum PSpec {
-    Encap { interface: String, dst_mac: String, src_mac: Option<String> },
-    Gateway { interface: String, gateway: String, src_mac: Option<String> },
-    Ecmp { members: Vec<u32> },
-    Discard,
-    Receive,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct PNextHop {
-    pub id: u32,
-    pub slot: u32,
-    pub spec: PSpec,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct PRule {
-    pub priority: u32,
-    pub src: Option<String>,
-    pub dst: Option<String>,
-    pub protocol: Option<u8>,
-    pub src_ports: Option<(u16, u16)>,
-    pub dst_ports: Option<(u16, u16)>,
-    pub icmp_type: Option<u8>,
-    pub icmp_code: Option<u8>,
-    pub tcp_flags: Option<(u8, u8)>,
-    pub action: String,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct PInstalled {
-    pub table: u32,
-    pub pool: (u32, u32),
-    pub rule_slots: (u32, u32),
-    pub rules: Vec<PRule>,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct PPolicy {
-    pub name: String,
-    pub rules: Vec<PRule>,
-    pub installed: PInstalled,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct PAttachment {
-    pub interface: String,
-    pub direction: String,
-    pub policy: String,
-    pub default_deny: bool,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct PFlowMode {
-    pub slot: u32,
-    pub enabled: bool,
-    pub miss_forward: bool,
-    pub hold_cap: u32,
-    pub punt_rate: u32,
-    pub punt_burst: u32,
+/// The format number alone, read first: a file of another format is refused as such, not for
+/// the first field this build would not understand.
+#[derive(Deserialize)]
+struct Header {
+    format: u32,
 }
 
 /// Errors reading or writing the state file.
 #[derive(Debug, thiserror::Error)]
 pub enum PersistError {
+    /// The file could not be read, written or renamed.
     #[error("state file {path}: {op}: {source}")]
     Io { path: PathBuf, op: &'static str, source: std::io::Error },
+    /// Not JSON, or of another format.
     #[error("state file {path}: not a state file of this server: {detail}")]
     Corrupt { path: PathBuf, detail: String },
+    /// A state file of this format with a value this build does not accept at `field` (its path
+    /// in the file, `interfaces[2].xdp_mode`).
+    #[error("state file {path}: {field}: {detail}")]
+    Invalid { path: PathBuf, field: String, detail: String },
 }
 
 /// Reads the state file; `None` if there is none (a first start).
@@ -143,15 +93,28 @@ pub fn read(path: &Path) -> Result<Option<Persisted>, PersistError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(source) => return Err(PersistError::Io { path: path.to_owned(), op: "read", source }),
     };
-    let p: Persisted = serde_json::from_str(&text)
-        .map_err(|e| PersistError::Corrupt { path: path.to_owned(), detail: e.to_string() })?;
-    if p.format != FORMAT {
-        return Err(PersistError::Corrupt {
-            path: path.to_owned(),
-            detail: format!("format {} (this server writes {FORMAT})", p.format),
-        });
+    decode(&text).map(Some).map_err(|e| match e {
+        Decode::Corrupt(detail) => PersistError::Corrupt { path: path.to_owned(), detail },
+        Decode::Invalid { field, detail } => PersistError::Invalid { path: path.to_owned(), field, detail },
+    })
+}
+
+/// Why a text is not a state file (the caller adds the path).
+enum Decode {
+    Corrupt(String),
+    Invalid { field: String, detail: String },
+}
+
+fn decode(text: &str) -> Result<Persisted, Decode> {
+    let header: Header = serde_json::from_str(text).map_err(|e| Decode::Corrupt(e.to_string()))?;
+    if header.format != FORMAT {
+        return Err(Decode::Corrupt(format!("format {} (this server writes {FORMAT})", header.format)));
     }
-    Ok(Some(p))
+    let mut de = serde_json::Deserializer::from_str(text);
+    let p: Persisted = serde_path_to_error::deserialize(&mut de)
+        .map_err(|e| Decode::Invalid { field: e.path().to_string(), detail: e.into_inner().to_string() })?;
+    de.end().map_err(|e| Decode::Corrupt(e.to_string()))?;
+    Ok(p)
 }
 
 /// Writes `p` atomically: a reader (or a restart after a crash at any point) sees the old file or
@@ -169,123 +132,12 @@ pub fn write(path: &Path, p: &Persisted) -> Result<(), PersistError> {
     Ok(())
 }
 
-fn mode_name(m: XdpMode) -> &'static str {
-    match m {
-        XdpMode::Auto => "auto",
-        XdpMode::Native => "native",
-        XdpMode::Generic => "generic",
-    }
-}
-
-fn mode_from(s: &str) -> XdpMode {
-    match s {
-        "native" => XdpMode::Native,
-        "generic" => XdpMode::Generic,
-        _ => XdpMode::Auto,
-    }
-}
-
-fn rule_out(r: &RuleSpec) -> PRule {
-    PRule {
-        priority: r.priority,
-        src: r.src.map(|p| p.to_string()),
-        dst: r.dst.map(|p| p.to_string()),
-        protocol: r.protocol,
-        src_ports: r.src_ports,
-        dst_ports: r.dst_ports,
-        icmp_type: r.icmp_type,
-        icmp_code: r.icmp_code,
-        tcp_flags: r.tcp_flags,
-        action: match r.action {
-            RuleAction::Allow => "allow",
-            RuleAction::Deny => "deny",
-            RuleAction::Punt => "punt",
-        }
-        .into(),
-    }
-}
-
-fn rule_in(r: &PRule) -> Option<RuleSpec> {
-    let prefix = |s: &Option<String>| -> Option<Option<Prefix>> {
-        match s {
-            None => Some(None),
-            Some(s) => s.parse().ok().map(Some),
-        }
-    };
-    Some(RuleSpec {
-        priority: r.priority,
-        src: prefix(&r.src)?,
-        dst: prefix(&r.dst)?,
-        protocol: r.protocol,
-        src_ports: r.src_ports,
-        dst_ports: r.dst_ports,
-        icmp_type: r.icmp_type,
-        icmp_code: r.icmp_code,
-        tcp_flags: r.tcp_flags,
-        action: match r.action.as_str() {
-            "allow" => RuleAction::Allow,
-            "deny" => RuleAction::Deny,
-            "punt" => RuleAction::Punt,
-            _ => return None,
-        },
-    })
-}
-
-fn installed_out(r: &InstalledRecord) -> PInstalled {
-    PInstalled { table: r.table, pool: r.pool, rule_slots: r.rules, rules: r.specs.iter().map(rule_out).collect() }
-}
-
-fn installed_in(p: &PInstalled) -> Option<InstalledRecord> {
-    Some(InstalledRecord {
-        table: p.table,
-        pool: p.pool,
-        rules: p.rule_slots,
-        specs: p.rules.iter().map(rule_in).collect::<Option<Vec<_>>>()?,
-    })
-}
-
-fn spec_out(s: &NextHopSpec) -> PSpec {
-    let mac = |m: &Option<Mac>| m.map(|m| m.to_string());
-    match s {
-        NextHopSpec::Encap { interface, dst_mac, src_mac } => {
-            PSpec::Encap { interface: interface.to_string(), dst_mac: dst_mac.to_string(), src_mac: mac(src_mac) }
-        }
-        NextHopSpec::Gateway { interface, gateway, src_mac } => {
-            PSpec::Gateway { interface: interface.to_string(), gateway: gateway.to_string(), src_mac: mac(src_mac) }
-        }
-        NextHopSpec::Ecmp { members } => PSpec::Ecmp { members: members.clone() },
-        NextHopSpec::Discard => PSpec::Discard,
-        NextHopSpec::Receive => PSpec::Receive,
-    }
-}
-
-fn spec_in(s: &PSpec) -> Option<NextHopSpec> {
-    let name = |n: &str| InterfaceName::parse("interface", n).ok();
-    let mac = |m: &Option<String>| -> Option<Option<Mac>> {
-        match m {
-            None => Some(None),
-            Some(m) => m.parse().ok().map(Some),
-        }
-    };
-    Some(match s {
-        PSpec::Encap { interface, dst_mac, src_mac } => {
-            NextHopSpec::Encap { interface: name(interface)?, dst_mac: dst_mac.parse().ok()?, src_mac: mac(src_mac)? }
-        }
-        PSpec::Gateway { interface, gateway, src_mac } => NextHopSpec::Gateway {
-            interface: name(interface)?,
-            gateway: gateway.parse::<IpAddr>().ok()?,
-            src_mac: mac(src_mac)?,
-        },
-        PSpec::Ecmp { members } => NextHopSpec::Ecmp { members: members.clone() },
-        PSpec::Discard => NextHopSpec::Discard,
-        PSpec::Receive => NextHopSpec::Receive,
-    })
-}
-
-fn direction_name(d: Direction) -> &'static str {
-    match d {
-        Direction::Ingress => "ingress",
-        Direction::Egress => "egress",
+/// A name (or other domain value) the file holds that the domain's own validation refuses, as a
+/// decoding error: the decoder's path names the field, so only the reason is kept.
+pub(super) fn invalid_value<E: serde::de::Error>(e: DomainError) -> E {
+    match e {
+        DomainError::InvalidArgument { reason, .. } => E::custom(reason),
+        e => E::custom(e),
     }
 }
 
@@ -310,71 +162,17 @@ impl State {
     /// The part of the state the file keeps.
     pub(super) fn persisted(&self, seq_floors: BTreeMap<String, u64>, programs_object: Option<u64>) -> Persisted {
         Persisted {
-            programs_object,
             format: FORMAT,
             generation: self.generation,
-            vrfs: self
-                .vrfs
-                .iter()
-                .map(|(id, m)| PVrf {
-                    id: *id,
-                    kernel_table: match m {
-                        VrfMode::Routes => None,
-                        VrfMode::KernelFib { table } => Some(*table),
-                    },
-                })
-                .collect(),
-            interfaces: self
-                .interfaces
-                .iter()
-                .map(|(n, e)| PInterface {
-                    name: n.to_string(),
-                    ifindex: e.link.ifindex,
-                    slot: e.slot,
-                    vrf: e.vrf,
-                    requested: mode_name(e.requested).into(),
-                    xdp_mode: mode_name(e.attachment.xdp_mode).into(),
-                })
-                .collect(),
-            nexthops: self
-                .nexthops
-                .iter()
-                .map(|(id, e)| PNextHop { id: *id, slot: e.slot, spec: spec_out(&e.spec) })
-                .collect(),
-            policies: self
-                .policies
-                .iter()
-                .map(|(n, e)| PPolicy {
-                    name: n.to_string(),
-                    rules: e.rules().iter().map(rule_out).collect(),
-                    installed: installed_out(&e.installed().record()),
-                })
-                .collect(),
-            retired: self.retired_policies.iter().map(|i| installed_out(&i.record())).collect(),
-            attachments: self
-                .policy_attachments
-                .iter()
-                .map(|((i, d), a)| PAttachment {
-                    interface: i.to_string(),
-                    direction: direction_name(*d).into(),
-                    policy: a.policy().to_string(),
-                    default_deny: a.default_deny(),
-                })
-                .collect(),
-            flow_modes: self
-                .flows
-                .modes()
-                .iter()
-                .map(|(slot, m)| PFlowMode {
-                    slot: *slot,
-                    enabled: m.enabled,
-                    miss_forward: m.miss_forward,
-                    hold_cap: m.hold_cap,
-                    punt_rate: m.punt_rate,
-                    punt_burst: m.punt_burst,
-                })
-                .collect(),
+            vrfs: vrfs::restore::saved(self),
+            interfaces: interfaces::restore::saved(self),
+            nexthops: nexthops::restore::saved(self),
+            policies: policies::restore::saved(self),
+            retired: policies::restore::saved_retired(self),
+            attachments: policies::restore::saved_attachments(self),
+            flow_modes: flows::restore::saved(self),
             seq_floors,
+            programs_object,
         }
     }
 }
@@ -390,127 +188,22 @@ impl<D: Dataplane> Domain<D> {
         let mut state = self.lock();
         // The kernel's copy is exact; the file's may lag by the last flow installs.
         state.generation = p.generation.max(self.dataplane.generation()?);
-        for v in &p.vrfs {
-            state.vrfs.insert(v.id, v.kernel_table.map_or(VrfMode::Routes, |table| VrfMode::KernelFib { table }));
-        }
-        *self.seq_floors.lock().unwrap_or_else(|e| e.into_inner()) = p.seq_floors.clone();
+        vrfs::restore::restore(&mut state.vrfs, p.vrfs);
+        *self.seq_floors.lock().unwrap_or_else(|e| e.into_inner()) = p.seq_floors;
 
-        // Interfaces: only those whose links the dataplane still has, on the same ifindex.
-        let adopted: BTreeMap<u32, (u32, u32)> =
-            self.dataplane.adopted().into_iter().map(|a| (a.ifindex, (a.xdp_link_id, a.tc_link_id))).collect();
-        let mut kept_ifindexes = Vec::new();
-        for i in &p.interfaces {
-            let Ok(name) = InterfaceName::parse("name", &i.name) else { continue };
-            let link = self.dataplane.link(&i.name)?;
-            let (Some(link), Some(&(xdp_link_id, tc_link_id))) = (link, adopted.get(&i.ifindex)) else {
-                report.dropped.push(format!("interface {} (ifindex {}): gone", i.name, i.ifindex));
-                continue;
-            };
-            if link.ifindex != i.ifindex || !state.slots.reserve(i.slot) {
-                report.dropped.push(format!("interface {}: now ifindex {}", i.name, link.ifindex));
-                continue;
-            }
-            let kernel_fib = match state.vrfs.get(&i.vrf) {
-                Some(VrfMode::KernelFib { table }) => Some(*table),
-                _ => None,
-            };
-            // The link may have changed while no server ran (MTU, MAC, addresses).
-            self.dataplane.update_interface(&InterfaceParams {
-                slot: i.slot,
-                vrf: i.vrf,
-                link: link.clone(),
-                kernel_fib,
-            })?;
-            let attachment = Attachment { xdp_mode: mode_from(&i.xdp_mode), xdp_link_id, tc_link_id };
-            state.interfaces.insert(
-                name,
-                InterfaceEntry { link, vrf: i.vrf, slot: i.slot, requested: mode_from(&i.requested), attachment },
-            );
-            kept_ifindexes.push(i.ifindex);
-        }
-        for (ifindex, _) in adopted.iter().filter(|(i, _)| !kept_ifindexes.contains(i)) {
-            // Attached by a run that crashed before it recorded the interface, or whose link
-            // changed: not ours to keep.
-            self.dataplane.forget_links(*ifindex)?;
-            report.dropped.push(format!("links of ifindex {ifindex}: not in the state file"));
-        }
-        report.interfaces = state.interfaces.len();
-
-        for n in &p.nexthops {
-            let Some(spec) = spec_in(&n.spec) else {
-                report.dropped.push(format!("next hop {}: unreadable", n.id));
-                continue;
-            };
-            if !state.nh_slots.reserve(n.slot) {
-                report.dropped.push(format!("next hop {}: slot {} taken twice", n.id, n.slot));
-                continue;
-            }
-            state.nh_ids.insert(n.slot, n.id);
-            state.nexthops.insert(n.id, NextHopEntry { slot: n.slot, spec, routes: 0 });
-        }
-        report.nexthops = state.nexthops.len();
-        // Next hops through interfaces that went: emptied, as when a link goes while we run.
-        let missing: Vec<InterfaceName> = state
-            .nexthops
-            .values()
-            .filter_map(|e| e.spec.interface().cloned())
-            .filter(|i| !state.interfaces.contains_key(i))
-            .collect();
-        for name in missing {
-            self.rewrite_nexthops_via(&state, &name);
-        }
-
-        for pol in &p.policies {
-            let (Ok(name), Some(rules), Some(rec)) = (
-                PolicyName::parse("name", &pol.name),
-                pol.rules.iter().map(rule_in).collect::<Option<Vec<_>>>(),
-                installed_in(&pol.installed),
-            ) else {
-                report.dropped.push(format!("policy {}: unreadable", pol.name));
-                continue;
-            };
-            match Installed::restore(&mut state, &rec) {
-                Some(installed) => {
-                    state.policies.insert(name, PolicyEntry::new(rules, installed));
-                }
-                None => report.dropped.push(format!("policy {}: its tables do not fit", pol.name)),
-            }
-        }
-        for r in &p.retired {
-            if let Some(installed) = installed_in(r).and_then(|rec| Installed::restore(&mut state, &rec)) {
-                state.retired_policies.push(installed);
-            }
-        }
-        for a in &p.attachments {
-            let (Ok(i), Ok(pol)) =
-                (InterfaceName::parse("interface", &a.interface), PolicyName::parse("policy", &a.policy))
-            else {
-                continue;
-            };
-            let dir = if a.direction == "egress" { Direction::Egress } else { Direction::Ingress };
-            if state.interfaces.contains_key(&i) && state.policies.contains_key(&pol) {
-                state.policy_attachments.insert((i, dir), Attached::new(pol, a.default_deny));
-            }
-        }
-        report.policies = state.policies.len();
-
-        let slots_in_use: Vec<u32> = state.interfaces.values().map(|e| e.slot).collect();
-        for m in &p.flow_modes {
-            if slots_in_use.contains(&m.slot) {
-                let mode = FlowMode {
-                    enabled: m.enabled,
-                    miss_forward: m.miss_forward,
-                    hold_cap: m.hold_cap,
-                    punt_rate: m.punt_rate,
-                    punt_burst: m.punt_burst,
-                };
-                state.flows.set_mode(m.slot, mode);
-            }
-        }
+        // Each step reads what the ones before it restored: interfaces need the VRFs; next hops
+        // the interfaces; attachments and flow modes the interfaces and policies.
+        self.restore_interfaces(&mut state, p.interfaces, &mut report)?;
+        self.restore_nexthops(&mut state, p.nexthops, &mut report);
+        self.restore_policies(&mut state, p.policies, p.retired, p.attachments, &mut report);
+        flows::restore::restore(&mut state, p.flow_modes);
         // HOLDs of the previous run: their captured packets died with it. Dropped, so the next
         // packet of such a flow is a fresh miss, and the HOLD count starts even.
         self.restore_holds(&mut state)?;
 
+        // Routes from the kernel's maps, against the next hops and VRFs; then the flat tables
+        // from the routes; last the trie's IPv4 routes, removed only where a flat table now
+        // forwards in their place.
         self.restore_routes(&mut state, &mut report)?;
         report.routes = state.routes.len();
         self.restore_fib4(&mut state, &mut report)?;
@@ -530,182 +223,6 @@ impl<D: Dataplane> Domain<D> {
             "state restored"
         );
         Ok(report)
-    }
-
-    /// Routes: IPv4 from their records, and from the trie where a record is missing (what an
-    /// earlier build, or a crash between a trie write and its record, left); IPv6 from the
-    /// trie. Those pointing at a next hop or VRF the file does not know were written by a batch
-    /// that never completed, and go.
-    fn restore_routes(&self, state: &mut State, report: &mut RestoreReport) -> Result<(), DomainError> {
-        use super::routes::{RouteEntry, NO_RECORD};
-        let known = |state: &State, vrf: u32, slot: u32| {
-            state.nh_ids.get(&slot).copied().filter(|_| matches!(state.vrfs.get(&vrf), Some(VrfMode::Routes)))
-        };
-        let mut stale = Vec::new();
-        let mut used = Vec::new();
-        for (slot, r) in self.dataplane.route4_records()? {
-            let addr = std::net::Ipv4Addr::from(r.addr);
-            let prefix = Prefix::containing(IpAddr::V4(addr), r.prefix_len.min(32));
-            let fresh =
-                prefix.addr() == IpAddr::V4(addr) && r.prefix_len <= 32 && !state.routes.contains_key(&(r.vrf, prefix));
-            match known(state, r.vrf, r.nexthop).filter(|_| fresh) {
-                Some(id) => {
-                    state.routes.insert((r.vrf, prefix), RouteEntry { nexthop: id, record: slot });
-                    used.push(slot);
-                }
-                None => {
-                    stale.push(slot);
-                    report.dropped.push(format!(
-                        "route {prefix} in vrf {} (record {slot}): next-hop slot {} unknown",
-                        r.vrf, r.nexthop
-                    ));
-                }
-            }
-        }
-        let mark = used.iter().max().map_or(0, |m| m + 1);
-        state.route4_slots =
-            super::slots::MarkAllocator::restore(self.dataplane.route4_capacity(), mark, used.iter().copied());
-        state.route4_mark = 0;
-        for (vrf, prefix, slot) in self.dataplane.dump_routes()? {
-            match known(state, vrf, slot) {
-                Some(id) => {
-                    // The trie's is the later write where both have the route.
-                    let record = state.routes.get(&(vrf, prefix)).map_or(NO_RECORD, |e| e.record);
-                    state.routes.insert((vrf, prefix), RouteEntry { nexthop: id, record });
-                }
-                None => {
-                    self.dataplane.remove_route(vrf, &prefix)?;
-                    report.dropped.push(format!("route {prefix} in vrf {vrf}: next-hop slot {slot} unknown"));
-                }
-            }
-        }
-        // Records for the IPv4 routes that had none, and the records' next hops where the trie
-        // said otherwise.
-        let mut records = Vec::new();
-        let keys: Vec<(u32, Prefix)> = state.routes.keys().copied().collect();
-        for key in keys {
-            let (vrf, prefix) = key;
-            let IpAddr::V4(a) = prefix.addr() else { continue };
-            let e = state.routes[&key];
-            let slot = match e.record {
-                NO_RECORD => match state.route4_slots.alloc() {
-                    Some(s) => s,
-                    None => continue,
-                },
-                s => s,
-            };
-            state.routes.insert(key, RouteEntry { nexthop: e.nexthop, record: slot });
-            let nh = state.nexthops[&e.nexthop].slot;
-            records.push((
-                slot,
-                dataplane_common::RouteRecord4 {
-                    vrf,
-                    addr: a.octets(),
-                    prefix_len: prefix.len(),
-                    _pad: [0; 2],
-                    flags: dataplane_common::route::RECORD_VALID,
-                    nexthop: nh,
-                },
-            ));
-        }
-        self.dataplane.route4_clear(&stale)?;
-        let mark = state.route4_slots.mark();
-        self.dataplane.route4_reserve(mark)?;
-        state.route4_mark = mark;
-        self.dataplane.route4_store(&records)?;
-        for (&(_, prefix), e) in &state.routes {
-            state.route_counts[usize::from(!prefix.is_ipv4())] += 1;
-            if let Some(nh) = state.nexthops.get_mut(&e.nexthop) {
-                nh.routes += 1;
-            }
-        }
-        Ok(())
-    }
-
-    /// The trie's IPv4 routes after the flat tables are settled: none for a VRF with a flat
-    /// table, every one for a VRF without.
-    fn restore_trie_v4(&self, state: &mut State) -> Result<(), DomainError> {
-        let mut have: std::collections::HashMap<(u32, Prefix), u32> = self
-            .dataplane
-            .dump_routes()?
-            .into_iter()
-            .filter(|(_, p, _)| p.is_ipv4())
-            .map(|(v, p, s)| ((v, p), s))
-            .collect();
-        let mut missing = Vec::new();
-        for (&(vrf, prefix), e) in &state.routes {
-            if !prefix.is_ipv4() || state.fib4.is_flat(vrf) {
-                continue;
-            }
-            let slot = state.nexthops[&e.nexthop].slot;
-            if have.remove(&(vrf, prefix)) != Some(slot) {
-                missing.push((vrf, prefix, slot));
-            }
-        }
-        self.dataplane.insert_routes(&missing).map_err(|(_, e)| DomainError::from(e))?;
-        for ((vrf, prefix), _) in have {
-            if state.fib4.is_flat(vrf) || !state.routes.contains_key(&(vrf, prefix)) {
-                self.dataplane.remove_route(vrf, &prefix)?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Takes over the IPv4 flat tables the kernel has, where they give exactly what the routes
-    /// just restored give; builds the others. Until a table is switched, its VRF's lookups go
-    /// on as they were (a mismatched table is rebuilt beside it and switched to in one write).
-    fn restore_fib4(&self, state: &mut State, report: &mut RestoreReport) -> Result<(), DomainError> {
-        let dp = &self.dataplane;
-        // The roots of the VRFs the file knows, not all 65,536 ids (a syscall each): a root left
-        // for a VRF no longer known is unreachable (no interface is in it, and recreating the VRF
-        // writes a new root before anything can join it), so its chunks may count as free.
-        let known: Vec<u32> = state.vrfs.keys().copied().collect();
-        let roots = dp.fib4_roots(&known)?;
-        let (fib, dropped) = super::fib4::Fib4::adopt(
-            dp.fib4_capacity(),
-            &roots,
-            |c| dp.fib4_load(c),
-            |vrf| matches!(state.vrfs.get(&vrf), Some(VrfMode::Routes)),
-        )?;
-        for &vrf in &dropped {
-            dp.fib4_set_root(vrf, 0)?;
-            report.dropped.push(format!("IPv4 flat table of vrf {vrf}: malformed, or the VRF is gone"));
-        }
-        if !dropped.is_empty() {
-            // Their chunks are free from here on: no program may still be reading them.
-            dp.wait_for_readers()?;
-        }
-        state.fib4 = fib;
-        let vrfs: Vec<u32> = state.vrfs.iter().filter(|(_, m)| **m == VrfMode::Routes).map(|(v, _)| *v).collect();
-        for vrf in vrfs {
-            if state.fib4.is_flat(vrf) {
-                let routes = super::routes::v4_routes(&state.routes, &state.nexthops, vrf);
-                if state.fib4.matches(vrf, &routes) {
-                    report.fib4_adopted.push(vrf);
-                    continue;
-                }
-                report.fib4_built.push(vrf);
-                // The old table forwards until the new one replaces it in one write.
-                if state.fib4.rebuild(dp, |root| dp.fib4_set_root(vrf, root), vrf, &routes)? {
-                    continue;
-                }
-                // No room for both: the trie takes over meanwhile (given the routes first).
-                let entries: Vec<(u32, Prefix, u32)> = routes
-                    .iter()
-                    .map(|&((a, len), slot)| {
-                        (vrf, Prefix::containing(IpAddr::V4(std::net::Ipv4Addr::from(a)), len), slot)
-                    })
-                    .collect();
-                dp.insert_routes(&entries).map_err(|(_, e)| DomainError::from(e))?;
-                state.fib4.demote(dp, |root| dp.fib4_set_root(vrf, root), vrf)?;
-                self.fib4_promote(state, vrf);
-                continue;
-            }
-            self.fib4_promote(state, vrf);
-            report.fib4_built.push(vrf);
-        }
-        state.fib4.flush(dp)?;
-        Ok(())
     }
 
     /// Writes the state file, if this domain has one. A failure is logged: the change it
@@ -742,8 +259,12 @@ mod tests {
     use super::*;
     use crate::dataplane::{NextHops, Routes};
     use crate::{
-        dataplane::AdoptedLinks,
-        domain::{fake::FakeDataplane, AddInterface, NewNextHop, RouteSpec},
+        dataplane::{AdoptedLinks, XdpMode},
+        domain::{
+            fake::FakeDataplane, AddInterface, Direction, InterfaceName, NewNextHop, NextHopSpec, PolicyName,
+            RouteSpec, RuleAction, RuleSpec, VrfMode,
+        },
+        net::Mac,
     };
 
     fn name(s: &str) -> InterfaceName {
@@ -916,5 +437,306 @@ mod tests {
         assert!(b.list_interfaces(None).unwrap().is_empty());
         assert_eq!(b.list_nexthops().unwrap()[0].state, super::super::NextHopState::InterfaceMissing);
         assert_eq!(b.dataplane().nexthop(0), None, "its slot was emptied");
+    }
+}
+
+#[cfg(test)]
+pub(super) mod sample {
+    //! A domain using every part of the state file, built the same way each time.
+
+    use super::*;
+    use crate::{
+        dataplane::XdpMode,
+        domain::{
+            fake::FakeDataplane, AddInterface, Direction, FlowMode, InterfaceName, NewNextHop, NextHopSpec, PolicyName,
+            RouteSpec, RuleAction, RuleSpec, VrfMode,
+        },
+        net::Mac,
+    };
+
+    fn name(s: &str) -> InterfaceName {
+        InterfaceName::parse("n", s).unwrap()
+    }
+
+    /// Links the sample's interfaces are on.
+    pub const LINKS: &[(&str, u32)] = &[("eth0", 7), ("eth1", 8), ("eth2", 9)];
+
+    pub fn domain() -> Domain<FakeDataplane> {
+        let a = Domain::new(FakeDataplane::with_links(LINKS));
+        a.add_vrf(5, VrfMode::KernelFib { table: 100 }).unwrap();
+        a.add_vrf(6, VrfMode::Routes).unwrap();
+        a.add_interface(AddInterface { name: name("eth0"), mode: XdpMode::Auto, vrf: 0 }).unwrap();
+        a.add_interface(AddInterface { name: name("eth1"), mode: XdpMode::Generic, vrf: 6 }).unwrap();
+        a.add_interface(AddInterface { name: name("eth2"), mode: XdpMode::Native, vrf: 5 }).unwrap();
+        a.add_nexthops(vec![
+            NewNextHop {
+                id: 10,
+                spec: NextHopSpec::Encap {
+                    interface: name("eth0"),
+                    dst_mac: Mac([2, 0, 0x5e, 0, 0x53, 1]),
+                    src_mac: Some(Mac([2, 0, 0x5e, 0, 0x53, 0xfe])),
+                },
+            },
+            NewNextHop {
+                id: 11,
+                spec: NextHopSpec::Gateway {
+                    interface: name("eth1"),
+                    gateway: "192.0.2.1".parse().unwrap(),
+                    src_mac: None,
+                },
+            },
+            NewNextHop {
+                id: 14,
+                spec: NextHopSpec::Gateway {
+                    interface: name("eth1"),
+                    gateway: "2001:db8::1".parse().unwrap(),
+                    src_mac: Some(Mac([2, 0, 0, 0, 0, 9])),
+                },
+            },
+            NewNextHop { id: 12, spec: NextHopSpec::Ecmp { members: vec![10, 11] } },
+            NewNextHop { id: 13, spec: NextHopSpec::Discard },
+            NewNextHop { id: 15, spec: NextHopSpec::Receive },
+        ])
+        .unwrap();
+        a.add_routes(vec![
+            RouteSpec { vrf: 0, prefix: "198.51.100.0/24".parse().unwrap(), nexthop: 12 },
+            RouteSpec { vrf: 0, prefix: "2001:db8:1::/48".parse().unwrap(), nexthop: 14 },
+            RouteSpec { vrf: 6, prefix: "203.0.113.0/24".parse().unwrap(), nexthop: 13 },
+            RouteSpec { vrf: 6, prefix: "0.0.0.0/0".parse().unwrap(), nexthop: 15 },
+        ])
+        .unwrap();
+        let rules = vec![
+            RuleSpec {
+                priority: 1,
+                src: Some("192.0.2.0/24".parse().unwrap()),
+                dst: Some("203.0.113.0/24".parse().unwrap()),
+                protocol: Some(6),
+                src_ports: Some((1024, 65535)),
+                dst_ports: Some((80, 89)),
+                icmp_type: None,
+                icmp_code: None,
+                tcp_flags: Some((0x12, 0x02)),
+                action: RuleAction::Deny,
+            },
+            RuleSpec {
+                priority: 2,
+                src: None,
+                dst: Some("2001:db8::/32".parse().unwrap()),
+                protocol: Some(58),
+                src_ports: None,
+                dst_ports: None,
+                icmp_type: Some(128),
+                icmp_code: Some(0),
+                tcp_flags: None,
+                action: RuleAction::Punt,
+            },
+            RuleSpec {
+                priority: 3,
+                src: None,
+                dst: None,
+                protocol: None,
+                src_ports: None,
+                dst_ports: None,
+                icmp_type: None,
+                icmp_code: None,
+                tcp_flags: None,
+                action: RuleAction::Allow,
+            },
+        ];
+        let edge = PolicyName::parse("p", "edge").unwrap();
+        a.put_policy(edge.clone(), rules[..1].to_vec()).unwrap();
+        a.put_policy(PolicyName::parse("p", "core.v2").unwrap(), rules[2..].to_vec()).unwrap();
+        a.attach_policy(&edge, &name("eth0"), Direction::Egress, true).unwrap();
+        a.attach_policy(&PolicyName::parse("p", "core.v2").unwrap(), &name("eth0"), Direction::Ingress, false).unwrap();
+        // Replaced while attached: its first table is retired, waiting for a grace period.
+        a.put_policy(edge.clone(), rules.clone()).unwrap();
+        a.set_flow_mode(
+            &name("eth1"),
+            FlowMode { enabled: true, miss_forward: true, hold_cap: 1000, punt_rate: 200, punt_burst: 50 },
+        )
+        .unwrap();
+        a
+    }
+
+    /// What `domain()` had when the fixture was written: not in the domain's state proper.
+    pub fn seq_floors() -> BTreeMap<String, u64> {
+        BTreeMap::from([("flow_misses".to_owned(), 4096u64), ("netlink".to_owned(), 16384)])
+    }
+
+    /// The `programs_object` of the fixture.
+    pub const PROGRAMS_OBJECT: u64 = 0x1234_5678_9abc_def0;
+}
+
+#[cfg(test)]
+mod file_tests {
+    //! The file as builds have written it, and what a strict reader refuses.
+
+    use super::*;
+    use crate::{dataplane::AdoptedLinks, domain::fake::FakeDataplane};
+
+    /// `sample::domain()`'s state file, as the build before persistence moved beside the
+    /// concerns (commit f8bc4bc) wrote it.
+    const FORMAT1: &str = include_str!("../../tests/fixtures/state-format1.json");
+
+    fn json(p: &Persisted) -> String {
+        String::from_utf8(serde_json::to_vec(p).unwrap()).unwrap()
+    }
+
+    /// `FORMAT1` with `edit` applied, decoded.
+    fn decode_edited(edit: impl FnOnce(&mut serde_json::Value)) -> Result<Persisted, Decode> {
+        let mut v: serde_json::Value = serde_json::from_str(FORMAT1).unwrap();
+        edit(&mut v);
+        decode(&v.to_string())
+    }
+
+    /// The field and detail of an `Invalid` decode.
+    fn invalid(r: Result<Persisted, Decode>) -> (String, String) {
+        match r {
+            Err(Decode::Invalid { field, detail }) => (field, detail),
+            Err(Decode::Corrupt(d)) => panic!("corrupt, not invalid: {d}"),
+            Ok(_) => panic!("decoded"),
+        }
+    }
+
+    #[test]
+    fn write_sample_domain_same_bytes_as_format1_fixture() {
+        let a = sample::domain();
+        let written = json(&a.lock().persisted(sample::seq_floors(), Some(sample::PROGRAMS_OBJECT)));
+        assert_eq!(written, FORMAT1.trim_end());
+    }
+
+    #[test]
+    fn read_format1_fixture_restores_the_domain_it_was_written_from() {
+        let path = std::env::temp_dir().join(format!("dataplane-persist-{}-format1.json", std::process::id()));
+        std::fs::write(&path, FORMAT1).unwrap();
+        let file = read(&path).unwrap().expect("a state file");
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(file.programs_object, Some(sample::PROGRAMS_OBJECT));
+
+        // A new process over the kernel the sample domain left: its links, maps and routes.
+        let a = sample::domain();
+        let b = Domain::new(FakeDataplane::with_links(sample::LINKS));
+        for (slot, &(_, ifindex)) in sample::LINKS.iter().enumerate() {
+            let slot = slot as u32;
+            b.dataplane().adopted.lock().unwrap().push(AdoptedLinks {
+                ifindex,
+                xdp_link_id: 100 + slot,
+                tc_link_id: 200 + slot,
+            });
+        }
+        b.dataplane().copy_maps_from(a.dataplane());
+        let report = b.restore(Some(file)).unwrap();
+        assert_eq!((report.interfaces, report.nexthops, report.routes, report.policies), (3, 6, 4, 2), "{report:?}");
+        assert!(report.dropped.is_empty(), "{report:?}");
+
+        assert_eq!(b.list_vrfs(), a.list_vrfs());
+        assert_eq!(b.list_interfaces(None).unwrap(), a.list_interfaces(None).unwrap());
+        assert_eq!(b.list_nexthops().unwrap(), a.list_nexthops().unwrap());
+        assert_eq!(b.list_routes(None, None), a.list_routes(None, None));
+        let pols = |d: &Domain<FakeDataplane>| format!("{:?}", d.list_policies(None).unwrap());
+        assert_eq!(pols(&b), pols(&a));
+        assert_eq!(b.lock().flows.modes(), a.lock().flows.modes());
+        assert_eq!(b.seq_floor("netlink"), 16384);
+        // Everything the file holds, back as it was: written again, the same bytes.
+        let floors = b.seq_floors.lock().unwrap().clone();
+        assert_eq!(json(&b.lock().persisted(floors, Some(sample::PROGRAMS_OBJECT))), FORMAT1.trim_end());
+    }
+
+    #[test]
+    fn read_file_without_programs_object_loads_as_none() {
+        let p = decode_edited(|v| {
+            v.as_object_mut().unwrap().remove("programs_object");
+        });
+        assert_eq!(p.ok().map(|p| p.programs_object), Some(None));
+    }
+
+    #[test]
+    fn read_unknown_xdp_mode_invalid_naming_the_field() {
+        let (field, detail) = invalid(decode_edited(|v| v["interfaces"][2]["xdp_mode"] = "turbo".into()));
+        assert_eq!(field, "interfaces[2].xdp_mode");
+        assert!(detail.contains("unknown variant `turbo`, expected one of `auto`, `native`, `generic`"), "{detail}");
+    }
+
+    #[test]
+    fn read_unknown_direction_invalid_naming_the_field() {
+        let (field, detail) = invalid(decode_edited(|v| v["attachments"][1]["direction"] = "sideways".into()));
+        assert_eq!(field, "attachments[1].direction");
+        assert!(detail.contains("unknown variant `sideways`, expected `ingress` or `egress`"), "{detail}");
+    }
+
+    #[test]
+    fn read_bad_prefix_in_rule_invalid_naming_the_field() {
+        let (field, detail) = invalid(decode_edited(|v| v["policies"][1]["rules"][0]["src"] = "192.0.2.7/24".into()));
+        assert_eq!(field, "policies[1].rules[0].src");
+        assert!(detail.contains("did you mean 192.0.2.0/24"), "{detail}");
+        let (field, _) = invalid(decode_edited(|v| v["retired"][0]["rules"][0]["dst"] = "not a prefix".into()));
+        assert_eq!(field, "retired[0].rules[0].dst");
+    }
+
+    #[test]
+    fn read_unknown_rule_action_or_nexthop_kind_invalid_naming_the_field() {
+        let (field, detail) = invalid(decode_edited(|v| v["policies"][0]["rules"][0]["action"] = "drop".into()));
+        assert_eq!(field, "policies[0].rules[0].action");
+        assert!(detail.contains("unknown variant `drop`"), "{detail}");
+        let (field, detail) = invalid(decode_edited(|v| v["nexthops"][3]["spec"]["kind"] = "blackhole".into()));
+        assert_eq!(field, "nexthops[3].spec.kind");
+        assert!(detail.contains("unknown variant `blackhole`"), "{detail}");
+    }
+
+    #[test]
+    fn read_bad_mac_or_name_invalid_naming_the_field() {
+        let (field, detail) = invalid(decode_edited(|v| v["nexthops"][0]["spec"]["dst_mac"] = "02:00:5e".into()));
+        // Inside a `kind`-tagged spec the decoder's path stops at the spec; the value says which.
+        assert_eq!(field, "nexthops[0].spec");
+        assert!(detail.contains("\"02:00:5e\" is not a MAC address"), "{detail}");
+        let (field, detail) = invalid(decode_edited(|v| v["interfaces"][0]["name"] = "eth/0".into()));
+        assert_eq!(field, "interfaces[0].name");
+        assert!(detail.contains("contains '/'"), "{detail}");
+        let (field, _) = invalid(decode_edited(|v| v["attachments"][0]["policy"] = "no spaces".into()));
+        assert_eq!(field, "attachments[0].policy");
+    }
+
+    #[test]
+    fn read_unknown_field_in_entry_invalid_and_at_top_level_ignored() {
+        for (entry, unknown, at) in [
+            ("/policies/1/rules/0", "dscp", "policies[1].rules[0].dscp"),
+            ("/retired/0", "generation", "retired[0].generation"),
+            ("/nexthops/0/spec", "weight", "nexthops[0].spec"),
+            ("/interfaces/0", "mtu", "interfaces[0].mtu"),
+            ("/flow_modes/0", "burst", "flow_modes[0]"),
+            ("/vrfs/1", "table", "vrfs[1].table"),
+            ("/attachments/0", "priority", "attachments[0].priority"),
+        ] {
+            let (field, detail) = invalid(decode_edited(|v| {
+                v.pointer_mut(entry).unwrap().as_object_mut().unwrap().insert(unknown.into(), 1.into());
+            }));
+            assert_eq!(field, at, "{detail}");
+            assert!(detail.contains(&format!("unknown field `{unknown}`")), "{detail}");
+        }
+        assert!(decode_edited(|v| v["overlays"] = serde_json::json!([])).is_ok());
+    }
+
+    #[test]
+    fn read_other_format_corrupt_before_any_field_is_read() {
+        let r = decode_edited(|v| {
+            v["format"] = 2.into();
+            v["interfaces"][0]["xdp_mode"] = "turbo".into();
+        });
+        assert!(matches!(r, Err(Decode::Corrupt(ref d)) if d.contains("format 2")));
+    }
+
+    #[test]
+    fn read_file_error_names_path_and_field() {
+        let path = std::env::temp_dir().join(format!("dataplane-persist-{}-turbo.json", std::process::id()));
+        std::fs::write(
+            &path,
+            FORMAT1
+                .replace(r#""requested":"native","xdp_mode":"native""#, r#""requested":"native","xdp_mode":"turbo""#),
+        )
+        .unwrap();
+        let e = read(&path).unwrap_err().to_string();
+        std::fs::remove_file(&path).unwrap();
+        let want = format!("state file {}: interfaces[2].xdp_mode: unknown variant `turbo`", path.display());
+        assert!(e.starts_with(&want), "{e}");
     }
 }

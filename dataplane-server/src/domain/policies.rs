@@ -6,6 +6,8 @@
 //! and reclaimed at the next policy change after an RCU grace period
 //! ([`Dataplane::wait_for_readers`]), when no packet can still be classifying against it.
 
+pub(super) mod restore;
+
 use std::collections::BTreeMap;
 
 use dataplane_common::policy::{
@@ -53,7 +55,8 @@ impl std::fmt::Display for PolicyName {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum RuleAction {
     Allow,
     Deny,
@@ -61,7 +64,8 @@ pub enum RuleAction {
     Punt,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Direction {
     Ingress,
     Egress,
@@ -77,7 +81,8 @@ impl Direction {
 }
 
 /// One rule, syntactically valid (the API checked value ranges); the domain checks the rest.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RuleSpec {
     /// Lower first; unique within a policy.
     pub priority: u32,
@@ -362,11 +367,14 @@ impl<D: Dataplane> Domain<D> {
 }
 
 /// A table as the state file keeps it: where it lives, and the rules to compile it from again.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(super) struct InstalledRecord {
     pub table: u32,
     pub pool: (u32, u32),
+    #[serde(rename = "rule_slots")]
     pub rules: (u32, u32),
+    #[serde(rename = "rules")]
     pub specs: Vec<RuleSpec>,
 }
 

@@ -2,6 +2,8 @@
 //! Batches are all or nothing: everything is validated before the first kernel write, and a
 //! kernel failure part-way undoes the writes already made.
 
+pub(super) mod restore;
+
 use std::{
     collections::{BTreeSet, HashMap, HashSet},
     net::IpAddr,

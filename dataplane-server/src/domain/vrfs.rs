@@ -1,6 +1,8 @@
 //! VRFs: routing table ids. VRF 0 always exists; others are created and deleted explicitly and
 //! cannot be deleted while interfaces or routes use them.
 
+pub(super) mod restore;
+
 use super::{Domain, DomainError};
 use crate::dataplane::Dataplane;
 
