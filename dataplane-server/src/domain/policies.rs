@@ -151,7 +151,7 @@ impl<D: Dataplane> Domain<D> {
             }
         }
         self.reclaim_retired(&mut state)?;
-        let installed = compile(&mut state, &rules)?;
+        let installed = self.compile(&mut state, &rules)?;
         let new_table = installed.image.table;
         let (writes, users) = publish(&state, &name, &installed);
         if let Err(e) = Journal::apply(&self.dataplane, writes) {
@@ -284,6 +284,39 @@ impl<D: Dataplane> Domain<D> {
         Ok(())
     }
 
+    /// Compiles `rules` into a free table (allocated here, written by the caller).
+    fn compile(&self, state: &mut State, rules: &[RuleSpec]) -> Result<Installed, DomainError> {
+        let specs: Vec<MatchSpec> = rules.iter().map(match_spec).collect();
+        let n = rules.len() as u32;
+        let table = state
+            .policy_tables
+            .alloc()
+            .ok_or(DomainError::Exhausted { what: "policy tables", capacity: state.policy_tables.capacity() })?;
+        let Some(rule_base) = state.rule_slots.alloc(n) else {
+            state.policy_tables.free(table);
+            return Err(
+                DomainError::Exhausted { what: "policy rule slots", capacity: state.rule_slots.capacity() }.at("rules")
+            );
+        };
+        let mut pool = (0, 0);
+        let pool_alloc = &mut state.policy_pool;
+        let image = classifier::compile(&specs, table, rule_base, |len| {
+            let start = pool_alloc.alloc(len)?;
+            pool = (start, len);
+            Some(start)
+        });
+        let Some(image) = image else {
+            state.policy_tables.free(table);
+            state.rule_slots.free(rule_base, n);
+            return Err(DomainError::Exhausted {
+                what: "policy classifier words",
+                capacity: state.policy_pool.capacity(),
+            }
+            .at("rules"));
+        };
+        Ok(Installed { image, pool, rules: (rule_base, n), specs: rules.to_vec() })
+    }
+
     /// Frees every retired table after a grace period.
     fn reclaim_retired(&self, state: &mut State) -> Result<(), DomainError> {
         if state.retired_policies.is_empty() {
@@ -365,36 +398,6 @@ impl Attached {
     pub(super) fn default_deny(&self) -> bool {
         self.default_deny
     }
-}
-
-/// Compiles `rules` into a free table (allocated here, written by the caller).
-fn compile(state: &mut State, rules: &[RuleSpec]) -> Result<Installed, DomainError> {
-    let specs: Vec<MatchSpec> = rules.iter().map(match_spec).collect();
-    let n = rules.len() as u32;
-    let table = state
-        .policy_tables
-        .alloc()
-        .ok_or(DomainError::Exhausted { what: "policy tables", capacity: state.policy_tables.capacity() })?;
-    let Some(rule_base) = state.rule_slots.alloc(n) else {
-        state.policy_tables.free(table);
-        return Err(
-            DomainError::Exhausted { what: "policy rule slots", capacity: state.rule_slots.capacity() }.at("rules")
-        );
-    };
-    let mut pool = (0, 0);
-    let pool_alloc = &mut state.policy_pool;
-    let image = classifier::compile(&specs, table, rule_base, |len| {
-        let start = pool_alloc.alloc(len)?;
-        pool = (start, len);
-        Some(start)
-    });
-    let Some(image) = image else {
-        state.policy_tables.free(table);
-        state.rule_slots.free(rule_base, n);
-        return Err(DomainError::Exhausted { what: "policy classifier words", capacity: state.policy_pool.capacity() }
-            .at("rules"));
-    };
-    Ok(Installed { image, pool, rules: (rule_base, n), specs: rules.to_vec() })
 }
 
 /// The writes that put policy `name`'s new table in place: the table, then every attachment
