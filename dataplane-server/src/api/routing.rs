@@ -9,8 +9,8 @@ use tonic::{Request, Response, Status};
 use crate::{
     dataplane::Dataplane,
     domain::{
-        Domain, DomainError, InterfaceName, Ipv4Lookup, NewNextHop, NextHopSpec, NextHopState, NextHopView, RouteSpec,
-        VrfMode,
+        Domain, DomainError, InterfaceName, Ipv4Lookup, NewNextHop, NextHopSpec, NextHopState, NextHopView, OnExisting,
+        RouteSpec, VrfMode,
     },
     net::{parse_addr, Mac, Prefix},
 };
@@ -85,14 +85,14 @@ impl<D: Dataplane> pb::routing_server::Routing for RoutingService<D> {
         req: Request<pb::AddNextHopsRequest>,
     ) -> Result<Response<pb::AddNextHopsResponse>, Status> {
         let req = req.into_inner();
-        let replace = req.replace;
+        let on_existing = on_existing(req.replace);
         let batch = req
             .next_hops
             .into_iter()
             .enumerate()
             .map(|(i, n)| decode_nexthop(n).map_err(|e| e.at(format!("next_hops[{i}]"))))
             .collect::<Result<Vec<_>, _>>()?;
-        let generation = self.domain.add_nexthops_with(batch, replace)?;
+        let generation = self.domain.add_nexthops_with(batch, on_existing)?;
         Ok(Response::new(pb::AddNextHopsResponse { generation }))
     }
 
@@ -114,7 +114,7 @@ impl<D: Dataplane> pb::routing_server::Routing for RoutingService<D> {
 
     async fn add_routes(&self, req: Request<pb::AddRoutesRequest>) -> Result<Response<pb::AddRoutesResponse>, Status> {
         let req = req.into_inner();
-        let replace = req.replace;
+        let on_existing = on_existing(req.replace);
         let batch = req
             .routes
             .into_iter()
@@ -124,7 +124,7 @@ impl<D: Dataplane> pb::routing_server::Routing for RoutingService<D> {
                 Ok(RouteSpec { vrf: r.vrf, prefix, nexthop: r.next_hop })
             })
             .collect::<Result<Vec<_>, DomainError>>()?;
-        let generation = self.domain.add_routes_with(batch, replace)?;
+        let generation = self.domain.add_routes_with(batch, on_existing)?;
         Ok(Response::new(pb::AddRoutesResponse { generation }))
     }
 
@@ -248,4 +248,13 @@ fn encode_nexthop(v: NextHopView) -> pb::NextHop {
 
 fn encode_route(r: &RouteSpec) -> pb::Route {
     pb::Route { vrf: r.vrf, prefix: r.prefix.to_string(), next_hop: r.nexthop }
+}
+
+/// The request's `replace` flag as the domain takes it.
+fn on_existing(replace: bool) -> OnExisting {
+    if replace {
+        OnExisting::Replace
+    } else {
+        OnExisting::Refuse
+    }
 }

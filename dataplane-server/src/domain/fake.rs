@@ -51,6 +51,10 @@ pub struct FakeDataplane {
     /// `ROUTE4_RECORDS` (valid ones) and its high-water mark.
     pub records: Mutex<BTreeMap<u32, dataplane_common::RouteRecord4>>,
     pub records_mark: AtomicI64,
+    /// Kernel writes left before one fails (see `fail_write`); negative: never.
+    writes_left: AtomicI64,
+    /// Every kernel write made (method names), failed ones included.
+    write_log: Mutex<Vec<&'static str>>,
 }
 
 impl Default for FakeDataplane {
@@ -77,6 +81,8 @@ impl Default for FakeDataplane {
             fib4_roots: Mutex::default(),
             records: Mutex::default(),
             records_mark: AtomicI64::new(0),
+            writes_left: AtomicI64::new(-1),
+            write_log: Mutex::default(),
         }
     }
 }
@@ -124,6 +130,49 @@ impl FakeDataplane {
         self.route_inserts_left.store(n, Ordering::SeqCst);
     }
 
+    /// The `n`th kernel write from now (1: the next one) fails and changes nothing; every
+    /// method that changes kernel state counts as one write.
+    pub fn fail_write(&self, n: i64) {
+        self.writes_left.store(n, Ordering::SeqCst);
+    }
+
+    /// The kernel writes made so far (method names), the failed one included.
+    pub fn write_log(&self) -> Vec<&'static str> {
+        self.write_log.lock().unwrap().clone()
+    }
+
+    /// Counts a kernel write named `what`; the error if it is the one `fail_write` chose.
+    fn write(&self, what: &'static str) -> Result<(), DataplaneError> {
+        self.write_log.lock().unwrap().push(what);
+        if self.writes_left.fetch_sub(1, Ordering::SeqCst) == 1 {
+            return Err(DataplaneError::SlotOutOfRange { map: what, slot: 0, max: 0 });
+        }
+        Ok(())
+    }
+
+    /// Everything the fake kernel holds, to compare before and after a failed batch; without
+    /// `times`, flows' timestamps read 0 (to compare runs made at different times).
+    pub fn snapshot(&self, times: bool) -> (String, Vec<dataplane_common::route::fib4::Chunk>) {
+        let mut flows = self.flows.lock().unwrap().clone();
+        if !times {
+            for v in flows.values_mut() {
+                (v.created_ns, v.last_seen_ns) = (0, 0);
+            }
+        }
+        let maps = format!(
+            "{:?}",
+            (
+                (&*self.links.lock().unwrap(), &*self.configs.lock().unwrap(), &*self.attached.lock().unwrap()),
+                (&*self.nexthops.lock().unwrap(), &*self.routes.lock().unwrap(), &*self.records.lock().unwrap()),
+                (&*self.policy_tables.lock().unwrap(), &*self.policy_attach.lock().unwrap()),
+                (&*self.flow_config.lock().unwrap(), flows),
+                (&*self.fib4_roots.lock().unwrap(), self.records_mark.load(Ordering::SeqCst)),
+                (self.generation.load(Ordering::SeqCst), self.holds_resolved.load(Ordering::SeqCst)),
+            )
+        );
+        (maps, self.fib4_pool.lock().unwrap().clone())
+    }
+
     pub fn set_rx_packets(&self, slot: u32, n: u64) {
         self.stats.lock().unwrap().entry(slot).or_default().rx_packets = n;
     }
@@ -168,6 +217,7 @@ impl Interfaces for FakeDataplane {
     }
 
     fn attach(&self, name: &str, p: &InterfaceParams, mode: XdpMode) -> Result<Attachment, DataplaneError> {
+        self.write("attach")?;
         if self.fail_attach.swap(false, Ordering::SeqCst) {
             return Err(DataplaneError::XdpModeUnsupported { interface: name.to_owned(), mode: "native" });
         }
@@ -179,11 +229,13 @@ impl Interfaces for FakeDataplane {
     }
 
     fn update_interface(&self, p: &InterfaceParams) -> Result<(), DataplaneError> {
+        self.write("update_interface")?;
         self.configs.lock().unwrap().insert(p.link.ifindex, p.clone());
         Ok(())
     }
 
     fn detach(&self, ifindex: u32, _slot: u32) -> Result<(), DataplaneError> {
+        self.write("detach")?;
         self.attached.lock().unwrap().remove(&ifindex);
         self.configs.lock().unwrap().remove(&ifindex);
         Ok(())
@@ -198,6 +250,7 @@ impl Interfaces for FakeDataplane {
     }
 
     fn forget_links(&self, ifindex: u32) -> Result<(), DataplaneError> {
+        self.write("forget_links")?;
         self.adopted.lock().unwrap().retain(|a| a.ifindex != ifindex);
         self.attached.lock().unwrap().remove(&ifindex);
         Ok(())
@@ -206,11 +259,13 @@ impl Interfaces for FakeDataplane {
 
 impl NextHops for FakeDataplane {
     fn set_nexthop(&self, slot: u32, nh: &NextHopParams, _fresh: bool) -> Result<(), DataplaneError> {
+        self.write("set_nexthop")?;
         self.nexthops.lock().unwrap().insert(slot, nh.clone());
         Ok(())
     }
 
     fn clear_nexthop(&self, slot: u32) -> Result<(), DataplaneError> {
+        self.write("clear_nexthop")?;
         self.nexthops.lock().unwrap().remove(&slot);
         Ok(())
     }
@@ -222,6 +277,7 @@ impl NextHops for FakeDataplane {
 
 impl Routes for FakeDataplane {
     fn insert_route(&self, vrf: u32, prefix: &Prefix, nexthop_slot: u32) -> Result<(), DataplaneError> {
+        self.write("insert_route")?;
         if self.route_inserts_left.fetch_sub(1, Ordering::SeqCst) == 0 {
             return Err(DataplaneError::SlotOutOfRange { map: "ROUTES_V4", slot: 0, max: 0 });
         }
@@ -230,6 +286,7 @@ impl Routes for FakeDataplane {
     }
 
     fn remove_route(&self, vrf: u32, prefix: &Prefix) -> Result<(), DataplaneError> {
+        self.write("remove_route")?;
         self.routes.lock().unwrap().remove(&(vrf, *prefix));
         Ok(())
     }
@@ -258,11 +315,13 @@ impl Routes for FakeDataplane {
     }
 
     fn route4_reserve(&self, slots: u32) -> Result<(), DataplaneError> {
-        self.records_mark.fetch_max(i64::from(slots), Ordering::SeqCst);
+        self.write("route4_reserve")?;
+        self.records_mark.store(i64::from(slots), Ordering::SeqCst);
         Ok(())
     }
 
     fn route4_store(&self, records: &[(u32, dataplane_common::RouteRecord4)]) -> Result<(), DataplaneError> {
+        self.write("route4_store")?;
         let mark = self.records_mark.load(Ordering::SeqCst);
         let mut map = self.records.lock().unwrap();
         for (slot, r) in records {
@@ -273,6 +332,7 @@ impl Routes for FakeDataplane {
     }
 
     fn route4_clear(&self, slots: &[u32]) -> Result<(), DataplaneError> {
+        self.write("route4_clear")?;
         let mut map = self.records.lock().unwrap();
         for slot in slots {
             map.remove(slot);
@@ -291,6 +351,7 @@ impl Fib4 for FakeDataplane {
     }
 
     fn fib4_store(&self, chunk: u32, first: usize, values: &[u32]) -> Result<(), DataplaneError> {
+        self.write("fib4_store")?;
         let mut pool = self.fib4_pool.lock().unwrap();
         let c = pool.get_mut(chunk as usize).ok_or(DataplaneError::SlotOutOfRange {
             map: names::FIB4_CHUNKS,
@@ -302,6 +363,7 @@ impl Fib4 for FakeDataplane {
     }
 
     fn fib4_set_root(&self, vrf: u32, root: u32) -> Result<(), DataplaneError> {
+        self.write("fib4_set_root")?;
         let mut roots = self.fib4_roots.lock().unwrap();
         if root == 0 {
             roots.remove(&vrf);
@@ -327,16 +389,19 @@ impl Fib4 for FakeDataplane {
 
 impl Policies for FakeDataplane {
     fn write_policy(&self, image: &crate::dataplane::PolicyImage) -> Result<(), DataplaneError> {
+        self.write("write_policy")?;
         self.policy_tables.lock().unwrap().insert(image.table, image.clone());
         Ok(())
     }
 
     fn clear_policy(&self, image: &crate::dataplane::PolicyImage) -> Result<(), DataplaneError> {
+        self.write("clear_policy")?;
         self.policy_tables.lock().unwrap().remove(&image.table);
         Ok(())
     }
 
     fn set_policy_attachment(&self, slot: u32, direction: u32, word: u32) -> Result<(), DataplaneError> {
+        self.write("set_policy_attachment")?;
         self.policy_attach.lock().unwrap().insert((slot, direction), word);
         Ok(())
     }
@@ -348,6 +413,7 @@ impl Policies for FakeDataplane {
 
 impl Flows for FakeDataplane {
     fn set_flow_config(&self, slot: u32, cfg: &dataplane_common::flow::FlowConfig) -> Result<(), DataplaneError> {
+        self.write("set_flow_config")?;
         self.flow_config.lock().unwrap().insert(slot, *cfg);
         Ok(())
     }
@@ -357,6 +423,7 @@ impl Flows for FakeDataplane {
         key: &crate::dataplane::FlowKey,
         value: &dataplane_common::flow::FlowValue,
     ) -> Result<(), DataplaneError> {
+        self.write("put_flow")?;
         self.flows.lock().unwrap().insert(*key, *value);
         Ok(())
     }
@@ -369,6 +436,7 @@ impl Flows for FakeDataplane {
     }
 
     fn remove_flow(&self, key: &crate::dataplane::FlowKey) -> Result<(), DataplaneError> {
+        self.write("remove_flow")?;
         self.flows.lock().unwrap().remove(key);
         Ok(())
     }
@@ -378,6 +446,7 @@ impl Flows for FakeDataplane {
     }
 
     fn set_holds_resolved(&self, resolved: u64) -> Result<(), DataplaneError> {
+        self.write("set_holds_resolved")?;
         self.holds_resolved.store(resolved as i64, Ordering::SeqCst);
         Ok(())
     }
@@ -433,6 +502,7 @@ impl Lifecycle for FakeDataplane {
     }
 
     fn set_generation(&self, generation: u64) -> Result<(), DataplaneError> {
+        self.write("set_generation")?;
         self.generation.store(generation as i64, Ordering::SeqCst);
         Ok(())
     }

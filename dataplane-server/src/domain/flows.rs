@@ -17,7 +17,11 @@ use std::{
 use dataplane_common::flow::{FlowConfig, FlowValue, FLOW_DROP, FLOW_FORWARD, FLOW_HOLD, MAX_PUNT_RATE};
 use tracing::{debug, warn};
 
-use super::{nexthops, vrfs, Domain, DomainError, InterfaceName, State};
+use super::{
+    nexthops,
+    txn::{Journal, KernelOp, Write},
+    vrfs, Domain, DomainError, InterfaceName, State,
+};
 use crate::dataplane::{Dataplane, FlowKey, FlowMiss};
 
 /// Flow mode of one interface.
@@ -212,43 +216,18 @@ impl<D: Dataplane> Domain<D> {
     /// packets re-injected through the XDP program (so the first packet is not lost).
     pub fn install_flows(&self, batch: Vec<FlowSpec>) -> Result<u64, DomainError> {
         let mut state = self.lock();
-        let mut writes: Vec<(FlowKey, FlowValue)> = Vec::new();
-        for (i, f) in batch.iter().enumerate() {
-            let at = |field: &str| format!("flows[{i}].{field}");
-            let key = match f.target {
-                FlowTarget::Key(k) => k,
-                FlowTarget::Request(id) => state.flows.held.get(&id).map(|h| h.key).ok_or_else(|| {
-                    DomainError::NotFound { kind: "held flow miss", name: format!("request {id}"), detail: "" }
-                        .at(at("request_id"))
-                })?,
-            };
-            if key.src.is_ipv4() != key.dst.is_ipv4() {
-                return Err(DomainError::invalid(at("key"), "source and destination of different families"));
-            }
-            if !state.vrfs.contains_key(&key.vrf) {
-                return Err(vrfs::not_found(key.vrf).at(at("key.vrf")));
-            }
-            writes.push((key, value(&state, f.action).map_err(|e| e.at(at("next_hop")))?));
-            if let Some(r) = f.reverse {
-                writes.push((key.reversed(), value(&state, r).map_err(|e| e.at(at("reverse_next_hop")))?));
-            }
-        }
-        // Previous values, to undo on a kernel failure and to find the HOLDs replaced.
+        let writes = plan_install(&state, &batch)?;
+        // Previous values, to undo a kernel failure and to find the HOLDs replaced.
         let mut previous = Vec::with_capacity(writes.len());
         for (k, _) in &writes {
             previous.push(self.dataplane.get_flow(k)?);
         }
-        for (n, (k, v)) in writes.iter().enumerate() {
-            if let Err(e) = self.dataplane.put_flow(k, v) {
-                for ((k, _), prev) in writes[..n].iter().zip(&previous) {
-                    let _ = match prev {
-                        Some(p) => self.dataplane.put_flow(k, p),
-                        None => self.dataplane.remove_flow(k),
-                    };
-                }
-                return Err(e.into());
-            }
-        }
+        let writes = writes
+            .into_iter()
+            .zip(&previous)
+            .map(|((k, v), prev)| Write { op: KernelOp::PutFlow(k, v), undo: vec![put_back(k, prev)], at: None })
+            .collect();
+        Journal::apply(&self.dataplane, writes)?;
         let mut reinject = Vec::new();
         for prev in previous.iter().flatten() {
             if prev.action == FLOW_HOLD {
@@ -286,9 +265,12 @@ impl<D: Dataplane> Domain<D> {
                 }
             }
         }
-        for k in keys {
-            self.dataplane.remove_flow(k)?;
-        }
+        let writes = keys
+            .iter()
+            .zip(&found)
+            .map(|(k, v)| Write { op: KernelOp::RemoveFlow(*k), undo: vec![KernelOp::PutFlow(*k, *v)], at: None })
+            .collect();
+        Journal::apply(&self.dataplane, writes)?;
         for v in found {
             if v.action == FLOW_HOLD {
                 self.resolve_hold(&mut state, v.request_id);
@@ -442,6 +424,40 @@ fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// The kernel entries an `InstallFlows` batch writes (key, value), validated against the state.
+fn plan_install(state: &State, batch: &[FlowSpec]) -> Result<Vec<(FlowKey, FlowValue)>, DomainError> {
+    let mut writes: Vec<(FlowKey, FlowValue)> = Vec::new();
+    for (i, f) in batch.iter().enumerate() {
+        let at = |field: &str| format!("flows[{i}].{field}");
+        let key = match f.target {
+            FlowTarget::Key(k) => k,
+            FlowTarget::Request(id) => state.flows.held.get(&id).map(|h| h.key).ok_or_else(|| {
+                DomainError::NotFound { kind: "held flow miss", name: format!("request {id}"), detail: "" }
+                    .at(at("request_id"))
+            })?,
+        };
+        if key.src.is_ipv4() != key.dst.is_ipv4() {
+            return Err(DomainError::invalid(at("key"), "source and destination of different families"));
+        }
+        if !state.vrfs.contains_key(&key.vrf) {
+            return Err(vrfs::not_found(key.vrf).at(at("key.vrf")));
+        }
+        writes.push((key, value(state, f.action).map_err(|e| e.at(at("next_hop")))?));
+        if let Some(r) = f.reverse {
+            writes.push((key.reversed(), value(state, r).map_err(|e| e.at(at("reverse_next_hop")))?));
+        }
+    }
+    Ok(writes)
+}
+
+/// The write that puts back what a flow's entry was before (`None`: absent).
+fn put_back(key: FlowKey, previous: &Option<FlowValue>) -> KernelOp {
+    match previous {
+        Some(v) => KernelOp::PutFlow(key, *v),
+        None => KernelOp::RemoveFlow(key),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -482,5 +498,44 @@ mod tests {
         assert_eq!(gone, 2);
         let left: Vec<u16> = d.dataplane().flows().unwrap().iter().map(|(k, _)| k.sport).collect();
         assert_eq!(left, vec![2, 4, 5]);
+    }
+
+    /// A forwarding next hop (id 1) and one flow through it (source port 1).
+    fn with_flow() -> Domain<FakeDataplane> {
+        let d = Domain::new(FakeDataplane::default());
+        d.add_nexthops(vec![crate::domain::NewNextHop { id: 1, spec: crate::domain::NextHopSpec::Receive }]).unwrap();
+        let spec = FlowSpec { target: FlowTarget::Key(key(1)), action: FlowAction::Forward(1), reverse: None };
+        d.install_flows(vec![spec]).unwrap();
+        d
+    }
+
+    #[test]
+    fn install_flows_kernel_failure_at_every_write_changes_nothing() {
+        let errors = crate::domain::txn::testing::fail_at_every_write(with_flow, |d| {
+            d.install_flows(vec![
+                FlowSpec {
+                    target: FlowTarget::Key(key(2)),
+                    action: FlowAction::Forward(1),
+                    reverse: Some(FlowAction::Drop),
+                },
+                FlowSpec { target: FlowTarget::Key(key(1)), action: FlowAction::Drop, reverse: None },
+            ])
+        });
+        assert_eq!(errors.len(), 3, "a flow, its reply, a flow replaced: {errors:?}");
+    }
+
+    #[test]
+    fn delete_flows_kernel_failure_at_every_write_changes_nothing() {
+        let setup = || {
+            let d = with_flow();
+            let spec =
+                FlowSpec { target: FlowTarget::Key(key(2)), action: FlowAction::Drop, reverse: Some(FlowAction::Drop) };
+            d.install_flows(vec![spec]).unwrap();
+            d
+        };
+        let errors = crate::domain::txn::testing::fail_at_every_write(setup, |d| {
+            d.delete_flows(&[key(2), key(1), key(2).reversed()])
+        });
+        assert_eq!(errors.len(), 3, "{errors:?}");
     }
 }

@@ -374,4 +374,15 @@ mod tests {
         let e = add(&d, refs.last().unwrap().0).unwrap_err();
         assert!(matches!(e, DomainError::Exhausted { .. }), "{e}");
     }
+
+    #[test]
+    fn add_interface_kernel_failure_at_every_write_changes_nothing() {
+        let setup = || {
+            let d = Domain::new(FakeDataplane::with_links(&[("eth0", 7), ("eth1", 8)]));
+            add(&d, "eth0").unwrap();
+            d
+        };
+        let errors = crate::domain::txn::testing::fail_at_every_write(setup, |d| add(d, "eth1").map(|(_, g)| g));
+        assert_eq!(errors.len(), 1, "{errors:?}");
+    }
 }

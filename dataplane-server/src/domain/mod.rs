@@ -16,6 +16,7 @@ mod resync;
 mod routes;
 mod slots;
 mod status;
+mod txn;
 mod vrfs;
 
 use std::{
@@ -35,6 +36,7 @@ pub use policies::{
 pub use resync::ResyncReport;
 pub use routes::{RouteSpec, RouteView};
 pub use status::{AttachmentView, MapView, StatusView};
+pub use txn::OnExisting;
 pub use vrfs::{VrfMode, VrfView};
 
 use std::net::IpAddr;

@@ -11,7 +11,10 @@ use std::{
 
 use dataplane_common::{route::ECMP_MAX, NextHopStats};
 
-use super::{Domain, DomainError, InterfaceName, NeighbourRequest, State};
+use super::{
+    txn::{Journal, KernelOp, Write},
+    Domain, DomainError, InterfaceName, NeighbourRequest, OnExisting, State,
+};
 use crate::{
     dataplane::{Dataplane, NextHopParams},
     net::Mac,
@@ -100,39 +103,32 @@ pub struct NextHopView {
 impl<D: Dataplane> Domain<D> {
     /// Adds a batch of next hops, all or nothing. Returns the new generation.
     pub fn add_nexthops(&self, batch: Vec<NewNextHop>) -> Result<u64, DomainError> {
-        self.add_nexthops_with(batch, false)
+        self.add_nexthops_with(batch, OnExisting::Refuse)
     }
 
-    /// [`Self::add_nexthops`]; with `replace` (and always during a resync) a next hop that
-    /// exists already is kept, or rewritten in place (same slot) if its spec changed. A batch
-    /// that writes nothing leaves the generation alone.
-    pub fn add_nexthops_with(&self, batch: Vec<NewNextHop>, replace: bool) -> Result<u64, DomainError> {
+    /// [`Self::add_nexthops`]; with [`OnExisting::Replace`] (and always during a resync) a next
+    /// hop that exists already is kept, or rewritten in place (same slot) if its spec changed.
+    /// A batch that writes nothing leaves the generation alone.
+    pub fn add_nexthops_with(&self, batch: Vec<NewNextHop>, on_existing: OnExisting) -> Result<u64, DomainError> {
         let mut state = self.lock();
-        let mut replays = Vec::new();
-        let mut fresh = Vec::new();
-        for (i, nh) in batch.into_iter().enumerate() {
-            match state.nexthops.get(&nh.id) {
-                Some(e) if state.resync.is_some() || replace => {
-                    if e.spec == nh.spec {
-                        replays.push((i, nh, None));
-                    } else {
-                        let p = replacement(&state, &nh).map_err(|e| e.at(format!("next_hops[{i}]")))?;
-                        replays.push((i, nh, Some(p)));
-                    }
-                }
-                _ => fresh.push(nh),
+        // A resync replays what the controller had: every batch replaces then.
+        let on_existing = if state.resync.is_some() { OnExisting::Replace } else { on_existing };
+        let mut plan = plan_add(&mut state, batch, on_existing)?;
+        let changed = !plan.writes.is_empty();
+        if let Err(e) = Journal::apply(&self.dataplane, std::mem::take(&mut plan.writes)) {
+            // Freed last first, so the allocator hands them out again as before.
+            for (_, slot) in plan.fresh.iter().rev() {
+                state.nh_slots.free(*slot);
             }
+            return Err(e);
         }
-        let changed = !fresh.is_empty() || replays.iter().any(|(_, _, p)| p.is_some());
-        if !fresh.is_empty() {
-            self.add_fresh_nexthops(&mut state, fresh.clone())?;
+        for (nh, slot) in &plan.fresh {
+            state.nh_ids.insert(*slot, nh.id);
+            self.request_resolution(&state, &nh.spec);
+            state.nexthops.insert(nh.id, NextHopEntry { slot: *slot, spec: nh.spec.clone(), routes: 0 });
         }
-        for (i, nh, p) in replays {
-            if let Some(p) = p {
-                let slot = state.nexthops[&nh.id].slot;
-                self.dataplane
-                    .set_nexthop(slot, &p, false)
-                    .map_err(|e| DomainError::from(e).at(format!("next_hops[{i}]")))?;
+        for (nh, rewritten) in plan.replays {
+            if rewritten {
                 self.request_resolution(&state, &nh.spec);
                 if let Some(e) = state.nexthops.get_mut(&nh.id) {
                     e.spec = nh.spec;
@@ -143,56 +139,12 @@ impl<D: Dataplane> Domain<D> {
             }
         }
         if let Some(rs) = state.resync.as_mut() {
-            rs.nexthops.extend(fresh.iter().map(|n| n.id));
+            rs.nexthops.extend(plan.fresh.iter().map(|(n, _)| n.id));
         }
         if changed {
             self.bump(&mut state);
         }
         Ok(state.generation)
-    }
-
-    fn add_fresh_nexthops(&self, state: &mut State, batch: Vec<NewNextHop>) -> Result<(), DomainError> {
-        let params = validate_add(state, &batch)?;
-        let free = state.nh_slots.capacity() - state.nh_slots.in_use();
-        if batch.len() as u64 > u64::from(free) {
-            return Err(DomainError::Exhausted { what: "next-hop slots", capacity: state.nh_slots.capacity() });
-        }
-        // Slots first, so ECMP groups can name members of the same batch by slot.
-        let slots: Vec<u32> = batch.iter().map(|_| state.nh_slots.alloc().expect("checked free slots")).collect();
-        let mut slot_of: BTreeMap<u32, u32> = batch.iter().map(|n| n.id).zip(slots.iter().copied()).collect();
-        for (id, e) in &state.nexthops {
-            slot_of.insert(*id, e.slot);
-        }
-        let mut written = 0;
-        let mut failure = None;
-        for (i, (nh, slot)) in params.iter().zip(&slots).enumerate() {
-            let resolved = match nh {
-                NextHopParams::Ecmp { members } => {
-                    NextHopParams::Ecmp { members: members.iter().map(|id| slot_of[id]).collect() }
-                }
-                other => other.clone(),
-            };
-            if let Err(e) = self.dataplane.set_nexthop(*slot, &resolved, true) {
-                failure = Some(DomainError::from(e).at(format!("next_hops[{i}]")));
-                break;
-            }
-            written += 1;
-        }
-        if let Some(e) = failure {
-            for slot in &slots[..written] {
-                let _ = self.dataplane.clear_nexthop(*slot);
-            }
-            for slot in slots {
-                state.nh_slots.free(slot);
-            }
-            return Err(e);
-        }
-        for (nh, slot) in batch.into_iter().zip(slots) {
-            state.nh_ids.insert(slot, nh.id);
-            self.request_resolution(state, &nh.spec);
-            state.nexthops.insert(nh.id, NextHopEntry { slot, spec: nh.spec, routes: 0 });
-        }
-        Ok(())
     }
 
     /// The kernel's neighbour entry for `address` on `ifindex` is now `mac` (`None`: not
@@ -301,16 +253,16 @@ impl<D: Dataplane> Domain<D> {
                 );
             }
         }
-        for (i, id) in ids.iter().enumerate() {
-            let slot = state.nexthops[id].slot;
-            if let Err(e) = self.dataplane.clear_nexthop(slot) {
-                // Put back what was already cleared.
-                for done in &ids[..i] {
-                    let _ = self.write(&state, *done);
-                }
-                return Err(DomainError::from(e).at(format!("ids[{i}]")));
-            }
-        }
+        let writes = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| Write {
+                op: KernelOp::ClearNextHop(state.nexthops[id].slot),
+                undo: vec![current(&state, *id)],
+                at: Some(format!("ids[{i}]")),
+            })
+            .collect();
+        Journal::apply(&self.dataplane, writes)?;
         let mut released = Vec::new();
         for id in ids {
             if let Some(e) = state.nexthops.remove(id) {
@@ -381,6 +333,78 @@ impl<D: Dataplane> Domain<D> {
             Resolution::InterfaceMissing(_) => self.dataplane.clear_nexthop(e.slot)?,
         }
         Ok(())
+    }
+}
+
+/// An `AddNextHops` batch, planned: its new next hops with the slots allocated for them, its
+/// replays (rewritten or not), and the kernel writes, new ones first.
+struct AddPlan {
+    fresh: Vec<(NewNextHop, u32)>,
+    replays: Vec<(NewNextHop, bool)>,
+    writes: Vec<Write>,
+}
+
+/// Validates an `AddNextHops` batch and computes its writes; with [`OnExisting::Replace`] a next
+/// hop that exists already is a replay. Only the new next hops' slots are taken from the state (given back by
+/// the caller if the batch fails).
+fn plan_add(state: &mut State, batch: Vec<NewNextHop>, on_existing: OnExisting) -> Result<AddPlan, DomainError> {
+    let mut replays = Vec::new();
+    let mut rewrites = Vec::new();
+    let mut fresh = Vec::new();
+    for (i, nh) in batch.into_iter().enumerate() {
+        match state.nexthops.get(&nh.id) {
+            Some(e) if on_existing == OnExisting::Replace => {
+                let rewritten = e.spec != nh.spec;
+                if rewritten {
+                    let at = format!("next_hops[{i}]");
+                    let params = replacement(state, &nh).map_err(|e| e.at(&at))?;
+                    let op = KernelOp::SetNextHop { slot: e.slot, params, fresh: false };
+                    rewrites.push(Write { op, undo: vec![current(state, nh.id)], at: Some(at) });
+                }
+                replays.push((nh, rewritten));
+            }
+            _ => fresh.push(nh),
+        }
+    }
+    let mut writes = Vec::new();
+    let slots = if fresh.is_empty() { Vec::new() } else { plan_fresh(state, &fresh, &mut writes)? };
+    writes.extend(rewrites);
+    Ok(AddPlan { fresh: fresh.into_iter().zip(slots).collect(), replays, writes })
+}
+
+/// Validates new next hops, allocates their slots and plans their writes (errors name them by
+/// their index among the new ones).
+fn plan_fresh(state: &mut State, batch: &[NewNextHop], writes: &mut Vec<Write>) -> Result<Vec<u32>, DomainError> {
+    let params = validate_add(state, batch)?;
+    let free = state.nh_slots.capacity() - state.nh_slots.in_use();
+    if batch.len() as u64 > u64::from(free) {
+        return Err(DomainError::Exhausted { what: "next-hop slots", capacity: state.nh_slots.capacity() });
+    }
+    // Slots first, so ECMP groups can name members of the same batch by slot.
+    let slots: Vec<u32> = batch.iter().map(|_| state.nh_slots.alloc().expect("checked free slots")).collect();
+    let mut slot_of: BTreeMap<u32, u32> = batch.iter().map(|n| n.id).zip(slots.iter().copied()).collect();
+    for (id, e) in &state.nexthops {
+        slot_of.insert(*id, e.slot);
+    }
+    for (i, (p, &slot)) in params.into_iter().zip(&slots).enumerate() {
+        let params = match p {
+            NextHopParams::Ecmp { members } => {
+                NextHopParams::Ecmp { members: members.iter().map(|id| slot_of[id]).collect() }
+            }
+            other => other,
+        };
+        let op = KernelOp::SetNextHop { slot, params, fresh: true };
+        writes.push(Write { op, undo: vec![KernelOp::ClearNextHop(slot)], at: Some(format!("next_hops[{i}]")) });
+    }
+    Ok(slots)
+}
+
+/// The write that puts next hop `id` in the kernel as the state has it: what undoes a change.
+fn current(state: &State, id: u32) -> KernelOp {
+    let e = &state.nexthops[&id];
+    match resolve(state, &e.spec, |m| state.nexthops.get(&m).map(|x| x.slot)) {
+        Resolution::Params(params) => KernelOp::SetNextHop { slot: e.slot, params, fresh: false },
+        Resolution::InterfaceMissing(_) => KernelOp::ClearNextHop(e.slot),
     }
 }
 
@@ -703,5 +727,56 @@ mod tests {
         d.add_nexthops(vec![encap(1)]).unwrap();
         let e = d.delete_interface(&InterfaceName::parse("n", "eth0").unwrap()).unwrap_err();
         assert!(matches!(e.kind(), crate::domain::ErrorKind::FailedPrecondition), "{e}");
+    }
+
+    /// Next hops 1 (ENCAP), 2 (discard) and 3 (an ECMP group of 1).
+    fn with_nexthops() -> Domain<FakeDataplane> {
+        let d = domain();
+        d.add_nexthops(vec![
+            encap(1),
+            NewNextHop { id: 2, spec: NextHopSpec::Discard },
+            NewNextHop { id: 3, spec: NextHopSpec::Ecmp { members: vec![1] } },
+        ])
+        .unwrap();
+        d
+    }
+
+    #[test]
+    fn add_nexthops_kernel_failure_at_every_write_changes_nothing() {
+        let errors = crate::domain::txn::testing::fail_at_every_write(with_nexthops, |d| {
+            d.add_nexthops(vec![
+                encap(10),
+                gateway(11, "192.0.2.1"),
+                NewNextHop { id: 12, spec: NextHopSpec::Ecmp { members: vec![10, 11, 1] } },
+            ])
+        });
+        assert_eq!(errors.len(), 3, "{errors:?}");
+        assert!(errors[2].starts_with("next_hops[2]: dataplane:"), "{}", errors[2]);
+    }
+
+    #[test]
+    fn replace_nexthops_kernel_failure_at_every_write_changes_nothing() {
+        // A new next hop, one rewritten, one replayed unchanged, and a group given new members.
+        let errors = crate::domain::txn::testing::fail_at_every_write(with_nexthops, |d| {
+            d.add_nexthops_with(
+                vec![
+                    encap(4),
+                    NewNextHop { id: 1, spec: NextHopSpec::Receive },
+                    NewNextHop { id: 2, spec: NextHopSpec::Discard },
+                    NewNextHop { id: 3, spec: NextHopSpec::Ecmp { members: vec![2, 1] } },
+                ],
+                crate::domain::OnExisting::Replace,
+            )
+        });
+        assert_eq!(errors.len(), 3, "{errors:?}");
+        assert!(errors[1].starts_with("next_hops[1]: dataplane:"), "{}", errors[1]);
+        assert!(errors[2].starts_with("next_hops[3]: dataplane:"), "{}", errors[2]);
+    }
+
+    #[test]
+    fn delete_nexthops_kernel_failure_at_every_write_changes_nothing() {
+        let errors = crate::domain::txn::testing::fail_at_every_write(with_nexthops, |d| d.delete_nexthops(&[3, 1, 2]));
+        assert_eq!(errors.len(), 3, "{errors:?}");
+        assert!(errors[2].starts_with("ids[2]: dataplane:"), "{}", errors[2]);
     }
 }

@@ -17,6 +17,7 @@ use tracing::{info, warn};
 
 use super::{
     classifier::{self, Family, MatchSpec},
+    txn::{Journal, KernelOp, Write},
     Domain, DomainError, InterfaceName, State,
 };
 use crate::{
@@ -155,36 +156,19 @@ impl<D: Dataplane> Domain<D> {
             }
         }
         self.reclaim_retired(&mut state)?;
-        let installed = self.install(&mut state, &rules)?;
+        let installed = self.compile(&mut state, &rules)?;
         let new_table = installed.image.table;
-
-        // Publish: every attachment of this policy flips to the new table in one word write.
-        let users: Vec<(InterfaceName, Direction, bool)> = state
-            .policy_attachments
-            .iter()
-            .filter(|(_, a)| a.policy == name)
-            .map(|((i, d), a)| (i.clone(), *d, a.default_deny))
-            .collect();
-        let old = state.policies.get(&name).map(|e| e.installed.image.table);
-        for (k, (iface, dir, deny)) in users.iter().enumerate() {
-            let slot = state.interfaces[iface].slot;
-            if let Err(e) = self.dataplane.set_policy_attachment(slot, dir.index(), attach_word(new_table, *deny)) {
-                // Put back the ones already flipped; the new table was never visible otherwise.
-                for (iface, dir, deny) in &users[..k] {
-                    let slot = state.interfaces[iface].slot;
-                    let _ =
-                        self.dataplane.set_policy_attachment(slot, dir.index(), attach_word(old.unwrap_or(0), *deny));
-                }
-                state.retired_policies.push(installed);
-                return Err(e.into());
-            }
+        let (writes, users) = publish(&state, &name, &installed);
+        if let Err(e) = Journal::apply(&self.dataplane, writes) {
+            self.free_installed(&mut state, installed);
+            return Err(e);
         }
         let entry = PolicyEntry { rules, installed };
         if let Some(prev) = state.policies.insert(name.clone(), entry) {
             state.retired_policies.push(prev.installed);
         }
         self.bump(&mut state);
-        info!(policy = %name, table = new_table, attachments = users.len(), generation = state.generation, "policy put");
+        info!(policy = %name, table = new_table, attachments = users, generation = state.generation, "policy put");
         Ok(state.generation)
     }
 
@@ -305,8 +289,8 @@ impl<D: Dataplane> Domain<D> {
         Ok(())
     }
 
-    /// Compiles and writes `rules` into a free table.
-    fn install(&self, state: &mut State, rules: &[RuleSpec]) -> Result<Installed, DomainError> {
+    /// Compiles `rules` into a free table (allocated here, written by the caller).
+    fn compile(&self, state: &mut State, rules: &[RuleSpec]) -> Result<Installed, DomainError> {
         let specs: Vec<MatchSpec> = rules.iter().map(match_spec).collect();
         let n = rules.len() as u32;
         let table = state
@@ -335,12 +319,7 @@ impl<D: Dataplane> Domain<D> {
             }
             .at("rules"));
         };
-        let installed = Installed { image, pool, rules: (rule_base, n), specs: rules.to_vec() };
-        if let Err(e) = self.dataplane.write_policy(&installed.image) {
-            self.free_installed(state, installed);
-            return Err(e.into());
-        }
-        Ok(installed)
+        Ok(Installed { image, pool, rules: (rule_base, n), specs: rules.to_vec() })
     }
 
     /// Frees every retired table after a grace period.
@@ -427,6 +406,24 @@ impl Attached {
     pub(super) fn default_deny(&self) -> bool {
         self.default_deny
     }
+}
+
+/// The writes that put policy `name`'s new table in place: the table, then every attachment
+/// of the policy flipped to it in one word write each. Also how many attachments there are.
+fn publish(state: &State, name: &PolicyName, installed: &Installed) -> (Vec<Write>, usize) {
+    let old = state.policies.get(name).map_or(0, |e| e.installed.image.table);
+    let image = installed.image.clone();
+    // Undone last: once the attachments point back, a grace period passes before the table is
+    // cleared, as a packet may still be reading it.
+    let undo = vec![KernelOp::WaitForReaders, KernelOp::ClearPolicy(image.clone())];
+    let mut writes = vec![Write { op: KernelOp::WritePolicy(image), undo, at: None }];
+    for ((iface, dir), a) in state.policy_attachments.iter().filter(|(_, a)| &a.policy == name) {
+        let (slot, direction) = (state.interfaces[iface].slot, dir.index());
+        let flip = |table| KernelOp::SetPolicyAttachment { slot, direction, word: attach_word(table, a.default_deny) };
+        writes.push(Write { op: flip(installed.image.table), undo: vec![flip(old)], at: None });
+    }
+    let users = writes.len() - 1;
+    (writes, users)
 }
 
 fn not_found(name: &PolicyName) -> DomainError {
@@ -599,5 +596,35 @@ mod tests {
         assert_eq!(e.to_string(), "rules[1].dst_ports: first 90 is after last 80");
         assert_eq!(d.status().unwrap().generation, g);
         assert_eq!(d.dataplane().policy_tables.lock().unwrap().len(), 1);
+    }
+
+    /// Policy `p` attached to eth0 both ways.
+    fn with_policy() -> Domain<FakeDataplane> {
+        let d = domain();
+        d.put_policy(name(), vec![deny_port(1, 80)]).unwrap();
+        d.attach_policy(&name(), &iface(), Direction::Ingress, false).unwrap();
+        d.attach_policy(&name(), &iface(), Direction::Egress, true).unwrap();
+        d
+    }
+
+    #[test]
+    fn put_policy_kernel_failure_at_every_write_changes_nothing() {
+        let errors = crate::domain::txn::testing::fail_at_every_write(with_policy, |d| {
+            d.put_policy(name(), vec![deny_port(1, 443), deny_port(2, 22)])
+        });
+        assert_eq!(errors.len(), 3, "the new table, then both attachments flipped: {errors:?}");
+    }
+
+    #[test]
+    fn attach_policy_kernel_failure_at_every_write_changes_nothing() {
+        let setup = || {
+            let d = domain();
+            d.put_policy(name(), vec![deny_port(1, 80)]).unwrap();
+            d
+        };
+        let errors = crate::domain::txn::testing::fail_at_every_write(setup, |d| {
+            d.attach_policy(&name(), &iface(), Direction::Ingress, true)
+        });
+        assert_eq!(errors.len(), 1, "{errors:?}");
     }
 }

@@ -156,7 +156,7 @@ mod tests {
     use super::*;
     use crate::{
         dataplane::XdpMode,
-        domain::{fake::FakeDataplane, AddInterface, NewNextHop, RouteSpec},
+        domain::{fake::FakeDataplane, AddInterface, NewNextHop, OnExisting, RouteSpec},
     };
 
     fn route(p: &str, nh: u32) -> RouteSpec {
@@ -221,16 +221,22 @@ mod tests {
         d.add_routes(vec![route("198.51.100.0/24", 1), route("203.0.113.0/24", 1)]).unwrap();
         let g = d.status().unwrap().generation;
         // Unchanged replays with replace: no write, no new generation.
-        assert_eq!(d.add_routes_with(vec![route("198.51.100.0/24", 1)], true).unwrap(), g);
-        assert_eq!(d.add_nexthops_with(vec![NewNextHop { id: 1, spec: NextHopSpec::Discard }], true).unwrap(), g);
+        assert_eq!(d.add_routes_with(vec![route("198.51.100.0/24", 1)], OnExisting::Replace).unwrap(), g);
+        assert_eq!(
+            d.add_nexthops_with(vec![NewNextHop { id: 1, spec: NextHopSpec::Discard }], OnExisting::Replace).unwrap(),
+            g
+        );
         // A changed route moves in place: one write, one generation.
         let kernel_before = d.dataplane().routes().len();
-        assert_eq!(d.add_routes_with(vec![route("198.51.100.0/24", 2)], true).unwrap(), g + 1);
+        assert_eq!(d.add_routes_with(vec![route("198.51.100.0/24", 2)], OnExisting::Replace).unwrap(), g + 1);
         assert_eq!(d.dataplane().routes().len(), kernel_before);
         assert_eq!(d.list_routes(None, None), vec![route("198.51.100.0/24", 2), route("203.0.113.0/24", 1)]);
         // A changed next hop is rewritten in its slot; routes keep pointing at it.
         let slot = d.list_nexthops().unwrap().iter().find(|n| n.id == 1).unwrap().slot;
-        assert_eq!(d.add_nexthops_with(vec![NewNextHop { id: 1, spec: NextHopSpec::Receive }], true).unwrap(), g + 2);
+        assert_eq!(
+            d.add_nexthops_with(vec![NewNextHop { id: 1, spec: NextHopSpec::Receive }], OnExisting::Replace).unwrap(),
+            g + 2
+        );
         let nh = d.list_nexthops().unwrap().into_iter().find(|n| n.id == 1).unwrap();
         assert_eq!((nh.slot, nh.spec, nh.routes), (slot, NextHopSpec::Receive, 1));
         // Without replace, both are refused as before.

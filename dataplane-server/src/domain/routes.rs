@@ -1,6 +1,8 @@
 //! Routes: (VRF, prefix) -> next hop, written into the per-family LPM tries the XDP program reads.
-//! Batches are all or nothing: everything is validated before the first kernel write, and a
-//! kernel failure part-way undoes the writes already made.
+//! Batches are all or nothing (see `txn`): a batch is checked and planned whole before the first
+//! kernel write, and a kernel failure part-way undoes the writes already made. The IPv4 flat
+//! tables follow a batch once it is in, best effort: a VRF whose table cannot follow falls back
+//! to its trie.
 
 pub(super) mod restore;
 
@@ -11,7 +13,9 @@ use std::{
 
 use super::{
     fib4::{self, V4Prefix},
-    nexthops, vrfs, Domain, DomainError, State,
+    nexthops,
+    txn::{Journal, KernelOp},
+    vrfs, Domain, DomainError, OnExisting, State,
 };
 use crate::{dataplane::Dataplane, net::Prefix};
 use dataplane_common::{route::RECORD_VALID, RouteRecord4};
@@ -49,169 +53,79 @@ fn v4_addr(prefix: &Prefix) -> Option<[u8; 4]> {
 impl<D: Dataplane> Domain<D> {
     /// Adds a batch of routes, all or nothing.
     pub fn add_routes(&self, batch: Vec<RouteSpec>) -> Result<u64, DomainError> {
-        self.add_routes_with(batch, false)
+        self.add_routes_with(batch, OnExisting::Refuse)
     }
 
-    /// [`Self::add_routes`]; with `replace` (and always during a resync) a route that exists
-    /// already is kept, or pointed at its new next hop in place, instead of refused. A batch
-    /// that writes nothing leaves the generation alone.
-    pub fn add_routes_with(&self, batch: Vec<RouteSpec>, replace: bool) -> Result<u64, DomainError> {
+    /// [`Self::add_routes`]; with [`OnExisting::Replace`] (and always during a resync) a route
+    /// that exists already is kept, or pointed at its new next hop in place, instead of refused.
+    /// A batch that writes nothing leaves the generation alone.
+    pub fn add_routes_with(&self, batch: Vec<RouteSpec>, on_existing: OnExisting) -> Result<u64, DomainError> {
         let mut state = self.lock();
-        let resync = state.resync.is_some() || replace;
-        let mut in_batch = HashSet::with_capacity(batch.len());
-        let mut slots = Vec::with_capacity(batch.len());
-        let mut existing = Vec::with_capacity(batch.len());
-        let (mut v4, mut v6) = (0u64, 0u64);
-        // Batches name a handful of VRFs and next hops: the last one checked is kept.
-        let mut vrf_ok = None;
-        let mut vrfs_seen = BTreeSet::new();
-        let mut last_nh: Option<(u32, u32)> = None;
-        for (i, r) in batch.iter().enumerate() {
-            if vrf_ok != Some(r.vrf) {
-                match state.vrfs.get(&r.vrf) {
-                    None => return Err(vrfs::not_found(r.vrf).at(format!("routes[{i}].vrf"))),
-                    Some(vrfs::VrfMode::KernelFib { .. }) => {
-                        return Err(DomainError::FailedPrecondition(format!(
-                            "vrf {} forwards by the kernel's FIB: add its routes with `ip route`",
-                            r.vrf
-                        ))
-                        .at(format!("routes[{i}].vrf")))
-                    }
-                    Some(vrfs::VrfMode::Routes) => {
-                        vrf_ok = Some(r.vrf);
-                        vrfs_seen.insert(r.vrf);
-                    }
-                }
-            }
-            let slot = match last_nh {
-                Some((id, slot)) if id == r.nexthop => slot,
-                _ => {
-                    let nh = state
-                        .nexthops
-                        .get(&r.nexthop)
-                        .ok_or_else(|| nexthops::not_found(r.nexthop).at(format!("routes[{i}].next_hop")))?;
-                    last_nh = Some((r.nexthop, nh.slot));
-                    nh.slot
-                }
-            };
-            let before = state.routes.get(&(r.vrf, r.prefix)).copied();
-            if (before.is_some() && !resync) || !in_batch.insert((r.vrf, r.prefix)) {
-                return Err(DomainError::AlreadyExists {
-                    kind: "route",
-                    name: format!("{} in vrf {}", r.prefix, r.vrf),
-                }
-                .at(format!("routes[{i}]")));
-            }
-            if before.is_none() {
-                if r.prefix.is_ipv4() {
-                    v4 += 1
-                } else {
-                    v6 += 1
-                }
-            }
-            slots.push(slot);
-            existing.push(before);
-        }
-        drop(in_batch);
-        let [have4, have6] = state.route_counts;
-        let cap = u64::from(dataplane_common::MAX_ROUTES);
-        if have4 + v4 > cap || have6 + v6 > cap {
-            return Err(DomainError::Exhausted {
-                what: "routes per address family",
-                capacity: dataplane_common::MAX_ROUTES,
-            });
-        }
+        // A resync replays what the controller had: every batch replaces then.
+        let on_existing = if state.resync.is_some() { OnExisting::Replace } else { on_existing };
+        let checked = check_routes(&state, batch, on_existing)?;
         // A VRF never tried yet (the default VRF of a fresh dataplane) gets its flat table
-        // before its first routes, which then go straight into it.
-        for vrf in vrfs_seen {
+        // before its first routes, which then go straight into it. That table is not part of
+        // the batch: it stays (empty) if the batch fails.
+        for &vrf in &checked.vrfs {
             if state.fib4.lookup_mode(vrf).is_none() {
                 self.fib4_promote(&mut state, vrf);
             }
         }
-        // Everything but unchanged replays. IPv6 routes, and IPv4 routes of VRFs without a
-        // flat table, go to the tries (in as few kernel calls as the dataplane can); every IPv4
-        // route gets its record; the flat tables follow.
-        let writes: Vec<usize> =
-            (0..batch.len()).filter(|&i| existing[i].map(|e| e.nexthop) != Some(batch[i].nexthop)).collect();
-        let in_trie = |state: &State, r: &RouteSpec| !r.prefix.is_ipv4() || !state.fib4.is_flat(r.vrf);
-        let trie: Vec<usize> = writes.iter().copied().filter(|&i| in_trie(&state, &batch[i])).collect();
-        let entries: Vec<(u32, Prefix, u32)> =
-            trie.iter().map(|&i| (batch[i].vrf, batch[i].prefix, slots[i])).collect();
-        let undo_trie = |state: &State, done: &[usize]| {
-            for &w in done {
-                let (i, r) = (trie[w], &batch[trie[w]]);
-                match existing[i] {
-                    Some(old) => {
-                        let _ = self.dataplane.insert_route(r.vrf, &r.prefix, state.nexthops[&old.nexthop].slot);
-                    }
-                    None => {
-                        let _ = self.dataplane.remove_route(r.vrf, &r.prefix);
-                    }
-                }
+        let mut plan = plan_add_routes(&mut state, checked, || self.dataplane.route4_capacity())?;
+        if let Err(e) = self.apply_add_routes(&mut plan, state.route4_mark) {
+            for &slot in plan.fresh_records.iter().rev() {
+                state.route4_slots.unalloc(slot);
             }
+            return Err(e);
+        }
+        self.commit_add_routes(&mut state, plan);
+        Ok(state.generation)
+    }
+
+    /// Writes a planned `AddRoutes` batch into the tries and the IPv4 records, all or nothing.
+    fn apply_add_routes(&self, plan: &mut AddRoutesPlan, mark_before: u32) -> Result<(), DomainError> {
+        let mut journal = Journal::new(&self.dataplane);
+        let entries: Vec<(u32, Prefix, u32)> = plan.trie.iter().map(|w| (w.vrf, w.prefix, w.nexthop_slot)).collect();
+        // One call, so the dataplane can write in as few kernel calls as it can.
+        let written = self.dataplane.insert_routes(&entries);
+        let done = match &written {
+            Ok(()) => (0..plan.trie.len()).collect(),
+            Err((done, _)) => done.clone(),
         };
-        if let Err((done, e)) = self.dataplane.insert_routes(&entries) {
-            undo_trie(&state, &done);
+        for w in done {
+            journal.wrote([plan.trie[w].undo.clone()]);
+        }
+        if let Err((done, e)) = written {
             // The first route not written is the one the kernel refused.
-            let failed = trie.iter().enumerate().find(|(w, _)| !done.contains(w)).map(|(_, i)| *i).unwrap_or(0);
+            let failed = plan.trie.iter().enumerate().find(|(w, _)| !done.contains(w)).map_or(0, |(_, t)| t.index);
             return Err(DomainError::from(e).at(format!("routes[{failed}]")));
         }
-        let mut records = Vec::new();
-        let mut record_of = vec![NO_RECORD; batch.len()];
-        for &i in &writes {
-            let Some(addr) = v4_addr(&batch[i].prefix) else { continue };
-            let slot = match existing[i] {
-                Some(old) => old.record,
-                None => match state.route4_slots.alloc() {
-                    Some(s) => s,
-                    None => {
-                        // Cannot happen while the route count is checked above; refused cleanly anyway.
-                        for &(s, _) in &records {
-                            if !existing.iter().any(|e| e.is_some_and(|e| e.record == s)) {
-                                state.route4_slots.free(s);
-                            }
-                        }
-                        undo_trie(&state, &(0..trie.len()).collect::<Vec<_>>());
-                        return Err(DomainError::Exhausted {
-                            what: "IPv4 route records",
-                            capacity: self.dataplane.route4_capacity(),
-                        });
-                    }
-                },
-            };
-            record_of[i] = slot;
-            let r = &batch[i];
-            records.push((
-                slot,
-                RouteRecord4 {
-                    vrf: r.vrf,
-                    addr,
-                    prefix_len: r.prefix.len(),
-                    _pad: [0; 2],
-                    flags: RECORD_VALID,
-                    nexthop: slots[i],
-                },
-            ));
-        }
-        if let Err(e) = self.write_records(&mut state, &records) {
-            undo_trie(&state, &(0..trie.len()).collect::<Vec<_>>());
-            for (i, &slot) in record_of.iter().enumerate() {
-                if slot != NO_RECORD && existing[i].is_none() {
-                    state.route4_slots.free(slot);
-                }
+        if !plan.records.is_empty() {
+            let at = |e| DomainError::from(e).at("routes");
+            if plan.mark > mark_before {
+                // A restart reads records up to the mark: raised before any record above it.
+                journal
+                    .write(KernelOp::Route4Reserve(plan.mark), [KernelOp::Route4Reserve(mark_before)])
+                    .map_err(at)?;
             }
-            return Err(e.at("routes"));
+            let (records, undo) = (std::mem::take(&mut plan.records), std::mem::take(&mut plan.records_undo));
+            journal.write(KernelOp::Route4Store(records), undo).map_err(at)?;
         }
-        let flat: Vec<(u32, V4Prefix, u32)> = writes
-            .iter()
-            .filter(|&&i| !in_trie(&state, &batch[i]))
-            .filter_map(|&i| v4_prefix(&batch[i].prefix).map(|p| (batch[i].vrf, p, slots[i])))
-            .collect();
-        let touched: BTreeSet<u32> =
-            writes.iter().filter(|&&i| batch[i].prefix.is_ipv4()).map(|&i| batch[i].vrf).collect();
+        journal.commit();
+        Ok(())
+    }
+
+    /// The domain's side of an `AddRoutes` batch the kernel has: routes, counts, the records'
+    /// mark, then the flat tables and the generation.
+    fn commit_add_routes(&self, state: &mut State, plan: AddRoutesPlan) {
+        let AddRoutesPlan { routes, record_of, mark, flat, touched, .. } = plan;
+        if record_of.iter().any(|&slot| slot != NO_RECORD) {
+            state.route4_mark = state.route4_mark.max(mark);
+        }
         // Next hops' route counts, gathered per next hop and applied once.
         let mut uses: HashMap<u32, i64> = HashMap::new();
-        for (i, (r, before)) in batch.into_iter().zip(existing).enumerate() {
+        for (i, (r, before)) in routes.batch.into_iter().zip(routes.existing).enumerate() {
             let record = match before {
                 Some(old) => {
                     *uses.entry(old.nexthop).or_default() -= 1;
@@ -233,60 +147,21 @@ impl<D: Dataplane> Domain<D> {
                 nh.routes = nh.routes.saturating_add_signed(delta);
             }
         }
-        self.fib4_apply(&mut state, &flat, &[], &touched, false);
-        if !writes.is_empty() {
-            self.bump(&mut state);
+        // The batch's atomicity ends here: the flat tables follow the routes best effort (a VRF
+        // whose table cannot follow falls back to its trie, see `fib4_apply`).
+        self.fib4_apply(state, &flat, &[], &touched, false);
+        if routes.changed {
+            self.bump(state);
         }
-        Ok(state.generation)
-    }
-
-    /// Writes IPv4 route records, raising the kernel's high-water mark first where they go
-    /// beyond it.
-    fn write_records(&self, state: &mut State, records: &[(u32, RouteRecord4)]) -> Result<(), DomainError> {
-        if records.is_empty() {
-            return Ok(());
-        }
-        let mark = state.route4_slots.mark();
-        if mark > state.route4_mark {
-            self.dataplane.route4_reserve(mark)?;
-            state.route4_mark = mark;
-        }
-        self.dataplane.route4_store(records)?;
-        Ok(())
     }
 
     pub fn delete_routes(&self, batch: &[(u32, Prefix)]) -> Result<u64, DomainError> {
         let mut state = self.lock();
-        let mut seen = HashSet::with_capacity(batch.len());
-        for (i, key) in batch.iter().enumerate() {
-            if !state.routes.contains_key(key) {
-                return Err(DomainError::NotFound {
-                    kind: "route",
-                    name: format!("{} in vrf {}", key.1, key.0),
-                    detail: "",
-                }
-                .at(format!("routes[{i}]")));
-            }
-            if !seen.insert(*key) {
-                return Err(DomainError::invalid(format!("routes[{i}]"), "route listed twice"));
-            }
-        }
-        drop(seen);
+        check_deletes(&state, batch)?;
         // From the tries what is there (IPv6, IPv4 of VRFs without a flat table); then the
         // flat tables; the records last, so that a crash in between leaves the route recorded
         // (and a restart rebuilding what its flat table lacks).
-        let trie: Vec<&(u32, Prefix)> =
-            batch.iter().filter(|(vrf, p)| !p.is_ipv4() || !state.fib4.is_flat(*vrf)).collect();
-        for (n, (vrf, prefix)) in trie.iter().enumerate() {
-            if let Err(e) = self.dataplane.remove_route(*vrf, prefix) {
-                for (v, p) in &trie[..n] {
-                    let slot = state.nexthops[&state.routes[&(*v, *p)].nexthop].slot;
-                    let _ = self.dataplane.insert_route(*v, p, slot);
-                }
-                let i = batch.iter().position(|k| k == *trie.get(n).unwrap_or(&&batch[0])).unwrap_or(0);
-                return Err(DomainError::from(e).at(format!("routes[{i}]")));
-            }
-        }
+        self.remove_from_tries(&state, batch)?;
         let mut records = Vec::new();
         for key in batch {
             if let Some(e) = state.routes.remove(key) {
@@ -299,6 +174,8 @@ impl<D: Dataplane> Domain<D> {
                 }
             }
         }
+        // The batch's atomicity ends with the tries: the flat tables and the records follow
+        // best effort.
         let flat: Vec<(u32, V4Prefix)> = batch
             .iter()
             .filter(|(vrf, _)| state.fib4.is_flat(*vrf))
@@ -314,6 +191,23 @@ impl<D: Dataplane> Domain<D> {
         }
         self.bump(&mut state);
         Ok(state.generation)
+    }
+
+    /// Removes the routes of a `DeleteRoutes` batch that are in the tries, all or nothing.
+    fn remove_from_tries(&self, state: &State, batch: &[(u32, Prefix)]) -> Result<(), DomainError> {
+        let mut journal = Journal::new(&self.dataplane);
+        for (i, &(vrf, prefix)) in batch.iter().enumerate() {
+            if prefix.is_ipv4() && state.fib4.is_flat(vrf) {
+                continue;
+            }
+            let nexthop_slot = state.nexthops[&state.routes[&(vrf, prefix)].nexthop].slot;
+            let undo = KernelOp::InsertRoute { vrf, prefix, nexthop_slot };
+            journal
+                .write(KernelOp::RemoveRoute { vrf, prefix }, [undo])
+                .map_err(|e| DomainError::from(e).at(format!("routes[{i}]")))?;
+        }
+        journal.commit();
+        Ok(())
     }
 
     /// Routes, optionally of one VRF and inside one prefix, in (VRF, prefix) order.
@@ -487,6 +381,214 @@ fn cover(state: &State, vrf: u32, (addr, len): V4Prefix) -> Option<(u8, u32)> {
     })
 }
 
+/// An `AddRoutes` batch checked against the state.
+struct CheckedRoutes {
+    batch: Vec<RouteSpec>,
+    /// Per route, its next hop's slot and the entry it replaces.
+    slots: Vec<u32>,
+    existing: Vec<Option<RouteEntry>>,
+    /// The VRFs it names.
+    vrfs: BTreeSet<u32>,
+    /// Some route is new or points at another next hop.
+    changed: bool,
+}
+
+/// A trie write of an `AddRoutes` batch and what undoes it.
+struct TrieWrite {
+    /// The route's index in the batch.
+    index: usize,
+    vrf: u32,
+    prefix: Prefix,
+    nexthop_slot: u32,
+    /// The entry it replaces put back, or its removal.
+    undo: KernelOp,
+}
+
+/// Everything an `AddRoutes` batch writes, computed before the first write.
+struct AddRoutesPlan {
+    routes: CheckedRoutes,
+    /// IPv6 routes, and IPv4 routes of VRFs without a flat table.
+    trie: Vec<TrieWrite>,
+    /// IPv4 records (every changed IPv4 route has one), and what undoes storing them.
+    records: Vec<(u32, RouteRecord4)>,
+    records_undo: Vec<KernelOp>,
+    /// Per route, its record slot ([`NO_RECORD`]: unchanged or IPv6).
+    record_of: Vec<u32>,
+    /// Record slots allocated for the batch, given back if it fails.
+    fresh_records: Vec<u32>,
+    /// The records' high-water mark the kernel needs.
+    mark: u32,
+    /// What the flat tables get after the batch: (VRF, prefix, next-hop slot), and the VRFs
+    /// whose IPv4 routes changed.
+    flat: Vec<(u32, V4Prefix, u32)>,
+    touched: BTreeSet<u32>,
+}
+
+/// Validates an `AddRoutes` batch (a route that exists already is replaced or refused as
+/// `on_existing` says). Nothing is changed.
+fn check_routes(state: &State, batch: Vec<RouteSpec>, on_existing: OnExisting) -> Result<CheckedRoutes, DomainError> {
+    let mut in_batch = HashSet::with_capacity(batch.len());
+    let mut slots = Vec::with_capacity(batch.len());
+    let mut existing = Vec::with_capacity(batch.len());
+    let (mut v4, mut v6) = (0u64, 0u64);
+    // Batches name a handful of VRFs and next hops: the last one checked is kept.
+    let mut vrf_ok = None;
+    let mut vrfs_seen = BTreeSet::new();
+    let mut last_nh: Option<(u32, u32)> = None;
+    let mut changed = false;
+    for (i, r) in batch.iter().enumerate() {
+        if vrf_ok != Some(r.vrf) {
+            match state.vrfs.get(&r.vrf) {
+                None => return Err(vrfs::not_found(r.vrf).at(format!("routes[{i}].vrf"))),
+                Some(vrfs::VrfMode::KernelFib { .. }) => {
+                    return Err(DomainError::FailedPrecondition(format!(
+                        "vrf {} forwards by the kernel's FIB: add its routes with `ip route`",
+                        r.vrf
+                    ))
+                    .at(format!("routes[{i}].vrf")))
+                }
+                Some(vrfs::VrfMode::Routes) => {
+                    vrf_ok = Some(r.vrf);
+                    vrfs_seen.insert(r.vrf);
+                }
+            }
+        }
+        let slot = match last_nh {
+            Some((id, slot)) if id == r.nexthop => slot,
+            _ => {
+                let nh = state
+                    .nexthops
+                    .get(&r.nexthop)
+                    .ok_or_else(|| nexthops::not_found(r.nexthop).at(format!("routes[{i}].next_hop")))?;
+                last_nh = Some((r.nexthop, nh.slot));
+                nh.slot
+            }
+        };
+        let before = state.routes.get(&(r.vrf, r.prefix)).copied();
+        if (before.is_some() && on_existing == OnExisting::Refuse) || !in_batch.insert((r.vrf, r.prefix)) {
+            return Err(DomainError::AlreadyExists { kind: "route", name: format!("{} in vrf {}", r.prefix, r.vrf) }
+                .at(format!("routes[{i}]")));
+        }
+        if before.is_none() {
+            if r.prefix.is_ipv4() {
+                v4 += 1
+            } else {
+                v6 += 1
+            }
+        }
+        changed |= before.map(|e| e.nexthop) != Some(r.nexthop);
+        slots.push(slot);
+        existing.push(before);
+    }
+    let [have4, have6] = state.route_counts;
+    let cap = u64::from(dataplane_common::MAX_ROUTES);
+    if have4 + v4 > cap || have6 + v6 > cap {
+        return Err(DomainError::Exhausted {
+            what: "routes per address family",
+            capacity: dataplane_common::MAX_ROUTES,
+        });
+    }
+    Ok(CheckedRoutes { batch, slots, existing, vrfs: vrfs_seen, changed })
+}
+
+/// Plans the writes of a checked `AddRoutes` batch: everything but unchanged replays. IPv6
+/// routes, and IPv4 routes of VRFs without a flat table, go to the tries; every IPv4 route gets
+/// its record (slots allocated here); the flat tables follow. The kernel is not touched.
+fn plan_add_routes(
+    state: &mut State,
+    routes: CheckedRoutes,
+    record_capacity: impl Fn() -> u32,
+) -> Result<AddRoutesPlan, DomainError> {
+    let (batch, existing) = (&routes.batch, &routes.existing);
+    let writes: Vec<usize> =
+        (0..batch.len()).filter(|&i| existing[i].map(|e| e.nexthop) != Some(batch[i].nexthop)).collect();
+    let old_slot = |old: &RouteEntry| state.nexthops[&old.nexthop].slot;
+    let in_trie = |r: &RouteSpec| !r.prefix.is_ipv4() || !state.fib4.is_flat(r.vrf);
+    let trie = writes
+        .iter()
+        .filter(|&&i| in_trie(&batch[i]))
+        .map(|&i| {
+            let (vrf, prefix) = (batch[i].vrf, batch[i].prefix);
+            let undo = match &existing[i] {
+                Some(old) => KernelOp::InsertRoute { vrf, prefix, nexthop_slot: old_slot(old) },
+                None => KernelOp::RemoveRoute { vrf, prefix },
+            };
+            TrieWrite { index: i, vrf, prefix, nexthop_slot: routes.slots[i], undo }
+        })
+        .collect();
+    let flat = writes
+        .iter()
+        .filter(|&&i| !in_trie(&batch[i]))
+        .filter_map(|&i| v4_prefix(&batch[i].prefix).map(|p| (batch[i].vrf, p, routes.slots[i])))
+        .collect();
+    let touched = writes.iter().filter(|&&i| batch[i].prefix.is_ipv4()).map(|&i| batch[i].vrf).collect();
+    let mut records = Vec::new();
+    let mut replaced = Vec::new();
+    let mut record_of = vec![NO_RECORD; batch.len()];
+    let mut fresh_records = Vec::new();
+    for &i in &writes {
+        let r = &batch[i];
+        let Some(addr) = v4_addr(&r.prefix) else { continue };
+        let record = |nexthop| RouteRecord4 {
+            vrf: r.vrf,
+            addr,
+            prefix_len: r.prefix.len(),
+            _pad: [0; 2],
+            flags: RECORD_VALID,
+            nexthop,
+        };
+        let slot = match &existing[i] {
+            Some(old) => {
+                replaced.push((old.record, record(old_slot(old))));
+                old.record
+            }
+            None => match state.route4_slots.alloc() {
+                Some(s) => {
+                    fresh_records.push(s);
+                    s
+                }
+                None => {
+                    // Cannot happen while the route count is checked; refused cleanly anyway.
+                    for s in fresh_records.into_iter().rev() {
+                        state.route4_slots.unalloc(s);
+                    }
+                    return Err(DomainError::Exhausted { what: "IPv4 route records", capacity: record_capacity() });
+                }
+            },
+        };
+        record_of[i] = slot;
+        records.push((slot, record(routes.slots[i])));
+    }
+    let mut records_undo = Vec::new();
+    if !replaced.is_empty() {
+        records_undo.push(KernelOp::Route4Store(replaced));
+    }
+    if !fresh_records.is_empty() {
+        records_undo.push(KernelOp::Route4Clear(fresh_records.clone()));
+    }
+    let mark = state.route4_slots.mark();
+    Ok(AddRoutesPlan { routes, trie, records, records_undo, record_of, fresh_records, mark, flat, touched })
+}
+
+/// Validates a `DeleteRoutes` batch: every route exists, none listed twice.
+fn check_deletes(state: &State, batch: &[(u32, Prefix)]) -> Result<(), DomainError> {
+    let mut seen = HashSet::with_capacity(batch.len());
+    for (i, key) in batch.iter().enumerate() {
+        if !state.routes.contains_key(key) {
+            return Err(DomainError::NotFound {
+                kind: "route",
+                name: format!("{} in vrf {}", key.1, key.0),
+                detail: "",
+            }
+            .at(format!("routes[{i}]")));
+        }
+        if !seen.insert(*key) {
+            return Err(DomainError::invalid(format!("routes[{i}]"), "route listed twice"));
+        }
+    }
+    Ok(())
+}
+
 /// Index into `State::route_counts`.
 fn family(prefix: &Prefix) -> usize {
     usize::from(!prefix.is_ipv4())
@@ -619,5 +721,47 @@ mod tests {
         assert_eq!(hit, r(0, "192.0.2.128/25", 2));
         assert_eq!(d.lookup_route(0, "198.51.100.1".parse().unwrap()).unwrap(), None);
         assert_eq!(d.lookup_route(3, "192.0.2.1".parse().unwrap()).unwrap_err().kind(), ErrorKind::NotFound);
+    }
+
+    /// VRF 0 with its flat table, an IPv4 and an IPv6 route.
+    fn with_routes() -> Domain<FakeDataplane> {
+        let d = domain();
+        d.add_routes(vec![r(0, "192.0.2.0/24", 1), r(0, "2001:db8::/32", 1), r(0, "2001:db8:5::/48", 2)]).unwrap();
+        d
+    }
+
+    #[test]
+    fn add_routes_kernel_failure_at_every_write_changes_nothing() {
+        // Trie writes (a replaced and a new IPv6 route), then the records (a replaced one and a
+        // new one, which raises the high-water mark).
+        let batch = || {
+            vec![
+                r(0, "2001:db8::/32", 2),
+                r(0, "2001:db8:1::/48", 1),
+                r(0, "192.0.2.0/24", 2),
+                r(0, "198.51.100.0/24", 1),
+                r(0, "2001:db8:5::/48", 2),
+            ]
+        };
+        let errors = crate::domain::txn::testing::fail_at_every_write(with_routes, |d| {
+            d.add_routes_with(batch(), crate::domain::OnExisting::Replace)
+        });
+        assert_eq!(errors.len(), 4, "{errors:?}");
+        assert!(errors[0].starts_with("routes[0]: dataplane:"), "{}", errors[0]);
+        assert!(errors[1].starts_with("routes[1]: dataplane:"), "{}", errors[1]);
+        assert!(errors[2..].iter().all(|e| e.starts_with("routes: dataplane:")), "{errors:?}");
+    }
+
+    #[test]
+    fn delete_routes_kernel_failure_at_every_write_changes_nothing() {
+        let errors = crate::domain::txn::testing::fail_at_every_write(with_routes, |d| {
+            d.delete_routes(&[
+                (0, "2001:db8:5::/48".parse().unwrap()),
+                (0, "192.0.2.0/24".parse().unwrap()),
+                (0, "2001:db8::/32".parse().unwrap()),
+            ])
+        });
+        assert_eq!(errors.len(), 2, "the IPv6 routes are the batch's trie writes: {errors:?}");
+        assert!(errors[1].starts_with("routes[2]: dataplane:"), "{}", errors[1]);
     }
 }

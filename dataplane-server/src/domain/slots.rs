@@ -87,6 +87,16 @@ impl MarkAllocator {
         self.free.push(id);
     }
 
+    /// Takes back an id of a batch that failed, the last handed out first: the allocator is
+    /// as before, its mark included (the kernel's was put back too).
+    pub fn unalloc(&mut self, id: u32) {
+        if id + 1 == self.mark {
+            self.mark -= 1;
+        } else {
+            self.free.push(id);
+        }
+    }
+
     /// Every id handed out so far is below this.
     pub fn mark(&self) -> u32 {
         self.mark
