@@ -1,0 +1,27 @@
+//! The fake's Policies: Policy tables written and attachment words.
+
+use super::*;
+
+impl Policies for FakeDataplane {
+    fn write_policy(&self, image: &crate::dataplane::PolicyImage) -> Result<(), DataplaneError> {
+        self.write("write_policy")?;
+        self.policy_tables.lock().unwrap().insert(image.table, image.clone());
+        Ok(())
+    }
+
+    fn clear_policy(&self, image: &crate::dataplane::PolicyImage) -> Result<(), DataplaneError> {
+        self.write("clear_policy")?;
+        self.policy_tables.lock().unwrap().remove(&image.table);
+        Ok(())
+    }
+
+    fn set_policy_attachment(&self, slot: u32, direction: u32, word: u32) -> Result<(), DataplaneError> {
+        self.write("set_policy_attachment")?;
+        self.policy_attach.lock().unwrap().insert((slot, direction), word);
+        Ok(())
+    }
+
+    fn rule_stats(&self, _first: u32, count: u32) -> Result<Vec<dataplane_common::policy::RuleStats>, DataplaneError> {
+        Ok(vec![Default::default(); count as usize])
+    }
+}
