@@ -3,6 +3,8 @@
 
 use std::net::Ipv4Addr;
 
+use crate::packet::{ETH_HLEN, IPV4_HLEN, IPV6_HLEN};
+
 /// One's-complement sum of big-endian 16-bit words (an odd byte is padded with zero), added to
 /// `initial` and folded to 16 bits.
 pub fn ones_sum(bytes: &[u8], initial: u32) -> u16 {
@@ -43,5 +45,54 @@ pub fn udp_v4(src: Ipv4Addr, dst: Ipv4Addr, datagram: &[u8]) -> u16 {
     match !ones_sum(datagram, pseudo_v4(src, dst, crate::packet::IPPROTO_UDP, datagram.len() as u16)) {
         0 => 0xffff,
         s => s,
+    }
+}
+
+/// A checksum verified over an (untagged) output frame from scratch, independently of any
+/// expected byte string, so a failure names the broken property rather than just an offset.
+#[derive(Clone, Copy, Debug)]
+pub enum Checksum {
+    /// The IPv4 header at ETH_HLEN (IHL words) sums to zero: checksum valid.
+    Ipv4Header,
+    /// The ICMP message after the IPv4 header, up to the total length, sums to zero.
+    Icmpv4,
+    /// The ICMPv6 message after the fixed IPv6 header sums to zero with the pseudo-header.
+    Icmpv6,
+}
+
+impl Checksum {
+    /// `Ok` if the checksum holds over `out`, else what is wrong.
+    pub fn verify(self, out: &[u8]) -> Result<(), String> {
+        let short = || format!("{self:?}: output of {} bytes too short", out.len());
+        match self {
+            Checksum::Ipv4Header => {
+                let hlen = usize::from(*out.get(ETH_HLEN).ok_or_else(short)? & 0x0f) * 4;
+                let hdr = out.get(ETH_HLEN..ETH_HLEN + hlen).ok_or_else(short)?;
+                match internet(hdr) {
+                    0 => Ok(()),
+                    c => Err(format!("IPv4 header checksum invalid (residue {c:#06x})")),
+                }
+            }
+            Checksum::Icmpv4 => {
+                let ip = out.get(ETH_HLEN..ETH_HLEN + IPV4_HLEN).ok_or_else(short)?;
+                let hlen = usize::from(ip[0] & 0x0f) * 4;
+                let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+                let msg = out.get(ETH_HLEN + hlen..ETH_HLEN + total).ok_or_else(short)?;
+                match internet(msg) {
+                    0 => Ok(()),
+                    c => Err(format!("ICMP checksum invalid (residue {c:#06x})")),
+                }
+            }
+            Checksum::Icmpv6 => {
+                let ip = out.get(ETH_HLEN..ETH_HLEN + IPV6_HLEN).ok_or_else(short)?;
+                let plen = usize::from(u16::from_be_bytes([ip[4], ip[5]]));
+                let start = ETH_HLEN + IPV6_HLEN;
+                let msg = out.get(start..start + plen).ok_or_else(short)?;
+                match icmpv6(&ip[8..24], &ip[24..40], msg) {
+                    0 => Ok(()),
+                    c => Err(format!("ICMPv6 checksum invalid (residue {c:#06x})")),
+                }
+            }
+        }
     }
 }

@@ -477,6 +477,27 @@ pub fn set_ipv6_payload_len(frame: &mut [u8], l3: usize, payload_len: u16) {
     }
 }
 
+/// Where two frames differ, for a failure message: lengths, the first few differing offsets and
+/// both frames.
+pub fn diff(expected: &[u8], observed: &[u8]) -> String {
+    let offsets: Vec<String> = (0..expected.len().max(observed.len()))
+        .filter(|&i| expected.get(i) != observed.get(i))
+        .take(8)
+        .map(|i| {
+            let show = |b: Option<&u8>| b.map_or("--".to_string(), |b| format!("{b:02x}"));
+            format!("@{i}: {} != {}", show(observed.get(i)), show(expected.get(i)))
+        })
+        .collect();
+    format!(
+        "differs ({} bytes, expected {}; observed != expected: {}):\n        observed {:02x?}\n        expected {:02x?}",
+        observed.len(),
+        expected.len(),
+        offsets.join(", "),
+        observed,
+        expected
+    )
+}
+
 /// Source MAC of [`l4_frame`]'s frames.
 pub const L4_SENDER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x99];
 /// IPv4 source [`l4_frame`] uses when the families differ.

@@ -51,12 +51,12 @@ use dataplane_common::{
     InterfaceConfig, InterfaceStats, NextHop, Reason, MAX_NEXTHOPS,
 };
 use integration::{
-    checksum,
+    checksum::{self, Checksum},
     counters::{counted_once, describe_stats},
     harness::{self, verdict_name, Observed, XDP_DROP, XDP_PASS, XDP_REDIRECT},
     packet::{
-        arp_request, concat, icmp, icmp_checksummed, icmpv6_checksummed, ipv6_ah, ipv6_fragment, ipv6_options, payload,
-        tcp, udp, Eth, Ipv4, Ipv6, ETH_HLEN, ETH_P_8021Q, ETH_P_ARP, ETH_P_IPV4, ETH_P_IPV6, IPPROTO_AH,
+        arp_request, concat, diff, icmp, icmp_checksummed, icmpv6_checksummed, ipv6_ah, ipv6_fragment, ipv6_options,
+        payload, tcp, udp, Eth, Ipv4, Ipv6, ETH_HLEN, ETH_P_8021Q, ETH_P_ARP, ETH_P_IPV4, ETH_P_IPV6, IPPROTO_AH,
         IPPROTO_DSTOPTS, IPPROTO_FRAGMENT, IPPROTO_GRE, IPPROTO_HOPOPTS, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP,
         IPPROTO_UDP, IPV4_HLEN, IPV6_HLEN, TCP_SYN, UDP_HLEN,
     },
@@ -193,54 +193,6 @@ fn time_exceeded_v6(frame: &[u8], iface: &InterfaceConfig) -> Vec<u8> {
     let ip = Ipv6::new(iface.ipv6.into(), <[u8; 16]>::try_from(sender).unwrap().into(), IPPROTO_ICMPV6).build(&icmp);
     let sender_mac: [u8; 6] = frame[6..12].try_into().unwrap();
     Eth::new(sender_mac, iface.mac, ETH_P_IPV6).frame(&ip)
-}
-
-/// Checksums verified over the output frame from scratch, independently of any expected byte
-/// string, so a failure names the broken property rather than just an offset.
-#[derive(Clone, Copy, Debug)]
-enum Checksum {
-    /// The IPv4 header at ETH_HLEN (IHL words) sums to zero: checksum valid.
-    Ipv4Header,
-    /// The ICMP message after the IPv4 header, up to the total length, sums to zero.
-    Icmpv4,
-    /// The ICMPv6 message after the fixed IPv6 header sums to zero with the pseudo-header.
-    Icmpv6,
-}
-
-impl Checksum {
-    fn verify(self, out: &[u8]) -> Result<(), String> {
-        let short = || format!("{self:?}: output of {} bytes too short", out.len());
-        match self {
-            Checksum::Ipv4Header => {
-                let hlen = usize::from(*out.get(ETH_HLEN).ok_or_else(short)? & 0x0f) * 4;
-                let hdr = out.get(ETH_HLEN..ETH_HLEN + hlen).ok_or_else(short)?;
-                match checksum::internet(hdr) {
-                    0 => Ok(()),
-                    c => Err(format!("IPv4 header checksum invalid (residue {c:#06x})")),
-                }
-            }
-            Checksum::Icmpv4 => {
-                let ip = out.get(ETH_HLEN..ETH_HLEN + IPV4_HLEN).ok_or_else(short)?;
-                let hlen = usize::from(ip[0] & 0x0f) * 4;
-                let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
-                let msg = out.get(ETH_HLEN + hlen..ETH_HLEN + total).ok_or_else(short)?;
-                match checksum::internet(msg) {
-                    0 => Ok(()),
-                    c => Err(format!("ICMP checksum invalid (residue {c:#06x})")),
-                }
-            }
-            Checksum::Icmpv6 => {
-                let ip = out.get(ETH_HLEN..ETH_HLEN + IPV6_HLEN).ok_or_else(short)?;
-                let plen = usize::from(u16::from_be_bytes([ip[4], ip[5]]));
-                let start = ETH_HLEN + IPV6_HLEN;
-                let msg = out.get(start..start + plen).ok_or_else(short)?;
-                match checksum::icmpv6(&ip[8..24], &ip[24..40], msg) {
-                    0 => Ok(()),
-                    c => Err(format!("ICMPv6 checksum invalid (residue {c:#06x})")),
-                }
-            }
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -486,26 +438,6 @@ impl Harness {
             Err(format!("{} ({} bytes):\n      {}", fx.description, fx.frame.len(), problems.join("\n      ")))
         }
     }
-}
-
-/// Where two frames differ: lengths and the first few differing offsets.
-fn diff(expected: &[u8], observed: &[u8]) -> String {
-    let offsets: Vec<String> = (0..expected.len().max(observed.len()))
-        .filter(|&i| expected.get(i) != observed.get(i))
-        .take(8)
-        .map(|i| {
-            let show = |b: Option<&u8>| b.map_or("--".to_string(), |b| format!("{b:02x}"));
-            format!("@{i}: {} != {}", show(observed.get(i)), show(expected.get(i)))
-        })
-        .collect();
-    format!(
-        "differs ({} bytes, expected {}; observed != expected: {}):\n        observed {:02x?}\n        expected {:02x?}",
-        observed.len(),
-        expected.len(),
-        offsets.join(", "),
-        observed,
-        expected
-    )
 }
 
 /// Runs every fixture (not stopping at the first failure) and fails listing every mismatch.
