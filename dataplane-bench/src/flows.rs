@@ -7,7 +7,7 @@
 
 use std::{
     collections::HashMap,
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr},
     path::PathBuf,
     process::{Child, Command, Stdio},
     sync::{Arc, Mutex},
@@ -16,8 +16,6 @@ use std::{
 
 use anyhow::{bail, ensure, Context, Result};
 use controller_client::{pb, Client, ServerAddress};
-
-use crate::pinned::PinnedIngress;
 
 const XDP_REDIRECT: u32 = 4;
 
@@ -149,25 +147,9 @@ pub fn start_server(tag: &str, netns: Option<&str>) -> Result<ServerProcess> {
     Ok(ServerProcess { child, dir, bpffs })
 }
 
+/// A UDP datagram of flow `n` (distinct destination and source port), for the loopback MAC.
 fn frame(n: u32) -> Vec<u8> {
-    // A UDP datagram of flow `n` (distinct destination and source port), for the loopback MAC.
-    let dst = Ipv4Addr::from(0xcb00_7100u32 | (n & 0xff));
-    let sport = (n >> 8) as u16 + 1024;
-    let mut f = vec![0u8; 42];
-    f[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 0x99]);
-    f[12..14].copy_from_slice(&[0x08, 0x00]);
-    f[14..24].copy_from_slice(&[0x45, 0, 0, 28, 0, 1, 0x40, 0, 64, 17]);
-    f[26..30].copy_from_slice(&[192, 0, 2, 10]);
-    f[30..34].copy_from_slice(&dst.octets());
-    let mut sum: u32 = f[14..34].chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], c[1]]))).sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    f[24..26].copy_from_slice(&(!(sum as u16)).to_be_bytes());
-    f[34..36].copy_from_slice(&sport.to_be_bytes());
-    f[36..38].copy_from_slice(&53u16.to_be_bytes());
-    f[38..40].copy_from_slice(&8u16.to_be_bytes());
-    f
+    integration::udp_frame(IpAddr::V4(Ipv4Addr::from(0xcb00_7100u32 | (n & 0xff))), (n >> 8) as u16 + 1024, 53)
 }
 
 fn key(n: u32) -> pb::FlowKey {
@@ -194,16 +176,7 @@ pub fn run(config: &Config) -> Result<Results> {
     let idle = Memory::of(server.child.id());
     rt.block_on(async {
         client.interfaces.add_interface(pb::AddInterfaceRequest { name: "lo".into(), ..Default::default() }).await?;
-        let nh = pb::NextHop {
-            id: 1,
-            kind: Some(pb::next_hop::Kind::Encap(pb::EncapNextHop {
-                interface: "lo".into(),
-                dst_mac: "02:00:00:00:00:01".into(),
-                src_mac: String::new(),
-                gateway: String::new(),
-            })),
-            ..Default::default()
-        };
+        let nh = integration::encap_nexthop(1, "lo", "02:00:00:00:00:01");
         client.routing.add_next_hops(pb::AddNextHopsRequest { next_hops: vec![nh], replace: false }).await?;
         client
             .routing
@@ -225,7 +198,7 @@ pub fn run(config: &Config) -> Result<Results> {
             .await?;
         anyhow::Ok(())
     })?;
-    let mut program = PinnedIngress::load(&server.bpffs)?;
+    let mut program = integration::Harness::over_pins(&server.bpffs)?.with_bench_harness()?;
     let mut results = Results {
         flows: config.flows,
         setups: Vec::new(),
@@ -286,7 +259,7 @@ pub fn run(config: &Config) -> Result<Results> {
             let start = Instant::now();
             for i in 0..n {
                 sent.lock().unwrap().insert(base + i, Instant::now());
-                program.run(&frame(base + i))?;
+                program.try_run(&frame(base + i))?;
                 // Misses spaced like arrivals rather than one burst, so the latency is the
                 // path's, not a queue's.
                 if i % 16 == 15 {
@@ -302,7 +275,7 @@ pub fn run(config: &Config) -> Result<Results> {
         })?;
         // Every flow is now hit by its next packet.
         for i in 0..n {
-            let (v, out) = program.run(&frame(base + i))?;
+            let (v, out) = program.try_run(&frame(base + i))?;
             ensure!(v == XDP_REDIRECT && out[..6] == [2, 0, 0, 0, 0, 1], "flow {} not forwarded by its flow", base + i);
         }
         results.setups.push(setup);

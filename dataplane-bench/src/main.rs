@@ -10,7 +10,6 @@
 mod flows;
 mod netns;
 mod packet;
-mod pinned;
 mod rawmap;
 mod report;
 mod sandbox;

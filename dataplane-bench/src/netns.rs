@@ -14,13 +14,7 @@ const PREFIX: &str = "dpbench-";
 static CREATED: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
 /// Runs a command; its stdout, or an error with its stderr.
-pub fn run(cmd: &str, args: &[&str]) -> Result<String> {
-    let out = Command::new(cmd).args(args).output().with_context(|| format!("spawning {cmd}"))?;
-    if !out.status.success() {
-        bail!("{cmd} {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
+pub use integration::run;
 
 /// Deletes every namespace this process still has (signal path; best effort).
 pub fn delete_all() {

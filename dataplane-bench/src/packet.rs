@@ -21,6 +21,11 @@ use dataplane_server::{
     net::{Mac, Prefix},
 };
 
+use integration::{
+    packet::{udp, Eth, Ipv4, Ipv6, ETH_P_IPV4, ETH_P_IPV6, IPPROTO_UDP, L4_SENDER_V6},
+    Rng,
+};
+
 use crate::sandbox::{Sandbox, EGRESS};
 
 const XDP_PASS: u32 = 2;
@@ -353,21 +358,6 @@ fn check_forwarded(sandbox: &Sandbox, frame: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// Deterministic xorshift64.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 /// VRF 0 is looked up in its flat table, and the kernel's answer (`LookupRoute`, read from the
 /// table the route stage reads) is the longest-prefix match of `prefixes` on the probe and on
 /// addresses in and around each of the first thousand prefixes.
@@ -451,47 +441,15 @@ fn host_in(p: &Prefix, host: u8) -> IpAddr {
 /// A UDP datagram from the sender to `dst`, in a frame addressed to the ingress interface
 /// (loopback: all-zero MAC): 64 bytes for IPv4, 78 for IPv6 (the smallest with 16 B of payload).
 fn udp_frame(dst: IpAddr) -> Vec<u8> {
-    let mut f = Vec::with_capacity(80);
-    f.extend_from_slice(&[0; 6]);
-    f.extend_from_slice(&SENDER_MAC);
     let payload = [0x5au8; 22];
     match dst {
         IpAddr::V4(d) => {
-            let udp_len = 8 + payload.len() as u16;
-            f.extend_from_slice(&[0x08, 0x00]);
-            let mut ip = vec![0x45, 0, 0, 0, 0, 1, 0x40, 0, TTL, 17, 0, 0];
-            ip[2..4].copy_from_slice(&(20 + udp_len).to_be_bytes());
-            ip.extend_from_slice(&[192, 0, 2, 10]);
-            ip.extend_from_slice(&d.octets());
-            let sum = checksum(&ip);
-            ip[10..12].copy_from_slice(&sum.to_be_bytes());
-            f.extend_from_slice(&ip);
-            f.extend_from_slice(&[0x30, 0x39, 0x00, 0x35]);
-            f.extend_from_slice(&udp_len.to_be_bytes());
-            f.extend_from_slice(&[0, 0]);
-            f.extend_from_slice(&payload);
+            let ip = Ipv4::new(Ipv4Addr::new(192, 0, 2, 10), d, IPPROTO_UDP).id(1).dont_fragment().ttl(TTL);
+            Eth::new([0; 6], SENDER_MAC, ETH_P_IPV4).frame(&ip.build(&udp(12345, 53, &payload)))
         }
         IpAddr::V6(d) => {
-            let payload = &payload[..16];
-            let udp_len = 8 + payload.len() as u16;
-            f.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0]);
-            f.extend_from_slice(&udp_len.to_be_bytes());
-            f.extend_from_slice(&[17, TTL]);
-            f.extend_from_slice(&Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 0x10).octets());
-            f.extend_from_slice(&d.octets());
-            f.extend_from_slice(&[0x30, 0x39, 0x00, 0x35]);
-            f.extend_from_slice(&udp_len.to_be_bytes());
-            f.extend_from_slice(&[0, 0]);
-            f.extend_from_slice(payload);
+            let ip = Ipv6::new(L4_SENDER_V6, d, IPPROTO_UDP).hop_limit(TTL);
+            Eth::new([0; 6], SENDER_MAC, ETH_P_IPV6).frame(&ip.build(&udp(12345, 53, &payload[..16])))
         }
     }
-    f
-}
-
-fn checksum(bytes: &[u8]) -> u16 {
-    let mut sum: u32 = bytes.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]))).sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
 }

@@ -19,7 +19,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{netns::pin_to_cpu, pinned::PinnedIngress};
+use integration::{packet, Harness};
+
+use crate::netns::pin_to_cpu;
 use anyhow::{bail, ensure, Context, Result};
 use controller_client::{pb, Client};
 
@@ -63,24 +65,11 @@ pub struct Results {
     pub dropped_ring: Vec<f64>,
 }
 
-/// A UDP datagram for the loopback MAC (all zero), `len` bytes of frame.
+/// A UDP datagram for the loopback MAC (all zero), `len` bytes of frame (zero payload).
 fn udp(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, len: usize) -> Vec<u8> {
-    let mut f = vec![0u8; len];
-    f[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 0x99]);
-    f[12..14].copy_from_slice(&[0x08, 0x00]);
-    f[14..24].copy_from_slice(&[0x45, 0, 0, 0, 0, 1, 0x40, 0, 64, 17]);
-    f[16..18].copy_from_slice(&((len - 14) as u16).to_be_bytes());
-    f[26..30].copy_from_slice(&src);
-    f[30..34].copy_from_slice(&dst);
-    let mut sum: u32 = f[14..34].chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], c[1]]))).sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    f[24..26].copy_from_slice(&(!(sum as u16)).to_be_bytes());
-    f[34..36].copy_from_slice(&sport.to_be_bytes());
-    f[36..38].copy_from_slice(&dport.to_be_bytes());
-    f[38..40].copy_from_slice(&((len - 34) as u16).to_be_bytes());
-    f
+    let datagram = packet::udp(sport, dport, &vec![0; len - packet::ETH_HLEN - packet::IPV4_HLEN - packet::UDP_HLEN]);
+    let ip = packet::Ipv4::new(src.into(), dst.into(), packet::IPPROTO_UDP).id(1).dont_fragment();
+    packet::Eth::new([0; 6], packet::L4_SENDER_MAC, packet::ETH_P_IPV4).frame(&ip.build(&datagram))
 }
 
 /// Miss `n` of the storm: a 5-tuple of its own (destination, source and destination port).
@@ -98,7 +87,7 @@ async fn reasons(c: &mut Client, iface: &str) -> Result<std::collections::HashMa
 
 /// One window of the established flow from a thread pinned to CPU 0 (while `until` is false):
 /// (packets per second of wall time, the kernel's mean ns per packet).
-fn established(h: &PinnedIngress, frame: &[u8], window: Duration, repeat: u32, pinned: bool) -> Result<(f64, f64)> {
+fn established(h: &Harness, frame: &[u8], window: Duration, repeat: u32, pinned: bool) -> Result<(f64, f64)> {
     if pinned {
         pin_to_cpu(0, 0)?;
     }
@@ -117,7 +106,7 @@ pub fn run(
     config: &Config,
     rt: &tokio::runtime::Runtime,
     client: &mut Client,
-    program: &mut PinnedIngress,
+    program: &mut Harness,
 ) -> Result<Results> {
     let pinned = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) >= 2;
     let frame = udp(FLOW_SRC, FLOW_DST, 4000, 53, 64);
@@ -147,7 +136,7 @@ pub fn run(
         anyhow::Ok(())
     })?;
     program.set_harness_frame(&frame)?;
-    let harness: &PinnedIngress = program;
+    let harness: &Harness = program;
     // The established flow is forwarded by its flow: out to next hop 1's MAC.
     let (v, _, out) = harness.run_harnessed(&frame, 1)?;
     ensure!(
@@ -187,7 +176,7 @@ pub fn run(
                 }
                 while !stop.load(Ordering::Relaxed) {
                     let n = next.fetch_add(1, Ordering::Relaxed);
-                    let (v, _) = harness.run(&storm_frame(n))?;
+                    let (v, _) = harness.try_run(&storm_frame(n))?;
                     ensure!(v != XDP_REDIRECT, "a storm packet was forwarded: not a miss");
                     sent.fetch_add(1, Ordering::Relaxed);
                 }

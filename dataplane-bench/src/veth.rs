@@ -38,6 +38,7 @@ use std::{
 use anyhow::{bail, ensure, Context, Result};
 use controller_client::{pb, Client};
 use dataplane_common::{maps as names, programs};
+use integration::packet::{udp, Eth, Ipv4, ETH_P_IPV4, IPPROTO_UDP};
 
 use crate::{
     flows::start_server,
@@ -709,67 +710,24 @@ fn schedstat_ns(tid: i32) -> Result<u64> {
 /// 64 bytes: Ethernet (to the router's ingress MAC) + IPv4 (192.0.2.2 -> 203.0.113.10, TTL 64,
 /// DF) + UDP (12345 -> 9) + 22 bytes of payload, both checksums correct.
 fn udp_frame() -> Vec<u8> {
-    let payload = [0x5au8; 22];
-    let udp_len = (8 + payload.len()) as u16;
-    let mut f = Vec::with_capacity(64);
-    f.extend_from_slice(&RI_MAC);
-    f.extend_from_slice(&GEN_MAC);
-    f.extend_from_slice(&[0x08, 0x00]);
-    let mut ip = vec![0x45, 0, 0, 0, 0, 1, 0x40, 0, 64, 17, 0, 0];
-    ip[2..4].copy_from_slice(&(20 + udp_len).to_be_bytes());
-    ip.extend_from_slice(&GEN_IP);
-    ip.extend_from_slice(&DST_IP);
-    let sum = checksum(&ip, 0);
-    ip[10..12].copy_from_slice(&sum.to_be_bytes());
-    f.extend_from_slice(&ip);
-    let mut udp = Vec::with_capacity(udp_len as usize);
-    udp.extend_from_slice(&12345u16.to_be_bytes());
-    udp.extend_from_slice(&9u16.to_be_bytes());
-    udp.extend_from_slice(&udp_len.to_be_bytes());
-    udp.extend_from_slice(&[0, 0]);
-    udp.extend_from_slice(&payload);
-    // Pseudo-header: source, destination, zero + protocol, UDP length.
-    let mut pseudo = Vec::with_capacity(12);
-    pseudo.extend_from_slice(&GEN_IP);
-    pseudo.extend_from_slice(&DST_IP);
-    pseudo.extend_from_slice(&[0, 17]);
-    pseudo.extend_from_slice(&udp_len.to_be_bytes());
-    let partial: u32 = pseudo.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], c[1]]))).sum();
-    let sum = match checksum(&udp, partial) {
-        0 => 0xffff,
-        s => s,
-    };
-    udp[6..8].copy_from_slice(&sum.to_be_bytes());
-    f.extend_from_slice(&udp);
+    let ip = Ipv4::new(GEN_IP.into(), DST_IP.into(), IPPROTO_UDP).id(1).dont_fragment();
+    let f = Eth::new(RI_MAC, GEN_MAC, ETH_P_IPV4).frame(&ip.build_udp_checksummed(&udp(12345, 9, &[0x5a; 22])));
     debug_assert_eq!(f.len(), 64);
     f
-}
-
-/// Internet checksum of `bytes`, starting from the partial sum `start`.
-fn checksum(bytes: &[u8], start: u32) -> u16 {
-    let mut sum =
-        start + bytes.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]))).sum::<u32>();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use integration::checksum;
 
     #[test]
     fn frame_is_64_bytes_with_valid_checksums() {
         let f = udp_frame();
         assert_eq!(f.len(), 64);
-        // A correct header sums to 0xffff, i.e. checksum() of it is 0.
-        assert_eq!(checksum(&f[14..34], 0), 0);
-        let mut pseudo: u32 = 0;
-        for c in [&f[26..30], &f[30..34]] {
-            pseudo += c.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], c[1]]))).sum::<u32>();
-        }
-        pseudo += 17 + 30;
-        assert_eq!(checksum(&f[34..], pseudo), 0);
+        // A correct header sums to 0xffff, i.e. its checksum over itself is 0.
+        assert_eq!(checksum::internet(&f[14..34]), 0);
+        let pseudo = checksum::pseudo_v4(GEN_IP.into(), DST_IP.into(), IPPROTO_UDP, 30);
+        assert_eq!(!checksum::ones_sum(&f[34..], pseudo), 0);
     }
 }

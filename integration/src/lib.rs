@@ -1,5 +1,18 @@
-//! Test support: RAII guards for network namespaces, veth topologies and server processes, each
-//! with a unique name so tests run in parallel and leave nothing behind, also when they fail.
+//! Test support, shared by the end-to-end tests and `dataplane-bench`: the one test kit
+//! ([`packet`] builder, [`checksum`], [`rng`], [`counters`] deltas, test-run [`harness`]) and RAII
+//! guards for network namespaces, veth topologies and server processes, each with a unique name
+//! so tests run in parallel and leave nothing behind, also when they fail.
+
+pub mod checksum;
+pub mod counters;
+pub mod harness;
+pub mod packet;
+pub mod rng;
+
+pub use counters::{counted_once, delta, describe_stats, reason};
+pub use harness::Harness;
+pub use packet::{l4_frame, udp_frame};
+pub use rng::Rng;
 
 use std::{
     path::{Path, PathBuf},
@@ -12,25 +25,21 @@ use anyhow::{bail, Context, Result};
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
-/// Deterministic xorshift, so failures reproduce.
-pub struct Rng(pub u64);
-
-impl Rng {
-    #[allow(clippy::should_implement_trait)]
-    pub fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
-
 /// `a` with all but its first `len` bits cleared.
 pub fn mask4(a: u32, len: u8) -> u32 {
     if len == 0 {
         0
     } else {
         a & (u32::MAX << (32 - u32::from(len)))
+    }
+}
+
+/// `a` with all but its first `len` bits cleared.
+pub fn mask6(a: u128, len: u8) -> u128 {
+    if len == 0 {
+        0
+    } else {
+        a & (u128::MAX << (128 - u32::from(len)))
     }
 }
 
@@ -420,92 +429,6 @@ impl Drop for Server {
     }
 }
 
-/// `dataplane_server::dataplane::PinnedIngress` for tests: panics instead of returning errors.
-pub struct XdpOverPins(dataplane_server::dataplane::PinnedIngress);
-
-impl XdpOverPins {
-    pub fn load(bpffs: &std::path::Path) -> Self {
-        Self(
-            dataplane_server::dataplane::PinnedIngress::load(bpffs)
-                .expect("load dp_xdp_ingress over the server's pins"),
-        )
-    }
-
-    pub fn run(&self, frame: &[u8]) -> (u32, Vec<u8>) {
-        self.0.run(frame).expect("test run")
-    }
-}
-
-/// A UDP datagram from 192.0.2.10 / 2001:db8:1::10 to `dst`, ports `sport` -> `dport`, in a
-/// frame for the loopback's (all-zero) MAC.
-pub fn udp_frame(dst: std::net::IpAddr, sport: u16, dport: u16) -> Vec<u8> {
-    l4_frame(std::net::IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 10)), dst, 17, sport, dport, 0)
-}
-
-/// An IPv4/IPv6 frame for the loopback's (all-zero) MAC from `src` to `dst` with protocol
-/// `proto`; for TCP/UDP `a`/`b` are the ports (and `flags` the TCP flags), for ICMP the type and
-/// code. IPv4 `src` is replaced by 2001:db8:1::10 for an IPv6 `dst` (and vice versa) when the
-/// families differ.
-pub fn l4_frame(src: std::net::IpAddr, dst: std::net::IpAddr, proto: u8, a: u16, b: u16, flags: u8) -> Vec<u8> {
-    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-    let l4: Vec<u8> = match proto {
-        6 => {
-            let mut h = vec![0u8; 20];
-            h[0..2].copy_from_slice(&a.to_be_bytes());
-            h[2..4].copy_from_slice(&b.to_be_bytes());
-            h[12] = 5 << 4;
-            h[13] = flags;
-            h
-        }
-        1 | 58 => vec![a as u8, b as u8, 0, 0, 0, 0, 0, 0],
-        _ => {
-            let mut h = vec![0u8; 8];
-            h[0..2].copy_from_slice(&a.to_be_bytes());
-            h[2..4].copy_from_slice(&b.to_be_bytes());
-            h[4..6].copy_from_slice(&8u16.to_be_bytes());
-            h
-        }
-    };
-    let mut f = vec![0, 0, 0, 0, 0, 0, 0x02, 0, 0, 0, 0, 0x99];
-    match dst {
-        IpAddr::V4(d) => {
-            let s = match src {
-                IpAddr::V4(s) => s,
-                IpAddr::V6(_) => Ipv4Addr::new(192, 0, 2, 10),
-            };
-            let total = (20 + l4.len()) as u16;
-            f.extend_from_slice(&[0x08, 0x00, 0x45, 0]);
-            f.extend_from_slice(&total.to_be_bytes());
-            f.extend_from_slice(&[0, 1, 0x40, 0, 64, proto, 0, 0]);
-            f.extend_from_slice(&s.octets());
-            f.extend_from_slice(&d.octets());
-            let sum = !ones_sum(&f[14..34]);
-            f[24..26].copy_from_slice(&sum.to_be_bytes());
-        }
-        IpAddr::V6(d) => {
-            let s = match src {
-                IpAddr::V6(s) => s,
-                IpAddr::V4(_) => Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 0x10),
-            };
-            f.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0]);
-            f.extend_from_slice(&(l4.len() as u16).to_be_bytes());
-            f.extend_from_slice(&[proto, 64]);
-            f.extend_from_slice(&s.octets());
-            f.extend_from_slice(&d.octets());
-        }
-    }
-    f.extend_from_slice(&l4);
-    f
-}
-
-fn ones_sum(b: &[u8]) -> u16 {
-    let mut s: u32 = b.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], c[1]]))).sum();
-    while s > 0xffff {
-        s = (s & 0xffff) + (s >> 16);
-    }
-    s as u16
-}
-
 /// An ENCAP next hop out of `interface` to `dst_mac` (source MAC: the interface's).
 pub fn encap_nexthop(id: u32, interface: &str, dst_mac: &str) -> controller_client::pb::NextHop {
     use controller_client::pb;
@@ -570,32 +493,6 @@ pub async fn server_forwarding_via_lo(prefix: &str) -> Result<(Netns, Server, co
     let routes = ["0.0.0.0/0", "::/0"].map(|p| pb::Route { vrf: 0, prefix: p.into(), next_hop: 1 }).to_vec();
     c.routing.add_routes(pb::AddRoutesRequest { routes, replace: false }).await?;
     Ok((ns, server, c))
-}
-
-/// Interface counters as a test failure message shows them: the non-zero reasons by name.
-pub fn describe_stats(d: &dataplane_common::InterfaceStats) -> String {
-    if *d == dataplane_common::InterfaceStats::ZERO {
-        return "none".into();
-    }
-    let reasons: Vec<String> = d
-        .reasons
-        .iter()
-        .enumerate()
-        .filter(|(_, n)| **n != 0)
-        .map(|(i, n)| {
-            let name =
-                dataplane_common::Reason::from_u32(i as u32).map_or_else(|| format!("reason#{i}"), |r| r.name().into());
-            format!("{name}+{n}")
-        })
-        .collect();
-    format!(
-        "rx_packets+{} rx_bytes+{} tx_packets+{} tx_bytes+{} reasons[{}]",
-        d.rx_packets,
-        d.rx_bytes,
-        d.tx_packets,
-        d.tx_bytes,
-        reasons.join(" ")
-    )
 }
 
 /// A steady one-way stream of sequence-numbered UDP datagrams from one namespace to another,

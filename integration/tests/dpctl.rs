@@ -260,7 +260,7 @@ fn dpctl_flowmode_watch_flow_add_list_del() {
         .spawn()
         .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(500));
-    let xdp = integration::XdpOverPins::load(&server.bpffs);
+    let xdp = integration::Harness::over_pins(&server.bpffs).expect("load dp_xdp_ingress over the server\'s pins");
     let frame =
         integration::l4_frame("192.0.2.10".parse().unwrap(), "198.51.100.7".parse().unwrap(), 6, 40000, 443, 0x02);
     xdp.run(&frame);

@@ -11,7 +11,7 @@ use std::{
 };
 
 use controller_client::{pb, Client};
-use integration::{mask4 as mask, Netns, Rng, Server, XdpOverPins};
+use integration::{mask4 as mask, Harness, Netns, Rng, Server};
 
 const XDP_PASS: u32 = 2;
 const XDP_REDIRECT: u32 = 4;
@@ -103,7 +103,7 @@ async fn vrf(client: &mut Client, id: u32) -> pb::Vrf {
 
 /// Every probe, through the XDP program (VRF 0, the ingress `lo`'s): forwarded out of the next
 /// hop of the brute-force longest match, or passed unrouted where there is none.
-fn check_xdp(xdp: &XdpOverPins, t: &Table, addrs: &[u32]) {
+fn check_xdp(xdp: &Harness, t: &Table, addrs: &[u32]) {
     let mut wrong = Vec::new();
     for &a in addrs {
         let (verdict, out) = xdp.run(&integration::udp_frame(IpAddr::V4(Ipv4Addr::from(a)), 12345, 53));
@@ -174,7 +174,7 @@ async fn fib4_random_churn_in_two_vrfs_forwards_as_longest_prefix_match() {
         assert_eq!(v.ipv4_lookup(), pb::Ipv4Lookup::Flat, "vrf {id}");
         assert!(v.ipv4_flat_chunks > 256, "vrf {id}: chunks below the root ({})", v.ipv4_flat_chunks);
     }
-    let xdp = XdpOverPins::load(&server.bpffs);
+    let xdp = Harness::over_pins(&server.bpffs).expect("load dp_xdp_ingress over the server\'s pins");
     let addrs = probes(&mut rng, &t0, 3000);
     check_xdp(&xdp, &t0, &addrs);
     check_lookup(&mut client, 0, &t0, &addrs[..800]).await;
@@ -244,7 +244,7 @@ async fn fib4_pool_too_small_vrf_falls_back_to_trie_forwards_same_then_flat_agai
     let long: Vec<((u32, u8), u32)> = t.keys().take(5).map(|(a, _)| ((a + 0x40, 28), 8)).collect();
     add(&mut client, 0, &long, false).await;
     t.extend(long.iter().copied());
-    let xdp = XdpOverPins::load(&server.bpffs);
+    let xdp = Harness::over_pins(&server.bpffs).expect("load dp_xdp_ingress over the server\'s pins");
     let mut rng = Rng(0x7e57_0001);
     let addrs = probes(&mut rng, &t, 600);
     check_xdp(&xdp, &t, &addrs);
@@ -305,7 +305,7 @@ async fn fib4_restart_adopts_tables_and_rebuilds_one_a_crash_left_behind() {
     );
     let mut client = server.client().await.unwrap();
     assert_eq!(vrf(&mut client, 0).await.ipv4_flat_chunks, chunks);
-    let xdp = XdpOverPins::load(&server.bpffs);
+    let xdp = Harness::over_pins(&server.bpffs).expect("load dp_xdp_ingress over the server\'s pins");
     let addrs = probes(&mut rng, &t, 1500);
     check_xdp(&xdp, &t, &addrs);
     drop(xdp);
@@ -367,7 +367,7 @@ async fn fib4_restart_adopts_tables_and_rebuilds_one_a_crash_left_behind() {
         .unwrap()
         .unwrap();
     assert_eq!(listed.routes.len(), 2, "{listed:?}");
-    let xdp = XdpOverPins::load(&server.bpffs);
+    let xdp = Harness::over_pins(&server.bpffs).expect("load dp_xdp_ingress over the server\'s pins");
     let mut addrs = probes(&mut rng, &t, 1500);
     addrs.extend([0xcb00_7181, 0xcb00_71ff, 0xcb00_717f, 0xcb00_7141, 0xcb00_713f]);
     check_xdp(&xdp, &t, &addrs);

@@ -7,7 +7,7 @@
 use std::{net::IpAddr, time::Duration};
 
 use controller_client::{pb, Client};
-use integration::{l4_frame, Netns, Server, XdpOverPins};
+use integration::{l4_frame, Harness, Netns, Server};
 
 const XDP_DROP: u32 = 1;
 const XDP_REDIRECT: u32 = 4;
@@ -57,7 +57,7 @@ async fn flow_hold_dedupes_misses_installed_flow_hits_and_counts_v4_v6() {
     flow_mode(&mut c, 4096, 100_000, 1000).await;
     let mut stream =
         c.flows.subscribe_flow_misses(pb::SubscribeFlowMissesRequest::default()).await.unwrap().into_inner();
-    let xdp = XdpOverPins::load(&server.bpffs);
+    let xdp = Harness::over_pins(&server.bpffs).expect("load dp_xdp_ingress over the server\'s pins");
     for (src, dst) in [("192.0.2.10", "198.51.100.7"), ("2001:db8:1::10", "2001:db8:2::7")] {
         let frame = l4_frame(ip(src), ip(dst), 17, 4000, 53, 0);
         for _ in 0..100 {
@@ -146,7 +146,7 @@ async fn flow_hold_cap_and_punt_rate_hold_under_100k_flow_burst_counters_exact()
                 libc::CPU_SET(0, &mut set);
                 assert_eq!(libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set), 0);
             }
-            let xdp = XdpOverPins::load(&bpffs);
+            let xdp = Harness::over_pins(&bpffs).expect("load dp_xdp_ingress over the server\'s pins");
             for i in 0..100_000u32 {
                 let n = base + i;
                 let dst = IpAddr::V4(std::net::Ipv4Addr::from(0xc633_6400u32 | (n & 0xff)));
@@ -199,7 +199,7 @@ async fn flow_punt_policy_rule_sends_event_packet_goes_to_stack() {
         .unwrap();
     let mut stream =
         c.flows.subscribe_flow_misses(pb::SubscribeFlowMissesRequest::default()).await.unwrap().into_inner();
-    let xdp = XdpOverPins::load(&server.bpffs);
+    let xdp = Harness::over_pins(&server.bpffs).expect("load dp_xdp_ingress over the server\'s pins");
     let frame = l4_frame(ip("192.0.2.10"), ip("198.51.100.7"), 17, 4000, 53, 0);
     for _ in 0..3 {
         assert_eq!(xdp.run(&frame).0, 2, "PUNT: the packet goes on to the kernel stack");
@@ -222,7 +222,7 @@ async fn flow_two_subscribers_get_every_event_stalled_one_gets_lag_notice() {
     let mut stalled =
         slow.flows.subscribe_flow_misses(pb::SubscribeFlowMissesRequest::default()).await.unwrap().into_inner();
     // Loaded before the clock starts: verifying it can take seconds on a busy machine.
-    let xdp = XdpOverPins::load(&server.bpffs);
+    let xdp = Harness::over_pins(&server.bpffs).expect("load dp_xdp_ingress over the server\'s pins");
     // More than the stalled subscriber's queue (4,096) plus what its 64 KiB HTTP/2 window and
     // the socket buffers hold.
     let total = 12_000u32;
@@ -277,7 +277,7 @@ async fn flow_unanswered_holds_and_idle_flows_age_out_hold_cap_recovers() {
         .unwrap();
     // A cap of 5: unanswered HOLDs fill it, aging must free it again.
     flow_mode(&mut c, 5, 100_000, 1000).await;
-    let xdp = XdpOverPins::load(&server.bpffs);
+    let xdp = Harness::over_pins(&server.bpffs).expect("load dp_xdp_ingress over the server\'s pins");
     let frame = |port: u16| l4_frame(ip("192.0.2.10"), ip("198.51.100.7"), 17, port, 53, 0);
     for p in 0..10 {
         xdp.run(&frame(p));
@@ -322,16 +322,7 @@ async fn flow_table_overfilled_lru_evicts_and_forwarding_goes_on() {
         })
         .await
         .unwrap();
-    let nh2 = pb::NextHop {
-        id: 2,
-        kind: Some(pb::next_hop::Kind::Encap(pb::EncapNextHop {
-            interface: "lo".into(),
-            dst_mac: "02:00:00:00:00:02".into(),
-            src_mac: String::new(),
-            gateway: String::new(),
-        })),
-        ..Default::default()
-    };
+    let nh2 = integration::encap_nexthop(2, "lo", "02:00:00:00:00:02");
     c.routing.add_next_hops(pb::AddNextHopsRequest { next_hops: vec![nh2], replace: false }).await.unwrap();
     let key = |n: u32| pb::FlowKey {
         vrf: 0,
@@ -347,7 +338,7 @@ async fn flow_table_overfilled_lru_evicts_and_forwarding_goes_on() {
         next_hop: 2,
         ..Default::default()
     };
-    let xdp = XdpOverPins::load(&server.bpffs);
+    let xdp = Harness::over_pins(&server.bpffs).expect("load dp_xdp_ingress over the server\'s pins");
     let frame = |n: u32| l4_frame(ip("192.0.2.10"), ip(&key(n).dst), 17, (n >> 8) as u16, 53, 0);
 
     // 300,000 flows into a 262,144-entry table: the LRU makes room.

@@ -20,10 +20,6 @@ async fn counters(client: &mut Client, name: &str) -> pb::InterfaceCounters {
     r.interfaces[0].counters.clone().unwrap()
 }
 
-fn reason(c: &pb::InterfaceCounters, name: &str) -> u64 {
-    c.reasons.iter().find(|r| r.reason == name).map(|r| r.packets).unwrap_or_else(|| panic!("no reason {name}"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwarding_kernel_forwarding_off_ping_v4_v6_and_iperf3_cross_via_xdp() {
     let topo = Topology::routed().unwrap();

@@ -4,17 +4,13 @@
 
 use aya::programs::loaded_links;
 use controller_client::pb;
-use integration::{Server, Topology};
+use integration::{reason, Server, Topology};
 use tonic::Code;
 
 /// Echo request/reply frame on the wire: 14 Ethernet + 20 IPv4 + 8 ICMP + 56 payload.
 const PING_FRAME: u64 = 98;
 /// ARP request/reply on a veth (no padding to 60 bytes on virtual links).
 const ARP_FRAME: u64 = 42;
-
-fn reason(c: &pb::InterfaceCounters, name: &str) -> u64 {
-    c.reasons.iter().find(|r| r.reason == name).unwrap_or_else(|| panic!("no reason {name}")).packets
-}
 
 async fn counters(client: &mut controller_client::Client, name: &str) -> pb::InterfaceCounters {
     let r = client

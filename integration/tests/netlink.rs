@@ -282,10 +282,6 @@ async fn counters(client: &mut Client, name: &str) -> pb::InterfaceCounters {
     r.interfaces[0].counters.clone().unwrap()
 }
 
-fn reason(c: &pb::InterfaceCounters, name: &str) -> u64 {
-    c.reasons.iter().find(|r| r.reason == name).map(|r| r.packets).unwrap_or_else(|| panic!("no reason {name}"))
-}
-
 async fn nexthop(client: &mut Client, id: u32) -> pb::NextHop {
     let r = client.routing.list_next_hops(pb::ListNextHopsRequest {}).await.unwrap().into_inner();
     r.next_hops.into_iter().find(|n| n.id == id).unwrap()

@@ -6,7 +6,7 @@
 use std::net::IpAddr;
 
 use controller_client::{pb, Client};
-use integration::{l4_frame, Netns, Server, Topology, XdpOverPins};
+use integration::{l4_frame, Harness, Netns, Server, Topology};
 use tonic::Code;
 
 const XDP_DROP: u32 = 1;
@@ -96,7 +96,7 @@ async fn policy_rules_first_match_each_field_edges_default_and_counters_in_xdp()
     put(&mut c, "edge", rules).await.unwrap();
     attach(&mut c, "edge", Allow).await;
 
-    let xdp = XdpOverPins::load(&server.bpffs);
+    let xdp = Harness::over_pins(&server.bpffs).expect("load dp_xdp_ingress over the server\'s pins");
     let host = ip("192.0.2.10");
     let cases: &[(&str, Vec<u8>, u32)] = &[
         ("tcp 198.51.100.7:80 denied (range start)", l4_frame(host, ip("198.51.100.7"), 6, 40000, 80, 0x10), XDP_DROP),
@@ -225,7 +225,7 @@ async fn policy_replaced_thousands_of_times_under_test_runs_never_mixes() {
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let stop2 = stop.clone();
     let runner = std::thread::spawn(move || {
-        let xdp = XdpOverPins::load(&bpffs);
+        let xdp = Harness::over_pins(&bpffs).expect("load dp_xdp_ingress over the server\'s pins");
         let frame = l4_frame(ip("192.0.2.10"), ip("203.0.113.5"), 17, 4000, 250, 0);
         let (mut allow, mut deny, mut other) = (0u64, 0u64, Vec::new());
         while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
@@ -407,7 +407,7 @@ async fn policy_entry_without_flag_from_earlier_build_refreshed_before_program_s
     put(&mut c, "edge", vec![r]).await.unwrap();
     attach(&mut c, "edge", pb::Action::Allow).await;
     let denied = l4_frame(ip("192.0.2.10"), ip("198.51.100.1"), 17, 4000, 53, 0);
-    let xdp = XdpOverPins::load(&server.bpffs);
+    let xdp = Harness::over_pins(&server.bpffs).expect("load dp_xdp_ingress over the server\'s pins");
     assert_eq!(xdp.run(&denied).0, XDP_DROP);
 
     let lo = ns.exec("cat", &["/sys/class/net/lo/ifindex"]).unwrap().trim().parse::<u32>().unwrap();

@@ -12,16 +12,8 @@ use std::{
 };
 
 use controller_client::{pb, Client};
-use integration::{mask4, Netns, Rng, Server};
+use integration::{mask4, mask6, Netns, Rng, Server};
 use tonic::Code;
-
-fn mask6(a: u128, len: u8) -> u128 {
-    if len == 0 {
-        0
-    } else {
-        a & (u128::MAX << (128 - u32::from(len)))
-    }
-}
 
 /// Next hops 1..=8: DISCARD and RECEIVE alternate; they need no interface.
 async fn nexthops(client: &mut Client) {
@@ -238,7 +230,7 @@ async fn lookup_route_random_overlapping_prefixes_agrees_with_kernel_fib() {
     // The XDP program itself, over the server's own pinned maps: every address must leave
     // through the next hop of the route the kernel chose (each next hop has its own MAC).
     let nh_of: BTreeMap<&str, u32> = routes.iter().map(|r| (r.prefix.as_str(), r.next_hop)).collect();
-    let xdp = integration::XdpOverPins::load(&server.bpffs);
+    let xdp = integration::Harness::over_pins(&server.bpffs).expect("load dp_xdp_ingress over the server\'s pins");
     let mut wrong = Vec::new();
     for (a, kernel) in addrs.iter().zip(&kernel_answers) {
         let nh = nh_of[kernel.as_str()];

@@ -42,25 +42,25 @@
 
 use std::{
     collections::BTreeSet,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    net::{Ipv4Addr, Ipv6Addr},
+    ops::{Deref, DerefMut},
 };
 
-use aya::{
-    maps::{lpm_trie::Key, Array, DevMap, LpmTrie, PerCpuArray},
-    programs::{ProgramError, TestRun, TestRunOptions, Xdp},
-    Ebpf, EbpfLoader,
-};
 use dataplane_common::{
-    maps as map_names, programs,
-    route::{nexthop_kind, ECMP_MAX, IFACE_HAS_IPV4, IFACE_HAS_IPV6, IFACE_PRESENT, VRF_BITS},
-    InterfaceConfig, InterfaceStats, NextHop, NextHopStats, Reason, RouteAddrV4, RouteAddrV6, RouteValue, MAX_NEXTHOPS,
+    route::{nexthop_kind, ECMP_MAX, IFACE_HAS_IPV4, IFACE_HAS_IPV6},
+    InterfaceConfig, InterfaceStats, NextHop, Reason, MAX_NEXTHOPS,
 };
-use dataplane_server::dataplane::loader::EBPF_OBJECT;
-
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
-const XDP_TX: u32 = 3;
-const XDP_REDIRECT: u32 = 4;
+use integration::{
+    checksum::{self, Checksum},
+    counters::{counted_once, describe_stats},
+    harness::{self, verdict_name, Observed, XDP_DROP, XDP_PASS, XDP_REDIRECT},
+    packet::{
+        arp_request, concat, diff, icmp, icmp_checksummed, icmpv6_checksummed, ipv6_ah, ipv6_fragment, ipv6_options,
+        payload, tcp, udp, Eth, Ipv4, Ipv6, ETH_HLEN, ETH_P_8021Q, ETH_P_ARP, ETH_P_IPV4, ETH_P_IPV6, IPPROTO_AH,
+        IPPROTO_DSTOPTS, IPPROTO_FRAGMENT, IPPROTO_GRE, IPPROTO_HOPOPTS, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP,
+        IPPROTO_UDP, IPV4_HLEN, IPV6_HLEN, TCP_SYN, UDP_HLEN,
+    },
+};
 
 /// Slot of the ingress interface (loopback): any non-zero one catches a program that counts in
 /// slot 0 regardless.
@@ -70,26 +70,6 @@ const IFACE_SLOT: u32 = 5;
 const TX_SLOT: u32 = 3;
 /// A slot whose `TX_PORTS` entry is never written.
 const TX_SLOT_ABSENT: u32 = 9;
-
-const ETH_HLEN: usize = 14;
-const IPV4_HLEN: usize = 20;
-const IPV6_HLEN: usize = 40;
-const UDP_HLEN: usize = 8;
-
-const ETH_P_IPV4: u16 = 0x0800;
-const ETH_P_ARP: u16 = 0x0806;
-const ETH_P_8021Q: u16 = 0x8100;
-const ETH_P_IPV6: u16 = 0x86dd;
-
-const IPPROTO_HOPOPTS: u8 = 0;
-const IPPROTO_ICMP: u8 = 1;
-const IPPROTO_TCP: u8 = 6;
-const IPPROTO_UDP: u8 = 17;
-const IPPROTO_FRAGMENT: u8 = 44;
-const IPPROTO_GRE: u8 = 47;
-const IPPROTO_AH: u8 = 51;
-const IPPROTO_ICMPV6: u8 = 58;
-const IPPROTO_DSTOPTS: u8 = 60;
 
 /// The sender on the ingress segment.
 const HOST_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x01, 0x01];
@@ -115,232 +95,55 @@ const DST_V6_WIDE: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 2, 1, 0, 0, 0, 0x20);
 const OTHER_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 3, 0, 0, 0, 0, 7);
 
 // ---------------------------------------------------------------------------------------------
-// Frame builders. L4 checksums are left zero (nothing on the forwarding path reads them); IPv4
-// header checksums are always correct on input, so a wrong one on output is the program's.
+// Frames from the sender to the router, built with the kit's builder. L4 checksums are left zero
+// (nothing on the forwarding path reads them); IPv4 header checksums are always correct on
+// input, so a wrong one on output is the program's.
 // ---------------------------------------------------------------------------------------------
 
-fn concat(parts: &[&[u8]]) -> Vec<u8> {
-    parts.concat()
+/// An IPv4 header from the sender to `dst`.
+fn ipv4(dst: Ipv4Addr, proto: u8) -> Ipv4 {
+    Ipv4::new(HOST_V4, dst, proto)
 }
 
-fn eth_header(dst: [u8; 6], src: [u8; 6], ethertype: u16) -> Vec<u8> {
-    concat(&[&dst, &src, &ethertype.to_be_bytes()])
+/// An IPv6 header from the sender to `dst`; traffic class and flow label non-zero, since the
+/// rewrite must leave them alone.
+fn ipv6(dst: Ipv6Addr, next: u8) -> Ipv6 {
+    Ipv6::new(HOST_V6, dst, next).flow(0xb8, 0x5_4321)
 }
 
-/// One's-complement sum of big-endian 16-bit words (an odd byte is padded with zero), folded.
-fn ones_sum(bytes: &[u8], initial: u32) -> u16 {
-    let mut sum =
-        initial + bytes.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]))).sum::<u32>();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    sum as u16
+/// The whole frame of an IP header, from the sender to the router.
+trait ToRouter {
+    fn frame(&self, payload: &[u8]) -> Vec<u8>;
 }
 
-/// The Internet checksum (RFC 1071) of `bytes`: over data whose checksum field holds a correct
-/// value, this is 0.
-fn internet_checksum(bytes: &[u8]) -> u16 {
-    !ones_sum(bytes, 0)
-}
-
-/// The ICMPv6 checksum of `message` between `src` and `dst` (RFC 8200 8.1 pseudo-header): 0 over
-/// a message whose checksum field is correct.
-fn icmpv6_checksum(src: &[u8], dst: &[u8], message: &[u8]) -> u16 {
-    let pseudo = concat(&[src, dst, &(message.len() as u32).to_be_bytes(), &[0, 0, 0, IPPROTO_ICMPV6]]);
-    !ones_sum(message, u32::from(ones_sum(&pseudo, 0)))
-}
-
-/// IPv4 header builder; every field defaults to what a well-formed packet has.
-#[derive(Clone)]
-struct Ipv4 {
-    src: Ipv4Addr,
-    dst: Ipv4Addr,
-    tos: u8,
-    id: u16,
-    /// Flags and fragment offset, as on the wire.
-    frag: u16,
-    ttl: u8,
-    proto: u8,
-    options: Vec<u8>,
-}
-
-impl Ipv4 {
-    fn new(dst: Ipv4Addr, proto: u8) -> Self {
-        Self { src: HOST_V4, dst, tos: 0, id: 0x1234, frag: 0, ttl: 64, proto, options: Vec::new() }
-    }
-
-    fn ttl(mut self, ttl: u8) -> Self {
-        self.ttl = ttl;
-        self
-    }
-
-    fn src(mut self, src: Ipv4Addr) -> Self {
-        self.src = src;
-        self
-    }
-
-    fn id(mut self, id: u16) -> Self {
-        self.id = id;
-        self
-    }
-
-    fn tos(mut self, tos: u8) -> Self {
-        self.tos = tos;
-        self
-    }
-
-    /// `offset` in 8-byte units.
-    fn fragment(mut self, offset: u16, more: bool) -> Self {
-        self.frag = (offset & 0x1fff) | if more { 0x2000 } else { 0 };
-        self
-    }
-
-    fn dont_fragment(mut self) -> Self {
-        self.frag |= 0x4000;
-        self
-    }
-
-    fn options(mut self, options: &[u8]) -> Self {
-        assert!(options.len().is_multiple_of(4) && options.len() <= 40);
-        self.options = options.to_vec();
-        self
-    }
-
-    /// Header (with a correct checksum) followed by `payload`.
-    fn build(&self, payload: &[u8]) -> Vec<u8> {
-        let hlen = IPV4_HLEN + self.options.len();
-        let mut p = Vec::with_capacity(hlen + payload.len());
-        p.push(0x40 | (hlen / 4) as u8);
-        p.push(self.tos);
-        p.extend_from_slice(&((hlen + payload.len()) as u16).to_be_bytes());
-        p.extend_from_slice(&self.id.to_be_bytes());
-        p.extend_from_slice(&self.frag.to_be_bytes());
-        p.push(self.ttl);
-        p.push(self.proto);
-        p.extend_from_slice(&[0, 0]);
-        p.extend_from_slice(&self.src.octets());
-        p.extend_from_slice(&self.dst.octets());
-        p.extend_from_slice(&self.options);
-        let csum = internet_checksum(&p[..hlen]);
-        p[10..12].copy_from_slice(&csum.to_be_bytes());
-        p.extend_from_slice(payload);
-        p
-    }
-
-    /// The whole frame, from the sender to the router.
+impl ToRouter for Ipv4 {
     fn frame(&self, payload: &[u8]) -> Vec<u8> {
-        concat(&[&eth_header(ROUTER_MAC, HOST_MAC, ETH_P_IPV4), &self.build(payload)])
+        Eth::new(ROUTER_MAC, HOST_MAC, ETH_P_IPV4).frame(&self.build(payload))
     }
 }
 
-/// IPv6 fixed header builder.
-#[derive(Clone)]
-struct Ipv6 {
-    src: Ipv6Addr,
-    dst: Ipv6Addr,
-    hop_limit: u8,
-    next: u8,
-}
-
-impl Ipv6 {
-    fn new(dst: Ipv6Addr, next: u8) -> Self {
-        Self { src: HOST_V6, dst, hop_limit: 64, next }
-    }
-
-    fn hop_limit(mut self, hop_limit: u8) -> Self {
-        self.hop_limit = hop_limit;
-        self
-    }
-
-    fn src(mut self, src: Ipv6Addr) -> Self {
-        self.src = src;
-        self
-    }
-
-    fn build(&self, payload: &[u8]) -> Vec<u8> {
-        let mut p = Vec::with_capacity(IPV6_HLEN + payload.len());
-        // Traffic class and flow label non-zero: the rewrite must leave them alone.
-        p.extend_from_slice(&[0x6b, 0x85, 0x43, 0x21]);
-        p.extend_from_slice(&(payload.len() as u16).to_be_bytes());
-        p.push(self.next);
-        p.push(self.hop_limit);
-        p.extend_from_slice(&self.src.octets());
-        p.extend_from_slice(&self.dst.octets());
-        p.extend_from_slice(payload);
-        p
-    }
-
+impl ToRouter for Ipv6 {
     fn frame(&self, payload: &[u8]) -> Vec<u8> {
-        concat(&[&eth_header(ROUTER_MAC, HOST_MAC, ETH_P_IPV6), &self.build(payload)])
+        Eth::new(ROUTER_MAC, HOST_MAC, ETH_P_IPV6).frame(&self.build(payload))
     }
 }
 
-fn udp(sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
-    concat(&[
-        &sport.to_be_bytes(),
-        &dport.to_be_bytes(),
-        &((UDP_HLEN + payload.len()) as u16).to_be_bytes(),
-        &[0, 0],
-        payload,
-    ])
-}
-
+/// A TCP SYN, no options, no payload.
 fn tcp_syn(sport: u16, dport: u16) -> Vec<u8> {
-    let mut t = concat(&[&sport.to_be_bytes(), &dport.to_be_bytes()]);
-    t.extend_from_slice(&1000u32.to_be_bytes()); // seq
-    t.extend_from_slice(&0u32.to_be_bytes()); // ack
-    t.extend_from_slice(&[5 << 4, 0x02]); // data offset 5, SYN
-    t.extend_from_slice(&65535u16.to_be_bytes());
-    t.extend_from_slice(&[0, 0, 0, 0]);
-    t
-}
-
-/// An ICMP / ICMPv6 message of `kind` and `code` with 4 bytes of rest-of-header and `body`.
-fn icmp(kind: u8, code: u8, body: &[u8]) -> Vec<u8> {
-    concat(&[&[kind, code, 0, 0, 0x00, 0x01, 0x00, 0x01], body])
-}
-
-/// Hop-by-hop options header of 8 bytes (one PadN).
-fn ipv6_hop_by_hop(next: u8) -> Vec<u8> {
-    vec![next, 0, 1, 4, 0, 0, 0, 0]
-}
-
-/// Destination options header of 8 bytes (one PadN).
-fn ipv6_dest_opts(next: u8) -> Vec<u8> {
-    vec![next, 0, 1, 4, 0, 0, 0, 0]
-}
-
-/// Authentication header with a 96-bit ICV: 24 bytes (length field 4, in 32-bit words minus 2).
-fn ipv6_ah(next: u8, spi: u32) -> Vec<u8> {
-    concat(&[&[next, 4, 0, 0], &spi.to_be_bytes(), &1u32.to_be_bytes(), &[0xa5; 12]])
-}
-
-/// Fragment header; `offset` in 8-byte units.
-fn ipv6_fragment(next: u8, offset: u16, more: bool, id: u32) -> Vec<u8> {
-    concat(&[&[next, 0], &((offset << 3) | u16::from(more)).to_be_bytes(), &id.to_be_bytes()])
-}
-
-fn payload(len: usize) -> Vec<u8> {
-    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(7)).collect()
+    tcp(sport, dport, TCP_SYN, &[])
 }
 
 fn v4_udp(dst: Ipv4Addr, ttl: u8, sport: u16) -> Vec<u8> {
-    Ipv4::new(dst, IPPROTO_UDP).ttl(ttl).frame(&udp(sport, 4789, &payload(32)))
+    ipv4(dst, IPPROTO_UDP).ttl(ttl).frame(&udp(sport, 4789, &payload(32)))
 }
 
 fn v6_udp(dst: Ipv6Addr, hop_limit: u8, sport: u16) -> Vec<u8> {
-    Ipv6::new(dst, IPPROTO_UDP).hop_limit(hop_limit).frame(&udp(sport, 4789, &payload(32)))
+    ipv6(dst, IPPROTO_UDP).hop_limit(hop_limit).frame(&udp(sport, 4789, &payload(32)))
 }
 
 /// ARP request "who has 192.0.2.1, tell 192.0.2.10".
 fn arp_frame() -> Vec<u8> {
-    let mut a = eth_header([0xff; 6], HOST_MAC, ETH_P_ARP);
-    a.extend_from_slice(&[0x00, 0x01, 0x08, 0x00, 6, 4, 0x00, 0x01]);
-    a.extend_from_slice(&HOST_MAC);
-    a.extend_from_slice(&HOST_V4.octets());
-    a.extend_from_slice(&[0; 6]);
-    a.extend_from_slice(&IFACE_V4.octets());
-    a
+    Eth::new([0xff; 6], HOST_MAC, ETH_P_ARP).frame(&arp_request(HOST_MAC, HOST_V4, IFACE_V4))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -358,7 +161,7 @@ fn forwarded_frame(frame: &[u8], nh: &NextHop) -> Vec<u8> {
             let hlen = usize::from(out[ETH_HLEN] & 0x0f) * 4;
             out[ETH_HLEN + 8] -= 1;
             out[ETH_HLEN + 10..ETH_HLEN + 12].copy_from_slice(&[0, 0]);
-            let csum = internet_checksum(&out[ETH_HLEN..ETH_HLEN + hlen]);
+            let csum = checksum::internet(&out[ETH_HLEN..ETH_HLEN + hlen]);
             out[ETH_HLEN + 10..ETH_HLEN + 12].copy_from_slice(&csum.to_be_bytes());
         }
         ETH_P_IPV6 => out[ETH_HLEN + 7] -= 1,
@@ -373,18 +176,11 @@ fn forwarded_frame(frame: &[u8], nh: &NextHop) -> Vec<u8> {
 /// identification 0 are the values the program chose for the header it builds.
 fn time_exceeded_v4(frame: &[u8], iface: &InterfaceConfig) -> Vec<u8> {
     let quote = &frame[ETH_HLEN..ETH_HLEN + IPV4_HLEN + 8];
-    let mut icmp = concat(&[&[11, 0, 0, 0, 0, 0, 0, 0], quote]);
-    let csum = internet_checksum(&icmp);
-    icmp[2..4].copy_from_slice(&csum.to_be_bytes());
-    let mut ip = vec![0x45, 0xc0];
-    ip.extend_from_slice(&((IPV4_HLEN + icmp.len()) as u16).to_be_bytes());
-    ip.extend_from_slice(&[0, 0, 0, 0, 64, IPPROTO_ICMP, 0, 0]);
-    ip.extend_from_slice(&iface.ipv4);
-    ip.extend_from_slice(&frame[ETH_HLEN + 12..ETH_HLEN + 16]);
-    let csum = internet_checksum(&ip);
-    ip[10..12].copy_from_slice(&csum.to_be_bytes());
+    let sender = Ipv4Addr::from(<[u8; 4]>::try_from(&frame[ETH_HLEN + 12..ETH_HLEN + 16]).unwrap());
+    let icmp = icmp_checksummed(icmp(11, 0, 0, quote));
+    let ip = Ipv4::new(iface.ipv4.into(), sender, IPPROTO_ICMP).tos(0xc0).id(0).build(&icmp);
     let sender_mac: [u8; 6] = frame[6..12].try_into().unwrap();
-    concat(&[&eth_header(sender_mac, iface.mac, ETH_P_IPV4), &ip, &icmp])
+    Eth::new(sender_mac, iface.mac, ETH_P_IPV4).frame(&ip)
 }
 
 /// ICMPv6 time exceeded (type 3, code 0, RFC 4443 3.3) from the interface's address to the sender
@@ -393,64 +189,10 @@ fn time_exceeded_v4(frame: &[u8], iface: &InterfaceConfig) -> Vec<u8> {
 fn time_exceeded_v6(frame: &[u8], iface: &InterfaceConfig) -> Vec<u8> {
     let quote = &frame[ETH_HLEN..ETH_HLEN + IPV6_HLEN + 8];
     let sender = &frame[ETH_HLEN + 8..ETH_HLEN + 24];
-    let mut icmp = concat(&[&[3, 0, 0, 0, 0, 0, 0, 0], quote]);
-    let csum = icmpv6_checksum(&iface.ipv6, sender, &icmp);
-    icmp[2..4].copy_from_slice(&csum.to_be_bytes());
-    let mut ip = vec![0x60, 0, 0, 0];
-    ip.extend_from_slice(&(icmp.len() as u16).to_be_bytes());
-    ip.extend_from_slice(&[IPPROTO_ICMPV6, 64]);
-    ip.extend_from_slice(&iface.ipv6);
-    ip.extend_from_slice(sender);
+    let icmp = icmpv6_checksummed(&iface.ipv6, sender, icmp(3, 0, 0, quote));
+    let ip = Ipv6::new(iface.ipv6.into(), <[u8; 16]>::try_from(sender).unwrap().into(), IPPROTO_ICMPV6).build(&icmp);
     let sender_mac: [u8; 6] = frame[6..12].try_into().unwrap();
-    concat(&[&eth_header(sender_mac, iface.mac, ETH_P_IPV6), &ip, &icmp])
-}
-
-/// Checksums verified over the output frame from scratch, independently of any expected byte
-/// string, so a failure names the broken property rather than just an offset.
-#[derive(Clone, Copy, Debug)]
-enum Checksum {
-    /// The IPv4 header at ETH_HLEN (IHL words) sums to zero: checksum valid.
-    Ipv4Header,
-    /// The ICMP message after the IPv4 header, up to the total length, sums to zero.
-    Icmpv4,
-    /// The ICMPv6 message after the fixed IPv6 header sums to zero with the pseudo-header.
-    Icmpv6,
-}
-
-impl Checksum {
-    fn verify(self, out: &[u8]) -> Result<(), String> {
-        let short = || format!("{self:?}: output of {} bytes too short", out.len());
-        match self {
-            Checksum::Ipv4Header => {
-                let hlen = usize::from(*out.get(ETH_HLEN).ok_or_else(short)? & 0x0f) * 4;
-                let hdr = out.get(ETH_HLEN..ETH_HLEN + hlen).ok_or_else(short)?;
-                match internet_checksum(hdr) {
-                    0 => Ok(()),
-                    c => Err(format!("IPv4 header checksum invalid (residue {c:#06x})")),
-                }
-            }
-            Checksum::Icmpv4 => {
-                let ip = out.get(ETH_HLEN..ETH_HLEN + IPV4_HLEN).ok_or_else(short)?;
-                let hlen = usize::from(ip[0] & 0x0f) * 4;
-                let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
-                let msg = out.get(ETH_HLEN + hlen..ETH_HLEN + total).ok_or_else(short)?;
-                match internet_checksum(msg) {
-                    0 => Ok(()),
-                    c => Err(format!("ICMP checksum invalid (residue {c:#06x})")),
-                }
-            }
-            Checksum::Icmpv6 => {
-                let ip = out.get(ETH_HLEN..ETH_HLEN + IPV6_HLEN).ok_or_else(short)?;
-                let plen = usize::from(u16::from_be_bytes([ip[4], ip[5]]));
-                let start = ETH_HLEN + IPV6_HLEN;
-                let msg = out.get(start..start + plen).ok_or_else(short)?;
-                match icmpv6_checksum(&ip[8..24], &ip[24..40], msg) {
-                    0 => Ok(()),
-                    c => Err(format!("ICMPv6 checksum invalid (residue {c:#06x})")),
-                }
-            }
-        }
-    }
+    Eth::new(sender_mac, iface.mac, ETH_P_IPV6).frame(&ip)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -526,7 +268,8 @@ fn time_exceeded(description: impl Into<String>, frame: Vec<u8>, iface: &Interfa
 }
 
 // ---------------------------------------------------------------------------------------------
-// Harness: one loaded program and its fresh maps per test.
+// Harness: the kit's, one loaded program and its fresh maps per test, with the interface and
+// next hops these fixtures use.
 // ---------------------------------------------------------------------------------------------
 
 /// The ingress interface as the server registers it: an address of each family and its MAC, so
@@ -566,77 +309,38 @@ fn nh_mac(slot: u32) -> [u8; 6] {
     [0x02, 0x00, 0x5e, s[1], s[2], s[3]]
 }
 
-/// Counter changes caused by one run.
-struct Observed {
-    result: Result<(u32, Vec<u8>), ProgramError>,
-    iface: InterfaceStats,
-    unknown: InterfaceStats,
-    /// `(slot, delta)` of every configured next-hop slot.
-    nexthops: Vec<(u32, NextHopStats)>,
-}
+/// The kit's harness with the ingress interface registered.
+struct Harness(integration::Harness);
 
-impl Observed {
-    fn verdict(&self) -> Option<u32> {
-        self.result.as_ref().ok().map(|(v, _)| *v)
-    }
+impl Deref for Harness {
+    type Target = integration::Harness;
 
-    fn output(&self) -> &[u8] {
-        self.result.as_ref().map(|(_, o)| o.as_slice()).unwrap_or(&[])
+    fn deref(&self) -> &Self::Target {
+        &self.0
     }
 }
 
-struct Harness {
-    ebpf: Ebpf,
-    /// The ifindex BPF_PROG_TEST_RUN reports as `ingress_ifindex`, and the redirect target.
-    lo: u32,
-    /// Every next-hop slot written, whose counters each check compares.
-    nexthop_slots: BTreeSet<u32>,
+impl DerefMut for Harness {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
 }
 
 impl Harness {
     /// Loads the object and the XDP program and registers the ingress interface (VRF 0, both
     /// addresses); no next hop, route or TX port beyond the interface's own.
     fn load() -> Self {
-        let mut ebpf = EbpfLoader::new()
-            .verifier_log_level(aya::VerifierLogLevel::STATS)
-            .load(EBPF_OBJECT)
-            .expect("parse and load the eBPF object");
-        let xdp: &mut Xdp = ebpf
-            .program_mut(programs::XDP_INGRESS)
-            .unwrap_or_else(|| panic!("{} missing from the object", programs::XDP_INGRESS))
-            .try_into()
-            .expect("the ingress program is an XDP program");
-        if let Err(e) = xdp.load() {
-            panic!("loading {} failed: {e}", programs::XDP_INGRESS);
-        }
-        // SAFETY: a NUL-terminated literal; if_nametoindex only reads it.
-        let lo = unsafe { libc::if_nametoindex(c"lo".as_ptr()) };
-        assert_ne!(lo, 0, "no loopback device in this network namespace");
-        let mut h = Self { ebpf, lo, nexthop_slots: BTreeSet::new() };
+        let mut h = Self(integration::Harness::load());
         h.interface(iface(0));
         // The egress interface of the ENCAP next hops, attached as the server attaches one.
+        let lo = h.lo;
         h.tx_port(TX_SLOT, lo);
         h
     }
 
-    /// (Re-)registers the loopback ifindex as the server's attach does: `TX_PORTS[slot]` is the
-    /// interface itself, `INTERFACES[ifindex]` its configuration (replaced as one value), marked
-    /// present.
+    /// (Re-)registers the loopback ifindex as the server's attach does.
     fn interface(&mut self, cfg: InterfaceConfig) {
-        self.tx_port(cfg.slot, self.lo);
-        let map = self.ebpf.map_mut(map_names::INTERFACES).expect("INTERFACES map");
-        let mut interfaces: Array<_, InterfaceConfig> =
-            Array::try_from(map).expect("INTERFACES is an ifindex -> InterfaceConfig array");
-        let cfg = InterfaceConfig { flags: cfg.flags | IFACE_PRESENT, ..cfg };
-        interfaces.set(self.lo, cfg, 0).expect("write INTERFACES");
-    }
-
-    /// `TX_PORTS[slot] = ifindex`; ifindex 0 is how the server clears an entry (devmaps cannot
-    /// delete).
-    fn tx_port(&mut self, slot: u32, ifindex: u32) {
-        let map = self.ebpf.map_mut(map_names::TX_PORTS).expect("TX_PORTS map");
-        let mut ports: DevMap<_> = DevMap::try_from(map).expect("TX_PORTS is a devmap");
-        ports.set(slot, ifindex, None, 0).expect("update TX_PORTS");
+        self.attach_lo(cfg);
     }
 
     /// An ENCAP next hop towards `nh_mac(slot)` out of the egress interface, MTU 1500.
@@ -656,41 +360,11 @@ impl Harness {
         }
     }
 
-    fn nexthop(&mut self, slot: u32, nh: &NextHop) {
-        let map = self.ebpf.map_mut(map_names::NEXTHOPS).expect("NEXTHOPS map");
-        let mut nexthops: Array<_, NextHop> = Array::try_from(map).expect("NEXTHOPS is an array of NextHop");
-        nexthops.set(slot, nh, 0).expect("update NEXTHOPS");
-        self.nexthop_slots.insert(slot);
-    }
-
     /// Writes an ENCAP next hop at `slot` (see [`Self::encap`]) and returns it.
     fn encap_at(&mut self, slot: u32) -> NextHop {
         let nh = self.encap(slot);
         self.nexthop(slot, &nh);
         nh
-    }
-
-    /// Route `addr/len` in `vrf` to next-hop `slot`, keyed as the server keys it.
-    fn route(&mut self, vrf: u32, addr: IpAddr, len: u8, slot: u32) {
-        let value = RouteValue { nexthop: slot, prefix_len: len.into() };
-        let plen = VRF_BITS + u32::from(len);
-        let vrf = vrf.to_be_bytes();
-        match addr {
-            IpAddr::V4(a) => {
-                let map = self.ebpf.map_mut(map_names::ROUTES_V4).expect("ROUTES_V4 map");
-                let mut routes: LpmTrie<_, RouteAddrV4, RouteValue> =
-                    LpmTrie::try_from(map).expect("ROUTES_V4 is an LPM trie");
-                let key = Key::new(plen, RouteAddrV4 { vrf, addr: a.octets() });
-                routes.insert(&key, value, 0).expect("insert into ROUTES_V4");
-            }
-            IpAddr::V6(a) => {
-                let map = self.ebpf.map_mut(map_names::ROUTES_V6).expect("ROUTES_V6 map");
-                let mut routes: LpmTrie<_, RouteAddrV6, RouteValue> =
-                    LpmTrie::try_from(map).expect("ROUTES_V6 is an LPM trie");
-                let key = Key::new(plen, RouteAddrV6 { vrf, addr: a.octets() });
-                routes.insert(&key, value, 0).expect("insert into ROUTES_V6");
-            }
-        }
     }
 
     /// Default routes of both families in `vrf`, so anything not stopped before the route lookup
@@ -700,77 +374,9 @@ impl Harness {
         self.route(vrf, Ipv6Addr::UNSPECIFIED.into(), 0, slot);
     }
 
-    fn iface_stats(&self, map: &str, index: u32) -> InterfaceStats {
-        let map = self.ebpf.map(map).unwrap_or_else(|| panic!("{map} map"));
-        let array: PerCpuArray<_, InterfaceStats> =
-            PerCpuArray::try_from(map).expect("a per-CPU array of InterfaceStats");
-        let mut sum = InterfaceStats::ZERO;
-        for cpu in array.get(&index, 0).expect("read per-CPU stats").iter() {
-            sum.accumulate(cpu);
-        }
-        sum
-    }
-
-    fn nexthop_stats(&self, slot: u32) -> NextHopStats {
-        let map = self.ebpf.map(map_names::NEXTHOP_STATS).expect("NEXTHOP_STATS map");
-        let array: PerCpuArray<_, NextHopStats> = PerCpuArray::try_from(map).expect("a per-CPU array of NextHopStats");
-        let mut sum = NextHopStats::default();
-        for cpu in array.get(&slot, 0).expect("read per-CPU next-hop stats").iter() {
-            sum.packets += cpu.packets;
-            sum.bytes += cpu.bytes;
-        }
-        sum
-    }
-
-    fn all_nexthop_stats(&self) -> Vec<(u32, NextHopStats)> {
-        self.nexthop_slots.iter().map(|&s| (s, self.nexthop_stats(s))).collect()
-    }
-
-    /// One run: the verdict and the frame as the program left it.
-    fn run(&self, frame: &[u8]) -> Result<(u32, Vec<u8>), ProgramError> {
-        let xdp: &Xdp =
-            self.ebpf.program(programs::XDP_INGRESS).expect("ingress program").try_into().expect("XDP program");
-        // Room for any frame the program could grow this one into (XDP test runs are limited to
-        // about a page anyway).
-        let mut out = vec![0u8; 8192];
-        let result = xdp.test_run(TestRunOptions {
-            data_in: Some(frame),
-            data_out: Some(&mut out),
-            repeat: 1,
-            ..Default::default()
-        })?;
-        out.truncate(result.data_size_out as usize);
-        Ok((result.return_value, out))
-    }
-
-    fn observe(&self, frame: &[u8]) -> Observed {
-        let iface0 = self.iface_stats(map_names::IFACE_STATS, IFACE_SLOT);
-        let unknown0 = self.iface_stats(map_names::UNKNOWN_IFACE_STATS, 0);
-        let nh0 = self.all_nexthop_stats();
-        let result = self.run(frame);
-        let nexthops = self
-            .all_nexthop_stats()
-            .into_iter()
-            .zip(nh0)
-            .map(|((slot, after), (_, before))| {
-                let d = NextHopStats {
-                    packets: after.packets.wrapping_sub(before.packets),
-                    bytes: after.bytes.wrapping_sub(before.bytes),
-                };
-                (slot, d)
-            })
-            .collect();
-        Observed {
-            result,
-            iface: delta(&self.iface_stats(map_names::IFACE_STATS, IFACE_SLOT), &iface0),
-            unknown: delta(&self.iface_stats(map_names::UNKNOWN_IFACE_STATS, 0), &unknown0),
-            nexthops,
-        }
-    }
-
     /// Runs `fx` and lists every way the run differs from it.
     fn check(&self, fx: &Fixture) -> Result<Observed, String> {
-        let obs = self.observe(&fx.frame);
+        let obs = self.observe(IFACE_SLOT, &fx.frame);
         let mut problems = Vec::new();
         match &obs.result {
             Err(e) => problems.push(format!("test run failed: {e}")),
@@ -802,12 +408,12 @@ impl Harness {
         if obs.iface != want {
             problems.push(format!(
                 "IFACE_STATS[{IFACE_SLOT}] delta {}, expected {}",
-                integration::describe_stats(&obs.iface),
-                integration::describe_stats(&want)
+                describe_stats(&obs.iface),
+                describe_stats(&want)
             ));
         }
         if obs.unknown != InterfaceStats::ZERO {
-            problems.push(format!("UNKNOWN_IFACE_STATS delta {}", integration::describe_stats(&obs.unknown)));
+            problems.push(format!("UNKNOWN_IFACE_STATS delta {}", describe_stats(&obs.unknown)));
         }
         for (slot, d) in &obs.nexthops {
             let (packets, bytes) = fx.nexthops.iter().find(|(s, _, _)| s == slot).map_or((0, 0), |&(_, p, b)| (p, b));
@@ -819,7 +425,7 @@ impl Harness {
             }
         }
         for (slot, _, _) in &fx.nexthops {
-            assert!(self.nexthop_slots.contains(slot), "fixture expects unconfigured slot {slot}");
+            assert!(self.nexthop_slots().contains(slot), "fixture expects unconfigured slot {slot}");
         }
         if let Output::Unspecified(why) = &fx.output {
             if !problems.is_empty() {
@@ -834,69 +440,9 @@ impl Harness {
     }
 }
 
-fn verdict_name(v: u32) -> &'static str {
-    match v {
-        0 => "XDP_ABORTED",
-        XDP_DROP => "XDP_DROP",
-        XDP_PASS => "XDP_PASS",
-        XDP_TX => "XDP_TX",
-        XDP_REDIRECT => "XDP_REDIRECT",
-        _ => "unknown",
-    }
-}
-
-/// Where two frames differ: lengths and the first few differing offsets.
-fn diff(expected: &[u8], observed: &[u8]) -> String {
-    let offsets: Vec<String> = (0..expected.len().max(observed.len()))
-        .filter(|&i| expected.get(i) != observed.get(i))
-        .take(8)
-        .map(|i| {
-            let show = |b: Option<&u8>| b.map_or("--".to_string(), |b| format!("{b:02x}"));
-            format!("@{i}: {} != {}", show(observed.get(i)), show(expected.get(i)))
-        })
-        .collect();
-    format!(
-        "differs ({} bytes, expected {}; observed != expected: {}):\n        observed {:02x?}\n        expected {:02x?}",
-        observed.len(),
-        expected.len(),
-        offsets.join(", "),
-        observed,
-        expected
-    )
-}
-
-fn delta(after: &InterfaceStats, before: &InterfaceStats) -> InterfaceStats {
-    let mut d = InterfaceStats {
-        rx_packets: after.rx_packets.wrapping_sub(before.rx_packets),
-        rx_bytes: after.rx_bytes.wrapping_sub(before.rx_bytes),
-        tx_packets: after.tx_packets.wrapping_sub(before.tx_packets),
-        tx_bytes: after.tx_bytes.wrapping_sub(before.tx_bytes),
-        reasons: [0; dataplane_common::reason::REASON_SLOTS],
-    };
-    for (i, r) in d.reasons.iter_mut().enumerate() {
-        *r = after.reasons[i].wrapping_sub(before.reasons[i]);
-    }
-    d
-}
-
-/// The counter delta of one received packet of `len` bytes that left with `reason`.
-fn counted_once(len: usize, reason: Reason) -> InterfaceStats {
-    let mut s = InterfaceStats { rx_packets: 1, rx_bytes: len as u64, ..InterfaceStats::ZERO };
-    s.reasons[reason as usize] = 1;
-    s
-}
-
 /// Runs every fixture (not stopping at the first failure) and fails listing every mismatch.
 fn check_all(h: &Harness, group: &str, fixtures: &[Fixture]) {
-    assert!(!fixtures.is_empty(), "{group}: no fixtures");
-    let failures: Vec<String> = fixtures.iter().filter_map(|fx| h.check(fx).err()).collect();
-    assert!(
-        failures.is_empty(),
-        "{group}: {} of {} fixtures failed:\n  {}",
-        failures.len(),
-        fixtures.len(),
-        failures.join("\n  ")
-    );
+    harness::check_all(group, fixtures, |fx| h.check(fx));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -915,15 +461,20 @@ fn ipv4_route_hit_redirects_rewritten_frame() {
         forwarded("IPv4 UDP TTL 255", v4_udp(DST_V4, 255, 40000), 1, &nh),
         forwarded(
             "IPv4 TCP SYN with DF",
-            Ipv4::new(DST_V4_HIGH, IPPROTO_TCP).dont_fragment().frame(&tcp_syn(40000, 443)),
+            ipv4(DST_V4_HIGH, IPPROTO_TCP).dont_fragment().frame(&tcp_syn(40000, 443)),
             1,
             &nh,
         ),
-        forwarded("IPv4 ICMP echo request", Ipv4::new(DST_V4, IPPROTO_ICMP).frame(&icmp(8, 0, &payload(56))), 1, &nh),
+        forwarded(
+            "IPv4 ICMP echo request",
+            ipv4(DST_V4, IPPROTO_ICMP).frame(&icmp(8, 0, 0x0001_0001, &payload(56))),
+            1,
+            &nh,
+        ),
         forwarded(
             // The checksum covers the options too; the TTL sits at the same offset.
             "IPv4 with options (IHL 6, Router Alert) UDP",
-            Ipv4::new(DST_V4, IPPROTO_UDP).options(&[148, 4, 0, 0]).frame(&udp(1, 2, &payload(9))),
+            ipv4(DST_V4, IPPROTO_UDP).options(&[148, 4, 0, 0]).frame(&udp(1, 2, &payload(9))),
             1,
             &nh,
         ),
@@ -931,22 +482,17 @@ fn ipv4_route_hit_redirects_rewritten_frame() {
             // The 18 bytes of Ethernet padding after the 28-byte datagram go out as they came.
             "IPv4 UDP padded to the 60-byte Ethernet minimum",
             {
-                let mut f = Ipv4::new(DST_V4, IPPROTO_UDP).frame(&udp(7, 7, &[]));
+                let mut f = ipv4(DST_V4, IPPROTO_UDP).frame(&udp(7, 7, &[]));
                 f.resize(60, 0xee);
                 f
             },
             1,
             &nh,
         ),
-        forwarded(
-            "IPv4 non-first fragment",
-            Ipv4::new(DST_V4, IPPROTO_UDP).fragment(100, true).frame(&payload(64)),
-            1,
-            &nh,
-        ),
+        forwarded("IPv4 non-first fragment", ipv4(DST_V4, IPPROTO_UDP).fragment(100, true).frame(&payload(64)), 1, &nh),
         forwarded(
             "IPv4 1000-byte UDP datagram",
-            Ipv4::new(DST_V4, IPPROTO_UDP).frame(&udp(53, 53000, &payload(972))),
+            ipv4(DST_V4, IPPROTO_UDP).frame(&udp(53, 53000, &payload(972))),
             1,
             &nh,
         ),
@@ -963,30 +509,28 @@ fn ipv6_route_hit_redirects_rewritten_frame() {
         forwarded("IPv6 UDP hop limit 64", v6_udp(DST_V6, 64, 40000), 1, &nh),
         forwarded("IPv6 UDP hop limit 2", v6_udp(DST_V6, 2, 40000), 1, &nh),
         forwarded("IPv6 UDP hop limit 255", v6_udp(DST_V6_WIDE, 255, 40000), 1, &nh),
-        forwarded("IPv6 TCP SYN", Ipv6::new(DST_V6, IPPROTO_TCP).frame(&tcp_syn(40000, 443)), 1, &nh),
+        forwarded("IPv6 TCP SYN", ipv6(DST_V6, IPPROTO_TCP).frame(&tcp_syn(40000, 443)), 1, &nh),
         forwarded(
             "IPv6 ICMPv6 echo request",
-            Ipv6::new(DST_V6, IPPROTO_ICMPV6).frame(&icmp(128, 0, &payload(56))),
+            ipv6(DST_V6, IPPROTO_ICMPV6).frame(&icmp(128, 0, 0x0001_0001, &payload(56))),
             1,
             &nh,
         ),
         forwarded(
             "IPv6 hop-by-hop then UDP",
-            Ipv6::new(DST_V6, IPPROTO_HOPOPTS)
-                .frame(&concat(&[&ipv6_hop_by_hop(IPPROTO_UDP), &udp(1, 2, &payload(20))])),
+            ipv6(DST_V6, IPPROTO_HOPOPTS).frame(&concat(&[&ipv6_options(IPPROTO_UDP, 0), &udp(1, 2, &payload(20))])),
             1,
             &nh,
         ),
         forwarded(
             "IPv6 non-first fragment",
-            Ipv6::new(DST_V6, IPPROTO_FRAGMENT)
-                .frame(&concat(&[&ipv6_fragment(IPPROTO_UDP, 10, true, 7), &payload(64)])),
+            ipv6(DST_V6, IPPROTO_FRAGMENT).frame(&concat(&[&ipv6_fragment(IPPROTO_UDP, 10, true, 7), &payload(64)])),
             1,
             &nh,
         ),
         forwarded(
             "IPv6 1000-byte UDP datagram",
-            Ipv6::new(DST_V6, IPPROTO_UDP).frame(&udp(53, 53000, &payload(952))),
+            ipv6(DST_V6, IPPROTO_UDP).frame(&udp(53, 53000, &payload(952))),
             1,
             &nh,
         ),
@@ -1002,14 +546,14 @@ fn ipv4_forward_header_checksum_matches_recomputed_checksum_for_every_ttl() {
     let mut h = Harness::load();
     let nh = h.encap_at(1);
     h.route(0, Ipv4Addr::new(198, 51, 100, 0).into(), 24, 1);
-    let base = Ipv4::new(DST_V4, IPPROTO_UDP);
+    let base = ipv4(DST_V4, IPPROTO_UDP);
     let body = udp(1000, 2000, &payload(8));
     // The identification value that makes the checksum of `hdr` with `ttl` exactly 0x0000 (the
     // sum of the other words is then 0xffff).
     let id_for_zero_checksum = |hdr: &Ipv4, ttl: u8| -> u16 {
         let mut probe = hdr.clone().ttl(ttl).id(0).build(&body)[..IPV4_HLEN].to_vec();
         probe[10..12].copy_from_slice(&[0, 0]);
-        0xffff - ones_sum(&probe, 0)
+        0xffff - checksum::ones_sum(&probe, 0)
     };
     let mut fixtures = Vec::new();
     for ttl in 2..=255u8 {
@@ -1170,7 +714,7 @@ fn ecmp_harness() -> (Harness, Vec<NextHop>) {
 /// checking it was forwarded exactly as that member forwards (output, counters: the member's
 /// slot counts it, the group's does not).
 fn ecmp_member(h: &Harness, members: &[NextHop], description: &str, frame: &[u8]) -> usize {
-    let obs = h.observe(frame);
+    let obs = h.observe(IFACE_SLOT, frame);
     let out = obs.output();
     let idx = members.iter().position(|m| out.len() >= 6 && out[0..6] == m.dst_mac).unwrap_or_else(|| {
         panic!("{description}: verdict {:?}, output dst MAC {:02x?} is no member's", obs.verdict(), out.get(0..6))
@@ -1188,7 +732,7 @@ fn ecmp_member(h: &Harness, members: &[NextHop], description: &str, frame: &[u8]
     }
     problems.extend(fx.checks.iter().filter_map(|c| c.verify(out).err()));
     if obs.iface != counted_once(frame.len(), Reason::Forwarded) {
-        problems.push(format!("IFACE_STATS delta {}", integration::describe_stats(&obs.iface)));
+        problems.push(format!("IFACE_STATS delta {}", describe_stats(&obs.iface)));
     }
     for (slot, d) in &obs.nexthops {
         let want = if *slot == ECMP_MEMBERS[idx] { (1, frame.len() as u64) } else { (0, 0) };
@@ -1246,7 +790,7 @@ fn ecmp_same_flow_always_picks_same_member() {
 fn ecmp_ipv4_fragments_of_one_datagram_pick_same_member() {
     let (h, members) = ecmp_harness();
     for i in 0..16u16 {
-        let ip = Ipv4::new(DST_V4, IPPROTO_UDP).id(0x4000 + i);
+        let ip = ipv4(DST_V4, IPPROTO_UDP).id(0x4000 + i);
         let data = payload(64);
         let datagram = udp(10000 + 7 * i, 20000 + 13 * i, &payload(200));
         let first = ip.clone().fragment(0, true).frame(&datagram[..64]);
@@ -1268,7 +812,7 @@ fn ecmp_ipv4_fragments_of_one_datagram_pick_same_member() {
 fn ecmp_ipv6_fragments_of_one_datagram_pick_same_member() {
     let (h, members) = ecmp_harness();
     for i in 0..16u16 {
-        let ip = Ipv6::new(DST_V6, IPPROTO_FRAGMENT);
+        let ip = ipv6(DST_V6, IPPROTO_FRAGMENT);
         let id = 0x1000 + u32::from(i);
         let datagram = udp(10000 + 7 * i, 20000 + 13 * i, &payload(200));
         let first = ip.frame(&concat(&[&ipv6_fragment(IPPROTO_UDP, 0, true, id), &datagram[..64]]));
@@ -1299,7 +843,7 @@ fn ecmp_ipv6_fragments_with_extension_header_after_fragment_header_pick_same_mem
     let mut firsts = BTreeSet::new();
     for i in 0..16u16 {
         let src = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 1, 0x100 + i);
-        let ip = Ipv6::new(DST_V6, IPPROTO_FRAGMENT).src(src);
+        let ip = ipv6(DST_V6, IPPROTO_FRAGMENT).src(src);
         let id = 0x6000 + u32::from(i);
         let (sport, dport) = (10000 + 7 * i, 20000 + 13 * i);
         // The fragmentable part: an extension header and the upper layer, cut into 64-byte
@@ -1308,12 +852,12 @@ fn ecmp_ipv6_fragments_with_extension_header_after_fragment_header_pick_same_mem
             0 => (
                 "fragment, destination options, UDP",
                 IPPROTO_DSTOPTS,
-                concat(&[&ipv6_dest_opts(IPPROTO_UDP), &udp(sport, dport, &payload(184))]),
+                concat(&[&ipv6_options(IPPROTO_UDP, 0), &udp(sport, dport, &payload(184))]),
             ),
             1 => (
                 "fragment, destination options, TCP",
                 IPPROTO_DSTOPTS,
-                concat(&[&ipv6_dest_opts(IPPROTO_TCP), &tcp_syn(sport, dport), &payload(172)]),
+                concat(&[&ipv6_options(IPPROTO_TCP, 0), &tcp_syn(sport, dport), &payload(172)]),
             ),
             _ => (
                 "fragment, AH, UDP",
@@ -1399,25 +943,25 @@ fn ipv4_ttl_1_to_routed_destination_sends_icmp_time_exceeded() {
         time_exceeded("IPv4 UDP TTL 0", v4_udp(DST_V4, 0, 40000), &cfg),
         time_exceeded(
             "IPv4 TCP SYN TTL 1 (traceroute -T)",
-            Ipv4::new(DST_V4, IPPROTO_TCP).ttl(1).frame(&tcp_syn(40000, 443)),
+            ipv4(DST_V4, IPPROTO_TCP).ttl(1).frame(&tcp_syn(40000, 443)),
             &cfg,
         ),
         time_exceeded(
             "IPv4 ICMP echo request TTL 1 (traceroute -I)",
-            Ipv4::new(DST_V4, IPPROTO_ICMP).ttl(1).frame(&icmp(8, 0, &payload(56))),
+            ipv4(DST_V4, IPPROTO_ICMP).ttl(1).frame(&icmp(8, 0, 0x0001_0001, &payload(56))),
             &cfg,
         ),
         time_exceeded(
             // Only the first fragment is answered (RFC 1812 4.3.2.7 allows answering it).
             "IPv4 first fragment TTL 1",
-            Ipv4::new(DST_V4, IPPROTO_UDP).ttl(1).fragment(0, true).frame(&udp(1, 2, &payload(64))),
+            ipv4(DST_V4, IPPROTO_UDP).ttl(1).fragment(0, true).frame(&udp(1, 2, &payload(64))),
             &cfg,
         ),
         time_exceeded(
             // Exactly header + 8 bytes, padded: the quote must stop at the datagram's end.
             "IPv4 UDP TTL 1, 28-byte datagram padded to 60 bytes",
             {
-                let mut f = Ipv4::new(DST_V4, IPPROTO_UDP).ttl(1).frame(&udp(33434, 33434, &[]));
+                let mut f = ipv4(DST_V4, IPPROTO_UDP).ttl(1).frame(&udp(33434, 33434, &[]));
                 f.resize(60, 0xee);
                 f
             },
@@ -1425,7 +969,7 @@ fn ipv4_ttl_1_to_routed_destination_sends_icmp_time_exceeded() {
         ),
         time_exceeded(
             "IPv4 1000-byte UDP datagram TTL 1 (quote is header + 8 bytes)",
-            Ipv4::new(DST_V4, IPPROTO_UDP).ttl(1).frame(&udp(53, 53000, &payload(972))),
+            ipv4(DST_V4, IPPROTO_UDP).ttl(1).frame(&udp(53, 53000, &payload(972))),
             &cfg,
         ),
     ];
@@ -1443,32 +987,32 @@ fn ipv6_hop_limit_1_to_routed_destination_sends_icmpv6_time_exceeded() {
         time_exceeded("IPv6 UDP hop limit 0", v6_udp(DST_V6, 0, 40000), &cfg),
         time_exceeded(
             "IPv6 TCP SYN hop limit 1",
-            Ipv6::new(DST_V6, IPPROTO_TCP).hop_limit(1).frame(&tcp_syn(40000, 443)),
+            ipv6(DST_V6, IPPROTO_TCP).hop_limit(1).frame(&tcp_syn(40000, 443)),
             &cfg,
         ),
         time_exceeded(
             "IPv6 ICMPv6 echo request hop limit 1",
-            Ipv6::new(DST_V6, IPPROTO_ICMPV6).hop_limit(1).frame(&icmp(128, 0, &payload(56))),
+            ipv6(DST_V6, IPPROTO_ICMPV6).hop_limit(1).frame(&icmp(128, 0, 0x0001_0001, &payload(56))),
             &cfg,
         ),
         time_exceeded(
             // The 8 quoted bytes after the fixed header are the hop-by-hop header here.
             "IPv6 hop-by-hop then UDP, hop limit 1",
-            Ipv6::new(DST_V6, IPPROTO_HOPOPTS)
+            ipv6(DST_V6, IPPROTO_HOPOPTS)
                 .hop_limit(1)
-                .frame(&concat(&[&ipv6_hop_by_hop(IPPROTO_UDP), &udp(1, 2, &payload(16))])),
+                .frame(&concat(&[&ipv6_options(IPPROTO_UDP, 0), &udp(1, 2, &payload(16))])),
             &cfg,
         ),
         time_exceeded(
             "IPv6 first fragment hop limit 1",
-            Ipv6::new(DST_V6, IPPROTO_FRAGMENT)
+            ipv6(DST_V6, IPPROTO_FRAGMENT)
                 .hop_limit(1)
                 .frame(&concat(&[&ipv6_fragment(IPPROTO_UDP, 0, true, 9), &udp(1, 2, &payload(64))])),
             &cfg,
         ),
         time_exceeded(
             "IPv6 1000-byte UDP datagram hop limit 1",
-            Ipv6::new(DST_V6, IPPROTO_UDP).hop_limit(1).frame(&udp(53, 53000, &payload(952))),
+            ipv6(DST_V6, IPPROTO_UDP).hop_limit(1).frame(&udp(53, 53000, &payload(952))),
             &cfg,
         ),
     ];
@@ -1512,24 +1056,24 @@ fn ttl_1_packets_that_must_not_trigger_icmp_pass_ttl_exceeded() {
     h.encap_at(1);
     h.route(0, Ipv4Addr::new(198, 51, 100, 0).into(), 24, 1);
     h.route(0, Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, 0).into(), 48, 1);
-    let v4 = |proto: u8, body: Vec<u8>| Ipv4::new(DST_V4, proto).ttl(1).frame(&body);
-    let v6 = |next: u8, body: Vec<u8>| Ipv6::new(DST_V6, next).hop_limit(1).frame(&body);
+    let v4 = |proto: u8, body: Vec<u8>| ipv4(DST_V4, proto).ttl(1).frame(&body);
+    let v6 = |next: u8, body: Vec<u8>| ipv6(DST_V6, next).hop_limit(1).frame(&body);
     // An ICMP error quoting some earlier datagram.
-    let quoted = Ipv4::new(HOST_V4, IPPROTO_UDP).src(DST_V4).build(&udp(1, 2, &[]));
-    let quoted6 = Ipv6::new(HOST_V6, IPPROTO_UDP).src(DST_V6).build(&udp(1, 2, &[]));
+    let quoted = ipv4(HOST_V4, IPPROTO_UDP).src(DST_V4).build(&udp(1, 2, &[]));
+    let quoted6 = ipv6(HOST_V6, IPPROTO_UDP).src(DST_V6).build(&udp(1, 2, &[]));
     let none = |d: &str, f: Vec<u8>| passed(d, f, Reason::PassTtlExceeded);
     let fixtures = [
-        none("IPv4 ICMP echo reply TTL 1", v4(IPPROTO_ICMP, icmp(0, 0, &payload(56)))),
-        none("IPv4 ICMP destination unreachable TTL 1", v4(IPPROTO_ICMP, icmp(3, 3, &quoted))),
-        none("IPv4 ICMP time exceeded TTL 1", v4(IPPROTO_ICMP, icmp(11, 0, &quoted))),
-        none("IPv4 ICMP echo reply TTL 0", Ipv4::new(DST_V4, IPPROTO_ICMP).ttl(0).frame(&icmp(0, 0, &payload(8)))),
+        none("IPv4 ICMP echo reply TTL 1", v4(IPPROTO_ICMP, icmp(0, 0, 0x0001_0001, &payload(56)))),
+        none("IPv4 ICMP destination unreachable TTL 1", v4(IPPROTO_ICMP, icmp(3, 3, 0x0001_0001, &quoted))),
+        none("IPv4 ICMP time exceeded TTL 1", v4(IPPROTO_ICMP, icmp(11, 0, 0x0001_0001, &quoted))),
         none(
-            "IPv4 non-first fragment TTL 1",
-            Ipv4::new(DST_V4, IPPROTO_UDP).ttl(1).fragment(8, true).frame(&payload(64)),
+            "IPv4 ICMP echo reply TTL 0",
+            ipv4(DST_V4, IPPROTO_ICMP).ttl(0).frame(&icmp(0, 0, 0x0001_0001, &payload(8))),
         ),
+        none("IPv4 non-first fragment TTL 1", ipv4(DST_V4, IPPROTO_UDP).ttl(1).fragment(8, true).frame(&payload(64))),
         none(
             "IPv4 with options (IHL 6) TTL 1",
-            Ipv4::new(DST_V4, IPPROTO_UDP).ttl(1).options(&[148, 4, 0, 0]).frame(&udp(1, 2, &payload(8))),
+            ipv4(DST_V4, IPPROTO_UDP).ttl(1).options(&[148, 4, 0, 0]).frame(&udp(1, 2, &payload(8))),
         ),
         none(
             // 4 bytes after the header, padded to 60: the padding must not be taken for the
@@ -1541,10 +1085,10 @@ fn ttl_1_packets_that_must_not_trigger_icmp_pass_ttl_exceeded() {
                 f
             },
         ),
-        none("IPv6 ICMPv6 echo reply hop limit 1", v6(IPPROTO_ICMPV6, icmp(129, 0, &payload(56)))),
-        none("IPv6 ICMPv6 destination unreachable hop limit 1", v6(IPPROTO_ICMPV6, icmp(1, 3, &quoted6))),
-        none("IPv6 ICMPv6 packet too big hop limit 1", v6(IPPROTO_ICMPV6, icmp(2, 0, &quoted6))),
-        none("IPv6 ICMPv6 time exceeded hop limit 1", v6(IPPROTO_ICMPV6, icmp(3, 0, &quoted6))),
+        none("IPv6 ICMPv6 echo reply hop limit 1", v6(IPPROTO_ICMPV6, icmp(129, 0, 0x0001_0001, &payload(56)))),
+        none("IPv6 ICMPv6 destination unreachable hop limit 1", v6(IPPROTO_ICMPV6, icmp(1, 3, 0x0001_0001, &quoted6))),
+        none("IPv6 ICMPv6 packet too big hop limit 1", v6(IPPROTO_ICMPV6, icmp(2, 0, 0x0001_0001, &quoted6))),
+        none("IPv6 ICMPv6 time exceeded hop limit 1", v6(IPPROTO_ICMPV6, icmp(3, 0, 0x0001_0001, &quoted6))),
         none(
             "IPv6 non-first fragment hop limit 1",
             v6(IPPROTO_FRAGMENT, concat(&[&ipv6_fragment(IPPROTO_UDP, 8, true, 3), &payload(64)])),
@@ -1567,14 +1111,10 @@ fn ttl_1_from_source_that_is_not_a_unicast_host_passes_ttl_exceeded_without_icmp
     let cfg = iface(0);
     // Special-purpose ranges: necessarily outside the documentation prefixes.
     let v4 = |src: [u8; 4], ttl: u8| {
-        Ipv4::new(DST_V4, IPPROTO_UDP).src(src.into()).ttl(ttl).frame(&udp(40000, 33434, &payload(8)))
+        ipv4(DST_V4, IPPROTO_UDP).src(src.into()).ttl(ttl).frame(&udp(40000, 33434, &payload(8)))
     };
     let v6 = |src: &str, hop_limit: u8| {
-        Ipv6::new(DST_V6, IPPROTO_UDP).src(src.parse().unwrap()).hop_limit(hop_limit).frame(&udp(
-            40000,
-            33434,
-            &payload(8),
-        ))
+        ipv6(DST_V6, IPPROTO_UDP).src(src.parse().unwrap()).hop_limit(hop_limit).frame(&udp(40000, 33434, &payload(8)))
     };
     let none = |d: &str, f: Vec<u8>| passed(d, f, Reason::PassTtlExceeded);
     let fixtures = [
@@ -1589,7 +1129,12 @@ fn ttl_1_from_source_that_is_not_a_unicast_host_passes_ttl_exceeded_without_icmp
         none("IPv4 from 255.255.255.255 TTL 1", v4([255, 255, 255, 255], 1)),
         none(
             "IPv4 ICMP echo request from 224.0.0.5 TTL 1",
-            Ipv4::new(DST_V4, IPPROTO_ICMP).src(Ipv4Addr::new(224, 0, 0, 5)).ttl(1).frame(&icmp(8, 0, &payload(8))),
+            ipv4(DST_V4, IPPROTO_ICMP).src(Ipv4Addr::new(224, 0, 0, 5)).ttl(1).frame(&icmp(
+                8,
+                0,
+                0x0001_0001,
+                &payload(8),
+            )),
         ),
         none("IPv6 from :: hop limit 1", v6("::", 1)),
         none("IPv6 from :: hop limit 0", v6("::", 0)),
@@ -1599,9 +1144,10 @@ fn ttl_1_from_source_that_is_not_a_unicast_host_passes_ttl_exceeded_without_icmp
         none("IPv6 from ff00:: hop limit 1", v6("ff00::", 1)),
         none(
             "IPv6 ICMPv6 echo request from ff02::1 hop limit 1",
-            Ipv6::new(DST_V6, IPPROTO_ICMPV6).src("ff02::1".parse().unwrap()).hop_limit(1).frame(&icmp(
+            ipv6(DST_V6, IPPROTO_ICMPV6).src("ff02::1".parse().unwrap()).hop_limit(1).frame(&icmp(
                 128,
                 0,
+                0x0001_0001,
                 &payload(8),
             )),
         ),
@@ -1752,7 +1298,7 @@ fn interface_address_destination_passes_local_despite_default_route() {
         passed("IPv4 UDP to 192.0.2.1", v4_udp(IFACE_V4, 64, 1), Reason::PassLocal),
         passed(
             "IPv4 ICMP echo request TTL 1 to 192.0.2.1 (ours: not expired)",
-            Ipv4::new(IFACE_V4, IPPROTO_ICMP).ttl(1).frame(&icmp(8, 0, &payload(8))),
+            ipv4(IFACE_V4, IPPROTO_ICMP).ttl(1).frame(&icmp(8, 0, 0x0001_0001, &payload(8))),
             Reason::PassLocal,
         ),
         passed("IPv6 UDP to 2001:db8:1::1", v6_udp(IFACE_V6, 64, 1), Reason::PassLocal),
@@ -1780,7 +1326,7 @@ fn multicast_broadcast_and_link_local_pass_multicast_despite_default_route() {
         mc("IPv4 169.254.255.255 (link-local)", v4([169, 254, 255, 255])),
         mc(
             "IPv4 224.0.0.1 TTL 1 (no ICMP about multicast)",
-            Ipv4::new(Ipv4Addr::new(224, 0, 0, 1), IPPROTO_UDP).ttl(1).frame(&udp(1, 2, &payload(8))),
+            ipv4(Ipv4Addr::new(224, 0, 0, 1), IPPROTO_UDP).ttl(1).frame(&udp(1, 2, &payload(8))),
         ),
         mc("IPv6 ff02::1 (all nodes)", v6("ff02::1")),
         mc("IPv6 ff02::1:ff00:1 (solicited node)", v6("ff02::1:ff00:1")),
@@ -1789,7 +1335,7 @@ fn multicast_broadcast_and_link_local_pass_multicast_despite_default_route() {
         mc("IPv6 febf:ffff::1 (top of fe80::/10)", v6("febf:ffff::1")),
         mc(
             "IPv6 ff02::1 hop limit 1 (no ICMPv6 about multicast)",
-            Ipv6::new("ff02::1".parse().unwrap(), IPPROTO_UDP).hop_limit(1).frame(&udp(1, 2, &payload(8))),
+            ipv6("ff02::1".parse().unwrap(), IPPROTO_UDP).hop_limit(1).frame(&udp(1, 2, &payload(8))),
         ),
     ];
     check_all(&h, "multicast, broadcast, link-local", &fixtures);
@@ -1824,7 +1370,7 @@ fn routed_ip_in_frame_for_another_mac_passes_other_host_unchanged() {
         other("IPv4 UDP TTL 1 to ff:ff:ff:ff:ff:ff (no ICMP)", to(BROADCAST, v4_udp(DST_V4, 1, 1))),
         other(
             "IPv4 non-first fragment to a foreign MAC",
-            to(FOREIGN, Ipv4::new(DST_V4, IPPROTO_UDP).fragment(8, true).frame(&payload(64))),
+            to(FOREIGN, ipv4(DST_V4, IPPROTO_UDP).fragment(8, true).frame(&payload(64))),
         ),
         other("IPv4 to the interface's address in a foreign MAC's frame", to(FOREIGN, v4_udp(IFACE_V4, 64, 1))),
         other("IPv6 UDP to a foreign unicast MAC", to(FOREIGN, v6_udp(DST_V6, 64, 1))),
@@ -1901,12 +1447,12 @@ fn non_ip_and_vlan_tagged_frames_pass_despite_default_route() {
         ),
         passed(
             "802.1Q VLAN 100 IPv4 UDP to a routed destination",
-            tagged(ETH_P_IPV4, &Ipv4::new(DST_V4, IPPROTO_UDP).build(&udp(1, 2, &payload(8)))),
+            tagged(ETH_P_IPV4, &ipv4(DST_V4, IPPROTO_UDP).build(&udp(1, 2, &payload(8)))),
             Reason::PassVlan,
         ),
         passed(
             "802.1Q VLAN 100 IPv6 UDP hop limit 1",
-            tagged(ETH_P_IPV6, &Ipv6::new(DST_V6, IPPROTO_UDP).hop_limit(1).build(&udp(1, 2, &[]))),
+            tagged(ETH_P_IPV6, &ipv6(DST_V6, IPPROTO_UDP).hop_limit(1).build(&udp(1, 2, &[]))),
             Reason::PassVlan,
         ),
     ];
@@ -1927,12 +1473,11 @@ fn packet_larger_than_next_hop_mtu_passes_mtu_unchanged() {
     h.route(0, Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, 0).into(), 48, 1);
     // IP datagram lengths (what the MTU limits), not frame lengths.
     let v4_of = |ip_len: usize| {
-        Ipv4::new(DST_V4, IPPROTO_UDP).dont_fragment().frame(&udp(1, 2, &payload(ip_len - IPV4_HLEN - UDP_HLEN)))
+        ipv4(DST_V4, IPPROTO_UDP).dont_fragment().frame(&udp(1, 2, &payload(ip_len - IPV4_HLEN - UDP_HLEN)))
     };
-    let v6_of =
-        |ip_len: usize| Ipv6::new(DST_V6, IPPROTO_UDP).frame(&udp(1, 2, &payload(ip_len - IPV6_HLEN - UDP_HLEN)));
+    let v6_of = |ip_len: usize| ipv6(DST_V6, IPPROTO_UDP).frame(&udp(1, 2, &payload(ip_len - IPV6_HLEN - UDP_HLEN)));
     let oversized_ttl_1 =
-        Ipv4::new(DST_V4, IPPROTO_UDP).ttl(1).dont_fragment().frame(&udp(1, 2, &payload(1401 - IPV4_HLEN - UDP_HLEN)));
+        ipv4(DST_V4, IPPROTO_UDP).ttl(1).dont_fragment().frame(&udp(1, 2, &payload(1401 - IPV4_HLEN - UDP_HLEN)));
     let fixtures = [
         forwarded("IPv4 of exactly the MTU (1400)", v4_of(1400), 1, &nh),
         passed("IPv4 one byte above the MTU (1401)", v4_of(1401), Reason::PassMtu),
@@ -1959,7 +1504,8 @@ fn next_hop_without_tx_port_drops_no_tx_port() {
     let absent = h.encap_via(1, TX_SLOT_ABSENT, 1500);
     h.nexthop(1, &absent);
     let cleared_slot = TX_SLOT_ABSENT + 1;
-    h.tx_port(cleared_slot, h.lo);
+    let lo = h.lo;
+    h.tx_port(cleared_slot, lo);
     h.tx_port(cleared_slot, 0);
     let cleared = h.encap_via(2, cleared_slot, 1500);
     h.nexthop(2, &cleared);

@@ -37,48 +37,24 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use aya::{
-    maps::{Array, PerCpuArray},
-    programs::{ProgramError, TestRun, TestRunOptions, Xdp},
-    sys::SyscallError,
-    Ebpf, EbpfLoader,
+use aya::{programs::ProgramError, sys::SyscallError};
+use dataplane_common::{maps as map_names, route::IFACE_PRESENT, InterfaceConfig, InterfaceStats, Reason};
+use integration::{
+    checksum,
+    counters::{counted_once, describe_stats},
+    harness::{self, XDP_PASS},
+    packet::{
+        self, concat, icmp, icmp_checksummed, ipv6_ah, ipv6_fragment, ipv6_options, ipv6_routing, payload,
+        set_ipv4_total_len, set_ipv6_payload_len, tcp, udp, Eth, Ipv4, Ipv6, ETH_HLEN, ETH_P_8021AD, ETH_P_8021Q,
+        ETH_P_ARP, ETH_P_IPV4, ETH_P_IPV6, ETH_P_LLDP, IPPROTO_AH, IPPROTO_DSTOPTS, IPPROTO_FRAGMENT, IPPROTO_GRE,
+        IPPROTO_HOPOPTS, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_ROUTING, IPPROTO_TCP, IPPROTO_UDP, IPV4_HLEN, IPV6_HLEN,
+        TCP_ACK, TCP_HLEN, TCP_PSH, TCP_SYN, VLAN_HLEN,
+    },
+    Harness, Rng,
 };
-use dataplane_common::{maps as map_names, programs, route::IFACE_PRESENT, InterfaceConfig, InterfaceStats, Reason};
-use dataplane_server::dataplane::loader::EBPF_OBJECT;
 
-/// `xdp_action::XDP_PASS`.
-const XDP_PASS: u32 = 2;
 /// Any slot other than 0 will do; a non-zero one catches a program that ignores the slot lookup.
 const SLOT: u32 = 5;
-
-const ETH_HLEN: usize = 14;
-const VLAN_HLEN: usize = 4;
-const IPV4_HLEN: usize = 20;
-const IPV6_HLEN: usize = 40;
-const TCP_HLEN: usize = 20;
-const UDP_HLEN: usize = 8;
-
-const ETH_P_IPV4: u16 = 0x0800;
-const ETH_P_ARP: u16 = 0x0806;
-const ETH_P_8021Q: u16 = 0x8100;
-const ETH_P_IPV6: u16 = 0x86dd;
-const ETH_P_8021AD: u16 = 0x88a8;
-const ETH_P_LLDP: u16 = 0x88cc;
-
-const IPPROTO_HOPOPTS: u8 = 0;
-const IPPROTO_ICMP: u8 = 1;
-const IPPROTO_TCP: u8 = 6;
-const IPPROTO_UDP: u8 = 17;
-const IPPROTO_ROUTING: u8 = 43;
-const IPPROTO_FRAGMENT: u8 = 44;
-const IPPROTO_GRE: u8 = 47;
-const IPPROTO_AH: u8 = 51;
-const IPPROTO_ICMPV6: u8 = 58;
-const IPPROTO_DSTOPTS: u8 = 60;
-
-const TCP_SYN: u8 = 0x02;
-const TCP_ACK: u8 = 0x10;
-const TCP_PSH: u8 = 0x08;
 
 const MAC_DST: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x00, 0x02];
 const MAC_SRC: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x00, 0x01];
@@ -88,13 +64,9 @@ const V6_SRC: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
 const V6_DST: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2);
 
 // ---------------------------------------------------------------------------------------------
-// Frame builders. L4 checksums are left zero: the parser never reads them, and a wrong value
-// would not change any expectation.
+// Frames built with the kit's builder, with these fixtures' addresses. L4 checksums are left
+// zero: the parser never reads them, and a wrong value would not change any expectation.
 // ---------------------------------------------------------------------------------------------
-
-fn concat(parts: &[&[u8]]) -> Vec<u8> {
-    parts.concat()
-}
 
 /// Untagged Ethernet header.
 fn eth(ethertype: u16) -> Vec<u8> {
@@ -104,248 +76,28 @@ fn eth(ethertype: u16) -> Vec<u8> {
 /// Ethernet header with VLAN tags, outermost first, each `(tpid, vid)`; `ethertype` follows the
 /// last tag.
 fn eth_tagged(tags: &[(u16, u16)], ethertype: u16) -> Vec<u8> {
-    let mut f = Vec::with_capacity(ETH_HLEN + tags.len() * VLAN_HLEN);
-    f.extend_from_slice(&MAC_DST);
-    f.extend_from_slice(&MAC_SRC);
-    for &(tpid, vid) in tags {
-        f.extend_from_slice(&tpid.to_be_bytes());
-        // A non-zero priority: only the TPID may decide how the tag is parsed.
-        f.extend_from_slice(&((3 << 13) | (vid & 0x0fff)).to_be_bytes());
-    }
-    f.extend_from_slice(&ethertype.to_be_bytes());
-    f
+    Eth::new(MAC_DST, MAC_SRC, ethertype).tags(tags).build()
 }
 
-fn internet_checksum(bytes: &[u8]) -> u16 {
-    let mut sum: u32 = bytes.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]))).sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
+fn ipv4(proto: u8) -> Ipv4 {
+    Ipv4::new(V4_SRC, V4_DST, proto)
 }
 
-/// IPv4 header builder; every field defaults to the value a well-formed packet has.
-#[derive(Clone)]
-struct Ipv4 {
-    version: u8,
-    /// `None`: derived from the options.
-    ihl: Option<u8>,
-    /// `None`: header plus payload.
-    total_len: Option<u16>,
-    /// Flags and fragment offset, as on the wire.
-    frag: u16,
-    proto: u8,
-    options: Vec<u8>,
-}
-
-impl Ipv4 {
-    fn new(proto: u8) -> Self {
-        Self { version: 4, ihl: None, total_len: None, frag: 0, proto, options: Vec::new() }
-    }
-
-    fn options(mut self, options: &[u8]) -> Self {
-        assert!(options.len().is_multiple_of(4) && options.len() <= 40, "IPv4 options must fill 32-bit words");
-        self.options = options.to_vec();
-        self
-    }
-
-    /// `offset` in 8-byte units.
-    fn fragment(mut self, offset: u16, more: bool) -> Self {
-        self.frag = (offset & 0x1fff) | if more { 0x2000 } else { 0 };
-        self
-    }
-
-    fn version(mut self, version: u8) -> Self {
-        self.version = version;
-        self
-    }
-
-    fn ihl(mut self, ihl: u8) -> Self {
-        self.ihl = Some(ihl);
-        self
-    }
-
-    fn total_len(mut self, total_len: u16) -> Self {
-        self.total_len = Some(total_len);
-        self
-    }
-
-    fn header_len(&self) -> usize {
-        IPV4_HLEN + self.options.len()
-    }
-
-    /// Header (with a correct header checksum) followed by `payload`.
-    fn build(&self, payload: &[u8]) -> Vec<u8> {
-        let hlen = self.header_len();
-        let ihl = self.ihl.unwrap_or((hlen / 4) as u8);
-        let total = self.total_len.unwrap_or((hlen + payload.len()) as u16);
-        let mut p = Vec::with_capacity(hlen + payload.len());
-        p.push((self.version << 4) | (ihl & 0x0f));
-        p.push(0); // DSCP/ECN
-        p.extend_from_slice(&total.to_be_bytes());
-        p.extend_from_slice(&0x1234u16.to_be_bytes()); // identification
-        p.extend_from_slice(&self.frag.to_be_bytes());
-        p.push(64); // TTL
-        p.push(self.proto);
-        p.extend_from_slice(&[0, 0]); // checksum, filled below
-        p.extend_from_slice(&V4_SRC.octets());
-        p.extend_from_slice(&V4_DST.octets());
-        p.extend_from_slice(&self.options);
-        let csum = internet_checksum(&p[..hlen]);
-        p[10..12].copy_from_slice(&csum.to_be_bytes());
-        p.extend_from_slice(payload);
-        p
-    }
-}
-
-/// Rewrites the total length of the IPv4 header at `l3` in `frame`, as far as it is in the frame,
-/// and refreshes the checksum when the whole header is.
-fn set_ipv4_total_len(frame: &mut [u8], l3: usize, total: u16) {
-    if frame.len() < l3 + 4 {
-        return;
-    }
-    frame[l3 + 2..l3 + 4].copy_from_slice(&total.to_be_bytes());
-    let hlen = usize::from(frame[l3] & 0x0f) * 4;
-    if frame.len() >= l3 + hlen && hlen >= IPV4_HLEN {
-        frame[l3 + 10..l3 + 12].copy_from_slice(&[0, 0]);
-        let csum = internet_checksum(&frame[l3..l3 + hlen]);
-        frame[l3 + 10..l3 + 12].copy_from_slice(&csum.to_be_bytes());
-    }
-}
-
-/// IPv6 fixed header builder.
-#[derive(Clone)]
-struct Ipv6 {
-    version: u8,
-    next: u8,
-    /// `None`: the length of what follows the fixed header.
-    payload_len: Option<u16>,
-}
-
-impl Ipv6 {
-    fn new(next: u8) -> Self {
-        Self { version: 6, next, payload_len: None }
-    }
-
-    fn version(mut self, version: u8) -> Self {
-        self.version = version;
-        self
-    }
-
-    fn payload_len(mut self, payload_len: u16) -> Self {
-        self.payload_len = Some(payload_len);
-        self
-    }
-
-    /// Fixed header followed by `payload` (extension headers and upper layer).
-    fn build(&self, payload: &[u8]) -> Vec<u8> {
-        let plen = self.payload_len.unwrap_or(payload.len() as u16);
-        let mut p = Vec::with_capacity(IPV6_HLEN + payload.len());
-        p.extend_from_slice(&[self.version << 4, 0, 0, 0]); // traffic class, flow label 0
-        p.extend_from_slice(&plen.to_be_bytes());
-        p.push(self.next);
-        p.push(64); // hop limit
-        p.extend_from_slice(&V6_SRC.octets());
-        p.extend_from_slice(&V6_DST.octets());
-        p.extend_from_slice(payload);
-        p
-    }
-}
-
-/// Rewrites the payload length of the IPv6 header at `l3` in `frame`, as far as it is in the frame.
-fn set_ipv6_payload_len(frame: &mut [u8], l3: usize, payload_len: u16) {
-    if frame.len() >= l3 + 6 {
-        frame[l3 + 4..l3 + 6].copy_from_slice(&payload_len.to_be_bytes());
-    }
-}
-
-/// Hop-by-hop or destination options header of `(hdr_ext_len + 1) * 8` bytes, filled with PadN.
-fn ipv6_options_ext(next: u8, hdr_ext_len: u8) -> Vec<u8> {
-    let len = (usize::from(hdr_ext_len) + 1) * 8;
-    let mut e = vec![next, hdr_ext_len];
-    while e.len() < len {
-        // One PadN carries at most 255 bytes of padding; a lone byte left over is a Pad1.
-        match len - e.len() {
-            1 => e.push(0),
-            left => {
-                let fill = left.min(257);
-                e.extend_from_slice(&[1, (fill - 2) as u8]);
-                e.resize(e.len() + fill - 2, 0);
-            }
-        }
-    }
-    e
-}
-
-/// Routing header of type 253 (RFC 4727 experimental) with no segments left: 8 bytes.
-fn ipv6_routing_ext(next: u8) -> Vec<u8> {
-    vec![next, 0, 253, 0, 0, 0, 0, 0]
-}
-
-/// Fragment header; `offset` in 8-byte units.
-fn ipv6_fragment_ext(next: u8, offset: u16, more: bool) -> Vec<u8> {
-    let mut e = vec![next, 0];
-    e.extend_from_slice(&((offset << 3) | u16::from(more)).to_be_bytes());
-    e.extend_from_slice(&0xdead_beefu32.to_be_bytes());
-    e
-}
-
-/// Authentication header with a 96-bit ICV: 24 bytes, length field 4 (in 32-bit words minus 2),
-/// which is the one extension header whose length is not counted in 8-byte units.
-fn ipv6_ah_ext(next: u8) -> Vec<u8> {
-    let mut e = vec![next, 4, 0, 0];
-    e.extend_from_slice(&0x0000_1000u32.to_be_bytes()); // SPI
-    e.extend_from_slice(&1u32.to_be_bytes()); // sequence number
-    e.extend_from_slice(&[0xa5; 12]); // ICV
-    e
-}
-
-fn udp(sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
-    let mut u = Vec::with_capacity(UDP_HLEN + payload.len());
-    u.extend_from_slice(&sport.to_be_bytes());
-    u.extend_from_slice(&dport.to_be_bytes());
-    u.extend_from_slice(&((UDP_HLEN + payload.len()) as u16).to_be_bytes());
-    u.extend_from_slice(&[0, 0]);
-    u.extend_from_slice(payload);
-    u
-}
-
-fn tcp(sport: u16, dport: u16, flags: u8, payload: &[u8]) -> Vec<u8> {
-    let mut t = Vec::with_capacity(TCP_HLEN + payload.len());
-    t.extend_from_slice(&sport.to_be_bytes());
-    t.extend_from_slice(&dport.to_be_bytes());
-    t.extend_from_slice(&1000u32.to_be_bytes()); // seq
-    t.extend_from_slice(&0u32.to_be_bytes()); // ack
-    t.push(5 << 4); // data offset: no TCP options
-    t.push(flags);
-    t.extend_from_slice(&65535u16.to_be_bytes()); // window
-    t.extend_from_slice(&[0, 0, 0, 0]); // checksum, urgent pointer
-    t.extend_from_slice(payload);
-    t
+fn ipv6(next: u8) -> Ipv6 {
+    Ipv6::new(V6_SRC, V6_DST, next)
 }
 
 fn icmp_echo_request(payload: &[u8]) -> Vec<u8> {
-    let mut c = vec![8, 0, 0, 0, 0x00, 0x01, 0x00, 0x01];
-    c.extend_from_slice(payload);
-    let csum = internet_checksum(&c);
-    c[2..4].copy_from_slice(&csum.to_be_bytes());
-    c
+    icmp_checksummed(icmp(8, 0, 0x0001_0001, payload))
 }
 
 fn icmpv6_echo_request(payload: &[u8]) -> Vec<u8> {
-    let mut c = vec![128, 0, 0, 0, 0x00, 0x01, 0x00, 0x01];
-    c.extend_from_slice(payload);
-    c
+    icmp(128, 0, 0x0001_0001, payload)
 }
 
 /// ARP request "who has 198.51.100.2, tell 192.0.2.1".
 fn arp_request() -> Vec<u8> {
-    let mut a = vec![0x00, 0x01, 0x08, 0x00, 6, 4, 0x00, 0x01];
-    a.extend_from_slice(&MAC_SRC);
-    a.extend_from_slice(&V4_SRC.octets());
-    a.extend_from_slice(&[0; 6]);
-    a.extend_from_slice(&V4_DST.octets());
-    a
+    packet::arp_request(MAC_SRC, V4_SRC, V4_DST)
 }
 
 /// A short LLDP PDU: chassis id, port id, TTL, end.
@@ -354,10 +106,6 @@ fn lldp_pdu() -> Vec<u8> {
     l.extend_from_slice(&MAC_SRC);
     l.extend_from_slice(&[0x04, 0x03, 0x05, b'p', b'1', 0x06, 0x02, 0x00, 0x78, 0x00, 0x00]);
     l
-}
-
-fn payload(len: usize) -> Vec<u8> {
-    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(7)).collect()
 }
 
 /// Router Alert (RFC 2113): one 32-bit option word, so IHL 6.
@@ -380,7 +128,7 @@ fn ipv4_opts_two_words() -> Vec<u8> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Harness: one loaded program and its fresh maps per test.
+// Harness: the kit's, one loaded program and its fresh maps per test.
 // ---------------------------------------------------------------------------------------------
 
 /// One fixture: a frame and what the program must do with it.
@@ -406,192 +154,85 @@ enum Counted {
     Unknown,
 }
 
-/// Counter changes caused by one run, in both places the program may count.
-struct Observed {
-    result: Result<u32, ProgramError>,
-    slot: InterfaceStats,
-    unknown: InterfaceStats,
+/// Loads the kit's harness and registers the test-run ifindex under [`SLOT`], as the server does
+/// for an owned interface.
+fn load_registered() -> Harness {
+    let mut h = Harness::load();
+    let lo = h.lo;
+    register(&mut h, lo, SLOT);
+    h
 }
 
-struct Harness {
-    ebpf: Ebpf,
-    /// The ifindex BPF_PROG_TEST_RUN reports as `ingress_ifindex`.
-    lo_ifindex: u32,
-}
-
-impl Harness {
-    /// Loads the object and the XDP program; no ifindex is registered yet.
-    fn load() -> Self {
-        let mut ebpf = EbpfLoader::new()
-            .verifier_log_level(aya::VerifierLogLevel::STATS)
-            .load(EBPF_OBJECT)
-            .expect("parse and load the eBPF object");
-        let xdp: &mut Xdp = ebpf
-            .program_mut(programs::XDP_INGRESS)
-            .unwrap_or_else(|| panic!("{} missing from the object", programs::XDP_INGRESS))
-            .try_into()
-            .expect("the ingress program is an XDP program");
-        if let Err(e) = xdp.load() {
-            panic!("loading {} failed: {e}", programs::XDP_INGRESS);
-        }
-        // SAFETY: a NUL-terminated literal; if_nametoindex only reads it.
-        let lo_ifindex = unsafe { libc::if_nametoindex(c"lo".as_ptr()) };
-        assert_ne!(lo_ifindex, 0, "no loopback device in this network namespace");
-        Self { ebpf, lo_ifindex }
-    }
-
-    /// Loads and registers the test-run ifindex under [`SLOT`], as the server does for an owned
-    /// interface.
-    fn load_registered() -> Self {
-        let mut h = Self::load();
-        h.register(h.lo_ifindex, SLOT);
-        h
-    }
-
-    /// Enters `ifindex` in `INTERFACES` the way the server's attach does: VRF 0, MTU 1500, and
-    /// no address (flags: present only), so no fixture can be taken for traffic to the interface itself.
-    fn register(&mut self, ifindex: u32, slot: u32) {
-        let cfg = InterfaceConfig {
-            slot,
-            vrf: 0,
-            mtu: 1500,
-            flags: IFACE_PRESENT,
-            mac: MAC_DST,
-            _pad: [0; 2],
-            ipv4: [0; 4],
-            ipv6: [0; 16],
-            table: 0,
-        };
-        let map = self.ebpf.map_mut(map_names::INTERFACES).expect("INTERFACES map");
-        let mut interfaces: Array<_, InterfaceConfig> =
-            Array::try_from(map).expect("INTERFACES is an ifindex -> InterfaceConfig array");
-        interfaces.set(ifindex, cfg, 0).expect("write INTERFACES");
-    }
-
-    /// Counters of entry `index` of a per-CPU stats array, summed over CPUs.
-    fn stats(&self, map: &str, index: u32) -> InterfaceStats {
-        let map = self.ebpf.map(map).unwrap_or_else(|| panic!("{map} map"));
-        let array: PerCpuArray<_, InterfaceStats> =
-            PerCpuArray::try_from(map).expect("a per-CPU array of InterfaceStats");
-        let per_cpu = array.get(&index, 0).expect("read per-CPU stats");
-        let mut sum = InterfaceStats::ZERO;
-        for cpu in per_cpu.iter() {
-            sum.accumulate(cpu);
-        }
-        sum
-    }
-
-    fn slot_stats(&self) -> InterfaceStats {
-        self.stats(map_names::IFACE_STATS, SLOT)
-    }
-
-    fn unknown_stats(&self) -> InterfaceStats {
-        self.stats(map_names::UNKNOWN_IFACE_STATS, 0)
-    }
-
-    fn run(&self, frame: &[u8]) -> Result<u32, ProgramError> {
-        let xdp: &Xdp =
-            self.ebpf.program(programs::XDP_INGRESS).expect("ingress program").try_into().expect("XDP program");
-        xdp.test_run(TestRunOptions { data_in: Some(frame), repeat: 1, ..Default::default() }).map(|r| r.return_value)
-    }
-
-    fn observe(&self, frame: &[u8]) -> Observed {
-        let (slot0, unknown0) = (self.slot_stats(), self.unknown_stats());
-        let result = self.run(frame);
-        Observed { result, slot: delta(&self.slot_stats(), &slot0), unknown: delta(&self.unknown_stats(), &unknown0) }
-    }
-
-    /// Runs `fx` and checks its verdict and that exactly one packet of its length was counted,
-    /// under exactly its reason, in the `counted` entry and nowhere else.
-    fn check(&self, fx: &Fixture, counted: Counted) -> Result<(), String> {
-        let obs = self.observe(&fx.frame);
-        let expected = counted_once(fx.frame.len(), fx.reason);
-        let (want_slot, want_unknown) = match counted {
-            Counted::Slot => (expected, InterfaceStats::ZERO),
-            Counted::Unknown => (InterfaceStats::ZERO, expected),
-        };
-        let verdict_ok = matches!(obs.result, Ok(v) if v == fx.verdict);
-        if verdict_ok && obs.slot == want_slot && obs.unknown == want_unknown {
-            return Ok(());
-        }
-        Err(format!(
-            "{} ({} bytes): expected verdict {} and {} counted in {counted:?}; observed {}, slot \
-             delta {}, unknown delta {}",
-            fx.description,
-            fx.frame.len(),
-            fx.verdict,
-            fx.reason.name(),
-            describe_result(&obs.result),
-            integration::describe_stats(&obs.slot),
-            integration::describe_stats(&obs.unknown),
-        ))
-    }
-
-    /// Checks that the kernel refuses to run `frame` and that nothing was counted.
-    ///
-    /// BPF_PROG_TEST_RUN for XDP rejects data shorter than an Ethernet header (ETH_HLEN) with
-    /// EINVAL before the program runs, so the parser's `EthTruncated` path cannot be reached this
-    /// way; what can be checked is that such input never reaches the counters.
-    fn check_refused(&self, description: &str, frame: &[u8]) -> Result<(), String> {
-        let obs = self.observe(frame);
-        let refused = matches!(
-            &obs.result,
-            Err(ProgramError::SyscallError(SyscallError { io_error, .. }))
-                if io_error.raw_os_error() == Some(libc::EINVAL)
-        );
-        if refused && obs.slot == InterfaceStats::ZERO && obs.unknown == InterfaceStats::ZERO {
-            return Ok(());
-        }
-        Err(format!(
-            "{description} ({} bytes): expected the kernel to refuse the run with EINVAL and no \
-             counter to change; observed {}, slot delta {}, unknown delta {}",
-            frame.len(),
-            describe_result(&obs.result),
-            integration::describe_stats(&obs.slot),
-            integration::describe_stats(&obs.unknown),
-        ))
-    }
-}
-
-fn delta(after: &InterfaceStats, before: &InterfaceStats) -> InterfaceStats {
-    let mut d = InterfaceStats {
-        rx_packets: after.rx_packets.wrapping_sub(before.rx_packets),
-        rx_bytes: after.rx_bytes.wrapping_sub(before.rx_bytes),
-        tx_packets: after.tx_packets.wrapping_sub(before.tx_packets),
-        tx_bytes: after.tx_bytes.wrapping_sub(before.tx_bytes),
-        reasons: [0; dataplane_common::reason::REASON_SLOTS],
+/// Enters `ifindex` in `INTERFACES` the way the server's attach does: VRF 0, MTU 1500, and no
+/// address (flags: present only), so no fixture can be taken for traffic to the interface itself.
+fn register(h: &mut Harness, ifindex: u32, slot: u32) {
+    let cfg = InterfaceConfig {
+        slot,
+        vrf: 0,
+        mtu: 1500,
+        flags: IFACE_PRESENT,
+        mac: MAC_DST,
+        _pad: [0; 2],
+        ipv4: [0; 4],
+        ipv6: [0; 16],
+        table: 0,
     };
-    for (i, r) in d.reasons.iter_mut().enumerate() {
-        *r = after.reasons[i].wrapping_sub(before.reasons[i]);
-    }
-    d
+    h.interface_entry(ifindex, cfg);
 }
 
-/// The counter delta of one received packet of `len` bytes that left with `reason`.
-fn counted_once(len: usize, reason: Reason) -> InterfaceStats {
-    let mut s = InterfaceStats { rx_packets: 1, rx_bytes: len as u64, ..InterfaceStats::ZERO };
-    s.reasons[reason as usize] = 1;
-    s
+/// Runs `fx` and checks its verdict and that exactly one packet of its length was counted, under
+/// exactly its reason, in the `counted` entry and nowhere else.
+fn check(h: &Harness, fx: &Fixture, counted: Counted) -> Result<(), String> {
+    let obs = h.observe(SLOT, &fx.frame);
+    let expected = counted_once(fx.frame.len(), fx.reason);
+    let (want_slot, want_unknown) = match counted {
+        Counted::Slot => (expected, InterfaceStats::ZERO),
+        Counted::Unknown => (InterfaceStats::ZERO, expected),
+    };
+    if obs.verdict() == Some(fx.verdict) && obs.iface == want_slot && obs.unknown == want_unknown {
+        return Ok(());
+    }
+    Err(format!(
+        "{} ({} bytes): expected verdict {} and {} counted in {counted:?}; observed {}, slot \
+         delta {}, unknown delta {}",
+        fx.description,
+        fx.frame.len(),
+        fx.verdict,
+        fx.reason.name(),
+        obs.describe_result(),
+        describe_stats(&obs.iface),
+        describe_stats(&obs.unknown),
+    ))
 }
 
-fn describe_result(result: &Result<u32, ProgramError>) -> String {
-    match result {
-        Ok(v) => format!("verdict {v}"),
-        Err(e) => format!("test run error ({e})"),
+/// Checks that the kernel refuses to run `frame` and that nothing was counted.
+///
+/// BPF_PROG_TEST_RUN for XDP rejects data shorter than an Ethernet header (ETH_HLEN) with
+/// EINVAL before the program runs, so the parser's `EthTruncated` path cannot be reached this
+/// way; what can be checked is that such input never reaches the counters.
+fn check_refused(h: &Harness, description: &str, frame: &[u8]) -> Result<(), String> {
+    let obs = h.observe(SLOT, frame);
+    let refused = matches!(
+        &obs.result,
+        Err(ProgramError::SyscallError(SyscallError { io_error, .. }))
+            if io_error.raw_os_error() == Some(libc::EINVAL)
+    );
+    if refused && obs.iface == InterfaceStats::ZERO && obs.unknown == InterfaceStats::ZERO {
+        return Ok(());
     }
+    Err(format!(
+        "{description} ({} bytes): expected the kernel to refuse the run with EINVAL and no \
+         counter to change; observed {}, slot delta {}, unknown delta {}",
+        frame.len(),
+        obs.describe_result(),
+        describe_stats(&obs.iface),
+        describe_stats(&obs.unknown),
+    ))
 }
 
 /// Runs every fixture (not stopping at the first failure) and fails listing every mismatch.
 fn check_all(h: &Harness, group: &str, fixtures: &[Fixture], counted: Counted) {
-    assert!(!fixtures.is_empty(), "{group}: no fixtures");
-    let failures: Vec<String> = fixtures.iter().filter_map(|fx| h.check(fx, counted).err()).collect();
-    assert!(
-        failures.is_empty(),
-        "{group}: {} of {} fixtures failed:\n  {}",
-        failures.len(),
-        fixtures.len(),
-        failures.join("\n  ")
-    );
+    harness::check_all(group, fixtures, |fx| check(h, fx, counted));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -600,12 +241,12 @@ fn check_all(h: &Harness, group: &str, fixtures: &[Fixture], counted: Counted) {
 
 #[test]
 fn xdp_ingress_well_formed_ip_without_route_counts_no_route() {
-    let h = Harness::load_registered();
+    let h = load_registered();
     // Parsed all the way, unicast, not for the (address-less) interface: the route lookup is the
     // stage that lets each of these go. Any parse reason here means the parser rejected a
     // well-formed frame.
-    let v4 = |proto: u8, l4: Vec<u8>| concat(&[&eth(ETH_P_IPV4), &Ipv4::new(proto).build(&l4)]);
-    let v6 = |next: u8, rest: Vec<u8>| concat(&[&eth(ETH_P_IPV6), &Ipv6::new(next).build(&rest)]);
+    let v4 = |proto: u8, l4: Vec<u8>| concat(&[&eth(ETH_P_IPV4), &ipv4(proto).build(&l4)]);
+    let v6 = |next: u8, rest: Vec<u8>| concat(&[&eth(ETH_P_IPV6), &ipv6(next).build(&rest)]);
     let fixtures = [
         pass("IPv4 UDP (DNS query)", v4(IPPROTO_UDP, udp(53000, 53, &payload(32))), Reason::NoRoute),
         pass("IPv4 UDP with empty payload", v4(IPPROTO_UDP, udp(40000, 9, &[])), Reason::NoRoute),
@@ -626,7 +267,7 @@ fn xdp_ingress_well_formed_ip_without_route_counts_no_route() {
             "IPv4 with IHL 6 (Router Alert) then UDP",
             concat(&[
                 &eth(ETH_P_IPV4),
-                &Ipv4::new(IPPROTO_UDP).options(&IPV4_OPT_ROUTER_ALERT).build(&udp(1000, 2000, &payload(8))),
+                &ipv4(IPPROTO_UDP).options(&IPV4_OPT_ROUTER_ALERT).build(&udp(1000, 2000, &payload(8))),
             ]),
             Reason::NoRoute,
         ),
@@ -634,17 +275,14 @@ fn xdp_ingress_well_formed_ip_without_route_counts_no_route() {
             "IPv4 with IHL 15 (full Record Route) then TCP",
             concat(&[
                 &eth(ETH_P_IPV4),
-                &Ipv4::new(IPPROTO_TCP).options(&ipv4_opt_record_route_full()).build(&tcp(1, 2, TCP_SYN, &[])),
+                &ipv4(IPPROTO_TCP).options(&ipv4_opt_record_route_full()).build(&tcp(1, 2, TCP_SYN, &[])),
             ]),
             Reason::NoRoute,
         ),
         pass(
             // A first fragment (offset 0, MF set) still carries the upper-layer header.
             "IPv4 first fragment (MF, offset 0) UDP",
-            concat(&[
-                &eth(ETH_P_IPV4),
-                &Ipv4::new(IPPROTO_UDP).fragment(0, true).build(&udp(5000, 6000, &payload(64))),
-            ]),
+            concat(&[&eth(ETH_P_IPV4), &ipv4(IPPROTO_UDP).fragment(0, true).build(&udp(5000, 6000, &payload(64)))]),
             Reason::NoRoute,
         ),
         pass(
@@ -663,12 +301,12 @@ fn xdp_ingress_well_formed_ip_without_route_counts_no_route() {
         pass("IPv6 ICMPv6 echo request", v6(IPPROTO_ICMPV6, icmpv6_echo_request(&payload(56))), Reason::NoRoute),
         pass(
             "IPv6 hop-by-hop then TCP",
-            v6(IPPROTO_HOPOPTS, concat(&[&ipv6_options_ext(IPPROTO_TCP, 0), &tcp(40000, 80, TCP_SYN, &[])])),
+            v6(IPPROTO_HOPOPTS, concat(&[&ipv6_options(IPPROTO_TCP, 0), &tcp(40000, 80, TCP_SYN, &[])])),
             Reason::NoRoute,
         ),
         pass(
             "IPv6 hop-by-hop (24 bytes) then UDP",
-            v6(IPPROTO_HOPOPTS, concat(&[&ipv6_options_ext(IPPROTO_UDP, 2), &udp(1, 2, &payload(4))])),
+            v6(IPPROTO_HOPOPTS, concat(&[&ipv6_options(IPPROTO_UDP, 2), &udp(1, 2, &payload(4))])),
             Reason::NoRoute,
         ),
         pass(
@@ -676,9 +314,9 @@ fn xdp_ingress_well_formed_ip_without_route_counts_no_route() {
             v6(
                 IPPROTO_HOPOPTS,
                 concat(&[
-                    &ipv6_options_ext(IPPROTO_ROUTING, 0),
-                    &ipv6_routing_ext(IPPROTO_DSTOPTS),
-                    &ipv6_options_ext(IPPROTO_UDP, 1),
+                    &ipv6_options(IPPROTO_ROUTING, 0),
+                    &ipv6_routing(IPPROTO_DSTOPTS),
+                    &ipv6_options(IPPROTO_UDP, 1),
                     &udp(1, 2, &payload(16)),
                 ]),
             ),
@@ -688,12 +326,15 @@ fn xdp_ingress_well_formed_ip_without_route_counts_no_route() {
             // AH counts its length in 32-bit words minus 2, unlike the 8-byte-unit headers: a
             // parser using the wrong unit lands inside the ICV instead of on the TCP header.
             "IPv6 AH then TCP",
-            v6(IPPROTO_AH, concat(&[&ipv6_ah_ext(IPPROTO_TCP), &tcp(22, 40000, TCP_ACK, &payload(10))])),
+            v6(IPPROTO_AH, concat(&[&ipv6_ah(IPPROTO_TCP, 0x0000_1000), &tcp(22, 40000, TCP_ACK, &payload(10))])),
             Reason::NoRoute,
         ),
         pass(
             "IPv6 first fragment (offset 0, M set) then UDP",
-            v6(IPPROTO_FRAGMENT, concat(&[&ipv6_fragment_ext(IPPROTO_UDP, 0, true), &udp(1, 2, &payload(32))])),
+            v6(
+                IPPROTO_FRAGMENT,
+                concat(&[&ipv6_fragment(IPPROTO_UDP, 0, true, 0xdead_beef), &udp(1, 2, &payload(32))]),
+            ),
             Reason::NoRoute,
         ),
         pass(
@@ -701,7 +342,7 @@ fn xdp_ingress_well_formed_ip_without_route_counts_no_route() {
             v6(IPPROTO_DSTOPTS, {
                 let mut rest = Vec::new();
                 for i in 0..5 {
-                    rest.extend(ipv6_options_ext(if i < 4 { IPPROTO_DSTOPTS } else { IPPROTO_UDP }, 0));
+                    rest.extend(ipv6_options(if i < 4 { IPPROTO_DSTOPTS } else { IPPROTO_UDP }, 0));
                 }
                 rest.extend(udp(1, 2, &payload(8)));
                 rest
@@ -714,14 +355,14 @@ fn xdp_ingress_well_formed_ip_without_route_counts_no_route() {
 
 #[test]
 fn xdp_ingress_ipv4_with_options_without_route_counts_no_route() {
-    let h = Harness::load_registered();
+    let h = load_registered();
     // Every IHL with options, so the options bound check is exercised at each possible header end.
     let fixtures: Vec<Fixture> = (6u8..=15)
         .map(|ihl| {
             let options = vec![1u8; (usize::from(ihl) - 5) * 4]; // NOPs
             pass(
                 format!("IPv4 IHL {ihl} ({} option bytes) then TCP", options.len()),
-                concat(&[&eth(ETH_P_IPV4), &Ipv4::new(IPPROTO_TCP).options(&options).build(&tcp(1, 2, TCP_SYN, &[]))]),
+                concat(&[&eth(ETH_P_IPV4), &ipv4(IPPROTO_TCP).options(&options).build(&tcp(1, 2, TCP_SYN, &[]))]),
                 Reason::NoRoute,
             )
         })
@@ -731,7 +372,7 @@ fn xdp_ingress_ipv4_with_options_without_route_counts_no_route() {
 
 #[test]
 fn xdp_ingress_non_first_fragments_without_route_count_no_route() {
-    let h = Harness::load_registered();
+    let h = load_registered();
     // Non-first fragments have no upper-layer header, yet they are routed on their addresses
     // like any other packet: the parser must stop before looking for an L4 header (the short
     // ones would count L4Truncated otherwise) and hand them on to routing, which finds nothing.
@@ -739,20 +380,20 @@ fn xdp_ingress_non_first_fragments_without_route_count_no_route() {
     let fixtures = [
         pass(
             "IPv4 middle fragment (offset 185, MF) of a UDP datagram",
-            concat(&[&eth(ETH_P_IPV4), &Ipv4::new(IPPROTO_UDP).fragment(185, true).build(&payload(1480))]),
+            concat(&[&eth(ETH_P_IPV4), &ipv4(IPPROTO_UDP).fragment(185, true).build(&payload(1480))]),
             Reason::NoRoute,
         ),
         pass(
             // Shorter than any L4 header: shows the parser does not look for one in a fragment.
             "IPv4 last fragment (offset 1, no MF) with 3 data bytes",
-            concat(&[&eth(ETH_P_IPV4), &Ipv4::new(IPPROTO_TCP).fragment(1, false).build(&payload(3))]),
+            concat(&[&eth(ETH_P_IPV4), &ipv4(IPPROTO_TCP).fragment(1, false).build(&payload(3))]),
             Reason::NoRoute,
         ),
         pass(
             "IPv4 last fragment with options (IHL 6)",
             concat(&[
                 &eth(ETH_P_IPV4),
-                &Ipv4::new(IPPROTO_UDP).options(&IPV4_OPT_ROUTER_ALERT).fragment(2, false).build(&payload(16)),
+                &ipv4(IPPROTO_UDP).options(&IPV4_OPT_ROUTER_ALERT).fragment(2, false).build(&payload(16)),
             ]),
             Reason::NoRoute,
         ),
@@ -760,8 +401,8 @@ fn xdp_ingress_non_first_fragments_without_route_count_no_route() {
             "IPv6 middle fragment (offset 181, M) of a UDP datagram",
             concat(&[
                 &eth(ETH_P_IPV6),
-                &Ipv6::new(IPPROTO_FRAGMENT)
-                    .build(&concat(&[&ipv6_fragment_ext(IPPROTO_UDP, 181, true), &payload(1448)])),
+                &ipv6(IPPROTO_FRAGMENT)
+                    .build(&concat(&[&ipv6_fragment(IPPROTO_UDP, 181, true, 0xdead_beef), &payload(1448)])),
             ]),
             Reason::NoRoute,
         ),
@@ -769,7 +410,8 @@ fn xdp_ingress_non_first_fragments_without_route_count_no_route() {
             "IPv6 last fragment with 2 data bytes",
             concat(&[
                 &eth(ETH_P_IPV6),
-                &Ipv6::new(IPPROTO_FRAGMENT).build(&concat(&[&ipv6_fragment_ext(IPPROTO_TCP, 3, false), &payload(2)])),
+                &ipv6(IPPROTO_FRAGMENT)
+                    .build(&concat(&[&ipv6_fragment(IPPROTO_TCP, 3, false, 0xdead_beef), &payload(2)])),
             ]),
             Reason::NoRoute,
         ),
@@ -777,9 +419,9 @@ fn xdp_ingress_non_first_fragments_without_route_count_no_route() {
             "IPv6 hop-by-hop then non-first fragment of an ICMPv6 message",
             concat(&[
                 &eth(ETH_P_IPV6),
-                &Ipv6::new(IPPROTO_HOPOPTS).build(&concat(&[
-                    &ipv6_options_ext(IPPROTO_FRAGMENT, 0),
-                    &ipv6_fragment_ext(IPPROTO_ICMPV6, 10, true),
+                &ipv6(IPPROTO_HOPOPTS).build(&concat(&[
+                    &ipv6_options(IPPROTO_FRAGMENT, 0),
+                    &ipv6_fragment(IPPROTO_ICMPV6, 10, true, 0xdead_beef),
                     &payload(64),
                 ])),
             ]),
@@ -789,7 +431,7 @@ fn xdp_ingress_non_first_fragments_without_route_count_no_route() {
             "802.1Q VLAN 10 IPv4 non-first fragment",
             concat(&[
                 &eth_tagged(&[(ETH_P_8021Q, 10)], ETH_P_IPV4),
-                &Ipv4::new(IPPROTO_UDP).fragment(100, true).build(&payload(64)),
+                &ipv4(IPPROTO_UDP).fragment(100, true).build(&payload(64)),
             ]),
             Reason::PassVlan,
         ),
@@ -799,7 +441,7 @@ fn xdp_ingress_non_first_fragments_without_route_count_no_route() {
 
 #[test]
 fn xdp_ingress_vlan_tagged_frames_up_to_two_tags_count_pass_vlan() {
-    let h = Harness::load_registered();
+    let h = load_registered();
     // Sub-interfaces are not routed: tagged IP parses (one or two tags, IPv6 extension headers
     // behind them) and is then handed to the kernel as PassVlan; tagged non-IP is PassNonIp, the
     // non-IP check coming first. VID 0 (priority tag) still counts as a tag.
@@ -808,7 +450,7 @@ fn xdp_ingress_vlan_tagged_frames_up_to_two_tags_count_pass_vlan() {
             "802.1Q VLAN 100 IPv4 UDP",
             concat(&[
                 &eth_tagged(&[(ETH_P_8021Q, 100)], ETH_P_IPV4),
-                &Ipv4::new(IPPROTO_UDP).build(&udp(1, 2, &payload(20))),
+                &ipv4(IPPROTO_UDP).build(&udp(1, 2, &payload(20))),
             ]),
             Reason::PassVlan,
         ),
@@ -816,7 +458,7 @@ fn xdp_ingress_vlan_tagged_frames_up_to_two_tags_count_pass_vlan() {
             "802.1ad S-tag only, IPv4 ICMP",
             concat(&[
                 &eth_tagged(&[(ETH_P_8021AD, 7)], ETH_P_IPV4),
-                &Ipv4::new(IPPROTO_ICMP).build(&icmp_echo_request(&payload(8))),
+                &ipv4(IPPROTO_ICMP).build(&icmp_echo_request(&payload(8))),
             ]),
             Reason::PassVlan,
         ),
@@ -824,7 +466,7 @@ fn xdp_ingress_vlan_tagged_frames_up_to_two_tags_count_pass_vlan() {
             "QinQ (802.1ad 100 + 802.1Q 200) IPv6 UDP",
             concat(&[
                 &eth_tagged(&[(ETH_P_8021AD, 100), (ETH_P_8021Q, 200)], ETH_P_IPV6),
-                &Ipv6::new(IPPROTO_UDP).build(&udp(1, 2, &payload(20))),
+                &ipv6(IPPROTO_UDP).build(&udp(1, 2, &payload(20))),
             ]),
             Reason::PassVlan,
         ),
@@ -832,8 +474,7 @@ fn xdp_ingress_vlan_tagged_frames_up_to_two_tags_count_pass_vlan() {
             "QinQ IPv6 hop-by-hop then TCP",
             concat(&[
                 &eth_tagged(&[(ETH_P_8021AD, 100), (ETH_P_8021Q, 200)], ETH_P_IPV6),
-                &Ipv6::new(IPPROTO_HOPOPTS)
-                    .build(&concat(&[&ipv6_options_ext(IPPROTO_TCP, 0), &tcp(1, 2, TCP_SYN, &[])])),
+                &ipv6(IPPROTO_HOPOPTS).build(&concat(&[&ipv6_options(IPPROTO_TCP, 0), &tcp(1, 2, TCP_SYN, &[])])),
             ]),
             Reason::PassVlan,
         ),
@@ -846,7 +487,7 @@ fn xdp_ingress_vlan_tagged_frames_up_to_two_tags_count_pass_vlan() {
             "802.1Q VLAN 0 (priority tag) IPv6 ICMPv6",
             concat(&[
                 &eth_tagged(&[(ETH_P_8021Q, 0)], ETH_P_IPV6),
-                &Ipv6::new(IPPROTO_ICMPV6).build(&icmpv6_echo_request(&[])),
+                &ipv6(IPPROTO_ICMPV6).build(&icmpv6_echo_request(&[])),
             ]),
             Reason::PassVlan,
         ),
@@ -856,13 +497,13 @@ fn xdp_ingress_vlan_tagged_frames_up_to_two_tags_count_pass_vlan() {
 
 #[test]
 fn xdp_ingress_three_vlan_tags_count_vlan_too_deep() {
-    let h = Harness::load_registered();
+    let h = load_registered();
     let fixtures = [
         pass(
             "802.1ad + 802.1Q + 802.1Q IPv4 UDP",
             concat(&[
                 &eth_tagged(&[(ETH_P_8021AD, 1), (ETH_P_8021Q, 2), (ETH_P_8021Q, 3)], ETH_P_IPV4),
-                &Ipv4::new(IPPROTO_UDP).build(&udp(1, 2, &payload(8))),
+                &ipv4(IPPROTO_UDP).build(&udp(1, 2, &payload(8))),
             ]),
             Reason::VlanTooDeep,
         ),
@@ -870,7 +511,7 @@ fn xdp_ingress_three_vlan_tags_count_vlan_too_deep() {
             "three 802.1Q tags IPv6 UDP",
             concat(&[
                 &eth_tagged(&[(ETH_P_8021Q, 1), (ETH_P_8021Q, 2), (ETH_P_8021Q, 3)], ETH_P_IPV6),
-                &Ipv6::new(IPPROTO_UDP).build(&udp(1, 2, &payload(8))),
+                &ipv6(IPPROTO_UDP).build(&udp(1, 2, &payload(8))),
             ]),
             Reason::VlanTooDeep,
         ),
@@ -887,7 +528,7 @@ fn xdp_ingress_three_vlan_tags_count_vlan_too_deep() {
 
 #[test]
 fn xdp_ingress_non_ip_frames_pass_as_non_ip() {
-    let h = Harness::load_registered();
+    let h = load_registered();
     let fixtures = [
         pass("ARP request", concat(&[&eth(ETH_P_ARP), &arp_request()]), Reason::PassNonIp),
         pass(
@@ -918,7 +559,7 @@ fn to_mac(mac: [u8; 6], mut frame: Vec<u8>) -> Vec<u8> {
 
 #[test]
 fn xdp_ingress_frames_for_another_mac_count_other_host_only_when_routable() {
-    let h = Harness::load_registered();
+    let h = load_registered();
     // The interface is registered with MAC_DST; these differ from it in the last byte, the first
     // byte, everywhere (broadcast), and in being a group address.
     const NEIGHBOUR: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x00, 0x03];
@@ -926,14 +567,14 @@ fn xdp_ingress_frames_for_another_mac_count_other_host_only_when_routable() {
     const BROADCAST: [u8; 6] = [0xff; 6];
     const V4_MCAST_MAC: [u8; 6] = [0x01, 0x00, 0x5e, 0x00, 0x00, 0x01];
     const V6_MCAST_MAC: [u8; 6] = [0x33, 0x33, 0x00, 0x00, 0x00, 0x01];
-    let v4 = || concat(&[&eth(ETH_P_IPV4), &Ipv4::new(IPPROTO_UDP).build(&udp(1, 2, &payload(8)))]);
-    let v6 = || concat(&[&eth(ETH_P_IPV6), &Ipv6::new(IPPROTO_UDP).build(&udp(1, 2, &payload(8)))]);
+    let v4 = || concat(&[&eth(ETH_P_IPV4), &ipv4(IPPROTO_UDP).build(&udp(1, 2, &payload(8)))]);
+    let v6 = || concat(&[&eth(ETH_P_IPV6), &ipv6(IPPROTO_UDP).build(&udp(1, 2, &payload(8)))]);
     // The same packets to a multicast group (the IPv4 header checksum refreshed).
     let v4_group = || {
         let mut f = v4();
         f[ETH_HLEN + 16..ETH_HLEN + 20].copy_from_slice(&[224, 0, 0, 1]);
         f[ETH_HLEN + 10..ETH_HLEN + 12].copy_from_slice(&[0, 0]);
-        let csum = internet_checksum(&f[ETH_HLEN..ETH_HLEN + IPV4_HLEN]);
+        let csum = checksum::internet(&f[ETH_HLEN..ETH_HLEN + IPV4_HLEN]);
         f[ETH_HLEN + 10..ETH_HLEN + 12].copy_from_slice(&csum.to_be_bytes());
         f
     };
@@ -957,8 +598,8 @@ fn xdp_ingress_frames_for_another_mac_count_other_host_only_when_routable() {
                 NEIGHBOUR,
                 concat(&[
                     &eth(ETH_P_IPV6),
-                    &Ipv6::new(IPPROTO_FRAGMENT)
-                        .build(&concat(&[&ipv6_fragment_ext(IPPROTO_UDP, 8, true), &payload(64)])),
+                    &ipv6(IPPROTO_FRAGMENT)
+                        .build(&concat(&[&ipv6_fragment(IPPROTO_UDP, 8, true, 0xdead_beef), &payload(64)])),
                 ]),
             ),
         ),
@@ -982,19 +623,19 @@ fn xdp_ingress_frames_for_another_mac_count_other_host_only_when_routable() {
                 NEIGHBOUR,
                 concat(&[
                     &eth_tagged(&[(ETH_P_8021Q, 100)], ETH_P_IPV4),
-                    &Ipv4::new(IPPROTO_UDP).build(&udp(1, 2, &payload(8))),
+                    &ipv4(IPPROTO_UDP).build(&udp(1, 2, &payload(8))),
                 ]),
             ),
             Reason::PassVlan,
         ),
         pass(
             "IPv4 version 5 to a neighbour's MAC",
-            to_mac(NEIGHBOUR, concat(&[&eth(ETH_P_IPV4), &Ipv4::new(IPPROTO_UDP).version(5).build(&udp(1, 2, &[]))])),
+            to_mac(NEIGHBOUR, concat(&[&eth(ETH_P_IPV4), &ipv4(IPPROTO_UDP).version(5).build(&udp(1, 2, &[]))])),
             Reason::Ipv4Malformed,
         ),
         pass(
             "IPv6 UDP header cut after 7 bytes to the broadcast MAC",
-            to_mac(BROADCAST, concat(&[&eth(ETH_P_IPV6), &Ipv6::new(IPPROTO_UDP).build(&udp(1, 2, &[])[..7])])),
+            to_mac(BROADCAST, concat(&[&eth(ETH_P_IPV6), &ipv6(IPPROTO_UDP).build(&udp(1, 2, &[])[..7])])),
             Reason::L4Truncated,
         ),
         // And the interface's own MAC goes on to the route lookup.
@@ -1010,36 +651,36 @@ fn xdp_ingress_frames_for_another_mac_count_other_host_only_when_routable() {
 
 #[test]
 fn xdp_ingress_malformed_ipv4_counts_ipv4_malformed() {
-    let h = Harness::load_registered();
+    let h = load_registered();
     let udp_payload = udp(1, 2, &payload(16));
     let v4 = |hdr: Ipv4| concat(&[&eth(ETH_P_IPV4), &hdr.build(&udp_payload)]);
     let full_total = (IPV4_HLEN + udp_payload.len()) as u16;
     let fixtures = [
-        pass("IPv4 version 5", v4(Ipv4::new(IPPROTO_UDP).version(5)), Reason::Ipv4Malformed),
-        pass("IPv6 version nibble in an 0x0800 frame", v4(Ipv4::new(IPPROTO_UDP).version(6)), Reason::Ipv4Malformed),
-        pass("IPv4 IHL 4", v4(Ipv4::new(IPPROTO_UDP).ihl(4)), Reason::Ipv4Malformed),
-        pass("IPv4 IHL 0", v4(Ipv4::new(IPPROTO_UDP).ihl(0)), Reason::Ipv4Malformed),
+        pass("IPv4 version 5", v4(ipv4(IPPROTO_UDP).version(5)), Reason::Ipv4Malformed),
+        pass("IPv6 version nibble in an 0x0800 frame", v4(ipv4(IPPROTO_UDP).version(6)), Reason::Ipv4Malformed),
+        pass("IPv4 IHL 4", v4(ipv4(IPPROTO_UDP).ihl(4)), Reason::Ipv4Malformed),
+        pass("IPv4 IHL 0", v4(ipv4(IPPROTO_UDP).ihl(0)), Reason::Ipv4Malformed),
         pass(
             "IPv4 total length one byte beyond the frame",
-            v4(Ipv4::new(IPPROTO_UDP).total_len(full_total + 1)),
+            v4(ipv4(IPPROTO_UDP).total_len(full_total + 1)),
             Reason::Ipv4Malformed,
         ),
         pass(
             "IPv4 total length 65535 in a short frame",
-            v4(Ipv4::new(IPPROTO_UDP).total_len(u16::MAX)),
+            v4(ipv4(IPPROTO_UDP).total_len(u16::MAX)),
             Reason::Ipv4Malformed,
         ),
         pass(
             "IPv4 total length 19, below the header length",
-            v4(Ipv4::new(IPPROTO_UDP).total_len(19)),
+            v4(ipv4(IPPROTO_UDP).total_len(19)),
             Reason::Ipv4Malformed,
         ),
-        pass("IPv4 total length 0", v4(Ipv4::new(IPPROTO_UDP).total_len(0)), Reason::Ipv4Malformed),
+        pass("IPv4 total length 0", v4(ipv4(IPPROTO_UDP).total_len(0)), Reason::Ipv4Malformed),
         pass(
             "IPv4 IHL 15 with total length 40, below the header length",
             concat(&[
                 &eth(ETH_P_IPV4),
-                &Ipv4::new(IPPROTO_UDP).options(&ipv4_opt_record_route_full()).total_len(40).build(&udp_payload),
+                &ipv4(IPPROTO_UDP).options(&ipv4_opt_record_route_full()).total_len(40).build(&udp_payload),
             ]),
             Reason::Ipv4Malformed,
         ),
@@ -1047,7 +688,7 @@ fn xdp_ingress_malformed_ipv4_counts_ipv4_malformed() {
             "802.1Q IPv4 total length beyond the frame",
             concat(&[
                 &eth_tagged(&[(ETH_P_8021Q, 9)], ETH_P_IPV4),
-                &Ipv4::new(IPPROTO_UDP).total_len(full_total + 8).build(&udp_payload),
+                &ipv4(IPPROTO_UDP).total_len(full_total + 8).build(&udp_payload),
             ]),
             Reason::Ipv4Malformed,
         ),
@@ -1057,38 +698,38 @@ fn xdp_ingress_malformed_ipv4_counts_ipv4_malformed() {
 
 #[test]
 fn xdp_ingress_malformed_ipv6_counts_ipv6_malformed() {
-    let h = Harness::load_registered();
+    let h = load_registered();
     let udp_payload = udp(1, 2, &payload(16));
     let chained_dstopts = |count: usize| {
         let mut rest = Vec::new();
         for i in 0..count {
-            rest.extend(ipv6_options_ext(if i + 1 < count { IPPROTO_DSTOPTS } else { IPPROTO_UDP }, 0));
+            rest.extend(ipv6_options(if i + 1 < count { IPPROTO_DSTOPTS } else { IPPROTO_UDP }, 0));
         }
         rest.extend(udp(1, 2, &payload(8)));
-        concat(&[&eth(ETH_P_IPV6), &Ipv6::new(IPPROTO_DSTOPTS).build(&rest)])
+        concat(&[&eth(ETH_P_IPV6), &ipv6(IPPROTO_DSTOPTS).build(&rest)])
     };
     let fixtures = [
         pass(
             "IPv4 version nibble in an 0x86dd frame",
-            concat(&[&eth(ETH_P_IPV6), &Ipv6::new(IPPROTO_UDP).version(4).build(&udp_payload)]),
+            concat(&[&eth(ETH_P_IPV6), &ipv6(IPPROTO_UDP).version(4).build(&udp_payload)]),
             Reason::Ipv6Malformed,
         ),
         pass(
             "IPv6 version 0",
-            concat(&[&eth(ETH_P_IPV6), &Ipv6::new(IPPROTO_UDP).version(0).build(&udp_payload)]),
+            concat(&[&eth(ETH_P_IPV6), &ipv6(IPPROTO_UDP).version(0).build(&udp_payload)]),
             Reason::Ipv6Malformed,
         ),
         pass(
             "IPv6 payload length one byte beyond the frame",
             concat(&[
                 &eth(ETH_P_IPV6),
-                &Ipv6::new(IPPROTO_UDP).payload_len(udp_payload.len() as u16 + 1).build(&udp_payload),
+                &ipv6(IPPROTO_UDP).payload_len(udp_payload.len() as u16 + 1).build(&udp_payload),
             ]),
             Reason::Ipv6Malformed,
         ),
         pass(
             "IPv6 payload length 65535 in a short frame",
-            concat(&[&eth(ETH_P_IPV6), &Ipv6::new(IPPROTO_UDP).payload_len(u16::MAX).build(&udp_payload)]),
+            concat(&[&eth(ETH_P_IPV6), &ipv6(IPPROTO_UDP).payload_len(u16::MAX).build(&udp_payload)]),
             Reason::Ipv6Malformed,
         ),
         pass("IPv6 seven chained destination options headers", chained_dstopts(7), Reason::Ipv6Malformed),
@@ -1098,7 +739,7 @@ fn xdp_ingress_malformed_ipv6_counts_ipv6_malformed() {
             "IPv6 hop-by-hop of 512 bytes putting the upper layer past the walk limit",
             concat(&[
                 &eth(ETH_P_IPV6),
-                &Ipv6::new(IPPROTO_HOPOPTS).build(&concat(&[&ipv6_options_ext(IPPROTO_UDP, 63), &udp(1, 2, &[])])),
+                &ipv6(IPPROTO_HOPOPTS).build(&concat(&[&ipv6_options(IPPROTO_UDP, 63), &udp(1, 2, &[])])),
             ]),
             Reason::Ipv6Malformed,
         ),
@@ -1106,7 +747,7 @@ fn xdp_ingress_malformed_ipv6_counts_ipv6_malformed() {
             "QinQ IPv6 payload length beyond the frame",
             concat(&[
                 &eth_tagged(&[(ETH_P_8021AD, 1), (ETH_P_8021Q, 2)], ETH_P_IPV6),
-                &Ipv6::new(IPPROTO_UDP).payload_len(udp_payload.len() as u16 + 8).build(&udp_payload),
+                &ipv6(IPPROTO_UDP).payload_len(udp_payload.len() as u16 + 8).build(&udp_payload),
             ]),
             Reason::Ipv6Malformed,
         ),
@@ -1116,81 +757,77 @@ fn xdp_ingress_malformed_ipv6_counts_ipv6_malformed() {
 
 #[test]
 fn xdp_ingress_header_cut_within_consistent_ip_length_counts_truncated() {
-    let h = Harness::load_registered();
+    let h = load_registered();
     // The IP length fields agree with the (short) frame, so the L3 header is consistent and the
     // packet simply ends inside the next header.
     let fixtures = [
         pass(
             "IPv4 UDP header cut after 4 bytes, total length 24",
-            concat(&[&eth(ETH_P_IPV4), &Ipv4::new(IPPROTO_UDP).build(&udp(1, 2, &[])[..4])]),
+            concat(&[&eth(ETH_P_IPV4), &ipv4(IPPROTO_UDP).build(&udp(1, 2, &[])[..4])]),
             Reason::L4Truncated,
         ),
         pass(
             "IPv4 UDP with no L4 bytes, total length 20",
-            concat(&[&eth(ETH_P_IPV4), &Ipv4::new(IPPROTO_UDP).build(&[])]),
+            concat(&[&eth(ETH_P_IPV4), &ipv4(IPPROTO_UDP).build(&[])]),
             Reason::L4Truncated,
         ),
         pass(
             "IPv4 TCP header cut after 19 bytes",
-            concat(&[&eth(ETH_P_IPV4), &Ipv4::new(IPPROTO_TCP).build(&tcp(1, 2, TCP_SYN, &[])[..19])]),
+            concat(&[&eth(ETH_P_IPV4), &ipv4(IPPROTO_TCP).build(&tcp(1, 2, TCP_SYN, &[])[..19])]),
             Reason::L4Truncated,
         ),
         pass(
             "IPv4 with options, TCP header cut after 10 bytes",
             concat(&[
                 &eth(ETH_P_IPV4),
-                &Ipv4::new(IPPROTO_TCP).options(&ipv4_opts_two_words()).build(&tcp(1, 2, TCP_SYN, &[])[..10]),
+                &ipv4(IPPROTO_TCP).options(&ipv4_opts_two_words()).build(&tcp(1, 2, TCP_SYN, &[])[..10]),
             ]),
             Reason::L4Truncated,
         ),
         pass(
             "IPv4 ICMP header cut after 3 bytes",
-            concat(&[&eth(ETH_P_IPV4), &Ipv4::new(IPPROTO_ICMP).build(&icmp_echo_request(&[])[..3])]),
+            concat(&[&eth(ETH_P_IPV4), &ipv4(IPPROTO_ICMP).build(&icmp_echo_request(&[])[..3])]),
             Reason::L4Truncated,
         ),
         pass(
             "IPv6 UDP header cut after 7 bytes",
-            concat(&[&eth(ETH_P_IPV6), &Ipv6::new(IPPROTO_UDP).build(&udp(1, 2, &[])[..7])]),
+            concat(&[&eth(ETH_P_IPV6), &ipv6(IPPROTO_UDP).build(&udp(1, 2, &[])[..7])]),
             Reason::L4Truncated,
         ),
         pass(
             "IPv6 ICMPv6 header cut after 2 bytes",
-            concat(&[&eth(ETH_P_IPV6), &Ipv6::new(IPPROTO_ICMPV6).build(&icmpv6_echo_request(&[])[..2])]),
+            concat(&[&eth(ETH_P_IPV6), &ipv6(IPPROTO_ICMPV6).build(&icmpv6_echo_request(&[])[..2])]),
             Reason::L4Truncated,
         ),
         pass(
             "IPv6 hop-by-hop then TCP header cut after 12 bytes",
             concat(&[
                 &eth(ETH_P_IPV6),
-                &Ipv6::new(IPPROTO_HOPOPTS)
-                    .build(&concat(&[&ipv6_options_ext(IPPROTO_TCP, 0), &tcp(1, 2, TCP_SYN, &[])[..12]])),
+                &ipv6(IPPROTO_HOPOPTS).build(&concat(&[&ipv6_options(IPPROTO_TCP, 0), &tcp(1, 2, TCP_SYN, &[])[..12]])),
             ]),
             Reason::L4Truncated,
         ),
         pass(
             "QinQ IPv6 UDP with no L4 bytes, payload length 0",
-            concat(&[
-                &eth_tagged(&[(ETH_P_8021AD, 1), (ETH_P_8021Q, 2)], ETH_P_IPV6),
-                &Ipv6::new(IPPROTO_UDP).build(&[]),
-            ]),
+            concat(&[&eth_tagged(&[(ETH_P_8021AD, 1), (ETH_P_8021Q, 2)], ETH_P_IPV6), &ipv6(IPPROTO_UDP).build(&[])]),
             Reason::L4Truncated,
         ),
         pass(
             "IPv6 hop-by-hop header cut after 1 byte, payload length 1",
-            concat(&[&eth(ETH_P_IPV6), &Ipv6::new(IPPROTO_HOPOPTS).build(&ipv6_options_ext(IPPROTO_TCP, 0)[..1])]),
+            concat(&[&eth(ETH_P_IPV6), &ipv6(IPPROTO_HOPOPTS).build(&ipv6_options(IPPROTO_TCP, 0)[..1])]),
             Reason::Ipv6Truncated,
         ),
         pass(
             "IPv6 fragment header cut after 7 bytes, payload length 7",
             concat(&[
                 &eth(ETH_P_IPV6),
-                &Ipv6::new(IPPROTO_FRAGMENT).build(&ipv6_fragment_ext(IPPROTO_UDP, 0, true)[..7]),
+                &ipv6(IPPROTO_FRAGMENT).build(&ipv6_fragment(IPPROTO_UDP, 0, true, 0xdead_beef)[..7]),
             ]),
             Reason::Ipv6Truncated,
         ),
         pass(
             "IPv6 hop-by-hop with no bytes of it, payload length 0",
-            concat(&[&eth(ETH_P_IPV6), &Ipv6::new(IPPROTO_HOPOPTS).build(&[])]),
+            concat(&[&eth(ETH_P_IPV6), &ipv6(IPPROTO_HOPOPTS).build(&[])]),
             Reason::Ipv6Truncated,
         ),
     ];
@@ -1242,7 +879,7 @@ fn run_sweeps(h: &Harness, group: &str, sweeps: &[Sweep]) {
         // expectations mean nothing.
         checked += 1;
         let uncut = pass(format!("{} uncut", sweep.description), sweep.frame.clone(), sweep.uncut);
-        failures.extend(h.check(&uncut, Counted::Slot).err());
+        failures.extend(check(h, &uncut, Counted::Slot).err());
         for len in 0..sweep.frame.len() {
             checked += 1;
             let mut frame = sweep.frame[..len].to_vec();
@@ -1251,9 +888,9 @@ fn run_sweeps(h: &Harness, group: &str, sweeps: &[Sweep]) {
             }
             let description = format!("{} cut to {len} bytes", sweep.description);
             let result = if len < ETH_HLEN {
-                h.check_refused(&description, &frame)
+                check_refused(h, &description, &frame)
             } else {
-                h.check(&pass(description, frame, sweep.expected_at(len)), Counted::Slot)
+                check(h, &pass(description, frame, sweep.expected_at(len)), Counted::Slot)
             };
             failures.extend(result.err());
         }
@@ -1263,7 +900,7 @@ fn run_sweeps(h: &Harness, group: &str, sweeps: &[Sweep]) {
 
 /// Untagged IPv4 with two option words (IHL 7) and TCP with data.
 fn ipv4_tcp_with_options_frame() -> (Vec<u8>, usize) {
-    let ip = Ipv4::new(IPPROTO_TCP).options(&ipv4_opts_two_words());
+    let ip = ipv4(IPPROTO_TCP).options(&ipv4_opts_two_words());
     let hlen = ip.header_len();
     (concat(&[&eth(ETH_P_IPV4), &ip.build(&tcp(40000, 443, TCP_PSH | TCP_ACK, &payload(12)))]), hlen)
 }
@@ -1273,15 +910,15 @@ const QINQ_L3: usize = ETH_HLEN + 2 * VLAN_HLEN;
 fn qinq_ipv6_udp_frame() -> Vec<u8> {
     concat(&[
         &eth_tagged(&[(ETH_P_8021AD, 100), (ETH_P_8021Q, 200)], ETH_P_IPV6),
-        &Ipv6::new(IPPROTO_UDP).build(&udp(5353, 5353, &payload(12))),
+        &ipv6(IPPROTO_UDP).build(&udp(5353, 5353, &payload(12))),
     ])
 }
 
 fn ipv6_hbh_tcp_frame() -> Vec<u8> {
     concat(&[
         &eth(ETH_P_IPV6),
-        &Ipv6::new(IPPROTO_HOPOPTS)
-            .build(&concat(&[&ipv6_options_ext(IPPROTO_TCP, 0), &tcp(40000, 80, TCP_PSH | TCP_ACK, &payload(6))])),
+        &ipv6(IPPROTO_HOPOPTS)
+            .build(&concat(&[&ipv6_options(IPPROTO_TCP, 0), &tcp(40000, 80, TCP_PSH | TCP_ACK, &payload(6))])),
     ])
 }
 
@@ -1290,13 +927,13 @@ const VLAN_L3: usize = ETH_HLEN + VLAN_HLEN;
 fn vlan_ipv6_icmpv6_frame() -> Vec<u8> {
     concat(&[
         &eth_tagged(&[(ETH_P_8021Q, 42)], ETH_P_IPV6),
-        &Ipv6::new(IPPROTO_ICMPV6).build(&icmpv6_echo_request(&payload(8))),
+        &ipv6(IPPROTO_ICMPV6).build(&icmpv6_echo_request(&payload(8))),
     ])
 }
 
 #[test]
 fn xdp_ingress_truncated_frames_count_the_cut_header() {
-    let h = Harness::load_registered();
+    let h = load_registered();
     let (v4, v4_hlen) = ipv4_tcp_with_options_frame();
     let qinq = qinq_ipv6_udp_frame();
     let hbh = ipv6_hbh_tcp_frame();
@@ -1339,7 +976,7 @@ fn xdp_ingress_truncated_frames_count_the_cut_header() {
 
 #[test]
 fn xdp_ingress_truncated_frames_with_fixed_up_lengths_count_the_cut_header() {
-    let h = Harness::load_registered();
+    let h = load_registered();
     let (v4, v4_hlen) = ipv4_tcp_with_options_frame();
     let vlan6 = vlan_ipv6_icmpv6_frame();
     // As a sender of the shorter packet would have written them: the L3 header is consistent, so
@@ -1389,18 +1026,15 @@ fn xdp_ingress_unregistered_ifindex_counts_unknown_interface() {
     let mut h = Harness::load();
     // A slot exists for some other ifindex, so a program that ignored the ifindex in its lookup
     // (or counted every packet in the first registered slot) would show up in IFACE_STATS[SLOT].
-    let other_ifindex = h.lo_ifindex + 1000;
-    h.register(other_ifindex, SLOT);
+    let other_ifindex = h.lo + 1000;
+    register(&mut h, other_ifindex, SLOT);
     let unknown = |description: &str, frame: Vec<u8>| pass(description, frame, Reason::UnknownInterface);
     // The parser's own reason is irrelevant here: without a slot the packet is counted only as
     // coming from an unknown interface, whatever its shape.
     let fixtures = [
-        unknown("IPv4 UDP", concat(&[&eth(ETH_P_IPV4), &Ipv4::new(IPPROTO_UDP).build(&udp(1, 2, &payload(8)))])),
+        unknown("IPv4 UDP", concat(&[&eth(ETH_P_IPV4), &ipv4(IPPROTO_UDP).build(&udp(1, 2, &payload(8)))])),
         unknown("ARP", concat(&[&eth(ETH_P_ARP), &arp_request()])),
-        unknown(
-            "IPv4 version 5",
-            concat(&[&eth(ETH_P_IPV4), &Ipv4::new(IPPROTO_UDP).version(5).build(&udp(1, 2, &[]))]),
-        ),
+        unknown("IPv4 version 5", concat(&[&eth(ETH_P_IPV4), &ipv4(IPPROTO_UDP).version(5).build(&udp(1, 2, &[]))])),
         unknown(
             "three VLAN tags",
             concat(&[&eth_tagged(&[(ETH_P_8021Q, 1), (ETH_P_8021Q, 2), (ETH_P_8021Q, 3)], ETH_P_ARP), &arp_request()]),
@@ -1409,39 +1043,22 @@ fn xdp_ingress_unregistered_ifindex_counts_unknown_interface() {
             "IPv6 non-first fragment",
             concat(&[
                 &eth(ETH_P_IPV6),
-                &Ipv6::new(IPPROTO_FRAGMENT).build(&concat(&[&ipv6_fragment_ext(IPPROTO_UDP, 8, true), &payload(64)])),
+                &ipv6(IPPROTO_FRAGMENT)
+                    .build(&concat(&[&ipv6_fragment(IPPROTO_UDP, 8, true, 0xdead_beef), &payload(64)])),
             ]),
         ),
     ];
     check_all(&h, "unregistered ifindex", &fixtures, Counted::Unknown);
-    assert_eq!(h.slot_stats(), InterfaceStats::ZERO, "IFACE_STATS[{SLOT}] must stay untouched");
+    assert_eq!(
+        h.iface_stats(map_names::IFACE_STATS, SLOT),
+        InterfaceStats::ZERO,
+        "IFACE_STATS[{SLOT}] must stay untouched"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
 // Pseudo-random frames.
 // ---------------------------------------------------------------------------------------------
-
-/// xorshift64: deterministic, so a failing frame is reproducible from its index alone.
-struct XorShift(u64);
-
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    fn pick<T: Copy>(&mut self, choices: &[T]) -> T {
-        choices[self.below(choices.len())]
-    }
-}
 
 fn put_be16(frame: &mut [u8], at: usize, value: u16) {
     if frame.len() >= at + 2 {
@@ -1460,17 +1077,17 @@ fn put(frame: &mut [u8], at: usize, value: u8) {
 /// self-consistent length or a known next header) to reach the deeper parsers with random data.
 /// Likewise a random destination MAC is never the interface's, so half the frames are addressed
 /// to it (and some to broadcast) to reach the stages behind the MAC check.
-fn garbage_frame(rng: &mut XorShift) -> Vec<u8> {
-    let len = rng.below(200);
+fn garbage_frame(rng: &mut Rng) -> Vec<u8> {
+    let len = rng.index(200);
     let mut f: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
-    match rng.below(4) {
+    match rng.index(4) {
         0 => {} // a random destination MAC
         1 => f.iter_mut().take(6).for_each(|b| *b = 0xff),
         _ => f.iter_mut().zip(MAC_DST).for_each(|(b, m)| *b = m),
     }
     let mut l3 = ETH_HLEN;
-    if rng.below(3) == 0 {
-        let tags = 1 + rng.below(3);
+    if rng.index(3) == 0 {
+        let tags = 1 + rng.index(3);
         let mut at = 12;
         for _ in 0..tags {
             put_be16(&mut f, at, rng.pick(&[ETH_P_8021Q, ETH_P_8021AD]));
@@ -1479,16 +1096,16 @@ fn garbage_frame(rng: &mut XorShift) -> Vec<u8> {
         l3 = at + 2;
     }
     let ethertype_at = l3 - 2;
-    match rng.below(5) {
+    match rng.index(5) {
         0 => {} // whatever the random bytes say
         1 | 2 => {
             put_be16(&mut f, ethertype_at, ETH_P_IPV4);
-            let ihl = if rng.below(2) == 0 { 5 + rng.below(11) as u8 } else { rng.next() as u8 & 0x0f };
+            let ihl = if rng.index(2) == 0 { 5 + rng.index(11) as u8 } else { rng.next() as u8 & 0x0f };
             put(&mut f, l3, 0x40 | ihl);
-            if rng.below(2) == 0 {
+            if rng.index(2) == 0 {
                 put_be16(&mut f, l3 + 2, len.saturating_sub(l3) as u16);
             }
-            if rng.below(2) == 0 {
+            if rng.index(2) == 0 {
                 put_be16(&mut f, l3 + 6, 0); // not a fragment
             }
             put(&mut f, l3 + 9, rng.pick(&[IPPROTO_TCP, IPPROTO_UDP, IPPROTO_ICMP, IPPROTO_GRE]));
@@ -1496,7 +1113,7 @@ fn garbage_frame(rng: &mut XorShift) -> Vec<u8> {
         _ => {
             put_be16(&mut f, ethertype_at, ETH_P_IPV6);
             put(&mut f, l3, 0x60 | (rng.next() as u8 & 0x0f));
-            if rng.below(4) != 0 {
+            if rng.index(4) != 0 {
                 put_be16(&mut f, l3 + 4, len.saturating_sub(l3 + IPV6_HLEN) as u16);
             }
             put(
@@ -1515,7 +1132,7 @@ fn garbage_frame(rng: &mut XorShift) -> Vec<u8> {
             );
             // Short extension headers, so a walk through random bytes does not just jump out of
             // the frame at once.
-            put(&mut f, l3 + IPV6_HLEN + 1, rng.below(2) as u8);
+            put(&mut f, l3 + IPV6_HLEN + 1, rng.index(2) as u8);
         }
     }
     f
@@ -1550,8 +1167,8 @@ fn consistent_with_mac(frame: &[u8], reason: Reason) -> bool {
 #[test]
 fn xdp_ingress_garbage_frames_pass_with_exactly_one_reason() {
     const FRAMES: usize = 600;
-    let h = Harness::load_registered();
-    let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
+    let h = load_registered();
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let mut failures = Vec::new();
     let mut seen = [0usize; dataplane_common::reason::REASON_SLOTS];
     let mut refused = 0;
@@ -1560,18 +1177,18 @@ fn xdp_ingress_garbage_frames_pass_with_exactly_one_reason() {
         let description = format!("garbage frame #{i} {frame:02x?}");
         if frame.len() < ETH_HLEN {
             refused += 1;
-            failures.extend(h.check_refused(&description, &frame).err());
+            failures.extend(check_refused(&h, &description, &frame).err());
             continue;
         }
-        let obs = h.observe(&frame);
-        let moved: Vec<usize> = (0..obs.slot.reasons.len()).filter(|&r| obs.slot.reasons[r] != 0).collect();
-        let reason_sum: u64 = obs.slot.reasons.iter().sum();
-        let ok = matches!(obs.result, Ok(XDP_PASS))
-            && obs.slot.rx_packets == 1
-            && obs.slot.rx_bytes == frame.len() as u64
-            && obs.slot.tx_packets == 0
-            && obs.slot.tx_bytes == 0
-            && reason_sum == obs.slot.rx_packets
+        let obs = h.observe(SLOT, &frame);
+        let moved: Vec<usize> = (0..obs.iface.reasons.len()).filter(|&r| obs.iface.reasons[r] != 0).collect();
+        let reason_sum: u64 = obs.iface.reasons.iter().sum();
+        let ok = obs.verdict() == Some(XDP_PASS)
+            && obs.iface.rx_packets == 1
+            && obs.iface.rx_bytes == frame.len() as u64
+            && obs.iface.tx_packets == 0
+            && obs.iface.tx_bytes == 0
+            && reason_sum == obs.iface.rx_packets
             && moved.len() == 1
             && Reason::from_u32(moved[0] as u32)
                 .is_some_and(|r| reachable_without_routes(r) && consistent_with_mac(&frame, r))
@@ -1585,9 +1202,9 @@ fn xdp_ingress_garbage_frames_pass_with_exactly_one_reason() {
                  MAC is not the interface's, if the frame gets that far); observed {}, slot delta \
                  {}, unknown delta {}",
                 frame.len(),
-                describe_result(&obs.result),
-                integration::describe_stats(&obs.slot),
-                integration::describe_stats(&obs.unknown),
+                obs.describe_result(),
+                describe_stats(&obs.iface),
+                describe_stats(&obs.unknown),
             ));
         }
     }
@@ -1613,7 +1230,7 @@ fn xdp_ingress_garbage_frames_pass_with_exactly_one_reason() {
 /// walked inside non-first fragments.
 #[test]
 fn xdp_ingress_parser_regressions_count_the_correct_reason() {
-    let h = Harness::load_registered();
+    let h = load_registered();
     let fixtures = [
         pass(
             // The UDP header ends at the IPv4 total length; the 32 bytes after it are Ethernet
@@ -1621,7 +1238,7 @@ fn xdp_ingress_parser_regressions_count_the_correct_reason() {
             // read by the frame, not by the packet.
             "IPv4 UDP header cut after 4 bytes (total length 24), frame padded to 60 bytes",
             {
-                let mut f = concat(&[&eth(ETH_P_IPV4), &Ipv4::new(IPPROTO_UDP).build(&udp(1, 2, &[])[..4])]);
+                let mut f = concat(&[&eth(ETH_P_IPV4), &ipv4(IPPROTO_UDP).build(&udp(1, 2, &[])[..4])]);
                 f.resize(60, 0);
                 f
             },
@@ -1632,7 +1249,7 @@ fn xdp_ingress_parser_regressions_count_the_correct_reason() {
             // header is then skipped by its stated length and the miss is blamed on the TCP
             // header behind it.
             "IPv6 hop-by-hop header cut after 2 of its 8 bytes (payload length 2)",
-            concat(&[&eth(ETH_P_IPV6), &Ipv6::new(IPPROTO_HOPOPTS).build(&ipv6_options_ext(IPPROTO_TCP, 0)[..2])]),
+            concat(&[&eth(ETH_P_IPV6), &ipv6(IPPROTO_HOPOPTS).build(&ipv6_options(IPPROTO_TCP, 0)[..2])]),
             Reason::Ipv6Truncated,
         ),
         pass(
@@ -1641,10 +1258,10 @@ fn xdp_ingress_parser_regressions_count_the_correct_reason() {
             "IPv6 six chained destination options headers then UDP",
             concat(&[
                 &eth(ETH_P_IPV6),
-                &Ipv6::new(IPPROTO_DSTOPTS).build(&{
+                &ipv6(IPPROTO_DSTOPTS).build(&{
                     let mut rest = Vec::new();
                     for i in 0..6 {
-                        rest.extend(ipv6_options_ext(if i < 5 { IPPROTO_DSTOPTS } else { IPPROTO_UDP }, 0));
+                        rest.extend(ipv6_options(if i < 5 { IPPROTO_DSTOPTS } else { IPPROTO_UDP }, 0));
                     }
                     rest.extend(udp(1, 2, &payload(8)));
                     rest
@@ -1659,7 +1276,8 @@ fn xdp_ingress_parser_regressions_count_the_correct_reason() {
             "IPv6 last fragment (offset 3) announcing destination options, 1 data byte",
             concat(&[
                 &eth(ETH_P_IPV6),
-                &Ipv6::new(IPPROTO_FRAGMENT).build(&concat(&[&ipv6_fragment_ext(IPPROTO_DSTOPTS, 3, false), &[0x11]])),
+                &ipv6(IPPROTO_FRAGMENT)
+                    .build(&concat(&[&ipv6_fragment(IPPROTO_DSTOPTS, 3, false, 0xdead_beef), &[0x11]])),
             ]),
             Reason::NoRoute,
         ),
@@ -1667,8 +1285,8 @@ fn xdp_ingress_parser_regressions_count_the_correct_reason() {
             "IPv6 middle fragment announcing destination options, data starting 3c ff",
             concat(&[
                 &eth(ETH_P_IPV6),
-                &Ipv6::new(IPPROTO_FRAGMENT).build(&concat(&[
-                    &ipv6_fragment_ext(IPPROTO_DSTOPTS, 3, true),
+                &ipv6(IPPROTO_FRAGMENT).build(&concat(&[
+                    &ipv6_fragment(IPPROTO_DSTOPTS, 3, true, 0xdead_beef),
                     &[0x3c, 0xff],
                     &payload(30),
                 ])),
