@@ -43,7 +43,7 @@ pub use loader::{AdoptedLinks, KernelDataplane, LoadReport, LoaderConfig};
 pub use nexthops::{NextHopParams, NextHops};
 pub use policies::{Policies, PolicyImage};
 pub use routes::{RouteMatch, Routes};
-pub use testrun::{PinnedIngress, TestProgram, TestRunOutcome};
+pub use testrun::{TestProgram, TestRunOutcome};
 
 /// Everything the domain needs from the kernel. Every method of every part either fully
 /// succeeds or leaves the kernel as it was.
