@@ -245,18 +245,7 @@ fn measure_policies(sandbox: &Sandbox, config: &Config, frame: &[u8], results: &
     for &n in &config.rule_counts {
         let mut rules: Vec<RuleSpec> =
             (0..n.saturating_sub(1)).map(|i| random_rule(&mut rng, &pools, i as u32)).collect();
-        rules.push(RuleSpec {
-            priority: u32::MAX,
-            src: None,
-            dst: None,
-            protocol: None,
-            src_ports: None,
-            dst_ports: None,
-            icmp_type: None,
-            icmp_code: None,
-            tcp_flags: None,
-            action: RuleAction::Allow,
-        });
+        rules.push(RuleSpec::any(u32::MAX, RuleAction::Allow));
         tables.push(rules);
     }
     eprintln!("  policies of {:?} rules", config.rule_counts);
@@ -316,18 +305,8 @@ fn random_rule(rng: &mut Rng, pools: &Pools, priority: u32) -> RuleSpec {
     };
     let protocol = if rng.below(2) == 0 { 6 } else { 17 };
     let dst_ports = (rng.below(2) == 0).then(|| pools.ports[rng.below(pools.ports.len() as u64) as usize]);
-    RuleSpec {
-        priority,
-        src,
-        dst,
-        protocol: Some(protocol),
-        src_ports: None,
-        dst_ports,
-        icmp_type: None,
-        icmp_code: None,
-        tcp_flags: None,
-        action: if rng.below(2) == 0 { RuleAction::Deny } else { RuleAction::Allow },
-    }
+    let action = if rng.below(2) == 0 { RuleAction::Deny } else { RuleAction::Allow };
+    RuleSpec { src, dst, protocol: Some(protocol), dst_ports, ..RuleSpec::any(priority, action) }
 }
 
 fn figure(case: &str, size: Option<usize>) -> Figure {

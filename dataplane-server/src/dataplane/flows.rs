@@ -170,36 +170,14 @@ impl FlowMaps {
     }
 
     pub fn all(&self) -> Result<Vec<(FlowKey, FlowValue)>, DataplaneError> {
-        let mut out = Vec::new();
-        for item in self.v4.iter() {
-            // An entry evicted or deleted during the walk is simply not listed.
-            let Ok((k, v)) = item else { continue };
-            out.push((
-                FlowKey {
-                    vrf: k.vrf,
-                    src: IpAddr::from(k.src),
-                    dst: IpAddr::from(k.dst),
-                    proto: k.proto,
-                    sport: k.sport,
-                    dport: k.dport,
-                },
-                v,
-            ));
+        fn key(vrf: u32, src: IpAddr, dst: IpAddr, proto: u8, ports: (u16, u16)) -> FlowKey {
+            FlowKey { vrf, src, dst, proto, sport: ports.0, dport: ports.1 }
         }
-        for item in self.v6.iter() {
-            let Ok((k, v)) = item else { continue };
-            out.push((
-                FlowKey {
-                    vrf: k.vrf,
-                    src: IpAddr::from(k.src),
-                    dst: IpAddr::from(k.dst),
-                    proto: k.proto,
-                    sport: k.sport,
-                    dport: k.dport,
-                },
-                v,
-            ));
-        }
-        Ok(out)
+        // An entry evicted or deleted during the walk is simply not listed (`flatten` skips it).
+        let v4 = self.v4.iter().flatten();
+        let v4 = v4.map(|(k, v)| (key(k.vrf, k.src.into(), k.dst.into(), k.proto, (k.sport, k.dport)), v));
+        let v6 = self.v6.iter().flatten();
+        let v6 = v6.map(|(k, v)| (key(k.vrf, k.src.into(), k.dst.into(), k.proto, (k.sport, k.dport)), v));
+        Ok(v4.chain(v6).collect())
     }
 }

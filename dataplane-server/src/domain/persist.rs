@@ -530,18 +530,7 @@ pub(super) mod sample {
                 tcp_flags: None,
                 action: RuleAction::Punt,
             },
-            RuleSpec {
-                priority: 3,
-                src: None,
-                dst: None,
-                protocol: None,
-                src_ports: None,
-                dst_ports: None,
-                icmp_type: None,
-                icmp_code: None,
-                tcp_flags: None,
-                action: RuleAction::Allow,
-            },
+            RuleSpec::any(3, RuleAction::Allow),
         ];
         let edge = PolicyName::parse("p", "edge").unwrap();
         a.put_policy(edge.clone(), rules[..1].to_vec()).unwrap();

@@ -99,6 +99,25 @@ pub struct RuleSpec {
     pub action: RuleAction,
 }
 
+impl RuleSpec {
+    /// A rule at `priority` that matches every packet; narrow it with struct update syntax
+    /// (`RuleSpec { protocol: Some(6), ..RuleSpec::any(10, RuleAction::Deny) }`).
+    pub fn any(priority: u32, action: RuleAction) -> Self {
+        Self {
+            priority,
+            src: None,
+            dst: None,
+            protocol: None,
+            src_ports: None,
+            dst_ports: None,
+            icmp_type: None,
+            icmp_code: None,
+            tcp_flags: None,
+            action,
+        }
+    }
+}
+
 /// A rule with its hit counters.
 #[derive(Clone, Debug)]
 pub struct RuleView {
@@ -536,16 +555,9 @@ mod tests {
 
     fn deny_port(priority: u32, port: u16) -> RuleSpec {
         RuleSpec {
-            priority,
-            src: None,
-            dst: None,
             protocol: Some(IPPROTO_TCP),
-            src_ports: None,
             dst_ports: Some((port, port)),
-            icmp_type: None,
-            icmp_code: None,
-            tcp_flags: None,
-            action: RuleAction::Deny,
+            ..RuleSpec::any(priority, RuleAction::Deny)
         }
     }
 
