@@ -9,8 +9,7 @@ use tonic::{Request, Response, Status};
 
 use super::stream_from;
 use crate::{
-    dataplane::Dataplane,
-    domain::{Domain, DomainError, InterfaceName},
+    domain::{Dataplane, Domain, DomainError, InterfaceName},
     events::{
         netlink::{Action, Detail, EventKind, Netlink, NetlinkEvent},
         Hub,

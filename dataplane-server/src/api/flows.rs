@@ -9,8 +9,10 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use crate::{
-    dataplane::{Dataplane, FlowKey, FlowMiss},
-    domain::{Domain, DomainError, FlowAction, FlowMode, FlowSpec, FlowTarget, FlowView, InterfaceName},
+    domain::{
+        Dataplane, Domain, DomainError, FlowAction, FlowKey, FlowMiss, FlowMode, FlowSpec, FlowTarget, FlowView,
+        InterfaceName,
+    },
     events::Hub,
     net::parse_addr,
 };

@@ -6,10 +6,7 @@ use dataplane_common::{reason::ReasonKind, Reason};
 use dataplane_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
-use crate::{
-    dataplane::{Dataplane, XdpMode},
-    domain::{AddInterface, Domain, DomainError, InterfaceName, InterfaceView},
-};
+use crate::domain::{AddInterface, Dataplane, Domain, DomainError, InterfaceName, InterfaceView, XdpMode};
 
 pub struct InterfacesService<D: Dataplane> {
     domain: Arc<Domain<D>>,

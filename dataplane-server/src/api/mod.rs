@@ -19,8 +19,7 @@ use tonic::transport::server::Router;
 use tonic_health::server::HealthReporter;
 
 use crate::{
-    dataplane::{Dataplane, FlowMiss},
-    domain::Domain,
+    domain::{Dataplane, Domain, FlowMiss},
     events::{
         netlink::{Netlink, NetlinkEvent},
         Hub,

@@ -6,8 +6,7 @@ use dataplane_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
 use crate::{
-    dataplane::Dataplane,
-    domain::{Direction, Domain, DomainError, InterfaceName, PolicyName, PolicyView, RuleAction, RuleSpec},
+    domain::{Dataplane, Direction, Domain, DomainError, InterfaceName, PolicyName, PolicyView, RuleAction, RuleSpec},
     net::Prefix,
 };
 

@@ -7,10 +7,9 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use crate::{
-    dataplane::Dataplane,
     domain::{
-        Domain, DomainError, InterfaceName, Ipv4Lookup, NewNextHop, NextHopSpec, NextHopState, NextHopView, OnExisting,
-        RouteSpec, VrfMode,
+        Dataplane, Domain, DomainError, InterfaceName, Ipv4Lookup, NewNextHop, NextHopSpec, NextHopState, NextHopView,
+        OnExisting, RouteSpec, VrfMode,
     },
     net::{parse_addr, Mac, Prefix},
 };

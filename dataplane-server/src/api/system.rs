@@ -6,10 +6,7 @@ use dataplane_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
 use super::{blocking, interfaces::encode_mode};
-use crate::{
-    dataplane::{Dataplane, Hook},
-    domain::{Domain, DomainError, StatusView},
-};
+use crate::domain::{Dataplane, Domain, DomainError, Hook, StatusView};
 
 /// Facts about the server process that are not dataplane state.
 #[derive(Clone, Debug)]
@@ -87,7 +84,7 @@ impl<D: Dataplane> pb::system_server::System for SystemService<D> {
     }
 }
 
-fn encode_program(p: crate::dataplane::ProgramStatus) -> pb::ProgramStatus {
+fn encode_program(p: crate::domain::ProgramStatus) -> pb::ProgramStatus {
     pb::ProgramStatus {
         name: p.name,
         r#type: p.kind.to_owned(),

@@ -25,6 +25,9 @@ use std::{
     time::Instant,
 };
 
+/// The kernel seam's vocabulary the API speaks too (the domain's views and requests carry these),
+/// re-exported so that `api/` depends on the domain alone.
+pub use crate::dataplane::{Dataplane, FlowKey, FlowMiss, Hook, ProgramStatus, XdpMode};
 pub use error::{DomainError, ErrorKind};
 pub use fib4::Lookup as Ipv4Lookup;
 pub use flows::{FlowAction, FlowMode, FlowSpec, FlowTarget, FlowView};
@@ -41,10 +44,7 @@ pub use vrfs::{VrfMode, VrfView};
 
 use std::net::IpAddr;
 
-use crate::{
-    dataplane::Dataplane,
-    net::{Mac, Prefix},
-};
+use crate::net::{Mac, Prefix};
 use interfaces::InterfaceEntry;
 use nexthops::NextHopEntry;
 use policies::{Attached, Installed, PolicyEntry};
