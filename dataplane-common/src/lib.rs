@@ -9,6 +9,7 @@ pub mod globals;
 pub mod maps;
 pub mod policy;
 pub mod reason;
+pub mod rng;
 pub mod route;
 pub mod stats;
 

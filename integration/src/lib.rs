@@ -7,12 +7,12 @@ pub mod checksum;
 pub mod counters;
 pub mod harness;
 pub mod packet;
-pub mod rng;
 
 pub use counters::{counted_once, delta, describe_stats, reason};
+/// The one seeded RNG of tests and benchmarks (shared with the server's unit tests).
+pub use dataplane_common::rng::{self, Rng};
 pub use harness::Harness;
 pub use packet::{l4_frame, udp_frame};
-pub use rng::Rng;
 
 use std::{
     path::{Path, PathBuf},

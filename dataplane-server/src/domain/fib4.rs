@@ -669,15 +669,7 @@ mod tests {
         (u32::from(a.parse::<std::net::Ipv4Addr>().unwrap()), l.parse().unwrap())
     }
 
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-    }
+    use dataplane_common::rng::Rng;
 
     /// Addresses at and around each prefix's edges, and random ones.
     fn probes(routes: &BTreeMap<V4Prefix, u32>, rng: &mut Rng) -> Vec<u32> {

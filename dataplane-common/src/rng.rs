@@ -1,5 +1,7 @@
-//! The one pseudo-random generator of tests and benchmarks: xorshift64, seeded, so a failure
-//! reproduces from its seed and a benchmark measures the same tables every run.
+//! The one pseudo-random generator of tests and benchmarks (the server's unit tests, the
+//! integration kit, the bench): xorshift64, seeded, so a failure reproduces from its seed and a
+//! benchmark measures the same tables every run. Here, not in a test crate, because the server's
+//! own unit tests use it too and cannot depend on the integration crate.
 
 /// Deterministic xorshift64 (13, 7, 17). The seed must not be 0.
 #[derive(Clone, Debug)]
