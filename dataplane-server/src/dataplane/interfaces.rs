@@ -6,7 +6,10 @@
 //! other maps (flow mode, policy attachment flags, the VRF's IPv4 flat-table root): the concerns
 //! that own those maps patch the entries through [`InterfaceMap`].
 
-use std::collections::BTreeSet;
+use std::{
+    collections::BTreeSet,
+    net::{Ipv4Addr, Ipv6Addr},
+};
 
 use aya::{
     maps::{Array, DevMap, HashMap, MapData, MapError},
@@ -17,7 +20,6 @@ use dataplane_common::{
     route::{IFACE_HAS_IPV4, IFACE_HAS_IPV6, IFACE_KERNEL_FIB, IFACE_PRESENT},
     InterfaceConfig, InterfaceStats, MAX_DIRECT_IFINDEX,
 };
-use std::net::{Ipv4Addr, Ipv6Addr};
 use tracing::info;
 
 use super::{
