@@ -238,6 +238,9 @@ fn persistent_hub<T: Send + Sync + 'static>(
     Hub::persistent(capacity, domain.seq_floor(stream), Box::new(move |floor| d.reserve_seq(stream, floor)))
 }
 
+/// How long a start waits for a socket whose server may be dying (a restart right after SIGKILL).
+const SOCKET_HOLDER_EXIT_WAIT: Duration = Duration::from_secs(3);
+
 fn bind_unix(path: &Path) -> anyhow::Result<UnixListener> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
         std::fs::DirBuilder::new()
@@ -246,9 +249,23 @@ fn bind_unix(path: &Path) -> anyhow::Result<UnixListener> {
             .create(dir)
             .with_context(|| format!("creating {}", dir.display()))?;
     }
-    if path.exists() {
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            bail!("another server is already listening on {}", path.display());
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        use std::os::unix::fs::FileTypeExt;
+        // Only a socket is ours to replace: anything else at that path is someone's file.
+        if !meta.file_type().is_socket() {
+            bail!(
+                "{} exists and is not a socket: refusing to replace it (choose another --grpc-socket)",
+                path.display()
+            );
+        }
+        // A server killed a moment ago still accepts until its exit closes the socket: give it
+        // that moment before calling the socket live.
+        let deadline = std::time::Instant::now() + SOCKET_HOLDER_EXIT_WAIT;
+        while std::os::unix::net::UnixStream::connect(path).is_ok() {
+            if std::time::Instant::now() >= deadline {
+                bail!("another server is already listening on {}", path.display());
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
         warn!(socket = %path.display(), "removing stale socket");
         std::fs::remove_file(path).with_context(|| format!("removing {}", path.display()))?;

@@ -358,6 +358,22 @@ impl Server {
         Ok(())
     }
 
+    /// SIGKILL and, without waiting for the process to be gone, start the server again on the
+    /// same socket, pins and state file: a supervisor restarting a crashed server at once.
+    pub fn kill9_and_restart_at_once(&mut self) -> Result<()> {
+        let mut old = self.child.take().context("server not running")?;
+        // SAFETY: plain kill(2) on our own child's pid.
+        unsafe { libc::kill(old.id() as i32, libc::SIGKILL) };
+        let started = self.spawn();
+        old.wait()?;
+        started
+    }
+
+    /// The server process's pid (nsenter execs it, so the child's pid is the server's).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     /// Starts the server again on the same socket, pins and state file (after `kill9` or
     /// `stop`).
     pub fn restart(&mut self) -> Result<()> {

@@ -61,6 +61,8 @@ pub enum DataplaneError {
     PinnedMapMismatch { map: &'static str, path: PathBuf, expected: String, found: String },
     #[error("the eBPF object does not parse: {detail}")]
     ObjectParse { detail: String },
+    #[error("{path} is in use by another dataplane-server ({holder}): one server owns a pin directory; stop that one first, or give this one its own --bpffs")]
+    PinsInUse { path: PathBuf, holder: String },
     #[error("{map}: index {slot} is out of range (max {max})")]
     SlotOutOfRange { map: &'static str, slot: u32, max: u32 },
 }

@@ -34,6 +34,7 @@ use super::{
     lifecycle::Lifecycle,
     netdev,
     nexthops::NextHopMap,
+    pinlock::{PinLock, HOLDER_EXIT_WAIT},
     policies::PolicyMaps,
     routes::{Route4Records, RouteTries},
     DataplaneError, ProgramStatus,
@@ -182,6 +183,8 @@ pub struct KernelDataplane {
     object: Mutex<u64>,
     /// `LoaderConfig::fib4_chunks`, for upgrades.
     fib4_chunks: u32,
+    /// This dataplane owns its pin directory for as long as it lives.
+    _lock: PinLock,
 }
 
 /// A map as the eBPF object declares it, to compare with a pinned one.
@@ -389,6 +392,13 @@ impl KernelDataplane {
     pub fn load(config: &LoaderConfig) -> Result<Self, DataplaneError> {
         let dirs = PinDirs::new(&config.bpffs_root);
         ensure_bpffs(&config.bpffs_root)?;
+        fs::create_dir_all(&config.bpffs_root).map_err(|source| DataplaneError::Io {
+            path: config.bpffs_root.clone(),
+            op: "create directory",
+            source,
+        })?;
+        // Before anything pinned is read or written: another live server's pins are not ours.
+        let lock = PinLock::acquire(&config.bpffs_root, HOLDER_EXIT_WAIT)?;
         // Before anything is created or changed: a refusal leaves every pin as it was.
         let pinned_maps = check_pinned_maps(&dirs, EBPF_OBJECT)?;
         mkdirs(&dirs)?;
@@ -448,7 +458,14 @@ impl KernelDataplane {
         // Whichever way they got there (adopted by fingerprint, adopted with equal tags, switched
         // to, or freshly loaded), the attached programs are this build's.
         let object = object_fingerprint(EBPF_OBJECT);
-        Ok(Self { inner: Mutex::new(inner), dirs, report, object: Mutex::new(object), fib4_chunks: config.fib4_chunks })
+        Ok(Self {
+            inner: Mutex::new(inner),
+            dirs,
+            report,
+            object: Mutex::new(object),
+            fib4_chunks: config.fib4_chunks,
+            _lock: lock,
+        })
     }
 
     /// The fingerprint of the object the attached programs came from (for the state file).
@@ -505,7 +522,7 @@ impl KernelDataplane {
                 warn!(ifindex, error = %e, "detach on reset failed");
             }
         }
-        if let Err(e) = remove_all_pins(&self.dirs.root) {
+        if let Err(e) = remove_pins(&self.dirs.root) {
             warn!(error = %e, "removing pins failed");
         }
     }
@@ -521,9 +538,20 @@ pub fn links_running(id: u32) -> usize {
     aya::programs::loaded_links().flatten().filter(|l| l.program_id() == id).count()
 }
 
-/// Removes everything this server pins under `root` (for `--reset` without a loaded dataplane
-/// too): link pins first (detaching), then programs, then maps, then the directories.
+/// Removes everything this server pins under `root` (`--reset`, without a loaded dataplane):
+/// link pins first (detaching), then programs, then maps, then the directories. Refused while a
+/// live server holds the directory.
 pub fn remove_all_pins(root: &Path) -> Result<(), DataplaneError> {
+    if !root.exists() {
+        return Ok(());
+    }
+    // Not from under a live server: it would go on writing maps nobody pins any more.
+    let _lock = PinLock::acquire(root, HOLDER_EXIT_WAIT)?;
+    remove_pins(root)
+}
+
+/// [`remove_all_pins`] by the dataplane that holds the directory's lock (its reset).
+fn remove_pins(root: &Path) -> Result<(), DataplaneError> {
     let dirs = PinDirs::new(root);
     for d in [&dirs.links, &dirs.programs, &dirs.maps] {
         if let Ok(entries) = fs::read_dir(d) {

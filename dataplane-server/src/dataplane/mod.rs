@@ -29,6 +29,7 @@ pub mod loader;
 mod mmap;
 pub mod netdev;
 pub mod nexthops;
+pub mod pinlock;
 pub mod policies;
 pub mod routes;
 pub mod testrun;

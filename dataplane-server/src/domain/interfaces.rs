@@ -112,12 +112,14 @@ impl<D: Dataplane> Domain<D> {
             }
         };
         let entry = InterfaceEntry { link, vrf: req.vrf, slot, requested: req.mode, attachment };
-        self.bump(&mut state);
-        let generation = state.generation;
         state.interfaces.insert(req.name.clone(), entry.clone());
         if let Some(rs) = state.resync.as_mut() {
             rs.interfaces.insert(req.name.clone());
         }
+        // After the insert: the state file this writes must hold the interface, or a restart
+        // after a crash right now would find links it has no record of.
+        self.bump(&mut state);
+        let generation = state.generation;
         info!(interface = %req.name, ifindex = entry.link.ifindex, slot, vrf = req.vrf, generation, "interface added");
         // Next hops through an interface of this name that had disappeared work again.
         self.rewrite_nexthops_via(&state, &req.name);
@@ -267,6 +269,18 @@ mod tests {
 
     fn add(d: &Domain<FakeDataplane>, n: &str) -> Result<(InterfaceView, u64), DomainError> {
         d.add_interface(AddInterface { name: name(n), mode: XdpMode::Auto, vrf: 0 })
+    }
+
+    #[test]
+    fn add_interface_state_file_it_writes_holds_it() {
+        let file = std::env::temp_dir().join(format!("dp-add-interface-{}.json", std::process::id()));
+        let d = Domain::with_state_file(FakeDataplane::with_links(&[("eth0", 7)]), file.clone());
+        add(&d, "eth0").unwrap();
+        // What a restart right now (a SIGKILL after the reply) would read.
+        let text = std::fs::read_to_string(&file).unwrap();
+        let _ = std::fs::remove_file(&file);
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!((v["generation"].as_u64(), v["interfaces"][0]["name"].as_str()), (Some(1), Some("eth0")), "{v}");
     }
 
     #[test]
