@@ -13,9 +13,9 @@
 //! | [`flows`] | [`Flows`] | `FLOWS_V4`, `FLOWS_V6`, `FLOW_CONFIG` |
 //! | [`lifecycle`] | [`Lifecycle`] | programs, every map's status, the generation |
 //!
-//! [`loader`] loads, pins, adopts and upgrades the programs; [`testrun`] runs them by
-//! BPF_PROG_TEST_RUN; [`flow_misses`] reads the ring buffer. This module is the only code that
-//! touches `aya::maps` and `aya::programs`.
+//! [`loader`] loads, pins, adopts and upgrades the programs, owning the pin directory through
+//! [`pinlock`]; [`testrun`] runs them by BPF_PROG_TEST_RUN; [`flow_misses`] reads the ring
+//! buffer. This module is the only code that touches `aya::maps` and `aya::programs`.
 
 pub mod counters;
 pub mod error;
