@@ -56,9 +56,11 @@ struct Args {
     bpffs: PathBuf,
     /// Where the server records what it cannot read back from the kernel (names, ids, policy
     /// rules, the generation), for the next run to adopt. Keep it with the pins: on a tmpfs that
-    /// lives as long as the bpffs (a reboot clears both).
-    #[arg(long, default_value = "/run/dataplane/state.json")]
-    state_file: PathBuf,
+    /// lives as long as the bpffs (a reboot clears both). Default: named after the --bpffs
+    /// directory under /run/dataplane/ (`sys-fs-bpf-dataplane.state.json` for the default), so
+    /// two dataplanes never share one.
+    #[arg(long)]
+    state_file: Option<PathBuf>,
     /// Detach the dataplane from every interface, remove its pins and state file, and exit.
     #[arg(long)]
     reset: bool,
@@ -84,8 +86,13 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    let mut args = Args::parse();
     init_tracing(args.log_format);
+    let state_file = match args.state_file.take() {
+        Some(f) => f,
+        None => default_state_file(&args.bpffs)?,
+    };
+    args.state_file = Some(state_file);
 
     // Claim the socket first: a second server for the same socket must fail before it touches
     // the kernel, and must never remove the socket of the one already running.
@@ -112,9 +119,14 @@ async fn main() -> anyhow::Result<()> {
 
 /// Loads (adopting what an earlier run pinned) and rebuilds the domain from the state file.
 fn start(args: &Args) -> anyhow::Result<Arc<Domain<KernelDataplane>>> {
-    // Read first: a state file this build cannot read must stop us before anything changes.
-    let persisted = persist::read(&args.state_file).context("reading the state file")?;
-    let pinned_object = persisted.as_ref().and_then(|p| p.programs_object);
+    // Read first: a state file this build cannot read must stop us before anything changes (one
+    // that is not JSON at all is set aside: the pinned maps still hold what forwards).
+    let state_file = args.state_file();
+    let loaded = persist::load(state_file).context("reading the state file")?;
+    let pinned_object = match &loaded {
+        persist::Loaded::Read(p) => p.programs_object,
+        _ => None,
+    };
     let dataplane = KernelDataplane::load(&LoaderConfig {
         bpffs_root: args.bpffs.clone(),
         pinned_object,
@@ -122,8 +134,8 @@ fn start(args: &Args) -> anyhow::Result<Arc<Domain<KernelDataplane>>> {
     })
     .context("loading the dataplane")?;
     let report = dataplane.load_report().clone();
-    let domain = Arc::new(Domain::with_state_file(dataplane, args.state_file.clone()));
-    let restored = domain.restore(persisted).context("restoring the dataplane's state")?;
+    let domain = Arc::new(Domain::with_state_file(dataplane, state_file.to_owned()));
+    let restored = domain.restore_loaded(loaded).context("restoring the dataplane's state")?;
     info!(
         adopted_interfaces = report.adopted.len(),
         upgraded = report.upgraded,
@@ -132,17 +144,56 @@ fn start(args: &Args) -> anyhow::Result<Arc<Domain<KernelDataplane>>> {
         routes = restored.routes,
         policies = restored.policies,
         dropped = restored.dropped.len(),
+        adopted = restored.adopted.len(),
+        disagreements = restored.disagreements.len(),
+        state_file = %restored.state_file,
         "started"
     );
     Ok(domain)
 }
 
+impl Args {
+    /// `--state-file`, or its default (filled in by `main`).
+    fn state_file(&self) -> &Path {
+        self.state_file.as_deref().expect("main fills in the default")
+    }
+}
+
+/// Where builds before the per-directory default kept the state file of every dataplane.
+const OLD_DEFAULT_STATE_FILE: &str = "/run/dataplane/state.json";
+/// The `--bpffs` default, whose dataplane the old default file belonged to.
+const DEFAULT_BPFFS: &str = "/sys/fs/bpf/dataplane";
+
+/// The state file of the dataplane pinned under `bpffs`: `/run/dataplane/<bpffs escaped>.state.json`,
+/// the escaping systemd's (`/` -> `-`, other bytes than `[A-Za-z0-9_.]` as `\xNN`), so that
+/// distinct directories never share a file. The old shared default is moved to the default
+/// directory's own name once, when that is the directory in use.
+fn default_state_file(bpffs: &Path) -> anyhow::Result<PathBuf> {
+    let mut name = String::new();
+    for (i, b) in bpffs.to_string_lossy().trim_matches('/').bytes().enumerate() {
+        match b {
+            b'/' => name.push('-'),
+            b'.' if i == 0 => name.push_str("\\x2e"),
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' | b'.' => name.push(b as char),
+            b => name.push_str(&format!("\\x{b:02x}")),
+        }
+    }
+    let path = Path::new("/run/dataplane").join(format!("{name}.state.json"));
+    let old = Path::new(OLD_DEFAULT_STATE_FILE);
+    if bpffs == Path::new(DEFAULT_BPFFS) && !path.exists() && old.exists() {
+        std::fs::rename(old, &path).with_context(|| format!("moving {} to {}", old.display(), path.display()))?;
+        info!(from = %old.display(), to = %path.display(), "state file moved to its per-directory default");
+    }
+    Ok(path)
+}
+
 fn reset(args: &Args) -> anyhow::Result<()> {
     dataplane_server::dataplane::loader::remove_all_pins(&args.bpffs).context("removing pins")?;
-    match std::fs::remove_file(&args.state_file) {
+    let state_file = args.state_file();
+    match std::fs::remove_file(state_file) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(anyhow::Error::new(e).context(format!("removing {}", args.state_file.display()))),
+        Err(e) => return Err(anyhow::Error::new(e).context(format!("removing {}", state_file.display()))),
     }
     info!(bpffs = %args.bpffs.display(), "reset: every link, program and map pin removed");
     Ok(())

@@ -100,6 +100,12 @@ fn encode_status(info: &ServerInfo, s: StatusView) -> pb::GetStatusResponse {
         uptime_seconds: s.uptime.as_secs(),
         generation: s.generation,
         bpffs_root: s.bpffs_root,
+        restore: s.restore.map(|r| pb::RestoreStatus {
+            state_file: r.state_file,
+            adopted: r.adopted,
+            disagreements: r.disagreements,
+            dropped: r.dropped,
+        }),
         programs: s.programs.into_iter().map(encode_program).collect(),
         attachments: s
             .attachments

@@ -103,6 +103,21 @@ pub trait Interfaces {
     fn adopted(&self) -> Vec<AdoptedLinks>;
     /// Unpins and drops the adopted links of `ifindex` (detaching), clearing its entry.
     fn forget_links(&self, ifindex: u32) -> Result<(), DataplaneError>;
+    /// What the kernel holds for an interface with links on `ifindex`: its entry, its link's
+    /// name and XDP mode; `None` without an entry or a link. What a restart adopts when its state
+    /// file does not describe the interface.
+    fn kernel_interface(&self, ifindex: u32) -> Result<Option<KernelInterface>, DataplaneError>;
+}
+
+/// An interface as the kernel has it (see [`Interfaces::kernel_interface`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KernelInterface {
+    pub name: String,
+    pub slot: u32,
+    pub vrf: u32,
+    /// The kernel table of a kernel-FIB interface (`IFACE_KERNEL_FIB`).
+    pub kernel_fib: Option<u32>,
+    pub xdp_mode: XdpMode,
 }
 
 impl Interfaces for KernelDataplane {
@@ -154,6 +169,14 @@ impl Interfaces for KernelDataplane {
     fn forget_links(&self, ifindex: u32) -> Result<(), DataplaneError> {
         let mut inner = self.lock();
         detach_locked(&mut inner, &self.dirs, ifindex, None)
+    }
+
+    fn kernel_interface(&self, ifindex: u32) -> Result<Option<KernelInterface>, DataplaneError> {
+        let Some(cfg) = self.lock().interfaces.lookup(ifindex)? else { return Ok(None) };
+        let (Some(name), Some(xdp_mode)) = (netdev::name(ifindex), netdev::xdp_mode(ifindex)?) else {
+            return Ok(None);
+        };
+        Ok(Some(KernelInterface { name, slot: cfg.slot, vrf: cfg.vrf, kernel_fib: cfg.kernel_table(), xdp_mode }))
     }
 }
 
@@ -242,6 +265,20 @@ impl InterfaceMap {
         }
         self.present.remove(&ifindex);
         Ok(())
+    }
+
+    /// The entry of `ifindex`, `None` if it has none.
+    pub fn lookup(&self, ifindex: u32) -> Result<Option<InterfaceConfig>, DataplaneError> {
+        let cfg = if ifindex < MAX_DIRECT_IFINDEX {
+            self.direct.get(&ifindex, 0).map_err(DataplaneError::map(names::INTERFACES, "lookup"))?
+        } else {
+            match self.high.get(&ifindex, 0) {
+                Ok(c) => c,
+                Err(MapError::KeyNotFound) => return Ok(None),
+                Err(e) => return Err(DataplaneError::map(names::INTERFACES_HIGH, "lookup")(e)),
+            }
+        };
+        Ok((cfg.flags & IFACE_PRESENT != 0).then_some(cfg))
     }
 
     fn get(&self, ifindex: u32) -> Result<InterfaceConfig, DataplaneError> {

@@ -38,6 +38,10 @@ pub trait Lifecycle {
     fn upgrade(&self, object: Option<&[u8]>) -> Result<Vec<ProgramStatus>, DataplaneError>;
     /// Detaches everything and removes every pin.
     fn reset(&self);
+    /// What tells these pins from any others: the kernel id of the pinned `GLOBALS` map (ids are
+    /// never reused while the machine runs, and pins do not outlive it). A state file records it
+    /// and is taken as this dataplane's only when it matches.
+    fn pins_id(&self) -> Result<u64, DataplaneError>;
 
     /// Fingerprint of the object the attached programs came from (`None` where there is none).
     fn programs_object(&self) -> Option<u64>;
@@ -65,6 +69,11 @@ impl Lifecycle for KernelDataplane {
 
     fn reset(&self) {
         self.reset_all()
+    }
+
+    fn pins_id(&self) -> Result<u64, DataplaneError> {
+        let path = self.dirs.maps.join(names::GLOBALS);
+        Ok(u64::from(MapInfo::from_pin(&path).map_err(DataplaneError::map(names::GLOBALS, "info"))?.id()))
     }
 
     fn programs_object(&self) -> Option<u64> {

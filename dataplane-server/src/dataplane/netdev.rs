@@ -95,3 +95,81 @@ fn mtu(name: &str) -> Result<u32, DataplaneError> {
 fn io(op: &'static str, name: &str) -> DataplaneError {
     DataplaneError::Io { path: name.into(), op, source: std::io::Error::last_os_error() }
 }
+
+/// The name of the link with this ifindex, `None` if there is none.
+pub fn name(ifindex: u32) -> Option<String> {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: `buf` has IF_NAMESIZE bytes, as if_indextoname requires; on success it holds a
+    // NUL-terminated name.
+    let p = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) };
+    // SAFETY: non-null means `buf` holds a NUL-terminated string.
+    (!p.is_null()).then(|| unsafe { CStr::from_ptr(buf.as_ptr()) }.to_string_lossy().into_owned())
+}
+
+/// The mode the XDP program attached to `ifindex` runs in, as the kernel reports it
+/// (`IFLA_XDP_ATTACHED` of an RTM_GETLINK answer); `None` if nothing is attached. A restart that
+/// has no record of an interface it adopts reads it here: the link itself does not say.
+pub fn xdp_mode(ifindex: u32) -> Result<Option<super::XdpMode>, DataplaneError> {
+    use rtnetlink::{
+        packet_core::{NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_REQUEST},
+        packet_route::{
+            link::{LinkAttribute, LinkMessage, LinkXdp, XdpAttached},
+            RouteNetlinkMessage,
+        },
+        sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr},
+    };
+    let err = |op: &'static str| {
+        move |source: std::io::Error| DataplaneError::Io { path: format!("ifindex {ifindex}").into(), op, source }
+    };
+    let mut link = LinkMessage::default();
+    link.header.index = ifindex;
+    let mut req =
+        NetlinkMessage::new(NetlinkHeader::default(), NetlinkPayload::from(RouteNetlinkMessage::GetLink(link)));
+    req.header.flags = NLM_F_REQUEST;
+    req.header.sequence_number = 1;
+    req.finalize();
+    let mut buf = vec![0; req.buffer_len()];
+    req.serialize(&mut buf);
+    let mut socket = Socket::new(NETLINK_ROUTE).map_err(err("netlink socket"))?;
+    socket.bind_auto().map_err(err("netlink bind"))?;
+    socket.connect(&SocketAddr::new(0, 0)).map_err(err("netlink connect"))?;
+    socket.send(&buf, 0).map_err(err("netlink send"))?;
+    let mut answer = Vec::with_capacity(64 * 1024);
+    socket.recv(&mut answer, 0).map_err(err("netlink recv"))?;
+    let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&answer).map_err(|e| DataplaneError::Io {
+        path: format!("ifindex {ifindex}").into(),
+        op: "netlink parse",
+        source: std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()),
+    })?;
+    let link = match msg.payload {
+        NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(l)) => l,
+        NetlinkPayload::Error(e) => {
+            let code = e.code.map_or(0, |c| -c.get());
+            return Err(err("netlink getlink")(std::io::Error::from_raw_os_error(code)));
+        }
+        _ => return Ok(None),
+    };
+    let xdp: Vec<LinkXdp> = link
+        .attributes
+        .into_iter()
+        .filter_map(|a| match a {
+            LinkAttribute::Xdp(xdp) => Some(xdp),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    let attached = xdp.iter().find_map(|x| match x {
+        LinkXdp::Attached(a) => Some(*a),
+        _ => None,
+    });
+    Ok(match attached {
+        Some(XdpAttached::Driver | XdpAttached::Hardware) => Some(super::XdpMode::Native),
+        Some(XdpAttached::SocketBuffer) => Some(super::XdpMode::Generic),
+        // Programs in several modes: a driver-mode one is the one that sees packets first.
+        Some(XdpAttached::Multiple) if xdp.iter().any(|x| matches!(x, LinkXdp::DrvProgId(_))) => {
+            Some(super::XdpMode::Native)
+        }
+        Some(XdpAttached::Multiple) => Some(super::XdpMode::Generic),
+        _ => None,
+    })
+}

@@ -40,6 +40,9 @@ pub trait NextHops {
 
     /// Counters of next hop `slot`, summed over CPUs.
     fn nexthop_stats(&self, slot: u32) -> Result<NextHopStats, DataplaneError>;
+
+    /// Every next hop the kernel holds, by slot (what a restart compares its state file with).
+    fn kernel_nexthops(&self) -> Result<Vec<(u32, NextHopParams)>, DataplaneError>;
 }
 
 impl NextHops for KernelDataplane {
@@ -53,6 +56,18 @@ impl NextHops for KernelDataplane {
 
     fn clear_nexthop(&self, slot: u32) -> Result<(), DataplaneError> {
         self.lock().nexthops.set(slot, &NextHop::EMPTY)
+    }
+
+    fn kernel_nexthops(&self) -> Result<Vec<(u32, NextHopParams)>, DataplaneError> {
+        let inner = self.lock();
+        let mut out = Vec::new();
+        for slot in 0..dataplane_common::MAX_NEXTHOPS {
+            let v = inner.nexthops.0.get(&slot, 0).map_err(DataplaneError::map(names::NEXTHOPS, "lookup"))?;
+            if let Some(p) = nexthop_params(&v) {
+                out.push((slot, p));
+            }
+        }
+        Ok(out)
     }
 
     fn nexthop_stats(&self, slot: u32) -> Result<NextHopStats, DataplaneError> {
@@ -71,6 +86,24 @@ impl NextHopMap {
     pub fn set(&mut self, slot: u32, nh: &NextHop) -> Result<(), DataplaneError> {
         self.0.set(slot, nh, 0).map_err(DataplaneError::map(names::NEXTHOPS, "update"))
     }
+}
+
+/// What `v` says, the inverse of [`nexthop_value`]; `None` for an empty slot (or a kind this build
+/// does not write).
+fn nexthop_params(v: &NextHop) -> Option<NextHopParams> {
+    let (tx_slot, ifindex, mtu) = (v.tx_slot, v.ifindex, v.mtu);
+    Some(match v.kind {
+        nexthop_kind::ENCAP => {
+            NextHopParams::Encap { tx_slot, ifindex, mtu, dst_mac: Mac(v.dst_mac), src_mac: Mac(v.src_mac) }
+        }
+        nexthop_kind::UNRESOLVED => NextHopParams::Unresolved { tx_slot, ifindex, mtu, src_mac: Mac(v.src_mac) },
+        nexthop_kind::ECMP => {
+            NextHopParams::Ecmp { members: v.members[..(v.member_count as usize).min(ECMP_MAX)].to_vec() }
+        }
+        nexthop_kind::DISCARD => NextHopParams::Discard,
+        nexthop_kind::RECEIVE => NextHopParams::Receive,
+        _ => return None,
+    })
 }
 
 fn nexthop_value(nh: &NextHopParams) -> NextHop {

@@ -41,11 +41,27 @@ pub trait Policies {
     fn set_policy_attachment(&self, slot: u32, direction: u32, word: u32) -> Result<(), DataplaneError>;
     /// Hit counters of rule slots `first..first + count`, summed over CPUs.
     fn rule_stats(&self, first: u32, count: u32) -> Result<Vec<dataplane_common::policy::RuleStats>, DataplaneError>;
+    /// Every non-zero attachment word: (interface slot, direction, word).
+    fn policy_attachments(&self) -> Result<Vec<(u32, u32, u32)>, DataplaneError>;
 }
 
 impl Policies for KernelDataplane {
     fn write_policy(&self, image: &super::PolicyImage) -> Result<(), DataplaneError> {
         self.lock().policies.write(image)
+    }
+
+    fn policy_attachments(&self) -> Result<Vec<(u32, u32, u32)>, DataplaneError> {
+        let inner = self.lock();
+        let mut out = Vec::new();
+        for slot in 0..dataplane_common::MAX_INTERFACES {
+            for direction in [dataplane_common::policy::DIR_INGRESS, dataplane_common::policy::DIR_EGRESS] {
+                match inner.policies.attachment(slot, direction)? {
+                    0 => {}
+                    word => out.push((slot, direction, word)),
+                }
+            }
+        }
+        Ok(out)
     }
 
     fn clear_policy(&self, image: &super::PolicyImage) -> Result<(), DataplaneError> {

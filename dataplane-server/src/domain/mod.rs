@@ -12,6 +12,8 @@ mod interfaces;
 mod nexthops;
 pub mod persist;
 mod policies;
+#[cfg(test)]
+mod restore_tests;
 mod resync;
 mod routes;
 mod slots;
@@ -101,6 +103,11 @@ pub struct Domain<D: Dataplane> {
     dirty: std::sync::atomic::AtomicBool,
     /// After a reset the state file stays gone.
     reset_done: std::sync::atomic::AtomicBool,
+    /// The pins this domain's kernel state lives in (`Lifecycle::pins_id`), recorded in the state
+    /// file so that a file never describes another dataplane's pins.
+    pins_id: Option<u64>,
+    /// What the start's restore found (for `GetStatus`).
+    restored: Mutex<Option<persist::RestoreReport>>,
 }
 
 /// A request to the kernel about a gateway: resolve `address` on `ifindex` and keep it resolved
@@ -125,6 +132,13 @@ impl<D: Dataplane> Domain<D> {
     fn build(dataplane: D, state_file: Option<std::path::PathBuf>) -> Self {
         let fib4_capacity = dataplane.fib4_capacity();
         let route4_capacity = dataplane.route4_capacity();
+        let pins_id = match dataplane.pins_id() {
+            Ok(id) => Some(id),
+            Err(e) => {
+                tracing::warn!(error = %e, "the pins' identity is unknown: the state file will not record it");
+                None
+            }
+        };
         Self {
             dataplane,
             state: Mutex::new(State {
@@ -155,6 +169,8 @@ impl<D: Dataplane> Domain<D> {
             seq_floors: Mutex::new(BTreeMap::new()),
             dirty: std::sync::atomic::AtomicBool::new(false),
             reset_done: std::sync::atomic::AtomicBool::new(false),
+            pins_id,
+            restored: Mutex::new(None),
             started: Instant::now(),
         }
     }

@@ -62,6 +62,11 @@ pub struct Persisted {
     /// Absent in files of builds before it was recorded.
     #[serde(default)]
     pub programs_object: Option<u64>,
+    /// The pins this file describes (`Lifecycle::pins_id`): a file naming other pins (another
+    /// dataplane's, or pins since reset) is not read. Absent in files of builds before it was
+    /// recorded, which are taken as this dataplane's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pins: Option<u64>,
 }
 
 /// The format number alone, read first: a file of another format is refused as such, not for
@@ -86,6 +91,48 @@ pub enum PersistError {
     Invalid { path: PathBuf, field: String, detail: String },
 }
 
+/// The state file as a start found it.
+#[derive(Debug)]
+pub enum Loaded {
+    Read(Persisted),
+    /// None there (a first start, or removed).
+    Missing,
+    /// Not a whole JSON document (truncated, overwritten): kept at `kept_as` for a look, and
+    /// the start goes on from the kernel alone.
+    Damaged {
+        kept_as: PathBuf,
+        detail: String,
+    },
+}
+
+/// Reads the state file for a start: a file that is not JSON at all (cut short by a full disk,
+/// overwritten by hand) is moved aside and reported as damaged, since the pinned maps still hold
+/// what forwards; a file of another format, or with a value this build does not know, stops the
+/// start (it may be a newer build's, and guessing would lose what it says).
+pub fn load(path: &Path) -> Result<Loaded, PersistError> {
+    match read(path) {
+        Ok(Some(p)) => Ok(Loaded::Read(p)),
+        Ok(None) => Ok(Loaded::Missing),
+        Err(PersistError::Corrupt { detail, .. }) if !detail.starts_with(FORMAT_MISMATCH) => {
+            let kept_as = set_aside(path, "damaged")?;
+            Ok(Loaded::Damaged { kept_as, detail })
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Renames the state file to `<path>.<what>` (replacing an earlier one), for an operator to see.
+pub(super) fn set_aside(path: &Path, what: &str) -> Result<PathBuf, PersistError> {
+    let mut kept = path.as_os_str().to_owned();
+    kept.push(format!(".{what}"));
+    let kept = PathBuf::from(kept);
+    std::fs::rename(path, &kept).map_err(|source| PersistError::Io { path: path.to_owned(), op: "rename", source })?;
+    Ok(kept)
+}
+
+/// The start of a `Corrupt` detail that says the file is of another format (not damaged).
+const FORMAT_MISMATCH: &str = "format ";
+
 /// Reads the state file; `None` if there is none (a first start).
 pub fn read(path: &Path) -> Result<Option<Persisted>, PersistError> {
     let text = match std::fs::read_to_string(path) {
@@ -108,7 +155,7 @@ enum Decode {
 fn decode(text: &str) -> Result<Persisted, Decode> {
     let header: Header = serde_json::from_str(text).map_err(|e| Decode::Corrupt(e.to_string()))?;
     if header.format != FORMAT {
-        return Err(Decode::Corrupt(format!("format {} (this server writes {FORMAT})", header.format)));
+        return Err(Decode::Corrupt(format!("{FORMAT_MISMATCH}{} (this server writes {FORMAT})", header.format)));
     }
     let mut de = serde_json::Deserializer::from_str(text);
     let p: Persisted = serde_path_to_error::deserialize(&mut de)
@@ -144,6 +191,14 @@ pub(super) fn invalid_value<E: serde::de::Error>(e: DomainError) -> E {
 /// What a restore found and did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RestoreReport {
+    /// What the state file was: `read`, `missing`, `damaged (kept as PATH): DETAIL`,
+    /// `foreign (...)`.
+    pub state_file: String,
+    /// What the kernel forwards with that the state file did not describe, taken into the
+    /// domain's state (with names and ids made up where the file had them: see `adopt.rs`).
+    pub adopted: Vec<String>,
+    /// Where the file and the kernel disagreed; the kernel's side was kept.
+    pub disagreements: Vec<String>,
     pub interfaces: usize,
     pub nexthops: usize,
     pub routes: usize,
@@ -160,7 +215,12 @@ pub struct RestoreReport {
 
 impl State {
     /// The part of the state the file keeps.
-    pub(super) fn persisted(&self, seq_floors: BTreeMap<String, u64>, programs_object: Option<u64>) -> Persisted {
+    pub(super) fn persisted(
+        &self,
+        seq_floors: BTreeMap<String, u64>,
+        programs_object: Option<u64>,
+        pins: Option<u64>,
+    ) -> Persisted {
         Persisted {
             format: FORMAT,
             generation: self.generation,
@@ -173,18 +233,54 @@ impl State {
             flow_modes: flows::restore::saved(self),
             seq_floors,
             programs_object,
+            pins,
         }
     }
 }
 
 impl<D: Dataplane> Domain<D> {
-    /// Rebuilds the domain from the state file `p` (`None`: a first start), the links the
-    /// dataplane adopted and the routes in its maps, without writing anything that forwards:
-    /// what was forwarding keeps forwarding. Interfaces whose link is gone, and what a crash left
-    /// half done, are dropped (and cleaned out of the kernel). Writes the state file back.
+    /// As [`Self::restore_loaded`], from a state file already read (`None`: there is none).
     pub fn restore(&self, p: Option<Persisted>) -> Result<RestoreReport, DomainError> {
-        let p = p.unwrap_or_default();
+        self.restore_loaded(p.map_or(Loaded::Missing, Loaded::Read))
+    }
+
+    /// Rebuilds the domain from the pinned kernel state, with the state file `file` adding what
+    /// the maps cannot hold (names, controller ids, specs, policy rules), without removing
+    /// anything that forwards: the kernel is the truth. What the file does not describe is
+    /// adopted from the kernel; where the two disagree the kernel wins; both are reported (log,
+    /// the returned report, `GetStatus`) and move the generation, so a controller knows to
+    /// resync. Only what cannot forward any more is dropped (an interface whose link is gone, a
+    /// route to an empty next hop). Writes the state file back.
+    pub fn restore_loaded(&self, file: Loaded) -> Result<RestoreReport, DomainError> {
         let mut report = RestoreReport::default();
+        let p = match file {
+            Loaded::Read(p) if p.pins.is_some_and(|id| Some(id) != self.pins_id) => {
+                let theirs = p.pins.unwrap_or_default();
+                let kept = self.state_file.as_deref().map(|f| set_aside(f, "foreign"));
+                report.state_file = match kept {
+                    Some(Ok(kept)) => format!(
+                        "foreign: it describes pins {theirs}, these are {} (kept as {})",
+                        self.pins_id.unwrap_or_default(),
+                        kept.display()
+                    ),
+                    Some(Err(e)) => format!("foreign: it describes pins {theirs} ({e})"),
+                    None => format!("foreign: it describes pins {theirs}"),
+                };
+                Persisted::default()
+            }
+            Loaded::Read(p) => {
+                report.state_file = "read".to_owned();
+                p
+            }
+            Loaded::Missing => {
+                report.state_file = "missing".to_owned();
+                Persisted::default()
+            }
+            Loaded::Damaged { kept_as, detail } => {
+                report.state_file = format!("damaged (kept as {}): {detail}", kept_as.display());
+                Persisted::default()
+            }
+        };
         let mut state = self.lock();
         // The kernel's copy is exact; the file's may lag by the last flow installs.
         state.generation = p.generation.max(self.dataplane.generation()?);
@@ -194,8 +290,8 @@ impl<D: Dataplane> Domain<D> {
         // Each step reads what the ones before it restored: interfaces need the VRFs; next hops
         // the interfaces; attachments and flow modes the interfaces and policies.
         self.restore_interfaces(&mut state, p.interfaces, &mut report)?;
-        self.restore_nexthops(&mut state, p.nexthops, &mut report);
-        self.restore_policies(&mut state, p.policies, p.retired, p.attachments, &mut report);
+        self.restore_nexthops(&mut state, p.nexthops, &mut report)?;
+        self.restore_policies(&mut state, p.policies, p.retired, p.attachments, &mut report)?;
         flows::restore::restore(&mut state, p.flow_modes);
         // HOLDs of the previous run: their captured packets died with it. Dropped, so the next
         // packet of such a flow is a fresh miss, and the HOLD count starts even.
@@ -211,8 +307,24 @@ impl<D: Dataplane> Domain<D> {
         for d in &report.dropped {
             warn!(what = %d, "dropped on restore");
         }
+        for a in &report.adopted {
+            warn!(what = %a, state_file = %report.state_file, "adopted from the kernel on restore: the state file did not describe it");
+        }
+        for d in &report.disagreements {
+            warn!(what = %d, "the state file and the kernel disagreed on restore: the kernel's side kept");
+        }
+        if !report.adopted.is_empty() || !report.disagreements.is_empty() {
+            // What the domain holds is not what the last writer recorded: a new generation, so a
+            // controller comparing generations resyncs.
+            state.generation += 1;
+            self.dataplane.set_generation(state.generation)?;
+        }
+        *self.restored.lock().unwrap_or_else(|e| e.into_inner()) = Some(report.clone());
         self.save(&state);
         info!(
+            state_file = %report.state_file,
+            adopted = report.adopted.len(),
+            disagreements = report.disagreements.len(),
             interfaces = report.interfaces,
             nexthops = report.nexthops,
             routes = report.routes,
@@ -234,7 +346,7 @@ impl<D: Dataplane> Domain<D> {
         }
         self.dirty.store(false, std::sync::atomic::Ordering::Relaxed);
         let floors = self.seq_floors.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        if let Err(e) = write(path, &state.persisted(floors, self.dataplane.programs_object())) {
+        if let Err(e) = write(path, &state.persisted(floors, self.dataplane.programs_object(), self.pins_id)) {
             warn!(error = %e, "writing the state file failed");
         }
     }
@@ -311,7 +423,7 @@ mod tests {
         a.put_policy(pol.clone(), vec![rule.clone()]).unwrap();
         a.put_policy(pol.clone(), vec![rule]).unwrap(); // the first table is retired
         a.attach_policy(&pol, &name("eth0"), Direction::Egress, true).unwrap();
-        let file = a.lock().persisted(BTreeMap::new(), None);
+        let file = a.lock().persisted(BTreeMap::new(), None, None);
         // Through JSON, as on disk.
         let file: Persisted = serde_json::from_slice(&serde_json::to_vec(&file).unwrap()).unwrap();
 
@@ -389,7 +501,7 @@ mod tests {
             d.dataplane().routes().into_iter().map(|(v, p, _)| format!("{v} {p}")).collect::<Vec<_>>()
         };
         assert_eq!(trie(&a), vec!["5 198.18.0.0/24", "5 198.51.100.0/24", "5 203.0.113.0/24", "5 2001:db8::/32"]);
-        let file = a.lock().persisted(BTreeMap::new(), None);
+        let file = a.lock().persisted(BTreeMap::new(), None, None);
 
         // A new process over the same maps: the same split, nothing lost, nothing in the wrong place.
         let b = Domain::new(FakeDataplane::with_fib4_chunks(2 * 256 + 2));
@@ -429,7 +541,7 @@ mod tests {
             spec: NextHopSpec::Encap { interface: name("eth0"), dst_mac: Mac([2, 0, 0, 0, 0, 1]), src_mac: None },
         }])
         .unwrap();
-        let file = a.lock().persisted(BTreeMap::new(), None);
+        let file = a.lock().persisted(BTreeMap::new(), None, None);
         let b = Domain::new(FakeDataplane::with_links(&[]));
         b.dataplane().set_nexthop(0, &crate::dataplane::NextHopParams::Discard, true).unwrap();
         let report = b.restore(Some(file)).unwrap();
@@ -590,7 +702,7 @@ mod file_tests {
     #[test]
     fn write_sample_domain_same_bytes_as_format1_fixture() {
         let a = sample::domain();
-        let written = json(&a.lock().persisted(sample::seq_floors(), Some(sample::PROGRAMS_OBJECT)));
+        let written = json(&a.lock().persisted(sample::seq_floors(), Some(sample::PROGRAMS_OBJECT), None));
         assert_eq!(written, FORMAT1.trim_end());
     }
 
@@ -626,9 +738,14 @@ mod file_tests {
         assert_eq!(pols(&b), pols(&a));
         assert_eq!(b.lock().flows.modes(), a.lock().flows.modes());
         assert_eq!(b.seq_floor("netlink"), 16384);
-        // Everything the file holds, back as it was: written again, the same bytes.
+        // Everything the file holds, back as it was: written again, the same bytes, except the
+        // retired table, which the start reclaimed (no attachment points at it).
+        assert!(!b.dataplane().policy_tables.lock().unwrap().contains_key(&0), "retired table 0 still in the kernel");
         let floors = b.seq_floors.lock().unwrap().clone();
-        assert_eq!(json(&b.lock().persisted(floors, Some(sample::PROGRAMS_OBJECT))), FORMAT1.trim_end());
+        let fixture = FORMAT1.trim_end();
+        let (head, tail) = fixture.split_at(fixture.find("\"retired\":[").expect("a retired table in the fixture"));
+        let expected = format!("{head}\"retired\":[],{}", &tail[tail.find("\"attachments\"").unwrap()..]);
+        assert_eq!(json(&b.lock().persisted(floors, Some(sample::PROGRAMS_OBJECT), None)), expected);
     }
 
     #[test]

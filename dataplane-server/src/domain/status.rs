@@ -40,6 +40,8 @@ pub struct StatusView {
     pub programs: Vec<ProgramStatus>,
     pub attachments: Vec<AttachmentView>,
     pub maps: Vec<MapView>,
+    /// What this run's restore found (none before it ran).
+    pub restore: Option<super::persist::RestoreReport>,
 }
 
 impl<D: Dataplane> Domain<D> {
@@ -103,6 +105,7 @@ impl<D: Dataplane> Domain<D> {
             programs: self.dataplane.programs()?,
             attachments,
             maps,
+            restore: self.restored.lock().unwrap_or_else(|e| e.into_inner()).clone(),
         })
     }
 }

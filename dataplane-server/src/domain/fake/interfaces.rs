@@ -46,4 +46,19 @@ impl Interfaces for FakeDataplane {
         self.attached.lock().unwrap().remove(&ifindex);
         Ok(())
     }
+
+    fn kernel_interface(&self, ifindex: u32) -> Result<Option<crate::dataplane::KernelInterface>, DataplaneError> {
+        let Some(p) = self.configs.lock().unwrap().get(&ifindex).cloned() else { return Ok(None) };
+        let Some(name) = self.links.lock().unwrap().iter().find(|(_, l)| l.ifindex == ifindex).map(|(n, _)| n.clone())
+        else {
+            return Ok(None);
+        };
+        Ok(Some(crate::dataplane::KernelInterface {
+            name,
+            slot: p.slot,
+            vrf: p.vrf,
+            kernel_fib: p.kernel_fib,
+            xdp_mode: XdpMode::Native,
+        }))
+    }
 }

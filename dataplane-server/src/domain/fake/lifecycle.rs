@@ -13,6 +13,10 @@ impl Lifecycle for FakeDataplane {
         self.nexthops.lock().unwrap().clear();
     }
 
+    fn pins_id(&self) -> Result<u64, DataplaneError> {
+        Ok(self.pins_id.load(Ordering::SeqCst) as u64)
+    }
+
     fn programs_object(&self) -> Option<u64> {
         None
     }

@@ -53,6 +53,8 @@ pub struct FakeDataplane {
     pub flows: Mutex<BTreeMap<crate::dataplane::FlowKey, dataplane_common::flow::FlowValue>>,
     pub holds_resolved: AtomicI64,
     pub generation: AtomicI64,
+    /// What `pins_id` answers (a test sets another to play a foreign state file).
+    pub pins_id: AtomicI64,
     /// (ifindex, frame) of every re-injection.
     pub reinjected: Mutex<Vec<(u32, Vec<u8>)>>,
     /// `FIB4_CHUNKS` and `FIB4_VRFS` (non-zero roots only).
@@ -86,6 +88,7 @@ impl Default for FakeDataplane {
             flows: Mutex::default(),
             holds_resolved: AtomicI64::new(0),
             generation: AtomicI64::new(0),
+            pins_id: AtomicI64::new(1),
             reinjected: Mutex::default(),
             fib4_pool: Mutex::new(vec![[0; 256]; Self::FIB4_CHUNKS]),
             fib4_roots: Mutex::default(),
@@ -211,12 +214,21 @@ impl FakeDataplane {
         all
     }
 
-    /// The maps `other` holds, as a restarted server finds them: routes, records, flat tables.
+    /// The maps `other` holds, as a restarted server finds them (every one; not its links).
     pub fn copy_maps_from(&self, other: &FakeDataplane) {
         *self.routes.lock().unwrap() = other.routes.lock().unwrap().clone();
         *self.records.lock().unwrap() = other.records.lock().unwrap().clone();
         self.records_mark.store(other.records_mark.load(Ordering::SeqCst), Ordering::SeqCst);
         *self.fib4_pool.lock().unwrap() = other.fib4_pool.lock().unwrap().clone();
         *self.fib4_roots.lock().unwrap() = other.fib4_roots.lock().unwrap().clone();
+        *self.nexthops.lock().unwrap() = other.nexthops.lock().unwrap().clone();
+        *self.configs.lock().unwrap() = other.configs.lock().unwrap().clone();
+        *self.attached.lock().unwrap() = other.attached.lock().unwrap().clone();
+        *self.policy_tables.lock().unwrap() = other.policy_tables.lock().unwrap().clone();
+        *self.policy_attach.lock().unwrap() = other.policy_attach.lock().unwrap().clone();
+        *self.flow_config.lock().unwrap() = other.flow_config.lock().unwrap().clone();
+        *self.flows.lock().unwrap() = other.flows.lock().unwrap().clone();
+        self.generation.store(other.generation.load(Ordering::SeqCst), Ordering::SeqCst);
+        self.pins_id.store(other.pins_id.load(Ordering::SeqCst), Ordering::SeqCst);
     }
 }

@@ -18,4 +18,8 @@ impl NextHops for FakeDataplane {
     fn nexthop_stats(&self, _slot: u32) -> Result<NextHopStats, DataplaneError> {
         Ok(NextHopStats::default())
     }
+
+    fn kernel_nexthops(&self) -> Result<Vec<(u32, NextHopParams)>, DataplaneError> {
+        Ok(self.nexthops.lock().unwrap().iter().map(|(s, p)| (*s, p.clone())).collect())
+    }
 }

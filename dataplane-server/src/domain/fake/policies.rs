@@ -24,4 +24,15 @@ impl Policies for FakeDataplane {
     fn rule_stats(&self, _first: u32, count: u32) -> Result<Vec<dataplane_common::policy::RuleStats>, DataplaneError> {
         Ok(vec![Default::default(); count as usize])
     }
+
+    fn policy_attachments(&self) -> Result<Vec<(u32, u32, u32)>, DataplaneError> {
+        Ok(self
+            .policy_attach
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, w)| **w != 0)
+            .map(|((s, d), w)| (*s, *d, *w))
+            .collect())
+    }
 }

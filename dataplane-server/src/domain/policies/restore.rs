@@ -1,6 +1,9 @@
 //! Policies in the state file: each policy's rules and installed table (to compile again to the
 //! same places), the retired tables still waiting for a grace period, and the attachments.
 
+use std::collections::BTreeMap;
+
+use dataplane_common::policy::{attach_word, ATTACH_DEFAULT_DENY, DIR_EGRESS};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::{
@@ -8,7 +11,7 @@ use crate::{
     domain::{
         persist::{self, RestoreReport},
         policies::{Attached, Installed, InstalledRecord, PolicyEntry},
-        Direction, Domain, InterfaceName, PolicyName, RuleSpec, State,
+        Direction, Domain, DomainError, InterfaceName, PolicyName, RuleSpec, State,
     },
 };
 
@@ -81,7 +84,11 @@ pub(in crate::domain) fn saved_attachments(state: &State) -> Vec<SavedAttachment
 
 impl<D: Dataplane> Domain<D> {
     /// Takes back the policies and retired tables where they still fit (compiled again to the
-    /// places the kernel has them), and the attachments of interfaces and policies that came back.
+    /// places the kernel has them), then the attachments as the kernel's words have them: a word
+    /// the file describes is kept; one it describes otherwise, or not at all, is taken as the
+    /// kernel has it (a retired table still attached becomes a policy again, named
+    /// `adopted-table-N`); an attachment the kernel does not have is dropped. Last, the retired
+    /// tables nothing points at are reclaimed (a crash may have left them waiting).
     pub(in crate::domain) fn restore_policies(
         &self,
         state: &mut State,
@@ -89,7 +96,7 @@ impl<D: Dataplane> Domain<D> {
         retired: Vec<InstalledRecord>,
         attachments: Vec<SavedAttachment>,
         report: &mut RestoreReport,
-    ) {
+    ) -> Result<(), DomainError> {
         for pol in policies {
             match Installed::restore(state, &pol.installed) {
                 Some(installed) => {
@@ -103,11 +110,86 @@ impl<D: Dataplane> Domain<D> {
                 state.retired_policies.push(installed);
             }
         }
+        let mut words: BTreeMap<(u32, u32), u32> =
+            self.dataplane.policy_attachments()?.into_iter().map(|(slot, dir, word)| ((slot, dir), word)).collect();
         for a in attachments {
-            if state.interfaces.contains_key(&a.interface) && state.policies.contains_key(&a.policy) {
-                state.policy_attachments.insert((a.interface, a.direction), Attached::new(a.policy, a.default_deny));
+            let (Some(i), Some(p)) = (state.interfaces.get(&a.interface), state.policies.get(&a.policy)) else {
+                continue;
+            };
+            let want = attach_word(p.installed().image.table, a.default_deny);
+            match words.get(&(i.slot, a.direction.index())) {
+                Some(&word) if word == want => {
+                    words.remove(&(i.slot, a.direction.index()));
+                    state
+                        .policy_attachments
+                        .insert((a.interface, a.direction), Attached::new(a.policy, a.default_deny));
+                }
+                // Taken as the kernel has it, below.
+                Some(_) => {}
+                None => report.disagreements.push(format!(
+                    "policy {} on {} {:?}: not attached in the kernel: dropped",
+                    a.policy, a.interface, a.direction
+                )),
             }
         }
+        for ((slot, dir), word) in words {
+            self.adopt_attachment(state, report, slot, dir, word)?;
+        }
+        self.reclaim_retired(state)?;
         report.policies = state.policies.len();
+        Ok(())
+    }
+
+    /// Takes the kernel's attachment word `word` of interface slot `slot`, direction `dir`, into
+    /// the state.
+    fn adopt_attachment(
+        &self,
+        state: &mut State,
+        report: &mut RestoreReport,
+        slot: u32,
+        dir: u32,
+        word: u32,
+    ) -> Result<(), DomainError> {
+        let direction = if dir == DIR_EGRESS { Direction::Egress } else { Direction::Ingress };
+        let Some(interface) = state.interfaces.iter().find(|(_, e)| e.slot == slot).map(|(n, _)| n.clone()) else {
+            // No interface has the slot: no entry leads a packet to this word. Cleared, so an
+            // interface given the slot later does not inherit it.
+            self.dataplane.set_policy_attachment(slot, dir, 0)?;
+            report.dropped.push(format!("policy attachment of slot {slot} {direction:?}: no interface"));
+            return Ok(());
+        };
+        let table = (word & 0xffff).wrapping_sub(1);
+        let default_deny = word & ATTACH_DEFAULT_DENY != 0;
+        let owner = state.policies.iter().find(|(_, e)| e.installed().image.table == table).map(|(n, _)| n.clone());
+        let policy = match owner {
+            Some(name) => name,
+            None => match state.retired_policies.iter().position(|r| r.image.table == table) {
+                Some(i) => {
+                    let installed = state.retired_policies.remove(i);
+                    let name = PolicyName::parse("", &format!("adopted-table-{table}"))?;
+                    report.adopted.push(format!(
+                        "policy {name} (a retired table still attached, {} rules)",
+                        installed.specs.len()
+                    ));
+                    state.policies.insert(name.clone(), PolicyEntry::new(installed.specs.clone(), installed));
+                    name
+                }
+                None => {
+                    // Rules the file never had: the table stays as it is, attached, and its slot
+                    // out of use; the next attach or detach on this interface replaces it.
+                    state.policy_tables.reserve(table);
+                    report.disagreements.push(format!(
+                        "policy table {table} attached to {interface} {direction:?} is unknown to the state file: left attached"
+                    ));
+                    return Ok(());
+                }
+            },
+        };
+        let what = format!("policy {policy} on {interface} {direction:?} (default deny {default_deny})");
+        match state.policy_attachments.insert((interface, direction), Attached::new(policy, default_deny)) {
+            None => report.adopted.push(what),
+            Some(_) => report.disagreements.push(format!("{what}: the kernel's attachment kept")),
+        }
+        Ok(())
     }
 }

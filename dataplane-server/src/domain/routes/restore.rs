@@ -20,8 +20,14 @@ impl<D: Dataplane> Domain<D> {
         report: &mut RestoreReport,
     ) -> Result<(), DomainError> {
         use crate::domain::routes::{RouteEntry, NO_RECORD};
-        let known = |state: &State, vrf: u32, slot: u32| {
-            state.nh_ids.get(&slot).copied().filter(|_| matches!(state.vrfs.get(&vrf), Some(VrfMode::Routes)))
+        // A route's VRF the file did not know is adopted (the route forwards in it); one whose
+        // next-hop slot no next hop holds forwards nothing (the slot is empty) and goes.
+        let known = |state: &mut State, report: &mut RestoreReport, vrf: u32, slot: u32| {
+            let id = state.nh_ids.get(&slot).copied()?;
+            if !state.vrfs.contains_key(&vrf) {
+                crate::domain::interfaces::restore::adopt_vrf(state, report, vrf, None);
+            }
+            matches!(state.vrfs.get(&vrf), Some(VrfMode::Routes)).then_some(id)
         };
         let mut stale = Vec::new();
         let mut used = Vec::new();
@@ -30,7 +36,7 @@ impl<D: Dataplane> Domain<D> {
             let prefix = Prefix::containing(IpAddr::V4(addr), r.prefix_len.min(32));
             let fresh =
                 prefix.addr() == IpAddr::V4(addr) && r.prefix_len <= 32 && !state.routes.contains_key(&(r.vrf, prefix));
-            match known(state, r.vrf, r.nexthop).filter(|_| fresh) {
+            match known(state, report, r.vrf, r.nexthop).filter(|_| fresh) {
                 Some(id) => {
                     state.routes.insert((r.vrf, prefix), RouteEntry { nexthop: id, record: slot });
                     used.push(slot);
@@ -49,7 +55,7 @@ impl<D: Dataplane> Domain<D> {
             crate::domain::slots::MarkAllocator::restore(self.dataplane.route4_capacity(), mark, used.iter().copied());
         state.route4_mark = 0;
         for (vrf, prefix, slot) in self.dataplane.dump_routes()? {
-            match known(state, vrf, slot) {
+            match known(state, report, vrf, slot) {
                 Some(id) => {
                     // The trie's is the later write where both have the route.
                     let record = state.routes.get(&(vrf, prefix)).map_or(NO_RECORD, |e| e.record);
