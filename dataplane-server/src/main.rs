@@ -345,3 +345,17 @@ fn kernel_release() -> String {
     let release = unsafe { std::ffi::CStr::from_ptr(u.release.as_ptr()) };
     release.to_string_lossy().into_owned()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_state_file_distinct_pin_dirs_get_distinct_files() {
+        let file = |d: &str| default_state_file(Path::new(d)).unwrap().display().to_string();
+        assert_eq!(file("/sys/fs/bpf/dp-a"), "/run/dataplane/sys-fs-bpf-dp\\x2da.state.json");
+        // "/" and "-" must not collide.
+        assert_ne!(file("/sys/fs/bpf/a-b"), file("/sys/fs/bpf/a/b"));
+        assert_ne!(file("/sys/fs/bpf/x"), file("/sys/fs/bpf/y"));
+    }
+}
