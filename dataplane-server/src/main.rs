@@ -15,7 +15,7 @@ use anyhow::{bail, Context};
 use clap::{Parser, ValueEnum};
 use dataplane_server::{
     api::{self, ServerInfo},
-    dataplane::{KernelDataplane, LoaderConfig},
+    dataplane::{loader, KernelDataplane, LoaderConfig},
     domain::{persist, Domain},
     events::{flow_misses, netlink, Hub},
 };
@@ -123,8 +123,12 @@ fn start(args: &Args) -> anyhow::Result<Arc<Domain<KernelDataplane>>> {
     // that is not JSON at all is set aside: the pinned maps still hold what forwards).
     let state_file = args.state_file();
     let loaded = persist::load(state_file).context("reading the state file")?;
+    // The file's record of which object the pinned programs came from is trusted (to adopt them
+    // without verifying) only if the file describes these very pins.
     let pinned_object = match &loaded {
-        persist::Loaded::Read(p) => p.programs_object,
+        persist::Loaded::Read(p) if p.pins.is_none_or(|id| Some(id) == loader::pinned_pins_id(&args.bpffs)) => {
+            p.programs_object
+        }
         _ => None,
     };
     let dataplane = KernelDataplane::load(&LoaderConfig {
@@ -188,7 +192,7 @@ fn default_state_file(bpffs: &Path) -> anyhow::Result<PathBuf> {
 }
 
 fn reset(args: &Args) -> anyhow::Result<()> {
-    dataplane_server::dataplane::loader::remove_all_pins(&args.bpffs).context("removing pins")?;
+    loader::remove_all_pins(&args.bpffs).context("removing pins")?;
     let state_file = args.state_file();
     match std::fs::remove_file(state_file) {
         Ok(()) => {}

@@ -34,6 +34,8 @@ impl FlowKey {
 pub trait Flows {
     /// Flow mode settings of interface `slot`.
     fn set_flow_config(&self, slot: u32, cfg: &dataplane_common::flow::FlowConfig) -> Result<(), DataplaneError>;
+    /// The flow configuration of interface slot `slot` as the kernel has it.
+    fn flow_config(&self, slot: u32) -> Result<dataplane_common::flow::FlowConfig, DataplaneError>;
     /// Creates or replaces a flow.
     fn put_flow(&self, key: &FlowKey, value: &dataplane_common::flow::FlowValue) -> Result<(), DataplaneError>;
     fn get_flow(&self, key: &FlowKey) -> Result<Option<dataplane_common::flow::FlowValue>, DataplaneError>;
@@ -56,6 +58,10 @@ impl Flows for KernelDataplane {
         inner.flows.config.set(slot, cfg, 0).map_err(DataplaneError::map(names::FLOW_CONFIG, "update"))?;
         // After the config: the packet path enters the flow stage on the entry's flag.
         inner.interfaces.set_flag(Some(slot), dataplane_common::route::IFACE_FLOWS, cfg.enabled != 0)
+    }
+
+    fn flow_config(&self, slot: u32) -> Result<dataplane_common::flow::FlowConfig, DataplaneError> {
+        self.lock().flows.config.get(&slot, 0).map_err(DataplaneError::map(names::FLOW_CONFIG, "lookup"))
     }
 
     fn put_flow(&self, key: &super::FlowKey, value: &dataplane_common::flow::FlowValue) -> Result<(), DataplaneError> {

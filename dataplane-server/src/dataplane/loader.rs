@@ -83,6 +83,14 @@ pub(super) struct PinDirs {
     links: PathBuf,
 }
 
+/// The pins' identity ([`super::Lifecycle::pins_id`]) of the dataplane pinned under
+/// `bpffs_root`, read before loading (`None`: nothing pinned there yet), so that a start can tell
+/// whether its state file describes these pins before trusting anything in it.
+pub fn pinned_pins_id(bpffs_root: &Path) -> Option<u64> {
+    let path = PinDirs::new(bpffs_root).maps.join(dataplane_common::maps::GLOBALS);
+    aya::maps::MapInfo::from_pin(&path).ok().map(|i| u64::from(i.id()))
+}
+
 impl PinDirs {
     fn new(bpffs_root: &Path) -> Self {
         let v = bpffs_root.join(PIN_VERSION);

@@ -292,7 +292,7 @@ impl<D: Dataplane> Domain<D> {
         self.restore_interfaces(&mut state, p.interfaces, &mut report)?;
         self.restore_nexthops(&mut state, p.nexthops, &mut report)?;
         self.restore_policies(&mut state, p.policies, p.retired, p.attachments, &mut report)?;
-        flows::restore::restore(&mut state, p.flow_modes);
+        self.restore_flow_modes(&mut state, p.flow_modes, &mut report)?;
         // HOLDs of the previous run: their captured packets died with it. Dropped, so the next
         // packet of such a flow is a fresh miss, and the HOLD count starts even.
         self.restore_holds(&mut state)?;

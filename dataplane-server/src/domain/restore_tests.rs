@@ -58,6 +58,8 @@ fn configured() -> Domain<FakeDataplane> {
     let pol = PolicyName::parse("p", "edge").unwrap();
     d.put_policy(pol.clone(), vec![RuleSpec::any(1, RuleAction::Deny)]).unwrap();
     d.attach_policy(&pol, &name("eth0"), Direction::Ingress, false).unwrap();
+    let mode = super::FlowMode { enabled: true, miss_forward: true, hold_cap: 100, punt_rate: 50, punt_burst: 10 };
+    d.set_flow_mode(&name("eth1"), mode).unwrap();
     d
 }
 
@@ -133,6 +135,9 @@ fn restore_without_state_file_adopts_everything_the_kernel_forwards() {
         assert_eq!((ra.vrf, ra.prefix), (rb.vrf, rb.prefix));
         assert_eq!(rb.nexthop, ADOPTED_IDS + a_slots[&ra.nexthop]);
     }
+    // The flow mode, from the kernel's configuration of the slot.
+    assert_eq!(b.lock().flows.modes(), a.lock().flows.modes());
+    assert!(report.adopted.iter().any(|a| a.starts_with("flow mode of eth1")), "{report:?}");
     // The attachment, to a table whose rules only the file had: left attached and reported.
     assert!(report.disagreements.iter().any(|d| d.contains("unknown to the state file")), "{report:?}");
     // Reported, and a new generation so that controllers resync.

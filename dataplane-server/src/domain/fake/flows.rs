@@ -9,6 +9,17 @@ impl Flows for FakeDataplane {
         Ok(())
     }
 
+    fn flow_config(&self, slot: u32) -> Result<dataplane_common::flow::FlowConfig, DataplaneError> {
+        Ok(self.flow_config.lock().unwrap().get(&slot).copied().unwrap_or(dataplane_common::flow::FlowConfig {
+            enabled: 0,
+            miss_forward: 0,
+            punt_rate: 0,
+            punt_burst: 0,
+            hold_cap: 0,
+            _pad: 0,
+        }))
+    }
+
     fn put_flow(
         &self,
         key: &crate::dataplane::FlowKey,

@@ -1,9 +1,14 @@
 //! Flow modes in the state file: `{"slot": 1, "enabled": true, ...}`, one per interface slot
 //! that has one. Flows themselves are read from their map.
 
+use std::collections::BTreeMap;
+
 use serde::{de, Deserialize, Deserializer, Serialize};
 
-use crate::domain::{FlowMode, State};
+use crate::{
+    dataplane::Dataplane,
+    domain::{persist::RestoreReport, Domain, DomainError, FlowMode, State},
+};
 
 /// One interface slot's flow mode as the state file keeps it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -30,13 +35,40 @@ pub(in crate::domain) fn saved(state: &State) -> Vec<SavedFlowMode> {
     state.flows.modes().iter().map(|(&slot, &mode)| SavedFlowMode { slot, mode }).collect()
 }
 
-/// Takes back the flow modes of the slots whose interfaces came back (the kernel's flow
-/// configuration of each slot is as it was).
-pub(in crate::domain) fn restore(state: &mut State, saved: Vec<SavedFlowMode>) {
-    let slots_in_use: Vec<u32> = state.interfaces.values().map(|e| e.slot).collect();
-    for m in saved {
-        if slots_in_use.contains(&m.slot) {
-            state.flows.set_mode(m.slot, m.mode);
+impl<D: Dataplane> Domain<D> {
+    /// Takes the flow modes of the interfaces that came back as the kernel's configuration of
+    /// their slots has them (the file's where the two agree; the kernel's where they do not, or
+    /// where the file has none).
+    pub(in crate::domain) fn restore_flow_modes(
+        &self,
+        state: &mut State,
+        saved: Vec<SavedFlowMode>,
+        report: &mut RestoreReport,
+    ) -> Result<(), DomainError> {
+        let saved: BTreeMap<u32, FlowMode> = saved.into_iter().map(|m| (m.slot, m.mode)).collect();
+        let interfaces: Vec<(String, u32)> = state.interfaces.iter().map(|(n, e)| (n.to_string(), e.slot)).collect();
+        for (name, slot) in interfaces {
+            let cfg = self.dataplane.flow_config(slot)?;
+            let kernel = (cfg.enabled != 0).then_some(FlowMode {
+                enabled: true,
+                miss_forward: cfg.miss_forward != 0,
+                hold_cap: cfg.hold_cap,
+                punt_rate: cfg.punt_rate,
+                punt_burst: cfg.punt_burst,
+            });
+            let file = saved.get(&slot).copied().filter(|m| m.enabled);
+            match (file, kernel) {
+                (None, None) => {}
+                (Some(f), Some(k)) if f == k => {}
+                (None, Some(k)) => report.adopted.push(format!("flow mode of {name}: {k:?}")),
+                (f, k) => report
+                    .disagreements
+                    .push(format!("flow mode of {name}: the state file has {f:?}; the kernel {k:?}")),
+            }
+            if let Some(k) = kernel {
+                state.flows.set_mode(slot, k);
+            }
         }
+        Ok(())
     }
 }
