@@ -110,7 +110,7 @@ async fn restart_state_file_truncated_keeps_forwarding_and_keeps_the_file_aside(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_state_file_of_another_server_keeps_forwarding_and_sets_it_aside() {
     // Another dataplane, in a namespace of its own, with its own pins, interfaces and next hops.
-    let (_ns, mut other, _oc) = server_forwarding_via_lo("dpother-").await.unwrap();
+    let (_ns, mut other, _oc) = server_forwarding_via_lo("dpo-").await.unwrap();
     other.stop().unwrap();
     let theirs = std::fs::read(&other.state_file).unwrap();
     let (_topo, _server, _c, restore) =
@@ -153,4 +153,58 @@ async fn restart_state_file_stale_keeps_what_came_after_it_forwarding() {
     // The file's next hops keep their ids.
     let nhs = c.routing.list_next_hops(pb::ListNextHopsRequest {}).await.unwrap().into_inner().next_hops;
     assert!([1, 2, 3].iter().all(|id| nhs.iter().any(|n| n.id == *id)), "{nhs:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_state_file_deleted_attached_policy_read_back_keeps_filtering_until_replaced() {
+    let topo = Topology::routed().unwrap();
+    let mut server = Server::start(&topo.rtr).unwrap();
+    let mut c = server.client().await.unwrap();
+    program_router(&topo, &mut c).await.unwrap();
+    // ICMP to h2's IPv4 address denied at r0; everything else allowed.
+    let rule = pb::Rule {
+        priority: 10,
+        dst_prefix: format!("{H2_ADDR}/32"),
+        protocol: Some(1),
+        action: pb::Action::Deny.into(),
+        ..Default::default()
+    };
+    c.policy.put_policy(pb::PutPolicyRequest { name: "edge".into(), rules: vec![rule] }).await.unwrap();
+    let attach = |policy: &str| pb::AttachPolicyRequest {
+        policy: policy.into(),
+        interface: topo.r0.clone(),
+        direction: pb::Direction::Ingress.into(),
+        default_action: pb::Action::Allow.into(),
+    };
+    c.policy.attach_policy(attach("edge")).await.unwrap();
+    let filtered = |what: &str| {
+        assert!(topo.ping_h1_to_h2(1).is_err(), "{what}: the policy no longer denies");
+        topo.h1
+            .exec("ping", &["-6", "-c", "2", "-i", "0.1", "-W", "2", "-q", H2_ADDR6])
+            .unwrap_or_else(|e| panic!("{what}: IPv6 does not forward: {e}"));
+    };
+    filtered("before");
+
+    for round in 0..2 {
+        // First without a state file, then with the one the first restart wrote.
+        server.stop().unwrap();
+        if round == 0 {
+            std::fs::remove_file(&server.state_file).unwrap();
+        }
+        server.restart().unwrap();
+        let mut c = server.client().await.unwrap();
+        let restore = status(&mut c).await.restore.unwrap();
+        let pols = c.policy.list_policies(pb::ListPoliciesRequest::default()).await.unwrap().into_inner().policies;
+        assert_eq!(pols.len(), 1, "round {round}: {pols:?} {restore:?}");
+        assert!(pols[0].name.starts_with("adopted-table-"), "round {round}: {pols:?}");
+        assert_eq!(pols[0].attachments.len(), 1, "round {round}: {pols:?}");
+        filtered(&format!("round {round}"));
+    }
+    // The controller's resync: its own policy replaces the adopted one, which it deletes.
+    let mut c = server.client().await.unwrap();
+    let adopted = c.policy.list_policies(pb::ListPoliciesRequest::default()).await.unwrap().into_inner().policies;
+    c.policy.put_policy(pb::PutPolicyRequest { name: "open".into(), rules: vec![] }).await.unwrap();
+    c.policy.attach_policy(attach("open")).await.unwrap();
+    c.policy.delete_policy(pb::DeletePolicyRequest { name: adopted[0].name.clone() }).await.unwrap();
+    ping_both(&topo, "after the adopted policy was replaced");
 }

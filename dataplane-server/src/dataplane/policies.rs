@@ -43,11 +43,36 @@ pub trait Policies {
     fn rule_stats(&self, first: u32, count: u32) -> Result<Vec<dataplane_common::policy::RuleStats>, DataplaneError>;
     /// Every non-zero attachment word: (interface slot, direction, word).
     fn policy_attachments(&self) -> Result<Vec<(u32, u32, u32)>, DataplaneError>;
+    /// Table `table` as the kernel has it (header, pool, trie entries, actions), read back for a
+    /// restart whose state file does not have its rules; `None` if the kernel has nothing of it.
+    /// Its rule count is an upper bound (the leading non-zero actions from its first slot).
+    fn read_policy(&self, table: u32) -> Result<Option<PolicyImage>, DataplaneError>;
+    /// Removes the trie entries of every table but `keep` (what a compile cut short by a crash
+    /// left, which a table given the same number later would otherwise inherit). Returns the
+    /// tables it cleared.
+    fn purge_policy_tables(&self, keep: &std::collections::BTreeSet<u32>) -> Result<Vec<u32>, DataplaneError>;
 }
 
 impl Policies for KernelDataplane {
     fn write_policy(&self, image: &super::PolicyImage) -> Result<(), DataplaneError> {
         self.lock().policies.write(image)
+    }
+
+    fn read_policy(&self, table: u32) -> Result<Option<PolicyImage>, DataplaneError> {
+        self.lock().policies.read(table)
+    }
+
+    fn purge_policy_tables(&self, keep: &std::collections::BTreeSet<u32>) -> Result<Vec<u32>, DataplaneError> {
+        let mut inner = self.lock();
+        let entries = inner.policies.entries()?;
+        let mut cleared = std::collections::BTreeSet::new();
+        for table in entries.keys().filter(|t| !keep.contains(t)) {
+            if let Some(image) = inner.policies.read(*table)? {
+                inner.policies.clear(&image)?;
+                cleared.insert(*table);
+            }
+        }
+        Ok(cleared.into_iter().collect())
     }
 
     fn policy_attachments(&self) -> Result<Vec<(u32, u32, u32)>, DataplaneError> {
@@ -102,6 +127,14 @@ pub struct PolicyMaps {
     pub l4: LpmTrie<MapData, PolicyL4, u32>,
     pub actions: Array<MapData, u32>,
     pub stats: PerCpuArray<MapData, RuleStats>,
+}
+
+/// One table's trie entries, as a [`PolicyImage`] holds them.
+#[derive(Debug, Default)]
+struct TrieEntries {
+    src: Vec<(Prefix, u32)>,
+    dst: Vec<(Prefix, u32)>,
+    l4: Vec<(u8, u16, u8, u32)>,
 }
 
 /// Which address trie an entry goes to.
@@ -234,6 +267,93 @@ impl PolicyMaps {
             gone(self.l4.remove(&l4_key(image.table, field, value, len)), names::POLICY_L4)?;
         }
         Ok(())
+    }
+
+    /// Every trie entry, by table: (source, destination, L4) entries as an image holds them.
+    #[allow(clippy::type_complexity)]
+    fn entries(&self) -> Result<std::collections::BTreeMap<u32, TrieEntries>, DataplaneError> {
+        let mut out: std::collections::BTreeMap<u32, TrieEntries> = std::collections::BTreeMap::new();
+        let read = |e: MapError| DataplaneError::map(names::POLICY_V4_SRC, "iterate")(e);
+        for (trie, is_src) in [(&self.v4_src, true), (&self.v4_dst, false)] {
+            for item in trie.iter() {
+                let (k, v) = item.map_err(read)?;
+                let d = k.data();
+                let p = Prefix::containing(IpAddr::from(d.addr), (k.prefix_len() - 32) as u8);
+                let e = out.entry(u32::from_be_bytes(d.table)).or_default();
+                if is_src {
+                    e.src.push((p, v))
+                } else {
+                    e.dst.push((p, v))
+                }
+            }
+        }
+        for (trie, is_src) in [(&self.v6_src, true), (&self.v6_dst, false)] {
+            for item in trie.iter() {
+                let (k, v) = item.map_err(read)?;
+                let d = k.data();
+                let p = Prefix::containing(IpAddr::from(d.addr), (k.prefix_len() - 32) as u8);
+                let e = out.entry(u32::from_be_bytes(d.table)).or_default();
+                if is_src {
+                    e.src.push((p, v))
+                } else {
+                    e.dst.push((p, v))
+                }
+            }
+        }
+        for item in self.l4.iter() {
+            let (k, v) = item.map_err(DataplaneError::map(names::POLICY_L4, "iterate"))?;
+            let d = k.data();
+            let len = (k.prefix_len() - 40) as u8;
+            out.entry(u32::from_be_bytes(d.table)).or_default().l4.push((d.field, u16::from_be_bytes(d.value), len, v));
+        }
+        Ok(out)
+    }
+
+    /// Table `table` as the maps hold it (see [`Policies::read_policy`]).
+    pub fn read(&self, table: u32) -> Result<Option<PolicyImage>, DataplaneError> {
+        use dataplane_common::policy::LOOKUP;
+        let header = self.headers.get(&table, 0).map_err(DataplaneError::map(names::POLICY_TABLE_HDRS, "lookup"))?;
+        let tries = self.entries()?.remove(&table).unwrap_or_default();
+        let offsets: Vec<u32> = header
+            .fixed
+            .iter()
+            .copied()
+            .filter(|&f| f != LOOKUP)
+            .chain(header.proto_class)
+            .chain(header.flags_class)
+            .chain(tries.src.iter().chain(&tries.dst).map(|&(_, o)| o))
+            .chain(tries.l4.iter().map(|&(_, _, _, o)| o))
+            .collect();
+        let never_written = header.words == 0 && header.rule_base == 0 && offsets.iter().all(|&o| o == 0);
+        if never_written && tries.src.is_empty() && tries.dst.is_empty() && tries.l4.is_empty() {
+            return Ok(None);
+        }
+        // Records are laid out back to back from the pool's base, every one referenced.
+        let record = header.words + header.summary;
+        let base = offsets.iter().copied().min().unwrap_or(0);
+        let end = offsets.iter().copied().max().map_or(base, |m| m + record);
+        let mut pool = Vec::with_capacity((end - base) as usize);
+        for i in base..end {
+            pool.push(self.words.get(&i, 0).map_err(DataplaneError::map(names::POLICY_WORDS, "lookup"))?);
+        }
+        let mut actions = Vec::new();
+        for slot in header.rule_base..header.rule_base.saturating_add(header.words * 64) {
+            match self.actions.get(&slot, 0) {
+                Ok(0) | Err(MapError::OutOfBounds { .. }) => break,
+                Ok(a) => actions.push(a),
+                Err(e) => return Err(DataplaneError::map(names::POLICY_ACTIONS, "lookup")(e)),
+            }
+        }
+        Ok(Some(PolicyImage {
+            table,
+            header,
+            pool_base: base,
+            pool,
+            src: tries.src,
+            dst: tries.dst,
+            l4: tries.l4,
+            actions,
+        }))
     }
 
     pub fn set_attachment(&mut self, slot: u32, direction: u32, word: u32) -> Result<(), DataplaneError> {

@@ -148,6 +148,9 @@ pub(super) struct Installed {
     pool: (u32, u32),
     rules: (u32, u32),
     specs: Vec<RuleSpec>,
+    /// Read back from the kernel, not compiled: a table whose rules no state file had (see
+    /// `restore.rs`). Its image comes from the kernel again at every restart.
+    from_kernel: bool,
 }
 
 #[derive(Debug)]
@@ -338,7 +341,7 @@ impl<D: Dataplane> Domain<D> {
             }
             .at("rules"));
         };
-        Ok(Installed { image, pool, rules: (rule_base, n), specs: rules.to_vec() })
+        Ok(Installed { image, pool, rules: (rule_base, n), specs: rules.to_vec(), from_kernel: false })
     }
 
     /// Frees every retired table after a grace period.
@@ -374,11 +377,20 @@ pub(super) struct InstalledRecord {
     pub rules: (u32, u32),
     #[serde(rename = "rules")]
     pub specs: Vec<RuleSpec>,
+    /// The table's rules are unknown: it was adopted from the kernel, and is read from it again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub from_kernel: bool,
 }
 
 impl Installed {
     pub(super) fn record(&self) -> InstalledRecord {
-        InstalledRecord { table: self.image.table, pool: self.pool, rules: self.rules, specs: self.specs.clone() }
+        InstalledRecord {
+            table: self.image.table,
+            pool: self.pool,
+            rules: self.rules,
+            specs: self.specs.clone(),
+            from_kernel: self.from_kernel,
+        }
     }
 
     /// Compiles `r` again to exactly the places it occupies in the kernel (the compiler is
@@ -388,14 +400,35 @@ impl Installed {
         let specs: Vec<MatchSpec> = r.specs.iter().map(match_spec).collect();
         let pool = r.pool;
         let image = classifier::compile(&specs, r.table, r.rules.0, |len| (len == pool.1).then_some(pool.0))?;
-        if r.rules.1 != r.specs.len() as u32
-            || !state.policy_tables.reserve(r.table)
-            || !state.policy_pool.reserve(pool.0, pool.1)
-            || !state.rule_slots.reserve(r.rules.0, r.rules.1)
-        {
+        if r.rules.1 != r.specs.len() as u32 {
             return None;
         }
-        Some(Installed { image, pool, rules: r.rules, specs: r.specs.clone() })
+        let mut installed = Self::from_kernel(state, image, pool, r.rules)?;
+        (installed.specs, installed.from_kernel) = (r.specs.clone(), false);
+        Some(installed)
+    }
+
+    /// A table read back from the kernel (`image`), taking `pool` and `rules` in the allocators;
+    /// `None` if they are not free.
+    pub(super) fn from_kernel(
+        state: &mut State,
+        image: PolicyImage,
+        pool: (u32, u32),
+        rules: (u32, u32),
+    ) -> Option<Self> {
+        if !state.policy_tables.reserve(image.table) {
+            return None;
+        }
+        if !state.policy_pool.reserve(pool.0, pool.1) {
+            state.policy_tables.free(image.table);
+            return None;
+        }
+        if !state.rule_slots.reserve(rules.0, rules.1) {
+            state.policy_tables.free(image.table);
+            state.policy_pool.free(pool.0, pool.1);
+            return None;
+        }
+        Some(Installed { image, pool, rules, specs: Vec::new(), from_kernel: true })
     }
 }
 

@@ -138,8 +138,13 @@ fn restore_without_state_file_adopts_everything_the_kernel_forwards() {
     // The flow mode, from the kernel's configuration of the slot.
     assert_eq!(b.lock().flows.modes(), a.lock().flows.modes());
     assert!(report.adopted.iter().any(|a| a.starts_with("flow mode of eth1")), "{report:?}");
-    // The attachment, to a table whose rules only the file had: left attached and reported.
-    assert!(report.disagreements.iter().any(|d| d.contains("unknown to the state file")), "{report:?}");
+    // The attached table, whose rules only the file had: read back from the kernel as a policy
+    // of its own, attached as before.
+    assert!(report.adopted.iter().any(|d| d.starts_with("policy adopted-table-0 (table 0")), "{report:?}");
+    let pols = b.list_policies(None).unwrap();
+    assert_eq!(pols.len(), 1, "{pols:?}");
+    assert_eq!(pols[0].name.as_str(), "adopted-table-0");
+    assert!(report.adopted.iter().any(|d| d.starts_with("policy adopted-table-0 on eth0 Ingress")), "{report:?}");
     // Reported, and a new generation so that controllers resync.
     assert!(report.adopted.iter().any(|a| a.starts_with("interface eth1")), "{report:?}");
     assert!(b.status().unwrap().generation > a.status().unwrap().generation);
@@ -226,4 +231,46 @@ fn load_damaged_state_file_is_kept_aside_and_reported() {
     std::fs::write(&path, r#"{"format": 99}"#).unwrap();
     assert!(super::persist::load(&path).is_err());
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn restore_adopted_policy_table_survives_a_restart_and_goes_when_replaced() {
+    let a = configured();
+    let b = restarted(&a, None);
+    b.restore_loaded(Loaded::Missing).unwrap();
+    let pool_before = b.lock().policy_pool.clone();
+    // Restarted again with the file b wrote: the adopted table is read from the kernel again.
+    let c = restarted(&b, None);
+    let report = c.restore(Some(file_of(&b))).unwrap();
+    assert!(report.adopted.is_empty() && report.disagreements.is_empty() && report.dropped.is_empty(), "{report:?}");
+    assert_eq!(format!("{:?}", c.list_policies(None).unwrap()), format!("{:?}", b.list_policies(None).unwrap()));
+    assert_eq!(c.lock().policy_pool, pool_before, "the adopted table's words are not held");
+    // A controller's resync puts its own policy and attaches it; the adopted one is deleted,
+    // and its table leaves the kernel.
+    let edge = PolicyName::parse("p", "edge").unwrap();
+    c.put_policy(edge.clone(), vec![RuleSpec::any(1, RuleAction::Allow)]).unwrap();
+    c.attach_policy(&edge, &name("eth0"), Direction::Ingress, false).unwrap();
+    c.delete_policy(&PolicyName::parse("p", "adopted-table-0").unwrap()).unwrap();
+    c.put_policy(edge, vec![RuleSpec::any(2, RuleAction::Allow)]).unwrap(); // reclaims what was retired
+                                                                            // The adopted table was the only one denying.
+    let tables = c.dataplane().policy_tables.lock().unwrap().clone();
+    assert!(
+        tables.values().all(|t| t.actions == [dataplane_common::policy::ACTION_ALLOW]),
+        "the adopted table is still written: {:?}",
+        tables.values().map(|t| (t.table, &t.actions)).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn restore_removes_classifier_entries_of_a_table_no_one_holds() {
+    let a = configured();
+    let b = restarted(&a, None);
+    // A PutPolicy cut short: its table written, never attached, not in the file.
+    let mut stray = b.dataplane().policy_tables.lock().unwrap()[&0].clone();
+    stray.table = 9;
+    b.dataplane().policy_tables.lock().unwrap().insert(9, stray);
+    let report = b.restore(Some(file_of(&a))).unwrap();
+    assert!(!b.dataplane().policy_tables.lock().unwrap().contains_key(&9));
+    assert!(b.dataplane().policy_tables.lock().unwrap().contains_key(&0), "the attached table went too");
+    assert!(report.dropped.iter().any(|d| d.contains("unused policy tables [9]")), "{report:?}");
 }

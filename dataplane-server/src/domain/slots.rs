@@ -105,7 +105,7 @@ impl MarkAllocator {
 
 /// Hands out contiguous ranges of `0..capacity` (first fit) and takes them back, merging
 /// neighbours; for the policy word pool and rule slots, where a table needs one run of indexes.
-#[derive(Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RangeAllocator {
     capacity: u32,
     /// Free ranges (start, len), sorted by start, never adjacent.

@@ -35,4 +35,18 @@ impl Policies for FakeDataplane {
             .map(|((s, d), w)| (*s, *d, *w))
             .collect())
     }
+
+    fn read_policy(&self, table: u32) -> Result<Option<crate::dataplane::PolicyImage>, DataplaneError> {
+        Ok(self.policy_tables.lock().unwrap().get(&table).cloned())
+    }
+
+    fn purge_policy_tables(&self, keep: &std::collections::BTreeSet<u32>) -> Result<Vec<u32>, DataplaneError> {
+        let mut tables = self.policy_tables.lock().unwrap();
+        let gone: Vec<u32> = tables.keys().filter(|t| !keep.contains(t)).copied().collect();
+        if !gone.is_empty() {
+            self.write("purge_policy_tables")?;
+        }
+        tables.retain(|t, _| keep.contains(t));
+        Ok(gone)
+    }
 }

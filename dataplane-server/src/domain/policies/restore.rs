@@ -1,7 +1,7 @@
 //! Policies in the state file: each policy's rules and installed table (to compile again to the
 //! same places), the retired tables still waiting for a grace period, and the attachments.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use dataplane_common::policy::{attach_word, ATTACH_DEFAULT_DENY, DIR_EGRESS};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -98,7 +98,7 @@ impl<D: Dataplane> Domain<D> {
         report: &mut RestoreReport,
     ) -> Result<(), DomainError> {
         for pol in policies {
-            match Installed::restore(state, &pol.installed) {
+            match self.restore_installed(state, &pol.installed)? {
                 Some(installed) => {
                     state.policies.insert(pol.name, PolicyEntry::new(pol.rules, installed));
                 }
@@ -106,7 +106,7 @@ impl<D: Dataplane> Domain<D> {
             }
         }
         for r in &retired {
-            if let Some(installed) = Installed::restore(state, r) {
+            if let Some(installed) = self.restore_installed(state, r)? {
                 state.retired_policies.push(installed);
             }
         }
@@ -132,12 +132,51 @@ impl<D: Dataplane> Domain<D> {
                 )),
             }
         }
+        let mut attached_tables: std::collections::BTreeSet<u32> = BTreeSet::new();
         for ((slot, dir), word) in words {
+            attached_tables.insert((word & 0xffff).wrapping_sub(1));
             self.adopt_attachment(state, report, slot, dir, word)?;
         }
         self.reclaim_retired(state)?;
+        // Trie entries of tables nothing holds: a compile cut short by a crash.
+        let keep: BTreeSet<u32> =
+            state.policies.values().map(|e| e.installed().image.table).chain(attached_tables).collect();
+        let purged = self.dataplane.purge_policy_tables(&keep)?;
+        if !purged.is_empty() {
+            report.dropped.push(format!("classifier entries of unused policy tables {purged:?} (a write cut short)"));
+        }
         report.policies = state.policies.len();
         Ok(())
+    }
+
+    /// A table of the state file: compiled again from its rules, or read from the kernel again
+    /// if its rules were never known. `None` if its places are not free.
+    fn restore_installed(&self, state: &mut State, r: &InstalledRecord) -> Result<Option<Installed>, DomainError> {
+        if !r.from_kernel {
+            return Ok(Installed::restore(state, r));
+        }
+        Ok(match self.dataplane.read_policy(r.table)? {
+            Some(image) => Installed::from_kernel(state, image, r.pool, r.rules),
+            None => None,
+        })
+    }
+
+    /// A table an attachment points at that the state file does not have, read back from the
+    /// kernel with its places taken in the allocators (its rule slots as many as are free of the
+    /// upper bound the kernel gives), so that no later table is written over it.
+    fn adopt_table(&self, state: &mut State, table: u32) -> Result<Option<Installed>, DomainError> {
+        let Some(image) = self.dataplane.read_policy(table)? else { return Ok(None) };
+        let pool = (image.pool_base, image.pool.len() as u32);
+        let (base, upper) = (image.header.rule_base, image.actions.len() as u32);
+        for n in (0..=upper).rev() {
+            if state.rule_slots.reserve(base, n) {
+                state.rule_slots.free(base, n);
+                let mut image = image;
+                image.actions.truncate(n as usize);
+                return Ok(Installed::from_kernel(state, image, pool, (base, n)));
+            }
+        }
+        Ok(None)
     }
 
     /// Takes the kernel's attachment word `word` of interface slot `slot`, direction `dir`, into
@@ -174,15 +213,25 @@ impl<D: Dataplane> Domain<D> {
                     state.policies.insert(name.clone(), PolicyEntry::new(installed.specs.clone(), installed));
                     name
                 }
-                None => {
-                    // Rules the file never had: the table stays as it is, attached, and its slot
-                    // out of use; the next attach or detach on this interface replaces it.
-                    state.policy_tables.reserve(table);
-                    report.disagreements.push(format!(
-                        "policy table {table} attached to {interface} {direction:?} is unknown to the state file: left attached"
-                    ));
-                    return Ok(());
-                }
+                None => match self.adopt_table(state, table)? {
+                    Some(installed) => {
+                        let name = PolicyName::parse("", &format!("adopted-table-{table}"))?;
+                        report.adopted.push(format!(
+                            "policy {name} (table {table}, rules unknown to the state file: read from the kernel)"
+                        ));
+                        state.policies.insert(name.clone(), PolicyEntry::new(Vec::new(), installed));
+                        name
+                    }
+                    None => {
+                        // Nothing to read, or its places overlap the file's tables: left
+                        // attached as it is, its slot out of use.
+                        state.policy_tables.reserve(table);
+                        report.disagreements.push(format!(
+                            "policy table {table} attached to {interface} {direction:?} cannot be read back: left attached"
+                        ));
+                        return Ok(());
+                    }
+                },
             },
         };
         let what = format!("policy {policy} on {interface} {direction:?} (default deny {default_deny})");
