@@ -56,4 +56,12 @@ impl Lifecycle for FakeDataplane {
         self.readers_waited.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
+
+    fn check_pins(&self) -> Result<Vec<PinRepair>, DataplaneError> {
+        Ok(Vec::new())
+    }
+
+    fn pin_health(&self) -> PinHealth {
+        self.pin_health.lock().unwrap().clone()
+    }
 }

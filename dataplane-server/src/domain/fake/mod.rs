@@ -25,7 +25,7 @@ use dataplane_common::{maps as names, InterfaceStats, NextHopStats};
 use crate::{
     dataplane::{
         Attachment, DataplaneError, Fib4, Flows, InterfaceParams, Interfaces, Lifecycle, LinkInfo, MapStatus,
-        NextHopParams, NextHops, Policies, ProgramStatus, RouteMatch, Routes, XdpMode,
+        NextHopParams, NextHops, PinHealth, PinRepair, Policies, ProgramStatus, RouteMatch, Routes, XdpMode,
     },
     net::{Mac, Prefix},
 };
@@ -65,6 +65,8 @@ pub struct FakeDataplane {
     writes_left: AtomicI64,
     /// Every kernel write made (method names), failed ones included.
     write_log: Mutex<Vec<&'static str>>,
+    /// What `pin_health` reports (the fake has no pins to damage).
+    pub pin_health: Mutex<PinHealth>,
 }
 
 impl Default for FakeDataplane {
@@ -93,6 +95,7 @@ impl Default for FakeDataplane {
             records_mark: AtomicI64::new(0),
             writes_left: AtomicI64::new(-1),
             write_log: Mutex::default(),
+            pin_health: Mutex::default(),
         }
     }
 }
