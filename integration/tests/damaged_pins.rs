@@ -196,6 +196,8 @@ async fn pins_removed_while_stopped_repinned_at_start_listing_equals_forwarding(
         assert_eq!(pinned_id(&server, map), id, "{map} pinned again is the programs' own");
     }
     assert!(server.log_text().contains("damaged pin repaired"), "{}", server.log_text());
+    let shown = server.dpctl(&["status"]);
+    assert!(String::from_utf8_lossy(&shown.stdout).contains("pin repairs 2 since start"), "{shown:?}");
     assert_eq!(routes(&mut c).await, listed, "the listing after the restart");
     assert_forwards_both(&topo, "after the restart");
     assert_new_routes_forward(&topo, &mut c, "after the restart").await;
@@ -288,4 +290,45 @@ async fn pin_of_unused_only_copy_map_missing_refuses_start_and_changes_nothing()
     let out = topo.rtr.exec("ip", &["-d", "link", "show", &topo.r0]).unwrap();
     assert!(out.contains("prog/xdp"), "XDP detached: {out}");
     assert_forwards_both(&topo, "after the refused start");
+}
+
+/// `FIB4_VRFS[vrf]` as pinned (the VRF's flat-table root + 1; 0: none).
+fn fib4_root(server: &Server, vrf: u32) -> u32 {
+    let data = aya::maps::MapData::from_pin(map_pin(server, "FIB4_VRFS")).unwrap();
+    let roots = aya::maps::Array::<_, u32>::try_from(aya::maps::Map::Array(data)).unwrap();
+    roots.get(&vrf, 0).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pin_of_unused_rebuildable_map_missing_created_and_roots_taken_back() {
+    let (topo, mut server, mut c) = routed_server().await;
+    let listed = routes(&mut c).await;
+    // FIB4_VRFS: only the server (and the benchmark) read it; XDP has each VRF's root in the
+    // interface entries. Created empty, it would say "no flat table" and the restore would
+    // build one over the chunks XDP is reading: the roots are taken back from the entries.
+    let vrfs = pinned_id(&server, "FIB4_VRFS");
+    assert!(!xdp_map_ids(&server).contains(&vrfs), "the test needs a map no program uses");
+    let root = fib4_root(&server, 0);
+    assert_ne!(root, 0, "vrf 0 has a flat table");
+    drop(c);
+    server.stop().unwrap();
+    std::fs::remove_file(map_pin(&server, "FIB4_VRFS")).unwrap();
+
+    server.restart().unwrap();
+    let mut c = server.client().await.unwrap();
+    let h = pin_health(&mut c).await;
+    assert_eq!(h.repairs_total, 1, "{h:?}");
+    let (found, done) = repair_of(&h, "FIB4_VRFS", "start");
+    assert_eq!(found, "pin missing");
+    assert!(done.starts_with("created empty"), "{done}");
+    assert_ne!(pinned_id(&server, "FIB4_VRFS"), vrfs, "a new map");
+    assert!(
+        server.log_text().contains("FIB4_VRFS: root taken back from the interface entries"),
+        "{}",
+        server.log_text()
+    );
+    assert_eq!(fib4_root(&server, 0), root, "the flat table in use kept its root");
+    assert_eq!(routes(&mut c).await, listed);
+    assert_forwards_both(&topo, "after the restart");
+    assert_new_routes_forward(&topo, &mut c, "after the restart").await;
 }
