@@ -266,6 +266,28 @@ async fn pin_replaced_by_foreign_map_moved_aside_and_repinned() {
     assert_eq!(pinned_id(&server, "ROUTES_V6"), v6);
     assert!(server.bpffs.join(format!("v1/displaced/ROUTES_V6-{foreign}")).exists());
     assert_new_routes_forward(&topo, &mut c, "after the periodic repair").await;
+
+    // --reset takes the displaced pins with the rest.
+    drop(c);
+    server.stop().unwrap();
+    let out = topo
+        .rtr
+        .command(
+            bin("dataplane-server").to_str().unwrap(),
+            &[
+                "--reset",
+                "--grpc-socket",
+                server.socket.to_str().unwrap(),
+                "--bpffs",
+                server.bpffs.to_str().unwrap(),
+                "--state-file",
+                server.state_file.to_str().unwrap(),
+            ],
+        )
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!server.bpffs.exists(), "pins left under {}", server.bpffs.display());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -424,7 +424,8 @@ impl KernelDataplane {
         // reads. A refusal (a lost map that was the only copy of its state) changes nothing;
         // the repairs only pin the programs' own maps.
         let pin_repairs = pincheck::repair_at_start(&dirs, &pinned_layouts(EBPF_OBJECT)?)?;
-        // Before anything is created: a refusal leaves every pin as it was.
+        // Before anything is created: a refusal leaves every pin as it was (but for the repairs
+        // just made, which only pinned maps in use again).
         let pinned_maps = check_pinned_maps(&dirs, EBPF_OBJECT)?;
         mkdirs(&dirs)?;
         let mut ebpf = load_object(&dirs, EBPF_OBJECT, config.fib4_chunks)?;

@@ -344,6 +344,26 @@ fn repin(dirs: &PinDirs, map: &'static str, id: u32, foreign: Option<u32>) -> Re
     })
 }
 
+/// Map `map`'s pin against the map the server has open (`id`): repaired if missing or replaced.
+fn check_one(dirs: &PinDirs, map: &'static str, id: u32) -> Result<Option<PinRepair>, DataplaneError> {
+    let path = dirs.maps.join(map);
+    let found = if fs::symlink_metadata(&path).is_err() {
+        PinFound::Missing
+    } else {
+        let pinned = MapInfo::from_pin(&path).map_err(DataplaneError::map(map, "read pinned map info"))?.id();
+        if pinned == id {
+            return Ok(None);
+        }
+        PinFound::Replaced { foreign_id: pinned }
+    };
+    let foreign = match found {
+        PinFound::Replaced { foreign_id } => Some(foreign_id),
+        PinFound::Missing => None,
+    };
+    let fix = repin(dirs, map, id, foreign)?;
+    Ok(Some(PinRepair { map, found, fix, phase: PinPhase::Running, at: SystemTime::now() }))
+}
+
 fn log_repair(r: &PinRepair) {
     if matches!(r.fix, PinFix::Created { .. }) {
         warn!(map = r.map, found = %r.found, done = %r.fix, phase = %r.phase, "damaged pin: map created");
@@ -388,38 +408,37 @@ impl PinWatch {
     }
 
     /// Compares every pin with the map the server has open and pins the server's map again
-    /// where the pin is missing or names another map. Returns this call's repairs. The caller
-    /// holds the dataplane's lock (no upgrade or reset meanwhile).
+    /// where the pin is missing or names another map. Returns this call's repairs; the first
+    /// error, if any, after every other map was checked (one pin that cannot be read or repaired
+    /// must not leave the others unchecked). The caller holds the dataplane's lock (no upgrade
+    /// or reset meanwhile).
     pub(super) fn check(&mut self, dirs: &PinDirs) -> Result<Vec<PinRepair>, DataplaneError> {
         if self.retired {
             return Ok(Vec::new());
         }
         let mut repairs = Vec::new();
+        let mut first_error = None;
         for &(map, id) in &self.open {
-            let path = dirs.maps.join(map);
-            let found = if fs::symlink_metadata(&path).is_err() {
-                PinFound::Missing
-            } else {
-                let pinned = MapInfo::from_pin(&path).map_err(DataplaneError::map(map, "read pinned map info"))?.id();
-                if pinned == id {
-                    continue;
+            match check_one(dirs, map, id) {
+                Ok(Some(repair)) => {
+                    log_repair(&repair);
+                    repairs.push(repair);
                 }
-                PinFound::Replaced { foreign_id: pinned }
-            };
-            let foreign = match found {
-                PinFound::Replaced { foreign_id } => Some(foreign_id),
-                PinFound::Missing => None,
-            };
-            let fix = repin(dirs, map, id, foreign)?;
-            let repair = PinRepair { map, found, fix, phase: PinPhase::Running, at: SystemTime::now() };
-            log_repair(&repair);
-            repairs.push(repair);
+                Ok(None) => {}
+                Err(e) => {
+                    warn!(map, error = %e, "pin check: pin not repaired");
+                    first_error.get_or_insert(e);
+                }
+            }
         }
         if !repairs.is_empty() {
             info!(repaired = repairs.len(), total = self.total + repairs.len() as u64, "pin check repaired pins");
         }
         self.record(repairs.clone());
-        Ok(repairs)
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(repairs),
+        }
     }
 
     /// (map, id) of every map the server has open, in `names::ALL`'s order.
