@@ -419,14 +419,19 @@ impl KernelDataplane {
         })?;
         // Before anything pinned is read or written: another live server's pins are not ours.
         let lock = PinLock::acquire(&config.bpffs_root, HOLDER_EXIT_WAIT)?;
+        // Before anything is created or changed: a refusal leaves every pin as it was. A pin of
+        // another layout is refused here even if a hand put it there: what it is cannot be told
+        // from an earlier build's map, and refusing changes nothing.
+        let mut pinned_maps = check_pinned_maps(&dirs, EBPF_OBJECT)?;
         // Before the object is loaded over the pins: a pin removed or replaced by hand must name
         // the map the attached programs use again, or the server would write maps XDP never
         // reads. A refusal (a lost map that was the only copy of its state) changes nothing;
         // the repairs only pin the programs' own maps.
         let pin_repairs = pincheck::repair_at_start(&dirs, &pinned_layouts(EBPF_OBJECT)?)?;
-        // Before anything is created: a refusal leaves every pin as it was (but for the repairs
-        // just made, which only pinned maps in use again).
-        let pinned_maps = check_pinned_maps(&dirs, EBPF_OBJECT)?;
+        if !pin_repairs.is_empty() {
+            // The maps pinned again: capacity and flags too must be what this build expects.
+            pinned_maps = check_pinned_maps(&dirs, EBPF_OBJECT)?;
+        }
         mkdirs(&dirs)?;
         let mut ebpf = load_object(&dirs, EBPF_OBJECT, config.fib4_chunks)?;
         let adopting =
