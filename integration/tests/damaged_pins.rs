@@ -2,7 +2,8 @@
 //! stopped or while it runs, is pinned again from the map the attached programs use, and
 //! reported; the routes the server lists are the ones XDP forwards, in both families, and a
 //! route added afterwards forwards (the server writes the map XDP reads). A lost map that was the
-//! only copy of forwarding state refuses the start, naming it, and changes nothing.
+//! only copy of forwarding state refuses the start, naming it, and changes nothing. A lost map the
+//! restore rebuilds is created; an upgrade (which loads over the pins) repairs them first.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -353,4 +354,31 @@ async fn pin_of_unused_rebuildable_map_missing_created_and_roots_taken_back() {
     assert_eq!(routes(&mut c).await, listed);
     assert_forwards_both(&topo, "after the restart");
     assert_new_routes_forward(&topo, &mut c, "after the restart").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrade_with_pin_missing_repins_before_loading_over_pins() {
+    let topo = Topology::routed().unwrap();
+    // No periodic check in the test's time: only the upgrade may find the damage.
+    let server = Server::start_with(&topo.rtr, &["--pin-check-period-ms", "3600000"]).unwrap();
+    let mut c = server.client().await.unwrap();
+    program_router(&topo, &mut c).await.unwrap();
+    assert_forwards_both(&topo, "before any damage");
+    prepare_extra(&topo);
+    let listed = routes(&mut c).await;
+    let v6 = pinned_id(&server, "ROUTES_V6");
+    std::fs::remove_file(map_pin(&server, "ROUTES_V6")).unwrap();
+
+    // The new programs are loaded over the pins: a missing one would give them a fresh, empty
+    // ROUTES_V6 while the server goes on writing the old one.
+    c.system.upgrade_programs(pb::UpgradeProgramsRequest::default()).await.unwrap();
+    let h = pin_health(&mut c).await;
+    assert_eq!(h.repairs_total, 1, "{h:?}");
+    let (found, _) = repair_of(&h, "ROUTES_V6", "running");
+    assert_eq!(found, "pin missing");
+    assert_eq!(pinned_id(&server, "ROUTES_V6"), v6);
+    assert!(xdp_map_ids(&server).contains(&v6), "the upgraded program reads the server's ROUTES_V6");
+    assert_eq!(routes(&mut c).await, listed);
+    assert_forwards_both(&topo, "after the upgrade");
+    assert_new_routes_forward(&topo, &mut c, "after the upgrade").await;
 }
