@@ -189,6 +189,17 @@ mod tests {
     }
 
     #[test]
+    fn check_pins_after_reset_does_not_reach_dataplane() {
+        use std::sync::atomic::Ordering;
+        let d = Domain::new(FakeDataplane::default());
+        d.check_pins().unwrap();
+        assert_eq!(d.dataplane().pin_checks.load(Ordering::SeqCst), 1);
+        d.reset();
+        d.check_pins().unwrap();
+        assert_eq!(d.dataplane().pin_checks.load(Ordering::SeqCst), 1, "pins removed on purpose are not pinned again");
+    }
+
+    #[test]
     fn status_pin_repairs_reported_as_dataplane_has_them() {
         use crate::dataplane::{PinFix, PinFound, PinPhase};
         let fake = FakeDataplane::default();

@@ -67,6 +67,8 @@ pub struct FakeDataplane {
     write_log: Mutex<Vec<&'static str>>,
     /// What `pin_health` reports (the fake has no pins to damage).
     pub pin_health: Mutex<PinHealth>,
+    /// Calls of `check_pins`.
+    pub pin_checks: AtomicI64,
 }
 
 impl Default for FakeDataplane {
@@ -96,6 +98,7 @@ impl Default for FakeDataplane {
             writes_left: AtomicI64::new(-1),
             write_log: Mutex::default(),
             pin_health: Mutex::default(),
+            pin_checks: AtomicI64::new(0),
         }
     }
 }
