@@ -382,3 +382,30 @@ async fn upgrade_with_pin_missing_repins_before_loading_over_pins() {
     assert_forwards_both(&topo, "after the upgrade");
     assert_new_routes_forward(&topo, &mut c, "after the upgrade").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn program_pins_removed_too_maps_found_through_links_programs() {
+    let (topo, mut server, mut c) = routed_server().await;
+    let listed = routes(&mut c).await;
+    let v6 = pinned_id(&server, "ROUTES_V6");
+    drop(c);
+    server.stop().unwrap();
+    // Nothing pinned names the programs any more: only the links hold them, and with them the
+    // maps they read.
+    std::fs::remove_dir_all(server.bpffs.join("v1/programs")).unwrap();
+    std::fs::remove_file(map_pin(&server, "ROUTES_V6")).unwrap();
+    assert_forwards_both(&topo, "program and map pins removed, server stopped");
+
+    server.restart().unwrap();
+    let mut c = server.client().await.unwrap();
+    let h = pin_health(&mut c).await;
+    assert_eq!(h.repairs_total, 1, "{h:?}");
+    let (found, done) = repair_of(&h, "ROUTES_V6", "start");
+    assert_eq!(found, "pin missing");
+    assert!(done.contains(&format!("map id {v6} (the one in use)")), "{done}");
+    // The programs were loaded again and the links switched to them, over the same maps.
+    assert!(xdp_map_ids(&server).contains(&v6), "the new program reads the ROUTES_V6 that forwarded");
+    assert_eq!(routes(&mut c).await, listed);
+    assert_forwards_both(&topo, "after the restart");
+    assert_new_routes_forward(&topo, &mut c, "after the restart").await;
+}

@@ -81,7 +81,7 @@ pub(super) struct PinDirs {
     pub(super) root: PathBuf,
     pub(super) maps: PathBuf,
     pub(super) programs: PathBuf,
-    links: PathBuf,
+    pub(super) links: PathBuf,
     /// Foreign map pins found in `maps/` and moved out of the way (`pincheck`).
     pub(super) displaced: PathBuf,
 }

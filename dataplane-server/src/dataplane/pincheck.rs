@@ -5,8 +5,9 @@
 //! were loaded with: the server would list routes XDP no longer has and write where XDP never
 //! reads. So, at start, before the object is loaded over the pins ([`repair_at_start`]):
 //!
-//! - every map the pinned programs use (the kernel's program info: map ids, then each map's name,
-//!   truncated to 15 bytes, type and key and value sizes) is compared with its pin. A missing pin
+//! - every map the pinned programs, and the programs the pinned links run, use (the kernel's
+//!   program info: map ids, then each map's name, truncated to 15 bytes, type and key and value
+//!   sizes) is compared with its pin. A missing pin
 //!   is pinned again from the program's map (nothing lost); a pin naming another map (replaced
 //!   by hand) is moved aside to `<bpffs>/v1/displaced/<MAP>-<id>` and the program's map pinned:
 //!   the program's map is what forwards, and the foreign map is kept for whoever put it there to
@@ -247,6 +248,9 @@ fn observe(
 ) -> Result<(Vec<Observed>, bool), DataplaneError> {
     let mut observed: Vec<Observed> = names::ALL.iter().map(|name| Observed { name, ..Default::default() }).collect();
     let mut programs_pinned = false;
+    // (who, the program's info): the pinned programs, then those the pinned links run (what
+    // forwards, even when the programs' own pins are gone too).
+    let mut running: Vec<(&'static str, ProgramInfo)> = Vec::new();
     for program in [programs::XDP_INGRESS, programs::TC_EGRESS] {
         let path = dirs.programs.join(program);
         if fs::symlink_metadata(&path).is_err() {
@@ -255,6 +259,19 @@ fn observe(
         programs_pinned = true;
         let info =
             ProgramInfo::from_pin(&path).map_err(DataplaneError::program(program, "read pinned program info"))?;
+        running.push((program, info));
+    }
+    let linked = linked_programs(dirs)?;
+    programs_pinned |= !linked.is_empty();
+    if linked.iter().any(|id| running.iter().all(|(_, p)| p.id() != *id)) {
+        // Only then: a walk over every program of the node.
+        for info in aya::programs::loaded_programs().flatten() {
+            if linked.contains(&info.id()) && running.iter().all(|(_, p)| p.id() != info.id()) {
+                running.push(("a pinned link's program", info));
+            }
+        }
+    }
+    for (program, info) in running {
         let ids = info.map_ids().map_err(DataplaneError::program(program, "read map ids"))?.unwrap_or_default();
         for id in ids {
             let map = MapInfo::from_id(id).map_err(DataplaneError::map("(used by a pinned program)", "read info"))?;
@@ -274,6 +291,28 @@ fn observe(
         }
     }
     Ok((observed, programs_pinned))
+}
+
+/// The ids of the programs the pinned links run.
+fn linked_programs(dirs: &PinDirs) -> Result<Vec<u32>, DataplaneError> {
+    let Ok(entries) = fs::read_dir(&dirs.links) else { return Ok(Vec::new()) };
+    let mut ids = Vec::new();
+    for entry in entries.flatten() {
+        let link = aya::programs::links::PinnedLink::from_pin(entry.path()).map_err(|e| DataplaneError::Link {
+            program: "pinned link",
+            op: "open",
+            source: Box::new(e),
+        })?;
+        let info = aya::programs::links::FdLink::from(link).info().map_err(|e| DataplaneError::Link {
+            program: "pinned link",
+            op: "info",
+            source: Box::new(e),
+        })?;
+        ids.push(info.program_id());
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    Ok(ids)
 }
 
 /// Checks the pins against the pinned programs' maps and repairs them (see the module's
