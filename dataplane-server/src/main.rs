@@ -79,6 +79,11 @@ struct Args {
     /// holding longer ones; a VRF that does not fit is looked up in the LPM trie instead.
     #[arg(long, default_value_t = dataplane_common::route::fib4::DEFAULT_CHUNKS, value_parser = clap::value_parser!(u32).range(256..=16_777_216))]
     fib4_chunks: u32,
+    /// How often every map pin is checked to still name the map the server writes (and the
+    /// programs read); a pin removed or replaced by hand is pinned again and reported in the
+    /// status (`pin_health`).
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
+    pin_check_period_ms: u64,
     /// Log format; the level comes from RUST_LOG (default info).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -151,6 +156,7 @@ fn start(args: &Args) -> anyhow::Result<Arc<Domain<KernelDataplane>>> {
         adopted = restored.adopted.len(),
         disagreements = restored.disagreements.len(),
         state_file = %restored.state_file,
+        pin_repairs = report.pin_repairs.len(),
         "started"
     );
     Ok(domain)
@@ -238,6 +244,24 @@ async fn serve(
             tick.tick().await;
             let d = flusher.clone();
             let _ = tokio::task::spawn_blocking(move || d.flush()).await;
+        }
+    });
+
+    // Pins removed or replaced while the server runs: pinned again before a restart (or
+    // anything else reading the pins) could split the control plane from XDP.
+    let checker = domain.clone();
+    let period = Duration::from_millis(args.pin_check_period_ms);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let d = checker.clone();
+            match tokio::task::spawn_blocking(move || d.check_pins()).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => warn!(error = %e, "pin check failed"),
+                Err(e) => warn!(error = %e, "pin check task failed"),
+            }
         }
     });
 

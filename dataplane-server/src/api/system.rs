@@ -6,7 +6,7 @@ use dataplane_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
 use super::{blocking, interfaces::encode_mode};
-use crate::domain::{Dataplane, Domain, DomainError, Hook, StatusView};
+use crate::domain::{Dataplane, Domain, DomainError, Hook, PinFix, PinRepair, StatusView};
 
 /// Facts about the server process that are not dataplane state.
 #[derive(Clone, Debug)]
@@ -138,5 +138,24 @@ fn encode_status(info: &ServerInfo, s: StatusView) -> pb::GetStatusResponse {
             })
             .collect(),
         resync_open: false,
+        pin_health: Some(pb::PinHealth {
+            repairs_total: s.pin_health.total,
+            repairs: s.pin_health.repairs.into_iter().map(encode_pin_repair).collect(),
+        }),
+    }
+}
+
+fn encode_pin_repair(r: PinRepair) -> pb::PinRepair {
+    let map_id = match r.fix {
+        PinFix::Repinned { map_id } | PinFix::MovedAsideAndRepinned { map_id, .. } => map_id,
+        PinFix::Created { .. } => 0,
+    };
+    pb::PinRepair {
+        map: r.map.to_owned(),
+        found: r.found.to_string(),
+        done: r.fix.to_string(),
+        phase: r.phase.to_string(),
+        at_unix_ms: r.at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
+        map_id,
     }
 }

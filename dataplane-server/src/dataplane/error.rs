@@ -63,6 +63,17 @@ pub enum DataplaneError {
     ObjectParse { detail: String },
     #[error("{path} is in use by another dataplane-server ({holder}): one server owns a pin directory; stop that one first, or give this one its own --bpffs")]
     PinsInUse { path: PathBuf, holder: String },
+    #[error("pinned map(s) {maps} missing from {dir}, used by no attached program, and the only copy of forwarding state ({holds}): starting would create them empty and the server would no longer know what XDP forwards by them. Nothing was changed. Put the pins back if you still can, or start once with --reset (detaches the dataplane, removes every pin and the state file) and replay the configuration from the controller")]
+    PinnedMapsLost { maps: String, dir: PathBuf, holds: String },
+    #[error("map {map}: the pinned programs use different maps of that name ({ids}); nothing was changed; start with --reset to drop the dataplane")]
+    ProgramsDisagree { map: &'static str, ids: String },
+    #[error("map {map}: pinning at {path} failed: {source}")]
+    PinMap {
+        map: &'static str,
+        path: PathBuf,
+        #[source]
+        source: Box<aya::pin::PinError>,
+    },
     #[error("{map}: index {slot} is out of range (max {max})")]
     SlotOutOfRange { map: &'static str, slot: u32, max: u32 },
 }

@@ -315,6 +315,21 @@ impl InterfaceMap {
         self.present.iter().map(|&ifindex| self.get(ifindex).map(|c| (c.slot, c.vrf))).collect()
     }
 
+    /// (VRF, flat-table root) of every routes-mode entry that has a root: what `FIB4_VRFS` held
+    /// for those VRFs (a lost `FIB4_VRFS` is filled again from them).
+    pub fn fib4_roots(&self) -> Result<Vec<(u32, u32)>, DataplaneError> {
+        let mut roots = Vec::new();
+        for &ifindex in &self.present {
+            let c = self.get(ifindex)?;
+            if c.flags & IFACE_PRESENT != 0 && c.fib4_root() != 0 {
+                roots.push((c.vrf, c.fib4_root()));
+            }
+        }
+        roots.sort_unstable();
+        roots.dedup();
+        Ok(roots)
+    }
+
     /// Points the entries of VRF `vrf`'s routes-mode interfaces at flat-table root `root`.
     pub fn set_fib4_root(&mut self, vrf: u32, root: u32) -> Result<(), DataplaneError> {
         self.patch(|c| c.vrf == vrf && c.flags & IFACE_KERNEL_FIB == 0, |c| InterfaceConfig { table: root, ..c })

@@ -4,7 +4,7 @@
 use aya::maps::MapInfo;
 use dataplane_common::{globals::GENERATION, maps as names, programs};
 
-use super::{DataplaneError, KernelDataplane};
+use super::{DataplaneError, KernelDataplane, PinHealth, PinRepair};
 
 /// A loaded program as the kernel reports it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -60,6 +60,13 @@ pub trait Lifecycle {
     /// Waits until every program run that started before the call has finished (an RCU grace
     /// period), so that what they could see may be reused.
     fn wait_for_readers(&self) -> Result<(), DataplaneError>;
+
+    /// Checks that every map pin still names the map the server writes (and the programs read),
+    /// pinning that map again where the pin was removed or replaced. Returns this call's
+    /// repairs; nothing after a reset.
+    fn check_pins(&self) -> Result<Vec<PinRepair>, DataplaneError>;
+    /// The pin repairs since the start (at start and by `check_pins`) and their count.
+    fn pin_health(&self) -> PinHealth;
 }
 
 impl Lifecycle for KernelDataplane {
@@ -97,12 +104,15 @@ impl Lifecycle for KernelDataplane {
 
     fn maps(&self) -> Result<Vec<MapStatus>, DataplaneError> {
         let inner = self.lock();
+        let open = self.pin_watch().open_ids();
         let mut out = Vec::new();
-        for name in names::ALL {
+        for (name, id) in open {
             let path = self.dirs.maps.join(name);
-            let info = MapInfo::from_pin(&path).map_err(DataplaneError::map(name, "info"))?;
+            // By id, not by pin: the status must answer while a damaged pin waits for the
+            // periodic check, and report the map the server writes, whatever the pin names.
+            let info = MapInfo::from_id(id).map_err(DataplaneError::map(name, "info"))?;
             let kind = info.map_type().map(|t| map_type_name(t).to_owned()).unwrap_or_else(|_| "unknown".to_owned());
-            let keys = match *name {
+            let keys = match name {
                 names::INTERFACES => Some(inner.interfaces.count_direct()),
                 names::INTERFACES_HIGH => Some(inner.interfaces.count_high()),
                 _ => None,
@@ -131,6 +141,16 @@ impl Lifecycle for KernelDataplane {
 
     fn generation(&self) -> Result<u64, DataplaneError> {
         self.lock().globals.get(GENERATION)
+    }
+
+    fn check_pins(&self) -> Result<Vec<PinRepair>, DataplaneError> {
+        // Under the dataplane's lock: an upgrade or a reset never runs beside the check.
+        let _inner = self.lock();
+        self.check_pins_locked()
+    }
+
+    fn pin_health(&self) -> PinHealth {
+        self.pin_watch().health()
     }
 
     fn wait_for_readers(&self) -> Result<(), DataplaneError> {

@@ -5,7 +5,7 @@
 //! wrapper in [`Inner`]; attaching and detaching interfaces is `interfaces`'.
 
 use std::{
-    collections::HashMap as StdHashMap,
+    collections::{BTreeMap, HashMap as StdHashMap},
     ffi::CString,
     fs,
     path::{Path, PathBuf},
@@ -34,6 +34,7 @@ use super::{
     lifecycle::Lifecycle,
     netdev,
     nexthops::NextHopMap,
+    pincheck::{self, PinFix, PinRepair, PinWatch},
     pinlock::{PinLock, HOLDER_EXIT_WAIT},
     policies::PolicyMaps,
     routes::{Route4Records, RouteTries},
@@ -79,8 +80,10 @@ pub(super) struct InterfaceLinks {
 pub(super) struct PinDirs {
     pub(super) root: PathBuf,
     pub(super) maps: PathBuf,
-    programs: PathBuf,
-    links: PathBuf,
+    pub(super) programs: PathBuf,
+    pub(super) links: PathBuf,
+    /// Foreign map pins found in `maps/` and moved out of the way (`pincheck`).
+    pub(super) displaced: PathBuf,
 }
 
 /// The pins' identity ([`super::Lifecycle::pins_id`]) of the dataplane pinned under
@@ -92,9 +95,15 @@ pub fn pinned_pins_id(bpffs_root: &Path) -> Option<u64> {
 }
 
 impl PinDirs {
-    fn new(bpffs_root: &Path) -> Self {
+    pub(super) fn new(bpffs_root: &Path) -> Self {
         let v = bpffs_root.join(PIN_VERSION);
-        Self { root: bpffs_root.to_owned(), maps: v.join("maps"), programs: v.join("programs"), links: v.join("links") }
+        Self {
+            root: bpffs_root.to_owned(),
+            maps: v.join("maps"),
+            programs: v.join("programs"),
+            links: v.join("links"),
+            displaced: v.join("displaced"),
+        }
     }
 
     pub(super) fn link(&self, ifindex: u32, hook: &str) -> PathBuf {
@@ -179,6 +188,8 @@ pub struct LoadReport {
     pub upgraded: bool,
     /// Link pins dropped because their interface no longer exists.
     pub stale_links: Vec<u32>,
+    /// Map pins found missing or replaced, and what was done (`pincheck`).
+    pub pin_repairs: Vec<PinRepair>,
 }
 
 /// The real dataplane: the programs loaded into the kernel, maps pinned under
@@ -191,6 +202,8 @@ pub struct KernelDataplane {
     object: Mutex<u64>,
     /// `LoaderConfig::fib4_chunks`, for upgrades.
     fib4_chunks: u32,
+    /// The maps the server has open, to compare their pins with; the repairs made.
+    pins: Mutex<PinWatch>,
     /// This dataplane owns its pin directory for as long as it lives.
     _lock: PinLock,
 }
@@ -206,6 +219,13 @@ fn expected_maps(object: &[u8]) -> Result<StdHashMap<String, MapLayout>, Datapla
         .iter()
         .map(|(name, m)| (name.clone(), (m.map_type(), m.key_size(), m.value_size(), m.max_entries(), m.map_flags())))
         .collect())
+}
+
+/// (type, key size, value size) of every pinned map the object declares: how a map a pinned
+/// program uses is recognised (`pincheck`).
+fn pinned_layouts(object: &[u8]) -> Result<BTreeMap<&'static str, (u32, u32, u32)>, DataplaneError> {
+    let expected = expected_maps(object)?;
+    Ok(names::ALL.iter().filter_map(|name| expected.get(*name).map(|&(t, k, v, _, _)| (*name, (t, k, v)))).collect())
 }
 
 /// Refuses to run over a pinned map whose layout differs from what the programs expect (aya
@@ -407,8 +427,19 @@ impl KernelDataplane {
         })?;
         // Before anything pinned is read or written: another live server's pins are not ours.
         let lock = PinLock::acquire(&config.bpffs_root, HOLDER_EXIT_WAIT)?;
-        // Before anything is created or changed: a refusal leaves every pin as it was.
-        let pinned_maps = check_pinned_maps(&dirs, EBPF_OBJECT)?;
+        // Before anything is created or changed: a refusal leaves every pin as it was. A pin of
+        // another layout is refused here even if a hand put it there: what it is cannot be told
+        // from an earlier build's map, and refusing changes nothing.
+        let mut pinned_maps = check_pinned_maps(&dirs, EBPF_OBJECT)?;
+        // Before the object is loaded over the pins: a pin removed or replaced by hand must name
+        // the map the attached programs use again, or the server would write maps XDP never
+        // reads. A refusal (a lost map that was the only copy of its state) changes nothing;
+        // the repairs only pin the programs' own maps.
+        let pin_repairs = pincheck::repair_at_start(&dirs, &pinned_layouts(EBPF_OBJECT)?)?;
+        if !pin_repairs.is_empty() {
+            // The maps pinned again: capacity and flags too must be what this build expects.
+            pinned_maps = check_pinned_maps(&dirs, EBPF_OBJECT)?;
+        }
         mkdirs(&dirs)?;
         let mut ebpf = load_object(&dirs, EBPF_OBJECT, config.fib4_chunks)?;
         let adopting =
@@ -441,6 +472,15 @@ impl KernelDataplane {
         report.stale_links = stale;
 
         let mut inner = Inner::open(ebpf, xdp, tc, links)?;
+        if pin_repairs.iter().any(|r| r.map == names::FIB4_VRFS && matches!(r.fix, PinFix::Created { .. })) {
+            // A fresh FIB4_VRFS says "no flat table" for every VRF, and the restore would build
+            // new tables over chunks the attached interfaces still read: take the roots back
+            // from the interface entries first, so the restore adopts the tables as they are.
+            for (vrf, root) in inner.interfaces.fib4_roots()? {
+                inner.fib4.set_root(vrf, root)?;
+                info!(vrf, root, "FIB4_VRFS: root taken back from the interface entries");
+            }
+        }
         // Also after a crash between pinning new programs and switching the links to them.
         if report.upgraded || !links_run_active(&inner)? {
             report.upgraded = true;
@@ -456,9 +496,12 @@ impl KernelDataplane {
                 tc_link_id: link_id(&l.tc, programs::TC_EGRESS)?,
             });
         }
+        let pins = PinWatch::new(&dirs, pin_repairs.clone())?;
+        report.pin_repairs = pin_repairs;
         info!(
             pins = %dirs.root.display(),
             adopted_maps = pinned_maps,
+            pin_repairs = report.pin_repairs.len(),
             adopted_interfaces = report.adopted.len(),
             upgraded = report.upgraded,
             "dataplane loaded"
@@ -472,6 +515,7 @@ impl KernelDataplane {
             report,
             object: Mutex::new(object),
             fib4_chunks: config.fib4_chunks,
+            pins: Mutex::new(pins),
             _lock: lock,
         })
     }
@@ -484,6 +528,17 @@ impl KernelDataplane {
     /// What loading adopted.
     pub fn load_report(&self) -> &LoadReport {
         &self.report
+    }
+
+    pub(super) fn pin_watch(&self) -> MutexGuard<'_, PinWatch> {
+        // The watch is a list and a counter: nothing a panic could leave half-written.
+        self.pins.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `PinWatch::check`, by a caller holding the dataplane's lock (no upgrade or reset
+    /// meanwhile).
+    pub(super) fn check_pins_locked(&self) -> Result<Vec<PinRepair>, DataplaneError> {
+        self.pin_watch().check(&self.dirs)
     }
 
     pub(super) fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -500,6 +555,8 @@ impl KernelDataplane {
         let mut guard = self.lock();
         let inner = &mut *guard;
         let object = object.unwrap_or(EBPF_OBJECT);
+        // The new object is loaded over the pins: each must name the map in use first.
+        self.check_pins_locked()?;
         let t = std::time::Instant::now();
         check_pinned_maps(&self.dirs, object)?;
         let checked = t.elapsed();
@@ -524,6 +581,8 @@ impl KernelDataplane {
     /// directories: nothing of the dataplane stays in the kernel once this process exits.
     pub(super) fn reset_all(&self) {
         let mut inner = self.lock();
+        // The pins go on purpose: the periodic check must not pin them again.
+        self.pin_watch().retired = true;
         let ifindexes: Vec<u32> = inner.links.keys().copied().collect();
         for ifindex in ifindexes {
             if let Err(e) = detach_locked(&mut inner, &self.dirs, ifindex, None) {
@@ -561,7 +620,7 @@ pub fn remove_all_pins(root: &Path) -> Result<(), DataplaneError> {
 /// [`remove_all_pins`] by the dataplane that holds the directory's lock (its reset).
 fn remove_pins(root: &Path) -> Result<(), DataplaneError> {
     let dirs = PinDirs::new(root);
-    for d in [&dirs.links, &dirs.programs, &dirs.maps] {
+    for d in [&dirs.links, &dirs.programs, &dirs.maps, &dirs.displaced] {
         if let Ok(entries) = fs::read_dir(d) {
             for e in entries.flatten() {
                 remove_pin(&e.path())?;

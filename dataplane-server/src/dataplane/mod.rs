@@ -14,7 +14,7 @@
 //! | [`lifecycle`] | [`Lifecycle`] | programs, every map's status, the generation |
 //!
 //! [`loader`] loads, pins, adopts and upgrades the programs, owning the pin directory through
-//! [`pinlock`]; [`testrun`] runs them by BPF_PROG_TEST_RUN; [`flow_misses`] reads the ring
+//! [`pinlock`] and keeping its pins naming the maps in use through [`pincheck`]; [`testrun`] runs them by BPF_PROG_TEST_RUN; [`flow_misses`] reads the ring
 //! buffer. This module is the only code that touches `aya::maps` and `aya::programs`.
 
 pub mod counters;
@@ -29,6 +29,7 @@ pub mod loader;
 mod mmap;
 pub mod netdev;
 pub mod nexthops;
+pub mod pincheck;
 pub mod pinlock;
 pub mod policies;
 pub mod routes;
@@ -42,6 +43,7 @@ pub use interfaces::{Attachment, Hook, InterfaceParams, Interfaces, KernelInterf
 pub use lifecycle::{Lifecycle, MapStatus, ProgramStatus};
 pub use loader::{AdoptedLinks, KernelDataplane, LoadReport, LoaderConfig};
 pub use nexthops::{NextHopParams, NextHops};
+pub use pincheck::{PinFix, PinFound, PinHealth, PinPhase, PinRepair};
 pub use policies::{Policies, PolicyImage};
 pub use routes::{RouteMatch, Routes};
 pub use testrun::{TestProgram, TestRunOutcome};

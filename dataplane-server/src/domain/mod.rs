@@ -40,7 +40,7 @@ pub use policies::{
 };
 pub use resync::ResyncReport;
 pub use routes::{RouteSpec, RouteView};
-pub use status::{AttachmentView, MapView, StatusView};
+pub use status::{AttachmentView, MapView, PinFix, PinHealth, PinRepair, StatusView};
 pub use txn::OnExisting;
 pub use vrfs::{VrfMode, VrfView};
 

@@ -1,4 +1,5 @@
-//! The node's status: programs, attachments, maps with occupancy, generation, uptime.
+//! The node's status: programs, attachments, maps with occupancy, generation, uptime, and the
+//! pins found damaged and repaired (with the periodic check that finds them while running).
 
 use std::time::Duration;
 
@@ -6,6 +7,7 @@ use dataplane_common::maps as names;
 
 use super::{Domain, DomainError, InterfaceName};
 use crate::dataplane::{Dataplane, Hook, ProgramStatus, XdpMode};
+pub use crate::dataplane::{PinFix, PinHealth, PinRepair};
 
 /// One program attached to one interface.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -42,6 +44,8 @@ pub struct StatusView {
     pub maps: Vec<MapView>,
     /// What this run's restore found (none before it ran).
     pub restore: Option<super::persist::RestoreReport>,
+    /// Map pins found missing or replaced (at start or while running) and what was done.
+    pub pin_health: PinHealth,
 }
 
 impl<D: Dataplane> Domain<D> {
@@ -106,7 +110,18 @@ impl<D: Dataplane> Domain<D> {
             attachments,
             maps,
             restore: self.restored.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            pin_health: self.dataplane.pin_health(),
         })
+    }
+
+    /// Checks that every map pin still names the map the server writes, repairing those that
+    /// do not (see `Lifecycle::check_pins`); nothing after a reset. Not under the domain's
+    /// lock: the check is the dataplane's own business and must not hold up writes.
+    pub fn check_pins(&self) -> Result<Vec<PinRepair>, DomainError> {
+        if self.reset_done.load(std::sync::atomic::Ordering::Relaxed) {
+            return Ok(Vec::new());
+        }
+        Ok(self.dataplane.check_pins()?)
     }
 }
 
@@ -173,5 +188,35 @@ mod tests {
         assert_eq!(stats.occupancy, 1);
         let slots = s.maps.iter().find(|m| m.name == names::INTERFACES).unwrap();
         assert_eq!(slots.occupancy, 1);
+        assert_eq!(s.pin_health, PinHealth::default());
+    }
+
+    #[test]
+    fn check_pins_after_reset_does_not_reach_dataplane() {
+        use std::sync::atomic::Ordering;
+        let d = Domain::new(FakeDataplane::default());
+        d.check_pins().unwrap();
+        assert_eq!(d.dataplane().pin_checks.load(Ordering::SeqCst), 1);
+        d.reset();
+        d.check_pins().unwrap();
+        assert_eq!(d.dataplane().pin_checks.load(Ordering::SeqCst), 1, "pins removed on purpose are not pinned again");
+    }
+
+    #[test]
+    fn status_pin_repairs_reported_as_dataplane_has_them() {
+        use crate::dataplane::{PinFix, PinFound, PinPhase};
+        let fake = FakeDataplane::default();
+        let repair = PinRepair {
+            map: names::ROUTES_V6,
+            found: PinFound::Missing,
+            fix: PinFix::Repinned { map_id: 12 },
+            phase: PinPhase::Start,
+            at: std::time::SystemTime::UNIX_EPOCH,
+        };
+        *fake.pin_health.lock().unwrap() = PinHealth { repairs: vec![repair.clone()], total: 3 };
+        let d = Domain::new(fake);
+        let s = d.status().unwrap();
+        assert_eq!(s.pin_health.total, 3);
+        assert_eq!(s.pin_health.repairs, vec![repair]);
     }
 }

@@ -76,6 +76,11 @@ pub fn status(output: Output, s: &pb::GetStatusResponse) {
             "programs": s.programs.iter().map(program).collect::<Vec<_>>(),
             "attachments": s.attachments.iter().map(attachment).collect::<Vec<_>>(),
             "maps": s.maps.iter().map(map).collect::<Vec<_>>(),
+            "pin_health": s.pin_health.as_ref().map(|h| json!({
+                "repairs_total": h.repairs_total,
+                "repairs": h.repairs.iter().map(|r| json!({"map": r.map, "found": r.found, "done": r.done,
+                    "phase": r.phase, "at_unix_ms": r.at_unix_ms, "map_id": r.map_id})).collect::<Vec<_>>(),
+            })),
         });
         println!("{v}");
         return;
@@ -116,6 +121,14 @@ pub fn status(output: Output, s: &pb::GetStatusResponse) {
         ]
     }));
     print_table(&rows);
+    // Only when something was repaired: an undamaged node's status stays as it was.
+    if let Some(h) = s.pin_health.as_ref().filter(|h| h.repairs_total > 0) {
+        println!();
+        println!("pin repairs {} since start (latest {})", h.repairs_total, h.repairs.len());
+        let mut rows = vec![header(&["MAP", "PHASE", "FOUND", "DONE"])];
+        rows.extend(h.repairs.iter().map(|r| vec![r.map.clone(), r.phase.clone(), r.found.clone(), r.done.clone()]));
+        print_table(&rows);
+    }
 }
 
 fn hook(h: i32) -> &'static str {

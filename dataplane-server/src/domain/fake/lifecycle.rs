@@ -60,4 +60,13 @@ impl Lifecycle for FakeDataplane {
         self.readers_waited.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
+
+    fn check_pins(&self) -> Result<Vec<PinRepair>, DataplaneError> {
+        self.pin_checks.fetch_add(1, Ordering::SeqCst);
+        Ok(Vec::new())
+    }
+
+    fn pin_health(&self) -> PinHealth {
+        self.pin_health.lock().unwrap().clone()
+    }
 }

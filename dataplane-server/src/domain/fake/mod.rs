@@ -25,7 +25,7 @@ use dataplane_common::{maps as names, InterfaceStats, NextHopStats};
 use crate::{
     dataplane::{
         Attachment, DataplaneError, Fib4, Flows, InterfaceParams, Interfaces, Lifecycle, LinkInfo, MapStatus,
-        NextHopParams, NextHops, Policies, ProgramStatus, RouteMatch, Routes, XdpMode,
+        NextHopParams, NextHops, PinHealth, PinRepair, Policies, ProgramStatus, RouteMatch, Routes, XdpMode,
     },
     net::{Mac, Prefix},
 };
@@ -67,6 +67,10 @@ pub struct FakeDataplane {
     writes_left: AtomicI64,
     /// Every kernel write made (method names), failed ones included.
     write_log: Mutex<Vec<&'static str>>,
+    /// What `pin_health` reports (the fake has no pins to damage).
+    pub pin_health: Mutex<PinHealth>,
+    /// Calls of `check_pins`.
+    pub pin_checks: AtomicI64,
 }
 
 impl Default for FakeDataplane {
@@ -96,6 +100,8 @@ impl Default for FakeDataplane {
             records_mark: AtomicI64::new(0),
             writes_left: AtomicI64::new(-1),
             write_log: Mutex::default(),
+            pin_health: Mutex::default(),
+            pin_checks: AtomicI64::new(0),
         }
     }
 }
