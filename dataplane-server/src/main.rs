@@ -132,6 +132,7 @@ fn start(args: &Args) -> anyhow::Result<Arc<Domain<KernelDataplane>>> {
         routes = restored.routes,
         policies = restored.policies,
         dropped = restored.dropped.len(),
+        rolled_back = ?restored.rolled_back.as_ref().map(|r| r.generation),
         "started"
     );
     Ok(domain)
@@ -139,10 +140,13 @@ fn start(args: &Args) -> anyhow::Result<Arc<Domain<KernelDataplane>>> {
 
 fn reset(args: &Args) -> anyhow::Result<()> {
     dataplane_server::dataplane::loader::remove_all_pins(&args.bpffs).context("removing pins")?;
-    match std::fs::remove_file(&args.state_file) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(anyhow::Error::new(e).context(format!("removing {}", args.state_file.display()))),
+    // The intent record too: rolled back over a fresh dataplane, it would write stale values.
+    for path in [args.state_file.clone(), dataplane_server::domain::intent::path_for(&args.state_file)] {
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(anyhow::Error::new(e).context(format!("removing {}", path.display()))),
+        }
     }
     info!(bpffs = %args.bpffs.display(), "reset: every link, program and map pin removed");
     Ok(())

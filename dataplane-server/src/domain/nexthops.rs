@@ -12,7 +12,7 @@ use std::{
 use dataplane_common::{route::ECMP_MAX, NextHopStats};
 
 use super::{
-    txn::{Journal, KernelOp, Write},
+    txn::{KernelOp, Write},
     Domain, DomainError, InterfaceName, NeighbourRequest, OnExisting, State,
 };
 use crate::{
@@ -115,13 +115,17 @@ impl<D: Dataplane> Domain<D> {
         let on_existing = if state.resync.is_some() { OnExisting::Replace } else { on_existing };
         let mut plan = plan_add(&mut state, batch, on_existing)?;
         let changed = !plan.writes.is_empty();
-        if let Err(e) = Journal::apply(&self.dataplane, std::mem::take(&mut plan.writes)) {
-            // Freed last first, so the allocator hands them out again as before.
-            for (_, slot) in plan.fresh.iter().rev() {
-                state.nh_slots.free(*slot);
+        // Held until the batch committed (past `bump`).
+        let _intent = match self.apply_logged(&state, std::mem::take(&mut plan.writes)) {
+            Ok(intent) => intent,
+            Err(e) => {
+                // Freed last first, so the allocator hands them out again as before.
+                for (_, slot) in plan.fresh.iter().rev() {
+                    state.nh_slots.free(*slot);
+                }
+                return Err(e);
             }
-            return Err(e);
-        }
+        };
         for (nh, slot) in &plan.fresh {
             state.nh_ids.insert(*slot, nh.id);
             self.request_resolution(&state, &nh.spec);
@@ -262,7 +266,7 @@ impl<D: Dataplane> Domain<D> {
                 at: Some(format!("ids[{i}]")),
             })
             .collect();
-        Journal::apply(&self.dataplane, writes)?;
+        let _intent = self.apply_logged(&state, writes)?;
         let mut released = Vec::new();
         for id in ids {
             if let Some(e) = state.nexthops.remove(id) {

@@ -156,6 +156,8 @@ pub struct RestoreReport {
     /// VRFs whose IPv4 flat table was built anew (none in the kernel, or one that did not
     /// match the routes: a crash in the middle of a batch).
     pub fib4_built: Vec<u32>,
+    /// The batch a crash cut short, rolled back (see `intent`).
+    pub rolled_back: Option<super::intent::RolledBack>,
 }
 
 impl State {
@@ -186,6 +188,8 @@ impl<D: Dataplane> Domain<D> {
         let p = p.unwrap_or_default();
         let mut report = RestoreReport::default();
         let mut state = self.lock();
+        // A batch a crash cut short: rolled back before anything reads the maps.
+        report.rolled_back = self.recover_intent(p.generation)?;
         // The kernel's copy is exact; the file's may lag by the last flow installs.
         state.generation = p.generation.max(self.dataplane.generation()?);
         vrfs::restore::restore(&mut state.vrfs, p.vrfs);

@@ -17,7 +17,7 @@ use tracing::{info, warn};
 
 use super::{
     classifier::{self, Family, MatchSpec},
-    txn::{Journal, KernelOp, Write},
+    txn::{KernelOp, Write},
     Domain, DomainError, InterfaceName, State,
 };
 use crate::{
@@ -178,10 +178,14 @@ impl<D: Dataplane> Domain<D> {
         let installed = self.compile(&mut state, &rules)?;
         let new_table = installed.image.table;
         let (writes, users) = publish(&state, &name, &installed);
-        if let Err(e) = Journal::apply(&self.dataplane, writes) {
-            self.free_installed(&mut state, installed);
-            return Err(e);
-        }
+        // Held until the batch committed (past `bump`).
+        let _intent = match self.apply_logged(&state, writes) {
+            Ok(intent) => intent,
+            Err(e) => {
+                self.free_installed(&mut state, installed);
+                return Err(e);
+            }
+        };
         let entry = PolicyEntry { rules, installed };
         if let Some(prev) = state.policies.insert(name.clone(), entry) {
             state.retired_policies.push(prev.installed);
