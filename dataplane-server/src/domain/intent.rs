@@ -116,6 +116,7 @@ impl<D: Dataplane> Domain<D> {
         if writes < 2 || self.reset_done.load(std::sync::atomic::Ordering::Relaxed) {
             return Ok(Pending::none());
         }
+        let started = std::time::Instant::now();
         let path = path_for(state_file);
         let bytes = encode(generation, undo);
         let io = |op: &'static str| {
@@ -126,7 +127,8 @@ impl<D: Dataplane> Domain<D> {
         tmp.push(".tmp");
         std::fs::write(&tmp, &bytes).map_err(io("write"))?;
         std::fs::rename(&tmp, &path).map_err(io("rename"))?;
-        tracing::debug!(path = %path.display(), generation, bytes = bytes.len(), "intent recorded");
+        let elapsed_us = started.elapsed().as_micros() as u64;
+        tracing::debug!(path = %path.display(), generation, bytes = bytes.len(), elapsed_us, "intent recorded");
         Ok(Pending { path: Some(path) })
     }
 

@@ -312,7 +312,7 @@ mod tests {
             action: RuleAction::Deny,
         };
         let pol = PolicyName::parse("p", "edge").unwrap();
-        a.put_policy(pol.clone(), vec![rule.clone()]).unwrap();
+        a.put_policy(pol.clone(), vec![RuleSpec { dst_ports: Some((80, 80)), ..rule.clone() }]).unwrap();
         a.put_policy(pol.clone(), vec![rule]).unwrap(); // the first table is retired
         a.attach_policy(&pol, &name("eth0"), Direction::Egress, true).unwrap();
         let file = a.lock().persisted(BTreeMap::new(), None);
