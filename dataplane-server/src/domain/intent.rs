@@ -15,7 +15,9 @@
 //! other is rolled back by running its undo operations (each is harmless where its forward write
 //! never happened: removing an absent route or flow, clearing a table never written, putting
 //! back a value that is still there), then removed. So after a restart the generation says
-//! which: unchanged, the batch is absent; one more, it is present.
+//! which: unchanged, the batch is absent; one more, it is present. A crash during the rollback
+//! leaves the intent in place, and the next start runs it again: each undo operation puts a
+//! value back, so running it twice is running it once.
 //!
 //! The record is a compact binary encoding (varints, raw addresses), written without fsync: it
 //! covers the process dying, not the machine (a machine crash loses the page cache, and the
@@ -162,8 +164,8 @@ impl<D: Dataplane> Domain<D> {
                 generation,
                 ops = undo.len(),
                 failed,
-                "a batch cut short by a crash was rolled back: it is absent, the generation stays {}",
-                generation - 1
+                stays = generation - 1,
+                "a batch cut short by a crash was rolled back: it is absent, the generation stays"
             );
             Some(RolledBack { generation, ops: undo.len() })
         };
