@@ -157,7 +157,7 @@ impl<D: Dataplane> Domain<D> {
             for op in &undo {
                 if let Err(e) = op.run(&self.dataplane) {
                     failed += 1;
-                    tracing::error!(error = %e, op = ?op, "an undo operation of a killed batch failed");
+                    tracing::error!(error = %e, op = %describe(op), "an undo operation of a killed batch failed");
                 }
             }
             tracing::warn!(
@@ -171,6 +171,17 @@ impl<D: Dataplane> Domain<D> {
         };
         std::fs::remove_file(&path).map_err(|source| IntentError::Io { path, op: "remove", source })?;
         Ok(outcome)
+    }
+}
+
+/// An operation for a log line: the large ones (100,000 records) by their size.
+fn describe(op: &KernelOp) -> String {
+    match op {
+        KernelOp::Route4Store(records) => format!("Route4Store({} records)", records.len()),
+        KernelOp::Route4Clear(slots) => format!("Route4Clear({} slots)", slots.len()),
+        KernelOp::WritePolicy(i) => format!("WritePolicy(table {})", i.table),
+        KernelOp::ClearPolicy(i) => format!("ClearPolicy(table {})", i.table),
+        other => format!("{other:?}"),
     }
 }
 
