@@ -157,6 +157,7 @@ fn start(args: &Args) -> anyhow::Result<Arc<Domain<KernelDataplane>>> {
         disagreements = restored.disagreements.len(),
         state_file = %restored.state_file,
         pin_repairs = report.pin_repairs.len(),
+        rolled_back = ?restored.rolled_back.as_ref().map(|r| r.generation),
         "started"
     );
     Ok(domain)
@@ -199,11 +200,14 @@ fn default_state_file(bpffs: &Path) -> anyhow::Result<PathBuf> {
 
 fn reset(args: &Args) -> anyhow::Result<()> {
     loader::remove_all_pins(&args.bpffs).context("removing pins")?;
+    // The intent record too: rolled back over a fresh dataplane, it would write stale values.
     let state_file = args.state_file();
-    match std::fs::remove_file(state_file) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(anyhow::Error::new(e).context(format!("removing {}", state_file.display()))),
+    for path in [state_file.to_owned(), dataplane_server::domain::intent::path_for(state_file)] {
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(anyhow::Error::new(e).context(format!("removing {}", path.display()))),
+        }
     }
     info!(bpffs = %args.bpffs.display(), "reset: every link, program and map pin removed");
     Ok(())

@@ -9,7 +9,7 @@
 pub(super) mod restore;
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     net::IpAddr,
     time::{Duration, Instant},
 };
@@ -19,7 +19,7 @@ use tracing::{debug, warn};
 
 use super::{
     nexthops,
-    txn::{Journal, KernelOp, Write},
+    txn::{KernelOp, Write},
     vrfs, Domain, DomainError, InterfaceName, State,
 };
 use crate::dataplane::{Dataplane, FlowKey, FlowMiss};
@@ -227,7 +227,8 @@ impl<D: Dataplane> Domain<D> {
             .zip(&previous)
             .map(|((k, v), prev)| Write { op: KernelOp::PutFlow(k, v), undo: vec![put_back(k, prev)], at: None })
             .collect();
-        Journal::apply(&self.dataplane, writes)?;
+        // Held until the batch committed (past `bump_volatile`).
+        let intent = self.apply_logged(&state, writes)?;
         let mut reinject = Vec::new();
         for prev in previous.iter().flatten() {
             if prev.action == FLOW_HOLD {
@@ -240,6 +241,7 @@ impl<D: Dataplane> Domain<D> {
         }
         self.publish_resolved(&state);
         self.bump_volatile(&mut state);
+        drop(intent);
         let generation = state.generation;
         drop(state);
         for h in reinject {
@@ -270,7 +272,7 @@ impl<D: Dataplane> Domain<D> {
             .zip(&found)
             .map(|(k, v)| Write { op: KernelOp::RemoveFlow(*k), undo: vec![KernelOp::PutFlow(*k, *v)], at: None })
             .collect();
-        Journal::apply(&self.dataplane, writes)?;
+        let _intent = self.apply_logged(&state, writes)?;
         for v in found {
             if v.action == FLOW_HOLD {
                 self.resolve_hold(&mut state, v.request_id);
@@ -366,14 +368,17 @@ impl<D: Dataplane> Domain<D> {
         Ok(gone)
     }
 
-    /// Removes flows forwarding through next-hop `slot` (the slot is about to be reused).
-    pub(super) fn purge_flows_via(&self, slot: u32) -> Result<(), DomainError> {
-        for (k, v) in self.dataplane.flows()? {
-            if v.action == FLOW_FORWARD && v.nexthop == slot {
-                self.dataplane.remove_flow(&k)?;
-            }
-        }
-        Ok(())
+    /// The writes that remove the flows forwarding through next-hop `slots` (about to be
+    /// cleared and reused), each undone by putting the flow back. One walk of the flow tables
+    /// for all of them: a walk visits every bucket (~1 ms), however few flows there are.
+    pub(super) fn purge_flows_via(&self, slots: &HashSet<u32>) -> Result<Vec<Write>, DomainError> {
+        Ok(self
+            .dataplane
+            .flows()?
+            .into_iter()
+            .filter(|(_, v)| v.action == FLOW_FORWARD && slots.contains(&v.nexthop))
+            .map(|(k, v)| Write { op: KernelOp::RemoveFlow(k), undo: vec![KernelOp::PutFlow(k, v)], at: None })
+            .collect())
     }
 
     fn resolve_hold(&self, state: &mut State, request_id: u64) -> Option<Held> {

@@ -8,6 +8,7 @@ mod error;
 mod fake;
 mod fib4;
 mod flows;
+pub mod intent;
 mod interfaces;
 mod nexthops;
 pub mod persist;
@@ -180,21 +181,28 @@ impl<D: Dataplane> Domain<D> {
         &self.dataplane
     }
 
-    /// A change went into the kernel: a new generation, recorded in the kernel (survives a
-    /// crash exactly) and in the state file.
+    /// A change went into the kernel: a new generation, recorded in the state file and then in
+    /// the kernel. This is a batch's commit point (see `intent`): the file first, so that once
+    /// either copy has the new generation the file has the change too.
     fn bump(&self, state: &mut State) {
-        self.bump_volatile(state);
+        state.generation += 1;
         self.save(state);
+        self.record_generation(state.generation);
     }
 
     /// As `bump`, for changes too frequent to write the file each time (flow installs): the
-    /// generation is in the kernel at once, the file follows within one `flush` period.
+    /// generation is in the kernel at once (their commit point), the file follows within one
+    /// `flush` period.
     fn bump_volatile(&self, state: &mut State) {
         state.generation += 1;
-        if let Err(e) = self.dataplane.set_generation(state.generation) {
-            tracing::warn!(error = %e, "recording the generation in the kernel failed");
-        }
+        self.record_generation(state.generation);
         self.dirty.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn record_generation(&self, generation: u64) {
+        if let Err(e) = self.dataplane.set_generation(generation) {
+            tracing::warn!(error = %e, generation, "recording the generation in the kernel failed");
+        }
     }
 
     /// Writes the state file if a volatile change is not in it yet.

@@ -5,14 +5,14 @@
 pub(super) mod restore;
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     net::IpAddr,
 };
 
 use dataplane_common::{route::ECMP_MAX, NextHopStats};
 
 use super::{
-    txn::{Journal, KernelOp, Write},
+    txn::{KernelOp, Write},
     Domain, DomainError, InterfaceName, NeighbourRequest, OnExisting, State,
 };
 use crate::{
@@ -115,13 +115,17 @@ impl<D: Dataplane> Domain<D> {
         let on_existing = if state.resync.is_some() { OnExisting::Replace } else { on_existing };
         let mut plan = plan_add(&mut state, batch, on_existing)?;
         let changed = !plan.writes.is_empty();
-        if let Err(e) = Journal::apply(&self.dataplane, std::mem::take(&mut plan.writes)) {
-            // Freed last first, so the allocator hands them out again as before.
-            for (_, slot) in plan.fresh.iter().rev() {
-                state.nh_slots.free(*slot);
+        // Held until the batch committed (past `bump`).
+        let _intent = match self.apply_logged(&state, std::mem::take(&mut plan.writes)) {
+            Ok(intent) => intent,
+            Err(e) => {
+                // Freed last first, so the allocator hands them out again as before.
+                for (_, slot) in plan.fresh.iter().rev() {
+                    state.nh_slots.free(*slot);
+                }
+                return Err(e);
             }
-            return Err(e);
-        }
+        };
         for (nh, slot) in &plan.fresh {
             state.nh_ids.insert(*slot, nh.id);
             self.request_resolution(&state, &nh.spec);
@@ -234,35 +238,43 @@ impl<D: Dataplane> Domain<D> {
     pub fn delete_nexthops(&self, ids: &[u32]) -> Result<u64, DomainError> {
         let mut state = self.lock();
         let doomed: BTreeSet<u32> = ids.iter().copied().collect();
+        // Member -> the first group (by id) that stays and uses it: found once, not per id (a
+        // batch of 20,000 took minutes).
+        let mut users: HashMap<u32, u32> = HashMap::new();
+        for (gid, g) in &state.nexthops {
+            if let (NextHopSpec::Ecmp { members }, false) = (&g.spec, doomed.contains(gid)) {
+                for m in members {
+                    users.entry(*m).or_insert(*gid);
+                }
+            }
+        }
+        let mut seen = HashSet::with_capacity(ids.len());
         for (i, id) in ids.iter().enumerate() {
             let field = format!("ids[{i}]");
             let e = state.nexthops.get(id).ok_or_else(|| not_found(*id).at(&field))?;
-            if ids[..i].contains(id) {
+            if !seen.insert(*id) {
                 return Err(DomainError::invalid(field, format!("next hop {id} listed twice")));
             }
             if e.routes > 0 {
                 return Err(DomainError::FailedPrecondition(format!("next hop {id} is used by {} route(s)", e.routes))
                     .at(field));
             }
-            let user = state.nexthops.iter().find(|(gid, g)| {
-                !doomed.contains(gid) && matches!(&g.spec, NextHopSpec::Ecmp { members } if members.contains(id))
-            });
-            if let Some((gid, _)) = user {
+            if let Some(gid) = users.get(id) {
                 return Err(
                     DomainError::FailedPrecondition(format!("next hop {id} is a member of ECMP group {gid}")).at(field)
                 );
             }
         }
-        let writes = ids
-            .iter()
-            .enumerate()
-            .map(|(i, id)| Write {
-                op: KernelOp::ClearNextHop(state.nexthops[id].slot),
-                undo: vec![current(&state, *id)],
-                at: Some(format!("ids[{i}]")),
-            })
-            .collect();
-        Journal::apply(&self.dataplane, writes)?;
+        // Flows through the cleared slots would forward wherever their next user sends: they go
+        // first, with the batch.
+        let slots: HashSet<u32> = ids.iter().map(|id| state.nexthops[id].slot).collect();
+        let mut writes = self.purge_flows_via(&slots)?;
+        writes.extend(ids.iter().enumerate().map(|(i, id)| Write {
+            op: KernelOp::ClearNextHop(state.nexthops[id].slot),
+            undo: vec![current(&state, *id)],
+            at: Some(format!("ids[{i}]")),
+        }));
+        let _intent = self.apply_logged(&state, writes)?;
         let mut released = Vec::new();
         for id in ids {
             if let Some(e) = state.nexthops.remove(id) {
@@ -270,10 +282,6 @@ impl<D: Dataplane> Domain<D> {
                     if let Some(i) = state.interfaces.get(interface) {
                         released.push((i.link.ifindex, *gateway));
                     }
-                }
-                // Flows through the cleared slot would forward wherever its next user sends.
-                if let Err(err) = self.purge_flows_via(e.slot) {
-                    tracing::warn!(error = %err, slot = e.slot, "purging flows of a deleted next hop failed");
                 }
                 state.nh_ids.remove(&e.slot);
                 state.nh_slots.free(e.slot);

@@ -211,6 +211,8 @@ pub struct RestoreReport {
     /// VRFs whose IPv4 flat table was built anew (none in the kernel, or one that did not
     /// match the routes: a crash in the middle of a batch).
     pub fib4_built: Vec<u32>,
+    /// The batch a crash cut short, rolled back (see `intent`).
+    pub rolled_back: Option<super::intent::RolledBack>,
 }
 
 impl State {
@@ -282,6 +284,8 @@ impl<D: Dataplane> Domain<D> {
             }
         };
         let mut state = self.lock();
+        // A batch a crash cut short: rolled back before anything reads the maps.
+        report.rolled_back = self.recover_intent(p.generation)?;
         // The kernel's copy is exact; the file's may lag by the last flow installs.
         state.generation = p.generation.max(self.dataplane.generation()?);
         vrfs::restore::restore(&mut state.vrfs, p.vrfs);
@@ -420,7 +424,7 @@ mod tests {
             action: RuleAction::Deny,
         };
         let pol = PolicyName::parse("p", "edge").unwrap();
-        a.put_policy(pol.clone(), vec![rule.clone()]).unwrap();
+        a.put_policy(pol.clone(), vec![RuleSpec { dst_ports: Some((80, 80)), ..rule.clone() }]).unwrap();
         a.put_policy(pol.clone(), vec![rule]).unwrap(); // the first table is retired
         a.attach_policy(&pol, &name("eth0"), Direction::Egress, true).unwrap();
         let file = a.lock().persisted(BTreeMap::new(), None, None);

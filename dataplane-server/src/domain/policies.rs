@@ -17,7 +17,7 @@ use tracing::{info, warn};
 
 use super::{
     classifier::{self, Family, MatchSpec},
-    txn::{Journal, KernelOp, Write},
+    txn::{KernelOp, Write},
     Domain, DomainError, InterfaceName, State,
 };
 use crate::{
@@ -172,19 +172,24 @@ impl<D: Dataplane> Domain<D> {
         let rules = validate(rules)?;
         if let Some(rs) = state.resync.as_mut() {
             rs.policies.insert(name.clone());
-            // Replayed unchanged: nothing to recompile or flip.
-            if state.policies.get(&name).is_some_and(|e| e.rules == rules) {
-                return Ok(state.generation);
-            }
+        }
+        // Put again unchanged (a resync's replay, a client's retry after UNAVAILABLE): nothing
+        // to recompile or flip, the same generation.
+        if state.policies.get(&name).is_some_and(|e| e.rules == rules) {
+            return Ok(state.generation);
         }
         self.reclaim_retired(&mut state)?;
         let installed = self.compile(&mut state, &rules)?;
         let new_table = installed.image.table;
         let (writes, users) = publish(&state, &name, &installed);
-        if let Err(e) = Journal::apply(&self.dataplane, writes) {
-            self.free_installed(&mut state, installed);
-            return Err(e);
-        }
+        // Held until the batch committed (past `bump`).
+        let _intent = match self.apply_logged(&state, writes) {
+            Ok(intent) => intent,
+            Err(e) => {
+                self.free_installed(&mut state, installed);
+                return Err(e);
+            }
+        };
         let entry = PolicyEntry { rules, installed };
         if let Some(prev) = state.policies.insert(name.clone(), entry) {
             state.retired_policies.push(prev.installed);
@@ -617,6 +622,17 @@ mod tests {
         let tables = d.dataplane().policy_tables.lock().unwrap();
         assert_eq!(tables.len(), 2);
         assert!(tables[&first[0]].actions.is_empty(), "slot {} now holds q", first[0]);
+    }
+
+    #[test]
+    fn put_policy_unchanged_writes_nothing_and_keeps_generation() {
+        let d = domain();
+        let g = d.put_policy(name(), vec![deny_port(1, 80)]).unwrap();
+        let writes = d.dataplane().write_log().len();
+        // A client's retry after UNAVAILABLE, the first call having committed.
+        assert_eq!(d.put_policy(name(), vec![deny_port(1, 80)]).unwrap(), g);
+        assert_eq!(d.dataplane().write_log().len(), writes);
+        assert_eq!(d.put_policy(name(), vec![deny_port(1, 81)]).unwrap(), g + 1);
     }
 
     #[test]

@@ -13,6 +13,7 @@ use std::{
 
 use super::{
     fib4::{self, V4Prefix},
+    intent::Pending,
     nexthops,
     txn::{Journal, KernelOp},
     vrfs, Domain, DomainError, OnExisting, State,
@@ -73,18 +74,53 @@ impl<D: Dataplane> Domain<D> {
             }
         }
         let mut plan = plan_add_routes(&mut state, checked, || self.dataplane.route4_capacity())?;
-        if let Err(e) = self.apply_add_routes(&mut plan, state.route4_mark) {
-            for &slot in plan.fresh_records.iter().rev() {
-                state.route4_slots.unalloc(slot);
+        // Held until the batch committed (past `bump`).
+        let _intent = match self.apply_add_routes(&mut plan, state.route4_mark, state.generation + 1) {
+            Ok(intent) => intent,
+            Err(e) => {
+                for &slot in plan.fresh_records.iter().rev() {
+                    state.route4_slots.unalloc(slot);
+                }
+                return Err(e);
             }
-            return Err(e);
-        }
+        };
         self.commit_add_routes(&mut state, plan);
         Ok(state.generation)
     }
 
-    /// Writes a planned `AddRoutes` batch into the tries and the IPv4 records, all or nothing.
-    fn apply_add_routes(&self, plan: &mut AddRoutesPlan, mark_before: u32) -> Result<(), DomainError> {
+    /// Writes a planned `AddRoutes` batch into the tries and the IPv4 records, all or nothing,
+    /// its intent recorded first (committing as `generation`): the returned intent is to be
+    /// held until the batch committed.
+    fn apply_add_routes(
+        &self,
+        plan: &mut AddRoutesPlan,
+        mark_before: u32,
+        generation: u64,
+    ) -> Result<Pending, DomainError> {
+        let raise = !plan.records.is_empty() && plan.mark > mark_before;
+        let intent = {
+            // The undo of every planned write, last write first (as the journal below would
+            // run them): the records, the mark, the trie's routes. Then the removal of the
+            // IPv4 routes kept out of the trie: a VRF whose flat table cannot follow the batch
+            // gets them in its trie before the commit (`fib4_give_up`).
+            let reserve = [KernelOp::Route4Reserve(mark_before)];
+            let flat: Vec<KernelOp> = plan
+                .flat
+                .iter()
+                .map(|&(vrf, (addr, len), _)| KernelOp::RemoveRoute {
+                    vrf,
+                    prefix: Prefix::containing(IpAddr::V4(std::net::Ipv4Addr::from(addr)), len),
+                })
+                .collect();
+            let undo = plan
+                .records_undo
+                .iter()
+                .chain(reserve.iter().filter(|_| raise))
+                .chain(plan.trie.iter().rev().map(|w| &w.undo))
+                .chain(&flat);
+            let writes = plan.trie.len() + usize::from(raise) + usize::from(!plan.records.is_empty());
+            self.intend(generation, writes, undo)?
+        };
         let mut journal = Journal::new(&self.dataplane);
         let entries: Vec<(u32, Prefix, u32)> = plan.trie.iter().map(|w| (w.vrf, w.prefix, w.nexthop_slot)).collect();
         // One call, so the dataplane can write in as few kernel calls as it can.
@@ -103,7 +139,7 @@ impl<D: Dataplane> Domain<D> {
         }
         if !plan.records.is_empty() {
             let at = |e| DomainError::from(e).at("routes");
-            if plan.mark > mark_before {
+            if raise {
                 // A restart reads records up to the mark: raised before any record above it.
                 journal
                     .write(KernelOp::Route4Reserve(plan.mark), [KernelOp::Route4Reserve(mark_before)])
@@ -113,7 +149,7 @@ impl<D: Dataplane> Domain<D> {
             journal.write(KernelOp::Route4Store(records), undo).map_err(at)?;
         }
         journal.commit();
-        Ok(())
+        Ok(intent)
     }
 
     /// The domain's side of an `AddRoutes` batch the kernel has: routes, counts, the records'
@@ -158,6 +194,8 @@ impl<D: Dataplane> Domain<D> {
     pub fn delete_routes(&self, batch: &[(u32, Prefix)]) -> Result<u64, DomainError> {
         let mut state = self.lock();
         check_deletes(&state, batch)?;
+        // Held until the batch committed (past `bump`).
+        let _intent = self.intend_delete_routes(&state, batch)?;
         // From the tries what is there (IPv6, IPv4 of VRFs without a flat table); then the
         // flat tables; the records last, so that a crash in between leaves the route recorded
         // (and a restart rebuilding what its flat table lacks).
@@ -191,6 +229,29 @@ impl<D: Dataplane> Domain<D> {
         }
         self.bump(&mut state);
         Ok(state.generation)
+    }
+
+    /// Records the intent of a checked `DeleteRoutes` batch: what puts back its routes in the
+    /// tries and its IPv4 records (cleared after the tries, outside the journal).
+    fn intend_delete_routes(&self, state: &State, batch: &[(u32, Prefix)]) -> Result<Pending, DomainError> {
+        let mut records = Vec::new();
+        let mut trie = Vec::new();
+        for &(vrf, prefix) in batch {
+            let e = state.routes[&(vrf, prefix)];
+            let nexthop_slot = state.nexthops[&e.nexthop].slot;
+            if let (Some(addr), true) = (v4_addr(&prefix), e.record != NO_RECORD) {
+                let flags = RECORD_VALID;
+                let r =
+                    RouteRecord4 { vrf, addr, prefix_len: prefix.len(), _pad: [0; 2], flags, nexthop: nexthop_slot };
+                records.push((e.record, r));
+            }
+            if !prefix.is_ipv4() || !state.fib4.is_flat(vrf) {
+                trie.push(KernelOp::InsertRoute { vrf, prefix, nexthop_slot });
+            }
+        }
+        let writes = trie.len() + usize::from(!records.is_empty());
+        let store = [KernelOp::Route4Store(records)];
+        self.intend(state.generation + 1, writes, store.iter().chain(trie.iter().rev()))
     }
 
     /// Removes the routes of a `DeleteRoutes` batch that are in the tries, all or nothing.

@@ -155,10 +155,13 @@ impl<D: Dataplane> Domain<D> {
         let _state = self.lock();
         self.reset_done.store(true, std::sync::atomic::Ordering::Relaxed);
         self.dataplane.reset();
-        if let Some(path) = &self.state_file {
-            if let Err(e) = std::fs::remove_file(path) {
-                if e.kind() != std::io::ErrorKind::NotFound {
-                    tracing::warn!(path = %path.display(), error = %e, "removing the state file failed");
+        if let Some(state_file) = &self.state_file {
+            // The intent too: rolled back over a fresh dataplane, it would write stale values.
+            for path in [state_file.clone(), super::intent::path_for(state_file)] {
+                if let Err(e) = std::fs::remove_file(&path) {
+                    if e.kind() != std::io::ErrorKind::NotFound {
+                        tracing::warn!(path = %path.display(), error = %e, "removing the state file failed");
+                    }
                 }
             }
         }

@@ -10,7 +10,7 @@
 
 use dataplane_common::{flow::FlowValue, RouteRecord4};
 
-use super::DomainError;
+use super::{intent::Pending, Domain, DomainError, State};
 use crate::{
     dataplane::{Dataplane, DataplaneError, FlowKey, NextHopParams, PolicyImage},
     net::Prefix,
@@ -62,7 +62,7 @@ pub(super) enum KernelOp {
 }
 
 impl KernelOp {
-    fn run<D: Dataplane>(&self, dp: &D) -> Result<(), DataplaneError> {
+    pub(super) fn run<D: Dataplane>(&self, dp: &D) -> Result<(), DataplaneError> {
         match self {
             Self::InsertRoute { vrf, prefix, nexthop_slot } => dp.insert_route(*vrf, prefix, *nexthop_slot),
             Self::RemoveRoute { vrf, prefix } => dp.remove_route(*vrf, prefix),
@@ -157,6 +157,24 @@ impl<D: Dataplane> Journal<'_, D> {
         }
         journal.commit();
         Ok(())
+    }
+}
+
+/// The undo operations of `writes`, in the order that takes them all back: the last write's
+/// first, each write's own in the order given (as [`Journal`] runs them).
+pub(super) fn undo_order(writes: &[Write]) -> impl Iterator<Item = &KernelOp> {
+    writes.iter().rev().flat_map(|w| w.undo.iter())
+}
+
+impl<D: Dataplane> Domain<D> {
+    /// [`Journal::apply`], safe across a crash: the batch's intent (see `intent`) is recorded
+    /// before its first write. Hold the returned intent until the batch committed (past `bump`):
+    /// dropping it removes the record. On an error the writes were undone in process and the
+    /// record is gone.
+    pub(super) fn apply_logged(&self, state: &State, writes: Vec<Write>) -> Result<Pending, DomainError> {
+        let intent = self.intend(state.generation + 1, writes.len(), undo_order(&writes))?;
+        Journal::apply(&self.dataplane, writes)?;
+        Ok(intent)
     }
 }
 

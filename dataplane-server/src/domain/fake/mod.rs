@@ -71,7 +71,14 @@ pub struct FakeDataplane {
     pub pin_health: Mutex<PinHealth>,
     /// Calls of `check_pins`.
     pub pin_checks: AtomicI64,
+    /// Set by `crash_at`: the write it chose fails and so does every one after it.
+    crashed: AtomicBool,
+    /// Run at the crash, before the failing write (see `crash_at`).
+    on_crash: Mutex<Option<CrashHook>>,
 }
+
+/// What a test records at the instant of a simulated crash (the files beside the maps).
+pub type CrashHook = Box<dyn FnOnce() + Send>;
 
 impl Default for FakeDataplane {
     fn default() -> Self {
@@ -102,6 +109,8 @@ impl Default for FakeDataplane {
             write_log: Mutex::default(),
             pin_health: Mutex::default(),
             pin_checks: AtomicI64::new(0),
+            crashed: AtomicBool::new(false),
+            on_crash: Mutex::default(),
         }
     }
 }
@@ -155,6 +164,20 @@ impl FakeDataplane {
         self.writes_left.store(n, Ordering::SeqCst);
     }
 
+    /// A crash before the `n`th kernel write from now (1: the next one): `hook` runs (to take
+    /// what the files hold at that instant), then that write and every later one fail and
+    /// change nothing, so not even the in-process undo reaches the maps, as when the process
+    /// dies. The maps then stay as the crash left them, for `restarted`.
+    pub fn crash_at(&self, n: i64, hook: CrashHook) {
+        *self.on_crash.lock().unwrap() = Some(hook);
+        self.writes_left.store(n, Ordering::SeqCst);
+    }
+
+    /// Whether `crash_at`'s write came.
+    pub fn has_crashed(&self) -> bool {
+        self.crashed.load(Ordering::SeqCst)
+    }
+
     /// The kernel writes made so far (method names), the failed one included.
     pub fn write_log(&self) -> Vec<&'static str> {
         self.write_log.lock().unwrap().clone()
@@ -163,8 +186,16 @@ impl FakeDataplane {
     /// Counts a kernel write named `what`; the error if it is the one `fail_write` chose.
     fn write(&self, what: &'static str) -> Result<(), DataplaneError> {
         self.write_log.lock().unwrap().push(what);
+        let fail = Err(DataplaneError::SlotOutOfRange { map: what, slot: 0, max: 0 });
+        if self.crashed.load(Ordering::SeqCst) {
+            return fail;
+        }
         if self.writes_left.fetch_sub(1, Ordering::SeqCst) == 1 {
-            return Err(DataplaneError::SlotOutOfRange { map: what, slot: 0, max: 0 });
+            if let Some(hook) = self.on_crash.lock().unwrap().take() {
+                self.crashed.store(true, Ordering::SeqCst);
+                hook();
+            }
+            return fail;
         }
         Ok(())
     }
@@ -218,6 +249,63 @@ impl FakeDataplane {
         all.sort();
         all.dedup();
         all
+    }
+
+    /// What forwards, as the maps hold it (not where: slots of tables and chunks may differ
+    /// between runs): every route, next hop, attachment word, attached policy table and flow
+    /// (key and action).
+    pub fn forwarding(&self) -> String {
+        let flows: Vec<_> = self.flows.lock().unwrap().iter().map(|(k, v)| (*k, v.action, v.nexthop)).collect();
+        // The tables attachments point at (a retired one forwards nothing, and a restart
+        // reclaims it).
+        let attached: std::collections::BTreeSet<u32> =
+            self.policy_attach.lock().unwrap().values().filter(|w| **w != 0).map(|w| (w & 0xffff) - 1).collect();
+        let tables: Vec<u32> =
+            self.policy_tables.lock().unwrap().keys().copied().filter(|t| attached.contains(t)).collect();
+        format!(
+            "{:?}",
+            (
+                self.kernel_routes(),
+                &*self.nexthops.lock().unwrap(),
+                &*self.policy_attach.lock().unwrap(),
+                tables,
+                flows,
+                &*self.flow_config.lock().unwrap(),
+            )
+        )
+    }
+
+    /// The kernel a server restarted after this one died finds: the same links (those attached
+    /// adopted), and every map as it is.
+    pub fn restarted(&self) -> FakeDataplane {
+        let adopted = self
+            .attached
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(&ifindex, &slot)| crate::dataplane::AdoptedLinks {
+                ifindex,
+                xdp_link_id: 100 + slot,
+                tc_link_id: 200 + slot,
+            })
+            .collect();
+        let b = FakeDataplane {
+            links: Mutex::new(self.links.lock().unwrap().clone()),
+            adopted: Mutex::new(adopted),
+            configs: Mutex::new(self.configs.lock().unwrap().clone()),
+            attached: Mutex::new(self.attached.lock().unwrap().clone()),
+            stats: Mutex::new(self.stats.lock().unwrap().clone()),
+            nexthops: Mutex::new(self.nexthops.lock().unwrap().clone()),
+            policy_tables: Mutex::new(self.policy_tables.lock().unwrap().clone()),
+            policy_attach: Mutex::new(self.policy_attach.lock().unwrap().clone()),
+            flow_config: Mutex::new(self.flow_config.lock().unwrap().clone()),
+            flows: Mutex::new(self.flows.lock().unwrap().clone()),
+            holds_resolved: AtomicI64::new(self.holds_resolved.load(Ordering::SeqCst)),
+            generation: AtomicI64::new(self.generation.load(Ordering::SeqCst)),
+            ..Default::default()
+        };
+        b.copy_maps_from(self);
+        b
     }
 
     /// The maps `other` holds, as a restarted server finds them (every one; not its links).
