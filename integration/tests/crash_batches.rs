@@ -169,6 +169,15 @@ impl Rig {
         if rolled_back {
             assert_eq!(found, Found::Absent, "{what} kill {n}: rolled back, yet present");
         }
+        // GetStatus says the same, and the state file and the kernel agree on everything else.
+        let restore =
+            self.client().await.system.get_status(pb::GetStatusRequest {}).await.unwrap().into_inner().restore;
+        let restore = restore.expect("GetStatus reports the restore");
+        assert_eq!(restore.rolled_back.map(|r| r.generation), rolled_back.then_some(g0 + 1), "{what} kill {n}");
+        assert!(
+            restore.adopted.is_empty() && restore.disagreements.is_empty(),
+            "{what} kill {n}: the state file and the kernel disagree after the restart: {restore:?}"
+        );
         Outcome { found, rolled_back, g0 }
     }
 

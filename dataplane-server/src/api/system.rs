@@ -105,6 +105,9 @@ fn encode_status(info: &ServerInfo, s: StatusView) -> pb::GetStatusResponse {
             adopted: r.adopted,
             disagreements: r.disagreements,
             dropped: r.dropped,
+            rolled_back: r
+                .rolled_back
+                .map(|b| pb::RolledBackBatch { generation: b.generation, operations: b.ops as u64 }),
         }),
         programs: s.programs.into_iter().map(encode_program).collect(),
         attachments: s

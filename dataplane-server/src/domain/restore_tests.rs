@@ -274,3 +274,52 @@ fn restore_removes_classifier_entries_of_a_table_no_one_holds() {
     assert!(b.dataplane().policy_tables.lock().unwrap().contains_key(&0), "the attached table went too");
     assert!(report.dropped.iter().any(|d| d.contains("unused policy tables [9]")), "{report:?}");
 }
+
+/// Issue 18: after a crash during PutPolicy, the largest policy that fit before still fits. The
+/// fake crashes at each write of a PutPolicy that replaces an attached policy of the largest
+/// size (the files copied at that instant, as a SIGKILL leaves them); the restarted domain must
+/// take two more of the largest size, as the one before the crash could: nothing the cut-short
+/// batch or the retired table held stays taken.
+#[test]
+fn put_policy_crash_at_every_write_largest_policies_that_fit_before_still_fit() {
+    use dataplane_common::policy::MAX_POLICY_RULES;
+    let rules = |action| (1..=MAX_POLICY_RULES).map(|p| RuleSpec::any(p, action)).collect::<Vec<_>>();
+    let big = |i: u32| PolicyName::parse("p", &format!("big{i}")).unwrap();
+    let root = std::env::temp_dir().join(format!("dataplane-restore-{}-policy-crash", std::process::id()));
+    let mut crashes = 0;
+    for n in 1.. {
+        let dir = root.join(n.to_string());
+        std::fs::create_dir_all(dir.join("crash")).unwrap();
+        let (file, crash_file) = (dir.join("state.json"), dir.join("crash").join("state.json"));
+        let a = Domain::with_state_file(FakeDataplane::with_links(LINKS), file.clone());
+        a.add_interface(AddInterface { name: name("eth0"), mode: XdpMode::Auto, vrf: 0 }).unwrap();
+        a.put_policy(big(0), rules(RuleAction::Allow)).unwrap();
+        a.attach_policy(&big(0), &name("eth0"), Direction::Ingress, false).unwrap();
+        a.put_policy(big(1), rules(RuleAction::Allow)).unwrap();
+        let (intent, crash_intent) = (super::intent::path_for(&file), super::intent::path_for(&crash_file));
+        let copied = crash_file.clone();
+        a.dataplane().crash_at(
+            n,
+            Box::new(move || {
+                for (from, to) in [(&file, &copied), (&intent, &crash_intent)] {
+                    if from.exists() {
+                        std::fs::copy(from, to).unwrap();
+                    }
+                }
+            }),
+        );
+        let _ = a.put_policy(big(0), rules(RuleAction::Deny));
+        if !a.dataplane().has_crashed() {
+            break;
+        }
+        crashes += 1;
+        let b = Domain::with_state_file(a.dataplane().restarted(), crash_file.clone());
+        b.restore(super::persist::read(&crash_file).unwrap()).unwrap();
+        for i in [2, 3] {
+            b.put_policy(big(i), rules(RuleAction::Allow))
+                .unwrap_or_else(|e| panic!("crash at write {n}: policy big{i} no longer fits: {e}"));
+        }
+    }
+    assert!(crashes >= 3, "PutPolicy made {crashes} writes");
+    std::fs::remove_dir_all(&root).unwrap();
+}
