@@ -100,21 +100,18 @@ impl<D: Dataplane> Domain<D> {
                 report.dropped.push(format!("interface {}: slot {slot} taken twice", i.name));
                 continue;
             }
-            vrf = self.refresh_entry(state, slot, vrf, &link)?;
+            self.refresh_entry(state, slot, vrf, &link)?;
             let attachment = Attachment { xdp_mode: i.xdp_mode, xdp_link_id, tc_link_id };
             state.interfaces.insert(i.name, InterfaceEntry { link, vrf, slot, requested: i.requested, attachment });
             kept_ifindexes.push(i.ifindex);
         }
         for (&ifindex, &(xdp_link_id, tc_link_id)) in adopted.iter().filter(|(i, _)| !kept_ifindexes.contains(i)) {
-            match self.adopt_interface(state, report, ifindex, xdp_link_id, tc_link_id)? {
-                true => {}
-                false => {
-                    // Links with no entry (a run that crashed between attaching and recording
-                    // the entry, or whose entry is gone): every packet they see passes to the
-                    // stack as from an unknown interface, so letting them go changes nothing.
-                    self.dataplane.forget_links(ifindex)?;
-                    report.dropped.push(format!("links of ifindex {ifindex}: no interface entry in the kernel"));
-                }
+            if !self.adopt_interface(state, report, ifindex, xdp_link_id, tc_link_id)? {
+                // Links with no entry (a run that crashed between attaching and recording the
+                // entry, or whose entry is gone): every packet they see passes to the stack as
+                // from an unknown interface, so letting them go changes nothing.
+                self.dataplane.forget_links(ifindex)?;
+                report.dropped.push(format!("links of ifindex {ifindex}: no interface entry in the kernel"));
             }
         }
         report.interfaces = state.interfaces.len();
@@ -138,7 +135,8 @@ impl<D: Dataplane> Domain<D> {
             return Ok(false);
         }
         adopt_vrf(state, report, k.vrf, k.kernel_fib);
-        let vrf = self.refresh_entry(state, k.slot, k.vrf, &link)?;
+        let vrf = k.vrf;
+        self.refresh_entry(state, k.slot, vrf, &link)?;
         let attachment = Attachment { xdp_mode: k.xdp_mode, xdp_link_id, tc_link_id };
         report
             .adopted
@@ -148,14 +146,11 @@ impl<D: Dataplane> Domain<D> {
     }
 
     /// Rewrites an interface's entry from its link as it is now (its MTU, MAC or addresses may
-    /// have changed while no server ran), keeping its slot and VRF. Returns the VRF.
-    fn refresh_entry(&self, state: &State, slot: u32, vrf: u32, link: &LinkInfo) -> Result<u32, DomainError> {
-        let kernel_fib = match state.vrfs.get(&vrf) {
-            Some(VrfMode::KernelFib { table }) => Some(*table),
-            _ => None,
-        };
+    /// have changed while no server ran), keeping its slot and VRF.
+    fn refresh_entry(&self, state: &State, slot: u32, vrf: u32, link: &LinkInfo) -> Result<(), DomainError> {
+        let kernel_fib = state.vrfs.get(&vrf).copied().and_then(super::kernel_fib);
         self.dataplane.update_interface(&InterfaceParams { slot, vrf, link: link.clone(), kernel_fib })?;
-        Ok(vrf)
+        Ok(())
     }
 }
 

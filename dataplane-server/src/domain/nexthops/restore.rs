@@ -43,6 +43,7 @@ impl<D: Dataplane> Domain<D> {
     ) -> Result<(), DomainError> {
         let mut kernel: BTreeMap<u32, NextHopParams> = self.dataplane.kernel_nexthops()?.into_iter().collect();
         let slot_of: BTreeMap<u32, u32> = saved.iter().map(|n| (n.id, n.slot)).collect();
+        let mut rewrite = Vec::new();
         for n in saved {
             let in_kernel = kernel.remove(&n.slot);
             if !state.nh_slots.reserve(n.slot) {
@@ -59,7 +60,16 @@ impl<D: Dataplane> Domain<D> {
                         ));
                         spec
                     }
-                    None => n.spec,
+                    None => {
+                        // The kernel's sends out of a slot no interface has (it delivers
+                        // nothing): the file's is the only one that can forward.
+                        report.disagreements.push(format!(
+                            "next hop {}: the kernel's {have:?} leaves through no interface: rewritten as the state file has it",
+                            n.id
+                        ));
+                        rewrite.push(n.id);
+                        n.spec
+                    }
                 },
                 (Resolution::Params(_), None) => {
                     state.nh_slots.free(n.slot);
@@ -93,6 +103,9 @@ impl<D: Dataplane> Domain<D> {
                     report.dropped.push(format!("next hop in slot {slot} ({params:?}): its interface is gone"));
                 }
             }
+        }
+        for id in rewrite {
+            self.write(state, id)?;
         }
         report.nexthops = state.nexthops.len();
         let missing: Vec<InterfaceName> = state

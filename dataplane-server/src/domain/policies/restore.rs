@@ -134,7 +134,7 @@ impl<D: Dataplane> Domain<D> {
         }
         let mut attached_tables: std::collections::BTreeSet<u32> = BTreeSet::new();
         for ((slot, dir), word) in words {
-            attached_tables.insert((word & 0xffff).wrapping_sub(1));
+            attached_tables.insert(word_table(word).0);
             self.adopt_attachment(state, report, slot, dir, word)?;
         }
         self.reclaim_retired(state)?;
@@ -197,8 +197,7 @@ impl<D: Dataplane> Domain<D> {
             report.dropped.push(format!("policy attachment of slot {slot} {direction:?}: no interface"));
             return Ok(());
         };
-        let table = (word & 0xffff).wrapping_sub(1);
-        let default_deny = word & ATTACH_DEFAULT_DENY != 0;
+        let (table, default_deny) = word_table(word);
         let owner = state.policies.iter().find(|(_, e)| e.installed().image.table == table).map(|(n, _)| n.clone());
         let policy = match owner {
             Some(name) => name,
@@ -241,4 +240,9 @@ impl<D: Dataplane> Domain<D> {
         }
         Ok(())
     }
+}
+
+/// The table and default-deny bit of a non-zero attachment word (the inverse of `attach_word`).
+fn word_table(word: u32) -> (u32, bool) {
+    ((word & 0xffff).wrapping_sub(1), word & ATTACH_DEFAULT_DENY != 0)
 }
