@@ -645,8 +645,8 @@ impl<'b> Reader<'b> {
             SET_POLICY_ATTACHMENT => {
                 KernelOp::SetPolicyAttachment { slot: self.u32()?, direction: self.u32()?, word: self.u32()? }
             }
-            WRITE_POLICY => KernelOp::WritePolicy(self.image()?),
-            CLEAR_POLICY => KernelOp::ClearPolicy(self.image()?),
+            WRITE_POLICY => KernelOp::WritePolicy(Box::new(self.image()?)),
+            CLEAR_POLICY => KernelOp::ClearPolicy(Box::new(self.image()?)),
             WAIT_FOR_READERS => KernelOp::WaitForReaders,
             tag => return Err(format!("unknown operation {tag} at byte {at}")),
         })
@@ -1040,8 +1040,8 @@ mod tests {
             ),
             KernelOp::RemoveFlow(flow_key(10)),
             KernelOp::SetPolicyAttachment { slot: 1, direction: 1, word: 0x8000_0003 },
-            KernelOp::WritePolicy(image.clone()),
-            KernelOp::ClearPolicy(image),
+            KernelOp::WritePolicy(Box::new(image.clone())),
+            KernelOp::ClearPolicy(Box::new(image)),
             KernelOp::WaitForReaders,
         ];
         let bytes = encode(u64::MAX - 1, &ops);

@@ -472,8 +472,8 @@ fn publish(state: &State, name: &PolicyName, installed: &Installed) -> (Vec<Writ
     let image = installed.image.clone();
     // Undone last: once the attachments point back, a grace period passes before the table is
     // cleared, as a packet may still be reading it.
-    let undo = vec![KernelOp::WaitForReaders, KernelOp::ClearPolicy(image.clone())];
-    let mut writes = vec![Write { op: KernelOp::WritePolicy(image), undo, at: None }];
+    let undo = vec![KernelOp::WaitForReaders, KernelOp::ClearPolicy(Box::new(image.clone()))];
+    let mut writes = vec![Write { op: KernelOp::WritePolicy(Box::new(image)), undo, at: None }];
     for ((iface, dir), a) in state.policy_attachments.iter().filter(|(_, a)| &a.policy == name) {
         let (slot, direction) = (state.interfaces[iface].slot, dir.index());
         let flip = |table| KernelOp::SetPolicyAttachment { slot, direction, word: attach_word(table, a.default_deny) };
