@@ -14,6 +14,7 @@ fn main() -> anyhow::Result<()> {
         "proto/dataplane/v1/policy.proto",
         "proto/dataplane/v1/routing.proto",
         "proto/dataplane/v1/system.proto",
+        "proto/google/rpc/status.proto",
     ];
     for p in &protos {
         println!("cargo:rerun-if-changed={p}");
