@@ -4,12 +4,17 @@
 use std::path::PathBuf;
 
 use dataplane_proto::v1::{
-    events_client::EventsClient, flows_client::FlowsClient, interfaces_client::InterfacesClient,
-    policy_client::PolicyClient, routing_client::RoutingClient, system_client::SystemClient,
+    controller_client::ControllerClient, events_client::EventsClient, flows_client::FlowsClient,
+    interfaces_client::InterfacesClient, policy_client::PolicyClient, routing_client::RoutingClient,
+    system_client::SystemClient,
 };
 use hyper_util::rt::TokioIo;
 use tokio::net::UnixStream;
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::{
+    metadata::MetadataValue,
+    service::interceptor::InterceptedService,
+    transport::{Channel, Endpoint, Uri},
+};
 
 pub use dataplane_proto::v1 as pb;
 
@@ -24,6 +29,8 @@ pub const DEFAULT_SERVER: &str = "unix:/run/dataplane/dataplane.sock";
 pub enum ConnectError {
     #[error("server address {address:?}: expected unix:PATH or http://HOST:PORT")]
     BadAddress { address: String },
+    #[error("role {role:?}: not valid gRPC metadata (printable ASCII)")]
+    BadRole { role: String },
     #[error("connecting to {address}: {source}")]
     Transport {
         address: String,
@@ -96,20 +103,60 @@ pub async fn connect_tuned(
     }
 }
 
+/// Metadata a controller's writes carry once it holds a session (see the Controller service):
+/// its role and election id. Empty: no metadata (a write from no session, as dpctl's default).
+#[derive(Clone, Debug, Default)]
+pub struct Credentials {
+    pub role: Option<MetadataValue<tonic::metadata::Ascii>>,
+    pub election_id: Option<MetadataValue<tonic::metadata::Ascii>>,
+}
+
+impl Credentials {
+    /// Writes as election id `id` of `role` ("" for the default role).
+    pub fn new(role: &str, id: u128) -> Result<Self, ConnectError> {
+        let bad = || ConnectError::BadRole { role: role.to_owned() };
+        let role = if role.is_empty() { None } else { Some(role.parse().map_err(|_| bad())?) };
+        Ok(Self { role, election_id: Some(id.to_string().parse().map_err(|_| bad())?) })
+    }
+}
+
+impl tonic::service::Interceptor for Credentials {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(r) = &self.role {
+            req.metadata_mut().insert("dataplane-role", r.clone());
+        }
+        if let Some(id) = &self.election_id {
+            req.metadata_mut().insert("dataplane-election-id", id.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// The channel every service client sends through, adding the caller's [`Credentials`].
+pub type Transport = InterceptedService<Channel, Credentials>;
+
 /// Every dataplane.v1 service client over one channel.
 #[derive(Clone, Debug)]
 pub struct Client {
-    pub interfaces: InterfacesClient<Channel>,
-    pub routing: RoutingClient<Channel>,
-    pub policy: PolicyClient<Channel>,
-    pub flows: FlowsClient<Channel>,
-    pub events: EventsClient<Channel>,
-    pub system: SystemClient<Channel>,
+    pub interfaces: InterfacesClient<Transport>,
+    pub routing: RoutingClient<Transport>,
+    pub policy: PolicyClient<Transport>,
+    pub flows: FlowsClient<Transport>,
+    pub events: EventsClient<Transport>,
+    pub system: SystemClient<Transport>,
+    pub controller: ControllerClient<Transport>,
+    channel: Channel,
 }
 
 impl Client {
     pub async fn connect(address: &ServerAddress) -> Result<Self, ConnectError> {
         Self::from_channel(connect(address).await?)
+    }
+
+    /// The same connection, its writes carrying `credentials` (a controller's election id once
+    /// its session is open).
+    pub fn with_credentials(&self, credentials: Credentials) -> Self {
+        Self::build(self.channel.clone(), credentials)
     }
 
     /// A client whose HTTP/2 receive windows are `bytes` (per stream and per connection): how
@@ -123,16 +170,23 @@ impl Client {
     }
 
     fn from_channel(ch: Channel) -> Result<Self, ConnectError> {
+        Ok(Self::build(ch, Credentials::default()))
+    }
+
+    fn build(ch: Channel, c: Credentials) -> Self {
         // Large route batches: raise tonic's 4 MiB default message limits.
         let max = 256 * 1024 * 1024;
-        Ok(Self {
-            interfaces: InterfacesClient::new(ch.clone()),
-            routing: RoutingClient::new(ch.clone()).max_encoding_message_size(max).max_decoding_message_size(max),
-            policy: PolicyClient::new(ch.clone()).max_encoding_message_size(max).max_decoding_message_size(max),
-            flows: FlowsClient::new(ch.clone()).max_encoding_message_size(max).max_decoding_message_size(max),
-            events: EventsClient::new(ch.clone()),
-            system: SystemClient::new(ch),
-        })
+        let t = || InterceptedService::new(ch.clone(), c.clone());
+        Self {
+            interfaces: InterfacesClient::new(t()),
+            routing: RoutingClient::new(t()).max_encoding_message_size(max).max_decoding_message_size(max),
+            policy: PolicyClient::new(t()).max_encoding_message_size(max).max_decoding_message_size(max),
+            flows: FlowsClient::new(t()).max_encoding_message_size(max).max_decoding_message_size(max),
+            events: EventsClient::new(t()),
+            system: SystemClient::new(t()),
+            controller: ControllerClient::new(t()).max_encoding_message_size(max).max_decoding_message_size(max),
+            channel: ch,
+        }
     }
 }
 

@@ -3,7 +3,7 @@
 //! are INTERNAL.
 
 use thiserror::Error;
-use tonic::Status;
+use tonic::{Code, Status};
 use tracing::error;
 
 use crate::{
@@ -23,16 +23,37 @@ fn internal(msg: String) -> Status {
     Status::internal(msg)
 }
 
+/// The gRPC code of each kind of domain failure.
+pub(super) fn code(kind: ErrorKind) -> Code {
+    match kind {
+        ErrorKind::InvalidArgument => Code::InvalidArgument,
+        ErrorKind::NotFound => Code::NotFound,
+        ErrorKind::AlreadyExists => Code::AlreadyExists,
+        ErrorKind::Exhausted => Code::ResourceExhausted,
+        ErrorKind::FailedPrecondition => Code::FailedPrecondition,
+        ErrorKind::PermissionDenied => Code::PermissionDenied,
+        ErrorKind::Internal => Code::Internal,
+    }
+}
+
+/// A domain error's code and message where it travels inside a message (a session's stream
+/// error, a batch's entry status) rather than as the call's status; INTERNAL is logged as the
+/// call's status would be.
+pub(super) fn code_and_message(e: &DomainError) -> (Code, String) {
+    let msg = e.to_string();
+    let code = code(e.kind());
+    if code == Code::Internal {
+        error!(error = %msg, "internal dataplane error");
+    }
+    (code, msg)
+}
+
 impl From<DomainError> for Status {
     fn from(e: DomainError) -> Self {
         let msg = e.to_string();
         match e.kind() {
-            ErrorKind::InvalidArgument => Status::invalid_argument(msg),
-            ErrorKind::NotFound => Status::not_found(msg),
-            ErrorKind::AlreadyExists => Status::already_exists(msg),
-            ErrorKind::Exhausted => Status::resource_exhausted(msg),
-            ErrorKind::FailedPrecondition => Status::failed_precondition(msg),
             ErrorKind::Internal => internal(msg),
+            kind => Status::new(code(kind), msg),
         }
     }
 }
@@ -51,8 +72,6 @@ impl From<NetlinkError> for Status {
 
 #[cfg(test)]
 mod tests {
-    use tonic::Code;
-
     use super::*;
 
     #[test]
@@ -63,6 +82,7 @@ mod tests {
             (DomainError::AlreadyExists { kind: "interface", name: "x".into() }, Code::AlreadyExists),
             (DomainError::Exhausted { what: "interface slots", capacity: 1 }, Code::ResourceExhausted),
             (DomainError::FailedPrecondition("busy".into()), Code::FailedPrecondition),
+            (DomainError::PermissionDenied("not primary".into()), Code::PermissionDenied),
         ];
         for (e, code) in cases {
             assert_eq!(Status::from(e).code(), code);

@@ -91,7 +91,7 @@ impl<D: Dataplane> pb::flows_server::Flows for FlowsService<D> {
                                     interface: domain.interface_name_by_slot(m.slot).unwrap_or_default(),
                                     key: Some(encode_key(&m.key)),
                                     packet_length: m.packet_len,
-                                    packet: m.frame[..m.frame.len().min(MISS_PACKET_BYTES)].to_vec(),
+                                    packet: m.frame.slice(..m.frame.len().min(MISS_PACKET_BYTES)),
                                     reason: match m.reason {
                                         dataplane_common::flow::MISS_PUNT_RULE => "punt".into(),
                                         _ => "miss".into(),
@@ -187,7 +187,7 @@ fn decode_action(field: String, action: i32, next_hop: u32) -> Result<Option<Flo
     }
 }
 
-fn decode_flow(at: &str, f: pb::Flow) -> Result<FlowSpec, DomainError> {
+pub(super) fn decode_flow(at: &str, f: pb::Flow) -> Result<FlowSpec, DomainError> {
     let target = match (f.key, f.request_id) {
         (None, 0) => return Err(DomainError::invalid(format!("{at}.key"), "a key or a request_id is required")),
         (None, id) => FlowTarget::Request(id),
@@ -199,7 +199,7 @@ fn decode_flow(at: &str, f: pb::Flow) -> Result<FlowSpec, DomainError> {
     Ok(FlowSpec { target, action, reverse })
 }
 
-fn encode_key(k: &FlowKey) -> pb::FlowKey {
+pub(super) fn encode_key(k: &FlowKey) -> pb::FlowKey {
     pb::FlowKey {
         vrf: k.vrf,
         src: k.src.to_string(),

@@ -1,7 +1,9 @@
 //! The gRPC surface: one file per service, each decoding requests into domain types (`TryFrom`),
 //! calling the domain and encoding the answer. Also health and reflection, always on.
 
+mod controller;
 mod error;
+pub mod fence;
 mod events;
 mod flows;
 mod interfaces;
@@ -12,7 +14,7 @@ mod system;
 use std::sync::Arc;
 
 use dataplane_proto::v1::{
-    events_server::EventsServer, flows_server::FlowsServer, interfaces_server::InterfacesServer,
+    controller_server::ControllerServer, events_server::EventsServer, flows_server::FlowsServer, interfaces_server::InterfacesServer,
     policy_server::PolicyServer, routing_server::RoutingServer, system_server::SystemServer,
 };
 use tonic::transport::server::Router;
@@ -26,6 +28,7 @@ use crate::{
     },
 };
 
+pub use controller::ControllerService;
 pub use events::EventsService;
 pub use flows::FlowsService;
 pub use interfaces::InterfacesService;
@@ -44,6 +47,9 @@ pub struct EventSources {
     pub netlink_listener: Netlink,
 }
 
+/// The layers every call passes through before its service.
+pub type FencedStack = tower::layer::util::Stack<fence::FenceLayer, tower::layer::util::Identity>;
+
 /// Builds the router with every dataplane service, gRPC health (each service SERVING) and
 /// server reflection (v1 and v1alpha, since grpcurl 1.8 speaks only v1alpha).
 pub async fn router<D: Dataplane>(
@@ -51,7 +57,7 @@ pub async fn router<D: Dataplane>(
     events: EventSources,
     info: system::ServerInfo,
     exit: tokio::sync::watch::Sender<bool>,
-) -> Result<(Router, HealthReporter), tonic_reflection::server::Error> {
+) -> Result<(Router<FencedStack>, HealthReporter), tonic_reflection::server::Error> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<InterfacesServer<InterfacesService<D>>>().await;
     health.set_serving::<SystemServer<SystemService<D>>>().await;
@@ -59,6 +65,7 @@ pub async fn router<D: Dataplane>(
     health.set_serving::<PolicyServer<PolicyService<D>>>().await;
     health.set_serving::<FlowsServer<FlowsService<D>>>().await;
     health.set_serving::<EventsServer<EventsService<D>>>().await;
+    health.set_serving::<ControllerServer<ControllerService<D>>>().await;
     // The empty service name stands for the server as a whole.
     health.set_service_status("", tonic_health::ServingStatus::Serving).await;
 
@@ -72,6 +79,8 @@ pub async fn router<D: Dataplane>(
         .build_v1alpha()?;
 
     let router = tonic::transport::Server::builder()
+        // Writes from anyone but a role's primary controller are refused before any handler.
+        .layer(fence::FenceLayer::new(domain.arbiter().clone()))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -88,7 +97,12 @@ pub async fn router<D: Dataplane>(
                 .max_encoding_message_size(MAX_MESSAGE),
         )
         .add_service(
-            FlowsServer::new(FlowsService::new(domain.clone(), events.misses))
+            FlowsServer::new(FlowsService::new(domain.clone(), events.misses.clone()))
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE),
+        )
+        .add_service(
+            ControllerServer::new(ControllerService::new(domain.clone(), events.misses.clone()))
                 .max_decoding_message_size(MAX_MESSAGE)
                 .max_encoding_message_size(MAX_MESSAGE),
         )

@@ -34,6 +34,21 @@ impl<D: Dataplane> pb::system_server::System for SystemService<D> {
         let s = self.domain.status()?;
         let mut r = encode_status(&self.info, s);
         r.resync_open = self.domain.resync_open();
+        r.instance_id = self.domain.instance_id().to_owned();
+        r.sessions = self
+            .domain
+            .arbiter()
+            .sessions()
+            .into_iter()
+            .map(|v| pb::SessionStatus {
+                role: v.role,
+                election_id: Some(super::controller::encode_id(v.election_id)),
+                primary: v.primary,
+                misses: v.misses,
+                lost: v.lost,
+                decisions: v.decisions,
+            })
+            .collect();
         Ok(Response::new(r))
     }
 
@@ -145,6 +160,9 @@ fn encode_status(info: &ServerInfo, s: StatusView) -> pb::GetStatusResponse {
             repairs_total: s.pin_health.total,
             repairs: s.pin_health.repairs.into_iter().map(encode_pin_repair).collect(),
         }),
+        // Filled in by the caller, from outside the domain's state.
+        instance_id: String::new(),
+        sessions: Vec::new(),
     }
 }
 

@@ -21,7 +21,7 @@ pub struct FlowMiss {
     pub reason: u32,
     /// Length on the wire, and the captured frame (whole up to `flow::FLOW_CAPTURE` bytes).
     pub packet_len: u32,
-    pub frame: Vec<u8>,
+    pub frame: bytes::Bytes,
 }
 
 /// Reader of `FLOW_MISSES`; poll its fd for readability, then [`FlowMissReader::drain`].
@@ -84,6 +84,6 @@ fn parse(bytes: &[u8]) -> Option<FlowMiss> {
         key: FlowKey { vrf: e.vrf, src, dst, proto: e.proto as u8, sport: e.sport, dport: e.dport },
         reason: e.reason,
         packet_len: e.pkt_len,
-        frame: e.data[..captured].to_vec(),
+        frame: bytes::Bytes::copy_from_slice(&e.data[..captured]),
     })
 }

@@ -50,6 +50,8 @@ pub trait Flows {
     /// Runs `frame` through the attached XDP program as if received on `ifindex`, for real
     /// (BPF_PROG_TEST_RUN with live frames: its redirect or XDP_PASS happens). Returns the verdict.
     fn reinject(&self, ifindex: u32, frame: &[u8]) -> Result<u32, DataplaneError>;
+    /// Sends a whole Ethernet frame out of `ifindex` (a controller's packet-out).
+    fn transmit(&self, ifindex: u32, frame: &[u8]) -> Result<(), DataplaneError>;
 }
 
 impl Flows for KernelDataplane {
@@ -90,6 +92,10 @@ impl Flows for KernelDataplane {
 
     fn reinject(&self, ifindex: u32, frame: &[u8]) -> Result<u32, DataplaneError> {
         self.test_run_live(ifindex, frame)
+    }
+
+    fn transmit(&self, ifindex: u32, frame: &[u8]) -> Result<(), DataplaneError> {
+        super::netdev::transmit(ifindex, frame)
     }
 }
 

@@ -173,3 +173,51 @@ pub fn xdp_mode(ifindex: u32) -> Result<Option<super::XdpMode>, DataplaneError> 
         _ => None,
     })
 }
+
+/// The raw packet socket packet-outs go through, opened on first use (in the server's network
+/// namespace, where its interfaces are) and kept.
+static PACKET_SOCKET: std::sync::OnceLock<std::os::fd::OwnedFd> = std::sync::OnceLock::new();
+
+/// Sends `frame` (a whole Ethernet frame) out of `ifindex` as it is: AF_PACKET, SOCK_RAW, so
+/// the kernel adds nothing and the frame skips the interface's own XDP program.
+pub fn transmit(ifindex: u32, frame: &[u8]) -> Result<(), DataplaneError> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let io = |op, source| DataplaneError::Io { path: format!("AF_PACKET socket (ifindex {ifindex})").into(), op, source };
+    let fd = match PACKET_SOCKET.get() {
+        Some(fd) => fd,
+        None => {
+            // Protocol 0: a send-only socket, so no frame is ever queued to it for reading.
+            // SAFETY: plain socket(2) call.
+            let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+            if raw < 0 {
+                return Err(io("socket", std::io::Error::last_os_error()));
+            }
+            // SAFETY: a descriptor we just opened and own.
+            let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+            // Lost race: the other socket is kept, this one closed on drop.
+            let _ = PACKET_SOCKET.set(fd);
+            PACKET_SOCKET.get().expect("set just above")
+        }
+    };
+    // SAFETY: zeroed sockaddr_ll is valid; the fields the kernel reads are set below.
+    let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    addr.sll_family = libc::AF_PACKET as u16;
+    addr.sll_ifindex = ifindex as i32;
+    addr.sll_halen = 6;
+    addr.sll_addr[..6].copy_from_slice(&frame[..6]);
+    // SAFETY: buffer and address valid for the lengths given.
+    let n = unsafe {
+        libc::sendto(
+            fd.as_raw_fd(),
+            frame.as_ptr().cast(),
+            frame.len(),
+            0,
+            (&addr as *const libc::sockaddr_ll).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+        )
+    };
+    if n < 0 {
+        return Err(io("sendto", std::io::Error::last_os_error()));
+    }
+    Ok(())
+}

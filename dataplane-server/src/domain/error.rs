@@ -17,6 +17,9 @@ pub enum DomainError {
     /// The request is well-formed but the system is not in a state to carry it out.
     #[error("{0}")]
     FailedPrecondition(String),
+    /// The caller is not the controller allowed to write (arbitration).
+    #[error("{0}")]
+    PermissionDenied(String),
     /// Another error about one item of a request: `field` names it (`routes[3].next_hop`).
     #[error("{field}: {source}")]
     At {
@@ -50,6 +53,7 @@ impl DomainError {
             Self::AlreadyExists { .. } => ErrorKind::AlreadyExists,
             Self::Exhausted { .. } => ErrorKind::Exhausted,
             Self::FailedPrecondition(_) => ErrorKind::FailedPrecondition,
+            Self::PermissionDenied(_) => ErrorKind::PermissionDenied,
             Self::Internal { .. } => ErrorKind::Internal,
             Self::At { source, .. } => source.kind(),
         }
@@ -64,6 +68,7 @@ pub enum ErrorKind {
     AlreadyExists,
     Exhausted,
     FailedPrecondition,
+    PermissionDenied,
     Internal,
 }
 

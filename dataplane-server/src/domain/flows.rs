@@ -79,7 +79,7 @@ pub struct FlowView {
 pub(super) struct Held {
     key: FlowKey,
     ifindex: u32,
-    frame: Vec<u8>,
+    frame: bytes::Bytes,
     since: Instant,
     /// Re-inject on install (the kernel dropped it; with miss-forward it already went by route).
     reinject: bool,
@@ -102,6 +102,24 @@ impl Flows {
         self.modes.insert(slot, mode);
     }
 }
+
+/// The result of a batch whose entries are validated one by one.
+#[derive(Debug)]
+pub struct BatchOutcome {
+    pub generation: u64,
+    /// Entries applied (0 when an ALL_OR_NOTHING batch had a failure).
+    pub applied: usize,
+    /// Failed entries: index in the request, and why.
+    pub failed: Vec<(usize, DomainError)>,
+    /// The flows written (reply directions included), for a session that removes its flows
+    /// when it ends.
+    pub installed: Vec<FlowKey>,
+}
+
+/// Smallest frame a packet-out may carry (an Ethernet header), and the largest (a 9,000-byte
+/// jumbo payload with its Ethernet and VLAN headers).
+const MIN_FRAME: usize = 14;
+const MAX_FRAME: usize = 9018;
 
 /// Bounds of the stored held frames: a flood of misses cannot grow the server without limit.
 const MAX_HELD: usize = 65536;
@@ -199,7 +217,7 @@ impl<D: Dataplane> Domain<D> {
                 Held {
                     key: miss.key,
                     ifindex: miss.ifindex,
-                    frame: Vec::new(),
+                    frame: bytes::Bytes::new(),
                     since: Instant::now(),
                     reinject: false,
                 },
@@ -215,13 +233,36 @@ impl<D: Dataplane> Domain<D> {
     /// Installs flows, all or nothing; HOLDs they replace are resolved and their captured
     /// packets re-injected through the XDP program (so the first packet is not lost).
     pub fn install_flows(&self, batch: Vec<FlowSpec>) -> Result<u64, DomainError> {
+        let out = self.install_flows_with(batch, false)?;
+        match out.failed.into_iter().next() {
+            Some((_, e)) => Err(e),
+            None => Ok(out.generation),
+        }
+    }
+
+    /// Installs flows, each entry validated on its own: with `continue_on_error` the valid ones
+    /// are installed (as one atomic batch) and the others reported, otherwise any invalid entry
+    /// leaves everything as it was. A kernel failure undoes the whole batch and is the error.
+    pub fn install_flows_with(&self, batch: Vec<FlowSpec>, continue_on_error: bool) -> Result<BatchOutcome, DomainError> {
         let mut state = self.lock();
-        let writes = plan_install(&state, &batch)?;
+        let mut writes = Vec::with_capacity(batch.len());
+        let mut failed = Vec::new();
+        for (i, f) in batch.iter().enumerate() {
+            match plan_entry(&state, i, f) {
+                Ok(w) => writes.extend(w),
+                Err(e) => failed.push((i, e)),
+            }
+        }
+        let applied = batch.len() - failed.len();
+        if writes.is_empty() || (!failed.is_empty() && !continue_on_error) {
+            return Ok(BatchOutcome { generation: state.generation, applied: 0, failed, installed: Vec::new() });
+        }
         // Previous values, to undo a kernel failure and to find the HOLDs replaced.
         let mut previous = Vec::with_capacity(writes.len());
         for (k, _) in &writes {
             previous.push(self.dataplane.get_flow(k)?);
         }
+        let installed = writes.iter().map(|(k, _)| *k).collect();
         let writes = writes
             .into_iter()
             .zip(&previous)
@@ -250,7 +291,64 @@ impl<D: Dataplane> Domain<D> {
                 warn!(error = %e, ifindex = h.ifindex, "re-injecting a held packet failed");
             }
         }
-        Ok(generation)
+        Ok(BatchOutcome { generation, applied, failed, installed })
+    }
+
+    /// The entries of a batch that [`Self::install_flows_with`] would refuse, and why; changes
+    /// nothing.
+    pub fn validate_flows(&self, batch: &[FlowSpec]) -> Vec<(usize, DomainError)> {
+        let state = self.lock();
+        batch.iter().enumerate().filter_map(|(i, f)| plan_entry(&state, i, f).err().map(|e| (i, e))).collect()
+    }
+
+    /// Removes those of `keys` still in the flow table (a session's flows when it ends with
+    /// DELETE_FLOWS); absent ones are skipped. Returns how many went.
+    pub fn remove_flows_present(&self, keys: &[FlowKey]) -> Result<usize, DomainError> {
+        let mut state = self.lock();
+        let mut found = Vec::new();
+        for k in keys {
+            if let Some(v) = self.dataplane.get_flow(k)? {
+                if v.action != FLOW_HOLD {
+                    found.push((*k, v));
+                }
+            }
+        }
+        if found.is_empty() {
+            return Ok(0);
+        }
+        let writes = found
+            .iter()
+            .map(|(k, v)| Write { op: KernelOp::RemoveFlow(*k), undo: vec![KernelOp::PutFlow(*k, *v)], at: None })
+            .collect();
+        let _intent = self.apply_logged(&state, writes)?;
+        self.bump_volatile(&mut state);
+        Ok(found.len())
+    }
+
+    /// Sends a controller's frame out of an attached interface, or (`ingress`) runs it through
+    /// the XDP program as if it had arrived there.
+    pub fn packet_out(&self, interface: &InterfaceName, frame: &[u8], ingress: bool) -> Result<(), DomainError> {
+        if frame.len() < MIN_FRAME || frame.len() > MAX_FRAME {
+            return Err(DomainError::invalid(
+                "packet_out.frame",
+                format!("{} bytes: a frame is {MIN_FRAME} to {MAX_FRAME} bytes", frame.len()),
+            ));
+        }
+        let ifindex = {
+            let state = self.lock();
+            state
+                .interfaces
+                .get(interface)
+                .ok_or_else(|| super::interfaces::not_attached(interface).at("packet_out.interface"))?
+                .link
+                .ifindex
+        };
+        if ingress {
+            self.dataplane.reinject(ifindex, frame)?;
+        } else {
+            self.dataplane.transmit(ifindex, frame)?;
+        }
+        Ok(())
     }
 
     /// Deletes flows, all or nothing; NOT_FOUND names the first absent one.
@@ -429,28 +527,26 @@ fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-/// The kernel entries an `InstallFlows` batch writes (key, value), validated against the state.
-fn plan_install(state: &State, batch: &[FlowSpec]) -> Result<Vec<(FlowKey, FlowValue)>, DomainError> {
-    let mut writes: Vec<(FlowKey, FlowValue)> = Vec::new();
-    for (i, f) in batch.iter().enumerate() {
-        let at = |field: &str| format!("flows[{i}].{field}");
-        let key = match f.target {
-            FlowTarget::Key(k) => k,
-            FlowTarget::Request(id) => state.flows.held.get(&id).map(|h| h.key).ok_or_else(|| {
-                DomainError::NotFound { kind: "held flow miss", name: format!("request {id}"), detail: "" }
-                    .at(at("request_id"))
-            })?,
-        };
-        if key.src.is_ipv4() != key.dst.is_ipv4() {
-            return Err(DomainError::invalid(at("key"), "source and destination of different families"));
-        }
-        if !state.vrfs.contains_key(&key.vrf) {
-            return Err(vrfs::not_found(key.vrf).at(at("key.vrf")));
-        }
-        writes.push((key, value(state, f.action).map_err(|e| e.at(at("next_hop")))?));
-        if let Some(r) = f.reverse {
-            writes.push((key.reversed(), value(state, r).map_err(|e| e.at(at("reverse_next_hop")))?));
-        }
+/// The kernel entries (key, value) entry `i` of an `InstallFlows` batch writes (its reply
+/// direction too), validated against the state.
+fn plan_entry(state: &State, i: usize, f: &FlowSpec) -> Result<Vec<(FlowKey, FlowValue)>, DomainError> {
+    let at = |field: &str| format!("flows[{i}].{field}");
+    let key = match f.target {
+        FlowTarget::Key(k) => k,
+        FlowTarget::Request(id) => state.flows.held.get(&id).map(|h| h.key).ok_or_else(|| {
+            DomainError::NotFound { kind: "held flow miss", name: format!("request {id}"), detail: "" }
+                .at(at("request_id"))
+        })?,
+    };
+    if key.src.is_ipv4() != key.dst.is_ipv4() {
+        return Err(DomainError::invalid(at("key"), "source and destination of different families"));
+    }
+    if !state.vrfs.contains_key(&key.vrf) {
+        return Err(vrfs::not_found(key.vrf).at(at("key.vrf")));
+    }
+    let mut writes = vec![(key, value(state, f.action).map_err(|e| e.at(at("next_hop")))?)];
+    if let Some(r) = f.reverse {
+        writes.push((key.reversed(), value(state, r).map_err(|e| e.at(at("reverse_next_hop")))?));
     }
     Ok(writes)
 }

@@ -2,6 +2,7 @@
 //! configuration generation, and drives the kernel through the [`Dataplane`] trait so that it can
 //! be unit-tested against an in-memory fake.
 
+pub mod arbitration;
 mod classifier;
 mod error;
 #[cfg(test)]
@@ -33,7 +34,7 @@ use std::{
 pub use crate::dataplane::{Dataplane, FlowKey, FlowMiss, Hook, ProgramStatus, XdpMode};
 pub use error::{DomainError, ErrorKind};
 pub use fib4::Lookup as Ipv4Lookup;
-pub use flows::{FlowAction, FlowMode, FlowSpec, FlowTarget, FlowView};
+pub use flows::{BatchOutcome, FlowAction, FlowMode, FlowSpec, FlowTarget, FlowView};
 pub use interfaces::{AddInterface, InterfaceName, InterfaceView};
 pub use nexthops::{NewNextHop, NextHopSpec, NextHopState, NextHopView};
 pub use policies::{
@@ -109,6 +110,24 @@ pub struct Domain<D: Dataplane> {
     pins_id: Option<u64>,
     /// What the start's restore found (for `GetStatus`).
     restored: Mutex<Option<persist::RestoreReport>>,
+    /// Controller sessions and who may write.
+    arbiter: std::sync::Arc<arbitration::Arbiter>,
+    /// New at every start: a controller that sees it change replays its state.
+    instance_id: String,
+}
+
+/// 128 bits from the kernel's random source, as hex; if that cannot be read, the start time and
+/// pid (still distinct between runs, which is what a controller needs of it).
+fn new_instance_id() -> String {
+    let mut b = [0u8; 16];
+    // SAFETY: getrandom writes at most `b.len()` bytes into the buffer.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    if n != b.len() as isize {
+        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        b[..8].copy_from_slice(&(t.as_nanos() as u64).to_be_bytes());
+        b[8..12].copy_from_slice(&std::process::id().to_be_bytes());
+    }
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// A request to the kernel about a gateway: resolve `address` on `ifindex` and keep it resolved
@@ -173,7 +192,24 @@ impl<D: Dataplane> Domain<D> {
             pins_id,
             restored: Mutex::new(None),
             started: Instant::now(),
+            arbiter: Default::default(),
+            instance_id: new_instance_id(),
         }
+    }
+
+    /// Controller arbitration: sessions by role, and the write fence.
+    pub fn arbiter(&self) -> &std::sync::Arc<arbitration::Arbiter> {
+        &self.arbiter
+    }
+
+    /// The configuration generation now.
+    pub fn generation(&self) -> u64 {
+        self.lock().generation
+    }
+
+    /// This run's instance id (128 random bits, hex).
+    pub fn instance_id(&self) -> &str {
+        &self.instance_id
     }
 
     /// The dataplane this domain drives (for shutdown).

@@ -61,4 +61,9 @@ impl Flows for FakeDataplane {
         self.reinjected.lock().unwrap().push((ifindex, frame.to_vec()));
         Ok(4)
     }
+
+    fn transmit(&self, ifindex: u32, frame: &[u8]) -> Result<(), DataplaneError> {
+        self.transmitted.lock().unwrap().push((ifindex, frame.to_vec()));
+        Ok(())
+    }
 }

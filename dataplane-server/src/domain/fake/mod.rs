@@ -57,6 +57,8 @@ pub struct FakeDataplane {
     pub pins_id: AtomicI64,
     /// (ifindex, frame) of every re-injection.
     pub reinjected: Mutex<Vec<(u32, Vec<u8>)>>,
+    /// Frames sent out of interfaces (packet-out): ifindex, frame.
+    pub transmitted: Mutex<Vec<(u32, Vec<u8>)>>,
     /// `FIB4_CHUNKS` and `FIB4_VRFS` (non-zero roots only).
     pub fib4_pool: Mutex<Vec<dataplane_common::route::fib4::Chunk>>,
     pub fib4_roots: Mutex<BTreeMap<u32, u32>>,
@@ -101,6 +103,7 @@ impl Default for FakeDataplane {
             generation: AtomicI64::new(0),
             pins_id: AtomicI64::new(1),
             reinjected: Mutex::default(),
+            transmitted: Mutex::default(),
             fib4_pool: Mutex::new(vec![[0; 256]; Self::FIB4_CHUNKS]),
             fib4_roots: Mutex::default(),
             records: Mutex::default(),

@@ -1,0 +1,566 @@
+//! `dataplane.v1.Controller/Session`: one bidirectional stream per controller. Arbitration joins
+//! the session to its role (`domain::arbitration`); the primary gets flow misses in batches and
+//! packet-ins, and answers with decision batches and packet-outs on the same stream.
+//!
+//! Two tasks per session: one sends events (it alone waits on a slow client, so a slow session
+//! loses events, counted and told, and never holds up the kernel reader or another session), one
+//! handles what the controller sends, in order.
+
+use std::{
+    collections::HashMap,
+    pin::Pin,
+    sync::{atomic::Ordering, Arc, Mutex},
+    time::Duration,
+};
+
+use dataplane_common::flow::MISS_PUNT_RULE;
+use dataplane_proto::v1 as pb;
+use tokio::sync::{broadcast, broadcast::error::RecvError, mpsc};
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{debug, info, warn};
+
+use super::flows::{decode_flow, encode_key};
+use crate::{
+    domain::{
+        arbitration::{ElectionId, Seat},
+        Dataplane, Domain, DomainError, FlowKey, FlowMiss, InterfaceName,
+    },
+    events::{Hub, Sequenced},
+};
+
+/// Messages queued towards one session before its event task waits for the client.
+const OUT_QUEUE: usize = 256;
+/// Defaults and bounds of a session's `SessionConfig`.
+const DEFAULT_MAX_BATCH: u32 = 256;
+const MAX_MAX_BATCH: u32 = 4096;
+const MAX_BATCH_DELAY_US: u32 = 100_000;
+
+type SessionStream = Pin<Box<dyn Stream<Item = Result<pb::SessionResponse, Status>> + Send>>;
+type Out = mpsc::Sender<Result<pb::SessionResponse, Status>>;
+
+pub struct ControllerService<D: Dataplane> {
+    domain: Arc<Domain<D>>,
+    misses: Arc<Hub<FlowMiss>>,
+}
+
+impl<D: Dataplane> ControllerService<D> {
+    pub fn new(domain: Arc<Domain<D>>, misses: Arc<Hub<FlowMiss>>) -> Self {
+        Self { domain, misses }
+    }
+}
+
+pub(super) fn encode_id(id: ElectionId) -> pb::Uint128 {
+    pb::Uint128 { high: (id >> 64) as u64, low: id as u64 }
+}
+
+fn decode_id(field: &str, id: Option<pb::Uint128>) -> Result<ElectionId, DomainError> {
+    let id = id.ok_or_else(|| DomainError::invalid(field, "required"))?;
+    Ok((u128::from(id.high) << 64) | u128::from(id.low))
+}
+
+/// A session's settings, decoded from its first arbitration.
+#[derive(Clone, Debug)]
+struct Config {
+    max_batch: usize,
+    delay: Duration,
+    delete_flows: bool,
+    only_slot: Option<u32>,
+    only_vrf: Option<u32>,
+    frame_bytes: usize,
+}
+
+impl Config {
+    fn decode<D: Dataplane>(domain: &Domain<D>, c: Option<pb::SessionConfig>) -> Result<Self, DomainError> {
+        let c = c.unwrap_or_default();
+        let max_batch = match c.max_batch {
+            0 => DEFAULT_MAX_BATCH,
+            n if n > MAX_MAX_BATCH => {
+                return Err(DomainError::invalid("arbitration.config.max_batch", format!("1 to {MAX_MAX_BATCH}")))
+            }
+            n => n,
+        };
+        if c.max_batch_delay_us > MAX_BATCH_DELAY_US {
+            return Err(DomainError::invalid(
+                "arbitration.config.max_batch_delay_us",
+                format!("at most {MAX_BATCH_DELAY_US}"),
+            ));
+        }
+        let delete_flows = match pb::OnDisconnect::try_from(c.on_disconnect) {
+            Ok(pb::OnDisconnect::Unspecified | pb::OnDisconnect::Preserve) => false,
+            Ok(pb::OnDisconnect::DeleteFlows) => true,
+            Err(_) => {
+                return Err(DomainError::invalid("arbitration.config.on_disconnect", "PRESERVE or DELETE_FLOWS"))
+            }
+        };
+        let only_slot = match c.interface.as_str() {
+            "" => None,
+            name => Some(domain.interface_slot(&InterfaceName::parse("arbitration.config.interface", name)?)?),
+        };
+        let capture = dataplane_common::flow::FLOW_CAPTURE;
+        let frame_bytes = match c.frame_bytes as usize {
+            0 => capture,
+            n => n.min(capture),
+        };
+        Ok(Self {
+            max_batch: max_batch as usize,
+            delay: Duration::from_micros(c.max_batch_delay_us.into()),
+            delete_flows,
+            only_slot,
+            only_vrf: c.vrf,
+            frame_bytes,
+        })
+    }
+}
+
+fn response(kind: pb::session_response::Kind) -> Result<pb::SessionResponse, Status> {
+    Ok(pb::SessionResponse { kind: Some(kind) })
+}
+
+fn stream_error(e: &DomainError, about: &str, id: u64) -> Result<pb::SessionResponse, Status> {
+    let (code, message) = super::error::code_and_message(e);
+    response(pb::session_response::Kind::Error(pb::StreamError { code: code as i32, message, about: about.to_owned(), id }))
+}
+
+/// The blocking pool did not run a call to the end (a panic, or the runtime stopping).
+fn task_failed(e: super::error::TaskFailed) -> DomainError {
+    DomainError::FailedPrecondition(format!("the call did not finish: {e}"))
+}
+
+fn arbitration_result<D: Dataplane>(domain: &Domain<D>, seat: &Seat) -> Result<pb::SessionResponse, Status> {
+    response(pb::session_response::Kind::Arbitration(pb::ArbitrationResult {
+        role: seat.role().to_owned(),
+        election_id: Some(encode_id(seat.election_id())),
+        primary: seat.is_primary(),
+        primary_election_id: seat.primary().map(encode_id),
+        instance_id: domain.instance_id().to_owned(),
+        generation: domain.generation(),
+    }))
+}
+
+#[tonic::async_trait]
+impl<D: Dataplane> pb::controller_server::Controller for ControllerService<D> {
+    type SessionStream = SessionStream;
+
+    async fn session(
+        &self,
+        req: Request<Streaming<pb::SessionRequest>>,
+    ) -> Result<Response<SessionStream>, Status> {
+        let mut inbound = req.into_inner();
+        let first = inbound
+            .message()
+            .await?
+            .ok_or_else(|| DomainError::FailedPrecondition("the stream ended before its arbitration".into()))?;
+        let Some(pb::session_request::Kind::Arbitration(arb)) = first.kind else {
+            return Err(DomainError::FailedPrecondition("the first message of a session must be an arbitration".into()).into());
+        };
+        let config = Config::decode(&self.domain, arb.config)?;
+        let id = decode_id("arbitration.election_id", arb.election_id)?;
+        let seat = self.domain.arbiter().join(&arb.role, id)?;
+        info!(role = %arb.role, election_id = id, primary = seat.is_primary(), "controller session opened");
+        let (tx, rx) = mpsc::channel(OUT_QUEUE);
+        // The first answer, before any event: this session's standing.
+        let _ = tx.send(arbitration_result(&self.domain, &seat)).await;
+        let seat = Arc::new(Mutex::new(seat));
+        let events = tokio::spawn(send_events(
+            self.domain.clone(),
+            self.misses.clone(),
+            seat.clone(),
+            config.clone(),
+            tx.clone(),
+        ));
+        tokio::spawn(handle_requests(self.domain.clone(), seat, config, inbound, tx, events));
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+}
+
+fn lock(seat: &Mutex<Seat>) -> std::sync::MutexGuard<'_, Seat> {
+    seat.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The event task: announces primary changes; while primary, sends misses in batches and
+/// packet-ins.
+async fn send_events<D: Dataplane>(
+    domain: Arc<Domain<D>>,
+    hub: Arc<Hub<FlowMiss>>,
+    seat: Arc<Mutex<Seat>>,
+    config: Config,
+    tx: Out,
+) {
+    let (mut primary_rx, counters) = {
+        let s = lock(&seat);
+        (s.watch_primary(), s.counters().clone())
+    };
+    let mut misses: Option<broadcast::Receiver<Arc<Sequenced<FlowMiss>>>> = None;
+    let mut names = Names::default();
+    loop {
+        let primary = lock(&seat).is_primary();
+        match (primary, misses.is_some()) {
+            // From now on: what the hub publishes after this moment.
+            (true, false) => misses = Some(hub.subscribe()),
+            (false, true) => misses = None,
+            _ => {}
+        }
+        tokio::select! {
+            changed = primary_rx.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let msg = arbitration_result(&domain, &lock(&seat));
+                if tx.send(msg).await.is_err() {
+                    return;
+                }
+            }
+            first = recv(&mut misses) => {
+                let mut batch = Batch::default();
+                batch.take(first, &config);
+                let rx = misses.as_mut().expect("recv only polls a receiver");
+                batch.fill(rx, &config).await;
+                if batch.closed {
+                    return;
+                }
+                if !batch.send(&domain, &config, &mut names, &counters, &tx).await {
+                    return;
+                }
+            }
+            _ = tx.closed() => return,
+        }
+    }
+}
+
+/// The next event of a receiver, or never (no receiver: a backup).
+async fn recv(
+    rx: &mut Option<broadcast::Receiver<Arc<Sequenced<FlowMiss>>>>,
+) -> Result<Arc<Sequenced<FlowMiss>>, RecvError> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Interface names by slot, looked up once per slot and batch.
+#[derive(Default)]
+struct Names(HashMap<u32, String>);
+
+impl Names {
+    fn get<D: Dataplane>(&mut self, domain: &Domain<D>, slot: u32) -> String {
+        self.0.entry(slot).or_insert_with(|| domain.interface_name_by_slot(slot).unwrap_or_default()).clone()
+    }
+}
+
+/// Events collected for one send.
+#[derive(Default)]
+struct Batch {
+    events: Vec<Arc<Sequenced<FlowMiss>>>,
+    lost: u64,
+    closed: bool,
+}
+
+impl Batch {
+    fn take(&mut self, r: Result<Arc<Sequenced<FlowMiss>>, RecvError>, config: &Config) {
+        match r {
+            Ok(ev) => {
+                let m = &ev.event;
+                if config.only_slot.is_none_or(|s| s == m.slot) && config.only_vrf.is_none_or(|v| v == m.key.vrf) {
+                    self.events.push(ev);
+                }
+            }
+            Err(RecvError::Lagged(n)) => self.lost += n,
+            Err(RecvError::Closed) => self.closed = true,
+        }
+    }
+
+    /// Everything already queued, up to the batch size; then, with a delay configured, what
+    /// arrives before it runs out.
+    async fn fill(&mut self, rx: &mut broadcast::Receiver<Arc<Sequenced<FlowMiss>>>, config: &Config) {
+        let deadline = tokio::time::Instant::now() + config.delay;
+        while self.events.len() < config.max_batch && !self.closed {
+            match rx.try_recv() {
+                Ok(ev) => self.take(Ok(ev), config),
+                Err(broadcast::error::TryRecvError::Lagged(n)) => self.lost += n,
+                Err(broadcast::error::TryRecvError::Closed) => self.closed = true,
+                Err(broadcast::error::TryRecvError::Empty) => {
+                    if config.delay.is_zero() {
+                        break;
+                    }
+                    match tokio::time::timeout_at(deadline, rx.recv()).await {
+                        Ok(r) => self.take(r, config),
+                        Err(_) => break,
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends the batch (misses as one MissBatch, packet-ins each in order) and what was lost;
+    /// false once the client is gone.
+    async fn send<D: Dataplane>(
+        self,
+        domain: &Domain<D>,
+        config: &Config,
+        names: &mut Names,
+        counters: &crate::domain::arbitration::SessionCounters,
+        tx: &Out,
+    ) -> bool {
+        use pb::session_response::Kind;
+        let mut misses = Vec::with_capacity(self.events.len());
+        let mut packet_ins = Vec::new();
+        for ev in &self.events {
+            let m = &ev.event;
+            let frame = m.frame.slice(..m.frame.len().min(config.frame_bytes));
+            if m.reason == MISS_PUNT_RULE {
+                packet_ins.push(pb::PacketIn {
+                    seq: ev.seq,
+                    interface: names.get(domain, m.slot),
+                    vrf: m.key.vrf,
+                    reason: "punt".into(),
+                    packet_length: m.packet_len,
+                    frame,
+                });
+            } else {
+                misses.push(pb::FlowMiss {
+                    seq: ev.seq,
+                    request_id: m.request_id,
+                    interface: names.get(domain, m.slot),
+                    key: Some(encode_key(&m.key)),
+                    packet_length: m.packet_len,
+                    packet: frame,
+                    reason: "miss".into(),
+                });
+            }
+        }
+        counters.misses.fetch_add(misses.len() as u64, Ordering::Relaxed);
+        if !misses.is_empty() && tx.send(response(Kind::Misses(pb::MissBatch { misses }))).await.is_err() {
+            return false;
+        }
+        for p in packet_ins {
+            if tx.send(response(Kind::PacketIn(p))).await.is_err() {
+                return false;
+            }
+        }
+        if self.lost > 0 {
+            counters.lost.fetch_add(self.lost, Ordering::Relaxed);
+            debug!(lost = self.lost, "session fell behind; events lost");
+            let lost = pb::Lost { misses: self.lost, ..Default::default() };
+            if tx.send(response(Kind::Lost(lost))).await.is_err() {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// The request task: arbitration updates, decisions and packet-outs, in the order sent. When
+/// the stream ends, the event task stops, the seat is given up (the role elects again) and,
+/// with DELETE_FLOWS, this session's flows go.
+async fn handle_requests<D: Dataplane>(
+    domain: Arc<Domain<D>>,
+    seat: Arc<Mutex<Seat>>,
+    config: Config,
+    mut inbound: Streaming<pb::SessionRequest>,
+    tx: Out,
+    events: tokio::task::JoinHandle<()>,
+) {
+    use pb::session_request::Kind;
+    let mut installed: Vec<FlowKey> = Vec::new();
+    let counters = lock(&seat).counters().clone();
+    loop {
+        let msg = match inbound.message().await {
+            Ok(Some(m)) => m,
+            Ok(None) => break,
+            Err(e) => {
+                debug!(error = %e, "controller session stream failed");
+                break;
+            }
+        };
+        let reply = match msg.kind {
+            Some(Kind::Arbitration(a)) => {
+                let r = if a.config.is_some() {
+                    Err(DomainError::invalid("arbitration.config", "only the first arbitration carries a config"))
+                } else {
+                    decode_id("arbitration.election_id", a.election_id).and_then(|id| {
+                        let mut s = lock(&seat);
+                        if a.role != s.role() {
+                            return Err(DomainError::invalid("arbitration.role", "a session cannot change its role"));
+                        }
+                        s.change_id(id)
+                    })
+                };
+                match r {
+                    Ok(()) => arbitration_result(&domain, &lock(&seat)),
+                    Err(e) => stream_error(&e, "arbitration", 0),
+                }
+            }
+            Some(Kind::Decisions(d)) => {
+                let id = d.id;
+                match decide(&domain, &seat, d).await {
+                    Ok((result, keys)) => {
+                        counters.decisions.fetch_add(u64::from(result.applied), Ordering::Relaxed);
+                        if config.delete_flows {
+                            installed.extend(keys);
+                        }
+                        response(pb::session_response::Kind::DecisionResult(result))
+                    }
+                    Err(e) => stream_error(&e, "decisions", id),
+                }
+            }
+            Some(Kind::PacketOut(p)) => {
+                let id = p.id;
+                match packet_out(&domain, &seat, p).await {
+                    Ok(()) => continue,
+                    Err(e) => stream_error(&e, "packet_out", id),
+                }
+            }
+            None => stream_error(&DomainError::invalid("kind", "empty request"), "request", 0),
+        };
+        if tx.send(reply).await.is_err() {
+            break;
+        }
+    }
+    events.abort();
+    let (role, id) = {
+        let s = lock(&seat);
+        (s.role().to_owned(), s.election_id())
+    };
+    // The seat goes with the last reference (the event task's is gone with the abort).
+    drop(seat);
+    info!(role = %role, election_id = id, "controller session closed");
+    if config.delete_flows && !installed.is_empty() {
+        let d = domain.clone();
+        match tokio::task::spawn_blocking(move || d.remove_flows_present(&installed)).await {
+            Ok(Ok(n)) => info!(flows = n, "session ended with DELETE_FLOWS: its flows removed"),
+            Ok(Err(e)) => warn!(error = %e, "removing an ended session's flows failed"),
+            Err(e) => warn!(error = %e, "removing an ended session's flows did not finish"),
+        }
+    }
+}
+
+fn require_primary(seat: &Mutex<Seat>) -> Result<(), DomainError> {
+    let s = lock(seat);
+    if s.is_primary() {
+        return Ok(());
+    }
+    Err(DomainError::PermissionDenied(format!(
+        "election id {} is a backup in role {:?}: only the primary ({}) decides",
+        s.election_id(),
+        s.role(),
+        s.primary().map_or("none".to_owned(), |p| p.to_string())
+    )))
+}
+
+/// Applies a batch of decisions; the result lists the entries that failed.
+async fn decide<D: Dataplane>(
+    domain: &Arc<Domain<D>>,
+    seat: &Mutex<Seat>,
+    d: pb::Decisions,
+) -> Result<(pb::DecisionResult, Vec<FlowKey>), DomainError> {
+    require_primary(seat)?;
+    let continue_on_error = match pb::Atomicity::try_from(d.atomicity) {
+        Ok(pb::Atomicity::Unspecified | pb::Atomicity::AllOrNothing) => false,
+        Ok(pb::Atomicity::ContinueOnError) => true,
+        Err(_) => return Err(DomainError::invalid("atomicity", "ALL_OR_NOTHING or CONTINUE_ON_ERROR")),
+    };
+    // Entries that do not decode fail on their own, like entries the domain refuses.
+    let mut specs = Vec::with_capacity(d.flows.len());
+    let mut positions = Vec::with_capacity(d.flows.len());
+    let mut failed = Vec::new();
+    for (i, f) in d.flows.into_iter().enumerate() {
+        match decode_flow(&format!("flows[{i}]"), f) {
+            Ok(s) => {
+                specs.push(s);
+                positions.push(i);
+            }
+            Err(e) => failed.push((i, e)),
+        }
+    }
+    let dom = domain.clone();
+    let out = if failed.is_empty() || continue_on_error {
+        super::blocking(move || dom.install_flows_with(specs, continue_on_error)).await.map_err(task_failed)??
+    } else {
+        // Nothing is applied; still, every entry that fails is reported.
+        let generation = domain.generation();
+        let failed = super::blocking(move || dom.validate_flows(&specs)).await.map_err(task_failed)?;
+        crate::domain::BatchOutcome { generation, applied: 0, failed, installed: Vec::new() }
+    };
+    // The domain numbered the decoded entries; back to the request's positions.
+    failed.extend(out.failed.into_iter().map(|(i, e)| (positions[i], e)));
+    failed.sort_by_key(|(i, _)| *i);
+    let applied = if !failed.is_empty() && !continue_on_error { 0 } else { out.applied };
+    let result = pb::DecisionResult {
+        id: d.id,
+        generation: out.generation,
+        applied: applied as u32,
+        failed: failed
+            .iter()
+            .map(|(i, e)| {
+                let (code, _) = super::error::code_and_message(e);
+                pb::EntryStatus { index: *i as u32, code: code as i32, message: relabel(e, positions_label(*i)) }
+            })
+            .collect(),
+    };
+    Ok((result, out.installed))
+}
+
+/// The domain names a decoded entry by its position among the decoded ones; the message a
+/// controller reads names the request's position.
+fn positions_label(i: usize) -> String {
+    format!("flows[{i}]")
+}
+
+fn relabel(e: &DomainError, label: String) -> String {
+    let text = e.to_string();
+    match text.split_once(']') {
+        Some((head, rest)) if head.starts_with("flows[") => format!("{label}{rest}"),
+        _ => text,
+    }
+}
+
+async fn packet_out<D: Dataplane>(
+    domain: &Arc<Domain<D>>,
+    seat: &Mutex<Seat>,
+    p: pb::PacketOut,
+) -> Result<(), DomainError> {
+    require_primary(seat)?;
+    let interface = InterfaceName::parse("packet_out.interface", &p.interface)?;
+    let dom = domain.clone();
+    super::blocking(move || dom.packet_out(&interface, &p.frame, p.ingress)).await.map_err(task_failed)?
+}
+
+#[cfg(test)]
+mod tests {
+    use tonic::Code;
+
+    use super::*;
+
+    /// `Code` of a stream error.
+    fn code_of(r: &Result<pb::SessionResponse, Status>) -> Option<Code> {
+        match r {
+            Ok(pb::SessionResponse { kind: Some(pb::session_response::Kind::Error(e)) }) => Some(Code::from(e.code)),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn election_id_round_trips_through_uint128() {
+        for id in [1u128, u128::from(u64::MAX) + 1, u128::MAX] {
+            assert_eq!(decode_id("x", Some(encode_id(id))).unwrap(), id);
+        }
+        assert!(decode_id("arbitration.election_id", None).unwrap_err().to_string().contains("election_id"));
+    }
+
+    #[test]
+    fn stream_error_keeps_code_and_names_request() {
+        let e = DomainError::PermissionDenied("backup".into());
+        let r = stream_error(&e, "decisions", 7);
+        assert_eq!(code_of(&r), Some(Code::PermissionDenied));
+        let Ok(pb::SessionResponse { kind: Some(pb::session_response::Kind::Error(se)) }) = r else { panic!() };
+        assert_eq!((se.about.as_str(), se.id, se.message.as_str()), ("decisions", 7, "backup"));
+    }
+
+    #[test]
+    fn relabel_names_request_position() {
+        let e = DomainError::invalid("flows[0].key", "bad").at("x");
+        assert_eq!(relabel(&DomainError::invalid("flows[0].key.vrf", "no"), positions_label(5)), "flows[5].key.vrf: no");
+        assert_eq!(relabel(&e, positions_label(2)), "x: flows[0].key: bad");
+    }
+}
