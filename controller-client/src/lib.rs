@@ -20,6 +20,7 @@ pub use dataplane_proto::v1 as pb;
 
 pub mod controller;
 pub mod policy_file;
+pub mod stream_channel;
 pub mod yaml_fields;
 
 /// Where dpctl and controllers look for the server when not told.

@@ -89,9 +89,7 @@ impl Config {
         let delete_flows = match pb::OnDisconnect::try_from(c.on_disconnect) {
             Ok(pb::OnDisconnect::Unspecified | pb::OnDisconnect::Preserve) => false,
             Ok(pb::OnDisconnect::DeleteFlows) => true,
-            Err(_) => {
-                return Err(DomainError::invalid("arbitration.config.on_disconnect", "PRESERVE or DELETE_FLOWS"))
-            }
+            Err(_) => return Err(DomainError::invalid("arbitration.config.on_disconnect", "PRESERVE or DELETE_FLOWS")),
         };
         let only_slot = match c.interface.as_str() {
             "" => None,
@@ -119,7 +117,12 @@ fn response(kind: pb::session_response::Kind) -> Result<pb::SessionResponse, Sta
 
 fn stream_error(e: &DomainError, about: &str, id: u64) -> Result<pb::SessionResponse, Status> {
     let (code, message) = super::error::code_and_message(e);
-    response(pb::session_response::Kind::Error(pb::StreamError { code: code as i32, message, about: about.to_owned(), id }))
+    response(pb::session_response::Kind::Error(pb::StreamError {
+        code: code as i32,
+        message,
+        about: about.to_owned(),
+        id,
+    }))
 }
 
 /// The blocking pool did not run a call to the end (a panic, or the runtime stopping).
@@ -142,17 +145,17 @@ fn arbitration_result<D: Dataplane>(domain: &Domain<D>, seat: &Seat) -> Result<p
 impl<D: Dataplane> pb::controller_server::Controller for ControllerService<D> {
     type SessionStream = SessionStream;
 
-    async fn session(
-        &self,
-        req: Request<Streaming<pb::SessionRequest>>,
-    ) -> Result<Response<SessionStream>, Status> {
+    async fn session(&self, req: Request<Streaming<pb::SessionRequest>>) -> Result<Response<SessionStream>, Status> {
         let mut inbound = req.into_inner();
         let first = inbound
             .message()
             .await?
             .ok_or_else(|| DomainError::FailedPrecondition("the stream ended before its arbitration".into()))?;
         let Some(pb::session_request::Kind::Arbitration(arb)) = first.kind else {
-            return Err(DomainError::FailedPrecondition("the first message of a session must be an arbitration".into()).into());
+            return Err(DomainError::FailedPrecondition(
+                "the first message of a session must be an arbitration".into(),
+            )
+            .into());
         };
         let config = Config::decode(&self.domain, arb.config)?;
         let id = decode_id("arbitration.election_id", arb.election_id)?;
@@ -560,7 +563,10 @@ mod tests {
     #[test]
     fn relabel_names_request_position() {
         let e = DomainError::invalid("flows[0].key", "bad").at("x");
-        assert_eq!(relabel(&DomainError::invalid("flows[0].key.vrf", "no"), positions_label(5)), "flows[5].key.vrf: no");
+        assert_eq!(
+            relabel(&DomainError::invalid("flows[0].key.vrf", "no"), positions_label(5)),
+            "flows[5].key.vrf: no"
+        );
         assert_eq!(relabel(&e, positions_label(2)), "x: flows[0].key: bad");
     }
 }

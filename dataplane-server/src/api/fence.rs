@@ -47,16 +47,16 @@ fn is_write(path: &str) -> bool {
 /// The caller named by a request's headers.
 pub fn caller(headers: &http::HeaderMap) -> Result<Caller, DomainError> {
     let text = |name: &str| -> Result<Option<&str>, DomainError> {
-        headers
-            .get(name)
-            .map(|v| v.to_str().map_err(|_| DomainError::invalid(name, "not ASCII text")))
-            .transpose()
+        headers.get(name).map(|v| v.to_str().map_err(|_| DomainError::invalid(name, "not ASCII text"))).transpose()
     };
     let role = text(ROLE_HEADER)?.unwrap_or("").to_owned();
     let election_id = text(ELECTION_ID_HEADER)?
         .map(|v| {
             v.trim().parse::<u128>().map_err(|_| {
-                DomainError::invalid(format!("metadata {ELECTION_ID_HEADER}"), format!("{v:?} is not a decimal 128-bit id"))
+                DomainError::invalid(
+                    format!("metadata {ELECTION_ID_HEADER}"),
+                    format!("{v:?} is not a decimal 128-bit id"),
+                )
             })
         })
         .transpose()?;

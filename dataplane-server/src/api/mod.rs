@@ -3,8 +3,8 @@
 
 mod controller;
 mod error;
-pub mod fence;
 mod events;
+pub mod fence;
 mod flows;
 mod interfaces;
 mod policy;
@@ -14,8 +14,9 @@ mod system;
 use std::sync::Arc;
 
 use dataplane_proto::v1::{
-    controller_server::ControllerServer, events_server::EventsServer, flows_server::FlowsServer, interfaces_server::InterfacesServer,
-    policy_server::PolicyServer, routing_server::RoutingServer, system_server::SystemServer,
+    controller_server::ControllerServer, events_server::EventsServer, flows_server::FlowsServer,
+    interfaces_server::InterfacesServer, policy_server::PolicyServer, routing_server::RoutingServer,
+    system_server::SystemServer,
 };
 use tonic::transport::server::Router;
 use tonic_health::server::HealthReporter;

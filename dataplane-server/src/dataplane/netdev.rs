@@ -182,7 +182,8 @@ static PACKET_SOCKET: std::sync::OnceLock<std::os::fd::OwnedFd> = std::sync::Onc
 /// the kernel adds nothing and the frame skips the interface's own XDP program.
 pub fn transmit(ifindex: u32, frame: &[u8]) -> Result<(), DataplaneError> {
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-    let io = |op, source| DataplaneError::Io { path: format!("AF_PACKET socket (ifindex {ifindex})").into(), op, source };
+    let io =
+        |op, source| DataplaneError::Io { path: format!("AF_PACKET socket (ifindex {ifindex})").into(), op, source };
     let fd = match PACKET_SOCKET.get() {
         Some(fd) => fd,
         None => {

@@ -139,8 +139,11 @@ fn check_id(role: &Role, name: &str, id: ElectionId) -> Result<(), DomainError> 
         return Err(DomainError::invalid("arbitration.election_id", "must not be zero"));
     }
     if role.sessions.contains_key(&id) {
-        return Err(DomainError::AlreadyExists { kind: "session with election id", name: format!("{id} in role {name:?}") }
-            .at("arbitration.election_id"));
+        return Err(DomainError::AlreadyExists {
+            kind: "session with election id",
+            name: format!("{id} in role {name:?}"),
+        }
+        .at("arbitration.election_id"));
     }
     Ok(())
 }

@@ -243,7 +243,11 @@ impl<D: Dataplane> Domain<D> {
     /// Installs flows, each entry validated on its own: with `continue_on_error` the valid ones
     /// are installed (as one atomic batch) and the others reported, otherwise any invalid entry
     /// leaves everything as it was. A kernel failure undoes the whole batch and is the error.
-    pub fn install_flows_with(&self, batch: Vec<FlowSpec>, continue_on_error: bool) -> Result<BatchOutcome, DomainError> {
+    pub fn install_flows_with(
+        &self,
+        batch: Vec<FlowSpec>,
+        continue_on_error: bool,
+    ) -> Result<BatchOutcome, DomainError> {
         let mut state = self.lock();
         let mut writes = Vec::with_capacity(batch.len());
         let mut failed = Vec::new();

@@ -1,0 +1,339 @@
+//! Controller sessions (`dataplane.v1.Controller/Session`) against a real server: arbitration
+//! and the write fence, misses answered by decisions on the stream with every held first packet
+//! delivered, per-entry decision results, packet-out, and a primary's crash that forwarding does
+//! not notice.
+
+use std::{net::Ipv4Addr, time::Duration};
+
+use controller_client::{
+    pb,
+    stream_channel::{from_uint128, StreamChannel},
+    Client, Credentials,
+};
+use integration::*;
+use pb::session_response::Kind;
+use tonic::Code;
+
+fn mac(s: &str) -> [u8; 6] {
+    let mut m = [0u8; 6];
+    for (b, part) in m.iter_mut().zip(s.split(':')) {
+        *b = u8::from_str_radix(part, 16).unwrap();
+    }
+    m
+}
+
+async fn open(c: &Client, id: u128) -> StreamChannel {
+    StreamChannel::open(c, "", id, pb::SessionConfig::default()).await.unwrap()
+}
+
+/// The next message that is not a miss batch (within 5 s).
+async fn next_control(s: &mut StreamChannel) -> Kind {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), s.next()).await.expect("a message within 5 s").unwrap() {
+            Some(Kind::Misses(_)) => continue,
+            Some(k) => return k,
+            None => panic!("the session ended"),
+        }
+    }
+}
+
+async fn vrfs(c: &mut Client) -> Vec<u32> {
+    c.routing.list_vrfs(pb::ListVrfsRequest {}).await.unwrap().into_inner().vrfs.iter().map(|v| v.id).collect()
+}
+
+async fn generation(c: &mut Client) -> u64 {
+    c.system.get_status(pb::GetStatusRequest {}).await.unwrap().into_inner().generation
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_backup_write_refused_permission_denied_changes_nothing() {
+    let ns = Netns::new("dse-").unwrap();
+    let server = Server::start(&ns).unwrap();
+    let mut anon = server.client().await.unwrap();
+    let primary = open(&anon, 10).await;
+    assert!(primary.arbitration.primary, "{:?}", primary.arbitration);
+    let backup = open(&anon, 5).await;
+    assert!(!backup.arbitration.primary);
+    assert_eq!(backup.arbitration.primary_election_id.as_ref().map(from_uint128), Some(10));
+    assert_eq!(backup.arbitration.instance_id, primary.arbitration.instance_id);
+    assert_eq!(backup.arbitration.instance_id.len(), 32, "128 bits in hex");
+
+    let before = (vrfs(&mut anon).await, generation(&mut anon).await);
+    let add = |id| pb::AddVrfRequest { id, ..Default::default() };
+    for (who, mut c) in [("backup", backup.client()), ("no id", anon.clone())] {
+        let e = c.routing.add_vrf(add(7)).await.unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied, "{who}: {e:?}");
+        assert!(e.message().contains("primary"), "{who}: {}", e.message());
+    }
+    // An id no session holds is refused too (a deposed controller that has not noticed).
+    let mut stranger = anon.with_credentials(Credentials::new("", 99).unwrap());
+    assert_eq!(stranger.routing.add_vrf(add(7)).await.unwrap_err().code(), Code::PermissionDenied);
+    assert_eq!((vrfs(&mut anon).await, generation(&mut anon).await), before, "nothing changed");
+    // Reads are not fenced; the primary writes.
+    primary.client().routing.add_vrf(add(7)).await.unwrap();
+    assert!(vrfs(&mut anon).await.contains(&7));
+
+    let status = anon.system.get_status(pb::GetStatusRequest {}).await.unwrap().into_inner();
+    assert_eq!(status.instance_id, primary.arbitration.instance_id);
+    let seen: Vec<(u128, bool)> =
+        status.sessions.iter().map(|s| (from_uint128(s.election_id.as_ref().unwrap()), s.primary)).collect();
+    assert_eq!(seen, vec![(5, false), (10, true)]);
+
+    // A duplicate id is refused; with every session gone, writes without an id work again.
+    let dup = StreamChannel::open(&anon, "", 10, pb::SessionConfig::default()).await.err().unwrap();
+    assert_eq!(dup.code(), Code::AlreadyExists, "{dup:?}");
+    drop(primary);
+    drop(backup);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    anon.routing.add_vrf(add(8)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_higher_id_takes_over_old_primary_refused_and_told() {
+    let ns = Netns::new("dst-").unwrap();
+    let server = Server::start(&ns).unwrap();
+    let anon = server.client().await.unwrap();
+    let mut old = open(&anon, 10).await;
+    let new = open(&anon, 20).await;
+    assert!(new.arbitration.primary);
+    match next_control(&mut old).await {
+        Kind::Arbitration(a) => {
+            assert!(!a.primary);
+            assert_eq!(a.primary_election_id.as_ref().map(from_uint128), Some(20));
+        }
+        other => panic!("expected the primary change to be announced, got {other:?}"),
+    }
+    let add = pb::AddVrfRequest { id: 3, ..Default::default() };
+    assert_eq!(old.client().routing.add_vrf(add).await.unwrap_err().code(), Code::PermissionDenied);
+    // The deposed primary's decisions are refused on its stream, naming the request.
+    old.sender.decide(41, Vec::new(), pb::Atomicity::AllOrNothing).await.unwrap();
+    match next_control(&mut old).await {
+        Kind::Error(e) => {
+            assert_eq!((Code::from(e.code), e.about.as_str(), e.id), (Code::PermissionDenied, "decisions", 41));
+        }
+        other => panic!("expected a stream error, got {other:?}"),
+    }
+    new.client().routing.add_vrf(add).await.unwrap();
+    // The old one raises its id and takes over again.
+    old.sender.rearbitrate("", 30).await.unwrap();
+    loop {
+        match next_control(&mut old).await {
+            Kind::Arbitration(a) if a.primary => break,
+            Kind::Arbitration(_) => continue,
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(
+        new.client().routing.add_vrf(pb::AddVrfRequest { id: 4, ..Default::default() }).await.unwrap_err().code(),
+        Code::PermissionDenied
+    );
+}
+
+/// Flows by key for the decision tests: UDP 192.0.2.2 -> 198.51.100.x.
+fn flow(i: u32, next_hop: u32) -> pb::Flow {
+    pb::Flow {
+        key: Some(pb::FlowKey {
+            vrf: 0,
+            src: "192.0.2.2".into(),
+            dst: Ipv4Addr::from(0xc633_6400 | (i & 0xff)).to_string(),
+            protocol: 17,
+            src_port: 1024 + (i >> 8),
+            dst_port: 53,
+        }),
+        action: pb::FlowAction::Forward as i32,
+        next_hop,
+        ..Default::default()
+    }
+}
+
+async fn flow_count(c: &mut Client) -> usize {
+    let mut s = c.flows.list_flows(pb::ListFlowsRequest::default()).await.unwrap().into_inner();
+    let mut n = 0;
+    while let Some(chunk) = s.message().await.unwrap() {
+        n += chunk.flows.len();
+    }
+    n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_decisions_three_bad_of_thousand_reported_in_order() {
+    let (_ns, _server, mut c) = server_forwarding_via_lo("dsd-").await.unwrap();
+    let mut s = open(&c, 1).await;
+    let mut batch: Vec<pb::Flow> = (0..1000).map(|i| flow(i, 1)).collect();
+    batch[17].next_hop = 77; // unknown next hop
+    batch[500].key.as_mut().unwrap().vrf = 9; // unknown VRF
+    batch[998].key.as_mut().unwrap().dst = "not-an-address".into();
+    let want = [
+        (17, Code::NotFound, "flows[17].next_hop"),
+        (500, Code::NotFound, "flows[500].key.vrf"),
+        (998, Code::InvalidArgument, "flows[998].dst"),
+    ];
+    let check = |r: &pb::DecisionResult| {
+        let got: Vec<(u32, Code)> = r.failed.iter().map(|e| (e.index, Code::from(e.code))).collect();
+        assert_eq!(got, want.iter().map(|w| (w.0, w.1)).collect::<Vec<_>>(), "{:?}", r.failed);
+        for (e, w) in r.failed.iter().zip(&want) {
+            assert!(e.message.starts_with(w.2), "{:?} should name {}", e.message, w.2);
+        }
+    };
+
+    let before = generation(&mut c).await;
+    s.sender.decide(1, batch.clone(), pb::Atomicity::AllOrNothing).await.unwrap();
+    let Kind::DecisionResult(r) = next_control(&mut s).await else { panic!() };
+    check(&r);
+    assert_eq!((r.id, r.applied), (1, 0));
+    assert_eq!((flow_count(&mut c).await, generation(&mut c).await), (0, before), "all or nothing: nothing");
+
+    s.sender.decide(2, batch, pb::Atomicity::ContinueOnError).await.unwrap();
+    let Kind::DecisionResult(r) = next_control(&mut s).await else { panic!() };
+    check(&r);
+    assert_eq!((r.id, r.applied), (2, 997));
+    assert_eq!(flow_count(&mut c).await, 997);
+    assert!(r.generation > before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_misses_answered_on_stream_every_held_first_packet_delivered() {
+    let topo = Topology::routed().unwrap();
+    let server = Server::start(&topo.rtr).unwrap();
+    let mut c = server.client().await.unwrap();
+    program_router(&topo, &mut c).await.unwrap();
+    c.flows
+        .set_flow_mode(pb::SetFlowModeRequest {
+            interface: topo.r0.clone(),
+            enabled: true,
+            punt_rate: 100_000,
+            punt_burst: 10_000,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut s = open(&c, 1).await;
+    let sender = s.sender.clone();
+    let controller = tokio::spawn(async move {
+        let (mut misses, mut batches, mut decided) = (0usize, 0usize, 0u64);
+        while let Ok(Some(k)) = s.next().await {
+            match k {
+                Kind::Misses(b) => {
+                    batches += 1;
+                    misses += b.misses.len();
+                    let flows = b
+                        .misses
+                        .iter()
+                        .map(|m| pb::Flow {
+                            request_id: m.request_id,
+                            action: pb::FlowAction::Forward as i32,
+                            next_hop: 1,
+                            ..Default::default()
+                        })
+                        .collect();
+                    sender.decide(batches as u64, flows, pb::Atomicity::ContinueOnError).await.unwrap();
+                }
+                Kind::DecisionResult(r) => {
+                    assert!(r.failed.is_empty(), "{r:?}");
+                    decided += u64::from(r.applied);
+                }
+                Kind::Lost(l) => panic!("lost {l:?}"),
+                _ => {}
+            }
+        }
+        (misses, batches, decided)
+    });
+
+    // 300 flows, one datagram each: every one misses, is held, and must arrive.
+    let n = 300;
+    let recv = format!(
+        "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.setsockopt(socket.SOL_SOCKET,socket.SO_RCVBUF,1<<22)\ns.bind(('{H2_ADDR}',7000))\ns.settimeout(3)\nn=0\ntry:\n  while True:\n    s.recv(100); n+=1\nexcept socket.timeout:\n  pass\nprint(n)"
+    );
+    let receiver = topo.h2.command("python3", &["-c", &recv]).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let send = format!(
+        "import socket\nfor p in range({n}):\n  s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n  s.bind(('{H1_ADDR}',20000+p))\n  s.sendto(b'first',('{H2_ADDR}',7000))\n  s.close()"
+    );
+    topo.h1.exec("python3", &["-c", &send]).unwrap();
+    let out = receiver.wait_with_output().unwrap();
+    let received: usize = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    assert_eq!(received, n, "every held first packet re-injected and delivered");
+    drop(c);
+    drop(server);
+    let (misses, batches, decided) = controller.await.unwrap();
+    assert_eq!((misses, decided), (n, n as u64));
+    assert!(batches >= 1 && batches <= n, "{batches} batches");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_packet_out_crafted_frame_arrives_in_host_namespace() {
+    let topo = Topology::routed().unwrap();
+    let server = Server::start(&topo.rtr).unwrap();
+    let mut c = server.client().await.unwrap();
+    program_router(&topo, &mut c).await.unwrap();
+    let mut s = open(&c, 1).await;
+    let recv = format!(
+        "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.bind(('{H2_ADDR}',7100))\ns.settimeout(5)\nfor _ in range(2):\n  print(s.recv(100).decode())"
+    );
+    let receiver = topo.h2.command("python3", &["-c", &recv]).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let frame = |dst: [u8; 6], src: [u8; 6], from: &str, text: &[u8]| {
+        let udp = packet::udp(40000, 7100, text);
+        let ip = packet::Ipv4::new(from.parse().unwrap(), H2_ADDR.parse().unwrap(), 17).build(&udp);
+        packet::Eth::new(dst, src, 0x0800).frame(&ip)
+    };
+    // Out of r1, straight to h2.
+    let h2 = mac(&topo.h2.mac("eth0").unwrap());
+    let r1 = mac(&topo.rtr.mac(&topo.r1).unwrap());
+    s.sender.packet_out(1, &topo.r1, frame(h2, r1, R1_ADDR, b"out-of-r1"), false).await.unwrap();
+    // Into r0's ingress, as if h1 had sent it: routed by XDP to h2.
+    let r0 = mac(&topo.rtr.mac(&topo.r0).unwrap());
+    let h1 = mac(&topo.h1.mac("eth0").unwrap());
+    s.sender.packet_out(2, &topo.r0, frame(r0, h1, H1_ADDR, b"into-r0"), true).await.unwrap();
+    // A frame for an interface the dataplane does not own is refused on the stream.
+    s.sender.packet_out(3, "lo", frame(h2, r1, R1_ADDR, b"x"), false).await.unwrap();
+    match next_control(&mut s).await {
+        Kind::Error(e) => {
+            assert_eq!((Code::from(e.code), e.about.as_str(), e.id), (Code::NotFound, "packet_out", 3), "{e:?}")
+        }
+        other => panic!("{other:?}"),
+    }
+    let out = receiver.wait_with_output().unwrap();
+    let got = String::from_utf8_lossy(&out.stdout);
+    let mut lines: Vec<&str> = got.lines().collect();
+    lines.sort();
+    assert_eq!(lines, vec!["into-r0", "out-of-r1"], "stderr: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_primary_crash_keeps_forwarding_new_primary_resyncs() {
+    let topo = Topology::routed().unwrap();
+    let server = Server::start(&topo.rtr).unwrap();
+    let anon = server.client().await.unwrap();
+    let first = open(&anon, 1).await;
+    program_router(&topo, &mut first.client()).await.unwrap();
+    let stream = UdpStream::start(&topo.h1, &topo.h2, H2_ADDR.parse().unwrap(), 7200, 2000).unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let instance = first.arbitration.instance_id.clone();
+    // The primary dies without a goodbye: its stream is simply gone.
+    drop(first);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let second = open(&anon, 2).await;
+    assert!(second.arbitration.primary);
+    assert_eq!(second.arbitration.instance_id, instance, "same server run: no restart to recover from");
+    // It resyncs anyway (a new controller process knows nothing): replay, nothing removed.
+    let mut c = second.client();
+    c.system.begin_resync(pb::BeginResyncRequest {}).await.unwrap();
+    program_router(&topo, &mut c).await.unwrap();
+    let end = c.system.end_resync(pb::EndResyncRequest {}).await.unwrap().into_inner();
+    assert_eq!((end.routes, end.next_hops, end.interfaces), (0, 0, 0), "{end:?}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let report = stream.stop().unwrap();
+    assert!(report.received > 500, "{report:?}");
+    assert_eq!(report.lost, 0, "{report:?}");
+    drop(second);
+
+    // A restarted server has a new instance id.
+    drop(anon);
+    let mut server = server;
+    server.stop().unwrap();
+    server.restart().unwrap();
+    let anon = server.client().await.unwrap();
+    let third = open(&anon, 3).await;
+    assert_ne!(third.arbitration.instance_id, instance);
+}
