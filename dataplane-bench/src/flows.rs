@@ -6,21 +6,28 @@
 //! miss-storm case (`storm`) runs on the same server afterwards.
 
 use std::{
-    collections::HashMap,
-    net::{IpAddr, Ipv4Addr},
+    net::Ipv4Addr,
     path::PathBuf,
     process::{Child, Command, Stdio},
-    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, ensure, Context, Result};
-use controller_client::{pb, Client, ServerAddress};
+use controller_client::{pb, stream_channel::StreamChannel, Client, ServerAddress};
+
+use crate::setups::frame;
 
 const XDP_REDIRECT: u32 = 4;
 
+/// Most misses per batch the bench's controller asks for.
+const MAX_BATCH: u32 = 256;
+
 pub struct Config {
     pub flows: usize,
+    /// Isolated misses timed, and misses timed at the sustained rate.
+    pub latency_misses: u32,
+    pub sustained_misses: u32,
+    pub sustained_pps: u32,
     pub runs: usize,
     /// Routes per run of the control-path case.
     pub routes: usize,
@@ -34,10 +41,19 @@ pub struct Results {
     pub flows: usize,
     /// Flow setups per second through the whole loop, per run.
     pub setups: Vec<f64>,
-    /// InstallFlows calls (one flow each) per second, per run.
+    /// The same controller deciding as many flows by key (no miss), per second, per run.
     pub installs: Vec<f64>,
-    /// Miss-to-event latencies, microseconds, every flow of every run.
+    /// Average misses per batch, per run.
+    pub batch_sizes: Vec<f64>,
+    /// Packets next hop 1 sent (held first packets and check packets), and how many expected.
+    pub delivered: u64,
+    pub expected_delivered: u64,
+    /// Miss-to-controller latencies, microseconds: isolated misses, and at `sustained_pps`.
     pub latency_us: Vec<f64>,
+    pub sustained_latency_us: Vec<f64>,
+    pub sustained_pps: u32,
+    /// Misses sent at the sustained rate (those not timed found the ring buffer full).
+    pub sustained_sent: u32,
     /// Routes per run of the control-path case.
     pub routes: usize,
     /// Routes per second: AddRoutes in batches of 10,000 over the unix socket, per run.
@@ -147,28 +163,6 @@ pub fn start_server(tag: &str, netns: Option<&str>) -> Result<ServerProcess> {
     Ok(ServerProcess { child, dir, bpffs })
 }
 
-/// A UDP datagram of flow `n` (distinct destination and source port), for the loopback MAC.
-fn frame(n: u32) -> Vec<u8> {
-    integration::udp_frame(IpAddr::V4(Ipv4Addr::from(0xcb00_7100u32 | (n & 0xff))), (n >> 8) as u16 + 1024, 53)
-}
-
-fn key(n: u32) -> pb::FlowKey {
-    pb::FlowKey {
-        vrf: 0,
-        src: "192.0.2.10".into(),
-        dst: Ipv4Addr::from(0xcb00_7100u32 | (n & 0xff)).to_string(),
-        protocol: 17,
-        src_port: (n >> 8) + 1024,
-        dst_port: 53,
-    }
-}
-
-/// Flow index from a miss key.
-fn index(k: &pb::FlowKey) -> Option<u32> {
-    let dst: Ipv4Addr = k.dst.parse().ok()?;
-    Some(((k.src_port - 1024) << 8) | (u32::from(dst) & 0xff))
-}
-
 pub fn run(config: &Config) -> Result<Results> {
     let server = start_server("server", None)?;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
@@ -203,7 +197,13 @@ pub fn run(config: &Config) -> Result<Results> {
         flows: config.flows,
         setups: Vec::new(),
         installs: Vec::new(),
+        batch_sizes: Vec::new(),
+        delivered: 0,
+        expected_delivered: 0,
         latency_us: Vec::new(),
+        sustained_latency_us: Vec::new(),
+        sustained_pps: 0,
+        sustained_sent: 0,
         routes: config.routes,
         add_routes: Vec::new(),
         ip_batch: Vec::new(),
@@ -214,90 +214,58 @@ pub fn run(config: &Config) -> Result<Results> {
         storm: None,
     };
     let n = config.flows as u32;
+    let mut session = rt.block_on(StreamChannel::open(
+        &client,
+        "",
+        1,
+        pb::SessionConfig { max_batch: MAX_BATCH, ..Default::default() },
+    ))?;
+    let before = rt.block_on(crate::setups::nexthop_packets(&mut client))?;
     for run in 0..config.runs as u32 {
         let base = run * 2 * n;
-        // The loop: a controller answering every miss, misses sent as fast as one thread can.
-        let sent: Arc<Mutex<HashMap<u32, Instant>>> = Arc::default();
-        let (setup, latencies) = rt.block_on(async {
-            let mut stream =
-                client.flows.subscribe_flow_misses(pb::SubscribeFlowMissesRequest::default()).await?.into_inner();
-            // A second subscriber only timestamps events: miss-to-event latency without the
-            // controller's own queueing behind its InstallFlows calls.
-            let mut watch =
-                client.flows.subscribe_flow_misses(pb::SubscribeFlowMissesRequest::default()).await?.into_inner();
-            let mut ctl = client.clone();
-            let sent2 = sent.clone();
-            let observer = tokio::spawn(async move {
-                let mut lat = Vec::new();
-                while lat.len() < n as usize {
-                    let Some(m) = watch.message().await? else { bail!("miss stream ended") };
-                    let Some(pb::flow_miss_message::Kind::Miss(miss)) = m.kind else { bail!("observer lagged") };
-                    let at = Instant::now();
-                    let idx = miss.key.as_ref().and_then(index).context("miss key")?;
-                    let t = *sent2.lock().unwrap().get(&idx).context("an event for a flow never sent")?;
-                    lat.push(at.duration_since(t).as_secs_f64() * 1e6);
-                }
-                anyhow::Ok(lat)
-            });
-            let controller = tokio::spawn(async move {
-                let mut done = 0;
-                while done < n {
-                    let Some(m) = stream.message().await? else { bail!("miss stream ended") };
-                    let Some(pb::flow_miss_message::Kind::Miss(miss)) = m.kind else { bail!("controller lagged") };
-                    let flow = pb::Flow {
-                        key: miss.key,
-                        action: pb::FlowAction::Forward as i32,
-                        next_hop: 1,
-                        ..Default::default()
-                    };
-                    ctl.flows.install_flows(pb::InstallFlowsRequest { flows: vec![flow] }).await?;
-                    done += 1;
-                }
-                anyhow::Ok(Instant::now())
-            });
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            let start = Instant::now();
-            for i in 0..n {
-                sent.lock().unwrap().insert(base + i, Instant::now());
-                program.try_run(&frame(base + i))?;
-                // Misses spaced like arrivals rather than one burst, so the latency is the
-                // path's, not a queue's.
-                if i % 16 == 15 {
-                    tokio::task::yield_now().await;
-                }
-            }
-            let end = tokio::time::timeout(Duration::from_secs(120), controller)
-                .await
-                .context("flow setups timed out")???;
-            let lat =
-                tokio::time::timeout(Duration::from_secs(10), observer).await.context("observer timed out")???;
-            anyhow::Ok((config.flows as f64 / end.duration_since(start).as_secs_f64(), lat))
-        })?;
+        let (lp, s) = crate::setups::run_loop(&rt, &program, session, base, n)?;
         // Every flow is now hit by its next packet.
         for i in 0..n {
             let (v, out) = program.try_run(&frame(base + i))?;
             ensure!(v == XDP_REDIRECT && out[..6] == [2, 0, 0, 0, 0, 1], "flow {} not forwarded by its flow", base + i);
         }
-        results.setups.push(setup);
-        results.latency_us.extend(latencies);
-
-        // Baseline: the controller's InstallFlows alone, one flow per call, for as many flows.
-        let install = rt.block_on(async {
-            let start = Instant::now();
-            for i in 0..n {
-                let flow = pb::Flow {
-                    key: Some(key(base + n + i)),
-                    action: pb::FlowAction::Forward as i32,
-                    next_hop: 1,
-                    ..Default::default()
-                };
-                client.flows.install_flows(pb::InstallFlowsRequest { flows: vec![flow] }).await?;
-            }
-            anyhow::Ok(config.flows as f64 / start.elapsed().as_secs_f64())
-        })?;
+        let batch = (u64::from(n) / lp.batches.max(1)).max(1) as usize;
+        let (install, s) = crate::setups::run_install_alone(&rt, s, base + n, n, batch)?;
+        session = s;
+        results.setups.push(lp.rate);
         results.installs.push(install);
-        eprintln!("  flows run {run}: {setup:.0} setups/s through the loop, {install:.0} InstallFlows/s alone");
+        results.batch_sizes.push(batch as f64);
+        eprintln!(
+            "  flows run {run}: {:.0} setups/s through the loop ({} miss batches, {batch} misses each on average), {install:.0}/s decided by key alone",
+            lp.rate, lp.batches
+        );
     }
+    // Each run's held first packets went out through next hop 1 (re-injected), and each
+    // flow's check packet too: 2 per flow.
+    let after = rt.block_on(crate::setups::nexthop_packets(&mut client))?;
+    results.delivered = after - before;
+    results.expected_delivered = 2 * u64::from(n) * config.runs as u64;
+    ensure!(
+        results.delivered == results.expected_delivered,
+        "next hop 1 sent {} packets, {} expected: a held first packet was lost",
+        results.delivered,
+        results.expected_delivered
+    );
+    let lat_base = 2 * n * config.runs as u32;
+    let (lat, s) = crate::setups::latency(&rt, &program, session, lat_base, config.latency_misses, None)?;
+    results.latency_us = lat;
+    let (lat, s) = crate::setups::latency(
+        &rt,
+        &program,
+        s,
+        lat_base + config.latency_misses,
+        config.sustained_misses,
+        Some(config.sustained_pps),
+    )?;
+    results.sustained_latency_us = lat;
+    results.sustained_sent = config.sustained_misses;
+    results.sustained_pps = config.sustained_pps;
+    drop(s);
     eprintln!(
         "miss storm: {} runs of {:?} quiet + {:?} storm",
         config.storm.runs, config.storm.window, config.storm.window

@@ -13,6 +13,7 @@ mod packet;
 mod rawmap;
 mod report;
 mod sandbox;
+mod setups;
 mod storm;
 mod veth;
 
@@ -45,6 +46,9 @@ struct Args {
     /// Policy sizes (rules) of the policy cases, comma-separated.
     #[arg(long, value_delimiter = ',')]
     rules: Option<Vec<usize>>,
+    /// Only the flow-setup, miss-storm and control-path cases (their section on stdout).
+    #[arg(long)]
+    only_flows: bool,
     /// Seconds of traffic per run and variant of the veth forwarding case.
     #[arg(long)]
     veth_seconds: Option<f64>,
@@ -77,6 +81,13 @@ fn main() -> Result<()> {
         std::iter::once("dataplane-bench".to_owned()).chain(std::env::args().skip(1)).collect::<Vec<_>>().join(" ")
     });
 
+    if args.only_flows {
+        let flows = flows::run(&flow_config(&args, config.runs))?;
+        let mut md = String::new();
+        report::render_setups(&mut md, &flows);
+        print!("{md}");
+        return Ok(());
+    }
     let sandbox = sandbox::Sandbox::new()?;
     eprintln!(
         "packet path: BPF_PROG_TEST_RUN, repeat {}, {} runs, routes {:?}",
@@ -91,17 +102,7 @@ fn main() -> Result<()> {
     };
     eprintln!("forwarding on veth: {} runs of {:?} per variant", veth_config.runs, veth_config.duration);
     let veth = veth::run(&veth_config)?;
-    let flow_config = flows::Config {
-        flows: args.flows.unwrap_or(if args.quick { 200 } else { 2000 }),
-        runs: config.runs,
-        routes: if args.quick { 2_000 } else { 100_000 },
-        memory_routes: if args.quick { 20_000 } else { 1_000_000 },
-        storm: storm::Config {
-            runs: if args.quick && args.runs.is_none() { 2 } else { config.runs },
-            window: std::time::Duration::from_millis(if args.quick { 300 } else { 2000 }),
-            repeat: if args.quick { 100_000 } else { 1_000_000 },
-        },
-    };
+    let flow_config = flow_config(&args, config.runs);
     eprintln!("flow setup: {} flows per run, {} runs", flow_config.flows, flow_config.runs);
     let flows = flows::run(&flow_config)?;
 
@@ -112,4 +113,22 @@ fn main() -> Result<()> {
         eprintln!("wrote {}", path.display());
     }
     Ok(())
+}
+
+/// The flow cases' settings.
+fn flow_config(args: &Args, runs: usize) -> flows::Config {
+    flows::Config {
+        flows: args.flows.unwrap_or(if args.quick { 200 } else { 20_000 }),
+        latency_misses: if args.quick { 100 } else { 2000 },
+        sustained_misses: if args.quick { 500 } else { 50_000 },
+        sustained_pps: 50_000,
+        runs,
+        routes: if args.quick { 2_000 } else { 100_000 },
+        memory_routes: if args.quick { 20_000 } else { 1_000_000 },
+        storm: storm::Config {
+            runs: if args.quick && args.runs.is_none() { 2 } else { runs },
+            window: std::time::Duration::from_millis(if args.quick { 300 } else { 2000 }),
+            repeat: if args.quick { 100_000 } else { 1_000_000 },
+        },
+    }
 }

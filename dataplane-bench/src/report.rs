@@ -116,58 +116,7 @@ pub fn render(command: &str, packet: &Results, veth: &crate::veth::Results, flow
 
     render_veth(&mut md, veth);
 
-    let _ = writeln!(md, "## Flow setup (per second, and miss-to-event latency)\n");
-    let _ = writeln!(
-        md,
-        "The whole loop for {} new flows per run, sent as fast as one thread can: a miss in \
-         `dp_xdp_ingress` (test run over the server's pins) -> HOLD + ring buffer -> \
-         `dataplane-server` -> `SubscribeFlowMisses` -> a Rust controller (controller-client) -> \
-         `InstallFlows` (one flow per call) -> the next packet hits the flow (checked for every \
-         flow). Baseline in the same run: the same controller calling `InstallFlows` for as many \
-         flows with no miss involved. Latency: test run issued -> event received by the controller.\n",
-        flows.flows
-    );
-    let setups = Figure {
-        case: "flow setups through the miss loop (/s)".into(),
-        size: Some(flows.flows),
-        samples: flows.setups.clone(),
-    };
-    let installs = Figure {
-        case: "InstallFlows alone, one flow per call (/s)".into(),
-        size: Some(flows.flows),
-        samples: flows.installs.clone(),
-    };
-    let _ = writeln!(md, "| case | flows per run | min | median | max | × InstallFlows alone |");
-    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|");
-    for f in [&setups, &installs] {
-        let _ = writeln!(
-            md,
-            "| {} | {} | {:.0} | {:.0} | {:.0} | {:.2} |",
-            f.case,
-            thousands(flows.flows),
-            f.min(),
-            f.median(),
-            f.max(),
-            f.median() / installs.median()
-        );
-    }
-    let p = |q| crate::flows::percentile(&flows.latency_us, q);
-    let _ = writeln!(
-        md,
-        "\nMiss-to-event latency over {} misses: p50 {:.0} µs, p99 {:.0} µs, max {:.0} µs. A run's \
-         misses leave as one burst (a few ms for 2,000), so these are mostly the time the server \
-         takes to drain it: p50 about half the drain, p99 nearly all of it. The drain rate moves \
-         with the CPU share the server and the controller get on 2 vCPUs (two busy loops running \
-         alongside doubled p50 and p99 in a test) and with the server's state lock, which its \
-         ring-buffer reader takes once per drain of the ring and which the controller's \
-         `InstallFlows` and the state-file flush (about 1 ms per write here) hold too. Flow aging \
-         (every 500 ms) walks the whole flow table without it and takes it only to remove what \
-         expired: when it held the lock for the walk, p99 reached 60 ms in some runs.\n",
-        flows.latency_us.len(),
-        p(50.0),
-        p(99.0),
-        p(100.0)
-    );
+    render_setups(&mut md, flows);
 
     if let Some(storm) = &flows.storm {
         render_storm(&mut md, storm);
@@ -488,4 +437,73 @@ fn command_output(cmd: &str, args: &[&str]) -> String {
         .ok()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
         .unwrap_or_else(|| "unknown".into())
+}
+
+/// The flow-setup section: the loop next to its baseline, and the miss latencies.
+pub fn render_setups(md: &mut String, flows: &crate::flows::Results) {
+    let _ = writeln!(md, "## Flow setup through a controller session (per second, and miss-to-controller latency)\n");
+    let _ = writeln!(
+        md,
+        "The whole loop for {} new flows per run, sent as fast as one thread can: a miss in \
+         `dp_xdp_ingress` (test run over the server's pins) -> HOLD + ring buffer -> \
+         `dataplane-server` -> a `MissBatch` on the `Controller/Session` stream -> a Rust \
+         controller (controller-client `StreamChannel`) -> `Decisions` by request id on the same \
+         stream -> flows written, held first packets re-injected -> `DecisionResult`; then the \
+         next packet of every flow is checked to hit its flow. Baseline in the same run: the same \
+         controller on the same stream deciding as many flows by key, in batches of the loop's \
+         average size, with no miss involved.\n",
+        thousands(flows.flows)
+    );
+    let setups = Figure {
+        case: "flow setups through the miss loop (/s)".into(),
+        size: Some(flows.flows),
+        samples: flows.setups.clone(),
+    };
+    let installs = Figure {
+        case: "decisions by key alone, same controller and batches (/s)".into(),
+        size: Some(flows.flows),
+        samples: flows.installs.clone(),
+    };
+    let _ = writeln!(md, "| case | flows per run | min | median | max | × decisions alone |");
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|");
+    for f in [&setups, &installs] {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {:.0} | {:.0} | {:.0} | {:.2} |",
+            f.case,
+            thousands(flows.flows),
+            f.min(),
+            f.median(),
+            f.max(),
+            f.median() / installs.median()
+        );
+    }
+    let batch = Figure { case: String::new(), size: None, samples: flows.batch_sizes.clone() };
+    let _ = writeln!(
+        md,
+        "\nMisses per batch (median over runs): {:.0}. Held first packets: next hop 1 sent {} packets \
+         for {} expected (each flow's re-injected first packet and its check packet): {}.\n",
+        batch.median(),
+        thousands(flows.delivered as usize),
+        thousands(flows.expected_delivered as usize),
+        if flows.delivered == flows.expected_delivered { "none lost" } else { "SOME LOST" }
+    );
+    let p = |v: &[f64], q| crate::flows::percentile(v, q);
+    let _ = writeln!(
+        md,
+        "Miss-to-controller latency (test run issued -> miss decoded by the controller):\n\n\
+         | misses | timed | p50 | p99 | max |\n|---|---:|---:|---:|---:|\n\
+         | isolated (one outstanding at a time) | {} | {:.0} µs | {:.0} µs | {:.0} µs |\n\
+         | sustained at {} misses/s (bursts of 10 every 200 µs) | {} of {} sent | {:.0} µs | {:.0} µs | {:.0} µs |\n",
+        thousands(flows.latency_us.len()),
+        p(&flows.latency_us, 50.0),
+        p(&flows.latency_us, 99.0),
+        p(&flows.latency_us, 100.0),
+        thousands(flows.sustained_pps as usize),
+        thousands(flows.sustained_latency_us.len()),
+        thousands(flows.sustained_sent as usize),
+        p(&flows.sustained_latency_us, 50.0),
+        p(&flows.sustained_latency_us, 99.0),
+        p(&flows.sustained_latency_us, 100.0),
+    );
 }
