@@ -1,6 +1,6 @@
 //! `dataplane.v1.Flows`: flow mode, flow-miss subscriptions, flow installation and listing.
 
-use std::{net::IpAddr, pin::Pin, sync::Arc};
+use std::{net::IpAddr, pin::Pin, sync::Arc, time::Duration};
 
 use dataplane_common::flow::{DEFAULT_PUNT_BURST, DEFAULT_PUNT_RATE};
 use dataplane_proto::v1 as pb;
@@ -10,8 +10,8 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     domain::{
-        Dataplane, Domain, DomainError, FlowAction, FlowKey, FlowMiss, FlowMode, FlowSpec, FlowTarget, FlowView,
-        InterfaceName,
+        Dataplane, Domain, DomainError, FlowAction, FlowKey, FlowMiss, FlowMode, FlowRemoved, FlowRemovedReason,
+        FlowSpec, FlowTarget, FlowView, InterfaceName,
     },
     events::Hub,
     net::parse_addr,
@@ -196,7 +196,15 @@ fn decode_flow(at: &str, f: pb::Flow) -> Result<FlowSpec, DomainError> {
     let action = decode_action(format!("{at}.action"), f.action, f.next_hop)?
         .ok_or_else(|| DomainError::invalid(format!("{at}.action"), "FORWARD or DROP is required"))?;
     let reverse = decode_action(format!("{at}.reverse_action"), f.reverse_action, f.reverse_next_hop)?;
-    Ok(FlowSpec { target, action, reverse })
+    // 0: none of its own.
+    let timeout = |ms: u32| (ms > 0).then(|| Duration::from_millis(ms.into()));
+    Ok(FlowSpec {
+        target,
+        action,
+        reverse,
+        idle_timeout: timeout(f.idle_timeout_ms),
+        hard_timeout: timeout(f.hard_timeout_ms),
+    })
 }
 
 fn encode_key(k: &FlowKey) -> pb::FlowKey {
@@ -224,6 +232,34 @@ fn encode_flow(f: &FlowView) -> pb::Flow {
         packets: f.packets,
         bytes: f.bytes,
         idle_ms: f.idle.as_millis() as u64,
+        idle_timeout_ms: timeout_ms(f.idle_timeout),
+        hard_timeout_ms: timeout_ms(f.hard_timeout),
         ..Default::default()
+    }
+}
+
+/// A timeout as the API carries it (0: none; InstallFlows took it from milliseconds in a u32).
+fn timeout_ms(t: Option<Duration>) -> u32 {
+    t.map_or(0, |t| u32::try_from(t.as_millis()).unwrap_or(u32::MAX))
+}
+
+/// A flow removal as a controller session streams it.
+pub fn encode_flow_removed(r: &FlowRemoved) -> pb::FlowRemoved {
+    let reason = match r.reason {
+        FlowRemovedReason::IdleTimeout => pb::FlowRemovedReason::IdleTimeout,
+        FlowRemovedReason::HardTimeout => pb::FlowRemovedReason::HardTimeout,
+        FlowRemovedReason::Deleted => pb::FlowRemovedReason::Deleted,
+        FlowRemovedReason::Evicted => pb::FlowRemovedReason::Evicted,
+        FlowRemovedReason::NextHopRemoved => pb::FlowRemovedReason::NextHopRemoved,
+    };
+    pb::FlowRemoved {
+        key: Some(encode_key(&r.key)),
+        reason: reason as i32,
+        packets: r.packets,
+        bytes: r.bytes,
+        duration_ms: r.duration.as_millis() as u64,
+        request_id: r.request_id,
+        idle_timeout_ms: timeout_ms(r.idle_timeout),
+        hard_timeout_ms: timeout_ms(r.hard_timeout),
     }
 }

@@ -19,7 +19,7 @@ use tonic::transport::server::Router;
 use tonic_health::server::HealthReporter;
 
 use crate::{
-    domain::{Dataplane, Domain, FlowMiss},
+    domain::{Dataplane, Domain, FlowMiss, FlowRemoved},
     events::{
         netlink::{Netlink, NetlinkEvent},
         Hub,
@@ -27,7 +27,7 @@ use crate::{
 };
 
 pub use events::EventsService;
-pub use flows::FlowsService;
+pub use flows::{encode_flow_removed, FlowsService};
 pub use interfaces::InterfacesService;
 pub use policy::PolicyService;
 pub use routing::RoutingService;
@@ -40,6 +40,8 @@ const MAX_MESSAGE: usize = 256 * 1024 * 1024;
 #[derive(Clone)]
 pub struct EventSources {
     pub misses: Arc<Hub<FlowMiss>>,
+    /// Every removal of an installed flow (what a controller session streams as `FlowRemoved`).
+    pub flow_removed: Arc<Hub<FlowRemoved>>,
     pub netlink: Arc<Hub<NetlinkEvent>>,
     pub netlink_listener: Netlink,
 }

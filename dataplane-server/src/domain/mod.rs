@@ -33,7 +33,9 @@ use std::{
 pub use crate::dataplane::{Dataplane, FlowKey, FlowMiss, Hook, ProgramStatus, XdpMode};
 pub use error::{DomainError, ErrorKind};
 pub use fib4::Lookup as Ipv4Lookup;
-pub use flows::{FlowAction, FlowMode, FlowSpec, FlowTarget, FlowView};
+pub use flows::{
+    FlowAction, FlowMode, FlowRemoved, FlowRemovedReason, FlowRemovedSink, FlowSpec, FlowTarget, FlowView,
+};
 pub use interfaces::{AddInterface, InterfaceName, InterfaceView};
 pub use nexthops::{NewNextHop, NextHopSpec, NextHopState, NextHopView};
 pub use policies::{
@@ -109,6 +111,9 @@ pub struct Domain<D: Dataplane> {
     pins_id: Option<u64>,
     /// What the start's restore found (for `GetStatus`).
     restored: Mutex<Option<persist::RestoreReport>>,
+    /// Installed flows' timeouts and request ids, and where their removals go: beside the state,
+    /// under a lock of its own (see `flows::aging`).
+    flow_book: flows::FlowBook,
 }
 
 /// A request to the kernel about a gateway: resolve `address` on `ifindex` and keep it resolved
@@ -173,6 +178,7 @@ impl<D: Dataplane> Domain<D> {
             pins_id,
             restored: Mutex::new(None),
             started: Instant::now(),
+            flow_book: flows::FlowBook::default(),
         }
     }
 
