@@ -342,7 +342,7 @@ impl<D: Dataplane> Domain<D> {
 
     /// The writes that remove the flows forwarding through next-hop `slots` (about to be
     /// cleared and reused), each undone by putting the flow back, and the flows they remove (for
-    /// [`Self::flows_purged`] once the batch committed). One walk of the flow tables for all of
+    /// `removal_notices` once the batch committed). One walk of the flow tables for all of
     /// them: a walk visits every bucket (~1 ms), however few flows there are.
     pub(super) fn purge_flows_via(
         &self,
@@ -359,12 +359,6 @@ impl<D: Dataplane> Domain<D> {
             .map(|(k, v)| Write { op: KernelOp::RemoveFlow(*k), undo: vec![KernelOp::PutFlow(*k, *v)], at: None })
             .collect();
         Ok((writes, purged))
-    }
-
-    /// Reports the flows [`Self::purge_flows_via`] removed, once their batch committed (with the
-    /// domain's lock held: see [`FlowRemovedSink`]).
-    pub(super) fn flows_purged(&self, purged: &[(FlowKey, FlowValue)]) {
-        self.announce(self.removal_notices(purged, FlowRemovedReason::NextHopRemoved));
     }
 
     /// Records in the book the flows of a committed install that have timeouts or answered a

@@ -274,8 +274,8 @@ impl<D: Dataplane> Domain<D> {
             undo: vec![current(&state, *id)],
             at: Some(format!("ids[{i}]")),
         }));
-        let _intent = self.apply_logged(&state, writes)?;
-        self.flows_purged(&purged);
+        let intent = self.apply_logged(&state, writes)?;
+        let purged = self.removal_notices(&purged, super::FlowRemovedReason::NextHopRemoved);
         let mut released = Vec::new();
         for id in ids {
             if let Some(e) = state.nexthops.remove(id) {
@@ -290,7 +290,11 @@ impl<D: Dataplane> Domain<D> {
         }
         self.release_gateways(&state, released);
         self.bump(&mut state);
-        Ok(state.generation)
+        let generation = state.generation;
+        drop(intent);
+        drop(state);
+        self.announce(purged);
+        Ok(generation)
     }
 
     pub fn list_nexthops(&self) -> Result<Vec<NextHopView>, DomainError> {

@@ -8,8 +8,8 @@ use crate::domain::{Dataplane, Domain, FlowRemoved};
 
 /// Every removal the domain reports from now on is published on `hub`.
 pub fn connect<D: Dataplane>(domain: &Domain<D>, hub: Arc<Hub<FlowRemoved>>) {
-    // `publish` never blocks and never calls the domain: what the sink may be asked to do under
-    // the domain's lock.
+    // `publish` never blocks; the domain calls the sink without its lock, so the hub may record
+    // its sequence floor through the domain.
     domain.set_flow_removed_sink(Arc::new(move |removed| {
         hub.publish(removed);
     }));

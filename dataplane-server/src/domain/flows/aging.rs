@@ -54,9 +54,9 @@ pub struct FlowRemoved {
     pub hard_timeout: Option<Duration>,
 }
 
-/// Where removals go. Called without the domain's lock where the removal allows it, but with it
-/// held for flows purged with a deleted next hop: it must not block, nor call the domain (the
-/// event hub's `publish` does neither).
+/// Where removals go. Called after the removal committed, without the domain's lock (a
+/// persistent event hub records its sequence floor through the domain), from the thread of the
+/// call that removed the flows (an RPC's, the aging task's): it should not block.
 pub type FlowRemovedSink = Arc<dyn Fn(FlowRemoved) + Send + Sync>;
 
 /// What the domain keeps of an installed flow beyond its kernel entry.
@@ -174,7 +174,8 @@ impl<D: Dataplane> Domain<D> {
     }
 
     /// What removing these kernel entries took away (HOLDs are no flow yet: not reported), their
-    /// book entries forgotten. Called under the state's lock, after the removal committed.
+    /// book entries forgotten. Called under the state's lock, after the removal committed; the
+    /// caller announces them once it let the lock go.
     pub(in crate::domain) fn removal_notices(
         &self,
         removed: &[(FlowKey, FlowValue)],
@@ -327,13 +328,20 @@ mod tests {
         }
     }
 
-    /// A domain with next hop 1 whose sink records every removal.
-    fn domain() -> (Domain<FakeDataplane>, Arc<Mutex<Vec<FlowRemoved>>>) {
-        let d = Domain::new(FakeDataplane::default());
+    /// A domain with next hop 1 whose sink records every removal, and checks it is called with
+    /// neither the domain's lock nor the book's held (a sink may call the domain).
+    fn domain() -> (Arc<Domain<FakeDataplane>>, Arc<Mutex<Vec<FlowRemoved>>>) {
+        let d = Arc::new(Domain::new(FakeDataplane::default()));
         d.add_nexthops(vec![NewNextHop { id: 1, spec: NextHopSpec::Receive }]).unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let s = seen.clone();
-        d.set_flow_removed_sink(Arc::new(move |r| s.lock().unwrap().push(r)));
+        let weak = Arc::downgrade(&d);
+        d.set_flow_removed_sink(Arc::new(move |r| {
+            let d = weak.upgrade().expect("the domain calls its sink");
+            assert!(d.state.try_lock().is_ok(), "the sink was called under the domain's lock: {r:?}");
+            assert!(d.flow_book.book.try_lock().is_ok(), "the sink was called under the book's lock: {r:?}");
+            s.lock().unwrap().push(r);
+        }));
         (d, seen)
     }
 
