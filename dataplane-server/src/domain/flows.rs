@@ -117,6 +117,9 @@ impl Flows {
     }
 }
 
+/// A flow table entry as the kernel holds it.
+pub(super) type Entry = (FlowKey, FlowValue);
+
 /// Bounds of the stored held frames: a flood of misses cannot grow the server without limit.
 const MAX_HELD: usize = 65536;
 
@@ -344,11 +347,8 @@ impl<D: Dataplane> Domain<D> {
     /// cleared and reused), each undone by putting the flow back, and the flows they remove (for
     /// `removal_notices` once the batch committed). One walk of the flow tables for all of
     /// them: a walk visits every bucket (~1 ms), however few flows there are.
-    pub(super) fn purge_flows_via(
-        &self,
-        slots: &HashSet<u32>,
-    ) -> Result<(Vec<Write>, Vec<(FlowKey, FlowValue)>), DomainError> {
-        let purged: Vec<(FlowKey, FlowValue)> = self
+    pub(super) fn purge_flows_via(&self, slots: &HashSet<u32>) -> Result<(Vec<Write>, Vec<Entry>), DomainError> {
+        let purged: Vec<Entry> = self
             .dataplane
             .flows()?
             .into_iter()

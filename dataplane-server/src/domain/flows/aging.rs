@@ -181,7 +181,7 @@ impl<D: Dataplane> Domain<D> {
     /// caller announces them once it let the lock go.
     pub(in crate::domain) fn removal_notices(
         &self,
-        removed: &[(FlowKey, FlowValue)],
+        removed: &[super::Entry],
         reason: FlowRemovedReason,
     ) -> Vec<FlowRemoved> {
         let now = monotonic_ns();
