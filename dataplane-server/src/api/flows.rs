@@ -263,3 +263,77 @@ pub fn encode_flow_removed(r: &FlowRemoved) -> pb::FlowRemoved {
         hard_timeout_ms: timeout_ms(r.hard_timeout),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flow_timeouts_decode_zero_as_none_and_list_back_as_given() {
+        let f = pb::Flow {
+            request_id: 9,
+            action: pb::FlowAction::Drop as i32,
+            hard_timeout_ms: 2500,
+            ..Default::default()
+        };
+        let spec = decode_flow("flows[0]", f).unwrap();
+        assert_eq!((spec.idle_timeout, spec.hard_timeout), (None, Some(Duration::from_millis(2500))));
+        let view = FlowView {
+            key: FlowKey {
+                vrf: 0,
+                src: "2001:db8::1".parse().unwrap(),
+                dst: "2001:db8::2".parse().unwrap(),
+                proto: 6,
+                sport: 1,
+                dport: 2,
+            },
+            action: Some(FlowAction::Drop),
+            request_id: 0,
+            packets: 0,
+            bytes: 0,
+            idle: Duration::ZERO,
+            idle_timeout: Some(Duration::from_secs(1)),
+            hard_timeout: None,
+        };
+        let listed = encode_flow(&view);
+        assert_eq!((listed.idle_timeout_ms, listed.hard_timeout_ms), (1000, 0));
+    }
+
+    #[test]
+    fn flow_removed_encodes_each_reason_by_its_proto_name_with_counters_and_times() {
+        let key = FlowKey {
+            vrf: 3,
+            src: "192.0.2.1".parse().unwrap(),
+            dst: "198.51.100.1".parse().unwrap(),
+            proto: 17,
+            sport: 10,
+            dport: 20,
+        };
+        let reasons = [
+            (FlowRemovedReason::IdleTimeout, "FLOW_REMOVED_REASON_IDLE_TIMEOUT"),
+            (FlowRemovedReason::HardTimeout, "FLOW_REMOVED_REASON_HARD_TIMEOUT"),
+            (FlowRemovedReason::Deleted, "FLOW_REMOVED_REASON_DELETED"),
+            (FlowRemovedReason::Evicted, "FLOW_REMOVED_REASON_EVICTED"),
+            (FlowRemovedReason::NextHopRemoved, "FLOW_REMOVED_REASON_NEXT_HOP_REMOVED"),
+        ];
+        for (reason, name) in reasons {
+            let r = FlowRemoved {
+                key,
+                reason,
+                packets: 5,
+                bytes: 500,
+                duration: Duration::from_micros(1_234_567),
+                request_id: 42,
+                idle_timeout: Some(Duration::from_secs(1)),
+                hard_timeout: None,
+            };
+            let m = encode_flow_removed(&r);
+            assert_eq!(m.reason().as_str_name(), name);
+            assert_eq!(m.key, Some(encode_key(&key)));
+            assert_eq!(
+                (m.packets, m.bytes, m.duration_ms, m.request_id, m.idle_timeout_ms, m.hard_timeout_ms),
+                (5, 500, 1234, 42, 1000, 0)
+            );
+        }
+    }
+}

@@ -506,6 +506,31 @@ mod tests {
     }
 
     #[test]
+    fn install_flows_zero_timeout_is_refused_naming_the_field() {
+        let (d, _) = domain();
+        let zero = FlowSpec { hard_timeout: Some(Duration::ZERO), ..spec(1, None, None) };
+        let e = d.install_flows(vec![spec(2, Some(1), None), zero]).unwrap_err();
+        assert_eq!(e.kind(), crate::domain::ErrorKind::InvalidArgument);
+        assert!(e.to_string().starts_with("flows[1].hard_timeout"), "{e}");
+        assert!(left(&d).is_empty(), "all or nothing");
+    }
+
+    #[test]
+    fn flow_installed_again_is_no_removal_and_takes_its_new_timeouts() {
+        let (d, seen) = domain();
+        d.install_flows(vec![spec(1, Some(1000), Some(2000))]).unwrap();
+        play(&d, 1, 10, 0, 3);
+        // Installed again before the aging pass, without timeouts: its hard timeout went with it.
+        d.install_flows(vec![spec(1, None, None)]).unwrap();
+        let listed: Vec<_> =
+            d.list_flows(None).unwrap().into_iter().map(|f| (f.idle_timeout, f.hard_timeout)).collect();
+        assert_eq!(listed, vec![(None, None)]);
+        assert_eq!(d.expire_flows(HOLD, IDLE).unwrap(), 0);
+        assert_eq!(left(&d), vec![1]);
+        assert!(seen.lock().unwrap().is_empty(), "{:?}", seen.lock().unwrap());
+    }
+
+    #[test]
     fn flow_removed_reports_the_request_id_of_the_miss_its_install_answered() {
         let (d, seen) = domain();
         let miss = crate::dataplane::FlowMiss {
