@@ -6,7 +6,8 @@
 //! program never needs them, so they stay here, in a [`FlowBook`] of the flows installed with a
 //! timeout or for a miss. The book has its own lock, taken after the state's when both are: the
 //! aging pass walks the whole kernel table and evaluates every flow against the book without the
-//! domain's lock, and takes that lock once, for the few flows it found expired or evicted.
+//! domain's lock, and takes that lock once, for the few flows it found expired or evicted. A
+//! flow in the book takes about 130 bytes (key, entry, the hash map's slack).
 
 use std::{
     collections::{HashMap, HashSet},
@@ -249,63 +250,69 @@ impl<D: Dataplane> Domain<D> {
         let mut book = self.flow_book.lock();
         let mut gone = 0;
         let mut removed = Vec::new();
-        for k in candidates {
-            // A HOLD answered, or a flow that saw a packet, since the walk stays.
-            let Some(v) = self.dataplane.get_flow(&k)? else { continue };
+        // A kernel failure part way stops the pass, but what it removed is still announced.
+        let swept = (|| -> Result<(), DomainError> {
+            for k in candidates {
+                // A HOLD answered, or a flow that saw a packet, since the walk stays.
+                let Some(v) = self.dataplane.get_flow(&k)? else { continue };
+                let now = monotonic_ns();
+                let Some(reason) = expiry(&v, book.of(&k, &v), now, hold_timeout, idle_timeout) else {
+                    if v.action == FLOW_HOLD {
+                        live_holds.insert(v.request_id);
+                    }
+                    continue;
+                };
+                self.dataplane.remove_flow(&k)?;
+                gone += 1;
+                if v.action == FLOW_HOLD {
+                    self.resolve_hold(&mut state, v.request_id);
+                } else {
+                    removed.push(book.removed(k, &v, reason, now));
+                }
+            }
             let now = monotonic_ns();
-            let Some(reason) = expiry(&v, book.of(&k, &v), now, hold_timeout, idle_timeout) else {
-                if v.action == FLOW_HOLD {
-                    live_holds.insert(v.request_id);
+            for k in missing {
+                // Deleted, or installed again, since the walk: nothing of this flow to report here.
+                let Some(e) = book.flows.get(&k).copied() else { continue };
+                if e.created_ns >= walk_start {
+                    continue;
                 }
-                continue;
-            };
-            self.dataplane.remove_flow(&k)?;
-            gone += 1;
-            if v.action == FLOW_HOLD {
-                self.resolve_hold(&mut state, v.request_id);
-            } else {
-                removed.push(book.removed(k, &v, reason, now));
-            }
-        }
-        let now = monotonic_ns();
-        for k in missing {
-            // Deleted, or installed again, since the walk: nothing of this flow to report here.
-            let Some(e) = book.flows.get(&k).copied() else { continue };
-            if e.created_ns >= walk_start {
-                continue;
-            }
-            if let Some(v) = self.dataplane.get_flow(&k)? {
-                if e.is(&v) {
-                    continue; // the walk missed it
+                if let Some(v) = self.dataplane.get_flow(&k)? {
+                    if e.is(&v) {
+                        continue; // the walk missed it
+                    }
+                    if v.action == FLOW_HOLD {
+                        live_holds.insert(v.request_id);
+                    }
                 }
-                if v.action == FLOW_HOLD {
-                    live_holds.insert(v.request_id);
-                }
+                book.flows.remove(&k);
+                removed.push(FlowRemoved {
+                    key: k,
+                    reason: FlowRemovedReason::Evicted,
+                    packets: e.packets,
+                    bytes: e.bytes,
+                    duration: Duration::from_nanos(now.saturating_sub(e.created_ns)),
+                    request_id: e.request_id,
+                    idle_timeout: e.idle,
+                    hard_timeout: e.hard,
+                });
             }
-            book.flows.remove(&k);
-            removed.push(FlowRemoved {
-                key: k,
-                reason: FlowRemovedReason::Evicted,
-                packets: e.packets,
-                bytes: e.bytes,
-                duration: Duration::from_nanos(now.saturating_sub(e.created_ns)),
-                request_id: e.request_id,
-                idle_timeout: e.idle,
-                hard_timeout: e.hard,
-            });
-        }
+            Ok(())
+        })();
         drop(book);
-        // Held frames whose HOLD is no longer in the table (evicted, or replaced by a flow
-        // the kernel cannot tell us about) are resolved too, once older than the hold timeout.
-        let stale: Vec<u64> = state
-            .flows
-            .held
-            .iter()
-            .filter(|(id, h)| !live_holds.contains(id) && h.since.elapsed() > hold_timeout)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in stale {
-            self.resolve_hold(&mut state, id);
+        if swept.is_ok() {
+            // Held frames whose HOLD is no longer in the table (evicted, or replaced by a flow
+            // the kernel cannot tell us about) are resolved too, once older than the hold timeout.
+            let stale: Vec<u64> = state
+                .flows
+                .held
+                .iter()
+                .filter(|(id, h)| !live_holds.contains(id) && h.since.elapsed() > hold_timeout)
+                .map(|(id, _)| *id)
+                .collect();
+            for id in stale {
+                self.resolve_hold(&mut state, id);
+            }
         }
         self.publish_resolved(&state);
         drop(state);
@@ -314,7 +321,7 @@ impl<D: Dataplane> Domain<D> {
             debug!(evicted, "installed flows found evicted by the kernel's LRU");
         }
         self.announce(removed);
-        Ok(gone)
+        swept.map(|()| gone)
     }
 }
 
@@ -503,6 +510,23 @@ mod tests {
             (evicted.bytes, evicted.idle_timeout, evicted.hard_timeout),
             (4400, Some(Duration::from_secs(1)), Some(Duration::from_secs(60)))
         );
+    }
+
+    #[test]
+    fn expire_flows_kernel_failure_part_way_still_announces_what_went() {
+        let (d, seen) = domain();
+        d.install_flows(vec![spec(1, Some(1000), None), spec(2, Some(1000), None)]).unwrap();
+        play(&d, 1, 10, 5, 1);
+        play(&d, 2, 10, 5, 2);
+        d.dataplane().fail_write(2); // the second removal
+        assert!(d.expire_flows(HOLD, IDLE).is_err());
+        assert_eq!(reasons(&seen), vec![(1, FlowRemovedReason::IdleTimeout, 1)]);
+        assert_eq!(d.expire_flows(HOLD, IDLE).unwrap(), 1, "the next pass finishes");
+        assert_eq!(
+            reasons(&seen),
+            vec![(1, FlowRemovedReason::IdleTimeout, 1), (2, FlowRemovedReason::IdleTimeout, 2)]
+        );
+        assert!(left(&d).is_empty());
     }
 
     #[test]
