@@ -249,14 +249,17 @@ pub fn latency(
             None => {
                 // (Isolated misses never meet a full ring: each is the only one outstanding.)
                 while received.load(Ordering::Acquire) < u64::from(i) {
-                    arrived_rx.recv_timeout(Duration::from_secs(5)).with_context(|| format!("miss {i} not received within 5 s"))?;
+                    arrived_rx
+                        .recv_timeout(Duration::from_secs(5))
+                        .with_context(|| format!("miss {i} not received within 5 s"))?;
                 }
             }
         }
         sent.lock().unwrap().insert(base + i, Instant::now());
         program.try_run(&frame(base + i))?;
     }
-    let (lat, session) =
-        rt.block_on(async { tokio::time::timeout(Duration::from_secs(120), observer).await }).context("latency timed out")???;
+    let (lat, session) = rt
+        .block_on(async { tokio::time::timeout(Duration::from_secs(120), observer).await })
+        .context("latency timed out")???;
     Ok((lat, session))
 }

@@ -17,7 +17,7 @@ use dataplane_server::{
     api::{self, ServerInfo},
     dataplane::{loader, KernelDataplane, LoaderConfig},
     domain::{persist, Domain},
-    events::{flow_misses, netlink, Hub},
+    events::{flow_misses, flow_removed, netlink, Hub},
 };
 use tokio::{net::UnixListener, signal::unix::SignalKind, sync::watch};
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
@@ -32,8 +32,9 @@ const MISS_QUEUE: usize = 4096;
 const NETLINK_QUEUE: usize = 16384;
 /// How often a lazily recorded change (flow installs) reaches the state file.
 const FLUSH_PERIOD: Duration = Duration::from_millis(200);
-/// How often flows are checked for expiry.
-const AGING_PERIOD: Duration = Duration::from_millis(500);
+/// Flow removals a subscriber may fall behind by before it loses some (and is told): a deleted
+/// next hop removes all its flows at once.
+const FLOW_REMOVED_QUEUE: usize = 16384;
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum LogFormat {
@@ -67,9 +68,14 @@ struct Args {
     /// A HOLD (a punted miss no controller answered) is removed after this many milliseconds.
     #[arg(long, default_value_t = 5000)]
     flow_hold_timeout_ms: u64,
-    /// A flow with no packet for this many seconds is removed.
+    /// A flow with no packet for this many seconds is removed (unless it has an idle timeout of
+    /// its own).
     #[arg(long, default_value_t = 300)]
     flow_idle_timeout_secs: u64,
+    /// How often flows are checked against their timeouts: a flow goes at most this long after
+    /// its timeout (a pass over a large table that takes longer spaces the passes more).
+    #[arg(long, default_value_t = 250, value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    flow_aging_period_ms: u64,
     /// Flow misses queued per subscriber before it starts losing them (and gets `lagged`).
     #[arg(long, default_value_t = MISS_QUEUE, value_parser = clap::value_parser!(usize))]
     flow_miss_queue: usize,
@@ -223,13 +229,15 @@ async fn serve(
     info!(socket = %args.grpc_socket.display(), version = %info.version, "serving gRPC");
 
     // Flow misses: read from the kernel's ring buffer, kept by the domain, fanned out to every
-    // subscriber; flows age out in the background.
+    // subscriber; flows age out in the background, and every removal is fanned out too.
     let misses = Arc::new(persistent_hub(&domain, args.flow_miss_queue.max(1), "flow_misses"));
     flow_misses::spawn_reader(domain.dataplane().flow_miss_reader()?, domain.clone(), misses.clone())
         .context("polling the flow-miss ring buffer")?;
+    let flow_removed = Arc::new(persistent_hub(&domain, FLOW_REMOVED_QUEUE, "flow_removed"));
+    flow_removed::connect(&domain, flow_removed.clone());
     flow_misses::spawn_aging(
         domain.clone(),
-        AGING_PERIOD,
+        Duration::from_millis(args.flow_aging_period_ms),
         Duration::from_millis(args.flow_hold_timeout_ms),
         Duration::from_secs(args.flow_idle_timeout_secs),
     );
@@ -238,7 +246,7 @@ async fn serve(
     // domain (owned links that go or change, gateway next hops).
     let netlink_hub = Arc::new(persistent_hub(&domain, NETLINK_QUEUE, "netlink"));
     let netlink_listener = netlink::start(domain.clone(), netlink_hub.clone()).await.context("listening to netlink")?;
-    let events = api::EventSources { misses, netlink: netlink_hub, netlink_listener };
+    let events = api::EventSources { misses, flow_removed, netlink: netlink_hub, netlink_listener };
 
     // Flow installs record the generation lazily: within FLUSH_PERIOD.
     let flusher = domain.clone();

@@ -337,3 +337,71 @@ async fn session_primary_crash_keeps_forwarding_new_primary_resyncs() {
     let third = open(&anon, 3).await;
     assert_ne!(third.arbitration.instance_id, instance);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_flow_idle_timeout_removed_and_announced_with_counters() {
+    let (_ns, server, mut c) = server_forwarding_via_lo("dsi-").await.unwrap();
+    // Flows are looked up on interfaces in flow mode.
+    let mode = pb::SetFlowModeRequest { interface: "lo".into(), enabled: true, ..Default::default() };
+    c.flows.set_flow_mode(mode).await.unwrap();
+    let program = Harness::over_pins(&server.bpffs).unwrap();
+    let mut s = open(&server.client().await.unwrap(), 1).await;
+    let key = pb::FlowKey {
+        vrf: 0,
+        src: "192.0.2.10".into(),
+        dst: "198.51.100.9".into(),
+        protocol: 17,
+        src_port: 4000,
+        dst_port: 53,
+    };
+    let f = pb::Flow {
+        key: Some(key.clone()),
+        action: pb::FlowAction::Forward as i32,
+        next_hop: 1,
+        idle_timeout_ms: 1000,
+        ..Default::default()
+    };
+    s.sender.decide(1, vec![f], pb::Atomicity::AllOrNothing).await.unwrap();
+    let Kind::DecisionResult(r) = next_control(&mut s).await else { panic!() };
+    assert_eq!(r.applied, 1, "{r:?}");
+    let frame = udp_frame("198.51.100.9".parse().unwrap(), 4000, 53);
+    for _ in 0..3 {
+        assert_eq!(program.run(&frame).0, 4, "redirected by its flow");
+    }
+    let quiet = std::time::Instant::now();
+    let removed = loop {
+        match next_control(&mut s).await {
+            Kind::FlowsRemoved(r) => break r.flows,
+            Kind::Lost(l) => panic!("{l:?}"),
+            _ => continue,
+        }
+    };
+    let after = quiet.elapsed();
+    assert_eq!(removed.len(), 1, "{removed:?}");
+    let r = &removed[0];
+    assert_eq!(r.key.as_ref(), Some(&key));
+    assert_eq!(r.reason, pb::FlowRemovedReason::IdleTimeout as i32);
+    assert_eq!((r.packets, r.idle_timeout_ms), (3, 1000), "{r:?}");
+    assert!(r.bytes >= 3 * 42, "{r:?}");
+    assert!(after >= Duration::from_millis(900) && after < Duration::from_millis(2500), "{after:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_delete_flows_on_disconnect_removes_its_flows_only() {
+    let (_ns, server, mut c) = server_forwarding_via_lo("dsx-").await.unwrap();
+    // Installed before any session: not the session's to remove.
+    c.flows.install_flows(pb::InstallFlowsRequest { flows: vec![flow(900, 1)] }).await.unwrap();
+    let config = pb::SessionConfig { on_disconnect: pb::OnDisconnect::DeleteFlows as i32, ..Default::default() };
+    let mut s = StreamChannel::open(&c, "", 1, config).await.unwrap();
+    s.sender.decide(1, (0..5).map(|i| flow(i, 1)).collect(), pb::Atomicity::AllOrNothing).await.unwrap();
+    let Kind::DecisionResult(r) = next_control(&mut s).await else { panic!() };
+    assert_eq!(r.applied, 5);
+    assert_eq!(flow_count(&mut c).await, 6);
+    drop(s);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while flow_count(&mut c).await != 1 {
+        assert!(std::time::Instant::now() < deadline, "the session's flows were not removed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(server);
+}

@@ -20,11 +20,11 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, warn};
 
-use super::flows::{decode_flow, encode_key};
+use super::flows::{decode_flow, encode_flow_removed, encode_key};
 use crate::{
     domain::{
         arbitration::{ElectionId, Seat},
-        Dataplane, Domain, DomainError, FlowKey, FlowMiss, InterfaceName,
+        Dataplane, Domain, DomainError, FlowKey, FlowMiss, FlowRemoved, InterfaceName,
     },
     events::{Hub, Sequenced},
 };
@@ -41,14 +41,24 @@ type Out = mpsc::Sender<Result<pb::SessionResponse, Status>>;
 
 pub struct ControllerService<D: Dataplane> {
     domain: Arc<Domain<D>>,
+    hubs: Hubs,
+}
+
+/// The event streams a primary session relays.
+#[derive(Clone)]
+struct Hubs {
     misses: Arc<Hub<FlowMiss>>,
+    removed: Arc<Hub<FlowRemoved>>,
 }
 
 impl<D: Dataplane> ControllerService<D> {
-    pub fn new(domain: Arc<Domain<D>>, misses: Arc<Hub<FlowMiss>>) -> Self {
-        Self { domain, misses }
+    pub fn new(domain: Arc<Domain<D>>, misses: Arc<Hub<FlowMiss>>, removed: Arc<Hub<FlowRemoved>>) -> Self {
+        Self { domain, hubs: Hubs { misses, removed } }
     }
 }
+
+/// Most flow removals per `FlowsRemoved` message.
+const REMOVED_BATCH: usize = 1024;
 
 pub(super) fn encode_id(id: ElectionId) -> pb::Uint128 {
     pb::Uint128 { high: (id >> 64) as u64, low: id as u64 }
@@ -165,13 +175,8 @@ impl<D: Dataplane> pb::controller_server::Controller for ControllerService<D> {
         // The first answer, before any event: this session's standing.
         let _ = tx.send(arbitration_result(&self.domain, &seat)).await;
         let seat = Arc::new(Mutex::new(seat));
-        let events = tokio::spawn(send_events(
-            self.domain.clone(),
-            self.misses.clone(),
-            seat.clone(),
-            config.clone(),
-            tx.clone(),
-        ));
+        let events =
+            tokio::spawn(send_events(self.domain.clone(), self.hubs.clone(), seat.clone(), config.clone(), tx.clone()));
         tokio::spawn(handle_requests(self.domain.clone(), seat, config, inbound, tx, events));
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
@@ -181,11 +186,11 @@ fn lock(seat: &Mutex<Seat>) -> std::sync::MutexGuard<'_, Seat> {
     seat.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// The event task: announces primary changes; while primary, sends misses in batches and
-/// packet-ins.
+/// The event task: announces primary changes; while primary, sends misses in batches,
+/// packet-ins and flow removals.
 async fn send_events<D: Dataplane>(
     domain: Arc<Domain<D>>,
-    hub: Arc<Hub<FlowMiss>>,
+    hubs: Hubs,
     seat: Arc<Mutex<Seat>>,
     config: Config,
     tx: Out,
@@ -195,13 +200,20 @@ async fn send_events<D: Dataplane>(
         (s.watch_primary(), s.counters().clone())
     };
     let mut misses: Option<broadcast::Receiver<Arc<Sequenced<FlowMiss>>>> = None;
+    let mut removed: Option<broadcast::Receiver<Arc<Sequenced<FlowRemoved>>>> = None;
     let mut names = Names::default();
     loop {
         let primary = lock(&seat).is_primary();
         match (primary, misses.is_some()) {
-            // From now on: what the hub publishes after this moment.
-            (true, false) => misses = Some(hub.subscribe()),
-            (false, true) => misses = None,
+            // From now on: what the hubs publish after this moment.
+            (true, false) => {
+                misses = Some(hubs.misses.subscribe());
+                removed = Some(hubs.removed.subscribe());
+            }
+            (false, true) => {
+                misses = None;
+                removed = None;
+            }
             _ => {}
         }
         tokio::select! {
@@ -226,15 +238,63 @@ async fn send_events<D: Dataplane>(
                     return;
                 }
             }
+            first = recv(&mut removed) => {
+                let rx = removed.as_mut().expect("recv only polls a receiver");
+                if !send_removed(first, rx, &config, &counters, &tx).await {
+                    return;
+                }
+            }
             _ = tx.closed() => return,
         }
     }
 }
 
+/// Sends `first` and whatever removals are queued behind it as one `FlowsRemoved` (and what
+/// was lost); false once the client is gone.
+async fn send_removed(
+    first: Result<Arc<Sequenced<FlowRemoved>>, RecvError>,
+    rx: &mut broadcast::Receiver<Arc<Sequenced<FlowRemoved>>>,
+    config: &Config,
+    counters: &crate::domain::arbitration::SessionCounters,
+    tx: &Out,
+) -> bool {
+    use pb::session_response::Kind;
+    let mut flows = Vec::new();
+    let mut lost = 0;
+    let mut next = Some(first);
+    while let Some(r) = next.take() {
+        match r {
+            Ok(ev) => {
+                if config.only_vrf.is_none_or(|v| v == ev.event.key.vrf) {
+                    flows.push(encode_flow_removed(&ev.event));
+                }
+            }
+            Err(RecvError::Lagged(n)) => lost += n,
+            Err(RecvError::Closed) => return false,
+        }
+        if flows.len() < REMOVED_BATCH {
+            next = match rx.try_recv() {
+                Ok(ev) => Some(Ok(ev)),
+                Err(broadcast::error::TryRecvError::Lagged(n)) => Some(Err(RecvError::Lagged(n))),
+                Err(_) => None,
+            };
+        }
+    }
+    if !flows.is_empty() && tx.send(response(Kind::FlowsRemoved(pb::FlowsRemoved { flows }))).await.is_err() {
+        return false;
+    }
+    if lost > 0 {
+        counters.lost.fetch_add(lost, Ordering::Relaxed);
+        let lost = pb::Lost { flows_removed: lost, ..Default::default() };
+        if tx.send(response(Kind::Lost(lost))).await.is_err() {
+            return false;
+        }
+    }
+    true
+}
+
 /// The next event of a receiver, or never (no receiver: a backup).
-async fn recv(
-    rx: &mut Option<broadcast::Receiver<Arc<Sequenced<FlowMiss>>>>,
-) -> Result<Arc<Sequenced<FlowMiss>>, RecvError> {
+async fn recv<T: Clone>(rx: &mut Option<broadcast::Receiver<T>>) -> Result<T, RecvError> {
     match rx {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,

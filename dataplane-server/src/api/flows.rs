@@ -1,6 +1,6 @@
 //! `dataplane.v1.Flows`: flow mode, flow-miss subscriptions, flow installation and listing.
 
-use std::{net::IpAddr, pin::Pin, sync::Arc};
+use std::{net::IpAddr, pin::Pin, sync::Arc, time::Duration};
 
 use dataplane_common::flow::{DEFAULT_PUNT_BURST, DEFAULT_PUNT_RATE};
 use dataplane_proto::v1 as pb;
@@ -10,8 +10,8 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     domain::{
-        Dataplane, Domain, DomainError, FlowAction, FlowKey, FlowMiss, FlowMode, FlowSpec, FlowTarget, FlowView,
-        InterfaceName,
+        Dataplane, Domain, DomainError, FlowAction, FlowKey, FlowMiss, FlowMode, FlowRemoved, FlowRemovedReason,
+        FlowSpec, FlowTarget, FlowView, InterfaceName,
     },
     events::Hub,
     net::parse_addr,
@@ -196,7 +196,15 @@ pub(super) fn decode_flow(at: &str, f: pb::Flow) -> Result<FlowSpec, DomainError
     let action = decode_action(format!("{at}.action"), f.action, f.next_hop)?
         .ok_or_else(|| DomainError::invalid(format!("{at}.action"), "FORWARD or DROP is required"))?;
     let reverse = decode_action(format!("{at}.reverse_action"), f.reverse_action, f.reverse_next_hop)?;
-    Ok(FlowSpec { target, action, reverse })
+    // 0: none of its own.
+    let timeout = |ms: u32| (ms > 0).then(|| Duration::from_millis(ms.into()));
+    Ok(FlowSpec {
+        target,
+        action,
+        reverse,
+        idle_timeout: timeout(f.idle_timeout_ms),
+        hard_timeout: timeout(f.hard_timeout_ms),
+    })
 }
 
 pub(super) fn encode_key(k: &FlowKey) -> pb::FlowKey {
@@ -224,6 +232,108 @@ fn encode_flow(f: &FlowView) -> pb::Flow {
         packets: f.packets,
         bytes: f.bytes,
         idle_ms: f.idle.as_millis() as u64,
+        idle_timeout_ms: timeout_ms(f.idle_timeout),
+        hard_timeout_ms: timeout_ms(f.hard_timeout),
         ..Default::default()
+    }
+}
+
+/// A timeout as the API carries it (0: none; InstallFlows took it from milliseconds in a u32).
+fn timeout_ms(t: Option<Duration>) -> u32 {
+    t.map_or(0, |t| u32::try_from(t.as_millis()).unwrap_or(u32::MAX))
+}
+
+/// A flow removal as a controller session streams it.
+pub fn encode_flow_removed(r: &FlowRemoved) -> pb::FlowRemoved {
+    let reason = match r.reason {
+        FlowRemovedReason::IdleTimeout => pb::FlowRemovedReason::IdleTimeout,
+        FlowRemovedReason::HardTimeout => pb::FlowRemovedReason::HardTimeout,
+        FlowRemovedReason::Deleted => pb::FlowRemovedReason::Deleted,
+        FlowRemovedReason::Evicted => pb::FlowRemovedReason::Evicted,
+        FlowRemovedReason::NextHopRemoved => pb::FlowRemovedReason::NextHopRemoved,
+    };
+    pb::FlowRemoved {
+        key: Some(encode_key(&r.key)),
+        reason: reason as i32,
+        packets: r.packets,
+        bytes: r.bytes,
+        duration_ms: r.duration.as_millis() as u64,
+        request_id: r.request_id,
+        idle_timeout_ms: timeout_ms(r.idle_timeout),
+        hard_timeout_ms: timeout_ms(r.hard_timeout),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flow_timeouts_decode_zero_as_none_and_list_back_as_given() {
+        let f = pb::Flow {
+            request_id: 9,
+            action: pb::FlowAction::Drop as i32,
+            hard_timeout_ms: 2500,
+            ..Default::default()
+        };
+        let spec = decode_flow("flows[0]", f).unwrap();
+        assert_eq!((spec.idle_timeout, spec.hard_timeout), (None, Some(Duration::from_millis(2500))));
+        let view = FlowView {
+            key: FlowKey {
+                vrf: 0,
+                src: "2001:db8::1".parse().unwrap(),
+                dst: "2001:db8::2".parse().unwrap(),
+                proto: 6,
+                sport: 1,
+                dport: 2,
+            },
+            action: Some(FlowAction::Drop),
+            request_id: 0,
+            packets: 0,
+            bytes: 0,
+            idle: Duration::ZERO,
+            idle_timeout: Some(Duration::from_secs(1)),
+            hard_timeout: None,
+        };
+        let listed = encode_flow(&view);
+        assert_eq!((listed.idle_timeout_ms, listed.hard_timeout_ms), (1000, 0));
+    }
+
+    #[test]
+    fn flow_removed_encodes_each_reason_by_its_proto_name_with_counters_and_times() {
+        let key = FlowKey {
+            vrf: 3,
+            src: "192.0.2.1".parse().unwrap(),
+            dst: "198.51.100.1".parse().unwrap(),
+            proto: 17,
+            sport: 10,
+            dport: 20,
+        };
+        let reasons = [
+            (FlowRemovedReason::IdleTimeout, "FLOW_REMOVED_REASON_IDLE_TIMEOUT"),
+            (FlowRemovedReason::HardTimeout, "FLOW_REMOVED_REASON_HARD_TIMEOUT"),
+            (FlowRemovedReason::Deleted, "FLOW_REMOVED_REASON_DELETED"),
+            (FlowRemovedReason::Evicted, "FLOW_REMOVED_REASON_EVICTED"),
+            (FlowRemovedReason::NextHopRemoved, "FLOW_REMOVED_REASON_NEXT_HOP_REMOVED"),
+        ];
+        for (reason, name) in reasons {
+            let r = FlowRemoved {
+                key,
+                reason,
+                packets: 5,
+                bytes: 500,
+                duration: Duration::from_micros(1_234_567),
+                request_id: 42,
+                idle_timeout: Some(Duration::from_secs(1)),
+                hard_timeout: None,
+            };
+            let m = encode_flow_removed(&r);
+            assert_eq!(m.reason().as_str_name(), name);
+            assert_eq!(m.key, Some(encode_key(&key)));
+            assert_eq!(
+                (m.packets, m.bytes, m.duration_ms, m.request_id, m.idle_timeout_ms, m.hard_timeout_ms),
+                (5, 500, 1234, 42, 1000, 0)
+            );
+        }
     }
 }

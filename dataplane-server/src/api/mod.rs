@@ -22,7 +22,7 @@ use tonic::transport::server::Router;
 use tonic_health::server::HealthReporter;
 
 use crate::{
-    domain::{Dataplane, Domain, FlowMiss},
+    domain::{Dataplane, Domain, FlowMiss, FlowRemoved},
     events::{
         netlink::{Netlink, NetlinkEvent},
         Hub,
@@ -31,7 +31,7 @@ use crate::{
 
 pub use controller::ControllerService;
 pub use events::EventsService;
-pub use flows::FlowsService;
+pub use flows::{encode_flow_removed, FlowsService};
 pub use interfaces::InterfacesService;
 pub use policy::PolicyService;
 pub use routing::RoutingService;
@@ -44,6 +44,8 @@ const MAX_MESSAGE: usize = 256 * 1024 * 1024;
 #[derive(Clone)]
 pub struct EventSources {
     pub misses: Arc<Hub<FlowMiss>>,
+    /// Every removal of an installed flow (what a controller session streams as `FlowRemoved`).
+    pub flow_removed: Arc<Hub<FlowRemoved>>,
     pub netlink: Arc<Hub<NetlinkEvent>>,
     pub netlink_listener: Netlink,
 }
@@ -103,9 +105,13 @@ pub async fn router<D: Dataplane>(
                 .max_encoding_message_size(MAX_MESSAGE),
         )
         .add_service(
-            ControllerServer::new(ControllerService::new(domain.clone(), events.misses.clone()))
-                .max_decoding_message_size(MAX_MESSAGE)
-                .max_encoding_message_size(MAX_MESSAGE),
+            ControllerServer::new(ControllerService::new(
+                domain.clone(),
+                events.misses.clone(),
+                events.flow_removed.clone(),
+            ))
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE),
         )
         .add_service(EventsServer::new(EventsService::new(domain.clone(), events.netlink, events.netlink_listener)))
         .add_service(SystemServer::new(SystemService::new(domain, info, exit)));

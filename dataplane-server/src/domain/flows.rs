@@ -5,8 +5,14 @@
 //! the ones it resolved (installed over, deleted, expired, or found evicted) and publishes that
 //! total, so the kernel's cap applies to `created - resolved`. Every created HOLD reaches the
 //! domain as a miss (`record_miss`), so the domain knows each outstanding one by request id.
+//!
+//! Aging, per-flow timeouts and removal notices: `aging`.
 
+mod aging;
 pub(super) mod restore;
+
+pub(super) use aging::FlowBook;
+pub use aging::{FlowRemoved, FlowRemovedReason, FlowRemovedSink};
 
 use std::{
     collections::{HashMap, HashSet},
@@ -60,6 +66,11 @@ pub struct FlowSpec {
     pub action: FlowAction,
     /// Also install the reply direction with this action.
     pub reverse: Option<FlowAction>,
+    /// Removed after this long without a packet (`None`: the server-wide idle timeout); the
+    /// reply direction gets the same.
+    pub idle_timeout: Option<Duration>,
+    /// Removed this long after its installation, busy or not (`None`: never).
+    pub hard_timeout: Option<Duration>,
 }
 
 /// A flow as listed.
@@ -72,6 +83,9 @@ pub struct FlowView {
     pub packets: u64,
     pub bytes: u64,
     pub idle: Duration,
+    /// Its own timeouts, as installed.
+    pub idle_timeout: Option<Duration>,
+    pub hard_timeout: Option<Duration>,
 }
 
 /// A punted miss the domain keeps until its flow is installed, deleted or expires.
@@ -120,6 +134,9 @@ pub struct BatchOutcome {
 /// jumbo payload with its Ethernet and VLAN headers).
 const MIN_FRAME: usize = 14;
 const MAX_FRAME: usize = 9018;
+
+/// A flow table entry as the kernel holds it.
+pub(super) type Entry = (FlowKey, FlowValue);
 
 /// Bounds of the stored held frames: a flood of misses cannot grow the server without limit.
 const MAX_HELD: usize = 65536;
@@ -249,31 +266,36 @@ impl<D: Dataplane> Domain<D> {
         continue_on_error: bool,
     ) -> Result<BatchOutcome, DomainError> {
         let mut state = self.lock();
-        let mut writes = Vec::with_capacity(batch.len());
+        let mut planned = Vec::with_capacity(batch.len());
         let mut failed = Vec::new();
         for (i, f) in batch.iter().enumerate() {
             match plan_entry(&state, i, f) {
-                Ok(w) => writes.extend(w),
+                Ok(w) => planned.extend(w),
                 Err(e) => failed.push((i, e)),
             }
         }
         let applied = batch.len() - failed.len();
-        if writes.is_empty() || (!failed.is_empty() && !continue_on_error) {
+        if planned.is_empty() || (!failed.is_empty() && !continue_on_error) {
             return Ok(BatchOutcome { generation: state.generation, applied: 0, failed, installed: Vec::new() });
         }
         // Previous values, to undo a kernel failure and to find the HOLDs replaced.
-        let mut previous = Vec::with_capacity(writes.len());
-        for (k, _) in &writes {
-            previous.push(self.dataplane.get_flow(k)?);
+        let mut previous = Vec::with_capacity(planned.len());
+        for p in &planned {
+            previous.push(self.dataplane.get_flow(&p.key)?);
         }
-        let installed = writes.iter().map(|(k, _)| *k).collect();
-        let writes = writes
-            .into_iter()
+        let installed = planned.iter().map(|p| p.key).collect();
+        let writes = planned
+            .iter()
             .zip(&previous)
-            .map(|((k, v), prev)| Write { op: KernelOp::PutFlow(k, v), undo: vec![put_back(k, prev)], at: None })
+            .map(|(p, prev)| Write {
+                op: KernelOp::PutFlow(p.key, p.value),
+                undo: vec![put_back(p.key, prev)],
+                at: None,
+            })
             .collect();
         // Held until the batch committed (past `bump_volatile`).
         let intent = self.apply_logged(&state, writes)?;
+        self.book_installed(&batch, &planned, &previous);
         let mut reinject = Vec::new();
         for prev in previous.iter().flatten() {
             if prev.action == FLOW_HOLD {
@@ -361,7 +383,7 @@ impl<D: Dataplane> Domain<D> {
         let mut found = Vec::with_capacity(keys.len());
         for (i, k) in keys.iter().enumerate() {
             match self.dataplane.get_flow(k)? {
-                Some(v) => found.push(v),
+                Some(v) => found.push((*k, v)),
                 None => {
                     return Err(
                         DomainError::NotFound { kind: "flow", name: describe(k), detail: "" }.at(format!("keys[{i}]"))
@@ -369,28 +391,37 @@ impl<D: Dataplane> Domain<D> {
                 }
             }
         }
-        let writes = keys
+        let writes = found
             .iter()
-            .zip(&found)
             .map(|(k, v)| Write { op: KernelOp::RemoveFlow(*k), undo: vec![KernelOp::PutFlow(*k, *v)], at: None })
             .collect();
-        let _intent = self.apply_logged(&state, writes)?;
-        for v in found {
+        let intent = self.apply_logged(&state, writes)?;
+        // A key listed twice went once.
+        let mut once = HashSet::with_capacity(found.len());
+        found.retain(|(k, _)| once.insert(*k));
+        for (_, v) in &found {
             if v.action == FLOW_HOLD {
                 self.resolve_hold(&mut state, v.request_id);
             }
         }
+        let removed = self.removal_notices(&found, FlowRemovedReason::Deleted);
         self.publish_resolved(&state);
         self.bump_volatile(&mut state);
-        Ok(state.generation)
+        drop(intent);
+        let generation = state.generation;
+        drop(state);
+        self.announce(removed);
+        Ok(generation)
     }
 
     /// Every flow (optionally of one VRF), with counters.
     pub fn list_flows(&self, vrf: Option<u32>) -> Result<Vec<FlowView>, DomainError> {
         let state = self.lock();
+        let flows = self.dataplane.flows()?;
+        let book = self.flow_book.lock();
         let now = monotonic_ns();
         let mut out = Vec::new();
-        for (k, v) in self.dataplane.flows()? {
+        for (k, v) in flows {
             if vrf.is_some_and(|x| x != k.vrf) {
                 continue;
             }
@@ -406,81 +437,54 @@ impl<D: Dataplane> Domain<D> {
                 packets: v.packets,
                 bytes: v.bytes,
                 idle: Duration::from_nanos(now.saturating_sub(v.last_seen_ns)),
+                idle_timeout: book.of(&k, &v).and_then(|e| e.idle),
+                hard_timeout: book.of(&k, &v).and_then(|e| e.hard),
             });
         }
         out.sort_by_key(|f| f.key);
         Ok(out)
     }
 
-    /// Ages flows out: HOLDs older than `hold_timeout`, others idle for `idle_timeout`; and
-    /// forgets held frames whose HOLD the LRU evicted. Returns how many flows went.
-    pub fn expire_flows(&self, hold_timeout: Duration, idle_timeout: Duration) -> Result<usize, DomainError> {
-        let now = monotonic_ns();
-        let expired = |v: &FlowValue| {
-            let idle = Duration::from_nanos(now.saturating_sub(v.last_seen_ns));
-            let age = Duration::from_nanos(now.saturating_sub(v.created_ns));
-            if v.action == FLOW_HOLD {
-                age > hold_timeout
-            } else {
-                idle > idle_timeout
-            }
-        };
-        // The walk (a syscall or two per flow, the whole table) runs without the domain's lock,
-        // so misses, installs and every other call go on meanwhile; only what it found expired
-        // is looked at again, and removed, under the lock.
-        let mut candidates = Vec::new();
-        let mut live_holds = std::collections::HashSet::new();
-        for (k, v) in self.dataplane.flows()? {
-            if expired(&v) {
-                candidates.push(k);
-            } else if v.action == FLOW_HOLD {
-                live_holds.insert(v.request_id);
-            }
-        }
-        let mut state = self.lock();
-        let mut gone = 0;
-        for k in candidates {
-            // A HOLD answered, or a flow that saw a packet, since the walk stays.
-            let Some(v) = self.dataplane.get_flow(&k)? else { continue };
-            if !expired(&v) {
-                if v.action == FLOW_HOLD {
-                    live_holds.insert(v.request_id);
-                }
-                continue;
-            }
-            self.dataplane.remove_flow(&k)?;
-            gone += 1;
-            if v.action == FLOW_HOLD {
-                self.resolve_hold(&mut state, v.request_id);
-            }
-        }
-        // Held frames whose HOLD is no longer in the table (evicted, or replaced by a flow
-        // the kernel cannot tell us about) are resolved too, once older than the hold timeout.
-        let stale: Vec<u64> = state
-            .flows
-            .held
-            .iter()
-            .filter(|(id, h)| !live_holds.contains(id) && h.since.elapsed() > hold_timeout)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in stale {
-            self.resolve_hold(&mut state, id);
-        }
-        self.publish_resolved(&state);
-        Ok(gone)
-    }
-
     /// The writes that remove the flows forwarding through next-hop `slots` (about to be
-    /// cleared and reused), each undone by putting the flow back. One walk of the flow tables
-    /// for all of them: a walk visits every bucket (~1 ms), however few flows there are.
-    pub(super) fn purge_flows_via(&self, slots: &HashSet<u32>) -> Result<Vec<Write>, DomainError> {
-        Ok(self
+    /// cleared and reused), each undone by putting the flow back, and the flows they remove (for
+    /// `removal_notices` once the batch committed). One walk of the flow tables for all of
+    /// them: a walk visits every bucket (~1 ms), however few flows there are.
+    pub(super) fn purge_flows_via(&self, slots: &HashSet<u32>) -> Result<(Vec<Write>, Vec<Entry>), DomainError> {
+        let purged: Vec<Entry> = self
             .dataplane
             .flows()?
             .into_iter()
             .filter(|(_, v)| v.action == FLOW_FORWARD && slots.contains(&v.nexthop))
-            .map(|(k, v)| Write { op: KernelOp::RemoveFlow(k), undo: vec![KernelOp::PutFlow(k, v)], at: None })
-            .collect())
+            .collect();
+        let writes = purged
+            .iter()
+            .map(|(k, v)| Write { op: KernelOp::RemoveFlow(*k), undo: vec![KernelOp::PutFlow(*k, *v)], at: None })
+            .collect();
+        Ok((writes, purged))
+    }
+
+    /// Records in the book the flows of a committed install that have timeouts or answered a
+    /// miss (its request id: the HOLD's it replaced; the reply direction shares it), and forgets
+    /// the earlier flows of keys installed again without.
+    fn book_installed(&self, batch: &[FlowSpec], planned: &[Planned], previous: &[Option<FlowValue>]) {
+        let mut book = self.flow_book.lock();
+        let mut request_id = 0;
+        for (p, prev) in planned.iter().zip(previous) {
+            let spec = &batch[p.spec];
+            let held = prev.filter(|v| v.action == FLOW_HOLD).map(|v| v.request_id);
+            request_id = match (held, p.reverse, spec.target) {
+                (Some(id), _, _) => id,
+                (None, true, _) => request_id,
+                (None, false, FlowTarget::Request(id)) => id,
+                (None, false, FlowTarget::Key(_)) => 0,
+            };
+            if spec.idle_timeout.is_some() || spec.hard_timeout.is_some() || request_id != 0 {
+                let e = aging::Installed::new(spec.idle_timeout, spec.hard_timeout, request_id, p.value.created_ns);
+                book.flows.insert(p.key, e);
+            } else {
+                book.flows.remove(&p.key);
+            }
+        }
     }
 
     fn resolve_hold(&self, state: &mut State, request_id: u64) -> Option<Held> {
@@ -498,7 +502,7 @@ impl<D: Dataplane> Domain<D> {
     }
 }
 
-fn value(state: &State, action: FlowAction) -> Result<FlowValue, DomainError> {
+fn value_of(state: &State, action: FlowAction) -> Result<FlowValue, DomainError> {
     let now = monotonic_ns();
     Ok(match action {
         FlowAction::Forward(id) => {
@@ -531,9 +535,18 @@ fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-/// The kernel entries (key, value) entry `i` of an `InstallFlows` batch writes (its reply
-/// direction too), validated against the state.
-fn plan_entry(state: &State, i: usize, f: &FlowSpec) -> Result<Vec<(FlowKey, FlowValue)>, DomainError> {
+/// One kernel entry an `InstallFlows` batch writes.
+struct Planned {
+    key: FlowKey,
+    value: FlowValue,
+    /// Index of its flow in the batch, and whether it is that flow's reply direction.
+    spec: usize,
+    reverse: bool,
+}
+
+/// The kernel entries entry `i` of an `InstallFlows` batch writes (its reply direction too),
+/// validated against the state.
+fn plan_entry(state: &State, i: usize, f: &FlowSpec) -> Result<Vec<Planned>, DomainError> {
     let at = |field: &str| format!("flows[{i}].{field}");
     let key = match f.target {
         FlowTarget::Key(k) => k,
@@ -548,9 +561,16 @@ fn plan_entry(state: &State, i: usize, f: &FlowSpec) -> Result<Vec<(FlowKey, Flo
     if !state.vrfs.contains_key(&key.vrf) {
         return Err(vrfs::not_found(key.vrf).at(at("key.vrf")));
     }
-    let mut writes = vec![(key, value(state, f.action).map_err(|e| e.at(at("next_hop")))?)];
+    for (field, t) in [("idle_timeout", f.idle_timeout), ("hard_timeout", f.hard_timeout)] {
+        if t.is_some_and(|t| t.is_zero()) {
+            return Err(DomainError::invalid(at(field), "at least 1 ms, or none"));
+        }
+    }
+    let value = value_of(state, f.action).map_err(|e| e.at(at("next_hop")))?;
+    let mut writes = vec![Planned { key, value, spec: i, reverse: false }];
     if let Some(r) = f.reverse {
-        writes.push((key.reversed(), value(state, r).map_err(|e| e.at(at("reverse_next_hop")))?));
+        let value = value_of(state, r).map_err(|e| e.at(at("reverse_next_hop")))?;
+        writes.push(Planned { key: key.reversed(), value, spec: i, reverse: true });
     }
     Ok(writes)
 }
@@ -566,7 +586,7 @@ fn put_back(key: FlowKey, previous: &Option<FlowValue>) -> KernelOp {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{dataplane::Flows, domain::fake::FakeDataplane};
+    use crate::domain::fake::FakeDataplane;
 
     fn key(sport: u16) -> FlowKey {
         FlowKey {
@@ -579,37 +599,17 @@ mod tests {
         }
     }
 
-    #[test]
-    fn expire_flows_removes_old_holds_and_idle_flows_only() {
-        let d = Domain::new(FakeDataplane::default());
-        let now = monotonic_ns();
-        let s = 1_000_000_000u64;
-        let put = |sport, action, created: u64, seen: u64| {
-            let v = FlowValue {
-                action,
-                request_id: u64::from(sport),
-                created_ns: created,
-                last_seen_ns: seen,
-                ..Default::default()
-            };
-            d.dataplane().put_flow(&key(sport), &v).unwrap();
-        };
-        put(1, FLOW_HOLD, now - 10 * s, now - 10 * s); // a HOLD nobody answered: goes
-        put(2, FLOW_HOLD, now, now); // a fresh HOLD: stays
-        put(3, FLOW_FORWARD, now - 100 * s, now - 100 * s); // idle past the timeout: goes
-        put(4, FLOW_FORWARD, now - 100 * s, now); // old but busy: stays
-        put(5, FLOW_DROP, now - 100 * s, now - 2 * s); // idle, within the timeout: stays
-        let gone = d.expire_flows(Duration::from_secs(5), Duration::from_secs(60)).unwrap();
-        assert_eq!(gone, 2);
-        let left: Vec<u16> = d.dataplane().flows().unwrap().iter().map(|(k, _)| k.sport).collect();
-        assert_eq!(left, vec![2, 4, 5]);
-    }
-
     /// A forwarding next hop (id 1) and one flow through it (source port 1).
     fn with_flow() -> Domain<FakeDataplane> {
         let d = Domain::new(FakeDataplane::default());
         d.add_nexthops(vec![crate::domain::NewNextHop { id: 1, spec: crate::domain::NextHopSpec::Receive }]).unwrap();
-        let spec = FlowSpec { target: FlowTarget::Key(key(1)), action: FlowAction::Forward(1), reverse: None };
+        let spec = FlowSpec {
+            target: FlowTarget::Key(key(1)),
+            action: FlowAction::Forward(1),
+            reverse: None,
+            idle_timeout: None,
+            hard_timeout: None,
+        };
         d.install_flows(vec![spec]).unwrap();
         d
     }
@@ -622,8 +622,16 @@ mod tests {
                     target: FlowTarget::Key(key(2)),
                     action: FlowAction::Forward(1),
                     reverse: Some(FlowAction::Drop),
+                    idle_timeout: None,
+                    hard_timeout: None,
                 },
-                FlowSpec { target: FlowTarget::Key(key(1)), action: FlowAction::Drop, reverse: None },
+                FlowSpec {
+                    target: FlowTarget::Key(key(1)),
+                    action: FlowAction::Drop,
+                    reverse: None,
+                    idle_timeout: None,
+                    hard_timeout: None,
+                },
             ])
         });
         assert_eq!(errors.len(), 3, "a flow, its reply, a flow replaced: {errors:?}");
@@ -633,8 +641,13 @@ mod tests {
     fn delete_flows_kernel_failure_at_every_write_changes_nothing() {
         let setup = || {
             let d = with_flow();
-            let spec =
-                FlowSpec { target: FlowTarget::Key(key(2)), action: FlowAction::Drop, reverse: Some(FlowAction::Drop) };
+            let spec = FlowSpec {
+                target: FlowTarget::Key(key(2)),
+                action: FlowAction::Drop,
+                reverse: Some(FlowAction::Drop),
+                idle_timeout: None,
+                hard_timeout: None,
+            };
             d.install_flows(vec![spec]).unwrap();
             d
         };

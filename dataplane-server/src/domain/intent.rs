@@ -713,7 +713,7 @@ mod tests {
     }
 
     fn flow(sport: u16, action: FlowAction, reverse: Option<FlowAction>) -> FlowSpec {
-        FlowSpec { target: FlowTarget::Key(flow_key(sport)), action, reverse }
+        FlowSpec { target: FlowTarget::Key(flow_key(sport)), action, reverse, idle_timeout: None, hard_timeout: None }
     }
 
     fn rules(n: u16) -> Vec<RuleSpec> {

@@ -34,7 +34,9 @@ use std::{
 pub use crate::dataplane::{Dataplane, FlowKey, FlowMiss, Hook, ProgramStatus, XdpMode};
 pub use error::{DomainError, ErrorKind};
 pub use fib4::Lookup as Ipv4Lookup;
-pub use flows::{BatchOutcome, FlowAction, FlowMode, FlowSpec, FlowTarget, FlowView};
+pub use flows::{
+    BatchOutcome, FlowAction, FlowMode, FlowRemoved, FlowRemovedReason, FlowRemovedSink, FlowSpec, FlowTarget, FlowView,
+};
 pub use interfaces::{AddInterface, InterfaceName, InterfaceView};
 pub use nexthops::{NewNextHop, NextHopSpec, NextHopState, NextHopView};
 pub use policies::{
@@ -110,6 +112,9 @@ pub struct Domain<D: Dataplane> {
     pins_id: Option<u64>,
     /// What the start's restore found (for `GetStatus`).
     restored: Mutex<Option<persist::RestoreReport>>,
+    /// Installed flows' timeouts and request ids, and where their removals go: beside the state,
+    /// under a lock of its own (see `flows::aging`).
+    flow_book: flows::FlowBook,
     /// Controller sessions and who may write.
     arbiter: std::sync::Arc<arbitration::Arbiter>,
     /// New at every start: a controller that sees it change replays its state.
@@ -194,6 +199,7 @@ impl<D: Dataplane> Domain<D> {
             started: Instant::now(),
             arbiter: Default::default(),
             instance_id: new_instance_id(),
+            flow_book: flows::FlowBook::default(),
         }
     }
 

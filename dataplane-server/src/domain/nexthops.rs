@@ -268,13 +268,14 @@ impl<D: Dataplane> Domain<D> {
         // Flows through the cleared slots would forward wherever their next user sends: they go
         // first, with the batch.
         let slots: HashSet<u32> = ids.iter().map(|id| state.nexthops[id].slot).collect();
-        let mut writes = self.purge_flows_via(&slots)?;
+        let (mut writes, purged) = self.purge_flows_via(&slots)?;
         writes.extend(ids.iter().enumerate().map(|(i, id)| Write {
             op: KernelOp::ClearNextHop(state.nexthops[id].slot),
             undo: vec![current(&state, *id)],
             at: Some(format!("ids[{i}]")),
         }));
-        let _intent = self.apply_logged(&state, writes)?;
+        let intent = self.apply_logged(&state, writes)?;
+        let purged = self.removal_notices(&purged, super::FlowRemovedReason::NextHopRemoved);
         let mut released = Vec::new();
         for id in ids {
             if let Some(e) = state.nexthops.remove(id) {
@@ -289,7 +290,11 @@ impl<D: Dataplane> Domain<D> {
         }
         self.release_gateways(&state, released);
         self.bump(&mut state);
-        Ok(state.generation)
+        let generation = state.generation;
+        drop(intent);
+        drop(state);
+        self.announce(purged);
+        Ok(generation)
     }
 
     pub fn list_nexthops(&self) -> Result<Vec<NextHopView>, DomainError> {

@@ -44,8 +44,10 @@ pub fn spawn_reader<D: Dataplane>(
     Ok(())
 }
 
-/// Spawns the aging task: every `period`, HOLDs older than `hold_timeout` and flows idle for
-/// `idle_timeout` go.
+/// Spawns the aging task: every `period`, HOLDs older than `hold_timeout` and flows past their
+/// timeouts (`idle_timeout` for those without one of their own) go. A pass walks the whole flow
+/// table: one that takes longer than `period` is followed by a pause as long as itself, so that
+/// aging a full table takes at most about half a CPU.
 pub fn spawn_aging<D: Dataplane>(
     domain: Arc<Domain<D>>,
     period: Duration,
@@ -53,9 +55,8 @@ pub fn spawn_aging<D: Dataplane>(
     idle_timeout: Duration,
 ) {
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(period);
         loop {
-            tick.tick().await;
+            let started = tokio::time::Instant::now();
             let d = domain.clone();
             match tokio::task::spawn_blocking(move || d.expire_flows(hold_timeout, idle_timeout)).await {
                 Ok(Ok(0)) => {}
@@ -63,6 +64,7 @@ pub fn spawn_aging<D: Dataplane>(
                 Ok(Err(e)) => warn!(error = %e, "aging flows failed"),
                 Err(e) => warn!(error = %e, "aging task panicked"),
             }
+            tokio::time::sleep(period.max(started.elapsed())).await;
         }
     });
 }

@@ -1,9 +1,10 @@
-//! Events for subscribers: one fan-out mechanism for every stream (flow misses, netlink
-//! changes). A [`Hub`] numbers events and broadcasts them through a bounded queue per subscriber;
+//! Events for subscribers: one fan-out mechanism for every stream (flow misses, flow removals,
+//! netlink changes). A [`Hub`] numbers events and broadcasts them through a bounded queue per subscriber;
 //! a subscriber that falls behind loses the oldest events and is told how many (it never blocks
 //! the producer or other subscribers).
 
 pub mod flow_misses;
+pub mod flow_removed;
 pub mod netlink;
 
 use std::sync::{
