@@ -108,7 +108,10 @@ pub fn run_loop(
     n: u32,
 ) -> Result<(LoopRun, StreamChannel)> {
     let done = Arc::new(AtomicU64::new(0));
-    let controller = rt.block_on(async { spawn_controller(session, u64::from(n), done.clone()) });
+    let controller = {
+        let _in_runtime = rt.enter();
+        spawn_controller(session, u64::from(n), done.clone())
+    };
     let start = Instant::now();
     for i in 0..n {
         while u64::from(i) >= done.load(Ordering::Acquire) + WINDOW {
@@ -186,7 +189,8 @@ pub fn latency(
     // Isolated misses: the generator sleeps until the previous one arrived (no spinning core).
     let (arrived_tx, arrived_rx) = std::sync::mpsc::channel::<()>();
     let (s2, r2) = (sent.clone(), received.clone());
-    let observer = rt.block_on(async move {
+    let observer = {
+        let _in_runtime = rt.enter();
         tokio::spawn(async move {
             let mut session = session;
             let mut lat = Vec::with_capacity(n as usize);
@@ -227,7 +231,7 @@ pub fn latency(
             }
             anyhow::Ok((lat, session))
         })
-    });
+    };
     let start = Instant::now();
     for i in 0..n {
         match pps {
