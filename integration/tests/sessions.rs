@@ -405,3 +405,22 @@ async fn session_delete_flows_on_disconnect_removes_its_flows_only() {
     }
     drop(server);
 }
+
+/// The flow table read in batches (several kernel calls for 9,000 flows) lists each flow once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_decisions_nine_thousand_listed_each_once() {
+    let (_ns, _server, mut c) = server_forwarding_via_lo("dsn-").await.unwrap();
+    let mut s = open(&c, 1).await;
+    s.sender.decide(1, (0..9000).map(|i| flow(i, 1)).collect(), pb::Atomicity::AllOrNothing).await.unwrap();
+    let Kind::DecisionResult(r) = next_control(&mut s).await else { panic!() };
+    assert_eq!(r.applied, 9000, "{:?}", r.failed.first());
+    let mut stream = c.flows.list_flows(pb::ListFlowsRequest::default()).await.unwrap().into_inner();
+    let mut keys = std::collections::HashSet::new();
+    while let Some(chunk) = stream.message().await.unwrap() {
+        for f in chunk.flows {
+            let k = f.key.unwrap();
+            assert!(keys.insert((k.dst, k.src_port)), "listed twice");
+        }
+    }
+    assert_eq!(keys.len(), 9000);
+}

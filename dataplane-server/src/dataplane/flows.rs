@@ -181,15 +181,103 @@ impl FlowMaps {
         }
     }
 
+    /// Every flow of both tables, read with `BPF_MAP_LOOKUP_BATCH` (a few syscalls for a whole
+    /// table rather than two per flow: the aging pass reads it every fraction of a second), or
+    /// entry by entry where the kernel has no batch lookups for the map.
     pub fn all(&self) -> Result<Vec<(FlowKey, FlowValue)>, DataplaneError> {
+        use aya::maps::IterableMap;
+        use std::os::fd::{AsFd, AsRawFd};
         fn key(vrf: u32, src: IpAddr, dst: IpAddr, proto: u8, ports: (u16, u16)) -> FlowKey {
             FlowKey { vrf, src, dst, proto, sport: ports.0, dport: ports.1 }
         }
-        // An entry evicted or deleted during the walk is simply not listed (`flatten` skips it).
-        let v4 = self.v4.iter().flatten();
-        let v4 = v4.map(|(k, v)| (key(k.vrf, k.src.into(), k.dst.into(), k.proto, (k.sport, k.dport)), v));
-        let v6 = self.v6.iter().flatten();
-        let v6 = v6.map(|(k, v)| (key(k.vrf, k.src.into(), k.dst.into(), k.proto, (k.sport, k.dport)), v));
-        Ok(v4.chain(v6).collect())
+        let mut out = Vec::new();
+        let v4 = |k: &FlowKeyV4| key(k.vrf, k.src.into(), k.dst.into(), k.proto, (k.sport, k.dport));
+        match lookup_batch::<FlowKeyV4>(self.v4.map().fd().as_fd().as_raw_fd()) {
+            Ok(entries) => out.extend(entries.iter().map(|(k, v)| (v4(k), *v))),
+            Err(e) if batch_unsupported(&e) => {
+                // An entry evicted or deleted during the walk is simply not listed.
+                out.extend(self.v4.iter().flatten().map(|(k, v)| (v4(&k), v)));
+            }
+            Err(e) => {
+                return Err(DataplaneError::Io { path: names::FLOWS_V4.into(), op: "BPF_MAP_LOOKUP_BATCH", source: e })
+            }
+        }
+        let v6 = |k: &FlowKeyV6| key(k.vrf, k.src.into(), k.dst.into(), k.proto, (k.sport, k.dport));
+        match lookup_batch::<FlowKeyV6>(self.v6.map().fd().as_fd().as_raw_fd()) {
+            Ok(entries) => out.extend(entries.iter().map(|(k, v)| (v6(k), *v))),
+            Err(e) if batch_unsupported(&e) => out.extend(self.v6.iter().flatten().map(|(k, v)| (v6(&k), v))),
+            Err(e) => {
+                return Err(DataplaneError::Io { path: names::FLOWS_V6.into(), op: "BPF_MAP_LOOKUP_BATCH", source: e })
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Entries per `BPF_MAP_LOOKUP_BATCH` call.
+const LOOKUP_CHUNK: usize = 4096;
+
+fn batch_unsupported(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOTSUP) | Some(524))
+}
+
+/// Every entry of the hash map `fd` (keys `K`, values `FlowValue`), in chunks of
+/// [`LOOKUP_CHUNK`]; the kernel walks its buckets in order and hands back a cursor.
+fn lookup_batch<K: Copy>(fd: i32) -> std::io::Result<Vec<(K, FlowValue)>> {
+    let (ks, vs) = (std::mem::size_of::<K>(), std::mem::size_of::<FlowValue>());
+    let mut chunk = LOOKUP_CHUNK;
+    let mut keys = vec![0u8; chunk * ks];
+    let mut values = vec![0u8; chunk * vs];
+    // The cursor: a bucket index (u32) for hash maps; room for more, zeroed.
+    let mut cursor_in = [0u64; 2];
+    let mut cursor_out = [0u64; 2];
+    let mut first = true;
+    let mut out = Vec::new();
+    loop {
+        // `bpf_attr.batch`: in_batch, out_batch, keys, values (u64 each), count, map_fd (u32
+        // each), elem_flags, flags (u64 each).
+        let mut attr = [0u64; 16];
+        attr[0] = if first { 0 } else { cursor_in.as_ptr() as u64 };
+        attr[1] = cursor_out.as_mut_ptr() as u64;
+        attr[2] = keys.as_mut_ptr() as u64;
+        attr[3] = values.as_mut_ptr() as u64;
+        attr[4] = chunk as u64 | (u64::from(fd as u32) << 32);
+        // SAFETY: `attr` is a zeroed bpf_attr with the batch fields set; the buffers hold `chunk`
+        // keys and values and outlive the call; the kernel writes back `count` and the cursor.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                24 as libc::c_long,
+                attr.as_mut_ptr(),
+                std::mem::size_of_val(&attr) as libc::c_long,
+            )
+        };
+        let err = (r < 0).then(std::io::Error::last_os_error);
+        let got = (attr[4] & 0xffff_ffff) as usize;
+        match &err {
+            Some(e) if e.raw_os_error() == Some(libc::ENOSPC) && got == 0 => {
+                // One bucket holds more entries than a chunk: a bigger chunk.
+                chunk *= 2;
+                keys.resize(chunk * ks, 0);
+                values.resize(chunk * vs, 0);
+                continue;
+            }
+            Some(e) if e.raw_os_error() != Some(libc::ENOENT) => {
+                return Err(std::io::Error::from_raw_os_error(e.raw_os_error().unwrap_or(libc::EIO)))
+            }
+            _ => {}
+        }
+        for i in 0..got.min(chunk) {
+            // SAFETY: entry i lies within the buffers; read unaligned (packed by the kernel).
+            let k = unsafe { std::ptr::read_unaligned(keys[i * ks..].as_ptr() as *const K) };
+            let v = unsafe { std::ptr::read_unaligned(values[i * vs..].as_ptr() as *const FlowValue) };
+            out.push((k, v));
+        }
+        if err.is_some() {
+            // ENOENT: the walk is complete.
+            return Ok(out);
+        }
+        first = false;
+        cursor_in = cursor_out;
     }
 }
