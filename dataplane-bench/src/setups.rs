@@ -83,7 +83,8 @@ fn spawn_controller(
                     applied += u64::from(r.applied);
                     done.store(applied, Ordering::Release);
                 }
-                Some(Kind::Lost(l)) => bail!("the controller lost {} misses", l.misses),
+                // Removals lost are fine here (the LRU evicts earlier runs' flows by the thousand).
+                Some(Kind::Lost(l)) if l.misses > 0 => bail!("the controller lost {} misses", l.misses),
                 Some(Kind::Error(e)) => bail!("stream error: {e:?}"),
                 Some(_) => {}
                 None => bail!("the session ended"),
@@ -224,7 +225,7 @@ pub fn latency(
                         id += 1;
                         session.sender.decide(id, flows, pb::Atomicity::ContinueOnError).await?;
                     }
-                    Some(Kind::Lost(l)) => bail!("lost {} misses", l.misses),
+                    Some(Kind::Lost(l)) if l.misses > 0 => bail!("lost {} misses", l.misses),
                     Some(_) => {}
                     None => bail!("the session ended"),
                 }
