@@ -652,7 +652,8 @@ impl Drop for UdpStream {
 }
 
 /// A flow controller process (`integration/clients/...`) started against `socket`, installing
-/// flows via next hop 1 for its first `count` misses, once it has printed "ready" (subscribed).
+/// flows via next hop 1 for its first `count` misses, once it has printed "ready" (the primary of
+/// its controller session).
 /// Its further stdout lines (a JSON summary at the end) are read from `out`.
 pub struct FlowController {
     pub child: Child,

@@ -597,10 +597,13 @@ async fn controller_node_server_restart_reconnects_and_resync_removes_stray_stat
     let ctl = Controller::start(&file, &t.dir)?;
     ctl.wait_ready(1)?;
 
-    // Someone adds state the file does not have, behind the controller's back.
+    // The controller is node B's primary: a write from anyone else is refused...
     let out = t.b.dpctl(&["route", "add", "203.0.113.64/26", "--nexthop", "3"]);
+    ensure!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("PERMISSION_DENIED"), "{out:?}");
+    // ...so someone who knows its election id adds state the file does not have, behind its back.
+    let out = t.b.dpctl(&["--election-id", "1", "route", "add", "203.0.113.64/26", "--nexthop", "3"]);
     ensure!(out.status.success(), "{out:?}");
-    let out = t.b.dpctl(&["nexthop", "add", "99", "--discard"]);
+    let out = t.b.dpctl(&["--election-id", "1", "nexthop", "add", "99", "--discard"]);
     ensure!(out.status.success(), "{out:?}");
 
     // Node B's server crashes and comes back: the controller notices (its miss stream ends),

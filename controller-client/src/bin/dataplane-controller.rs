@@ -45,6 +45,13 @@ enum Command {
         status_socket: PathBuf,
         #[arg(long, value_enum, default_value = "text")]
         log_format: LogFormat,
+        /// This controller's election id on every node (decimal, non-zero): among controllers
+        /// of the same role, the highest open id is the node's primary; the others stand by.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u128))]
+        election_id: u128,
+        /// Arbitration role (controllers of different roles do not fence each other).
+        #[arg(long, default_value = "")]
+        role: String,
     },
     /// Validate the file and exit (0: valid; 2: the error, as FILE:LINE:COLUMN: FIELD: REASON).
     Check {
@@ -70,14 +77,19 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::Run { file, status_socket, log_format } => {
+        Command::Run { file, status_socket, log_format, election_id, role } => {
             let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
             let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
             match log_format {
                 LogFormat::Text => builder.init(),
                 LogFormat::Json => builder.json().init(),
             }
-            match rt.block_on(run(file, status_socket)) {
+            if election_id == 0 {
+                eprintln!("dataplane-controller: --election-id must not be zero");
+                return ExitCode::from(2);
+            }
+            let identity = controller::session::Identity { role, election_id };
+            match rt.block_on(run(file, status_socket, identity)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("dataplane-controller: {e}");
@@ -122,10 +134,14 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(file: PathBuf, status_socket: PathBuf) -> Result<(), controller::RunError> {
+async fn run(
+    file: PathBuf,
+    status_socket: PathBuf,
+    identity: controller::session::Identity,
+) -> Result<(), controller::RunError> {
     let mut stopped_by_signal = false;
     let r = tokio::select! {
-        r = controller::run(file, Some(status_socket.clone())) => r,
+        r = controller::run(file, Some(status_socket.clone()), identity) => r,
         _ = stop() => {
             tracing::info!("stopping; the nodes keep their state and keep forwarding");
             stopped_by_signal = true;

@@ -41,7 +41,7 @@ pub enum RunError {
 
 /// Runs the controller until the process is stopped: sessions for the file's nodes, the file
 /// watched, the status served on `status_socket`.
-pub async fn run(file: PathBuf, status_socket: Option<PathBuf>) -> Result<(), RunError> {
+pub async fn run(file: PathBuf, status_socket: Option<PathBuf>, identity: session::Identity) -> Result<(), RunError> {
     let first = config::load(&file)?;
     let shared = Shared::default();
     shared.update(|s| {
@@ -69,7 +69,10 @@ pub async fn run(file: PathBuf, status_socket: Option<PathBuf>) -> Result<(), Ru
         for name in current.nodes.keys() {
             if sessions.get(name).is_none_or(|h| h.is_finished()) {
                 info!(node = %name, "managing node");
-                sessions.insert(name.clone(), tokio::spawn(session::run(name.clone(), rx.clone(), shared.clone())));
+                sessions.insert(
+                    name.clone(),
+                    tokio::spawn(session::run(name.clone(), rx.clone(), shared.clone(), identity.clone())),
+                );
             }
         }
         sessions.retain(|name, _| current.nodes.contains_key(name));

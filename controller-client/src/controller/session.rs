@@ -1,6 +1,9 @@
-//! One node: connect (with backoff), resync (BeginResync, replay everything, EndResync), then
-//! answer its flow misses and apply each new version of the file as a diff, until the
-//! connection breaks (a server restart shows as the miss stream ending) and it starts over.
+//! One node: connect (with backoff), open a controller session (`Controller/Session`) with this
+//! controller's role and election id and wait to be its primary, resync (BeginResync, replay
+//! everything, EndResync, written with the session's election id), then answer the misses the
+//! session streams with decisions on the same stream and apply each new version of the file as
+//! a diff, until the session ends (a server restart, a controller with a higher id taking
+//! over) and it starts over.
 
 use std::{sync::Arc, time::Duration};
 
@@ -13,12 +16,23 @@ use super::{
     plan::{self, Step},
     status::{now_ms, Shared},
 };
-use crate::{code_name, pb, Client};
+use crate::{
+    code_name, pb,
+    stream_channel::{SessionSender, StreamChannel},
+    Client,
+};
+
+/// Who this controller is to the nodes' servers: its arbitration role and election id.
+#[derive(Clone, Debug)]
+pub struct Identity {
+    pub role: String,
+    pub election_id: u128,
+}
 
 /// Reconnect delays: doubling from the first to the last.
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(3);
-/// Most misses answered by one InstallFlows.
+/// Most misses per batch the session streams (and so per decision batch).
 const MISS_BATCH: usize = 256;
 
 /// Most flows remembered for re-deciding (beyond, new flows are installed but not remembered).
@@ -82,8 +96,10 @@ pub enum SessionError {
     Connect(#[from] crate::ConnectError),
     #[error("{rpc}: {code}: {message}")]
     Rpc { rpc: &'static str, code: &'static str, message: String },
-    #[error("the flow-miss stream ended (server stopped?)")]
+    #[error("the session's stream ended (server stopped?)")]
     StreamEnded,
+    #[error("another controller (election id {primary}) is now the node's primary")]
+    Deposed { primary: u128 },
     #[error("the node's server address changed")]
     ServerChanged,
 }
@@ -93,7 +109,7 @@ fn rpc_error(rpc: &'static str) -> impl FnOnce(Status) -> SessionError {
 }
 
 /// Runs node `name` until it leaves the file.
-pub async fn run(name: String, mut desired: watch::Receiver<Arc<Desired>>, status: Shared) {
+pub async fn run(name: String, mut desired: watch::Receiver<Arc<Desired>>, status: Shared, identity: Identity) {
     let mut delay = BACKOFF_FIRST;
     // Kept across sessions: a restarted server keeps its flows.
     let mut tracked = Tracked::default();
@@ -107,7 +123,7 @@ pub async fn run(name: String, mut desired: watch::Receiver<Arc<Desired>>, statu
             n.server = node.server.to_string();
         });
         let started = std::time::Instant::now();
-        match session(&name, node, &mut desired, &status, &mut tracked).await {
+        match session(&name, node, &mut desired, &status, &mut tracked, &identity).await {
             Ok(()) => return,
             Err(e) => {
                 warn!(node = %name, error = %e, "node session ended");
@@ -138,19 +154,34 @@ async fn session(
     desired: &mut watch::Receiver<Arc<Desired>>,
     status: &Shared,
     tracked: &mut Tracked,
+    identity: &Identity,
 ) -> Result<(), SessionError> {
-    let mut client = Client::connect(&node.server).await?;
-    // Subscribed before the resync, so no miss falls between the two.
-    let mut misses = client
-        .flows
-        .subscribe_flow_misses(pb::SubscribeFlowMissesRequest::default())
-        .await
-        .map_err(rpc_error("SubscribeFlowMisses"))?
-        .into_inner();
+    let base = Client::connect(&node.server).await?;
+    // Opened before the resync, so no miss falls between the two.
+    let config = pb::SessionConfig { max_batch: MISS_BATCH as u32, ..Default::default() };
+    let mut channel =
+        StreamChannel::open(&base, &identity.role, identity.election_id, config).await.map_err(rpc_error("Session"))?;
+    let instance = channel.arbitration.instance_id.clone();
+    let mut primary = channel.arbitration.primary;
     status.node(name, |n| {
-        n.state = "resyncing".into();
+        n.instance_id = instance.clone();
         n.connected = true;
     });
+    // A backup programs nothing: it waits until it is the primary (the primary went away, or
+    // this one raised its id).
+    while !primary {
+        status.node(name, |n| n.state = "standby".into());
+        match channel.next().await.map_err(rpc_error("Session"))? {
+            Some(pb::session_response::Kind::Arbitration(a)) => primary = a.primary,
+            Some(_) => {}
+            None => return Err(SessionError::StreamEnded),
+        }
+    }
+    info!(node = %name, election_id = identity.election_id, instance = %instance, "primary for the node");
+    let mut client = channel.client();
+    let sender = channel.sender.clone();
+    let mut pending = Pending::default();
+    status.node(name, |n| n.state = "resyncing".into());
     let mut applied = node;
     resync(name, &mut client, &applied, status).await?;
     status.node(name, |n| {
@@ -158,42 +189,36 @@ async fn session(
         n.sessions += 1;
         n.connected_since_ms = now_ms();
     });
-    decide_held(name, &mut client, &applied, status, tracked).await?;
+    decide_held(name, &mut client, &sender, &applied, status, &mut pending).await?;
 
     loop {
         tokio::select! {
-            msg = misses.message() => {
-                let first = msg.map_err(rpc_error("SubscribeFlowMisses"))?.ok_or(SessionError::StreamEnded)?;
-                let mut batch = vec![first];
-                // Whatever else is already here goes in the same InstallFlows.
-                while batch.len() < MISS_BATCH {
-                    match tokio::time::timeout(Duration::ZERO, misses.message()).await {
-                        Ok(Ok(Some(m))) => batch.push(m),
-                        Ok(Ok(None)) => return Err(SessionError::StreamEnded),
-                        Ok(Err(e)) => return Err(rpc_error("SubscribeFlowMisses")(e)),
-                        Err(_) => break,
+            msg = channel.next() => {
+                use pb::session_response::Kind;
+                match msg.map_err(rpc_error("Session"))?.ok_or(SessionError::StreamEnded)? {
+                    Kind::Misses(b) => answer(name, &sender, &applied, b.misses, status, &mut pending).await?,
+                    Kind::DecisionResult(r) => pending.settle(name, r, status, tracked),
+                    Kind::PacketIn(_) => status.node(name, |s| s.flows.punts += 1),
+                    Kind::Lost(l) if l.misses > 0 => {
+                        warn!(node = %name, lost = l.misses, "the session lost misses; deciding held flows from the node's table");
+                        status.node(name, |s| { s.flows.lagged += l.misses; s.flows.lag_resyncs += 1; });
+                        decide_held(name, &mut client, &sender, &applied, status, &mut pending).await?;
                     }
-                }
-                let mut lagged = false;
-                let mut found = Vec::new();
-                for m in batch {
-                    match m.kind {
-                        Some(pb::flow_miss_message::Kind::Miss(miss)) => found.push(miss),
-                        Some(pb::flow_miss_message::Kind::Lagged(n)) => {
-                            warn!(
-                                node = %name,
-                                lost = n,
-                                "flow-miss stream lagged; deciding held flows from the node's table"
-                            );
-                            status.node(name, |s| { s.flows.lagged += n; s.flows.lag_resyncs += 1; });
-                            lagged = true;
+                    Kind::Lost(_) => {}
+                    Kind::FlowsRemoved(r) => {
+                        for f in &r.flows {
+                            if let Some(k) = &f.key {
+                                tracked.flows.remove(&tuple(k));
+                            }
                         }
-                        None => {}
+                        status.node(name, |s| s.flows.removed += r.flows.len() as u64);
                     }
-                }
-                answer(name, &mut client, &applied, found, status, tracked).await?;
-                if lagged {
-                    decide_held(name, &mut client, &applied, status, tracked).await?;
+                    Kind::Arbitration(a) if !a.primary => {
+                        let primary = a.primary_election_id.as_ref().map(crate::stream_channel::from_uint128).unwrap_or(0);
+                        return Err(SessionError::Deposed { primary });
+                    }
+                    Kind::Arbitration(_) => {}
+                    Kind::Error(e) => warn!(node = %name, about = %e.about, id = e.id, code = e.code, message = %e.message, "session error"),
                 }
             }
             changed = desired.changed() => {
@@ -214,6 +239,63 @@ async fn session(
                 applied = next;
             }
         }
+    }
+}
+
+/// Decisions sent and not answered yet, by their id: what each entry was, for the bookkeeping
+/// when its `DecisionResult` arrives.
+#[derive(Default)]
+struct Pending {
+    next_id: u64,
+    batches: std::collections::HashMap<u64, Vec<Decided>>,
+}
+
+/// One decision sent: the miss's key and interface, the flow, and what the rules said.
+struct Decided {
+    key: pb::FlowKey,
+    interface: String,
+    flow: pb::Flow,
+    forward: bool,
+    rule: Option<usize>,
+    no_route: bool,
+}
+
+impl Pending {
+    /// Records a result: the flows installed are remembered for re-deciding; every entry counts.
+    fn settle(&mut self, name: &str, r: pb::DecisionResult, status: &Shared, tracked: &mut Tracked) {
+        let Some(batch) = self.batches.remove(&r.id) else { return };
+        let failed: std::collections::HashMap<usize, i32> =
+            r.failed.iter().map(|e| (e.index as usize, e.code)).collect();
+        for (i, d) in batch.iter().enumerate() {
+            if !failed.contains_key(&i) {
+                tracked.remember(name, &d.key, &d.interface, &d.flow);
+            }
+        }
+        status.node(name, |s| {
+            if r.generation > s.generation {
+                s.generation = r.generation;
+            }
+            for (i, d) in batch.iter().enumerate() {
+                s.flows.misses += 1;
+                match failed.get(&i).map(|c| Code::from(*c)) {
+                    None if d.forward => s.flows.forwarded += 1,
+                    None if d.no_route => s.flows.no_route += 1,
+                    None => s.flows.dropped += 1,
+                    // Expired or answered already (by a lag resync, another controller).
+                    Some(Code::NotFound) => s.flows.stale += 1,
+                    Some(_) => s.flows.failed += 1,
+                }
+                match d.rule {
+                    Some(r) => {
+                        if s.rule_hits.len() <= r {
+                            s.rule_hits.resize(r + 1, 0);
+                        }
+                        s.rule_hits[r] += 1;
+                    }
+                    None => s.flows.no_rule += 1,
+                }
+            }
+        });
     }
 }
 
@@ -336,19 +418,19 @@ pub async fn execute(client: &mut Client, step: &Step) -> Result<u64, SessionErr
     })
 }
 
-/// Decides misses and installs them (each with its reverse) in one InstallFlows; if the batch
-/// is refused (one held miss expired, say), one call per flow, so the others still land.
+/// Decides misses and sends the decisions (each with its reverse) as one batch on the session
+/// stream, CONTINUE_ON_ERROR: a held miss that expired meanwhile fails alone. The result is
+/// settled when its `DecisionResult` comes back.
 async fn answer(
     name: &str,
-    client: &mut Client,
+    sender: &SessionSender,
     node: &NodeDesired,
     misses: Vec<pb::FlowMiss>,
     status: &Shared,
-    tracked: &mut Tracked,
+    pending: &mut Pending,
 ) -> Result<(), SessionError> {
     let mut flows = Vec::new();
     let mut decided = Vec::new();
-    let mut keys = Vec::new();
     for m in misses {
         if m.reason != "miss" {
             // A PUNT policy rule's copy: the packet went on to the kernel; nothing is held.
@@ -361,7 +443,6 @@ async fn answer(
             Verdict::NoRoute { flow, rule } => (flow, Some(rule), true),
         };
         flow.request_id = m.request_id;
-        keys.push((key.clone(), m.interface.clone()));
         debug!(
             node = %name,
             request_id = m.request_id,
@@ -372,62 +453,23 @@ async fn answer(
             ?rule,
             "flow decided"
         );
-        decided.push((flow.action == pb::FlowAction::Forward as i32, rule, no_route));
+        decided.push(Decided {
+            key: key.clone(),
+            interface: m.interface.clone(),
+            flow: flow.clone(),
+            forward: flow.action == pb::FlowAction::Forward as i32,
+            rule,
+            no_route,
+        });
         flows.push(flow);
     }
     if flows.is_empty() {
         return Ok(());
     }
-    let flows_sent = flows.clone();
-    let outcome: Vec<Result<(), Code>> =
-        match client.flows.install_flows(pb::InstallFlowsRequest { flows: flows.clone() }).await {
-            Ok(_) => vec![Ok(()); flows.len()],
-            Err(s) if s.code() == Code::Unavailable || s.code() == Code::Cancelled => {
-                return Err(rpc_error("InstallFlows")(s))
-            }
-            Err(_) => {
-                let mut out = Vec::with_capacity(flows.len());
-                for f in flows {
-                    out.push(
-                        client
-                            .flows
-                            .install_flows(pb::InstallFlowsRequest { flows: vec![f] })
-                            .await
-                            .map(|_| ())
-                            .map_err(|s| s.code()),
-                    );
-                }
-                out
-            }
-        };
-    for (((k, interface), flow), result) in keys.iter().zip(&flows_sent).zip(&outcome) {
-        if result.is_ok() {
-            tracked.remember(name, k, interface, flow);
-        }
-    }
-    status.node(name, |s| {
-        for ((forward, rule, no_route), result) in decided.into_iter().zip(outcome) {
-            s.flows.misses += 1;
-            match result {
-                Ok(()) if forward => s.flows.forwarded += 1,
-                Ok(()) if no_route => s.flows.no_route += 1,
-                Ok(()) => s.flows.dropped += 1,
-                // Expired or answered already (by a lag resync, another controller).
-                Err(Code::NotFound) => s.flows.stale += 1,
-                Err(_) => s.flows.failed += 1,
-            }
-            match rule {
-                Some(r) => {
-                    if s.rule_hits.len() <= r {
-                        s.rule_hits.resize(r + 1, 0);
-                    }
-                    s.rule_hits[r] += 1;
-                }
-                None => s.flows.no_rule += 1,
-            }
-        }
-    });
-    Ok(())
+    pending.next_id += 1;
+    let id = pending.next_id;
+    pending.batches.insert(id, decided);
+    sender.decide(id, flows, pb::Atomicity::ContinueOnError).await.map_err(|_| SessionError::StreamEnded)
 }
 
 /// Answers the held misses in the node's flow table (after a lag, or left from before this
@@ -437,9 +479,10 @@ async fn answer(
 async fn decide_held(
     name: &str,
     client: &mut Client,
+    sender: &SessionSender,
     node: &NodeDesired,
     status: &Shared,
-    tracked: &mut Tracked,
+    pending: &mut Pending,
 ) -> Result<(), SessionError> {
     let held: Vec<pb::Flow> =
         list_flows(client).await?.into_iter().filter(|f| f.action == pb::FlowAction::Hold as i32).collect();
@@ -467,7 +510,7 @@ async fn decide_held(
             })
         })
         .collect();
-    answer(name, client, node, misses, status, tracked).await
+    answer(name, sender, node, misses, status, pending).await
 }
 
 /// After the flow rules or routes changed: decides every remembered flow again and rewrites

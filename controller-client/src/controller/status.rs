@@ -34,8 +34,12 @@ pub struct ControllerStatus {
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct NodeStatus {
     pub server: String,
-    /// connecting, resyncing, ready, disconnected.
+    /// connecting, standby (another controller is the node's primary), resyncing, ready,
+    /// disconnected.
     pub state: String,
+    /// The node's server run (new at each of its starts).
+    #[serde(default)]
+    pub instance_id: String,
     pub connected: bool,
     pub connected_since_ms: u64,
     /// Sessions that completed their resync.
@@ -91,6 +95,9 @@ pub struct FlowCounters {
     /// Misses the server's queue for this controller lost, and the table scans that followed.
     pub lagged: u64,
     pub lag_resyncs: u64,
+    /// Installed flows the node announced removed (timeouts, deletions, evictions).
+    #[serde(default)]
+    pub removed: u64,
 }
 
 /// The status, shared by the node sessions and the status server.

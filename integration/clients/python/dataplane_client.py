@@ -17,7 +17,8 @@ from grpc_tools import protoc
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
 PROTO_DIR = os.path.join(ROOT, "proto", "proto")
-PROTOS = ["dataplane/v1/common.proto", "dataplane/v1/interfaces.proto", "dataplane/v1/system.proto"]
+PROTOS = ["dataplane/v1/common.proto", "dataplane/v1/interfaces.proto", "dataplane/v1/system.proto",
+          "dataplane/v1/controller.proto", "dataplane/v1/flows.proto"]
 
 
 def load_stubs(out_dir):

@@ -28,6 +28,13 @@ struct Cli {
     /// Output format.
     #[arg(long, short = 'o', global = true, value_enum, default_value_t = Output::Table)]
     output: Output,
+    /// Write as the controller with this election id (metadata dataplane-election-id): needed
+    /// while a controller session is the primary of the role.
+    #[arg(long, global = true, env = "DPCTL_ELECTION_ID", value_parser = clap::value_parser!(u128))]
+    election_id: Option<u128>,
+    /// Arbitration role the election id belongs to.
+    #[arg(long, global = true, env = "DPCTL_ROLE", default_value = "")]
+    role: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -114,6 +121,9 @@ impl From<controller_client::ConnectError> for Failure {
 async fn run(cli: Cli) -> Result<(), Failure> {
     let address: ServerAddress = cli.server.parse()?;
     let mut client = Client::connect(&address).await?;
+    if let Some(id) = cli.election_id {
+        client = client.with_credentials(controller_client::Credentials::new(&cli.role, id)?);
+    }
     let (c, o) = (&mut client, cli.output);
     match cli.command {
         Command::Status => system::status(c, o).await,

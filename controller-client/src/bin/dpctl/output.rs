@@ -54,6 +54,11 @@ pub fn done(output: Output, what: impl std::fmt::Display, generation: u64) {
 // System.
 
 /// `status`: a summary, then programs, attachments and maps as three tables.
+/// A session's election id in decimal.
+fn election_id(s: &pb::SessionStatus) -> String {
+    s.election_id.as_ref().map(|id| controller_client::stream_channel::from_uint128(id).to_string()).unwrap_or_default()
+}
+
 pub fn status(output: Output, s: &pb::GetStatusResponse) {
     if output == Output::Json {
         let program =
@@ -73,6 +78,10 @@ pub fn status(output: Output, s: &pb::GetStatusResponse) {
             "uptime_seconds": s.uptime_seconds,
             "generation": s.generation,
             "bpffs_root": s.bpffs_root,
+            "instance_id": s.instance_id,
+            "sessions": s.sessions.iter().map(|c| json!({"role": c.role, "election_id": election_id(c),
+                "primary": c.primary, "misses": c.misses, "lost": c.lost, "decisions": c.decisions}))
+                .collect::<Vec<_>>(),
             "programs": s.programs.iter().map(program).collect::<Vec<_>>(),
             "attachments": s.attachments.iter().map(attachment).collect::<Vec<_>>(),
             "maps": s.maps.iter().map(map).collect::<Vec<_>>(),
@@ -90,7 +99,24 @@ pub fn status(output: Output, s: &pb::GetStatusResponse) {
     println!("uptime      {}s", s.uptime_seconds);
     println!("generation  {}", s.generation);
     println!("bpffs       {}", s.bpffs_root);
+    println!("instance    {}", s.instance_id);
     println!();
+    // Only with controller sessions open: a node without controllers reads as before.
+    if !s.sessions.is_empty() {
+        let mut rows = vec![header(&["ROLE", "ELECTION ID", "PRIMARY", "MISSES", "LOST", "DECISIONS"])];
+        rows.extend(s.sessions.iter().map(|c| {
+            vec![
+                if c.role.is_empty() { "\"\"".into() } else { c.role.clone() },
+                election_id(c),
+                if c.primary { "yes" } else { "backup" }.into(),
+                c.misses.to_string(),
+                c.lost.to_string(),
+                c.decisions.to_string(),
+            ]
+        }));
+        print_table(&rows);
+        println!();
+    }
     let mut rows = vec![header(&["PROGRAM", "TYPE", "ID", "TAG"])];
     rows.extend(
         s.programs.iter().map(|p| vec![p.name.clone(), p.r#type.clone(), p.kernel_id.to_string(), p.tag.clone()]),
