@@ -424,3 +424,47 @@ async fn session_decisions_nine_thousand_listed_each_once() {
     }
     assert_eq!(keys.len(), 9000);
 }
+
+/// A miss no controller answers is dropped after the hold timeout, and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_unanswered_miss_dropped_after_hold_timeout_and_counted() {
+    let ns = Netns::new("dsu-").unwrap();
+    let server = Server::start_with(&ns, &["--flow-hold-timeout-ms", "400"]).unwrap();
+    let mut c = server.client().await.unwrap();
+    c.interfaces.add_interface(pb::AddInterfaceRequest { name: "lo".into(), ..Default::default() }).await.unwrap();
+    let nh = encap_nexthop(1, "lo", "02:00:00:00:00:01");
+    c.routing.add_next_hops(pb::AddNextHopsRequest { next_hops: vec![nh], replace: false }).await.unwrap();
+    let route = pb::Route { vrf: 0, prefix: "0.0.0.0/0".into(), next_hop: 1 };
+    c.routing.add_routes(pb::AddRoutesRequest { routes: vec![route], replace: false }).await.unwrap();
+    c.flows
+        .set_flow_mode(pb::SetFlowModeRequest { interface: "lo".into(), enabled: true, ..Default::default() })
+        .await
+        .unwrap();
+    let mut s = open(&c, 1).await;
+    let program = Harness::over_pins(&server.bpffs).unwrap();
+    program.run(&udp_frame("198.51.100.9".parse().unwrap(), 4001, 53));
+    let Some(Kind::Misses(b)) = tokio::time::timeout(Duration::from_secs(5), s.next()).await.unwrap().unwrap() else {
+        panic!("expected the miss")
+    };
+    assert_eq!(b.misses.len(), 1);
+    let status = |c: &mut Client| {
+        let mut c = c.clone();
+        async move {
+            let r = c.system.get_status(pb::GetStatusRequest {}).await.unwrap().into_inner();
+            (r.held_misses, r.unanswered_misses)
+        }
+    };
+    assert_eq!(status(&mut c).await, (1, 0));
+    // Not answered: after the hold timeout (and an aging pass) it is gone and counted.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while status(&mut c).await != (0, 1) {
+        assert!(std::time::Instant::now() < deadline, "{:?}", status(&mut c).await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A late decision for it fails, naming it.
+    let f = pb::Flow { request_id: b.misses[0].request_id, action: pb::FlowAction::Drop as i32, ..Default::default() };
+    s.sender.decide(5, vec![f], pb::Atomicity::ContinueOnError).await.unwrap();
+    let Kind::DecisionResult(r) = next_control(&mut s).await else { panic!() };
+    assert_eq!((r.applied, r.failed.len()), (0, 1), "{r:?}");
+    assert_eq!(Code::from(r.failed[0].code), Code::NotFound);
+}

@@ -160,6 +160,8 @@ fn encode_status(info: &ServerInfo, s: StatusView) -> pb::GetStatusResponse {
             repairs_total: s.pin_health.total,
             repairs: s.pin_health.repairs.into_iter().map(encode_pin_repair).collect(),
         }),
+        held_misses: s.held,
+        unanswered_misses: s.unanswered,
         // Filled in by the caller, from outside the domain's state.
         instance_id: String::new(),
         sessions: Vec::new(),

@@ -105,6 +105,8 @@ pub(super) struct Flows {
     modes: HashMap<u32, FlowMode>,
     held: HashMap<u64, Held>,
     resolved: u64,
+    /// HOLDs that expired with no decision (their captured packets dropped).
+    unanswered: u64,
 }
 
 impl Flows {
@@ -114,6 +116,19 @@ impl Flows {
 
     pub(super) fn set_mode(&mut self, slot: u32, mode: FlowMode) {
         self.modes.insert(slot, mode);
+    }
+
+    pub(super) fn held_now(&self) -> u64 {
+        self.held.len() as u64
+    }
+
+    pub(super) fn unanswered(&self) -> u64 {
+        self.unanswered
+    }
+
+    /// A HOLD expired with no decision.
+    pub(super) fn count_unanswered(&mut self) {
+        self.unanswered += 1;
     }
 }
 

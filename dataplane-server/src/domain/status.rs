@@ -46,6 +46,10 @@ pub struct StatusView {
     pub restore: Option<super::persist::RestoreReport>,
     /// Map pins found missing or replaced (at start or while running) and what was done.
     pub pin_health: PinHealth,
+    /// Held misses: waiting for a decision now, and in all this run those no one answered in
+    /// time (their held first packets dropped).
+    pub held: u64,
+    pub unanswered: u64,
 }
 
 impl<D: Dataplane> Domain<D> {
@@ -111,6 +115,8 @@ impl<D: Dataplane> Domain<D> {
             maps,
             restore: self.restored.lock().unwrap_or_else(|e| e.into_inner()).clone(),
             pin_health: self.dataplane.pin_health(),
+            held: state.flows.held_now(),
+            unanswered: state.flows.unanswered(),
         })
     }
 

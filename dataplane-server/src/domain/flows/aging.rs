@@ -265,7 +265,9 @@ impl<D: Dataplane> Domain<D> {
                 self.dataplane.remove_flow(&k)?;
                 gone += 1;
                 if v.action == FLOW_HOLD {
-                    self.resolve_hold(&mut state, v.request_id);
+                    if self.resolve_hold(&mut state, v.request_id).is_some() {
+                        state.flows.count_unanswered();
+                    }
                 } else {
                     removed.push(book.removed(k, &v, reason, now));
                 }
@@ -311,7 +313,9 @@ impl<D: Dataplane> Domain<D> {
                 .map(|(id, _)| *id)
                 .collect();
             for id in stale {
-                self.resolve_hold(&mut state, id);
+                if self.resolve_hold(&mut state, id).is_some() {
+                    state.flows.count_unanswered();
+                }
             }
         }
         self.publish_resolved(&state);
