@@ -265,7 +265,9 @@ pub fn run(config: &Config) -> Result<Results> {
     results.sustained_latency_us = lat;
     results.sustained_sent = config.sustained_misses;
     results.sustained_pps = config.sustained_pps;
-    drop(s);
+    // The session stays primary to the end: the cases after this one write with its id.
+    let mut client = s.client();
+    let _session = s;
     eprintln!(
         "miss storm: {} runs of {:?} quiet + {:?} storm",
         config.storm.runs, config.storm.window, config.storm.window

@@ -4,7 +4,7 @@
 //! The in-process undo log (`txn::Journal`) takes a batch back when a kernel write fails, but
 //! not when the process dies half-way: the pinned maps then keep what was written so far. So
 //! before the first kernel write of a batch that makes more than one, the domain writes the
-//! batch's intent beside the state file (`<state-file>.intent`, write + rename): the generation
+//! batch's intent beside the state file (`<state-file>.intent`): the generation
 //! the batch commits as, and the undo operations of every write it plans, in the order they must
 //! run. The commit point is the generation (see `Domain::bump`: the state file with the new
 //! generation is written before the kernel's `GENERATION` word; flows commit by that word). The
@@ -21,7 +21,11 @@
 //!
 //! The record is a compact binary encoding (varints, raw addresses), written without fsync: it
 //! covers the process dying, not the machine (a machine crash loses the page cache, and the
-//! pinned maps with it).
+//! pinned maps with it). The file is opened once and rewritten in place: a frame (length, hash,
+//! record) written at its start, cleared by zeroing the length. A flow decision batch (many a
+//! second) then costs two `pwrite`s, where creating, renaming and removing a file cost three
+//! inode operations. A frame cut short (the process died inside the `pwrite`) fails its hash:
+//! no kernel write of its batch had started, so it is ignored.
 
 use std::{
     ffi::OsString,
@@ -79,26 +83,103 @@ pub struct RolledBack {
     pub ops: usize,
 }
 
-/// An intent on disk for the batch in progress: removed when dropped, i.e. once the batch
+/// The intent file, opened on first use and kept.
+#[derive(Debug, Default)]
+pub(super) struct IntentFile {
+    file: std::sync::Mutex<Option<std::fs::File>>,
+}
+
+/// Bytes of a frame before its record: the record's length, then its FNV-1a hash.
+const FRAME_HEADER: usize = 16;
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
+}
+
+impl IntentFile {
+    fn write_at_start(&self, path: &Path, bytes: &[u8]) -> Result<(), IntentError> {
+        use std::os::unix::fs::FileExt;
+        use std::os::unix::fs::MetadataExt;
+        let mut guard = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        // A file removed under us (by hand, or a start's recovery in the same process) is
+        // opened again: a record in an unlinked inode would be lost to the next start.
+        if guard.as_ref().is_some_and(|f| f.metadata().map_or(true, |m| m.nlink() == 0)) {
+            *guard = None;
+        }
+        if guard.is_none() {
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(path)
+                .map_err(|source| IntentError::Io { path: path.to_owned(), op: "open", source })?;
+            *guard = Some(f);
+        }
+        let f = guard.as_ref().expect("opened above");
+        f.write_all_at(bytes, 0).map_err(|source| IntentError::Io { path: path.to_owned(), op: "write", source })
+    }
+
+    /// Clears the record: a zero length.
+    fn clear(&self) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let guard = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        match guard.as_ref() {
+            Some(f) => f.write_all_at(&[0; FRAME_HEADER], 0),
+            None => Ok(()),
+        }
+    }
+
+    /// Forgets the open file (it was removed: the next intent creates it again).
+    fn forget(&self) {
+        *self.file.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+}
+
+/// The record a file holds: `None` for none (empty, cleared, or a frame cut short). Files of
+/// builds before frames hold a bare record (it starts with the magic).
+fn unframe(bytes: &[u8]) -> Option<&[u8]> {
+    if bytes.starts_with(MAGIC) {
+        return Some(bytes);
+    }
+    if bytes.len() < FRAME_HEADER {
+        return None;
+    }
+    let len = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) as usize;
+    let hash = u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes"));
+    let record = bytes.get(FRAME_HEADER..FRAME_HEADER.checked_add(len)?)?;
+    if len == 0 || fnv1a(record) != hash {
+        return None;
+    }
+    Some(record)
+}
+
+/// Whether the file at `path` holds an intent record (tests).
+#[cfg(test)]
+pub(super) fn recorded(path: &Path) -> bool {
+    std::fs::read(path).ok().is_some_and(|b| unframe(&b).is_some())
+}
+
+/// An intent on disk for the batch in progress: cleared when dropped, i.e. once the batch
 /// committed (held past `bump`) or was undone in process (dropped with its error).
 pub(super) struct Pending {
-    path: Option<PathBuf>,
+    file: Option<(std::sync::Arc<IntentFile>, PathBuf)>,
 }
 
 impl Pending {
     /// No intent (a batch of one write, or a domain without a state file).
     pub(super) fn none() -> Self {
-        Self { path: None }
+        Self { file: None }
     }
 }
 
 impl Drop for Pending {
     fn drop(&mut self) {
-        let Some(path) = self.path.take() else { return };
-        if let Err(e) = std::fs::remove_file(&path) {
-            // A leftover intent of a committed batch is removed at the next start (its
+        let Some((file, path)) = self.file.take() else { return };
+        if let Err(e) = file.clear() {
+            // A leftover intent of a committed batch is cleared at the next start (its
             // generation was reached); of a failed one, rolled back again, harmlessly.
-            tracing::warn!(path = %path.display(), error = %e, "removing the intent record failed");
+            tracing::warn!(path = %path.display(), error = %e, "clearing the intent record failed");
         }
     }
 }
@@ -120,18 +201,15 @@ impl<D: Dataplane> Domain<D> {
         }
         let started = std::time::Instant::now();
         let path = path_for(state_file);
-        let bytes = encode(generation, undo);
-        let io = |op: &'static str| {
-            let path = path.clone();
-            move |source| IntentError::Io { path, op, source }
-        };
-        let mut tmp = OsString::from(path.as_os_str());
-        tmp.push(".tmp");
-        std::fs::write(&tmp, &bytes).map_err(io("write"))?;
-        std::fs::rename(&tmp, &path).map_err(io("rename"))?;
+        let record = encode(generation, undo);
+        let mut frame = Vec::with_capacity(FRAME_HEADER + record.len());
+        frame.extend_from_slice(&(record.len() as u64).to_le_bytes());
+        frame.extend_from_slice(&fnv1a(&record).to_le_bytes());
+        frame.extend_from_slice(&record);
+        self.intent_file.write_at_start(&path, &frame)?;
         let elapsed_us = started.elapsed().as_micros() as u64;
-        tracing::debug!(path = %path.display(), generation, bytes = bytes.len(), elapsed_us, "intent recorded");
-        Ok(Pending { path: Some(path) })
+        tracing::debug!(path = %path.display(), generation, bytes = frame.len(), elapsed_us, "intent recorded");
+        Ok(Pending { file: Some((self.intent_file.clone(), path)) })
     }
 
     /// At start, before the maps are read: settles the intent a killed batch left. Committed
@@ -146,8 +224,14 @@ impl<D: Dataplane> Domain<D> {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(source) => return Err(IntentError::Io { path, op: "read", source }.into()),
         };
+        self.intent_file.forget();
+        let Some(record) = unframe(&bytes) else {
+            // Empty, cleared, or cut short before its batch wrote anything.
+            std::fs::remove_file(&path).map_err(|source| IntentError::Io { path, op: "remove", source })?;
+            return Ok(None);
+        };
         let (generation, undo) =
-            decode(&bytes).map_err(|detail| IntentError::Corrupt { path: path.clone(), detail })?;
+            decode(record).map_err(|detail| IntentError::Corrupt { path: path.clone(), detail })?;
         let reached = file_generation.max(self.dataplane.generation()?);
         let outcome = if reached >= generation {
             tracing::info!(generation, reached, "the batch of the intent record committed before the crash");
@@ -841,7 +925,7 @@ mod tests {
         let writes = clean.dataplane().write_log().len() - from;
         let after = observe(&clean);
         assert_ne!(before, after, "the batch changes something");
-        assert!(!path_for(&clean_dir.state_file()).exists(), "the intent is removed once the batch committed");
+        assert!(!recorded(&path_for(&clean_dir.state_file())), "the intent is removed once the batch committed");
 
         let mut outcomes = Outcomes::default();
         for n in 1..=writes {
@@ -857,7 +941,7 @@ mod tests {
                 n as i64,
                 Box::new(move || {
                     copy_if_there(&file, &crash_file);
-                    had.store(intent.exists(), Ordering::SeqCst);
+                    had.store(recorded(&intent), Ordering::SeqCst);
                     copy_if_there(&intent, &crash_intent);
                 }),
             );
@@ -868,7 +952,7 @@ mod tests {
             let b = Domain::with_state_file(a.dataplane().restarted(), crash_file.clone());
             let report = b.restore(persist::read(&crash_file).unwrap()).unwrap();
             let (got, g) = (observe(&b), generation(&b));
-            assert!(!path_for(&crash_file).exists(), "crash at write {n}: the intent is removed at start");
+            assert!(!recorded(&path_for(&crash_file)), "crash at write {n}: the intent is removed at start");
             if got == before {
                 assert_eq!(g, g0, "crash at write {n} of {writes}: the batch is absent, the generation says present");
                 match report.rolled_back {
@@ -1067,7 +1151,7 @@ mod tests {
         let report = b.restore(persist::read(&dir.state_file()).unwrap()).unwrap();
         assert_eq!(report.rolled_back, None);
         assert_eq!(generation(&b), g);
-        assert!(!path_for(&dir.state_file()).exists());
+        assert!(!recorded(&path_for(&dir.state_file())));
         assert_eq!(observe(&b), observe(&d));
         // The same intent one generation ahead: rolled back, the route gone.
         std::mem::forget(d.intend(g + 1, 2, &undo).unwrap());
@@ -1075,6 +1159,31 @@ mod tests {
         let report = c.restore(persist::read(&dir.state_file()).unwrap()).unwrap();
         assert_eq!(report.rolled_back, Some(RolledBack { generation: g + 1, ops: 1 }));
         assert_eq!(c.list_routes(Some(0), Some("2001:db8::/32".parse().unwrap())), vec![]);
+    }
+
+    #[test]
+    fn restore_intent_frame_cut_short_ignored_and_removed() {
+        let dir = TempDir::new();
+        let d = setup(&dir.state_file());
+        let g = generation(&d);
+        let undo = [KernelOp::RemoveRoute { vrf: 0, prefix: "2001:db8:1::/48".parse().unwrap() }];
+        std::mem::forget(d.intend(g + 1, 2, &undo).unwrap());
+        // The process died inside the write: the frame's last byte never made it.
+        let path = path_for(&dir.state_file());
+        let mut bytes = std::fs::read(&path).unwrap();
+        let len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        // (Past the frame: what longer records left before; the file is rewritten in place.)
+        bytes.truncate(FRAME_HEADER + len - 1);
+        std::fs::write(&path, &bytes).unwrap();
+        let b = Domain::with_state_file(d.dataplane().restarted(), dir.state_file());
+        let report = b.restore(persist::read(&dir.state_file()).unwrap()).unwrap();
+        assert_eq!(report.rolled_back, None, "no kernel write of its batch had started");
+        assert!(!path.exists());
+        assert_eq!(observe(&b), observe(&d));
+        // A cleared record (a batch that finished) is no intent either.
+        let pending = d.intend(g + 1, 2, &undo).unwrap();
+        drop(pending);
+        assert!(path.exists() && !recorded(&path));
     }
 
     #[test]
@@ -1093,6 +1202,6 @@ mod tests {
         d.add_nexthops(vec![NewNextHop { id: 1, spec: NextHopSpec::Discard }]).unwrap();
         let g = d.add_routes(vec![route(0, "2001:db8::/48", 1), route(0, "2001:db8:1::/48", 1)]).unwrap();
         assert_eq!(g, 2);
-        assert_eq!(d.intend(3, 2, &[KernelOp::WaitForReaders]).map(|p| p.path.is_none()).ok(), Some(true));
+        assert_eq!(d.intend(3, 2, &[KernelOp::WaitForReaders]).map(|p| p.file.is_none()).ok(), Some(true));
     }
 }

@@ -115,6 +115,8 @@ pub struct Domain<D: Dataplane> {
     /// Installed flows' timeouts and request ids, and where their removals go: beside the state,
     /// under a lock of its own (see `flows::aging`).
     flow_book: flows::FlowBook,
+    /// The crash journal's file, kept open (see `intent`).
+    intent_file: std::sync::Arc<intent::IntentFile>,
     /// Controller sessions and who may write.
     arbiter: std::sync::Arc<arbitration::Arbiter>,
     /// New at every start: a controller that sees it change replays its state.
@@ -197,6 +199,7 @@ impl<D: Dataplane> Domain<D> {
             pins_id,
             restored: Mutex::new(None),
             started: Instant::now(),
+            intent_file: Default::default(),
             arbiter: Default::default(),
             instance_id: new_instance_id(),
             flow_book: flows::FlowBook::default(),
