@@ -2,6 +2,7 @@
 //! configuration generation, and drives the kernel through the [`Dataplane`] trait so that it can
 //! be unit-tested against an in-memory fake.
 
+mod batch;
 mod classifier;
 mod error;
 #[cfg(test)]
@@ -31,6 +32,7 @@ use std::{
 /// The kernel seam's vocabulary the API speaks too (the domain's views and requests carry these),
 /// re-exported so that `api/` depends on the domain alone.
 pub use crate::dataplane::{Dataplane, FlowKey, FlowMiss, Hook, ProgramStatus, XdpMode};
+pub use batch::{Atomicity, BatchError, Entry, EntryError};
 pub use error::{DomainError, ErrorKind};
 pub use fib4::Lookup as Ipv4Lookup;
 pub use flows::{FlowAction, FlowMode, FlowSpec, FlowTarget, FlowView};

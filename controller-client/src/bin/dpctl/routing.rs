@@ -147,13 +147,13 @@ pub async fn nexthop(c: &mut Client, output: Output, cmd: NexthopCmd) -> Result<
                 }
             };
             let nh = pb::NextHop { id, kind: Some(kind), ..Default::default() };
-            let req = pb::AddNextHopsRequest { next_hops: vec![nh], replace };
+            let req = pb::AddNextHopsRequest { next_hops: vec![nh], replace, ..Default::default() };
             let r = c.routing.add_next_hops(req).await?.into_inner();
             output::done(output, format!("added next hop {id}"), r.generation);
         }
         NexthopCmd::Del { ids } => {
             let shown = ids.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
-            let r = c.routing.delete_next_hops(pb::DeleteNextHopsRequest { ids }).await?.into_inner();
+            let r = c.routing.delete_next_hops(pb::DeleteNextHopsRequest { ids, ..Default::default() }).await?.into_inner();
             output::done(output, format!("deleted next hop(s) {shown}"), r.generation);
         }
         NexthopCmd::List => {
@@ -200,7 +200,7 @@ pub async fn route(c: &mut Client, output: Output, cmd: RouteCmd) -> Result<(), 
                 }
             };
             let n = routes.len();
-            let r = c.routing.add_routes(pb::AddRoutesRequest { routes, replace }).await?.into_inner();
+            let r = c.routing.add_routes(pb::AddRoutesRequest { routes, replace, ..Default::default() }).await?.into_inner();
             output::done(output, format!("added {n} route(s)"), r.generation);
         }
         RouteCmd::Del { prefix, vrf, file } => {
@@ -209,7 +209,7 @@ pub async fn route(c: &mut Client, output: Output, cmd: RouteCmd) -> Result<(), 
                 None => vec![pb::Route { vrf, prefix: prefix.unwrap_or_default(), next_hop: 0 }],
             };
             let n = routes.len();
-            let r = c.routing.delete_routes(pb::DeleteRoutesRequest { routes }).await?.into_inner();
+            let r = c.routing.delete_routes(pb::DeleteRoutesRequest { routes, ..Default::default() }).await?.into_inner();
             output::done(output, format!("deleted {n} route(s)"), r.generation);
         }
         RouteCmd::List { vrf, prefix } => {
