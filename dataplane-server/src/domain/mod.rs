@@ -3,6 +3,8 @@
 //! be unit-tested against an in-memory fake.
 
 mod batch;
+#[cfg(test)]
+mod batch_tests;
 mod classifier;
 mod error;
 #[cfg(test)]
