@@ -182,7 +182,11 @@ mod tests {
     fn batch_status_details_of_batch_decoded_others_none() {
         use prost::Message;
         let batch = pb::BatchStatus {
-            failed: vec![pb::EntryStatus { index: 3, code: 5, message: "routes[3].next_hop: next hop 9 not found".into() }],
+            failed: vec![pb::EntryStatus {
+                index: 3,
+                code: 5,
+                message: "routes[3].next_hop: next hop 9 not found".into(),
+            }],
             unlisted: 2,
             entries: 10,
             applied: 7,

@@ -177,7 +177,10 @@ pub fn run(config: &Config) -> Result<Results> {
     rt.block_on(async {
         client.interfaces.add_interface(pb::AddInterfaceRequest { name: "lo".into(), ..Default::default() }).await?;
         let nh = integration::encap_nexthop(1, "lo", "02:00:00:00:00:01");
-        client.routing.add_next_hops(pb::AddNextHopsRequest { next_hops: vec![nh], replace: false, ..Default::default() }).await?;
+        client
+            .routing
+            .add_next_hops(pb::AddNextHopsRequest { next_hops: vec![nh], replace: false, ..Default::default() })
+            .await?;
         client
             .routing
             .add_routes(pb::AddRoutesRequest {
@@ -336,7 +339,10 @@ fn control_path(
             let start = Instant::now();
             for chunk in prefixes.chunks(10_000) {
                 let routes = chunk.iter().map(|p| pb::Route { vrf, prefix: p.clone(), next_hop: 1 }).collect();
-                client.routing.add_routes(pb::AddRoutesRequest { routes, replace: false, ..Default::default() }).await?;
+                client
+                    .routing
+                    .add_routes(pb::AddRoutesRequest { routes, replace: false, ..Default::default() })
+                    .await?;
             }
             anyhow::Ok(prefixes.len() as f64 / start.elapsed().as_secs_f64())
         })?;

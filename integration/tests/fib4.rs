@@ -54,7 +54,11 @@ async fn setup(client: &mut Client) {
     client.interfaces.add_interface(pb::AddInterfaceRequest { name: "lo".into(), ..Default::default() }).await.unwrap();
     let next_hops =
         (1..=8).map(|id| integration::encap_nexthop(id, "lo", &format!("02:00:00:00:00:{id:02x}"))).collect();
-    client.routing.add_next_hops(pb::AddNextHopsRequest { next_hops, replace: false, ..Default::default() }).await.unwrap();
+    client
+        .routing
+        .add_next_hops(pb::AddNextHopsRequest { next_hops, replace: false, ..Default::default() })
+        .await
+        .unwrap();
 }
 
 /// Random prefixes of every length 0..=32 under a few /8s, so that short and long ones nest at

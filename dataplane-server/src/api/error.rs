@@ -85,11 +85,9 @@ fn batch_status(e: BatchError) -> Status {
     let kind = first.error.kind();
     let message = match atomicity {
         Atomicity::AllOrNothing => first.error.to_string(),
-        Atomicity::ContinueOnError => format!(
-            "{} of {entries} entries failed, the others were applied; first: {}",
-            failed.len(),
-            first.error
-        ),
+        Atomicity::ContinueOnError => {
+            format!("{} of {entries} entries failed, the others were applied; first: {}", failed.len(), first.error)
+        }
     };
     let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
     let mut batch = pb::BatchStatus {

@@ -8,8 +8,8 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     domain::{
-        Atomicity, Dataplane, Domain, DomainError, InterfaceName, Ipv4Lookup, NewNextHop, NextHopSpec, NextHopState, NextHopView,
-        OnExisting, RouteSpec, VrfMode,
+        Atomicity, Dataplane, Domain, DomainError, InterfaceName, Ipv4Lookup, NewNextHop, NextHopSpec, NextHopState,
+        NextHopView, OnExisting, RouteSpec, VrfMode,
     },
     net::{parse_addr, Mac, Prefix},
 };
@@ -85,8 +85,11 @@ impl<D: Dataplane> pb::routing_server::Routing for RoutingService<D> {
     ) -> Result<Response<pb::AddNextHopsResponse>, Status> {
         let req = req.into_inner();
         let (on_existing, atomicity) = (on_existing(req.replace), atomicity(req.atomicity)?);
-        let batch =
-            req.next_hops.into_iter().enumerate().map(|(i, n)| decode_nexthop(n).map_err(|e| e.at(format!("next_hops[{i}]"))));
+        let batch = req
+            .next_hops
+            .into_iter()
+            .enumerate()
+            .map(|(i, n)| decode_nexthop(n).map_err(|e| e.at(format!("next_hops[{i}]"))));
         let generation = self.domain.add_nexthops_each(batch, on_existing, atomicity)?;
         Ok(Response::new(pb::AddNextHopsResponse { generation }))
     }

@@ -132,7 +132,8 @@ fn add_routes_each_continue_on_error_applies_only_valid_entries() {
         route(0, "2001:db8:1::/48", 2),
     ];
     assert_eq!(d.list_routes(None, None), want, "192.0.2.0/24 kept its next hop; the repeated IPv6 route its first");
-    for (addr, prefix, nexthop) in [("198.51.100.200", "198.51.100.128/25", 2), ("203.0.113.200", "203.0.113.128/25", 1)]
+    for (addr, prefix, nexthop) in
+        [("198.51.100.200", "198.51.100.128/25", 2), ("203.0.113.200", "203.0.113.128/25", 1)]
     {
         assert_eq!(d.lookup_route(0, addr.parse().unwrap()).unwrap(), Some(route(0, prefix, nexthop)), "{addr}");
     }
@@ -235,7 +236,10 @@ fn add_nexthops_each_group_of_failed_member_fails_naming_it() {
     let d = domain();
     let batch = vec![Ok(encap(10, "eth9")), Ok(encap(11, "eth0")), Ok(ecmp(12, &[11, 10])), Ok(ecmp(13, &[11, 1]))];
     let (failed, applied, _) = entries(d.add_nexthops_each(batch, OnExisting::Refuse, ContinueOnError).unwrap_err());
-    assert_eq!(failed.iter().map(|f| (f.0, f.1)).collect::<Vec<_>>(), [(0, ErrorKind::NotFound), (2, ErrorKind::NotFound)]);
+    assert_eq!(
+        failed.iter().map(|f| (f.0, f.1)).collect::<Vec<_>>(),
+        [(0, ErrorKind::NotFound), (2, ErrorKind::NotFound)]
+    );
     assert!(failed[0].2.starts_with("next_hops[0].encap.interface: interface eth9 not found"), "{failed:?}");
     assert_eq!(failed[1].2, "next_hops[2].ecmp.members[1]: next hop 10 not found: its entry next_hops[0] failed");
     assert_eq!(applied, 2);
@@ -307,8 +311,7 @@ fn add_nexthops_each_continue_on_error_kernel_failure_at_every_write_changes_not
 /// group stays; next hop 5 goes.
 fn with_group() -> Domain<FakeDataplane> {
     let d = domain();
-    d.add_nexthops(vec![encap(4, "eth0"), NewNextHop { id: 5, spec: NextHopSpec::Discard }, ecmp(3, &[1, 4])])
-        .unwrap();
+    d.add_nexthops(vec![encap(4, "eth0"), NewNextHop { id: 5, spec: NextHopSpec::Discard }, ecmp(3, &[1, 4])]).unwrap();
     d.add_routes(vec![route(0, "198.51.100.0/24", 3)]).unwrap();
     d
 }
@@ -326,7 +329,11 @@ fn delete_nexthops_each_members_of_group_that_stays_fail_too() {
     assert_eq!(
         got,
         vec![
-            (0, ErrorKind::FailedPrecondition, "ids[0]: next hop 4 is a member of ECMP group 3 (whose delete, ids[1], failed)"),
+            (
+                0,
+                ErrorKind::FailedPrecondition,
+                "ids[0]: next hop 4 is a member of ECMP group 3 (whose delete, ids[1], failed)"
+            ),
             (1, ErrorKind::FailedPrecondition, "ids[1]: next hop 3 is used by 1 route(s)"),
             (3, ErrorKind::NotFound, "ids[3]: next hop 9 not found"),
             (4, ErrorKind::InvalidArgument, "ids[4]: next hop 5 listed twice"),
@@ -339,9 +346,8 @@ fn delete_nexthops_each_members_of_group_that_stays_fail_too() {
 
 #[test]
 fn delete_nexthops_each_continue_on_error_kernel_failure_at_every_write_changes_nothing() {
-    let errors = fail_at_every_write(with_group, |d| {
-        applied_generation(d.delete_nexthops_each(&[9, 5, 2], ContinueOnError))
-    });
+    let errors =
+        fail_at_every_write(with_group, |d| applied_generation(d.delete_nexthops_each(&[9, 5, 2], ContinueOnError)));
     assert_eq!(errors.len(), 2, "{errors:?}");
     assert!(errors[0].starts_with("ids[1]: dataplane:"), "{errors:?}");
     assert!(errors[1].starts_with("ids[2]: dataplane:"), "{errors:?}");

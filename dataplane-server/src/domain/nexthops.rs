@@ -596,7 +596,9 @@ fn check_deletes(state: &State, ids: &[u32], failures: &mut Failures) -> (Vec<u3
         match users.get(id) {
             Some(gid) => {
                 let why = match seen.get(gid) {
-                    Some(k) => format!("next hop {id} is a member of ECMP group {gid} (whose delete, ids[{k}], failed)"),
+                    Some(k) => {
+                        format!("next hop {id} is a member of ECMP group {gid} (whose delete, ids[{k}], failed)")
+                    }
                     None => format!("next hop {id} is a member of ECMP group {gid}"),
                 };
                 failures.push(i, DomainError::FailedPrecondition(why).at(format!("ids[{i}]")));

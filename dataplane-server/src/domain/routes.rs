@@ -210,8 +210,7 @@ impl<D: Dataplane> Domain<D> {
 
     /// Deletes a batch of routes, all or nothing.
     pub fn delete_routes(&self, batch: &[(u32, Prefix)]) -> Result<u64, DomainError> {
-        self.delete_routes_each(batch.iter().copied().map(Ok), Atomicity::AllOrNothing)
-            .map_err(BatchError::into_first)
+        self.delete_routes_each(batch.iter().copied().map(Ok), Atomicity::AllOrNothing).map_err(BatchError::into_first)
     }
 
     /// [`Self::delete_routes`], each entry checked on its own (see [`Self::add_routes_each`]).

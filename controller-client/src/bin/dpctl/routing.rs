@@ -141,7 +141,18 @@ pub async fn vrf(c: &mut Client, output: Output, cmd: VrfCmd) -> Result<(), Fail
 pub async fn nexthop(c: &mut Client, output: Output, cmd: NexthopCmd) -> Result<(), Failure> {
     use pb::next_hop::Kind;
     match cmd {
-        NexthopCmd::Add { id, interface, dst_mac, gateway, src_mac, ecmp, discard, receive, replace, continue_on_error } => {
+        NexthopCmd::Add {
+            id,
+            interface,
+            dst_mac,
+            gateway,
+            src_mac,
+            ecmp,
+            discard,
+            receive,
+            replace,
+            continue_on_error,
+        } => {
             let kind = match (interface, ecmp, discard, receive) {
                 (Some(interface), None, false, false) => Kind::Encap(pb::EncapNextHop {
                     interface,
