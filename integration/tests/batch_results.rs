@@ -273,3 +273,28 @@ fn python_client_continue_on_error_reads_batch_status_from_trailer() {
         (Some(70), Some(400), Some(266))
     );
 }
+
+/// grpcurl (no proto files: reflection) shows the details decoded, `BatchStatus` and all.
+#[test]
+fn grpcurl_add_routes_continue_on_error_shows_batch_status_details() {
+    let ns = Netns::new("dpbr-").unwrap();
+    let server = Server::start(&ns).unwrap();
+    let out = server.dpctl(&["nexthop", "add", "1", "--discard"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let body = r#"{"routes": [{"prefix": "192.0.2.0/24", "next_hop": 1}, {"prefix": "198.51.100.0/24", "next_hop": 9}],
+                   "atomicity": "ATOMICITY_CONTINUE_ON_ERROR"}"#;
+    let out = std::process::Command::new("grpcurl")
+        .args(["-plaintext", "-unix", "-authority", "localhost", "-d", body])
+        .arg(server.socket.to_str().unwrap())
+        .arg("dataplane.v1.Routing/AddRoutes")
+        .output()
+        .expect("grpcurl is installed by scripts/bootstrap.sh");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("Code: NotFound"), "{stderr}");
+    let want = concat!(
+        r#"{"@type":"type.googleapis.com/dataplane.v1.BatchStatus","applied":1,"entries":2,"#,
+        r#""failed":[{"index":1,"code":5,"message":"routes[1].next_hop: next hop 9 not found"}],"generation":"2"}"#
+    );
+    assert!(stderr.contains(want), "{stderr}");
+}
