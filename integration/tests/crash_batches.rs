@@ -391,7 +391,7 @@ fn big_nexthops(rig: &Rig) -> Vec<pb::NextHop> {
 async fn nexthops_sigkill_during_add_and_delete_of_2500_batch_whole_or_absent() {
     let mut rig = Rig::new().await;
     let add = pb::AddNextHopsRequest { next_hops: big_nexthops(&rig), replace: true, ..Default::default() };
-    let del = pb::DeleteNextHopsRequest { ids: (1000..1000 + NEXT_HOPS).collect() };
+    let del = pb::DeleteNextHopsRequest { ids: (1000..1000 + NEXT_HOPS).collect(), ..Default::default() };
     let mut c = rig.client().await;
     let t = Instant::now();
     c.routing.add_next_hops(add.clone()).await.unwrap();
