@@ -1,6 +1,8 @@
 //! Next hops: ids chosen by the controller, each stored at a slot the domain allocates (a dense
 //! array index for the XDP program). Referential integrity is kept here: a next hop cannot go
-//! while routes or ECMP groups use it, and an ENCAP next hop keeps its interface attached.
+//! while routes or ECMP groups use it, and an ENCAP next hop keeps its interface attached. Within
+//! a batch too: an ECMP group fails with its member's failed entry, and a member stays with its
+//! group (see `batch`).
 
 pub(super) mod restore;
 

@@ -1,6 +1,7 @@
 //! Routes: (VRF, prefix) -> next hop, written into the per-family LPM tries the XDP program reads.
-//! Batches are all or nothing (see `txn`): a batch is checked and planned whole before the first
-//! kernel write, and a kernel failure part-way undoes the writes already made. The IPv4 flat
+//! Each entry of a batch is checked on its own and the failed ones reported (see `batch`); what
+//! is applied (the whole batch, or its valid entries) is all or nothing (see `txn`): planned whole
+//! before the first kernel write, and a kernel failure part-way undoes the writes already made. The IPv4 flat
 //! tables follow a batch once it is in, best effort: a VRF whose table cannot follow falls back
 //! to its trie.
 
