@@ -130,6 +130,9 @@ async fn add_routes_all_or_nothing_same_batch_reports_same_3_changes_nothing() {
         assert_eq!(failed(&batch), the_three());
         assert_eq!((batch.unlisted, batch.entries, batch.applied, batch.generation), (0, 1000, 0, before));
     }
+    let req = pb::AddRoutesRequest { routes: batch_of_1000(), replace: false, atomicity: 7 };
+    let e = client.routing.add_routes(req).await.unwrap_err();
+    assert_eq!((e.code(), e.message()), (Code::InvalidArgument, "atomicity: unknown atomicity 7"));
     assert_eq!(generation(&mut client).await, before);
     assert!(listed_routes(&mut client).await.is_empty());
     assert_eq!(lookup(&mut client, &batch_of_1000()[0]).await, None);
