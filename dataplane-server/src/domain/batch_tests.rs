@@ -178,15 +178,15 @@ fn add_routes_each_continue_on_error_all_valid_ok_as_usual() {
 fn add_routes_each_continue_on_error_kernel_failure_at_every_write_changes_nothing() {
     let errors = fail_at_every_write(domain, |d| {
         let batch = vec![
-            Err(DomainError::invalid("routes[0].prefix", "bad")),
             Ok(route(0, "2001:db8:1::/48", 1)),
+            Err(DomainError::invalid("routes[1].prefix", "bad")),
             Ok(route(0, "198.51.100.0/24", 9)),
             Ok(route(0, "2001:db8:2::/48", 2)),
             Ok(route(0, "198.51.100.0/24", 2)),
         ];
         applied_generation(d.add_routes_each(batch, OnExisting::Refuse, ContinueOnError))
     });
-    assert!(errors[0].starts_with("routes[1]: dataplane:"), "{errors:?}");
+    assert!(errors[0].starts_with("routes[0]: dataplane:"), "{errors:?}");
     assert!(errors[1].starts_with("routes[3]: dataplane:"), "{errors:?}");
     assert!(errors[2..].iter().all(|e| e.starts_with("routes: dataplane:")), "{errors:?}");
 }

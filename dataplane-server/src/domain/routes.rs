@@ -476,9 +476,12 @@ fn cover(state: &State, vrf: u32, (addr, len): V4Prefix) -> Option<(u8, u32)> {
 
 /// An `AddRoutes` batch checked against the state.
 struct CheckedRoutes {
-    /// The valid routes, and each one's index in the request.
+    /// The valid routes, and each one's index in the request (empty: the same as in `batch`,
+    /// no entry failed before the last valid one).
     batch: Vec<RouteSpec>,
     index: Vec<usize>,
+    /// New routes per address family (as `State::route_counts`).
+    new: [u64; 2],
     /// Per route, its next hop's slot and the entry it replaces.
     slots: Vec<u32>,
     existing: Vec<Option<RouteEntry>>,
@@ -486,6 +489,17 @@ struct CheckedRoutes {
     vrfs: BTreeSet<u32>,
     /// Some route is new or points at another next hop.
     changed: bool,
+}
+
+impl CheckedRoutes {
+    /// The index in the request of valid route `k`.
+    fn request_index(&self, k: usize) -> usize {
+        if self.index.is_empty() {
+            k
+        } else {
+            self.index[k]
+        }
+    }
 }
 
 /// A trie write of an `AddRoutes` batch and what undoes it.
@@ -532,35 +546,42 @@ fn check_routes(
     let size = batch.size_hint().0;
     let mut in_batch = HashSet::with_capacity(size);
     let mut valid = Vec::with_capacity(size);
-    let mut index = Vec::with_capacity(size);
+    // Filled only once an entry failed: until then a valid route's index is its position.
+    let mut index = Vec::new();
     let mut slots = Vec::with_capacity(size);
     let mut existing = Vec::with_capacity(size);
     let mut cache = RouteCheck::default();
-    let mut changed = false;
+    let (mut changed, mut new) = (false, [0u64; 2]);
+    let mut entries = 0;
     for (i, r) in batch.enumerate() {
-        failures.entries += 1;
-        let r = match r {
-            Ok(r) => r,
-            Err(e) => {
-                failures.push(i, e);
-                continue;
-            }
-        };
-        // The key is the first entry's whatever becomes of it: which of two writes of one
-        // route the caller meant is not for the server to guess.
-        let repeated = !in_batch.insert((r.vrf, r.prefix));
-        match check_route(state, i, &r, repeated, on_existing, &mut cache) {
-            Ok((slot, before)) => {
+        entries += 1;
+        let checked = r.and_then(|r| {
+            // The key is the first entry's whatever becomes of it: which of two writes of one
+            // route the caller meant is not for the server to guess.
+            let repeated = !in_batch.insert((r.vrf, r.prefix));
+            check_route(state, i, &r, repeated, on_existing, &mut cache).map(|(slot, before)| (r, slot, before))
+        });
+        match checked {
+            Ok((r, slot, before)) => {
                 changed |= before.map(|e| e.nexthop) != Some(r.nexthop);
+                if before.is_none() {
+                    new[family(&r.prefix)] += 1;
+                }
+                if !index.is_empty() || !failures.failed.is_empty() {
+                    if index.is_empty() {
+                        index.extend(0..valid.len());
+                    }
+                    index.push(i);
+                }
                 valid.push(r);
-                index.push(i);
                 slots.push(slot);
                 existing.push(before);
             }
             Err(e) => failures.push(i, e),
         }
     }
-    CheckedRoutes { batch: valid, index, slots, existing, vrfs: cache.vrfs, changed }
+    failures.entries += entries;
+    CheckedRoutes { batch: valid, index, slots, existing, new, vrfs: cache.vrfs, changed }
 }
 
 /// What checking a batch's routes remembers from one to the next: batches name a handful of
@@ -620,19 +641,8 @@ fn check_route(
 /// RESOURCE_EXHAUSTED if the new routes of a checked batch do not fit: a failure of the batch
 /// as a whole, not of the entries past the limit.
 fn check_route_capacity(state: &State, checked: &CheckedRoutes) -> Result<(), DomainError> {
-    let (mut v4, mut v6) = (0u64, 0u64);
-    for (r, before) in checked.batch.iter().zip(&checked.existing) {
-        if before.is_none() {
-            if r.prefix.is_ipv4() {
-                v4 += 1
-            } else {
-                v6 += 1
-            }
-        }
-    }
-    let [have4, have6] = state.route_counts;
     let cap = u64::from(dataplane_common::MAX_ROUTES);
-    if have4 + v4 > cap || have6 + v6 > cap {
+    if state.route_counts.iter().zip(checked.new).any(|(have, new)| have + new > cap) {
         return Err(DomainError::Exhausted {
             what: "routes per address family",
             capacity: dataplane_common::MAX_ROUTES,
@@ -663,7 +673,7 @@ fn plan_add_routes(
                 Some(old) => KernelOp::InsertRoute { vrf, prefix, nexthop_slot: old_slot(old) },
                 None => KernelOp::RemoveRoute { vrf, prefix },
             };
-            TrieWrite { index: routes.index[i], vrf, prefix, nexthop_slot: routes.slots[i], undo }
+            TrieWrite { index: routes.request_index(i), vrf, prefix, nexthop_slot: routes.slots[i], undo }
         })
         .collect();
     let flat = writes
