@@ -216,9 +216,56 @@ pub fn code_name(code: tonic::Code) -> &'static str {
     }
 }
 
+/// The `Any` type of the detail a failed batch write's status carries.
+pub const BATCH_STATUS_TYPE: &str = "type.googleapis.com/dataplane.v1.BatchStatus";
+
+/// The failed entries of a batch write (AddRoutes, DeleteRoutes, AddNextHops, DeleteNextHops),
+/// from its status's details (`grpc-status-details-bin`: a `google.rpc.Status` whose details
+/// hold one `BatchStatus`). `None` for any other status, or one whose details do not decode.
+pub fn batch_status(status: &tonic::Status) -> Option<pb::BatchStatus> {
+    use prost::Message;
+    let rich = dataplane_proto::rpc::Status::decode(status.details()).ok()?;
+    let any = rich.details.iter().find(|a| a.type_url == BATCH_STATUS_TYPE)?;
+    pb::BatchStatus::decode(any.value.as_slice()).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn batch_status_details_of_batch_decoded_others_none() {
+        use prost::Message;
+        let batch = pb::BatchStatus {
+            failed: vec![pb::EntryStatus {
+                index: 3,
+                code: 5,
+                message: "routes[3].next_hop: next hop 9 not found".into(),
+            }],
+            unlisted: 2,
+            entries: 10,
+            applied: 7,
+            generation: 4,
+        };
+        let rich = dataplane_proto::rpc::Status {
+            code: 5,
+            message: "m".into(),
+            details: vec![prost_types_any(BATCH_STATUS_TYPE, batch.encode_to_vec())],
+        };
+        let s = tonic::Status::with_details(tonic::Code::NotFound, "m", rich.encode_to_vec().into());
+        assert_eq!(batch_status(&s), Some(batch));
+        assert_eq!(batch_status(&tonic::Status::not_found("m")), None);
+        let other = dataplane_proto::rpc::Status {
+            details: vec![prost_types_any("type.googleapis.com/other", vec![1])],
+            ..Default::default()
+        };
+        let s = tonic::Status::with_details(tonic::Code::NotFound, "m", other.encode_to_vec().into());
+        assert_eq!(batch_status(&s), None);
+    }
+
+    fn prost_types_any(type_url: &str, value: Vec<u8>) -> prost_types::Any {
+        prost_types::Any { type_url: type_url.into(), value }
+    }
 
     #[test]
     fn server_address_parse_accepts_unix_and_http_rejects_other() {

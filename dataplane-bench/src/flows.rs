@@ -171,12 +171,16 @@ pub fn run(config: &Config) -> Result<Results> {
     rt.block_on(async {
         client.interfaces.add_interface(pb::AddInterfaceRequest { name: "lo".into(), ..Default::default() }).await?;
         let nh = integration::encap_nexthop(1, "lo", "02:00:00:00:00:01");
-        client.routing.add_next_hops(pb::AddNextHopsRequest { next_hops: vec![nh], replace: false }).await?;
+        client
+            .routing
+            .add_next_hops(pb::AddNextHopsRequest { next_hops: vec![nh], replace: false, ..Default::default() })
+            .await?;
         client
             .routing
             .add_routes(pb::AddRoutesRequest {
                 routes: vec![pb::Route { vrf: 0, prefix: "0.0.0.0/0".into(), next_hop: 1 }],
                 replace: false,
+                ..Default::default()
             })
             .await?;
         client
@@ -305,7 +309,10 @@ fn control_path(
             let start = Instant::now();
             for chunk in prefixes.chunks(10_000) {
                 let routes = chunk.iter().map(|p| pb::Route { vrf, prefix: p.clone(), next_hop: 1 }).collect();
-                client.routing.add_routes(pb::AddRoutesRequest { routes, replace: false }).await?;
+                client
+                    .routing
+                    .add_routes(pb::AddRoutesRequest { routes, replace: false, ..Default::default() })
+                    .await?;
             }
             anyhow::Ok(prefixes.len() as f64 / start.elapsed().as_secs_f64())
         })?;
@@ -339,7 +346,7 @@ fn control_path(
                 .iter()
                 .map(|a| pb::Route { vrf: 99, prefix: format!("{}/24", Ipv4Addr::from(*a)), next_hop: 1 })
                 .collect();
-            client.routing.add_routes(pb::AddRoutesRequest { routes, replace: false }).await?;
+            client.routing.add_routes(pb::AddRoutesRequest { routes, replace: false, ..Default::default() }).await?;
         }
         anyhow::Ok(())
     })?;

@@ -419,11 +419,15 @@ async fn program_router(c: &mut Client, ri: &str, on: bool) -> Result<()> {
             })),
             ..Default::default()
         };
-        c.routing.add_next_hops(pb::AddNextHopsRequest { next_hops: vec![nh], replace: false }).await?;
-        c.routing.add_routes(pb::AddRoutesRequest { routes: vec![route], replace: false }).await?;
+        c.routing
+            .add_next_hops(pb::AddNextHopsRequest { next_hops: vec![nh], replace: false, ..Default::default() })
+            .await?;
+        c.routing
+            .add_routes(pb::AddRoutesRequest { routes: vec![route], replace: false, ..Default::default() })
+            .await?;
     } else {
-        c.routing.delete_routes(pb::DeleteRoutesRequest { routes: vec![route] }).await?;
-        c.routing.delete_next_hops(pb::DeleteNextHopsRequest { ids: vec![1] }).await?;
+        c.routing.delete_routes(pb::DeleteRoutesRequest { routes: vec![route], ..Default::default() }).await?;
+        c.routing.delete_next_hops(pb::DeleteNextHopsRequest { ids: vec![1], ..Default::default() }).await?;
         for name in [ri, RO] {
             c.interfaces.delete_interface(pb::DeleteInterfaceRequest { name: name.into() }).await?;
         }

@@ -474,7 +474,7 @@ pub async fn program_router(topo: &Topology, client: &mut controller_client::Cli
         encap_nexthop(2, &topo.r0, &topo.h1.mac("eth0")?),
         receive,
     ];
-    client.routing.add_next_hops(pb::AddNextHopsRequest { next_hops, replace: false }).await?;
+    client.routing.add_next_hops(pb::AddNextHopsRequest { next_hops, replace: false, ..Default::default() }).await?;
     let routes = [
         ("198.51.100.0/24".to_owned(), 1),
         ("2001:db8:2::/64".to_owned(), 1),
@@ -487,7 +487,7 @@ pub async fn program_router(topo: &Topology, client: &mut controller_client::Cli
     ]
     .map(|(prefix, next_hop)| pb::Route { vrf: 0, prefix, next_hop })
     .to_vec();
-    client.routing.add_routes(pb::AddRoutesRequest { routes, replace: false }).await?;
+    client.routing.add_routes(pb::AddRoutesRequest { routes, replace: false, ..Default::default() }).await?;
     Ok(())
 }
 
@@ -504,10 +504,11 @@ pub async fn server_forwarding_via_lo(prefix: &str) -> Result<(Netns, Server, co
         .add_next_hops(pb::AddNextHopsRequest {
             next_hops: vec![encap_nexthop(1, "lo", "02:00:00:00:00:01")],
             replace: false,
+            ..Default::default()
         })
         .await?;
     let routes = ["0.0.0.0/0", "::/0"].map(|p| pb::Route { vrf: 0, prefix: p.into(), next_hop: 1 }).to_vec();
-    c.routing.add_routes(pb::AddRoutesRequest { routes, replace: false }).await?;
+    c.routing.add_routes(pb::AddRoutesRequest { routes, replace: false, ..Default::default() }).await?;
     Ok((ns, server, c))
 }
 

@@ -292,8 +292,8 @@ async fn routes_sigkill_during_200k_add_and_50k_delete_batch_whole_or_absent() {
     // ~200,000 routes: 98,112 IPv4 (64 VRFs) and 100,000 IPv6.
     let big = routes(ROUTE_VRFS, 100_000);
     let total = big.len();
-    let add = pb::AddRoutesRequest { routes: big.clone(), replace: true };
-    let del_all = pb::DeleteRoutesRequest { routes: big };
+    let add = pb::AddRoutesRequest { routes: big.clone(), replace: true, ..Default::default() };
+    let del_all = pb::DeleteRoutesRequest { routes: big, ..Default::default() };
     let t = Instant::now();
     c.routing.add_routes(add.clone()).await.unwrap();
     let d_add = t.elapsed();
@@ -332,8 +332,8 @@ async fn routes_sigkill_during_200k_add_and_50k_delete_batch_whole_or_absent() {
     // DeleteRoutes of ~50,000 (24,528 IPv4 in 16 VRFs, 25,000 IPv6), from present.
     let some = routes((ROUTE_VRFS.0, ROUTE_VRFS.0 + DELETE_VRFS), 25_000);
     let total = some.len();
-    let add = pb::AddRoutesRequest { routes: some.clone(), replace: false };
-    let del = pb::DeleteRoutesRequest { routes: some };
+    let add = pb::AddRoutesRequest { routes: some.clone(), replace: false, ..Default::default() };
+    let del = pb::DeleteRoutesRequest { routes: some, ..Default::default() };
     let mut c = rig.client().await;
     c.routing.add_routes(add.clone()).await.unwrap();
     let t = Instant::now();
@@ -390,8 +390,8 @@ fn big_nexthops(rig: &Rig) -> Vec<pb::NextHop> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nexthops_sigkill_during_add_and_delete_of_2500_batch_whole_or_absent() {
     let mut rig = Rig::new().await;
-    let add = pb::AddNextHopsRequest { next_hops: big_nexthops(&rig), replace: true };
-    let del = pb::DeleteNextHopsRequest { ids: (1000..1000 + NEXT_HOPS).collect() };
+    let add = pb::AddNextHopsRequest { next_hops: big_nexthops(&rig), replace: true, ..Default::default() };
+    let del = pb::DeleteNextHopsRequest { ids: (1000..1000 + NEXT_HOPS).collect(), ..Default::default() };
     let mut c = rig.client().await;
     let t = Instant::now();
     c.routing.add_next_hops(add.clone()).await.unwrap();

@@ -67,7 +67,7 @@ fn prepare_extra(topo: &Topology) {
 async fn assert_new_routes_forward(topo: &Topology, c: &mut Client, when: &str) {
     let routes =
         ["203.0.113.0/24", "2001:db8:3::/64"].map(|p| pb::Route { vrf: 0, prefix: p.into(), next_hop: 1 }).to_vec();
-    c.routing.add_routes(pb::AddRoutesRequest { routes, replace: false }).await.unwrap();
+    c.routing.add_routes(pb::AddRoutesRequest { routes, replace: false, ..Default::default() }).await.unwrap();
     for dst in [EXTRA4, EXTRA6] {
         if let Err(e) = ping(topo, dst) {
             panic!("{when}: a route added now does not forward to {dst}: {e}");

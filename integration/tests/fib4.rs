@@ -54,7 +54,11 @@ async fn setup(client: &mut Client) {
     client.interfaces.add_interface(pb::AddInterfaceRequest { name: "lo".into(), ..Default::default() }).await.unwrap();
     let next_hops =
         (1..=8).map(|id| integration::encap_nexthop(id, "lo", &format!("02:00:00:00:00:{id:02x}"))).collect();
-    client.routing.add_next_hops(pb::AddNextHopsRequest { next_hops, replace: false }).await.unwrap();
+    client
+        .routing
+        .add_next_hops(pb::AddNextHopsRequest { next_hops, replace: false, ..Default::default() })
+        .await
+        .unwrap();
 }
 
 /// Random prefixes of every length 0..=32 under a few /8s, so that short and long ones nest at
@@ -85,14 +89,14 @@ fn probes(rng: &mut Rng, t: &Table, n: usize) -> Vec<u32> {
 async fn add(client: &mut Client, vrf: u32, routes: &[((u32, u8), u32)], replace: bool) {
     for chunk in routes.chunks(5000) {
         let routes = chunk.iter().map(|(p, nh)| pb::Route { vrf, prefix: prefix(*p), next_hop: *nh }).collect();
-        client.routing.add_routes(pb::AddRoutesRequest { routes, replace }).await.unwrap();
+        client.routing.add_routes(pb::AddRoutesRequest { routes, replace, ..Default::default() }).await.unwrap();
     }
 }
 
 async fn delete(client: &mut Client, vrf: u32, routes: &[(u32, u8)]) {
     for chunk in routes.chunks(5000) {
         let routes = chunk.iter().map(|p| pb::Route { vrf, prefix: prefix(*p), next_hop: 0 }).collect();
-        client.routing.delete_routes(pb::DeleteRoutesRequest { routes }).await.unwrap();
+        client.routing.delete_routes(pb::DeleteRoutesRequest { routes, ..Default::default() }).await.unwrap();
     }
 }
 

@@ -267,11 +267,15 @@ async fn flow_unanswered_holds_and_idle_flows_age_out_hold_cap_recovers() {
     let mut c = server.client().await.unwrap();
     c.interfaces.add_interface(pb::AddInterfaceRequest { name: "lo".into(), ..Default::default() }).await.unwrap();
     let nh = pb::NextHop { id: 1, kind: Some(pb::next_hop::Kind::Discard(pb::Discard {})), ..Default::default() };
-    c.routing.add_next_hops(pb::AddNextHopsRequest { next_hops: vec![nh], replace: false }).await.unwrap();
+    c.routing
+        .add_next_hops(pb::AddNextHopsRequest { next_hops: vec![nh], replace: false, ..Default::default() })
+        .await
+        .unwrap();
     c.routing
         .add_routes(pb::AddRoutesRequest {
             routes: vec![pb::Route { vrf: 0, prefix: "0.0.0.0/0".into(), next_hop: 1 }],
             replace: false,
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -323,7 +327,10 @@ async fn flow_table_overfilled_lru_evicts_and_forwarding_goes_on() {
         .await
         .unwrap();
     let nh2 = integration::encap_nexthop(2, "lo", "02:00:00:00:00:02");
-    c.routing.add_next_hops(pb::AddNextHopsRequest { next_hops: vec![nh2], replace: false }).await.unwrap();
+    c.routing
+        .add_next_hops(pb::AddNextHopsRequest { next_hops: vec![nh2], replace: false, ..Default::default() })
+        .await
+        .unwrap();
     let key = |n: u32| pb::FlowKey {
         vrf: 0,
         src: "192.0.2.10".into(),

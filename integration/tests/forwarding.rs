@@ -100,7 +100,11 @@ async fn tc_egress_router_originated_traffic_gets_next_hop_mac() {
 
     client
         .routing
-        .add_routes(pb::AddRoutesRequest { routes: vec![route("203.0.113.0/24", 1)], replace: false })
+        .add_routes(pb::AddRoutesRequest {
+            routes: vec![route("203.0.113.0/24", 1)],
+            replace: false,
+            ..Default::default()
+        })
         .await
         .unwrap();
     let out = topo.rtr.exec("ping", &["-c", "3", "-i", "0.1", "-W", "2", "203.0.113.2"]).unwrap();

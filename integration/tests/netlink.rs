@@ -317,11 +317,15 @@ async fn gateway_nexthop_unresolved_goes_via_stack_then_xdp_forwards_and_follows
     }
     let next_hops =
         vec![gateway_nexthop(1, &topo.r1, H2_ADDR), encap_nexthop(2, &topo.r0, &topo.h1.mac("eth0").unwrap())];
-    client.routing.add_next_hops(pb::AddNextHopsRequest { next_hops, replace: false }).await.unwrap();
+    client
+        .routing
+        .add_next_hops(pb::AddNextHopsRequest { next_hops, replace: false, ..Default::default() })
+        .await
+        .unwrap();
     let routes = [("198.51.100.0/24", 1), ("192.0.2.0/24", 2)]
         .map(|(p, nh)| pb::Route { vrf: 0, prefix: p.into(), next_hop: nh })
         .to_vec();
-    client.routing.add_routes(pb::AddRoutesRequest { routes, replace: false }).await.unwrap();
+    client.routing.add_routes(pb::AddRoutesRequest { routes, replace: false, ..Default::default() }).await.unwrap();
 
     let nh = nexthop(&mut client, 1).await;
     assert_eq!((nh.state(), nh.resolved_mac.as_str()), (pb::NextHopState::Unresolved, ""), "{nh:?}");
@@ -389,11 +393,15 @@ async fn gateway_nexthop_kernel_forwarding_off_resolved_by_managed_neighbour() {
         gateway_nexthop(2, &topo.r0, H1_ADDR),
         gateway_nexthop(3, &topo.r1, H2_ADDR6),
     ];
-    client.routing.add_next_hops(pb::AddNextHopsRequest { next_hops, replace: false }).await.unwrap();
+    client
+        .routing
+        .add_next_hops(pb::AddNextHopsRequest { next_hops, replace: false, ..Default::default() })
+        .await
+        .unwrap();
     let routes = [("198.51.100.0/24", 1), ("192.0.2.0/24", 2), ("2001:db8:2::/64", 3)]
         .map(|(p, nh)| pb::Route { vrf: 0, prefix: p.into(), next_hop: nh })
         .to_vec();
-    client.routing.add_routes(pb::AddRoutesRequest { routes, replace: false }).await.unwrap();
+    client.routing.add_routes(pb::AddRoutesRequest { routes, replace: false, ..Default::default() }).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(3);
     for id in [1, 2, 3] {
         loop {
@@ -415,8 +423,12 @@ async fn gateway_nexthop_kernel_forwarding_off_resolved_by_managed_neighbour() {
     let routes = ["198.51.100.0/24", "192.0.2.0/24", "2001:db8:2::/64"]
         .map(|p| pb::Route { vrf: 0, prefix: p.into(), next_hop: 0 })
         .to_vec();
-    client.routing.delete_routes(pb::DeleteRoutesRequest { routes }).await.unwrap();
-    client.routing.delete_next_hops(pb::DeleteNextHopsRequest { ids: vec![1, 2, 3] }).await.unwrap();
+    client.routing.delete_routes(pb::DeleteRoutesRequest { routes, ..Default::default() }).await.unwrap();
+    client
+        .routing
+        .delete_next_hops(pb::DeleteNextHopsRequest { ids: vec![1, 2, 3], ..Default::default() })
+        .await
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(2);
     loop {
         let neigh = topo.rtr.exec("ip", &["neigh", "show", "dev", &topo.r1]).unwrap();
@@ -441,11 +453,16 @@ async fn owned_veth_deleted_removed_from_interfaces_event_emitted_nothing_leaks(
         .add_next_hops(pb::AddNextHopsRequest {
             next_hops: vec![encap_nexthop(1, &a, "02:00:00:00:00:05")],
             replace: false,
+            ..Default::default()
         })
         .await
         .unwrap();
     let route = pb::Route { vrf: 0, prefix: "203.0.113.0/24".into(), next_hop: 1 };
-    client.routing.add_routes(pb::AddRoutesRequest { routes: vec![route], replace: false }).await.unwrap();
+    client
+        .routing
+        .add_routes(pb::AddRoutesRequest { routes: vec![route], replace: false, ..Default::default() })
+        .await
+        .unwrap();
     let status = client.system.get_status(pb::GetStatusRequest {}).await.unwrap().into_inner();
     let generation = status.generation;
     assert_eq!(status.attachments.len(), 2, "XDP and TC: {:?}", status.attachments);
@@ -519,7 +536,11 @@ async fn kernel_fib_vrf_ping_and_iperf3_cross_by_ip_routes_only_forwarded_by_xdp
     }
     // Routes of a kernel-FIB VRF come from the kernel only.
     let bad = pb::Route { vrf: 1, prefix: "198.18.0.0/15".into(), next_hop: 1 };
-    let e = client.routing.add_routes(pb::AddRoutesRequest { routes: vec![bad], replace: false }).await.unwrap_err();
+    let e = client
+        .routing
+        .add_routes(pb::AddRoutesRequest { routes: vec![bad], replace: false, ..Default::default() })
+        .await
+        .unwrap_err();
     assert!(e.code() == tonic::Code::FailedPrecondition && e.message().starts_with("routes[0].vrf:"), "{e:?}");
     let vrfs = client.routing.list_vrfs(pb::ListVrfsRequest {}).await.unwrap().into_inner().vrfs;
     assert!(vrfs.iter().any(|v| v.id == 1 && v.mode() == pb::VrfMode::KernelFib && v.interfaces == 2), "{vrfs:?}");

@@ -199,8 +199,11 @@ async fn server_sigkill_ten_times_under_traffic_zero_loss_state_and_ids_unchange
     // New RPCs work on the adopted state (and change the generation as usual).
     let mut c = server.client().await.unwrap();
     let r = pb::Route { vrf: 0, prefix: "198.18.0.0/15".into(), next_hop: 1 };
-    c.routing.add_routes(pb::AddRoutesRequest { routes: vec![r.clone()], replace: false }).await.unwrap();
-    c.routing.delete_routes(pb::DeleteRoutesRequest { routes: vec![r] }).await.unwrap();
+    c.routing
+        .add_routes(pb::AddRoutesRequest { routes: vec![r.clone()], replace: false, ..Default::default() })
+        .await
+        .unwrap();
+    c.routing.delete_routes(pb::DeleteRoutesRequest { routes: vec![r], ..Default::default() }).await.unwrap();
     let report = stream.stop().unwrap();
     assert_no_loss(report, "ten server crashes");
 }
@@ -254,7 +257,10 @@ async fn resync_replaying_half_the_routes_leaves_exactly_that_half_zero_loss_for
     // 256 more routes, /32s in 203.0.113.0/24, all towards h2; the stream's is among those kept.
     let extra: Vec<pb::Route> =
         (0..=255u32).map(|i| pb::Route { vrf: 0, prefix: format!("203.0.113.{i}/32"), next_hop: 1 }).collect();
-    c.routing.add_routes(pb::AddRoutesRequest { routes: extra.clone(), replace: false }).await.unwrap();
+    c.routing
+        .add_routes(pb::AddRoutesRequest { routes: extra.clone(), replace: false, ..Default::default() })
+        .await
+        .unwrap();
     let stream = UdpStream::start(&topo.h1, &topo.h2, "203.0.113.2".parse().unwrap(), STREAM_PORT, STREAM_PPS).unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
 
@@ -271,7 +277,10 @@ async fn resync_replaying_half_the_routes_leaves_exactly_that_half_zero_loss_for
     // The controller replays everything but only the even half of the extra routes.
     program_router(&topo, &mut c).await.unwrap();
     let kept: Vec<pb::Route> = extra.iter().step_by(2).cloned().collect();
-    c.routing.add_routes(pb::AddRoutesRequest { routes: kept.clone(), replace: false }).await.unwrap();
+    c.routing
+        .add_routes(pb::AddRoutesRequest { routes: kept.clone(), replace: false, ..Default::default() })
+        .await
+        .unwrap();
     let end = c.system.end_resync(pb::EndResyncRequest {}).await.unwrap().into_inner();
     assert_eq!((end.routes, end.next_hops, end.interfaces), (128, 0, 0), "{end:?}");
     let mut after = Vec::new();

@@ -28,7 +28,11 @@ async fn nexthops(client: &mut Client) {
             ..Default::default()
         })
         .collect();
-    client.routing.add_next_hops(pb::AddNextHopsRequest { next_hops, replace: false }).await.unwrap();
+    client
+        .routing
+        .add_next_hops(pb::AddNextHopsRequest { next_hops, replace: false, ..Default::default() })
+        .await
+        .unwrap();
 }
 
 async fn lookup(client: &mut Client, addr: &str) -> Option<(String, u32)> {
@@ -74,7 +78,7 @@ async fn add_routes_100k_one_batch_lookups_correct_bad_batch_changes_nothing() {
         .map(|(&(a, l), &nh)| pb::Route { vrf: 0, prefix: format!("{}/{l}", Ipv4Addr::from(a)), next_hop: nh })
         .collect();
     let t = std::time::Instant::now();
-    client.routing.add_routes(pb::AddRoutesRequest { routes, replace: false }).await.unwrap();
+    client.routing.add_routes(pb::AddRoutesRequest { routes, replace: false, ..Default::default() }).await.unwrap();
     eprintln!("100,000 routes in one batch: {:?}", t.elapsed());
     assert_eq!(count_routes(&mut client).await, 100_000);
 
@@ -105,7 +109,11 @@ async fn add_routes_100k_one_batch_lookups_correct_bad_batch_changes_nothing() {
         })
         .collect();
     bad.push(pb::Route { vrf: 0, prefix: "198.51.100.7/24".into(), next_hop: 1 });
-    let e = client.routing.add_routes(pb::AddRoutesRequest { routes: bad.clone(), replace: false }).await.unwrap_err();
+    let e = client
+        .routing
+        .add_routes(pb::AddRoutesRequest { routes: bad.clone(), replace: false, ..Default::default() })
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
     assert!(e.message().starts_with("routes[1000].prefix:"), "{e:?}");
     assert_eq!(count_routes(&mut client).await, 100_000);
@@ -113,7 +121,11 @@ async fn add_routes_100k_one_batch_lookups_correct_bad_batch_changes_nothing() {
     // Unknown next hop in the middle: NOT_FOUND, still nothing installed.
     bad.pop();
     bad[500].next_hop = 99;
-    let e = client.routing.add_routes(pb::AddRoutesRequest { routes: bad, replace: false }).await.unwrap_err();
+    let e = client
+        .routing
+        .add_routes(pb::AddRoutesRequest { routes: bad, replace: false, ..Default::default() })
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
     assert!(e.message().starts_with("routes[500].next_hop:"), "{e:?}");
     assert_eq!(count_routes(&mut client).await, 100_000);
@@ -174,7 +186,11 @@ async fn lookup_route_random_overlapping_prefixes_agrees_with_kernel_fib() {
         routes.push(pb::Route { vrf: 0, prefix: p, next_hop: 1 + (i % 8) as u32 });
     }
     ip_batch(&fib, &script);
-    client.routing.add_routes(pb::AddRoutesRequest { routes: routes.clone(), replace: false }).await.unwrap();
+    client
+        .routing
+        .add_routes(pb::AddRoutesRequest { routes: routes.clone(), replace: false, ..Default::default() })
+        .await
+        .unwrap();
 
     // Random addresses, half of them inside installed prefixes, half anywhere in the space.
     let v4k: Vec<_> = v4.iter().copied().collect();
@@ -274,5 +290,9 @@ async fn encap_nexthops_via_lo(client: &mut Client) {
             ..Default::default()
         })
         .collect();
-    client.routing.add_next_hops(pb::AddNextHopsRequest { next_hops, replace: false }).await.unwrap();
+    client
+        .routing
+        .add_next_hops(pb::AddNextHopsRequest { next_hops, replace: false, ..Default::default() })
+        .await
+        .unwrap();
 }

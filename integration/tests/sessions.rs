@@ -433,9 +433,9 @@ async fn session_unanswered_miss_dropped_after_hold_timeout_and_counted() {
     let mut c = server.client().await.unwrap();
     c.interfaces.add_interface(pb::AddInterfaceRequest { name: "lo".into(), ..Default::default() }).await.unwrap();
     let nh = encap_nexthop(1, "lo", "02:00:00:00:00:01");
-    c.routing.add_next_hops(pb::AddNextHopsRequest { next_hops: vec![nh], replace: false }).await.unwrap();
+    c.routing.add_next_hops(pb::AddNextHopsRequest { next_hops: vec![nh], ..Default::default() }).await.unwrap();
     let route = pb::Route { vrf: 0, prefix: "0.0.0.0/0".into(), next_hop: 1 };
-    c.routing.add_routes(pb::AddRoutesRequest { routes: vec![route], replace: false }).await.unwrap();
+    c.routing.add_routes(pb::AddRoutesRequest { routes: vec![route], ..Default::default() }).await.unwrap();
     c.flows
         .set_flow_mode(pb::SetFlowModeRequest { interface: "lo".into(), enabled: true, ..Default::default() })
         .await

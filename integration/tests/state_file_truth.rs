@@ -128,9 +128,12 @@ async fn restart_state_file_stale_keeps_what_came_after_it_forwarding() {
     let stale = std::fs::read(&server.state_file).unwrap();
     // After the copy: a next hop and a route through it, which only the kernel will know.
     let nh = encap_nexthop(40, &topo.r1, &topo.h2.mac("eth0").unwrap());
-    c.routing.add_next_hops(pb::AddNextHopsRequest { next_hops: vec![nh], replace: false }).await.unwrap();
+    c.routing
+        .add_next_hops(pb::AddNextHopsRequest { next_hops: vec![nh], replace: false, ..Default::default() })
+        .await
+        .unwrap();
     let r = pb::Route { vrf: 0, prefix: "2001:db8:99::/64".into(), next_hop: 40 };
-    c.routing.add_routes(pb::AddRoutesRequest { routes: vec![r], replace: false }).await.unwrap();
+    c.routing.add_routes(pb::AddRoutesRequest { routes: vec![r], replace: false, ..Default::default() }).await.unwrap();
     let ping99 = |what: &str| {
         topo.h1
             .exec("ping", &["-6", "-c", "3", "-i", "0.1", "-W", "2", "-q", "2001:db8:99::2"])

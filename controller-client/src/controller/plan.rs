@@ -87,7 +87,7 @@ fn add_next_hops<'a>(items: impl Iterator<Item = (u32, &'a pb::next_hop::Kind)>,
                 .into_iter()
                 .map(|(id, k)| pb::NextHop { id, kind: Some(k.clone()), ..Default::default() })
                 .collect();
-            out.push(Step::AddNextHops(pb::AddNextHopsRequest { next_hops, replace }));
+            out.push(Step::AddNextHops(pb::AddNextHopsRequest { next_hops, replace, ..Default::default() }));
         }
     }
 }
@@ -98,7 +98,7 @@ fn route(vrf: u32, prefix: &crate::yaml_fields::Cidr, next_hop: u32) -> pb::Rout
 
 fn add_routes(routes: Vec<pb::Route>, replace: bool, out: &mut Vec<Step>) {
     for chunk in routes.chunks(ROUTE_CHUNK) {
-        out.push(Step::AddRoutes(pb::AddRoutesRequest { routes: chunk.to_vec(), replace }));
+        out.push(Step::AddRoutes(pb::AddRoutesRequest { routes: chunk.to_vec(), replace, ..Default::default() }));
     }
 }
 

@@ -405,9 +405,13 @@ pub async fn execute(client: &mut Client, step: &Step) -> Result<u64, SessionErr
         Step::AddInterface(r) => call!(interfaces.add_interface(r)),
         Step::DeleteInterface(n) => call!(interfaces.delete_interface(pb::DeleteInterfaceRequest { name: n })),
         Step::AddNextHops(r) => call!(routing.add_next_hops(r)),
-        Step::DeleteNextHops(ids) => call!(routing.delete_next_hops(pb::DeleteNextHopsRequest { ids })),
+        Step::DeleteNextHops(ids) => {
+            call!(routing.delete_next_hops(pb::DeleteNextHopsRequest { ids, ..Default::default() }))
+        }
         Step::AddRoutes(r) => call!(routing.add_routes(r)),
-        Step::DeleteRoutes(routes) => call!(routing.delete_routes(pb::DeleteRoutesRequest { routes })),
+        Step::DeleteRoutes(routes) => {
+            call!(routing.delete_routes(pb::DeleteRoutesRequest { routes, ..Default::default() }))
+        }
         Step::PutPolicy(r) => call!(policy.put_policy(r)),
         Step::DeletePolicy(n) => call!(policy.delete_policy(pb::DeletePolicyRequest { name: n })),
         Step::AttachPolicy(r) => call!(policy.attach_policy(r)),

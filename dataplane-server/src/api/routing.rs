@@ -8,8 +8,8 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     domain::{
-        Dataplane, Domain, DomainError, InterfaceName, Ipv4Lookup, NewNextHop, NextHopSpec, NextHopState, NextHopView,
-        OnExisting, RouteSpec, VrfMode,
+        Atomicity, Dataplane, Domain, DomainError, InterfaceName, Ipv4Lookup, NewNextHop, NextHopSpec, NextHopState,
+        NextHopView, OnExisting, RouteSpec, VrfMode,
     },
     net::{parse_addr, Mac, Prefix},
 };
@@ -84,14 +84,13 @@ impl<D: Dataplane> pb::routing_server::Routing for RoutingService<D> {
         req: Request<pb::AddNextHopsRequest>,
     ) -> Result<Response<pb::AddNextHopsResponse>, Status> {
         let req = req.into_inner();
-        let on_existing = on_existing(req.replace);
+        let (on_existing, atomicity) = (on_existing(req.replace), atomicity(req.atomicity)?);
         let batch = req
             .next_hops
             .into_iter()
             .enumerate()
-            .map(|(i, n)| decode_nexthop(n).map_err(|e| e.at(format!("next_hops[{i}]"))))
-            .collect::<Result<Vec<_>, _>>()?;
-        let generation = self.domain.add_nexthops_with(batch, on_existing)?;
+            .map(|(i, n)| decode_nexthop(n).map_err(|e| e.at(format!("next_hops[{i}]"))));
+        let generation = self.domain.add_nexthops_each(batch, on_existing, atomicity)?;
         Ok(Response::new(pb::AddNextHopsResponse { generation }))
     }
 
@@ -99,7 +98,8 @@ impl<D: Dataplane> pb::routing_server::Routing for RoutingService<D> {
         &self,
         req: Request<pb::DeleteNextHopsRequest>,
     ) -> Result<Response<pb::DeleteNextHopsResponse>, Status> {
-        let generation = self.domain.delete_nexthops(&req.into_inner().ids)?;
+        let req = req.into_inner();
+        let generation = self.domain.delete_nexthops_each(&req.ids, atomicity(req.atomicity)?)?;
         Ok(Response::new(pb::DeleteNextHopsResponse { generation }))
     }
 
@@ -113,17 +113,13 @@ impl<D: Dataplane> pb::routing_server::Routing for RoutingService<D> {
 
     async fn add_routes(&self, req: Request<pb::AddRoutesRequest>) -> Result<Response<pb::AddRoutesResponse>, Status> {
         let req = req.into_inner();
-        let on_existing = on_existing(req.replace);
-        let batch = req
-            .routes
-            .into_iter()
-            .enumerate()
-            .map(|(i, r)| {
-                let prefix = parse_prefix_at(i, &r.prefix)?;
-                Ok(RouteSpec { vrf: r.vrf, prefix, nexthop: r.next_hop })
-            })
-            .collect::<Result<Vec<_>, DomainError>>()?;
-        let generation = self.domain.add_routes_with(batch, on_existing)?;
+        let (on_existing, atomicity) = (on_existing(req.replace), atomicity(req.atomicity)?);
+        // Decoded as the domain checks them: no copy of the batch in between.
+        let batch = req.routes.into_iter().enumerate().map(|(i, r)| {
+            let prefix = parse_prefix_at(i, &r.prefix)?;
+            Ok(RouteSpec { vrf: r.vrf, prefix, nexthop: r.next_hop })
+        });
+        let generation = self.domain.add_routes_each(batch, on_existing, atomicity)?;
         Ok(Response::new(pb::AddRoutesResponse { generation }))
     }
 
@@ -131,14 +127,10 @@ impl<D: Dataplane> pb::routing_server::Routing for RoutingService<D> {
         &self,
         req: Request<pb::DeleteRoutesRequest>,
     ) -> Result<Response<pb::DeleteRoutesResponse>, Status> {
-        let batch = req
-            .into_inner()
-            .routes
-            .into_iter()
-            .enumerate()
-            .map(|(i, r)| Ok((r.vrf, parse_prefix_at(i, &r.prefix)?)))
-            .collect::<Result<Vec<_>, DomainError>>()?;
-        let generation = self.domain.delete_routes(&batch)?;
+        let req = req.into_inner();
+        let atomicity = atomicity(req.atomicity)?;
+        let batch = req.routes.into_iter().enumerate().map(|(i, r)| Ok((r.vrf, parse_prefix_at(i, &r.prefix)?)));
+        let generation = self.domain.delete_routes_each(batch, atomicity)?;
         Ok(Response::new(pb::DeleteRoutesResponse { generation }))
     }
 
@@ -247,6 +239,15 @@ fn encode_nexthop(v: NextHopView) -> pb::NextHop {
 
 fn encode_route(r: &RouteSpec) -> pb::Route {
     pb::Route { vrf: r.vrf, prefix: r.prefix.to_string(), next_hop: r.nexthop }
+}
+
+/// A request's `atomicity` as the domain takes it.
+fn atomicity(value: i32) -> Result<Atomicity, DomainError> {
+    match pb::Atomicity::try_from(value) {
+        Ok(pb::Atomicity::Unspecified | pb::Atomicity::AllOrNothing) => Ok(Atomicity::AllOrNothing),
+        Ok(pb::Atomicity::ContinueOnError) => Ok(Atomicity::ContinueOnError),
+        Err(_) => Err(DomainError::invalid("atomicity", format!("unknown atomicity {value}"))),
+    }
 }
 
 /// The request's `replace` flag as the domain takes it.

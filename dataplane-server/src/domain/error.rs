@@ -20,6 +20,10 @@ pub enum DomainError {
     /// The caller is not the controller allowed to write (arbitration).
     #[error("{0}")]
     PermissionDenied(String),
+    /// An ECMP group names a member that an earlier entry of its batch was to add, and that
+    /// entry failed: the member does not exist, as if the group came alone after that batch.
+    #[error("next hop {member} not found: its entry {entry} failed")]
+    MemberFailed { member: u32, entry: String },
     /// Another error about one item of a request: `field` names it (`routes[3].next_hop`).
     #[error("{field}: {source}")]
     At {
@@ -49,7 +53,7 @@ impl DomainError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             Self::InvalidArgument { .. } => ErrorKind::InvalidArgument,
-            Self::NotFound { .. } => ErrorKind::NotFound,
+            Self::NotFound { .. } | Self::MemberFailed { .. } => ErrorKind::NotFound,
             Self::AlreadyExists { .. } => ErrorKind::AlreadyExists,
             Self::Exhausted { .. } => ErrorKind::Exhausted,
             Self::FailedPrecondition(_) => ErrorKind::FailedPrecondition,

@@ -3,6 +3,9 @@
 //! be unit-tested against an in-memory fake.
 
 pub mod arbitration;
+mod batch;
+#[cfg(test)]
+mod batch_tests;
 mod classifier;
 mod error;
 #[cfg(test)]
@@ -32,6 +35,7 @@ use std::{
 /// The kernel seam's vocabulary the API speaks too (the domain's views and requests carry these),
 /// re-exported so that `api/` depends on the domain alone.
 pub use crate::dataplane::{Dataplane, FlowKey, FlowMiss, Hook, ProgramStatus, XdpMode};
+pub use batch::{Atomicity, BatchError, Entry, EntryError};
 pub use error::{DomainError, ErrorKind};
 pub use fib4::Lookup as Ipv4Lookup;
 pub use flows::{

@@ -1,17 +1,20 @@
 //! Next hops: ids chosen by the controller, each stored at a slot the domain allocates (a dense
 //! array index for the XDP program). Referential integrity is kept here: a next hop cannot go
-//! while routes or ECMP groups use it, and an ENCAP next hop keeps its interface attached.
+//! while routes or ECMP groups use it, and an ENCAP next hop keeps its interface attached. Within
+//! a batch too: an ECMP group fails with its member's failed entry, and a member stays with its
+//! group (see `batch`).
 
 pub(super) mod restore;
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     net::IpAddr,
 };
 
 use dataplane_common::{route::ECMP_MAX, NextHopStats};
 
 use super::{
+    batch::{Atomicity, BatchError, Entry, Failures},
     txn::{KernelOp, Write},
     Domain, DomainError, InterfaceName, NeighbourRequest, OnExisting, State,
 };
@@ -110,10 +113,27 @@ impl<D: Dataplane> Domain<D> {
     /// hop that exists already is kept, or rewritten in place (same slot) if its spec changed.
     /// A batch that writes nothing leaves the generation alone.
     pub fn add_nexthops_with(&self, batch: Vec<NewNextHop>, on_existing: OnExisting) -> Result<u64, DomainError> {
+        self.add_nexthops_each(batch.into_iter().map(Ok), on_existing, Atomicity::AllOrNothing)
+            .map_err(BatchError::into_first)
+    }
+
+    /// [`Self::add_nexthops_with`], each entry checked on its own: every failed entry is
+    /// reported, and with [`Atomicity::ContinueOnError`] the valid ones are applied (as one
+    /// batch). An ECMP group whose member of the same batch failed fails too.
+    pub fn add_nexthops_each(
+        &self,
+        batch: impl IntoIterator<Item = Entry<NewNextHop>>,
+        on_existing: OnExisting,
+        atomicity: Atomicity,
+    ) -> Result<u64, BatchError> {
         let mut state = self.lock();
         // A resync replays what the controller had: every batch replaces then.
         let on_existing = if state.resync.is_some() { OnExisting::Replace } else { on_existing };
-        let mut plan = plan_add(&mut state, batch, on_existing)?;
+        let mut failures = Failures::new(atomicity);
+        let checked = check_add(&state, batch, on_existing, &mut failures);
+        let applied = checked.fresh.len() + checked.replays.len();
+        failures.stop(applied, state.generation)?;
+        let mut plan = plan_add(&mut state, checked)?;
         let changed = !plan.writes.is_empty();
         // Held until the batch committed (past `bump`).
         let _intent = match self.apply_logged(&state, std::mem::take(&mut plan.writes)) {
@@ -123,7 +143,7 @@ impl<D: Dataplane> Domain<D> {
                 for (_, slot) in plan.fresh.iter().rev() {
                     state.nh_slots.free(*slot);
                 }
-                return Err(e);
+                return Err(e.into());
             }
         };
         for (nh, slot) in &plan.fresh {
@@ -148,7 +168,7 @@ impl<D: Dataplane> Domain<D> {
         if changed {
             self.bump(&mut state);
         }
-        Ok(state.generation)
+        failures.finish(applied, state.generation)
     }
 
     /// The kernel's neighbour entry for `address` on `ifindex` is now `mac` (`None`: not
@@ -236,40 +256,22 @@ impl<D: Dataplane> Domain<D> {
 
     /// Deletes next hops, all or nothing.
     pub fn delete_nexthops(&self, ids: &[u32]) -> Result<u64, DomainError> {
+        self.delete_nexthops_each(ids, Atomicity::AllOrNothing).map_err(BatchError::into_first)
+    }
+
+    /// [`Self::delete_nexthops`], each entry checked on its own (see [`Self::add_nexthops_each`]).
+    /// A member of an ECMP group stays if the group does (its own delete failed).
+    pub fn delete_nexthops_each(&self, ids: &[u32], atomicity: Atomicity) -> Result<u64, BatchError> {
         let mut state = self.lock();
-        let doomed: BTreeSet<u32> = ids.iter().copied().collect();
-        // Member -> the first group (by id) that stays and uses it: found once, not per id (a
-        // batch of 20,000 took minutes).
-        let mut users: HashMap<u32, u32> = HashMap::new();
-        for (gid, g) in &state.nexthops {
-            if let (NextHopSpec::Ecmp { members }, false) = (&g.spec, doomed.contains(gid)) {
-                for m in members {
-                    users.entry(*m).or_insert(*gid);
-                }
-            }
-        }
-        let mut seen = HashSet::with_capacity(ids.len());
-        for (i, id) in ids.iter().enumerate() {
-            let field = format!("ids[{i}]");
-            let e = state.nexthops.get(id).ok_or_else(|| not_found(*id).at(&field))?;
-            if !seen.insert(*id) {
-                return Err(DomainError::invalid(field, format!("next hop {id} listed twice")));
-            }
-            if e.routes > 0 {
-                return Err(DomainError::FailedPrecondition(format!("next hop {id} is used by {} route(s)", e.routes))
-                    .at(field));
-            }
-            if let Some(gid) = users.get(id) {
-                return Err(
-                    DomainError::FailedPrecondition(format!("next hop {id} is a member of ECMP group {gid}")).at(field)
-                );
-            }
-        }
+        let mut failures = Failures::new(atomicity);
+        let (ids, index) = check_deletes(&state, ids, &mut failures);
+        failures.stop(ids.len(), state.generation)?;
+        let ids = &ids[..];
         // Flows through the cleared slots would forward wherever their next user sends: they go
         // first, with the batch.
         let slots: HashSet<u32> = ids.iter().map(|id| state.nexthops[id].slot).collect();
         let (mut writes, purged) = self.purge_flows_via(&slots)?;
-        writes.extend(ids.iter().enumerate().map(|(i, id)| Write {
+        writes.extend(ids.iter().zip(&index).map(|(id, i)| Write {
             op: KernelOp::ClearNextHop(state.nexthops[id].slot),
             undo: vec![current(&state, *id)],
             at: Some(format!("ids[{i}]")),
@@ -294,7 +296,7 @@ impl<D: Dataplane> Domain<D> {
         drop(intent);
         drop(state);
         self.announce(purged);
-        Ok(generation)
+        failures.finish(ids.len(), generation)
     }
 
     pub fn list_nexthops(&self) -> Result<Vec<NextHopView>, DomainError> {
@@ -357,54 +359,108 @@ struct AddPlan {
     writes: Vec<Write>,
 }
 
-/// Validates an `AddNextHops` batch and computes its writes; with [`OnExisting::Replace`] a next
-/// hop that exists already is a replay. Only the new next hops' slots are taken from the state (given back by
-/// the caller if the batch fails).
-fn plan_add(state: &mut State, batch: Vec<NewNextHop>, on_existing: OnExisting) -> Result<AddPlan, DomainError> {
-    let mut replays = Vec::new();
-    let mut rewrites = Vec::new();
-    let mut fresh = Vec::new();
+/// The valid entries of an `AddNextHops` batch: new next hops (index in the request, the next
+/// hop, its kernel parameters with ECMP members still as ids), replays and their rewrites.
+struct CheckedAdd {
+    fresh: Vec<(usize, NewNextHop, NextHopParams)>,
+    replays: Vec<(NewNextHop, bool)>,
+    rewrites: Vec<Write>,
+}
+
+/// Checks each entry of an `AddNextHops` batch against the state and the entries before it;
+/// with [`OnExisting::Replace`] a next hop that exists already is a replay. The failed ones go to
+/// `failures`. Nothing is changed.
+fn check_add(
+    state: &State,
+    batch: impl IntoIterator<Item = Entry<NewNextHop>>,
+    on_existing: OnExisting,
+    failures: &mut Failures,
+) -> CheckedAdd {
+    let mut out = CheckedAdd { fresh: Vec::new(), replays: Vec::new(), rewrites: Vec::new() };
+    let mut batch_ids = BatchIds::default();
     for (i, nh) in batch.into_iter().enumerate() {
+        failures.entries += 1;
+        let nh = match nh {
+            Ok(nh) => nh,
+            Err(e) => {
+                failures.push(i, e);
+                continue;
+            }
+        };
         match state.nexthops.get(&nh.id) {
             Some(e) if on_existing == OnExisting::Replace => {
                 let rewritten = e.spec != nh.spec;
                 if rewritten {
                     let at = format!("next_hops[{i}]");
-                    let params = replacement(state, &nh).map_err(|e| e.at(&at))?;
-                    let op = KernelOp::SetNextHop { slot: e.slot, params, fresh: false };
-                    rewrites.push(Write { op, undo: vec![current(state, nh.id)], at: Some(at) });
+                    match replacement(state, &nh) {
+                        Ok(params) => {
+                            let op = KernelOp::SetNextHop { slot: e.slot, params, fresh: false };
+                            out.rewrites.push(Write { op, undo: vec![current(state, nh.id)], at: Some(at) });
+                        }
+                        Err(e) => {
+                            failures.push(i, e.at(at));
+                            continue;
+                        }
+                    }
                 }
-                replays.push((nh, rewritten));
+                out.replays.push((nh, rewritten));
             }
-            _ => fresh.push(nh),
+            _ => match check_fresh(state, i, &nh, &batch_ids) {
+                Ok(p) => {
+                    batch_ids.added.insert(nh.id, matches!(nh.spec, NextHopSpec::Ecmp { .. }));
+                    out.fresh.push((i, nh, p));
+                }
+                Err(e) => {
+                    batch_ids.failed.entry(nh.id).or_insert(i);
+                    failures.push(i, e);
+                }
+            },
         }
     }
-    let mut writes = Vec::new();
-    let slots = if fresh.is_empty() { Vec::new() } else { plan_fresh(state, &fresh, &mut writes)? };
-    writes.extend(rewrites);
-    Ok(AddPlan { fresh: fresh.into_iter().zip(slots).collect(), replays, writes })
+    out
 }
 
-/// Validates new next hops, allocates their slots and plans their writes (errors name them by
-/// their index among the new ones).
-fn plan_fresh(state: &mut State, batch: &[NewNextHop], writes: &mut Vec<Write>) -> Result<Vec<u32>, DomainError> {
-    let params = validate_add(state, batch)?;
+/// The new next hops of a batch so far: those that are valid (id -> is ECMP) and the ids of
+/// those that failed (id -> the entry's index).
+#[derive(Default)]
+struct BatchIds {
+    added: BTreeMap<u32, bool>,
+    failed: HashMap<u32, usize>,
+}
+
+/// Allocates the slots of a checked batch's new next hops and plans every write (new ones first,
+/// then the rewrites). The slots are taken from the state (given back by the caller if the
+/// batch fails).
+fn plan_add(state: &mut State, checked: CheckedAdd) -> Result<AddPlan, DomainError> {
+    let CheckedAdd { fresh, replays, rewrites } = checked;
+    let mut writes = Vec::with_capacity(fresh.len() + rewrites.len());
+    let slots = if fresh.is_empty() { Vec::new() } else { plan_fresh(state, &fresh, &mut writes)? };
+    writes.extend(rewrites);
+    Ok(AddPlan { fresh: fresh.into_iter().map(|(_, nh, _)| nh).zip(slots).collect(), replays, writes })
+}
+
+/// Allocates the slots of checked new next hops and plans their writes.
+fn plan_fresh(
+    state: &mut State,
+    batch: &[(usize, NewNextHop, NextHopParams)],
+    writes: &mut Vec<Write>,
+) -> Result<Vec<u32>, DomainError> {
     let free = state.nh_slots.capacity() - state.nh_slots.in_use();
     if batch.len() as u64 > u64::from(free) {
         return Err(DomainError::Exhausted { what: "next-hop slots", capacity: state.nh_slots.capacity() });
     }
     // Slots first, so ECMP groups can name members of the same batch by slot.
     let slots: Vec<u32> = batch.iter().map(|_| state.nh_slots.alloc().expect("checked free slots")).collect();
-    let mut slot_of: BTreeMap<u32, u32> = batch.iter().map(|n| n.id).zip(slots.iter().copied()).collect();
+    let mut slot_of: BTreeMap<u32, u32> = batch.iter().map(|(_, n, _)| n.id).zip(slots.iter().copied()).collect();
     for (id, e) in &state.nexthops {
         slot_of.insert(*id, e.slot);
     }
-    for (i, (p, &slot)) in params.into_iter().zip(&slots).enumerate() {
+    for ((i, _, p), &slot) in batch.iter().zip(&slots) {
         let params = match p {
             NextHopParams::Ecmp { members } => {
                 NextHopParams::Ecmp { members: members.iter().map(|id| slot_of[id]).collect() }
             }
-            other => other,
+            other => other.clone(),
         };
         let op = KernelOp::SetNextHop { slot, params, fresh: true };
         writes.push(Write { op, undo: vec![KernelOp::ClearNextHop(slot)], at: Some(format!("next_hops[{i}]")) });
@@ -457,51 +513,110 @@ fn replacement(state: &State, nh: &NewNextHop) -> Result<NextHopParams, DomainEr
     params(state, &nh.spec, |m| state.nexthops.get(&m).map(|x| x.slot)).map_err(|e| e.at(".encap.interface"))
 }
 
-/// Checks a batch against the state; returns kernel parameters with ECMP members still as ids.
-fn validate_add(state: &State, batch: &[NewNextHop]) -> Result<Vec<NextHopParams>, DomainError> {
-    let mut seen: BTreeMap<u32, bool> = BTreeMap::new(); // id -> is ECMP, for earlier batch items
-    let mut out = Vec::with_capacity(batch.len());
-    for (i, nh) in batch.iter().enumerate() {
-        let at = |f: &str| format!("next_hops[{i}]{f}");
-        if state.nexthops.contains_key(&nh.id) || seen.contains_key(&nh.id) {
-            return Err(DomainError::AlreadyExists { kind: "next hop", name: nh.id.to_string() }.at(at(".id")));
+/// Checks new next hop `i` against the state and the batch's entries before it; returns its
+/// kernel parameters with ECMP members still as ids.
+fn check_fresh(state: &State, i: usize, nh: &NewNextHop, batch: &BatchIds) -> Result<NextHopParams, DomainError> {
+    let at = |f: &str| format!("next_hops[{i}]{f}");
+    if state.nexthops.contains_key(&nh.id) || batch.added.contains_key(&nh.id) || batch.failed.contains_key(&nh.id) {
+        return Err(DomainError::AlreadyExists { kind: "next hop", name: nh.id.to_string() }.at(at(".id")));
+    }
+    if let NextHopSpec::Ecmp { members } = &nh.spec {
+        if members.is_empty() || members.len() > ECMP_MAX {
+            return Err(DomainError::invalid(
+                at(".ecmp.members"),
+                format!("1 to {ECMP_MAX} members, not {}", members.len()),
+            ));
         }
-        if let NextHopSpec::Ecmp { members } = &nh.spec {
-            if members.is_empty() || members.len() > ECMP_MAX {
+        for (j, m) in members.iter().enumerate() {
+            let is_ecmp = match (state.nexthops.get(m), batch.added.get(m)) {
+                (Some(e), _) => matches!(e.spec, NextHopSpec::Ecmp { .. }),
+                (None, Some(is_ecmp)) => *is_ecmp,
+                (None, None) => {
+                    let e = match batch.failed.get(m) {
+                        Some(&entry) => DomainError::MemberFailed { member: *m, entry: format!("next_hops[{entry}]") },
+                        None => not_found(*m),
+                    };
+                    return Err(e.at(at(&format!(".ecmp.members[{j}]"))));
+                }
+            };
+            if is_ecmp {
                 return Err(DomainError::invalid(
-                    at(".ecmp.members"),
-                    format!("1 to {ECMP_MAX} members, not {}", members.len()),
+                    at(&format!(".ecmp.members[{j}]")),
+                    format!("next hop {m} is itself an ECMP group"),
                 ));
             }
-            for (j, m) in members.iter().enumerate() {
-                let is_ecmp = match (state.nexthops.get(m), seen.get(m)) {
-                    (Some(e), _) => matches!(e.spec, NextHopSpec::Ecmp { .. }),
-                    (None, Some(is_ecmp)) => *is_ecmp,
-                    (None, None) => return Err(not_found(*m).at(at(&format!(".ecmp.members[{j}]")))),
-                };
-                if is_ecmp {
-                    return Err(DomainError::invalid(
-                        at(&format!(".ecmp.members[{j}]")),
-                        format!("next hop {m} is itself an ECMP group"),
-                    ));
-                }
-            }
         }
-        if let NextHopSpec::Gateway { gateway, .. } = &nh.spec {
-            let bad = gateway.is_unspecified()
-                || gateway.is_multicast()
-                || gateway.is_loopback()
-                || matches!(gateway, IpAddr::V4(a) if a.is_broadcast());
-            if bad {
-                return Err(DomainError::invalid(at(".encap.gateway"), format!("{gateway} is not a unicast address")));
-            }
-        }
-        // Slots of ECMP members are filled in once the batch has its slots; ids stand in here.
-        let p = params(state, &nh.spec, Some).map_err(|e| e.at(at(".encap.interface")))?;
-        seen.insert(nh.id, matches!(nh.spec, NextHopSpec::Ecmp { .. }));
-        out.push(p);
     }
-    Ok(out)
+    if let NextHopSpec::Gateway { gateway, .. } = &nh.spec {
+        let bad = gateway.is_unspecified()
+            || gateway.is_multicast()
+            || gateway.is_loopback()
+            || matches!(gateway, IpAddr::V4(a) if a.is_broadcast());
+        if bad {
+            return Err(DomainError::invalid(at(".encap.gateway"), format!("{gateway} is not a unicast address")));
+        }
+    }
+    // Slots of ECMP members are filled in once the batch has its slots; ids stand in here.
+    params(state, &nh.spec, Some).map_err(|e| e.at(at(".encap.interface")))
+}
+
+/// Checks each id of a `DeleteNextHops` batch: it exists, no earlier entry names it, no route
+/// uses it, and no ECMP group that stays (outside the batch, or whose own delete failed) has it
+/// as a member. The failed ones go to `failures`; returns the valid ids and each one's index in
+/// the request.
+fn check_deletes(state: &State, ids: &[u32], failures: &mut Failures) -> (Vec<u32>, Vec<usize>) {
+    failures.entries = ids.len();
+    // Id -> its first entry.
+    let mut seen: HashMap<u32, usize> = HashMap::with_capacity(ids.len());
+    let mut doomed: BTreeMap<u32, usize> = BTreeMap::new();
+    for (i, id) in ids.iter().enumerate() {
+        let field = || format!("ids[{i}]");
+        let Some(e) = state.nexthops.get(id) else {
+            failures.push(i, not_found(*id).at(field()));
+            continue;
+        };
+        if *seen.entry(*id).or_insert(i) != i {
+            failures.push(i, DomainError::invalid(field(), format!("next hop {id} listed twice")));
+        } else if e.routes > 0 {
+            let why = format!("next hop {id} is used by {} route(s)", e.routes);
+            failures.push(i, DomainError::FailedPrecondition(why).at(field()));
+        } else {
+            doomed.insert(*id, i);
+        }
+    }
+    // Member -> the first group (by id) that stays and uses it: found once, not per id (a
+    // batch of 20,000 took minutes). Groups are never members, so a member that stays keeps
+    // nothing else.
+    let mut users: HashMap<u32, u32> = HashMap::new();
+    for (gid, g) in &state.nexthops {
+        if let (NextHopSpec::Ecmp { members }, false) = (&g.spec, doomed.contains_key(gid)) {
+            for m in members {
+                users.entry(*m).or_insert(*gid);
+            }
+        }
+    }
+    let (mut valid, mut index) = (Vec::with_capacity(doomed.len()), Vec::with_capacity(doomed.len()));
+    for (i, id) in ids.iter().enumerate() {
+        if doomed.get(id) != Some(&i) {
+            continue;
+        }
+        match users.get(id) {
+            Some(gid) => {
+                let why = match seen.get(gid) {
+                    Some(k) => {
+                        format!("next hop {id} is a member of ECMP group {gid} (whose delete, ids[{k}], failed)")
+                    }
+                    None => format!("next hop {id} is a member of ECMP group {gid}"),
+                };
+                failures.push(i, DomainError::FailedPrecondition(why).at(format!("ids[{i}]")));
+            }
+            None => {
+                valid.push(*id);
+                index.push(i);
+            }
+        }
+    }
+    (valid, index)
 }
 
 /// Kernel parameters for `spec`; `member_slot` maps an ECMP member id to what to store.

@@ -1,6 +1,7 @@
 //! Routes: (VRF, prefix) -> next hop, written into the per-family LPM tries the XDP program reads.
-//! Batches are all or nothing (see `txn`): a batch is checked and planned whole before the first
-//! kernel write, and a kernel failure part-way undoes the writes already made. The IPv4 flat
+//! Each entry of a batch is checked on its own and the failed ones reported (see `batch`); what
+//! is applied (the whole batch, or its valid entries) is all or nothing (see `txn`): planned whole
+//! before the first kernel write, and a kernel failure part-way undoes the writes already made. The IPv4 flat
 //! tables follow a batch once it is in, best effort: a VRF whose table cannot follow falls back
 //! to its trie.
 
@@ -12,6 +13,7 @@ use std::{
 };
 
 use super::{
+    batch::{Atomicity, BatchError, Entry, Failures},
     fib4::{self, V4Prefix},
     intent::Pending,
     nexthops,
@@ -61,10 +63,25 @@ impl<D: Dataplane> Domain<D> {
     /// that exists already is kept, or pointed at its new next hop in place, instead of refused.
     /// A batch that writes nothing leaves the generation alone.
     pub fn add_routes_with(&self, batch: Vec<RouteSpec>, on_existing: OnExisting) -> Result<u64, DomainError> {
+        self.add_routes_each(batch.into_iter().map(Ok), on_existing, Atomicity::AllOrNothing)
+            .map_err(BatchError::into_first)
+    }
+
+    /// [`Self::add_routes_with`], each entry checked on its own: every failed entry is reported,
+    /// and with [`Atomicity::ContinueOnError`] the valid ones are applied (as one batch).
+    pub fn add_routes_each(
+        &self,
+        batch: impl IntoIterator<Item = Entry<RouteSpec>>,
+        on_existing: OnExisting,
+        atomicity: Atomicity,
+    ) -> Result<u64, BatchError> {
         let mut state = self.lock();
         // A resync replays what the controller had: every batch replaces then.
         let on_existing = if state.resync.is_some() { OnExisting::Replace } else { on_existing };
-        let checked = check_routes(&state, batch, on_existing)?;
+        let mut failures = Failures::new(atomicity);
+        let checked = check_routes(&state, batch, on_existing, &mut failures);
+        failures.stop(checked.batch.len(), state.generation)?;
+        check_route_capacity(&state, &checked)?;
         // A VRF never tried yet (the default VRF of a fresh dataplane) gets its flat table
         // before its first routes, which then go straight into it. That table is not part of
         // the batch: it stays (empty) if the batch fails.
@@ -73,6 +90,7 @@ impl<D: Dataplane> Domain<D> {
                 self.fib4_promote(&mut state, vrf);
             }
         }
+        let applied = checked.batch.len();
         let mut plan = plan_add_routes(&mut state, checked, || self.dataplane.route4_capacity())?;
         // Held until the batch committed (past `bump`).
         let _intent = match self.apply_add_routes(&mut plan, state.route4_mark, state.generation + 1) {
@@ -81,11 +99,11 @@ impl<D: Dataplane> Domain<D> {
                 for &slot in plan.fresh_records.iter().rev() {
                     state.route4_slots.unalloc(slot);
                 }
-                return Err(e);
+                return Err(e.into());
             }
         };
         self.commit_add_routes(&mut state, plan);
-        Ok(state.generation)
+        failures.finish(applied, state.generation)
     }
 
     /// Writes a planned `AddRoutes` batch into the tries and the IPv4 records, all or nothing,
@@ -191,15 +209,28 @@ impl<D: Dataplane> Domain<D> {
         }
     }
 
+    /// Deletes a batch of routes, all or nothing.
     pub fn delete_routes(&self, batch: &[(u32, Prefix)]) -> Result<u64, DomainError> {
+        self.delete_routes_each(batch.iter().copied().map(Ok), Atomicity::AllOrNothing).map_err(BatchError::into_first)
+    }
+
+    /// [`Self::delete_routes`], each entry checked on its own (see [`Self::add_routes_each`]).
+    pub fn delete_routes_each(
+        &self,
+        batch: impl IntoIterator<Item = Entry<(u32, Prefix)>>,
+        atomicity: Atomicity,
+    ) -> Result<u64, BatchError> {
         let mut state = self.lock();
-        check_deletes(&state, batch)?;
+        let mut failures = Failures::new(atomicity);
+        let (batch, index) = check_deletes(&state, batch, &mut failures);
+        failures.stop(batch.len(), state.generation)?;
+        let batch = &batch[..];
         // Held until the batch committed (past `bump`).
         let _intent = self.intend_delete_routes(&state, batch)?;
         // From the tries what is there (IPv6, IPv4 of VRFs without a flat table); then the
         // flat tables; the records last, so that a crash in between leaves the route recorded
         // (and a restart rebuilding what its flat table lacks).
-        self.remove_from_tries(&state, batch)?;
+        self.remove_from_tries(&state, batch, &index)?;
         let mut records = Vec::new();
         for key in batch {
             if let Some(e) = state.routes.remove(key) {
@@ -228,7 +259,7 @@ impl<D: Dataplane> Domain<D> {
             state.route4_slots.free(slot);
         }
         self.bump(&mut state);
-        Ok(state.generation)
+        failures.finish(batch.len(), state.generation)
     }
 
     /// Records the intent of a checked `DeleteRoutes` batch: what puts back its routes in the
@@ -254,10 +285,11 @@ impl<D: Dataplane> Domain<D> {
         self.intend(state.generation + 1, writes, store.iter().chain(trie.iter().rev()))
     }
 
-    /// Removes the routes of a `DeleteRoutes` batch that are in the tries, all or nothing.
-    fn remove_from_tries(&self, state: &State, batch: &[(u32, Prefix)]) -> Result<(), DomainError> {
+    /// Removes the routes of a checked `DeleteRoutes` batch (`index`: each one's in the request)
+    /// that are in the tries, all or nothing.
+    fn remove_from_tries(&self, state: &State, batch: &[(u32, Prefix)], index: &[usize]) -> Result<(), DomainError> {
         let mut journal = Journal::new(&self.dataplane);
-        for (i, &(vrf, prefix)) in batch.iter().enumerate() {
+        for (&i, &(vrf, prefix)) in index.iter().zip(batch) {
             if prefix.is_ipv4() && state.fib4.is_flat(vrf) {
                 continue;
             }
@@ -444,7 +476,12 @@ fn cover(state: &State, vrf: u32, (addr, len): V4Prefix) -> Option<(u8, u32)> {
 
 /// An `AddRoutes` batch checked against the state.
 struct CheckedRoutes {
+    /// The valid routes, and each one's index in the request (empty: the same as in `batch`,
+    /// no entry failed before the last valid one).
     batch: Vec<RouteSpec>,
+    index: Vec<usize>,
+    /// New routes per address family (as `State::route_counts`).
+    new: [u64; 2],
     /// Per route, its next hop's slot and the entry it replaces.
     slots: Vec<u32>,
     existing: Vec<Option<RouteEntry>>,
@@ -454,9 +491,20 @@ struct CheckedRoutes {
     changed: bool,
 }
 
+impl CheckedRoutes {
+    /// The index in the request of valid route `k`.
+    fn request_index(&self, k: usize) -> usize {
+        if self.index.is_empty() {
+            k
+        } else {
+            self.index[k]
+        }
+    }
+}
+
 /// A trie write of an `AddRoutes` batch and what undoes it.
 struct TrieWrite {
-    /// The route's index in the batch.
+    /// The route's index in the request.
     index: usize,
     vrf: u32,
     prefix: Prefix,
@@ -485,71 +533,122 @@ struct AddRoutesPlan {
     touched: BTreeSet<u32>,
 }
 
-/// Validates an `AddRoutes` batch (a route that exists already is replaced or refused as
-/// `on_existing` says). Nothing is changed.
-fn check_routes(state: &State, batch: Vec<RouteSpec>, on_existing: OnExisting) -> Result<CheckedRoutes, DomainError> {
-    let mut in_batch = HashSet::with_capacity(batch.len());
-    let mut slots = Vec::with_capacity(batch.len());
-    let mut existing = Vec::with_capacity(batch.len());
-    let (mut v4, mut v6) = (0u64, 0u64);
-    // Batches name a handful of VRFs and next hops: the last one checked is kept.
-    let mut vrf_ok = None;
-    let mut vrfs_seen = BTreeSet::new();
-    let mut last_nh: Option<(u32, u32)> = None;
-    let mut changed = false;
-    for (i, r) in batch.iter().enumerate() {
-        if vrf_ok != Some(r.vrf) {
-            match state.vrfs.get(&r.vrf) {
-                None => return Err(vrfs::not_found(r.vrf).at(format!("routes[{i}].vrf"))),
-                Some(vrfs::VrfMode::KernelFib { .. }) => {
-                    return Err(DomainError::FailedPrecondition(format!(
-                        "vrf {} forwards by the kernel's FIB: add its routes with `ip route`",
-                        r.vrf
-                    ))
-                    .at(format!("routes[{i}].vrf")))
+/// Checks each route of an `AddRoutes` batch against the state and the batch before it (a route
+/// that exists already is replaced or refused as `on_existing` says); the failed ones go to
+/// `failures`, the valid ones are returned. Nothing is changed.
+fn check_routes(
+    state: &State,
+    batch: impl IntoIterator<Item = Entry<RouteSpec>>,
+    on_existing: OnExisting,
+    failures: &mut Failures,
+) -> CheckedRoutes {
+    let batch = batch.into_iter();
+    let size = batch.size_hint().0;
+    let mut in_batch = HashSet::with_capacity(size);
+    let mut valid = Vec::with_capacity(size);
+    // Filled only once an entry failed: until then a valid route's index is its position.
+    let mut index = Vec::new();
+    let mut slots = Vec::with_capacity(size);
+    let mut existing = Vec::with_capacity(size);
+    let mut cache = RouteCheck::default();
+    let (mut changed, mut new) = (false, [0u64; 2]);
+    let mut entries = 0;
+    for (i, r) in batch.enumerate() {
+        entries += 1;
+        let checked = r.and_then(|r| {
+            // The key is the first entry's whatever becomes of it: which of two writes of one
+            // route the caller meant is not for the server to guess.
+            let repeated = !in_batch.insert((r.vrf, r.prefix));
+            check_route(state, i, &r, repeated, on_existing, &mut cache).map(|(slot, before)| (r, slot, before))
+        });
+        match checked {
+            Ok((r, slot, before)) => {
+                changed |= before.map(|e| e.nexthop) != Some(r.nexthop);
+                if before.is_none() {
+                    new[family(&r.prefix)] += 1;
                 }
-                Some(vrfs::VrfMode::Routes) => {
-                    vrf_ok = Some(r.vrf);
-                    vrfs_seen.insert(r.vrf);
+                if !index.is_empty() || !failures.failed.is_empty() {
+                    if index.is_empty() {
+                        index.extend(0..valid.len());
+                    }
+                    index.push(i);
                 }
+                valid.push(r);
+                slots.push(slot);
+                existing.push(before);
             }
+            Err(e) => failures.push(i, e),
         }
-        let slot = match last_nh {
-            Some((id, slot)) if id == r.nexthop => slot,
-            _ => {
-                let nh = state
-                    .nexthops
-                    .get(&r.nexthop)
-                    .ok_or_else(|| nexthops::not_found(r.nexthop).at(format!("routes[{i}].next_hop")))?;
-                last_nh = Some((r.nexthop, nh.slot));
-                nh.slot
-            }
-        };
-        let before = state.routes.get(&(r.vrf, r.prefix)).copied();
-        if (before.is_some() && on_existing == OnExisting::Refuse) || !in_batch.insert((r.vrf, r.prefix)) {
-            return Err(DomainError::AlreadyExists { kind: "route", name: format!("{} in vrf {}", r.prefix, r.vrf) }
-                .at(format!("routes[{i}]")));
-        }
-        if before.is_none() {
-            if r.prefix.is_ipv4() {
-                v4 += 1
-            } else {
-                v6 += 1
-            }
-        }
-        changed |= before.map(|e| e.nexthop) != Some(r.nexthop);
-        slots.push(slot);
-        existing.push(before);
     }
-    let [have4, have6] = state.route_counts;
+    failures.entries += entries;
+    CheckedRoutes { batch: valid, index, slots, existing, new, vrfs: cache.vrfs, changed }
+}
+
+/// What checking a batch's routes remembers from one to the next: batches name a handful of
+/// VRFs and next hops, so the last ones found are kept.
+#[derive(Default)]
+struct RouteCheck {
+    vrf_ok: Option<u32>,
+    vrfs: BTreeSet<u32>,
+    last_nh: Option<(u32, u32)>,
+}
+
+/// Checks route `i` of an `AddRoutes` batch (`repeated`: an earlier entry names the same
+/// route): its next hop's slot and the entry it replaces. Allocates nothing when it is valid.
+fn check_route(
+    state: &State,
+    i: usize,
+    r: &RouteSpec,
+    repeated: bool,
+    on_existing: OnExisting,
+    cache: &mut RouteCheck,
+) -> Result<(u32, Option<RouteEntry>), DomainError> {
+    if cache.vrf_ok != Some(r.vrf) {
+        match state.vrfs.get(&r.vrf) {
+            None => return Err(vrfs::not_found(r.vrf).at(format!("routes[{i}].vrf"))),
+            Some(vrfs::VrfMode::KernelFib { .. }) => {
+                return Err(DomainError::FailedPrecondition(format!(
+                    "vrf {} forwards by the kernel's FIB: add its routes with `ip route`",
+                    r.vrf
+                ))
+                .at(format!("routes[{i}].vrf")))
+            }
+            Some(vrfs::VrfMode::Routes) => {
+                cache.vrf_ok = Some(r.vrf);
+                cache.vrfs.insert(r.vrf);
+            }
+        }
+    }
+    let slot = match cache.last_nh {
+        Some((id, slot)) if id == r.nexthop => slot,
+        _ => {
+            let nh = state
+                .nexthops
+                .get(&r.nexthop)
+                .ok_or_else(|| nexthops::not_found(r.nexthop).at(format!("routes[{i}].next_hop")))?;
+            cache.last_nh = Some((r.nexthop, nh.slot));
+            nh.slot
+        }
+    };
+    let before = state.routes.get(&(r.vrf, r.prefix)).copied();
+    if (before.is_some() && on_existing == OnExisting::Refuse) || repeated {
+        return Err(DomainError::AlreadyExists { kind: "route", name: format!("{} in vrf {}", r.prefix, r.vrf) }
+            .at(format!("routes[{i}]")));
+    }
+    Ok((slot, before))
+}
+
+/// RESOURCE_EXHAUSTED if the new routes of a checked batch do not fit: a failure of the batch
+/// as a whole, not of the entries past the limit.
+fn check_route_capacity(state: &State, checked: &CheckedRoutes) -> Result<(), DomainError> {
     let cap = u64::from(dataplane_common::MAX_ROUTES);
-    if have4 + v4 > cap || have6 + v6 > cap {
+    if state.route_counts.iter().zip(checked.new).any(|(have, new)| have + new > cap) {
         return Err(DomainError::Exhausted {
             what: "routes per address family",
             capacity: dataplane_common::MAX_ROUTES,
         });
     }
-    Ok(CheckedRoutes { batch, slots, existing, vrfs: vrfs_seen, changed })
+    Ok(())
 }
 
 /// Plans the writes of a checked `AddRoutes` batch: everything but unchanged replays. IPv6
@@ -574,7 +673,7 @@ fn plan_add_routes(
                 Some(old) => KernelOp::InsertRoute { vrf, prefix, nexthop_slot: old_slot(old) },
                 None => KernelOp::RemoveRoute { vrf, prefix },
             };
-            TrieWrite { index: i, vrf, prefix, nexthop_slot: routes.slots[i], undo }
+            TrieWrite { index: routes.request_index(i), vrf, prefix, nexthop_slot: routes.slots[i], undo }
         })
         .collect();
     let flat = writes
@@ -631,23 +730,42 @@ fn plan_add_routes(
     Ok(AddRoutesPlan { routes, trie, records, records_undo, record_of, fresh_records, mark, flat, touched })
 }
 
-/// Validates a `DeleteRoutes` batch: every route exists, none listed twice.
-fn check_deletes(state: &State, batch: &[(u32, Prefix)]) -> Result<(), DomainError> {
-    let mut seen = HashSet::with_capacity(batch.len());
-    for (i, key) in batch.iter().enumerate() {
-        if !state.routes.contains_key(key) {
-            return Err(DomainError::NotFound {
-                kind: "route",
-                name: format!("{} in vrf {}", key.1, key.0),
-                detail: "",
+/// Checks each route of a `DeleteRoutes` batch: it exists, and no earlier entry names it. The
+/// failed ones go to `failures`; returns the valid ones and each one's index in the request.
+fn check_deletes(
+    state: &State,
+    batch: impl IntoIterator<Item = Entry<(u32, Prefix)>>,
+    failures: &mut Failures,
+) -> (Vec<(u32, Prefix)>, Vec<usize>) {
+    let batch = batch.into_iter();
+    let size = batch.size_hint().0;
+    let mut seen = HashSet::with_capacity(size);
+    let (mut valid, mut index) = (Vec::with_capacity(size), Vec::with_capacity(size));
+    for (i, key) in batch.enumerate() {
+        failures.entries += 1;
+        let checked = key.and_then(|key| {
+            if !state.routes.contains_key(&key) {
+                return Err(DomainError::NotFound {
+                    kind: "route",
+                    name: format!("{} in vrf {}", key.1, key.0),
+                    detail: "",
+                }
+                .at(format!("routes[{i}]")));
             }
-            .at(format!("routes[{i}]")));
-        }
-        if !seen.insert(*key) {
-            return Err(DomainError::invalid(format!("routes[{i}]"), "route listed twice"));
+            if !seen.insert(key) {
+                return Err(DomainError::invalid(format!("routes[{i}]"), "route listed twice"));
+            }
+            Ok(key)
+        });
+        match checked {
+            Ok(key) => {
+                valid.push(key);
+                index.push(i);
+            }
+            Err(e) => failures.push(i, e),
         }
     }
-    Ok(())
+    (valid, index)
 }
 
 /// Index into `State::route_counts`.

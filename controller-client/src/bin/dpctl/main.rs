@@ -82,6 +82,9 @@ async fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Status(s)) => {
             eprintln!("error: {}: {}", code_name(s.code()), s.message());
+            if let Some(batch) = controller_client::batch_status(&s) {
+                output::failed_entries(&batch);
+            }
             ExitCode::from(1)
         }
         Err(Failure::Other(e)) => {

@@ -42,6 +42,26 @@ fn print_array<T>(items: &[T], item: impl Fn(&T) -> Value) {
     println!("{}", Value::Array(items.iter().map(item).collect()));
 }
 
+/// The failed entries of a batch write, on stderr below the error line (which names the first):
+/// one line each, then what was applied. A batch of one entry that failed says it all already.
+pub fn failed_entries(batch: &pb::BatchStatus) {
+    let failed = batch.failed.len() + batch.unlisted as usize;
+    if failed <= 1 && batch.applied == 0 {
+        return;
+    }
+    for e in &batch.failed {
+        let code = controller_client::code_name(tonic::Code::from_i32(e.code));
+        eprintln!("  entry {}: {code}: {}", e.index, e.message);
+    }
+    if batch.unlisted > 0 {
+        eprintln!("  ... and {} more", batch.unlisted);
+    }
+    eprintln!(
+        "{failed} of {} entries failed, {} applied, generation {}",
+        batch.entries, batch.applied, batch.generation
+    );
+}
+
 /// A change the server made: `WHAT, generation N`, or `{"generation": N}`.
 pub fn done(output: Output, what: impl std::fmt::Display, generation: u64) {
     match output {

@@ -51,11 +51,17 @@ pub enum NexthopCmd {
         /// Rewrite the next hop in place if the id exists (routes using it follow at once).
         #[arg(long)]
         replace: bool,
+        /// Apply the valid entries and report the others, instead of refusing the whole batch.
+        #[arg(long)]
+        continue_on_error: bool,
     },
     #[command(alias = "delete")]
     Del {
         #[arg(required = true)]
         ids: Vec<u32>,
+        /// Apply the valid entries and report the others, instead of refusing the whole batch.
+        #[arg(long)]
+        continue_on_error: bool,
     },
     #[command(alias = "ls")]
     List,
@@ -77,6 +83,9 @@ pub enum RouteCmd {
         /// Point existing routes at their new next hop in place instead of refusing them.
         #[arg(long)]
         replace: bool,
+        /// Apply the valid entries and report the others, instead of refusing the whole batch.
+        #[arg(long)]
+        continue_on_error: bool,
     },
     /// Delete one route, or every route of --file (same format; the next hop column is ignored).
     #[command(alias = "delete")]
@@ -87,6 +96,9 @@ pub enum RouteCmd {
         vrf: u32,
         #[arg(long, conflicts_with = "prefix")]
         file: Option<PathBuf>,
+        /// Apply the valid entries and report the others, instead of refusing the whole batch.
+        #[arg(long)]
+        continue_on_error: bool,
     },
     #[command(alias = "ls")]
     List {
@@ -129,7 +141,18 @@ pub async fn vrf(c: &mut Client, output: Output, cmd: VrfCmd) -> Result<(), Fail
 pub async fn nexthop(c: &mut Client, output: Output, cmd: NexthopCmd) -> Result<(), Failure> {
     use pb::next_hop::Kind;
     match cmd {
-        NexthopCmd::Add { id, interface, dst_mac, gateway, src_mac, ecmp, discard, receive, replace } => {
+        NexthopCmd::Add {
+            id,
+            interface,
+            dst_mac,
+            gateway,
+            src_mac,
+            ecmp,
+            discard,
+            receive,
+            replace,
+            continue_on_error,
+        } => {
             let kind = match (interface, ecmp, discard, receive) {
                 (Some(interface), None, false, false) => Kind::Encap(pb::EncapNextHop {
                     interface,
@@ -147,13 +170,15 @@ pub async fn nexthop(c: &mut Client, output: Output, cmd: NexthopCmd) -> Result<
                 }
             };
             let nh = pb::NextHop { id, kind: Some(kind), ..Default::default() };
-            let req = pb::AddNextHopsRequest { next_hops: vec![nh], replace };
+            let req =
+                pb::AddNextHopsRequest { next_hops: vec![nh], replace, atomicity: atomicity(continue_on_error).into() };
             let r = c.routing.add_next_hops(req).await?.into_inner();
             output::done(output, format!("added next hop {id}"), r.generation);
         }
-        NexthopCmd::Del { ids } => {
+        NexthopCmd::Del { ids, continue_on_error } => {
             let shown = ids.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
-            let r = c.routing.delete_next_hops(pb::DeleteNextHopsRequest { ids }).await?.into_inner();
+            let req = pb::DeleteNextHopsRequest { ids, atomicity: atomicity(continue_on_error).into() };
+            let r = c.routing.delete_next_hops(req).await?.into_inner();
             output::done(output, format!("deleted next hop(s) {shown}"), r.generation);
         }
         NexthopCmd::List => {
@@ -162,6 +187,15 @@ pub async fn nexthop(c: &mut Client, output: Output, cmd: NexthopCmd) -> Result<
         }
     }
     Ok(())
+}
+
+/// A batch's atomicity from `--continue-on-error`.
+fn atomicity(continue_on_error: bool) -> pb::Atomicity {
+    if continue_on_error {
+        pb::Atomicity::ContinueOnError
+    } else {
+        pb::Atomicity::AllOrNothing
+    }
 }
 
 /// Routes from a file: `PREFIX NEXTHOP [VRF]` per line, blank lines and `#` comments skipped.
@@ -192,7 +226,7 @@ fn read_routes(path: &Path, default_vrf: u32) -> Result<Vec<pb::Route>, Failure>
 /// Adds, deletes, lists or looks up routes.
 pub async fn route(c: &mut Client, output: Output, cmd: RouteCmd) -> Result<(), Failure> {
     match cmd {
-        RouteCmd::Add { prefix, nexthop, vrf, file, replace } => {
+        RouteCmd::Add { prefix, nexthop, vrf, file, replace, continue_on_error } => {
             let routes = match file {
                 Some(f) => read_routes(&f, vrf)?,
                 None => {
@@ -200,16 +234,18 @@ pub async fn route(c: &mut Client, output: Output, cmd: RouteCmd) -> Result<(), 
                 }
             };
             let n = routes.len();
-            let r = c.routing.add_routes(pb::AddRoutesRequest { routes, replace }).await?.into_inner();
+            let req = pb::AddRoutesRequest { routes, replace, atomicity: atomicity(continue_on_error).into() };
+            let r = c.routing.add_routes(req).await?.into_inner();
             output::done(output, format!("added {n} route(s)"), r.generation);
         }
-        RouteCmd::Del { prefix, vrf, file } => {
+        RouteCmd::Del { prefix, vrf, file, continue_on_error } => {
             let routes = match file {
                 Some(f) => read_routes(&f, vrf)?,
                 None => vec![pb::Route { vrf, prefix: prefix.unwrap_or_default(), next_hop: 0 }],
             };
             let n = routes.len();
-            let r = c.routing.delete_routes(pb::DeleteRoutesRequest { routes }).await?.into_inner();
+            let req = pb::DeleteRoutesRequest { routes, atomicity: atomicity(continue_on_error).into() };
+            let r = c.routing.delete_routes(req).await?.into_inner();
             output::done(output, format!("deleted {n} route(s)"), r.generation);
         }
         RouteCmd::List { vrf, prefix } => {
