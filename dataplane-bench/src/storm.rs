@@ -121,7 +121,7 @@ pub fn run(
         };
         let flow =
             pb::Flow { key: Some(key), action: pb::FlowAction::Forward as i32, next_hop: 1, ..Default::default() };
-        client.flows.install_flows(pb::InstallFlowsRequest { flows: vec![flow] }).await?;
+        client.flows.install_flows(pb::InstallFlowsRequest { flows: vec![flow], ..Default::default() }).await?;
         client
             .flows
             .set_flow_mode(pb::SetFlowModeRequest {

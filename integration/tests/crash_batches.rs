@@ -550,7 +550,7 @@ fn big_flows() -> pb::InstallFlowsRequest {
             ..Default::default()
         })
         .collect();
-    pb::InstallFlowsRequest { flows }
+    pb::InstallFlowsRequest { flows, ..Default::default() }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

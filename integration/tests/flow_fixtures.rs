@@ -92,7 +92,7 @@ async fn flow_hold_dedupes_misses_installed_flow_hits_and_counts_v4_v6() {
                 ..Default::default()
             }
         };
-        c.flows.install_flows(pb::InstallFlowsRequest { flows: vec![flow] }).await.unwrap();
+        c.flows.install_flows(pb::InstallFlowsRequest { flows: vec![flow], ..Default::default() }).await.unwrap();
         for _ in 0..10 {
             let (v, out) = xdp.run(&frame);
             assert_eq!(v, XDP_REDIRECT);
@@ -109,6 +109,7 @@ async fn flow_hold_dedupes_misses_installed_flow_hits_and_counts_v4_v6() {
         .flows
         .install_flows(pb::InstallFlowsRequest {
             flows: vec![pb::Flow { request_id: 12345, action: pb::FlowAction::Drop as i32, ..Default::default() }],
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -297,7 +298,7 @@ async fn flow_unanswered_holds_and_idle_flows_age_out_hold_cap_recovers() {
         dst_port: 53,
     };
     let flow = pb::Flow { key: Some(key), action: pb::FlowAction::Drop as i32, ..Default::default() };
-    c.flows.install_flows(pb::InstallFlowsRequest { flows: vec![flow] }).await.unwrap();
+    c.flows.install_flows(pb::InstallFlowsRequest { flows: vec![flow], ..Default::default() }).await.unwrap();
 
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let mut list = c.flows.list_flows(pb::ListFlowsRequest::default()).await.unwrap().into_inner();
@@ -351,7 +352,10 @@ async fn flow_table_overfilled_lru_evicts_and_forwarding_goes_on() {
     // 300,000 flows into a 262,144-entry table: the LRU makes room.
     for chunk in (0..300_000u32).collect::<Vec<_>>().chunks(50_000) {
         c.flows
-            .install_flows(pb::InstallFlowsRequest { flows: chunk.iter().map(|&n| flow(n)).collect() })
+            .install_flows(pb::InstallFlowsRequest {
+                flows: chunk.iter().map(|&n| flow(n)).collect(),
+                ..Default::default()
+            })
             .await
             .unwrap();
     }
@@ -368,7 +372,7 @@ async fn flow_table_overfilled_lru_evicts_and_forwarding_goes_on() {
         assert!(out[..6] == [2, 0, 0, 0, 0, 2] || out[..6] == [2, 0, 0, 0, 0, 1], "flow {n}: {:02x?}", &out[..6]);
     }
     // And an evicted flow can be installed again.
-    c.flows.install_flows(pb::InstallFlowsRequest { flows: vec![flow(0)] }).await.unwrap();
+    c.flows.install_flows(pb::InstallFlowsRequest { flows: vec![flow(0)], ..Default::default() }).await.unwrap();
     let (v, out) = xdp.run(&frame(0));
     assert_eq!((v, &out[..6]), (XDP_REDIRECT, &[2u8, 0, 0, 0, 0, 2][..]));
 }

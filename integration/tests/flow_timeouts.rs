@@ -82,7 +82,7 @@ async fn flow_idle_and_hard_timeouts_remove_each_flow_at_its_time_through_the_ke
             ..Default::default()
         },
     ];
-    c.flows.install_flows(pb::InstallFlowsRequest { flows }).await.unwrap();
+    c.flows.install_flows(pb::InstallFlowsRequest { flows, ..Default::default() }).await.unwrap();
     let installed_at = Instant::now();
     for _ in 0..5 {
         assert_eq!(xdp.run(&frame(idle)).0, XDP_REDIRECT);

@@ -42,7 +42,7 @@ async fn flows_miss_punted_controller_installs_first_syn_reinjected_no_retransmi
                 next_hop: 1,
                 ..Default::default()
             };
-            ctl.flows.install_flows(pb::InstallFlowsRequest { flows: vec![flow] }).await.unwrap();
+            ctl.flows.install_flows(pb::InstallFlowsRequest { flows: vec![flow], ..Default::default() }).await.unwrap();
             seen.push(miss);
         }
         seen

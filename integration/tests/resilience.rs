@@ -111,7 +111,7 @@ async fn programmed(topo: &Topology, server: &Server) -> Client {
     let key =
         pb::FlowKey { vrf: 0, src: H1_ADDR.into(), dst: H2_ADDR.into(), protocol: 17, src_port: 40000, dst_port: 9 };
     let flow = pb::Flow { key: Some(key), action: pb::FlowAction::Forward.into(), next_hop: 1, ..Default::default() };
-    c.flows.install_flows(pb::InstallFlowsRequest { flows: vec![flow] }).await.unwrap();
+    c.flows.install_flows(pb::InstallFlowsRequest { flows: vec![flow], ..Default::default() }).await.unwrap();
     c
 }
 

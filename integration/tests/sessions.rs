@@ -390,7 +390,7 @@ async fn session_flow_idle_timeout_removed_and_announced_with_counters() {
 async fn session_delete_flows_on_disconnect_removes_its_flows_only() {
     let (_ns, server, mut c) = server_forwarding_via_lo("dsx-").await.unwrap();
     // Installed before any session: not the session's to remove.
-    c.flows.install_flows(pb::InstallFlowsRequest { flows: vec![flow(900, 1)] }).await.unwrap();
+    c.flows.install_flows(pb::InstallFlowsRequest { flows: vec![flow(900, 1)], ..Default::default() }).await.unwrap();
     let config = pb::SessionConfig { on_disconnect: pb::OnDisconnect::DeleteFlows as i32, ..Default::default() };
     let mut s = StreamChannel::open(&c, "", 1, config).await.unwrap();
     s.sender.decide(1, (0..5).map(|i| flow(i, 1)).collect(), pb::Atomicity::AllOrNothing).await.unwrap();
@@ -467,4 +467,28 @@ async fn session_unanswered_miss_dropped_after_hold_timeout_and_counted() {
     let Kind::DecisionResult(r) = next_control(&mut s).await else { panic!() };
     assert_eq!((r.applied, r.failed.len()), (0, 1), "{r:?}");
     assert_eq!(Code::from(r.failed[0].code), Code::NotFound);
+}
+
+/// The unary InstallFlows takes an atomicity too, and its failed entries come back as the
+/// status's BatchStatus detail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn install_flows_continue_on_error_details_list_the_bad_entries() {
+    let (_ns, _server, mut c) = server_forwarding_via_lo("dsf-").await.unwrap();
+    let mut flows: Vec<pb::Flow> = (0..1000).map(|i| flow(i, 1)).collect();
+    flows[3].next_hop = 77;
+    flows[640].key.as_mut().unwrap().protocol = 300;
+    flows[999].key.as_mut().unwrap().vrf = 9;
+    let req = |atomicity: pb::Atomicity| pb::InstallFlowsRequest { flows: flows.clone(), atomicity: atomicity as i32 };
+    let e = c.flows.install_flows(req(pb::Atomicity::AllOrNothing)).await.unwrap_err();
+    assert_eq!((e.code(), e.message()), (Code::NotFound, "flows[3].next_hop: next hop 77 not found"));
+    let d = controller_client::batch_status(&e).expect("a BatchStatus detail");
+    let got: Vec<(u32, Code)> = d.failed.iter().map(|f| (f.index, Code::from(f.code))).collect();
+    assert_eq!(got, vec![(3, Code::NotFound), (640, Code::InvalidArgument), (999, Code::NotFound)]);
+    assert_eq!((d.entries, d.applied, flow_count(&mut c).await), (1000, 0, 0));
+
+    let e = c.flows.install_flows(req(pb::Atomicity::ContinueOnError)).await.unwrap_err();
+    let d = controller_client::batch_status(&e).expect("a BatchStatus detail");
+    assert_eq!(d.failed.iter().map(|f| f.index).collect::<Vec<_>>(), vec![3, 640, 999]);
+    assert_eq!((d.applied, flow_count(&mut c).await), (997, 997));
+    assert!(e.message().starts_with("3 of 1000 entries failed"), "{}", e.message());
 }

@@ -555,7 +555,8 @@ async fn redecide(
     }
     let (mut done, mut failed) = (0u64, 0u64);
     for chunk in installs.chunks(REDECIDE_BATCH) {
-        match client.flows.install_flows(pb::InstallFlowsRequest { flows: chunk.to_vec() }).await {
+        match client.flows.install_flows(pb::InstallFlowsRequest { flows: chunk.to_vec(), ..Default::default() }).await
+        {
             Ok(_) => done += chunk.len() as u64,
             Err(e) => {
                 warn!(node = %name, error = %e, flows = chunk.len(), "rewriting re-decided flows failed");

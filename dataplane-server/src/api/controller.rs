@@ -20,7 +20,7 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, warn};
 
-use super::flows::{decode_flow, encode_flow_removed, encode_key};
+use super::flows::{encode_flow_removed, encode_key};
 use crate::{
     domain::{
         arbitration::{ElectionId, Seat},
@@ -456,7 +456,7 @@ async fn handle_requests<D: Dataplane>(
             }
             Some(Kind::Decisions(d)) => {
                 let id = d.id;
-                match decide(&domain, &seat, d).await {
+                match decide(&domain, &seat, d) {
                     Ok((result, keys)) => {
                         counters.decisions.fetch_add(u64::from(result.applied), Ordering::Relaxed);
                         if config.delete_flows {
@@ -512,73 +512,28 @@ fn require_primary(seat: &Mutex<Seat>) -> Result<(), DomainError> {
 }
 
 /// Applies a batch of decisions; the result lists the entries that failed.
-async fn decide<D: Dataplane>(
+fn decide<D: Dataplane>(
     domain: &Arc<Domain<D>>,
     seat: &Mutex<Seat>,
     d: pb::Decisions,
 ) -> Result<(pb::DecisionResult, Vec<FlowKey>), DomainError> {
     require_primary(seat)?;
-    let continue_on_error = match pb::Atomicity::try_from(d.atomicity) {
-        Ok(pb::Atomicity::Unspecified | pb::Atomicity::AllOrNothing) => false,
-        Ok(pb::Atomicity::ContinueOnError) => true,
-        Err(_) => return Err(DomainError::invalid("atomicity", "ALL_OR_NOTHING or CONTINUE_ON_ERROR")),
-    };
-    // Entries that do not decode fail on their own, like entries the domain refuses.
-    let mut specs = Vec::with_capacity(d.flows.len());
-    let mut positions = Vec::with_capacity(d.flows.len());
-    let mut failed = Vec::new();
-    for (i, f) in d.flows.into_iter().enumerate() {
-        match decode_flow(&format!("flows[{i}]"), f) {
-            Ok(s) => {
-                specs.push(s);
-                positions.push(i);
-            }
-            Err(e) => failed.push((i, e)),
-        }
-    }
-    let dom = domain.clone();
-    let out = if failed.is_empty() || continue_on_error {
-        // In place on this worker (the runtime moves its other tasks away) rather than on the
-        // blocking pool: a decision batch every few hundred microseconds would otherwise pay
-        // two thread hand-offs each.
-        tokio::task::block_in_place(move || dom.install_flows_with(specs, continue_on_error))?
-    } else {
-        // Nothing is applied; still, every entry that fails is reported.
-        let generation = domain.generation();
-        let failed = super::blocking(move || dom.validate_flows(&specs)).await.map_err(task_failed)?;
-        crate::domain::BatchOutcome { generation, applied: 0, failed, installed: Vec::new() }
-    };
-    // The domain numbered the decoded entries; back to the request's positions.
-    failed.extend(out.failed.into_iter().map(|(i, e)| (positions[i], e)));
-    failed.sort_by_key(|(i, _)| *i);
-    let applied = if !failed.is_empty() && !continue_on_error { 0 } else { out.applied };
+    let atomicity = super::flows::atomicity(d.atomicity)?;
+    let out = super::flows::decide(domain, d.flows, atomicity)?;
     let result = pb::DecisionResult {
         id: d.id,
         generation: out.generation,
-        applied: applied as u32,
-        failed: failed
+        applied: out.applied as u32,
+        failed: out
+            .failed
             .iter()
             .map(|(i, e)| {
-                let (code, _) = super::error::code_and_message(e);
-                pb::EntryStatus { index: *i as u32, code: code as i32, message: relabel(e, positions_label(*i)) }
+                let (code, message) = super::error::code_and_message(e);
+                pb::EntryStatus { index: *i as u32, code: code as i32, message }
             })
             .collect(),
     };
     Ok((result, out.installed))
-}
-
-/// The domain names a decoded entry by its position among the decoded ones; the message a
-/// controller reads names the request's position.
-fn positions_label(i: usize) -> String {
-    format!("flows[{i}]")
-}
-
-fn relabel(e: &DomainError, label: String) -> String {
-    let text = e.to_string();
-    match text.split_once(']') {
-        Some((head, rest)) if head.starts_with("flows[") => format!("{label}{rest}"),
-        _ => text,
-    }
 }
 
 async fn packet_out<D: Dataplane>(
@@ -621,15 +576,5 @@ mod tests {
         assert_eq!(code_of(&r), Some(Code::PermissionDenied));
         let Ok(pb::SessionResponse { kind: Some(pb::session_response::Kind::Error(se)) }) = r else { panic!() };
         assert_eq!((se.about.as_str(), se.id, se.message.as_str()), ("decisions", 7, "backup"));
-    }
-
-    #[test]
-    fn relabel_names_request_position() {
-        let e = DomainError::invalid("flows[0].key", "bad").at("x");
-        assert_eq!(
-            relabel(&DomainError::invalid("flows[0].key.vrf", "no"), positions_label(5)),
-            "flows[5].key.vrf: no"
-        );
-        assert_eq!(relabel(&e, positions_label(2)), "x: flows[0].key: bad");
     }
 }

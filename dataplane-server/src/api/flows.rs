@@ -10,8 +10,8 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     domain::{
-        Dataplane, Domain, DomainError, FlowAction, FlowKey, FlowMiss, FlowMode, FlowRemoved, FlowRemovedReason,
-        FlowSpec, FlowTarget, FlowView, InterfaceName,
+        Atomicity, BatchError, Dataplane, Domain, DomainError, EntryError, FlowAction, FlowKey, FlowMiss, FlowMode,
+        FlowRemoved, FlowRemovedReason, FlowSpec, FlowTarget, FlowView, InterfaceName,
     },
     events::Hub,
     net::parse_addr,
@@ -116,16 +116,21 @@ impl<D: Dataplane> pb::flows_server::Flows for FlowsService<D> {
         &self,
         req: Request<pb::InstallFlowsRequest>,
     ) -> Result<Response<pb::InstallFlowsResponse>, Status> {
-        let batch = req
-            .into_inner()
-            .flows
-            .into_iter()
-            .enumerate()
-            .map(|(i, f)| decode_flow(&format!("flows[{i}]"), f))
-            .collect::<Result<Vec<_>, _>>()?;
-        let domain = self.domain.clone();
-        let generation = super::blocking(move || domain.install_flows(batch)).await??;
-        Ok(Response::new(pb::InstallFlowsResponse { generation }))
+        let r = req.into_inner();
+        let atomicity = atomicity(r.atomicity)?;
+        let entries = r.flows.len();
+        let d = decide(&self.domain, r.flows, atomicity)?;
+        if d.failed.is_empty() {
+            return Ok(Response::new(pb::InstallFlowsResponse { generation: d.generation }));
+        }
+        Err(BatchError::Entries {
+            atomicity,
+            failed: d.failed.into_iter().map(|(index, error)| EntryError { index, error }).collect(),
+            entries,
+            applied: d.applied,
+            generation: d.generation,
+        }
+        .into())
     }
 
     async fn delete_flows(
@@ -152,6 +157,62 @@ impl<D: Dataplane> pb::flows_server::Flows for FlowsService<D> {
             .map(|c| Ok(pb::ListFlowsResponse { flows: c.iter().map(encode_flow).collect() }))
             .collect();
         Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
+    }
+}
+
+/// A batch of flows decided: what the domain did with each entry.
+pub(super) struct Decided {
+    pub generation: u64,
+    pub applied: usize,
+    /// Failed entries by their index in the request, in request order.
+    pub failed: Vec<(usize, DomainError)>,
+    pub installed: Vec<FlowKey>,
+}
+
+/// Decodes and installs `flows` (InstallFlows, a session's Decisions), each entry on its own: one
+/// that does not decode fails like one the domain refuses. ALL_OR_NOTHING with a failure: nothing
+/// is installed and every failed entry is still reported. Runs in place on the calling worker
+/// (`block_in_place`): a batch is short, and one every few hundred microseconds would otherwise
+/// pay two thread hand-offs each.
+pub(super) fn decide<D: Dataplane>(
+    domain: &Arc<Domain<D>>,
+    flows: Vec<pb::Flow>,
+    atomicity: Atomicity,
+) -> Result<Decided, DomainError> {
+    let continue_on_error = atomicity == Atomicity::ContinueOnError;
+    let mut specs = Vec::with_capacity(flows.len());
+    let mut positions = Vec::with_capacity(flows.len());
+    let mut failed = Vec::new();
+    for (i, f) in flows.into_iter().enumerate() {
+        match decode_flow(&format!("flows[{i}]"), f) {
+            Ok(s) => {
+                specs.push(s);
+                positions.push(i);
+            }
+            Err(e) => failed.push((i, e)),
+        }
+    }
+    let out = tokio::task::block_in_place(|| {
+        if failed.is_empty() || continue_on_error {
+            domain.install_flows_with(specs, &positions, continue_on_error)
+        } else {
+            let generation = domain.generation();
+            let failed = domain.validate_flows(&specs, &positions);
+            Ok(crate::domain::BatchOutcome { generation, applied: 0, failed, installed: Vec::new() })
+        }
+    })?;
+    failed.extend(out.failed);
+    failed.sort_by_key(|(i, _)| *i);
+    let applied = if !failed.is_empty() && !continue_on_error { 0 } else { out.applied };
+    Ok(Decided { generation: out.generation, applied, failed, installed: out.installed })
+}
+
+/// A request's atomicity.
+pub(super) fn atomicity(value: i32) -> Result<Atomicity, DomainError> {
+    match pb::Atomicity::try_from(value) {
+        Ok(pb::Atomicity::Unspecified | pb::Atomicity::AllOrNothing) => Ok(Atomicity::AllOrNothing),
+        Ok(pb::Atomicity::ContinueOnError) => Ok(Atomicity::ContinueOnError),
+        Err(_) => Err(DomainError::invalid("atomicity", format!("unknown atomicity {value}"))),
     }
 }
 

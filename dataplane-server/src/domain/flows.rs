@@ -265,7 +265,7 @@ impl<D: Dataplane> Domain<D> {
     /// Installs flows, all or nothing; HOLDs they replace are resolved and their captured
     /// packets re-injected through the XDP program (so the first packet is not lost).
     pub fn install_flows(&self, batch: Vec<FlowSpec>) -> Result<u64, DomainError> {
-        let out = self.install_flows_with(batch, false)?;
+        let out = self.install_flows_with(batch, &[], false)?;
         match out.failed.into_iter().next() {
             Some((_, e)) => Err(e),
             None => Ok(out.generation),
@@ -275,18 +275,22 @@ impl<D: Dataplane> Domain<D> {
     /// Installs flows, each entry validated on its own: with `continue_on_error` the valid ones
     /// are installed (as one atomic batch) and the others reported, otherwise any invalid entry
     /// leaves everything as it was. A kernel failure undoes the whole batch and is the error.
+    /// `positions[i]` is entry i's index in the request (errors name `flows[position]`; empty:
+    /// the batch is the request).
     pub fn install_flows_with(
         &self,
         batch: Vec<FlowSpec>,
+        positions: &[usize],
         continue_on_error: bool,
     ) -> Result<BatchOutcome, DomainError> {
         let mut state = self.lock();
         let mut planned = Vec::with_capacity(batch.len());
         let mut failed = Vec::new();
         for (i, f) in batch.iter().enumerate() {
-            match plan_entry(&state, i, f) {
+            let at = positions.get(i).copied().unwrap_or(i);
+            match plan_entry(&state, at, i, f) {
                 Ok(w) => planned.extend(w),
-                Err(e) => failed.push((i, e)),
+                Err(e) => failed.push((at, e)),
             }
         }
         let applied = batch.len() - failed.len();
@@ -337,9 +341,16 @@ impl<D: Dataplane> Domain<D> {
 
     /// The entries of a batch that [`Self::install_flows_with`] would refuse, and why; changes
     /// nothing.
-    pub fn validate_flows(&self, batch: &[FlowSpec]) -> Vec<(usize, DomainError)> {
+    pub fn validate_flows(&self, batch: &[FlowSpec], positions: &[usize]) -> Vec<(usize, DomainError)> {
         let state = self.lock();
-        batch.iter().enumerate().filter_map(|(i, f)| plan_entry(&state, i, f).err().map(|e| (i, e))).collect()
+        batch
+            .iter()
+            .enumerate()
+            .filter_map(|(i, f)| {
+                let at = positions.get(i).copied().unwrap_or(i);
+                plan_entry(&state, at, i, f).err().map(|e| (at, e))
+            })
+            .collect()
     }
 
     /// Removes those of `keys` still in the flow table (a session's flows when it ends with
@@ -559,10 +570,11 @@ struct Planned {
     reverse: bool,
 }
 
-/// The kernel entries entry `i` of an `InstallFlows` batch writes (its reply direction too),
-/// validated against the state.
-fn plan_entry(state: &State, i: usize, f: &FlowSpec) -> Result<Vec<Planned>, DomainError> {
-    let at = |field: &str| format!("flows[{i}].{field}");
+/// The kernel entries entry `spec` of an `InstallFlows` batch writes (its reply direction
+/// too), validated against the state; errors name it `flows[position]`.
+fn plan_entry(state: &State, position: usize, spec: usize, f: &FlowSpec) -> Result<Vec<Planned>, DomainError> {
+    let i = spec;
+    let at = |field: &str| format!("flows[{position}].{field}");
     let key = match f.target {
         FlowTarget::Key(k) => k,
         FlowTarget::Request(id) => state.flows.held.get(&id).map(|h| h.key).ok_or_else(|| {

@@ -129,7 +129,11 @@ pub async fn flow(client: &mut Client, output: Output, cmd: FlowCmd) -> Result<(
                 reverse_next_hop: reverse_nexthop.unwrap_or(0),
                 ..Default::default()
             };
-            let r = client.flows.install_flows(pb::InstallFlowsRequest { flows: vec![flow] }).await?.into_inner();
+            let r = client
+                .flows
+                .install_flows(pb::InstallFlowsRequest { flows: vec![flow], ..Default::default() })
+                .await?
+                .into_inner();
             output::done(output, "flow installed", r.generation);
         }
         FlowCmd::Del { key: k } => {
