@@ -99,11 +99,32 @@ pub(super) struct Held {
     reinject: bool,
 }
 
+/// Held misses, beside the state under a lock of their own: the ring-buffer reader records a
+/// burst of misses without waiting for a batch being applied under the state's lock (which
+/// held its misses up for as long as the batch's kernel writes took). Taken after the state's
+/// lock when both are, never before.
+#[derive(Debug, Default)]
+pub(super) struct HeldStore {
+    held: HashMap<u64, Held>,
+    /// Slots whose flow mode forwards held flows by route (their misses are not re-injected):
+    /// the flow modes' flag, mirrored here for the reader.
+    miss_forward: HashSet<u32>,
+}
+
+impl HeldStore {
+    fn set_mode(&mut self, slot: u32, mode: Option<&FlowMode>) {
+        if mode.is_some_and(|m| m.enabled && m.miss_forward) {
+            self.miss_forward.insert(slot);
+        } else {
+            self.miss_forward.remove(&slot);
+        }
+    }
+}
+
 /// The domain's flow state.
 #[derive(Debug, Default)]
 pub(super) struct Flows {
     modes: HashMap<u32, FlowMode>,
-    held: HashMap<u64, Held>,
     resolved: u64,
     /// HOLDs that expired with no decision (their captured packets dropped).
     unanswered: u64,
@@ -116,10 +137,6 @@ impl Flows {
 
     pub(super) fn set_mode(&mut self, slot: u32, mode: FlowMode) {
         self.modes.insert(slot, mode);
-    }
-
-    pub(super) fn held_now(&self) -> u64 {
-        self.held.len() as u64
     }
 
     pub(super) fn unanswered(&self) -> u64 {
@@ -194,6 +211,7 @@ impl<D: Dataplane> Domain<D> {
         };
         self.dataplane.set_flow_config(slot, &cfg)?;
         state.flows.modes.insert(slot, mode);
+        self.held().set_mode(slot, Some(&mode));
         self.bump(&mut state);
         Ok(state.generation)
     }
@@ -214,6 +232,7 @@ impl<D: Dataplane> Domain<D> {
     /// Turns flow mode off for a slot being freed, so its next interface starts without it.
     pub(super) fn reset_flow_mode(&self, state: &mut State, slot: u32) -> Result<(), DomainError> {
         if state.flows.modes.remove(&slot).is_some() {
+            self.held().set_mode(slot, None);
             let off = FlowConfig { enabled: 0, miss_forward: 0, punt_rate: 0, punt_burst: 0, hold_cap: 0, _pad: 0 };
             self.dataplane.set_flow_config(slot, &off)?;
         }
@@ -225,26 +244,36 @@ impl<D: Dataplane> Domain<D> {
         self.record_misses(std::slice::from_ref(miss));
     }
 
-    /// [`Self::record_miss`] for every miss the ring buffer had, under one taking of the lock
-    /// (a burst of misses should not queue behind RPCs once per miss).
+    /// [`Self::record_miss`] for every miss the ring buffer had, under one taking of the held
+    /// store's lock (not the state's: see [`HeldStore`]).
     pub fn record_misses(&self, misses: &[FlowMiss]) {
-        let mut state = self.lock();
+        let mut store = self.held();
         for miss in misses {
-            Self::record_one(&mut state, miss);
+            Self::record_one(&mut store, miss);
         }
     }
 
-    fn record_one(state: &mut State, miss: &FlowMiss) {
+    /// The held misses (after the state's lock, if both are taken).
+    pub(super) fn held(&self) -> std::sync::MutexGuard<'_, HeldStore> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Misses held for a decision now.
+    pub(super) fn held_now(&self) -> u64 {
+        self.held().held.len() as u64
+    }
+
+    fn record_one(store: &mut HeldStore, miss: &FlowMiss) {
         if miss.reason != dataplane_common::flow::MISS_NO_FLOW {
             // A PUNT rule's packet went on to the kernel stack: no HOLD, nothing to re-inject.
             return;
         }
-        let reinject = state.flows.modes.get(&miss.slot).is_none_or(|m| !m.miss_forward);
-        if state.flows.held.len() >= MAX_HELD {
+        let reinject = !store.miss_forward.contains(&miss.slot);
+        if store.held.len() >= MAX_HELD {
             // The kernel cap keeps this from happening unless the cap is set above MAX_HELD:
             // keep the HOLD, drop its frame.
             debug!(request_id = miss.request_id, "held-frame store full; frame not kept");
-            state.flows.held.insert(
+            store.held.insert(
                 miss.request_id,
                 Held {
                     key: miss.key,
@@ -256,7 +285,7 @@ impl<D: Dataplane> Domain<D> {
             );
             return;
         }
-        state.flows.held.insert(
+        store.held.insert(
             miss.request_id,
             Held { key: miss.key, ifindex: miss.ifindex, frame: miss.frame.clone(), since: Instant::now(), reinject },
         );
@@ -286,11 +315,14 @@ impl<D: Dataplane> Domain<D> {
         let mut state = self.lock();
         let mut planned = Vec::with_capacity(batch.len());
         let mut failed = Vec::new();
-        for (i, f) in batch.iter().enumerate() {
-            let at = positions.get(i).copied().unwrap_or(i);
-            match plan_entry(&state, at, i, f) {
-                Ok(w) => planned.extend(w),
-                Err(e) => failed.push((at, e)),
+        {
+            let held = self.held();
+            for (i, f) in batch.iter().enumerate() {
+                let at = positions.get(i).copied().unwrap_or(i);
+                match plan_entry(&state, &held.held, at, i, f) {
+                    Ok(w) => planned.extend(w),
+                    Err(e) => failed.push((at, e)),
+                }
             }
         }
         let applied = batch.len() - failed.len();
@@ -343,12 +375,13 @@ impl<D: Dataplane> Domain<D> {
     /// nothing.
     pub fn validate_flows(&self, batch: &[FlowSpec], positions: &[usize]) -> Vec<(usize, DomainError)> {
         let state = self.lock();
+        let held = self.held();
         batch
             .iter()
             .enumerate()
             .filter_map(|(i, f)| {
                 let at = positions.get(i).copied().unwrap_or(i);
-                plan_entry(&state, at, i, f).err().map(|e| (at, e))
+                plan_entry(&state, &held.held, at, i, f).err().map(|e| (at, e))
             })
             .collect()
     }
@@ -514,7 +547,7 @@ impl<D: Dataplane> Domain<D> {
     }
 
     fn resolve_hold(&self, state: &mut State, request_id: u64) -> Option<Held> {
-        let h = state.flows.held.remove(&request_id);
+        let h = self.held().held.remove(&request_id);
         if h.is_some() {
             state.flows.resolved += 1;
         }
@@ -572,12 +605,18 @@ struct Planned {
 
 /// The kernel entries entry `spec` of an `InstallFlows` batch writes (its reply direction
 /// too), validated against the state; errors name it `flows[position]`.
-fn plan_entry(state: &State, position: usize, spec: usize, f: &FlowSpec) -> Result<Vec<Planned>, DomainError> {
+fn plan_entry(
+    state: &State,
+    held: &HashMap<u64, Held>,
+    position: usize,
+    spec: usize,
+    f: &FlowSpec,
+) -> Result<Vec<Planned>, DomainError> {
     let i = spec;
     let at = |field: &str| format!("flows[{position}].{field}");
     let key = match f.target {
         FlowTarget::Key(k) => k,
-        FlowTarget::Request(id) => state.flows.held.get(&id).map(|h| h.key).ok_or_else(|| {
+        FlowTarget::Request(id) => held.get(&id).map(|h| h.key).ok_or_else(|| {
             DomainError::NotFound { kind: "held flow miss", name: format!("request {id}"), detail: "" }
                 .at(at("request_id"))
         })?,

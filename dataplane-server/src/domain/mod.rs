@@ -119,6 +119,8 @@ pub struct Domain<D: Dataplane> {
     /// Installed flows' timeouts and request ids, and where their removals go: beside the state,
     /// under a lock of its own (see `flows::aging`).
     flow_book: flows::FlowBook,
+    /// Misses held for a decision (see `flows::HeldStore`).
+    held: Mutex<flows::HeldStore>,
     /// The crash journal's file, kept open (see `intent`).
     intent_file: std::sync::Arc<intent::IntentFile>,
     /// Controller sessions and who may write.
@@ -204,6 +206,7 @@ impl<D: Dataplane> Domain<D> {
             restored: Mutex::new(None),
             started: Instant::now(),
             intent_file: Default::default(),
+            held: Mutex::default(),
             arbiter: Default::default(),
             instance_id: new_instance_id(),
             flow_book: flows::FlowBook::default(),

@@ -115,7 +115,7 @@ impl<D: Dataplane> Domain<D> {
             maps,
             restore: self.restored.lock().unwrap_or_else(|e| e.into_inner()).clone(),
             pin_health: self.dataplane.pin_health(),
-            held: state.flows.held_now(),
+            held: self.held_now(),
             unanswered: state.flows.unanswered(),
         })
     }

@@ -305,8 +305,8 @@ impl<D: Dataplane> Domain<D> {
         if swept.is_ok() {
             // Held frames whose HOLD is no longer in the table (evicted, or replaced by a flow
             // the kernel cannot tell us about) are resolved too, once older than the hold timeout.
-            let stale: Vec<u64> = state
-                .flows
+            let stale: Vec<u64> = self
+                .held()
                 .held
                 .iter()
                 .filter(|(id, h)| !live_holds.contains(id) && h.since.elapsed() > hold_timeout)

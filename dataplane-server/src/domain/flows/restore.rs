@@ -67,6 +67,7 @@ impl<D: Dataplane> Domain<D> {
             }
             if let Some(k) = kernel {
                 state.flows.set_mode(slot, k);
+                self.held().set_mode(slot, Some(&k));
             }
         }
         Ok(())
