@@ -28,6 +28,8 @@ pub struct Config {
     pub latency_misses: u32,
     pub sustained_misses: u32,
     pub sustained_pps: u32,
+    /// Flows the Python controller sets up.
+    pub python_flows: u32,
     pub runs: usize,
     /// Routes per run of the control-path case.
     pub routes: usize,
@@ -54,6 +56,9 @@ pub struct Results {
     pub sustained_pps: u32,
     /// Misses sent at the sustained rate (those not timed found the ring buffer full).
     pub sustained_sent: u32,
+    /// Flow setups per second with the Python controller answering, and how many flows.
+    pub python: f64,
+    pub python_flows: u32,
     /// Routes per run of the control-path case.
     pub routes: usize,
     /// Routes per second: AddRoutes in batches of 10,000 over the unix socket, per run.
@@ -208,6 +213,8 @@ pub fn run(config: &Config) -> Result<Results> {
         sustained_latency_us: Vec::new(),
         sustained_pps: 0,
         sustained_sent: 0,
+        python: 0.0,
+        python_flows: 0,
         routes: config.routes,
         add_routes: Vec::new(),
         ip_batch: Vec::new(),
@@ -269,6 +276,30 @@ pub fn run(config: &Config) -> Result<Results> {
     results.sustained_latency_us = lat;
     results.sustained_sent = config.sustained_misses;
     results.sustained_pps = config.sustained_pps;
+    // The Python controller takes over (a higher election id) for its flows and goes; the
+    // bench's session is the primary again once it has gone.
+    let py_base = lat_base + config.latency_misses + config.sustained_misses;
+    results.python = crate::setups::python_rate(
+        &rt,
+        &program,
+        &mut client,
+        &server.dir.join("sock"),
+        py_base,
+        config.python_flows,
+        2,
+    )?;
+    results.python_flows = config.python_flows;
+    eprintln!("  Python controller: {:.0} setups/s ({} flows)", results.python, config.python_flows);
+    let mut s = s;
+    rt.block_on(async {
+        loop {
+            match tokio::time::timeout(Duration::from_secs(5), s.next()).await.context("primary again")?? {
+                Some(pb::session_response::Kind::Arbitration(a)) if a.primary => return anyhow::Ok(()),
+                Some(_) => continue,
+                None => bail!("the session ended"),
+            }
+        }
+    })?;
     // The session stays primary to the end: the cases after this one write with its id.
     let mut client = s.client();
     let _session = s;

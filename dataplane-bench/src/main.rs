@@ -122,6 +122,7 @@ fn flow_config(args: &Args, runs: usize) -> flows::Config {
         latency_misses: if args.quick { 100 } else { 2000 },
         sustained_misses: if args.quick { 500 } else { 50_000 },
         sustained_pps: 50_000,
+        python_flows: if args.quick { 200 } else { 5_000 },
         runs,
         routes: if args.quick { 2_000 } else { 100_000 },
         memory_routes: if args.quick { 20_000 } else { 1_000_000 },

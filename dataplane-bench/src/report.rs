@@ -478,6 +478,16 @@ pub fn render_setups(md: &mut String, flows: &crate::flows::Results) {
             f.median() / installs.median()
         );
     }
+    let _ = writeln!(
+        md,
+        "| the same loop, the Python controller answering (`integration/clients/python/flow_controller.py`, one run of {} flows, at most 2,048 held) | {} | {:.0} | {:.0} | {:.0} | {:.2} |",
+        thousands(flows.python_flows as usize),
+        thousands(flows.python_flows as usize),
+        flows.python,
+        flows.python,
+        flows.python,
+        flows.python / installs.median()
+    );
     let batch = Figure { case: String::new(), size: None, samples: flows.batch_sizes.clone() };
     let _ = writeln!(
         md,

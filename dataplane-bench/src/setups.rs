@@ -268,3 +268,60 @@ pub fn latency(
         .context("latency timed out")???;
     Ok((lat, session))
 }
+
+/// Flow setups per second with the Python controller of `integration/clients/python` answering
+/// (its own session, election id `election_id`: it becomes the primary): misses for flows
+/// `base..base + n` sent as fast as this thread can with at most [`WINDOW`] held at once (read
+/// from `GetStatus.held_misses`), timed from the first miss to the controller's report that it
+/// answered the last one. Its start (stub generation, arbitration) is not timed.
+pub fn python_rate(
+    rt: &tokio::runtime::Runtime,
+    program: &Harness,
+    client: &mut Client,
+    socket: &std::path::Path,
+    base: u32,
+    n: u32,
+    election_id: u128,
+) -> Result<f64> {
+    use std::io::BufRead;
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../integration/clients/python/flow_controller.py");
+    let mut child = std::process::Command::new("python3")
+        .args([
+            script.to_str().context("script path")?,
+            socket.to_str().context("socket path")?,
+            "1",
+            &n.to_string(),
+            &election_id.to_string(),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("starting the Python controller")?;
+    let mut out = std::io::BufReader::new(child.stdout.take().context("stdout")?);
+    let mut line = String::new();
+    out.read_line(&mut line)?;
+    ensure!(line.trim() == "ready", "the Python controller did not start: {line:?}");
+    let start = Instant::now();
+    for i in 0..n {
+        if i % 256 == 0 {
+            loop {
+                let held = rt.block_on(client.system.get_status(pb::GetStatusRequest {}))?.into_inner().held_misses;
+                if held < WINDOW {
+                    break;
+                }
+                ensure!(start.elapsed() < Duration::from_secs(60), "the Python controller stalled at {i} of {n}");
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        }
+        program.try_run(&frame(base + i))?;
+    }
+    line.clear();
+    out.read_line(&mut line)?;
+    let elapsed = start.elapsed();
+    let status = child.wait()?;
+    ensure!(status.success(), "the Python controller failed: {status}");
+    let v: serde_json::Value = serde_json::from_str(line.trim()).context("the Python controller's summary")?;
+    let answered = v["misses"].as_array().map_or(0, Vec::len);
+    ensure!(answered == n as usize, "the Python controller answered {answered} of {n}");
+    Ok(f64::from(n) / elapsed.as_secs_f64())
+}
