@@ -57,6 +57,9 @@ impl<D: Dataplane> ControllerService<D> {
     }
 }
 
+/// Keys a DELETE_FLOWS session remembers at most: both flow tables' capacity.
+const MAX_TRACKED_FLOWS: usize = 2 * dataplane_common::flow::MAX_FLOWS as usize;
+
 /// Most flow removals per `FlowsRemoved` message.
 const REMOVED_BATCH: usize = 1024;
 
@@ -201,7 +204,6 @@ async fn send_events<D: Dataplane>(
     };
     let mut misses: Option<broadcast::Receiver<Arc<Sequenced<FlowMiss>>>> = None;
     let mut removed: Option<broadcast::Receiver<Arc<Sequenced<FlowRemoved>>>> = None;
-    let mut names = Names::default();
     loop {
         let primary = lock(&seat).is_primary();
         match (primary, misses.is_some()) {
@@ -234,7 +236,9 @@ async fn send_events<D: Dataplane>(
                 if batch.closed {
                     return;
                 }
-                if !batch.send(&domain, &config, &mut names, &counters, &tx).await {
+                // Names looked up afresh for each batch: a slot freed and reused names another
+                // interface.
+                if !batch.send(&domain, &config, &mut Names::default(), &counters, &tx).await {
                     return;
                 }
             }
@@ -425,7 +429,9 @@ async fn handle_requests<D: Dataplane>(
     events: tokio::task::JoinHandle<()>,
 ) {
     use pb::session_request::Kind;
-    let mut installed: Vec<FlowKey> = Vec::new();
+    // DELETE_FLOWS: the keys this session wrote (each once), at most what both flow tables hold;
+    // past that, older keys were evicted or replaced long since.
+    let mut installed: std::collections::HashSet<FlowKey> = std::collections::HashSet::new();
     let counters = lock(&seat).counters().clone();
     loop {
         let msg = match inbound.message().await {
@@ -460,7 +466,11 @@ async fn handle_requests<D: Dataplane>(
                     Ok((result, keys)) => {
                         counters.decisions.fetch_add(u64::from(result.applied), Ordering::Relaxed);
                         if config.delete_flows {
-                            installed.extend(keys);
+                            for k in keys {
+                                if installed.len() < MAX_TRACKED_FLOWS || installed.contains(&k) {
+                                    installed.insert(k);
+                                }
+                            }
                         }
                         response(pb::session_response::Kind::DecisionResult(result))
                     }
@@ -490,7 +500,8 @@ async fn handle_requests<D: Dataplane>(
     info!(role = %role, election_id = id, "controller session closed");
     if config.delete_flows && !installed.is_empty() {
         let d = domain.clone();
-        match tokio::task::spawn_blocking(move || d.remove_flows_present(&installed)).await {
+        let keys: Vec<FlowKey> = installed.into_iter().collect();
+        match tokio::task::spawn_blocking(move || d.remove_flows_present(&keys)).await {
             Ok(Ok(n)) => info!(flows = n, "session ended with DELETE_FLOWS: its flows removed"),
             Ok(Err(e)) => warn!(error = %e, "removing an ended session's flows failed"),
             Err(e) => warn!(error = %e, "removing an ended session's flows did not finish"),
