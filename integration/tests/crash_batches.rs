@@ -572,7 +572,7 @@ async fn flows_sigkill_during_install_and_delete_of_5000_flow_batch_whole_or_abs
             [k, reply]
         })
         .collect();
-    let del = pb::DeleteFlowsRequest { keys };
+    let del = pb::DeleteFlowsRequest { keys, ..Default::default() };
     let mut c = rig.client().await;
     let t = Instant::now();
     c.flows.install_flows(install.clone()).await.unwrap();

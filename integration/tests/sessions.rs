@@ -492,3 +492,26 @@ async fn install_flows_continue_on_error_details_list_the_bad_entries() {
     assert_eq!((d.applied, flow_count(&mut c).await), (997, 997));
     assert!(e.message().starts_with("3 of 1000 entries failed"), "{}", e.message());
 }
+
+/// DeleteFlows takes an atomicity too: CONTINUE_ON_ERROR deletes the flows present and lists the
+/// absent and malformed keys; ALL_OR_NOTHING lists the same and deletes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_flows_continue_on_error_deletes_present_reports_absent() {
+    let (_ns, _server, mut c) = server_forwarding_via_lo("dsg-").await.unwrap();
+    let flows: Vec<pb::Flow> = (0..10).map(|i| flow(i, 1)).collect();
+    c.flows.install_flows(pb::InstallFlowsRequest { flows: flows.clone(), ..Default::default() }).await.unwrap();
+    let mut keys: Vec<pb::FlowKey> = flows.iter().map(|f| f.key.clone().unwrap()).collect();
+    keys[2] = flow(500, 1).key.unwrap(); // never installed
+    keys[7].src = "bad".into();
+    let req = |atomicity: pb::Atomicity| pb::DeleteFlowsRequest { keys: keys.clone(), atomicity: atomicity as i32 };
+    let e = c.flows.delete_flows(req(pb::Atomicity::AllOrNothing)).await.unwrap_err();
+    let d = controller_client::batch_status(&e).expect("details");
+    let got: Vec<(u32, Code)> = d.failed.iter().map(|f| (f.index, Code::from(f.code))).collect();
+    assert_eq!(got, vec![(2, Code::NotFound), (7, Code::InvalidArgument)]);
+    assert_eq!(flow_count(&mut c).await, 10, "all or nothing: nothing deleted");
+    let e = c.flows.delete_flows(req(pb::Atomicity::ContinueOnError)).await.unwrap_err();
+    let d = controller_client::batch_status(&e).expect("details");
+    assert_eq!((d.failed.len(), d.applied), (2, 8));
+    // Left: the two flows whose keys were replaced in the request (2 and 7).
+    assert_eq!(flow_count(&mut c).await, 2);
+}

@@ -566,7 +566,8 @@ async fn redecide(
     }
     for k in reverse_gone {
         // Gone already (aged out) is as good.
-        if let Err(e) = client.flows.delete_flows(pb::DeleteFlowsRequest { keys: vec![k] }).await {
+        if let Err(e) = client.flows.delete_flows(pb::DeleteFlowsRequest { keys: vec![k], ..Default::default() }).await
+        {
             if e.code() != Code::NotFound {
                 warn!(node = %name, error = %e, "removing a reply direction failed");
             }

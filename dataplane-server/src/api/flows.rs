@@ -137,14 +137,10 @@ impl<D: Dataplane> pb::flows_server::Flows for FlowsService<D> {
         &self,
         req: Request<pb::DeleteFlowsRequest>,
     ) -> Result<Response<pb::DeleteFlowsResponse>, Status> {
-        let keys = req
-            .into_inner()
-            .keys
-            .into_iter()
-            .enumerate()
-            .map(|(i, k)| decode_key(&format!("keys[{i}]"), Some(k)))
-            .collect::<Result<Vec<_>, _>>()?;
-        let generation = self.domain.delete_flows(&keys)?;
+        let r = req.into_inner();
+        let atomicity = atomicity(r.atomicity)?;
+        let keys = r.keys.into_iter().enumerate().map(|(i, k)| decode_key(&format!("keys[{i}]"), Some(k)));
+        let generation = self.domain.delete_flows_each(keys, atomicity)?;
         Ok(Response::new(pb::DeleteFlowsResponse { generation }))
     }
 

@@ -26,7 +26,7 @@ use tracing::{debug, warn};
 use super::{
     nexthops,
     txn::{KernelOp, Write},
-    vrfs, Domain, DomainError, InterfaceName, State,
+    vrfs, Atomicity, BatchError, Domain, DomainError, InterfaceName, State,
 };
 use crate::dataplane::{Dataplane, FlowKey, FlowMiss};
 
@@ -438,18 +438,42 @@ impl<D: Dataplane> Domain<D> {
 
     /// Deletes flows, all or nothing; NOT_FOUND names the first absent one.
     pub fn delete_flows(&self, keys: &[FlowKey]) -> Result<u64, DomainError> {
+        self.delete_flows_each(keys.iter().map(|k| Ok(*k)), Atomicity::AllOrNothing).map_err(BatchError::into_first)
+    }
+
+    /// Deletes flows, each entry on its own (a key that did not decode, or names no flow, fails
+    /// alone): all or nothing, or the others deleted with `Atomicity::ContinueOnError`.
+    pub fn delete_flows_each(
+        &self,
+        keys: impl IntoIterator<Item = super::Entry<FlowKey>>,
+        atomicity: Atomicity,
+    ) -> Result<u64, BatchError> {
         let mut state = self.lock();
-        let mut found = Vec::with_capacity(keys.len());
-        for (i, k) in keys.iter().enumerate() {
-            match self.dataplane.get_flow(k)? {
-                Some(v) => found.push((*k, v)),
-                None => {
-                    return Err(
-                        DomainError::NotFound { kind: "flow", name: describe(k), detail: "" }.at(format!("keys[{i}]"))
-                    );
+        let mut found = Vec::new();
+        let mut failed = Vec::new();
+        let mut entries = 0;
+        for (i, k) in keys.into_iter().enumerate() {
+            entries += 1;
+            let k = match k {
+                Ok(k) => k,
+                Err(error) => {
+                    failed.push(super::EntryError { index: i, error });
+                    continue;
                 }
+            };
+            match self.dataplane.get_flow(&k).map_err(DomainError::from)? {
+                Some(v) => found.push((k, v)),
+                None => failed.push(super::EntryError {
+                    index: i,
+                    error: DomainError::NotFound { kind: "flow", name: describe(&k), detail: "" }
+                        .at(format!("keys[{i}]")),
+                }),
             }
         }
+        if !failed.is_empty() && (atomicity == Atomicity::AllOrNothing || found.is_empty()) {
+            return Err(BatchError::Entries { atomicity, failed, entries, applied: 0, generation: state.generation });
+        }
+        let applied = entries - failed.len();
         let writes = found
             .iter()
             .map(|(k, v)| Write { op: KernelOp::RemoveFlow(*k), undo: vec![KernelOp::PutFlow(*k, *v)], at: None })
@@ -470,7 +494,10 @@ impl<D: Dataplane> Domain<D> {
         let generation = state.generation;
         drop(state);
         self.announce(removed);
-        Ok(generation)
+        if failed.is_empty() {
+            return Ok(generation);
+        }
+        Err(BatchError::Entries { atomicity, failed, entries, applied, generation })
     }
 
     /// Every flow (optionally of one VRF), with counters.

@@ -137,7 +137,11 @@ pub async fn flow(client: &mut Client, output: Output, cmd: FlowCmd) -> Result<(
             output::done(output, "flow installed", r.generation);
         }
         FlowCmd::Del { key: k } => {
-            let r = client.flows.delete_flows(pb::DeleteFlowsRequest { keys: vec![key(k)?] }).await?.into_inner();
+            let r = client
+                .flows
+                .delete_flows(pb::DeleteFlowsRequest { keys: vec![key(k)?], ..Default::default() })
+                .await?
+                .into_inner();
             output::done(output, "flow deleted", r.generation);
         }
         FlowCmd::List { vrf } => {
