@@ -39,6 +39,11 @@ impl SessionSender {
         self.send(pb::session_request::Kind::PacketOut(p)).await
     }
 
+    /// Acknowledges the miss batches up to and including `id` (with `SessionConfig.max_unacked`).
+    pub async fn ack(&self, id: u64) -> Result<(), Closed> {
+        self.send(pb::session_request::Kind::Ack(pb::MissAck { id })).await
+    }
+
     /// A new election id for this session (a backup raising its id to take over).
     pub async fn rearbitrate(&self, role: &str, election_id: u128) -> Result<(), Closed> {
         let a = pb::Arbitration { role: role.to_owned(), election_id: Some(uint128(election_id)), config: None };

@@ -515,3 +515,36 @@ async fn delete_flows_continue_on_error_deletes_present_reports_absent() {
     // Left: the two flows whose keys were replaced in the request (2 and 7).
     assert_eq!(flow_count(&mut c).await, 2);
 }
+
+/// With `max_unacked`, the server holds miss batches back until the controller acknowledges
+/// the earlier ones (P4Runtime's digest acks); nothing is lost meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_miss_batches_wait_for_acks_past_max_unacked() {
+    let (_ns, server, mut c) = server_forwarding_via_lo("dsa-").await.unwrap();
+    let mode = pb::SetFlowModeRequest { interface: "lo".into(), enabled: true, ..Default::default() };
+    c.flows.set_flow_mode(mode).await.unwrap();
+    let config = pb::SessionConfig { max_unacked: 1, ..Default::default() };
+    let mut s = StreamChannel::open(&c, "", 1, config).await.unwrap();
+    let program = Harness::over_pins(&server.bpffs).unwrap();
+    let miss = |port| program.run(&udp_frame("198.51.100.9".parse().unwrap(), port, 53));
+    miss(5001);
+    let first = next_batch(&mut s, Duration::from_secs(5)).await.expect("the first batch");
+    assert_eq!((first.id, first.misses.len()), (1, 1));
+    miss(5002);
+    miss(5003);
+    assert!(next_batch(&mut s, Duration::from_millis(500)).await.is_none(), "held back until batch 1 is acked");
+    s.sender.ack(1).await.unwrap();
+    let second = next_batch(&mut s, Duration::from_secs(5)).await.expect("released by the ack");
+    assert_eq!((second.id, second.misses.len()), (2, 2), "both misses waited, none lost");
+    let ports: Vec<u32> = second.misses.iter().map(|m| m.key.as_ref().unwrap().src_port).collect();
+    assert_eq!(ports, vec![5002, 5003]);
+}
+
+/// The next miss batch within `wait`, or none.
+async fn next_batch(s: &mut StreamChannel, wait: Duration) -> Option<pb::MissBatch> {
+    match tokio::time::timeout(wait, s.next()).await {
+        Ok(Ok(Some(Kind::Misses(b)))) => Some(b),
+        Ok(other) => panic!("{other:?}"),
+        Err(_) => None,
+    }
+}

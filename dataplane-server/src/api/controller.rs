@@ -81,6 +81,8 @@ struct Config {
     only_slot: Option<u32>,
     only_vrf: Option<u32>,
     frame_bytes: usize,
+    /// Miss batches that may be unacknowledged (0: acks not expected).
+    max_unacked: u64,
 }
 
 impl Config {
@@ -120,6 +122,7 @@ impl Config {
             only_slot,
             only_vrf: c.vrf,
             frame_bytes,
+            max_unacked: c.max_unacked.into(),
         })
     }
 }
@@ -178,9 +181,16 @@ impl<D: Dataplane> pb::controller_server::Controller for ControllerService<D> {
         // The first answer, before any event: this session's standing.
         let _ = tx.send(arbitration_result(&self.domain, &seat)).await;
         let seat = Arc::new(Mutex::new(seat));
-        let events =
-            tokio::spawn(send_events(self.domain.clone(), self.hubs.clone(), seat.clone(), config.clone(), tx.clone()));
-        tokio::spawn(handle_requests(self.domain.clone(), seat, config, inbound, tx, events));
+        let (acked_tx, acked_rx) = tokio::sync::watch::channel(0u64);
+        let events = tokio::spawn(send_events(
+            self.domain.clone(),
+            self.hubs.clone(),
+            seat.clone(),
+            config.clone(),
+            tx.clone(),
+            acked_rx,
+        ));
+        tokio::spawn(handle_requests(self.domain.clone(), seat, config, inbound, tx, events, acked_tx));
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 }
@@ -197,7 +207,11 @@ async fn send_events<D: Dataplane>(
     seat: Arc<Mutex<Seat>>,
     config: Config,
     tx: Out,
+    mut acked: tokio::sync::watch::Receiver<u64>,
 ) {
+    // Miss batches sent so far (each one's id); with acks expected, how far ahead of the last
+    // ack the session may be before the misses wait in its queue.
+    let mut sent = 0u64;
     let (mut primary_rx, counters) = {
         let s = lock(&seat);
         (s.watch_primary(), s.counters().clone())
@@ -218,7 +232,13 @@ async fn send_events<D: Dataplane>(
             }
             _ => {}
         }
+        let held_back = config.max_unacked > 0 && sent.saturating_sub(*acked.borrow()) >= config.max_unacked;
         tokio::select! {
+            changed = acked.changed(), if held_back => {
+                if changed.is_err() {
+                    return;
+                }
+            }
             changed = primary_rx.changed() => {
                 if changed.is_err() {
                     return;
@@ -228,7 +248,7 @@ async fn send_events<D: Dataplane>(
                     return;
                 }
             }
-            first = recv(&mut misses) => {
+            first = recv(&mut misses), if !held_back => {
                 let mut batch = Batch::default();
                 batch.take(first, &config);
                 let rx = misses.as_mut().expect("recv only polls a receiver");
@@ -238,7 +258,7 @@ async fn send_events<D: Dataplane>(
                 }
                 // Names looked up afresh for each batch: a slot freed and reused names another
                 // interface.
-                if !batch.send(&domain, &config, &mut Names::default(), &counters, &tx).await {
+                if !batch.send(&domain, &config, &mut Names::default(), &counters, &tx, &mut sent).await {
                     return;
                 }
             }
@@ -368,6 +388,7 @@ impl Batch {
         names: &mut Names,
         counters: &crate::domain::arbitration::SessionCounters,
         tx: &Out,
+        sent: &mut u64,
     ) -> bool {
         use pb::session_response::Kind;
         let mut misses = Vec::with_capacity(self.events.len());
@@ -397,8 +418,11 @@ impl Batch {
             }
         }
         counters.misses.fetch_add(misses.len() as u64, Ordering::Relaxed);
-        if !misses.is_empty() && tx.send(response(Kind::Misses(pb::MissBatch { misses }))).await.is_err() {
-            return false;
+        if !misses.is_empty() {
+            *sent += 1;
+            if tx.send(response(Kind::Misses(pb::MissBatch { misses, id: *sent }))).await.is_err() {
+                return false;
+            }
         }
         for p in packet_ins {
             if tx.send(response(Kind::PacketIn(p))).await.is_err() {
@@ -427,6 +451,7 @@ async fn handle_requests<D: Dataplane>(
     mut inbound: Streaming<pb::SessionRequest>,
     tx: Out,
     events: tokio::task::JoinHandle<()>,
+    acked: tokio::sync::watch::Sender<u64>,
 ) {
     use pb::session_request::Kind;
     // DELETE_FLOWS: the keys this session wrote (each once), at most what both flow tables hold;
@@ -476,6 +501,15 @@ async fn handle_requests<D: Dataplane>(
                     }
                     Err(e) => stream_error(&e, "decisions", id),
                 }
+            }
+            Some(Kind::Ack(a)) => {
+                // Cumulative: an older ack after a newer one changes nothing.
+                acked.send_if_modified(|v| {
+                    let newer = a.id > *v;
+                    *v = (*v).max(a.id);
+                    newer
+                });
+                continue;
             }
             Some(Kind::PacketOut(p)) => {
                 let id = p.id;
