@@ -52,6 +52,11 @@ pub trait Flows {
     fn reinject(&self, ifindex: u32, frame: &[u8]) -> Result<u32, DataplaneError>;
     /// Sends a whole Ethernet frame out of `ifindex` (a controller's packet-out).
     fn transmit(&self, ifindex: u32, frame: &[u8]) -> Result<(), DataplaneError>;
+    /// [`Self::reinject`] for a frame whose flow forwards out of `egress`: the attached program
+    /// runs on it (a plain test run: counters, flow state, rewrite) and its output is sent as its
+    /// verdict says (XDP_REDIRECT out of `egress`, XDP_TX back out of `ifindex`, bypassing the
+    /// qdisc and TC egress as an XDP transmit does). Returns the verdict.
+    fn reinject_via(&self, ifindex: u32, egress: u32, frame: &[u8]) -> Result<u32, DataplaneError>;
 }
 
 impl Flows for KernelDataplane {
@@ -96,6 +101,19 @@ impl Flows for KernelDataplane {
 
     fn transmit(&self, ifindex: u32, frame: &[u8]) -> Result<(), DataplaneError> {
         super::netdev::transmit(ifindex, frame)
+    }
+
+    fn reinject_via(&self, ifindex: u32, egress: u32, frame: &[u8]) -> Result<u32, DataplaneError> {
+        const XDP_TX: u32 = 3;
+        const XDP_REDIRECT: u32 = 4;
+        let (verdict, out) = self.test_run_at(ifindex, frame)?;
+        match verdict {
+            XDP_REDIRECT => super::netdev::transmit_direct(egress, &out)?,
+            XDP_TX => super::netdev::transmit_direct(ifindex, &out)?,
+            // Dropped (and counted) by the program, or nothing to send.
+            _ => {}
+        }
+        Ok(verdict)
     }
 }
 

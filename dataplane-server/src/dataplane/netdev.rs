@@ -174,17 +174,37 @@ pub fn xdp_mode(ifindex: u32) -> Result<Option<super::XdpMode>, DataplaneError> 
     })
 }
 
-/// The raw packet socket packet-outs go through, opened on first use (in the server's network
-/// namespace, where its interfaces are) and kept.
+/// The raw packet sockets frames are sent through, opened on first use (in the server's network
+/// namespace, where its interfaces are) and kept: one through the qdisc (packet-outs, as the
+/// stack sends), one past it (re-injected held packets, as an XDP transmit goes).
 static PACKET_SOCKET: std::sync::OnceLock<std::os::fd::OwnedFd> = std::sync::OnceLock::new();
+static DIRECT_SOCKET: std::sync::OnceLock<std::os::fd::OwnedFd> = std::sync::OnceLock::new();
 
 /// Sends `frame` (a whole Ethernet frame) out of `ifindex` as it is: AF_PACKET, SOCK_RAW, so
 /// the kernel adds nothing and the frame skips the interface's own XDP program.
 pub fn transmit(ifindex: u32, frame: &[u8]) -> Result<(), DataplaneError> {
+    send_on(&PACKET_SOCKET, false, ifindex, frame)
+}
+
+/// [`transmit`] past the qdisc and TC egress (`PACKET_QDISC_BYPASS`), as an XDP redirect or
+/// XDP_TX sends: for frames the XDP program already forwarded.
+pub fn transmit_direct(ifindex: u32, frame: &[u8]) -> Result<(), DataplaneError> {
+    send_on(&DIRECT_SOCKET, true, ifindex, frame)
+}
+
+fn send_on(
+    socket: &std::sync::OnceLock<std::os::fd::OwnedFd>,
+    bypass: bool,
+    ifindex: u32,
+    frame: &[u8],
+) -> Result<(), DataplaneError> {
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
     let io =
         |op, source| DataplaneError::Io { path: format!("AF_PACKET socket (ifindex {ifindex})").into(), op, source };
-    let fd = match PACKET_SOCKET.get() {
+    if frame.len() < 14 {
+        return Err(io("sendto", std::io::Error::from_raw_os_error(libc::EINVAL)));
+    }
+    let fd = match socket.get() {
         Some(fd) => fd,
         None => {
             // Protocol 0: a send-only socket, so no frame is ever queued to it for reading.
@@ -195,9 +215,25 @@ pub fn transmit(ifindex: u32, frame: &[u8]) -> Result<(), DataplaneError> {
             }
             // SAFETY: a descriptor we just opened and own.
             let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+            if bypass {
+                let one: libc::c_int = 1;
+                // SAFETY: setsockopt with a c_int value on a socket we own.
+                let r = unsafe {
+                    libc::setsockopt(
+                        fd.as_raw_fd(),
+                        libc::SOL_PACKET,
+                        libc::PACKET_QDISC_BYPASS,
+                        (&one as *const libc::c_int).cast(),
+                        std::mem::size_of::<libc::c_int>() as u32,
+                    )
+                };
+                if r != 0 {
+                    return Err(io("setsockopt PACKET_QDISC_BYPASS", std::io::Error::last_os_error()));
+                }
+            }
             // Lost race: the other socket is kept, this one closed on drop.
-            let _ = PACKET_SOCKET.set(fd);
-            PACKET_SOCKET.get().expect("set just above")
+            let _ = socket.set(fd);
+            socket.get().expect("set just above")
         }
     };
     // SAFETY: zeroed sockaddr_ll is valid; the fields the kernel reads are set below.

@@ -144,6 +144,30 @@ struct XdpMd {
 }
 
 impl KernelDataplane {
+    /// Runs `dp_xdp_ingress` on `frame` as received on `ifindex`, without live frames: the
+    /// verdict and the frame as the program left it (nothing is transmitted).
+    pub(super) fn test_run_at(&self, ifindex: u32, frame: &[u8]) -> Result<(u32, Vec<u8>), DataplaneError> {
+        let inner = self.lock();
+        let ctx = XdpMd { data_end: frame.len() as u32, ingress_ifindex: ifindex, ..Default::default() };
+        // SAFETY: XdpMd is plain repr(C) data; viewed as its bytes.
+        let ctx_bytes =
+            unsafe { std::slice::from_raw_parts(&ctx as *const XdpMd as *const u8, std::mem::size_of::<XdpMd>()) };
+        // Room for any frame the program could grow this one into (an ICMP error).
+        let mut out = vec![0u8; frame.len().max(128) + 256];
+        let result = inner
+            .xdp
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ctx_in: Some(ctx_bytes),
+                repeat: 1,
+                ..Default::default()
+            })
+            .map_err(DataplaneError::program(programs::XDP_INGRESS, "test run"))?;
+        out.truncate(result.data_size_out as usize);
+        Ok((result.return_value, out))
+    }
+
     /// Runs `dp_xdp_ingress` on `frame` as received on `ifindex`, with live frames: a redirect
     /// is transmitted and XDP_PASS hands the frame to the stack, as for a real packet.
     pub(super) fn test_run_live(&self, ifindex: u32, frame: &[u8]) -> Result<u32, DataplaneError> {

@@ -62,6 +62,10 @@ impl Flows for FakeDataplane {
         Ok(4)
     }
 
+    fn reinject_via(&self, ifindex: u32, _egress: u32, frame: &[u8]) -> Result<u32, DataplaneError> {
+        self.reinject(ifindex, frame)
+    }
+
     fn transmit(&self, ifindex: u32, frame: &[u8]) -> Result<(), DataplaneError> {
         self.transmitted.lock().unwrap().push((ifindex, frame.to_vec()));
         Ok(())
