@@ -252,26 +252,16 @@ fn lookup_batch<K: Copy>(fd: i32) -> std::io::Result<Vec<(K, FlowValue)>> {
     let mut first = true;
     let mut out = Vec::new();
     loop {
-        // `bpf_attr.batch`: in_batch, out_batch, keys, values (u64 each), count, map_fd (u32
-        // each), elem_flags, flags (u64 each).
         let mut attr = [0u64; 16];
         attr[0] = if first { 0 } else { cursor_in.as_ptr() as u64 };
         attr[1] = cursor_out.as_mut_ptr() as u64;
         attr[2] = keys.as_mut_ptr() as u64;
         attr[3] = values.as_mut_ptr() as u64;
-        attr[4] = chunk as u64 | (u64::from(fd as u32) << 32);
-        // SAFETY: `attr` is a zeroed bpf_attr with the batch fields set; the buffers hold `chunk`
-        // keys and values and outlive the call; the kernel writes back `count` and the cursor.
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                24 as libc::c_long,
-                attr.as_mut_ptr(),
-                std::mem::size_of_val(&attr) as libc::c_long,
-            )
-        };
-        let err = (r < 0).then(std::io::Error::last_os_error);
-        let got = (attr[4] & 0xffff_ffff) as usize;
+        // SAFETY: the buffers hold `chunk` keys and values and the cursors outlive the call; the
+        // kernel writes back entries, the count and the cursor.
+        let (got, err) =
+            unsafe { super::routes::batch_call(super::routes::BPF_MAP_LOOKUP_BATCH, &mut attr, fd, chunk as u32) };
+        let got = got as usize;
         match &err {
             Some(e) if e.raw_os_error() == Some(libc::ENOSPC) && got == 0 => {
                 // One bucket holds more entries than a chunk: a bigger chunk.

@@ -127,22 +127,39 @@ pub(super) fn update_batch(fd: i32, keys: &[u8], values: &[u8], count: u32) -> R
     let mut attr = [0u64; 16];
     attr[2] = keys.as_ptr() as u64;
     attr[3] = values.as_ptr() as u64;
-    attr[4] = u64::from(count) | (u64::from(fd as u32) << 32);
-    // SAFETY: `attr` is a zeroed bpf_attr with the batch fields set; `keys` and `values` hold
-    // `count` packed entries each and outlive the call; the kernel writes back only `count`.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            26 as libc::c_long,
-            attr.as_mut_ptr(),
-            std::mem::size_of_val(&attr) as libc::c_long,
-        )
-    };
-    if r < 0 {
-        let e = std::io::Error::last_os_error();
-        return Err(((attr[4] & 0xffff_ffff) as u32, e));
+    // SAFETY: `keys` and `values` hold `count` packed entries each and outlive the call; the
+    // kernel only reads them.
+    let (written, err) = unsafe { batch_call(BPF_MAP_UPDATE_BATCH, &mut attr, fd, count) };
+    match err {
+        Some(e) => Err((written, e)),
+        None => Ok(()),
     }
-    Ok(())
+}
+
+/// `BPF_MAP_LOOKUP_BATCH` and `BPF_MAP_UPDATE_BATCH`, the bpf(2) commands.
+pub(super) const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+pub(super) const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+
+/// One bpf(2) batch command on map `fd` for `count` entries, `attr` holding the other fields of
+/// `bpf_attr.batch` (in_batch, out_batch, keys, values as its words 0 to 3). Returns the count
+/// the kernel wrote back (entries done) and its error, if any.
+///
+/// # Safety
+/// The pointers in `attr` must be valid for what `cmd` reads or writes through them: `count`
+/// keys and values, and the cursors.
+pub(super) unsafe fn batch_call(
+    cmd: libc::c_long,
+    attr: &mut [u64; 16],
+    fd: i32,
+    count: u32,
+) -> (u32, Option<std::io::Error>) {
+    // Word 4: count, map_fd (u32 each); then elem_flags, flags (zero).
+    attr[4] = u64::from(count) | (u64::from(fd as u32) << 32);
+    // SAFETY: a 128-byte bpf_attr for the batch commands; the caller vouches for its pointers.
+    let r =
+        unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), std::mem::size_of_val(attr) as libc::c_long) };
+    let err = (r < 0).then(std::io::Error::last_os_error);
+    ((attr[4] & 0xffff_ffff) as u32, err)
 }
 
 pub struct RouteTries {
