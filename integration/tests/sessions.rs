@@ -469,6 +469,53 @@ async fn session_unanswered_miss_dropped_after_hold_timeout_and_counted() {
     assert_eq!(Code::from(r.failed[0].code), Code::NotFound);
 }
 
+/// A held first packet answered with DROP goes through the program once more (a plain test run
+/// now, with nothing to send): counted under the interface's `drop_flow`, never delivered, and
+/// the flow's next packet is dropped the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_drop_decision_held_packet_counted_dropped_not_delivered() {
+    let topo = Topology::routed().unwrap();
+    let server = Server::start(&topo.rtr).unwrap();
+    let mut c = server.client().await.unwrap();
+    program_router(&topo, &mut c).await.unwrap();
+    c.flows
+        .set_flow_mode(pb::SetFlowModeRequest { interface: topo.r0.clone(), enabled: true, ..Default::default() })
+        .await
+        .unwrap();
+    let drop_flow = |c: &Client| {
+        let (mut c, name) = (c.clone(), topo.r0.clone());
+        async move {
+            let r = c.interfaces.list_interfaces(pb::ListInterfacesRequest { name }).await.unwrap().into_inner();
+            let counters = r.interfaces[0].counters.clone().unwrap();
+            counters.reasons.iter().find(|r| r.reason == "drop_flow").map_or(0, |r| r.packets)
+        }
+    };
+    let mut s = open(&c, 1).await;
+    let recv = format!(
+        "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.bind(('{H2_ADDR}',7000))\ns.settimeout(2)\nn=0\ntry:\n  while True:\n    s.recv(100); n+=1\nexcept socket.timeout:\n  pass\nprint(n)"
+    );
+    let receiver = topo.h2.command("python3", &["-c", &recv]).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let send = format!(
+        "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.bind(('{H1_ADDR}',20000))\ns.sendto(b'first',('{H2_ADDR}',7000))"
+    );
+    topo.h1.exec("python3", &["-c", &send]).unwrap();
+    let Some(Kind::Misses(b)) = tokio::time::timeout(Duration::from_secs(5), s.next()).await.unwrap().unwrap() else {
+        panic!("expected the miss")
+    };
+    assert_eq!(b.misses.len(), 1);
+    assert_eq!(drop_flow(&c).await, 0);
+    let f = pb::Flow { request_id: b.misses[0].request_id, action: pb::FlowAction::Drop as i32, ..Default::default() };
+    s.sender.decide(1, vec![f], pb::Atomicity::AllOrNothing).await.unwrap();
+    let Kind::DecisionResult(r) = next_control(&mut s).await else { panic!() };
+    assert_eq!((r.applied, r.failed.len()), (1, 0), "{r:?}");
+    assert_eq!(drop_flow(&c).await, 1, "the held packet went through the program and its DROP flow");
+    topo.h1.exec("python3", &["-c", &send]).unwrap();
+    let out = receiver.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "0", "nothing of the dropped flow delivered");
+    assert_eq!(drop_flow(&c).await, 2);
+}
+
 /// The unary InstallFlows takes an atomicity too, and its failed entries come back as the
 /// status's BatchStatus detail.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

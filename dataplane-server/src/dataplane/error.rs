@@ -40,6 +40,8 @@ pub enum DataplaneError {
     },
     #[error("the eBPF object has no {what} named {name}")]
     Missing { what: &'static str, name: &'static str },
+    #[error("re-injecting a held packet: {reason}")]
+    Reinject { reason: &'static str },
     #[error("interface {interface}: XDP mode {mode} is not supported by its driver")]
     XdpModeUnsupported { interface: String, mode: &'static str },
     #[error("interface {interface}: another XDP program is already attached")]

@@ -41,8 +41,18 @@ pub trait Flows {
     fn get_flow(&self, key: &FlowKey) -> Result<Option<dataplane_common::flow::FlowValue>, DataplaneError>;
     /// Removes a flow (absent is fine).
     fn remove_flow(&self, key: &FlowKey) -> Result<(), DataplaneError>;
-    /// Every flow in both tables.
+    /// Every flow in both tables (read a page at a time, as [`Self::walk_flows`] does).
     fn flows(&self) -> Result<Vec<(FlowKey, dataplane_common::flow::FlowValue)>, DataplaneError>;
+    /// Every flow in both tables, handed to `each` a page at a time, with nothing held between
+    /// pages (a caller may pause there). A table that changes during the walk may have flows
+    /// skipped or seen twice.
+    fn walk_flows(
+        &self,
+        each: &mut dyn FnMut(Vec<(FlowKey, dataplane_common::flow::FlowValue)>),
+    ) -> Result<(), DataplaneError> {
+        each(self.flows()?);
+        Ok(())
+    }
     /// Publishes how many HOLDs the server has resolved in total (`globals::HOLDS_RESOLVED`).
     fn set_holds_resolved(&self, resolved: u64) -> Result<(), DataplaneError>;
     /// HOLDs the XDP program created in total (`globals::HOLDS_CREATED`).
@@ -56,8 +66,12 @@ pub trait Flows {
     /// runs on it (a plain test run: counters, flow state, rewrite) and its output is sent as its
     /// verdict says (XDP_REDIRECT out of `egress`, XDP_TX back out of `ifindex`, bypassing the
     /// qdisc and TC egress as an XDP transmit does). Returns the verdict.
+    /// `egress` [`NO_EGRESS`]: the flow drops; the run counts the packet, nothing is sent.
     fn reinject_via(&self, ifindex: u32, egress: u32, frame: &[u8]) -> Result<u32, DataplaneError>;
 }
+
+/// The `egress` of [`Flows::reinject_via`] for a flow that drops (no interface has index 0).
+pub const NO_EGRESS: u32 = 0;
 
 impl Flows for KernelDataplane {
     fn set_flow_config(&self, slot: u32, cfg: &dataplane_common::flow::FlowConfig) -> Result<(), DataplaneError> {
@@ -84,7 +98,16 @@ impl Flows for KernelDataplane {
     }
 
     fn flows(&self) -> Result<Vec<(super::FlowKey, dataplane_common::flow::FlowValue)>, DataplaneError> {
-        self.lock().flows.all()
+        let mut all = Vec::new();
+        self.walk_pages(&mut |page| all.extend(page))?;
+        Ok(all)
+    }
+
+    fn walk_flows(
+        &self,
+        each: &mut dyn FnMut(Vec<(super::FlowKey, dataplane_common::flow::FlowValue)>),
+    ) -> Result<(), DataplaneError> {
+        self.walk_pages(each)
     }
 
     fn set_holds_resolved(&self, resolved: u64) -> Result<(), DataplaneError> {
@@ -108,6 +131,11 @@ impl Flows for KernelDataplane {
         const XDP_REDIRECT: u32 = 4;
         let (verdict, out) = self.test_run_at(ifindex, frame)?;
         match verdict {
+            // The flow was replaced by one that forwards since the caller looked (a race with
+            // another decision): where the program redirected it is not known here.
+            XDP_REDIRECT if egress == NO_EGRESS => {
+                return Err(DataplaneError::Reinject { reason: "redirected where its flow was to drop it" })
+            }
             XDP_REDIRECT => super::netdev::transmit_direct(egress, &out)?,
             XDP_TX => super::netdev::transmit_direct(ifindex, &out)?,
             // Dropped (and counted) by the program, or nothing to send.
@@ -199,61 +227,99 @@ impl FlowMaps {
         }
     }
 
-    /// Every flow of both tables, read with `BPF_MAP_LOOKUP_BATCH` (a few syscalls for a whole
-    /// table rather than two per flow: the aging pass reads it every fraction of a second), or
-    /// entry by entry where the kernel has no batch lookups for the map.
-    pub fn all(&self) -> Result<Vec<(FlowKey, FlowValue)>, DataplaneError> {
+    /// Up to about `max` flows of one table from `cursor` on, read with `BPF_MAP_LOOKUP_BATCH`
+    /// (a syscall for many flows rather than two per flow), or the whole table entry by entry
+    /// where the kernel has no batch lookups for the map. Returns the flows and whether the
+    /// table's walk is complete.
+    fn page(
+        &self,
+        family: Family,
+        cursor: &mut WalkCursor,
+        max: usize,
+    ) -> Result<(Vec<(FlowKey, FlowValue)>, bool), DataplaneError> {
         use aya::maps::IterableMap;
         use std::os::fd::{AsFd, AsRawFd};
         fn key(vrf: u32, src: IpAddr, dst: IpAddr, proto: u8, ports: (u16, u16)) -> FlowKey {
             FlowKey { vrf, src, dst, proto, sport: ports.0, dport: ports.1 }
         }
-        let mut out = Vec::new();
         let v4 = |k: &FlowKeyV4| key(k.vrf, k.src.into(), k.dst.into(), k.proto, (k.sport, k.dport));
-        match lookup_batch::<FlowKeyV4>(self.v4.map().fd().as_fd().as_raw_fd()) {
-            Ok(entries) => out.extend(entries.iter().map(|(k, v)| (v4(k), *v))),
-            Err(e) if batch_unsupported(&e) => {
-                // An entry evicted or deleted during the walk is simply not listed.
-                out.extend(self.v4.iter().flatten().map(|(k, v)| (v4(&k), v)));
-            }
-            Err(e) => {
-                return Err(DataplaneError::Io { path: names::FLOWS_V4.into(), op: "BPF_MAP_LOOKUP_BATCH", source: e })
-            }
-        }
         let v6 = |k: &FlowKeyV6| key(k.vrf, k.src.into(), k.dst.into(), k.proto, (k.sport, k.dport));
-        match lookup_batch::<FlowKeyV6>(self.v6.map().fd().as_fd().as_raw_fd()) {
-            Ok(entries) => out.extend(entries.iter().map(|(k, v)| (v6(k), *v))),
-            Err(e) if batch_unsupported(&e) => out.extend(self.v6.iter().flatten().map(|(k, v)| (v6(&k), v))),
-            Err(e) => {
-                return Err(DataplaneError::Io { path: names::FLOWS_V6.into(), op: "BPF_MAP_LOOKUP_BATCH", source: e })
-            }
+        let (fd, name) = match family {
+            Family::V4 => (self.v4.map().fd().as_fd().as_raw_fd(), names::FLOWS_V4),
+            Family::V6 => (self.v6.map().fd().as_fd().as_raw_fd(), names::FLOWS_V6),
+        };
+        let io = |source| DataplaneError::Io { path: name.into(), op: "BPF_MAP_LOOKUP_BATCH", source };
+        match family {
+            Family::V4 => match lookup_batch::<FlowKeyV4>(fd, cursor, max) {
+                Ok((entries, done)) => Ok((entries.iter().map(|(k, v)| (v4(k), *v)).collect(), done)),
+                // An entry evicted or deleted during the walk is simply not listed.
+                Err(e) if batch_unsupported(&e) => {
+                    Ok((self.v4.iter().flatten().map(|(k, v)| (v4(&k), v)).collect(), true))
+                }
+                Err(e) => Err(io(e)),
+            },
+            Family::V6 => match lookup_batch::<FlowKeyV6>(fd, cursor, max) {
+                Ok((entries, done)) => Ok((entries.iter().map(|(k, v)| (v6(k), *v)).collect(), done)),
+                Err(e) if batch_unsupported(&e) => {
+                    Ok((self.v6.iter().flatten().map(|(k, v)| (v6(&k), v)).collect(), true))
+                }
+                Err(e) => Err(io(e)),
+            },
         }
-        Ok(out)
     }
 }
 
-/// Entries per `BPF_MAP_LOOKUP_BATCH` call.
-const LOOKUP_CHUNK: usize = 4096;
+#[derive(Clone, Copy)]
+enum Family {
+    V4,
+    V6,
+}
+
+/// Where a walk of a flow table stands: the kernel's cursor (a bucket index for hash maps;
+/// room for more, zeroed), none before the first call.
+#[derive(Default)]
+struct WalkCursor(Option<[u64; 2]>);
+
+impl KernelDataplane {
+    /// Walks both flow tables a page of [`WALK_PAGE`] flows at a time, handing each page to
+    /// `each`; the dataplane's lock is held for one page's syscall at a time, never across
+    /// `each`, so writes (installs, HOLD resolutions) wait for a page at most, not for a walk.
+    fn walk_pages(&self, each: &mut dyn FnMut(Vec<(FlowKey, FlowValue)>)) -> Result<(), DataplaneError> {
+        for family in [Family::V4, Family::V6] {
+            let mut cursor = WalkCursor::default();
+            loop {
+                let (page, done) = self.lock().flows.page(family, &mut cursor, WALK_PAGE)?;
+                each(page);
+                if done {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Flows per page of a walk: a page is ~0.1 ms of kernel time (and what the aging pass does
+/// with it about as much again), so a walk, whatever the table's size, never holds the
+/// dataplane's lock or a CPU for longer than that at a stretch.
+const WALK_PAGE: usize = 1024;
 
 fn batch_unsupported(e: &std::io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOTSUP) | Some(524))
 }
 
-/// Every entry of the hash map `fd` (keys `K`, values `FlowValue`), in chunks of
-/// [`LOOKUP_CHUNK`]; the kernel walks its buckets in order and hands back a cursor.
-fn lookup_batch<K: Copy>(fd: i32) -> std::io::Result<Vec<(K, FlowValue)>> {
+/// Up to about `max` entries of the hash map `fd` (keys `K`, values `FlowValue`) from `cursor`
+/// on (the kernel walks its buckets in order, hands back as many whole buckets as fit and a
+/// cursor), and whether the walk is complete.
+fn lookup_batch<K: Copy>(fd: i32, cursor: &mut WalkCursor, max: usize) -> std::io::Result<(Vec<(K, FlowValue)>, bool)> {
     let (ks, vs) = (std::mem::size_of::<K>(), std::mem::size_of::<FlowValue>());
-    let mut chunk = LOOKUP_CHUNK;
+    let mut chunk = max.max(1);
     let mut keys = vec![0u8; chunk * ks];
     let mut values = vec![0u8; chunk * vs];
-    // The cursor: a bucket index (u32) for hash maps; room for more, zeroed.
-    let mut cursor_in = [0u64; 2];
     let mut cursor_out = [0u64; 2];
-    let mut first = true;
-    let mut out = Vec::new();
     loop {
         let mut attr = [0u64; 16];
-        attr[0] = if first { 0 } else { cursor_in.as_ptr() as u64 };
+        attr[0] = cursor.0.as_ref().map_or(0, |c| c.as_ptr() as u64);
         attr[1] = cursor_out.as_mut_ptr() as u64;
         attr[2] = keys.as_mut_ptr() as u64;
         attr[3] = values.as_mut_ptr() as u64;
@@ -275,17 +341,16 @@ fn lookup_batch<K: Copy>(fd: i32) -> std::io::Result<Vec<(K, FlowValue)>> {
             }
             _ => {}
         }
+        let mut out = Vec::with_capacity(got.min(chunk));
         for i in 0..got.min(chunk) {
             // SAFETY: entry i lies within the buffers; read unaligned (packed by the kernel).
             let k = unsafe { std::ptr::read_unaligned(keys[i * ks..].as_ptr() as *const K) };
             let v = unsafe { std::ptr::read_unaligned(values[i * vs..].as_ptr() as *const FlowValue) };
             out.push((k, v));
         }
-        if err.is_some() {
-            // ENOENT: the walk is complete.
-            return Ok(out);
-        }
-        first = false;
-        cursor_in = cursor_out;
+        // ENOENT: the walk is complete.
+        let done = err.is_some();
+        cursor.0 = Some(cursor_out);
+        return Ok((out, done));
     }
 }

@@ -38,7 +38,7 @@ pub mod testrun;
 pub use error::DataplaneError;
 pub use fib4::Fib4;
 pub use flow_misses::{FlowMiss, FlowMissReader};
-pub use flows::{FlowKey, Flows};
+pub use flows::{FlowKey, Flows, NO_EGRESS};
 pub use interfaces::{Attachment, Hook, InterfaceParams, Interfaces, KernelInterface, LinkInfo, XdpMode};
 pub use lifecycle::{Lifecycle, MapStatus, ProgramStatus};
 pub use loader::{AdoptedLinks, KernelDataplane, LoadReport, LoaderConfig};

@@ -28,7 +28,7 @@ use super::{
     txn::{KernelOp, Write},
     vrfs, Atomicity, BatchError, Domain, DomainError, InterfaceName, State,
 };
-use crate::dataplane::{Dataplane, FlowKey, FlowMiss};
+use crate::dataplane::{Dataplane, FlowKey, FlowMiss, NO_EGRESS};
 
 /// Flow mode of one interface.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -365,7 +365,8 @@ impl<D: Dataplane> Domain<D> {
             // The flow is in place: the packet now follows it. Through an ENCAP next hop the
             // program's verdict and frame are computed by a plain test run and sent out of its
             // interface (a live test run builds and tears down a page pool per call: a quarter
-            // of the server's CPU at high setup rates); anything else runs live.
+            // of the server's CPU at high setup rates); a flow that drops, by a plain test run
+            // alone; anything else runs live.
             let r = match egress {
                 Some(egress) => self.dataplane.reinject_via(h.ifindex, egress, &h.frame),
                 None => self.dataplane.reinject(h.ifindex, &h.frame),
@@ -678,12 +679,16 @@ fn plan_entry(
 /// interface, a fixed rewrite): its ifindex. `None` for anything else (ECMP, gateway, RECEIVE,
 /// DROP), whose packets a live test run must place.
 fn single_egress(state: &State, v: &FlowValue) -> Option<u32> {
-    if v.action != FLOW_FORWARD {
-        return None;
+    match v.action {
+        // Dropped by the program whatever the frame: a plain test run counts it, nothing to send.
+        FLOW_DROP => return Some(NO_EGRESS),
+        FLOW_FORWARD => {}
+        _ => return None,
     }
     let id = state.nh_ids.get(&v.nexthop)?;
     match &state.nexthops.get(id)?.spec {
         nexthops::NextHopSpec::Encap { interface, .. } => state.interfaces.get(interface).map(|i| i.link.ifindex),
+        nexthops::NextHopSpec::Discard => Some(NO_EGRESS),
         _ => None,
     }
 }

@@ -135,8 +135,9 @@ impl FlowBook {
     }
 }
 
-/// Flows of a walk checked against the book per taking of its lock.
-const BOOK_CHUNK: usize = 1024;
+/// Flows removed (or looked at again) per taking of the domain's lock in an aging pass: two
+/// syscalls each, ~0.5 ms a chunk.
+const SWEEP_CHUNK: usize = 256;
 
 /// Why `v` should go now, if it should (HOLDs: `IdleTimeout` stands for their hold timeout).
 fn expiry(
@@ -195,12 +196,22 @@ impl<D: Dataplane> Domain<D> {
     /// reports the flows of the book the kernel evicted. Forgets held frames whose HOLD the LRU
     /// evicted. Returns how many flows it removed.
     pub fn expire_flows(&self, hold_timeout: Duration, idle_timeout: Duration) -> Result<usize, DomainError> {
-        // The walk (a syscall or two per flow, the whole table) runs without the domain's lock,
-        // so misses, installs and every other call go on meanwhile; only what it found expired
-        // or missing is looked at again, and removed, under the lock.
+        self.expire_flows_paced(hold_timeout, idle_timeout, &mut |_| {})
+    }
+
+    /// [`Self::expire_flows`], with `pace` called after each page of the walk with the time
+    /// the page took (its read and its look at the book): the aging task sleeps there, so that
+    /// a pass over a large table is spread out rather than taking a CPU for its whole length.
+    pub fn expire_flows_paced(
+        &self,
+        hold_timeout: Duration,
+        idle_timeout: Duration,
+        pace: &mut dyn FnMut(Duration),
+    ) -> Result<usize, DomainError> {
+        // The walk (a page of flows per syscall) runs without the domain's lock, so misses,
+        // installs and every other call go on meanwhile; only what it found expired or missing
+        // is looked at again, and removed, under the lock.
         let walk_start = monotonic_ns();
-        let walked = self.dataplane.flows()?;
-        let now = monotonic_ns();
         let mut candidates = Vec::new();
         let mut live_holds = HashSet::new();
         let mut missing = Vec::new();
@@ -209,14 +220,14 @@ impl<D: Dataplane> Domain<D> {
             book.pass += 1;
             book.pass
         };
-        // The book's lock alone, a chunk of the walk at a time (a hash lookup per flow, no
-        // syscall): an install waits for one chunk at most (its end takes the book's lock),
-        // nothing else waits at all. Measured (release, 262,144 flows all in the book): 160 ms
-        // for the whole walk, so one taking of the lock for it all would hold installs that
-        // long; about 1 ms per chunk.
-        for chunk in walked.chunks(BOOK_CHUNK) {
+        // Each page under the book's lock alone (a hash lookup per flow, no syscall): an
+        // install waits for one page at most (its end takes the book's lock), nothing else
+        // waits at all.
+        let mut page_start = std::time::Instant::now();
+        self.dataplane.walk_flows(&mut |page| {
+            let now = monotonic_ns();
             let mut book = self.flow_book.lock();
-            for (k, v) in chunk {
+            for (k, v) in &page {
                 let own = match book.flows.get_mut(k) {
                     Some(e) if e.is(v) => {
                         e.seen = pass;
@@ -232,7 +243,11 @@ impl<D: Dataplane> Domain<D> {
                     live_holds.insert(v.request_id);
                 }
             }
-        }
+            drop(book);
+            drop(page);
+            pace(page_start.elapsed());
+            page_start = std::time::Instant::now();
+        })?;
         // Installed before the walk began and not in it: evicted, or (a walk of a hash map that
         // changes under it can skip entries) missed; the second look tells. One scan of the
         // book (7 ms at 262,144 flows).
@@ -244,64 +259,80 @@ impl<D: Dataplane> Domain<D> {
                 .filter(|(_, e)| e.seen != pass && e.created_ns < walk_start)
                 .map(|(k, _)| *k),
         );
-        drop(walked);
 
-        let mut state = self.lock();
-        let mut book = self.flow_book.lock();
         let mut gone = 0;
         let mut removed = Vec::new();
-        // A kernel failure part way stops the pass, but what it removed is still announced.
+        // Removed a chunk at a time under the domain's lock, which misses and decisions take
+        // too: they wait for a chunk at most, and the pass is paced between chunks as the walk
+        // was. A kernel failure part way stops the pass, but what it removed is still announced.
         let swept = (|| -> Result<(), DomainError> {
-            for k in candidates {
-                // A HOLD answered, or a flow that saw a packet, since the walk stays.
-                let Some(v) = self.dataplane.get_flow(&k)? else { continue };
-                let now = monotonic_ns();
-                let Some(reason) = expiry(&v, book.of(&k, &v), now, hold_timeout, idle_timeout) else {
+            let mut chunk_start = std::time::Instant::now();
+            for chunk in candidates.chunks(SWEEP_CHUNK) {
+                let mut state = self.lock();
+                let mut book = self.flow_book.lock();
+                for &k in chunk {
+                    // A HOLD answered, or a flow that saw a packet, since the walk stays.
+                    let Some(v) = self.dataplane.get_flow(&k)? else { continue };
+                    let now = monotonic_ns();
+                    let Some(reason) = expiry(&v, book.of(&k, &v), now, hold_timeout, idle_timeout) else {
+                        if v.action == FLOW_HOLD {
+                            live_holds.insert(v.request_id);
+                        }
+                        continue;
+                    };
+                    self.dataplane.remove_flow(&k)?;
+                    gone += 1;
                     if v.action == FLOW_HOLD {
-                        live_holds.insert(v.request_id);
+                        if self.resolve_hold(&mut state, v.request_id).is_some() {
+                            state.flows.count_unanswered();
+                        }
+                    } else {
+                        removed.push(book.removed(k, &v, reason, now));
                     }
-                    continue;
-                };
-                self.dataplane.remove_flow(&k)?;
-                gone += 1;
-                if v.action == FLOW_HOLD {
-                    if self.resolve_hold(&mut state, v.request_id).is_some() {
-                        state.flows.count_unanswered();
-                    }
-                } else {
-                    removed.push(book.removed(k, &v, reason, now));
                 }
+                drop(book);
+                // HOLDs resolved free the cap's room now, not at the end of the pass.
+                self.publish_resolved(&state);
+                drop(state);
+                pace(chunk_start.elapsed());
+                chunk_start = std::time::Instant::now();
             }
-            let now = monotonic_ns();
-            for k in missing {
-                // Deleted, or installed again, since the walk: nothing of this flow to report here.
-                let Some(e) = book.flows.get(&k).copied() else { continue };
-                if e.created_ns >= walk_start {
-                    continue;
-                }
-                if let Some(v) = self.dataplane.get_flow(&k)? {
-                    if e.is(&v) {
-                        continue; // the walk missed it
+            for chunk in missing.chunks(SWEEP_CHUNK) {
+                let mut book = self.flow_book.lock();
+                let now = monotonic_ns();
+                for &k in chunk {
+                    // Deleted, or installed again, since the walk: nothing of this flow to report here.
+                    let Some(e) = book.flows.get(&k).copied() else { continue };
+                    if e.created_ns >= walk_start {
+                        continue;
                     }
-                    if v.action == FLOW_HOLD {
-                        live_holds.insert(v.request_id);
+                    if let Some(v) = self.dataplane.get_flow(&k)? {
+                        if e.is(&v) {
+                            continue; // the walk missed it
+                        }
+                        if v.action == FLOW_HOLD {
+                            live_holds.insert(v.request_id);
+                        }
                     }
+                    book.flows.remove(&k);
+                    removed.push(FlowRemoved {
+                        key: k,
+                        reason: FlowRemovedReason::Evicted,
+                        packets: e.packets,
+                        bytes: e.bytes,
+                        duration: Duration::from_nanos(now.saturating_sub(e.created_ns)),
+                        request_id: e.request_id,
+                        idle_timeout: e.idle,
+                        hard_timeout: e.hard,
+                    });
                 }
-                book.flows.remove(&k);
-                removed.push(FlowRemoved {
-                    key: k,
-                    reason: FlowRemovedReason::Evicted,
-                    packets: e.packets,
-                    bytes: e.bytes,
-                    duration: Duration::from_nanos(now.saturating_sub(e.created_ns)),
-                    request_id: e.request_id,
-                    idle_timeout: e.idle,
-                    hard_timeout: e.hard,
-                });
+                drop(book);
+                pace(chunk_start.elapsed());
+                chunk_start = std::time::Instant::now();
             }
             Ok(())
         })();
-        drop(book);
+        let mut state = self.lock();
         if swept.is_ok() {
             // Held frames whose HOLD is no longer in the table (evicted, or replaced by a flow
             // the kernel cannot tell us about) are resolved too, once older than the hold timeout.
