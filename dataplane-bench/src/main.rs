@@ -129,7 +129,7 @@ fn flow_config(args: &Args, runs: usize) -> flows::Config {
         storm: storm::Config {
             runs: if args.quick && args.runs.is_none() { 2 } else { runs },
             window: std::time::Duration::from_millis(if args.quick { 300 } else { 2000 }),
-            repeat: if args.quick { 100_000 } else { 1_000_000 },
+            repeat: if args.quick { 100_000 } else { 5_000_000 },
         },
     }
 }

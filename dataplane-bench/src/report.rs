@@ -186,8 +186,9 @@ fn render_storm(md: &mut String, s: &crate::storm::Results) {
         "An installed flow (`InstallFlows`, FORWARD to next hop 1) forwarded by the server's own \
          `dp_xdp_ingress` (a copy over its pinned maps, behind the benchmark harness; \
          BPF_PROG_TEST_RUN, {repeat} repetitions per call; each call also costs the kernel ~15 ms \
-         of set-up, as it swaps the XDP dispatcher's program in and out, the same with or without \
-         the storm) from one thread pinned to CPU 0 for {secs:.1} s: packets per second of wall \
+         of set-up, as it swaps the XDP dispatcher's program in and out, asleep in an RCU grace \
+         period that lasts longer while the other CPU is busy in the kernel, hence calls long \
+         enough that it is a few per cent of the window) from one thread pinned to CPU 0 for {secs:.1} s: packets per second of wall \
          time, and the kernel's ns per packet. Next to it, \
          in each of {runs} runs, the same window while a second thread pinned to CPU 1 runs one \
          flow miss after the other, each a 5-tuple never seen before, through the same program on \
