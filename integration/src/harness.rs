@@ -290,6 +290,33 @@ impl Harness {
         self.test_run(programs::BENCH_HARNESS, frame, repeat)
     }
 
+    /// [`Self::run_harnessed`] as received on interface `ifindex` (of the caller's network
+    /// namespace) rather than on its loopback: its own receive queue's `xdp_rxq_info`, which
+    /// every test run without one writes (the loopback's), so runs on another CPU do not
+    /// bounce that cache line under this one's packets.
+    pub fn run_harnessed_at(
+        &self,
+        ifindex: u32,
+        frame: &[u8],
+        repeat: u32,
+    ) -> Result<(u32, Duration, Vec<u8>), ProgramError> {
+        // `struct xdp_md` as BPF_PROG_TEST_RUN takes it in `ctx_in`: data, data_end, data_meta,
+        // ingress_ifindex, rx_queue_index, egress_ifindex.
+        let ctx: [u32; 6] = [0, frame.len() as u32, 0, ifindex, 0, 0];
+        // SAFETY: plain u32s, viewed as their bytes.
+        let ctx_bytes = unsafe { std::slice::from_raw_parts(ctx.as_ptr() as *const u8, std::mem::size_of_val(&ctx)) };
+        let mut out = vec![0u8; 8192];
+        let r = self.program(programs::BENCH_HARNESS).test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ctx_in: Some(ctx_bytes),
+            repeat,
+            ..Default::default()
+        })?;
+        out.truncate(r.data_size_out as usize);
+        Ok((r.return_value, r.duration, out))
+    }
+
     fn program(&self, name: &str) -> &Xdp {
         self.ebpf
             .program(name)

@@ -495,9 +495,17 @@ pub async fn program_router(topo: &Topology, client: &mut controller_client::Cli
 /// routes, both families, to next hop 1: ENCAP via `lo` to 02:00:00:00:00:01). A test run of
 /// the ingress program over its pins then answers REDIRECT for what it forwards.
 pub async fn server_forwarding_via_lo(prefix: &str) -> Result<(Netns, Server, controller_client::Client)> {
+    server_forwarding_via_lo_with(prefix, &[]).await
+}
+
+/// [`server_forwarding_via_lo`] with a server started with `args`.
+pub async fn server_forwarding_via_lo_with(
+    prefix: &str,
+    args: &[&str],
+) -> Result<(Netns, Server, controller_client::Client)> {
     use controller_client::pb;
     let ns = Netns::new(prefix)?;
-    let server = Server::start(&ns)?;
+    let server = Server::start_with(&ns, args)?;
     let mut c = server.client().await?;
     c.interfaces.add_interface(pb::AddInterfaceRequest { name: "lo".into(), ..Default::default() }).await?;
     c.routing

@@ -150,18 +150,20 @@ async fn flow_idle_and_hard_timeouts_remove_each_flow_at_its_time_through_the_ke
     assert!(busy >= 20, "the hard flow was kept busy until it went: {busy} packets");
 }
 
-/// The aging pass walks the table a page (1,024 flows) at a time, pausing between pages: a
-/// table of several pages is listed whole, and every flow in it is aged out at its time.
+/// Flows without timeouts of their own age by the server-wide idle timeout, which only a walk
+/// of the whole table finds (a page of 1,024 flows at a time, with pauses between pages): with
+/// that timeout at 1 s the walk runs every 250 ms. A table of several pages is listed whole
+/// (ListFlows reads it a page at a time too), and every flow in it goes at its time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn flow_idle_timeouts_across_pages_of_the_walk_remove_every_flow() {
-    let (_ns, _server, mut c) = integration::server_forwarding_via_lo("dpfp-").await.unwrap();
+async fn flow_server_idle_timeout_walk_across_pages_removes_every_flow() {
+    let (_ns, _server, mut c) =
+        integration::server_forwarding_via_lo_with("dpfp-", &["--flow-idle-timeout-secs", "1"]).await.unwrap();
     const N: u16 = 5000;
     let flows: Vec<pb::Flow> = (0..N)
         .map(|i| pb::Flow {
             key: Some(key(10_000 + i)),
             action: pb::FlowAction::Forward as i32,
             next_hop: 1,
-            idle_timeout_ms: 1000,
             ..Default::default()
         })
         .collect();
@@ -170,7 +172,7 @@ async fn flow_idle_timeouts_across_pages_of_the_walk_remove_every_flow() {
     let mut ports: Vec<u32> = installed(&mut c).await.iter().map(|f| f.key.as_ref().unwrap().src_port).collect();
     ports.sort_unstable();
     assert_eq!(ports, (10_000..10_000 + u32::from(N)).collect::<Vec<_>>(), "every flow listed once");
-    // A pass over 5 pages takes ~10 ms of pauses: all gone by the timeout plus the usual slack.
+    // A walk over 5 pages takes ~10 ms of pauses: all gone by the timeout plus the usual slack.
     let mut left = usize::from(N);
     while left > 0 && installed_at.elapsed() < Duration::from_secs(1) + 2 * LATE {
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -141,11 +141,6 @@ fn stream_error(e: &DomainError, about: &str, id: u64) -> Result<pb::SessionResp
     }))
 }
 
-/// The blocking pool did not run a call to the end (a panic, or the runtime stopping).
-fn task_failed(e: super::error::TaskFailed) -> DomainError {
-    DomainError::FailedPrecondition(format!("the call did not finish: {e}"))
-}
-
 fn arbitration_result<D: Dataplane>(domain: &Domain<D>, seat: &Seat) -> Result<pb::SessionResponse, Status> {
     response(pb::session_response::Kind::Arbitration(pb::ArbitrationResult {
         role: seat.role().to_owned(),
@@ -441,9 +436,15 @@ impl Batch {
     }
 }
 
-/// The request task: arbitration updates, decisions and packet-outs, in the order sent. When
-/// the stream ends, the event task stops, the seat is given up (the role elects again) and,
-/// with DELETE_FLOWS, this session's flows go.
+/// Requests read from the stream and not yet taken by the session's thread.
+const IN_QUEUE: usize = 64;
+
+/// Reads the session's requests and hands them, in order, to a thread of the session's own
+/// ([`serve_requests`]), which applies them: decisions block for their kernel writes, and on a
+/// runtime worker each would need `block_in_place` (a hand-off of the worker's core to another
+/// thread, a wakeup of a spare one: thousands a second at a high setup rate, each a few
+/// milliseconds of latency for the misses queued behind it now and then). When the stream ends,
+/// the thread finishes what it was given and cleans up.
 async fn handle_requests<D: Dataplane>(
     domain: Arc<Domain<D>>,
     seat: Arc<Mutex<Seat>>,
@@ -453,11 +454,18 @@ async fn handle_requests<D: Dataplane>(
     events: tokio::task::JoinHandle<()>,
     acked: tokio::sync::watch::Sender<u64>,
 ) {
-    use pb::session_request::Kind;
-    // DELETE_FLOWS: the keys this session wrote (each once), at most what both flow tables hold;
-    // past that, older keys were evicted or replaced long since.
-    let mut installed: std::collections::HashSet<FlowKey> = std::collections::HashSet::new();
-    let counters = lock(&seat).counters().clone();
+    let (req_tx, req_rx) = mpsc::channel(IN_QUEUE);
+    let failed_tx = tx.clone();
+    let started = std::thread::Builder::new()
+        .name("dp-session".into())
+        .spawn(move || serve_requests(domain, seat, config, req_rx, tx, events, acked));
+    if let Err(e) = started {
+        warn!(error = %e, "starting a controller session's thread failed");
+        let _ =
+            failed_tx.send(Err(Status::resource_exhausted(format!("cannot start the session's thread: {e}")))).await;
+        return;
+    }
+    drop(failed_tx);
     loop {
         let msg = match inbound.message().await {
             Ok(Some(m)) => m,
@@ -467,6 +475,29 @@ async fn handle_requests<D: Dataplane>(
                 break;
             }
         };
+        if req_tx.send(msg).await.is_err() {
+            break;
+        }
+    }
+}
+
+/// The session's thread: applies its requests in the order they came, answers on `tx`, and once
+/// they end closes the session (the event task stops; DELETE_FLOWS removes its flows).
+fn serve_requests<D: Dataplane>(
+    domain: Arc<Domain<D>>,
+    seat: Arc<Mutex<Seat>>,
+    config: Config,
+    mut requests: mpsc::Receiver<pb::SessionRequest>,
+    tx: Out,
+    events: tokio::task::JoinHandle<()>,
+    acked: tokio::sync::watch::Sender<u64>,
+) {
+    use pb::session_request::Kind;
+    // DELETE_FLOWS: the keys this session wrote (each once), at most what both flow tables hold;
+    // past that, older keys were evicted or replaced long since.
+    let mut installed: std::collections::HashSet<FlowKey> = std::collections::HashSet::new();
+    let counters = lock(&seat).counters().clone();
+    while let Some(msg) = requests.blocking_recv() {
         let reply = match msg.kind {
             Some(Kind::Arbitration(a)) => {
                 let r = if a.config.is_some() {
@@ -513,14 +544,14 @@ async fn handle_requests<D: Dataplane>(
             }
             Some(Kind::PacketOut(p)) => {
                 let id = p.id;
-                match packet_out(&domain, &seat, p).await {
+                match packet_out(&domain, &seat, p) {
                     Ok(()) => continue,
                     Err(e) => stream_error(&e, "packet_out", id),
                 }
             }
             None => stream_error(&DomainError::invalid("kind", "empty request"), "request", 0),
         };
-        if tx.send(reply).await.is_err() {
+        if tx.blocking_send(reply).is_err() {
             break;
         }
     }
@@ -533,12 +564,10 @@ async fn handle_requests<D: Dataplane>(
     drop(seat);
     info!(role = %role, election_id = id, "controller session closed");
     if config.delete_flows && !installed.is_empty() {
-        let d = domain.clone();
         let keys: Vec<FlowKey> = installed.into_iter().collect();
-        match tokio::task::spawn_blocking(move || d.remove_flows_present(&keys)).await {
-            Ok(Ok(n)) => info!(flows = n, "session ended with DELETE_FLOWS: its flows removed"),
-            Ok(Err(e)) => warn!(error = %e, "removing an ended session's flows failed"),
-            Err(e) => warn!(error = %e, "removing an ended session's flows did not finish"),
+        match domain.remove_flows_present(&keys) {
+            Ok(n) => info!(flows = n, "session ended with DELETE_FLOWS: its flows removed"),
+            Err(e) => warn!(error = %e, "removing an ended session's flows failed"),
         }
     }
 }
@@ -564,7 +593,7 @@ fn decide<D: Dataplane>(
 ) -> Result<(pb::DecisionResult, Vec<FlowKey>), DomainError> {
     require_primary(seat)?;
     let atomicity = super::flows::atomicity(d.atomicity)?;
-    let out = super::flows::decide(domain, d.flows, atomicity)?;
+    let out = super::flows::decide_here(domain, d.flows, atomicity)?;
     let result = pb::DecisionResult {
         id: d.id,
         generation: out.generation,
@@ -581,15 +610,10 @@ fn decide<D: Dataplane>(
     Ok((result, out.installed))
 }
 
-async fn packet_out<D: Dataplane>(
-    domain: &Arc<Domain<D>>,
-    seat: &Mutex<Seat>,
-    p: pb::PacketOut,
-) -> Result<(), DomainError> {
+fn packet_out<D: Dataplane>(domain: &Arc<Domain<D>>, seat: &Mutex<Seat>, p: pb::PacketOut) -> Result<(), DomainError> {
     require_primary(seat)?;
     let interface = InterfaceName::parse("packet_out.interface", &p.interface)?;
-    let dom = domain.clone();
-    super::blocking(move || dom.packet_out(&interface, &p.frame, p.ingress)).await.map_err(task_failed)?
+    domain.packet_out(&interface, &p.frame, p.ingress)
 }
 
 #[cfg(test)]

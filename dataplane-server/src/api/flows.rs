@@ -167,10 +167,19 @@ pub(super) struct Decided {
 
 /// Decodes and installs `flows` (InstallFlows, a session's Decisions), each entry on its own: one
 /// that does not decode fails like one the domain refuses. ALL_OR_NOTHING with a failure: nothing
-/// is installed and every failed entry is still reported. Runs in place on the calling worker
-/// (`block_in_place`): a batch is short, and one every few hundred microseconds would otherwise
-/// pay two thread hand-offs each.
+/// is installed and every failed entry is still reported. Runs in place on the calling runtime
+/// worker (`block_in_place`); a session's thread calls [`decide_here`].
 pub(super) fn decide<D: Dataplane>(
+    domain: &Arc<Domain<D>>,
+    flows: Vec<pb::Flow>,
+    atomicity: Atomicity,
+) -> Result<Decided, DomainError> {
+    tokio::task::block_in_place(|| decide_here(domain, flows, atomicity))
+}
+
+/// [`decide`] on the calling thread, which it blocks for the batch's kernel writes: for a thread
+/// of its own, never a runtime worker.
+pub(super) fn decide_here<D: Dataplane>(
     domain: &Arc<Domain<D>>,
     flows: Vec<pb::Flow>,
     atomicity: Atomicity,
@@ -188,15 +197,13 @@ pub(super) fn decide<D: Dataplane>(
             Err(e) => failed.push((i, e)),
         }
     }
-    let out = tokio::task::block_in_place(|| {
-        if failed.is_empty() || continue_on_error {
-            domain.install_flows_with(specs, &positions, continue_on_error)
-        } else {
-            let generation = domain.generation();
-            let failed = domain.validate_flows(&specs, &positions);
-            Ok(crate::domain::BatchOutcome { generation, applied: 0, failed, installed: Vec::new() })
-        }
-    })?;
+    let out = if failed.is_empty() || continue_on_error {
+        domain.install_flows_with(specs, &positions, continue_on_error)
+    } else {
+        let generation = domain.generation();
+        let failed = domain.validate_flows(&specs, &positions);
+        Ok(crate::domain::BatchOutcome { generation, applied: 0, failed, installed: Vec::new() })
+    }?;
     failed.extend(out.failed);
     failed.sort_by_key(|(i, _)| *i);
     let applied = if !failed.is_empty() && !continue_on_error { 0 } else { out.applied };

@@ -573,7 +573,7 @@ impl<D: Dataplane> Domain<D> {
             };
             if spec.idle_timeout.is_some() || spec.hard_timeout.is_some() || request_id != 0 {
                 let e = aging::Installed::new(spec.idle_timeout, spec.hard_timeout, request_id, p.value.created_ns);
-                book.flows.insert(p.key, e);
+                book.insert(p.key, e);
             } else {
                 book.flows.remove(&p.key);
             }

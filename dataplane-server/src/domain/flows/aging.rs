@@ -10,7 +10,8 @@
 //! flow in the book takes about 130 bytes (key, entry, the hash map's slack).
 
 use std::{
-    collections::{HashMap, HashSet},
+    cmp::Reverse,
+    collections::{BinaryHeap, HashMap, HashSet},
     sync::{Arc, Mutex, MutexGuard, RwLock},
     time::Duration,
 };
@@ -74,6 +75,10 @@ pub(in crate::domain) struct Installed {
     bytes: u64,
     /// The aging pass that last saw it in the kernel's table.
     seen: u64,
+    /// When its own timeouts could take it at the earliest, as last computed (`u64::MAX`: it
+    /// has none; the walk ages it by the server-wide idle timeout): its slot in the book's
+    /// schedule, where an entry of another time is stale.
+    due: u64,
 }
 
 impl Installed {
@@ -83,7 +88,17 @@ impl Installed {
         request_id: u64,
         created_ns: u64,
     ) -> Self {
-        Self { idle, hard, request_id, created_ns, packets: 0, bytes: 0, seen: 0 }
+        let mut e = Self { idle, hard, request_id, created_ns, packets: 0, bytes: 0, seen: 0, due: u64::MAX };
+        e.due = e.due_after(created_ns);
+        e
+    }
+
+    /// The earliest its own timeouts could take it, last seen at `last_seen_ns`.
+    fn due_after(&self, last_seen_ns: u64) -> u64 {
+        let at = |base: u64, d: Option<Duration>| {
+            d.map_or(u64::MAX, |d| base.saturating_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)))
+        };
+        at(self.created_ns, self.hard).min(at(last_seen_ns, self.idle))
     }
 
     /// Whether `v` is this flow's kernel entry (not a later one of the same key).
@@ -104,9 +119,37 @@ pub(in crate::domain) struct Book {
     pub(in crate::domain) flows: HashMap<FlowKey, Installed>,
     /// Aging passes so far.
     pass: u64,
+    /// The flows with timeouts of their own, by when to look at them again (earliest first):
+    /// [`Domain::expire_due`] looks at those due and no others. An entry whose time is not its
+    /// flow's `due` is stale (the flow was looked at, installed again or removed since).
+    schedule: BinaryHeap<Reverse<(u64, FlowKey)>>,
 }
 
 impl Book {
+    /// Records an installed flow and schedules its first look.
+    pub(in crate::domain) fn insert(&mut self, key: FlowKey, e: Installed) {
+        if e.due != u64::MAX {
+            self.schedule.push(Reverse((e.due, key)));
+        }
+        self.flows.insert(key, e);
+    }
+
+    /// The flows due by `now` (at most `max`), taken off the schedule.
+    fn take_due(&mut self, now: u64, max: usize) -> Vec<FlowKey> {
+        let mut due = Vec::new();
+        while due.len() < max {
+            match self.schedule.peek() {
+                Some(Reverse((at, _))) if *at <= now => {}
+                _ => break,
+            }
+            let Some(Reverse((at, key))) = self.schedule.pop() else { break };
+            if self.flows.get(&key).is_some_and(|e| e.due == at) {
+                due.push(key);
+            }
+        }
+        due
+    }
+
     /// The entry of `key` if `v` is its flow.
     pub(in crate::domain) fn of(&self, key: &FlowKey, v: &FlowValue) -> Option<&Installed> {
         self.flows.get(key).filter(|e| e.is(v))
@@ -138,6 +181,10 @@ impl FlowBook {
 /// Flows removed (or looked at again) per taking of the domain's lock in an aging pass: two
 /// syscalls each, ~0.5 ms a chunk.
 const SWEEP_CHUNK: usize = 256;
+
+/// Flows of the book looked at per [`Domain::expire_due`] at most (the rest wait for the next):
+/// a lookup each, ~1 us.
+const DUE_MAX: usize = 65_536;
 
 /// Why `v` should go now, if it should (HOLDs: `IdleTimeout` stands for their hold timeout).
 fn expiry(
@@ -228,7 +275,9 @@ impl<D: Dataplane> Domain<D> {
             let now = monotonic_ns();
             let mut book = self.flow_book.lock();
             for (k, v) in &page {
-                let own = match book.flows.get_mut(k) {
+                // A HOLD is never the book's: the kernel creates one only where no flow is.
+                let found = if v.action == FLOW_HOLD { None } else { book.flows.get_mut(k) };
+                let own = match found {
                     Some(e) if e.is(v) => {
                         e.seen = pass;
                         e.packets = v.packets;
@@ -358,6 +407,88 @@ impl<D: Dataplane> Domain<D> {
         self.announce(removed);
         swept.map(|()| gone)
     }
+
+    /// Ages out what is due, without walking the table: HOLDs older than `hold_timeout` (from
+    /// the held misses, which know each HOLD's key and age) and the flows of the book whose own
+    /// timeouts may have come (a lookup each: gone if expired, looked at again when they could
+    /// next expire if not; reported evicted if the kernel no longer has them). What this cannot
+    /// see (flows aged by the server-wide idle timeout, HOLDs of misses never read, evictions
+    /// of flows not yet due) is left to the walk of [`Self::expire_flows_paced`], which can then
+    /// run far less often. Returns how many flows it removed.
+    pub fn expire_due(&self, hold_timeout: Duration, idle_timeout: Duration) -> Result<usize, DomainError> {
+        let holds: Vec<(u64, FlowKey)> = self
+            .held()
+            .held
+            .iter()
+            .filter(|(_, h)| h.since.elapsed() > hold_timeout)
+            .map(|(id, h)| (*id, h.key))
+            .collect();
+        let due = self.flow_book.lock().take_due(monotonic_ns(), DUE_MAX);
+        let (mut gone, mut removed) = (0, Vec::new());
+        let swept = (|| -> Result<(), DomainError> {
+            for chunk in holds.chunks(SWEEP_CHUNK) {
+                let mut state = self.lock();
+                for &(id, key) in chunk {
+                    match self.dataplane.get_flow(&key)? {
+                        Some(v) if v.action == FLOW_HOLD && v.request_id == id => {
+                            self.dataplane.remove_flow(&key)?;
+                            gone += 1;
+                        }
+                        // Evicted, or removed with its key's flows: its frame goes all the same.
+                        _ => {}
+                    }
+                    if self.resolve_hold(&mut state, id).is_some() {
+                        state.flows.count_unanswered();
+                    }
+                }
+                self.publish_resolved(&state);
+            }
+            for chunk in due.chunks(SWEEP_CHUNK) {
+                let _state = self.lock();
+                let mut book = self.flow_book.lock();
+                for &key in chunk {
+                    let Some(e) = book.flows.get(&key).copied() else { continue };
+                    let now = monotonic_ns();
+                    match self.dataplane.get_flow(&key)? {
+                        Some(v) if e.is(&v) => match expiry(&v, Some(&e), now, hold_timeout, idle_timeout) {
+                            Some(reason) => {
+                                self.dataplane.remove_flow(&key)?;
+                                gone += 1;
+                                removed.push(book.removed(key, &v, reason, now));
+                            }
+                            None => {
+                                let e = book.flows.get_mut(&key).expect("looked up above under the same lock");
+                                (e.packets, e.bytes) = (v.packets, v.bytes);
+                                e.due = e.due_after(v.last_seen_ns);
+                                let at = e.due;
+                                if at != u64::MAX {
+                                    book.schedule.push(Reverse((at, key)));
+                                }
+                            }
+                        },
+                        // Gone from the kernel, or a later entry of its key (a HOLD after an
+                        // eviction): the LRU took it.
+                        _ => {
+                            book.flows.remove(&key);
+                            removed.push(FlowRemoved {
+                                key,
+                                reason: FlowRemovedReason::Evicted,
+                                packets: e.packets,
+                                bytes: e.bytes,
+                                duration: Duration::from_nanos(now.saturating_sub(e.created_ns)),
+                                request_id: e.request_id,
+                                idle_timeout: e.idle,
+                                hard_timeout: e.hard,
+                            });
+                        }
+                    }
+                }
+            }
+            Ok(())
+        })();
+        self.announce(removed);
+        swept.map(|()| gone)
+    }
 }
 
 #[cfg(test)]
@@ -368,7 +499,7 @@ mod tests {
 
     use super::*;
     use crate::{
-        dataplane::Flows,
+        dataplane::{FlowMiss, Flows},
         domain::{fake::FakeDataplane, FlowAction, FlowSpec, FlowTarget, NewNextHop, NextHopSpec},
     };
 
@@ -425,9 +556,14 @@ mod tests {
         v.packets = packets;
         v.bytes = packets * 100;
         drop(flows);
-        // The book knows a flow by the creation time the domain wrote: keep it in step.
-        if let Some(e) = d.flow_book.lock().flows.get_mut(&key(sport)) {
+        // The book knows a flow by the creation time the domain wrote: keep it in step, and
+        // schedule its next look as the time played says.
+        let mut book = d.flow_book.lock();
+        if let Some(e) = book.flows.get_mut(&key(sport)) {
             e.created_ns = now - age * S;
+            e.due = e.due_after(now - idle * S);
+            let due = e.due;
+            book.schedule.push(Reverse((due, key(sport))));
         }
     }
 
@@ -463,6 +599,75 @@ mod tests {
         let gone = d.expire_flows(HOLD, IDLE).unwrap();
         assert_eq!(gone, 2);
         assert_eq!(left(&d), vec![2, 4, 5]);
+    }
+
+    #[test]
+    fn expire_due_removes_flows_past_their_own_timeouts_without_a_walk() {
+        let (d, seen) = domain();
+        let specs = vec![spec(1, Some(1000), None), spec(2, Some(3000), None), spec(3, None, Some(2000))];
+        d.install_flows(specs).unwrap();
+        play(&d, 1, 10, 2, 7); // idle 2 s of its 1 s: due, goes
+        play(&d, 2, 10, 2, 7); // idle 2 s of its 3 s: due in a second, not looked at
+        play(&d, 3, 3, 0, 5); // 3 s old of its hard 2 s: due, goes
+        assert_eq!(d.expire_due(HOLD, IDLE).unwrap(), 2);
+        assert_eq!(left(&d), vec![2]);
+        assert_eq!(
+            reasons(&seen),
+            vec![(1, FlowRemovedReason::IdleTimeout, 7), (3, FlowRemovedReason::HardTimeout, 5)]
+        );
+        assert_eq!(d.expire_due(HOLD, IDLE).unwrap(), 0, "each went once");
+    }
+
+    #[test]
+    fn expire_due_busy_flow_stays_and_is_looked_at_when_it_next_could_expire() {
+        let (d, seen) = domain();
+        d.install_flows(vec![spec(1, Some(1000), None)]).unwrap();
+        play(&d, 1, 10, 2, 7); // due: idle 2 s as the book last knew it
+                               // ... but the kernel has seen a packet since.
+        let now = monotonic_ns();
+        d.dataplane().flows.lock().unwrap().get_mut(&key(1)).unwrap().last_seen_ns = now;
+        assert_eq!(d.expire_due(HOLD, IDLE).unwrap(), 0);
+        assert_eq!(left(&d), vec![1]);
+        assert!(seen.lock().unwrap().is_empty());
+        let book = d.flow_book.lock();
+        let due = book.flows[&key(1)].due;
+        assert!(due >= now + S && due < now + 2 * S, "next look a timeout after its last packet: {due} vs {now}");
+        assert!(book.schedule.iter().any(|Reverse((at, k))| *at == due && *k == key(1)), "and scheduled");
+    }
+
+    #[test]
+    fn expire_due_flow_the_kernel_no_longer_has_reported_evicted() {
+        let (d, seen) = domain();
+        d.install_flows(vec![spec(1, Some(1000), None)]).unwrap();
+        play(&d, 1, 10, 2, 7);
+        d.dataplane().flows.lock().unwrap().remove(&key(1));
+        assert_eq!(d.expire_due(HOLD, IDLE).unwrap(), 0);
+        assert_eq!(reasons(&seen), vec![(1, FlowRemovedReason::Evicted, 0)]);
+        assert!(d.flow_book.lock().flows.is_empty());
+    }
+
+    #[test]
+    fn expire_due_unanswered_hold_goes_by_its_held_miss_and_is_counted() {
+        let (d, _) = domain();
+        let hold = FlowValue { action: FLOW_HOLD, request_id: 9, created_ns: monotonic_ns(), ..Default::default() };
+        d.dataplane().put_flow(&key(1), &hold).unwrap();
+        let miss = |request_id: u64, sport: u16| FlowMiss {
+            request_id,
+            ifindex: 1,
+            slot: 0,
+            key: key(sport),
+            reason: dataplane_common::flow::MISS_NO_FLOW,
+            packet_len: 60,
+            frame: bytes::Bytes::from_static(&[0; 60]),
+        };
+        // Its HOLD, and one whose HOLD the kernel lost (evicted): both held misses go.
+        d.record_misses(&[miss(9, 1), miss(10, 2)]);
+        assert_eq!(d.held_now(), 2);
+        assert_eq!(d.expire_due(HOLD, IDLE).unwrap(), 0, "not older than the hold timeout yet");
+        assert_eq!(d.expire_due(Duration::ZERO, IDLE).unwrap(), 1);
+        assert!(left(&d).is_empty());
+        assert_eq!(d.held_now(), 0);
+        assert_eq!(d.lock().flows.unanswered(), 2);
     }
 
     #[test]
