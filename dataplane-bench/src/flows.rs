@@ -307,7 +307,7 @@ pub fn run(config: &Config) -> Result<Results> {
         "miss storm: {} runs of {:?} quiet + {:?} storm",
         config.storm.runs, config.storm.window, config.storm.window
     );
-    results.storm = Some(crate::storm::run(&config.storm, &rt, &mut client, &mut program)?);
+    results.storm = Some(crate::storm::run(&config.storm, server.child.id(), &rt, &mut client, &mut program)?);
     control_path(config, &rt, &mut client, &server, &mut results)?;
     drop(client);
     drop(rt);

@@ -4,7 +4,11 @@
 //! through the server's own `dp_xdp_ingress` (a copy loaded over the server's pinned maps, behind
 //! the benchmark harness so that a repeated BPF_PROG_TEST_RUN sees the same frame every
 //! repetition), from one thread pinned to CPU 0: packets per second of wall time (what the
-//! thread got done, the CPU it lost to the storm included) and the kernel's ns per packet.
+//! thread got done, the CPU it lost to the storm included) and the kernel's ns per packet. It
+//! arrives on an interface of its own ([`EST_IF`], one end of a veth pair, with flow mode on), as traffic on a
+//! NIC's other queue would: every test run writes the loopback's receive-queue info (its
+//! `frag_size`), so established packets received "on lo" while the storm's test runs go on
+//! on the other CPU would pay a cache-line bounce per packet (~10-20%) that no NIC puts there.
 //!
 //! Storm: a second thread, pinned to CPU 1, running one test run after the other, each with a
 //! 5-tuple never seen before: every one a flow miss in the same program on the same interface
@@ -36,6 +40,8 @@ pub const HOLD_CAP: u32 = 200_000;
 const STORM_SRC: [u8; 4] = [192, 0, 2, 30];
 const FLOW_SRC: [u8; 4] = [192, 0, 2, 20];
 const FLOW_DST: [u8; 4] = [198, 51, 100, 20];
+/// The established flow's interface (created in the bench's own network namespace).
+pub const EST_IF: &str = "est0";
 
 pub struct Config {
     pub runs: usize,
@@ -64,6 +70,29 @@ pub struct Results {
     pub dropped_rate: Vec<f64>,
     pub dropped_cap: Vec<f64>,
     pub dropped_ring: Vec<f64>,
+    /// The server's CPU (user + system, in CPUs) during each window, per run: quiet, storm.
+    pub server_cpu_quiet: Vec<f64>,
+    pub server_cpu_storm: Vec<f64>,
+}
+
+/// CPU time a process has used so far (user + system), from /proc.
+fn cpu_time(pid: u32) -> Result<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command (which may hold spaces) end with ')'; utime and stime are the
+    // 14th and 15th fields of the line, the 12th and 13th after it.
+    let rest = stat.rsplit_once(')').context("/proc stat")?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f.get(11).context("utime")?.parse::<u64>()? + f.get(12).context("stime")?.parse::<u64>()?;
+    // SAFETY: plain libc call.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Ok(Duration::from_nanos(ticks * 1_000_000_000 / hz))
+}
+
+/// Runs `f`, returning its result and the CPUs `pid` used meanwhile.
+fn with_cpu<T>(pid: u32, f: impl FnOnce() -> Result<T>) -> Result<(T, f64)> {
+    let (c0, t0) = (cpu_time(pid)?, Instant::now());
+    let r = f()?;
+    Ok((r, (cpu_time(pid)? - c0).as_secs_f64() / t0.elapsed().as_secs_f64()))
 }
 
 /// A UDP datagram for the loopback MAC (all zero), `len` bytes of frame (zero payload).
@@ -88,14 +117,21 @@ async fn reasons(c: &mut Client, iface: &str) -> Result<std::collections::HashMa
 
 /// One window of the established flow from a thread pinned to CPU 0 (while `until` is false):
 /// (packets per second of wall time, the kernel's mean ns per packet).
-fn established(h: &Harness, frame: &[u8], window: Duration, repeat: u32, pinned: bool) -> Result<(f64, f64)> {
+fn established(
+    h: &Harness,
+    ifindex: u32,
+    frame: &[u8],
+    window: Duration,
+    repeat: u32,
+    pinned: bool,
+) -> Result<(f64, f64)> {
     if pinned {
         pin_to_cpu(0, 0)?;
     }
     let start = Instant::now();
     let (mut packets, mut kernel) = (0u64, Duration::ZERO);
     while start.elapsed() < window {
-        let (v, per, _) = h.run_harnessed(frame, repeat)?;
+        let (v, per, _) = h.run_harnessed_at(ifindex, frame, repeat)?;
         ensure!(v == XDP_REDIRECT, "established flow: verdict {v} instead of XDP_REDIRECT (flow gone?)");
         packets += u64::from(repeat);
         kernel += per * repeat;
@@ -103,15 +139,54 @@ fn established(h: &Harness, frame: &[u8], window: Duration, repeat: u32, pinned:
     Ok((packets as f64 / start.elapsed().as_secs_f64(), kernel.as_nanos() as f64 / packets as f64))
 }
 
+/// The index of interface `name` in this network namespace.
+fn ifindex(name: &str) -> Result<u32> {
+    let c = std::ffi::CString::new(name)?;
+    // SAFETY: a NUL-terminated name; no other effect.
+    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    ensure!(i != 0, "no interface {name}");
+    Ok(i)
+}
+
 pub fn run(
     config: &Config,
+    server_pid: u32,
     rt: &tokio::runtime::Runtime,
     client: &mut Client,
     program: &mut Harness,
 ) -> Result<Results> {
     let pinned = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) >= 2;
-    let frame = udp(FLOW_SRC, FLOW_DST, 4000, 53, 64);
+    let mut frame = udp(FLOW_SRC, FLOW_DST, 4000, 53, 64);
+    let ip = |args: &[&str]| -> Result<()> {
+        let out = std::process::Command::new("ip").args(args).output().context("running ip")?;
+        ensure!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        Ok(())
+    };
+    ip(&["link", "add", EST_IF, "type", "veth", "peer", "name", "est1"])?;
+    ip(&["link", "set", EST_IF, "up"])?;
+    ip(&["link", "set", "est1", "up"])?;
+    let est_index = ifindex(EST_IF)?;
+    // Addressed to the interface's own MAC, as a frame it receives is.
+    // (`ip`, not /sys/class/net: sysfs shows the namespace the bench was started in.)
+    let out = std::process::Command::new("ip").args(["-o", "link", "show", EST_IF]).output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mac = text.split("link/ether ").nth(1).and_then(|t| t.split_whitespace().next()).context("est0's MAC")?;
+    for (i, byte) in mac.split(':').enumerate().take(6) {
+        frame[i] = u8::from_str_radix(byte, 16)?;
+    }
     rt.block_on(async {
+        client
+            .interfaces
+            .add_interface(pb::AddInterfaceRequest {
+                name: EST_IF.into(),
+                xdp_mode: pb::XdpMode::Generic as i32,
+                ..Default::default()
+            })
+            .await?;
+        client
+            .flows
+            .set_flow_mode(pb::SetFlowModeRequest { interface: EST_IF.into(), enabled: true, ..Default::default() })
+            .await?;
         let key = pb::FlowKey {
             vrf: 0,
             src: Ipv4Addr::from(FLOW_SRC).to_string(),
@@ -139,7 +214,7 @@ pub fn run(
     program.set_harness_frame(&frame)?;
     let harness: &Harness = program;
     // The established flow is forwarded by its flow: out to next hop 1's MAC.
-    let (v, _, out) = harness.run_harnessed(&frame, 1)?;
+    let (v, _, out) = harness.run_harnessed_at(est_index, &frame, 1)?;
     ensure!(
         v == XDP_REDIRECT && out[..6] == [2, 0, 0, 0, 0, 1],
         "the established flow is not forwarded by its flow: verdict {v}"
@@ -157,13 +232,17 @@ pub fn run(
         dropped_rate: vec![],
         dropped_cap: vec![],
         dropped_ring: vec![],
+        server_cpu_quiet: vec![],
+        server_cpu_storm: vec![],
     };
     let next = AtomicU64::new(0);
     for run in 0..config.runs {
-        let (pps, ns) = std::thread::scope(|s| {
-            s.spawn(|| established(harness, &frame, config.window, config.repeat, pinned)).join()
-        })
-        .map_err(|_| anyhow::anyhow!("measuring thread panicked"))??;
+        let ((pps, ns), cpu_quiet) = with_cpu(server_pid, || {
+            std::thread::scope(|s| {
+                s.spawn(|| established(harness, est_index, &frame, config.window, config.repeat, pinned)).join()
+            })
+            .map_err(|_| anyhow::anyhow!("measuring thread panicked"))?
+        })?;
         results.quiet_mpps.push(pps / 1e6);
         results.quiet_ns.push(ns);
 
@@ -194,10 +273,11 @@ pub fn run(
                     Ok((r, (lo, sent.load(Ordering::Relaxed)), t))
                 };
                 let before = snapshot()?;
-                let measured = s
-                    .spawn(|| established(harness, &frame, config.window, config.repeat, pinned))
-                    .join()
-                    .map_err(|_| anyhow::anyhow!("measuring thread panicked"))??;
+                let measured = with_cpu(server_pid, || {
+                    s.spawn(|| established(harness, est_index, &frame, config.window, config.repeat, pinned))
+                        .join()
+                        .map_err(|_| anyhow::anyhow!("measuring thread panicked"))?
+                })?;
                 let after = snapshot()?;
                 Ok((before, after, measured))
             };
@@ -233,8 +313,11 @@ pub fn run(
         if misses <= 0.0 || accounted < least || accounted > most {
             bail!("storm: {least} to {most} misses sent, {accounted} accounted as misses by the interface's counters: not the path measured");
         }
+        let (measured, cpu_storm) = measured;
         results.storm_mpps.push(measured.0 / 1e6);
         results.storm_ns.push(measured.1);
+        results.server_cpu_quiet.push(cpu_quiet);
+        results.server_cpu_storm.push(cpu_storm);
         results.misses.push(misses);
         results.punted.push(punted);
         results.dropped_rate.push(rate);
@@ -242,7 +325,8 @@ pub fn run(
         results.dropped_ring.push(ring);
         eprintln!(
             "  storm run {run}: established flow {:.3} Mpps ({:.0} ns) quiet, {:.3} Mpps ({:.0} ns) during {misses:.0} misses/s \
-             (punted {punted:.0}/s, dropped: rate {rate:.0}/s, cap {cap:.0}/s, ring full {ring:.0}/s, held {held:.0}/s)",
+             (punted {punted:.0}/s, dropped: rate {rate:.0}/s, cap {cap:.0}/s, ring full {ring:.0}/s, held {held:.0}/s); \
+             server CPU {cpu_quiet:.2} quiet, {cpu_storm:.2} during",
             pps / 1e6,
             ns,
             measured.0 / 1e6,
