@@ -188,17 +188,21 @@ fn render_storm(md: &mut String, s: &crate::storm::Results) {
          BPF_PROG_TEST_RUN, {repeat} repetitions per call; each call also costs the kernel ~15 ms \
          of set-up, as it swaps the XDP dispatcher's program in and out, asleep in an RCU grace \
          period that lasts longer while the other CPU is busy in the kernel, hence calls long \
-         enough that it is a few per cent of the window) from one thread pinned to CPU 0 for {secs:.1} s: packets per second of wall \
-         time, and the kernel's ns per packet. Next to it, \
-         in each of {runs} runs, the same window while a second thread pinned to CPU 1 runs one \
-         flow miss after the other, each a 5-tuple never seen before, through the same program on \
-         the same interface (HOLD + ring-buffer event to the server within the interface's punt \
+         enough that it is a few per cent of the window) from one thread pinned to CPU 0 for \
+         {secs:.1} s, received on an interface of its own (`{est}`, a veth end, as traffic on a \
+         NIC's other queue: every test run writes the loopback's receive-queue info, which \
+         packets \"received on lo\" would read, a cache line bounced between the two CPUs no NIC \
+         puts there): packets per second of wall time, and the kernel's ns per packet. Next to \
+         it, in each of {runs} runs, the same window while a second thread pinned to CPU 1 runs \
+         one flow miss after the other, each a 5-tuple never seen before, through the same \
+         program on `lo` (HOLD + ring-buffer event to the server within the interface's punt \
          rate of {rate} per second per CPU, burst {burst}, and the HOLD cap of {cap}; otherwise a \
          counted drop). No controller answers; the server reads every event, keeps its frame and \
          publishes it. With 2 vCPUs the server shares them with both threads: what the storm costs \
          established flows is the CPU the server and the storm take from them as much as the \
          kernel work they share (flow table, ring buffer, counters).\n",
         repeat = thousands(s.repeat as usize),
+        est = crate::storm::EST_IF,
         secs = s.window_s,
         runs = s.runs,
         rate = thousands(crate::storm::PUNT_RATE as usize),
@@ -240,7 +244,9 @@ fn render_storm(md: &mut String, s: &crate::storm::Results) {
          buffer full. Established flows during the storm: {:.2}x their rate without it. The punt \
          rate let {:.0} misses per second through; the server took {:.0} of them off the ring \
          buffer ({} KiB, room for about {} events of {} bytes), the rest found it full: on this \
-         machine, with both CPUs busy with the two threads, that is the server's intake.\n",
+         machine, with both CPUs busy with the two threads, that is the server's intake. The \
+         server's CPU (user + system, medians): {:.2} of a CPU without the storm, {:.2} during \
+         it.\n",
         m(&s.misses),
         m(&s.punted),
         m(&s.dropped_rate),
@@ -255,6 +261,8 @@ fn render_storm(md: &mut String, s: &crate::storm::Results) {
                 / (std::mem::size_of::<dataplane_common::flow::FlowMissEvent>() + 8)
         ),
         std::mem::size_of::<dataplane_common::flow::FlowMissEvent>(),
+        m(&s.server_cpu_quiet),
+        m(&s.server_cpu_storm),
     );
 }
 
