@@ -23,6 +23,7 @@ use std::{
 use dataplane_common::flow::{FlowConfig, FlowValue, FLOW_DROP, FLOW_FORWARD, FLOW_HOLD, MAX_PUNT_RATE};
 use tracing::{debug, warn};
 
+use super::sharded::Sharded;
 use super::{
     nexthops,
     txn::{KernelOp, Write},
@@ -105,7 +106,7 @@ pub(super) struct Held {
 /// lock when both are, never before.
 #[derive(Debug, Default)]
 pub(super) struct HeldStore {
-    held: HashMap<u64, Held>,
+    held: Sharded<u64, Held>,
     /// Slots whose flow mode forwards held flows by route (their misses are not re-injected):
     /// the flow modes' flag, mirrored here for the reader.
     miss_forward: HashSet<u32>,
@@ -641,7 +642,7 @@ struct Planned {
 /// too), validated against the state; errors name it `flows[position]`.
 fn plan_entry(
     state: &State,
-    held: &HashMap<u64, Held>,
+    held: &Sharded<u64, Held>,
     position: usize,
     spec: usize,
     f: &FlowSpec,

@@ -21,6 +21,7 @@ mod policies;
 mod restore_tests;
 mod resync;
 mod routes;
+mod sharded;
 mod slots;
 mod status;
 mod txn;

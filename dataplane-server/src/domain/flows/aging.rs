@@ -11,7 +11,7 @@
 
 use std::{
     cmp::Reverse,
-    collections::{BinaryHeap, HashMap, HashSet},
+    collections::{BinaryHeap, HashSet},
     sync::{Arc, Mutex, MutexGuard, RwLock},
     time::Duration,
 };
@@ -20,6 +20,7 @@ use dataplane_common::flow::{FlowValue, FLOW_HOLD};
 use tracing::debug;
 
 use super::monotonic_ns;
+use crate::domain::sharded::Sharded;
 use crate::{
     dataplane::{Dataplane, FlowKey},
     domain::{Domain, DomainError},
@@ -116,7 +117,7 @@ pub(in crate::domain) struct FlowBook {
 
 #[derive(Default)]
 pub(in crate::domain) struct Book {
-    pub(in crate::domain) flows: HashMap<FlowKey, Installed>,
+    pub(in crate::domain) flows: Sharded<FlowKey, Installed>,
     /// Aging passes so far.
     pass: u64,
     /// The flows with timeouts of their own, by when to look at them again (earliest first):
@@ -633,7 +634,7 @@ mod tests {
         assert_eq!(left(&d), vec![1]);
         assert!(seen.lock().unwrap().is_empty());
         let book = d.flow_book.lock();
-        let due = book.flows[&key(1)].due;
+        let due = book.flows.get(&key(1)).unwrap().due;
         assert!(due >= now + S && due < now + 2 * S, "next look a timeout after its last packet: {due} vs {now}");
         assert!(book.schedule.iter().any(|Reverse((at, k))| *at == due && *k == key(1)), "and scheduled");
     }
