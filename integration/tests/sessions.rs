@@ -516,6 +516,51 @@ async fn session_drop_decision_held_packet_counted_dropped_not_delivered() {
     assert_eq!(drop_flow(&c).await, 2);
 }
 
+/// With the reader's wakeups moderated (`--flow-miss-gather-us`), a fast burst of misses (well
+/// past the 20,000 a second that turns it on) still reaches the session whole, each miss once,
+/// in fewer and larger batches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_misses_with_moderated_wakeups_arrive_each_once() {
+    let (_ns, server, mut c) =
+        integration::server_forwarding_via_lo_with("dsm-", &["--flow-miss-gather-us", "200"]).await.unwrap();
+    c.flows
+        .set_flow_mode(pb::SetFlowModeRequest {
+            interface: "lo".into(),
+            enabled: true,
+            punt_rate: 1_000_000,
+            punt_burst: 100_000,
+            hold_cap: 100_000,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut s = open(&c, 1).await;
+    let program = Harness::over_pins(&server.bpffs).unwrap();
+    const N: u16 = 3000;
+    let sender = std::thread::spawn(move || {
+        for p in 0..N {
+            program.run(&udp_frame("198.51.100.9".parse().unwrap(), 10_000 + p, 53));
+        }
+    });
+    let (mut seen, mut batches) = (std::collections::HashSet::new(), 0);
+    while seen.len() < usize::from(N) {
+        match tokio::time::timeout(Duration::from_secs(5), s.next()).await {
+            Ok(Ok(Some(Kind::Misses(b)))) => {
+                batches += 1;
+                for m in b.misses {
+                    let port = m.key.unwrap().src_port;
+                    assert!(seen.insert(port), "miss of port {port} delivered twice");
+                }
+            }
+            Ok(Ok(Some(Kind::Lost(l)))) => panic!("lost {l:?}"),
+            Ok(Ok(Some(_))) => {}
+            other => panic!("{} of {N} misses, then {other:?}", seen.len()),
+        }
+    }
+    sender.join().unwrap();
+    assert!(batches < usize::from(N) / 2, "{batches} batches for {N} misses: wakeups not gathered");
+}
+
 /// The unary InstallFlows takes an atomicity too, and its failed entries come back as the
 /// status's BatchStatus detail.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
