@@ -180,6 +180,8 @@ struct Controller {
     log: PathBuf,
     /// Network namespace to run in (the root one when `None`).
     netns: Option<String>,
+    /// Arguments after `run --file F --status-socket S`.
+    extra: Vec<String>,
 }
 
 impl Controller {
@@ -196,6 +198,24 @@ impl Controller {
             socket: dir.join("status.sock"),
             log: dir.join("controller.log"),
             netns: netns.map(|n| n.name.clone()),
+            extra: Vec::new(),
+        };
+        c.spawn()?;
+        Ok(c)
+    }
+
+    /// A replica: [`Controller::start`] with its own directory under `dir` (status socket, log)
+    /// and session election id.
+    fn start_replica(file: &Path, dir: &Path, name: &str, election_id: u128) -> Result<Self> {
+        let dir = dir.join(name);
+        std::fs::create_dir_all(&dir)?;
+        let mut c = Self {
+            child: None,
+            file: file.to_owned(),
+            socket: dir.join("status.sock"),
+            log: dir.join("controller.log"),
+            netns: None,
+            extra: vec!["--election-id".into(), election_id.to_string()],
         };
         c.spawn()?;
         Ok(c)
@@ -216,6 +236,7 @@ impl Controller {
             .arg(&self.file)
             .arg("--status-socket")
             .arg(&self.socket)
+            .args(&self.extra)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)
@@ -585,6 +606,52 @@ async fn controller_sigkill_under_udp_stream_loses_nothing_and_restart_resyncs_t
         let r = n.last_resync.as_ref().context("no resync")?;
         ensure!(r.removed == 0 && r.generation_before == r.generation_after, "{name}: {r:?}");
     }
+    Ok(())
+}
+
+/// One UDP datagram from h1 (source port `port`) to h2's port 7000: a new flow, a miss at node A.
+fn datagram(t: &TwoNodes, port: u16) -> Result<()> {
+    let name = t.h1.name.clone();
+    std::thread::spawn(move || -> Result<()> {
+        enter_netns(&name)?;
+        std::net::UdpSocket::bind((H1, port))?.send_to(b"new flow", (H2, 7000))?;
+        Ok(())
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("datagram thread"))?
+}
+
+/// Two replicas of the controller on the same file: the higher election id is every node's
+/// primary and answers the misses, the other stands by; when the primary dies the standby is
+/// told by the nodes, takes over, resyncs without writing (nothing differs from the file) and
+/// answers the misses from then on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn controller_two_replicas_standby_takes_over_when_primary_dies() -> Result<()> {
+    let t = TwoNodes::new()?;
+    let file = t.dir.join("nodes.yaml");
+    let text = t.default_file();
+    write_file(&file, &text)?;
+    let mut high = Controller::start_replica(&file, &t.dir, "high", 2)?;
+    high.wait_ready(1)?;
+    let low = Controller::start_replica(&file, &t.dir, "low", 1)?;
+    low.wait_for("standby on both nodes", |s| s.nodes.len() == 2 && s.nodes.values().all(|n| n.state == "standby"))?;
+    let mut ca = t.a.client().await?;
+
+    datagram(&t, 47100)?;
+    high.wait_for("the primary decided the miss", |s| s.nodes["node-a"].flows.forwarded >= 1)?;
+    let (_, generation) = node_state(&mut ca).await?;
+    let s = low.status()?;
+    ensure!(s.nodes["node-a"].flows.forwarded == 0, "the standby decided a miss: {:?}", s.nodes["node-a"].flows);
+
+    high.kill9()?;
+    let s = low.wait_ready(1)?;
+    for (name, n) in &s.nodes {
+        let r = n.last_resync.as_ref().context("no resync")?;
+        ensure!(r.removed == 0 && r.generation_before == r.generation_after, "{name}: {r:?}");
+    }
+    ensure!(node_state(&mut ca).await?.1 == generation, "node A written by the takeover's resync");
+    datagram(&t, 47101)?;
+    low.wait_for("the new primary decided the miss", |s| s.nodes["node-a"].flows.forwarded >= 1)?;
     Ok(())
 }
 

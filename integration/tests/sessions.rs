@@ -561,6 +561,61 @@ async fn session_misses_with_moderated_wakeups_arrive_each_once() {
     assert!(batches < usize::from(N) / 2, "{batches} batches for {N} misses: wakeups not gathered");
 }
 
+/// A PUNT policy rule's packets reach the primary session as packet-ins: whole (a 1,400-byte
+/// frame arrives byte for byte), with the ingress interface, VRF, reason and length; the
+/// packets themselves go on to the kernel stack.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_punt_rule_packets_arrive_as_whole_packet_ins() {
+    let (_ns, server, mut c) = server_forwarding_via_lo("dsp-").await.unwrap();
+    let rule = pb::Rule {
+        priority: 1,
+        protocol: Some(17),
+        dst_ports: Some(pb::PortRange { first: 53, last: 53 }),
+        action: pb::Action::Punt as i32,
+        ..Default::default()
+    };
+    c.policy.put_policy(pb::PutPolicyRequest { name: "dns".into(), rules: vec![rule] }).await.unwrap();
+    let attach = pb::AttachPolicyRequest {
+        policy: "dns".into(),
+        interface: "lo".into(),
+        direction: pb::Direction::Ingress as i32,
+        default_action: 0,
+    };
+    c.policy.attach_policy(attach).await.unwrap();
+    let mut s = open(&c, 1).await;
+    let program = Harness::over_pins(&server.bpffs).unwrap();
+    let frames: Vec<Vec<u8>> = [60usize, 1400, 700]
+        .iter()
+        .enumerate()
+        .map(|(i, &len)| {
+            // A UDP datagram to port 53 whose frame is `len` bytes, its payload patterned.
+            let room = len - packet::ETH_HLEN - packet::IPV4_HLEN - packet::UDP_HLEN;
+            let payload: Vec<u8> = (0..room).map(|b| (b * 7 + i) as u8).collect();
+            let datagram = packet::udp(4000 + i as u16, 53, &payload);
+            let src = "192.0.2.10".parse().unwrap();
+            let ip = packet::Ipv4::new(src, "198.51.100.7".parse().unwrap(), packet::IPPROTO_UDP);
+            packet::Eth::new([0; 6], packet::L4_SENDER_MAC, packet::ETH_P_IPV4).frame(&ip.build(&datagram))
+        })
+        .collect();
+    for f in &frames {
+        assert_eq!(program.run(f).0, 2, "PUNT: the packet goes on to the kernel stack");
+    }
+    let mut got = Vec::new();
+    while got.len() < frames.len() {
+        match tokio::time::timeout(Duration::from_secs(5), s.next()).await.unwrap().unwrap() {
+            Some(Kind::PacketIn(p)) => got.push(p),
+            Some(Kind::Misses(b)) => panic!("a PUNT rule's packet came as a miss: {b:?}"),
+            Some(_) => {}
+            None => panic!("the session ended"),
+        }
+    }
+    for (p, f) in got.iter().zip(&frames) {
+        assert_eq!((p.interface.as_str(), p.vrf, p.reason.as_str()), ("lo", 0, "punt"), "{p:?}");
+        assert_eq!(p.packet_length as usize, f.len());
+        assert_eq!(p.frame.as_ref(), &f[..], "the frame whole, {} bytes", f.len());
+    }
+}
+
 /// The unary InstallFlows takes an atomicity too, and its failed entries come back as the
 /// status's BatchStatus detail.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
