@@ -83,14 +83,14 @@ const AGING_DUTY: u32 = 9;
 
 /// The longest between two walks of the whole table: how late, at most, an eviction of a flow
 /// not yet due is reported, or a HOLD of a miss the server never read goes.
-const WALK_EVERY_MAX: Duration = Duration::from_secs(10);
+const WALK_EVERY_MAX: Duration = Duration::from_secs(30);
 
 /// Spawns the aging task. Every `period`, what is due goes without a walk of the table
 /// ([`Domain::expire_due`]: HOLDs older than `hold_timeout`, flows past their own timeouts).
 /// A walk of the whole table ([`Domain::expire_flows_paced`]) ages flows by the server-wide
 /// `idle_timeout` and finds evictions: it runs at the start, then every quarter of
 /// `idle_timeout` (so such a flow goes within a quarter of its timeout late), at least every
-/// 10 s, at most every `period`. A walk takes a page at a time (~0.2 us per flow) and pauses
+/// 30 s, at most every `period`. A walk takes a page at a time (~0.2 us per flow) and pauses
 /// after each page for nine times its length, so that it takes at most a tenth of a CPU and
 /// leaves the other nine tenths to misses and decisions at every instant (at 262,144 flows a
 /// walk takes about half a second).
