@@ -498,6 +498,28 @@ pub async fn server_forwarding_via_lo(prefix: &str) -> Result<(Netns, Server, co
     server_forwarding_via_lo_with(prefix, &[]).await
 }
 
+/// Attaches, at `interface`'s ingress, a policy `name` of one rule: UDP to `port` is punted (its
+/// packets reported to the server, and on to the kernel stack).
+pub async fn punt_udp_port(c: &mut controller_client::Client, name: &str, interface: &str, port: u32) -> Result<()> {
+    use controller_client::pb;
+    let rule = pb::Rule {
+        priority: 1,
+        protocol: Some(17),
+        dst_ports: Some(pb::PortRange { first: port, last: port }),
+        action: pb::Action::Punt as i32,
+        ..Default::default()
+    };
+    c.policy.put_policy(pb::PutPolicyRequest { name: name.into(), rules: vec![rule] }).await?;
+    let attach = pb::AttachPolicyRequest {
+        policy: name.into(),
+        interface: interface.into(),
+        direction: pb::Direction::Ingress as i32,
+        default_action: 0,
+    };
+    c.policy.attach_policy(attach).await?;
+    Ok(())
+}
+
 /// [`server_forwarding_via_lo`] with a server started with `args`.
 pub async fn server_forwarding_via_lo_with(
     prefix: &str,

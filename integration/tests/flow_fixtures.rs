@@ -181,23 +181,7 @@ async fn flow_hold_cap_and_punt_rate_hold_under_100k_flow_burst_counters_exact()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flow_punt_policy_rule_sends_event_packet_goes_to_stack() {
     let (_ns, server, mut c) = setup("dpfp-").await;
-    let rule = pb::Rule {
-        priority: 1,
-        protocol: Some(17),
-        dst_ports: Some(pb::PortRange { first: 53, last: 53 }),
-        action: pb::Action::Punt as i32,
-        ..Default::default()
-    };
-    c.policy.put_policy(pb::PutPolicyRequest { name: "dns".into(), rules: vec![rule] }).await.unwrap();
-    c.policy
-        .attach_policy(pb::AttachPolicyRequest {
-            policy: "dns".into(),
-            interface: "lo".into(),
-            direction: pb::Direction::Ingress as i32,
-            default_action: 0,
-        })
-        .await
-        .unwrap();
+    integration::punt_udp_port(&mut c, "dns", "lo", 53).await.unwrap();
     let mut stream =
         c.flows.subscribe_flow_misses(pb::SubscribeFlowMissesRequest::default()).await.unwrap().into_inner();
     let xdp = Harness::over_pins(&server.bpffs).expect("load dp_xdp_ingress over the server\'s pins");

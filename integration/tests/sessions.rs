@@ -567,21 +567,7 @@ async fn session_misses_with_moderated_wakeups_arrive_each_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_punt_rule_packets_arrive_as_whole_packet_ins() {
     let (_ns, server, mut c) = server_forwarding_via_lo("dsp-").await.unwrap();
-    let rule = pb::Rule {
-        priority: 1,
-        protocol: Some(17),
-        dst_ports: Some(pb::PortRange { first: 53, last: 53 }),
-        action: pb::Action::Punt as i32,
-        ..Default::default()
-    };
-    c.policy.put_policy(pb::PutPolicyRequest { name: "dns".into(), rules: vec![rule] }).await.unwrap();
-    let attach = pb::AttachPolicyRequest {
-        policy: "dns".into(),
-        interface: "lo".into(),
-        direction: pb::Direction::Ingress as i32,
-        default_action: 0,
-    };
-    c.policy.attach_policy(attach).await.unwrap();
+    punt_udp_port(&mut c, "dns", "lo", 53).await.unwrap();
     let mut s = open(&c, 1).await;
     let program = Harness::over_pins(&server.bpffs).unwrap();
     let frames: Vec<Vec<u8>> = [60usize, 1400, 700]

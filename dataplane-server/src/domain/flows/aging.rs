@@ -156,6 +156,22 @@ impl Book {
         self.flows.get(key).filter(|e| e.is(v))
     }
 
+    /// Forgets a flow of the book the kernel no longer has (the LRU took it) and says what
+    /// went, with its counters as last read.
+    fn evicted(&mut self, key: FlowKey, now: u64) -> FlowRemoved {
+        let e = self.flows.remove(&key);
+        FlowRemoved {
+            key,
+            reason: FlowRemovedReason::Evicted,
+            packets: e.map_or(0, |e| e.packets),
+            bytes: e.map_or(0, |e| e.bytes),
+            duration: Duration::from_nanos(now.saturating_sub(e.map_or(now, |e| e.created_ns))),
+            request_id: e.map_or(0, |e| e.request_id),
+            idle_timeout: e.and_then(|e| e.idle),
+            hard_timeout: e.and_then(|e| e.hard),
+        }
+    }
+
     /// Forgets a removed flow and says what went.
     fn removed(&mut self, key: FlowKey, v: &FlowValue, reason: FlowRemovedReason, now: u64) -> FlowRemoved {
         let e = self.flows.remove(&key).filter(|e| e.is(v));
@@ -364,17 +380,7 @@ impl<D: Dataplane> Domain<D> {
                             live_holds.insert(v.request_id);
                         }
                     }
-                    book.flows.remove(&k);
-                    removed.push(FlowRemoved {
-                        key: k,
-                        reason: FlowRemovedReason::Evicted,
-                        packets: e.packets,
-                        bytes: e.bytes,
-                        duration: Duration::from_nanos(now.saturating_sub(e.created_ns)),
-                        request_id: e.request_id,
-                        idle_timeout: e.idle,
-                        hard_timeout: e.hard,
-                    });
+                    removed.push(book.evicted(k, now));
                 }
                 drop(book);
                 pace(chunk_start.elapsed());
@@ -473,17 +479,7 @@ impl<D: Dataplane> Domain<D> {
                         // Gone from the kernel, or a later entry of its key (a HOLD after an
                         // eviction): the LRU took it.
                         _ => {
-                            book.flows.remove(&key);
-                            removed.push(FlowRemoved {
-                                key,
-                                reason: FlowRemovedReason::Evicted,
-                                packets: e.packets,
-                                bytes: e.bytes,
-                                duration: Duration::from_nanos(now.saturating_sub(e.created_ns)),
-                                request_id: e.request_id,
-                                idle_timeout: e.idle,
-                                hard_timeout: e.hard,
-                            });
+                            removed.push(book.evicted(key, now));
                         }
                     }
                 }
