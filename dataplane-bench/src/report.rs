@@ -237,11 +237,14 @@ fn render_storm(md: &mut String, s: &crate::storm::Results) {
         );
     }
     let m = |v: &Vec<f64>| fig(v).median();
+    let paired = fig(&s.quiet_mpps.iter().zip(&s.storm_mpps).map(|(q, st)| st / q).collect());
     let _ = writeln!(
         md,
         "\nStorm (medians per second): {:.0} misses generated; {:.0} punted to the server (HOLD + \
          event); dropped: {:.0} over the punt rate, {:.0} at the HOLD cap, {:.0} with the ring \
-         buffer full. Established flows during the storm: {:.2}x their rate without it. The punt \
+         buffer full. Established flows during the storm: {:.2}x their rate without it (medians \
+         of each); run by run, each storm window against the quiet window just before it (which \
+         takes out the machine's drift between runs): median {:.2}x, {:.2}-{:.2}x. The punt \
          rate let {:.0} misses per second through; the server took {:.0} of them off the ring \
          buffer ({} KiB, room for about {} events of {} bytes), the rest found it full: on this \
          machine, with both CPUs busy with the two threads, that is the server's intake. The \
@@ -253,6 +256,9 @@ fn render_storm(md: &mut String, s: &crate::storm::Results) {
         m(&s.dropped_cap),
         m(&s.dropped_ring),
         fig(&s.storm_mpps).median() / quiet,
+        paired.median(),
+        paired.min(),
+        paired.max(),
         m(&s.punted) + m(&s.dropped_ring),
         m(&s.punted),
         dataplane_common::flow::FLOW_RING_BYTES / 1024,

@@ -132,6 +132,34 @@ pub struct FlowMissEvent {
     pub data: [u8; FLOW_CAPTURE],
 }
 
+/// HOLDs one run of `dp_sweep_holds` removes at most.
+pub const SWEEP_MAX: usize = 256;
+
+/// A HOLD to remove if it is still the one of `request_id` (the flow table's entry for the key
+/// may since have become a flow the server installed, or another miss's HOLD).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct HoldRef {
+    pub request_id: u64,
+    /// 4: `k4` is the key; 6: `k6`.
+    pub family: u32,
+    pub _pad: u32,
+    pub k4: FlowKeyV4,
+    pub k6: FlowKeyV6,
+}
+
+/// The one value of `HOLD_SWEEP`: the HOLDs the next run of `dp_sweep_holds` removes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct HoldSweep {
+    /// Entries of `holds` in use.
+    pub count: u32,
+    pub _pad: u32,
+    pub holds: [HoldRef; SWEEP_MAX],
+}
+
 const _: () = assert!(core::mem::size_of::<FlowKeyV4>() == 20);
 const _: () = assert!(core::mem::size_of::<FlowKeyV6>() == 44);
 const _: () = assert!(core::mem::size_of::<FlowValue>() == 72);
+const _: () = assert!(core::mem::size_of::<HoldRef>() == 80);
+const _: () = assert!(core::mem::size_of::<HoldSweep>() == 8 + 80 * SWEEP_MAX);

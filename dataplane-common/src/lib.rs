@@ -47,6 +47,11 @@ pub mod programs {
     pub const XDP_INGRESS: &str = "dp_xdp_ingress";
     /// TC (TCX) egress program attached to every interface the dataplane owns.
     pub const TC_EGRESS: &str = "dp_tc_egress";
+    /// Removes the HOLDs listed in `HOLD_SWEEP` that are still what the list says (a run of
+    /// BPF_PROG_TEST_RUN for up to `flow::SWEEP_MAX` of them, rather than two bpf(2) calls
+    /// each); never attached. Writes how many it removed (u32, native order) over the first
+    /// bytes of the frame it runs on.
+    pub const SWEEP_HOLDS: &str = "dp_sweep_holds";
     /// Benchmark baseline: returns XDP_PASS and nothing else.
     pub const BENCH_PASS: &str = "dp_bench_pass";
     /// Benchmark baseline: swaps the Ethernet addresses and redirects through `TX_PORTS` slot 0,
@@ -92,6 +97,8 @@ mod pod {
     unsafe impl aya::Pod for super::flow::FlowValue {}
     unsafe impl aya::Pod for super::flow::FlowConfig {}
     unsafe impl aya::Pod for super::flow::PuntBucket {}
+    unsafe impl aya::Pod for super::flow::HoldRef {}
+    unsafe impl aya::Pod for super::flow::HoldSweep {}
 }
 
 // The layouts above have no implicit padding; these sizes are what both sides agree on.

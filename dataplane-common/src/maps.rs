@@ -78,6 +78,10 @@ pub const FLOW_SEQ: &str = "FLOW_SEQ";
 /// Ring buffer of [`crate::flow::FlowMissEvent`]s: flow misses and PUNT rule matches.
 pub const FLOW_MISSES: &str = "FLOW_MISSES";
 
+/// Array with one [`crate::flow::HoldSweep`]: the server's list for `dp_sweep_holds`. Its
+/// own per process: never pinned (not in [`ALL`]).
+pub const HOLD_SWEEP: &str = "HOLD_SWEEP";
+
 /// Program array with [`BENCH_TARGET_SLOTS`] entries: what the benchmark harness program tail-calls.
 /// Benchmark-only: never written, pinned or read by the server.
 pub const BENCH_TARGETS: &str = "BENCH_TARGETS";

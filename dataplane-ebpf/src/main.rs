@@ -23,6 +23,7 @@ mod policy;
 mod rewrite;
 mod route;
 mod stats;
+mod sweep;
 
 use aya_ebpf::{
     bindings::{xdp_action, TC_ACT_OK, TC_ACT_SHOT},

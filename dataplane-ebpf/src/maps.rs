@@ -7,7 +7,7 @@ use aya_ebpf::{
     maps::{Array, DevMap, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
 };
 use dataplane_common::{
-    flow::{FlowConfig, FlowKeyV4, FlowKeyV6, FlowValue, PuntBucket, FLOW_RING_BYTES, MAX_FLOWS},
+    flow::{FlowConfig, FlowKeyV4, FlowKeyV6, FlowValue, HoldSweep, PuntBucket, FLOW_RING_BYTES, MAX_FLOWS},
     maps::BENCH_TARGET_SLOTS,
     policy::{
         PolicyAddrV4, PolicyAddrV6, PolicyL4, PolicyTable, RuleStats, POLICY_LPM_ENTRIES, POLICY_POOL_WORDS,
@@ -138,6 +138,11 @@ pub static FLOW_CONFIG: Array<FlowConfig> = Array::with_max_entries(MAX_INTERFAC
 /// Interface slot -> per-CPU punt token bucket (flow misses and PUNT policy rules).
 #[map(name = "PUNT_BUCKETS")]
 pub static PUNT_BUCKETS: PerCpuArray<PuntBucket> = PerCpuArray::with_max_entries(MAX_INTERFACES, 0);
+
+/// The server's list of HOLDs for `dp_sweep_holds` (one value; never pinned: each server
+/// process has its own).
+#[map(name = "HOLD_SWEEP")]
+pub static HOLD_SWEEP: Array<HoldSweep> = Array::with_max_entries(1, 0);
 
 /// The global words (`dataplane_common::globals`); pinned as `FLOW_STATE` (see `maps::GLOBALS`).
 #[map(name = "FLOW_STATE")]

@@ -18,6 +18,7 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use dataplane_common::{
+    flow::{FlowKeyV4, FlowValue},
     maps as names, programs,
     route::{IFACE_PRESENT, VRF_BITS},
     BenchFrame, InterfaceConfig, InterfaceStats, NextHop, NextHopStats, RouteAddrV4, RouteAddrV6, RouteValue,
@@ -153,6 +154,20 @@ impl Harness {
 
     fn map_mut(&mut self, name: &str) -> &mut aya::maps::Map {
         self.ebpf.map_mut(name).unwrap_or_else(|| panic!("{name} map missing from the object"))
+    }
+
+    /// `FLOWS_V4[key]`, if there is an entry.
+    pub fn flow_v4(&mut self, key: FlowKeyV4) -> Option<FlowValue> {
+        let flows: aya::maps::HashMap<_, FlowKeyV4, FlowValue> =
+            aya::maps::HashMap::try_from(self.map_mut(names::FLOWS_V4)).expect("FLOWS_V4 is a hash of FlowValue");
+        flows.get(&key, 0).ok()
+    }
+
+    /// `FLOWS_V4[key] = value`, as given (what the kernel or the server could have written).
+    pub fn put_flow_v4(&mut self, key: FlowKeyV4, value: FlowValue) {
+        let mut flows: aya::maps::HashMap<_, FlowKeyV4, FlowValue> =
+            aya::maps::HashMap::try_from(self.map_mut(names::FLOWS_V4)).expect("FLOWS_V4 is a hash of FlowValue");
+        flows.insert(key, value, 0).expect("update FLOWS_V4");
     }
 
     /// `INTERFACES[ifindex] = cfg`, as given.

@@ -298,6 +298,58 @@ async fn flow_unanswered_holds_and_idle_flows_age_out_hold_cap_recovers() {
     assert_eq!(reason(&mut c, "flow_miss_punted").await, 8);
 }
 
+/// Unanswered HOLDs go by schedule (no walk of the table: the server-wide idle timeout of 300 s
+/// leaves the first walk, at start, as the only one during the test), removed in the kernel by
+/// `dp_sweep_holds` only while the entry is still the HOLD of the miss the server holds: a key
+/// whose entry became another miss's HOLD meanwhile (an eviction and a miss the server never
+/// read) keeps it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flow_expired_holds_swept_in_kernel_only_while_still_their_own() {
+    let ns = Netns::new("dpsw-").unwrap();
+    let server = Server::start_with(&ns, &["--flow-hold-timeout-ms", "400"]).unwrap();
+    let mut c = server.client().await.unwrap();
+    c.interfaces.add_interface(pb::AddInterfaceRequest { name: "lo".into(), ..Default::default() }).await.unwrap();
+    flow_mode(&mut c, 1000, 100_000, 1000).await;
+    let mut xdp = Harness::over_pins(&server.bpffs).expect("load dp_xdp_ingress over the server\'s pins");
+    let key = |port: u16| dataplane_common::flow::FlowKeyV4 {
+        vrf: 0,
+        src: [192, 0, 2, 10],
+        dst: [198, 51, 100, 7],
+        sport: port,
+        dport: 53,
+        proto: 17,
+        _pad: [0; 3],
+    };
+    let ports: Vec<u16> = (1..=300).collect();
+    for &p in &ports {
+        xdp.run(&l4_frame(ip("192.0.2.10"), ip("198.51.100.7"), 17, p, 53, 0));
+    }
+    let holds: Vec<_> = ports.iter().map(|&p| xdp.flow_v4(key(p)).expect("a HOLD per miss")).collect();
+    assert!(holds.iter().all(|v| v.action == dataplane_common::flow::FLOW_HOLD));
+    // Port 7's entry becomes a later miss's HOLD (another request id).
+    let mut later = holds[6];
+    later.request_id += 1_000_000;
+    xdp.put_flow_v4(key(7), later);
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let status = c.system.get_status(pb::GetStatusRequest {}).await.unwrap().into_inner();
+        let left: Vec<u16> = ports.iter().copied().filter(|&p| xdp.flow_v4(key(p)).is_some()).collect();
+        if left == [7] && (status.held_misses, status.unanswered_misses) == (0, 300) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "HOLDs left {left:?}; held {}, unanswered {}",
+            status.held_misses,
+            status.unanswered_misses
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(xdp.flow_v4(key(7)).map(|v| v.request_id), Some(later.request_id), "the other miss's HOLD stays");
+    assert_eq!(reason(&mut c, "flow_miss_punted").await, 300);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flow_table_overfilled_lru_evicts_and_forwarding_goes_on() {
     let (_ns, server, mut c) = setup("dpfe-").await;

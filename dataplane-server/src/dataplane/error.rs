@@ -42,6 +42,8 @@ pub enum DataplaneError {
     Missing { what: &'static str, name: &'static str },
     #[error("re-injecting a held packet: {reason}")]
     Reinject { reason: &'static str },
+    #[error("program {program} ended with XDP action {verdict}, not its success ({expected})")]
+    Verdict { program: &'static str, verdict: u32, expected: u32 },
     #[error("interface {interface}: XDP mode {mode} is not supported by its driver")]
     XdpModeUnsupported { interface: String, mode: &'static str },
     #[error("interface {interface}: another XDP program is already attached")]

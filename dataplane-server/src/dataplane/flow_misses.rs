@@ -63,27 +63,82 @@ impl AsRawFd for FlowMissReader {
     }
 }
 
+/// Where a [`FlowMissEvent`]'s captured frame starts.
+const DATA: usize = std::mem::offset_of!(FlowMissEvent, data);
+
 fn parse(bytes: &[u8]) -> Option<FlowMiss> {
     if bytes.len() < std::mem::size_of::<FlowMissEvent>() {
         return None;
     }
-    // SAFETY: the record is at least one FlowMissEvent long; read unaligned (ring records are
-    // 8-byte aligned, but do not rely on it).
-    let e: FlowMissEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr() as *const FlowMissEvent) };
-    let (src, dst) = if e.family == 4 {
+    // Field by field, not the whole ~1.6 KiB event: nearly all of it is frame room a short
+    // packet leaves unused.
+    macro_rules! field {
+        ($f:ident: $t:ty) => {
+            // SAFETY: the record holds a whole FlowMissEvent, so the field's bytes are inside
+            // it; the field is plain data (any bits valid); read unaligned.
+            unsafe {
+                std::ptr::read_unaligned(bytes.as_ptr().add(std::mem::offset_of!(FlowMissEvent, $f)) as *const $t)
+            }
+        };
+    }
+    let (src, dst) = (field!(src: [u8; 16]), field!(dst: [u8; 16]));
+    let (src, dst) = if field!(family: u32) == 4 {
         let a = |b: [u8; 16]| IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3]));
-        (a(e.src), a(e.dst))
+        (a(src), a(dst))
     } else {
-        (IpAddr::V6(Ipv6Addr::from(e.src)), IpAddr::V6(Ipv6Addr::from(e.dst)))
+        (IpAddr::V6(Ipv6Addr::from(src)), IpAddr::V6(Ipv6Addr::from(dst)))
     };
-    let captured = (e.captured as usize).min(e.data.len());
+    let captured = (field!(captured: u32) as usize).min(dataplane_common::flow::FLOW_CAPTURE);
     Some(FlowMiss {
-        request_id: e.request_id,
-        ifindex: e.ifindex,
-        slot: e.slot,
-        key: FlowKey { vrf: e.vrf, src, dst, proto: e.proto as u8, sport: e.sport, dport: e.dport },
-        reason: e.reason,
-        packet_len: e.pkt_len,
-        frame: bytes::Bytes::copy_from_slice(&e.data[..captured]),
+        request_id: field!(request_id: u64),
+        ifindex: field!(ifindex: u32),
+        slot: field!(slot: u32),
+        key: FlowKey {
+            vrf: field!(vrf: u32),
+            src,
+            dst,
+            proto: field!(proto: u32) as u8,
+            sport: field!(sport: u16),
+            dport: field!(dport: u16),
+        },
+        reason: field!(reason: u32),
+        packet_len: field!(pkt_len: u32),
+        frame: bytes::Bytes::copy_from_slice(&bytes[DATA..DATA + captured]),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_event_fields_and_captured_frame_read_back() {
+        let mut e: FlowMissEvent = unsafe { std::mem::zeroed() };
+        (e.request_id, e.ifindex, e.slot, e.vrf, e.reason, e.family, e.proto) = ((3 << 48) | 9, 7, 2, 5, 1, 4, 17);
+        e.src[..4].copy_from_slice(&[192, 0, 2, 1]);
+        e.dst[..4].copy_from_slice(&[198, 51, 100, 2]);
+        (e.sport, e.dport, e.pkt_len, e.captured) = (1000, 53, 60, 3);
+        e.data[..4].copy_from_slice(&[1, 2, 3, 4]);
+        // SAFETY: plain repr(C) data viewed as bytes, one byte off alignment as a ring could.
+        let raw = unsafe {
+            std::slice::from_raw_parts(&e as *const FlowMissEvent as *const u8, std::mem::size_of::<FlowMissEvent>())
+        };
+        let mut shifted = vec![0u8; raw.len() + 1];
+        shifted[1..].copy_from_slice(raw);
+        let m = parse(&shifted[1..]).unwrap();
+        assert_eq!((m.request_id, m.ifindex, m.slot, m.reason, m.packet_len), ((3 << 48) | 9, 7, 2, 1, 60));
+        assert_eq!(
+            m.key,
+            FlowKey {
+                vrf: 5,
+                src: "192.0.2.1".parse().unwrap(),
+                dst: "198.51.100.2".parse().unwrap(),
+                proto: 17,
+                sport: 1000,
+                dport: 53
+            }
+        );
+        assert_eq!(&m.frame[..], &[1, 2, 3]);
+        assert!(parse(&raw[..raw.len() - 1]).is_none(), "a record cut short is no event");
+    }
 }

@@ -5,7 +5,7 @@ use std::net::IpAddr;
 
 use aya::maps::{Array, HashMap, MapData, MapError};
 use dataplane_common::{
-    flow::{FlowConfig, FlowKeyV4, FlowKeyV6, FlowValue},
+    flow::{FlowConfig, FlowKeyV4, FlowKeyV6, FlowValue, HoldRef, HoldSweep, FLOW_HOLD, SWEEP_MAX},
     globals::{HOLDS_CREATED, HOLDS_RESOLVED},
     maps as names,
 };
@@ -41,6 +41,18 @@ pub trait Flows {
     fn get_flow(&self, key: &FlowKey) -> Result<Option<dataplane_common::flow::FlowValue>, DataplaneError>;
     /// Removes a flow (absent is fine).
     fn remove_flow(&self, key: &FlowKey) -> Result<(), DataplaneError>;
+    /// Removes each `(key, request id)`'s entry that is still the HOLD of that request (not a
+    /// flow installed since, nor a later miss's HOLD); returns how many went.
+    fn remove_holds(&self, holds: &[(FlowKey, u64)]) -> Result<usize, DataplaneError> {
+        let mut gone = 0;
+        for (key, id) in holds {
+            if self.get_flow(key)?.is_some_and(|v| v.action == FLOW_HOLD && v.request_id == *id) {
+                self.remove_flow(key)?;
+                gone += 1;
+            }
+        }
+        Ok(gone)
+    }
     /// Every flow in both tables (read a page at a time, as [`Self::walk_flows`] does).
     fn flows(&self) -> Result<Vec<(FlowKey, dataplane_common::flow::FlowValue)>, DataplaneError>;
     /// Every flow in both tables, handed to `each` a page at a time, with nothing held between
@@ -97,6 +109,15 @@ impl Flows for KernelDataplane {
         self.lock().flows.remove(key)
     }
 
+    fn remove_holds(&self, holds: &[(super::FlowKey, u64)]) -> Result<usize, DataplaneError> {
+        let mut inner = self.lock();
+        let mut gone = 0;
+        for chunk in holds.chunks(SWEEP_MAX) {
+            gone += inner.sweep_holds(chunk)?;
+        }
+        Ok(gone)
+    }
+
     fn flows(&self) -> Result<Vec<(super::FlowKey, dataplane_common::flow::FlowValue)>, DataplaneError> {
         let mut all = Vec::new();
         self.walk_pages(&mut |page| all.extend(page))?;
@@ -142,6 +163,66 @@ impl Flows for KernelDataplane {
             _ => {}
         }
         Ok(verdict)
+    }
+}
+
+/// Loads (verifies) `dp_sweep_holds` of `ebpf` unless it is loaded: when the object is, so that
+/// no aging pass pays the verifier's ~ms under the dataplane's lock.
+pub(super) fn load_sweeper(ebpf: &mut aya::Ebpf) -> Result<(), DataplaneError> {
+    let name = dataplane_common::programs::SWEEP_HOLDS;
+    let xdp: &mut aya::programs::Xdp = super::loader::program_mut(ebpf, name)?;
+    if xdp.fd().is_err() {
+        let t = std::time::Instant::now();
+        xdp.load().map_err(DataplaneError::program(name, "load"))?;
+        tracing::debug!(took = ?t.elapsed(), "{name} loaded");
+    }
+    Ok(())
+}
+
+impl super::loader::Inner {
+    /// One run of `dp_sweep_holds` over up to [`SWEEP_MAX`] HOLDs (loaded on first use, from
+    /// the object whose maps the attached programs use): two bpf(2) calls for them all.
+    fn sweep_holds(&mut self, holds: &[(FlowKey, u64)]) -> Result<usize, DataplaneError> {
+        use aya::programs::{TestRun, TestRunOptions, Xdp};
+        let mut list =
+            HoldSweep { count: holds.len().min(SWEEP_MAX) as u32, _pad: 0, holds: [HoldRef::default(); SWEEP_MAX] };
+        for (slot, (k, id)) in list.holds.iter_mut().zip(holds) {
+            slot.request_id = *id;
+            match (k.src, k.dst) {
+                (IpAddr::V4(s), IpAddr::V4(d)) => (slot.family, slot.k4) = (4, key4(k, s, d)),
+                (IpAddr::V6(s), IpAddr::V6(d)) => (slot.family, slot.k6) = (6, key6(k, s, d)),
+                // No such flow can exist: an entry that matches nothing.
+                _ => slot.family = 0,
+            }
+        }
+        let map = self
+            .ebpf
+            .map_mut(names::HOLD_SWEEP)
+            .ok_or(DataplaneError::Missing { what: "map", name: names::HOLD_SWEEP })?;
+        let mut array: Array<_, HoldSweep> =
+            Array::try_from(map).map_err(DataplaneError::map(names::HOLD_SWEEP, "open"))?;
+        array.set(0, list, 0).map_err(DataplaneError::map(names::HOLD_SWEEP, "update"))?;
+        let name = dataplane_common::programs::SWEEP_HOLDS;
+        load_sweeper(&mut self.ebpf)?;
+        let xdp: &mut Xdp = super::loader::program_mut(&mut self.ebpf, name)?;
+        // An Ethernet header's worth of frame, the least a test run takes; the count comes
+        // back over its first bytes.
+        let frame = [0u8; 14];
+        let mut out = [0u8; 14];
+        let r = xdp
+            .test_run(TestRunOptions {
+                data_in: Some(&frame),
+                data_out: Some(&mut out),
+                repeat: 1,
+                ..Default::default()
+            })
+            .map_err(DataplaneError::program(name, "test run"))?;
+        // XDP_DROP: it ran to the end (XDP_ABORTED: its list or frame was not there).
+        const XDP_DROP: u32 = 1;
+        if r.return_value != XDP_DROP {
+            return Err(DataplaneError::Verdict { program: name, verdict: r.return_value, expected: XDP_DROP });
+        }
+        Ok(u32::from_ne_bytes([out[0], out[1], out[2], out[3]]) as usize)
     }
 }
 

@@ -152,6 +152,7 @@ impl Inner {
         links: StdHashMap<u32, InterfaceLinks>,
     ) -> Result<Self, DataplaneError> {
         let e = &mut ebpf;
+        super::flows::load_sweeper(e)?;
         let policies = PolicyMaps::open(e)?;
         let egress_policies = policies.attached_slots(dataplane_common::policy::DIR_EGRESS)?;
         let mut interfaces = InterfaceMap::open(e)?;
@@ -563,6 +564,7 @@ impl KernelDataplane {
         let mut ebpf = load_object(&self.dirs, object, self.fib4_chunks)?;
         let parsed = t.elapsed();
         load_programs(&mut ebpf, &self.dirs, object, self.fib4_chunks)?;
+        super::flows::load_sweeper(&mut ebpf)?;
         let verified = t.elapsed();
         pin_programs(&self.dirs, &mut ebpf)?;
         let (xdp, tc) = open_pinned_programs(&self.dirs)?;

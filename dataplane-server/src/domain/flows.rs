@@ -9,6 +9,7 @@
 //! Aging, per-flow timeouts and removal notices: `aging`.
 
 mod aging;
+mod held;
 pub(super) mod restore;
 
 pub(super) use aging::FlowBook;
@@ -23,7 +24,6 @@ use std::{
 use dataplane_common::flow::{FlowConfig, FlowValue, FLOW_DROP, FLOW_FORWARD, FLOW_HOLD, MAX_PUNT_RATE};
 use tracing::{debug, warn};
 
-use super::sharded::Sharded;
 use super::{
     nexthops,
     txn::{KernelOp, Write},
@@ -106,13 +106,23 @@ pub(super) struct Held {
 /// lock when both are, never before.
 #[derive(Debug, Default)]
 pub(super) struct HeldStore {
-    held: Sharded<u64, Held>,
+    held: held::IdRing<Held>,
     /// Slots whose flow mode forwards held flows by route (their misses are not re-injected):
     /// the flow modes' flag, mirrored here for the reader.
     miss_forward: HashSet<u32>,
 }
 
 impl HeldStore {
+    /// The held misses older than `timeout` at `now`, as (request id, key): each CPU's oldest,
+    /// without a look at the younger ones. They stay held.
+    pub(super) fn older_than(&self, now: Instant, timeout: Duration) -> Vec<(u64, FlowKey)> {
+        self.held
+            .oldest_while(|h| now.saturating_duration_since(h.since) > timeout)
+            .into_iter()
+            .map(|(id, h)| (id, h.key))
+            .collect()
+    }
+
     fn set_mode(&mut self, slot: u32, mode: Option<&FlowMode>) {
         if mode.is_some_and(|m| m.enabled && m.miss_forward) {
             self.miss_forward.insert(slot);
@@ -249,8 +259,10 @@ impl<D: Dataplane> Domain<D> {
     /// store's lock (not the state's: see [`HeldStore`]).
     pub fn record_misses(&self, misses: &[FlowMiss]) {
         let mut store = self.held();
+        // One clock reading per batch: they were read together.
+        let now = Instant::now();
         for miss in misses {
-            Self::record_one(&mut store, miss);
+            Self::record_one(&mut store, miss, now);
         }
     }
 
@@ -264,32 +276,28 @@ impl<D: Dataplane> Domain<D> {
         self.held().held.len() as u64
     }
 
-    fn record_one(store: &mut HeldStore, miss: &FlowMiss) {
+    fn record_one(store: &mut HeldStore, miss: &FlowMiss, now: Instant) {
         if miss.reason != dataplane_common::flow::MISS_NO_FLOW {
             // A PUNT rule's packet went on to the kernel stack: no HOLD, nothing to re-inject.
             return;
         }
         let reinject = !store.miss_forward.contains(&miss.slot);
-        if store.held.len() >= MAX_HELD {
+        let frame_kept = store.held.len() < MAX_HELD;
+        if !frame_kept {
             // The kernel cap keeps this from happening unless the cap is set above MAX_HELD:
             // keep the HOLD, drop its frame.
             debug!(request_id = miss.request_id, "held-frame store full; frame not kept");
-            store.held.insert(
-                miss.request_id,
-                Held {
-                    key: miss.key,
-                    ifindex: miss.ifindex,
-                    frame: bytes::Bytes::new(),
-                    since: Instant::now(),
-                    reinject: false,
-                },
-            );
-            return;
         }
-        store.held.insert(
-            miss.request_id,
-            Held { key: miss.key, ifindex: miss.ifindex, frame: miss.frame.clone(), since: Instant::now(), reinject },
-        );
+        let held = Held {
+            key: miss.key,
+            ifindex: miss.ifindex,
+            frame: if frame_kept { miss.frame.clone() } else { bytes::Bytes::new() },
+            since: now,
+            reinject: reinject && frame_kept,
+        };
+        if store.held.insert(miss.request_id, held).is_err() {
+            warn!(request_id = miss.request_id, "flow miss with an impossible request id; not held");
+        }
     }
 
     /// Installs flows, all or nothing; HOLDs they replace are resolved and their captured
@@ -642,7 +650,7 @@ struct Planned {
 /// too), validated against the state; errors name it `flows[position]`.
 fn plan_entry(
     state: &State,
-    held: &Sharded<u64, Held>,
+    held: &held::IdRing<Held>,
     position: usize,
     spec: usize,
     f: &FlowSpec,

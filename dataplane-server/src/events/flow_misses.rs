@@ -2,13 +2,13 @@
 //! `poll(2)` on the ring's fd), records each with the domain (its captured packet waits there
 //! for the flow) and publishes it.
 //!
-//! Wakeups can be moderated (`--flow-miss-gather-us`), as a NIC moderates its interrupts:
-//! while misses come faster than [`BUSY_RATE`] a second (measured over the last
-//! [`RATE_WINDOW`]), a wakeup waits `gather` before draining, so that under load the reader wakes for a dozen misses rather than for
-//! each (every wakeup is two context switches and, on a busy node, a preemption of whatever
-//! forwards packets on that CPU: at 50,000 misses a second, one wakeup each cost a fifth of a
-//! CPU). Below that rate (a controller answering misses one at a time, a trickle) each miss is
-//! read at once.
+//! Wakeups are moderated (`--flow-miss-gather-us`, 200 by default), as a NIC moderates its
+//! interrupts: while misses come faster than [`BUSY_RATE`] a second (measured over the last
+//! [`RATE_WINDOW`]), the reader no longer waits in `poll(2)` but sleeps `gather` and reads
+//! what came meanwhile, so that under load it wakes for a dozen misses rather than for each
+//! (every wakeup is two context switches and, on a busy node, a preemption of whatever forwards
+//! packets on that CPU: at 50,000 misses a second, one wakeup each cost a fifth of a CPU). Below
+//! that rate (a controller answering misses one at a time, a trickle) each miss is read at once.
 
 use std::{
     os::fd::AsRawFd,
@@ -43,20 +43,24 @@ pub fn spawn_reader<D: Dataplane>(
         // Misses read since `since`; the rate of the last full window.
         let (mut since, mut count, mut busy) = (Instant::now(), 0u64, false);
         loop {
-            // Level-triggered: returns at once while unread records are in the ring, so no
-            // wakeup can be missed between a drain and the next wait.
-            let mut pfd = libc::pollfd { fd: reader.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-            // SAFETY: one valid pollfd for the duration of the call.
-            if unsafe { libc::poll(&mut pfd, 1, -1) } < 0 {
-                let e = std::io::Error::last_os_error();
-                if e.kind() == std::io::ErrorKind::Interrupted {
-                    continue;
-                }
-                warn!(error = %e, "flow-miss ring buffer poll failed; flow misses stop");
-                return;
-            }
             if busy && !gather.is_zero() {
+                // Under load: one timer wakeup per `gather`, whatever came meanwhile read in
+                // one go; no poll, so the ring's own wakeups (one per miss that finds the ring
+                // drained) never reach this thread.
                 std::thread::sleep(gather);
+            } else {
+                // Level-triggered: returns at once while unread records are in the ring, so no
+                // wakeup can be missed between a drain and the next wait.
+                let mut pfd = libc::pollfd { fd: reader.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+                // SAFETY: one valid pollfd for the duration of the call.
+                if unsafe { libc::poll(&mut pfd, 1, -1) } < 0 {
+                    let e = std::io::Error::last_os_error();
+                    if e.kind() == std::io::ErrorKind::Interrupted {
+                        continue;
+                    }
+                    warn!(error = %e, "flow-miss ring buffer poll failed; flow misses stop");
+                    return;
+                }
             }
             let mut batch = Vec::new();
             reader.drain(|miss| batch.push(miss));
