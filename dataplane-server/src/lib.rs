@@ -12,4 +12,5 @@ pub mod api;
 pub mod dataplane;
 pub mod domain;
 pub mod events;
+pub mod metrics;
 pub mod net;

@@ -52,6 +52,12 @@ struct Args {
     /// Also serve gRPC on this TCP address (e.g. 127.0.0.1:50051). Off unless given.
     #[arg(long)]
     grpc_listen: Option<SocketAddr>,
+    /// Also serve Prometheus metrics (OpenMetrics text, `GET /metrics`) on this TCP address:
+    /// counters read from the kernel at each scrape, gRPC calls by method and status code.
+    /// Off by default. Plain HTTP with no authentication: bind it to an address only the
+    /// scraper reaches.
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
     /// bpffs directory this server pins its maps, programs and links under.
     #[arg(long, default_value = "/sys/fs/bpf/dataplane")]
     bpffs: PathBuf,
@@ -286,14 +292,33 @@ async fn serve(
         }
     });
 
+    // Calls are counted whether or not anyone scrapes them.
+    let rpc = Arc::new(dataplane_server::metrics::RpcMetrics::default());
+    if let Some(addr) = args.metrics_listen {
+        let hubs = events.clone();
+        let subscribers: dataplane_server::metrics::Subscribers = Arc::new(move || {
+            vec![
+                ("flow_misses", hubs.misses.subscribers()),
+                ("flow_removed", hubs.flow_removed.subscribers()),
+                ("netlink", hubs.netlink.subscribers()),
+            ]
+        });
+        let registry = dataplane_server::metrics::registry(domain.clone(), rpc.clone(), subscribers);
+        let listener =
+            tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr} for metrics"))?;
+        info!(%addr, "serving metrics at /metrics");
+        tokio::spawn(dataplane_server::metrics::http::serve(listener, Arc::new(registry)));
+    }
+
     let (exit_tx, mut exit_rx) = watch::channel(false);
-    let (router, _health) = api::router(domain.clone(), events.clone(), info.clone(), exit_tx.clone()).await?;
+    let (router, _health) =
+        api::router(domain.clone(), events.clone(), info.clone(), exit_tx.clone(), rpc.clone()).await?;
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(router.serve_with_incoming_shutdown(UnixListenerStream::new(unix), stopped(stop_rx.clone())));
     if let Some(addr) = args.grpc_listen {
         let tcp = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
         info!(%addr, "serving gRPC on TCP");
-        let (router, _) = api::router(domain.clone(), events, info, exit_tx).await?;
+        let (router, _) = api::router(domain.clone(), events, info, exit_tx, rpc).await?;
         tasks.spawn(router.serve_with_incoming_shutdown(TcpListenerStream::new(tcp), stopped(stop_rx)));
     }
 

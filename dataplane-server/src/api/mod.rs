@@ -9,6 +9,7 @@ mod flows;
 mod interfaces;
 mod policy;
 mod routing;
+pub mod rpc_metrics;
 mod system;
 
 use std::sync::Arc;
@@ -50,8 +51,11 @@ pub struct EventSources {
     pub netlink_listener: Netlink,
 }
 
-/// The layers every call passes through before its service.
-pub type FencedStack = tower::layer::util::Stack<fence::FenceLayer, tower::layer::util::Identity>;
+/// The layers every call passes through before its service: counted and timed, then fenced.
+pub type FencedStack = tower::layer::util::Stack<
+    fence::FenceLayer,
+    tower::layer::util::Stack<rpc_metrics::RpcMetricsLayer, tower::layer::util::Identity>,
+>;
 
 /// Builds the router with every dataplane service, gRPC health (each service SERVING) and
 /// server reflection (v1 and v1alpha, since grpcurl 1.8 speaks only v1alpha).
@@ -60,6 +64,7 @@ pub async fn router<D: Dataplane>(
     events: EventSources,
     info: system::ServerInfo,
     exit: tokio::sync::watch::Sender<bool>,
+    rpc: Arc<crate::metrics::RpcMetrics>,
 ) -> Result<(Router<FencedStack>, HealthReporter), tonic_reflection::server::Error> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<InterfacesServer<InterfacesService<D>>>().await;
@@ -82,6 +87,8 @@ pub async fn router<D: Dataplane>(
         .build_v1alpha()?;
 
     let router = tonic::transport::Server::builder()
+        // Every call, refused or not, counted by method and status code.
+        .layer(rpc_metrics::RpcMetricsLayer::new(rpc))
         // Writes from anyone but a role's primary controller are refused before any handler.
         .layer(fence::FenceLayer::new(domain.arbiter().clone()))
         .add_service(health_service)

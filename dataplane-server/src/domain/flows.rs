@@ -74,6 +74,15 @@ pub struct FlowSpec {
     pub hard_timeout: Option<Duration>,
 }
 
+/// Entries of the flow tables, by family and kind.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowCounts {
+    /// [IPv4, IPv6]: installed flows that forward, that drop, and HOLDs (misses waiting).
+    pub forward: [u64; 2],
+    pub drop: [u64; 2],
+    pub hold: [u64; 2],
+}
+
 /// A flow as listed.
 #[derive(Clone, Debug)]
 pub struct FlowView {
@@ -514,6 +523,23 @@ impl<D: Dataplane> Domain<D> {
             return Ok(generation);
         }
         Err(BatchError::Entries { atomicity, failed, entries, applied, generation })
+    }
+
+    /// The flow tables' entries, counted by a walk a page at a time (the kernel keeps no count of
+    /// an LRU hash's entries): ~0.2 us per entry, the dataplane's lock held for a page at most.
+    pub fn count_flows(&self) -> Result<FlowCounts, DomainError> {
+        let mut c = FlowCounts::default();
+        self.dataplane.walk_flows(&mut |page| {
+            for (k, v) in page {
+                let family = usize::from(k.src.is_ipv6());
+                match v.action {
+                    FLOW_FORWARD => c.forward[family] += 1,
+                    FLOW_DROP => c.drop[family] += 1,
+                    _ => c.hold[family] += 1,
+                }
+            }
+        })?;
+        Ok(c)
     }
 
     /// Every flow (optionally of one VRF), with counters.

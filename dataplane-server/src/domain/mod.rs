@@ -40,7 +40,8 @@ pub use batch::{Atomicity, BatchError, Entry, EntryError};
 pub use error::{DomainError, ErrorKind};
 pub use fib4::Lookup as Ipv4Lookup;
 pub use flows::{
-    BatchOutcome, FlowAction, FlowMode, FlowRemoved, FlowRemovedReason, FlowRemovedSink, FlowSpec, FlowTarget, FlowView,
+    BatchOutcome, FlowAction, FlowCounts, FlowMode, FlowRemoved, FlowRemovedReason, FlowRemovedSink, FlowSpec,
+    FlowTarget, FlowView,
 };
 pub use interfaces::{AddInterface, InterfaceName, InterfaceView};
 pub use nexthops::{NewNextHop, NextHopSpec, NextHopState, NextHopView};

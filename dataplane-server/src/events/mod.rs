@@ -66,6 +66,11 @@ impl<T: Send + Sync + 'static> Hub<T> {
         seq
     }
 
+    /// Open subscriptions.
+    pub fn subscribers(&self) -> usize {
+        self.tx.receiver_count()
+    }
+
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<Sequenced<T>>> {
         self.tx.subscribe()
     }

@@ -1,0 +1,153 @@
+//! A tower layer, outermost in front of every service, that counts and times each gRPC call by
+//! method and status code ([`crate::metrics::RpcMetrics`]). The status is read where gRPC puts
+//! it: the response headers of a call refused at once (trailers-only), otherwise the trailers
+//! after the last message, so a stream is recorded when it ends. A call whose response body is
+//! dropped before its trailers (the client went away) is recorded as CANCELLED.
+
+use std::{
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Instant,
+};
+
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use tonic::body::Body;
+use tower::{Layer, Service};
+
+use crate::metrics::RpcMetrics;
+
+/// The layer; cheap to clone.
+#[derive(Clone)]
+pub struct RpcMetricsLayer {
+    metrics: Arc<RpcMetrics>,
+}
+
+impl RpcMetricsLayer {
+    pub fn new(metrics: Arc<RpcMetrics>) -> Self {
+        Self { metrics }
+    }
+}
+
+impl<S> Layer<S> for RpcMetricsLayer {
+    type Service = Recorded<S>;
+
+    fn layer(&self, inner: S) -> Recorded<S> {
+        Recorded { inner, metrics: self.metrics.clone() }
+    }
+}
+
+#[derive(Clone)]
+pub struct Recorded<S> {
+    inner: S,
+    metrics: Arc<RpcMetrics>,
+}
+
+/// The status code in `grpc-status` of a header map, if there is one.
+fn status_of(h: &http::HeaderMap) -> Option<tonic::Code> {
+    let v = h.get("grpc-status")?.to_str().ok()?.parse::<i32>().ok()?;
+    Some(tonic::Code::from(v))
+}
+
+impl<S> Service<http::Request<Body>> for Recorded<S>
+where
+    S: Service<http::Request<Body>, Response = http::Response<Body>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn std::future::Future<Output = Result<http::Response<Body>, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
+        let method = req.uri().path().to_owned();
+        let metrics = self.metrics.clone();
+        let started = Instant::now();
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let res = fut.await?;
+            let pending = Pending { metrics, method, started };
+            Ok(match status_of(res.headers()) {
+                Some(code) => {
+                    pending.done(code);
+                    res
+                }
+                None => res.map(|body| Body::new(Watched { inner: body, pending: Some(pending) })),
+            })
+        })
+    }
+}
+
+/// A call not recorded yet.
+struct Pending {
+    metrics: Arc<RpcMetrics>,
+    method: String,
+    started: Instant,
+}
+
+impl Pending {
+    fn done(self, code: tonic::Code) {
+        self.metrics.record(&self.method, code, self.started.elapsed());
+    }
+}
+
+/// A response body that records its call when the trailers pass (or when dropped without).
+struct Watched {
+    inner: Body,
+    pending: Option<Pending>,
+}
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        if let Some(p) = self.pending.take() {
+            p.done(tonic::Code::Cancelled);
+        }
+    }
+}
+
+impl HttpBody for Watched {
+    type Data = bytes::Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(code) = frame.trailers_ref().and_then(status_of) {
+                    if let Some(p) = self.pending.take() {
+                        p.done(code);
+                    }
+                }
+            }
+            Poll::Ready(Some(Err(status))) => {
+                let code = status.code();
+                if let Some(p) = self.pending.take() {
+                    p.done(code);
+                }
+            }
+            // Ended without trailers: no status was sent.
+            Poll::Ready(None) => {
+                if let Some(p) = self.pending.take() {
+                    p.done(tonic::Code::Unknown);
+                }
+            }
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
