@@ -15,6 +15,7 @@ fn main() -> anyhow::Result<()> {
         "proto/dataplane/v1/policy.proto",
         "proto/dataplane/v1/routing.proto",
         "proto/dataplane/v1/system.proto",
+        "proto/dataplane/v1/telemetry.proto",
         "proto/google/rpc/status.proto",
     ];
     for p in &protos {

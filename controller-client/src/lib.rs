@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use dataplane_proto::v1::{
     controller_client::ControllerClient, events_client::EventsClient, flows_client::FlowsClient,
     interfaces_client::InterfacesClient, policy_client::PolicyClient, routing_client::RoutingClient,
-    system_client::SystemClient,
+    system_client::SystemClient, telemetry_client::TelemetryClient,
 };
 use hyper_util::rt::TokioIo;
 use tokio::net::UnixStream;
@@ -146,6 +146,7 @@ pub struct Client {
     pub events: EventsClient<Transport>,
     pub system: SystemClient<Transport>,
     pub controller: ControllerClient<Transport>,
+    pub telemetry: TelemetryClient<Transport>,
     channel: Channel,
 }
 
@@ -186,6 +187,7 @@ impl Client {
             events: EventsClient::new(t()),
             system: SystemClient::new(t()),
             controller: ControllerClient::new(t()).max_encoding_message_size(max).max_decoding_message_size(max),
+            telemetry: TelemetryClient::new(t()),
             channel: ch,
         }
     }

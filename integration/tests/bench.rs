@@ -131,8 +131,10 @@ fn bench_quick_reports_every_case_and_leaves_nothing_behind() {
             .skip(2)
             .map(|v| v.trim().parse().unwrap_or_else(|_| panic!("{line}")))
             .collect();
-        let [min, median, max, ns, ratio] = r[..] else { panic!("{line}") };
+        let [min, median, max, ratio, runnable, runnable_ratio, ns] = r[..] else { panic!("{line}") };
         assert!(min > 0.0 && min <= median && median <= max && ns > 0.0 && ratio > 0.0, "{line}");
+        // Runnable time is at most wall time: at least the wall-time rate.
+        assert!(runnable >= median * 0.99 && runnable_ratio > 0.0, "{line}");
     }
     let storm = stdout
         .lines()

@@ -39,7 +39,7 @@ fn grpcurl_list_shows_every_service() {
     let server = Server::start(&topo.rtr).unwrap();
     let (ok, out, err) = grpcurl(&server, &["list"]);
     assert!(ok, "{err}");
-    for svc in ["dataplane.v1.Interfaces", "dataplane.v1.System", "grpc.health.v1.Health"] {
+    for svc in ["dataplane.v1.Interfaces", "dataplane.v1.System", "dataplane.v1.Telemetry", "grpc.health.v1.Health"] {
         assert!(out.lines().any(|l| l == svc), "{svc} missing from:\n{out}");
     }
     let (ok, out, err) = grpcurl(&server, &["describe", "dataplane.v1.Interfaces"]);
@@ -51,7 +51,7 @@ fn grpcurl_list_shows_every_service() {
 fn grpcurl_health_check_serving() {
     let topo = Topology::new().unwrap();
     let server = Server::start(&topo.rtr).unwrap();
-    for svc in ["", "dataplane.v1.Interfaces", "dataplane.v1.System"] {
+    for svc in ["", "dataplane.v1.Interfaces", "dataplane.v1.System", "dataplane.v1.Telemetry"] {
         let body = format!(r#"{{"service":"{svc}"}}"#);
         let (ok, out, err) = grpcurl(&server, &["-d", &body, "grpc.health.v1.Health/Check"]);
         assert!(ok, "{svc}: {err}");

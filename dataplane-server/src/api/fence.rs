@@ -35,6 +35,7 @@ const READ_ONLY: &[&str] = &[
     "/dataplane.v1.Flows/ListFlows",
     "/dataplane.v1.Flows/SubscribeFlowMisses",
     "/dataplane.v1.Events/SubscribeNetlinkEvents",
+    "/dataplane.v1.Telemetry/WatchStats",
     "/dataplane.v1.Controller/Session",
 ];
 

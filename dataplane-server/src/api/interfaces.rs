@@ -81,31 +81,39 @@ pub(super) fn encode_mode(m: XdpMode) -> pb::XdpMode {
     }
 }
 
-impl From<InterfaceView> for pb::Interface {
-    fn from(v: InterfaceView) -> Self {
-        let s = v.stats;
-        let mut counters = pb::InterfaceCounters {
-            rx_packets: s.rx_packets,
-            rx_bytes: s.rx_bytes,
-            tx_packets: s.tx_packets,
-            tx_bytes: s.tx_bytes,
-            ..Default::default()
+/// The counters as the API has them; `changed_only` leaves out reasons that counted nothing
+/// (what a delta of a few busy reasons needs, not the ~40 there are).
+pub(super) fn encode_counters(s: &dataplane_common::InterfaceStats, changed_only: bool) -> pb::InterfaceCounters {
+    let mut counters = pb::InterfaceCounters {
+        rx_packets: s.rx_packets,
+        rx_bytes: s.rx_bytes,
+        tx_packets: s.tx_packets,
+        tx_bytes: s.tx_bytes,
+        ..Default::default()
+    };
+    for r in Reason::ALL {
+        let packets = s.reasons[*r as usize];
+        let kind = match r.kind() {
+            ReasonKind::Pass => pb::ReasonKind::Pass,
+            ReasonKind::ParseError => {
+                counters.rx_parse_errors += packets;
+                pb::ReasonKind::ParseError
+            }
+            ReasonKind::Drop => {
+                counters.rx_dropped += packets;
+                pb::ReasonKind::Drop
+            }
         };
-        for r in Reason::ALL {
-            let packets = s.reasons[*r as usize];
-            let kind = match r.kind() {
-                ReasonKind::Pass => pb::ReasonKind::Pass,
-                ReasonKind::ParseError => {
-                    counters.rx_parse_errors += packets;
-                    pb::ReasonKind::ParseError
-                }
-                ReasonKind::Drop => {
-                    counters.rx_dropped += packets;
-                    pb::ReasonKind::Drop
-                }
-            };
+        if !changed_only || packets != 0 {
             counters.reasons.push(pb::ReasonCounter { reason: r.name().to_owned(), kind: kind.into(), packets });
         }
+    }
+    counters
+}
+
+impl From<InterfaceView> for pb::Interface {
+    fn from(v: InterfaceView) -> Self {
+        let counters = encode_counters(&v.stats, false);
         pb::Interface {
             name: v.name.to_string(),
             ifindex: v.link.ifindex,

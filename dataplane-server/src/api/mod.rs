@@ -11,13 +11,14 @@ mod policy;
 mod routing;
 pub mod rpc_metrics;
 mod system;
+mod telemetry;
 
 use std::sync::Arc;
 
 use dataplane_proto::v1::{
     controller_server::ControllerServer, events_server::EventsServer, flows_server::FlowsServer,
     interfaces_server::InterfacesServer, policy_server::PolicyServer, routing_server::RoutingServer,
-    system_server::SystemServer,
+    system_server::SystemServer, telemetry_server::TelemetryServer,
 };
 use tonic::transport::server::Router;
 use tonic_health::server::HealthReporter;
@@ -37,6 +38,7 @@ pub use interfaces::InterfacesService;
 pub use policy::PolicyService;
 pub use routing::RoutingService;
 pub use system::SystemService;
+pub use telemetry::TelemetryService;
 
 /// Largest request or response the Routing, Policy and Flows services accept.
 const MAX_MESSAGE: usize = 256 * 1024 * 1024;
@@ -74,6 +76,7 @@ pub async fn router<D: Dataplane>(
     health.set_serving::<FlowsServer<FlowsService<D>>>().await;
     health.set_serving::<EventsServer<EventsService<D>>>().await;
     health.set_serving::<ControllerServer<ControllerService<D>>>().await;
+    health.set_serving::<TelemetryServer<TelemetryService<D>>>().await;
     // The empty service name stands for the server as a whole.
     health.set_service_status("", tonic_health::ServingStatus::Serving).await;
 
@@ -120,6 +123,7 @@ pub async fn router<D: Dataplane>(
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE),
         )
+        .add_service(TelemetryServer::new(TelemetryService::new(domain.clone())))
         .add_service(EventsServer::new(EventsService::new(domain.clone(), events.netlink, events.netlink_listener)))
         .add_service(SystemServer::new(SystemService::new(domain, info, exit)));
     Ok((router, health))

@@ -24,6 +24,7 @@ mod routes;
 mod sharded;
 mod slots;
 mod status;
+mod telemetry;
 mod txn;
 mod vrfs;
 
@@ -51,6 +52,7 @@ pub use policies::{
 pub use resync::ResyncReport;
 pub use routes::{RouteSpec, RouteView};
 pub use status::{AttachmentView, MapView, PinFix, PinHealth, PinRepair, StatusView};
+pub use telemetry::StatsSample;
 pub use txn::OnExisting;
 pub use vrfs::{VrfMode, VrfView};
 

@@ -10,6 +10,7 @@ mod interfaces;
 mod output;
 mod policy;
 mod routing;
+mod stats;
 mod system;
 
 use std::process::ExitCode;
@@ -73,6 +74,9 @@ enum Command {
     /// The kernel's link, address, route and neighbour events in the server's namespace.
     #[command(subcommand)]
     Events(events::EventsCmd),
+    /// Counters, live.
+    #[command(subcommand)]
+    Stats(stats::StatsCmd),
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -137,6 +141,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Route(cmd) => routing::route(c, o, cmd).await,
         Command::Policy(cmd) => policy::run(c, o, cmd).await,
         Command::Flows(cmd) => flows::watch(c, o, cmd).await,
+        Command::Stats(cmd) => stats::watch(c, o, cmd).await,
         Command::Flow(cmd) => flows::flow(c, o, cmd).await,
         Command::Flowmode(cmd) => flows::mode(c, o, cmd).await,
         Command::Events(cmd) => events::watch(c, o, cmd).await,

@@ -693,3 +693,56 @@ fn event_text(e: &pb::NetlinkEvent) -> String {
     };
     format!("{head} {what}")
 }
+
+/// One interval of `dpctl stats watch`: per-second rates from a snapshot of deltas.
+pub fn stats_rates(output: Output, s: &pb::StatsSnapshot) {
+    let secs = (s.elapsed_ns as f64 / 1e9).max(1e-9);
+    let rate = |n: u64| n as f64 / secs;
+    match output {
+        Output::Json => {
+            let interfaces: Vec<Value> = s
+                .interfaces
+                .iter()
+                .map(|i| {
+                    let c = i.counters.clone().unwrap_or_default();
+                    let reasons: serde_json::Map<String, Value> =
+                        c.reasons.iter().map(|r| (r.reason.clone(), json!(rate(r.packets)))).collect();
+                    json!({"interface": i.name, "rx_pps": rate(c.rx_packets), "rx_bps": rate(c.rx_bytes * 8),
+                           "tx_pps": rate(c.tx_packets), "tx_bps": rate(c.tx_bytes * 8),
+                           "drops_per_s": rate(c.rx_dropped), "reasons_per_s": reasons})
+                })
+                .collect();
+            let next_hops: Vec<Value> = s
+                .next_hops
+                .iter()
+                .map(|n| json!({"id": n.id, "pps": rate(n.packets), "bps": rate(n.bytes * 8)}))
+                .collect();
+            println!("{}", json!({"seq": s.seq, "seconds": secs, "interfaces": interfaces, "next_hops": next_hops}));
+        }
+        Output::Table => {
+            println!("-- {:.2} s --", secs);
+            println!(
+                "{:<16} {:>12} {:>14} {:>12} {:>14} {:>10}",
+                "INTERFACE", "RX_PPS", "RX_BPS", "TX_PPS", "TX_BPS", "DROPS/S"
+            );
+            for i in &s.interfaces {
+                let c = i.counters.clone().unwrap_or_default();
+                println!(
+                    "{:<16} {:>12.0} {:>14.0} {:>12.0} {:>14.0} {:>10.0}",
+                    i.name,
+                    rate(c.rx_packets),
+                    rate(c.rx_bytes * 8),
+                    rate(c.tx_packets),
+                    rate(c.tx_bytes * 8),
+                    rate(c.rx_dropped)
+                );
+                for r in c.reasons.iter().filter(|r| r.packets != 0) {
+                    println!("  {:<30} {:>12.0}/s", r.reason, rate(r.packets));
+                }
+            }
+            for n in s.next_hops.iter().filter(|n| n.packets != 0) {
+                println!("nexthop {:<8} {:>12.0} pps {:>14.0} bps", n.id, rate(n.packets), rate(n.bytes * 8));
+            }
+        }
+    }
+}
