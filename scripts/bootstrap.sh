@@ -93,6 +93,16 @@ if ! [ -f "$STAMP" ] || [ "$NODE_DIR/package-lock.json" -nt "$STAMP" ]; then
     touch "$STAMP"
 fi
 
+# The buf CLI (proto lint and breaking-change checks in scripts/test.sh), pinned by
+# tools/buf/package-lock.json; reinstalled only when the lock file changes.
+BUF_DIR="$(dirname "$0")/../tools/buf"
+BUF_STAMP="$BUF_DIR/node_modules/.installed-from-lock"
+if ! [ -f "$BUF_STAMP" ] || [ "$BUF_DIR/package-lock.json" -nt "$BUF_STAMP" ]; then
+    log "npm: installing buf"
+    (cd "$BUF_DIR" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+    touch "$BUF_STAMP"
+fi
+
 # bpffs: the server pins its maps and links there.
 if ! mountpoint -q /sys/fs/bpf; then
     log "mounting bpffs at /sys/fs/bpf"
