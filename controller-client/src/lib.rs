@@ -171,6 +171,11 @@ impl Client {
         )
     }
 
+    /// The standard `grpc.health.v1.Health` service on the same connection.
+    pub fn health(&self) -> tonic_health::pb::health_client::HealthClient<Channel> {
+        tonic_health::pb::health_client::HealthClient::new(self.channel.clone())
+    }
+
     fn from_channel(ch: Channel) -> Result<Self, ConnectError> {
         Ok(Self::build(ch, Credentials::default()))
     }

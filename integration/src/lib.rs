@@ -270,6 +270,8 @@ pub struct Server {
     /// Network namespace and extra arguments, to start it again.
     netns: String,
     extra: Vec<String>,
+    /// A command the server runs under (e.g. `setpriv ... --`), empty for none.
+    wrapper: Vec<String>,
 }
 
 impl Server {
@@ -279,6 +281,12 @@ impl Server {
 
     /// [`Server::start`] with extra command-line arguments.
     pub fn start_with(ns: &Netns, extra: &[&str]) -> Result<Self> {
+        Self::start_wrapped(ns, &[], extra)
+    }
+
+    /// [`Server::start_with`], the server run by `wrapper` (a command that execs the rest of its
+    /// arguments, as `setpriv --bounding-set ...` does).
+    pub fn start_wrapped(ns: &Netns, wrapper: &[&str], extra: &[&str]) -> Result<Self> {
         let id = unique("srv");
         let run_dir = std::env::temp_dir().join(format!("dataplane-test-{id}"));
         std::fs::create_dir_all(&run_dir)?;
@@ -295,6 +303,7 @@ impl Server {
             run_dir,
             netns: ns.name.clone(),
             extra: extra.iter().map(|a| a.to_string()).collect(),
+            wrapper: wrapper.iter().map(|a| a.to_string()).collect(),
         };
         s.spawn()?;
         Ok(s)
@@ -316,6 +325,7 @@ impl Server {
         let child = Command::new("nsenter")
             .arg(format!("--net=/run/netns/{}", self.netns))
             .arg("--")
+            .args(&self.wrapper)
             .arg(server)
             .args(&args)
             .env("RUST_LOG", "info")

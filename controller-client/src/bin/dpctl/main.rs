@@ -44,6 +44,13 @@ struct Cli {
 enum Command {
     /// Server version, kernel, programs, attachments and maps.
     Status,
+    /// gRPC health (grpc.health.v1): prints the serving status, exits 0 only when SERVING (a
+    /// liveness/readiness probe over the unix socket).
+    Health {
+        /// A service's own status (e.g. dataplane.v1.Routing); "" is the server's.
+        #[arg(long, default_value = "")]
+        service: String,
+    },
     /// The dataplane as a whole: program upgrades, resync, reset.
     #[command(subcommand)]
     System(system::SystemCmd),
@@ -134,6 +141,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     let (c, o) = (&mut client, cli.output);
     match cli.command {
         Command::Status => system::status(c, o).await,
+        Command::Health { service } => system::health(c, service).await,
         Command::System(cmd) => system::run(c, o, cmd).await,
         Command::Interface(cmd) => interfaces::run(c, o, cmd).await,
         Command::Vrf(cmd) => routing::vrf(c, o, cmd).await,

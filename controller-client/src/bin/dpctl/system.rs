@@ -21,6 +21,20 @@ pub enum SystemCmd {
     Reset,
 }
 
+/// `dpctl health`: the server's gRPC health (`grpc.health.v1.Health/Check`); exits 0 only when
+/// SERVING, so it serves as a liveness or readiness probe.
+pub async fn health(client: &mut Client, service: String) -> Result<(), Failure> {
+    use tonic_health::pb::{health_check_response::ServingStatus, HealthCheckRequest};
+    let r = client.health().check(HealthCheckRequest { service }).await?.into_inner();
+    let status = ServingStatus::try_from(r.status).unwrap_or(ServingStatus::Unknown);
+    println!("{}", status.as_str_name());
+    if status == ServingStatus::Serving {
+        Ok(())
+    } else {
+        Err(Failure::Status(tonic::Status::unavailable(format!("health: {}", status.as_str_name()))))
+    }
+}
+
 /// `dpctl status`.
 pub async fn status(client: &mut Client, output: Output) -> Result<(), Failure> {
     let s = client.system.get_status(pb::GetStatusRequest {}).await?.into_inner();
