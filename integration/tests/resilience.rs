@@ -406,6 +406,42 @@ async fn upgrade_that_fails_to_load_changes_nothing_and_carries_the_message() {
     topo.ping_h1_to_h2(2).unwrap();
 }
 
+/// An object path naming a FIFO (whose open would wait for a writer forever), a device that
+/// never ends, or a directory is refused at once, naming the field; a megabyte of path comes
+/// back short; the server answers health meanwhile within 100 ms and changed nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrade_object_path_fifo_device_or_directory_refused_at_once_health_answers() {
+    let ns = Netns::new("dfi-").unwrap();
+    let server = Server::start(&ns).unwrap();
+    let mut c = server.client().await.unwrap();
+    let before = program_ids(&mut c).await;
+    let fifo = server.run_dir.join("object.fifo");
+    let path = std::ffi::CString::new(fifo.display().to_string()).unwrap();
+    // SAFETY: a NUL-terminated path; mkfifo only creates the node.
+    assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0);
+    let long = "x".repeat(1 << 20);
+    for p in [fifo.display().to_string(), "/dev/zero".into(), "/".into(), long] {
+        let mut upgrade = c.clone();
+        let req = pb::UpgradeProgramsRequest { object_path: p.clone() };
+        let call = tokio::spawn(async move { upgrade.system.upgrade_programs(req).await });
+        // Health is answered, fast, whatever the upgrade call is doing.
+        let t = Instant::now();
+        let h = c
+            .health()
+            .check(tonic_health::pb::HealthCheckRequest { service: String::new() })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(h.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+        assert!(t.elapsed() < Duration::from_millis(100), "health took {:?}", t.elapsed());
+        let e =
+            tokio::time::timeout(Duration::from_secs(2), call).await.expect("refused at once").unwrap().unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{}", &e.message()[..e.message().len().min(300)]);
+        assert!(e.message().starts_with("object_path:") && e.message().len() < 600, "{} bytes", e.message().len());
+    }
+    assert_eq!(program_ids(&mut c).await, before, "nothing changed");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dpctl_system_reset_leaves_no_pin_link_or_program() {
     let topo = Topology::routed().unwrap();

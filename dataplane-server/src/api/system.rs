@@ -79,9 +79,11 @@ impl<D: Dataplane> pb::system_server::System for SystemService<D> {
         req: Request<pb::UpgradeProgramsRequest>,
     ) -> Result<Response<pb::UpgradeProgramsResponse>, Status> {
         let path = req.into_inner().object_path;
+        // Off the runtime: a path names whatever the caller likes (a FIFO that never opens, a
+        // device that never ends), and nothing may hold up the other calls meanwhile.
         let object = match path.as_str() {
             "" => None,
-            p => Some(std::fs::read(p).map_err(|e| DomainError::invalid("object_path", format!("{p}: {e}")))?),
+            _ => Some(blocking(move || read_object(&path)).await??),
         };
         let domain = self.domain.clone();
         let (programs, generation) = blocking(move || domain.upgrade_programs(object.as_deref())).await??;
@@ -97,6 +99,45 @@ impl<D: Dataplane> pb::system_server::System for SystemService<D> {
         let _ = self.exit.send(true);
         Ok(Response::new(pb::ResetResponse {}))
     }
+}
+
+/// The most of an object file `UpgradePrograms` reads (the server's own is well under).
+const MAX_OBJECT: u64 = 64 << 20;
+
+/// At most this much of a caller's path is echoed back in an error.
+const ECHO_MAX: usize = 256;
+
+/// The ELF object at `path`: a regular file of at most [`MAX_OBJECT`] bytes, or
+/// INVALID_ARGUMENT naming `object_path`.
+fn read_object(path: &str) -> Result<Vec<u8>, DomainError> {
+    use std::{io::Read, os::unix::fs::OpenOptionsExt};
+    let shown = if path.len() > ECHO_MAX {
+        let cut = (0..=ECHO_MAX).rev().find(|i| path.is_char_boundary(*i)).unwrap_or(0);
+        format!("{}... ({} bytes)", &path[..cut], path.len())
+    } else {
+        path.to_owned()
+    };
+    let bad = |why: String| DomainError::invalid("object_path", format!("{shown}: {why}"));
+    // Non-blocking: opening a FIFO for reading would otherwise wait for a writer.
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| bad(e.to_string()))?;
+    let meta = f.metadata().map_err(|e| bad(e.to_string()))?;
+    if !meta.is_file() {
+        return Err(bad("not a regular file".into()));
+    }
+    if meta.len() > MAX_OBJECT {
+        return Err(bad(format!("{} bytes, more than the {MAX_OBJECT} an object may have", meta.len())));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    // Bounded even if the file grows while it is read.
+    f.take(MAX_OBJECT + 1).read_to_end(&mut bytes).map_err(|e| bad(e.to_string()))?;
+    if bytes.len() as u64 > MAX_OBJECT {
+        return Err(bad(format!("more than the {MAX_OBJECT} bytes an object may have")));
+    }
+    Ok(bytes)
 }
 
 fn encode_program(p: crate::domain::ProgramStatus) -> pb::ProgramStatus {
@@ -180,5 +221,23 @@ fn encode_pin_repair(r: PinRepair) -> pb::PinRepair {
         phase: r.phase.to_string(),
         at_unix_ms: r.at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
         map_id,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_object_refuses_devices_directories_and_missing_files_naming_the_field() {
+        for p in ["/dev/zero", "/", "/no/such/object.o"] {
+            let e = read_object(p).unwrap_err();
+            let s = Status::from(e);
+            assert_eq!(s.code(), tonic::Code::InvalidArgument, "{p}");
+            assert!(s.message().starts_with("object_path"), "{p}: {}", s.message());
+        }
+        let long = "x".repeat(1 << 20);
+        let s = Status::from(read_object(&long).unwrap_err());
+        assert!(s.message().len() < 600, "a 1 MiB path is not echoed whole: {} bytes", s.message().len());
     }
 }
