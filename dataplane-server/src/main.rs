@@ -58,6 +58,15 @@ struct Args {
     /// scraper reaches.
     #[arg(long)]
     metrics_listen: Option<SocketAddr>,
+    /// Streams of each subscription kind (flow misses, netlink events, counter watches,
+    /// controller sessions) open at once, per listener; more are refused with
+    /// RESOURCE_EXHAUSTED.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    max_subscribers: u64,
+    /// Other calls in flight at once, per listener; more are refused with RESOURCE_EXHAUSTED
+    /// (health checks are never refused).
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    max_concurrent_calls: u64,
     /// bpffs directory this server pins its maps, programs and links under.
     #[arg(long, default_value = "/sys/fs/bpf/dataplane")]
     bpffs: PathBuf,
@@ -311,14 +320,18 @@ async fn serve(
     }
 
     let (exit_tx, mut exit_rx) = watch::channel(false);
+    let limits = api::limits::Limits {
+        max_subscribers: args.max_subscribers as usize,
+        max_concurrent_calls: args.max_concurrent_calls as usize,
+    };
     let (router, _health) =
-        api::router(domain.clone(), events.clone(), info.clone(), exit_tx.clone(), rpc.clone()).await?;
+        api::router(domain.clone(), events.clone(), info.clone(), exit_tx.clone(), rpc.clone(), limits).await?;
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(router.serve_with_incoming_shutdown(UnixListenerStream::new(unix), stopped(stop_rx.clone())));
     if let Some(addr) = args.grpc_listen {
         let tcp = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
         info!(%addr, "serving gRPC on TCP");
-        let (router, _) = api::router(domain.clone(), events, info, exit_tx, rpc).await?;
+        let (router, _) = api::router(domain.clone(), events, info, exit_tx, rpc, limits).await?;
         tasks.spawn(router.serve_with_incoming_shutdown(TcpListenerStream::new(tcp), stopped(stop_rx)));
     }
 

@@ -7,6 +7,7 @@ mod events;
 pub mod fence;
 mod flows;
 mod interfaces;
+pub mod limits;
 mod policy;
 mod routing;
 pub mod rpc_metrics;
@@ -53,10 +54,14 @@ pub struct EventSources {
     pub netlink_listener: Netlink,
 }
 
-/// The layers every call passes through before its service: counted and timed, then fenced.
+/// The layers every call passes through before its service: counted and timed, limited, then
+/// fenced.
 pub type FencedStack = tower::layer::util::Stack<
     fence::FenceLayer,
-    tower::layer::util::Stack<rpc_metrics::RpcMetricsLayer, tower::layer::util::Identity>,
+    tower::layer::util::Stack<
+        limits::LimitLayer,
+        tower::layer::util::Stack<rpc_metrics::RpcMetricsLayer, tower::layer::util::Identity>,
+    >,
 >;
 
 /// Builds the router with every dataplane service, gRPC health (each service SERVING) and
@@ -67,6 +72,7 @@ pub async fn router<D: Dataplane>(
     info: system::ServerInfo,
     exit: tokio::sync::watch::Sender<bool>,
     rpc: Arc<crate::metrics::RpcMetrics>,
+    limits: limits::Limits,
 ) -> Result<(Router<FencedStack>, HealthReporter), tonic_reflection::server::Error> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<InterfacesServer<InterfacesService<D>>>().await;
@@ -92,6 +98,8 @@ pub async fn router<D: Dataplane>(
     let router = tonic::transport::Server::builder()
         // Every call, refused or not, counted by method and status code.
         .layer(rpc_metrics::RpcMetricsLayer::new(rpc))
+        // Open subscriptions per kind and calls in flight, each capped.
+        .layer(limits::LimitLayer::new(limits))
         // Writes from anyone but a role's primary controller are refused before any handler.
         .layer(fence::FenceLayer::new(domain.arbiter().clone()))
         .add_service(health_service)
