@@ -21,6 +21,8 @@ fn python_client_add_interface_and_errors_match_rust_semantics() {
     assert!(v["errors"]["unknown"].as_str().unwrap().starts_with("NOT_FOUND: "), "{v}");
     assert!(v["errors"]["duplicate"].as_str().unwrap().starts_with("ALREADY_EXISTS: "), "{v}");
     assert!(v["errors"]["empty"].as_str().unwrap().starts_with("INVALID_ARGUMENT: name:"), "{v}");
+    let huge = v["errors"]["huge"].as_str().unwrap();
+    assert!(huge.starts_with("INVALID_ARGUMENT: routes[0].prefix:") && huge.len() < 1200, "{} bytes", huge.len());
     assert_eq!(v["generation"], 1, "failed calls changed nothing");
     assert_eq!(v["programs"], serde_json::json!(["dp_xdp_ingress", "dp_tc_egress"]));
     assert_eq!(v["interfaces"], serde_json::json!([topo.r0]));

@@ -47,6 +47,35 @@ fn grpcurl_list_shows_every_service() {
     assert!(out.contains("rpc AddInterface"), "{out}");
 }
 
+/// A megabyte in a field the error echoes comes back to grpc-go (grpcurl) as INVALID_ARGUMENT
+/// with a short message, not as a refused header.
+#[test]
+fn grpcurl_megabyte_field_invalid_argument_with_short_message() {
+    use std::io::Write;
+    let topo = Topology::new().unwrap();
+    let server = Server::start(&topo.rtr).unwrap();
+    let body = format!(r#"{{"routes":[{{"vrf":0,"prefix":"{}","next_hop":1}}]}}"#, "1".repeat(1 << 20));
+    let mut child = Command::new("grpcurl")
+        .args(["-plaintext", "-unix", "-authority", "localhost", "-d", "@"])
+        .arg(&server.socket)
+        .arg("dataplane.v1.Routing/AddRoutes")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("grpcurl");
+    child.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("Code: InvalidArgument") && err.contains("routes[0].prefix"),
+        "{}",
+        &err[..err.len().min(500)]
+    );
+    assert!(err.len() < 1600, "{} bytes of error", err.len());
+}
+
 #[test]
 fn grpcurl_health_check_serving() {
     let topo = Topology::new().unwrap();

@@ -19,6 +19,10 @@ pub const BATCH_STATUS_TYPE: &str = "type.googleapis.com/dataplane.v1.BatchStatu
 const MAX_LISTED: usize = 64;
 /// Bytes of an entry's message a batch's details keep.
 const MAX_ENTRY_MESSAGE: usize = 256;
+/// The longest status message (a call's own): what a caller sent is echoed in errors, and a
+/// megabyte of it in `grpc-message` is a header no client accepts (they see a protocol error,
+/// not the INVALID_ARGUMENT that was meant).
+const MAX_MESSAGE: usize = 1024;
 /// Bytes a batch's status takes in the trailer at most: gRPC C-core (Python's client) refuses
 /// metadata past a soft limit of 8 KiB, and the trailer has other headers too. 64 entries of 256
 /// bytes would be 16 KiB once encoded: the entries listed are cut to what fits.
@@ -55,7 +59,7 @@ pub(super) fn code(kind: ErrorKind) -> Code {
 /// error, a batch's entry status) rather than as the call's status; INTERNAL is logged as the
 /// call's status would be.
 pub(super) fn code_and_message(e: &DomainError) -> (Code, String) {
-    let msg = e.to_string();
+    let msg = short(e.to_string());
     let code = code(e.kind());
     if code == Code::Internal {
         error!(error = %msg, "internal dataplane error");
@@ -65,7 +69,7 @@ pub(super) fn code_and_message(e: &DomainError) -> (Code, String) {
 
 impl From<DomainError> for Status {
     fn from(e: DomainError) -> Self {
-        let msg = e.to_string();
+        let msg = short(e.to_string());
         match e.kind() {
             ErrorKind::Internal => internal(msg),
             kind => Status::new(code(kind), msg),
@@ -96,12 +100,12 @@ fn batch_status(e: BatchError) -> Status {
         return internal("a batch reported failed entries without any".into());
     };
     let kind = first.error.kind();
-    let message = match atomicity {
+    let message = short(match atomicity {
         Atomicity::AllOrNothing => first.error.to_string(),
         Atomicity::ContinueOnError => {
             format!("{} of {entries} entries failed, the others were applied; first: {}", failed.len(), first.error)
         }
-    };
+    });
     let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
     let mut batch = pb::BatchStatus {
         failed: Vec::with_capacity(failed.len().min(MAX_LISTED)),
@@ -141,6 +145,16 @@ fn batch_status(e: BatchError) -> Status {
 }
 
 /// Cuts `s` to at most `max` bytes, on a character boundary.
+/// `msg` cut to [`MAX_MESSAGE`] bytes on a character boundary, saying how long it was.
+fn short(mut msg: String) -> String {
+    if msg.len() > MAX_MESSAGE {
+        let len = msg.len();
+        truncate(&mut msg, MAX_MESSAGE);
+        msg.push_str(&format!("... ({len} bytes in all)"));
+    }
+    msg
+}
+
 fn truncate(s: &mut String, max: usize) {
     if s.len() > max {
         let mut end = max;
@@ -208,6 +222,19 @@ mod tests {
             DomainError::NotFound { kind: "next hop", name: "9".into(), detail: "" }.at("routes[1].next_hop"),
             DomainError::invalid("routes[4].prefix", "host bits set"),
         ]
+    }
+
+    #[test]
+    fn status_from_domain_error_echoing_a_megabyte_is_cut_to_a_short_message() {
+        let e = DomainError::invalid("routes[0].prefix", format!("{:?} is not an IP prefix", "é".repeat(1 << 19)));
+        let s = Status::from(e);
+        assert_eq!(s.code(), Code::InvalidArgument);
+        assert!(
+            s.message().starts_with("routes[0].prefix: ") && s.message().len() < MAX_MESSAGE + 64,
+            "{}",
+            s.message().len()
+        );
+        assert!(s.message().ends_with("bytes in all)"), "says it was cut");
     }
 
     #[test]
