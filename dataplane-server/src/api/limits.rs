@@ -17,9 +17,10 @@ use std::{
     task::{Context, Poll},
 };
 
-use http_body::{Body as HttpBody, Frame, SizeHint};
 use tonic::{body::Body, Status};
 use tower::{Layer, Service};
+
+use super::body::Ending;
 
 /// The long-lived subscriptions, each counted on its own: what a caller holds open for as long
 /// as it likes.
@@ -121,7 +122,7 @@ where
             let fut = self.inner.call(req);
             return Box::pin(async move {
                 let res = fut.await?;
-                Ok(res.map(|body| Body::new(Holding { inner: body, _slot: slot })))
+                Ok(res.map(|body| Ending::wrap(body, move |_| drop(slot))))
             });
         }
         let max = self.layer.limits.max_concurrent_calls;
@@ -136,34 +137,8 @@ where
         Box::pin(async move {
             let res = fut.await?;
             // A call's work is done when its response is (a listing streams what it read).
-            Ok(res.map(|body| Body::new(Holding { inner: body, _slot: slot })))
+            Ok(res.map(|body| Ending::wrap(body, move |_| drop(slot))))
         })
-    }
-}
-
-/// A response body that holds its call's slot until it ends or is dropped.
-struct Holding {
-    inner: Body,
-    _slot: Slot,
-}
-
-impl HttpBody for Holding {
-    type Data = bytes::Bytes;
-    type Error = Status;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
     }
 }
 

@@ -1,6 +1,7 @@
 //! The gRPC surface: one file per service, each decoding requests into domain types (`TryFrom`),
 //! calling the domain and encoding the answer. Also health and reflection, always on.
 
+mod body;
 mod controller;
 mod error;
 mod events;

@@ -11,10 +11,10 @@ use std::{
     time::Instant,
 };
 
-use http_body::{Body as HttpBody, Frame, SizeHint};
 use tonic::body::Body;
 use tower::{Layer, Service};
 
+use super::body::{status_of, Ending};
 use crate::metrics::RpcMetrics;
 
 /// The layer; cheap to clone.
@@ -41,12 +41,6 @@ impl<S> Layer<S> for RpcMetricsLayer {
 pub struct Recorded<S> {
     inner: S,
     metrics: Arc<RpcMetrics>,
-}
-
-/// The status code in `grpc-status` of a header map, if there is one.
-fn status_of(h: &http::HeaderMap) -> Option<tonic::Code> {
-    let v = h.get("grpc-status")?.to_str().ok()?.parse::<i32>().ok()?;
-    Some(tonic::Code::from(v))
 }
 
 impl<S> Service<http::Request<Body>> for Recorded<S>
@@ -76,7 +70,7 @@ where
                     pending.done(code);
                     res
                 }
-                None => res.map(|body| Body::new(Watched { inner: body, pending: Some(pending) })),
+                None => res.map(|body| Ending::wrap(body, move |code| pending.done(code))),
             })
         })
     }
@@ -92,62 +86,5 @@ struct Pending {
 impl Pending {
     fn done(self, code: tonic::Code) {
         self.metrics.record(&self.method, code, self.started.elapsed());
-    }
-}
-
-/// A response body that records its call when the trailers pass (or when dropped without).
-struct Watched {
-    inner: Body,
-    pending: Option<Pending>,
-}
-
-impl Drop for Watched {
-    fn drop(&mut self) {
-        if let Some(p) = self.pending.take() {
-            p.done(tonic::Code::Cancelled);
-        }
-    }
-}
-
-impl HttpBody for Watched {
-    type Data = bytes::Bytes;
-    type Error = tonic::Status;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(code) = frame.trailers_ref().and_then(status_of) {
-                    if let Some(p) = self.pending.take() {
-                        p.done(code);
-                    }
-                }
-            }
-            Poll::Ready(Some(Err(status))) => {
-                let code = status.code();
-                if let Some(p) = self.pending.take() {
-                    p.done(code);
-                }
-            }
-            // Ended without trailers: no status was sent.
-            Poll::Ready(None) => {
-                if let Some(p) = self.pending.take() {
-                    p.done(tonic::Code::Unknown);
-                }
-            }
-            Poll::Pending => {}
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
     }
 }
